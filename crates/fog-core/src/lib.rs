@@ -1,0 +1,39 @@
+//! FogConnect's shared vocabulary.
+//!
+//! Every FogConnect protocol is a sans-IO state machine: it never touches a socket, a thread, the
+//! clock or the OS random source. It is driven by timestamps and datagrams through the [`SansIo`]
+//! trait, so the same code runs on real sockets (`fog-mio`) and in virtual time (`fog-sim`).
+//!
+//! - [`Transmit`] and [`Receive`] describe a datagram leaving and arriving;
+//! - [`SansIo`] is the driving contract, with the drain order every driver follows;
+//! - [`demux`] maps the first byte of a datagram on a shared UDP socket to its protocol.
+//!
+//! A driver's loop, for any machine:
+//!
+//! ```no_run
+//! use std::time::Instant;
+//! use fog_core::{Receive, SansIo};
+//!
+//! fn drive<M: SansIo>(machine: &mut M, now: Instant, incoming: Option<Receive<'_>>) {
+//!     let mut buf = vec![0u8; 65_535];
+//!     match incoming {
+//!         Some(packet) if machine.accepts(&packet) => machine.handle_packet(now, packet),
+//!         Some(_) => { /* not for this machine: count it and drop it */ }
+//!         None => machine.handle_timeout(now),
+//!     }
+//!     // 1. transmits, 2. events, 3. the next deadline.
+//!     while let Some(t) = machine.poll_transmit(now, &mut buf) {
+//!         let _ = (t.destination, &buf[..t.len]); // send it
+//!     }
+//!     while let Some(_event) = machine.poll_event() { /* hand it to the application */ }
+//!     let _next_wakeup: Option<Instant> = machine.poll_timeout();
+//! }
+//! ```
+
+pub mod demux;
+mod io;
+mod sansio;
+
+pub use demux::{FogFraming, Protocol, classify};
+pub use io::{Receive, Transmit, TransmitHints};
+pub use sansio::SansIo;

@@ -1,0 +1,57 @@
+//! The driving contract every FogConnect protocol machine follows.
+
+use std::time::Instant;
+
+use crate::{Receive, Transmit};
+
+/// A sans-IO state machine: all input is a timestamp plus a datagram, a timeout or an application
+/// command; all output is polled.
+///
+/// # Drain order
+///
+/// After **every** input (`handle_packet`, `handle_timeout`, or an application command of the
+/// concrete machine) the driver:
+///
+/// 1. calls [`poll_transmit`](Self::poll_transmit) until it returns `None`, sending each datagram;
+/// 2. calls [`poll_event`](Self::poll_event) until it returns `None`;
+/// 3. reads [`poll_timeout`](Self::poll_timeout) and arms its timer for that instant.
+///
+/// Transmits come first so a datagram produced by an input is on the wire before the
+/// application reacts to the matching event; the timeout comes last because draining may change
+/// it. A driver calls `handle_timeout(now)` once `now >= poll_timeout()`. A machine must tolerate
+/// an early or spurious `handle_timeout` (it simply finds nothing due).
+///
+/// `now` never goes backwards between calls on one machine. The machine never reads a clock
+/// or an OS random source; randomness comes from a seed in its config.
+///
+/// A parent machine drives its children inside its own `handle_*` calls, so a driver always sees
+/// one machine.
+pub trait SansIo {
+    /// What the machine reports to the application.
+    type Event;
+
+    /// Whether this datagram belongs to this machine, for drivers that share one socket
+    /// between several machines. Must not change state. The default accepts everything.
+    fn accepts(&self, packet: &Receive<'_>) -> bool {
+        let _ = packet;
+        true
+    }
+
+    /// Feed one datagram that arrived at `now`.
+    fn handle_packet(&mut self, now: Instant, packet: Receive<'_>);
+
+    /// Tell the machine that `now` has come; it fires every timer that is due.
+    fn handle_timeout(&mut self, now: Instant);
+
+    /// Write the next datagram to send into `buf` and describe it, or `None` when there is
+    /// nothing to send. `buf` is at least 65,535 bytes long when driven by fog-mio or fog-sim;
+    /// a machine whose datagram does not fit in `buf` must report that as an event rather than
+    /// truncate it.
+    fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit>;
+
+    /// The next event for the application, if any.
+    fn poll_event(&mut self) -> Option<Self::Event>;
+
+    /// When the machine next wants `handle_timeout`, or `None` if it waits only for input.
+    fn poll_timeout(&self) -> Option<Instant>;
+}
