@@ -1,0 +1,600 @@
+//! The event loop: sockets in, the machine's drain order out, the timer armed in between.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use fog_core::{Receive, SansIo, Transmit};
+use mio::{Events, Interest, Poll, Token};
+
+use crate::socket::UdpSlot;
+use crate::{Handle, Stats};
+
+/// The largest UDP payload an IPv4 or IPv6 datagram can carry without jumbograms, and the
+/// buffer size the [`SansIo::poll_transmit`] contract promises.
+const BUF_LEN: usize = 65_535;
+
+/// The waker's token; socket tokens are indexes into the socket table, which the on-demand cap
+/// keeps far below this.
+const WAKER: Token = Token(usize::MAX);
+
+/// mio events read per `poll`; sockets with more readiness are picked up at the next turn.
+const EVENTS_CAPACITY: usize = 256;
+
+/// Limits of a [`Driver`]; [`Config::default`] suits most uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    max_on_demand_sockets: usize,
+    read_budget: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            max_on_demand_sockets: 1024,
+            read_budget: 64,
+        }
+    }
+}
+
+impl Config {
+    /// The default limits: 1,024 on-demand sockets, 64 datagrams per socket per turn.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How many sockets the driver binds on demand, beyond those it was built with, for
+    /// transmits whose source is not bound yet (port-pattern discovery, birthday punching). A
+    /// transmit that would exceed the cap is dropped, counted in
+    /// [`Stats::dropped_unknown_source`] and logged. The cap keeps a misbehaving machine from
+    /// exhausting file descriptors; 1,024 covers a birthday punch's few hundred ports.
+    pub fn max_on_demand_sockets(mut self, max: usize) -> Self {
+        self.max_on_demand_sockets = max;
+        self
+    }
+
+    /// How many datagrams a turn reads from one socket before it moves on; a socket with more
+    /// waiting is read again at the next turn, which then does not block. The budget keeps a
+    /// flooded socket from starving the timer and the other sockets.
+    ///
+    /// # Panics
+    ///
+    /// If `budget` is 0.
+    pub fn read_budget(mut self, budget: usize) -> Self {
+        assert!(budget > 0, "a read budget of 0 would never read a datagram");
+        self.read_budget = budget;
+        self
+    }
+}
+
+/// Whether a driver is still running after a turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Status {
+    /// Keep stepping.
+    Running,
+    /// [`Handle::shutdown`] was called; the driver will do no more waiting.
+    Shutdown,
+}
+
+/// Runs one [`SansIo`] machine on real UDP sockets with a mio event loop.
+///
+/// The driver owns the machine, the sockets, the clock and two 65,535-byte buffers reused for
+/// every datagram. Each input is followed by the drain order of [`SansIo`]: transmits, then events
+/// (handed to the `on_event` callback), then the next deadline arms the poll timeout.
+pub struct Driver<M: SansIo> {
+    machine: M,
+    io: Io,
+    recv_buf: Box<[u8]>,
+    send_buf: Box<[u8]>,
+}
+
+/// Everything but the machine and the buffers, so that the machine, a buffer and the sockets
+/// can be borrowed at once.
+struct Io {
+    poll: Poll,
+    events: Events,
+    sockets: Vec<UdpSlot>,
+    /// Bound addresses in socket order, for [`Driver::local_addrs`].
+    addrs: Vec<SocketAddr>,
+    by_addr: BTreeMap<SocketAddr, usize>,
+    /// How many of `sockets` were bound at construction; the rest were bound on demand.
+    configured: usize,
+    default_v4: Option<usize>,
+    default_v6: Option<usize>,
+    /// Sockets with `pending` set, in the order they became readable.
+    pending: Vec<usize>,
+    config: Config,
+    stats: Stats,
+    handle: Handle,
+}
+
+impl<M: SansIo> Driver<M> {
+    /// Binds a UDP socket on each of `local` (port 0 picks a free port) and returns a driver
+    /// for `machine` with the default [`Config`].
+    ///
+    /// The first address of each family is the default source for transmits whose
+    /// [`source`](Transmit::source) is `None`.
+    pub fn new(machine: M, local: &[SocketAddr]) -> io::Result<Self> {
+        Self::with_config(machine, local, Config::default())
+    }
+
+    /// [`new`](Self::new) with explicit limits.
+    pub fn with_config(machine: M, local: &[SocketAddr], config: Config) -> io::Result<Self> {
+        let poll = Poll::new()?;
+        let handle = Handle::new(mio::Waker::new(poll.registry(), WAKER)?);
+        let mut io = Io {
+            poll,
+            events: Events::with_capacity(EVENTS_CAPACITY),
+            sockets: Vec::with_capacity(local.len()),
+            addrs: Vec::with_capacity(local.len()),
+            by_addr: BTreeMap::new(),
+            configured: 0,
+            default_v4: None,
+            default_v6: None,
+            pending: Vec::new(),
+            config,
+            stats: Stats::default(),
+            handle,
+        };
+        for &addr in local {
+            io.bind(addr)
+                .map_err(|e| io::Error::new(e.kind(), format!("binding UDP {addr}: {e}")))?;
+        }
+        io.configured = io.sockets.len();
+        Ok(Self {
+            machine,
+            io,
+            recv_buf: vec![0; BUF_LEN].into_boxed_slice(),
+            send_buf: vec![0; BUF_LEN].into_boxed_slice(),
+        })
+    }
+
+    /// The addresses of every bound socket with their ports resolved: first those the driver was
+    /// built with, in the order given, then those bound on demand, in binding order.
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.io.addrs
+    }
+
+    /// A handle that wakes or stops this driver from another thread.
+    pub fn handle(&self) -> Handle {
+        self.io.handle.clone()
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> Stats {
+        self.io.stats
+    }
+
+    /// The machine.
+    pub fn machine(&self) -> &M {
+        &self.machine
+    }
+
+    /// The machine, to issue application commands between turns. Call [`drain`](Self::drain)
+    /// after a command so its output leaves at once; the next turn drains it otherwise.
+    pub fn machine_mut(&mut self) -> &mut M {
+        &mut self.machine
+    }
+
+    /// Gives the machine back, dropping the sockets.
+    pub fn into_machine(self) -> M {
+        self.machine
+    }
+
+    /// Drains the machine as [`SansIo`] requires after an input: sends every transmit, then
+    /// hands every event to `on_event`. Call it after issuing commands through
+    /// [`machine_mut`](Self::machine_mut).
+    ///
+    /// `on_event` may issue commands on the machine it is given; their transmits and events are
+    /// drained once the current batch of events has been delivered.
+    pub fn drain(&mut self, mut on_event: impl FnMut(&mut M, M::Event)) {
+        self.drain_at(Instant::now(), &mut on_event);
+    }
+
+    /// Runs until [`Handle::shutdown`] is called (returning at once if it already was).
+    ///
+    /// Errors are those of `poll` itself, which leave the driver unusable; errors of single
+    /// datagrams are counted in [`Stats`] and never end the loop.
+    pub fn run(&mut self, mut on_event: impl FnMut(&mut M, M::Event)) -> io::Result<()> {
+        while self.turn(None, &mut on_event)? == Status::Running {}
+        Ok(())
+    }
+
+    /// Runs until `deadline` has passed or the driver is shut down, whichever comes first.
+    pub fn run_until(
+        &mut self,
+        deadline: Instant,
+        mut on_event: impl FnMut(&mut M, M::Event),
+    ) -> io::Result<Status> {
+        loop {
+            if self.io.handle.is_shutdown() {
+                return Ok(Status::Shutdown);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(Status::Running);
+            }
+            if self.turn(Some(deadline - now), &mut on_event)? == Status::Shutdown {
+                return Ok(Status::Shutdown);
+            }
+        }
+    }
+
+    /// One iteration of the loop:
+    ///
+    /// 1. drains output of commands issued since the last turn;
+    /// 2. waits for readiness, a [`Handle`], the machine's [`poll_timeout`](SansIo::poll_timeout)
+    ///    or `max_wait`, whichever comes first (`None` waits without a limit of its own; a socket
+    ///    left with unread datagrams makes the wait zero);
+    /// 3. reads each ready socket, feeding every accepted datagram to
+    ///    [`handle_packet`](SansIo::handle_packet) and draining after each;
+    /// 4. calls [`handle_timeout`](SansIo::handle_timeout) once if the deadline has come, and
+    ///    drains.
+    ///
+    /// An interrupted wait (`EINTR`) is an empty turn. After shutdown the turn does not wait.
+    pub fn turn(
+        &mut self,
+        max_wait: Option<Duration>,
+        mut on_event: impl FnMut(&mut M, M::Event),
+    ) -> io::Result<Status> {
+        let now = Instant::now();
+        self.drain_at(now, &mut on_event);
+        if self.io.handle.is_shutdown() {
+            return Ok(Status::Shutdown);
+        }
+
+        let wait = self.wait(now, max_wait);
+        match self.io.poll.poll(&mut self.io.events, wait) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => self.io.events.clear(),
+            Err(e) => return Err(e),
+        }
+        for event in self.io.events.iter() {
+            // The waker's only message is "return from poll": the shutdown flag says the rest.
+            if event.token() == WAKER {
+                continue;
+            }
+            let index = event.token().0;
+            if let Some(slot) = self.io.sockets.get_mut(index) {
+                if !slot.pending {
+                    slot.pending = true;
+                    self.io.pending.push(index);
+                }
+            }
+        }
+
+        let mut pending = std::mem::take(&mut self.io.pending);
+        pending.retain(|&index| self.read_socket(index, &mut on_event));
+        // Sockets bound on demand while reading cannot have been marked pending meanwhile:
+        // marking happens only above.
+        debug_assert!(self.io.pending.is_empty());
+        self.io.pending = pending;
+
+        let now = Instant::now();
+        if self.machine.poll_timeout().is_some_and(|due| due <= now) {
+            self.io.stats.timeouts += 1;
+            self.machine.handle_timeout(now);
+            self.drain_at(now, &mut on_event);
+        }
+
+        Ok(if self.io.handle.is_shutdown() {
+            Status::Shutdown
+        } else {
+            Status::Running
+        })
+    }
+
+    /// How long `poll` may block.
+    fn wait(&self, now: Instant, max_wait: Option<Duration>) -> Option<Duration> {
+        if !self.io.pending.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let until_due = self
+            .machine
+            .poll_timeout()
+            .map(|due| due.saturating_duration_since(now));
+        match (until_due, max_wait) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Reads up to the read budget from socket `index`; returns whether it may hold more.
+    fn read_socket(&mut self, index: usize, on_event: &mut impl FnMut(&mut M, M::Event)) -> bool {
+        let local = self.io.sockets[index].local;
+        for _ in 0..self.io.config.read_budget {
+            let result = self.io.sockets[index].socket.recv_from(&mut self.recv_buf);
+            match result {
+                Ok((len, source)) => {
+                    let now = Instant::now();
+                    self.io.stats.received += 1;
+                    self.io.stats.received_bytes += len as u64;
+                    let packet = Receive {
+                        source,
+                        local,
+                        payload: &self.recv_buf[..len],
+                    };
+                    if self.machine.accepts(&packet) {
+                        self.machine.handle_packet(now, packet);
+                        drain(
+                            &mut self.machine,
+                            &mut self.io,
+                            &mut self.send_buf,
+                            now,
+                            on_event,
+                        );
+                    } else {
+                        self.io.stats.rejected += 1;
+                        tracing::trace!(%source, %local, len, "datagram not accepted by the machine");
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.io.sockets[index].pending = false;
+                    return false;
+                }
+                // A signal arrived mid-call; the datagram, if any, is still queued.
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if is_icmp_error(&e) => {
+                    // An ICMP error about an earlier datagram (Windows reports these on
+                    // unconnected sockets; Linux only with IP_RECVERR). Consuming it is enough.
+                    self.io.stats.icmp_errors += 1;
+                    tracing::debug!(%local, error = %e, "ICMP error on receive");
+                }
+                Err(e) => {
+                    self.io.stats.recv_errors += 1;
+                    tracing::warn!(%local, error = %e, "receive failed; reading again at the next readiness");
+                    self.io.sockets[index].pending = false;
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    fn drain_at(&mut self, now: Instant, on_event: &mut impl FnMut(&mut M, M::Event)) {
+        drain(
+            &mut self.machine,
+            &mut self.io,
+            &mut self.send_buf,
+            now,
+            on_event,
+        );
+    }
+}
+
+/// The [`SansIo`] drain order: every transmit, then every event; again while the event callback
+/// issued commands.
+fn drain<M: SansIo>(
+    machine: &mut M,
+    io: &mut Io,
+    buf: &mut [u8],
+    mut now: Instant,
+    on_event: &mut impl FnMut(&mut M, M::Event),
+) {
+    loop {
+        while let Some(transmit) = machine.poll_transmit(now, buf) {
+            io.send(&transmit, buf);
+        }
+        let mut delivered = false;
+        while let Some(event) = machine.poll_event() {
+            delivered = true;
+            on_event(machine, event);
+        }
+        if !delivered {
+            return;
+        }
+        // The callback may have issued commands with a later `now` of its own; never hand the
+        // machine an earlier one after that.
+        now = Instant::now();
+    }
+}
+
+/// Receive errors that report an ICMP message about an earlier send rather than a broken socket.
+fn is_icmp_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::HostUnreachable
+            | io::ErrorKind::NetworkUnreachable
+    )
+}
+
+impl Io {
+    /// Binds a socket on `addr`, registers it and records it; returns its index.
+    fn bind(&mut self, addr: SocketAddr) -> io::Result<usize> {
+        let mut slot = UdpSlot::bind(addr)?;
+        let index = self.sockets.len();
+        self.poll
+            .registry()
+            .register(&mut slot.socket, Token(index), Interest::READABLE)?;
+        let local = slot.local;
+        match local {
+            SocketAddr::V4(_) => self.default_v4.get_or_insert(index),
+            SocketAddr::V6(_) => self.default_v6.get_or_insert(index),
+        };
+        self.by_addr.insert(local, index);
+        self.addrs.push(local);
+        self.sockets.push(slot);
+        Ok(index)
+    }
+
+    /// Sends `buf[..transmit.len]`, counting whatever happens to it.
+    fn send(&mut self, transmit: &Transmit, buf: &[u8]) {
+        let Some(payload) = buf.get(..transmit.len) else {
+            self.stats.send_errors += 1;
+            tracing::warn!(
+                len = transmit.len,
+                "transmit longer than the buffer it was written into; dropped"
+            );
+            return;
+        };
+        let Some(index) = self.socket_for(transmit) else {
+            return;
+        };
+        let slot = &mut self.sockets[index];
+        if let Err(e) = slot.prepare_ttl(transmit.hints.ttl) {
+            self.stats.ttl_errors += 1;
+            tracing::warn!(ttl = ?transmit.hints.ttl, local = %slot.local, error = %e, "TTL hint refused; transmit dropped");
+            return;
+        }
+        loop {
+            match slot.socket.send_to(payload, transmit.destination) {
+                Ok(sent) => {
+                    self.stats.sent += 1;
+                    self.stats.sent_bytes += sent as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.stats.send_would_block += 1;
+                    tracing::debug!(local = %slot.local, destination = %transmit.destination, "send buffer full; transmit dropped");
+                }
+                Err(e) => {
+                    self.stats.send_errors += 1;
+                    tracing::debug!(local = %slot.local, destination = %transmit.destination, error = %e, "send failed; transmit dropped");
+                }
+            }
+            return;
+        }
+    }
+
+    /// The socket a transmit leaves from, binding its source on demand; `None` (counted and
+    /// logged) when there is none.
+    fn socket_for(&mut self, transmit: &Transmit) -> Option<usize> {
+        let destination = transmit.destination;
+        let Some(source) = transmit.source else {
+            let default = if destination.is_ipv4() {
+                self.default_v4
+            } else {
+                self.default_v6
+            };
+            if default.is_none() {
+                self.stats.dropped_no_socket += 1;
+                tracing::warn!(%destination, "no socket of the destination's address family; transmit dropped");
+            }
+            return default;
+        };
+        if source.is_ipv4() != destination.is_ipv4() {
+            self.stats.dropped_no_socket += 1;
+            tracing::warn!(%source, %destination, "source and destination address families differ; transmit dropped");
+            return None;
+        }
+        if let Some(&index) = self.by_addr.get(&source) {
+            return Some(index);
+        }
+        if source.port() == 0 {
+            // Binding port 0 would pick a new port per transmit, which no machine can name again.
+            self.stats.dropped_unknown_source += 1;
+            tracing::warn!(%source, "transmit source has port 0 and is not bound; dropped");
+            return None;
+        }
+        let on_demand = self.sockets.len() - self.configured;
+        if on_demand >= self.config.max_on_demand_sockets {
+            self.stats.dropped_unknown_source += 1;
+            tracing::warn!(
+                %source,
+                cap = self.config.max_on_demand_sockets,
+                "on-demand socket cap reached; transmit dropped"
+            );
+            return None;
+        }
+        match self.bind(source) {
+            Ok(index) => {
+                self.stats.bound_on_demand += 1;
+                tracing::debug!(%source, "bound a socket on demand");
+                Some(index)
+            }
+            Err(e) => {
+                self.stats.dropped_unknown_source += 1;
+                tracing::warn!(%source, error = %e, "binding a transmit's source failed; dropped");
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sends each queued transmit once; records nothing.
+    #[derive(Default)]
+    struct Sender {
+        queue: Vec<(Transmit, Vec<u8>)>,
+    }
+
+    impl SansIo for Sender {
+        type Event = ();
+
+        fn handle_packet(&mut self, _now: Instant, _packet: Receive<'_>) {}
+
+        fn handle_timeout(&mut self, _now: Instant) {}
+
+        fn poll_transmit(&mut self, _now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+            if self.queue.is_empty() {
+                return None;
+            }
+            let (transmit, payload) = self.queue.remove(0);
+            buf[..payload.len()].copy_from_slice(&payload);
+            Some(transmit)
+        }
+
+        fn poll_event(&mut self) -> Option<()> {
+            None
+        }
+
+        fn poll_timeout(&self) -> Option<Instant> {
+            None
+        }
+    }
+
+    #[test]
+    fn ttl_hint_applies_to_its_datagram_and_the_default_returns_after() {
+        let sink = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = sink.local_addr().unwrap();
+        let mut driver = Driver::new(Sender::default(), &["127.0.0.1:0".parse().unwrap()]).unwrap();
+        let default_ttl = driver.io.sockets[0].default_ttl();
+
+        driver
+            .machine_mut()
+            .queue
+            .push((Transmit::new(to, 1).with_ttl(3), vec![1]));
+        driver.drain(|_, ()| {});
+        assert_eq!(driver.io.sockets[0].os_ttl().unwrap(), 3);
+
+        driver
+            .machine_mut()
+            .queue
+            .push((Transmit::new(to, 1), vec![2]));
+        driver.drain(|_, ()| {});
+        assert_eq!(driver.io.sockets[0].os_ttl().unwrap(), default_ttl);
+        assert_eq!(driver.stats().sent, 2);
+        assert_eq!(driver.stats().ttl_errors, 0);
+    }
+
+    #[test]
+    fn transmits_without_a_socket_of_their_family_are_counted_and_dropped() {
+        let mut driver = Driver::new(Sender::default(), &["127.0.0.1:0".parse().unwrap()]).unwrap();
+        let v4 = driver.local_addrs()[0];
+        let v6: SocketAddr = "[::1]:9".parse().unwrap();
+        driver
+            .machine_mut()
+            .queue
+            .push((Transmit::new(v6, 1), vec![0]));
+        driver
+            .machine_mut()
+            .queue
+            .push((Transmit::new(v6, 1).from_source(v4), vec![0]));
+        driver.machine_mut().queue.push((
+            Transmit::new(v4, 1).from_source("127.0.0.1:0".parse().unwrap()),
+            vec![0],
+        ));
+        driver.drain(|_, ()| {});
+        let stats = driver.stats();
+        assert_eq!(stats.dropped_no_socket, 2);
+        assert_eq!(stats.dropped_unknown_source, 1);
+        assert_eq!(stats.sent, 0);
+        assert_eq!(driver.local_addrs().len(), 1);
+    }
+}
