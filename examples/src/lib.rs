@@ -1,0 +1,1 @@
+//! Runnable FogConnect programs; see the `examples` of this package.
