@@ -35,9 +35,9 @@ pub struct LinkConfig {
     pub loss: f64,
     /// Bursty loss, if any.
     pub burst: Option<BurstLoss>,
-    /// Probability that a datagram ignores the FIFO order and takes `reorder_delay` less or more
-    /// (drawn uniformly from `0..=reorder_delay` on top of the latency), so that it may overtake or
-    /// be overtaken.
+    /// Probability that a datagram ignores the FIFO order: it takes the latency plus a delay drawn
+    /// uniformly from `0..=reorder_delay` instead of the jitter, so later datagrams may overtake it
+    /// (and it may overtake earlier ones that drew a larger jitter).
     pub reorder: f64,
     /// Spread of the delay given to reordered datagrams.
     pub reorder_delay: Duration,

@@ -388,6 +388,10 @@ impl Sim {
     }
 
     /// Starts recording a line per event (sends, drops, deliveries, timers, machine events).
+    ///
+    /// Lines carry virtual offsets, never absolute instants, so that runs compare byte for byte.
+    /// Machine events are written with `{:?}`: an event that holds an `Instant` would print the
+    /// process-specific epoch, so machines meant for traced runs keep instants out of their events.
     pub fn enable_trace(&mut self) {
         self.trace.get_or_insert_with(Vec::new);
     }
@@ -802,9 +806,9 @@ impl Sim {
             {
                 Some(s)
             }
-            Some(_) => {
+            Some(named) => {
                 let packet = Packet {
-                    src: transmit.destination,
+                    src: named,
                     dst: transmit.destination,
                     ttl: 0,
                     payload: Vec::new(),
@@ -815,8 +819,10 @@ impl Sim {
         };
         let ttl = transmit.hints.ttl.unwrap_or(DEFAULT_TTL);
         let Some(src) = src else {
+            // No address of the destination's family: trace the port the machine meant to use.
+            let port = transmit.source.map_or(h.default_port, |s| s.port());
             let packet = Packet {
-                src: transmit.destination,
+                src: SocketAddr::new(unspecified_like(transmit.destination.ip()), port),
                 dst: transmit.destination,
                 ttl,
                 payload: Vec::new(),
@@ -882,13 +888,16 @@ impl Sim {
             Err(reason) => self.drop_packet(link, Drop::Link(reason), packet),
             Ok(c) => {
                 let lane = link.0 * 2 + u32::from(from_parent);
-                if let Some(arrival) = c.duplicate {
-                    self.stats.duplicated += 1;
-                    let slot = self.store(packet.clone());
-                    self.schedule_arrival(lane, arrival, node, from_parent, slot);
-                }
+                // The original first: the copy's FIFO arrival was drawn after it, so it is no
+                // earlier, and lanes must be filled in arrival order.
+                let copy = c.duplicate.map(|arrival| (arrival, packet.clone()));
                 let slot = self.store(packet);
                 self.schedule_arrival(lane, c.arrival, node, from_parent, slot);
+                if let Some((arrival, copy)) = copy {
+                    self.stats.duplicated += 1;
+                    let slot = self.store(copy);
+                    self.schedule_arrival(lane, arrival, node, from_parent, slot);
+                }
             }
         }
     }
@@ -1045,6 +1054,14 @@ impl Sim {
         self.record(CaptureTarget::Host(host), &packet);
         self.recycle(packet.payload);
         self.drain(host);
+    }
+}
+
+/// The unspecified address of `ip`'s family.
+fn unspecified_like(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+        IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
     }
 }
 

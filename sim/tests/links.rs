@@ -382,8 +382,6 @@ fn duplicates_arrive_with_probability_p() {
 }
 
 #[test]
-#[ignore = "sim bug: Sim::cross queues a FIFO duplicate on the lane before its original, \
-            which arrives earlier; the clock runs backwards (debug: `lanes are FIFO` panics)"]
 fn duplicates_with_jitter_keep_time_and_fifo() {
     // Each copy of a duplicated datagram draws its own jitter; both must still arrive within
     // [latency, latency + jitter], and no machine may see `now` go backwards. On the sender's
