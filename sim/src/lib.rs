@@ -40,6 +40,7 @@ pub mod link;
 pub mod nat;
 mod net;
 pub mod observe;
+pub mod oracle;
 pub mod pcap;
 pub mod presets;
 pub mod probe;
