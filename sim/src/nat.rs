@@ -151,6 +151,8 @@ enum MapKey {
 struct Binding {
     internal: SocketAddr,
     key: MapKey,
+    /// Last refresh (outbound, or inbound with `Refresh::Both`).
+    refreshed: Instant,
     expires: Instant,
     established: bool,
     /// Remote endpoints this binding has sent to: the filter's permissions (RFC 4787 §5 ties
@@ -216,14 +218,6 @@ impl NatTable {
         }
     }
 
-    fn lifetime(&self, established: bool) -> Duration {
-        if established {
-            self.config.timeouts.established
-        } else {
-            self.config.timeouts.unreplied
-        }
-    }
-
     /// Translates a datagram from `internal` to `remote` going out; returns the external source.
     pub(crate) fn outbound(
         &mut self,
@@ -249,25 +243,20 @@ impl NatTable {
                 let key = self.key_for(remote);
                 let port = self.create(now, internal, key, rng)?;
                 if key != MapKey::Endpoint(remote) && self.blocked_new_flow(now, port, remote) {
+                    // The mapping's own port is unusable towards this peer: it never carried a
+                    // datagram, so give it back and take a flow-specific one.
+                    self.remove(port);
                     self.create(now, internal, MapKey::Endpoint(remote), rng)?
                 } else {
                     port
                 }
             }
         };
-        let lifetime_established = self.config.timeouts.established;
-        let lifetime_unreplied = self.config.timeouts.unreplied;
-        let binding = self
-            .by_port
+        let timeouts = self.config.timeouts;
+        self.by_port
             .get_mut(&port)
-            .expect("binding exists for a port just found");
-        binding.contacted.insert(remote);
-        binding.expires = now
-            + if binding.established {
-                lifetime_established
-            } else {
-                lifetime_unreplied
-            };
+            .expect("binding exists for a port just found")
+            .sent(now, remote, timeouts);
         Ok(SocketAddr::new(self.external_ip, port))
     }
 
@@ -283,22 +272,9 @@ impl NatTable {
             return self.firewall_inbound(now, remote, external);
         }
         let port = external.port();
-        let filtering = self.config.filtering;
-        let refresh_both = self.config.refresh == Refresh::Both;
-        let established = self.config.timeouts.established;
         let verdict = match self.by_port.get_mut(&port) {
-            Some(b) if b.expires > now => {
-                if permits(filtering, &b.contacted, remote) {
-                    b.established = true;
-                    if refresh_both {
-                        b.expires = now + established;
-                    }
-                    Ok(b.internal)
-                } else {
-                    Err(NatDrop::Filtered)
-                }
-            }
-            _ => Err(NatDrop::NoBinding),
+            Some(b) => b.admit(now, remote, &self.config),
+            None => Err(NatDrop::NoBinding),
         };
         if verdict.is_err() && self.config.inbound_leaves_state {
             self.inbound_state
@@ -326,7 +302,7 @@ impl NatTable {
     fn live_port(&mut self, now: Instant, internal: SocketAddr, key: MapKey) -> Option<u16> {
         let port = *self.by_internal.get(&(internal, key))?;
         match self.by_port.get(&port) {
-            Some(b) if b.expires > now => Some(port),
+            Some(b) if b.expires > now && b.internal == internal && b.key == key => Some(port),
             _ => {
                 self.remove(port);
                 None
@@ -374,16 +350,7 @@ impl NatTable {
             .ok_or(NatDrop::TableFull)?;
         self.last_port = Some(port);
         self.by_internal.insert((internal, key), port);
-        self.by_port.insert(
-            port,
-            Binding {
-                internal,
-                key,
-                expires: now + self.lifetime(false),
-                established: false,
-                contacted: BTreeSet::new(),
-            },
-        );
+        self.by_port.insert(port, Binding::new(internal, key, now));
         Ok(port)
     }
 
@@ -436,7 +403,7 @@ impl NatTable {
                 for _ in 0..32 {
                     let p = at(rng.random_range(0..span));
                     if usable(self, p) {
-                        return Some(p);
+                        return Some(self.claim(p));
                     }
                 }
                 rng.random_range(0..span)
@@ -497,29 +464,14 @@ impl NatTable {
                     return Err(NatDrop::TableFull);
                 }
             }
-            self.by_endpoint.insert(
-                internal,
-                Binding {
-                    internal,
-                    key: MapKey::Any,
-                    expires: now,
-                    established: false,
-                    contacted: BTreeSet::new(),
-                },
-            );
+            self.by_endpoint
+                .insert(internal, Binding::new(internal, MapKey::Any, now));
         }
-        let (unreplied, established) = (
-            self.config.timeouts.unreplied,
-            self.config.timeouts.established,
-        );
-        let b = self.by_endpoint.get_mut(&internal).expect("inserted above");
-        b.contacted.insert(remote);
-        b.expires = now
-            + if b.established {
-                established
-            } else {
-                unreplied
-            };
+        let timeouts = self.config.timeouts;
+        self.by_endpoint
+            .get_mut(&internal)
+            .expect("inserted above")
+            .sent(now, remote, timeouts);
         Ok(internal)
     }
 
@@ -529,26 +481,64 @@ impl NatTable {
         remote: SocketAddr,
         internal: SocketAddr,
     ) -> Result<SocketAddr, NatDrop> {
-        let filtering = self.config.filtering;
-        let refresh_both = self.config.refresh == Refresh::Both;
-        let established = self.config.timeouts.established;
-        if filtering == Filtering::EndpointIndependent {
+        if self.config.filtering == Filtering::EndpointIndependent {
             return Ok(internal);
         }
         match self.by_endpoint.get_mut(&internal) {
-            Some(b) if b.expires > now => {
-                if permits(filtering, &b.contacted, remote) {
-                    b.established = true;
-                    if refresh_both {
-                        b.expires = now + established;
-                    }
-                    Ok(internal)
-                } else {
-                    Err(NatDrop::Filtered)
-                }
-            }
-            _ => Err(NatDrop::NoBinding),
+            Some(b) => b.admit(now, remote, &self.config),
+            None => Err(NatDrop::NoBinding),
         }
+    }
+}
+
+impl Binding {
+    fn new(internal: SocketAddr, key: MapKey, now: Instant) -> Self {
+        Self {
+            internal,
+            key,
+            refreshed: now,
+            expires: now,
+            established: false,
+            contacted: BTreeSet::new(),
+        }
+    }
+
+    /// A datagram to `remote` went out through this binding.
+    fn sent(&mut self, now: Instant, remote: SocketAddr, timeouts: Timeouts) {
+        self.contacted.insert(remote);
+        self.refreshed = now;
+        self.expires = now
+            + if self.established {
+                timeouts.established
+            } else {
+                timeouts.unreplied
+            };
+    }
+
+    /// Filters a datagram from `remote` coming in at `now`; on success the binding is established
+    /// (it lives `timeouts.established` after its last refresh from then on) and, with
+    /// `Refresh::Both`, refreshed.
+    fn admit(
+        &mut self,
+        now: Instant,
+        remote: SocketAddr,
+        config: &NatConfig,
+    ) -> Result<SocketAddr, NatDrop> {
+        if self.expires <= now {
+            return Err(NatDrop::NoBinding);
+        }
+        if !permits(config.filtering, &self.contacted, remote) {
+            return Err(NatDrop::Filtered);
+        }
+        if !self.established {
+            self.established = true;
+            self.expires = self.refreshed + config.timeouts.established;
+        }
+        if config.refresh == Refresh::Both {
+            self.refreshed = now;
+            self.expires = now + config.timeouts.established;
+        }
+        Ok(self.internal)
     }
 }
 
