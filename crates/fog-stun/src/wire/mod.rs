@@ -590,29 +590,7 @@ impl Message {
     /// appended (RFC 5389 §15.4); with [`fingerprint`](Self::fingerprint), FINGERPRINT after it
     /// (§15.5).
     pub fn encode(&self, key: Option<&IntegrityKey>, buf: &mut [u8]) -> Result<usize, EncodeError> {
-        let classic = match self.cookie {
-            Cookie::Magic => None,
-            Cookie::Classic(bytes) => Some(bytes),
-        };
-        if classic.is_some() && (key.is_some() || self.fingerprint) {
-            return Err(EncodeError::ClassicTrailer);
-        }
-        let mut encoder = MessageEncoder::<Attr>::new();
-        encoder
-            .start_encoding(self.to_codec()?)
-            .map_err(|_| EncodeError::TooLong)?;
-        let body =
-            usize::try_from(encoder.exact_requiring_bytes()).map_err(|_| EncodeError::TooLong)?;
-        let total = body
-            + key.map_or(0, |_| trailer::INTEGRITY_WIRE_LEN)
-            + if self.fingerprint {
-                trailer::FINGERPRINT_WIRE_LEN
-            } else {
-                0
-            };
-        if total - HEADER_LEN > usize::from(u16::MAX) {
-            return Err(EncodeError::TooLong);
-        }
+        let (mut encoder, body, total) = self.prepare(key.is_some())?;
         if total > buf.len() {
             return Err(EncodeError::BufferTooSmall { needed: total });
         }
@@ -626,7 +604,7 @@ impl Message {
         // stun_codec 0.4 shifts method bits M4–M11 to the wrong places (its decoder is right),
         // so the type is written here for every method (RFC 5389 §6, Figure 3).
         buf[0..2].copy_from_slice(&message_type(self.class, self.method).to_be_bytes());
-        if let Some(bytes) = classic {
+        if let Cookie::Classic(bytes) = self.cookie {
             buf[4..8].copy_from_slice(&bytes);
         }
         let mut len = body;
@@ -639,23 +617,45 @@ impl Message {
         Ok(len)
     }
 
+    /// The length [`encode`](Self::encode) would write, with or without MESSAGE-INTEGRITY.
+    pub fn encoded_len(&self, with_integrity: bool) -> Result<usize, EncodeError> {
+        self.prepare(with_integrity).map(|(_, _, total)| total)
+    }
+
+    /// A started encoder, the length it writes, and the total with the trailer.
+    fn prepare(
+        &self,
+        with_integrity: bool,
+    ) -> Result<(MessageEncoder<Attr>, usize, usize), EncodeError> {
+        if matches!(self.cookie, Cookie::Classic(_)) && (with_integrity || self.fingerprint) {
+            return Err(EncodeError::ClassicTrailer);
+        }
+        let mut encoder = MessageEncoder::<Attr>::new();
+        encoder
+            .start_encoding(self.to_codec()?)
+            .map_err(|_| EncodeError::TooLong)?;
+        let body =
+            usize::try_from(encoder.exact_requiring_bytes()).map_err(|_| EncodeError::TooLong)?;
+        let mut total = body;
+        if with_integrity {
+            total += trailer::INTEGRITY_WIRE_LEN;
+        }
+        if self.fingerprint {
+            total += trailer::FINGERPRINT_WIRE_LEN;
+        }
+        if total - HEADER_LEN > usize::from(u16::MAX) {
+            return Err(EncodeError::TooLong);
+        }
+        Ok((encoder, body, total))
+    }
+
     /// The encoded message in a new `Vec` (for tests and tools; machines use
     /// [`encode`](Self::encode) into the caller's buffer).
     pub fn to_bytes(&self, key: Option<&IntegrityKey>) -> Result<Vec<u8>, EncodeError> {
-        let mut buf = vec![0u8; HEADER_LEN];
-        match self.encode(key, &mut buf) {
-            Ok(n) => {
-                buf.truncate(n);
-                Ok(buf)
-            }
-            Err(EncodeError::BufferTooSmall { needed }) => {
-                buf.resize(needed, 0);
-                let n = self.encode(key, &mut buf)?;
-                buf.truncate(n);
-                Ok(buf)
-            }
-            Err(e) => Err(e),
-        }
+        let mut buf = vec![0u8; self.encoded_len(key.is_some())?];
+        let n = self.encode(key, &mut buf)?;
+        debug_assert_eq!(n, buf.len());
+        Ok(buf)
     }
 
     /// The stun_codec message, attributes in one fixed order: credentials first (USERNAME,
