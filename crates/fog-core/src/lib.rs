@@ -6,7 +6,8 @@
 //!
 //! - [`Transmit`] and [`Receive`] describe a datagram leaving and arriving;
 //! - [`SansIo`] is the driving contract, with the drain order every driver follows;
-//! - [`demux`] maps the first byte of a datagram on a shared UDP socket to its protocol.
+//! - [`demux`] maps the first byte of a datagram on a shared UDP socket to its protocol;
+//! - [`nat`] names NAT behaviour in RFC 4787's terms.
 //!
 //! A driver's loop, for any machine:
 //!
@@ -32,6 +33,7 @@
 
 pub mod demux;
 mod io;
+pub mod nat;
 mod sansio;
 
 pub use demux::{FogFraming, Protocol, classify};
