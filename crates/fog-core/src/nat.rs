@@ -209,6 +209,10 @@ impl fmt::Display for Behaviour {
 
 #[cfg(test)]
 mod tests {
+    use super::Filtering::{
+        AddressAndPortDependent as Apdf, AddressDependent as Adf, EndpointIndependent as Eif,
+    };
+    use super::Mapping::{AddressDependent as Adm, EndpointIndependent as Eim};
     use super::*;
 
     fn nat(
@@ -227,87 +231,35 @@ mod tests {
 
     #[test]
     fn nesting_takes_the_more_dependent_property_and_the_outer_port_pattern() {
-        use Filtering::*;
-        use Mapping::*;
-        let home = nat(
-            EndpointIndependent,
-            AddressAndPortDependent,
-            PortPattern::Preserved,
-            false,
-        );
-        let cgn = nat(
-            EndpointIndependent,
-            EndpointIndependent,
-            PortPattern::Random,
-            true,
-        );
-        assert_eq!(
-            home.behind(cgn),
-            nat(
-                EndpointIndependent,
-                AddressAndPortDependent,
-                PortPattern::Random,
-                true
-            )
-        );
+        let home = nat(Eim, Apdf, PortPattern::Preserved, false);
+        let cgn = nat(Eim, Eif, PortPattern::Random, true);
+        assert_eq!(home.behind(cgn), nat(Eim, Apdf, PortPattern::Random, true));
         // A port-preserving outer NAT shows the inner pattern.
-        let seq = nat(
-            AddressDependent,
-            EndpointIndependent,
-            PortPattern::Sequential { delta: 2 },
-            false,
-        );
+        let seq = nat(Adm, Eif, PortPattern::Sequential { delta: 2 }, false);
         assert_eq!(
             seq.behind(home),
-            nat(
-                AddressDependent,
-                AddressAndPortDependent,
-                PortPattern::Sequential { delta: 2 },
-                false
-            )
+            nat(Adm, Apdf, PortPattern::Sequential { delta: 2 }, false)
         );
         assert_eq!(home.behind(Behaviour::Open), home);
         assert_eq!(Behaviour::Open.behind(home), home);
         assert_eq!(home.behind(Behaviour::UdpBlocked), Behaviour::UdpBlocked);
-        assert_eq!(
-            Behaviour::Firewall {
-                filtering: AddressDependent
-            }
-            .behind(Behaviour::Firewall {
-                filtering: EndpointIndependent
-            }),
-            Behaviour::Firewall {
-                filtering: AddressDependent
-            }
-        );
+        let fw = |filtering| Behaviour::Firewall { filtering };
+        assert_eq!(fw(Adf).behind(fw(Eif)), fw(Adf));
+        assert_eq!(fw(Apdf).behind(home), home);
     }
 
     #[test]
     fn classic_names() {
-        use Filtering::*;
-        use Mapping::*;
         let p = PortPattern::Preserved;
+        assert_eq!(nat(Eim, Eif, p, false).classic_name(), "full cone");
+        assert_eq!(nat(Eim, Adf, p, false).classic_name(), "restricted cone");
         assert_eq!(
-            nat(EndpointIndependent, EndpointIndependent, p, false).classic_name(),
-            "full cone"
-        );
-        assert_eq!(
-            nat(EndpointIndependent, AddressDependent, p, false).classic_name(),
-            "restricted cone"
-        );
-        assert_eq!(
-            nat(EndpointIndependent, AddressAndPortDependent, p, false).classic_name(),
+            nat(Eim, Apdf, p, false).classic_name(),
             "port-restricted cone"
         );
+        assert_eq!(nat(Adm, Apdf, p, false).classic_name(), "symmetric");
         assert_eq!(
-            nat(AddressDependent, AddressAndPortDependent, p, false).classic_name(),
-            "symmetric"
-        );
-        assert_eq!(
-            Behaviour::Firewall {
-                filtering: AddressAndPortDependent
-            }
-            .classic_name(),
+            Behaviour::Firewall { filtering: Apdf }.classic_name(),
             "symmetric UDP firewall"
         );
     }
