@@ -57,6 +57,7 @@
 //!   the RFC 3489 attributes classic servers send, MESSAGE-INTEGRITY and FINGERPRINT.
 //! - [`server`]: the RFC 5780 Binding server on up to two IPs × two ports, rate-limited and
 //!   bounded in how much larger an answer can be than its request.
+//! - [`transaction`]: client transactions with RFC 5389 §7.2.1 retransmission.
 //!
 //! # Dependencies
 //!
@@ -67,4 +68,5 @@
 //! (`hmac`, `sha1`, `md5`, `crc`, the crates `stun_codec` itself uses).
 
 pub mod server;
+pub mod transaction;
 pub mod wire;
