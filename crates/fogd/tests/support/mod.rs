@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 use std::fs::{self, File};
-use std::io;
+use std::io::{self, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -333,6 +333,10 @@ pub(crate) fn interop_tools<const N: usize>(test: &str, names: [&str; N]) -> Opt
     if std::env::var("FOG_REQUIRE_INTEROP").as_deref() == Ok("1") {
         panic!("{message}, and FOG_REQUIRE_INTEROP=1");
     }
-    eprintln!("SKIPPED {message}; set FOG_REQUIRE_INTEROP=1 to fail instead");
+    // Straight to stderr: libtest captures `eprintln!` of a passing test, and a skip must show.
+    let _ = writeln!(
+        io::stderr(),
+        "SKIPPED {message}; set FOG_REQUIRE_INTEROP=1 to fail instead"
+    );
     None
 }
