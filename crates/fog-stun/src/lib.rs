@@ -58,6 +58,7 @@
 //! - [`server`]: the RFC 5780 Binding server on up to two IPs × two ports, rate-limited and
 //!   bounded in how much larger an answer can be than its request.
 //! - [`transaction`]: client transactions with RFC 5389 §7.2.1 retransmission.
+//! - [`discovery`]: the RFC 5780 §4 behaviour-discovery client, plus the port allocation pattern.
 //!
 //! # Dependencies
 //!
@@ -67,6 +68,7 @@
 //! type of methods above 15, and MESSAGE-INTEGRITY / FINGERPRINT over the received bytes
 //! (`hmac`, `sha1`, `md5`, `crc`, the crates `stun_codec` itself uses).
 
+pub mod discovery;
 pub mod server;
 pub mod transaction;
 pub mod wire;
