@@ -99,12 +99,14 @@ impl ChildGuard {
         None
     }
 
-    /// Sends SIGTERM (through `kill`, so the tests need no libc) and waits for the exit.
+    /// Sends SIGTERM and waits for the exit. The shell's `kill` builtin sends it: the workspace
+    /// forbids `unsafe` (so no `libc::kill`), and a minimal Debian has `sh` but not always the
+    /// procps `kill` binary.
     pub(crate) fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.id().to_string()])
+        let status = Command::new("sh")
+            .args(["-c", &format!("kill -TERM {}", self.id())])
             .status()
-            .expect("running kill");
+            .expect("running sh -c kill");
         assert!(status.success(), "kill -TERM {} failed", self.id());
         self.wait_timeout(timeout)
     }
