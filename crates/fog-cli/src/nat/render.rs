@@ -149,6 +149,16 @@ pub(crate) fn table(outcome: &Outcome) -> String {
             count(s.answered_after_retry, "test"),
         ),
     ));
+    if s.timed_out > 0 && report.mapped.is_some() {
+        // Filtering and hairpinning read silence as a finding (RFC 5780 §4.4, §3.4): their
+        // timeouts are no loss, and a reader counting losses should not take them for one.
+        rows.push((
+            "",
+            "(a test whose answer is silence, such as filtering or hairpinning behind a NAT, \
+             ends in timeouts)"
+                .to_owned(),
+        ));
+    }
     let ignored = s.late + s.unknown_transaction + s.wrong_source + s.wrong_local + s.malformed;
     if ignored + s.unexpected > 0 {
         rows.push((
