@@ -1,0 +1,225 @@
+//! Two clients and the server, driven purely by frames and timestamps.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Net, description, server_config};
+use fog_signal::client::Event;
+use fog_signal::msg::{Candidate, CandidateKind};
+
+#[test]
+fn register_lookup_offer_answer_trickle_punch() {
+    let mut net = Net::new(server_config());
+    // One-way delays 30 ms and 40 ms: RTTs 60 ms and 80 ms.
+    let a = net.join(1, Some("AA:BB:CC:00:00:01"), 30);
+    let b = net.join(2, None, 40);
+    let server_id = net.server.peer_id();
+    assert_eq!(
+        net.take_events(a),
+        vec![Event::Authenticated {
+            server: server_id,
+            alias: Some("aa:bb:cc:00:00:01".into())
+        }]
+    );
+    assert_eq!(
+        net.take_events(b),
+        vec![Event::Authenticated {
+            server: server_id,
+            alias: None
+        }]
+    );
+
+    // Register a second alias, then look both up from b.
+    let r = net.nodes[a].client.register("printer-7").unwrap();
+    net.run();
+    assert_eq!(
+        net.take_events(a),
+        vec![Event::Registered {
+            request: r,
+            alias: "printer-7".into()
+        }]
+    );
+    let a_id = net.nodes[a].client.peer_id();
+    let l1 = net.nodes[b].client.lookup("aa:bb:cc:00:00:01").unwrap();
+    let l2 = net.nodes[b]
+        .client
+        .lookup(&a_id.to_string().to_lowercase())
+        .unwrap();
+    let l3 = net.nodes[b].client.lookup("nobody").unwrap();
+    net.run();
+    assert_eq!(
+        net.take_events(b),
+        vec![
+            Event::LookupResult {
+                request: l1,
+                peer: Some(a_id),
+                online: true
+            },
+            Event::LookupResult {
+                request: l2,
+                peer: Some(a_id),
+                online: true
+            },
+            Event::LookupResult {
+                request: l3,
+                peer: None,
+                online: false
+            },
+        ]
+    );
+
+    // Offer from b to a, answer, punch sync.
+    let b_id = net.nodes[b].client.peer_id();
+    net.nodes[b].client.connect(a_id, description(2)).unwrap();
+    net.run();
+    let session = match net.take_events(a).as_slice() {
+        [
+            Event::Offer {
+                session,
+                from,
+                description: d,
+            },
+        ] if *from == b_id => {
+            assert_eq!(*d, description(2));
+            *session
+        }
+        other => panic!("{other:?}"),
+    };
+    let answer_sent = net.now;
+    net.nodes[a].client.answer(session, description(1)).unwrap();
+    net.run();
+    let ev_b = net.take_events(b);
+    let ev_a = net.take_events(a);
+    assert!(matches!(ev_b[0], Event::OfferSent { session: s, .. } if s == session));
+    assert!(
+        matches!(&ev_b[1], Event::Answer { session: s, from, .. } if *s == session && *from == a_id)
+    );
+    let punch = |ev: &[Event]| {
+        ev.iter()
+            .find_map(|e| match e {
+                Event::PunchAt { session: s, at } if *s == session => Some(*at),
+                _ => None,
+            })
+            .expect("punch")
+    };
+    // Server receives the answer 30 ms after a sent it; T = that + max(60, 80)/2 + 50 ms margin.
+    // Both peers must land on the same instant (the RTTs the server measured during auth are
+    // exact here: links are symmetric and jitter-free).
+    let expected = answer_sent + Duration::from_millis(30 + 40 + 50);
+    assert_eq!(punch(&ev_a), expected);
+    assert_eq!(punch(&ev_b), expected);
+
+    // Trickle both ways, including end-of-candidates.
+    let c = Candidate {
+        kind: CandidateKind::Predicted,
+        addr: "198.51.100.4:40002".parse().unwrap(),
+        priority: 7,
+        related: None,
+    };
+    net.nodes[b].client.trickle(session, Some(c)).unwrap();
+    net.nodes[a].client.trickle(session, None).unwrap();
+    net.run();
+    assert_eq!(
+        net.take_events(a),
+        vec![Event::Candidate {
+            session,
+            candidate: Some(c)
+        }]
+    );
+    assert_eq!(
+        net.take_events(b),
+        vec![Event::Candidate {
+            session,
+            candidate: None
+        }]
+    );
+
+    // Ping: the RTT to the server is measured.
+    net.nodes[b].client.ping(net.now).unwrap();
+    net.run();
+    assert_eq!(
+        net.take_events(b),
+        vec![Event::Rtt(Duration::from_millis(80))]
+    );
+
+    // A third peer cannot inject into the session or see addresses.
+    let c3 = net.join(3, None, 10);
+    net.take_events(c3);
+    net.nodes[c3].client.trickle(session, Some(c)).unwrap();
+    net.run();
+    assert!(matches!(
+        net.take_events(c3).as_slice(),
+        [Event::Error {
+            code: fog_signal::msg::ErrorCode::UnknownSession,
+            ..
+        }]
+    ));
+    assert!(net.take_events(a).is_empty() && net.take_events(b).is_empty());
+
+    // b leaves: a is told the session closed.
+    net.server.handle_disconnect(net.now, net.nodes[b].conn);
+    net.run();
+    assert!(matches!(
+        net.take_events(a).as_slice(),
+        [Event::SessionClosed { session: s, .. }] if *s == session
+    ));
+}
+
+#[test]
+fn unanswered_offer_expires_and_server_pings_measure_rtt() {
+    let mut net = Net::new(server_config());
+    let a = net.join(1, None, 5);
+    let b = net.join(2, None, 5);
+    let to = net.nodes[b].client.peer_id();
+    net.nodes[a].client.connect(to, description(1)).unwrap();
+    net.run();
+    net.take_events(a);
+    net.take_events(b);
+    net.advance(Duration::from_secs(31));
+    assert!(
+        net.take_events(a)
+            .iter()
+            .any(|e| matches!(e, Event::SessionClosed { reason, .. } if reason == "unanswered"))
+    );
+    // The server pinged (every 15 s) and the clients answered by themselves; nothing broke.
+    assert!(net.server.poll_timeout().is_some());
+    assert_eq!(net.server.peers(), 2);
+}
+
+#[test]
+fn relay_credentials_follow_coturn_scheme() {
+    let mut config = server_config();
+    let now = common::epoch();
+    config.relay = Some(fog_signal::server::RelayConfig {
+        secret: b"north".to_vec(),
+        urls: vec!["turn:relay.test:3478".into()],
+        ttl: Duration::from_secs(600),
+        epoch: (now, 1_700_000_000),
+    });
+    let mut net = Net::new(config);
+    net.now = now;
+    let a = net.join(1, None, 0);
+    net.take_events(a);
+    let r = net.nodes[a].client.request_relay().unwrap();
+    net.run();
+    match net.take_events(a).as_slice() {
+        [
+            Event::RelayCredentials {
+                request,
+                username,
+                password,
+                ttl,
+                urls,
+            },
+        ] => {
+            assert_eq!(*request, r);
+            let peer = net.nodes[a].client.peer_id();
+            assert_eq!(*username, format!("1700000600:{peer}"));
+            assert_eq!(password.len(), 28); // base64 of a 20-byte HMAC-SHA1
+            assert_eq!(*ttl, Duration::from_secs(600));
+            assert_eq!(urls, &["turn:relay.test:3478".to_string()]);
+        }
+        other => panic!("{other:?}"),
+    }
+}
