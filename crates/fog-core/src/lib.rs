@@ -7,7 +7,8 @@
 //! - [`Transmit`] and [`Receive`] describe a datagram leaving and arriving;
 //! - [`SansIo`] is the driving contract, with the drain order every driver follows;
 //! - [`demux`] maps the first byte of a datagram on a shared UDP socket to its protocol;
-//! - [`nat`] names NAT behaviour in RFC 4787's terms.
+//! - [`nat`] names NAT behaviour in RFC 4787's terms;
+//! - [`pairing`] says, for two behaviours, whether and how a direct path can be found.
 //!
 //! A driver's loop, for any machine:
 //!
@@ -34,6 +35,7 @@
 pub mod demux;
 mod io;
 pub mod nat;
+pub mod pairing;
 mod sansio;
 
 pub use demux::{FogFraming, Protocol, classify};
