@@ -1,11 +1,15 @@
-//! The command line: `fogconnect <SUBCOMMAND>`, one subcommand per tool (`nat` today).
+//! The command line: `fogconnect <SUBCOMMAND>`, one subcommand per tool (`nat`, `listen`, `offer`).
 
 use std::fmt;
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use fog_signal::msg::Transport;
 use fog_stun::discovery::{DEFAULT_PORT_SAMPLES, MAX_PORT_SAMPLES};
+
+use crate::signal::SignalUrl;
 
 /// STUN's port (RFC 5389 §18.4), used when `--server` names none.
 pub(crate) const STUN_PORT: u16 = 3478;
@@ -32,6 +36,91 @@ pub(crate) struct Cli {
 pub(crate) enum Command {
     /// Find out how the NAT in front of this host behaves (RFC 5780 discovery, RFC 4787 terms)
     Nat(NatArgs),
+    /// Register with a signaling server and answer the offers that arrive
+    Listen(ListenArgs),
+    /// Send an offer to a peer (by peer ID or alias) through a signaling server and print its answer
+    Offer(OfferArgs),
+}
+
+/// What `listen` and `offer` share.
+#[derive(Debug, Args)]
+pub(crate) struct PeerArgs {
+    /// The signaling server, e.g. ws://127.0.0.1:7600/ws (`fogd --signal 127.0.0.1:7600`). The port
+    /// defaults to 7600 and the path to /ws
+    #[arg(long, value_name = "ws://HOST[:PORT][/PATH]")]
+    pub(crate) signal: SignalUrl,
+
+    /// This node's key file: loaded, or created with mode 0600 when missing [default: a new key for
+    /// this run]
+    #[arg(long, value_name = "FILE")]
+    pub(crate) key: Option<PathBuf>,
+
+    /// Transports to offer, most preferred first
+    #[arg(
+        long = "transport",
+        value_name = "NAME",
+        value_delimiter = ',',
+        default_value = "quic,kcp",
+        value_parser = parse_transport,
+    )]
+    pub(crate) transports: Vec<Transport>,
+
+    /// Give up after this many seconds [default: offer 30, listen never]
+    #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
+    pub(crate) timeout: Option<Duration>,
+
+    /// Print one JSON object per line instead of text
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// `fogconnect listen`.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Example: fogconnect listen --signal ws://127.0.0.1:7600/ws --alias alice --count 1
+
+Prints `listening as PEER-ID` once authenticated, then a line per offer answered. Exits 0 after \
+--count offers, 1 on an error or when --timeout passes first.")]
+pub(crate) struct ListenArgs {
+    #[command(flatten)]
+    pub(crate) peer: PeerArgs,
+
+    /// An alias to claim: the server binds it to this key if no other key holds it
+    #[arg(long, value_name = "NAME")]
+    pub(crate) alias: Option<String>,
+
+    /// Exit after answering this many offers [default: run until interrupted]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) count: Option<u64>,
+}
+
+/// `fogconnect offer`.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Example: fogconnect offer --signal ws://127.0.0.1:7600/ws alice
+
+Exits 0 once the answer arrived (printed on stdout), 1 when the target is unknown or offline, the \
+server refuses the offer, or --timeout passes first.")]
+pub(crate) struct OfferArgs {
+    #[command(flatten)]
+    pub(crate) peer: PeerArgs,
+
+    /// The peer to offer to: its peer ID, or an alias it registered
+    #[arg(value_name = "PEER")]
+    pub(crate) target: String,
+
+    /// The application's service number, sent with the offer
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub(crate) service: u16,
+}
+
+fn parse_transport(s: &str) -> Result<Transport, String> {
+    match Transport::from(s.to_owned()) {
+        Transport::Other(name) => Err(format!(
+            "unknown transport '{name}' (kcp, utp, quic, sctp or rtc)"
+        )),
+        known => Ok(known),
+    }
 }
 
 /// `fogconnect nat`.
@@ -261,7 +350,9 @@ mod tests {
     #[test]
     fn defaults_and_limits() {
         let cli = Cli::try_parse_from(["fogconnect", "nat", "--server", "127.0.0.1"]).unwrap();
-        let Command::Nat(nat) = cli.command;
+        let Command::Nat(nat) = cli.command else {
+            panic!("not nat")
+        };
         assert_eq!(nat.samples, DEFAULT_PORT_SAMPLES);
         assert_eq!(nat.families(), Families::PreferV4);
         assert_eq!((nat.timeout, nat.lifetime, nat.seed), (None, None, None));
@@ -278,8 +369,49 @@ mod tests {
         assert!(parse(&["--timeout", "0.5"]).is_ok());
         assert!(parse(&["--lifetime", "nan"]).is_err());
         assert!(parse(&["-4", "-6"]).is_err());
-        let Command::Nat(six) = parse(&["-6"]).unwrap().command;
+        let Command::Nat(six) = parse(&["-6"]).unwrap().command else {
+            panic!("not nat")
+        };
         assert_eq!(six.families(), Families::V6Only);
         assert!(Cli::try_parse_from(["fogconnect", "nat"]).is_err());
+    }
+
+    #[test]
+    fn peer_commands() {
+        let cli = Cli::try_parse_from([
+            "fogconnect",
+            "offer",
+            "--signal",
+            "ws://127.0.0.1:7600/ws",
+            "--transport",
+            "kcp,utp",
+            "alice",
+        ])
+        .unwrap();
+        let Command::Offer(offer) = cli.command else {
+            panic!("not offer")
+        };
+        assert_eq!(offer.target, "alice");
+        assert_eq!(offer.peer.transports, [Transport::Kcp, Transport::Utp]);
+        assert_eq!((offer.service, offer.peer.timeout), (0, None));
+
+        let cli = Cli::try_parse_from(["fogconnect", "listen", "--signal", "ws://h"]).unwrap();
+        let Command::Listen(listen) = cli.command else {
+            panic!("not listen")
+        };
+        assert_eq!(listen.peer.transports, [Transport::Quic, Transport::Kcp]);
+        assert_eq!(listen.peer.signal.to_string(), "ws://h:7600/ws");
+        assert_eq!((listen.count, listen.alias), (None, None));
+
+        for bad in [
+            &["listen", "--signal", "http://h"][..],
+            &["listen", "--signal", "ws://h", "--count", "0"],
+            &["listen", "--signal", "ws://h", "--transport", "tcp"],
+            &["offer", "--signal", "ws://h"],
+            &["listen"],
+        ] {
+            let args = std::iter::once("fogconnect").chain(bad.iter().copied());
+            assert!(Cli::try_parse_from(args).is_err(), "{bad:?} parsed");
+        }
     }
 }

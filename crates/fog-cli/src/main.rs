@@ -1,4 +1,16 @@
-//! `fogconnect`, FogConnect's command-line tool. Today it has one subcommand:
+//! `fogconnect`, FogConnect's command-line tool.
+//!
+//! ```text
+//! fogconnect listen --signal ws://HOST[:PORT][/PATH] [--alias NAME] [--count N] [--key FILE]
+//!                   [--transport NAMES] [--timeout SECS] [--json]
+//! fogconnect offer  --signal ws://HOST[:PORT][/PATH] PEER [--service N] [--key FILE]
+//!                   [--transport NAMES] [--timeout SECS] [--json]
+//! ```
+//!
+//! meet through a signaling server (`fogd --signal`): `listen` authenticates, claims an alias and
+//! answers the offers that arrive; `offer` looks a peer up by alias (or takes its peer ID) and
+//! prints its answer. Each side describes one UDP socket it bound (a host candidate), fresh
+//! check credentials, its transports and the service number (see `peer`).
 //!
 //! ```text
 //! fogconnect nat --server HOST[:PORT] [--json] [-4|-6] [--timeout SECS] [--no-hairpin]
@@ -13,6 +25,9 @@
 //!
 //! # Exit status
 //!
+//! `listen` and `offer` exit 0 when the exchange happened, 1 with a message on stderr when it
+//! could not (no server, an unknown or offline peer, a refused alias, the timeout). For `nat`:
+//!
 //! - **0**: a result. UDP blocked is one (the server never answered), and so is a run in which
 //!   some tests could not run (a one-address server, say): the output says which and why.
 //! - **1**: no result: the name does not resolve (or not to the family asked for), no route to
@@ -26,6 +41,8 @@
 
 mod cli;
 mod nat;
+mod peer;
+mod signal;
 
 use std::io::{self, Write as _};
 use std::process::ExitCode;
@@ -48,6 +65,18 @@ fn main() -> ExitCode {
 
     match cli.command {
         Command::Nat(args) => nat_command(&args),
+        Command::Listen(args) => report(peer::listen(&args)),
+        Command::Offer(args) => report(peer::offer(&args)),
+    }
+}
+
+fn report(result: Result<(), String>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fogconnect: error: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
