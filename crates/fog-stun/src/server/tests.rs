@@ -396,9 +396,10 @@ fn with_raw_attributes(request: &BindingRequest, raw: &[u8]) -> Vec<u8> {
 fn unknown_required_attributes_get_420_listing_them() {
     let mut server = full();
     let primary = SocketAddr::new(a1(), P1);
-    // PRIORITY (ICE, required), an unknown optional one, RESPONSE-ADDRESS (RFC 3489, required).
+    // REQUESTED-ADDRESS-FAMILY (TURN, RFC 6156, required), an unknown optional one,
+    // RESPONSE-ADDRESS (RFC 3489, required).
     let raw = [
-        0x00, 0x24, 0x00, 0x04, 1, 2, 3, 4, 0xc0, 0x01, 0x00, 0x00, 0x00, 0x02, 0x00, 0x00,
+        0x00, 0x17, 0x00, 0x04, 1, 2, 3, 4, 0xc0, 0x01, 0x00, 0x00, 0x00, 0x02, 0x00, 0x00,
     ];
     let request = with_raw_attributes(&BindingRequest::new(tid(1)), &raw);
     let sent = exchange_bytes(&mut server, epoch(), client(), primary, &request);
@@ -406,7 +407,7 @@ fn unknown_required_attributes_get_420_listing_them() {
         sent[0].response.error.as_ref().map(|e| e.code),
         Some(ErrorCode::UNKNOWN_ATTRIBUTE)
     );
-    assert_eq!(sent[0].response.unknown_attributes, [0x0024, 0x0002]);
+    assert_eq!(sent[0].response.unknown_attributes, [0x0017, 0x0002]);
     assert_eq!(sent[0].transmit.destination, client());
 
     // A classic client gets an even-length list (RFC 3489 §11.2.10).

@@ -18,6 +18,7 @@ use bytecodec::fixnum::{U32beDecoder, U32beEncoder};
 use bytecodec::{ByteCount, Decode, Encode, Eos, Result, SizedEncode, TryTaggedDecode};
 use std::net::SocketAddr;
 use stun_codec::net::{SocketAddrDecoder, SocketAddrEncoder};
+use stun_codec::rfc5245::attributes::{IceControlled, IceControlling, Priority, UseCandidate};
 use stun_codec::rfc5389::attributes::{
     AlternateServer, ErrorCode, MappedAddress, Nonce, Realm, Software, UnknownAttributes, Username,
     XorMappedAddress, XorMappedAddress2,
@@ -49,6 +50,11 @@ stun_codec::define_attribute_enums!(
         // RFC 5780 §7 (the two stun_codec gets right)
         ResponseOrigin,
         OtherAddress,
+        // RFC 8445 §16.1, ICE connectivity checks (stun_codec's `rfc5245` module)
+        Priority,
+        UseCandidate,
+        IceControlled,
+        IceControlling,
         // Written here
         ChangeRequest,
         ResponsePort,

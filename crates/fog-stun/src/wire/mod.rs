@@ -43,6 +43,7 @@ use std::fmt;
 use std::net::SocketAddr;
 
 use bytecodec::{DecodeExt, Encode, Eos, SizedEncode, TryTaggedDecode};
+use stun_codec::rfc5245::attributes as rfc5245;
 use stun_codec::rfc5389::attributes as rfc5389;
 use stun_codec::rfc5780::attributes as rfc5780;
 use stun_codec::{Attribute as _, AttributeType, MessageDecoder, MessageEncoder};
@@ -259,6 +260,15 @@ pub struct Attributes {
     pub source_address: Option<SocketAddr>,
     /// CHANGED-ADDRESS (RFC 3489 §11.2.3), sent by classic servers.
     pub changed_address: Option<SocketAddr>,
+    /// PRIORITY (RFC 8445 §7.1.1, §16.1): the priority a peer-reflexive candidate learnt from this
+    /// connectivity check would have.
+    pub priority: Option<u32>,
+    /// USE-CANDIDATE (RFC 8445 §7.1.2, §16.1): the controlling agent nominates this pair.
+    pub use_candidate: bool,
+    /// ICE-CONTROLLED (RFC 8445 §7.1.3, §16.1): the sender is controlled; the tie-breaker.
+    pub ice_controlled: Option<u64>,
+    /// ICE-CONTROLLING (RFC 8445 §7.1.3, §16.1): the sender is controlling; the tie-breaker.
+    pub ice_controlling: Option<u64>,
 }
 
 /// A STUN message: the `Repr` that [`decode`](Self::decode) produces and
@@ -562,6 +572,10 @@ impl Message {
                 Attr::Padding(v) => first(&mut a.padding, v.0),
                 Attr::ChangedAddress(v) => first(&mut a.changed_address, v.0),
                 Attr::SourceAddress(v) => first(&mut a.source_address, v.0),
+                Attr::Priority(v) => first(&mut a.priority, v.prio()),
+                Attr::UseCandidate(_) => a.use_candidate = true,
+                Attr::IceControlled(v) => first(&mut a.ice_controlled, v.prio()),
+                Attr::IceControlling(v) => first(&mut a.ice_controlling, v.prio()),
             }
         }
         if attributes.xor_mapped_address.is_none() {
@@ -659,7 +673,7 @@ impl Message {
     }
 
     /// The stun_codec message, attributes in one fixed order: credentials first (USERNAME,
-    /// NONCE, REALM — the order of RFC 5769 §2.4), request attributes, addresses, errors,
+    /// NONCE, REALM — the order of RFC 5769 §2.4), the ICE attributes, request attributes, addresses, errors,
     /// SOFTWARE, and PADDING last so that it pads everything before the trailer.
     fn to_codec(&self) -> Result<stun_codec::Message<Attr>, EncodeError> {
         use attribute_type as t;
@@ -687,6 +701,18 @@ impl Message {
         }
         if let Some(v) = &a.realm {
             m.add_attribute(rfc5389::Realm::new(v.clone()).map_err(invalid(t::REALM))?);
+        }
+        if let Some(v) = a.priority {
+            m.add_attribute(rfc5245::Priority::new(v));
+        }
+        if a.use_candidate {
+            m.add_attribute(rfc5245::UseCandidate::new());
+        }
+        if let Some(v) = a.ice_controlled {
+            m.add_attribute(rfc5245::IceControlled::new(v));
+        }
+        if let Some(v) = a.ice_controlling {
+            m.add_attribute(rfc5245::IceControlling::new(v));
         }
         if let Some(v) = a.change_request {
             m.add_attribute(codec::ChangeRequest {

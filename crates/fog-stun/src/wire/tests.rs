@@ -159,8 +159,15 @@ fn rfc5769_2_1_request_with_short_term_integrity_and_fingerprint() {
         Some("STUN test client")
     );
     assert_eq!(message.attributes.username.as_deref(), Some("evtj:h6vY"));
-    // PRIORITY (ICE) is comprehension-required and not ours; ICE-CONTROLLED is optional.
-    assert_eq!(message.unknown_required, [0x0024]);
+    // The ICE attributes (RFC 8445 §16.1): PRIORITY 0x6e0001ff, ICE-CONTROLLED's tie-breaker.
+    assert_eq!(message.attributes.priority, Some(0x6e00_01ff));
+    assert_eq!(
+        message.attributes.ice_controlled,
+        Some(0x932f_f9b1_5126_3b36)
+    );
+    assert_eq!(message.attributes.ice_controlling, None);
+    assert!(!message.attributes.use_candidate);
+    assert!(message.unknown_required.is_empty());
     assert!(message.integrity && message.fingerprint);
 
     let key = IntegrityKey::short_term(RFC5769_PASSWORD);
@@ -292,6 +299,10 @@ fn every_attribute() -> Attributes {
         other_address: Some("203.0.113.2:3479".parse().unwrap()),
         source_address: Some("203.0.113.1:3478".parse().unwrap()),
         changed_address: Some("203.0.113.2:3479".parse().unwrap()),
+        priority: Some(0x7e00_00ff),
+        use_candidate: true,
+        ice_controlled: Some(1),
+        ice_controlling: Some(u64::MAX),
     }
 }
 
@@ -557,6 +568,7 @@ prop_compose! {
         change in proptest::option::of((any::<bool>(), any::<bool>())),
         response_port in proptest::option::of(any::<u16>()),
         padding in proptest::option::of(0u16..2000),
+        ice in (proptest::option::of(any::<u32>()), any::<bool>(), proptest::option::of(any::<u64>()), proptest::option::of(any::<u64>())),
     ) -> Attributes {
         Attributes {
             mapped_address: addrs[0],
@@ -575,6 +587,10 @@ prop_compose! {
             change_request: change.map(|(change_ip, change_port)| ChangeRequest { change_ip, change_port }),
             response_port,
             padding,
+            priority: ice.0,
+            use_candidate: ice.1,
+            ice_controlled: ice.2,
+            ice_controlling: ice.3,
         }
     }
 }
@@ -695,4 +711,27 @@ proptest! {
             prop_assert_eq!(Message::decode_verified(&bytes, key), Ok(expected));
         }
     }
+}
+
+/// The ICE attributes survive an encode and decode with short-term integrity, as a connectivity
+/// check carries them (RFC 8445 §7.1).
+#[test]
+fn ice_check_attributes_round_trip() {
+    let mut message = Message::new(Class::Request, Method::BINDING, TransactionId::new([7; 12]));
+    message.attributes.username = Some("remote:local".into());
+    message.attributes.priority = Some(1_853_824_767);
+    message.attributes.use_candidate = true;
+    message.attributes.ice_controlling = Some(u64::MAX - 1);
+    message.fingerprint = true;
+    let key = IntegrityKey::short_term("a password of twenty-two+");
+    let bytes = message.to_bytes(Some(&key)).unwrap();
+    let decoded = Message::decode_verified(&bytes, &key).unwrap();
+    assert_eq!(decoded.attributes, message.attributes);
+    assert!(decoded.integrity && decoded.fingerprint);
+
+    message.attributes.use_candidate = false;
+    message.attributes.ice_controlling = None;
+    message.attributes.ice_controlled = Some(3);
+    let decoded = Message::decode(&message.to_bytes(None).unwrap()).unwrap();
+    assert_eq!(decoded.attributes, message.attributes);
 }
