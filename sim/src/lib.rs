@@ -14,6 +14,9 @@
 //!   [`oracle::oracle`] says what a correct P2P stack must achieve between two behaviours.
 //! - [`probe`] has raw instruments and [`observe::observe`] measures a NAT from behind it;
 //!   [`Sim::capture`] writes pcap files that Wireshark and tshark read.
+//! - [`signal`] carries signaling frames between nodes and one hosted signaling server over
+//!   reliable, ordered channels with a latency per node; [`Sim::mark`] and [`Sim::since_mark`]
+//!   measure virtual time from a chosen moment (the first `connect` call) to an event.
 //!
 //! Driving a machine:
 //!
@@ -44,5 +47,6 @@ pub mod oracle;
 pub mod pcap;
 pub mod presets;
 pub mod probe;
+pub mod signal;
 
 pub use net::{CaptureId, CaptureTarget, DEFAULT_TTL, Drop, NodeId, Sim, Stats};

@@ -16,6 +16,9 @@ use rustc_hash::FxHashMap;
 use crate::link::{IPV4_UDP_OVERHEAD, IPV6_UDP_OVERHEAD, LinkConfig, LinkDrop, LinkState, nanos};
 use crate::nat::{NatConfig, NatDrop, NatTable};
 use crate::pcap::PcapWriter;
+use crate::signal::SignalNode;
+
+mod channel;
 
 /// The TTL hosts give a datagram unless its [`Transmit`] asks otherwise (Linux's default).
 pub const DEFAULT_TTL: u8 = 64;
@@ -114,6 +117,50 @@ trait Hosted {
     fn poll_timeout(&self) -> Option<Instant>;
     fn as_any(&self) -> &dyn Any;
     fn as_any_mut(&mut self) -> &mut dyn Any;
+    /// The machine's end of the signaling channel, if it takes part in signaling.
+    fn signal(&mut self) -> Option<&mut dyn SignalNode> {
+        None
+    }
+}
+
+/// A machine installed with [`Sim::set_signal_machine`]: the same as any other, plus its
+/// [`SignalNode`] side. Downcasts see the machine itself.
+struct WithSignal<M>(M);
+
+impl<M> Hosted for WithSignal<M>
+where
+    M: SansIo + SignalNode + 'static,
+    M::Event: Debug + 'static,
+{
+    fn accepts(&self, packet: &Receive<'_>) -> bool {
+        self.0.accepts(packet)
+    }
+    fn handle_packet(&mut self, now: Instant, packet: Receive<'_>) {
+        self.0.handle_packet(now, packet);
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        self.0.handle_timeout(now);
+    }
+    fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        self.0.poll_transmit(now, buf)
+    }
+    fn poll_event(&mut self) -> Option<Box<dyn AnyEvent>> {
+        self.0
+            .poll_event()
+            .map(|e| Box::new(e) as Box<dyn AnyEvent>)
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.0.poll_timeout()
+    }
+    fn as_any(&self) -> &dyn Any {
+        &self.0
+    }
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        &mut self.0
+    }
+    fn signal(&mut self) -> Option<&mut dyn SignalNode> {
+        Some(&mut self.0)
+    }
 }
 
 trait AnyEvent: Debug {
@@ -251,6 +298,8 @@ enum Action {
     Lane { lane: u32 },
     /// A host's timer, valid only if `generation` is still current.
     Timer { host: NodeId, generation: u64 },
+    /// Something on the signaling channel.
+    Signal(channel::SignalAction),
 }
 
 /// An arrival waiting in a lane.
@@ -314,6 +363,10 @@ pub struct Sim {
     free_slots: Vec<u32>,
     /// Payload buffers of finished packets, reused for new ones.
     spare_payloads: Vec<Vec<u8>>,
+    /// The signaling channel: the server machine and every node's connections.
+    signaling: channel::Signaling,
+    /// First instant (ns since epoch) each label was [marked](Sim::mark).
+    marks: BTreeMap<String, u64>,
 }
 
 /// Most payload buffers kept for reuse.
@@ -359,6 +412,8 @@ impl Sim {
             in_flight: Vec::new(),
             free_slots: Vec::new(),
             spare_payloads: Vec::new(),
+            signaling: channel::Signaling::default(),
+            marks: BTreeMap::new(),
         }
     }
 
@@ -375,6 +430,38 @@ impl Sim {
     /// The instant the run started at.
     pub fn epoch(&self) -> Instant {
         self.epoch
+    }
+
+    /// The virtual time of `at`: its offset from the [epoch](Sim::epoch), the number the trace
+    /// prints (in nanoseconds) and the one to compare across runs.
+    pub fn time_of(&self, at: Instant) -> Duration {
+        at.saturating_duration_since(self.epoch)
+    }
+
+    /// Records that `label` happened now, the first time only, and writes it to the trace. With
+    /// [`Sim::since_mark`] this measures from a moment the test chooses, such as the first
+    /// `connect` call, to an event's instant.
+    pub fn mark(&mut self, label: &str) {
+        if !self.marks.contains_key(label) {
+            self.marks.insert(label.to_owned(), self.now);
+            self.trace_line(format_args!("mark {label}"));
+        }
+    }
+
+    /// When `label` was first [marked](Sim::mark).
+    pub fn marked(&self, label: &str) -> Option<Instant> {
+        self.marks.get(label).map(|&at| self.instant(at))
+    }
+
+    /// Virtual time from the first [mark](Sim::mark) of `label` to `at` (zero if `at` is earlier).
+    ///
+    /// # Panics
+    /// If `label` was never marked.
+    pub fn since_mark(&self, label: &str, at: Instant) -> Duration {
+        let mark = self
+            .marked(label)
+            .unwrap_or_else(|| panic!("{label:?} was never marked"));
+        at.saturating_duration_since(mark)
     }
 
     /// A number drawn from the simulator's generator, to seed a machine's own RNG.
@@ -547,6 +634,20 @@ impl Sim {
         self.drain(host);
     }
 
+    /// Like [`Sim::set_machine`], for a machine that also has a [`SignalNode`] side: it can then
+    /// use the signaling channel ([`Sim::signal_connect`], [`crate::signal`]). Frames it polls go
+    /// out right after its transmits, on the same drain.
+    pub fn set_signal_machine<M>(&mut self, host: NodeId, default_port: u16, machine: M)
+    where
+        M: SansIo + SignalNode + 'static,
+        M::Event: Debug + 'static,
+    {
+        let h = self.host_mut(host);
+        h.machine = Some(Box::new(WithSignal(machine)));
+        h.default_port = default_port;
+        self.drain(host);
+    }
+
     /// The machine on `host`.
     ///
     /// # Panics
@@ -658,6 +759,7 @@ impl Sim {
                 self.arrive_from_slot(head.node, head.from_parent, head.slot);
             }
             Action::Timer { host, generation } => self.fire_timer(host, generation),
+            Action::Signal(action) => self.run_signal_action(action),
         }
         true
     }
@@ -736,7 +838,8 @@ impl Sim {
         }
     }
 
-    /// Drains a host's machine in the contract's order: transmits, events, then its timeout.
+    /// Drains a host's machine in the contract's order: transmits (then signaling frames),
+    /// events, then its timeout. Signaling requests run last, with the machine back in place.
     fn drain(&mut self, host: NodeId) {
         let now = self.now();
         let Some(mut machine) = self.host_mut(host).machine.take() else {
@@ -748,6 +851,10 @@ impl Sim {
             self.send_from_host(host, transmit, &buf[..len]);
         }
         self.buf = buf;
+        let requests = match machine.signal() {
+            Some(node) => self.take_signal_output(host, node),
+            None => Vec::new(),
+        };
         while let Some(event) = machine.poll_event() {
             if self.trace.is_some() {
                 let name = self.node(host).name.clone();
@@ -765,6 +872,9 @@ impl Sim {
             if let Some(at) = deadline {
                 self.schedule(at, Action::Timer { host, generation });
             }
+        }
+        for request in requests {
+            self.run_signal_request(host, request);
         }
     }
 

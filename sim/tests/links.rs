@@ -525,14 +525,14 @@ fn mtu_counts_ip_and_udp_headers() {
     };
 
     assert_eq!(send(&mut sim, v4, 1280 - V4_OVERHEAD), vec![1252]);
-    assert_eq!(send(&mut sim, v4, 1281 - V4_OVERHEAD), vec![]);
+    assert_eq!(send(&mut sim, v4, 1281 - V4_OVERHEAD), Vec::<usize>::new());
     assert_eq!(sim.stats().dropped(too_big), 1);
     assert_eq!(send(&mut sim, v6, 1280 - V6_OVERHEAD), vec![1232]);
-    assert_eq!(send(&mut sim, v6, 1281 - V6_OVERHEAD), vec![]);
+    assert_eq!(send(&mut sim, v6, 1281 - V6_OVERHEAD), Vec::<usize>::new());
     assert_eq!(sim.stats().dropped(too_big), 2);
     // Beyond the sender's own 1500-byte MTU.
-    assert_eq!(send(&mut sim, v4, 1501 - V4_OVERHEAD), vec![]);
-    assert_eq!(send(&mut sim, v6, 1501 - V6_OVERHEAD), vec![]);
+    assert_eq!(send(&mut sim, v4, 1501 - V4_OVERHEAD), Vec::<usize>::new());
+    assert_eq!(send(&mut sim, v6, 1501 - V6_OVERHEAD), Vec::<usize>::new());
     assert_eq!(sim.stats().dropped(too_big), 4);
     assert_eq!(sim.stats().dropped_total(), 4);
 
