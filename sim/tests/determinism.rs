@@ -3,15 +3,22 @@
 //! The scenario draws randomness everywhere the simulator does: jitter, random and bursty loss,
 //! reordering, duplication, a bandwidth queue, NATs with random ports, machines seeded with
 //! [`Sim::fork_seed`]. Hosts behind NATs and on the open internet, over IPv4 and IPv6, exchange
-//! requests and replies in both directions for several seconds of virtual time.
+//! requests and replies in both directions for several seconds of virtual time. Meanwhile two
+//! signaling clients reach a signaling server over channels with jitter and a bandwidth limit,
+//! exchange an offer and an answer, and one of them is cut off and reconnects.
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use fog_core::{Receive, SansIo, Transmit};
+use fog_signal::KeyPair;
+use fog_signal::client::{ClientConfig, Event};
+use fog_signal::msg::{Credentials, Description};
+use fog_signal::server::{Server, ServerConfig};
 use fog_sim::link::{BurstLoss, LinkConfig, LinkDrop};
 use fog_sim::presets::Preset;
+use fog_sim::signal::{ClientNode, NodeEvent, Request, SignalLink};
 use fog_sim::{Drop, NodeId, Sim, Stats};
 
 /// SplitMix64: a machine's own seeded generator, so that the test needs no RNG crate.
@@ -258,9 +265,99 @@ fn run(seed: u64) -> (Vec<u8>, Stats) {
         sim.set_machine(host, 4000, Chatter::new(seed, now, peers, ports(4000), RUN));
     }
 
-    sim.run_for(RUN + Duration::from_secs(2));
+    // Signaling: machines keyed and seeded from the simulator, jittery channels.
+    let realm = "determinism";
+    let mut seed32 = || {
+        let mut out = [0u8; 32];
+        for chunk in out.chunks_mut(8) {
+            chunk.copy_from_slice(&sim.fork_seed().to_le_bytes());
+        }
+        out
+    };
+    let (server_key, server_seed) = (seed32(), seed32());
+    let mut clients = Vec::new();
+    for _ in 0..2 {
+        clients.push(ClientConfig::new(
+            KeyPair::from_seed(&seed32()),
+            realm,
+            seed32(),
+        ));
+    }
+    sim.set_signal_server(Server::new(ServerConfig::new(
+        KeyPair::from_seed(&server_key),
+        realm,
+        server_seed,
+    )));
+    let mut signalers = Vec::new();
+    for ((name, last), config) in [("erin", 8u8), ("frank", 9)].into_iter().zip(clients) {
+        let h = sim.add_host(
+            name,
+            NodeId::INTERNET,
+            &[ip(&format!("198.51.100.{last}"))],
+            LinkConfig::default(),
+        );
+        let node = ClientNode::new(config, sim.epoch());
+        sim.set_signal_machine(h, 4000, node);
+        sim.set_signal_link(
+            h,
+            SignalLink {
+                jitter: Duration::from_millis(20),
+                bandwidth_bps: Some(100_000),
+                setup_round_trips: 1,
+                ..SignalLink::with_latency(Duration::from_millis(20 + 5 * u64::from(last)))
+            },
+        );
+        sim.signal_connect(h);
+        signalers.push(h);
+    }
+    let [erin, frank] = signalers[..] else {
+        unreachable!()
+    };
+
+    sim.run_for(Duration::from_secs(1));
+    let erin_id = sim.machine::<ClientNode>(erin).client().peer_id();
+    let offer = description(1);
+    sim.with_machine(frank, |n: &mut ClientNode, now| {
+        n.client_mut().ping(now).unwrap();
+        n.client_mut().connect(erin_id, offer).unwrap();
+    });
+    sim.run_for(Duration::from_millis(500));
+    let session = sim
+        .take_events::<NodeEvent>(erin)
+        .into_iter()
+        .find_map(|(_, e)| match e {
+            NodeEvent::Signal(Event::Offer { session, .. }) => Some(session),
+            _ => None,
+        })
+        .expect("erin got the offer");
+    sim.with_machine(erin, |n: &mut ClientNode, _| {
+        n.client_mut().answer(session, description(2)).unwrap()
+    });
+    sim.run_for(Duration::from_millis(500));
+    sim.signal_sever(frank);
+    sim.run_for(Duration::from_millis(500));
+    sim.with_machine(frank, |n: &mut ClientNode, _| n.request(Request::Connect));
+
+    sim.run_until(sim.epoch() + RUN + Duration::from_secs(2));
     assert_eq!(sim.stats().in_flight(), 0, "the network went quiet");
+    assert!(
+        sim.machine::<ClientNode>(frank).client().is_authenticated(),
+        "frank reconnected"
+    );
     (sim.trace().to_vec(), sim.stats().clone())
+}
+
+fn description(n: u8) -> Description {
+    Description {
+        candidates: vec![],
+        nat: None,
+        transports: vec![],
+        credentials: Credentials {
+            ufrag: format!("uf{n:02}"),
+            pwd: "0123456789abcdefghijkl".into(),
+        },
+        service: 1,
+    }
 }
 
 fn summary(trace: &[u8]) -> String {
@@ -278,7 +375,18 @@ fn same_seed_same_trace_and_the_trace_is_rich() {
     let text = std::str::from_utf8(&trace).expect("the trace is text");
     let lines = text.lines().count();
     assert!(lines > 1_000, "{}", summary(&trace));
-    for word in ["send ", "deliver ", "drop ", "timer ", "event "] {
+    for word in [
+        "send ",
+        "deliver ",
+        "drop ",
+        "timer ",
+        "event ",
+        "signal ",
+        "to-server",
+        "to-node",
+        "sever",
+        "PunchAt",
+    ] {
         assert!(text.contains(word), "no {word:?} in the trace");
     }
     // Each source of randomness was exercised.
