@@ -498,6 +498,11 @@ fn a_cut_is_reported_to_both_ends_and_the_node_reconnects() {
     sim.run_until(sim.epoch() + cut + ms(la));
     assert!(!sim.signal_server::<Server>().is_online(&alice_id));
     assert_eq!(sim.signal_server::<Server>().connections(), 1);
+    assert_eq!(
+        sim.signal_connections(),
+        1,
+        "alice's cut connection is forgotten"
+    );
     sim.run_for(ms(200));
     assert_eq!(
         events(&mut sim, bob),
@@ -561,8 +566,9 @@ fn a_graceful_close_follows_the_frames_sent_before_it() {
             (ms(30), Seen::Closed(Closed::Local))
         ]
     );
-    // The echo found the node's end closed.
+    // The echo found the node's end closed; then nothing is left of the connection.
     assert_eq!(sim.signal_stats().frames_discarded, 1);
+    assert_eq!(sim.signal_connections(), 0);
 }
 
 #[test]
@@ -595,6 +601,7 @@ fn a_server_close_arrives_after_the_frames_before_it() {
     );
     assert_eq!(sim.signal_state(h), State::Idle);
     assert_eq!(sim.signal_server::<Server>().connections(), 0);
+    assert_eq!(sim.signal_connections(), 0);
 }
 
 #[test]
@@ -621,6 +628,7 @@ fn a_blocked_server_is_unreachable() {
         )]
     );
     assert_eq!(sim.signal_server::<Server>().connections(), 0);
+    assert_eq!(sim.signal_connections(), 0);
 
     // Reachable again: the next connect works.
     sim.set_signal_blocked(alice, false);
@@ -636,6 +644,7 @@ fn a_blocked_server_is_unreachable() {
         vec![(at, NodeEvent::Closed(Closed::Severed))]
     );
     assert_eq!(sim.signal_server::<Server>().connections(), 0);
+    assert_eq!(sim.signal_connections(), 0);
 }
 
 /// A node that signals and sends datagrams: it offers its own address, and once the answer

@@ -164,6 +164,12 @@ impl Sim {
         }
     }
 
+    /// Signaling connections still tracked: open at either end or with messages on the wire.
+    /// Zero once every connection has closed and the channel is quiet.
+    pub fn signal_connections(&self) -> usize {
+        self.signaling.conns.len()
+    }
+
     /// Counters of the signaling channel.
     pub fn signal_stats(&self) -> &SignalStats {
         &self.signaling.stats
@@ -233,6 +239,7 @@ impl Sim {
                 Action::Signal(SignalAction::ServerLost { conn }),
             );
         }
+        self.collect(conn);
         self.notify_closed(host, Closed::Severed);
     }
 
@@ -248,7 +255,10 @@ impl Sim {
     /// Runs a queued channel action.
     pub(super) fn run_signal_action(&mut self, action: SignalAction) {
         match action {
-            SignalAction::Arrive { conn, up } => self.signal_arrive(conn, up),
+            SignalAction::Arrive { conn, up } => {
+                self.signal_arrive(conn, up);
+                self.collect(conn);
+            }
             SignalAction::ServerTimer { generation } => {
                 if self.signaling.server_timer_generation != generation {
                     return;
@@ -262,7 +272,9 @@ impl Sim {
                 self.drain_signal_server();
             }
             SignalAction::Unreachable { conn } => {
-                let host = self.signaling.conns[&conn].host;
+                let Some(host) = self.signaling.conns.get(&conn).map(|c| c.host) else {
+                    return;
+                };
                 if self.signaling.endpoints[&host].current != Some(conn) {
                     return;
                 }
@@ -273,16 +285,20 @@ impl Sim {
                     .current = None;
                 self.signaling.conns.get_mut(&conn).expect("known").node = NodeSide::Gone;
                 self.signal_trace(host, conn, format_args!("unreachable"));
+                self.collect(conn);
                 self.notify_closed(host, Closed::Unreachable);
             }
             SignalAction::ServerLost { conn } => {
-                let c = self.signaling.conns.get_mut(&conn).expect("known");
+                let Some(c) = self.signaling.conns.get_mut(&conn) else {
+                    return;
+                };
                 if !c.server_open {
                     return;
                 }
                 c.server_open = false;
                 let host = c.host;
                 self.signal_trace(host, conn, format_args!("server-lost"));
+                self.collect(conn);
                 self.server_disconnect(conn);
             }
         }
@@ -382,6 +398,7 @@ impl Sim {
         if wired {
             self.signal_send(conn, true, Item::Close(None), 0);
         }
+        self.collect(conn);
         self.notify_closed(host, Closed::Local);
     }
 
@@ -429,7 +446,10 @@ impl Sim {
     }
 
     fn signal_arrive(&mut self, conn: ConnId, up: bool) {
-        let c = self.signaling.conns.get_mut(&conn).expect("known");
+        // Gone when the connection was severed and forgotten with this item on the wire.
+        let Some(c) = self.signaling.conns.get_mut(&conn) else {
+            return;
+        };
         let host = c.host;
         let dir = if up { &mut c.up } else { &mut c.down };
         // Empty when the connection was severed with this item on the wire.
@@ -521,6 +541,20 @@ impl Sim {
                 self.signal_trace(host, conn, format_args!("discard to-node"));
             }
             Item::Open | Item::Close(_) => {}
+        }
+    }
+
+    /// Forgets `conn` once neither end holds it open and nothing is on its wire; queued actions
+    /// that still name it find it gone and do nothing.
+    fn collect(&mut self, conn: ConnId) {
+        let done = self.signaling.conns.get(&conn).is_some_and(|c| {
+            c.node == NodeSide::Gone
+                && !c.server_open
+                && c.up.items.is_empty()
+                && c.down.items.is_empty()
+        });
+        if done {
+            self.signaling.conns.remove(&conn);
         }
     }
 
