@@ -1,0 +1,872 @@
+//! The connectivity agent of one session: connectivity checks (RFC 8445 §7) from the pairs the
+//! [`Plan`] allows, peer-reflexive learning, nomination, and consent freshness (RFC 7675) on the
+//! selected path.
+//!
+//! It is not a full RFC 8445 agent: one component, no candidate foundations or frozen check
+//! lists (a session has a handful of pairs, not hundreds), checks retransmitted on a fast fixed
+//! schedule while punching rather than RFC 5389's back-off, and the punching extras RFC 8445
+//! lacks: predicted candidates, a single-flow discipline for sides whose own port is a
+//! prediction, and both halves of a birthday round.
+//!
+//! Checks (§7.1, §7.2.2) are Binding requests with USERNAME `remote-ufrag:local-ufrag`,
+//! MESSAGE-INTEGRITY keyed by the peer's password, PRIORITY, ICE-CONTROLLING or ICE-CONTROLLED
+//! with the tie-breaker, and FINGERPRINT. A request that fails integrity is dropped and counted,
+//! never answered (an unauthenticated sender gets nothing from us). Responses must come back
+//! symmetric (§7.2.5.2.1): from the address the check went to, to the socket it left from.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use fog_core::{Receive, SansIo, Transmit};
+use fog_stun::wire::{Class, ErrorCode, IntegrityKey, Message, Method, TransactionId};
+
+use crate::candidate::{Candidate, Kind, pair_priority};
+use crate::strategy::{Birthday, Plan};
+
+/// RFC 8445 §7.3.1.1: the error code of a role conflict.
+const ROLE_CONFLICT: u16 = 487;
+/// Lowest port a birthday probe or socket uses (below are the well-known ports).
+const LOW_PORT: u16 = 1024;
+
+/// One side's check credentials (RFC 8445 §5.3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// Username fragment.
+    pub ufrag: String,
+    /// Password.
+    pub pwd: String,
+}
+
+/// Everything an [`Agent`] needs.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Our credentials: incoming checks must be signed with our password.
+    pub local: Credentials,
+    /// The peer's credentials: our checks are signed with its password.
+    pub remote: Credentials,
+    /// Whether we start as the controlling agent (the offerer does).
+    pub controlling: bool,
+    /// RFC 8445 §7.3.1.1 tie-breaker, random.
+    pub tie_breaker: u64,
+    /// The local socket checks leave from.
+    pub base: SocketAddr,
+    /// Our half of the route.
+    pub plan: Plan,
+    /// Seeds the transaction IDs, the birthday ports and consent jitter.
+    pub seed: u64,
+    /// Pacing of new checks (RFC 8445 §14.2's Ta; default 20 ms).
+    pub pace: Duration,
+    /// First retransmission interval of a check; it doubles up to [`max_retry`](Self::max_retry)
+    /// while punching (default 50 ms).
+    pub retry: Duration,
+    /// Largest retransmission interval (default 400 ms).
+    pub max_retry: Duration,
+    /// Consent checks on the selected path are this far apart, ±20 % (RFC 7675 §5.1: 5 s).
+    pub consent_interval: Duration,
+    /// A selected path with no answer to consent checks for this long is lost (RFC 7675 §5.1:
+    /// 30 s).
+    pub consent_timeout: Duration,
+    /// TTL of the first check to each destination, which opens our NAT without reaching the
+    /// peer's (see NAT-NOTES on NATs that keep state for unsolicited input); `None` for none.
+    pub low_ttl: Option<u8>,
+}
+
+impl AgentConfig {
+    /// A configuration with the defaults above.
+    pub fn new(
+        local: Credentials,
+        remote: Credentials,
+        controlling: bool,
+        base: SocketAddr,
+        plan: Plan,
+        seed: u64,
+    ) -> AgentConfig {
+        AgentConfig {
+            local,
+            remote,
+            controlling,
+            tie_breaker: splitmix(seed ^ 0x7469_6562_7265_616b),
+            base,
+            plan,
+            seed,
+            pace: Duration::from_millis(20),
+            retry: Duration::from_millis(50),
+            max_retry: Duration::from_millis(400),
+            consent_interval: Duration::from_secs(5),
+            consent_timeout: Duration::from_secs(30),
+            low_ttl: None,
+        }
+    }
+}
+
+/// What the agent reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A pair answered a check both ways: a working path.
+    Validated {
+        /// Our socket.
+        local: SocketAddr,
+        /// The peer's address on it.
+        remote: SocketAddr,
+        /// The round trip of the check.
+        rtt: Duration,
+    },
+    /// The nominated path: data goes here.
+    Selected {
+        /// Our socket.
+        local: SocketAddr,
+        /// The peer's address on it.
+        remote: SocketAddr,
+        /// Its smoothed round trip.
+        rtt: Duration,
+    },
+    /// The selected path lost consent (no answer for the consent timeout).
+    PathLost {
+        /// Our socket.
+        local: SocketAddr,
+        /// The peer's address on it.
+        remote: SocketAddr,
+    },
+    /// Punching ran out of time without a working path; only the relay is left.
+    GaveUp,
+}
+
+/// Counters of what the agent dropped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Checks sent (including retransmissions and birthday probes).
+    pub checks_sent: u64,
+    /// Datagrams that were not STUN at all or did not decode.
+    pub malformed: u64,
+    /// Requests whose USERNAME or MESSAGE-INTEGRITY was wrong.
+    pub unauthenticated: u64,
+    /// Responses to no check of ours, or from the wrong address.
+    pub stray: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Waiting,
+    InProgress,
+    Succeeded,
+    Failed,
+}
+
+#[derive(Debug, Clone)]
+struct Pair {
+    local: SocketAddr,
+    remote: SocketAddr,
+    priority: u64,
+    state: State,
+    /// When the next (re)transmission is due while in progress.
+    next_at: Option<Instant>,
+    interval: Duration,
+    srtt: Option<Duration>,
+    /// The peer nominated it (USE-CANDIDATE) or we did and it answered.
+    nominated: bool,
+    /// Last answer to any check on it.
+    last_answer: Option<Instant>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Outstanding {
+    local: SocketAddr,
+    remote: SocketAddr,
+    sent_at: Instant,
+    /// Karn: no RTT sample from an answer to a retransmitted check.
+    retransmitted: bool,
+    use_candidate: bool,
+}
+
+#[derive(Debug)]
+struct Queued {
+    bytes: Vec<u8>,
+    source: SocketAddr,
+    destination: SocketAddr,
+    ttl: Option<u8>,
+}
+
+#[derive(Debug)]
+struct Spray {
+    ip: IpAddr,
+    remaining: u32,
+    every: Duration,
+    next_at: Instant,
+    tried: HashSet<u16>,
+}
+
+/// The connectivity agent of one session (see the module docs).
+#[derive(Debug)]
+pub struct Agent {
+    config: AgentConfig,
+    controlling: bool,
+    rng: u64,
+    local_key: IntegrityKey,
+    remote_key: IntegrityKey,
+    remotes: Vec<Candidate>,
+    pairs: Vec<Pair>,
+    outstanding: HashMap<TransactionId, Outstanding>,
+    /// Destinations a check has gone to, for the single-flow rule and the low TTL.
+    flows: HashSet<SocketAddr>,
+    start_at: Option<Instant>,
+    deadline: Option<Instant>,
+    next_pace: Option<Instant>,
+    spray: Option<Spray>,
+    /// The birthday sockets (Birthday::Open), once opened.
+    open_sockets: Vec<SocketAddr>,
+    selected: Option<usize>,
+    next_consent: Option<Instant>,
+    gave_up: bool,
+    queue: VecDeque<Queued>,
+    events: VecDeque<Event>,
+    stats: Stats,
+}
+
+impl Agent {
+    /// An agent that waits for [`start`](Self::start) before sending checks; it answers checks
+    /// from the peer at once.
+    pub fn new(config: AgentConfig) -> Agent {
+        let local_key = IntegrityKey::short_term(&config.local.pwd);
+        let remote_key = IntegrityKey::short_term(&config.remote.pwd);
+        Agent {
+            controlling: config.controlling,
+            rng: splitmix(config.seed),
+            local_key,
+            remote_key,
+            config,
+            remotes: Vec::new(),
+            pairs: Vec::new(),
+            outstanding: HashMap::new(),
+            flows: HashSet::new(),
+            start_at: None,
+            deadline: None,
+            next_pace: None,
+            spray: None,
+            open_sockets: Vec::new(),
+            selected: None,
+            next_consent: None,
+            gave_up: false,
+            queue: VecDeque::new(),
+            events: VecDeque::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    /// Start punching at `at` (the instant agreed over signaling).
+    pub fn start(&mut self, at: Instant) {
+        if self.start_at.is_none() {
+            self.start_at = Some(at);
+        }
+    }
+
+    /// A candidate of the peer (from its description or trickled). Which ones are checked is
+    /// the plan's choice: host and server-reflexive ones when it checks the srflx, the first
+    /// `to_predicted` predicted ones, none of the relayed ones (the relay is TURN's).
+    pub fn add_remote(&mut self, candidate: Candidate) {
+        if self.remotes.iter().any(|c| c.addr == candidate.addr) {
+            return;
+        }
+        self.remotes.push(candidate);
+        let plan = &self.config.plan;
+        let predicted_so_far = self
+            .remotes
+            .iter()
+            .filter(|c| c.kind == Kind::Predicted)
+            .count();
+        let wanted = match candidate.kind {
+            Kind::ServerReflexive | Kind::PeerReflexive => plan.to_srflx,
+            Kind::Host => plan.to_srflx && !plan.single_flow,
+            Kind::Predicted => predicted_so_far <= usize::from(plan.to_predicted),
+            Kind::Relayed => false,
+        };
+        if !plan.is_direct() || !wanted || candidate.addr.is_ipv4() != self.config.base.is_ipv4() {
+            return;
+        }
+        self.add_pair(self.config.base, candidate.addr, candidate.priority);
+    }
+
+    /// The selected path, if any: (our socket, the peer's address).
+    pub fn selected(&self) -> Option<(SocketAddr, SocketAddr)> {
+        self.selected
+            .map(|i| (self.pairs[i].local, self.pairs[i].remote))
+    }
+
+    /// Whether we are the controlling agent now (a role conflict may have switched it).
+    pub fn is_controlling(&self) -> bool {
+        self.controlling
+    }
+
+    /// What the agent dropped and sent.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// The sockets opened for a birthday round.
+    pub fn birthday_sockets(&self) -> &[SocketAddr] {
+        &self.open_sockets
+    }
+
+    fn add_pair(&mut self, local: SocketAddr, remote: SocketAddr, remote_priority: u32) -> usize {
+        if let Some(i) = self.pair_index(local, remote) {
+            return i;
+        }
+        let ours = Candidate::new(Kind::Host, local).priority;
+        let priority = if self.controlling {
+            pair_priority(ours, remote_priority)
+        } else {
+            pair_priority(remote_priority, ours)
+        };
+        self.pairs.push(Pair {
+            local,
+            remote,
+            priority,
+            state: State::Waiting,
+            next_at: None,
+            interval: self.config.retry,
+            srtt: None,
+            nominated: false,
+            last_answer: None,
+        });
+        self.pairs.len() - 1
+    }
+
+    fn pair_index(&self, local: SocketAddr, remote: SocketAddr) -> Option<usize> {
+        self.pairs
+            .iter()
+            .position(|p| p.local == local && p.remote == remote)
+    }
+
+    fn started(&self, now: Instant) -> bool {
+        self.start_at.is_some_and(|t| now >= t)
+    }
+
+    fn punching(&self, now: Instant) -> bool {
+        self.started(now) && !self.gave_up && self.selected.is_none()
+    }
+
+    /// Whether a check may go to `remote` now: always to a destination we already opened, and
+    /// to a new one unless the single-flow rule has used its one flow.
+    fn may_open(&self, remote: SocketAddr) -> bool {
+        let plan = &self.config.plan;
+        !plan.single_flow
+            || self.flows.is_empty()
+            || self.flows.contains(&remote)
+            || (plan.flow_by_ip && self.flows.iter().any(|f| f.ip() == remote.ip()))
+    }
+
+    fn begin(&mut self, now: Instant) {
+        if self.deadline.is_some() {
+            return;
+        }
+        self.deadline = Some(now + self.config.plan.punch_for);
+        self.next_pace = Some(now);
+        match self.config.plan.birthday {
+            Some(Birthday::Spray { probes, rate }) => {
+                if let Some(ip) = self.peer_ip() {
+                    self.spray = Some(Spray {
+                        ip,
+                        remaining: probes,
+                        every: Duration::from_secs(1) / rate.max(1),
+                        next_at: now,
+                        tried: HashSet::new(),
+                    });
+                }
+            }
+            Some(Birthday::Open { sockets }) => {
+                let targets: Vec<Candidate> = self
+                    .remotes
+                    .iter()
+                    .filter(|c| c.kind == Kind::ServerReflexive)
+                    .copied()
+                    .collect();
+                let mut used: HashSet<u16> = HashSet::from([self.config.base.port()]);
+                for _ in 0..sockets {
+                    let port = loop {
+                        let p =
+                            LOW_PORT + (self.next_random() % u64::from(u16::MAX - LOW_PORT)) as u16;
+                        if used.insert(p) {
+                            break p;
+                        }
+                    };
+                    let local = SocketAddr::new(self.config.base.ip(), port);
+                    self.open_sockets.push(local);
+                    for target in &targets {
+                        let i = self.add_pair(local, target.addr, target.priority);
+                        // Every birthday socket sends at once: the round is a burst.
+                        self.check(now, i, false);
+                    }
+                }
+            }
+            None => {}
+        }
+    }
+
+    /// The peer's public IP: that of its first server-reflexive candidate.
+    fn peer_ip(&self) -> Option<IpAddr> {
+        self.remotes
+            .iter()
+            .find(|c| c.kind == Kind::ServerReflexive)
+            .map(|c| c.addr.ip())
+    }
+
+    /// Sends a check on pair `i` (a first transmission or a retransmission).
+    fn check(&mut self, now: Instant, i: usize, use_candidate: bool) {
+        let (local, remote) = (self.pairs[i].local, self.pairs[i].remote);
+        if !self.may_open(remote) {
+            return;
+        }
+        let retransmitted = self.pairs[i].state == State::InProgress;
+        let pair = &mut self.pairs[i];
+        if pair.state == State::Waiting || pair.state == State::Failed {
+            pair.state = State::InProgress;
+        }
+        if pair.state == State::InProgress {
+            pair.next_at = Some(now + pair.interval);
+            pair.interval = (pair.interval * 2).min(self.config.max_retry);
+        }
+        self.send_check(now, local, remote, use_candidate, retransmitted);
+    }
+
+    fn send_check(
+        &mut self,
+        now: Instant,
+        local: SocketAddr,
+        remote: SocketAddr,
+        use_candidate: bool,
+        retransmitted: bool,
+    ) {
+        let id = self.next_transaction();
+        let mut message = Message::new(Class::Request, Method::BINDING, id);
+        let a = &mut message.attributes;
+        a.username = Some(format!(
+            "{}:{}",
+            self.config.remote.ufrag, self.config.local.ufrag
+        ));
+        // §7.1.1: the priority a peer-reflexive candidate of ours would have.
+        a.priority = Some(Candidate::new(Kind::PeerReflexive, local).priority);
+        a.use_candidate = use_candidate;
+        if self.controlling {
+            a.ice_controlling = Some(self.config.tie_breaker);
+        } else {
+            a.ice_controlled = Some(self.config.tie_breaker);
+        }
+        message.fingerprint = true;
+        let Ok(bytes) = message.to_bytes(Some(&self.remote_key)) else {
+            // Only an over-long username could fail, and credentials are checked at signaling.
+            return;
+        };
+        let first = self.flows.insert(remote);
+        let ttl = if first { self.config.low_ttl } else { None };
+        if let Some(ttl) = ttl {
+            // The low-TTL probe opens our NAT; the real check follows right behind it.
+            self.queue.push_back(Queued {
+                bytes: bytes.clone(),
+                source: local,
+                destination: remote,
+                ttl: Some(ttl),
+            });
+        }
+        self.outstanding.insert(
+            id,
+            Outstanding {
+                local,
+                remote,
+                sent_at: now,
+                retransmitted,
+                use_candidate,
+            },
+        );
+        self.stats.checks_sent += 1;
+        self.queue.push_back(Queued {
+            bytes,
+            source: local,
+            destination: remote,
+            ttl: None,
+        });
+    }
+
+    fn next_transaction(&mut self) -> TransactionId {
+        let mut bytes = [0u8; 12];
+        bytes[..8].copy_from_slice(&self.next_random().to_le_bytes());
+        bytes[8..].copy_from_slice(&(self.next_random() as u32).to_le_bytes());
+        TransactionId::new(bytes)
+    }
+
+    fn next_random(&mut self) -> u64 {
+        self.rng = self.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        splitmix(self.rng)
+    }
+
+    fn handle_request(&mut self, now: Instant, packet: &Receive<'_>, bytes: &[u8]) {
+        let Ok(message) = Message::decode_verified(bytes, &self.local_key) else {
+            self.stats.unauthenticated += 1;
+            return;
+        };
+        let expected = format!("{}:", self.config.local.ufrag);
+        let username_ok = message
+            .attributes
+            .username
+            .as_deref()
+            .is_some_and(|u| u.starts_with(&expected) && u.len() > expected.len());
+        if !username_ok || message.method != Method::BINDING {
+            self.stats.unauthenticated += 1;
+            return;
+        }
+        let a = &message.attributes;
+        // §7.3.1.1 role conflicts.
+        let conflict = match (self.controlling, a.ice_controlling, a.ice_controlled) {
+            (true, Some(theirs), _) => Some(self.config.tie_breaker >= theirs),
+            (false, _, Some(theirs)) => Some(self.config.tie_breaker < theirs),
+            _ => None,
+        };
+        match conflict {
+            // We keep our role; the peer must switch.
+            Some(true) => {
+                self.respond(packet, &message, Some(ROLE_CONFLICT));
+                return;
+            }
+            Some(false) => self.controlling = !self.controlling,
+            None => {}
+        }
+        self.respond(packet, &message, None);
+
+        // §7.3.1.3: a source we do not know is a peer-reflexive candidate.
+        if !self.remotes.iter().any(|c| c.addr == packet.source) {
+            let priority = a
+                .priority
+                .unwrap_or_else(|| Candidate::new(Kind::PeerReflexive, packet.source).priority);
+            self.remotes.push(Candidate {
+                kind: Kind::PeerReflexive,
+                addr: packet.source,
+                priority,
+            });
+        }
+        let remote_priority = a.priority.unwrap_or(0);
+        let i = self.add_pair(packet.local, packet.source, remote_priority);
+        if a.use_candidate && !self.controlling {
+            self.pairs[i].nominated = true;
+        }
+        match self.pairs[i].state {
+            // §7.3.1.4: a triggered check.
+            State::Waiting | State::Failed | State::InProgress => {
+                if self.start_at.is_some() {
+                    self.pairs[i].state = State::Waiting;
+                    self.pairs[i].interval = self.config.retry;
+                    self.check(now, i, false);
+                }
+            }
+            State::Succeeded => {
+                if self.pairs[i].nominated {
+                    self.select(now, i);
+                }
+            }
+        }
+    }
+
+    /// Answers a check from the socket it arrived on (§7.3.1.2).
+    fn respond(&mut self, packet: &Receive<'_>, request: &Message, error: Option<u16>) {
+        let class = if error.is_some() {
+            Class::ErrorResponse
+        } else {
+            Class::SuccessResponse
+        };
+        let mut message = Message::new(class, Method::BINDING, request.transaction_id);
+        match error {
+            Some(code) => message.attributes.error_code = Some(ErrorCode::new(code)),
+            None => message.attributes.xor_mapped_address = Some(packet.source),
+        }
+        message.fingerprint = true;
+        if let Ok(bytes) = message.to_bytes(Some(&self.local_key)) {
+            self.queue.push_back(Queued {
+                bytes,
+                source: packet.local,
+                destination: packet.source,
+                ttl: None,
+            });
+        }
+    }
+
+    fn handle_response(
+        &mut self,
+        now: Instant,
+        packet: &Receive<'_>,
+        id: TransactionId,
+        bytes: &[u8],
+    ) {
+        let Some(sent) = self.outstanding.get(&id).copied() else {
+            self.stats.stray += 1;
+            return;
+        };
+        // §7.2.5.2.1: the answer must come back the way the check went.
+        if packet.source != sent.remote || packet.local != sent.local {
+            self.stats.stray += 1;
+            return;
+        }
+        let Ok(message) = Message::decode_verified(bytes, &self.remote_key) else {
+            self.stats.unauthenticated += 1;
+            return;
+        };
+        self.outstanding.remove(&id);
+        if message.class == Class::ErrorResponse {
+            let code = message.attributes.error_code.map(|e| e.code);
+            if code == Some(ROLE_CONFLICT) {
+                // §7.2.5.1: switch roles and check again.
+                self.controlling = !self.controlling;
+                if let Some(i) = self.pair_index(sent.local, sent.remote) {
+                    self.pairs[i].state = State::Waiting;
+                    self.check(now, i, false);
+                }
+            } else if let Some(i) = self.pair_index(sent.local, sent.remote) {
+                self.pairs[i].state = State::Failed;
+                self.pairs[i].next_at = None;
+            }
+            return;
+        }
+        // A birthday probe that hit: the pair exists from now on.
+        let priority = Candidate::new(Kind::PeerReflexive, sent.remote).priority;
+        let i = self.add_pair(sent.local, sent.remote, priority);
+        let rtt = now.saturating_duration_since(sent.sent_at);
+        let pair = &mut self.pairs[i];
+        pair.last_answer = Some(now);
+        if !sent.retransmitted {
+            pair.srtt = Some(match pair.srtt {
+                // RFC 6298 §2.3's smoothing, α = 1/8.
+                Some(srtt) => (srtt * 7 + rtt) / 8,
+                None => rtt,
+            });
+        }
+        let first_success = pair.state != State::Succeeded;
+        pair.state = State::Succeeded;
+        pair.next_at = None;
+        if sent.use_candidate {
+            pair.nominated = true;
+        }
+        if first_success {
+            self.events.push_back(Event::Validated {
+                local: sent.local,
+                remote: sent.remote,
+                rtt,
+            });
+        }
+        if self.selected.is_some() {
+            return;
+        }
+        if self.pairs[i].nominated {
+            self.select(now, i);
+        } else if self.controlling && !self.pairs.iter().any(|p| p.nominated) {
+            // Nominate the first working pair at once: punching is about the first path.
+            self.send_check(now, sent.local, sent.remote, true, false);
+        }
+    }
+
+    fn select(&mut self, now: Instant, i: usize) {
+        if self.selected.is_some() {
+            return;
+        }
+        self.selected = Some(i);
+        self.spray = None;
+        for pair in &mut self.pairs {
+            pair.next_at = None;
+        }
+        let pair = &self.pairs[i];
+        self.events.push_back(Event::Selected {
+            local: pair.local,
+            remote: pair.remote,
+            rtt: pair.srtt.unwrap_or_default(),
+        });
+        self.pairs[i].last_answer = Some(now);
+        self.next_consent = Some(now + self.consent_gap());
+    }
+
+    /// The consent interval with ±20 % jitter (RFC 7675 §5.1).
+    fn consent_gap(&mut self) -> Duration {
+        let base = self.config.consent_interval;
+        let jitter = (self.next_random() % 401) as u32; // 0..=400 per mille of 20 % either way
+        base * (800 + jitter) / 1000
+    }
+
+    fn spray_port(&mut self) -> Option<u16> {
+        let spray = self.spray.as_ref()?;
+        if spray.tried.len() >= usize::from(u16::MAX - LOW_PORT) {
+            return None;
+        }
+        loop {
+            let p = LOW_PORT + (self.next_random() % u64::from(u16::MAX - LOW_PORT + 1)) as u16;
+            if self.spray.as_mut()?.tried.insert(p) {
+                return Some(p);
+            }
+        }
+    }
+}
+
+impl SansIo for Agent {
+    type Event = Event;
+
+    /// STUN messages (RFC 7983: first byte 0–3) with the magic cookie.
+    fn accepts(&self, packet: &Receive<'_>) -> bool {
+        let p = packet.payload;
+        p.len() >= 20 && p[0] < 4 && p[4..8] == [0x21, 0x12, 0xa4, 0x42]
+    }
+
+    fn handle_packet(&mut self, now: Instant, packet: Receive<'_>) {
+        if !self.accepts(&packet) {
+            self.stats.malformed += 1;
+            return;
+        }
+        let Ok(message) = Message::decode(packet.payload) else {
+            self.stats.malformed += 1;
+            return;
+        };
+        match message.class {
+            Class::Request => self.handle_request(now, &packet, packet.payload),
+            Class::SuccessResponse | Class::ErrorResponse => {
+                self.handle_response(now, &packet, message.transaction_id, packet.payload);
+            }
+            // Indications (keepalives) need nothing.
+            Class::Indication => {}
+        }
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        if !self.started(now) {
+            return;
+        }
+        self.begin(now);
+        if self.punching(now) {
+            if self.deadline.is_some_and(|d| now >= d)
+                && !self.pairs.iter().any(|p| p.state == State::Succeeded)
+            {
+                self.gave_up = true;
+                self.spray = None;
+                self.events.push_back(Event::GaveUp);
+                return;
+            }
+            // Retransmissions.
+            for i in 0..self.pairs.len() {
+                if self.pairs[i].state == State::InProgress
+                    && self.pairs[i].next_at.is_some_and(|t| now >= t)
+                {
+                    self.check(now, i, false);
+                }
+            }
+            // One new check per pace interval, highest priority first.
+            if self.next_pace.is_some_and(|t| now >= t) {
+                let next = self
+                    .pairs
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, p)| p.state == State::Waiting && self.may_open(p.remote))
+                    .max_by_key(|(_, p)| p.priority)
+                    .map(|(i, _)| i);
+                if let Some(i) = next {
+                    self.check(now, i, false);
+                    self.next_pace = Some(now + self.config.pace);
+                }
+            }
+            // The birthday spray, paced.
+            while let Some(spray) = &self.spray {
+                if spray.remaining == 0 || now < spray.next_at {
+                    break;
+                }
+                let ip = spray.ip;
+                let Some(port) = self.spray_port() else {
+                    self.spray = None;
+                    break;
+                };
+                let base = self.config.base;
+                self.send_check(now, base, SocketAddr::new(ip, port), false, false);
+                if let Some(spray) = &mut self.spray {
+                    spray.remaining -= 1;
+                    spray.next_at += spray.every;
+                }
+            }
+        }
+        // Consent freshness on the selected path.
+        if let (Some(i), Some(at)) = (self.selected, self.next_consent) {
+            let pair = &self.pairs[i];
+            if pair
+                .last_answer
+                .is_some_and(|t| now.saturating_duration_since(t) >= self.config.consent_timeout)
+            {
+                let (local, remote) = (pair.local, pair.remote);
+                self.events.push_back(Event::PathLost { local, remote });
+                self.selected = None;
+                self.next_consent = None;
+                self.pairs[i].state = State::Failed;
+                return;
+            }
+            if now >= at {
+                let (local, remote) = (pair.local, pair.remote);
+                self.send_check(now, local, remote, false, false);
+                self.next_consent = Some(now + self.consent_gap());
+            }
+        }
+    }
+
+    fn poll_transmit(&mut self, _now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        let queued = self.queue.pop_front()?;
+        let len = queued.bytes.len().min(buf.len());
+        buf[..len].copy_from_slice(&queued.bytes[..len]);
+        let transmit = Transmit::new(queued.destination, len).from_source(queued.source);
+        Some(match queued.ttl {
+            Some(ttl) => transmit.with_ttl(ttl),
+            None => transmit,
+        })
+    }
+
+    fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        let start = self.start_at?;
+        if self.deadline.is_none() {
+            return Some(start);
+        }
+        let mut next: Option<Instant> = None;
+        let mut consider = |t: Option<Instant>| {
+            if let Some(t) = t {
+                next = Some(next.map_or(t, |n| n.min(t)));
+            }
+        };
+        if !self.gave_up && self.selected.is_none() {
+            consider(self.deadline);
+            for pair in &self.pairs {
+                if pair.state == State::InProgress {
+                    consider(pair.next_at);
+                }
+            }
+            if self
+                .pairs
+                .iter()
+                .any(|p| p.state == State::Waiting && self.may_open(p.remote))
+            {
+                consider(self.next_pace);
+            }
+            consider(
+                self.spray
+                    .as_ref()
+                    .filter(|s| s.remaining > 0)
+                    .map(|s| s.next_at),
+            );
+        }
+        if let (Some(i), Some(at)) = (self.selected, self.next_consent) {
+            consider(Some(at));
+            consider(
+                self.pairs[i]
+                    .last_answer
+                    .map(|t| t + self.config.consent_timeout),
+            );
+        }
+        next
+    }
+}
+
+/// SplitMix64's finaliser: a well-mixed 64-bit value from a counter.
+fn splitmix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
