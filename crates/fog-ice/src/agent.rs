@@ -870,3 +870,305 @@ fn splitmix(x: u64) -> u64 {
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
 }
+
+#[cfg(test)]
+// Tests take any epoch.
+#[allow(clippy::disallowed_methods)]
+mod tests {
+    use fog_core::nat::Behaviour;
+    use fog_core::pairing::Who;
+
+    use super::*;
+    use crate::strategy::StrategyConfig;
+
+    const A: &str = "192.0.2.1:1000";
+    const B: &str = "192.0.2.2:2000";
+
+    fn creds(name: &str) -> Credentials {
+        Credentials {
+            ufrag: format!("{name}ufrag"),
+            pwd: format!("{name}-a-password-of-22-chars"),
+        }
+    }
+
+    fn agent(me: &str, peer: &str, controlling: bool, seed: u64) -> Agent {
+        let who = if controlling { Who::A } else { Who::B };
+        let plan = Plan::new(
+            Behaviour::Open,
+            Behaviour::Open,
+            who,
+            &StrategyConfig::default(),
+        );
+        let (mine, theirs) = if controlling { ("a", "b") } else { ("b", "a") };
+        let mut agent = Agent::new(AgentConfig::new(
+            creds(mine),
+            creds(theirs),
+            controlling,
+            me.parse().unwrap(),
+            plan,
+            seed,
+        ));
+        agent.add_remote(Candidate::new(Kind::ServerReflexive, peer.parse().unwrap()));
+        agent
+    }
+
+    /// Two agents on one wire; `deliver` decides which datagrams arrive.
+    struct Wire {
+        a: Agent,
+        b: Agent,
+        now: Instant,
+        events: Vec<(Instant, bool, Event)>,
+    }
+
+    impl Wire {
+        fn new(a: Agent, b: Agent) -> Wire {
+            Wire {
+                a,
+                b,
+                now: Instant::now(),
+                events: Vec::new(),
+            }
+        }
+
+        fn start(&mut self) {
+            let now = self.now;
+            self.a.start(now);
+            self.b.start(now);
+        }
+
+        /// Runs until `until`, delivering each datagram after 5 ms unless `deliver` says no.
+        fn run(&mut self, until: Duration, deliver: &mut dyn FnMut(Instant) -> bool) {
+            let end = self.now + until;
+            let mut in_flight: Vec<(Instant, bool, SocketAddr, SocketAddr, Vec<u8>)> = Vec::new();
+            let mut buf = vec![0u8; 2048];
+            loop {
+                for (to_b, agent) in [(true, &mut self.a), (false, &mut self.b)] {
+                    agent.handle_timeout(self.now);
+                    while let Some(t) = agent.poll_transmit(self.now, &mut buf) {
+                        if deliver(self.now) {
+                            let source = t.source.unwrap();
+                            in_flight.push((
+                                self.now + Duration::from_millis(5),
+                                to_b,
+                                source,
+                                t.destination,
+                                buf[..t.len].to_vec(),
+                            ));
+                        }
+                    }
+                    while let Some(e) = agent.poll_event() {
+                        self.events.push((self.now, !to_b, e));
+                    }
+                }
+                let next_packet = in_flight.iter().map(|p| p.0).min();
+                let next_timer = [self.a.poll_timeout(), self.b.poll_timeout()]
+                    .into_iter()
+                    .flatten()
+                    .min();
+                let Some(next) = [next_packet, next_timer].into_iter().flatten().min() else {
+                    break;
+                };
+                if next > end {
+                    break;
+                }
+                self.now = self.now.max(next);
+                let due: Vec<_> = in_flight
+                    .iter()
+                    .filter(|p| p.0 <= self.now)
+                    .cloned()
+                    .collect();
+                in_flight.retain(|p| p.0 > self.now);
+                for (_, to_b, source, destination, bytes) in due {
+                    let agent = if to_b { &mut self.b } else { &mut self.a };
+                    agent.handle_packet(
+                        self.now,
+                        Receive {
+                            source,
+                            local: destination,
+                            payload: &bytes,
+                        },
+                    );
+                }
+            }
+            self.now = end;
+        }
+
+        fn selected(&self, on_b: bool) -> Option<Instant> {
+            self.events.iter().find_map(|(t, b, e)| {
+                (*b == on_b && matches!(e, Event::Selected { .. })).then_some(*t)
+            })
+        }
+    }
+
+    #[test]
+    fn two_open_agents_select_the_path_with_its_rtt() {
+        let mut wire = Wire::new(agent(A, B, true, 1), agent(B, A, false, 2));
+        wire.start();
+        wire.run(Duration::from_secs(1), &mut |_| true);
+        assert!(wire.selected(false).is_some() && wire.selected(true).is_some());
+        assert_eq!(
+            wire.a.selected(),
+            Some((A.parse().unwrap(), B.parse().unwrap()))
+        );
+        assert_eq!(
+            wire.b.selected(),
+            Some((B.parse().unwrap(), A.parse().unwrap()))
+        );
+        let rtt = wire.events.iter().find_map(|(_, _, e)| match e {
+            Event::Validated { rtt, .. } => Some(*rtt),
+            _ => None,
+        });
+        assert_eq!(rtt, Some(Duration::from_millis(10)));
+        assert_eq!(
+            wire.a.stats().unauthenticated + wire.b.stats().unauthenticated,
+            0
+        );
+    }
+
+    #[test]
+    fn consent_loss_is_noticed_within_the_timeout() {
+        let mut wire = Wire::new(agent(A, B, true, 3), agent(B, A, false, 4));
+        wire.start();
+        wire.run(Duration::from_secs(1), &mut |_| true);
+        assert!(wire.a.selected().is_some());
+        // Consent checks keep it for a minute...
+        wire.run(Duration::from_secs(60), &mut |_| true);
+        assert!(wire.a.selected().is_some());
+        assert!(
+            !wire
+                .events
+                .iter()
+                .any(|(_, _, e)| matches!(e, Event::PathLost { .. }))
+        );
+        // ...and a path that stops answering is lost after 30 s, not much later.
+        let cut = wire.now;
+        wire.run(Duration::from_secs(60), &mut |_| false);
+        let lost = wire
+            .events
+            .iter()
+            .find(|(_, on_b, e)| !on_b && matches!(e, Event::PathLost { .. }))
+            .map(|(t, _, _)| *t - cut)
+            .expect("A noticed the dead path");
+        assert!(
+            lost >= Duration::from_secs(25) && lost <= Duration::from_secs(31),
+            "{lost:?}"
+        );
+        assert_eq!(wire.a.selected(), None);
+    }
+
+    #[test]
+    fn both_controlling_resolve_by_tie_breaker() {
+        let mut b = agent(B, A, true, 6);
+        // B believes it controls too, with a different tie-breaker and A's credentials swapped in.
+        b.config.local = creds("b");
+        b.config.remote = creds("a");
+        b.local_key = IntegrityKey::short_term(&b.config.local.pwd);
+        b.remote_key = IntegrityKey::short_term(&b.config.remote.pwd);
+        let mut wire = Wire::new(agent(A, B, true, 5), b);
+        wire.start();
+        wire.run(Duration::from_secs(2), &mut |_| true);
+        assert_ne!(wire.a.is_controlling(), wire.b.is_controlling());
+        assert!(wire.a.selected().is_some() && wire.b.selected().is_some());
+    }
+
+    #[test]
+    fn unauthenticated_and_malformed_input_is_dropped_and_counted() {
+        let mut a = agent(A, B, true, 7);
+        let now = Instant::now();
+        a.start(now);
+        a.handle_timeout(now);
+        let mut buf = vec![0u8; 2048];
+        while a.poll_transmit(now, &mut buf).is_some() {}
+        let from: SocketAddr = "198.51.100.9:9".parse().unwrap();
+        let local: SocketAddr = A.parse().unwrap();
+        // A check signed with the wrong password.
+        let mut forged = Message::new(Class::Request, Method::BINDING, TransactionId::new([1; 12]));
+        forged.attributes.username = Some("aufrag:bufrag".into());
+        let bytes = forged
+            .to_bytes(Some(&IntegrityKey::short_term("not-the-password-at-all")))
+            .unwrap();
+        // One with the right password but someone else's username.
+        let mut wrong_user = forged.clone();
+        wrong_user.attributes.username = Some("other:bufrag".into());
+        let wrong_user = wrong_user
+            .to_bytes(Some(&IntegrityKey::short_term(&creds("a").pwd)))
+            .unwrap();
+        for payload in [
+            &bytes[..],
+            &wrong_user[..],
+            b"not stun at all",
+            &[0u8; 20][..],
+        ] {
+            a.handle_packet(
+                now,
+                Receive {
+                    source: from,
+                    local,
+                    payload,
+                },
+            );
+        }
+        assert!(
+            a.poll_transmit(now, &mut buf).is_none(),
+            "nothing is answered"
+        );
+        let stats = a.stats();
+        assert_eq!(stats.unauthenticated, 2);
+        assert_eq!(stats.malformed, 2);
+        // A response to no check of ours.
+        let mut response = Message::new(
+            Class::SuccessResponse,
+            Method::BINDING,
+            TransactionId::new([2; 12]),
+        );
+        response.attributes.xor_mapped_address = Some(from);
+        let response = response.to_bytes(None).unwrap();
+        a.handle_packet(
+            now,
+            Receive {
+                source: from,
+                local,
+                payload: &response,
+            },
+        );
+        assert_eq!(a.stats().stray, 1);
+        assert!(a.poll_event().is_none());
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic() {
+        let mut a = agent(A, B, false, 8);
+        let now = Instant::now();
+        a.start(now);
+        let mut state = 0x1234_5678_u64;
+        let local: SocketAddr = A.parse().unwrap();
+        let mut buf = vec![0u8; 2048];
+        for i in 0..20_000u32 {
+            state = splitmix(state);
+            let len = (state % 120) as usize;
+            let mut payload: Vec<u8> = (0..len)
+                .map(|j| (splitmix(state ^ j as u64) & 0xff) as u8)
+                .collect();
+            // Half of them look like STUN so that the decoder, not the cookie check, is tested.
+            if i % 2 == 0 && payload.len() >= 20 {
+                payload[0] &= 0x01;
+                payload[4..8].copy_from_slice(&[0x21, 0x12, 0xa4, 0x42]);
+                let body = (payload.len() - 20) as u16;
+                payload[2..4].copy_from_slice(&body.to_be_bytes());
+            }
+            let source = SocketAddr::from(([198, 51, 100, (state >> 56) as u8], 9));
+            a.handle_packet(
+                now,
+                Receive {
+                    source,
+                    local,
+                    payload: &payload,
+                },
+            );
+            a.handle_timeout(now);
+            while a.poll_transmit(now, &mut buf).is_some() {}
+        }
+        let stats = a.stats();
+        assert!(stats.malformed + stats.unauthenticated + stats.stray > 10_000);
+    }
+}
