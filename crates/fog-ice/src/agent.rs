@@ -26,6 +26,9 @@ use crate::strategy::{Birthday, Plan};
 
 /// RFC 8445 §7.3.1.1: the error code of a role conflict.
 const ROLE_CONFLICT: u16 = 487;
+/// Transmissions of a nomination before the controlling agent stops trying that pair (about 3 s
+/// with the default retransmission schedule).
+const NOMINATIONS: u8 = 10;
 /// Lowest port a birthday probe or socket uses (below are the well-known ports).
 const LOW_PORT: u16 = 1024;
 
@@ -167,6 +170,8 @@ struct Pair {
     nominated: bool,
     /// Last answer to any check on it.
     last_answer: Option<Instant>,
+    /// Nominations (checks with USE-CANDIDATE) still to retransmit until one is answered.
+    nominating: u8,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -218,6 +223,8 @@ pub struct Agent {
     selected: Option<usize>,
     next_consent: Option<Instant>,
     gave_up: bool,
+    /// The punch deadline passed: no more checks but nominations and consent.
+    punch_over: bool,
     queue: VecDeque<Queued>,
     events: VecDeque<Event>,
     stats: Stats,
@@ -247,6 +254,7 @@ impl Agent {
             selected: None,
             next_consent: None,
             gave_up: false,
+            punch_over: false,
             queue: VecDeque::new(),
             events: VecDeque::new(),
             stats: Stats::default(),
@@ -327,6 +335,7 @@ impl Agent {
             srtt: None,
             nominated: false,
             last_answer: None,
+            nominating: 0,
         });
         self.pairs.len() - 1
     }
@@ -342,7 +351,7 @@ impl Agent {
     }
 
     fn punching(&self, now: Instant) -> bool {
-        self.started(now) && !self.gave_up && self.selected.is_none()
+        self.started(now) && !self.punch_over && self.selected.is_none()
     }
 
     /// Whether a check may go to `remote` now: always to a destination we already opened, and
@@ -656,6 +665,11 @@ impl Agent {
             self.select(now, i);
         } else if self.controlling && !self.pairs.iter().any(|p| p.nominated) {
             // Nominate the first working pair at once: punching is about the first path.
+            // Retransmitted until answered (see handle_timeout).
+            let pair = &mut self.pairs[i];
+            pair.nominating = NOMINATIONS;
+            pair.interval = self.config.retry;
+            pair.next_at = Some(now + pair.interval);
             self.send_check(now, sent.local, sent.remote, true, false);
         }
     }
@@ -668,6 +682,7 @@ impl Agent {
         self.spray = None;
         for pair in &mut self.pairs {
             pair.next_at = None;
+            pair.nominating = 0;
         }
         let pair = &self.pairs[i];
         self.events.push_back(Event::Selected {
@@ -733,15 +748,34 @@ impl SansIo for Agent {
             return;
         }
         self.begin(now);
-        if self.punching(now) {
-            if self.deadline.is_some_and(|d| now >= d)
-                && !self.pairs.iter().any(|p| p.state == State::Succeeded)
-            {
-                self.gave_up = true;
-                self.spray = None;
-                self.events.push_back(Event::GaveUp);
-                return;
+        if self.punching(now) && self.deadline.is_some_and(|d| now >= d) {
+            self.punch_over = true;
+            self.spray = None;
+            for pair in &mut self.pairs {
+                if pair.state == State::InProgress {
+                    pair.state = State::Failed;
+                    pair.next_at = None;
+                }
             }
+            if !self.pairs.iter().any(|p| p.state == State::Succeeded) {
+                self.gave_up = true;
+                self.events.push_back(Event::GaveUp);
+            }
+        }
+        // Nominations go on until answered, also after the punch deadline.
+        if self.selected.is_none() {
+            for i in 0..self.pairs.len() {
+                let pair = &mut self.pairs[i];
+                if pair.nominating > 0 && pair.next_at.is_some_and(|t| now >= t) {
+                    pair.nominating -= 1;
+                    pair.next_at = (pair.nominating > 0).then(|| now + pair.interval);
+                    pair.interval = (pair.interval * 2).min(self.config.max_retry);
+                    let (local, remote) = (pair.local, pair.remote);
+                    self.send_check(now, local, remote, true, true);
+                }
+            }
+        }
+        if self.punching(now) {
             // Retransmissions.
             for i in 0..self.pairs.len() {
                 if self.pairs[i].state == State::InProgress
@@ -793,6 +827,9 @@ impl SansIo for Agent {
                 self.events.push_back(Event::PathLost { local, remote });
                 self.selected = None;
                 self.next_consent = None;
+                // Punching does not start over by itself: the owner decides (relay, or a new
+                // session with fresh candidates).
+                self.punch_over = true;
                 self.pairs[i].state = State::Failed;
                 return;
             }
@@ -830,7 +867,14 @@ impl SansIo for Agent {
                 next = Some(next.map_or(t, |n| n.min(t)));
             }
         };
-        if !self.gave_up && self.selected.is_none() {
+        if self.selected.is_none() {
+            for pair in &self.pairs {
+                if pair.nominating > 0 {
+                    consider(pair.next_at);
+                }
+            }
+        }
+        if !self.punch_over && self.selected.is_none() {
             consider(self.deadline);
             for pair in &self.pairs {
                 if pair.state == State::InProgress {
@@ -958,6 +1002,9 @@ mod tests {
                     }
                     while let Some(e) = agent.poll_event() {
                         self.events.push((self.now, !to_b, e));
+                    }
+                    if let Some(t) = agent.poll_timeout() {
+                        assert!(t >= self.now, "a timer in the past");
                     }
                 }
                 let next_packet = in_flight.iter().map(|p| p.0).min();
