@@ -305,6 +305,29 @@ impl Agent {
         self.controlling
     }
 
+    /// Whether `packet` is for this agent, when several share a socket: a check whose USERNAME
+    /// names our username fragment first, or an answer to a check of ours.
+    pub fn owns(&self, packet: &Receive<'_>) -> bool {
+        if !self.accepts(packet) {
+            return false;
+        }
+        let Ok(message) = Message::decode(packet.payload) else {
+            return false;
+        };
+        match message.class {
+            Class::Request | Class::Indication => {
+                let prefix = format!("{}:", self.config.local.ufrag);
+                message
+                    .attributes
+                    .username
+                    .is_some_and(|u| u.starts_with(&prefix))
+            }
+            Class::SuccessResponse | Class::ErrorResponse => {
+                self.outstanding.contains_key(&message.transaction_id)
+            }
+        }
+    }
+
     /// What the agent dropped and sent.
     pub fn stats(&self) -> Stats {
         self.stats

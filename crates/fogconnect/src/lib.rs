@@ -1,0 +1,10 @@
+//! FogConnect: peer-to-peer connections by peer ID, direct when the NATs allow it.
+//!
+//! [`Node`] is the whole of it on one UDP socket, as one sans-IO machine: NAT behaviour discovery
+//! (fog-stun), signaling (fog-signal), and punching by the strategy the two NATs call for
+//! (fog-ice). A driver (fog-mio, or fog-sim in virtual time) moves its datagrams and its
+//! signaling frames.
+
+pub mod node;
+
+pub use node::{Event, Node, NodeConfig};

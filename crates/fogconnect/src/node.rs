@@ -1,0 +1,769 @@
+//! The node: one UDP socket's worth of FogConnect, sans-IO.
+//!
+//! A [`Node`] owns every machine a peer needs and is itself one machine for the driver:
+//! - fog-stun's RFC 5780 [`Discovery`] at start, from the node's base port (so that the report's
+//!   mapped address is the base socket's server-reflexive address);
+//! - fog-signal's [`Client`] over whatever carries its text frames (a WebSocket in fog-mio's world,
+//!   fog-sim's reliable channel in the simulator): the `handle_signal_*` / `poll_signal_frame`
+//!   methods;
+//! - one fog-ice [`Agent`] per session, built from both sides' descriptions and NAT behaviours,
+//!   started at the instant the signaling server chose (punch sync).
+//!
+//! [`Node::connect`] is the application's call: it waits for discovery if need be, measures the
+//! NAT's current port when the node's own port must be predicted, sends the offer, and reports
+//! [`Event::Connected`] when a path is verified. The answering side does the same on an offer.
+//!
+//! Not yet here (issue 5): the TURN relay and the move between relay and direct, trickled
+//! candidates, re-gathering, and carrying application data.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use fog_core::nat::{Behaviour, Mapping, PortPattern};
+use fog_core::pairing::Who;
+use fog_core::{Receive, SansIo, Transmit};
+use fog_ice::agent::{self, Agent, AgentConfig};
+use fog_ice::candidate::{self as ice_candidate, Kind};
+use fog_ice::strategy::{Plan, StrategyConfig};
+use fog_signal::client::{Client, ClientConfig, Event as SignalEvent};
+use fog_signal::msg::{self, CandidateKind, Description, SessionId, Transport};
+use fog_signal::{KeyPair, PeerId};
+use fog_stun::discovery::{self, Discovery, DiscoveryConfig, Report};
+use fog_stun::wire::{BindingRequest, BindingResponse, TransactionId};
+
+/// Everything a [`Node`] needs.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// The node's identity.
+    pub key: KeyPair,
+    /// The signaling server's name (signed into authentication).
+    pub realm: String,
+    /// An alias to claim.
+    pub alias: Option<String>,
+    /// The RFC 5780 STUN server (primary address).
+    pub stun: SocketAddr,
+    /// The main UDP socket: checks and the path leave from it.
+    pub base: SocketAddr,
+    /// How punching is chosen.
+    pub strategy: StrategyConfig,
+    /// Transports offered, most preferred first.
+    pub transports: Vec<Transport>,
+    /// Seeds every machine's randomness (transaction IDs, credentials, tie-breakers).
+    pub seed: u64,
+    /// Discovery's port samples (default 4: enough to read a sequential pattern).
+    pub port_samples: u16,
+    /// Test hairpinning during discovery (default off: it does not change punching).
+    pub hairpinning: bool,
+}
+
+impl NodeConfig {
+    /// A configuration with the defaults above.
+    pub fn new(
+        key: KeyPair,
+        realm: impl Into<String>,
+        stun: SocketAddr,
+        base: SocketAddr,
+        seed: u64,
+    ) -> Self {
+        NodeConfig {
+            key,
+            realm: realm.into(),
+            alias: None,
+            stun,
+            base,
+            strategy: StrategyConfig::default(),
+            transports: vec![Transport::Quic],
+            seed,
+            port_samples: 4,
+            hairpinning: false,
+        }
+    }
+}
+
+/// What the node reports.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// Discovery finished: the NAT's behaviour and the base socket's public address.
+    Ready {
+        /// What the NAT does.
+        behaviour: Behaviour,
+        /// The base socket's server-reflexive address, if UDP passes.
+        public: Option<SocketAddr>,
+    },
+    /// The signaling server accepted the node.
+    SignalingUp,
+    /// A connection has a verified direct path.
+    Connected {
+        /// The connection (the signaling session).
+        session: SessionId,
+        /// The peer.
+        peer: PeerId,
+        /// Our socket and the peer's address on the path.
+        local: SocketAddr,
+        /// The peer's address.
+        remote: SocketAddr,
+        /// The path's round trip.
+        rtt: Duration,
+    },
+    /// Punching found no direct path in time (the relay will carry these; not built yet).
+    DirectFailed {
+        /// The connection.
+        session: SessionId,
+        /// The peer.
+        peer: PeerId,
+    },
+    /// A connection's path stopped answering.
+    PathLost {
+        /// The connection.
+        session: SessionId,
+    },
+    /// A `connect` or an answer could not go out (the reason is for people).
+    Error {
+        /// The connection, once it has one.
+        session: Option<SessionId>,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+#[derive(Debug)]
+struct Session {
+    id: Option<SessionId>,
+    peer: PeerId,
+    offerer: bool,
+    /// The signaling request of our offer, until the server names the session.
+    request: Option<u32>,
+    local: Option<Description>,
+    remote: Option<Description>,
+    credentials: agent::Credentials,
+    agent: Option<Agent>,
+    punch_at: Option<Instant>,
+    connected: bool,
+    service: u16,
+}
+
+/// An application's `connect` waiting for discovery or for the port refresh.
+#[derive(Debug)]
+struct PendingConnect {
+    peer: PeerId,
+    service: u16,
+}
+
+/// A Binding from a fresh port that reads the NAT's current port before we predict the next.
+#[derive(Debug)]
+struct Refresh {
+    id: TransactionId,
+    local: SocketAddr,
+    /// When the next (re)transmission is due.
+    next_at: Instant,
+    tries: u32,
+    mapped: Option<SocketAddr>,
+}
+
+/// FogConnect on one UDP socket (see the module docs).
+#[derive(Debug)]
+pub struct Node {
+    config: NodeConfig,
+    discovery: Option<Discovery>,
+    report: Option<Report>,
+    client: Client,
+    sessions: Vec<Session>,
+    pending: Vec<PendingConnect>,
+    /// Offers that arrived before discovery finished.
+    deferred_offers: Vec<(SessionId, PeerId, Description)>,
+    refresh: Option<Refresh>,
+    next_refresh_port: u16,
+    rng: u64,
+    events: VecDeque<Event>,
+    /// When the node was made: its first timeout, which starts discovery.
+    created: Instant,
+    started: bool,
+}
+
+/// Retransmission interval of the port refresh, and its tries.
+const REFRESH_RTO: Duration = Duration::from_millis(250);
+const REFRESH_TRIES: u32 = 5;
+
+impl Node {
+    /// A node; discovery starts at its first [`handle_timeout`](SansIo::handle_timeout), which
+    /// [`poll_timeout`](SansIo::poll_timeout) asks for at `now`.
+    pub fn new(config: NodeConfig, now: Instant) -> Node {
+        let mut discovery_config = DiscoveryConfig::new(config.stun, config.seed);
+        discovery_config.first_port = config.base.port();
+        discovery_config.local_ip = config.base.ip();
+        discovery_config.port_samples = config.port_samples;
+        discovery_config.hairpinning = config.hairpinning;
+        let mut seed = [0u8; 32];
+        seed[..8].copy_from_slice(&config.seed.to_le_bytes());
+        seed[8] = 0x51;
+        let mut client_config = ClientConfig::new(config.key.clone(), config.realm.clone(), seed);
+        client_config.alias = config.alias.clone();
+        let ports = discovery_config.local_ports();
+        let next_refresh_port = ports
+            .iter()
+            .max()
+            .copied()
+            .unwrap_or(config.base.port())
+            .wrapping_add(1);
+        Node {
+            discovery: Some(Discovery::new(discovery_config)),
+            report: None,
+            client: Client::new(client_config),
+            sessions: Vec::new(),
+            pending: Vec::new(),
+            deferred_offers: Vec::new(),
+            refresh: None,
+            next_refresh_port,
+            rng: config.seed ^ 0x6e6f_6465,
+            events: VecDeque::new(),
+            created: now,
+            started: false,
+            config,
+        }
+    }
+
+    /// This node's peer ID.
+    pub fn peer_id(&self) -> PeerId {
+        self.config.key.peer_id()
+    }
+
+    /// The discovery report, once discovery finished.
+    pub fn report(&self) -> Option<&Report> {
+        self.report.as_ref()
+    }
+
+    /// Whether the signaling server accepted us.
+    pub fn signaling_up(&self) -> bool {
+        self.client.is_authenticated()
+    }
+
+    /// Connect to `peer` for `service`. Progress comes as events; [`Event::Connected`] when a
+    /// direct path is verified.
+    pub fn connect(&mut self, now: Instant, peer: PeerId, service: u16) {
+        self.pending.push(PendingConnect { peer, service });
+        self.progress(now);
+    }
+
+    // ---- signaling, driven by whatever carries the frames ----
+
+    /// The signaling connection opened.
+    pub fn handle_signal_open(&mut self, now: Instant) {
+        self.client.handle_connected(now);
+        self.progress(now);
+    }
+
+    /// A frame from the signaling server.
+    pub fn handle_signal_frame(&mut self, now: Instant, frame: &str) {
+        self.client.handle_frame(now, frame);
+        self.progress(now);
+    }
+
+    /// The signaling connection closed.
+    pub fn handle_signal_closed(&mut self, now: Instant) {
+        // A new connection starts over with a new client handshake.
+        let mut seed = [0u8; 32];
+        seed[..8].copy_from_slice(&self.next_random().to_le_bytes());
+        let mut config =
+            ClientConfig::new(self.config.key.clone(), self.config.realm.clone(), seed);
+        config.alias = self.config.alias.clone();
+        self.client = Client::new(config);
+        self.progress(now);
+    }
+
+    /// The next frame for the signaling server.
+    pub fn poll_signal_frame(&mut self) -> Option<String> {
+        self.client.poll_frame()
+    }
+
+    fn next_random(&mut self) -> u64 {
+        self.rng = self.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn credentials(&mut self) -> agent::Credentials {
+        const ICE_CHARS: &[u8; 64] =
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut text = String::with_capacity(32);
+        while text.len() < 32 {
+            let r = self.next_random();
+            for i in 0..8 {
+                text.push(char::from(ICE_CHARS[((r >> (i * 6)) & 63) as usize]));
+            }
+        }
+        agent::Credentials {
+            ufrag: text[..8].to_owned(),
+            pwd: text[8..32].to_owned(),
+        }
+    }
+
+    /// Our behaviour, once known.
+    fn behaviour(&self) -> Option<Behaviour> {
+        self.report.as_ref().map(|r| r.behaviour)
+    }
+
+    /// Whether our next mapping must be predicted from a fresh reading of the NAT's port.
+    fn needs_refresh(&self) -> bool {
+        matches!(
+            self.behaviour(),
+            Some(Behaviour::Nat {
+                mapping: Mapping::AddressDependent | Mapping::AddressAndPortDependent,
+                ports: PortPattern::Sequential { .. },
+                ..
+            })
+        )
+    }
+
+    /// Moves everything forward that waits on something: signaling events, pending connects,
+    /// deferred offers, agents' punch instants.
+    fn progress(&mut self, now: Instant) {
+        while let Some(event) = self.client.poll_event() {
+            self.handle_signal_event(now, event);
+        }
+        if self.report.is_none() || !self.client.is_authenticated() {
+            return;
+        }
+        let fresh = self.refresh.as_ref().and_then(|r| r.mapped);
+        if (!self.pending.is_empty() || !self.deferred_offers.is_empty())
+            && self.needs_refresh()
+            && fresh.is_none()
+        {
+            if self.refresh.is_none() {
+                self.start_refresh(now);
+            }
+            return;
+        }
+        for pending in std::mem::take(&mut self.pending) {
+            self.send_offer(pending);
+        }
+        for (session, from, description) in std::mem::take(&mut self.deferred_offers) {
+            self.answer_offer(session, from, description);
+        }
+        // A refresh serves the offers and answers made from it only.
+        if fresh.is_some() {
+            self.refresh = None;
+        }
+        while let Some(event) = self.client.poll_event() {
+            self.handle_signal_event(now, event);
+        }
+    }
+
+    fn start_refresh(&mut self, now: Instant) {
+        let local = SocketAddr::new(self.config.base.ip(), self.next_refresh_port);
+        self.next_refresh_port = self.next_refresh_port.wrapping_add(1).max(1024);
+        let mut id = [0u8; 12];
+        id[..8].copy_from_slice(&self.next_random().to_le_bytes());
+        self.refresh = Some(Refresh {
+            id: TransactionId::new(id),
+            local,
+            next_at: now,
+            tries: 0,
+            mapped: None,
+        });
+    }
+
+    /// Our description: host, server-reflexive and predicted candidates of the base socket.
+    fn description(&mut self, credentials: &agent::Credentials, service: u16) -> Description {
+        let base = self.config.base;
+        let mut candidates = vec![ice_candidate::Candidate::new(Kind::Host, base)];
+        if let Some(mapped) = self.report.as_ref().and_then(|r| r.mapped) {
+            if mapped != base {
+                candidates.push(ice_candidate::Candidate::new(Kind::ServerReflexive, mapped));
+            }
+        }
+        if let (
+            Some(Behaviour::Nat {
+                ports: PortPattern::Sequential { delta },
+                ..
+            }),
+            Some(last),
+        ) = (
+            self.behaviour(),
+            self.refresh.as_ref().and_then(|r| r.mapped),
+        ) {
+            for addr in ice_candidate::predicted(last, delta, 3) {
+                candidates.push(ice_candidate::Candidate::new(Kind::Predicted, addr));
+            }
+        }
+        Description {
+            candidates: candidates.iter().map(to_wire).collect(),
+            nat: self.behaviour().map(Into::into),
+            transports: self.config.transports.clone(),
+            credentials: msg::Credentials {
+                ufrag: credentials.ufrag.clone(),
+                pwd: credentials.pwd.clone(),
+            },
+            service,
+        }
+    }
+
+    fn send_offer(&mut self, pending: PendingConnect) {
+        let credentials = self.credentials();
+        let description = self.description(&credentials, pending.service);
+        match self.client.connect(pending.peer, description.clone()) {
+            Ok(request) => self.sessions.push(Session {
+                id: None,
+                peer: pending.peer,
+                offerer: true,
+                request: Some(request),
+                local: Some(description),
+                remote: None,
+                credentials,
+                agent: None,
+                punch_at: None,
+                connected: false,
+                service: pending.service,
+            }),
+            Err(e) => self.events.push_back(Event::Error {
+                session: None,
+                message: format!("connect: {e:?}"),
+            }),
+        }
+    }
+
+    fn answer_offer(&mut self, session: SessionId, from: PeerId, offer: Description) {
+        let credentials = self.credentials();
+        let description = self.description(&credentials, offer.service);
+        if let Err(e) = self.client.answer(session, description.clone()) {
+            self.events.push_back(Event::Error {
+                session: Some(session),
+                message: format!("answer: {e:?}"),
+            });
+            return;
+        }
+        let mut s = Session {
+            id: Some(session),
+            peer: from,
+            offerer: false,
+            request: None,
+            local: Some(description),
+            remote: Some(offer),
+            credentials,
+            agent: None,
+            punch_at: None,
+            connected: false,
+            service: 0,
+        };
+        self.build_agent(&mut s);
+        s.service = s.remote.as_ref().map_or(0, |d| d.service);
+        self.sessions.push(s);
+    }
+
+    /// The agent of a session whose two descriptions are known.
+    fn build_agent(&mut self, session: &mut Session) {
+        let (Some(_), Some(remote)) = (&session.local, &session.remote) else {
+            return;
+        };
+        let mine = self.behaviour().unwrap_or(Behaviour::UdpBlocked);
+        let theirs = remote.nat.map_or(Behaviour::UdpBlocked, Into::into);
+        let (a, b, me) = if session.offerer {
+            (mine, theirs, Who::A)
+        } else {
+            (theirs, mine, Who::B)
+        };
+        let plan = Plan::new(a, b, me, &self.config.strategy);
+        let remote_credentials = agent::Credentials {
+            ufrag: remote.credentials.ufrag.clone(),
+            pwd: remote.credentials.pwd.clone(),
+        };
+        let config = AgentConfig::new(
+            session.credentials.clone(),
+            remote_credentials,
+            session.offerer,
+            self.config.base,
+            plan,
+            self.next_random(),
+        );
+        let mut agent = Agent::new(config);
+        for c in &remote.candidates {
+            agent.add_remote(from_wire(c));
+        }
+        if let Some(at) = session.punch_at {
+            agent.start(at);
+        }
+        session.agent = Some(agent);
+    }
+
+    fn handle_signal_event(&mut self, now: Instant, event: SignalEvent) {
+        match event {
+            SignalEvent::Authenticated { .. } => self.events.push_back(Event::SignalingUp),
+            SignalEvent::OfferSent { request, session } => {
+                if let Some(s) = self
+                    .sessions
+                    .iter_mut()
+                    .find(|s| s.request == Some(request))
+                {
+                    s.id = Some(session);
+                    s.request = None;
+                }
+            }
+            SignalEvent::Offer {
+                session,
+                from,
+                description,
+            } => {
+                if self.report.is_some() && !self.needs_refresh() {
+                    self.answer_offer(session, from, description);
+                } else {
+                    self.deferred_offers.push((session, from, description));
+                    if self.report.is_some() && self.refresh.is_none() {
+                        self.start_refresh(now);
+                    }
+                }
+            }
+            SignalEvent::Answer {
+                session,
+                description,
+                ..
+            } => {
+                if let Some(i) = self.sessions.iter().position(|s| s.id == Some(session)) {
+                    let mut s = self.sessions.swap_remove(i);
+                    s.remote = Some(description);
+                    self.build_agent(&mut s);
+                    self.sessions.push(s);
+                }
+            }
+            SignalEvent::PunchAt { session, at } => {
+                if let Some(s) = self.sessions.iter_mut().find(|s| s.id == Some(session)) {
+                    s.punch_at = Some(at);
+                    if let Some(agent) = &mut s.agent {
+                        agent.start(at);
+                    }
+                }
+            }
+            SignalEvent::Error {
+                request, message, ..
+            } => {
+                let session = request.and_then(|r| {
+                    self.sessions
+                        .iter()
+                        .find(|s| s.request == Some(r))
+                        .and_then(|s| s.id)
+                });
+                self.events.push_back(Event::Error { session, message });
+            }
+            SignalEvent::SessionClosed { session, reason } => {
+                if let Some(s) = self.sessions.iter().find(|s| s.id == Some(session)) {
+                    if !s.connected {
+                        self.events.push_back(Event::Error {
+                            session: Some(session),
+                            message: format!("the session closed: {reason}"),
+                        });
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn drain_agents(&mut self) {
+        for s in &mut self.sessions {
+            let Some(agent) = &mut s.agent else { continue };
+            while let Some(event) = agent.poll_event() {
+                let Some(session) = s.id else { continue };
+                match event {
+                    agent::Event::Selected { local, remote, rtt } => {
+                        s.connected = true;
+                        self.events.push_back(Event::Connected {
+                            session,
+                            peer: s.peer,
+                            local,
+                            remote,
+                            rtt,
+                        });
+                    }
+                    agent::Event::GaveUp => self.events.push_back(Event::DirectFailed {
+                        session,
+                        peer: s.peer,
+                    }),
+                    agent::Event::PathLost { .. } => {
+                        self.events.push_back(Event::PathLost { session });
+                    }
+                    agent::Event::Validated { .. } => {}
+                }
+            }
+        }
+    }
+
+    fn handle_refresh_answer(&mut self, now: Instant, packet: &Receive<'_>) -> bool {
+        let Some(refresh) = &mut self.refresh else {
+            return false;
+        };
+        if packet.local.port() != refresh.local.port() {
+            return false;
+        }
+        if let Ok(Some(response)) = BindingResponse::decode(packet.payload) {
+            if response.transaction_id == refresh.id {
+                refresh.mapped = response.mapped_address();
+                self.progress(now);
+            }
+        }
+        true
+    }
+}
+
+fn to_wire(c: &ice_candidate::Candidate) -> msg::Candidate {
+    msg::Candidate {
+        kind: match c.kind {
+            Kind::Host => CandidateKind::Host,
+            Kind::ServerReflexive => CandidateKind::Srflx,
+            Kind::PeerReflexive => CandidateKind::Prflx,
+            Kind::Predicted => CandidateKind::Predicted,
+            Kind::Relayed => CandidateKind::Relay,
+        },
+        addr: c.addr,
+        priority: c.priority,
+        related: None,
+    }
+}
+
+fn from_wire(c: &msg::Candidate) -> ice_candidate::Candidate {
+    ice_candidate::Candidate {
+        kind: match c.kind {
+            CandidateKind::Host => Kind::Host,
+            CandidateKind::Srflx => Kind::ServerReflexive,
+            CandidateKind::Prflx => Kind::PeerReflexive,
+            CandidateKind::Predicted => Kind::Predicted,
+            CandidateKind::Relay => Kind::Relayed,
+        },
+        addr: c.addr,
+        priority: c.priority,
+    }
+}
+
+impl Node {
+    /// Hands discovery's events on; once it is done the machine goes.
+    fn drain_discovery(&mut self, now: Instant) {
+        let Some(discovery) = &mut self.discovery else {
+            return;
+        };
+        while let Some(event) = discovery.poll_event() {
+            if let discovery::Event::Done(report) = event {
+                self.events.push_back(Event::Ready {
+                    behaviour: report.behaviour,
+                    public: report.mapped,
+                });
+                self.report = Some(report);
+            }
+        }
+        if self.report.is_some() {
+            self.discovery = None;
+            self.progress(now);
+        }
+    }
+}
+
+impl SansIo for Node {
+    type Event = Event;
+
+    fn handle_packet(&mut self, now: Instant, packet: Receive<'_>) {
+        if let Some(discovery) = &mut self.discovery {
+            if discovery.accepts(&packet) {
+                discovery.handle_packet(now, packet);
+                self.drain_discovery(now);
+                return;
+            }
+        }
+        if self.handle_refresh_answer(now, &packet) {
+            return;
+        }
+        for s in &mut self.sessions {
+            if let Some(agent) = &mut s.agent {
+                if agent.owns(&packet) {
+                    agent.handle_packet(now, packet);
+                    self.drain_agents();
+                    return;
+                }
+            }
+        }
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        self.started = true;
+        self.client.handle_timeout(now);
+        if let Some(discovery) = &mut self.discovery {
+            discovery.handle_timeout(now);
+        }
+        self.drain_discovery(now);
+        if let Some(refresh) = &mut self.refresh {
+            if refresh.mapped.is_none() && refresh.tries >= REFRESH_TRIES && now >= refresh.next_at
+            {
+                // No answer: predict from the discovery report's address instead.
+                refresh.mapped = self
+                    .report
+                    .as_ref()
+                    .and_then(|r| r.mapped)
+                    .or(Some(self.config.base));
+            }
+        }
+        for s in &mut self.sessions {
+            if let Some(agent) = &mut s.agent {
+                agent.handle_timeout(now);
+            }
+        }
+        self.drain_agents();
+        self.progress(now);
+    }
+
+    fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        if let Some(discovery) = &mut self.discovery {
+            let transmit = discovery.poll_transmit(now, buf);
+            self.drain_discovery(now);
+            if transmit.is_some() {
+                return transmit;
+            }
+        }
+        if let Some(refresh) = &mut self.refresh {
+            if refresh.mapped.is_none() && refresh.tries < REFRESH_TRIES && now >= refresh.next_at {
+                refresh.tries += 1;
+                refresh.next_at = now + REFRESH_RTO;
+                if let Ok(len) = BindingRequest::new(refresh.id).encode(buf) {
+                    return Some(Transmit::new(self.config.stun, len).from_source(refresh.local));
+                }
+            }
+        }
+        for s in &mut self.sessions {
+            if let Some(agent) = &mut s.agent {
+                if let Some(t) = agent.poll_transmit(now, buf) {
+                    return Some(t);
+                }
+            }
+        }
+        None
+    }
+
+    fn poll_event(&mut self) -> Option<Event> {
+        self.drain_agents();
+        self.events.pop_front()
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        if !self.started {
+            return Some(self.created);
+        }
+        let mut next: Option<Instant> = None;
+        let mut consider = |t: Option<Instant>| {
+            if let Some(t) = t {
+                next = Some(next.map_or(t, |n| n.min(t)));
+            }
+        };
+        consider(self.client.poll_timeout());
+        if let Some(d) = &self.discovery {
+            consider(d.poll_timeout());
+        }
+        if let Some(r) = &self.refresh {
+            if r.mapped.is_none() {
+                consider(Some(r.next_at));
+            }
+        }
+        for s in &self.sessions {
+            if let Some(agent) = &s.agent {
+                consider(agent.poll_timeout());
+            }
+        }
+        next
+    }
+}
