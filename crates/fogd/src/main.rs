@@ -60,7 +60,7 @@ mod signals;
 mod stun;
 
 use std::process::ExitCode;
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::thread;
 
 use clap::Parser;
@@ -113,22 +113,14 @@ fn run(cli: &Cli) -> Result<(), BoxError> {
     let mut stops: Vec<Stop> = Vec::new();
     if let Some(stun) = &stun {
         let handle = stun.handle();
-        stops.push(Box::new(move || handle.shutdown()));
+        stops.push(Arc::new(move || handle.shutdown()));
     }
     if let Some(signal) = &signal {
         let handle = signal.handle();
-        stops.push(Box::new(move || handle.stop()));
+        stops.push(Arc::new(move || handle.stop()));
     }
     // The same stops, for when one service fails and the others must end too.
-    let mut on_failure: Vec<Stop> = Vec::new();
-    if let Some(stun) = &stun {
-        let handle = stun.handle();
-        on_failure.push(Box::new(move || handle.shutdown()));
-    }
-    if let Some(signal) = &signal {
-        let handle = signal.handle();
-        on_failure.push(Box::new(move || handle.stop()));
-    }
+    let on_failure = stops.clone();
     signals
         .stop_on_signal(stops)
         .map_err(|e| format!("starting the signal thread: {e}"))?;

@@ -194,10 +194,19 @@ pub(crate) fn settings(args: &SignalArgs) -> Result<Option<Settings>, StartError
             "generated for this run (no --key)".to_owned(),
         ),
     };
-    let realm = args
-        .realm
-        .clone()
-        .unwrap_or_else(|| listen.ip().to_string());
+    let realm = match &args.realm {
+        Some(realm) => realm.clone(),
+        None => {
+            if listen.ip().is_unspecified() {
+                // Clients sign the host they dial; nobody dials 0.0.0.0 or ::.
+                tracing::warn!(
+                    realm = %listen.ip(),
+                    "signaling: no --realm; clients must sign the name they dial, so give it"
+                );
+            }
+            listen.ip().to_string()
+        }
+    };
     Ok(Some(Settings {
         listen,
         key,

@@ -9,7 +9,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 /// Stops one service's loop from another thread: sets its flag and wakes it.
-pub(crate) type Stop = Box<dyn Fn() -> io::Result<()> + Send>;
+pub(crate) type Stop = std::sync::Arc<dyn Fn() -> io::Result<()> + Send + Sync>;
 
 /// The signal handlers, installed; [`stop_on_signal`](Self::stop_on_signal) hands them the
 /// drivers to stop.

@@ -469,3 +469,63 @@ fn the_server_key_is_created_once_and_kept() {
     assert_eq!(id_line(&second.child.stderr_text()), created);
     assert!(second.child.stderr_text().contains("key=loaded from"));
 }
+
+#[test]
+fn a_handshake_sent_in_pieces_completes() {
+    let fogd = SignalFogd::start(&["--handshake-timeout-ms", "3000"]);
+    let mut stream = tcp(fogd.addr, WAIT);
+    let request = "GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\n\
+                   Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+                   Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    // Five pieces with pauses: each reaches fogd as its own read, mid-handshake.
+    for piece in request.as_bytes().chunks(request.len() / 5 + 1) {
+        stream.write_all(piece).unwrap();
+        std::thread::sleep(Duration::from_millis(40));
+    }
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(stream.read(&mut byte).unwrap(), 1, "closed after {head:?}");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(
+        head.starts_with("HTTP/1.1 101 Switching Protocols\r\n"),
+        "{head}"
+    );
+    // RFC 6455 §1.3's example key and its accept value.
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "{head}"
+    );
+    let conn = support::signal::Conn::Plain(stream);
+    let mut ws =
+        tungstenite::WebSocket::from_raw_socket(conn, tungstenite::protocol::Role::Client, None);
+    ws.send(Message::text(r#"{"type":"ping","id":3}"#)).unwrap();
+    assert_eq!(next_frame(&mut ws, WAIT), ServerMsg::Pong { id: 3 });
+    assert_eq!(fogd.stop().get("upgraded"), 1);
+}
+
+#[test]
+fn a_close_from_the_client_is_answered_and_counted() {
+    let fogd = SignalFogd::start(&[]);
+    let mut ws = open(fogd.addr, "/ws", None).unwrap();
+    ws.close(Some(tungstenite::protocol::CloseFrame {
+        code: tungstenite::protocol::frame::coding::CloseCode::Normal,
+        reason: "bye".into(),
+    }))
+    .unwrap();
+    // The server's reply completes the closing handshake; then the connection ends.
+    let end = loop {
+        match recv(&mut ws, WAIT) {
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("no reply to the close frame"),
+            Err(e) => break e,
+        }
+    };
+    assert!(matches!(end, tungstenite::Error::ConnectionClosed), "{end}");
+    let stats = fogd.stop();
+    assert_eq!(stats.get("closed_by_client"), 1);
+    assert_eq!(stats.get("connections_at_stop"), 0);
+}
