@@ -592,7 +592,7 @@ enum State {
 
 struct Conn {
     io: Shared,
-    peer: SocketAddr,
+    addr: SocketAddr,
     state: State,
 }
 
@@ -700,7 +700,7 @@ impl Loop {
         self.stats.accepted += 1;
         if self.conns.len() >= self.max_sockets {
             self.stats.dropped_at_capacity += 1;
-            tracing::debug!(%peer, "signaling: too many sockets, connection dropped");
+            tracing::debug!(addr = %peer, "signaling: too many sockets, connection dropped");
             return;
         }
         let id = self.next_id;
@@ -710,7 +710,7 @@ impl Loop {
             Token(id as usize),
             Interest::READABLE | Interest::WRITABLE,
         ) {
-            tracing::warn!(%peer, error = %e, "registering a signaling connection failed");
+            tracing::warn!(addr = %peer, error = %e, "registering a signaling connection failed");
             return;
         }
         // Small frames, answered at once: no Nagle delay.
@@ -720,13 +720,13 @@ impl Loop {
             Some(config) => match ServerConnection::new(config.clone()) {
                 Ok(tls) => Transport::Tls(Box::new(rustls::StreamOwned::new(tls, stream))),
                 Err(e) => {
-                    tracing::warn!(%peer, error = %e, "starting TLS failed");
+                    tracing::warn!(addr = %peer, error = %e, "starting TLS failed");
                     return;
                 }
             },
         };
         let io = Shared(Rc::new(RefCell::new(transport)));
-        tracing::debug!(conn = id, %peer, "signaling: TCP connection");
+        tracing::debug!(conn = id, addr = %peer, "signaling: TCP connection");
         let deadline = self.now + self.handshake_timeout;
         self.deadlines.insert((deadline, id));
         let started =
@@ -735,7 +735,7 @@ impl Loop {
             id,
             Conn {
                 io,
-                peer,
+                addr: peer,
                 state: State::Handshake {
                     mid: None,
                     deadline,
@@ -776,7 +776,7 @@ impl Loop {
         match result {
             Ok(ws) => {
                 self.stats.upgraded += 1;
-                tracing::info!(conn = id, peer = %conn.peer, tls, "signaling: connected");
+                tracing::info!(conn = id, addr = %conn.addr, tls, "signaling: connected");
                 conn.state = State::Open { ws: Box::new(ws) };
                 self.server.handle_connect(self.now, ConnId(id));
                 self.drain_outputs();
@@ -791,7 +791,7 @@ impl Loop {
             Err(HandshakeError::Failure(WsError::Http(response))) => {
                 // PathCheck's 404 has been written by tungstenite.
                 self.stats.not_found += 1;
-                tracing::debug!(conn = id, peer = %conn.peer, status = %response.status(), "signaling: refused");
+                tracing::debug!(conn = id, addr = %conn.addr, status = %response.status(), "signaling: refused");
                 self.enter_closing(id, Vec::new());
             }
             Err(HandshakeError::Failure(WsError::Io(e))) => {
@@ -799,13 +799,13 @@ impl Loop {
                 if is_tls {
                     self.stats.tls_errors += 1;
                 }
-                tracing::debug!(conn = id, peer = %conn.peer, error = %e, "signaling: handshake failed");
+                tracing::debug!(conn = id, addr = %conn.addr, error = %e, "signaling: handshake failed");
                 self.drop_conn(id);
             }
             Err(HandshakeError::Failure(e)) => {
                 // Malformed HTTP, or a request that is not an upgrade: tungstenite answers none.
                 self.stats.bad_requests += 1;
-                tracing::debug!(conn = id, peer = %conn.peer, error = %e, "signaling: bad request");
+                tracing::debug!(conn = id, addr = %conn.addr, error = %e, "signaling: bad request");
                 self.enter_closing(id, BAD_REQUEST.to_vec());
             }
         }
@@ -1057,7 +1057,7 @@ impl Loop {
             .registry()
             .deregister(conn.io.0.borrow_mut().tcp());
         self.server.handle_disconnect(self.now, ConnId(id));
-        tracing::debug!(conn = id, peer = %conn.peer, "signaling: socket closed");
+        tracing::debug!(conn = id, addr = %conn.addr, "signaling: socket closed");
     }
 
     /// Carries out the machine's outputs.
@@ -1154,7 +1154,7 @@ impl Loop {
             match conn.state {
                 State::Handshake { deadline, .. } if deadline <= self.now => {
                     self.stats.handshake_timeouts += 1;
-                    tracing::info!(conn = id, peer = %conn.peer, "signaling: handshake timed out");
+                    tracing::info!(conn = id, addr = %conn.addr, "signaling: handshake timed out");
                     self.drop_conn(id);
                 }
                 State::Closing { deadline, .. } if deadline <= self.now => self.drop_conn(id),
