@@ -529,3 +529,17 @@ fn a_close_from_the_client_is_answered_and_counted() {
     assert_eq!(stats.get("closed_by_client"), 1);
     assert_eq!(stats.get("connections_at_stop"), 0);
 }
+
+#[test]
+fn a_text_frame_that_is_not_utf8_is_closed_with_1007() {
+    use tungstenite::protocol::frame::Frame;
+    use tungstenite::protocol::frame::coding::{Data, OpCode};
+    let fogd = SignalFogd::start(&[]);
+    let mut ws = open(fogd.addr, "/ws", None).unwrap();
+    let frame = Frame::message(vec![b'{', 0xff, 0xfe, b'}'], OpCode::Data(Data::Text), true);
+    ws.send(Message::Frame(frame)).unwrap();
+    let (code, reason, frames) = until_close(&mut ws, WAIT);
+    assert_eq!((code, reason.as_str()), (1007, "text frame is not UTF-8"));
+    assert!(frames.is_empty(), "{frames:?}");
+    assert_eq!(fogd.stop().get("protocol_errors"), 1);
+}
