@@ -21,7 +21,8 @@
 //! dropped: a client that does not read cannot make the server hold unbounded memory.
 //!
 //! This module is where the signaling machine meets the wall clock: it reads `Instant::now()`
-//! once per turn of the loop and passes it in.
+//! at each turn of the loop and again before each frame it hands to the machine, and passes it
+//! in.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
@@ -827,6 +828,10 @@ impl Loop {
             match self.classify(id, outcome) {
                 Read1::Frame(frame) => {
                     self.stats.frames_in += 1;
+                    // The clock again per frame: replies are written at once, so a quick client
+                    // can answer them within this same read loop, and frames stamped with the
+                    // turn's start would all look like one burst to the rate limit.
+                    self.now = now();
                     let before = self.server.peer_of(ConnId(id));
                     self.server.handle_frame(self.now, ConnId(id), &frame);
                     if before.is_none() {

@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use fog_signal::client::Event;
-use fog_signal::msg::{Candidate, CandidateKind, ServerMsg};
+use fog_signal::msg::{Candidate, CandidateKind, ErrorCode, ServerMsg};
 use support::signal::{
     SignalFogd, SignalPeer, TlsClient, description, next_frame, open, recv, self_signed_cert, tcp,
     until_close,
@@ -399,17 +399,28 @@ fn a_client_that_does_not_read_is_dropped_at_max_unsent() {
             "not dropped after {sent} offers\n{}",
             fogd.child.output_text()
         );
-        for _ in 0..20 {
+        // Ten at a time, each batch answered before the next, so that the sender stays
+        // within its burst of 40 frames however fogd's reads coalesce.
+        for _ in 0..10 {
             sender
                 .client
                 .connect(sleeper.client.peer_id(), big.clone())
                 .unwrap();
             sent += 1;
         }
-        sender.send_queued();
-        // Read the sender's offer_sent replies so that only the sleeper falls behind.
-        while let Ok(Some(_)) = recv(&mut sender.ws, Duration::from_millis(1)) {}
-        std::thread::sleep(Duration::from_millis(2));
+        for _ in 0..10 {
+            let reply = sender.wait_for(WAIT, |e| {
+                matches!(e, Event::OfferSent { .. } | Event::Error { .. })
+            });
+            // Once fogd has dropped the sleeper, offers to it find nobody; nothing else fails.
+            if let Event::Error { code, .. } = reply {
+                assert_eq!(
+                    code,
+                    ErrorCode::UnknownPeer,
+                    "after {sent} offers: {reply:?}"
+                );
+            }
+        }
     }
     let stats = fogd.stop();
     assert_eq!(stats.get("overflowed"), 1);

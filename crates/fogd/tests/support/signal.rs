@@ -335,9 +335,10 @@ impl SignalPeer {
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
+                let last: Vec<&Event> = self.events.iter().rev().take(5).collect();
                 panic!(
-                    "no matching event within {timeout:?}; saw {:?}",
-                    self.events
+                    "no matching event within {timeout:?}; {} others waiting, the last {last:?}",
+                    self.events.len()
                 );
             }
             match recv(&mut self.ws, left.min(Duration::from_millis(100))) {
