@@ -554,3 +554,36 @@ fn a_text_frame_that_is_not_utf8_is_closed_with_1007() {
     assert!(frames.is_empty(), "{frames:?}");
     assert_eq!(fogd.stop().get("protocol_errors"), 1);
 }
+
+#[test]
+fn idle_sockets_beyond_the_slack_are_dropped_at_once() {
+    // One connection allowed, plus 256 sockets of slack for handshakes and refusals.
+    let fogd = SignalFogd::start(&["--max-connections", "1", "--handshake-timeout-ms", "60000"]);
+    let _open = open(fogd.addr, "/ws", None).unwrap();
+    let idle: Vec<std::net::TcpStream> = (0..300)
+        .map(|_| tcp(fogd.addr, Duration::from_millis(20)))
+        .collect();
+    // Count the ones fogd closed unanswered (without blocking: an open socket has nothing to
+    // read, a dropped one is at its end), until all it will drop are dropped.
+    for stream in &idle {
+        stream.set_nonblocking(true).unwrap();
+    }
+    let count_closed = || {
+        idle.iter()
+            .filter(|stream| {
+                let mut stream: &std::net::TcpStream = stream;
+                matches!(stream.read(&mut [0u8; 1]), Ok(0))
+            })
+            .count()
+    };
+    let deadline = Instant::now() + WAIT;
+    let mut closed = count_closed();
+    while closed < 300 - 256 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        closed = count_closed();
+    }
+    assert_eq!(closed, 300 - 256);
+    let stats = fogd.stop();
+    assert_eq!(stats.get("dropped_at_capacity"), 300 - 256);
+    assert_eq!(stats.get("accepted"), 301);
+}
