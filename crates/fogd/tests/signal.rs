@@ -456,6 +456,17 @@ fn a_config_file_sets_limits_and_a_misspelt_key_stops_the_start() {
         "{stderr}"
     );
     assert!(stderr.contains("line 3"), "{stderr}");
+
+    // A file that names no service, and no service flag: nothing to run.
+    std::fs::write(&path, "[signal]\nmax-peers = 5\n").unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_fogd"))
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("no service configured"), "{stderr}");
 }
 
 #[test]
