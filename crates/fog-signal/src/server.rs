@@ -273,6 +273,14 @@ impl Server {
         self.peers.contains_key(peer)
     }
 
+    /// The peer authenticated on `conn`, if any (a driver logs it; the machine never needs it).
+    pub fn peer_of(&self, conn: ConnId) -> Option<PeerId> {
+        match self.conns.get(&conn)?.phase {
+            Phase::Authenticated { peer } => Some(peer),
+            _ => None,
+        }
+    }
+
     /// The alias bindings, for persisting them (in alias order).
     pub fn aliases(&self) -> impl Iterator<Item = (&str, &PeerId)> {
         self.aliases.iter().map(|(a, p)| (a.as_str(), p))

@@ -41,6 +41,8 @@ fn register_lookup_offer_answer_trickle_punch() {
         }]
     );
     let a_id = net.nodes[a].client.peer_id();
+    assert_eq!(net.server.peer_of(net.nodes[a].conn), Some(a_id));
+    assert_eq!(net.server.peer_of(fog_signal::server::ConnId(99)), None);
     let l1 = net.nodes[b].client.lookup("aa:bb:cc:00:00:01").unwrap();
     let l2 = net.nodes[b]
         .client

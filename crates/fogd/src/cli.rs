@@ -1,7 +1,8 @@
-//! The command line. Each service is a help section of its own (`STUN` today; signaling and TURN
-//! add theirs), with flags named after it.
+//! The command line. Each service is a help section of its own (`STUN`, `Signaling`; TURN will
+//! add its own), with flags named after it.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 
 use clap::{ArgGroup, Args, Parser};
 use fog_stun::server::RateLimit;
@@ -11,19 +12,123 @@ use fog_stun::server::RateLimit;
 #[command(
     name = "fogd",
     version,
-    about = "FogConnect's server: a two-address RFC 5780 STUN server (signaling and TURN to come)",
+    about = "FogConnect's server: RFC 5780 STUN and WebSocket signaling (TURN to come)",
     long_about = None,
     after_help = "\
-Example: fogd --stun 192.0.2.1:3478 --stun-alt 192.0.2.2:3479
+Examples:
+  fogd --stun 192.0.2.1:3478 --stun-alt 192.0.2.2:3479
+  fogd --signal 0.0.0.0:7600 --key /var/lib/fogd/server.key --realm signal.example.org \\
+       --tls-cert fullchain.pem --tls-key privkey.pem
+  fogd --config /etc/fogd.toml --stun 192.0.2.1:3478
+
+Config file (--config, TOML): one [signal] table whose keys are the Signaling flags' names
+without the leading dashes; a flag given on the command line overrides the file, and an
+unknown key or table is an error. Relative paths are read from the directory fogd runs in.
+  [signal]
+  signal = \"0.0.0.0:7600\"
+  key = \"/var/lib/fogd/server.key\"
+  realm = \"signal.example.org\"
+  tls-cert = \"/etc/fogd/fullchain.pem\"
+  tls-key = \"/etc/fogd/privkey.pem\"
+  max-connections = 20000
+  max-peers = 16384
+  frames-per-second = 20
+  max-frame-len = 16384
+  max-pending-offers = 8
+  handshake-timeout-ms = 5000
+  max-unsent = 131072
 
 Logs go to stderr. RUST_LOG sets the filter (default: info), e.g. RUST_LOG=debug.
 SIGINT or SIGTERM stops fogd cleanly and logs its final counters; a second one exits at once.",
-    // At least one service must be configured; more join this group as they arrive.
-    group(ArgGroup::new("service").required(true).multiple(true).args(["stun"])),
+    // At least one service must be configured (a config file may name the signaling address);
+    // more join this group as they arrive.
+    group(ArgGroup::new("service").required(true).multiple(true).args(["stun", "signal", "config"])),
 )]
 pub(crate) struct Cli {
+    /// Read settings from this TOML file (format below); flags override it
+    #[arg(long, value_name = "PATH")]
+    pub(crate) config: Option<PathBuf>,
+
     #[command(flatten)]
     pub(crate) stun: StunArgs,
+
+    #[command(flatten)]
+    pub(crate) signal: SignalArgs,
+}
+
+/// The signaling section. Every setting is an `Option` so that a flag can override the config
+/// file and the file can override the default; the defaults are stated in the help and applied
+/// in [`crate::signal::settings`].
+#[derive(Debug, Default, Clone, Args)]
+#[command(next_help_heading = "Signaling")]
+pub(crate) struct SignalArgs {
+    /// Serve WebSocket signaling at path /ws on this address; a bare IP means port 7600
+    #[arg(long, value_name = "IP[:PORT]", value_parser = parse_signal_addr)]
+    pub(crate) signal: Option<SocketAddr>,
+
+    /// The server's Ed25519 identity: loaded, or created with mode 0600 if the file does not
+    /// exist. Without it fogd makes a new identity at every start, which clients that pin the
+    /// server key will refuse
+    #[arg(long, value_name = "PATH")]
+    pub(crate) key: Option<PathBuf>,
+
+    /// The host name clients dial (wss://REALM/ws); it is signed into every authentication.
+    /// Default: the --signal IP
+    #[arg(long, value_name = "NAME")]
+    pub(crate) realm: Option<String>,
+
+    /// Serve wss:// with this PEM certificate chain (needs --tls-key)
+    #[arg(long, value_name = "PEM")]
+    pub(crate) tls_cert: Option<PathBuf>,
+
+    /// The PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1)
+    #[arg(long, value_name = "PEM")]
+    pub(crate) tls_key: Option<PathBuf>,
+
+    /// Open WebSocket connections, authenticated or not [default: 20000]. One over it is
+    /// answered `server_full` and closed with 1013
+    #[arg(long, value_name = "N")]
+    pub(crate) max_connections: Option<usize>,
+
+    /// Authenticated peers [default: 16384]
+    #[arg(long, value_name = "N")]
+    pub(crate) max_peers: Option<usize>,
+
+    /// Frames per second one connection may send, sustained (bursts of 40) [default: 20]
+    #[arg(long, value_name = "N")]
+    pub(crate) frames_per_second: Option<u32>,
+
+    /// Largest frame (and message) in bytes [default: 16384]; a larger one is closed with 1009
+    #[arg(long, value_name = "BYTES")]
+    pub(crate) max_frame_len: Option<usize>,
+
+    /// Unanswered offers to one peer, and from one peer [default: 8]
+    #[arg(long, value_name = "N")]
+    pub(crate) max_pending_offers: Option<usize>,
+
+    /// Time a client has to complete the TLS and WebSocket handshakes [default: 5000]
+    #[arg(long, value_name = "MS")]
+    pub(crate) handshake_timeout_ms: Option<u64>,
+
+    /// Bytes of output one connection may have waiting to be sent (the client reads too
+    /// slowly); over it the connection is dropped [default: 131072]
+    #[arg(long, value_name = "BYTES")]
+    pub(crate) max_unsent: Option<usize>,
+}
+
+/// The signaling port when `--signal` names only an IP.
+pub(crate) const SIGNAL_PORT: u16 = 7600;
+
+pub(crate) fn parse_signal_addr(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    match s.parse::<IpAddr>() {
+        Ok(ip) => Ok(SocketAddr::new(ip, SIGNAL_PORT)),
+        Err(_) => Err(format!(
+            "{s:?} is neither IP:PORT nor an IP (IPv6 with a port is [::1]:7600)"
+        )),
+    }
 }
 
 /// The STUN section.
@@ -110,6 +215,20 @@ mod tests {
         let cli = Cli::try_parse_from(["fogd", "--stun", "127.0.0.1:3478"]).unwrap();
         assert_eq!(cli.stun.rate_limit(), Some(RateLimit::default()));
         assert_eq!(cli.stun.stun_alt, None);
+    }
+
+    #[test]
+    fn signal_takes_an_address_or_a_bare_ip() {
+        let cli = Cli::try_parse_from(["fogd", "--signal", "127.0.0.1:9000"]).unwrap();
+        assert_eq!(cli.signal.signal, Some("127.0.0.1:9000".parse().unwrap()));
+        let cli = Cli::try_parse_from(["fogd", "--signal", "::1"]).unwrap();
+        assert_eq!(cli.signal.signal, Some("[::1]:7600".parse().unwrap()));
+        assert!(Cli::try_parse_from(["fogd", "--signal", "example.org"]).is_err());
+    }
+
+    #[test]
+    fn a_config_file_counts_as_a_service_for_the_parser() {
+        assert!(Cli::try_parse_from(["fogd", "--config", "fogd.toml"]).is_ok());
     }
 
     #[test]

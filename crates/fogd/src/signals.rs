@@ -1,13 +1,15 @@
-//! SIGINT and SIGTERM to [`fog_mio::Handle::shutdown`], without an async runtime: signal-hook
+//! SIGINT and SIGTERM to every service's stop call, without an async runtime: signal-hook
 //! records the signal from its handler and a thread of ours blocks on its iterator, then wakes
-//! every service's driver through its handle.
+//! each service's loop ([`fog_mio::Handle::shutdown`] for STUN, a `mio::Waker` for signaling).
 
 use std::io;
 use std::thread;
 
-use fog_mio::Handle;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
+
+/// Stops one service's loop from another thread: sets its flag and wakes it.
+pub(crate) type Stop = std::sync::Arc<dyn Fn() -> io::Result<()> + Send + Sync>;
 
 /// The signal handlers, installed; [`stop_on_signal`](Self::stop_on_signal) hands them the
 /// drivers to stop.
@@ -24,10 +26,10 @@ impl ShutdownSignals {
         })
     }
 
-    /// Starts the thread that, at the first signal, shuts every driver in `handles` down (each
-    /// service then returns from its loop and reports). A second signal exits at once, for a
-    /// service that does not stop.
-    pub(crate) fn stop_on_signal(mut self, handles: Vec<Handle>) -> io::Result<()> {
+    /// Starts the thread that, at the first signal, calls every stop in `stops` (each service
+    /// then returns from its loop and reports). A second signal exits at once, for a service
+    /// that does not stop.
+    pub(crate) fn stop_on_signal(mut self, stops: Vec<Stop>) -> io::Result<()> {
         thread::Builder::new()
             .name("signals".to_owned())
             .spawn(move || {
@@ -45,10 +47,10 @@ impl ShutdownSignals {
                     }
                     seen = true;
                     tracing::info!(signal = name, "shutting down");
-                    for handle in &handles {
-                        if let Err(e) = handle.shutdown() {
-                            // The flag is set anyway; the driver sees it at its next turn.
-                            tracing::warn!(error = %e, "waking a driver for shutdown failed");
+                    for stop in &stops {
+                        if let Err(e) = stop() {
+                            // The flag is set anyway; the loop sees it at its next turn.
+                            tracing::warn!(error = %e, "waking a service for shutdown failed");
                         }
                     }
                 }

@@ -1,8 +1,11 @@
 //! What fogd's integration tests share: free ports on two loopback IPs, child processes that die
-//! with their guard, a STUN probe to know a server is up, the external tools and their output.
+//! with their guard, a STUN probe to know a server is up, the external tools and their output;
+//! [`signal`] has the signaling side (a fogd serving it, WebSocket clients, a signaling peer).
 
 // Each test file uses part of this module; what one of them leaves unused is not dead.
 #![allow(dead_code)]
+
+pub(crate) mod signal;
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -274,18 +277,19 @@ impl Fogd {
         let text = self.child.output_text();
         let status = status.unwrap_or_else(|| panic!("fogd did not exit on SIGTERM\n{text}"));
         assert!(status.success(), "fogd exited with {status}\n{text}");
-        FinalStats::parse(&self.child.stderr_text())
+        FinalStats::parse_line(&self.child.stderr_text(), "STUN stopped")
             .unwrap_or_else(|| panic!("no `STUN stopped` line\n{text}"))
     }
 }
 
-/// The `key=value` pairs of fogd's `STUN stopped` log line.
+/// The `key=value` pairs of one of fogd's final log lines (`STUN stopped`, `signal stopped`).
 #[derive(Debug)]
 pub(crate) struct FinalStats(Vec<(String, String)>);
 
 impl FinalStats {
-    fn parse(log: &str) -> Option<Self> {
-        let line = log.lines().find(|l| l.contains("STUN stopped"))?;
+    /// The pairs of the first line of `log` that contains `marker`.
+    pub(crate) fn parse_line(log: &str, marker: &str) -> Option<Self> {
+        let line = log.lines().find(|l| l.contains(marker))?;
         let pairs = line
             .split_whitespace()
             .filter_map(|word| word.split_once('='))
