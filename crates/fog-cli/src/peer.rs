@@ -107,6 +107,32 @@ impl Peer {
                 Some(why) => format!("{e} (the server said {why})"),
                 None => e.to_string(),
             })?;
+        // The server authenticates a key whose alias claim it refuses, without the alias.
+        if let Some(wanted) = alias {
+            if bound_alias.as_deref() != Some(wanted.to_lowercase().as_str()) {
+                // The server's error saying why follows its welcome.
+                if refused.is_none() {
+                    let soon = deadline.min(Instant::now() + Duration::from_secs(2));
+                    refused = connection
+                        .wait_for(
+                            soon,
+                            |event| match event {
+                                Event::Error { code, message, .. } => {
+                                    Some(format!("{code:?}: {message}"))
+                                }
+                                _ => None,
+                            },
+                            |_| Ok(()),
+                        )
+                        .ok();
+                }
+                connection.close();
+                return Err(match refused {
+                    Some(why) => format!("the alias {wanted} was refused ({why})"),
+                    None => format!("the alias {wanted} was not bound"),
+                });
+            }
+        }
         progress(&format!(
             "authenticated to {} (server {}) as {me}{}",
             args.signal,
