@@ -44,7 +44,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use fog_stun::wire::{BindingRequest, TransactionId};
-use support::{A1, A2, ChildGuard, all_answer, find_tool, free_port_pair};
+use support::{
+    A1, A2, ChildGuard, all_answer, clock_ticks_per_s, cpu_ticks, find_tool, free_port_pair,
+};
 
 /// A socket with requests in flight and no answer for this long is refilled.
 const STALL: Duration = Duration::from_millis(50);
@@ -407,26 +409,6 @@ fn load(server: SocketAddr, server_pid: u32, options: &Options) -> io::Result<Ru
 }
 
 /// User plus system CPU time of a process and all its threads, in clock ticks (Linux /proc).
-fn cpu_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(utime + stime)
-}
-
-fn clock_ticks_per_s() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
 /// Moves every thread of this process to CPU 1, so the client never competes with the server.
 fn pin_self_to_cpu1(taskset: &Path) {
     let status = Command::new(taskset)
