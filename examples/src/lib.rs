@@ -1,1 +1,3 @@
 //! Runnable FogConnect programs; see the `examples` of this package.
+
+pub mod scenario;

@@ -26,6 +26,8 @@ use crate::strategy::{Birthday, Plan};
 
 /// RFC 8445 §7.3.1.1: the error code of a role conflict.
 const ROLE_CONFLICT: u16 = 487;
+/// Pairs whose first checks go out together at the punch instant.
+const FIRST_BURST: usize = 16;
 /// Transmissions of a nomination before the controlling agent stops trying that pair (about 3 s
 /// with the default retransmission schedule).
 const NOMINATIONS: u8 = 10;
@@ -72,6 +74,9 @@ pub struct AgentConfig {
     pub consent_timeout: Duration,
     /// TTL of the first check to each destination, which opens our NAT without reaching the
     /// peer's (see NAT-NOTES on NATs that keep state for unsolicited input); `None` for none.
+    /// Default 3: past a home NAT and a carrier-grade NAT behind it, and gone long before the
+    /// peer's NAT on any real path. A birthday round's many sockets send only at this TTL until
+    /// the peer reaches one, so that the peer's NAT sees nothing unsolicited from them.
     pub low_ttl: Option<u8>,
 }
 
@@ -98,7 +103,7 @@ impl AgentConfig {
             max_retry: Duration::from_millis(400),
             consent_interval: Duration::from_secs(5),
             consent_timeout: Duration::from_secs(30),
-            low_ttl: None,
+            low_ttl: Some(3),
         }
     }
 }
@@ -172,6 +177,8 @@ struct Pair {
     last_answer: Option<Instant>,
     /// Nominations (checks with USE-CANDIDATE) still to retransmit until one is answered.
     nominating: u8,
+    /// A check from the peer arrived on it.
+    heard: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -225,6 +232,8 @@ pub struct Agent {
     gave_up: bool,
     /// The punch deadline passed: no more checks but nominations and consent.
     punch_over: bool,
+    /// Checks only open our NAT (low TTL) until the peer reaches us (see [`Agent::set_quiet`]).
+    quiet: bool,
     queue: VecDeque<Queued>,
     events: VecDeque<Event>,
     stats: Stats,
@@ -255,6 +264,7 @@ impl Agent {
             next_consent: None,
             gave_up: false,
             punch_over: false,
+            quiet: false,
             queue: VecDeque::new(),
             events: VecDeque::new(),
             stats: Stats::default(),
@@ -298,6 +308,16 @@ impl Agent {
     pub fn selected(&self) -> Option<(SocketAddr, SocketAddr)> {
         self.selected
             .map(|i| (self.pairs[i].local, self.pairs[i].remote))
+    }
+
+    /// Quiet punching: while on, and while our endpoint is one the peer already knows
+    /// ([`Plan::known_endpoint`]), checks go out only at the low TTL, opening our NAT without
+    /// reaching the peer's, until the peer's own check reaches us; answers and the checks they
+    /// trigger go out in full. The answering side starts this way the moment it answers, so
+    /// that its NAT is open when the offerer's first check arrives and the offerer's NAT never
+    /// sees anything it did not ask for. Turned off at the agreed punch instant.
+    pub fn set_quiet(&mut self, quiet: bool) {
+        self.quiet = quiet;
     }
 
     /// Whether we are the controlling agent now (a role conflict may have switched it).
@@ -359,6 +379,7 @@ impl Agent {
             nominated: false,
             last_answer: None,
             nominating: 0,
+            heard: false,
         });
         self.pairs.len() - 1
     }
@@ -392,7 +413,20 @@ impl Agent {
             return;
         }
         self.deadline = Some(now + self.config.plan.punch_for);
-        self.next_pace = Some(now);
+        // The first checks of every pair go out together at the agreed instant: the peer's
+        // first checks arrive one path delay later, and by then our NAT must have sent to each
+        // destination (a NAT that keeps state for unsolicited input would otherwise move our
+        // port). Pacing applies to the pairs found later.
+        let first: Vec<usize> = (0..self.pairs.len())
+            .filter(|&i| self.pairs[i].state == State::Waiting)
+            .take(FIRST_BURST)
+            .collect();
+        for i in first {
+            if self.may_open(self.pairs[i].remote) {
+                self.check(now, i, false);
+            }
+        }
+        self.next_pace = Some(now + self.config.pace);
         match self.config.plan.birthday {
             Some(Birthday::Spray { probes, rate }) => {
                 if let Some(ip) = self.peer_ip() {
@@ -449,6 +483,10 @@ impl Agent {
             return;
         }
         let retransmitted = self.pairs[i].state == State::InProgress;
+        // Aggressive nomination: every check of the controlling agent nominates its pair, so
+        // the first pair that works both ways is the path, one round trip sooner than a
+        // separate nomination. Path choice by RTT may move it later.
+        let use_candidate = use_candidate || self.controlling;
         let pair = &mut self.pairs[i];
         if pair.state == State::Waiting || pair.state == State::Failed {
             pair.state = State::InProgress;
@@ -489,6 +527,34 @@ impl Agent {
             return;
         };
         let first = self.flows.insert(remote);
+        // A birthday socket stays silent toward the peer's NAT until the peer reached it.
+        let quiet = (self.open_sockets.contains(&local)
+            || (self.quiet && self.config.plan.known_endpoint))
+            && !self
+                .pair_index(local, remote)
+                .is_some_and(|i| self.pairs[i].heard);
+        if quiet {
+            if let Some(ttl) = self.config.low_ttl {
+                self.outstanding.insert(
+                    id,
+                    Outstanding {
+                        local,
+                        remote,
+                        sent_at: now,
+                        retransmitted,
+                        use_candidate,
+                    },
+                );
+                self.stats.checks_sent += 1;
+                self.queue.push_back(Queued {
+                    bytes,
+                    source: local,
+                    destination: remote,
+                    ttl: Some(ttl),
+                });
+                return;
+            }
+        }
         let ttl = if first { self.config.low_ttl } else { None };
         if let Some(ttl) = ttl {
             // The low-TTL probe opens our NAT; the real check follows right behind it.
@@ -576,6 +642,7 @@ impl Agent {
         }
         let remote_priority = a.priority.unwrap_or(0);
         let i = self.add_pair(packet.local, packet.source, remote_priority);
+        self.pairs[i].heard = true;
         if a.use_candidate && !self.controlling {
             self.pairs[i].nominated = true;
         }

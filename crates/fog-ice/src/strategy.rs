@@ -113,6 +113,11 @@ pub struct Plan {
     /// flow for [`single_flow`](Self::single_flow), so a window of the peer's ports costs
     /// nothing.
     pub flow_by_ip: bool,
+    /// Our endpoint toward the peer is one the peer knows before any datagram passes: our
+    /// srflx (our mapping is endpoint-independent) or our advertised prediction. Then our NAT
+    /// only needs opening (a low-TTL check does it) and the peer's checks come through; when it
+    /// is false the peer can learn our endpoint only from a datagram of ours that reaches it.
+    pub known_endpoint: bool,
     /// Our part in a birthday round.
     pub birthday: Option<Birthday>,
     /// Keep punching this long, then rely on the relay.
@@ -142,6 +147,7 @@ impl Plan {
                     ..
                 }
             ),
+            known_endpoint: is_eim(mine),
             birthday: None,
             punch_for: config.punch_for,
         };
@@ -220,6 +226,7 @@ impl Plan {
                 }
             }
         }
+        plan.known_endpoint |= plan.predict_own.is_some();
         plan
     }
 

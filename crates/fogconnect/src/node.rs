@@ -139,6 +139,8 @@ struct Session {
     credentials: agent::Credentials,
     agent: Option<Agent>,
     punch_at: Option<Instant>,
+    /// The answerer's quiet punching ends here (the punch sync's instant).
+    quiet_until: Option<Instant>,
     connected: bool,
     service: u16,
 }
@@ -340,7 +342,7 @@ impl Node {
             self.send_offer(pending);
         }
         for (session, from, description) in std::mem::take(&mut self.deferred_offers) {
-            self.answer_offer(session, from, description);
+            self.answer_offer(now, session, from, description);
         }
         // A refresh serves the offers and answers made from it only.
         if fresh.is_some() {
@@ -368,11 +370,14 @@ impl Node {
     /// Our description: host, server-reflexive and predicted candidates of the base socket.
     fn description(&mut self, credentials: &agent::Credentials, service: u16) -> Description {
         let base = self.config.base;
-        let mut candidates = vec![ice_candidate::Candidate::new(Kind::Host, base)];
+        let mut candidates = Vec::new();
+        // The server-reflexive address even when it is the host's own (no NAT, or a firewall):
+        // the peer's plan checks server-reflexive candidates, and may skip host ones.
         if let Some(mapped) = self.report.as_ref().and_then(|r| r.mapped) {
-            if mapped != base {
-                candidates.push(ice_candidate::Candidate::new(Kind::ServerReflexive, mapped));
-            }
+            candidates.push(ice_candidate::Candidate::new(Kind::ServerReflexive, mapped));
+        }
+        if !candidates.iter().any(|c| c.addr == base) {
+            candidates.push(ice_candidate::Candidate::new(Kind::Host, base));
         }
         if let (
             Some(Behaviour::Nat {
@@ -414,6 +419,7 @@ impl Node {
                 credentials,
                 agent: None,
                 punch_at: None,
+                quiet_until: None,
                 connected: false,
                 service: pending.service,
             }),
@@ -424,7 +430,7 @@ impl Node {
         }
     }
 
-    fn answer_offer(&mut self, session: SessionId, from: PeerId, offer: Description) {
+    fn answer_offer(&mut self, now: Instant, session: SessionId, from: PeerId, offer: Description) {
         let credentials = self.credentials();
         let description = self.description(&credentials, offer.service);
         if let Err(e) = self.client.answer(session, description.clone()) {
@@ -444,16 +450,17 @@ impl Node {
             credentials,
             agent: None,
             punch_at: None,
+            quiet_until: None,
             connected: false,
             service: 0,
         };
-        self.build_agent(&mut s);
+        self.build_agent(now, &mut s);
         s.service = s.remote.as_ref().map_or(0, |d| d.service);
         self.sessions.push(s);
     }
 
     /// The agent of a session whose two descriptions are known.
-    fn build_agent(&mut self, session: &mut Session) {
+    fn build_agent(&mut self, now: Instant, session: &mut Session) {
         let (Some(_), Some(remote)) = (&session.local, &session.remote) else {
             return;
         };
@@ -481,9 +488,12 @@ impl Node {
         for c in &remote.candidates {
             agent.add_remote(from_wire(c));
         }
-        if let Some(at) = session.punch_at {
-            agent.start(at);
-        }
+        // Punch at once: the answerer opens its NAT quietly (low TTL) as it answers, the
+        // offerer checks in full as the answer arrives, so the offerer's first check finds the
+        // answerer's NAT open and no NAT sees unsolicited input. At the instant the server's
+        // punch sync names, the answerer speaks up in full (see `Agent::set_quiet`).
+        agent.set_quiet(!session.offerer && session.punch_at.is_none());
+        agent.start(now);
         session.agent = Some(agent);
     }
 
@@ -506,7 +516,7 @@ impl Node {
                 description,
             } => {
                 if self.report.is_some() && !self.needs_refresh() {
-                    self.answer_offer(session, from, description);
+                    self.answer_offer(now, session, from, description);
                 } else {
                     self.deferred_offers.push((session, from, description));
                     if self.report.is_some() && self.refresh.is_none() {
@@ -522,7 +532,7 @@ impl Node {
                 if let Some(i) = self.sessions.iter().position(|s| s.id == Some(session)) {
                     let mut s = self.sessions.swap_remove(i);
                     s.remote = Some(description);
-                    self.build_agent(&mut s);
+                    self.build_agent(now, &mut s);
                     self.sessions.push(s);
                 }
             }
@@ -530,7 +540,10 @@ impl Node {
                 if let Some(s) = self.sessions.iter_mut().find(|s| s.id == Some(session)) {
                     s.punch_at = Some(at);
                     if let Some(agent) = &mut s.agent {
-                        agent.start(at);
+                        agent.start(now);
+                        if !s.offerer {
+                            s.quiet_until = Some(at);
+                        }
                     }
                 }
             }
@@ -701,6 +714,10 @@ impl SansIo for Node {
         }
         for s in &mut self.sessions {
             if let Some(agent) = &mut s.agent {
+                if s.quiet_until.is_some_and(|t| now >= t) {
+                    s.quiet_until = None;
+                    agent.set_quiet(false);
+                }
                 agent.handle_timeout(now);
             }
         }
@@ -763,6 +780,7 @@ impl SansIo for Node {
             if let Some(agent) = &s.agent {
                 consider(agent.poll_timeout());
             }
+            consider(s.quiet_until);
         }
         next
     }

@@ -1,0 +1,259 @@
+//! Two FogConnect nodes behind simulated NATs, a two-address STUN server and a signaling server,
+//! under a stated WAN profile: the scenario behind the NAT matrix (`cargo run --release --example
+//! matrix`) and its tests.
+//!
+//! # The WAN profile
+//!
+//! - each node's access link: 10 ms one way and 1 % loss each way, so the two peers are 20 ms
+//!   apart one way (the topology is a tree: node, its NATs, the internet);
+//! - the STUN server's link: 25 ms, so a node is 35 ms from it;
+//! - the signaling channel: node A 30 ms, node B 40 ms one way (reliable and ordered, as TCP).
+//!
+//! A run: both nodes start, run discovery and authenticate; once both are ready (at most 30 s of
+//! virtual time), A calls `connect(B)`. The time to a path is from that call to the instant the
+//! second node reports `Connected`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use fog_core::{Receive, SansIo, Transmit};
+use fog_signal::KeyPair;
+use fog_signal::server::{Server as SignalServer, ServerConfig as SignalConfig};
+use fog_sim::link::LinkConfig;
+use fog_sim::presets::Preset;
+use fog_sim::signal::{Closed, Request, SignalLink, SignalNode};
+use fog_sim::{NodeId, Sim};
+use fog_stun::server::{Server as StunServer, ServerConfig as StunConfig};
+use fogconnect::{Event, Node, NodeConfig};
+
+const REALM: &str = "signal.example";
+const BASE_PORT: u16 = 5000;
+
+/// The WAN profile's numbers (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Profile {
+    /// Each node's access link, one way.
+    pub access: Duration,
+    /// Loss on each access link, each way.
+    pub loss: f64,
+    /// The STUN server's own link.
+    pub stun_link: Duration,
+    /// Signaling latency of node A and node B, one way.
+    pub signal: [Duration; 2],
+    /// How long to wait for the path after `connect`.
+    pub patience: Duration,
+}
+
+impl Default for Profile {
+    fn default() -> Self {
+        Profile {
+            access: Duration::from_millis(10),
+            loss: 0.01,
+            stun_link: Duration::from_millis(25),
+            signal: [Duration::from_millis(30), Duration::from_millis(40)],
+            patience: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Profile {
+    /// The lower bound of the time to a direct path for two cone NATs: the offer and the answer
+    /// each cross both signaling links (`2 · (sA + sB)`), then one peer round trip verifies the
+    /// path (`2 · 2 · access`). 230 ms for the default profile.
+    pub fn lower_bound(&self) -> Duration {
+        2 * (self.signal[0] + self.signal[1]) + 4 * self.access
+    }
+}
+
+/// A [`Node`] with the simulator's signaling hooks; it asks for its signaling connection at once.
+#[derive(Debug)]
+pub struct SimNode {
+    /// The node.
+    pub node: Node,
+    asked: bool,
+}
+
+impl SimNode {
+    /// Wraps `node`.
+    pub fn new(node: Node) -> Self {
+        SimNode { node, asked: false }
+    }
+}
+
+impl SansIo for SimNode {
+    type Event = Event;
+    fn handle_packet(&mut self, now: Instant, packet: Receive<'_>) {
+        self.node.handle_packet(now, packet);
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        self.node.handle_timeout(now);
+    }
+    fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        self.node.poll_transmit(now, buf)
+    }
+    fn poll_event(&mut self) -> Option<Event> {
+        self.node.poll_event()
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.node.poll_timeout()
+    }
+}
+
+impl SignalNode for SimNode {
+    fn handle_signal_open(&mut self, now: Instant) {
+        self.node.handle_signal_open(now);
+    }
+    fn handle_signal_frame(&mut self, now: Instant, frame: &str) {
+        self.node.handle_signal_frame(now, frame);
+    }
+    fn handle_signal_closed(&mut self, now: Instant, _why: Closed) {
+        self.node.handle_signal_closed(now);
+        self.asked = false;
+    }
+    fn poll_signal_frame(&mut self) -> Option<String> {
+        self.node.poll_signal_frame()
+    }
+    fn poll_signal_request(&mut self) -> Option<Request> {
+        if self.asked {
+            return None;
+        }
+        self.asked = true;
+        Some(Request::Connect)
+    }
+}
+
+/// How one run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Run {
+    /// Both nodes finished discovery and authenticated.
+    pub ready: bool,
+    /// Both nodes reported a verified direct path.
+    pub direct: bool,
+    /// From `connect` to the second `Connected`.
+    pub time_to_path: Option<Duration>,
+    /// Each side's path: (its socket, the peer's address).
+    pub paths: Option<[(SocketAddr, SocketAddr); 2]>,
+    /// What each node's discovery found, as text.
+    pub discovered: [Option<String>; 2],
+}
+
+fn ready(events: &[(Instant, Event)]) -> bool {
+    events.iter().any(|(_, e)| matches!(e, Event::Ready { .. }))
+        && events.iter().any(|(_, e)| *e == Event::SignalingUp)
+}
+
+fn connected(events: &[(Instant, Event)]) -> Option<(Instant, SocketAddr, SocketAddr)> {
+    events.iter().find_map(|(t, e)| match e {
+        Event::Connected { local, remote, .. } => Some((*t, *local, *remote)),
+        _ => None,
+    })
+}
+
+fn discovered(events: &[(Instant, Event)]) -> Option<String> {
+    events.iter().find_map(|(_, e)| match e {
+        Event::Ready { behaviour, .. } => Some(behaviour.to_string()),
+        _ => None,
+    })
+}
+
+/// One run of the scenario: node A behind `a`, node B behind `b`.
+pub fn run(a: Preset, b: Preset, seed: u64, profile: &Profile) -> Run {
+    let mut sim = Sim::new(seed);
+    let a1: IpAddr = [198, 51, 100, 1].into();
+    let a2: IpAddr = [198, 51, 100, 2].into();
+    let stun = sim.add_host(
+        "stun",
+        NodeId::INTERNET,
+        &[a1, a2],
+        LinkConfig::with_latency(profile.stun_link),
+    );
+    let primary = SocketAddr::new(a1, 3478);
+    sim.set_machine(
+        stun,
+        3478,
+        StunServer::new(StunConfig::new(primary).with_alternate(a2, 3479)),
+    );
+    let mut server_seed = [0u8; 32];
+    server_seed[..8].copy_from_slice(&seed.to_le_bytes());
+    sim.set_signal_server(SignalServer::new(SignalConfig::new(
+        KeyPair::from_seed(&[200; 32]),
+        REALM,
+        server_seed,
+    )));
+    let access = LinkConfig {
+        loss: profile.loss,
+        ..LinkConfig::with_latency(profile.access)
+    };
+    let mut hosts = Vec::new();
+    for (i, preset) in [a, b].into_iter().enumerate() {
+        let n = i as u8 + 1;
+        let site = preset.attach(&mut sim, if i == 0 { "a" } else { "b" }, n, access.clone());
+        let mut key_seed = [n; 32];
+        key_seed[..8].copy_from_slice(&seed.to_le_bytes());
+        let key = KeyPair::from_seed(&key_seed);
+        let peer = key.peer_id();
+        let base = SocketAddr::new(site.host_addr, BASE_PORT);
+        let config = NodeConfig::new(
+            key,
+            REALM,
+            primary,
+            base,
+            seed.wrapping_mul(31) ^ u64::from(n),
+        );
+        let node = Node::new(config, sim.now());
+        sim.set_signal_machine(site.host, BASE_PORT, SimNode::new(node));
+        sim.set_signal_link(site.host, SignalLink::with_latency(profile.signal[i]));
+        hosts.push((site.host, peer));
+    }
+    let (ha, hb) = (hosts[0].0, hosts[1].0);
+    let mut ea = Vec::new();
+    let mut eb = Vec::new();
+    for _ in 0..300 {
+        sim.run_for(Duration::from_millis(100));
+        ea.extend(sim.take_events::<Event>(ha));
+        eb.extend(sim.take_events::<Event>(hb));
+        if ready(&ea) && ready(&eb) {
+            break;
+        }
+    }
+    let discovered_both = [discovered(&ea), discovered(&eb)];
+    if !(ready(&ea) && ready(&eb)) {
+        return Run {
+            ready: false,
+            direct: false,
+            time_to_path: None,
+            paths: None,
+            discovered: discovered_both,
+        };
+    }
+    let to = hosts[1].1;
+    let start = sim.now();
+    sim.with_machine(ha, |m: &mut SimNode, now| m.node.connect(now, to, 1));
+    let step = Duration::from_millis(50);
+    let mut waited = Duration::ZERO;
+    while waited < profile.patience {
+        sim.run_for(step);
+        waited += step;
+        ea.extend(sim.take_events::<Event>(ha));
+        eb.extend(sim.take_events::<Event>(hb));
+        if connected(&ea).is_some() && connected(&eb).is_some() {
+            break;
+        }
+    }
+    match (connected(&ea), connected(&eb)) {
+        (Some((ta, la, ra)), Some((tb, lb, rb))) => Run {
+            ready: true,
+            direct: true,
+            time_to_path: Some(ta.max(tb) - start),
+            paths: Some([(la, ra), (lb, rb)]),
+            discovered: discovered_both,
+        },
+        _ => Run {
+            ready: true,
+            direct: false,
+            time_to_path: None,
+            paths: None,
+            discovered: discovered_both,
+        },
+    }
+}
