@@ -46,6 +46,9 @@
 //!
 //! - [`wire`]: TURN methods and attributes on fog-stun's STUN layer, and ChannelData framing.
 //! - [`auth`]: the `use-auth-secret` credentials (coturn's scheme, which fog-signal hands out).
+//! - [`client`]: one allocation on one server: Allocate with long-term credentials (401 and 438
+//!   handled), Refresh, permissions and channels kept alive, data by ChannelData or Send/Data
+//!   indications, deallocation.
 //! - [`server`]: allocations keyed by 5-tuple, permissions, channels, relaying from relayed
 //!   addresses, nonces, quotas.
 //!
@@ -54,5 +57,6 @@
 //! DONT-FRAGMENT (420), and the ICMP attribute (§11.5).
 
 pub mod auth;
+pub mod client;
 pub mod server;
 pub mod wire;
