@@ -4,14 +4,14 @@
 //! and a nonce, and the Allocate goes again signed with the long-term key (RFC 8656 §7.1, RFC
 //! 8489 §9.2). A 438 (stale nonce) on any request makes it go again with the new nonce. Once
 //! allocated the machine keeps everything alive by itself: a Refresh a minute before the
-//! allocation expires (§7.3), a CreatePermission a minute before each permission's 300 s end
-//! (§9.1), a ChannelBind a minute before each channel's 600 s end (§12.1), and a Binding
+//! allocation expires (§8.1), a CreatePermission a minute before each permission's 300 s end
+//! (§9, §10.1), a ChannelBind a minute before each channel's 600 s end (§12.1), and a Binding
 //! indication whenever nothing has gone to the server for [`ClientConfig::keepalive`], so that
-//! the NAT in front of the client keeps its binding (RFC 8656 §3.8 leaves this to the client;
-//! 15 s is RFC 8445 §11's default Tr).
+//! the NAT in front of the client keeps its binding (a permission refresh every 4 minutes is
+//! far too rare for a NAT that forgets after 2; 15 s is RFC 8445 §11's default Tr).
 //!
 //! [`Client::send_to`] sends ChannelData when a channel to the peer is bound and confirmed, a
-//! Send indication otherwise (§11.1, §12.6); what peers send arrives as [`Event::Data`] with the
+//! Send indication otherwise (§11.1, §12.5); what peers send arrives as [`Event::Data`] with the
 //! peer's address, whichever way the server wrapped it. Requests are retransmitted by fog-stun's
 //! [`Transactions`] (RFC 8489 §6.2.1).
 //!
@@ -34,12 +34,12 @@ use crate::wire::{
 };
 
 /// A permission is refreshed this long after it was installed: a minute before its 300 s end
-/// (RFC 8656 §9: permissions last 300 s; §9.1 refreshes ahead of that).
+/// (RFC 8656 §9), leaving room for retransmissions.
 pub const PERMISSION_REFRESH: Duration = Duration::from_secs(240);
 /// A channel is rebound this long after it was bound: a minute before its 600 s end
 /// (RFC 8656 §12: channels last 10 minutes).
 pub const CHANNEL_REFRESH: Duration = Duration::from_secs(540);
-/// How long before expiry the allocation is refreshed (RFC 8656 §7.3 suggests a minute), or
+/// How long before expiry the allocation is refreshed (a minute, as RFC 8656 §8 suggests), or
 /// half the lifetime if that is shorter.
 pub const REFRESH_MARGIN: Duration = Duration::from_secs(60);
 /// How many 438 answers in a row a request may get before it is given up.
@@ -406,7 +406,7 @@ impl Client {
         Ok(())
     }
 
-    /// Binds a channel to `peer` (which also installs the permission, RFC 8656 §12.1) and keeps
+    /// Binds a channel to `peer` (which also installs the permission, RFC 8656 §12.2) and keeps
     /// it alive; returns its number. Data goes by Send indication until the server confirms.
     pub fn bind_channel(&mut self, now: Instant, peer: SocketAddr) -> Result<u16, CommandError> {
         if self.state != State::Allocated {
@@ -441,7 +441,7 @@ impl Client {
     }
 
     /// Sends `data` to `peer` through the relay: ChannelData on a confirmed channel, else a Send
-    /// indication (RFC 8656 §11.1, §12.6). Without a permission the server drops it.
+    /// indication (RFC 8656 §11.1, §12.5). Without a permission the server drops it.
     pub fn send_to(
         &mut self,
         _now: Instant,
@@ -476,7 +476,7 @@ impl Client {
         Ok(())
     }
 
-    /// Deletes the allocation with a Refresh of lifetime 0 (RFC 8656 §7.3); [`Event::Deallocated`]
+    /// Deletes the allocation with a Refresh of lifetime 0 (RFC 8656 §8.1); [`Event::Deallocated`]
     /// follows. Before the allocation exists, this just closes the client.
     pub fn deallocate(&mut self, now: Instant) {
         match self.state {
@@ -513,7 +513,7 @@ impl Client {
             }
             Kind::Permission { peers } => {
                 m.method = method::CREATE_PERMISSION;
-                // The port is ignored (RFC 8656 §9.1).
+                // Permissions are per IP; the port is ignored (RFC 8656 §9).
                 m.xor_peer_addresses = peers.iter().map(|&ip| SocketAddr::new(ip, 0)).collect();
             }
             Kind::Bind { peer, channel } => {
@@ -720,7 +720,7 @@ impl Client {
                 return self.start(now, kind, stale_retries + 1);
             }
             // The Refresh that deletes the allocation was retransmitted after the server
-            // deleted it (RFC 8656 §7.3): done.
+            // deleted it (RFC 8656 §8.3): done.
             code::ALLOCATION_MISMATCH if matches!(kind, Kind::Refresh { lifetime: 0 }) => {
                 self.close();
                 self.events.push_back(Event::Deallocated);

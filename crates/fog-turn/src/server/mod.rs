@@ -2,8 +2,8 @@
 //!
 //! The server listens on one address ([`ServerConfig::listen`]). Each allocation is keyed by its
 //! 5-tuple (client address, listen address, UDP; RFC 8656 §2) and owns one relayed transport
-//! address, `relay_ip` plus a port drawn from `relay_ports` with the seeded RNG (§7.2 wants it
-//! hard to guess). Datagrams to and from peers use that address: the server's transmits towards
+//! address, `relay_ip` plus a port drawn at random from `relay_ports` with the seeded RNG (§7.2
+//! suggests the dynamic range; random, so that one allocation does not tell where the next is). Datagrams to and from peers use that address: the server's transmits towards
 //! peers carry it as [`Transmit::source`], so fog-mio binds it on demand and the simulator sends
 //! from it, and [`Server::accepts`] takes datagrams that arrive on it.
 //!
@@ -166,9 +166,9 @@ pub enum Event {
 /// Why an allocation ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Release {
-    /// Its lifetime ran out without a Refresh (RFC 8656 §7.3).
+    /// Its lifetime ran out without a Refresh (RFC 8656 §8).
     Expired,
-    /// The client asked with a Refresh of lifetime 0 (RFC 8656 §7.3).
+    /// The client asked with a Refresh of lifetime 0 (RFC 8656 §8.2).
     Deallocated,
 }
 
@@ -292,9 +292,8 @@ impl Server {
     ///
     /// # Panics
     ///
-    /// If the realm is empty or longer than [`MAX_REALM_LEN`], the relay port range is empty,
-    /// the relay IP's family differs from the listen address's, or the default lifetime is
-    /// longer than the maximum.
+    /// If the realm is empty or longer than [`MAX_REALM_LEN`], the relay port range is empty, or
+    /// the default lifetime is longer than the maximum.
     pub fn new(config: ServerConfig) -> Self {
         assert!(
             !config.realm.is_empty() && config.realm.len() <= MAX_REALM_LEN,
@@ -448,7 +447,7 @@ impl Server {
         };
         match (msg.class, msg.method) {
             (Class::Request, method::BINDING) => {
-                // RFC 8656 §4: a TURN server is a STUN server too; the answer is no larger
+                // RFC 8656 §2: a TURN server is a STUN server too; the answer is no larger
                 // than the request's header plus one address.
                 let mut m =
                     TurnMessage::new(Class::SuccessResponse, method::BINDING, msg.transaction_id);
@@ -529,8 +528,7 @@ impl Server {
         let Some(auth) = self.authenticate(now, ft.client, msg, bytes) else {
             return;
         };
-        // After authentication, so that a stranger never gets the list back (RFC 8489 §6.3.1
-        // allows either order).
+        // Checked after authentication, so that a stranger never gets the list back.
         if !msg.unknown_required.is_empty() {
             let mut m = TurnMessage::error_response(msg, code::UNKNOWN_ATTRIBUTE);
             m.unknown_attributes = msg.unknown_required.clone();
@@ -541,7 +539,7 @@ impl Server {
             return self.allocate(now, ft, msg, auth);
         }
         // Every other request acts on an existing allocation made with the same username
-        // (RFC 8656 §7.3, §9.2, §11.2: 437, then 441).
+        // (RFC 8656 §8.2, §10.2, §12.2: 437, then 441).
         let Some(alloc) = self.allocations.get(&ft).filter(|a| a.expires > now) else {
             return self.error(ft.client, msg, code::ALLOCATION_MISMATCH, &auth.key);
         };
@@ -555,8 +553,8 @@ impl Server {
         }
     }
 
-    /// The lifetime to grant: RFC 8656 §7.2 step 8 / §7.3: the request's, clamped between the
-    /// default and the maximum.
+    /// The lifetime to grant (RFC 8656 §7.2, §8.2): the request's, clamped between the default
+    /// and the maximum.
     fn lifetime(&self, requested: Option<u32>) -> u32 {
         let l = &self.config.limits;
         let default = l.default_lifetime.as_secs();
@@ -585,11 +583,9 @@ impl Server {
             Some(TRANSPORT_UDP) => {}
             Some(_) => return self.error(ft.client, msg, code::UNSUPPORTED_TRANSPORT, &auth.key),
         }
-        let relay_family = AddressFamily::of(self.config.relay_ip);
-        if msg
-            .requested_address_family
-            .is_some_and(|f| f != relay_family)
-        {
+        // §7.2 item 7: without REQUESTED-ADDRESS-FAMILY the client gets IPv4 or a 440.
+        let wanted = msg.requested_address_family.unwrap_or(AddressFamily::V4);
+        if wanted != AddressFamily::of(self.config.relay_ip) {
             return self.error(
                 ft.client,
                 msg,
@@ -597,7 +593,8 @@ impl Server {
                 &auth.key,
             );
         }
-        // Quotas (RFC 8656 §7.2 step 10: 486 per user; 508 when the server is full).
+        // Quotas (RFC 8656 §7.2 item 10: 486, counted per username as it advises; 508 when the
+        // server is full).
         let limits = &self.config.limits;
         let mine = self.per_user.get(&auth.user).copied().unwrap_or(0);
         if mine >= limits.max_allocations_per_user {
@@ -682,7 +679,7 @@ impl Server {
         });
     }
 
-    /// RFC 8656 §7.3.
+    /// RFC 8656 §8.2.
     fn refresh(&mut self, now: Instant, ft: FiveTuple, msg: &TurnMessage, key: &IntegrityKey) {
         let mut m = TurnMessage::new(Class::SuccessResponse, method::REFRESH, msg.transaction_id);
         if msg.lifetime == Some(0) {
@@ -711,7 +708,7 @@ impl Server {
         true
     }
 
-    /// RFC 8656 §9.2.
+    /// RFC 8656 §10.2.
     fn create_permission(
         &mut self,
         now: Instant,
@@ -730,8 +727,8 @@ impl Server {
         {
             return self.error(ft.client, msg, code::PEER_ADDRESS_FAMILY_MISMATCH, key);
         }
-        // All or nothing (§9.2: "the server MUST NOT install any of them" on failure): check
-        // the quota for all first.
+        // All or nothing: the quota is checked for every address before any is installed, so a
+        // 508 leaves no permission behind.
         let max = self.config.limits.max_permissions;
         if let Some(alloc) = self.allocations.get(&ft) {
             let mut new: Vec<IpAddr> = msg
@@ -757,7 +754,7 @@ impl Server {
         self.reply(ft.client, m, Some(key));
     }
 
-    /// RFC 8656 §12.2 (the ChannelBind of §11.2 in the RFC's numbering of requests).
+    /// RFC 8656 §12.2.
     fn channel_bind(&mut self, now: Instant, ft: FiveTuple, msg: &TurnMessage, key: &IntegrityKey) {
         let (Some(number), [peer]) = (msg.channel_number, msg.xor_peer_addresses.as_slice()) else {
             return self.error(ft.client, msg, code::BAD_REQUEST, key);
@@ -857,7 +854,7 @@ impl Server {
         self.send(peer, from, data.to_vec());
     }
 
-    /// Peer → client (RFC 8656 §11.3 and §12.6): ChannelData when a channel is bound to the
+    /// Peer → client (RFC 8656 §11.3 and §12.7): ChannelData when a channel is bound to the
     /// peer, else a Data indication.
     fn on_peer_datagram(&mut self, now: Instant, ft: FiveTuple, p: Receive<'_>) {
         let Some(alloc) = self.allocations.get_mut(&ft).filter(|a| a.expires > now) else {

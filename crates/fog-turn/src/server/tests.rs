@@ -571,3 +571,25 @@ fn binding_requests_are_answered_and_junk_is_not() {
     assert_eq!(h.server.stats().dropped_malformed, 2);
     assert_eq!(h.server.stats().keepalives, 1);
 }
+
+/// An IPv6 relay behind an IPv4 listen address: REQUESTED-ADDRESS-FAMILY must ask for IPv6,
+/// since its absence means IPv4 (RFC 8656 §7.2 item 7); peers must then be IPv6 too (443).
+#[test]
+fn address_families() {
+    let mut h = H::new(Limits::default());
+    h.server.config.relay_ip = "2001:db8::1".parse().unwrap();
+    let creds = h.login_from(client(), "alice");
+    assert_eq!(h.allocate_from(client(), &creds).error_code(), Some(440));
+    let mut msg = h.request(method::ALLOCATE, Some(&creds));
+    msg.requested_transport = Some(TRANSPORT_UDP);
+    msg.requested_address_family = Some(AddressFamily::V6);
+    let answer = h.ask(&msg, Some(&creds.key));
+    let relayed = answer.xor_relayed_address.unwrap();
+    assert_eq!(relayed.ip(), "2001:db8::1".parse::<IpAddr>().unwrap());
+    let mut perm = h.request(method::CREATE_PERMISSION, Some(&creds));
+    perm.xor_peer_addresses = vec![peer()];
+    assert_eq!(h.ask(&perm, Some(&creds.key)).error_code(), Some(443));
+    perm.transaction_id = h.tid();
+    perm.xor_peer_addresses = vec![addr("[2001:db8::9]:1")];
+    assert_eq!(h.ask(&perm, Some(&creds.key)).class, Class::SuccessResponse);
+}

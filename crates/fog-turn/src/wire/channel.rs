@@ -1,5 +1,5 @@
 //! ChannelData (RFC 8656 §12.4): a 2-byte channel number, a 2-byte length, the application
-//! data, and over UDP optional padding to a multiple of 4.
+//! data, and over UDP optional padding to a multiple of 4 (§12.5).
 
 use std::fmt;
 
@@ -20,10 +20,10 @@ pub struct ChannelData<'a> {
 pub enum ChannelDataError {
     /// Shorter than the 4-byte header.
     TooShort,
-    /// The channel number is outside 0x4000–0x4FFF (RFC 8656 §12: the other values of the
-    /// 0x4000–0x7FFF range that starts with bits 01 are reserved).
+    /// The channel number is outside 0x4000–0x4FFF (RFC 8656 §12.6 discards the reserved
+    /// 0x5000–0xFFFF; below 0x4000 the first byte is not ChannelData's at all).
     BadChannel(u16),
-    /// The length field claims more data than the datagram holds; RFC 8656 §12.5 discards it.
+    /// The length field claims more data than the datagram holds; RFC 8656 §12.6 discards it.
     Truncated,
 }
 
@@ -51,7 +51,7 @@ impl<'a> ChannelData<'a> {
     }
 
     /// Reads a datagram. Never panics. Bytes after the data are taken for padding and ignored:
-    /// over UDP the padding is optional (RFC 8656 §12.4) and §12.5 discards only datagrams too
+    /// over UDP the padding is optional (RFC 8656 §12.5) and §12.6 discards only datagrams too
     /// short for their length field.
     pub fn decode(bytes: &'a [u8]) -> Result<Self, ChannelDataError> {
         let [c0, c1, l0, l1, rest @ ..] = bytes else {
@@ -73,7 +73,7 @@ impl<'a> ChannelData<'a> {
     }
 
     /// Writes the message into `buf`, zero-padded to a multiple of 4 when `pad` (RFC 8656
-    /// §12.4: required over TCP, optional over UDP), and returns its length; `None` when `buf`
+    /// §12.5: required over TCP, optional over UDP), and returns its length; `None` when `buf`
     /// is too small or the data longer than the 16-bit length field.
     ///
     /// # Panics

@@ -11,11 +11,11 @@
 //!
 //! # Why not stun_codec's `rfc5766` module
 //!
-//! stun_codec 0.4 has RFC 5766's attributes, not RFC 8656's: REQUESTED-ADDRESS-FAMILY (§18.8)
+//! stun_codec 0.4 has RFC 5766's attributes, not RFC 8656's: REQUESTED-ADDRESS-FAMILY (§18.6)
 //! and the 440/443 codes are missing. Its XOR-PEER-ADDRESS and XOR-RELAYED-ADDRESS decode only
 //! inside a stun_codec `Message` (they read the transaction ID from it in `after_decode`), which
 //! fog-stun deliberately hides, and its CHANNEL-NUMBER decoder fails the whole message on a
-//! number outside 0x4000–0x4FFF where RFC 8656 §11.2 wants a 400 answer. The TURN attributes are
+//! number outside 0x4000–0x4FFF where RFC 8656 §12.2 wants a 400 answer. The TURN attributes are
 //! fixed-layout words and addresses, so they are parsed from the raw TLVs here.
 
 mod channel;
@@ -38,13 +38,13 @@ pub mod method {
     pub const BINDING: Method = Method::BINDING;
     /// Allocate (RFC 8656 §7).
     pub const ALLOCATE: Method = method(0x003);
-    /// Refresh (RFC 8656 §7.3).
+    /// Refresh (RFC 8656 §8).
     pub const REFRESH: Method = method(0x004);
     /// Send, an indication only (RFC 8656 §11.1).
     pub const SEND: Method = method(0x006);
     /// Data, an indication only (RFC 8656 §11.4).
     pub const DATA: Method = method(0x007);
-    /// CreatePermission (RFC 8656 §9).
+    /// CreatePermission (RFC 8656 §10).
     pub const CREATE_PERMISSION: Method = method(0x008);
     /// ChannelBind (RFC 8656 §12).
     pub const CHANNEL_BIND: Method = method(0x009);
@@ -81,11 +81,11 @@ pub mod attribute_type {
     pub const NONCE: u16 = 0x0015;
     /// XOR-RELAYED-ADDRESS (RFC 8656 §18.5).
     pub const XOR_RELAYED_ADDRESS: u16 = 0x0016;
-    /// REQUESTED-ADDRESS-FAMILY (RFC 8656 §18.8).
+    /// REQUESTED-ADDRESS-FAMILY (RFC 8656 §18.6).
     pub const REQUESTED_ADDRESS_FAMILY: u16 = 0x0017;
-    /// EVEN-PORT (RFC 8656 §18.6): not supported, so a server answers it with 420.
+    /// EVEN-PORT (RFC 8656 §18.7): not supported, so a server answers it with 420.
     pub const EVEN_PORT: u16 = 0x0018;
-    /// REQUESTED-TRANSPORT (RFC 8656 §18.7).
+    /// REQUESTED-TRANSPORT (RFC 8656 §18.8).
     pub const REQUESTED_TRANSPORT: u16 = 0x0019;
     /// DONT-FRAGMENT (RFC 8656 §18.9): not supported, so a server answers it with 420.
     pub const DONT_FRAGMENT: u16 = 0x001A;
@@ -149,7 +149,7 @@ pub mod code {
     }
 }
 
-/// The REQUESTED-TRANSPORT value for UDP, the IANA protocol number (RFC 8656 §18.7).
+/// The REQUESTED-TRANSPORT value for UDP, the IANA protocol number (RFC 8656 §18.8).
 pub const TRANSPORT_UDP: u8 = 17;
 /// Longest USERNAME value (RFC 8489 §14.3: fewer than 513 bytes).
 pub const MAX_USERNAME_LEN: usize = 512;
@@ -157,10 +157,10 @@ pub const MAX_USERNAME_LEN: usize = 512;
 /// 128 characters, up to 763 bytes).
 pub const MAX_TEXT_LEN: usize = 763;
 /// Most XOR-PEER-ADDRESS attributes read from one message; a CreatePermission may carry several
-/// (RFC 8656 §9.1), and this bounds what one datagram can make a server do.
+/// (RFC 8656 §10.1), and this bounds what one datagram can make a server do.
 pub const MAX_PEERS_PER_MESSAGE: usize = 16;
 
-/// An address family as REQUESTED-ADDRESS-FAMILY names it (RFC 8656 §18.8).
+/// An address family as REQUESTED-ADDRESS-FAMILY names it (RFC 8656 §18.6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AddressFamily {
     /// 0x01.
@@ -210,7 +210,7 @@ pub struct TurnMessage {
     /// SOFTWARE (RFC 8489 §14.14).
     pub software: Option<String>,
     /// XOR-MAPPED-ADDRESS (RFC 8489 §14.2): in an Allocate success, the client's reflexive
-    /// address (RFC 8656 §7.3).
+    /// address (RFC 8656 §7.2).
     pub xor_mapped_address: Option<SocketAddr>,
     /// XOR-RELAYED-ADDRESS (RFC 8656 §18.5).
     pub xor_relayed_address: Option<SocketAddr>,
@@ -218,9 +218,9 @@ pub struct TurnMessage {
     pub xor_peer_addresses: Vec<SocketAddr>,
     /// LIFETIME in seconds (RFC 8656 §18.2).
     pub lifetime: Option<u32>,
-    /// REQUESTED-TRANSPORT protocol number (RFC 8656 §18.7).
+    /// REQUESTED-TRANSPORT protocol number (RFC 8656 §18.8).
     pub requested_transport: Option<u8>,
-    /// REQUESTED-ADDRESS-FAMILY (RFC 8656 §18.8).
+    /// REQUESTED-ADDRESS-FAMILY (RFC 8656 §18.6).
     pub requested_address_family: Option<AddressFamily>,
     /// CHANNEL-NUMBER (RFC 8656 §18.1), whatever its value; [`ChannelData::is_valid_channel`]
     /// says whether it is in range.
@@ -244,8 +244,9 @@ pub fn verify_integrity(bytes: &[u8], key: &IntegrityKey) -> Result<(), DecodeEr
 }
 
 impl TurnMessage {
-    /// A message without attributes, with FINGERPRINT on (RFC 8656 §7.2 wants it from clients
-    /// that share a socket with other protocols, and it costs 8 bytes).
+    /// A message without attributes, with FINGERPRINT on: it is how a STUN message is told
+    /// apart from other protocols on a shared socket (RFC 8489 §7), which FogConnect does, and it
+    /// costs 8 bytes.
     pub fn new(class: Class, method: Method, transaction_id: TransactionId) -> Self {
         Self {
             class,
@@ -332,7 +333,7 @@ impl TurnMessage {
                 }
                 t::REQUESTED_TRANSPORT if m.requested_transport.is_none() => {
                     let w: [u8; 4] = v.try_into().map_err(|_| invalid)?;
-                    // The three RFFU bytes are ignored (RFC 8656 §18.7).
+                    // The three RFFU bytes are ignored (RFC 8656 §18.8).
                     m.requested_transport = Some(w[0]);
                 }
                 t::REQUESTED_ADDRESS_FAMILY if m.requested_address_family.is_none() => {
