@@ -280,6 +280,10 @@ pub struct Server {
     out: VecDeque<Out>,
     events: VecDeque<Event>,
     stats: Stats,
+    /// The earliest expiry of any allocation, permission or channel. Recomputed after requests
+    /// and timeouts only: relayed data changes no deadline, so the data path never scans the
+    /// table.
+    deadline: Option<Instant>,
 }
 
 type HmacSha1 = Hmac<sha1::Sha1>;
@@ -313,7 +317,16 @@ impl Server {
             out: VecDeque::new(),
             events: VecDeque::new(),
             stats: Stats::default(),
+            deadline: None,
         }
+    }
+
+    fn update_deadline(&mut self) {
+        self.deadline = self
+            .allocations
+            .values()
+            .map(Allocation::next_deadline)
+            .min();
     }
 
     /// The configuration.
@@ -454,7 +467,10 @@ impl Server {
                 m.xor_mapped_address = Some(p.source);
                 self.reply(p.source, m, None);
             }
-            (Class::Request, _) => self.request(now, ft, &msg, p.payload),
+            (Class::Request, _) => {
+                self.request(now, ft, &msg, p.payload);
+                self.update_deadline();
+            }
             (Class::Indication, method::SEND) => self.send_indication(now, ft, &msg),
             (Class::Indication, method::BINDING) => self.stats.keepalives += 1,
             _ => self.stats.dropped_malformed += 1,
@@ -540,9 +556,11 @@ impl Server {
         }
         // Every other request acts on an existing allocation made with the same username
         // (RFC 8656 §8.2, §10.2, §12.2: 437, then 441).
-        let Some(alloc) = self.allocations.get(&ft).filter(|a| a.expires > now) else {
+        let Some(alloc) = self.allocations.get_mut(&ft).filter(|a| a.expires > now) else {
             return self.error(ft.client, msg, code::ALLOCATION_MISMATCH, &auth.key);
         };
+        // A permission or channel whose timer has not fired yet must not block a rebind.
+        alloc.expire_children(now);
         if alloc.username != auth.username {
             return self.error(ft.client, msg, code::WRONG_CREDENTIALS, &auth.key);
         }
@@ -914,8 +932,9 @@ impl SansIo for Server {
         packet.local == self.config.listen || self.by_relay.contains_key(&packet.local)
     }
 
+    /// Expired state not yet swept by `handle_timeout` is never used: every lookup checks its
+    /// own expiry.
     fn handle_packet(&mut self, now: Instant, packet: Receive<'_>) {
-        self.handle_timeout(now);
         if packet.local == self.config.listen {
             self.on_client_datagram(now, packet);
         } else if let Some(&ft) = self.by_relay.get(&packet.local) {
@@ -926,6 +945,9 @@ impl SansIo for Server {
     }
 
     fn handle_timeout(&mut self, now: Instant) {
+        if self.deadline.is_none_or(|d| d > now) {
+            return;
+        }
         let expired: Vec<FiveTuple> = self
             .allocations
             .iter()
@@ -938,6 +960,7 @@ impl SansIo for Server {
         for alloc in self.allocations.values_mut() {
             alloc.expire_children(now);
         }
+        self.update_deadline();
     }
 
     fn poll_transmit(&mut self, _now: Instant, buf: &mut [u8]) -> Option<Transmit> {
@@ -956,13 +979,9 @@ impl SansIo for Server {
         self.events.pop_front()
     }
 
-    /// The next expiry of an allocation, permission or channel. A scan over the allocations,
-    /// which the quota bounds.
+    /// The next expiry of an allocation, permission or channel.
     fn poll_timeout(&self) -> Option<Instant> {
-        self.allocations
-            .values()
-            .map(Allocation::next_deadline)
-            .min()
+        self.deadline
     }
 }
 
