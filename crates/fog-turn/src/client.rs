@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use fog_core::{Receive, SansIo, Transmit};
 use fog_stun::transaction::{Outcome, RetransmitConfig, Transactions};
+use fog_stun::wire::Packet;
 use rand::{Rng as _, SeedableRng as _};
 use rand_chacha::ChaCha8Rng;
 
@@ -811,10 +812,28 @@ impl Kind {
 impl SansIo for Client {
     type Event = Event;
 
-    /// STUN and ChannelData from the server.
+    /// From the server: responses to our own transactions, Data indications, and ChannelData on
+    /// a channel we bound. Other STUN from the same server (another machine's Binding on a
+    /// shared socket) is left to its owner.
     fn accepts(&self, packet: &Receive<'_>) -> bool {
-        packet.source == self.config.server
-            && matches!(packet.payload.first(), Some(0..=3 | 0x40..=0x4F))
+        if packet.source != self.config.server {
+            return false;
+        }
+        match packet.payload.first() {
+            Some(0x40..=0x4F) => ChannelData::decode(packet.payload)
+                .is_ok_and(|cd| self.by_number.contains_key(&cd.channel)),
+            Some(0..=3) => match Packet::new_checked(packet.payload) {
+                Ok(p) => match p.class() {
+                    Class::SuccessResponse | Class::ErrorResponse => {
+                        self.transactions.is_pending(&p.transaction_id())
+                    }
+                    Class::Indication => p.method() == method::DATA,
+                    Class::Request => false,
+                },
+                Err(_) => false,
+            },
+            _ => false,
+        }
     }
 
     fn handle_packet(&mut self, now: Instant, packet: Receive<'_>) {

@@ -469,6 +469,26 @@ mod reprs {
             payload: &[0, 1, 0, 0],
         };
         assert!(!o.client.accepts(&stranger));
+        // From the server, only what is ours: a response to our transaction, not another's,
+        // and no ChannelData on a channel we never bound.
+        let (request, _) = o.sent();
+        let ours = TurnMessage::error_response(&request, 401)
+            .to_bytes(None)
+            .unwrap();
+        let mut theirs = ours.clone();
+        theirs[8] ^= 1;
+        for (bytes, want) in [
+            (&ours[..], true),
+            (&theirs[..], false),
+            (&b"\x40\x00\x00\x00"[..], false),
+        ] {
+            let p = Receive {
+                source: server_addr(),
+                local: client_addr(),
+                payload: bytes,
+            };
+            assert_eq!(o.client.accepts(&p), want, "{bytes:02x?}");
+        }
         for junk in [
             &b"\x40\x00\x00\x09ab"[..],
             b"\x00\x01\x00\x00",

@@ -826,7 +826,13 @@ impl Server {
     }
 
     /// RFC 8656 §11.2: a Send indication from the client.
+    /// An indication with an attribute it must understand and does not (DONT-FRAGMENT, which
+    /// this server cannot honour) is dropped silently (RFC 8489 §6.3.2).
     fn send_indication(&mut self, now: Instant, ft: FiveTuple, msg: &TurnMessage) {
+        if !msg.unknown_required.is_empty() {
+            self.stats.dropped_malformed += 1;
+            return;
+        }
         let (Some(&peer), Some(data)) = (msg.xor_peer_addresses.first(), &msg.data) else {
             self.stats.dropped_malformed += 1;
             return;

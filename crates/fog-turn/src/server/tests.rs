@@ -593,3 +593,24 @@ fn address_families() {
     perm.xor_peer_addresses = vec![addr("[2001:db8::9]:1")];
     assert_eq!(h.ask(&perm, Some(&creds.key)).class, Class::SuccessResponse);
 }
+
+/// DONT-FRAGMENT cannot be honoured here, so a Send indication carrying it is dropped, not
+/// relayed without it (RFC 8489 §6.3.2: unknown comprehension-required attributes in an
+/// indication).
+#[test]
+fn a_send_indication_with_dont_fragment_is_dropped() {
+    let mut h = H::new(Limits::default());
+    let (creds, _) = h.allocated();
+    h.permit(&creds, peer());
+    let mut send = TurnMessage::new(Class::Indication, method::SEND, h.tid());
+    send.xor_peer_addresses = vec![peer()];
+    send.data = Some(b"df".to_vec());
+    send.fingerprint = false;
+    let mut bytes = send.to_bytes(None).unwrap();
+    assert_eq!(h.input(client(), listen(), &bytes).len(), 1);
+    bytes.extend_from_slice(&[0x00, 0x1A, 0x00, 0x00]);
+    let len = (bytes.len() - 20) as u16;
+    bytes[2..4].copy_from_slice(&len.to_be_bytes());
+    assert!(h.input(client(), listen(), &bytes).is_empty());
+    assert_eq!(h.server.stats().dropped_malformed, 1);
+}
