@@ -143,6 +143,12 @@ pub enum Error {
         /// Which request.
         request: Request,
     },
+    /// The request could not be encoded: the configured USERNAME, or the REALM or NONCE the
+    /// server sent, is longer than STUN allows (RFC 8489 §14.3, §14.9, §14.10).
+    Unencodable {
+        /// Which request.
+        request: Request,
+    },
     /// A datagram did not fit in the buffer the driver gave (a local limit).
     BufferTooSmall {
         /// Bytes it needed.
@@ -160,6 +166,9 @@ impl fmt::Display for Error {
             } => write!(f, "{request:?} refused: {code} {reason}"),
             Self::TimedOut { request } => write!(f, "{request:?}: no answer from the server"),
             Self::Malformed { request } => write!(f, "{request:?}: malformed success response"),
+            Self::Unencodable { request } => {
+                write!(f, "{request:?}: credentials too long to encode")
+            }
             Self::BufferTooSmall { needed } => write!(f, "buffer too small: {needed} bytes"),
         }
     }
@@ -486,6 +495,10 @@ impl Client {
                 self.permissions.clear();
                 self.channels.clear();
                 self.refresh_at = None;
+                // Whatever else is under way is moot; its answers will find no transaction.
+                for tid in std::mem::take(&mut self.pending).into_keys() {
+                    self.transactions.complete(&tid);
+                }
                 self.start(now, Kind::Refresh { lifetime: 0 }, 0);
             }
             State::Idle | State::Allocating => self.close(),
@@ -533,16 +546,10 @@ impl Client {
         let bytes = match m.to_bytes(self.key.as_ref()) {
             Ok(bytes) => bytes,
             Err(_) => {
-                // Only an over-long username or realm gets here: the caller's or the server's
-                // values, not something a retry fixes.
-                return self.fail(
-                    kind,
-                    Error::Rejected {
-                        request: Kind::request_of(&m),
-                        code: code::BAD_REQUEST,
-                        reason: "request does not encode".to_owned(),
-                    },
-                );
+                // Only a USERNAME, REALM or NONCE too long for STUN gets here: not something a
+                // retry fixes.
+                let request = kind.request();
+                return self.fail(kind, Error::Unencodable { request });
             }
         };
         self.transactions
@@ -784,27 +791,6 @@ impl Client {
         match self.state {
             State::Allocated => self.last_sent.map(|t| t + self.config.keepalive),
             _ => None,
-        }
-    }
-}
-
-impl Kind {
-    /// The request a message is, for errors raised before a `Kind` is at hand.
-    fn request_of(m: &TurnMessage) -> Request {
-        match m.method {
-            method::ALLOCATE => Request::Allocate,
-            method::CREATE_PERMISSION => Request::CreatePermission(
-                m.xor_peer_addresses
-                    .first()
-                    .map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip()),
-            ),
-            method::CHANNEL_BIND => Request::ChannelBind(
-                m.xor_peer_addresses
-                    .first()
-                    .copied()
-                    .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
-            ),
-            _ => Request::Refresh,
         }
     }
 }

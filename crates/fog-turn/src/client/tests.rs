@@ -308,6 +308,21 @@ fn deallocate() {
     assert_eq!(p.client.poll_timeout(), None);
 }
 
+/// Deallocating while a CreatePermission is under way: only `Deallocated` comes out.
+#[test]
+fn deallocate_cancels_what_is_under_way() {
+    let mut p = allocated_pair();
+    p.client.create_permission(p.now, peer().ip()).unwrap();
+    p.client.deallocate(p.now);
+    p.drive();
+    assert_eq!(p.take_events(), vec![Event::Deallocated]);
+    assert_eq!(
+        p.server.stats().requests,
+        3,
+        "401, Allocate, Refresh: no CreatePermission"
+    );
+}
+
 /// Hand-made answers: what the client does with each.
 mod reprs {
     use super::*;
@@ -402,6 +417,27 @@ mod reprs {
             Some(o.now + Duration::from_secs(15)),
             "the keepalive comes first"
         );
+    }
+
+    /// A USERNAME longer than STUN allows cannot be signed: a local error, not a 400.
+    #[test]
+    fn an_overlong_username_is_a_local_error() {
+        let mut config = config(UNIX0 + 3600);
+        config.username = "u".repeat(600);
+        let mut o = One {
+            client: Client::new(config),
+            now: epoch(),
+        };
+        o.client.allocate(o.now).unwrap();
+        let (first, _) = o.sent();
+        o.answer(&challenge(&first, 401, "n1"), None);
+        assert_eq!(
+            o.events(),
+            vec![Event::Error(Error::Unencodable {
+                request: Request::Allocate
+            })]
+        );
+        assert_eq!(o.client.state(), State::Closed);
     }
 
     #[test]
