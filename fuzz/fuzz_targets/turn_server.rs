@@ -65,6 +65,7 @@ fn host(who: u8) -> SocketAddr {
 fn total(s: &Stats) -> u64 {
     s.requests
         + s.keepalives
+        + s.dropped_rate_limited
         + s.relayed_to_peer
         + s.relayed_to_client
         + s.dropped_no_permission

@@ -129,6 +129,7 @@ impl World {
         let s = self.server.stats();
         s.requests
             + s.keepalives
+            + s.dropped_rate_limited
             + s.relayed_to_peer
             + s.relayed_to_client
             + s.dropped_no_permission

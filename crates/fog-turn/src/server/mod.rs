@@ -15,8 +15,10 @@
 //! never an open relay. Nonces are stateless: the expiry and an HMAC (keyed from the seed) over
 //! it and the client's address, so a stranger's request costs no memory; an expired nonce gets
 //! 438 (RFC 8489 §9.2.4). An unauthenticated request is answered by at most a 401/438 with REALM
-//! and NONCE (under 160 bytes with the longest realm [`ServerConfig::new`] accepts); indications
-//! and malformed datagrams are never answered.
+//! and NONCE (under 160 bytes with the longest realm [`ServerConfig::new`] accepts), and only
+//! while its source IP is within [`Limits::unauthenticated_rate`] (fog-stun's per-source limiter),
+//! so a spoofed source cannot turn the server into a reflector; indications and malformed
+//! datagrams are never answered.
 //!
 //! # Quotas ([`Limits`])
 //!
@@ -34,6 +36,7 @@ use std::ops::RangeInclusive;
 use std::time::{Duration, Instant};
 
 use fog_core::{Receive, SansIo, Transmit};
+use fog_stun::server::{RateLimit, RateLimiter, Verdict};
 use fog_stun::wire::{Class, IntegrityKey, TransactionId};
 use hmac::{Hmac, Mac as _};
 use rand::{Rng as _, RngExt as _, SeedableRng as _};
@@ -74,6 +77,11 @@ pub struct Limits {
     pub burst_bytes: u64,
     /// How long a nonce stays valid (coturn's default `stale-nonce` is 600 s).
     pub nonce_lifetime: Duration,
+    /// Answers to requests without valid credentials (401, 438, 400, Binding), per source IP
+    /// (fog-stun's limiter, 20/s with a burst of 40 by default); `None` for no limit. A real
+    /// client needs one such answer per allocation and one per nonce expiry, so only a reflector
+    /// ever meets the limit.
+    pub unauthenticated_rate: Option<RateLimit>,
 }
 
 impl Default for Limits {
@@ -88,6 +96,7 @@ impl Default for Limits {
             bandwidth_bytes_per_s: 1_000_000,
             burst_bytes: 1_000_000,
             nonce_lifetime: Duration::from_secs(600),
+            unauthenticated_rate: Some(RateLimit::default()),
         }
     }
 }
@@ -180,6 +189,9 @@ pub struct Stats {
     pub requests: u64,
     /// Of those, 401 and 438 answers to requests without valid credentials or nonce.
     pub unauthenticated: u64,
+    /// (in) Requests without valid credentials left unanswered: their source was over
+    /// [`Limits::unauthenticated_rate`].
+    pub dropped_rate_limited: u64,
     /// (in) Binding indications: a client's keepalive for its NAT binding, never answered.
     pub keepalives: u64,
     /// (in) Send indications and ChannelData relayed to a peer.
@@ -274,6 +286,7 @@ struct Out {
 pub struct Server {
     config: ServerConfig,
     rng: ChaCha8Rng,
+    limiter: Option<RateLimiter>,
     allocations: BTreeMap<FiveTuple, Allocation>,
     by_relay: BTreeMap<SocketAddr, FiveTuple>,
     per_user: BTreeMap<String, usize>,
@@ -310,6 +323,7 @@ impl Server {
         );
         Self {
             rng: ChaCha8Rng::from_seed(config.seed),
+            limiter: config.limits.unauthenticated_rate.map(RateLimiter::new),
             config,
             allocations: BTreeMap::new(),
             by_relay: BTreeMap::new(),
@@ -426,6 +440,24 @@ impl Server {
         }
     }
 
+    /// Answers a request that carried no valid credentials, if its source is within its rate;
+    /// else counts it and stays silent.
+    fn reply_unsigned(&mut self, now: Instant, to: SocketAddr, msg: TurnMessage) {
+        if let Some(limiter) = &mut self.limiter {
+            if limiter.check(now, to.ip()) != Verdict::Allowed {
+                self.stats.dropped_rate_limited += 1;
+                return;
+            }
+        }
+        if matches!(
+            msg.error_code(),
+            Some(code::UNAUTHORIZED | code::STALE_NONCE)
+        ) {
+            self.stats.unauthenticated += 1;
+        }
+        self.reply(to, msg, None);
+    }
+
     fn error(&mut self, to: SocketAddr, request: &TurnMessage, code: u16, key: &IntegrityKey) {
         self.reply(to, TurnMessage::error_response(request, code), Some(key));
     }
@@ -435,8 +467,7 @@ impl Server {
         let mut m = TurnMessage::error_response(request, code);
         m.realm = Some(self.config.realm.clone());
         m.nonce = Some(self.new_nonce(now, to));
-        self.stats.unauthenticated += 1;
-        self.reply(to, m, None);
+        self.reply_unsigned(now, to, m);
     }
 
     // ---- input ----------------------------------------------------------------------------
@@ -465,7 +496,7 @@ impl Server {
                 let mut m =
                     TurnMessage::new(Class::SuccessResponse, method::BINDING, msg.transaction_id);
                 m.xor_mapped_address = Some(p.source);
-                self.reply(p.source, m, None);
+                self.reply_unsigned(now, p.source, m);
             }
             (Class::Request, _) => {
                 self.request(now, ft, &msg, p.payload);
@@ -493,11 +524,10 @@ impl Server {
         }
         let (Some(username), Some(realm), Some(nonce)) = (&msg.username, &msg.realm, &msg.nonce)
         else {
-            self.stats.unauthenticated += 1;
-            self.reply(
+            self.reply_unsigned(
+                now,
                 from,
                 TurnMessage::error_response(msg, code::BAD_REQUEST),
-                None,
             );
             return None;
         };
@@ -534,12 +564,8 @@ impl Server {
             method::CHANNEL_BIND,
         ];
         if !known.contains(&msg.method) {
-            self.reply(
-                ft.client,
-                TurnMessage::error_response(msg, code::BAD_REQUEST),
-                None,
-            );
-            return;
+            let m = TurnMessage::error_response(msg, code::BAD_REQUEST);
+            return self.reply_unsigned(now, ft.client, m);
         }
         let Some(auth) = self.authenticate(now, ft.client, msg, bytes) else {
             return;

@@ -251,7 +251,11 @@ fn credentials_are_checked() {
     assert_eq!(h.ask(&msg, Some(&creds.key)).error_code(), Some(400));
 
     assert_eq!(h.server.allocation_count(), 0);
-    assert_eq!(h.server.stats().unauthenticated, 6);
+    assert_eq!(
+        h.server.stats().unauthenticated,
+        5,
+        "the 400 is not a challenge"
+    );
     // The right credentials still work.
     assert_eq!(
         h.allocate_from(client(), &creds).class,
@@ -613,4 +617,32 @@ fn a_send_indication_with_dont_fragment_is_dropped() {
     bytes[2..4].copy_from_slice(&len.to_be_bytes());
     assert!(h.input(client(), listen(), &bytes).is_empty());
     assert_eq!(h.server.stats().dropped_malformed, 1);
+}
+
+/// Strangers get at most a burst of answers per source IP, then silence: the server cannot be
+/// used to flood a spoofed address with 401s.
+#[test]
+fn unauthenticated_answers_are_rate_limited_per_source() {
+    let mut h = H::new(Limits::default());
+    let mut answered = 0;
+    for _ in 0..50 {
+        let msg = h.request(method::ALLOCATE, None);
+        let bytes = msg.to_bytes(None).unwrap();
+        answered += h.input(client(), listen(), &bytes).len();
+    }
+    assert_eq!(answered, 40, "the default burst");
+    assert_eq!(h.server.stats().dropped_rate_limited, 10);
+    // Another source is not affected, and the first one recovers at 20/s.
+    let msg = h.request(method::ALLOCATE, None);
+    let bytes = msg.to_bytes(None).unwrap();
+    assert_eq!(h.input(addr("192.0.2.7:1"), listen(), &bytes).len(), 1);
+    h.now += Duration::from_millis(100);
+    assert_eq!(h.input(client(), listen(), &bytes).len(), 1);
+    // An authenticated client is never charged.
+    let mut h = H::new(Limits::default());
+    let (creds, _) = h.allocated();
+    for _ in 0..60 {
+        let msg = h.request(method::REFRESH, Some(&creds));
+        assert_eq!(h.ask(&msg, Some(&creds.key)).class, Class::SuccessResponse);
+    }
 }
