@@ -53,8 +53,8 @@
 //!   addresses, nonces, quotas.
 //!
 //! Not here yet: TURN over TCP or TLS (RFC 8656 §3.1), dual allocations and
-//! ADDITIONAL-ADDRESS-FAMILY (§7.2), EVEN-PORT and RESERVATION-TOKEN (answered with 420),
-//! DONT-FRAGMENT (420), and the ICMP attribute (§11.5).
+//! ADDITIONAL-ADDRESS-FAMILY (§7.2), EVEN-PORT with the R bit (508: nothing is reserved) and
+//! RESERVATION-TOKEN (420), DONT-FRAGMENT (420), and the ICMP attribute (§11.5).
 
 pub mod auth;
 pub mod client;

@@ -647,7 +647,12 @@ impl Server {
         if self.allocations.len() >= limits.max_allocations {
             return self.error(ft.client, msg, code::INSUFFICIENT_CAPACITY, &auth.key);
         }
-        let Some(port) = self.pick_port() else {
+        // §7.2 item 8: EVEN-PORT asks for an even port; with R set it also asks to reserve the
+        // next one, which this server does not do (no RESERVATION-TOKEN), so it cannot satisfy it.
+        if msg.even_port == Some(true) {
+            return self.error(ft.client, msg, code::INSUFFICIENT_CAPACITY, &auth.key);
+        }
+        let Some(port) = self.pick_port(msg.even_port.is_some()) else {
             return self.error(ft.client, msg, code::INSUFFICIENT_CAPACITY, &auth.key);
         };
         // A stale allocation on this 5-tuple whose timer has not fired yet goes first.
@@ -683,15 +688,15 @@ impl Server {
         self.reply(ft.client, m, Some(&auth.key));
     }
 
-    /// A free relay port, random in the range (RFC 8656 §7.2: "SHOULD be chosen randomly");
-    /// a few random tries, then a scan from a random start.
-    fn pick_port(&mut self) -> Option<u16> {
+    /// A free relay port (an even one if `even`), random in the range: a few random tries, then
+    /// a scan from a random start.
+    fn pick_port(&mut self, even: bool) -> Option<u16> {
         let range = self.config.relay_ports.clone();
         let ip = self.config.relay_ip;
         let listen = self.config.listen;
         let free = |this: &Self, port: u16| {
             let a = SocketAddr::new(ip, port);
-            a != listen && !this.by_relay.contains_key(&a)
+            (!even || port % 2 == 0) && a != listen && !this.by_relay.contains_key(&a)
         };
         for _ in 0..8 {
             let port = self.rng.random_range(range.clone());

@@ -299,8 +299,8 @@ fn bad_allocate_requests() {
     assert_eq!(h.ask(&msg, Some(&creds.key)).error_code(), Some(437));
 }
 
-/// EVEN-PORT is not supported: 420 with UNKNOWN-ATTRIBUTES once authenticated, but a stranger
-/// only gets the 401.
+/// RESERVATION-TOKEN is not supported: 420 with UNKNOWN-ATTRIBUTES once authenticated, but a
+/// stranger only gets the 401.
 #[test]
 fn unknown_attributes_after_authentication() {
     let mut h = H::new(Limits::default());
@@ -308,16 +308,16 @@ fn unknown_attributes_after_authentication() {
     let mut msg = h.request(method::ALLOCATE, Some(&creds));
     msg.requested_transport = Some(TRANSPORT_UDP);
     let mut bytes = msg.to_bytes(None).unwrap();
-    // Insert EVEN-PORT before the FINGERPRINT, then sign by hand.
+    // Insert RESERVATION-TOKEN before the FINGERPRINT, then sign by hand.
     bytes.truncate(bytes.len() - 8);
-    bytes.extend_from_slice(&[0x00, 0x18, 0x00, 0x01, 0x80, 0, 0, 0]);
+    bytes.extend_from_slice(&[0x00, 0x22, 0x00, 0x08, 1, 2, 3, 4, 5, 6, 7, 8]);
     let len = bytes.len();
     bytes.resize(len + 32, 0);
     let n = fog_stun::wire::append_trailer(&mut bytes, len, Some(&creds.key), true).unwrap();
     let out = h.input(client(), listen(), &bytes[..n]);
     let answer = TurnMessage::decode(&out[0].1).unwrap();
     assert_eq!(answer.error_code(), Some(420));
-    assert_eq!(answer.unknown_attributes, vec![0x0018]);
+    assert_eq!(answer.unknown_attributes, vec![0x0022]);
     let n = fog_stun::wire::append_trailer(&mut bytes, len, None, true).unwrap();
     let out = h.input(client(), listen(), &bytes[..n]);
     let answer = TurnMessage::decode(&out[0].1).unwrap();
@@ -645,4 +645,45 @@ fn unauthenticated_answers_are_rate_limited_per_source() {
         let msg = h.request(method::REFRESH, Some(&creds));
         assert_eq!(h.ask(&msg, Some(&creds.key)).class, Class::SuccessResponse);
     }
+}
+
+/// EVEN-PORT (RFC 8656 §7.2 item 8): an even port when asked; a reservation of the next port
+/// cannot be made here, so R set is a 508.
+#[test]
+fn even_port() {
+    let mut h = H::new(Limits::default());
+    let c = |i: u16| SocketAddr::new(client().ip(), 40000 + i);
+    for i in 0..5 {
+        let creds = h.login_from(c(i), &format!("u{i}"));
+        let mut msg = h.request(method::ALLOCATE, Some(&creds));
+        msg.requested_transport = Some(TRANSPORT_UDP);
+        msg.even_port = Some(false);
+        let answer = h.ask_from(c(i), &msg, Some(&creds.key)).0;
+        assert_eq!(
+            answer.xor_relayed_address.unwrap().port() % 2,
+            0,
+            "{answer:?}"
+        );
+    }
+    // Five even ports in 50000–50009 are all taken now.
+    let creds = h.login_from(c(5), "u5");
+    let mut msg = h.request(method::ALLOCATE, Some(&creds));
+    msg.requested_transport = Some(TRANSPORT_UDP);
+    msg.even_port = Some(false);
+    assert_eq!(
+        h.ask_from(c(5), &msg, Some(&creds.key)).0.error_code(),
+        Some(508)
+    );
+    msg.transaction_id = h.tid();
+    msg.even_port = Some(true);
+    assert_eq!(
+        h.ask_from(c(5), &msg, Some(&creds.key)).0.error_code(),
+        Some(508)
+    );
+    msg.transaction_id = h.tid();
+    msg.even_port = None;
+    assert_eq!(
+        h.ask_from(c(5), &msg, Some(&creds.key)).0.class,
+        Class::SuccessResponse
+    );
 }

@@ -83,7 +83,7 @@ pub mod attribute_type {
     pub const XOR_RELAYED_ADDRESS: u16 = 0x0016;
     /// REQUESTED-ADDRESS-FAMILY (RFC 8656 §18.6).
     pub const REQUESTED_ADDRESS_FAMILY: u16 = 0x0017;
-    /// EVEN-PORT (RFC 8656 §18.7): not supported, so a server answers it with 420.
+    /// EVEN-PORT (RFC 8656 §18.7).
     pub const EVEN_PORT: u16 = 0x0018;
     /// REQUESTED-TRANSPORT (RFC 8656 §18.8).
     pub const REQUESTED_TRANSPORT: u16 = 0x0019;
@@ -222,6 +222,9 @@ pub struct TurnMessage {
     pub requested_transport: Option<u8>,
     /// REQUESTED-ADDRESS-FAMILY (RFC 8656 §18.6).
     pub requested_address_family: Option<AddressFamily>,
+    /// EVEN-PORT (RFC 8656 §18.7): `Some(r)` asks for an even port, and with `r` for the next
+    /// port to be reserved too.
+    pub even_port: Option<bool>,
     /// CHANNEL-NUMBER (RFC 8656 §18.1), whatever its value; [`ChannelData::is_valid_channel`]
     /// says whether it is in range.
     pub channel_number: Option<u16>,
@@ -264,6 +267,7 @@ impl TurnMessage {
             lifetime: None,
             requested_transport: None,
             requested_address_family: None,
+            even_port: None,
             channel_number: None,
             data: None,
             unknown_required: Vec::new(),
@@ -344,6 +348,13 @@ impl TurnMessage {
                         other => AddressFamily::Other(other),
                     });
                 }
+                t::EVEN_PORT if m.even_port.is_none() => {
+                    // One byte: R, then seven RFFU bits that are ignored.
+                    let [flags] = v else {
+                        return Err(invalid);
+                    };
+                    m.even_port = Some(flags & 0x80 != 0);
+                }
                 t::CHANNEL_NUMBER if m.channel_number.is_none() => {
                     let w: [u8; 4] = v.try_into().map_err(|_| invalid)?;
                     m.channel_number = Some(u16::from_be_bytes([w[0], w[1]]));
@@ -358,6 +369,7 @@ impl TurnMessage {
             t::LIFETIME,
             t::REQUESTED_TRANSPORT,
             t::REQUESTED_ADDRESS_FAMILY,
+            t::EVEN_PORT,
             t::CHANNEL_NUMBER,
             t::DATA,
         ];
@@ -396,6 +408,7 @@ impl TurnMessage {
             + self.lifetime.map_or(0, |_| 8)
             + self.requested_transport.map_or(0, |_| 8)
             + self.requested_address_family.map_or(0, |_| 8)
+            + self.even_port.map_or(0, |_| 8)
             + self.channel_number.map_or(0, |_| 8)
             + self.data.as_ref().map_or(0, |d| attr_len(d.len()));
         if with_integrity {
@@ -442,6 +455,9 @@ impl TurnMessage {
         }
         if let Some(family) = self.requested_address_family {
             w.attr(t::REQUESTED_ADDRESS_FAMILY, &[&[family.byte(), 0, 0, 0]]);
+        }
+        if let Some(reserve) = self.even_port {
+            w.attr(t::EVEN_PORT, &[&[if reserve { 0x80 } else { 0 }]]);
         }
         if let Some(proto) = self.requested_transport {
             w.attr(t::REQUESTED_TRANSPORT, &[&[proto, 0, 0, 0]]);

@@ -81,6 +81,7 @@ fn round_trip_with_trailer() {
     m.lifetime = Some(600);
     m.channel_number = Some(0x4001);
     m.requested_address_family = Some(AddressFamily::V4);
+    m.even_port = Some(false);
     m.data = Some(vec![1, 2, 3, 4, 5]);
     m.software = Some("x".to_owned());
     let key = IntegrityKey::long_term("1700000000:peer", "fog", "secret");
@@ -125,21 +126,27 @@ fn error_response_round_trip() {
     assert_eq!(back.class, Class::ErrorResponse);
 }
 
-/// TURN attributes are understood; EVEN-PORT and DONT-FRAGMENT (not supported) are reported for
-/// a 420, once each.
+/// TURN attributes are understood (EVEN-PORT with R set, the first one counting);
+/// RESERVATION-TOKEN and DONT-FRAGMENT (not supported) are reported for a 420, once each.
 #[test]
 fn unknown_required_lists_only_what_is_not_understood() {
     let mut bytes = hex(ALLOCATE);
-    bytes.extend_from_slice(&hex(
-        "00 18 00 01 80 00 00 00  00 1a 00 00  00 18 00 01 00 00 00 00",
-    ));
+    bytes.extend_from_slice(&hex("00 18 00 01 80 00 00 00
+         00 22 00 08 01 02 03 04 05 06 07 08
+         00 1a 00 00
+         00 18 00 01 00 00 00 00
+         00 22 00 08 01 02 03 04 05 06 07 08"));
     let len = (bytes.len() - 20) as u16;
     bytes[2..4].copy_from_slice(&len.to_be_bytes());
     let m = TurnMessage::decode(&bytes).unwrap();
     assert_eq!(m.requested_transport, Some(17));
+    assert_eq!(m.even_port, Some(true));
     assert_eq!(
         m.unknown_required,
-        vec![attribute_type::EVEN_PORT, attribute_type::DONT_FRAGMENT]
+        vec![
+            attribute_type::RESERVATION_TOKEN,
+            attribute_type::DONT_FRAGMENT
+        ]
     );
 }
 
