@@ -64,8 +64,7 @@ use fog_core::{Protocol, Receive, SansIo, Transmit, classify};
 use crate::wire::{
     BindingResponse, Class, Cookie, EncodeError, ErrorCode, Message, Method, attribute_type,
 };
-pub use rate::RateLimit;
-use rate::{RateLimiter, Verdict};
+pub use rate::{RateLimit, RateLimiter, Verdict};
 
 /// A response is at most this many bytes longer than its request (see the
 /// [module docs](self)).

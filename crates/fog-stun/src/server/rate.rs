@@ -39,7 +39,7 @@ impl Default for RateLimit {
 
 /// What the limiter says about one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Verdict {
+pub enum Verdict {
     /// Within the source's budget.
     Allowed,
     /// Over the source's budget.
@@ -49,8 +49,11 @@ pub(crate) enum Verdict {
     TableFull,
 }
 
+/// One token bucket per source IP (per /64 for IPv6), each a single GCRA `Instant`, with at most
+/// [`RateLimit::max_sources`] tracked. Public so that other servers on top of STUN (TURN) limit
+/// strangers the same way.
 #[derive(Debug)]
-pub(crate) struct RateLimiter {
+pub struct RateLimiter {
     interval: Duration,
     tolerance: Duration,
     max_sources: usize,
@@ -60,7 +63,12 @@ pub(crate) struct RateLimiter {
 }
 
 impl RateLimiter {
-    pub(crate) fn new(limit: RateLimit) -> Self {
+    /// A limiter with no source tracked yet.
+    ///
+    /// # Panics
+    ///
+    /// If any field of `limit` is zero.
+    pub fn new(limit: RateLimit) -> Self {
         assert!(
             limit.per_second > 0,
             "RateLimit::per_second must be positive"
@@ -81,7 +89,7 @@ impl RateLimiter {
     }
 
     /// Charges one request from `ip` at `now`.
-    pub(crate) fn check(&mut self, now: Instant, ip: IpAddr) -> Verdict {
+    pub fn check(&mut self, now: Instant, ip: IpAddr) -> Verdict {
         let key = source_key(ip);
         let tat = match self.tat.get(&key) {
             Some(&tat) => {

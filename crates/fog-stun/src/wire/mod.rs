@@ -482,6 +482,47 @@ pub fn verify_integrity(bytes: &[u8], key: &IntegrityKey) -> Result<(), DecodeEr
     trailer::check_integrity(bytes, at, key)
 }
 
+/// Appends MESSAGE-INTEGRITY (with `key`, RFC 5389 §15.4) and FINGERPRINT (with `fingerprint`,
+/// §15.5) to a message whose header and attributes fill `buf[..len]`, fixing the length field;
+/// returns the new length. For protocols on top of STUN (TURN) that write their own attributes
+/// and need the same trailer as [`Message::encode`].
+///
+/// `buf[..len]` must start with a 20-byte header and hold whole, padded attributes.
+pub fn append_trailer(
+    buf: &mut [u8],
+    len: usize,
+    key: Option<&IntegrityKey>,
+    fingerprint: bool,
+) -> Result<usize, EncodeError> {
+    if len < HEADER_LEN || len % 4 != 0 || len > buf.len() {
+        return Err(EncodeError::BufferTooSmall { needed: HEADER_LEN });
+    }
+    let mut total = len;
+    if key.is_some() {
+        total += trailer::INTEGRITY_WIRE_LEN;
+    }
+    if fingerprint {
+        total += trailer::FINGERPRINT_WIRE_LEN;
+    }
+    if total - HEADER_LEN > usize::from(u16::MAX) {
+        return Err(EncodeError::TooLong);
+    }
+    if total > buf.len() {
+        return Err(EncodeError::BufferTooSmall { needed: total });
+    }
+    let mut end = len;
+    if let Some(key) = key {
+        end = trailer::append_integrity(buf, end, key);
+    }
+    if fingerprint {
+        end = trailer::append_fingerprint(buf, end);
+    } else {
+        let length = u16::try_from(end - HEADER_LEN).map_err(|_| EncodeError::TooLong)?;
+        buf[2..4].copy_from_slice(&length.to_be_bytes());
+    }
+    Ok(end)
+}
+
 impl Message {
     /// A message with no attributes.
     pub fn new(class: Class, method: Method, transaction_id: TransactionId) -> Self {

@@ -735,3 +735,35 @@ fn ice_check_attributes_round_trip() {
     let decoded = Message::decode(&message.to_bytes(None).unwrap()).unwrap();
     assert_eq!(decoded.attributes, message.attributes);
 }
+
+/// `append_trailer` on a message encoded without a trailer gives the bytes `Message::encode`
+/// writes with one, so a layer above (TURN) signs exactly as this crate does.
+#[test]
+fn append_trailer_matches_encode() {
+    let mut message = Message::new(
+        Class::Request,
+        Method::BINDING,
+        TransactionId::new(RFC5769_TRANSACTION),
+    );
+    message.attributes.username = Some("alice".to_owned());
+    message.attributes.software = Some("x".to_owned());
+    let key = IntegrityKey::short_term(RFC5769_PASSWORD);
+    message.fingerprint = true;
+    let expected = message.to_bytes(Some(&key)).unwrap();
+
+    message.fingerprint = false;
+    let bare = message.to_bytes(None).unwrap();
+    let mut buf = vec![0u8; 200];
+    buf[..bare.len()].copy_from_slice(&bare);
+    let len = append_trailer(&mut buf, bare.len(), Some(&key), true).unwrap();
+    assert_eq!(&buf[..len], &expected[..]);
+    assert_eq!(
+        append_trailer(&mut buf[..bare.len() + 4], bare.len(), Some(&key), true),
+        Err(EncodeError::BufferTooSmall {
+            needed: bare.len() + 32
+        })
+    );
+    // Without a trailer only the length field is (re)written.
+    let len = append_trailer(&mut buf, bare.len(), None, false).unwrap();
+    assert_eq!(&buf[..len], &bare[..]);
+}

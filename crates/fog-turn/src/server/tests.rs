@@ -1,0 +1,689 @@
+//! The server machine driven with `TurnMessage` reprs (smoltcp's style): one input, then every
+//! transmit decoded and checked.
+
+use super::*;
+use crate::wire::ChannelData;
+
+const UNIX0: u64 = 1_700_000_000;
+const REALM: &str = "fog.test";
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+fn listen() -> SocketAddr {
+    addr("198.51.100.1:3478")
+}
+fn client() -> SocketAddr {
+    addr("203.0.113.5:40000")
+}
+fn peer() -> SocketAddr {
+    addr("203.0.113.9:50000")
+}
+
+fn secret() -> AuthSecret {
+    AuthSecret::new(b"s3cret".to_vec())
+}
+
+struct H {
+    server: Server,
+    t0: Instant,
+    now: Instant,
+    next_tid: u8,
+}
+
+/// What the client side of a test knows after a 401.
+#[derive(Clone)]
+struct Creds {
+    username: String,
+    nonce: String,
+    key: IntegrityKey,
+}
+
+impl H {
+    fn new(limits: Limits) -> Self {
+        #[allow(clippy::disallowed_methods)] // tests take any epoch
+        let t0 = Instant::now();
+        let mut config = ServerConfig::new(listen(), REALM, secret(), [7; 32], (t0, UNIX0));
+        config.limits = limits;
+        config.relay_ports = 50000..=50009;
+        Self {
+            server: Server::new(config),
+            t0,
+            now: t0,
+            next_tid: 0,
+        }
+    }
+
+    fn advance(&mut self, d: Duration) {
+        self.now += d;
+        self.server.handle_timeout(self.now);
+    }
+
+    fn tid(&mut self) -> TransactionId {
+        self.next_tid += 1;
+        TransactionId::new([self.next_tid; 12])
+    }
+
+    /// Feeds a datagram; returns every transmit with its bytes.
+    fn input(
+        &mut self,
+        from: SocketAddr,
+        local: SocketAddr,
+        bytes: &[u8],
+    ) -> Vec<(Transmit, Vec<u8>)> {
+        let p = Receive {
+            source: from,
+            local,
+            payload: bytes,
+        };
+        assert!(self.server.accepts(&p) || local != listen());
+        self.server.handle_packet(self.now, p);
+        let mut buf = vec![0u8; 65_535];
+        let mut out = Vec::new();
+        while let Some(t) = self.server.poll_transmit(self.now, &mut buf) {
+            out.push((t, buf[..t.len].to_vec()));
+        }
+        out
+    }
+
+    /// Sends `msg` from `from`, signed with `key`; expects exactly one answer from the listen
+    /// address, and returns it decoded with its length.
+    fn ask_from(
+        &mut self,
+        from: SocketAddr,
+        msg: &TurnMessage,
+        key: Option<&IntegrityKey>,
+    ) -> (TurnMessage, usize) {
+        let bytes = msg.to_bytes(key).unwrap();
+        let out = self.input(from, listen(), &bytes);
+        assert_eq!(out.len(), 1, "one answer");
+        let (t, bytes) = &out[0];
+        assert_eq!(t.source, Some(listen()));
+        assert_eq!(t.destination, from);
+        let answer = TurnMessage::decode(bytes).unwrap();
+        assert_eq!(answer.transaction_id, msg.transaction_id);
+        (answer, bytes.len())
+    }
+
+    fn ask(&mut self, msg: &TurnMessage, key: Option<&IntegrityKey>) -> TurnMessage {
+        self.ask_from(client(), msg, key).0
+    }
+
+    fn request(&mut self, m: crate::wire::Method, creds: Option<&Creds>) -> TurnMessage {
+        let mut msg = TurnMessage::new(Class::Request, m, self.tid());
+        if let Some(c) = creds {
+            msg.username = Some(c.username.clone());
+            msg.realm = Some(REALM.to_owned());
+            msg.nonce = Some(c.nonce.clone());
+        }
+        msg
+    }
+
+    /// A 401 challenge for `username` valid for an hour from now, and the credentials that
+    /// follow from it.
+    fn login_from(&mut self, from: SocketAddr, user: &str) -> Creds {
+        let mut msg = self.request(method::ALLOCATE, None);
+        msg.requested_transport = Some(TRANSPORT_UDP);
+        let (challenge, len) = self.ask_from(from, &msg, None);
+        assert_eq!(challenge.error_code(), Some(code::UNAUTHORIZED));
+        assert!(
+            len < 160,
+            "an unauthenticated answer stays small: {len} bytes"
+        );
+        assert_eq!(challenge.realm.as_deref(), Some(REALM));
+        let expiry = UNIX0 + (self.now - self.t0).as_secs() + 3600;
+        let (username, password) = secret().credentials(expiry, user);
+        Creds {
+            key: IntegrityKey::long_term(&username, REALM, &password),
+            username,
+            nonce: challenge.nonce.unwrap(),
+        }
+    }
+
+    fn allocate_from(&mut self, from: SocketAddr, creds: &Creds) -> TurnMessage {
+        let mut msg = self.request(method::ALLOCATE, Some(creds));
+        msg.requested_transport = Some(TRANSPORT_UDP);
+        self.ask_from(from, &msg, Some(&creds.key)).0
+    }
+
+    /// Logs in and allocates for `client()`; returns the credentials and the relayed address.
+    fn allocated(&mut self) -> (Creds, SocketAddr) {
+        let creds = self.login_from(client(), "alice");
+        let answer = self.allocate_from(client(), &creds);
+        assert_eq!(answer.class, Class::SuccessResponse, "{answer:?}");
+        (creds, answer.xor_relayed_address.unwrap())
+    }
+
+    fn permit(&mut self, creds: &Creds, peer: SocketAddr) {
+        let mut msg = self.request(method::CREATE_PERMISSION, Some(creds));
+        msg.xor_peer_addresses = vec![peer];
+        let answer = self.ask(&msg, Some(&creds.key));
+        assert_eq!(answer.class, Class::SuccessResponse, "{answer:?}");
+    }
+
+    fn events(&mut self) -> Vec<Event> {
+        std::iter::from_fn(|| self.server.poll_event()).collect()
+    }
+}
+
+#[test]
+fn allocate_after_a_challenge() {
+    let mut h = H::new(Limits::default());
+    let (creds, relayed) = h.allocated();
+    assert_eq!(relayed.ip(), listen().ip());
+    assert!((50000..=50009).contains(&relayed.port()));
+    // The success response is signed with the long-term key and says who the client is.
+    let mut msg = h.request(method::ALLOCATE, Some(&creds));
+    msg.requested_transport = Some(TRANSPORT_UDP);
+    let bytes = msg.to_bytes(Some(&creds.key)).unwrap();
+    let out = h.input(client(), listen(), &bytes);
+    // A second Allocate (another transaction) on the same 5-tuple is a mismatch.
+    let answer = TurnMessage::decode(&out[0].1).unwrap();
+    assert_eq!(answer.error_code(), Some(code::ALLOCATION_MISMATCH));
+    crate::wire::verify_integrity(&out[0].1, &creds.key).unwrap();
+    assert_eq!(
+        h.events(),
+        vec![Event::Allocated {
+            client: client(),
+            relayed,
+            user: "alice".to_owned()
+        }]
+    );
+    assert_eq!(h.server.relayed_address(client()), Some(relayed));
+    assert_eq!(
+        h.server.poll_timeout(),
+        Some(h.t0 + Duration::from_secs(600))
+    );
+}
+
+#[test]
+fn a_retransmitted_allocate_gets_the_same_answer() {
+    let mut h = H::new(Limits::default());
+    let creds = h.login_from(client(), "alice");
+    let mut msg = h.request(method::ALLOCATE, Some(&creds));
+    msg.requested_transport = Some(TRANSPORT_UDP);
+    msg.lifetime = Some(1200);
+    let first = h.ask(&msg, Some(&creds.key));
+    let again = h.ask(&msg, Some(&creds.key));
+    assert_eq!(first.class, Class::SuccessResponse);
+    assert_eq!(first.lifetime, Some(1200));
+    assert_eq!(again.xor_relayed_address, first.xor_relayed_address);
+    assert_eq!(again.xor_mapped_address, Some(client()));
+    assert_eq!(h.server.allocation_count(), 1);
+}
+
+#[test]
+fn credentials_are_checked() {
+    let mut h = H::new(Limits::default());
+    let creds = h.login_from(client(), "alice");
+
+    // Wrong password.
+    let mut bad = creds.clone();
+    bad.key = IntegrityKey::long_term(&creds.username, REALM, "guess");
+    assert_eq!(h.allocate_from(client(), &bad).error_code(), Some(401));
+
+    // An expired username, correctly signed.
+    let (username, password) = secret().credentials(UNIX0 - 1, "alice");
+    let expired = Creds {
+        key: IntegrityKey::long_term(&username, REALM, &password),
+        username,
+        nonce: creds.nonce.clone(),
+    };
+    assert_eq!(h.allocate_from(client(), &expired).error_code(), Some(401));
+
+    // A username not of the scheme.
+    let plain = Creds {
+        key: IntegrityKey::long_term("alice", REALM, "pw"),
+        username: "alice".to_owned(),
+        nonce: creds.nonce.clone(),
+    };
+    assert_eq!(h.allocate_from(client(), &plain).error_code(), Some(401));
+
+    // A nonce made for another client address.
+    let other = addr("203.0.113.5:40001");
+    assert_eq!(h.allocate_from(other, &creds).error_code(), Some(438));
+
+    // MESSAGE-INTEGRITY without NONCE.
+    let mut msg = h.request(method::ALLOCATE, Some(&creds));
+    msg.nonce = None;
+    msg.requested_transport = Some(TRANSPORT_UDP);
+    assert_eq!(h.ask(&msg, Some(&creds.key)).error_code(), Some(400));
+
+    assert_eq!(h.server.allocation_count(), 0);
+    assert_eq!(
+        h.server.stats().unauthenticated,
+        5,
+        "the 400 is not a challenge"
+    );
+    // The right credentials still work.
+    assert_eq!(
+        h.allocate_from(client(), &creds).class,
+        Class::SuccessResponse
+    );
+}
+
+#[test]
+fn nonces_go_stale() {
+    let mut h = H::new(Limits::default());
+    let creds = h.login_from(client(), "alice");
+    h.advance(Duration::from_secs(601));
+    let stale = h.allocate_from(client(), &creds);
+    assert_eq!(stale.error_code(), Some(code::STALE_NONCE));
+    let fresh = Creds {
+        nonce: stale.nonce.unwrap(),
+        ..creds.clone()
+    };
+    assert_ne!(fresh.nonce, creds.nonce);
+    assert_eq!(
+        h.allocate_from(client(), &fresh).class,
+        Class::SuccessResponse
+    );
+}
+
+#[test]
+fn bad_allocate_requests() {
+    let mut h = H::new(Limits::default());
+    let creds = h.login_from(client(), "alice");
+    let mut msg = h.request(method::ALLOCATE, Some(&creds));
+    assert_eq!(h.ask(&msg, Some(&creds.key)).error_code(), Some(400));
+    msg = h.request(method::ALLOCATE, Some(&creds));
+    msg.requested_transport = Some(6);
+    assert_eq!(h.ask(&msg, Some(&creds.key)).error_code(), Some(442));
+    msg = h.request(method::ALLOCATE, Some(&creds));
+    msg.requested_transport = Some(TRANSPORT_UDP);
+    msg.requested_address_family = Some(AddressFamily::V6);
+    assert_eq!(h.ask(&msg, Some(&creds.key)).error_code(), Some(440));
+    // Refresh without an allocation.
+    let msg = h.request(method::REFRESH, Some(&creds));
+    assert_eq!(h.ask(&msg, Some(&creds.key)).error_code(), Some(437));
+}
+
+/// RESERVATION-TOKEN is not supported: 420 with UNKNOWN-ATTRIBUTES once authenticated, but a
+/// stranger only gets the 401.
+#[test]
+fn unknown_attributes_after_authentication() {
+    let mut h = H::new(Limits::default());
+    let creds = h.login_from(client(), "alice");
+    let mut msg = h.request(method::ALLOCATE, Some(&creds));
+    msg.requested_transport = Some(TRANSPORT_UDP);
+    let mut bytes = msg.to_bytes(None).unwrap();
+    // Insert RESERVATION-TOKEN before the FINGERPRINT, then sign by hand.
+    bytes.truncate(bytes.len() - 8);
+    bytes.extend_from_slice(&[0x00, 0x22, 0x00, 0x08, 1, 2, 3, 4, 5, 6, 7, 8]);
+    let len = bytes.len();
+    bytes.resize(len + 32, 0);
+    let n = fog_stun::wire::append_trailer(&mut bytes, len, Some(&creds.key), true).unwrap();
+    let out = h.input(client(), listen(), &bytes[..n]);
+    let answer = TurnMessage::decode(&out[0].1).unwrap();
+    assert_eq!(answer.error_code(), Some(420));
+    assert_eq!(answer.unknown_attributes, vec![0x0022]);
+    let n = fog_stun::wire::append_trailer(&mut bytes, len, None, true).unwrap();
+    let out = h.input(client(), listen(), &bytes[..n]);
+    let answer = TurnMessage::decode(&out[0].1).unwrap();
+    assert_eq!(answer.error_code(), Some(401));
+    assert!(answer.unknown_attributes.is_empty());
+}
+
+#[test]
+fn lifetimes_are_clamped_and_refresh_zero_deallocates() {
+    let mut h = H::new(Limits::default());
+    let (creds, relayed) = h.allocated();
+    let mut msg = h.request(method::REFRESH, Some(&creds));
+    msg.lifetime = Some(10);
+    assert_eq!(h.ask(&msg, Some(&creds.key)).lifetime, Some(600));
+    msg = h.request(method::REFRESH, Some(&creds));
+    msg.lifetime = Some(100_000);
+    assert_eq!(h.ask(&msg, Some(&creds.key)).lifetime, Some(3600));
+    assert_eq!(
+        h.server.poll_timeout(),
+        Some(h.t0 + Duration::from_secs(3600))
+    );
+    h.events();
+    msg = h.request(method::REFRESH, Some(&creds));
+    msg.lifetime = Some(0);
+    let answer = h.ask(&msg, Some(&creds.key));
+    assert_eq!(answer.class, Class::SuccessResponse);
+    assert_eq!(answer.lifetime, Some(0));
+    assert_eq!(
+        h.events(),
+        vec![Event::Released {
+            client: client(),
+            relayed,
+            reason: Release::Deallocated
+        }]
+    );
+    // The retransmission of that Refresh finds nothing (the client takes 437 as done).
+    assert_eq!(h.ask(&msg, Some(&creds.key)).error_code(), Some(437));
+    assert_eq!(h.server.poll_timeout(), None);
+}
+
+#[test]
+fn another_username_on_the_5_tuple_is_441() {
+    let mut h = H::new(Limits::default());
+    let (_, _) = h.allocated();
+    let bob = h.login_from(client(), "bob");
+    let msg = h.request(method::REFRESH, Some(&bob));
+    assert_eq!(h.ask(&msg, Some(&bob.key)).error_code(), Some(441));
+}
+
+#[test]
+fn an_allocation_expires() {
+    let mut h = H::new(Limits::default());
+    let (creds, relayed) = h.allocated();
+    h.permit(&creds, peer());
+    h.events();
+    h.advance(Duration::from_secs(599));
+    assert_eq!(h.server.allocation_count(), 1);
+    h.advance(Duration::from_secs(1));
+    assert_eq!(h.server.allocation_count(), 0);
+    assert_eq!(
+        h.events(),
+        vec![Event::Released {
+            client: client(),
+            relayed,
+            reason: Release::Expired
+        }]
+    );
+    // Peer data to the old relayed address is no longer accepted or relayed.
+    let p = Receive {
+        source: peer(),
+        local: relayed,
+        payload: b"late",
+    };
+    assert!(!h.server.accepts(&p));
+    assert!(h.input(peer(), relayed, b"late").is_empty());
+}
+
+#[test]
+fn permissions_guard_both_directions() {
+    let mut h = H::new(Limits::default());
+    let (creds, relayed) = h.allocated();
+
+    // Without a permission nothing passes either way.
+    assert!(h.input(peer(), relayed, b"hello").is_empty());
+    let mut send = TurnMessage::new(Class::Indication, method::SEND, h.tid());
+    send.xor_peer_addresses = vec![peer()];
+    send.data = Some(b"out".to_vec());
+    assert!(
+        h.input(client(), listen(), &send.to_bytes(None).unwrap())
+            .is_empty()
+    );
+    assert_eq!(h.server.stats().dropped_no_permission, 2);
+
+    h.permit(&creds, peer());
+    // Peer → client as a Data indication naming the peer.
+    let out = h.input(peer(), relayed, b"hello");
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].0.destination, client());
+    assert_eq!(out[0].0.source, Some(listen()));
+    let data = TurnMessage::decode(&out[0].1).unwrap();
+    assert_eq!((data.class, data.method), (Class::Indication, method::DATA));
+    assert_eq!(data.xor_peer_addresses, vec![peer()]);
+    assert_eq!(data.data.as_deref(), Some(&b"hello"[..]));
+    // A permission is per IP: another port of the same peer passes too (RFC 8656 §9).
+    let other_port = addr("203.0.113.9:50001");
+    assert_eq!(h.input(other_port, relayed, b"x").len(), 1);
+    // Another IP does not.
+    assert!(
+        h.input(addr("203.0.113.10:50000"), relayed, b"x")
+            .is_empty()
+    );
+
+    // Client → peer from the relayed address.
+    let out = h.input(client(), listen(), &send.to_bytes(None).unwrap());
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].0.source, Some(relayed));
+    assert_eq!(out[0].0.destination, peer());
+    assert_eq!(out[0].1, b"out");
+
+    // Permissions last 300 s.
+    h.advance(Duration::from_secs(300));
+    assert!(h.input(peer(), relayed, b"hello").is_empty());
+    assert_eq!(h.server.stats().dropped_no_permission, 4);
+    assert_eq!(h.server.stats().relayed_to_client, 2);
+    assert_eq!(h.server.stats().relayed_to_peer, 1);
+}
+
+#[test]
+fn channels_carry_data_both_ways() {
+    let mut h = H::new(Limits::default());
+    let (creds, relayed) = h.allocated();
+    let mut bind = h.request(method::CHANNEL_BIND, Some(&creds));
+    bind.channel_number = Some(0x4001);
+    bind.xor_peer_addresses = vec![peer()];
+    assert_eq!(h.ask(&bind, Some(&creds.key)).class, Class::SuccessResponse);
+
+    // Peer → client as ChannelData.
+    let out = h.input(peer(), relayed, b"hello");
+    assert_eq!(
+        ChannelData::decode(&out[0].1).unwrap(),
+        ChannelData {
+            channel: 0x4001,
+            data: b"hello"
+        }
+    );
+    // Client → peer.
+    let mut buf = [0u8; 16];
+    let n = ChannelData {
+        channel: 0x4001,
+        data: b"back",
+    }
+    .encode(true, &mut buf)
+    .unwrap();
+    let out = h.input(client(), listen(), &buf[..n]);
+    assert_eq!(out[0].0.source, Some(relayed));
+    assert_eq!(out[0].1, b"back");
+    // An unbound channel is dropped.
+    buf[1] = 0x02;
+    assert!(h.input(client(), listen(), &buf[..n]).is_empty());
+
+    // Another peer on the same channel, or the same peer on another channel: 400.
+    let mut clash = h.request(method::CHANNEL_BIND, Some(&creds));
+    clash.channel_number = Some(0x4001);
+    clash.xor_peer_addresses = vec![addr("203.0.113.10:1")];
+    assert_eq!(h.ask(&clash, Some(&creds.key)).error_code(), Some(400));
+    clash.transaction_id = h.tid();
+    clash.channel_number = Some(0x4002);
+    clash.xor_peer_addresses = vec![peer()];
+    assert_eq!(h.ask(&clash, Some(&creds.key)).error_code(), Some(400));
+    clash.transaction_id = h.tid();
+    clash.channel_number = Some(0x3FFF);
+    assert_eq!(h.ask(&clash, Some(&creds.key)).error_code(), Some(400));
+
+    // Rebinding refreshes; after 600 s without one the channel is gone, and (the permission
+    // having lapsed at 300 s) so is the peer's way in.
+    h.advance(Duration::from_secs(299));
+    bind.transaction_id = h.tid();
+    assert_eq!(h.ask(&bind, Some(&creds.key)).class, Class::SuccessResponse);
+    h.advance(Duration::from_secs(299));
+    assert_eq!(h.input(peer(), relayed, b"still").len(), 1);
+    h.advance(Duration::from_secs(301));
+    assert!(h.input(peer(), relayed, b"gone").is_empty());
+}
+
+#[test]
+fn quotas() {
+    let limits = Limits {
+        max_allocations: 3,
+        max_allocations_per_user: 2,
+        ..Limits::default()
+    };
+    let mut h = H::new(limits);
+    let c = |i: u16| SocketAddr::new(client().ip(), 40000 + i);
+    for i in 0..2 {
+        let creds = h.login_from(c(i), "alice");
+        assert_eq!(h.allocate_from(c(i), &creds).class, Class::SuccessResponse);
+    }
+    let creds = h.login_from(c(2), "alice");
+    assert_eq!(h.allocate_from(c(2), &creds).error_code(), Some(486));
+    let creds = h.login_from(c(3), "bob");
+    assert_eq!(h.allocate_from(c(3), &creds).class, Class::SuccessResponse);
+    let creds = h.login_from(c(4), "carol");
+    assert_eq!(h.allocate_from(c(4), &creds).error_code(), Some(508));
+}
+
+#[test]
+fn the_port_range_runs_out() {
+    let mut h = H::new(Limits::default());
+    let c = |i: u16| SocketAddr::new(client().ip(), 40000 + i);
+    let mut ports = Vec::new();
+    for i in 0..10 {
+        let creds = h.login_from(c(i), &format!("u{i}"));
+        let answer = h.allocate_from(c(i), &creds);
+        ports.push(answer.xor_relayed_address.unwrap().port());
+    }
+    ports.sort();
+    assert_eq!(ports, (50000..=50009).collect::<Vec<_>>());
+    let creds = h.login_from(c(10), "u10");
+    assert_eq!(h.allocate_from(c(10), &creds).error_code(), Some(508));
+}
+
+#[test]
+fn bandwidth_is_limited_per_allocation() {
+    let limits = Limits {
+        bandwidth_bytes_per_s: 1000,
+        burst_bytes: 1000,
+        ..Limits::default()
+    };
+    let mut h = H::new(limits);
+    let (creds, relayed) = h.allocated();
+    h.permit(&creds, peer());
+    let chunk = [0u8; 400];
+    assert_eq!(h.input(peer(), relayed, &chunk).len(), 1);
+    assert_eq!(h.input(peer(), relayed, &chunk).len(), 1);
+    assert!(h.input(peer(), relayed, &chunk).is_empty());
+    assert_eq!(h.server.stats().dropped_bandwidth, 1);
+    h.now += Duration::from_millis(200);
+    assert_eq!(h.input(peer(), relayed, &chunk).len(), 1);
+}
+
+#[test]
+fn binding_requests_are_answered_and_junk_is_not() {
+    let mut h = H::new(Limits::default());
+    let msg = TurnMessage::new(Class::Request, method::BINDING, h.tid());
+    let answer = h.ask(&msg, None);
+    assert_eq!(answer.xor_mapped_address, Some(client()));
+    assert!(h.input(client(), listen(), b"\x00\x01junk").is_empty());
+    assert!(h.input(client(), listen(), b"\xffjunk").is_empty());
+    // A keepalive Binding indication is not answered.
+    let ind = TurnMessage::new(Class::Indication, method::BINDING, h.tid());
+    assert!(
+        h.input(client(), listen(), &ind.to_bytes(None).unwrap())
+            .is_empty()
+    );
+    assert_eq!(h.server.stats().dropped_malformed, 2);
+    assert_eq!(h.server.stats().keepalives, 1);
+}
+
+/// An IPv6 relay behind an IPv4 listen address: REQUESTED-ADDRESS-FAMILY must ask for IPv6,
+/// since its absence means IPv4 (RFC 8656 §7.2 item 7); peers must then be IPv6 too (443).
+#[test]
+fn address_families() {
+    let mut h = H::new(Limits::default());
+    h.server.config.relay_ip = "2001:db8::1".parse().unwrap();
+    let creds = h.login_from(client(), "alice");
+    assert_eq!(h.allocate_from(client(), &creds).error_code(), Some(440));
+    let mut msg = h.request(method::ALLOCATE, Some(&creds));
+    msg.requested_transport = Some(TRANSPORT_UDP);
+    msg.requested_address_family = Some(AddressFamily::V6);
+    let answer = h.ask(&msg, Some(&creds.key));
+    let relayed = answer.xor_relayed_address.unwrap();
+    assert_eq!(relayed.ip(), "2001:db8::1".parse::<IpAddr>().unwrap());
+    let mut perm = h.request(method::CREATE_PERMISSION, Some(&creds));
+    perm.xor_peer_addresses = vec![peer()];
+    assert_eq!(h.ask(&perm, Some(&creds.key)).error_code(), Some(443));
+    perm.transaction_id = h.tid();
+    perm.xor_peer_addresses = vec![addr("[2001:db8::9]:1")];
+    assert_eq!(h.ask(&perm, Some(&creds.key)).class, Class::SuccessResponse);
+}
+
+/// DONT-FRAGMENT cannot be honoured here, so a Send indication carrying it is dropped, not
+/// relayed without it (RFC 8489 §6.3.2: unknown comprehension-required attributes in an
+/// indication).
+#[test]
+fn a_send_indication_with_dont_fragment_is_dropped() {
+    let mut h = H::new(Limits::default());
+    let (creds, _) = h.allocated();
+    h.permit(&creds, peer());
+    let mut send = TurnMessage::new(Class::Indication, method::SEND, h.tid());
+    send.xor_peer_addresses = vec![peer()];
+    send.data = Some(b"df".to_vec());
+    send.fingerprint = false;
+    let mut bytes = send.to_bytes(None).unwrap();
+    assert_eq!(h.input(client(), listen(), &bytes).len(), 1);
+    bytes.extend_from_slice(&[0x00, 0x1A, 0x00, 0x00]);
+    let len = (bytes.len() - 20) as u16;
+    bytes[2..4].copy_from_slice(&len.to_be_bytes());
+    assert!(h.input(client(), listen(), &bytes).is_empty());
+    assert_eq!(h.server.stats().dropped_malformed, 1);
+}
+
+/// Strangers get at most a burst of answers per source IP, then silence: the server cannot be
+/// used to flood a spoofed address with 401s.
+#[test]
+fn unauthenticated_answers_are_rate_limited_per_source() {
+    let mut h = H::new(Limits::default());
+    let mut answered = 0;
+    for _ in 0..50 {
+        let msg = h.request(method::ALLOCATE, None);
+        let bytes = msg.to_bytes(None).unwrap();
+        answered += h.input(client(), listen(), &bytes).len();
+    }
+    assert_eq!(answered, 40, "the default burst");
+    assert_eq!(h.server.stats().dropped_rate_limited, 10);
+    // Another source is not affected, and the first one recovers at 20/s.
+    let msg = h.request(method::ALLOCATE, None);
+    let bytes = msg.to_bytes(None).unwrap();
+    assert_eq!(h.input(addr("192.0.2.7:1"), listen(), &bytes).len(), 1);
+    h.now += Duration::from_millis(100);
+    assert_eq!(h.input(client(), listen(), &bytes).len(), 1);
+    // An authenticated client is never charged.
+    let mut h = H::new(Limits::default());
+    let (creds, _) = h.allocated();
+    for _ in 0..60 {
+        let msg = h.request(method::REFRESH, Some(&creds));
+        assert_eq!(h.ask(&msg, Some(&creds.key)).class, Class::SuccessResponse);
+    }
+}
+
+/// EVEN-PORT (RFC 8656 §7.2 item 8): an even port when asked; a reservation of the next port
+/// cannot be made here, so R set is a 508.
+#[test]
+fn even_port() {
+    let mut h = H::new(Limits::default());
+    let c = |i: u16| SocketAddr::new(client().ip(), 40000 + i);
+    for i in 0..5 {
+        let creds = h.login_from(c(i), &format!("u{i}"));
+        let mut msg = h.request(method::ALLOCATE, Some(&creds));
+        msg.requested_transport = Some(TRANSPORT_UDP);
+        msg.even_port = Some(false);
+        let answer = h.ask_from(c(i), &msg, Some(&creds.key)).0;
+        assert_eq!(
+            answer.xor_relayed_address.unwrap().port() % 2,
+            0,
+            "{answer:?}"
+        );
+    }
+    // Five even ports in 50000–50009 are all taken now.
+    let creds = h.login_from(c(5), "u5");
+    let mut msg = h.request(method::ALLOCATE, Some(&creds));
+    msg.requested_transport = Some(TRANSPORT_UDP);
+    msg.even_port = Some(false);
+    assert_eq!(
+        h.ask_from(c(5), &msg, Some(&creds.key)).0.error_code(),
+        Some(508)
+    );
+    msg.transaction_id = h.tid();
+    msg.even_port = Some(true);
+    assert_eq!(
+        h.ask_from(c(5), &msg, Some(&creds.key)).0.error_code(),
+        Some(508)
+    );
+    msg.transaction_id = h.tid();
+    msg.even_port = None;
+    assert_eq!(
+        h.ask_from(c(5), &msg, Some(&creds.key)).0.class,
+        Class::SuccessResponse
+    );
+}
