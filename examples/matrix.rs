@@ -6,13 +6,16 @@
 //! cargo run --release --example matrix -- --seeds 5 --json
 //! ```
 //!
-//! Per pair: direct %, relayed %, failed % (no relay yet: a pair without a direct path fails),
-//! median and p95 time from `connect` to the second node's verified path (virtual ms), the
-//! oracle's expectation, and a flag on every disagreement:
+//! Per pair: direct % (ended on a direct path), relayed % (connected through the TURN relay
+//! only), failed % (no path), median and p95 time from `connect` to a verified path at both
+//! nodes (relayed or direct; virtual ms), the median time to a direct path, the oracle's
+//! expectation, and a flag on every disagreement or missed target:
 //! - `MISS`: the oracle promises a certain direct path (plain, peer-reflexive, predicted) and a
 //!   seed did not get one;
 //! - `LOW`: a birthday pair below 95 % direct (the issue's target);
-//! - `EXTRA`: the oracle says relay and a seed went direct anyway (the oracle would be wrong).
+//! - `EXTRA`: the oracle says relay and a seed went direct anyway (the oracle would be wrong);
+//! - `FAIL`: a seed ended with no path at all;
+//! - `SLOW`: a seed that ended relayed took over 1 s to its first path.
 //!
 //! Exit status 0 when there is no `MISS` and no `EXTRA`, 1 otherwise.
 
@@ -82,9 +85,10 @@ fn main() -> ExitCode {
             profile.lower_bound().as_millis()
         );
         println!(
-            "| A | B | oracle | direct % | relayed % | failed % | median ms | p95 ms | flag |"
+            "| A | B | oracle | direct % | relayed % | failed % | path median ms | path p95 ms | \
+             direct median ms | flag |"
         );
-        println!("|---|---|---|---|---|---|---|---|---|");
+        println!("|---|---|---|---|---|---|---|---|---|---|");
     }
     let mut disagreements = 0;
     let mut rows = Vec::new();
@@ -92,51 +96,76 @@ fn main() -> ExitCode {
         for b in presets {
             let expected = oracle(a.behaviour(), b.behaviour(), &budget);
             let mut direct = 0u64;
+            let mut connected = 0u64;
             let mut not_ready = 0u64;
+            let mut slow_relay = 0u64;
             let mut times = Vec::new();
+            let mut direct_times = Vec::new();
             for seed in 0..options.seeds {
                 let r = run(a, b, seed, &profile);
                 if !r.ready {
                     not_ready += 1;
                 }
+                if r.connected {
+                    connected += 1;
+                    times.extend(r.time_to_path);
+                    if !r.direct && r.time_to_path.is_none_or(|t| t > Duration::from_secs(1)) {
+                        slow_relay += 1;
+                    }
+                }
                 if r.direct {
                     direct += 1;
-                    times.extend(r.time_to_path);
+                    direct_times.extend(r.time_to_direct);
                 }
             }
             times.sort_unstable();
+            direct_times.sort_unstable();
             let n = options.seeds as f64;
             let direct_pct = direct as f64 * 100.0 / n;
-            let flag = match expected {
-                Outcome::Direct(Method::Birthday { .. }) if direct_pct < 95.0 => "LOW",
-                Outcome::Direct(Method::Birthday { .. }) => "",
-                Outcome::Direct(_) if direct < options.seeds => "MISS",
-                Outcome::Relay(_) if direct > 0 => "EXTRA",
-                _ => "",
-            };
-            if flag == "MISS" || flag == "EXTRA" {
+            let relayed_pct = (connected - direct) as f64 * 100.0 / n;
+            let failed_pct = (options.seeds - connected) as f64 * 100.0 / n;
+            let mut flags = Vec::new();
+            match expected {
+                Outcome::Direct(Method::Birthday { .. }) if direct_pct < 95.0 => flags.push("LOW"),
+                Outcome::Direct(Method::Birthday { .. }) => {}
+                Outcome::Direct(_) if direct < options.seeds => flags.push("MISS"),
+                Outcome::Relay(_) if direct > 0 => flags.push("EXTRA"),
+                _ => {}
+            }
+            if connected < options.seeds {
+                flags.push("FAIL");
+            }
+            if slow_relay > 0 {
+                flags.push("SLOW");
+            }
+            if flags.contains(&"MISS") || flags.contains(&"EXTRA") {
                 disagreements += 1;
             }
+            let flag = flags.join(" ");
             let (median, p95) = (quantile(&times, 0.5), quantile(&times, 0.95));
+            let direct_median = quantile(&direct_times, 0.5);
             if options.json {
                 rows.push(serde_json::json!({
                     "a": a.name(), "b": b.name(), "oracle": expected.to_string(),
-                    "seeds": options.seeds, "direct": direct, "relayed": 0,
-                    "failed": options.seeds - direct, "not_ready": not_ready,
+                    "seeds": options.seeds, "direct": direct, "relayed": connected - direct,
+                    "failed": options.seeds - connected, "not_ready": not_ready,
                     "median_ms": median.map(|d| d.as_millis() as u64),
                     "p95_ms": p95.map(|d| d.as_millis() as u64),
+                    "direct_median_ms": direct_median.map(|d| d.as_millis() as u64),
                     "flag": flag,
                 }));
             } else {
                 println!(
-                    "| {} | {} | {} | {:.0} | 0 | {:.0} | {} | {} | {} |",
+                    "| {} | {} | {} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {} |",
                     a.name(),
                     b.name(),
                     expected,
                     direct_pct,
-                    100.0 - direct_pct,
+                    relayed_pct,
+                    failed_pct,
                     ms(median),
                     ms(p95),
+                    ms(direct_median),
                     flag
                 );
             }

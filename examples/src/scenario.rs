@@ -18,15 +18,18 @@ use std::time::{Duration, Instant};
 
 use fog_core::{Receive, SansIo, Transmit};
 use fog_signal::KeyPair;
-use fog_signal::server::{Server as SignalServer, ServerConfig as SignalConfig};
+use fog_signal::server::{RelayConfig, Server as SignalServer, ServerConfig as SignalConfig};
 use fog_sim::link::LinkConfig;
 use fog_sim::presets::Preset;
 use fog_sim::signal::{Closed, Request, SignalLink, SignalNode};
 use fog_sim::{NodeId, Sim};
 use fog_stun::server::{Server as StunServer, ServerConfig as StunConfig};
+use fog_turn::auth::AuthSecret;
+use fog_turn::server::{Server as TurnServer, ServerConfig as TurnConfig};
 use fogconnect::{Event, Node, NodeConfig};
 
 const REALM: &str = "signal.example";
+const TURN_SECRET: &[u8] = b"matrix relay secret";
 const BASE_PORT: u16 = 5000;
 
 /// The WAN profile's numbers (see the module docs).
@@ -127,14 +130,20 @@ impl SignalNode for SimNode {
 pub struct Run {
     /// Both nodes finished discovery and authenticated.
     pub ready: bool,
-    /// Both nodes reported a verified direct path.
+    /// Both nodes reported a verified path, relayed or direct.
+    pub connected: bool,
+    /// Both nodes ended on a direct path.
     pub direct: bool,
-    /// From `connect` to the second `Connected`.
+    /// From `connect` to the later of the two nodes' first verified path (relayed or direct).
     pub time_to_path: Option<Duration>,
-    /// Each side's path: (its socket, the peer's address).
+    /// From `connect` to the later of the two nodes' first direct path.
+    pub time_to_direct: Option<Duration>,
+    /// Each side's final path: (its socket, the peer's address).
     pub paths: Option<[(SocketAddr, SocketAddr); 2]>,
     /// What each node's discovery found, as text.
     pub discovered: [Option<String>; 2],
+    /// Every event of node A and node B, with its virtual instant.
+    pub events: [Vec<(Instant, Event)>; 2],
 }
 
 fn ready(events: &[(Instant, Event)]) -> bool {
@@ -142,11 +151,27 @@ fn ready(events: &[(Instant, Event)]) -> bool {
         && events.iter().any(|(_, e)| *e == Event::SignalingUp)
 }
 
-fn connected(events: &[(Instant, Event)]) -> Option<(Instant, SocketAddr, SocketAddr)> {
-    events.iter().find_map(|(t, e)| match e {
-        Event::Connected { local, remote, .. } => Some((*t, *local, *remote)),
-        _ => None,
-    })
+/// A node's path history: (when, local, remote, relayed) for `Connected` and each
+/// `PathChanged`.
+fn paths(events: &[(Instant, Event)]) -> Vec<(Instant, SocketAddr, SocketAddr, bool)> {
+    events
+        .iter()
+        .filter_map(|(t, e)| match e {
+            Event::Connected {
+                local,
+                remote,
+                relayed,
+                ..
+            }
+            | Event::PathChanged {
+                local,
+                remote,
+                relayed,
+                ..
+            } => Some((*t, *local, *remote, *relayed)),
+            _ => None,
+        })
+        .collect()
 }
 
 fn discovered(events: &[(Instant, Event)]) -> Option<String> {
@@ -173,13 +198,38 @@ pub fn run(a: Preset, b: Preset, seed: u64, profile: &Profile) -> Run {
         3478,
         StunServer::new(StunConfig::new(primary).with_alternate(a2, 3479)),
     );
+    // The TURN server, sharing its secret with the signaling server that hands out
+    // credentials (coturn's use-auth-secret scheme).
+    let turn_ip: IpAddr = [198, 51, 100, 3].into();
+    let turn_addr = SocketAddr::new(turn_ip, 3478);
+    let turn_host = sim.add_host(
+        "turn",
+        NodeId::INTERNET,
+        &[turn_ip],
+        LinkConfig::with_latency(profile.stun_link),
+    );
+    let unix_epoch = (sim.now(), 1_800_000_000);
     let mut server_seed = [0u8; 32];
     server_seed[..8].copy_from_slice(&seed.to_le_bytes());
-    sim.set_signal_server(SignalServer::new(SignalConfig::new(
-        KeyPair::from_seed(&[200; 32]),
-        REALM,
-        server_seed,
-    )));
+    sim.set_machine(
+        turn_host,
+        3478,
+        TurnServer::new(TurnConfig::new(
+            turn_addr,
+            REALM,
+            AuthSecret::new(TURN_SECRET.to_vec()),
+            server_seed,
+            unix_epoch,
+        )),
+    );
+    let mut signal_config = SignalConfig::new(KeyPair::from_seed(&[200; 32]), REALM, server_seed);
+    signal_config.relay = Some(RelayConfig {
+        secret: TURN_SECRET.to_vec(),
+        urls: vec![format!("turn:{turn_addr}")],
+        ttl: Duration::from_secs(3600),
+        epoch: unix_epoch,
+    });
+    sim.set_signal_server(SignalServer::new(signal_config));
     let access = LinkConfig {
         loss: profile.loss,
         ..LinkConfig::with_latency(profile.access)
@@ -193,13 +243,14 @@ pub fn run(a: Preset, b: Preset, seed: u64, profile: &Profile) -> Run {
         let key = KeyPair::from_seed(&key_seed);
         let peer = key.peer_id();
         let base = SocketAddr::new(site.host_addr, BASE_PORT);
-        let config = NodeConfig::new(
+        let mut config = NodeConfig::new(
             key,
             REALM,
             primary,
             base,
             seed.wrapping_mul(31) ^ u64::from(n),
         );
+        config.turn = Some(turn_addr);
         let node = Node::new(config, sim.now());
         sim.set_signal_machine(site.host, BASE_PORT, SimNode::new(node));
         sim.set_signal_link(site.host, SignalLink::with_latency(profile.signal[i]));
@@ -220,10 +271,13 @@ pub fn run(a: Preset, b: Preset, seed: u64, profile: &Profile) -> Run {
     if !(ready(&ea) && ready(&eb)) {
         return Run {
             ready: false,
+            connected: false,
             direct: false,
             time_to_path: None,
+            time_to_direct: None,
             paths: None,
             discovered: discovered_both,
+            events: [ea, eb],
         };
     }
     let to = hosts[1].1;
@@ -231,29 +285,33 @@ pub fn run(a: Preset, b: Preset, seed: u64, profile: &Profile) -> Run {
     sim.with_machine(ha, |m: &mut SimNode, now| m.node.connect(now, to, 1));
     let step = Duration::from_millis(50);
     let mut waited = Duration::ZERO;
+    let direct_now = |events: &[(Instant, Event)]| paths(events).last().is_some_and(|p| !p.3);
     while waited < profile.patience {
         sim.run_for(step);
         waited += step;
         ea.extend(sim.take_events::<Event>(ha));
         eb.extend(sim.take_events::<Event>(hb));
-        if connected(&ea).is_some() && connected(&eb).is_some() {
+        if direct_now(&ea) && direct_now(&eb) {
             break;
         }
     }
-    match (connected(&ea), connected(&eb)) {
-        (Some((ta, la, ra)), Some((tb, lb, rb))) => Run {
-            ready: true,
-            direct: true,
-            time_to_path: Some(ta.max(tb) - start),
-            paths: Some([(la, ra), (lb, rb)]),
-            discovered: discovered_both,
-        },
-        _ => Run {
-            ready: true,
-            direct: false,
-            time_to_path: None,
-            paths: None,
-            discovered: discovered_both,
-        },
+    let (pa, pb) = (paths(&ea), paths(&eb));
+    let first = |p: &[(Instant, SocketAddr, SocketAddr, bool)]| p.first().map(|x| x.0);
+    let first_direct =
+        |p: &[(Instant, SocketAddr, SocketAddr, bool)]| p.iter().find(|x| !x.3).map(|x| x.0);
+    let later = |a: Option<Instant>, b: Option<Instant>| a.zip(b).map(|(a, b)| a.max(b) - start);
+    let connected = !pa.is_empty() && !pb.is_empty();
+    Run {
+        ready: true,
+        connected,
+        direct: direct_now(&ea) && direct_now(&eb),
+        time_to_path: later(first(&pa), first(&pb)),
+        time_to_direct: later(first_direct(&pa), first_direct(&pb)),
+        paths: connected.then(|| {
+            let (a, b) = (pa[pa.len() - 1], pb[pb.len() - 1]);
+            [(a.1, a.2), (b.1, b.2)]
+        }),
+        discovered: discovered_both,
+        events: [ea, eb],
     }
 }

@@ -2,7 +2,9 @@
 //! (discovery, signaling, punching) under the WAN profile, checked against the pairing oracle
 //! and the targets. `cargo run --release --example matrix` is the full table.
 
-use fog_core::pairing::{Method, Outcome, ProbeBudget, oracle};
+use std::time::Duration;
+
+use fog_core::pairing::{Method, Outcome, ProbeBudget, RelayReason, oracle};
 use fog_examples::scenario::{Profile, run};
 use fog_sim::presets::Preset;
 
@@ -26,6 +28,8 @@ fn every_pair_meets_the_oracle() {
                     Outcome::Direct(Method::Birthday { .. }) => {
                         birthday.0 += u32::from(r.direct);
                         birthday.1 += 1;
+                        // Relayed at once while the birthday round runs.
+                        assert!(r.connected, "{pair}: no path at all");
                     }
                     Outcome::Direct(method) => {
                         assert!(r.direct, "{pair}: no direct path");
@@ -34,10 +38,23 @@ fn every_pair_meets_the_oracle() {
                         assert_eq!(paths[0].1.ip().to_string(), "203.0.113.2", "{pair}");
                         assert_eq!(paths[1].1.ip().to_string(), "203.0.113.1", "{pair}");
                         if method == Method::Plain {
-                            cone_times.push(r.time_to_path.unwrap());
+                            cone_times.push(r.time_to_direct.unwrap());
                         }
                     }
-                    Outcome::Relay(_) => assert!(!r.direct, "{pair}: direct, against the oracle"),
+                    Outcome::Relay(RelayReason::UdpBlocked) => {
+                        // No relay over the signaling channel yet: a UDP-blocked node has no path.
+                        assert!(!r.connected, "{pair}: connected without UDP");
+                    }
+                    Outcome::Relay(_) => {
+                        assert!(!r.direct, "{pair}: direct, against the oracle");
+                        // The TURN relay carries it, within a second of `connect`.
+                        assert!(r.connected, "{pair}: not even relayed");
+                        let took = r.time_to_path.unwrap();
+                        assert!(
+                            took < Duration::from_secs(1),
+                            "{pair}: relayed after {took:?}"
+                        );
+                    }
                 }
             }
         }

@@ -26,6 +26,8 @@ use crate::strategy::{Birthday, Plan};
 
 /// RFC 8445 §7.3.1.1: the error code of a role conflict.
 const ROLE_CONFLICT: u16 = 487;
+/// How long relay pairs are checked before the agent stops trying them.
+const RELAY_PATIENCE: Duration = Duration::from_secs(30);
 /// Pairs whose first checks go out together at the punch instant.
 const FIRST_BURST: usize = 16;
 /// Transmissions of a nomination before the controlling agent stops trying that pair (about 3 s
@@ -120,14 +122,17 @@ pub enum Event {
         /// The round trip of the check.
         rtt: Duration,
     },
-    /// The nominated path: data goes here.
+    /// The nominated path: data goes here. It comes again when another path takes over: a
+    /// direct one over the relay as soon as it works, the relay again when the direct path dies.
     Selected {
-        /// Our socket.
+        /// Our socket (our relayed address for a path through our TURN allocation).
         local: SocketAddr,
         /// The peer's address on it.
         remote: SocketAddr,
         /// Its smoothed round trip.
         rtt: Duration,
+        /// Whether the path goes through a relay (ours or the peer's).
+        relayed: bool,
     },
     /// The selected path lost consent (no answer for the consent timeout).
     PathLost {
@@ -136,7 +141,8 @@ pub enum Event {
         /// The peer's address on it.
         remote: SocketAddr,
     },
-    /// Punching ran out of time without a working path; only the relay is left.
+    /// Punching ran out of time without a working direct path; only the relay is left (if
+    /// there is one, it stays selected).
     GaveUp,
 }
 
@@ -179,6 +185,8 @@ struct Pair {
     nominating: u8,
     /// A check from the peer arrived on it.
     heard: bool,
+    /// Through a relay: our relayed address, or the peer's relayed candidate.
+    relayed: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -234,6 +242,14 @@ pub struct Agent {
     punch_over: bool,
     /// Checks only open our NAT (low TTL) until the peer reaches us (see [`Agent::set_quiet`]).
     quiet: bool,
+    /// Our TURN relayed address, once allocated.
+    relayed: Option<SocketAddr>,
+    /// Relay pairs keep trying until then (they do not depend on punching).
+    relay_deadline: Option<Instant>,
+    /// The relay deadline passed.
+    relay_over: bool,
+    /// The last consent answer on the backup relay path, and when its next check is due.
+    next_backup_consent: Option<Instant>,
     queue: VecDeque<Queued>,
     events: VecDeque<Event>,
     stats: Stats,
@@ -265,6 +281,10 @@ impl Agent {
             gave_up: false,
             punch_over: false,
             quiet: false,
+            relayed: None,
+            relay_deadline: None,
+            relay_over: false,
+            next_backup_consent: None,
             queue: VecDeque::new(),
             events: VecDeque::new(),
             stats: Stats::default(),
@@ -296,12 +316,66 @@ impl Agent {
             Kind::ServerReflexive | Kind::PeerReflexive => plan.to_srflx,
             Kind::Host => plan.to_srflx && !plan.single_flow,
             Kind::Predicted => predicted_so_far <= usize::from(plan.to_predicted),
-            Kind::Relayed => false,
+            // The peer's relay works whatever the NATs do.
+            Kind::Relayed => true,
         };
-        if !plan.is_direct() || !wanted || candidate.addr.is_ipv4() != self.config.base.is_ipv4() {
+        let direct_ok = plan.is_direct() || candidate.kind == Kind::Relayed;
+        let family = candidate.addr.is_ipv4() == self.config.base.is_ipv4();
+        if direct_ok && wanted && family {
+            self.add_pair(self.config.base, candidate.addr, candidate.priority);
+        }
+        // Through our own relay: to the peer's public addresses.
+        if let Some(relayed) = self.relayed {
+            if matches!(candidate.kind, Kind::ServerReflexive | Kind::PeerReflexive)
+                && candidate.addr.is_ipv4() == relayed.is_ipv4()
+            {
+                self.add_pair(relayed, candidate.addr, candidate.priority);
+            }
+        }
+    }
+
+    /// Our TURN allocation's relayed address: pairs from it to the peer's public candidates
+    /// are checked through the relay (the owner wraps what the agent sends from this address
+    /// into the TURN client, and hands it what the relay delivers as arriving here). Relay
+    /// pairs do not depend on punching: they are checked until the relay deadline (30 s after
+    /// the start) and kept as the backup path.
+    pub fn set_relayed(&mut self, now: Instant, relayed: SocketAddr) {
+        if self.relayed.is_some() {
             return;
         }
-        self.add_pair(self.config.base, candidate.addr, candidate.priority);
+        self.relayed = Some(relayed);
+        let targets: Vec<Candidate> = self
+            .remotes
+            .iter()
+            .filter(|c| matches!(c.kind, Kind::ServerReflexive | Kind::PeerReflexive))
+            .filter(|c| c.addr.is_ipv4() == relayed.is_ipv4())
+            .copied()
+            .collect();
+        for c in targets {
+            self.add_pair(relayed, c.addr, c.priority);
+        }
+        if self.deadline.is_some() {
+            self.next_pace = Some(now);
+        }
+    }
+
+    /// The peer addresses that reach us through our relay need a TURN permission: the IPs of
+    /// the peer's candidates our relay pairs check.
+    pub fn relay_peers(&self) -> Vec<SocketAddr> {
+        match self.relayed {
+            Some(relayed) => self
+                .pairs
+                .iter()
+                .filter(|p| p.local == relayed)
+                .map(|p| p.remote)
+                .collect(),
+            None => Vec::new(),
+        }
+    }
+
+    /// Whether the selected path goes through a relay.
+    pub fn selected_is_relayed(&self) -> bool {
+        self.selected.is_some_and(|i| self.pairs[i].relayed)
     }
 
     /// The selected path, if any: (our socket, the peer's address).
@@ -362,7 +436,16 @@ impl Agent {
         if let Some(i) = self.pair_index(local, remote) {
             return i;
         }
-        let ours = Candidate::new(Kind::Host, local).priority;
+        let relayed = Some(local) == self.relayed
+            || self
+                .remotes
+                .iter()
+                .any(|c| c.addr == remote && c.kind == Kind::Relayed);
+        let ours = if Some(local) == self.relayed {
+            Candidate::new(Kind::Relayed, local).priority
+        } else {
+            Candidate::new(Kind::Host, local).priority
+        };
         let priority = if self.controlling {
             pair_priority(ours, remote_priority)
         } else {
@@ -380,6 +463,7 @@ impl Agent {
             last_answer: None,
             nominating: 0,
             heard: false,
+            relayed,
         });
         self.pairs.len() - 1
     }
@@ -395,17 +479,35 @@ impl Agent {
     }
 
     fn punching(&self, now: Instant) -> bool {
-        self.started(now) && !self.punch_over && self.selected.is_none()
+        self.started(now) && !self.punch_over && !self.direct_selected()
     }
 
-    /// Whether a check may go to `remote` now: always to a destination we already opened, and
-    /// to a new one unless the single-flow rule has used its one flow.
-    fn may_open(&self, remote: SocketAddr) -> bool {
+    fn direct_selected(&self) -> bool {
+        self.selected.is_some_and(|i| !self.pairs[i].relayed)
+    }
+
+    /// Whether a check may go from `local` to `remote` now. Through our relay, always: it opens
+    /// no flow in our NAT. Otherwise always to a destination we already opened, and to a new
+    /// one unless the single-flow rule has used its one flow; the peer's relay only after our
+    /// one flow went where the route says.
+    fn may_open(&self, local: SocketAddr, remote: SocketAddr) -> bool {
+        if Some(local) == self.relayed {
+            return true;
+        }
         let plan = &self.config.plan;
+        if self.is_relay_candidate(remote) {
+            return !plan.single_flow || !self.flows.is_empty();
+        }
         !plan.single_flow
             || self.flows.is_empty()
             || self.flows.contains(&remote)
             || (plan.flow_by_ip && self.flows.iter().any(|f| f.ip() == remote.ip()))
+    }
+
+    fn is_relay_candidate(&self, addr: SocketAddr) -> bool {
+        self.remotes
+            .iter()
+            .any(|c| c.addr == addr && c.kind == Kind::Relayed)
     }
 
     fn begin(&mut self, now: Instant) {
@@ -413,6 +515,7 @@ impl Agent {
             return;
         }
         self.deadline = Some(now + self.config.plan.punch_for);
+        self.relay_deadline = Some(now + RELAY_PATIENCE);
         // The first checks of every pair go out together at the agreed instant: the peer's
         // first checks arrive one path delay later, and by then our NAT must have sent to each
         // destination (a NAT that keeps state for unsolicited input would otherwise move our
@@ -422,7 +525,7 @@ impl Agent {
             .take(FIRST_BURST)
             .collect();
         for i in first {
-            if self.may_open(self.pairs[i].remote) {
+            if self.may_open(self.pairs[i].local, self.pairs[i].remote) {
                 self.check(now, i, false);
             }
         }
@@ -479,7 +582,7 @@ impl Agent {
     /// Sends a check on pair `i` (a first transmission or a retransmission).
     fn check(&mut self, now: Instant, i: usize, use_candidate: bool) {
         let (local, remote) = (self.pairs[i].local, self.pairs[i].remote);
-        if !self.may_open(remote) {
+        if !self.may_open(local, remote) {
             return;
         }
         let retransmitted = self.pairs[i].state == State::InProgress;
@@ -526,10 +629,13 @@ impl Agent {
             // Only an over-long username could fail, and credentials are checked at signaling.
             return;
         };
-        let first = self.flows.insert(remote);
+        // Through a relay (ours, or the peer's TURN server) the TTL games do not apply.
+        let via_relay = Some(local) == self.relayed || self.is_relay_candidate(remote);
+        let first = !via_relay && self.flows.insert(remote);
         // A birthday socket stays silent toward the peer's NAT until the peer reached it.
-        let quiet = (self.open_sockets.contains(&local)
-            || (self.quiet && self.config.plan.known_endpoint))
+        let quiet = !via_relay
+            && (self.open_sockets.contains(&local)
+                || (self.quiet && self.config.plan.known_endpoint))
             && !self
                 .pair_index(local, remote)
                 .is_some_and(|i| self.pairs[i].heard);
@@ -657,7 +763,7 @@ impl Agent {
             }
             State::Succeeded => {
                 if self.pairs[i].nominated {
-                    self.select(now, i);
+                    self.consider(now, i);
                 }
             }
         }
@@ -748,12 +854,21 @@ impl Agent {
                 rtt,
             });
         }
-        if self.selected.is_some() {
-            return;
+        if self.pairs[i].relayed {
+            // Any answer keeps a relay path's consent (it may be the backup).
+            self.pairs[i].last_answer = Some(now);
         }
         if self.pairs[i].nominated {
-            self.select(now, i);
-        } else if self.controlling && !self.pairs.iter().any(|p| p.nominated) {
+            self.consider(now, i);
+            return;
+        }
+        // The controlling agent nominates the first working pair, and the first working direct
+        // pair while the relay carries the connection.
+        let wanted = match self.selected {
+            None => !self.pairs.iter().any(|p| p.nominated),
+            Some(j) => self.pairs[j].relayed && !self.pairs[i].relayed,
+        };
+        if self.controlling && wanted && self.pairs[i].nominating == 0 {
             // Nominate the first working pair at once: punching is about the first path.
             // Retransmitted until answered (see handle_timeout).
             let pair = &mut self.pairs[i];
@@ -764,24 +879,120 @@ impl Agent {
         }
     }
 
-    fn select(&mut self, now: Instant, i: usize) {
-        if self.selected.is_some() {
-            return;
+    /// A nominated pair that works: take it if nothing is selected, or if it is clearly better
+    /// than the selected one. Path choice by tier: direct before relayed. Within a tier the
+    /// first path stays (the controlled side follows the controlling one's nominations, which
+    /// aggressive nomination makes indistinguishable by RTT; RTT ranking within a tier is
+    /// future work).
+    fn consider(&mut self, now: Instant, i: usize) {
+        match self.selected {
+            Some(j) if j == i => {}
+            Some(j) if self.pairs[j].relayed && !self.pairs[i].relayed => self.select(now, i),
+            Some(_) => {}
+            None => self.select(now, i),
         }
+    }
+
+    fn select(&mut self, now: Instant, i: usize) {
         self.selected = Some(i);
-        self.spray = None;
-        for pair in &mut self.pairs {
-            pair.next_at = None;
-            pair.nominating = 0;
+        if !self.pairs[i].relayed {
+            // A direct path ends punching; relay pairs that work stay as the backup.
+            self.spray = None;
+            for pair in &mut self.pairs {
+                pair.nominating = 0;
+                if pair.state == State::InProgress {
+                    pair.next_at = None;
+                }
+            }
         }
         let pair = &self.pairs[i];
         self.events.push_back(Event::Selected {
             local: pair.local,
             remote: pair.remote,
             rtt: pair.srtt.unwrap_or_default(),
+            relayed: pair.relayed,
         });
         self.pairs[i].last_answer = Some(now);
         self.next_consent = Some(now + self.consent_gap());
+    }
+
+    /// Consent freshness (RFC 7675) on the selected path and on the backup relay path. A
+    /// selected direct path that loses consent falls back to the backup; a selected path with
+    /// no backup is lost.
+    fn consent(&mut self, now: Instant) {
+        let timeout = self.config.consent_timeout;
+        let expired = |p: &Pair| {
+            p.last_answer
+                .is_some_and(|t| now.saturating_duration_since(t) >= timeout)
+        };
+        if let Some(b) = self.backup() {
+            if expired(&self.pairs[b]) {
+                self.pairs[b].state = State::Failed;
+            } else if self.next_backup_consent.is_none_or(|t| now >= t) {
+                let (local, remote) = (self.pairs[b].local, self.pairs[b].remote);
+                self.send_check(now, local, remote, false, false);
+                self.next_backup_consent = Some(now + self.consent_gap());
+            }
+        }
+        let (Some(i), Some(at)) = (self.selected, self.next_consent) else {
+            return;
+        };
+        if expired(&self.pairs[i]) {
+            let (local, remote) = (self.pairs[i].local, self.pairs[i].remote);
+            self.pairs[i].state = State::Failed;
+            self.selected = None;
+            self.next_consent = None;
+            if let Some(b) = self.backup() {
+                // Back to the relay, without the application losing its connection.
+                self.select(now, b);
+                return;
+            }
+            self.events.push_back(Event::PathLost { local, remote });
+            // Punching does not start over by itself: the owner decides (relay, or a new
+            // session with fresh candidates).
+            self.punch_over = true;
+            return;
+        }
+        if now >= at {
+            let (local, remote) = (self.pairs[i].local, self.pairs[i].remote);
+            self.send_check(now, local, remote, false, false);
+            self.next_consent = Some(now + self.consent_gap());
+        }
+    }
+
+    /// Whether an in-progress pair is still retransmitted: a direct one while punching, a relay
+    /// one until the relay deadline, neither once a direct path is selected. (Also what
+    /// `poll_timeout` waits for; the deadlines themselves are timers.)
+    fn retransmits(&self, p: &Pair) -> bool {
+        let live = if p.relayed {
+            !self.relay_over
+        } else {
+            !self.punch_over
+        };
+        p.state == State::InProgress && live && !self.direct_selected() && self.deadline.is_some()
+    }
+
+    /// Whether a waiting pair may get its first check at the next pace tick.
+    fn eligible(&self, p: &Pair) -> bool {
+        let live = if p.relayed {
+            !self.relay_over
+        } else {
+            !self.punch_over && !self.direct_selected()
+        };
+        p.state == State::Waiting
+            && live
+            && self.deadline.is_some()
+            && self.may_open(p.local, p.remote)
+    }
+
+    /// The best working relay pair other than the selected one: where to fall back to.
+    fn backup(&self) -> Option<usize> {
+        self.pairs
+            .iter()
+            .enumerate()
+            .filter(|(i, p)| Some(*i) != self.selected && p.relayed && p.state == State::Succeeded)
+            .max_by_key(|(_, p)| (p.nominated, p.priority))
+            .map(|(i, _)| i)
     }
 
     /// The consent interval with ±20 % jitter (RFC 7675 §5.1).
@@ -842,18 +1053,31 @@ impl SansIo for Agent {
             self.punch_over = true;
             self.spray = None;
             for pair in &mut self.pairs {
-                if pair.state == State::InProgress {
+                if pair.state == State::InProgress && !pair.relayed {
                     pair.state = State::Failed;
                     pair.next_at = None;
                 }
             }
-            if !self.pairs.iter().any(|p| p.state == State::Succeeded) {
+            let direct = self
+                .pairs
+                .iter()
+                .any(|p| p.state == State::Succeeded && !p.relayed);
+            if !direct {
                 self.gave_up = true;
                 self.events.push_back(Event::GaveUp);
             }
         }
+        if !self.relay_over && self.relay_deadline.is_some_and(|d| now >= d) {
+            self.relay_over = true;
+            for pair in &mut self.pairs {
+                if pair.relayed && matches!(pair.state, State::InProgress | State::Waiting) {
+                    pair.state = State::Failed;
+                    pair.next_at = None;
+                }
+            }
+        }
         // Nominations go on until answered, also after the punch deadline.
-        if self.selected.is_none() {
+        if !self.direct_selected() {
             for i in 0..self.pairs.len() {
                 let pair = &mut self.pairs[i];
                 if pair.nominating > 0 && pair.next_at.is_some_and(|t| now >= t) {
@@ -865,29 +1089,29 @@ impl SansIo for Agent {
                 }
             }
         }
-        if self.punching(now) {
-            // Retransmissions.
-            for i in 0..self.pairs.len() {
-                if self.pairs[i].state == State::InProgress
-                    && self.pairs[i].next_at.is_some_and(|t| now >= t)
-                {
-                    self.check(now, i, false);
-                }
+        let punching = self.punching(now);
+        // Retransmissions: direct pairs while punching, relay pairs until the relay deadline.
+        for i in 0..self.pairs.len() {
+            let p = &self.pairs[i];
+            if self.retransmits(p) && p.next_at.is_some_and(|t| now >= t) {
+                self.check(now, i, false);
             }
-            // One new check per pace interval, highest priority first.
-            if self.next_pace.is_some_and(|t| now >= t) {
-                let next = self
-                    .pairs
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, p)| p.state == State::Waiting && self.may_open(p.remote))
-                    .max_by_key(|(_, p)| p.priority)
-                    .map(|(i, _)| i);
-                if let Some(i) = next {
-                    self.check(now, i, false);
-                    self.next_pace = Some(now + self.config.pace);
-                }
+        }
+        // One new check per pace interval, highest priority first.
+        if self.next_pace.is_some_and(|t| now >= t) {
+            let next = self
+                .pairs
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| self.eligible(p))
+                .max_by_key(|(_, p)| p.priority)
+                .map(|(i, _)| i);
+            if let Some(i) = next {
+                self.check(now, i, false);
+                self.next_pace = Some(now + self.config.pace);
             }
+        }
+        if punching {
             // The birthday spray, paced.
             while let Some(spray) = &self.spray {
                 if spray.remaining == 0 || now < spray.next_at {
@@ -899,36 +1123,15 @@ impl SansIo for Agent {
                     break;
                 };
                 let base = self.config.base;
-                self.send_check(now, base, SocketAddr::new(ip, port), false, false);
+                let nominate = self.controlling;
+                self.send_check(now, base, SocketAddr::new(ip, port), nominate, false);
                 if let Some(spray) = &mut self.spray {
                     spray.remaining -= 1;
                     spray.next_at += spray.every;
                 }
             }
         }
-        // Consent freshness on the selected path.
-        if let (Some(i), Some(at)) = (self.selected, self.next_consent) {
-            let pair = &self.pairs[i];
-            if pair
-                .last_answer
-                .is_some_and(|t| now.saturating_duration_since(t) >= self.config.consent_timeout)
-            {
-                let (local, remote) = (pair.local, pair.remote);
-                self.events.push_back(Event::PathLost { local, remote });
-                self.selected = None;
-                self.next_consent = None;
-                // Punching does not start over by itself: the owner decides (relay, or a new
-                // session with fresh candidates).
-                self.punch_over = true;
-                self.pairs[i].state = State::Failed;
-                return;
-            }
-            if now >= at {
-                let (local, remote) = (pair.local, pair.remote);
-                self.send_check(now, local, remote, false, false);
-                self.next_consent = Some(now + self.consent_gap());
-            }
-        }
+        self.consent(now);
     }
 
     fn poll_transmit(&mut self, _now: Instant, buf: &mut [u8]) -> Option<Transmit> {
@@ -957,27 +1160,15 @@ impl SansIo for Agent {
                 next = Some(next.map_or(t, |n| n.min(t)));
             }
         };
-        if self.selected.is_none() {
+        if !self.direct_selected() {
             for pair in &self.pairs {
                 if pair.nominating > 0 {
                     consider(pair.next_at);
                 }
             }
         }
-        if !self.punch_over && self.selected.is_none() {
+        if !self.punch_over && !self.direct_selected() {
             consider(self.deadline);
-            for pair in &self.pairs {
-                if pair.state == State::InProgress {
-                    consider(pair.next_at);
-                }
-            }
-            if self
-                .pairs
-                .iter()
-                .any(|p| p.state == State::Waiting && self.may_open(p.remote))
-            {
-                consider(self.next_pace);
-            }
             consider(
                 self.spray
                     .as_ref()
@@ -985,10 +1176,29 @@ impl SansIo for Agent {
                     .map(|s| s.next_at),
             );
         }
+        if !self.relay_over && self.pairs.iter().any(|p| p.relayed) {
+            consider(self.relay_deadline);
+        }
+        for pair in &self.pairs {
+            if self.retransmits(pair) {
+                consider(pair.next_at);
+            }
+        }
+        if self.pairs.iter().any(|p| self.eligible(p)) {
+            consider(self.next_pace);
+        }
         if let (Some(i), Some(at)) = (self.selected, self.next_consent) {
             consider(Some(at));
             consider(
                 self.pairs[i]
+                    .last_answer
+                    .map(|t| t + self.config.consent_timeout),
+            );
+        }
+        if let Some(b) = self.backup() {
+            consider(self.next_backup_consent.or(Some(start)));
+            consider(
+                self.pairs[b]
                     .last_answer
                     .map(|t| t + self.config.consent_timeout),
             );

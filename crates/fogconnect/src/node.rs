@@ -31,6 +31,7 @@ use fog_signal::msg::{self, CandidateKind, Description, SessionId, Transport};
 use fog_signal::{KeyPair, PeerId};
 use fog_stun::discovery::{self, Discovery, DiscoveryConfig, Report};
 use fog_stun::wire::{BindingRequest, BindingResponse, TransactionId};
+use fog_turn::client::{Client as TurnClient, ClientConfig as TurnConfig, Event as TurnEvent};
 
 /// Everything a [`Node`] needs.
 #[derive(Debug, Clone)]
@@ -55,6 +56,9 @@ pub struct NodeConfig {
     pub port_samples: u16,
     /// Test hairpinning during discovery (default off: it does not change punching).
     pub hairpinning: bool,
+    /// The TURN server to allocate on, with credentials the signaling server hands out
+    /// (`None`: no relay).
+    pub turn: Option<SocketAddr>,
 }
 
 impl NodeConfig {
@@ -77,6 +81,7 @@ impl NodeConfig {
             seed,
             port_samples: 4,
             hairpinning: false,
+            turn: None,
         }
     }
 }
@@ -93,20 +98,41 @@ pub enum Event {
     },
     /// The signaling server accepted the node.
     SignalingUp,
-    /// A connection has a verified direct path.
+    /// A connection has a verified path: direct, or through a relay while punching goes on.
     Connected {
         /// The connection (the signaling session).
         session: SessionId,
         /// The peer.
         peer: PeerId,
-        /// Our socket and the peer's address on the path.
+        /// Our socket (our relayed address for a path through our own allocation).
         local: SocketAddr,
-        /// The peer's address.
+        /// The peer's address on the path.
         remote: SocketAddr,
         /// The path's round trip.
         rtt: Duration,
+        /// Through a relay.
+        relayed: bool,
     },
-    /// Punching found no direct path in time (the relay will carry these; not built yet).
+    /// A connected session moved to another path: up to a direct one when punching succeeds,
+    /// back to the relay when the direct one dies. The connection stays.
+    PathChanged {
+        /// The connection.
+        session: SessionId,
+        /// Our socket.
+        local: SocketAddr,
+        /// The peer's address.
+        remote: SocketAddr,
+        /// The new path's round trip.
+        rtt: Duration,
+        /// Through a relay.
+        relayed: bool,
+    },
+    /// Our TURN allocation is ready: relayed candidates from now on.
+    RelayReady {
+        /// The relayed transport address.
+        relayed: SocketAddr,
+    },
+    /// Punching found no direct path in time; a relayed path, if any, stays.
     DirectFailed {
         /// The connection.
         session: SessionId,
@@ -178,6 +204,10 @@ pub struct Node {
     next_refresh_port: u16,
     rng: u64,
     events: VecDeque<Event>,
+    /// The TURN client, once the signaling server handed out credentials.
+    turn: Option<TurnClient>,
+    relay_requested: bool,
+    relayed: Option<SocketAddr>,
     /// When the node was made: its first timeout, which starts discovery.
     created: Instant,
     started: bool,
@@ -219,6 +249,9 @@ impl Node {
             next_refresh_port,
             rng: config.seed ^ 0x6e6f_6465,
             events: VecDeque::new(),
+            turn: None,
+            relay_requested: false,
+            relayed: None,
             created: now,
             started: false,
             config,
@@ -393,6 +426,9 @@ impl Node {
                 candidates.push(ice_candidate::Candidate::new(Kind::Predicted, addr));
             }
         }
+        if let Some(relayed) = self.relayed {
+            candidates.push(ice_candidate::Candidate::new(Kind::Relayed, relayed));
+        }
         Description {
             candidates: candidates.iter().map(to_wire).collect(),
             nat: self.behaviour().map(Into::into),
@@ -494,12 +530,38 @@ impl Node {
         // punch sync names, the answerer speaks up in full (see `Agent::set_quiet`).
         agent.set_quiet(!session.offerer && session.punch_at.is_none());
         agent.start(now);
+        if let Some(relayed) = self.relayed {
+            agent.set_relayed(now, relayed);
+            if let Some(turn) = &mut self.turn {
+                for peer in agent.relay_peers() {
+                    let _ = turn.create_permission(now, peer.ip());
+                }
+            }
+        }
         session.agent = Some(agent);
     }
 
     fn handle_signal_event(&mut self, now: Instant, event: SignalEvent) {
         match event {
-            SignalEvent::Authenticated { .. } => self.events.push_back(Event::SignalingUp),
+            SignalEvent::Authenticated { .. } => {
+                self.events.push_back(Event::SignalingUp);
+                if self.config.turn.is_some() && !self.relay_requested {
+                    self.relay_requested = self.client.request_relay().is_ok();
+                }
+            }
+            SignalEvent::RelayCredentials {
+                username, password, ..
+            } => {
+                if let (Some(server), None) = (self.config.turn, &self.turn) {
+                    let mut config =
+                        TurnConfig::new(server, username, password, self.next_random());
+                    config.source = Some(self.config.base);
+                    let mut turn = TurnClient::new(config);
+                    if turn.allocate(now).is_ok() {
+                        self.turn = Some(turn);
+                    }
+                }
+            }
             SignalEvent::OfferSent { request, session } => {
                 if let Some(s) = self
                     .sessions
@@ -535,6 +597,20 @@ impl Node {
                     self.build_agent(now, &mut s);
                     self.sessions.push(s);
                 }
+            }
+            SignalEvent::Candidate {
+                session,
+                candidate: Some(candidate),
+            } => {
+                if let Some(s) = self.sessions.iter_mut().find(|s| s.id == Some(session)) {
+                    if let Some(remote) = &mut s.remote {
+                        remote.candidates.push(candidate);
+                    }
+                    if let Some(agent) = &mut s.agent {
+                        agent.add_remote(from_wire(&candidate));
+                    }
+                }
+                self.relay_permissions(now);
             }
             SignalEvent::PunchAt { session, at } => {
                 if let Some(s) = self.sessions.iter_mut().find(|s| s.id == Some(session)) {
@@ -578,15 +654,31 @@ impl Node {
             while let Some(event) = agent.poll_event() {
                 let Some(session) = s.id else { continue };
                 match event {
-                    agent::Event::Selected { local, remote, rtt } => {
-                        s.connected = true;
-                        self.events.push_back(Event::Connected {
-                            session,
-                            peer: s.peer,
-                            local,
-                            remote,
-                            rtt,
-                        });
+                    agent::Event::Selected {
+                        local,
+                        remote,
+                        rtt,
+                        relayed,
+                    } => {
+                        if s.connected {
+                            self.events.push_back(Event::PathChanged {
+                                session,
+                                local,
+                                remote,
+                                rtt,
+                                relayed,
+                            });
+                        } else {
+                            s.connected = true;
+                            self.events.push_back(Event::Connected {
+                                session,
+                                peer: s.peer,
+                                local,
+                                remote,
+                                rtt,
+                                relayed,
+                            });
+                        }
                     }
                     agent::Event::GaveUp => self.events.push_back(Event::DirectFailed {
                         session,
@@ -648,6 +740,73 @@ fn from_wire(c: &msg::Candidate) -> ice_candidate::Candidate {
 }
 
 impl Node {
+    /// Hands the TURN client's events on: the allocation to the agents, relayed data to the
+    /// agent it is for.
+    fn drain_turn(&mut self, now: Instant) {
+        let Some(turn) = &mut self.turn else {
+            return;
+        };
+        let mut events = Vec::new();
+        while let Some(event) = turn.poll_event() {
+            events.push(event);
+        }
+        for event in events {
+            match event {
+                TurnEvent::Allocated { relayed, .. } => {
+                    self.relayed = Some(relayed);
+                    self.events.push_back(Event::RelayReady { relayed });
+                    let candidate = to_wire(&ice_candidate::Candidate::new(Kind::Relayed, relayed));
+                    for s in &mut self.sessions {
+                        if let Some(agent) = &mut s.agent {
+                            agent.set_relayed(now, relayed);
+                        }
+                        // Sessions that described themselves before the relay existed learn
+                        // it now (trickle).
+                        if let Some(session) = s.id {
+                            let _ = self.client.trickle(session, Some(candidate));
+                        }
+                    }
+                    self.relay_permissions(now);
+                }
+                TurnEvent::Data { peer, data, .. } => {
+                    let Some(relayed) = self.relayed else {
+                        continue;
+                    };
+                    let packet = Receive {
+                        source: peer,
+                        local: relayed,
+                        payload: &data,
+                    };
+                    for s in &mut self.sessions {
+                        if let Some(agent) = &mut s.agent {
+                            if agent.owns(&packet) {
+                                agent.handle_packet(now, packet);
+                                break;
+                            }
+                        }
+                    }
+                    self.relay_permissions(now);
+                    self.drain_agents();
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Permissions on our allocation for every peer address a relay pair talks to.
+    fn relay_permissions(&mut self, now: Instant) {
+        let Some(turn) = &mut self.turn else {
+            return;
+        };
+        for s in &self.sessions {
+            if let Some(agent) = &s.agent {
+                for peer in agent.relay_peers() {
+                    let _ = turn.create_permission(now, peer.ip());
+                }
+            }
+        }
+    }
+
     /// Hands discovery's events on; once it is done the machine goes.
     fn drain_discovery(&mut self, now: Instant) {
         let Some(discovery) = &mut self.discovery else {
@@ -673,6 +832,15 @@ impl SansIo for Node {
     type Event = Event;
 
     fn handle_packet(&mut self, now: Instant, packet: Receive<'_>) {
+        // The TURN client first: it shares the base port with discovery, and takes only its
+        // server's answers to its own requests and the data the relay delivers.
+        if let Some(turn) = &mut self.turn {
+            if turn.accepts(&packet) {
+                turn.handle_packet(now, packet);
+                self.drain_turn(now);
+                return;
+            }
+        }
         if let Some(discovery) = &mut self.discovery {
             if discovery.accepts(&packet) {
                 discovery.handle_packet(now, packet);
@@ -687,6 +855,7 @@ impl SansIo for Node {
             if let Some(agent) = &mut s.agent {
                 if agent.owns(&packet) {
                     agent.handle_packet(now, packet);
+                    self.relay_permissions(now);
                     self.drain_agents();
                     return;
                 }
@@ -697,6 +866,10 @@ impl SansIo for Node {
     fn handle_timeout(&mut self, now: Instant) {
         self.started = true;
         self.client.handle_timeout(now);
+        if let Some(turn) = &mut self.turn {
+            turn.handle_timeout(now);
+        }
+        self.drain_turn(now);
         if let Some(discovery) = &mut self.discovery {
             discovery.handle_timeout(now);
         }
@@ -742,12 +915,24 @@ impl SansIo for Node {
                 }
             }
         }
+        // What the agents send from our relayed address goes through the TURN client.
         for s in &mut self.sessions {
-            if let Some(agent) = &mut s.agent {
-                if let Some(t) = agent.poll_transmit(now, buf) {
-                    return Some(t);
+            let Some(agent) = &mut s.agent else { continue };
+            while let Some(t) = agent.poll_transmit(now, buf) {
+                match (self.relayed, &mut self.turn) {
+                    (Some(relayed), Some(turn)) if t.source == Some(relayed) => {
+                        let _ = turn.create_permission(now, t.destination.ip());
+                        let _ = turn.send_to(now, t.destination, &buf[..t.len]);
+                    }
+                    _ => return Some(t),
                 }
             }
+        }
+        if let Some(turn) = &mut self.turn {
+            if let Some(t) = turn.poll_transmit(now, buf) {
+                return Some(t);
+            }
+            self.drain_turn(now);
         }
         None
     }
@@ -768,6 +953,9 @@ impl SansIo for Node {
             }
         };
         consider(self.client.poll_timeout());
+        if let Some(turn) = &self.turn {
+            consider(turn.poll_timeout());
+        }
         if let Some(d) = &self.discovery {
             consider(d.poll_timeout());
         }
