@@ -158,17 +158,11 @@ fn paths(events: &[(Instant, Event)]) -> Vec<(Instant, SocketAddr, SocketAddr, b
         .iter()
         .filter_map(|(t, e)| match e {
             Event::Connected {
-                local,
-                remote,
-                relayed,
-                ..
+                local, remote, via, ..
             }
             | Event::PathChanged {
-                local,
-                remote,
-                relayed,
-                ..
-            } => Some((*t, *local, *remote, *relayed)),
+                local, remote, via, ..
+            } => Some((*t, *local, *remote, via.is_relayed())),
             _ => None,
         })
         .collect()

@@ -108,6 +108,13 @@ pub enum Event {
         /// The candidate.
         candidate: Option<Candidate>,
     },
+    /// A datagram from the other peer of `session`, through the relay over signaling.
+    Relay {
+        /// The session.
+        session: SessionId,
+        /// The datagram.
+        data: Vec<u8>,
+    },
     /// Start punching at `at`.
     PunchAt {
         /// The session.
@@ -295,6 +302,18 @@ impl Client {
             ServerMsg::Candidate { session, candidate } => self
                 .events
                 .push_back(Event::Candidate { session, candidate }),
+            ServerMsg::Relay { session, data } => {
+                use base64::Engine as _;
+                match base64::engine::general_purpose::STANDARD.decode(data.as_bytes()) {
+                    Ok(data) => self.events.push_back(Event::Relay { session, data }),
+                    // The server checks what it forwards; a bad one is the server's fault.
+                    Err(_) => self.events.push_back(Event::Error {
+                        code: ErrorCode::BadMessage,
+                        request: None,
+                        message: "relay data from the server is not base64".into(),
+                    }),
+                }
+            }
             ServerMsg::Punch {
                 session, delay_ms, ..
             } => self.events.push_back(Event::PunchAt {
@@ -417,6 +436,18 @@ impl Client {
     ) -> Result<(), ClientError> {
         self.request()?;
         self.push(ClientMsg::Candidate { session, candidate });
+        Ok(())
+    }
+
+    /// Sends a datagram to the other peer of an answered session through the signaling server
+    /// (the relay of last resort, see `docs/signaling.md`).
+    pub fn relay(&mut self, session: SessionId, data: &[u8]) -> Result<(), ClientError> {
+        use base64::Engine as _;
+        if !self.is_authenticated() {
+            return Err(ClientError::NotAuthenticated);
+        }
+        let data = base64::engine::general_purpose::STANDARD.encode(data);
+        self.push(ClientMsg::Relay { session, data });
         Ok(())
     }
 

@@ -165,6 +165,15 @@ pub enum ClientMsg {
         /// Request number.
         id: RequestId,
     },
+    /// A datagram for the other peer of an answered session, carried by the signaling server
+    /// itself: the relay of last resort for a node whose network blocks UDP (see
+    /// `docs/signaling.md`, "Relay over signaling").
+    Relay {
+        /// The session.
+        session: SessionId,
+        /// The datagram, base64 (standard alphabet, padded).
+        data: String,
+    },
     /// Measures the round trip; the server answers `pong` at once.
     Ping {
         /// Echoed in the pong.
@@ -248,6 +257,13 @@ pub enum ServerMsg {
         session: SessionId,
         /// The candidate, or `null` for "no more".
         candidate: Option<Candidate>,
+    },
+    /// A datagram from the other peer of a session, carried by the server.
+    Relay {
+        /// The session.
+        session: SessionId,
+        /// The datagram, base64.
+        data: String,
     },
     /// Start punching at a common instant (see `docs/signaling.md`, "Punch sync").
     Punch {

@@ -88,6 +88,9 @@ pub struct Limits {
     pub offer_timeout: Duration,
     /// Time an answered session stays open for trickled candidates (default 120 s).
     pub session_lifetime: Duration,
+    /// Largest datagram carried by the relay over signaling, decoded (default 1,400 bytes: what
+    /// fits a UDP datagram on the usual paths).
+    pub max_relay_datagram: usize,
     /// Aliases one key may hold (default 4).
     pub max_aliases_per_peer: usize,
     /// Aliases the server remembers in all (default 100,000).
@@ -113,6 +116,7 @@ impl Default for Limits {
             auth_timeout: Duration::from_secs(10),
             offer_timeout: Duration::from_secs(30),
             session_lifetime: Duration::from_secs(120),
+            max_relay_datagram: 1_400,
             max_aliases_per_peer: 4,
             max_aliases: 100_000,
             ping_interval: Duration::from_secs(15),
@@ -635,6 +639,7 @@ impl Server {
                 ),
             },
             ClientMsg::RelayRequest { id } => self.relay(now, conn, me, id),
+            ClientMsg::Relay { session, data } => self.relay_data(now, conn, me, session, data),
             ClientMsg::Pong { id } => {
                 if let Some(c) = self.conns.get_mut(&conn) {
                     if let Some((sent_id, sent_at)) = c.ping {
@@ -776,6 +781,57 @@ impl Server {
                 },
             );
         }
+    }
+
+    /// Relay over signaling: forwards a datagram between the two peers of an answered session,
+    /// and keeps the session alive while it is used. Only peers of the session may use it, each
+    /// datagram is at most [`Limits::max_relay_datagram`] bytes, and it counts against the
+    /// connection's frame rate like any frame.
+    fn relay_data(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        me: PeerId,
+        session: SessionId,
+        data: String,
+    ) {
+        use base64::Engine as _;
+        let max = self.config.limits.max_relay_datagram;
+        let lifetime = self.config.limits.session_lifetime;
+        let other = match self.sessions.get_mut(&session) {
+            Some(s) if s.answered && (s.offerer == me || s.answerer == me) => {
+                s.expires = now + lifetime;
+                if s.offerer == me {
+                    s.answerer
+                } else {
+                    s.offerer
+                }
+            }
+            _ => {
+                self.send(
+                    conn,
+                    ServerMsg::error(ErrorCode::UnknownSession, None, session.to_string()),
+                );
+                return;
+            }
+        };
+        let valid = base64::engine::general_purpose::STANDARD
+            .decode(data.as_bytes())
+            .is_ok_and(|bytes| bytes.len() <= max);
+        if !valid {
+            self.send(
+                conn,
+                ServerMsg::error(
+                    ErrorCode::BadMessage,
+                    None,
+                    format!("relay data must be base64 of at most {max} bytes"),
+                ),
+            );
+            return;
+        }
+        self.timers
+            .insert((now + lifetime, Timer::Session(session)));
+        self.send_peer(other, ServerMsg::Relay { session, data });
     }
 
     fn relay(&mut self, now: Instant, conn: ConnId, me: PeerId, id: RequestId) {

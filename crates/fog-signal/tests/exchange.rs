@@ -225,3 +225,91 @@ fn relay_credentials_follow_coturn_scheme() {
         other => panic!("{other:?}"),
     }
 }
+
+/// The relay over signaling carries datagrams between the two peers of an answered session,
+/// keeps the session alive while used, and refuses strangers, unanswered sessions and oversize
+/// or malformed data.
+#[test]
+fn relay_over_signaling_between_the_peers_of_a_session() {
+    let mut net = Net::new(server_config());
+    let a = net.join(1, None, 10);
+    let b = net.join(2, None, 20);
+    let c = net.join(3, None, 5);
+    for n in [a, b, c] {
+        net.take_events(n);
+    }
+    let a_id = net.nodes[a].client.peer_id();
+    net.nodes[b].client.connect(a_id, description(2)).unwrap();
+    net.run();
+    let session = match net.take_events(a).as_slice() {
+        [Event::Offer { session, .. }] => *session,
+        other => panic!("{other:?}"),
+    };
+    // Before the answer the session carries nothing.
+    net.nodes[b].client.relay(session, b"too early").unwrap();
+    net.run();
+    assert!(matches!(
+        net.take_events(b).as_slice(),
+        [
+            Event::OfferSent { .. },
+            Event::Error {
+                code: fog_signal::msg::ErrorCode::UnknownSession,
+                ..
+            }
+        ]
+    ));
+    net.nodes[a].client.answer(session, description(1)).unwrap();
+    net.run();
+    net.take_events(a);
+    net.take_events(b);
+
+    // Both ways, bytes intact (including ones that are not text).
+    let datagram: Vec<u8> = (0..=255).collect();
+    net.nodes[b].client.relay(session, &datagram).unwrap();
+    net.nodes[a].client.relay(session, b"\x00\x01back").unwrap();
+    net.run();
+    assert_eq!(
+        net.take_events(a),
+        vec![Event::Relay {
+            session,
+            data: datagram.clone()
+        }]
+    );
+    assert_eq!(
+        net.take_events(b),
+        vec![Event::Relay {
+            session,
+            data: b"\x00\x01back".to_vec()
+        }]
+    );
+
+    // Use keeps the session past its lifetime (120 s after the answer).
+    for _ in 0..4 {
+        net.advance(Duration::from_secs(50));
+        net.nodes[a].client.relay(session, b"keepalive").unwrap();
+        net.run();
+    }
+    let events = net.take_events(b);
+    assert_eq!(events.len(), 4, "{events:?}");
+    assert!(events.iter().all(|e| matches!(e, Event::Relay { .. })));
+
+    // A stranger cannot inject; an oversize datagram is refused; neither reaches a or b.
+    net.nodes[c].client.relay(session, b"intruder").unwrap();
+    net.nodes[a].client.relay(session, &[7u8; 1_401]).unwrap();
+    net.run();
+    assert!(matches!(
+        net.take_events(c).as_slice(),
+        [Event::Error {
+            code: fog_signal::msg::ErrorCode::UnknownSession,
+            ..
+        }]
+    ));
+    assert!(matches!(
+        net.take_events(a).as_slice(),
+        [Event::Error {
+            code: fog_signal::msg::ErrorCode::BadMessage,
+            ..
+        }]
+    ));
+    assert!(net.take_events(b).is_empty());
+}

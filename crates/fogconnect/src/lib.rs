@@ -7,4 +7,4 @@
 
 pub mod node;
 
-pub use node::{Event, Node, NodeConfig};
+pub use node::{Event, Node, NodeConfig, Via};

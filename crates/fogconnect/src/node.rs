@@ -86,6 +86,25 @@ impl NodeConfig {
     }
 }
 
+/// How a connection's path goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Via {
+    /// Straight between the two nodes' sockets (punched).
+    Direct,
+    /// Through a TURN relay (ours or the peer's).
+    Turn,
+    /// Through the signaling server itself (`relay` frames), when a node's network blocks
+    /// UDP; the path's addresses are then unspecified (`0.0.0.0:0`).
+    Signaling,
+}
+
+impl Via {
+    /// Whether the path goes through a relay of either kind.
+    pub fn is_relayed(self) -> bool {
+        self != Via::Direct
+    }
+}
+
 /// What the node reports.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
@@ -110,8 +129,8 @@ pub enum Event {
         remote: SocketAddr,
         /// The path's round trip.
         rtt: Duration,
-        /// Through a relay.
-        relayed: bool,
+        /// How the path goes.
+        via: Via,
     },
     /// A connected session moved to another path: up to a direct one when punching succeeds,
     /// back to the relay when the direct one dies. The connection stays.
@@ -124,8 +143,8 @@ pub enum Event {
         remote: SocketAddr,
         /// The new path's round trip.
         rtt: Duration,
-        /// Through a relay.
-        relayed: bool,
+        /// How the path goes.
+        via: Via,
     },
     /// Our TURN allocation is ready: relayed candidates from now on.
     RelayReady {
@@ -167,9 +186,31 @@ struct Session {
     punch_at: Option<Instant>,
     /// The answerer's quiet punching ends here (the punch sync's instant).
     quiet_until: Option<Instant>,
+    /// The relay over signaling, when either side's network blocks UDP.
+    signal_relay: Option<SignalRelay>,
     connected: bool,
     service: u16,
 }
+
+/// The relay over signaling of one session: a probe and its echo verify it, a probe every
+/// [`SIGNAL_RELAY_KEEPALIVE`] keeps the session alive on the server.
+#[derive(Debug, Clone, Copy)]
+struct SignalRelay {
+    /// When the outstanding probe left.
+    probe_sent: Option<Instant>,
+    /// When the next probe is due.
+    next_probe: Instant,
+}
+
+/// A probe on the relay over signaling (first byte), and its echo.
+const RELAY_PROBE: u8 = 0;
+const RELAY_ECHO: u8 = 1;
+/// Keepalive probes on the relay over signaling: well inside the server's 120 s session
+/// lifetime, which each relay frame restarts.
+const SIGNAL_RELAY_KEEPALIVE: Duration = Duration::from_secs(30);
+/// The addresses of a path through the signaling server.
+const UNSPECIFIED: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
 
 /// An application's `connect` waiting for discovery or for the port refresh.
 #[derive(Debug)]
@@ -456,6 +497,7 @@ impl Node {
                 agent: None,
                 punch_at: None,
                 quiet_until: None,
+                signal_relay: None,
                 connected: false,
                 service: pending.service,
             }),
@@ -487,6 +529,7 @@ impl Node {
             agent: None,
             punch_at: None,
             quiet_until: None,
+            signal_relay: None,
             connected: false,
             service: 0,
         };
@@ -508,6 +551,13 @@ impl Node {
             (theirs, mine, Who::B)
         };
         let plan = Plan::new(a, b, me, &self.config.strategy);
+        // No UDP on one side: the signaling server carries the datagrams.
+        if (a == Behaviour::UdpBlocked || b == Behaviour::UdpBlocked) && session.id.is_some() {
+            session.signal_relay = Some(SignalRelay {
+                probe_sent: None,
+                next_probe: now,
+            });
+        }
         let remote_credentials = agent::Credentials {
             ufrag: remote.credentials.ufrag.clone(),
             pwd: remote.credentials.pwd.clone(),
@@ -612,6 +662,38 @@ impl Node {
                 }
                 self.relay_permissions(now);
             }
+            SignalEvent::Relay { session, data } => {
+                let Some(s) = self.sessions.iter_mut().find(|s| s.id == Some(session)) else {
+                    return;
+                };
+                match data.first() {
+                    Some(&RELAY_PROBE) => {
+                        let mut echo = data.clone();
+                        echo[0] = RELAY_ECHO;
+                        let _ = self.client.relay(session, &echo);
+                    }
+                    Some(&RELAY_ECHO) => {
+                        let Some(relay) = &mut s.signal_relay else {
+                            return;
+                        };
+                        let Some(sent) = relay.probe_sent.take() else {
+                            return;
+                        };
+                        if !s.connected {
+                            s.connected = true;
+                            self.events.push_back(Event::Connected {
+                                session,
+                                peer: s.peer,
+                                local: UNSPECIFIED,
+                                remote: UNSPECIFIED,
+                                rtt: now.saturating_duration_since(sent),
+                                via: Via::Signaling,
+                            });
+                        }
+                    }
+                    _ => {}
+                }
+            }
             SignalEvent::PunchAt { session, at } => {
                 if let Some(s) = self.sessions.iter_mut().find(|s| s.id == Some(session)) {
                     s.punch_at = Some(at);
@@ -660,13 +742,14 @@ impl Node {
                         rtt,
                         relayed,
                     } => {
+                        let via = if relayed { Via::Turn } else { Via::Direct };
                         if s.connected {
                             self.events.push_back(Event::PathChanged {
                                 session,
                                 local,
                                 remote,
                                 rtt,
-                                relayed,
+                                via,
                             });
                         } else {
                             s.connected = true;
@@ -676,7 +759,7 @@ impl Node {
                                 local,
                                 remote,
                                 rtt,
-                                relayed,
+                                via,
                             });
                         }
                     }
@@ -886,6 +969,13 @@ impl SansIo for Node {
             }
         }
         for s in &mut self.sessions {
+            if let (Some(relay), Some(session)) = (&mut s.signal_relay, s.id) {
+                if now >= relay.next_probe && self.client.is_authenticated() {
+                    relay.probe_sent = Some(now);
+                    relay.next_probe = now + SIGNAL_RELAY_KEEPALIVE;
+                    let _ = self.client.relay(session, &[RELAY_PROBE]);
+                }
+            }
             if let Some(agent) = &mut s.agent {
                 if s.quiet_until.is_some_and(|t| now >= t) {
                     s.quiet_until = None;
@@ -969,6 +1059,7 @@ impl SansIo for Node {
                 consider(agent.poll_timeout());
             }
             consider(s.quiet_until);
+            consider(s.signal_relay.map(|r| r.next_probe));
         }
         next
     }
