@@ -970,10 +970,12 @@ impl SansIo for Node {
         }
         for s in &mut self.sessions {
             if let (Some(relay), Some(session)) = (&mut s.signal_relay, s.id) {
-                if now >= relay.next_probe && self.client.is_authenticated() {
-                    relay.probe_sent = Some(now);
+                if now >= relay.next_probe {
+                    // Without an authenticated connection the probe waits for the next turn.
                     relay.next_probe = now + SIGNAL_RELAY_KEEPALIVE;
-                    let _ = self.client.relay(session, &[RELAY_PROBE]);
+                    if self.client.relay(session, &[RELAY_PROBE]).is_ok() {
+                        relay.probe_sent = Some(now);
+                    }
                 }
             }
             if let Some(agent) = &mut s.agent {

@@ -1,0 +1,150 @@
+//! The node (discovery, signaling client, TURN client, agents) fed arbitrary datagrams on any of
+//! its ports from anyone, and arbitrary signaling frames (raw text, or well-formed server frames
+//! with fuzzed fields), opens and closes of the signaling channel, `connect` calls and time.
+//!
+//! Invariants: nothing panics; after `handle_timeout(now)` the node never asks to be woken
+//! before `now`.
+
+#![no_main]
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use arbitrary::Arbitrary;
+use fog_core::{Receive, SansIo};
+use fog_signal::KeyPair;
+use fog_signal::server::{ConnId, Output, Server, ServerConfig};
+use fogconnect::{Node, NodeConfig};
+use libfuzzer_sys::fuzz_target;
+
+#[derive(Debug, Arbitrary)]
+enum Op {
+    Datagram {
+        from: u8,
+        from_port: u16,
+        port: u8,
+        bytes: Vec<u8>,
+    },
+    Frame(String),
+    Relay {
+        session: [u8; 16],
+        data: Vec<u8>,
+    },
+    Offer {
+        session: [u8; 16],
+        port: u16,
+        nat: u8,
+    },
+    Open,
+    Closed,
+    Connect(u8),
+    Advance(u16),
+}
+
+fn nat(n: u8) -> &'static str {
+    match n % 4 {
+        0 => r#"{"kind":"open"}"#,
+        1 => r#"{"kind":"udp_blocked"}"#,
+        2 => {
+            r#"{"kind":"nat","mapping":"address_and_port_dependent","filtering":"address_and_port_dependent","ports":{"kind":"random"},"hairpinning":false}"#
+        }
+        _ => {
+            r#"{"kind":"nat","mapping":"endpoint_independent","filtering":"address_and_port_dependent","ports":{"kind":"preserved"},"hairpinning":false}"#
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fuzz_target!(|input: (u64, Vec<Op>)| {
+    let (seed, ops) = input;
+    let stun: SocketAddr = "198.51.100.1:3478".parse().unwrap();
+    let base: SocketAddr = "192.0.2.1:5000".parse().unwrap();
+    let mut config = NodeConfig::new(KeyPair::from_seed(&[9; 32]), "fuzz", stun, base, seed);
+    config.turn = Some("198.51.100.3:3478".parse().unwrap());
+    let mut now = Instant::now();
+    let mut node = Node::new(config, now);
+    let mut buf = vec![0u8; 65_535];
+    // Authenticate with a real server first, so that what follows reaches the authenticated
+    // paths (offers, answers, relay frames, relay credentials).
+    let mut server = Server::new(ServerConfig::new(
+        KeyPair::from_seed(&[8; 32]),
+        "fuzz",
+        [3; 32],
+    ));
+    let conn = ConnId(1);
+    server.handle_connect(now, conn);
+    node.handle_signal_open(now);
+    for _ in 0..8 {
+        while let Some(frame) = node.poll_signal_frame() {
+            server.handle_frame(now, conn, &frame);
+        }
+        while let Some(out) = server.poll_output() {
+            if let Output::Send { frame, .. } = out {
+                node.handle_signal_frame(now, &frame);
+            }
+        }
+    }
+    assert!(
+        node.signaling_up(),
+        "the handshake with a real server completes"
+    );
+    let peer = KeyPair::from_seed(&[7; 32]).peer_id();
+    for op in ops.into_iter().take(200) {
+        match op {
+            Op::Datagram {
+                from,
+                from_port,
+                port,
+                bytes,
+            } => {
+                let source =
+                    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 51, 100, from % 4)), from_port);
+                let local = SocketAddr::new(base.ip(), base.port() + u16::from(port % 12));
+                node.handle_packet(
+                    now,
+                    Receive {
+                        source,
+                        local,
+                        payload: &bytes,
+                    },
+                );
+            }
+            Op::Frame(text) => node.handle_signal_frame(now, &text),
+            Op::Relay { session, data } => {
+                use base64::Engine as _;
+                let data = base64::engine::general_purpose::STANDARD.encode(data);
+                let frame = format!(
+                    r#"{{"type":"relay","session":"{}","data":"{data}"}}"#,
+                    hex(&session)
+                );
+                node.handle_signal_frame(now, &frame);
+            }
+            Op::Offer {
+                session,
+                port,
+                nat: n,
+            } => {
+                let frame = format!(
+                    r#"{{"type":"offer","session":"{}","from":"{peer}","description":{{"candidates":[{{"kind":"srflx","addr":"203.0.113.9:{port}","priority":1694498815}},{{"kind":"relay","addr":"198.51.100.3:{port}","priority":16777215}}],"nat":{},"transports":["quic"],"credentials":{{"ufrag":"abcd","pwd":"0123456789abcdefghijkl"}},"service":1}}}}"#,
+                    hex(&session),
+                    nat(n)
+                );
+                node.handle_signal_frame(now, &frame);
+            }
+            Op::Open => node.handle_signal_open(now),
+            Op::Closed => node.handle_signal_closed(now),
+            Op::Connect(n) => node.connect(now, KeyPair::from_seed(&[n; 32]).peer_id(), 1),
+            Op::Advance(ms) => now += Duration::from_millis(u64::from(ms)),
+        }
+        node.handle_timeout(now);
+        while node.poll_transmit(now, &mut buf).is_some() {}
+        while node.poll_signal_frame().is_some() {}
+        while node.poll_event().is_some() {}
+        if let Some(t) = node.poll_timeout() {
+            assert!(t >= now, "asked to be woken in the past");
+        }
+    }
+});
