@@ -175,8 +175,134 @@ fn discovered(events: &[(Instant, Event)]) -> Option<String> {
     })
 }
 
+/// The two-node world, to drive step by step (the matrix uses [`run`]).
+pub struct Scenario {
+    /// The simulator.
+    pub sim: Sim,
+    /// Node A's and node B's host and peer ID.
+    pub hosts: [(NodeId, fog_signal::PeerId); 2],
+    /// Every event of node A and node B so far, with its instant.
+    pub events: [Vec<(Instant, Event)>; 2],
+}
+
+impl Scenario {
+    /// Builds the world; nothing has run yet.
+    pub fn new(a: Preset, b: Preset, seed: u64, profile: &Profile) -> Scenario {
+        let (sim, hosts) = build(a, b, seed, profile);
+        Scenario {
+            sim,
+            hosts,
+            events: [Vec::new(), Vec::new()],
+        }
+    }
+
+    /// Runs for `d`, collecting both nodes' events.
+    pub fn run_for(&mut self, d: Duration) {
+        self.sim.run_for(d);
+        for (i, (host, _)) in self.hosts.iter().enumerate() {
+            self.events[i].extend(self.sim.take_events::<Event>(*host));
+        }
+    }
+
+    /// Runs until both nodes finished discovery and authenticated (at most 30 s); whether they
+    /// did.
+    pub fn wait_ready(&mut self) -> bool {
+        for _ in 0..300 {
+            if ready(&self.events[0]) && ready(&self.events[1]) {
+                return true;
+            }
+            self.run_for(Duration::from_millis(100));
+        }
+        ready(&self.events[0]) && ready(&self.events[1])
+    }
+
+    /// Node A calls `connect(B)`; returns the instant.
+    pub fn connect(&mut self) -> Instant {
+        let to = self.hosts[1].1;
+        self.sim
+            .with_machine(self.hosts[0].0, |m: &mut SimNode, now| {
+                m.node.connect(now, to, 1)
+            });
+        self.sim.now()
+    }
+
+    /// Node `i`'s path history: (when, local, remote, relayed) for `Connected` and each
+    /// `PathChanged`.
+    pub fn paths(&self, i: usize) -> Vec<(Instant, SocketAddr, SocketAddr, bool)> {
+        paths(&self.events[i])
+    }
+}
+
 /// One run of the scenario: node A behind `a`, node B behind `b`.
 pub fn run(a: Preset, b: Preset, seed: u64, profile: &Profile) -> Run {
+    let (mut sim, hosts) = build(a, b, seed, profile);
+    let (ha, hb) = (hosts[0].0, hosts[1].0);
+    let mut ea = Vec::new();
+    let mut eb = Vec::new();
+    for _ in 0..300 {
+        sim.run_for(Duration::from_millis(100));
+        ea.extend(sim.take_events::<Event>(ha));
+        eb.extend(sim.take_events::<Event>(hb));
+        if ready(&ea) && ready(&eb) {
+            break;
+        }
+    }
+    let discovered_both = [discovered(&ea), discovered(&eb)];
+    if !(ready(&ea) && ready(&eb)) {
+        return Run {
+            ready: false,
+            connected: false,
+            direct: false,
+            time_to_path: None,
+            time_to_direct: None,
+            paths: None,
+            discovered: discovered_both,
+            events: [ea, eb],
+        };
+    }
+    let to = hosts[1].1;
+    let start = sim.now();
+    sim.with_machine(ha, |m: &mut SimNode, now| m.node.connect(now, to, 1));
+    let step = Duration::from_millis(50);
+    let mut waited = Duration::ZERO;
+    let direct_now = |events: &[(Instant, Event)]| paths(events).last().is_some_and(|p| !p.3);
+    while waited < profile.patience {
+        sim.run_for(step);
+        waited += step;
+        ea.extend(sim.take_events::<Event>(ha));
+        eb.extend(sim.take_events::<Event>(hb));
+        if direct_now(&ea) && direct_now(&eb) {
+            break;
+        }
+    }
+    let (pa, pb) = (paths(&ea), paths(&eb));
+    let first = |p: &[(Instant, SocketAddr, SocketAddr, bool)]| p.first().map(|x| x.0);
+    let first_direct =
+        |p: &[(Instant, SocketAddr, SocketAddr, bool)]| p.iter().find(|x| !x.3).map(|x| x.0);
+    let later = |a: Option<Instant>, b: Option<Instant>| a.zip(b).map(|(a, b)| a.max(b) - start);
+    let connected = !pa.is_empty() && !pb.is_empty();
+    Run {
+        ready: true,
+        connected,
+        direct: direct_now(&ea) && direct_now(&eb),
+        time_to_path: later(first(&pa), first(&pb)),
+        time_to_direct: later(first_direct(&pa), first_direct(&pb)),
+        paths: connected.then(|| {
+            let (a, b) = (pa[pa.len() - 1], pb[pb.len() - 1]);
+            [(a.1, a.2), (b.1, b.2)]
+        }),
+        discovered: discovered_both,
+        events: [ea, eb],
+    }
+}
+
+/// The world of the scenario: servers, both sites and their nodes.
+fn build(
+    a: Preset,
+    b: Preset,
+    seed: u64,
+    profile: &Profile,
+) -> (Sim, [(NodeId, fog_signal::PeerId); 2]) {
     let mut sim = Sim::new(seed);
     let a1: IpAddr = [198, 51, 100, 1].into();
     let a2: IpAddr = [198, 51, 100, 2].into();
@@ -250,62 +376,5 @@ pub fn run(a: Preset, b: Preset, seed: u64, profile: &Profile) -> Run {
         sim.set_signal_link(site.host, SignalLink::with_latency(profile.signal[i]));
         hosts.push((site.host, peer));
     }
-    let (ha, hb) = (hosts[0].0, hosts[1].0);
-    let mut ea = Vec::new();
-    let mut eb = Vec::new();
-    for _ in 0..300 {
-        sim.run_for(Duration::from_millis(100));
-        ea.extend(sim.take_events::<Event>(ha));
-        eb.extend(sim.take_events::<Event>(hb));
-        if ready(&ea) && ready(&eb) {
-            break;
-        }
-    }
-    let discovered_both = [discovered(&ea), discovered(&eb)];
-    if !(ready(&ea) && ready(&eb)) {
-        return Run {
-            ready: false,
-            connected: false,
-            direct: false,
-            time_to_path: None,
-            time_to_direct: None,
-            paths: None,
-            discovered: discovered_both,
-            events: [ea, eb],
-        };
-    }
-    let to = hosts[1].1;
-    let start = sim.now();
-    sim.with_machine(ha, |m: &mut SimNode, now| m.node.connect(now, to, 1));
-    let step = Duration::from_millis(50);
-    let mut waited = Duration::ZERO;
-    let direct_now = |events: &[(Instant, Event)]| paths(events).last().is_some_and(|p| !p.3);
-    while waited < profile.patience {
-        sim.run_for(step);
-        waited += step;
-        ea.extend(sim.take_events::<Event>(ha));
-        eb.extend(sim.take_events::<Event>(hb));
-        if direct_now(&ea) && direct_now(&eb) {
-            break;
-        }
-    }
-    let (pa, pb) = (paths(&ea), paths(&eb));
-    let first = |p: &[(Instant, SocketAddr, SocketAddr, bool)]| p.first().map(|x| x.0);
-    let first_direct =
-        |p: &[(Instant, SocketAddr, SocketAddr, bool)]| p.iter().find(|x| !x.3).map(|x| x.0);
-    let later = |a: Option<Instant>, b: Option<Instant>| a.zip(b).map(|(a, b)| a.max(b) - start);
-    let connected = !pa.is_empty() && !pb.is_empty();
-    Run {
-        ready: true,
-        connected,
-        direct: direct_now(&ea) && direct_now(&eb),
-        time_to_path: later(first(&pa), first(&pb)),
-        time_to_direct: later(first_direct(&pa), first_direct(&pb)),
-        paths: connected.then(|| {
-            let (a, b) = (pa[pa.len() - 1], pb[pb.len() - 1]);
-            [(a.1, a.2), (b.1, b.2)]
-        }),
-        discovered: discovered_both,
-        events: [ea, eb],
-    }
+    (sim, [hosts[0], hosts[1]])
 }

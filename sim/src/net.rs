@@ -60,6 +60,8 @@ pub enum Drop {
     BadSource,
     /// A machine sent to an address family its host has no address in.
     NoAddressForFamily,
+    /// The internet drops everything between these two addresses ([`Sim::set_blackhole`]).
+    Blackholed,
 }
 
 /// Counters of what happened to datagrams.
@@ -367,6 +369,8 @@ pub struct Sim {
     signaling: channel::Signaling,
     /// First instant (ns since epoch) each label was [marked](Sim::mark).
     marks: BTreeMap<String, u64>,
+    /// Address pairs the internet drops datagrams between, either way.
+    blackholes: Vec<(IpAddr, IpAddr)>,
 }
 
 /// Most payload buffers kept for reuse.
@@ -414,6 +418,7 @@ impl Sim {
             spare_payloads: Vec::new(),
             signaling: channel::Signaling::default(),
             marks: BTreeMap::new(),
+            blackholes: Vec::new(),
         }
     }
 
@@ -793,6 +798,16 @@ impl Sim {
         }
     }
 
+    /// Makes the internet drop every datagram between `a` and `b` (either way) while `on`, as
+    /// when a route between two networks fails while both still reach everything else.
+    pub fn set_blackhole(&mut self, a: IpAddr, b: IpAddr, on: bool) {
+        self.blackholes
+            .retain(|&(x, y)| !((x, y) == (a, b) || (x, y) == (b, a)));
+        if on {
+            self.blackholes.push((a, b));
+        }
+    }
+
     fn drop_packet(&mut self, at: NodeId, reason: Drop, packet: Packet) {
         *self.stats.drops.entry(reason).or_insert(0) += 1;
         if self.trace.is_some() {
@@ -1062,6 +1077,14 @@ impl Sim {
             Kind::Internet => {
                 if !decrement_ttl(&mut packet) {
                     return self.drop_packet(id, Drop::TtlExpired, packet);
+                }
+                let (src, dst) = (packet.src.ip(), packet.dst.ip());
+                if self
+                    .blackholes
+                    .iter()
+                    .any(|&(a, b)| (a, b) == (src, dst) || (a, b) == (dst, src))
+                {
+                    return self.drop_packet(id, Drop::Blackholed, packet);
                 }
                 match node.routes.get(&packet.dst.ip()).copied() {
                     Some(child) => self.send_down(child, packet),

@@ -28,6 +28,9 @@ use crate::strategy::{Birthday, Plan};
 const ROLE_CONFLICT: u16 = 487;
 /// How long relay pairs are checked before the agent stops trying them.
 const RELAY_PATIENCE: Duration = Duration::from_secs(30);
+/// While the relay carries a connection whose direct path was lost or never found, punching is
+/// tried again this often.
+pub const REPUNCH_INTERVAL: Duration = Duration::from_secs(30);
 /// Pairs whose first checks go out together at the punch instant.
 const FIRST_BURST: usize = 16;
 /// Transmissions of a nomination before the controlling agent stops trying that pair (about 3 s
@@ -248,6 +251,8 @@ pub struct Agent {
     relay_deadline: Option<Instant>,
     /// The relay deadline passed.
     relay_over: bool,
+    /// When the next round of punching is due while on the relay.
+    repunch_at: Option<Instant>,
     /// The last consent answer on the backup relay path, and when its next check is due.
     next_backup_consent: Option<Instant>,
     queue: VecDeque<Queued>,
@@ -284,6 +289,7 @@ impl Agent {
             relayed: None,
             relay_deadline: None,
             relay_over: false,
+            repunch_at: None,
             next_backup_consent: None,
             queue: VecDeque::new(),
             events: VecDeque::new(),
@@ -516,20 +522,7 @@ impl Agent {
         }
         self.deadline = Some(now + self.config.plan.punch_for);
         self.relay_deadline = Some(now + RELAY_PATIENCE);
-        // The first checks of every pair go out together at the agreed instant: the peer's
-        // first checks arrive one path delay later, and by then our NAT must have sent to each
-        // destination (a NAT that keeps state for unsolicited input would otherwise move our
-        // port). Pacing applies to the pairs found later.
-        let first: Vec<usize> = (0..self.pairs.len())
-            .filter(|&i| self.pairs[i].state == State::Waiting)
-            .take(FIRST_BURST)
-            .collect();
-        for i in first {
-            if self.may_open(self.pairs[i].local, self.pairs[i].remote) {
-                self.check(now, i, false);
-            }
-        }
-        self.next_pace = Some(now + self.config.pace);
+        self.burst(now);
         match self.config.plan.birthday {
             Some(Birthday::Spray { probes, rate }) => {
                 if let Some(ip) = self.peer_ip() {
@@ -569,6 +562,41 @@ impl Agent {
             }
             None => {}
         }
+    }
+
+    /// The first checks of every waiting pair go out together: the peer's first checks arrive
+    /// one path delay later, and by then our NAT must have sent to each destination (a NAT that
+    /// keeps state for unsolicited input would otherwise move our port). Pacing applies to the
+    /// pairs found later.
+    fn burst(&mut self, now: Instant) {
+        let first: Vec<usize> = (0..self.pairs.len())
+            .filter(|&i| self.pairs[i].state == State::Waiting)
+            .take(FIRST_BURST)
+            .collect();
+        for i in first {
+            if self.may_open(self.pairs[i].local, self.pairs[i].remote) {
+                self.check(now, i, false);
+            }
+        }
+        self.next_pace = Some(now + self.config.pace);
+    }
+
+    /// Another round of punching on the direct pairs, while the relay carries the connection:
+    /// after the direct path died, and then every [`REPUNCH_INTERVAL`] until one works again
+    /// (a route that failed may come back; a NAT may have rebooted). No birthday spray: a
+    /// round of that costs too much to repeat blindly.
+    fn repunch(&mut self, now: Instant) {
+        for pair in &mut self.pairs {
+            if !pair.relayed && matches!(pair.state, State::Failed | State::InProgress) {
+                pair.state = State::Waiting;
+                pair.interval = self.config.retry;
+                pair.next_at = None;
+            }
+        }
+        self.deadline = Some(now + self.config.plan.punch_for);
+        self.punch_over = false;
+        self.repunch_at = None;
+        self.burst(now);
     }
 
     /// The peer's public IP: that of its first server-reflexive candidate.
@@ -943,8 +971,11 @@ impl Agent {
             self.selected = None;
             self.next_consent = None;
             if let Some(b) = self.backup() {
-                // Back to the relay, without the application losing its connection.
+                // Back to the relay, without the application losing its connection, and try
+                // the direct pairs again at once.
                 self.select(now, b);
+                self.punch_over = true;
+                self.repunch_at = Some(now);
                 return;
             }
             self.events.push_back(Event::PathLost { local, remote });
@@ -1062,10 +1093,17 @@ impl SansIo for Agent {
                 .pairs
                 .iter()
                 .any(|p| p.state == State::Succeeded && !p.relayed);
-            if !direct {
+            if !direct && !self.gave_up {
                 self.gave_up = true;
                 self.events.push_back(Event::GaveUp);
             }
+            if !direct {
+                self.repunch_at = Some(now + REPUNCH_INTERVAL);
+            }
+        }
+        // On the relay (or on nothing) after a failed round: try again now and then.
+        if self.punch_over && !self.direct_selected() && self.repunch_at.is_some_and(|t| now >= t) {
+            self.repunch(now);
         }
         if !self.relay_over && self.relay_deadline.is_some_and(|d| now >= d) {
             self.relay_over = true;
@@ -1178,6 +1216,9 @@ impl SansIo for Agent {
         }
         if !self.relay_over && self.pairs.iter().any(|p| p.relayed) {
             consider(self.relay_deadline);
+        }
+        if self.punch_over && !self.direct_selected() {
+            consider(self.repunch_at);
         }
         for pair in &self.pairs {
             if self.retransmits(pair) {

@@ -1,0 +1,60 @@
+//! Relay fallback and upgrade in place, in the simulator: two nodes behind port-restricted cone
+//! NATs connect directly; the route between their networks then fails (both still reach the
+//! TURN server); both move to the relay within the consent timeout without losing the
+//! connection, and back to a direct path once the route returns.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use fog_examples::scenario::{Profile, Scenario};
+use fog_sim::presets::Preset;
+
+#[test]
+fn a_dead_direct_path_falls_back_to_the_relay_and_comes_back() {
+    let mut s = Scenario::new(
+        Preset::PortRestrictedCone,
+        Preset::PortRestrictedCone,
+        11,
+        &Profile::default(),
+    );
+    assert!(s.wait_ready());
+    s.connect();
+    s.run_for(Duration::from_secs(2));
+    for i in 0..2 {
+        let paths = s.paths(i);
+        assert_eq!(paths.len(), 1, "node {i}: {paths:?}");
+        assert!(!paths[0].3, "node {i} starts direct: {paths:?}");
+    }
+
+    // The route between the two sites' public addresses fails.
+    let (a, b): (IpAddr, IpAddr) = ([203, 0, 113, 1].into(), [203, 0, 113, 2].into());
+    s.sim.set_blackhole(a, b, true);
+    let cut = s.sim.now();
+    s.run_for(Duration::from_secs(40));
+    for i in 0..2 {
+        let paths = s.paths(i);
+        let (at, local, remote, relayed) = *paths.last().unwrap();
+        assert!(relayed, "node {i} is on the relay: {paths:?}");
+        // Through the TURN server (198.51.100.3): our relayed address or the peer's.
+        let turn: IpAddr = [198, 51, 100, 3].into();
+        assert!(local.ip() == turn || remote.ip() == turn, "{paths:?}");
+        // Consent lapses after 30 s; the move follows at once (RFC 7675's bound, 5 s checks).
+        let after = at - cut;
+        assert!(
+            after >= Duration::from_secs(25) && after <= Duration::from_secs(36),
+            "node {i} moved after {after:?}"
+        );
+    }
+
+    // The route comes back: a later round of punching finds the direct path again.
+    s.sim.set_blackhole(a, b, false);
+    let back = s.sim.now();
+    s.run_for(Duration::from_secs(45));
+    for i in 0..2 {
+        let paths = s.paths(i);
+        let (at, _, _, relayed) = *paths.last().unwrap();
+        assert!(!relayed, "node {i} is direct again: {paths:?}");
+        assert!(at - back <= Duration::from_secs(31), "node {i}: {paths:?}");
+        assert_eq!(paths.len(), 3, "direct, relay, direct: {paths:?}");
+    }
+}
