@@ -12,7 +12,8 @@
 //! | 4 | KCP in our framing ([`FogFraming::Kcp`]) | free range, ours |
 //! | 5 | uTP in our framing ([`FogFraming::Utp`]) | free range, ours |
 //! | 6 | SCTP in our framing ([`FogFraming::Sctp`]) | free range, ours |
-//! | 7–15 | reserved for our framing ([`Protocol::Unknown`]) | free range, kept for later |
+//! | 7 | an application datagram, unreliable, in our framing ([`FogFraming::Data`]) | free range, ours |
+//! | 8–15 | reserved for our framing ([`Protocol::Unknown`]) | free range, kept for later |
 //! | 16–19 | ZRTP ([`Protocol::Zrtp`]), not spoken here | RFC 7983 §7 |
 //! | 20–63 | DTLS ([`Protocol::Dtls`]) | RFC 7983 §7 (content types 20–63) |
 //! | 64–79 | TURN ChannelData if it came from a TURN server we use, else QUIC short header | RFC 8656 §12 (channels 0x4000–0x4FFF); RFC 9443 §3 notes the overlap |
@@ -61,6 +62,9 @@ pub enum FogFraming {
     Utp = 5,
     /// A plain SCTP common header (RFC 9260 §3) follows the byte.
     Sctp = 6,
+    /// The application's own datagram follows the byte (the node's unreliable datagram
+    /// service, beside the transports).
+    Data = 7,
 }
 
 /// Smallest STUN message: the 20-byte header (RFC 8489 §5).
@@ -84,6 +88,7 @@ impl FogFraming {
             4 => Some(Self::Kcp),
             5 => Some(Self::Utp),
             6 => Some(Self::Sctp),
+            7 => Some(Self::Data),
             _ => None,
         }
     }
@@ -154,6 +159,8 @@ mod tests {
             Protocol::Fog(FogFraming::Utp)
         } else if first == 6 {
             Protocol::Fog(FogFraming::Sctp)
+        } else if first == 7 {
+            Protocol::Fog(FogFraming::Data)
         } else if first <= 15 {
             Protocol::Unknown
         } else if first <= 19 {
@@ -215,7 +222,12 @@ mod tests {
     #[test]
     fn framing_round_trips_and_refuses_small_buffers() {
         let mut buf = [0u8; 8];
-        for framing in [FogFraming::Kcp, FogFraming::Utp, FogFraming::Sctp] {
+        for framing in [
+            FogFraming::Kcp,
+            FogFraming::Utp,
+            FogFraming::Sctp,
+            FogFraming::Data,
+        ] {
             let n = framing.frame(b"abc", &mut buf).unwrap();
             assert_eq!(n, 4);
             assert_eq!(classify(&buf[..n], false), Protocol::Fog(framing));

@@ -379,6 +379,13 @@ impl Agent {
         }
     }
 
+    /// Whether `(local, remote)` is a working path of this session (a pair that answered a
+    /// check both ways): where the peer's data may come from.
+    pub fn has_path(&self, local: SocketAddr, remote: SocketAddr) -> bool {
+        self.pair_index(local, remote)
+            .is_some_and(|i| self.pairs[i].state == State::Succeeded)
+    }
+
     /// Whether the selected path goes through a relay.
     pub fn selected_is_relayed(&self) -> bool {
         self.selected.is_some_and(|i| self.pairs[i].relayed)

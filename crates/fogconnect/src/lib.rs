@@ -7,4 +7,4 @@
 
 pub mod node;
 
-pub use node::{Event, Node, NodeConfig, Via};
+pub use node::{Event, MAX_DATAGRAM, Node, NodeConfig, SendError, Via};

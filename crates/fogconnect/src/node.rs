@@ -158,6 +158,13 @@ pub enum Event {
         /// The peer.
         peer: PeerId,
     },
+    /// A datagram from the peer of a connection (sent with [`Node::send`]).
+    Data {
+        /// The connection.
+        session: SessionId,
+        /// The datagram.
+        data: Vec<u8>,
+    },
     /// A connection's path stopped answering.
     PathLost {
         /// The connection.
@@ -202,9 +209,38 @@ struct SignalRelay {
     next_probe: Instant,
 }
 
-/// A probe on the relay over signaling (first byte), and its echo.
+/// A probe on the relay over signaling (first byte), its echo, and an application datagram.
 const RELAY_PROBE: u8 = 0;
 const RELAY_ECHO: u8 = 1;
+const RELAY_DATA: u8 = 2;
+/// The framing byte of an application datagram on a UDP path (fog-core's demux table).
+const DATA: u8 = fog_core::FogFraming::Data.byte();
+/// The largest datagram [`Node::send`] takes: what fits one relayed frame (the relay over
+/// signaling carries at most 1,400 bytes, our framing byte included).
+pub const MAX_DATAGRAM: usize = 1_399;
+
+/// Why [`Node::send`] did not send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendError {
+    /// No such session.
+    UnknownSession,
+    /// The session has no path yet (wait for [`Event::Connected`]).
+    NotConnected,
+    /// The datagram is longer than [`MAX_DATAGRAM`].
+    TooLong,
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::UnknownSession => f.write_str("no such session"),
+            SendError::NotConnected => f.write_str("the session has no path yet"),
+            SendError::TooLong => write!(f, "datagrams are at most {MAX_DATAGRAM} bytes"),
+        }
+    }
+}
+
+impl std::error::Error for SendError {}
 /// Keepalive probes on the relay over signaling: well inside the server's 120 s session
 /// lifetime, which each relay frame restarts.
 const SIGNAL_RELAY_KEEPALIVE: Duration = Duration::from_secs(30);
@@ -249,6 +285,8 @@ pub struct Node {
     turn: Option<TurnClient>,
     relay_requested: bool,
     relayed: Option<SocketAddr>,
+    /// Application datagrams to send on a UDP path: (from, to, bytes with the framing byte).
+    outgoing: VecDeque<(SocketAddr, SocketAddr, Vec<u8>)>,
     /// When the node was made: its first timeout, which starts discovery.
     created: Instant,
     started: bool,
@@ -293,6 +331,7 @@ impl Node {
             turn: None,
             relay_requested: false,
             relayed: None,
+            outgoing: VecDeque::new(),
             created: now,
             started: false,
             config,
@@ -319,6 +358,57 @@ impl Node {
     pub fn connect(&mut self, now: Instant, peer: PeerId, service: u16) {
         self.pending.push(PendingConnect { peer, service });
         self.progress(now);
+    }
+
+    /// Sends one datagram to the peer of `session` on its current path (unreliable, unordered,
+    /// at most [`MAX_DATAGRAM`] bytes): what the transports will build on.
+    pub fn send(&mut self, session: SessionId, data: &[u8]) -> Result<(), SendError> {
+        if data.len() > MAX_DATAGRAM {
+            return Err(SendError::TooLong);
+        }
+        let s = self
+            .sessions
+            .iter()
+            .find(|s| s.id == Some(session))
+            .ok_or(SendError::UnknownSession)?;
+        if let Some((local, remote)) = s.agent.as_ref().and_then(Agent::selected) {
+            let mut bytes = Vec::with_capacity(data.len() + 1);
+            bytes.push(DATA);
+            bytes.extend_from_slice(data);
+            self.outgoing.push_back((local, remote, bytes));
+            return Ok(());
+        }
+        if s.signal_relay.is_some() && s.connected {
+            let mut bytes = Vec::with_capacity(data.len() + 1);
+            bytes.push(RELAY_DATA);
+            bytes.extend_from_slice(data);
+            return self
+                .client
+                .relay(session, &bytes)
+                .map_err(|_| SendError::NotConnected);
+        }
+        Err(SendError::NotConnected)
+    }
+
+    /// An application datagram that arrived on `(local, source)`: delivered if it is a path of
+    /// a session. Whether it was one (and so taken).
+    fn deliver(&mut self, local: SocketAddr, source: SocketAddr, payload: &[u8]) -> bool {
+        if payload.first() != Some(&DATA) {
+            return false;
+        }
+        let session = self.sessions.iter().find_map(|s| {
+            s.agent
+                .as_ref()
+                .filter(|a| a.has_path(local, source))
+                .and(s.id)
+        });
+        if let Some(session) = session {
+            self.events.push_back(Event::Data {
+                session,
+                data: payload[1..].to_vec(),
+            });
+        }
+        true
     }
 
     // ---- signaling, driven by whatever carries the frames ----
@@ -672,6 +762,14 @@ impl Node {
                         echo[0] = RELAY_ECHO;
                         let _ = self.client.relay(session, &echo);
                     }
+                    Some(&RELAY_DATA) => {
+                        if s.connected {
+                            self.events.push_back(Event::Data {
+                                session,
+                                data: data[1..].to_vec(),
+                            });
+                        }
+                    }
                     Some(&RELAY_ECHO) => {
                         let Some(relay) = &mut s.signal_relay else {
                             return;
@@ -855,6 +953,9 @@ impl Node {
                     let Some(relayed) = self.relayed else {
                         continue;
                     };
+                    if self.deliver(relayed, peer, &data) {
+                        continue;
+                    }
                     let packet = Receive {
                         source: peer,
                         local: relayed,
@@ -934,6 +1035,9 @@ impl SansIo for Node {
         if self.handle_refresh_answer(now, &packet) {
             return;
         }
+        if self.deliver(packet.local, packet.source, packet.payload) {
+            return;
+        }
         for s in &mut self.sessions {
             if let Some(agent) = &mut s.agent {
                 if agent.owns(&packet) {
@@ -1004,6 +1108,19 @@ impl SansIo for Node {
                 refresh.next_at = now + REFRESH_RTO;
                 if let Ok(len) = BindingRequest::new(refresh.id).encode(buf) {
                     return Some(Transmit::new(self.config.stun, len).from_source(refresh.local));
+                }
+            }
+        }
+        while let Some((local, remote, bytes)) = self.outgoing.pop_front() {
+            match (self.relayed, &mut self.turn) {
+                (Some(relayed), Some(turn)) if local == relayed => {
+                    let _ = turn.create_permission(now, remote.ip());
+                    let _ = turn.send_to(now, remote, &bytes);
+                }
+                _ => {
+                    let len = bytes.len().min(buf.len());
+                    buf[..len].copy_from_slice(&bytes[..len]);
+                    return Some(Transmit::new(remote, len).from_source(local));
                 }
             }
         }
