@@ -762,13 +762,11 @@ impl Node {
                         echo[0] = RELAY_ECHO;
                         let _ = self.client.relay(session, &echo);
                     }
-                    Some(&RELAY_DATA) => {
-                        if s.connected {
-                            self.events.push_back(Event::Data {
-                                session,
-                                data: data[1..].to_vec(),
-                            });
-                        }
+                    Some(&RELAY_DATA) if s.connected => {
+                        self.events.push_back(Event::Data {
+                            session,
+                            data: data[1..].to_vec(),
+                        });
                     }
                     Some(&RELAY_ECHO) => {
                         let Some(relay) = &mut s.signal_relay else {
