@@ -76,3 +76,8 @@ fn datagrams_cross_the_signaling_relay() {
         Via::Signaling,
     );
 }
+
+#[test]
+fn datagrams_cross_between_open_hosts() {
+    exchange(Preset::OpenInternet, Preset::OpenInternet, Via::Direct);
+}

@@ -40,6 +40,86 @@ pub(crate) enum Command {
     Listen(ListenArgs),
     /// Send an offer to a peer (by peer ID or alias) through a signaling server and print its answer
     Offer(OfferArgs),
+    /// Run a whole node (discovery, signaling, punching, relay) and echo the datagrams peers send
+    Serve(ServeArgs),
+    /// Run a whole node, connect to a peer by peer ID or alias, send one datagram, print the echo
+    Connect(ConnectArgs),
+}
+
+/// What `serve` and `connect` share: the servers a node uses.
+#[derive(Debug, Args)]
+pub(crate) struct NodeArgs {
+    /// The signaling server, e.g. ws://127.0.0.1:7600/ws
+    #[arg(long, value_name = "ws://HOST[:PORT][/PATH]")]
+    pub(crate) signal: SignalUrl,
+
+    /// The RFC 5780 STUN server for NAT discovery (HOST or HOST:PORT; port 3478 by default)
+    #[arg(long, value_name = "HOST[:PORT]")]
+    pub(crate) stun: String,
+
+    /// A TURN server to relay through, with credentials from the signaling server
+    #[arg(long, value_name = "HOST[:PORT]")]
+    pub(crate) turn: Option<String>,
+
+    /// Never take a direct path: describe only the relayed address (needs --turn)
+    #[arg(long, requires = "turn")]
+    pub(crate) relay_only: bool,
+
+    /// This node's key file: loaded, or created with mode 0600 when missing
+    #[arg(long, value_name = "FILE")]
+    pub(crate) key: Option<PathBuf>,
+
+    /// Give up after this many seconds [default: connect 30, serve never]
+    #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
+    pub(crate) timeout: Option<Duration>,
+
+    /// Print one JSON object per line instead of text
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// `fogconnect serve`.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Example: fogconnect serve --signal ws://127.0.0.1:7600/ws --stun 127.0.0.1 --alias bob
+
+Prints `ready: ...` once discovery finished, a line per connection and path change, and echoes \
+every datagram back on the path it came from.")]
+pub(crate) struct ServeArgs {
+    #[command(flatten)]
+    pub(crate) node: NodeArgs,
+
+    /// An alias to claim
+    #[arg(long, value_name = "NAME")]
+    pub(crate) alias: Option<String>,
+
+    /// Exit after echoing this many datagrams [default: run until interrupted]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) count: Option<u64>,
+}
+
+/// `fogconnect connect`.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Example: fogconnect connect --signal ws://127.0.0.1:7600/ws --stun 127.0.0.1 bob --message hello
+
+Exits 0 once the echo came back (`echo: hello (… ms)`), 1 when the peer is unknown or offline or \
+nothing came back before --timeout.")]
+pub(crate) struct ConnectArgs {
+    #[command(flatten)]
+    pub(crate) node: NodeArgs,
+
+    /// The peer: its peer ID, or an alias it registered
+    #[arg(value_name = "PEER")]
+    pub(crate) peer: String,
+
+    /// The datagram to send
+    #[arg(long, default_value = "hello")]
+    pub(crate) message: String,
+
+    /// The application's service number
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub(crate) service: u16,
 }
 
 /// What `listen` and `offer` share.

@@ -41,6 +41,7 @@
 
 mod cli;
 mod nat;
+mod node;
 mod peer;
 mod signal;
 
@@ -67,6 +68,8 @@ fn main() -> ExitCode {
         Command::Nat(args) => nat_command(&args),
         Command::Listen(args) => report(peer::listen(&args)),
         Command::Offer(args) => report(peer::offer(&args)),
+        Command::Serve(args) => report(node::serve(&args)),
+        Command::Connect(args) => report(node::connect(&args)),
     }
 }
 

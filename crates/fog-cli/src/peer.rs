@@ -45,7 +45,7 @@ pub(crate) fn os_random<const N: usize>() -> Result<[u8; N], String> {
 
 /// The identity: loaded from `--key`, created there (mode 0600) when the file does not exist, or
 /// a new one for this run.
-fn identity(path: Option<&Path>) -> Result<KeyPair, String> {
+pub(crate) fn identity(path: Option<&Path>) -> Result<KeyPair, String> {
     let Some(path) = path else {
         return Ok(KeyPair::from_seed(&os_random()?));
     };

@@ -153,38 +153,7 @@ impl Connection {
         config: ClientConfig,
         timeout: Duration,
     ) -> Result<Self, SignalError> {
-        let addrs: Vec<SocketAddr> = (url.realm(), url.port)
-            .to_socket_addrs()
-            .map_err(|e| SignalError::Connect(format!("{}: {e}", url.host)))?
-            .collect();
-        let mut last = None;
-        let mut stream = None;
-        for addr in &addrs {
-            match TcpStream::connect_timeout(addr, timeout) {
-                Ok(s) => {
-                    stream = Some(s);
-                    break;
-                }
-                Err(e) => last = Some(format!("{addr}: {e}")),
-            }
-        }
-        let stream = stream.ok_or_else(|| {
-            SignalError::Connect(last.unwrap_or_else(|| format!("{} has no address", url.host)))
-        })?;
-        stream.set_nodelay(true).map_err(SignalError::Io)?;
-        stream
-            .set_read_timeout(Some(timeout))
-            .map_err(SignalError::Io)?;
-        stream
-            .set_write_timeout(Some(timeout))
-            .map_err(SignalError::Io)?;
-        let local = stream.local_addr().map_err(SignalError::Io)?;
-        let ws_config = WebSocketConfig::default()
-            .max_message_size(Some(MAX_FRAME))
-            .max_frame_size(Some(MAX_FRAME));
-        let (ws, _response) =
-            tungstenite::client::client_with_config(url.to_string(), stream, Some(ws_config))
-                .map_err(|e| SignalError::Handshake(handshake_error(&e)))?;
+        let (ws, local) = open_websocket(url, timeout)?;
         let mut client = Client::new(config);
         client.handle_connected(Instant::now());
         let mut connection = Connection { ws, client, local };
@@ -298,6 +267,47 @@ impl Connection {
         }
         Ok(())
     }
+}
+
+/// Connects to `url` within `timeout` and upgrades to a WebSocket; returns it with the local
+/// address of the TCP connection (the interface that reaches the server).
+pub(crate) fn open_websocket(
+    url: &SignalUrl,
+    timeout: Duration,
+) -> Result<(WebSocket<TcpStream>, SocketAddr), SignalError> {
+    let addrs: Vec<SocketAddr> = (url.realm(), url.port)
+        .to_socket_addrs()
+        .map_err(|e| SignalError::Connect(format!("{}: {e}", url.host)))?
+        .collect();
+    let mut last = None;
+    let mut stream = None;
+    for addr in &addrs {
+        match TcpStream::connect_timeout(addr, timeout) {
+            Ok(s) => {
+                stream = Some(s);
+                break;
+            }
+            Err(e) => last = Some(format!("{addr}: {e}")),
+        }
+    }
+    let stream = stream.ok_or_else(|| {
+        SignalError::Connect(last.unwrap_or_else(|| format!("{} has no address", url.host)))
+    })?;
+    stream.set_nodelay(true).map_err(SignalError::Io)?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .map_err(SignalError::Io)?;
+    stream
+        .set_write_timeout(Some(timeout))
+        .map_err(SignalError::Io)?;
+    let local = stream.local_addr().map_err(SignalError::Io)?;
+    let ws_config = WebSocketConfig::default()
+        .max_message_size(Some(MAX_FRAME))
+        .max_frame_size(Some(MAX_FRAME));
+    let (ws, _response) =
+        tungstenite::client::client_with_config(url.to_string(), stream, Some(ws_config))
+            .map_err(|e| SignalError::Handshake(handshake_error(&e)))?;
+    Ok((ws, local))
 }
 
 fn handshake_error<S: tungstenite::handshake::HandshakeRole>(

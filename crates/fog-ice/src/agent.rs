@@ -379,11 +379,25 @@ impl Agent {
         }
     }
 
-    /// Whether `(local, remote)` is a working path of this session (a pair that answered a
-    /// check both ways): where the peer's data may come from.
+    /// Whether the peer may be sending on `(local, remote)`: a pair that answered our check, or
+    /// on which the peer's own authenticated check arrived (the peer may select a pair before
+    /// our check on it has come back).
     pub fn has_path(&self, local: SocketAddr, remote: SocketAddr) -> bool {
         self.pair_index(local, remote)
-            .is_some_and(|i| self.pairs[i].state == State::Succeeded)
+            .is_some_and(|i| self.pairs[i].state == State::Succeeded || self.pairs[i].heard)
+    }
+
+    /// Where to send the application's data now: the selected path, or before one is selected,
+    /// a pair that works or on which the peer reached us (the peer may select first and send
+    /// at once; the answer goes back the way its data came).
+    pub fn data_path(&self) -> Option<(SocketAddr, SocketAddr)> {
+        self.selected().or_else(|| {
+            self.pairs
+                .iter()
+                .filter(|p| p.state == State::Succeeded || p.heard)
+                .max_by_key(|p| (p.state == State::Succeeded, !p.relayed, p.priority))
+                .map(|p| (p.local, p.remote))
+        })
     }
 
     /// Whether the selected path goes through a relay.

@@ -122,6 +122,8 @@ pub struct Plan {
     pub birthday: Option<Birthday>,
     /// Keep punching this long, then rely on the relay.
     pub punch_for: Duration,
+    /// Direct paths are off ([`Plan::relay_only`]).
+    pub relay_only: bool,
 }
 
 impl Plan {
@@ -150,6 +152,7 @@ impl Plan {
             known_endpoint: is_eim(mine),
             birthday: None,
             punch_for: config.punch_for,
+            relay_only: false,
         };
         let window = 1 + config.prediction_window;
         let spray = Birthday::Spray {
@@ -230,9 +233,23 @@ impl Plan {
         plan
     }
 
-    /// Whether the route leads to a direct path (with certainty or with the birthday odds).
+    /// Whether the route leads to a direct path (with certainty or with the birthday odds),
+    /// and direct paths are allowed.
     pub fn is_direct(&self) -> bool {
-        self.outcome.is_direct()
+        self.outcome.is_direct() && !self.relay_only
+    }
+
+    /// The same plan with every direct action off: the connection goes through a relay only
+    /// (an application that does not want its address known to the peer, or a test that
+    /// forces the relay).
+    pub fn relay_only(mut self) -> Plan {
+        self.relay_only = true;
+        self.to_srflx = false;
+        self.to_predicted = 0;
+        self.predict_own = None;
+        self.single_flow = false;
+        self.birthday = None;
+        self
     }
 }
 

@@ -59,6 +59,9 @@ pub struct NodeConfig {
     /// The TURN server to allocate on, with credentials the signaling server hands out
     /// (`None`: no relay).
     pub turn: Option<SocketAddr>,
+    /// Direct paths allowed (default). When off, the node describes only its relayed address,
+    /// so the peer never learns its own, and every connection goes through a relay.
+    pub direct: bool,
 }
 
 impl NodeConfig {
@@ -82,6 +85,7 @@ impl NodeConfig {
             port_samples: 4,
             hairpinning: false,
             turn: None,
+            direct: true,
         }
     }
 }
@@ -157,6 +161,13 @@ pub enum Event {
         session: SessionId,
         /// The peer.
         peer: PeerId,
+    },
+    /// The answer to [`Node::lookup`].
+    LookupResult {
+        /// The peer the name belongs to, if any.
+        peer: Option<PeerId>,
+        /// Whether it is connected to the signaling server now.
+        online: bool,
     },
     /// A datagram from the peer of a connection (sent with [`Node::send`]).
     Data {
@@ -360,6 +371,17 @@ impl Node {
         self.progress(now);
     }
 
+    /// Asks the signaling server who `name` (an alias or a peer ID) is; the answer comes as
+    /// [`Event::LookupResult`].
+    pub fn lookup(&mut self, name: &str) {
+        if self.client.lookup(name).is_err() {
+            self.events.push_back(Event::Error {
+                session: None,
+                message: "lookup before the signaling server accepted us".into(),
+            });
+        }
+    }
+
     /// Sends one datagram to the peer of `session` on its current path (unreliable, unordered,
     /// at most [`MAX_DATAGRAM`] bytes): what the transports will build on.
     pub fn send(&mut self, session: SessionId, data: &[u8]) -> Result<(), SendError> {
@@ -371,7 +393,7 @@ impl Node {
             .iter()
             .find(|s| s.id == Some(session))
             .ok_or(SendError::UnknownSession)?;
-        if let Some((local, remote)) = s.agent.as_ref().and_then(Agent::selected) {
+        if let Some((local, remote)) = s.agent.as_ref().and_then(Agent::data_path) {
             let mut bytes = Vec::with_capacity(data.len() + 1);
             bytes.push(DATA);
             bytes.extend_from_slice(data);
@@ -535,6 +557,21 @@ impl Node {
     fn description(&mut self, credentials: &agent::Credentials, service: u16) -> Description {
         let base = self.config.base;
         let mut candidates = Vec::new();
+        if !self.config.direct {
+            if let Some(relayed) = self.relayed {
+                candidates.push(ice_candidate::Candidate::new(Kind::Relayed, relayed));
+            }
+            return Description {
+                candidates: candidates.iter().map(to_wire).collect(),
+                nat: self.behaviour().map(Into::into),
+                transports: self.config.transports.clone(),
+                credentials: msg::Credentials {
+                    ufrag: credentials.ufrag.clone(),
+                    pwd: credentials.pwd.clone(),
+                },
+                service,
+            };
+        }
         // The server-reflexive address even when it is the host's own (no NAT, or a firewall):
         // the peer's plan checks server-reflexive candidates, and may skip host ones.
         if let Some(mapped) = self.report.as_ref().and_then(|r| r.mapped) {
@@ -640,7 +677,10 @@ impl Node {
         } else {
             (theirs, mine, Who::B)
         };
-        let plan = Plan::new(a, b, me, &self.config.strategy);
+        let mut plan = Plan::new(a, b, me, &self.config.strategy);
+        if !self.config.direct {
+            plan = plan.relay_only();
+        }
         // No UDP on one side: the signaling server carries the datagrams.
         if (a == Behaviour::UdpBlocked || b == Behaviour::UdpBlocked) && session.id.is_some() {
             session.signal_relay = Some(SignalRelay {
@@ -701,6 +741,9 @@ impl Node {
                         self.turn = Some(turn);
                     }
                 }
+            }
+            SignalEvent::LookupResult { peer, online, .. } => {
+                self.events.push_back(Event::LookupResult { peer, online });
             }
             SignalEvent::OfferSent { request, session } => {
                 if let Some(s) = self

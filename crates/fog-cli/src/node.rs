@@ -1,0 +1,342 @@
+//! `fogconnect serve` and `fogconnect connect`: the whole FogConnect node on real sockets.
+//!
+//! The node (`fogconnect::Node`: discovery, signaling, TURN, punching) runs on a fog-mio driver
+//! on this thread; its signaling frames travel over a WebSocket that a second thread pumps
+//! (tungstenite is blocking here, so the pump reads with a short timeout and writes what the
+//! node queued in between). `serve` registers an alias and echoes every datagram it receives;
+//! `connect` connects to a peer, sends one datagram and waits for the echo.
+
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs as _, UdpSocket};
+use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use fog_mio::{Driver, Handle};
+use fog_signal::PeerId;
+use fog_signal::msg::SessionId;
+use fogconnect::{Event, Node, NodeConfig, Via};
+use serde_json::json;
+use tungstenite::Message;
+
+use crate::cli::{ConnectArgs, NodeArgs, ServeArgs};
+use crate::peer::{identity, os_random};
+use crate::signal::{SignalError, open_websocket};
+
+/// What the pump thread tells the node's thread.
+enum FromServer {
+    Frame(String),
+    Closed(String),
+}
+
+/// The WebSocket pump: frames from the server to `to_node` (waking the driver), frames from
+/// `from_node` to the server.
+fn pump(
+    mut ws: tungstenite::WebSocket<std::net::TcpStream>,
+    to_node: Sender<FromServer>,
+    from_node: Receiver<String>,
+    wake: Handle,
+) {
+    let _ = ws
+        .get_mut()
+        .set_read_timeout(Some(Duration::from_millis(5)));
+    loop {
+        loop {
+            match from_node.try_recv() {
+                Ok(frame) => {
+                    if let Err(e) = ws.send(Message::text(frame)) {
+                        let _ = to_node.send(FromServer::Closed(e.to_string()));
+                        let _ = wake.wake();
+                        return;
+                    }
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    let _ = ws.close(None);
+                    let _ = ws.flush();
+                    return;
+                }
+            }
+        }
+        match ws.read() {
+            Ok(Message::Text(text)) => {
+                if to_node.send(FromServer::Frame(text.to_string())).is_err() {
+                    return;
+                }
+                let _ = wake.wake();
+            }
+            Ok(Message::Close(frame)) => {
+                let why = frame.map_or_else(String::new, |f| format!("{}: {}", f.code, f.reason));
+                let _ = to_node.send(FromServer::Closed(why));
+                let _ = wake.wake();
+                return;
+            }
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => {
+                let _ = to_node.send(FromServer::Closed(e.to_string()));
+                let _ = wake.wake();
+                return;
+            }
+        }
+    }
+}
+
+/// A running node: the driver, and the two ends of the signaling pump.
+struct Running {
+    driver: Driver<Node>,
+    to_server: Sender<String>,
+    from_server: Receiver<FromServer>,
+    json: bool,
+}
+
+fn resolve(host: &str, default_port: u16) -> Result<SocketAddr, String> {
+    let with_port =
+        if host.contains(':') && !host.starts_with('[') && host.parse::<SocketAddr>().is_err() {
+            format!("[{host}]:{default_port}")
+        } else if host.parse::<SocketAddr>().is_ok()
+            || host
+                .rsplit_once(':')
+                .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        {
+            host.to_owned()
+        } else {
+            format!("{host}:{default_port}")
+        };
+    with_port
+        .to_socket_addrs()
+        .map_err(|e| format!("{host}: {e}"))?
+        .find(SocketAddr::is_ipv4)
+        .ok_or_else(|| format!("{host} has no IPv4 address"))
+}
+
+// The binary reads the clock for the driver and the OS random source for the seed.
+#[allow(clippy::disallowed_methods)]
+fn start(args: &NodeArgs, alias: Option<&str>) -> Result<Running, String> {
+    let timeout = Duration::from_secs(10);
+    let (ws, local) =
+        open_websocket(&args.signal, timeout).map_err(|e: SignalError| e.to_string())?;
+    let stun = resolve(&args.stun, 3478)?;
+    let turn = args.turn.as_deref().map(|t| resolve(t, 3478)).transpose()?;
+    // The base socket: a free port on the interface that reaches the signaling server. The
+    // driver binds it (and discovery's ports above it) when the node first sends.
+    let port = UdpSocket::bind(SocketAddr::new(local.ip(), 0))
+        .and_then(|s| s.local_addr())
+        .map_err(|e| format!("finding a free UDP port on {}: {e}", local.ip()))?
+        .port();
+    let base = SocketAddr::new(local.ip(), port);
+    let key = identity(args.key.as_deref())?;
+    let seed = u64::from_le_bytes(os_random()?);
+    let mut config = NodeConfig::new(key, args.signal.realm(), stun, base, seed);
+    config.alias = alias.map(str::to_owned);
+    config.turn = turn;
+    config.direct = !args.relay_only;
+    let node = Node::new(config, Instant::now());
+    let mut driver = Driver::new(node, &[base]).map_err(|e| format!("binding {base}: {e}"))?;
+    let (to_node, from_server) = mpsc::channel();
+    let (to_server, from_node) = mpsc::channel();
+    let wake = driver.handle();
+    thread::spawn(move || pump(ws, to_node, from_node, wake));
+    driver.machine_mut().handle_signal_open(Instant::now());
+    Ok(Running {
+        driver,
+        to_server,
+        from_server,
+        json: args.json,
+    })
+}
+
+impl Running {
+    /// One turn: the driver for up to 20 ms, then frames both ways. The node's events.
+    // The binary reads the clock for the driver.
+    #[allow(clippy::disallowed_methods)]
+    fn step(&mut self) -> Result<Vec<Event>, String> {
+        let mut events = Vec::new();
+        self.driver
+            .turn(Some(Duration::from_millis(20)), |_, e| events.push(e))
+            .map_err(|e| format!("the event loop failed: {e}"))?;
+        loop {
+            match self.from_server.try_recv() {
+                Ok(FromServer::Frame(frame)) => {
+                    self.driver
+                        .machine_mut()
+                        .handle_signal_frame(Instant::now(), &frame);
+                }
+                Ok(FromServer::Closed(why)) => {
+                    return Err(format!(
+                        "the signaling server closed the connection ({why})"
+                    ));
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    return Err("the signaling connection ended".into());
+                }
+            }
+        }
+        self.driver.drain(|_, e| events.push(e));
+        while let Some(frame) = self.driver.machine_mut().poll_signal_frame() {
+            let _ = self.to_server.send(frame);
+        }
+        Ok(events)
+    }
+
+    fn report(&self, event: &Event) {
+        let line = match event {
+            Event::Ready { behaviour, public } => {
+                if self.json {
+                    json!({"event": "ready", "nat": behaviour.to_string(), "public": public.map(|p| p.to_string())}).to_string()
+                } else {
+                    format!(
+                        "ready: NAT {behaviour}, public address {}",
+                        public.map_or("none".into(), |p| p.to_string())
+                    )
+                }
+            }
+            Event::Connected {
+                session,
+                peer,
+                local,
+                remote,
+                rtt,
+                via,
+            } => {
+                if self.json {
+                    json!({"event": "connected", "session": session.to_string(), "peer": peer.to_string(),
+                        "local": local.to_string(), "remote": remote.to_string(),
+                        "rtt_ms": rtt.as_secs_f64() * 1000.0, "via": via_name(*via)}).to_string()
+                } else {
+                    format!(
+                        "connected to {peer} via {} ({local} -> {remote}, rtt {:.1} ms)",
+                        via_name(*via),
+                        rtt.as_secs_f64() * 1000.0
+                    )
+                }
+            }
+            Event::PathChanged {
+                local, remote, via, ..
+            } => {
+                if self.json {
+                    json!({"event": "path_changed", "local": local.to_string(), "remote": remote.to_string(), "via": via_name(*via)}).to_string()
+                } else {
+                    format!("path changed: via {} ({local} -> {remote})", via_name(*via))
+                }
+            }
+            _ => return,
+        };
+        println!("{line}");
+    }
+}
+
+fn via_name(via: Via) -> &'static str {
+    match via {
+        Via::Direct => "direct",
+        Via::Turn => "turn",
+        Via::Signaling => "signaling",
+    }
+}
+
+/// `fogconnect serve`: answer connections and echo every datagram back.
+// The binary reads the clock.
+#[allow(clippy::disallowed_methods)]
+pub(crate) fn serve(args: &ServeArgs) -> Result<(), String> {
+    let mut node = start(&args.node, args.alias.as_deref())?;
+    let deadline = args.node.timeout.map(|t| Instant::now() + t);
+    let mut echoed = 0u64;
+    loop {
+        for event in node.step()? {
+            node.report(&event);
+            if let Event::Data { session, data } = event {
+                match node.driver.machine_mut().send(session, &data) {
+                    Ok(()) => echoed += 1,
+                    Err(e) => eprintln!("fogconnect: could not echo a datagram: {e}"),
+                }
+            }
+        }
+        if args.count.is_some_and(|c| echoed >= c) {
+            // Let the last echo leave.
+            for _ in 0..5 {
+                node.step()?;
+            }
+            return Ok(());
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Err(format!("timed out ({echoed} datagrams echoed)"));
+        }
+    }
+}
+
+/// `fogconnect connect`: connect to a peer, send one datagram, wait for its echo.
+// The binary reads the clock.
+#[allow(clippy::disallowed_methods)]
+pub(crate) fn connect(args: &ConnectArgs) -> Result<(), String> {
+    let mut node = start(&args.node, None)?;
+    let deadline = Instant::now() + args.node.timeout.unwrap_or(Duration::from_secs(30));
+    let target: Option<PeerId> = args.peer.parse().ok();
+    let mut asked = false;
+    let mut ready = (false, false);
+    let mut session: Option<SessionId> = None;
+    let mut sent_at: Option<Instant> = None;
+    let mut lookup_pending = target.is_none();
+    let mut resolved = target;
+    while Instant::now() < deadline {
+        for event in node.step()? {
+            node.report(&event);
+            match event {
+                Event::Ready { .. } => ready.0 = true,
+                Event::SignalingUp => ready.1 = true,
+                Event::Connected { session: s, .. } => {
+                    session = Some(s);
+                    node.driver
+                        .machine_mut()
+                        .send(s, args.message.as_bytes())
+                        .map_err(|e| e.to_string())?;
+                    sent_at = Some(Instant::now());
+                }
+                Event::Data { data, .. } => {
+                    let rtt = sent_at.map_or(0.0, |t| t.elapsed().as_secs_f64() * 1000.0);
+                    if node.json {
+                        println!(
+                            "{}",
+                            json!({"event": "echo", "data": String::from_utf8_lossy(&data), "rtt_ms": rtt})
+                        );
+                    } else {
+                        println!("echo: {} ({rtt:.1} ms)", String::from_utf8_lossy(&data));
+                    }
+                    return Ok(());
+                }
+                Event::Error { message, .. } => return Err(message),
+                Event::LookupResult { peer, online } => {
+                    lookup_pending = false;
+                    resolved = match (peer, online) {
+                        (Some(p), true) => Some(p),
+                        (Some(p), false) => {
+                            return Err(format!("{} ({p}) is not online", args.peer));
+                        }
+                        (None, _) => return Err(format!("no peer is known as {}", args.peer)),
+                    };
+                }
+                _ => {}
+            }
+        }
+        if ready.1 && lookup_pending && !asked {
+            node.driver.machine_mut().lookup(&args.peer);
+            asked = true;
+        }
+        if ready.0 && ready.1 && session.is_none() && sent_at.is_none() {
+            if let Some(peer) = resolved.take() {
+                node.driver
+                    .machine_mut()
+                    .connect(Instant::now(), peer, args.service);
+                sent_at = Some(Instant::now());
+            }
+        }
+    }
+    Err(match session {
+        Some(_) => "connected, but no echo came back before the timeout".into(),
+        None => "no connection before the timeout".into(),
+    })
+}

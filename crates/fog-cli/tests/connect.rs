@@ -1,0 +1,162 @@
+//! Two whole nodes on real sockets: `fogconnect serve` and `fogconnect connect` run
+//! discovery against fogd's STUN service, meet through fogd's signaling, punch (on loopback
+//! there is no NAT, so the direct path is the plain one), and a datagram goes there and back.
+//!
+//! fogd is built on first use (see `support::fogd_exe`).
+
+// Tests read the wall clock for their own deadlines; only protocol crates must not.
+#![allow(clippy::disallowed_methods)]
+
+mod support;
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::Command;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use support::{A1, A2, ChildGuard, fogconnect, fogconnect_exe, fogd_exe, free_port_pair};
+
+const STEP: Duration = Duration::from_secs(30);
+
+/// fogd with STUN on two loopback addresses and signaling, on free ports.
+fn fogd() -> (ChildGuard, SocketAddr, String) {
+    for attempt in 0..5 {
+        let (p1, p2) = free_port_pair();
+        let signal = TcpListener::bind((A1, 0))
+            .and_then(|l| l.local_addr())
+            .unwrap();
+        let stun = SocketAddr::new(A1, p1);
+        let mut child = ChildGuard::spawn(
+            &format!("fogd-node-{attempt}"),
+            Command::new(fogd_exe()).args([
+                "--stun",
+                &stun.to_string(),
+                "--stun-alt",
+                &SocketAddr::new(A2, p2).to_string(),
+                "--signal",
+                &signal.to_string(),
+            ]),
+        )
+        .expect("spawning fogd");
+        let deadline = Instant::now() + STEP;
+        while Instant::now() < deadline {
+            if TcpStream::connect_timeout(&signal, Duration::from_millis(200)).is_ok() {
+                // The STUN service starts beside it; give it a moment to bind.
+                thread::sleep(Duration::from_millis(100));
+                return (child, stun, format!("ws://{signal}/ws"));
+            }
+            if child.try_wait().is_some() {
+                break;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+    panic!("fogd could not start on free ports");
+}
+
+#[test]
+fn two_nodes_connect_on_loopback_and_a_datagram_goes_there_and_back() {
+    let (_fogd, stun, url) = fogd();
+    let stun = stun.to_string();
+    let mut serve = ChildGuard::spawn(
+        "serve",
+        Command::new(fogconnect_exe()).args([
+            "serve",
+            "--signal",
+            &url,
+            "--stun",
+            &stun,
+            "--alias",
+            "bob",
+            "--count",
+            "1",
+            "--timeout",
+            "30",
+        ]),
+    )
+    .expect("spawning fogconnect serve");
+    // Wait until it is ready (discovery done, alias bound).
+    let deadline = Instant::now() + STEP;
+    while !serve.stdout_text().contains("ready:") {
+        assert!(
+            serve.try_wait().is_none(),
+            "serve exited\n{}",
+            serve.output_text()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "serve not ready\n{}",
+            serve.output_text()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        serve.stdout_text().contains("ready: NAT open (no NAT)"),
+        "{}",
+        serve.output_text()
+    );
+
+    let connect = fogconnect(&[
+        "connect",
+        "--signal",
+        &url,
+        "--stun",
+        &stun,
+        "bob",
+        "--message",
+        "ping 42",
+        "--timeout",
+        "20",
+    ]);
+    assert_eq!(
+        connect.code(),
+        Some(0),
+        "{}\n{}",
+        connect.text(),
+        serve.output_text()
+    );
+    let out = &connect.stdout;
+    assert!(out.contains("ready: NAT open (no NAT)"), "{out}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("connected to "))
+        .unwrap_or_else(|| panic!("no connection line in\n{out}"));
+    assert!(line.contains(" via direct (127.0.0.1:"), "{line}");
+    assert!(out.contains("echo: ping 42 ("), "{out}");
+
+    // The server side connected on the same kind of path, echoed one datagram and left.
+    let status = serve.wait_timeout(STEP);
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{}",
+        serve.output_text()
+    );
+    let served = serve.stdout_text();
+    assert!(
+        served
+            .lines()
+            .any(|l| l.starts_with("connected to ") && l.contains(" via direct ")),
+        "{served}"
+    );
+}
+
+#[test]
+fn connecting_to_nobody_fails_clearly() {
+    let (_fogd, stun, url) = fogd();
+    let connect = fogconnect(&[
+        "connect",
+        "--signal",
+        &url,
+        "--stun",
+        &stun.to_string(),
+        "nobody",
+        "--timeout",
+        "20",
+    ]);
+    assert_eq!(connect.code(), Some(1), "{}", connect.text());
+    assert!(
+        connect.stderr.contains("no peer is known as nobody"),
+        "{}",
+        connect.text()
+    );
+}
