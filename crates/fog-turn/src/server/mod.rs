@@ -3,9 +3,12 @@
 //! The server listens on one address ([`ServerConfig::listen`]). Each allocation is keyed by its
 //! 5-tuple (client address, listen address, UDP; RFC 8656 §2) and owns one relayed transport
 //! address, `relay_ip` plus a port drawn at random from `relay_ports` with the seeded RNG (§7.2
-//! suggests the dynamic range; random, so that one allocation does not tell where the next is). Datagrams to and from peers use that address: the server's transmits towards
-//! peers carry it as [`Transmit::source`], so fog-mio binds it on demand and the simulator sends
-//! from it, and [`Server::accepts`] takes datagrams that arrive on it.
+//! suggests the dynamic range; random, so that one allocation does not tell where the next is).
+//! Datagrams to and from peers use that address: the server asks its driver to bind it with a
+//! [`SocketRequest::Bind`] drained before the Allocate's answer (so a peer's first datagram finds
+//! a socket however early it comes) and to close it with a [`SocketRequest::Unbind`] when the
+//! allocation ends; its transmits towards peers carry it as [`Transmit::source`], and
+//! [`Server::accepts`] takes datagrams that arrive on it.
 //!
 //! # Authentication and what an unauthenticated datagram can cost
 //!
@@ -35,7 +38,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::time::{Duration, Instant};
 
-use fog_core::{Receive, SansIo, Transmit};
+use fog_core::{Receive, SansIo, SocketRequest, Transmit};
 use fog_stun::server::{RateLimit, RateLimiter, Verdict};
 use fog_stun::wire::{Class, IntegrityKey, TransactionId};
 use hmac::{Hmac, Mac as _};
@@ -152,7 +155,7 @@ impl ServerConfig {
 /// What the server reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    /// An allocation was made. A driver that does not bind on demand binds `relayed` now.
+    /// An allocation was made; its relayed address was asked bound just before.
     Allocated {
         /// The client's address (its side of the 5-tuple).
         client: SocketAddr,
@@ -161,7 +164,7 @@ pub enum Event {
         /// The user part of the username.
         user: String,
     },
-    /// An allocation ended; `relayed` may be closed.
+    /// An allocation ended; its relayed address was asked unbound.
     Released {
         /// The client's address.
         client: SocketAddr,
@@ -291,6 +294,8 @@ pub struct Server {
     by_relay: BTreeMap<SocketAddr, FiveTuple>,
     per_user: BTreeMap<String, usize>,
     out: VecDeque<Out>,
+    /// Binds and unbinds of relayed addresses for the driver, drained before `out`.
+    sockets: VecDeque<SocketRequest>,
     events: VecDeque<Event>,
     stats: Stats,
     /// The earliest expiry of any allocation, permission or channel. Recomputed after requests
@@ -329,6 +334,7 @@ impl Server {
             by_relay: BTreeMap::new(),
             per_user: BTreeMap::new(),
             out: VecDeque::new(),
+            sockets: VecDeque::new(),
             events: VecDeque::new(),
             stats: Stats::default(),
             deadline: None,
@@ -675,6 +681,7 @@ impl Server {
         };
         self.allocations.insert(ft, alloc);
         self.by_relay.insert(relayed, ft);
+        self.sockets.push_back(SocketRequest::Bind(relayed));
         *self.per_user.entry(auth.user.clone()).or_default() += 1;
         self.events.push_back(Event::Allocated {
             client: ft.client,
@@ -715,6 +722,7 @@ impl Server {
             return;
         };
         self.by_relay.remove(&alloc.relayed);
+        self.sockets.push_back(SocketRequest::Unbind(alloc.relayed));
         if let Some(n) = self.per_user.get_mut(&alloc.user) {
             *n = n.saturating_sub(1);
             if *n == 0 {
@@ -998,6 +1006,11 @@ impl SansIo for Server {
             alloc.expire_children(now);
         }
         self.update_deadline();
+    }
+
+    /// A bind for each new relayed address, an unbind for each released one, in order.
+    fn poll_socket_request(&mut self) -> Option<SocketRequest> {
+        self.sockets.pop_front()
     }
 
     fn poll_transmit(&mut self, _now: Instant, buf: &mut [u8]) -> Option<Transmit> {

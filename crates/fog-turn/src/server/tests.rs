@@ -30,6 +30,8 @@ struct H {
     t0: Instant,
     now: Instant,
     next_tid: u8,
+    /// Socket requests drained so far, in order.
+    requests: Vec<SocketRequest>,
 }
 
 /// What the client side of a test knows after a 401.
@@ -52,12 +54,15 @@ impl H {
             t0,
             now: t0,
             next_tid: 0,
+            requests: Vec::new(),
         }
     }
 
     fn advance(&mut self, d: Duration) {
         self.now += d;
         self.server.handle_timeout(self.now);
+        self.requests
+            .extend(std::iter::from_fn(|| self.server.poll_socket_request()));
     }
 
     fn tid(&mut self) -> TransactionId {
@@ -79,6 +84,9 @@ impl H {
         };
         assert!(self.server.accepts(&p) || local != listen());
         self.server.handle_packet(self.now, p);
+        // The contract's order: socket requests before transmits.
+        self.requests
+            .extend(std::iter::from_fn(|| self.server.poll_socket_request()));
         let mut buf = vec![0u8; 65_535];
         let mut out = Vec::new();
         while let Some(t) = self.server.poll_transmit(self.now, &mut buf) {
@@ -173,6 +181,8 @@ fn allocate_after_a_challenge() {
     let (creds, relayed) = h.allocated();
     assert_eq!(relayed.ip(), listen().ip());
     assert!((50000..=50009).contains(&relayed.port()));
+    // The relayed address was asked bound with the Allocate's answer, and only it.
+    assert_eq!(h.requests, vec![SocketRequest::Bind(relayed)]);
     // The success response is signed with the long-term key and says who the client is.
     let mut msg = h.request(method::ALLOCATE, Some(&creds));
     msg.requested_transport = Some(TRANSPORT_UDP);
@@ -353,6 +363,10 @@ fn lifetimes_are_clamped_and_refresh_zero_deallocates() {
             reason: Release::Deallocated
         }]
     );
+    assert_eq!(
+        h.requests,
+        vec![SocketRequest::Bind(relayed), SocketRequest::Unbind(relayed)]
+    );
     // The retransmission of that Refresh finds nothing (the client takes 437 as done).
     assert_eq!(h.ask(&msg, Some(&creds.key)).error_code(), Some(437));
     assert_eq!(h.server.poll_timeout(), None);
@@ -384,6 +398,10 @@ fn an_allocation_expires() {
             relayed,
             reason: Release::Expired
         }]
+    );
+    assert_eq!(
+        h.requests,
+        vec![SocketRequest::Bind(relayed), SocketRequest::Unbind(relayed)]
     );
     // Peer data to the old relayed address is no longer accepted or relayed.
     let p = Receive {
