@@ -468,6 +468,51 @@ mod tests {
     }
 
     #[test]
+    fn the_flag_help_states_fog_turns_defaults() {
+        use clap::CommandFactory;
+        let help = Cli::command().render_long_help().to_string();
+        let lines: Vec<&str> = help.lines().collect();
+        let defaults = Limits::default();
+        let ports = DEFAULT_RELAY_PORTS;
+        for (flag, value) in [
+            (
+                "--turn-max-allocations ",
+                defaults.max_allocations.to_string(),
+            ),
+            (
+                "--turn-max-allocations-per-user",
+                defaults.max_allocations_per_user.to_string(),
+            ),
+            (
+                "--turn-bandwidth",
+                defaults.bandwidth_bytes_per_s.to_string(),
+            ),
+            (
+                "--turn-max-lifetime",
+                defaults.max_lifetime.as_secs().to_string(),
+            ),
+            ("--turn-ports", format!("{}-{}", ports.start(), ports.end())),
+            (
+                "--turn-credential-ttl",
+                DEFAULT_CREDENTIAL_TTL.as_secs().to_string(),
+            ),
+        ] {
+            let at = lines
+                .iter()
+                .position(|l| l.trim_start().starts_with(flag))
+                .unwrap_or_else(|| panic!("{flag} not in the help"));
+            // The flag's line, then its description.
+            let text = lines[at..(at + 2).min(lines.len())].join(" ");
+            assert!(text.contains(&format!("[default: {value}]")), "{text}");
+        }
+        // The burst the help promises follows the bandwidth, never below 65535.
+        assert_eq!(
+            defaults.burst_bytes,
+            defaults.bandwidth_bytes_per_s.max(MIN_BURST)
+        );
+    }
+
+    #[test]
     fn same_socket_sees_wildcards() {
         let a: SocketAddr = "127.0.0.1:3478".parse().unwrap();
         assert!(same_socket(a, a));
