@@ -50,9 +50,18 @@ pub trait SansIo {
     /// asks for none: a machine that only sends from addresses it names in
     /// [`Transmit::source`] can rely on the driver binding them on first use. A driver that
     /// cannot bind (the simulator, where every port of a host receives) drains and ignores these.
-    /// A failed bind is the driver's to count and log; the machine is not told.
+    /// A bind that fails is reported back with [`handle_bind_error`](Self::handle_bind_error).
     fn poll_socket_request(&mut self) -> Option<SocketRequest> {
         None
+    }
+
+    /// The driver could not bind `addr`, which the machine asked for with
+    /// [`SocketRequest::Bind`] (another process has the port, say). The driver calls it at once,
+    /// while it drains socket requests, so the machine can still change what it was about to
+    /// send (a TURN server picks another relayed port before its Allocate answer leaves); any
+    /// requests and transmits it queues are drained as usual. The default ignores it.
+    fn handle_bind_error(&mut self, now: Instant, addr: std::net::SocketAddr) {
+        let _ = (now, addr);
     }
 
     /// Write the next datagram to send into `buf` and describe it, or `None` when there is

@@ -413,7 +413,9 @@ fn drain<M: SansIo>(
 ) {
     loop {
         while let Some(request) = machine.poll_socket_request() {
-            io.carry_out(request);
+            if let Err(addr) = io.carry_out(request) {
+                machine.handle_bind_error(now, addr);
+            }
         }
         while let Some(transmit) = machine.poll_transmit(now, buf) {
             io.send(&transmit, buf);
@@ -537,25 +539,31 @@ impl Io {
             .position(|slot| slot.as_ref().is_some_and(|s| s.local.is_ipv4() == v4))
     }
 
-    /// Carries out a machine's socket request; failures are counted and logged (the machine is
-    /// not told, as [`SansIo::poll_socket_request`] says).
-    fn carry_out(&mut self, request: SocketRequest) {
+    /// Carries out a machine's socket request; a failed bind is counted, logged and returned
+    /// with its address, for [`SansIo::handle_bind_error`].
+    fn carry_out(&mut self, request: SocketRequest) -> Result<(), SocketAddr> {
         match request {
             SocketRequest::Bind(addr) if addr.port() == 0 || addr.ip().is_unspecified() => {
                 self.stats.bind_errors += 1;
-                tracing::warn!(%addr, "bind request without a specific IP and port; ignored");
+                tracing::warn!(%addr, "bind request without a specific IP and port; refused");
+                Err(addr)
             }
             SocketRequest::Bind(addr) => match self.bind_extra(addr) {
-                Ok(_) => tracing::debug!(%addr, "bound at the machine's request"),
+                Ok(_) => {
+                    tracing::debug!(%addr, "bound at the machine's request");
+                    Ok(())
+                }
                 Err(e) => {
                     self.stats.bind_errors += 1;
                     tracing::warn!(error = %e, "a bind the machine asked for failed");
+                    Err(addr)
                 }
             },
             SocketRequest::Unbind(addr) => {
                 if self.unbind(addr) {
                     tracing::debug!(%addr, "unbound at the machine's request");
                 }
+                Ok(())
             }
         }
     }

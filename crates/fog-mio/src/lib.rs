@@ -76,8 +76,9 @@
 //!   [`SansIo::poll_socket_request`](fog_core::SansIo::poll_socket_request), and for the unbind
 //!   when the address is released; the driver carries those out first in every drain, before the
 //!   transmits that announce the address. The driver's owner can do the same with
-//!   [`Driver::bind`] and [`Driver::unbind`]. Failed binds are counted
-//!   ([`Stats::bind_errors`]) and logged. Only sockets bound after construction are ever closed
+//!   [`Driver::bind`] and [`Driver::unbind`]. A failed bind is counted
+//!   ([`Stats::bind_errors`]), logged and reported to the machine at once with
+//!   [`SansIo::handle_bind_error`](fog_core::SansIo::handle_bind_error), before any transmit. Only sockets bound after construction are ever closed
 //!   before the driver is dropped; the count of those open is what the cap limits.
 //! - **Buffers.** One 65,535-byte receive buffer and one 65,535-byte transmit buffer, reused for
 //!   every datagram: no allocation per datagram.

@@ -44,8 +44,8 @@ pub struct Stats {
     /// by [`Driver::bind`](crate::Driver::bind).
     pub bound_on_request: u64,
     /// Bind requests that failed: the OS refused, the cap was reached, or the address had no
-    /// specific IP or port. The machine is not told; its datagrams from that address then try
-    /// an on-demand bind of their own.
+    /// specific IP or port. Each is reported to the machine with
+    /// [`handle_bind_error`](fog_core::SansIo::handle_bind_error).
     pub bind_errors: u64,
     /// Sockets closed by an unbind (a machine's request or [`Driver::unbind`](crate::Driver::unbind)).
     pub unbound: u64,

@@ -19,6 +19,7 @@ const V4: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 struct Binder {
     requests: VecDeque<SocketRequest>,
     arrivals: Vec<(SocketAddr, Vec<u8>)>,
+    bind_errors: Vec<SocketAddr>,
 }
 
 impl SansIo for Binder {
@@ -30,6 +31,9 @@ impl SansIo for Binder {
     fn handle_timeout(&mut self, _now: Instant) {}
     fn poll_socket_request(&mut self) -> Option<SocketRequest> {
         self.requests.pop_front()
+    }
+    fn handle_bind_error(&mut self, _now: Instant, addr: SocketAddr) {
+        self.bind_errors.push(addr);
     }
     fn poll_transmit(&mut self, _now: Instant, _buf: &mut [u8]) -> Option<Transmit> {
         None
@@ -137,6 +141,11 @@ fn the_owner_binds_and_unbinds_and_the_cap_counts_only_open_sockets() {
         .push_back(SocketRequest::Bind(second));
     driver.drain(|_, ()| {});
     assert_eq!(driver.stats().bind_errors, 1);
+    assert_eq!(
+        driver.machine().bind_errors,
+        [second],
+        "the machine is told"
+    );
     assert_eq!(driver.local_addrs(), [base, first]);
 
     // The sockets the driver was built with stay; the extra one goes and frees its place.
@@ -158,4 +167,19 @@ fn without_a_bind_a_datagram_to_a_fresh_address_is_not_received() {
     run_for_arrivals(&mut driver, 1, Duration::from_millis(200));
     assert!(driver.machine().arrivals.is_empty());
     assert_eq!(driver.stats().received, 0);
+}
+
+#[test]
+fn a_bind_of_a_taken_port_is_reported_to_the_machine() {
+    let mut driver = Driver::new(Binder::default(), &[SocketAddr::new(V4, 0)]).unwrap();
+    let taken = UdpSocket::bind((V4, 0)).unwrap();
+    let addr = taken.local_addr().unwrap();
+    let wildcard = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 4000);
+    let machine = driver.machine_mut();
+    machine.requests.push_back(SocketRequest::Bind(addr));
+    machine.requests.push_back(SocketRequest::Bind(wildcard));
+    driver.drain(|_, ()| {});
+    assert_eq!(driver.machine().bind_errors, [addr, wildcard]);
+    assert_eq!(driver.stats().bind_errors, 2);
+    assert_eq!(driver.local_addrs().len(), 1);
 }

@@ -347,6 +347,7 @@ impl Report {
             bound = self.io.bound_on_request,
             unbound = self.io.unbound,
             bind_errors = self.io.bind_errors,
+            relay_bind_errors = s.relay_bind_errors,
             send_errors = self.io.send_errors,
             send_would_block = self.io.send_would_block,
             recv_errors = self.io.recv_errors,

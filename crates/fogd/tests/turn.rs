@@ -338,11 +338,16 @@ struct TurnFogd {
 
 impl TurnFogd {
     fn start(extra: &[&str]) -> Self {
+        Self::start_with_ports(None, extra)
+    }
+
+    /// With `--turn-ports` from `ports`, or from [`relay_ports`] when `None`.
+    fn start_with_ports(ports: Option<(u16, u16)>, extra: &[&str]) -> Self {
         let mut last = String::new();
         for attempt in 0..5 {
             let (port, _) = free_port_pair();
             let addr = SocketAddr::new(A1, port);
-            let (low, high) = relay_ports(10 + attempt);
+            let (low, high) = ports.unwrap_or_else(|| relay_ports(10 + attempt));
             let mut command = Command::new(env!("CARGO_BIN_EXE_fogd"));
             command.arg("--turn").arg(addr.to_string());
             command.args(["--turn-secret", SECRET]);
@@ -580,4 +585,36 @@ fn fogd_refuses_an_open_relay_and_a_port_shared_with_stun() {
         stderr.contains("give TURN another port, e.g. 127.0.0.1:3480"),
         "{stderr}"
     );
+}
+
+#[test]
+fn fogd_moves_an_allocation_off_relay_ports_another_process_holds() {
+    // Four consecutive free ports, three of which the test then holds: fogd must find the
+    // fourth, whichever order it tries them in.
+    let (base, held) = (0..40u32)
+        .find_map(|slot| {
+            let (low, _) = relay_ports(30 + slot);
+            let sockets: Vec<UdpSocket> = (low..low + 4)
+                .map_while(|p| UdpSocket::bind((A1, p)).ok())
+                .collect();
+            (sockets.len() == 4).then_some((low, sockets))
+        })
+        .expect("four consecutive free ports");
+    let free = base + 2;
+    let held: Vec<UdpSocket> = held
+        .into_iter()
+        .filter(|s| s.local_addr().unwrap().port() != free)
+        .collect();
+    assert_eq!(held.len(), 3);
+
+    let fogd = TurnFogd::start_with_ports(Some((base, base + 3)), &[]);
+    let (username, password) = credentials("carol");
+    let exchange = exercise_relay(fogd.addr, &username, &password);
+    assert_eq!(exchange.relayed, SocketAddr::new(A1, free), "{exchange:?}");
+    let stats = fogd.stop();
+    assert_eq!(stats.get("allocated"), 1, "{stats:?}");
+    assert!(stats.get("bind_errors") <= 3, "{stats:?}");
+    assert_eq!(stats.get("bound"), 1, "{stats:?}");
+    assert_eq!(stats.get("relayed_to_peer"), 2 * ROUNDS as u64, "{stats:?}");
+    drop(held);
 }

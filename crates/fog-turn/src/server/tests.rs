@@ -705,3 +705,102 @@ fn even_port() {
         Class::SuccessResponse
     );
 }
+
+/// Sends an Allocate from `client()` without draining anything; returns its transaction.
+fn allocate_undrained(h: &mut H, creds: &Creds) -> TransactionId {
+    let mut msg = h.request(method::ALLOCATE, Some(creds));
+    msg.requested_transport = Some(TRANSPORT_UDP);
+    let bytes = msg.to_bytes(Some(&creds.key)).unwrap();
+    let p = Receive {
+        source: client(),
+        local: listen(),
+        payload: &bytes,
+    };
+    h.server.handle_packet(h.now, p);
+    msg.transaction_id
+}
+
+fn transmits(h: &mut H) -> Vec<Vec<u8>> {
+    let mut buf = vec![0u8; 65_535];
+    std::iter::from_fn(|| {
+        h.server
+            .poll_transmit(h.now, &mut buf)
+            .map(|t| buf[..t.len].to_vec())
+    })
+    .collect()
+}
+
+#[test]
+fn a_relayed_port_that_cannot_be_bound_is_replaced_before_the_answer_leaves() {
+    let mut h = H::new(Limits::default());
+    let creds = h.login_from(client(), "alice");
+    let tid = allocate_undrained(&mut h, &creds);
+    let Some(SocketRequest::Bind(first)) = h.server.poll_socket_request() else {
+        panic!("no bind asked");
+    };
+    // The driver reports the failure while it drains socket requests, before any transmit.
+    h.server.handle_bind_error(h.now, first);
+    let Some(SocketRequest::Bind(second)) = h.server.poll_socket_request() else {
+        panic!("no second bind asked");
+    };
+    assert_ne!(second, first);
+    assert!((50000..=50009).contains(&second.port()));
+    assert_eq!(h.server.poll_socket_request(), None);
+
+    let out = transmits(&mut h);
+    assert_eq!(out.len(), 1, "one answer");
+    let answer = TurnMessage::decode(&out[0]).unwrap();
+    assert_eq!(answer.class, Class::SuccessResponse);
+    assert_eq!(answer.transaction_id, tid);
+    assert_eq!(answer.xor_relayed_address, Some(second));
+    crate::wire::verify_integrity(&out[0], &creds.key).unwrap();
+    assert_eq!(
+        h.events(),
+        vec![Event::Allocated {
+            client: client(),
+            relayed: second,
+            user: "alice".to_owned()
+        }]
+    );
+    assert_eq!(h.server.relayed_address(client()), Some(second));
+    assert_eq!(h.server.stats().relay_bind_errors, 1);
+    let stray = Receive {
+        source: peer(),
+        local: first,
+        payload: b"x",
+    };
+    assert!(
+        !h.server.accepts(&stray),
+        "the failed address is not the relay"
+    );
+
+    // A retransmitted Allocate gets the same, moved, answer.
+    let mut again = h.request(method::ALLOCATE, Some(&creds));
+    again.transaction_id = tid;
+    again.requested_transport = Some(TRANSPORT_UDP);
+    let answer = h.ask(&again, Some(&creds.key));
+    assert_eq!(answer.xor_relayed_address, Some(second));
+}
+
+#[test]
+fn when_no_relayed_port_can_be_bound_the_allocate_gets_508_and_leaves_nothing() {
+    let mut h = H::new(Limits::default());
+    h.server.config.relay_ports = 50000..=50000;
+    let creds = h.login_from(client(), "alice");
+    allocate_undrained(&mut h, &creds);
+    let Some(SocketRequest::Bind(only)) = h.server.poll_socket_request() else {
+        panic!("no bind asked");
+    };
+    h.server.handle_bind_error(h.now, only);
+    assert_eq!(h.server.poll_socket_request(), None, "no port left to try");
+    let out = transmits(&mut h);
+    assert_eq!(out.len(), 1);
+    let answer = TurnMessage::decode(&out[0]).unwrap();
+    assert_eq!(answer.error_code(), Some(code::INSUFFICIENT_CAPACITY));
+    crate::wire::verify_integrity(&out[0], &creds.key).unwrap();
+    assert_eq!(h.events(), vec![], "the allocation never was");
+    assert_eq!(h.server.allocation_count(), 0);
+    assert_eq!(h.server.poll_timeout(), None);
+    // The user's quota is not held by it.
+    assert!(h.server.per_user.is_empty());
+}
