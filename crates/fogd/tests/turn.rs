@@ -36,7 +36,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use fog_mio::Driver;
 use fog_turn::auth::AuthSecret;
-use fog_turn::client::{Client, ClientConfig, Event, Via};
+use fog_turn::client::{Client, ClientConfig, Error, Event, Request, Via};
 use fog_turn::wire::ChannelData;
 use support::signal::SignalFogd;
 use support::{A1, ChildGuard, FinalStats, free_port_pair, interop_tools};
@@ -97,6 +97,34 @@ impl TurnClient {
             }
             if let Some(error) = self.events.iter().find(|e| matches!(e, Event::Error(_))) {
                 panic!("waiting for {what}: {error:?}; events {:?}", self.events);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {what} within {STEP_TIMEOUT:?}; events {:?}",
+                self.events
+            );
+            let events = &mut self.events;
+            self.driver
+                .turn(Some(Duration::from_millis(10)), |_, e| events.push(e))
+                .expect("driver turn");
+        }
+    }
+}
+
+impl TurnClient {
+    /// Steps the driver until the Allocate is refused; returns the error code.
+    fn wait_error(&mut self, what: &str) -> u16 {
+        let deadline = Instant::now() + STEP_TIMEOUT;
+        loop {
+            for event in &self.events {
+                if let Event::Error(Error::Rejected {
+                    request: Request::Allocate,
+                    code,
+                    ..
+                }) = event
+                {
+                    return *code;
+                }
             }
             assert!(
                 Instant::now() < deadline,
@@ -617,4 +645,53 @@ fn fogd_moves_an_allocation_off_relay_ports_another_process_holds() {
     assert_eq!(stats.get("bound"), 1, "{stats:?}");
     assert_eq!(stats.get("relayed_to_peer"), 2 * ROUNDS as u64, "{stats:?}");
     drop(held);
+}
+
+#[test]
+fn the_turn_table_of_a_config_file_sets_the_secret_file_and_the_quotas() {
+    let secret_file = support::scratch_file("turn.secret");
+    std::fs::write(&secret_file, format!("{SECRET}\n")).unwrap();
+    let (low, high) = relay_ports(25);
+    let mut last = String::new();
+    for _ in 0..5 {
+        let addr = SocketAddr::new(A1, free_port_pair().0);
+        let config = support::scratch_file("fogd.toml");
+        let toml = format!(
+            "[turn]\nturn = \"{addr}\"\nturn-secret-file = \"{}\"\nturn-ports = \"{low}-{high}\"\n\
+             turn-max-allocations = 1\n",
+            secret_file.display()
+        );
+        std::fs::write(&config, toml).unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_fogd"));
+        command.arg("--config").arg(&config);
+        let mut child = ChildGuard::spawn("fogd", &mut command).expect("spawning fogd");
+        if !wait_for_log(&mut child, "TURN listening") {
+            last = child.output_text();
+            continue;
+        }
+        let log = child.stderr_text();
+        assert!(log.contains(&format!("relay_ports={low}-{high}")), "{log}");
+        assert!(log.contains("max_allocations=1 "), "{log}");
+
+        // The secret read from the file works; the quota of one allocation holds.
+        let (username, password) = credentials("dave");
+        let mut first = TurnClient::new(addr, &username, &password);
+        first.command(|c, now| c.allocate(now)).unwrap();
+        first.wait("Allocated", |e| {
+            matches!(e, Event::Allocated { .. }).then_some(())
+        });
+        let mut second = TurnClient::new(addr, &username, &password);
+        second.command(|c, now| c.allocate(now)).unwrap();
+        let code = second.wait_error("the second allocation's error");
+        assert_eq!(
+            code, 508,
+            "allocations over the server's quota: 508 Insufficient Capacity"
+        );
+
+        let stats = stop_for(&mut child, "TURN stopped");
+        assert_eq!(stats.get("allocated"), 1, "{stats:?}");
+        assert_eq!(stats.get("live"), 1, "{stats:?}");
+        return;
+    }
+    panic!("fogd did not start TURN from the config file\n{last}");
 }
