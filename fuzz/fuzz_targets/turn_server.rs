@@ -13,7 +13,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use arbitrary::Arbitrary;
-use fog_core::{Receive, SansIo};
+use fog_core::{Receive, SansIo, SocketRequest};
 use fog_turn::auth::AuthSecret;
 use fog_turn::server::{Limits, Server, ServerConfig, Stats};
 use fog_turn::wire::{Class, IntegrityKey, TransactionId, TurnMessage, method};
@@ -97,11 +97,14 @@ fuzz_target!(|input: Input| {
     let mut relayed: Vec<SocketAddr> = Vec::new();
     let mut buf = vec![0u8; 65_535];
 
+    // Relayed addresses the server asked bound and has not asked unbound yet.
+    let mut bound: Vec<SocketAddr> = Vec::new();
     for op in input.ops.into_iter().take(64) {
         let (source, local, payload, unauthenticated) = match op {
             Op::Advance(ms) => {
                 now += Duration::from_millis(u64::from(ms % 4_000_000));
                 server.handle_timeout(now);
+                drain_socket_requests(&mut server, &mut bound);
                 if let Some(t) = server.poll_timeout() {
                     assert!(t > now);
                 }
@@ -184,6 +187,7 @@ fuzz_target!(|input: Input| {
             before + 1,
             "one counter per datagram"
         );
+        drain_socket_requests(&mut server, &mut bound);
         while let Some(t) = server.poll_transmit(now, &mut buf) {
             let out = &buf[..t.len];
             if t.source == Some(listen) {
@@ -207,6 +211,7 @@ fuzz_target!(|input: Input| {
             } else {
                 let from = t.source.expect("relayed traffic names its source");
                 assert!(relayed.contains(&from), "from a relayed address");
+                assert!(bound.contains(&from), "from a relayed address asked bound");
             }
         }
         while server.poll_event().is_some() {}
@@ -215,3 +220,21 @@ fuzz_target!(|input: Input| {
         }
     }
 });
+
+/// Takes the server's socket requests as a driver would: a bind only for an address not bound
+/// yet, an unbind only for one that is.
+fn drain_socket_requests(server: &mut Server, bound: &mut Vec<SocketAddr>) {
+    while let Some(request) = server.poll_socket_request() {
+        match request {
+            SocketRequest::Bind(a) => {
+                assert!(!bound.contains(&a), "{a} asked bound twice");
+                bound.push(a);
+            }
+            SocketRequest::Unbind(a) => {
+                let i = bound.iter().position(|&b| b == a);
+                assert!(i.is_some(), "{a} asked unbound but not bound");
+                bound.retain(|&b| b != a);
+            }
+        }
+    }
+}

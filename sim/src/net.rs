@@ -8,7 +8,7 @@ use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use fog_core::{Receive, SansIo, Transmit};
+use fog_core::{Receive, SansIo, SocketRequest, Transmit};
 use rand::{RngExt as _, SeedableRng as _};
 use rand_chacha::ChaCha8Rng;
 use rustc_hash::FxHashMap;
@@ -114,6 +114,7 @@ trait Hosted {
     fn accepts(&self, packet: &Receive<'_>) -> bool;
     fn handle_packet(&mut self, now: Instant, packet: Receive<'_>);
     fn handle_timeout(&mut self, now: Instant);
+    fn poll_socket_request(&mut self) -> Option<SocketRequest>;
     fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit>;
     fn poll_event(&mut self) -> Option<Box<dyn AnyEvent>>;
     fn poll_timeout(&self) -> Option<Instant>;
@@ -142,6 +143,9 @@ where
     }
     fn handle_timeout(&mut self, now: Instant) {
         self.0.handle_timeout(now);
+    }
+    fn poll_socket_request(&mut self) -> Option<SocketRequest> {
+        self.0.poll_socket_request()
     }
     fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
         self.0.poll_transmit(now, buf)
@@ -188,6 +192,9 @@ where
     }
     fn handle_timeout(&mut self, now: Instant) {
         SansIo::handle_timeout(self, now);
+    }
+    fn poll_socket_request(&mut self) -> Option<SocketRequest> {
+        SansIo::poll_socket_request(self)
     }
     fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
         SansIo::poll_transmit(self, now, buf)
@@ -853,13 +860,16 @@ impl Sim {
         }
     }
 
-    /// Drains a host's machine in the contract's order: transmits (then signaling frames),
+    /// Drains a host's machine in the contract's order: socket requests, transmits (then signaling frames),
     /// events, then its timeout. Signaling requests run last, with the machine back in place.
     fn drain(&mut self, host: NodeId) {
         let now = self.now();
         let Some(mut machine) = self.host_mut(host).machine.take() else {
             return;
         };
+        // Every port of a simulated host receives, so binds have nothing to do; they are drained
+        // so that the contract's order holds and the machine's queue stays empty.
+        while machine.poll_socket_request().is_some() {}
         let mut buf = std::mem::take(&mut self.buf);
         while let Some(transmit) = machine.poll_transmit(now, &mut buf) {
             let len = transmit.len.min(buf.len());

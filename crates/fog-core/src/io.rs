@@ -53,6 +53,24 @@ impl Transmit {
     }
 }
 
+/// A change a machine asks of the set of local addresses its driver receives on.
+///
+/// Most machines send from their driver's sockets and never need this: a driver binds a
+/// [`Transmit::source`] it does not know yet on first use. That is too late for an address a
+/// machine hands out before it sends from it — a TURN server's relayed address, to which a peer
+/// may send before the server has sent anything from it — so such a machine asks for the bind
+/// itself, through [`SansIo::poll_socket_request`](crate::SansIo::poll_socket_request), and asks
+/// again for the unbind when the address is no longer its, so that sockets do not pile up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SocketRequest {
+    /// Receive on this address from now on (a specific IP and a non-zero port). Binding an
+    /// address that is already bound is not an error.
+    Bind(SocketAddr),
+    /// Stop receiving on this address, which an earlier `Bind` (or an on-demand bind) opened.
+    /// Unbinding an address that is not bound is not an error.
+    Unbind(SocketAddr),
+}
+
 /// A datagram that arrived.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Receive<'a> {

@@ -4,7 +4,8 @@
 //! clock or the OS random source. It is driven by timestamps and datagrams through the [`SansIo`]
 //! trait, so the same code runs on real sockets (`fog-mio`) and in virtual time (`fog-sim`).
 //!
-//! - [`Transmit`] and [`Receive`] describe a datagram leaving and arriving;
+//! - [`Transmit`] and [`Receive`] describe a datagram leaving and arriving, [`SocketRequest`] a
+//!   local address a machine needs bound before it sends from it;
 //! - [`SansIo`] is the driving contract, with the drain order every driver follows;
 //! - [`demux`] maps the first byte of a datagram on a shared UDP socket to its protocol;
 //! - [`nat`] names NAT behaviour in RFC 4787's terms;
@@ -23,7 +24,9 @@
 //!         Some(_) => { /* not for this machine: count it and drop it */ }
 //!         None => machine.handle_timeout(now),
 //!     }
-//!     // 1. transmits, 2. events, 3. the next deadline.
+//!     // 0. socket requests (binds a TURN server needs), 1. transmits, 2. events, 3. the next
+//!     // deadline.
+//!     while let Some(_request) = machine.poll_socket_request() { /* bind or unbind it */ }
 //!     while let Some(t) = machine.poll_transmit(now, &mut buf) {
 //!         let _ = (t.destination, &buf[..t.len]); // send it
 //!     }
@@ -39,5 +42,5 @@ pub mod pairing;
 mod sansio;
 
 pub use demux::{FogFraming, Protocol, classify};
-pub use io::{Receive, Transmit, TransmitHints};
+pub use io::{Receive, SocketRequest, Transmit, TransmitHints};
 pub use sansio::SansIo;

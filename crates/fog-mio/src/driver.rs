@@ -5,7 +5,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use fog_core::{Receive, SansIo, Transmit};
+use fog_core::{Receive, SansIo, SocketRequest, Transmit};
 use mio::{Events, Interest, Poll, Token};
 
 use crate::socket::UdpSlot;
@@ -44,11 +44,14 @@ impl Config {
         Self::default()
     }
 
-    /// How many sockets the driver binds on demand, beyond those it was built with, for
-    /// transmits whose source is not bound yet (port-pattern discovery, birthday punching). A
-    /// transmit that would exceed the cap is dropped, counted in
-    /// [`Stats::dropped_unknown_source`] and logged. The cap keeps a misbehaving machine from
-    /// exhausting file descriptors; 1,024 covers a birthday punch's few hundred ports.
+    /// How many sockets the driver keeps open beyond those it was built with: bound on demand
+    /// for transmits whose source is not bound yet (port-pattern discovery, birthday punching),
+    /// by a machine's [`SocketRequest::Bind`] (a TURN server's relayed addresses) or by
+    /// [`Driver::bind`]. A transmit that would exceed the cap is dropped, counted in
+    /// [`Stats::dropped_unknown_source`] and logged; a bind that would is refused and counted in
+    /// [`Stats::bind_errors`]. Unbound sockets no longer count. The cap keeps a misbehaving
+    /// machine from exhausting file descriptors; 1,024 covers a birthday punch's few hundred
+    /// ports.
     pub fn max_on_demand_sockets(mut self, max: usize) -> Self {
         self.max_on_demand_sockets = max;
         self
@@ -94,11 +97,14 @@ pub struct Driver<M: SansIo> {
 struct Io {
     poll: Poll,
     events: Events,
-    sockets: Vec<UdpSlot>,
-    /// Bound addresses in socket order, for [`Driver::local_addrs`].
+    /// Indexed by token; `None` where a socket was unbound, until a new bind reuses the slot.
+    sockets: Vec<Option<UdpSlot>>,
+    /// Empty slots of `sockets`.
+    free: Vec<usize>,
+    /// Bound addresses in binding order, for [`Driver::local_addrs`].
     addrs: Vec<SocketAddr>,
     by_addr: BTreeMap<SocketAddr, usize>,
-    /// How many of `sockets` were bound at construction; the rest were bound on demand.
+    /// How many sockets were bound at construction (slots `0..configured`, never unbound).
     configured: usize,
     default_v4: Option<usize>,
     default_v6: Option<usize>,
@@ -127,6 +133,7 @@ impl<M: SansIo> Driver<M> {
             poll,
             events: Events::with_capacity(EVENTS_CAPACITY),
             sockets: Vec::with_capacity(local.len()),
+            free: Vec::new(),
             addrs: Vec::with_capacity(local.len()),
             by_addr: BTreeMap::new(),
             configured: 0,
@@ -151,9 +158,33 @@ impl<M: SansIo> Driver<M> {
     }
 
     /// The addresses of every bound socket with their ports resolved: first those the driver was
-    /// built with, in the order given, then those bound on demand, in binding order.
+    /// built with, in the order given, then those bound since, in binding order (unbound ones
+    /// left out).
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.io.addrs
+    }
+
+    /// Binds a socket on `addr` now, so that datagrams to it are received before the machine
+    /// sends anything from it; returns the bound address (port 0 picks a free port). Binding an
+    /// address that is already bound returns it unchanged. Counts against
+    /// [`Config::max_on_demand_sockets`].
+    ///
+    /// Machines ask for the same through [`SansIo::poll_socket_request`], which the driver
+    /// carries out first in every drain; this is for the driver's owner.
+    ///
+    /// # Errors
+    ///
+    /// The OS's bind error (its message names `addr`), or an error of kind
+    /// [`io::ErrorKind::Other`] when the cap is reached.
+    pub fn bind(&mut self, addr: SocketAddr) -> io::Result<SocketAddr> {
+        self.io.bind_extra(addr)
+    }
+
+    /// Closes the socket bound on `addr` since the driver was built (by [`bind`](Self::bind), a
+    /// machine's request or on demand); returns whether there was one. The sockets the driver
+    /// was built with stay: they are the default sources.
+    pub fn unbind(&mut self, addr: SocketAddr) -> bool {
+        self.io.unbind(addr)
     }
 
     /// A handle that wakes or stops this driver from another thread.
@@ -256,7 +287,7 @@ impl<M: SansIo> Driver<M> {
                 continue;
             }
             let index = event.token().0;
-            if let Some(slot) = self.io.sockets.get_mut(index) {
+            if let Some(Some(slot)) = self.io.sockets.get_mut(index) {
                 if !slot.pending {
                     slot.pending = true;
                     self.io.pending.push(index);
@@ -266,8 +297,8 @@ impl<M: SansIo> Driver<M> {
 
         let mut pending = std::mem::take(&mut self.io.pending);
         pending.retain(|&index| self.read_socket(index, &mut on_event));
-        // Sockets bound on demand while reading cannot have been marked pending meanwhile:
-        // marking happens only above.
+        // Sockets bound while reading cannot have been marked pending meanwhile: marking happens
+        // only above, and `unbind` removes its index from `io.pending`, which is empty here.
         debug_assert!(self.io.pending.is_empty());
         self.io.pending = pending;
 
@@ -301,10 +332,16 @@ impl<M: SansIo> Driver<M> {
     }
 
     /// Reads up to the read budget from socket `index`; returns whether it may hold more.
+    ///
+    /// A socket unbound by an earlier datagram's drain in the same turn is skipped; one bound in
+    /// its slot meanwhile is simply read (nothing is lost: it is nonblocking).
     fn read_socket(&mut self, index: usize, on_event: &mut impl FnMut(&mut M, M::Event)) -> bool {
-        let local = self.io.sockets[index].local;
         for _ in 0..self.io.config.read_budget {
-            let result = self.io.sockets[index].socket.recv_from(&mut self.recv_buf);
+            let Some(Some(slot)) = self.io.sockets.get_mut(index) else {
+                return false;
+            };
+            let local = slot.local;
+            let result = slot.socket.recv_from(&mut self.recv_buf);
             match result {
                 Ok((len, source)) => {
                     let now = Instant::now();
@@ -330,7 +367,7 @@ impl<M: SansIo> Driver<M> {
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.io.sockets[index].pending = false;
+                    slot.pending = false;
                     return false;
                 }
                 // A signal arrived mid-call; the datagram, if any, is still queued.
@@ -344,7 +381,9 @@ impl<M: SansIo> Driver<M> {
                 Err(e) => {
                     self.io.stats.recv_errors += 1;
                     tracing::warn!(%local, error = %e, "receive failed; reading again at the next readiness");
-                    self.io.sockets[index].pending = false;
+                    if let Some(Some(slot)) = self.io.sockets.get_mut(index) {
+                        slot.pending = false;
+                    }
                     return false;
                 }
             }
@@ -363,8 +402,8 @@ impl<M: SansIo> Driver<M> {
     }
 }
 
-/// The [`SansIo`] drain order: every transmit, then every event; again while the event callback
-/// issued commands.
+/// The [`SansIo`] drain order: every socket request, every transmit, then every event; again
+/// while the event callback issued commands.
 fn drain<M: SansIo>(
     machine: &mut M,
     io: &mut Io,
@@ -373,6 +412,11 @@ fn drain<M: SansIo>(
     on_event: &mut impl FnMut(&mut M, M::Event),
 ) {
     loop {
+        while let Some(request) = machine.poll_socket_request() {
+            if let Err(addr) = io.carry_out(request) {
+                machine.handle_bind_error(now, addr);
+            }
+        }
         while let Some(transmit) = machine.poll_transmit(now, buf) {
             io.send(&transmit, buf);
         }
@@ -405,10 +449,17 @@ impl Io {
     /// Binds a socket on `addr`, registers it and records it; returns its index.
     fn bind(&mut self, addr: SocketAddr) -> io::Result<usize> {
         let mut slot = UdpSlot::bind(addr)?;
-        let index = self.sockets.len();
-        self.poll
-            .registry()
-            .register(&mut slot.socket, Token(index), Interest::READABLE)?;
+        let index = self.free.pop().unwrap_or(self.sockets.len());
+        if let Err(e) =
+            self.poll
+                .registry()
+                .register(&mut slot.socket, Token(index), Interest::READABLE)
+        {
+            if index < self.sockets.len() {
+                self.free.push(index);
+            }
+            return Err(e);
+        }
         let local = slot.local;
         match local {
             SocketAddr::V4(_) => self.default_v4.get_or_insert(index),
@@ -416,8 +467,105 @@ impl Io {
         };
         self.by_addr.insert(local, index);
         self.addrs.push(local);
-        self.sockets.push(slot);
+        if index == self.sockets.len() {
+            self.sockets.push(Some(slot));
+        } else {
+            self.sockets[index] = Some(slot);
+        }
         Ok(index)
+    }
+
+    /// Sockets open beyond those the driver was built with.
+    fn extra_sockets(&self) -> usize {
+        self.by_addr.len() - self.configured
+    }
+
+    /// Binds `addr` for [`Driver::bind`] or a [`SocketRequest::Bind`], within the cap.
+    fn bind_extra(&mut self, addr: SocketAddr) -> io::Result<SocketAddr> {
+        if let Some(&index) = self.by_addr.get(&addr) {
+            return Ok(self.addrs_of(index).unwrap_or(addr));
+        }
+        if self.extra_sockets() >= self.config.max_on_demand_sockets {
+            return Err(io::Error::other(format!(
+                "binding UDP {addr}: the driver's cap of {} extra sockets is reached",
+                self.config.max_on_demand_sockets
+            )));
+        }
+        let index = self
+            .bind(addr)
+            .map_err(|e| io::Error::new(e.kind(), format!("binding UDP {addr}: {e}")))?;
+        self.stats.bound_on_request += 1;
+        Ok(self.addrs_of(index).unwrap_or(addr))
+    }
+
+    fn addrs_of(&self, index: usize) -> Option<SocketAddr> {
+        self.sockets.get(index)?.as_ref().map(|slot| slot.local)
+    }
+
+    /// Closes the socket on `addr` if it is one bound after construction.
+    fn unbind(&mut self, addr: SocketAddr) -> bool {
+        let Some(&index) = self.by_addr.get(&addr) else {
+            return false;
+        };
+        if index < self.configured {
+            tracing::warn!(%addr, "refusing to unbind a socket the driver was built with");
+            return false;
+        }
+        let Some(mut slot) = self.sockets.get_mut(index).and_then(Option::take) else {
+            return false;
+        };
+        // Closing the descriptor removes it from epoll/kqueue too; deregistering first is what
+        // mio asks for, and its error changes nothing.
+        let _ = self.poll.registry().deregister(&mut slot.socket);
+        self.by_addr.remove(&addr);
+        self.addrs.retain(|&a| a != addr);
+        self.pending.retain(|&i| i != index);
+        self.free.push(index);
+        if self.default_v4 == Some(index) {
+            self.default_v4 = self.first_of_family(true);
+        }
+        if self.default_v6 == Some(index) {
+            self.default_v6 = self.first_of_family(false);
+        }
+        self.stats.unbound += 1;
+        true
+    }
+
+    /// The lowest-indexed bound socket of one family, the default source once the previous
+    /// default is unbound.
+    fn first_of_family(&self, v4: bool) -> Option<usize> {
+        self.sockets
+            .iter()
+            .position(|slot| slot.as_ref().is_some_and(|s| s.local.is_ipv4() == v4))
+    }
+
+    /// Carries out a machine's socket request; a failed bind is counted, logged and returned
+    /// with its address, for [`SansIo::handle_bind_error`].
+    fn carry_out(&mut self, request: SocketRequest) -> Result<(), SocketAddr> {
+        match request {
+            SocketRequest::Bind(addr) if addr.port() == 0 || addr.ip().is_unspecified() => {
+                self.stats.bind_errors += 1;
+                tracing::warn!(%addr, "bind request without a specific IP and port; refused");
+                Err(addr)
+            }
+            SocketRequest::Bind(addr) => match self.bind_extra(addr) {
+                Ok(_) => {
+                    tracing::debug!(%addr, "bound at the machine's request");
+                    Ok(())
+                }
+                Err(e) => {
+                    self.stats.bind_errors += 1;
+                    tracing::warn!(error = %e, "a bind the machine asked for failed");
+                    Err(addr)
+                }
+            },
+            SocketRequest::Unbind(addr) => {
+                if self.unbind(addr) {
+                    tracing::debug!(%addr, "unbound at the machine's request");
+                }
+                Ok(())
+            }
+        }
     }
 
     /// Sends `buf[..transmit.len]`, counting whatever happens to it.
@@ -433,7 +581,10 @@ impl Io {
         let Some(index) = self.socket_for(transmit) else {
             return;
         };
-        let slot = &mut self.sockets[index];
+        let Some(Some(slot)) = self.sockets.get_mut(index) else {
+            debug_assert!(false, "socket_for returned an empty slot");
+            return;
+        };
         if let Err(e) = slot.prepare_ttl(transmit.hints.ttl) {
             self.stats.ttl_errors += 1;
             tracing::warn!(ttl = ?transmit.hints.ttl, local = %slot.local, error = %e, "TTL hint refused; transmit dropped");
@@ -489,8 +640,7 @@ impl Io {
             tracing::warn!(%source, "transmit source has port 0 and is not bound; dropped");
             return None;
         }
-        let on_demand = self.sockets.len() - self.configured;
-        if on_demand >= self.config.max_on_demand_sockets {
+        if self.extra_sockets() >= self.config.max_on_demand_sockets {
             self.stats.dropped_unknown_source += 1;
             tracing::warn!(
                 %source,
@@ -554,21 +704,24 @@ mod tests {
         let sink = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let to = sink.local_addr().unwrap();
         let mut driver = Driver::new(Sender::default(), &["127.0.0.1:0".parse().unwrap()]).unwrap();
-        let default_ttl = driver.io.sockets[0].default_ttl();
+        let default_ttl = driver.io.sockets[0].as_ref().unwrap().default_ttl();
 
         driver
             .machine_mut()
             .queue
             .push((Transmit::new(to, 1).with_ttl(3), vec![1]));
         driver.drain(|_, ()| {});
-        assert_eq!(driver.io.sockets[0].os_ttl().unwrap(), 3);
+        assert_eq!(driver.io.sockets[0].as_ref().unwrap().os_ttl().unwrap(), 3);
 
         driver
             .machine_mut()
             .queue
             .push((Transmit::new(to, 1), vec![2]));
         driver.drain(|_, ()| {});
-        assert_eq!(driver.io.sockets[0].os_ttl().unwrap(), default_ttl);
+        assert_eq!(
+            driver.io.sockets[0].as_ref().unwrap().os_ttl().unwrap(),
+            default_ttl
+        );
         assert_eq!(driver.stats().sent, 2);
         assert_eq!(driver.stats().ttl_errors, 0);
     }

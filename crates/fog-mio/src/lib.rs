@@ -68,8 +68,18 @@
 //!   destination's family. A transmit naming a source that is not bound yet gets a socket bound
 //!   on demand (port-pattern discovery and birthday punching open many ports), up to
 //!   [`Config::max_on_demand_sockets`]; beyond it, or if the bind fails, the transmit is
-//!   counted in [`Stats`] and dropped with a `tracing` warning. Sockets are never closed before the
-//!   driver is dropped.
+//!   counted in [`Stats`] and dropped with a `tracing` warning.
+//! - **Binding before sending.** An on-demand bind comes with the first datagram *sent*; until
+//!   then datagrams *to* that address find no socket (Linux answers them with ICMP port
+//!   unreachable). A machine that hands out an address before it sends from it (fog-turn's
+//!   server and its relayed addresses) asks for the bind with
+//!   [`SansIo::poll_socket_request`](fog_core::SansIo::poll_socket_request), and for the unbind
+//!   when the address is released; the driver carries those out first in every drain, before the
+//!   transmits that announce the address. The driver's owner can do the same with
+//!   [`Driver::bind`] and [`Driver::unbind`]. A failed bind is counted
+//!   ([`Stats::bind_errors`]), logged and reported to the machine at once with
+//!   [`SansIo::handle_bind_error`](fog_core::SansIo::handle_bind_error), before any transmit. Only sockets bound after construction are ever closed
+//!   before the driver is dropped; the count of those open is what the cap limits.
 //! - **Buffers.** One 65,535-byte receive buffer and one 65,535-byte transmit buffer, reused for
 //!   every datagram: no allocation per datagram.
 //! - **Input.** Each datagram becomes a [`Receive`](fog_core::Receive) with the socket's bound

@@ -40,6 +40,15 @@ pub struct Stats {
     pub ttl_errors: u64,
     /// Sockets bound on demand for a transmit's source.
     pub bound_on_demand: u64,
+    /// Sockets bound at a machine's [`SocketRequest::Bind`](fog_core::SocketRequest::Bind) or
+    /// by [`Driver::bind`](crate::Driver::bind).
+    pub bound_on_request: u64,
+    /// Bind requests that failed: the OS refused, the cap was reached, or the address had no
+    /// specific IP or port. Each is reported to the machine with
+    /// [`handle_bind_error`](fog_core::SansIo::handle_bind_error).
+    pub bind_errors: u64,
+    /// Sockets closed by an unbind (a machine's request or [`Driver::unbind`](crate::Driver::unbind)).
+    pub unbound: u64,
     /// Calls of [`handle_timeout`](fog_core::SansIo::handle_timeout).
     pub timeouts: u64,
 }

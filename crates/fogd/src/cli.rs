@@ -1,5 +1,5 @@
-//! The command line. Each service is a help section of its own (`STUN`, `Signaling`; TURN will
-//! add its own), with flags named after it.
+//! The command line. Each service is a help section of its own (`STUN`, `Signaling`, `TURN`),
+//! with flags named after it.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -12,18 +12,20 @@ use fog_stun::server::RateLimit;
 #[command(
     name = "fogd",
     version,
-    about = "FogConnect's server: RFC 5780 STUN and WebSocket signaling (TURN to come)",
+    about = "FogConnect's server: RFC 5780 STUN, WebSocket signaling and a TURN relay",
     long_about = None,
     after_help = "\
 Examples:
   fogd --stun 192.0.2.1:3478 --stun-alt 192.0.2.2:3479
   fogd --signal 0.0.0.0:7600 --key /var/lib/fogd/server.key --realm signal.example.org \\
        --tls-cert fullchain.pem --tls-key privkey.pem
+  fogd --turn 192.0.2.1 --turn-secret-file /etc/fogd/turn.secret --turn-ports 49152-49999
   fogd --config /etc/fogd.toml --stun 192.0.2.1:3478
 
-Config file (--config, TOML): one [signal] table whose keys are the Signaling flags' names
-without the leading dashes; a flag given on the command line overrides the file, and an
-unknown key or table is an error. Relative paths are read from the directory fogd runs in.
+Config file (--config, TOML): a [signal] table whose keys are the Signaling flags' names and
+a [turn] table whose keys are the TURN flags' names, without the leading dashes; a flag given
+on the command line overrides the file, and an unknown key or table is an error. Relative
+paths are read from the directory fogd runs in.
   [signal]
   signal = \"0.0.0.0:7600\"
   key = \"/var/lib/fogd/server.key\"
@@ -37,12 +39,23 @@ unknown key or table is an error. Relative paths are read from the directory fog
   max-pending-offers = 8
   handshake-timeout-ms = 5000
   max-unsent = 131072
+  [turn]
+  turn = \"192.0.2.1:3478\"
+  turn-secret-file = \"/etc/fogd/turn.secret\"
+  turn-relay-ip = \"192.0.2.1\"
+  turn-ports = \"49152-65535\"
+  turn-realm = \"192.0.2.1\"
+  turn-max-allocations = 1000
+  turn-max-allocations-per-user = 10
+  turn-bandwidth = 1000000
+  turn-max-lifetime = 3600
+  turn-credential-ttl = 86400
 
 Logs go to stderr. RUST_LOG sets the filter (default: info), e.g. RUST_LOG=debug.
 SIGINT or SIGTERM stops fogd cleanly and logs its final counters; a second one exits at once.",
     // At least one service must be configured (a config file may name the signaling address);
     // more join this group as they arrive.
-    group(ArgGroup::new("service").required(true).multiple(true).args(["stun", "signal", "config"])),
+    group(ArgGroup::new("service").required(true).multiple(true).args(["stun", "signal", "turn", "config"])),
 )]
 pub(crate) struct Cli {
     /// Read settings from this TOML file (format below); flags override it
@@ -54,6 +67,102 @@ pub(crate) struct Cli {
 
     #[command(flatten)]
     pub(crate) signal: SignalArgs,
+
+    #[command(flatten)]
+    pub(crate) turn: TurnArgs,
+}
+
+/// The TURN section. As for signaling, every setting is an `Option` so that the config file can
+/// fill it in; the defaults are stated in the help and applied in [`crate::turn::settings`].
+#[derive(Debug, Default, Clone, Args)]
+#[command(next_help_heading = "TURN")]
+pub(crate) struct TurnArgs {
+    /// Relay with TURN over UDP (RFC 8656) on this address, a specific IP; a bare IP means port
+    /// 3478, TURN's. When --stun is on IP:3478 too, give TURN another port, e.g. IP:3480
+    #[arg(long, value_name = "IP[:PORT]", value_parser = parse_turn_addr)]
+    pub(crate) turn: Option<SocketAddr>,
+
+    /// The use-auth-secret secret (coturn's static-auth-secret) that TURN credentials are made
+    /// from; signaling hands out credentials made from it. Prefer --turn-secret-file: a flag is
+    /// visible to every local user in the process list. TURN needs one or the other: fogd never
+    /// runs an open relay
+    #[arg(long, value_name = "SECRET", conflicts_with = "turn_secret_file")]
+    pub(crate) turn_secret: Option<String>,
+
+    /// Read the secret from this file (its first line, without the line break)
+    #[arg(long, value_name = "PATH")]
+    pub(crate) turn_secret_file: Option<PathBuf>,
+
+    /// The IP of relayed addresses [default: the --turn IP]
+    #[arg(long, value_name = "IP")]
+    pub(crate) turn_relay_ip: Option<IpAddr>,
+
+    /// The UDP ports relayed addresses are drawn from; keep them for fogd alone [default:
+    /// 49152-65535]
+    #[arg(long, value_name = "LOW-HIGH", value_parser = parse_port_range)]
+    pub(crate) turn_ports: Option<(u16, u16)>,
+
+    /// REALM of the TURN server (part of the clients' long-term key) [default: the --turn IP]
+    #[arg(long, value_name = "NAME")]
+    pub(crate) turn_realm: Option<String>,
+
+    /// Allocations at once, all users together [default: 1000]
+    #[arg(long, value_name = "N")]
+    pub(crate) turn_max_allocations: Option<usize>,
+
+    /// Allocations at once per user (the part of the username after the colon) [default: 10]
+    #[arg(long, value_name = "N")]
+    pub(crate) turn_max_allocations_per_user: Option<usize>,
+
+    /// Relayed bytes per second per allocation, both directions together; 0 for no limit
+    /// (bursts of the same amount, at least 65535) [default: 1000000]
+    #[arg(long, value_name = "BYTES")]
+    pub(crate) turn_bandwidth: Option<u64>,
+
+    /// Longest allocation lifetime granted, in seconds, at least 60; a client that asks for
+    /// none gets 600, or this if shorter [default: 3600]
+    #[arg(long, value_name = "SECONDS")]
+    pub(crate) turn_max_lifetime: Option<u64>,
+
+    /// How long the TURN credentials signaling hands out stay valid, in seconds [default:
+    /// 86400]
+    #[arg(long, value_name = "SECONDS")]
+    pub(crate) turn_credential_ttl: Option<u64>,
+
+    /// A turn: URL signaling hands out with the credentials (repeatable); with it, --turn-secret
+    /// serves signaling alone, for a TURN server run elsewhere (coturn with the same
+    /// static-auth-secret) [default: turn:<--turn address>?transport=udp]
+    #[arg(long, value_name = "URL")]
+    pub(crate) turn_url: Vec<String>,
+}
+
+/// TURN's port (RFC 8656 §3) when `--turn` names only an IP.
+pub(crate) const TURN_PORT: u16 = 3478;
+
+pub(crate) fn parse_turn_addr(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    match s.parse::<IpAddr>() {
+        Ok(ip) => Ok(SocketAddr::new(ip, TURN_PORT)),
+        Err(_) => Err(format!(
+            "{s:?} is neither IP:PORT nor an IP (IPv6 with a port is [::1]:3478)"
+        )),
+    }
+}
+
+pub(crate) fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
+    let parsed = s.split_once('-').and_then(|(low, high)| {
+        Some((
+            low.trim().parse::<u16>().ok()?,
+            high.trim().parse::<u16>().ok()?,
+        ))
+    });
+    match parsed {
+        Some((low, high)) if low >= 1 && low <= high => Ok((low, high)),
+        Some(_) => Err(format!("{s:?}: need 1 <= LOW <= HIGH")),
+        None => Err(format!("{s:?} is not LOW-HIGH, e.g. 49152-65535")),
+    }
 }
 
 /// The signaling section. Every setting is an `Option` so that a flag can override the config
@@ -224,6 +333,32 @@ mod tests {
         let cli = Cli::try_parse_from(["fogd", "--signal", "::1"]).unwrap();
         assert_eq!(cli.signal.signal, Some("[::1]:7600".parse().unwrap()));
         assert!(Cli::try_parse_from(["fogd", "--signal", "example.org"]).is_err());
+    }
+
+    #[test]
+    fn turn_takes_an_address_or_a_bare_ip_and_a_port_range() {
+        let cli = Cli::try_parse_from(["fogd", "--turn", "127.0.0.1", "--turn-ports", "5000-5009"])
+            .unwrap();
+        assert_eq!(cli.turn.turn, Some("127.0.0.1:3478".parse().unwrap()));
+        assert_eq!(cli.turn.turn_ports, Some((5000, 5009)));
+        for bad in ["5009-5000", "0-10", "5000", "a-b", "5000-70000"] {
+            assert!(
+                Cli::try_parse_from(["fogd", "--turn", "127.0.0.1", "--turn-ports", bad]).is_err(),
+                "{bad}"
+            );
+        }
+        assert!(
+            Cli::try_parse_from([
+                "fogd",
+                "--turn",
+                "127.0.0.1",
+                "--turn-secret",
+                "x",
+                "--turn-secret-file",
+                "f"
+            ])
+            .is_err()
+        );
     }
 
     #[test]

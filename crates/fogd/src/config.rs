@@ -1,6 +1,6 @@
-//! The optional TOML config file (`--config fogd.toml`). It holds one `[signal]` table whose keys
-//! are the signaling flags' names without the leading dashes; a flag on the command line wins
-//! over the file. Unknown tables and keys are errors, so that a misspelt limit is not silently
+//! The optional TOML config file (`--config fogd.toml`). It holds a `[signal]` table whose keys
+//! are the signaling flags' names without the leading dashes, and a `[turn]` table whose keys are
+//! the TURN flags' names the same way; a flag on the command line wins over the file. Unknown tables and keys are errors, so that a misspelt limit is not silently
 //! left at its default.
 
 use std::fmt;
@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::cli::SignalArgs;
+use crate::cli::{SignalArgs, TurnArgs};
 
 /// The whole file.
 #[derive(Debug, Default, Deserialize)]
@@ -18,6 +18,31 @@ pub(crate) struct FileConfig {
     /// The `[signal]` table.
     #[serde(default)]
     pub(crate) signal: SignalFile,
+    /// The `[turn]` table.
+    #[serde(default)]
+    pub(crate) turn: TurnFile,
+}
+
+/// The `[turn]` table: the same settings as [`TurnArgs`], spelt as its flags.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(crate) struct TurnFile {
+    /// Text, parsed like the flag (so a bare IP means port 3478).
+    turn: Option<String>,
+    turn_secret: Option<String>,
+    turn_secret_file: Option<PathBuf>,
+    turn_relay_ip: Option<std::net::IpAddr>,
+    /// Text, parsed like the flag: `"LOW-HIGH"`.
+    turn_ports: Option<String>,
+    turn_realm: Option<String>,
+    turn_max_allocations: Option<usize>,
+    turn_max_allocations_per_user: Option<usize>,
+    turn_bandwidth: Option<u64>,
+    turn_max_lifetime: Option<u64>,
+    turn_credential_ttl: Option<u64>,
+    /// Used only when no `--turn-url` is given.
+    #[serde(default)]
+    turn_url: Vec<String>,
 }
 
 /// The `[signal]` table: the same settings as [`SignalArgs`], spelt as its flags.
@@ -48,6 +73,8 @@ pub(crate) enum ConfigError {
     Parse(PathBuf, toml::de::Error),
     /// `signal` is not an address.
     Address(PathBuf, String),
+    /// A `[turn]` value that does not parse like its flag: the key and why.
+    Turn(PathBuf, &'static str, String),
 }
 
 impl fmt::Display for ConfigError {
@@ -66,6 +93,9 @@ impl fmt::Display for ConfigError {
                     path.display()
                 )
             }
+            Self::Turn(path, key, message) => {
+                write!(f, "config file {}: [turn] {key}: {message}", path.display())
+            }
         }
     }
 }
@@ -82,6 +112,60 @@ impl FileConfig {
 
     fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
         toml::from_str(text).map_err(|e| ConfigError::Parse(path.to_owned(), e))
+    }
+}
+
+impl TurnFile {
+    /// The flags `args` with every setting they leave out taken from this file. A secret on the
+    /// command line (either form) wins over both forms in the file.
+    pub(crate) fn under(self, path: &Path, args: &TurnArgs) -> Result<TurnArgs, ConfigError> {
+        let bad = |key, message| ConfigError::Turn(path.to_owned(), key, message);
+        let turn = match (args.turn, self.turn) {
+            (Some(addr), _) => Some(addr),
+            (None, Some(text)) => {
+                Some(crate::cli::parse_turn_addr(&text).map_err(|m| bad("turn", m))?)
+            }
+            (None, None) => None,
+        };
+        let turn_ports = match (args.turn_ports, self.turn_ports) {
+            (Some(range), _) => Some(range),
+            (None, Some(text)) => {
+                Some(crate::cli::parse_port_range(&text).map_err(|m| bad("turn-ports", m))?)
+            }
+            (None, None) => None,
+        };
+        let secret_on_command_line = args.turn_secret.is_some() || args.turn_secret_file.is_some();
+        let (turn_secret, turn_secret_file) = if secret_on_command_line {
+            (args.turn_secret.clone(), args.turn_secret_file.clone())
+        } else {
+            if self.turn_secret.is_some() && self.turn_secret_file.is_some() {
+                return Err(bad(
+                    "turn-secret",
+                    "give turn-secret or turn-secret-file, not both".to_owned(),
+                ));
+            }
+            (self.turn_secret, self.turn_secret_file)
+        };
+        Ok(TurnArgs {
+            turn,
+            turn_secret,
+            turn_secret_file,
+            turn_relay_ip: args.turn_relay_ip.or(self.turn_relay_ip),
+            turn_ports,
+            turn_realm: args.turn_realm.clone().or(self.turn_realm),
+            turn_max_allocations: args.turn_max_allocations.or(self.turn_max_allocations),
+            turn_max_allocations_per_user: args
+                .turn_max_allocations_per_user
+                .or(self.turn_max_allocations_per_user),
+            turn_bandwidth: args.turn_bandwidth.or(self.turn_bandwidth),
+            turn_max_lifetime: args.turn_max_lifetime.or(self.turn_max_lifetime),
+            turn_credential_ttl: args.turn_credential_ttl.or(self.turn_credential_ttl),
+            turn_url: if args.turn_url.is_empty() {
+                self.turn_url
+            } else {
+                args.turn_url.clone()
+            },
+        })
     }
 }
 
@@ -217,6 +301,72 @@ mod tests {
                 .unwrap_or_else(|| panic!("{flag} not in the help"));
             assert!(line.contains(&format!("[default: {value}]")), "{line}");
         }
+    }
+
+    fn merged_turn(flags: &[&str], file: &str) -> Result<TurnArgs, ConfigError> {
+        let cli = Cli::try_parse_from(std::iter::once("fogd").chain(flags.iter().copied()))
+            .expect("flags parse");
+        let path = Path::new("fogd.toml");
+        FileConfig::parse(path, file)?.turn.under(path, &cli.turn)
+    }
+
+    #[test]
+    fn the_turn_table_fills_what_the_flags_leave_out() {
+        let file = "[turn]\nturn = \"127.0.0.1\"\nturn-secret = \"filesecret\"\n\
+                    turn-ports = \"50000-50010\"\nturn-max-allocations = 7\n";
+        let args = merged_turn(&["--config", "x", "--turn-max-allocations", "3"], file).unwrap();
+        assert_eq!(args.turn, Some("127.0.0.1:3478".parse().unwrap()));
+        assert_eq!(args.turn_secret.as_deref(), Some("filesecret"));
+        assert_eq!(args.turn_ports, Some((50000, 50010)));
+        assert_eq!(args.turn_max_allocations, Some(3), "the flag wins");
+        // A secret file on the command line beats the file's secret.
+        let args = merged_turn(&["--config", "x", "--turn-secret-file", "s.txt"], file).unwrap();
+        assert_eq!(args.turn_secret, None);
+        assert_eq!(args.turn_secret_file, Some(PathBuf::from("s.txt")));
+    }
+
+    #[test]
+    fn bad_turn_values_name_their_key() {
+        let e = merged_turn(&["--config", "x"], "[turn]\nturn-ports = \"9-1\"\n").unwrap_err();
+        assert!(e.to_string().contains("[turn] turn-ports"), "{e}");
+        let e = merged_turn(&["--config", "x"], "[turn]\nturn-secrets = \"x\"\n").unwrap_err();
+        assert!(
+            e.to_string().contains("unknown field `turn-secrets`"),
+            "{e}"
+        );
+        let both = "[turn]\nturn-secret = \"a\"\nturn-secret-file = \"b\"\n";
+        let e = merged_turn(&["--config", "x"], both).unwrap_err();
+        assert!(e.to_string().contains("not both"), "{e}");
+    }
+
+    #[test]
+    fn the_turn_example_in_the_help_parses_and_states_the_defaults() {
+        use clap::CommandFactory;
+        let help = Cli::command().get_after_help().unwrap().to_string();
+        let start = help.find("  [turn]").expect("a [turn] example in the help");
+        let example: String = help[start..]
+            .lines()
+            .take_while(|l| l.starts_with("  "))
+            .map(|l| format!("{}\n", l.trim()))
+            .collect();
+        let args = merged_turn(&["--config", "x"], &example).unwrap();
+        let defaults = fog_turn::server::Limits::default();
+        assert_eq!(args.turn_max_allocations, Some(defaults.max_allocations));
+        assert_eq!(
+            args.turn_max_allocations_per_user,
+            Some(defaults.max_allocations_per_user)
+        );
+        assert_eq!(args.turn_bandwidth, Some(defaults.bandwidth_bytes_per_s));
+        assert_eq!(
+            args.turn_max_lifetime,
+            Some(defaults.max_lifetime.as_secs())
+        );
+        assert_eq!(
+            args.turn_credential_ttl,
+            Some(crate::turn::DEFAULT_CREDENTIAL_TTL.as_secs())
+        );
+        let ports = fog_turn::server::DEFAULT_RELAY_PORTS;
+        assert_eq!(args.turn_ports, Some((*ports.start(), *ports.end())));
     }
 
     #[test]

@@ -1,18 +1,26 @@
-//! `fogd`, FogConnect's server. It carries two services, each a module here with its own flags,
+//! `fogd`, FogConnect's server. It carries three services, each a module here with its own flags,
 //! its own event loop on its own thread, all stopped by the same signal:
 //!
 //! - **STUN** (`--stun`): a two-address STUN server (RFC 5389 Binding with RFC 5780 NAT behaviour
 //!   discovery, and answers for RFC 3489 clients) on a fog-mio driver;
 //! - **signaling** (`--signal`): the `fog_signal` server machine over WebSocket at `/ws`
 //!   (default port 7600), `wss://` with `--tls-cert`/`--tls-key`, on a mio loop of its own with
-//!   tungstenite and rustls (see the `signal` module).
+//!   tungstenite and rustls (see the `signal` module);
+//! - **TURN** (`--turn`): fog-turn's relay server (RFC 8656 over UDP, `use-auth-secret`
+//!   credentials only) on a fog-mio driver that binds each relayed address as it is allocated
+//!   and closes it when the allocation ends (see the `turn` module). With `--turn-secret` (or
+//!   `--turn-secret-file`) signaling hands out credentials and `turn:` URLs for it.
 //!
-//! Either or both may run. TURN will join them as a section of its own.
+//! Any of them may run alone or together. A bare IP for `--turn` means port 3478; when STUN is
+//! on that address too, TURN needs another port (3480 in the examples), since each service has
+//! sockets of its own.
 //!
 //! ```text
 //! fogd --stun 192.0.2.1:3478 --stun-alt 192.0.2.2:3479
 //! fogd --signal 0.0.0.0:7600 --key server.key --realm signal.example.org \
 //!      --tls-cert fullchain.pem --tls-key privkey.pem
+//! fogd --stun 192.0.2.1:3478 --signal 192.0.2.1 --turn 192.0.2.1:3480 \
+//!      --turn-secret-file turn.secret
 //! ```
 //!
 //! The first serves STUN on all four combinations 192.0.2.1:3478, 192.0.2.1:3479, 192.0.2.2:3478
@@ -22,8 +30,8 @@
 //!
 //! # Config file
 //!
-//! `--config fogd.toml` reads the signaling settings from a TOML file with one `[signal]` table
-//! whose keys are the signaling flags' names without the dashes. A flag given on the command
+//! `--config fogd.toml` reads the signaling and TURN settings from a TOML file with a `[signal]`
+//! and a `[turn]` table whose keys are the flags' names without the dashes. A flag given on the command
 //! line overrides the file; an unknown table or key is an error naming it and its line.
 //!
 //! ```toml
@@ -40,6 +48,17 @@
 //! max-pending-offers = 8           # unanswered offers to one peer, and from one peer
 //! handshake-timeout-ms = 5000      # TLS + HTTP upgrade
 //! max-unsent = 131072              # bytes waiting for a slow reader before it is dropped
+//!
+//! [turn]
+//! turn = "192.0.2.1:3480"          # or a bare IP for port 3478
+//! turn-secret-file = "/etc/fogd/turn.secret"   # or turn-secret = "..."
+//! turn-relay-ip = "192.0.2.1"      # default: the turn IP
+//! turn-ports = "49152-65535"       # relayed addresses' ports
+//! turn-max-allocations = 1000
+//! turn-max-allocations-per-user = 10
+//! turn-bandwidth = 1000000         # bytes/s per allocation, both ways; 0 for none
+//! turn-max-lifetime = 3600         # seconds
+//! turn-credential-ttl = 86400      # seconds, for the credentials signaling hands out
 //! ```
 //!
 //! # Operation
@@ -47,7 +66,8 @@
 //! - Logs go to stderr through `tracing`; `RUST_LOG` filters them (default `info`). Signaling
 //!   logs each connection, authentication and close (with code and reason) at `info`.
 //! - SIGINT or SIGTERM stops every service; each logs its final counters (`STUN stopped
-//!   received=... answered=...`, `signal stopped accepted=... upgraded=... frames_in=...`) before
+//!   received=... answered=...`, `signal stopped accepted=... upgraded=... frames_in=...`,
+//!   `TURN stopped allocated=... relayed_to_peer=... relayed_to_client=...`) before
 //!   fogd exits 0; a second signal exits at once. Open WebSocket connections get a close frame
 //!   with 1001.
 //! - Exit status 1 with a message on stderr when a service cannot start (a bind fails, an
@@ -58,6 +78,7 @@ mod config;
 mod signal;
 mod signals;
 mod stun;
+mod turn;
 
 use std::process::ExitCode;
 use std::sync::{Arc, mpsc};
@@ -72,6 +93,7 @@ use crate::config::FileConfig;
 use crate::signal::SignalService;
 use crate::signals::{ShutdownSignals, Stop};
 use crate::stun::StunService;
+use crate::turn::TurnService;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -97,19 +119,53 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 fn run(cli: &Cli) -> Result<(), BoxError> {
     let signals = ShutdownSignals::install()
         .map_err(|e| format!("installing the SIGINT/SIGTERM handlers: {e}"))?;
-    let signal_args = match &cli.config {
-        Some(path) => FileConfig::load(path)?.signal.under(path, &cli.signal)?,
-        None => cli.signal.clone(),
+    let (signal_args, turn_args) = match &cli.config {
+        Some(path) => {
+            let file = FileConfig::load(path)?;
+            (
+                file.signal.under(path, &cli.signal)?,
+                file.turn.under(path, &cli.turn)?,
+            )
+        }
+        None => (cli.signal.clone(), cli.turn.clone()),
     };
     let stun_config = stun::config(&cli.stun)?;
-    let signal_settings = signal::settings(&signal_args)?;
-    if stun_config.is_none() && signal_settings.is_none() {
-        return Err("no service configured: give --stun or --signal (see --help)".into());
+    let mut signal_settings = signal::settings(&signal_args)?;
+    let mut turn_config = None;
+    if let Some(turn) = turn::settings(&turn_args)? {
+        turn_config = turn.server;
+        match &mut signal_settings {
+            Some(signal) => signal.relay = Some(turn.relay),
+            None if turn_config.is_none() => {
+                return Err("--turn-secret with --turn-url only serves signaling, \
+                            and no --signal is given"
+                    .into());
+            }
+            None => {}
+        }
+    }
+    if let (Some(turn), Some(stun)) = (&turn_config, &stun_config) {
+        if let Some(clash) = stun
+            .local_addrs()
+            .into_iter()
+            .find(|&a| turn::same_socket(a, turn.listen))
+        {
+            return Err(format!(
+                "--turn {} is STUN's address {clash} too; give TURN another port, e.g. {}",
+                turn.listen,
+                std::net::SocketAddr::new(turn.listen.ip(), 3480)
+            )
+            .into());
+        }
+    }
+    if stun_config.is_none() && signal_settings.is_none() && turn_config.is_none() {
+        return Err("no service configured: give --stun, --signal or --turn (see --help)".into());
     }
 
     // Bind everything before serving anything, so that a bad address fails the whole start.
     let stun = stun_config.map(StunService::bind).transpose()?;
     let signal = signal_settings.map(SignalService::bind).transpose()?;
+    let turn = turn_config.map(TurnService::bind).transpose()?;
     let mut stops: Vec<Stop> = Vec::new();
     if let Some(stun) = &stun {
         let handle = stun.handle();
@@ -118,6 +174,10 @@ fn run(cli: &Cli) -> Result<(), BoxError> {
     if let Some(signal) = &signal {
         let handle = signal.handle();
         stops.push(Arc::new(move || handle.stop()));
+    }
+    if let Some(turn) = &turn {
+        let handle = turn.handle();
+        stops.push(Arc::new(move || handle.shutdown()));
     }
     // The same stops, for when one service fails and the others must end too.
     let on_failure = stops.clone();
@@ -145,6 +205,13 @@ fn run(cli: &Cli) -> Result<(), BoxError> {
                         .send(result.map_err(|e| format!("signaling: the event loop failed: {e}")));
                 })?,
         );
+    }
+    if let Some(turn) = turn {
+        let done = done.clone();
+        threads.push(thread::Builder::new().name("turn".into()).spawn(move || {
+            let result = turn.run().map(|report| report.log());
+            let _ = done.send(result.map_err(|e| format!("TURN: the event loop failed: {e}")));
+        })?);
     }
     drop(done);
     let mut first_error = None;

@@ -97,6 +97,8 @@ pub(crate) struct Settings {
     pub(crate) handshake_timeout: Duration,
     pub(crate) max_unsent: usize,
     pub(crate) seed: [u8; 32],
+    /// TURN credentials to hand out (`--turn-secret`), if any.
+    pub(crate) relay: Option<fog_signal::server::RelayConfig>,
 }
 
 /// Why the signaling service could not start.
@@ -218,6 +220,7 @@ pub(crate) fn settings(args: &SignalArgs) -> Result<Option<Settings>, StartError
         handshake_timeout,
         max_unsent,
         seed: random_seed()?,
+        relay: None,
     }))
 }
 
@@ -332,6 +335,8 @@ impl SignalService {
         let server_id = settings.key.peer_id();
         let mut config = ServerConfig::new(settings.key, settings.realm.clone(), settings.seed);
         config.limits = limits.clone();
+        let relay_urls = settings.relay.as_ref().map(|r| r.urls.join(" "));
+        config.relay = settings.relay;
         tracing::info!(
             addr = %local,
             path = PATH,
@@ -346,6 +351,7 @@ impl SignalService {
             max_pending_offers = limits.max_pending_offers,
             handshake_timeout_ms = settings.handshake_timeout.as_millis() as u64,
             max_unsent = settings.max_unsent,
+            turn = relay_urls.as_deref().unwrap_or("none"),
             "signal listening"
         );
         Ok(Self {

@@ -3,9 +3,14 @@
 //! The server listens on one address ([`ServerConfig::listen`]). Each allocation is keyed by its
 //! 5-tuple (client address, listen address, UDP; RFC 8656 §2) and owns one relayed transport
 //! address, `relay_ip` plus a port drawn at random from `relay_ports` with the seeded RNG (§7.2
-//! suggests the dynamic range; random, so that one allocation does not tell where the next is). Datagrams to and from peers use that address: the server's transmits towards
-//! peers carry it as [`Transmit::source`], so fog-mio binds it on demand and the simulator sends
-//! from it, and [`Server::accepts`] takes datagrams that arrive on it.
+//! suggests the dynamic range; random, so that one allocation does not tell where the next is).
+//! Datagrams to and from peers use that address: the server asks its driver to bind it with a
+//! [`SocketRequest::Bind`] drained before the Allocate's answer (so a peer's first datagram finds
+//! a socket however early it comes) and to close it with a [`SocketRequest::Unbind`] when the
+//! allocation ends (a port the driver cannot bind moves the allocation to another before the
+//! answer leaves: [`SansIo::handle_bind_error`]); its transmits towards peers carry it as
+//! [`Transmit::source`], and
+//! [`Server::accepts`] takes datagrams that arrive on it.
 //!
 //! # Authentication and what an unauthenticated datagram can cost
 //!
@@ -35,7 +40,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::time::{Duration, Instant};
 
-use fog_core::{Receive, SansIo, Transmit};
+use fog_core::{Receive, SansIo, SocketRequest, Transmit};
 use fog_stun::server::{RateLimit, RateLimiter, Verdict};
 use fog_stun::wire::{Class, IntegrityKey, TransactionId};
 use hmac::{Hmac, Mac as _};
@@ -152,7 +157,7 @@ impl ServerConfig {
 /// What the server reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    /// An allocation was made. A driver that does not bind on demand binds `relayed` now.
+    /// An allocation was made; its relayed address was asked bound just before.
     Allocated {
         /// The client's address (its side of the 5-tuple).
         client: SocketAddr,
@@ -161,7 +166,7 @@ pub enum Event {
         /// The user part of the username.
         user: String,
     },
-    /// An allocation ended; `relayed` may be closed.
+    /// An allocation ended; its relayed address was asked unbound.
     Released {
         /// The client's address.
         client: SocketAddr,
@@ -208,6 +213,8 @@ pub struct Stats {
     pub dropped_malformed: u64,
     /// Transmits dropped because the driver's buffer was too small.
     pub dropped_buffer: u64,
+    /// Relayed addresses the driver could not bind ([`SansIo::handle_bind_error`]).
+    pub relay_bind_errors: u64,
 }
 
 /// A TURN allocation's 5-tuple; the transport is always UDP here.
@@ -233,6 +240,10 @@ struct Allocation {
     /// The Allocate that made it, so that a retransmission gets the same answer (RFC 8656 §7.2).
     allocate_tid: TransactionId,
     granted: u32,
+    /// Whether the Allocate asked for an even port (EVEN-PORT without R).
+    even: bool,
+    /// Relayed ports tried so far whose bind failed.
+    bind_failures: u8,
     permissions: BTreeMap<IpAddr, Instant>,
     channels: BTreeMap<u16, Channel>,
     channel_by_peer: BTreeMap<SocketAddr, u16>,
@@ -279,6 +290,9 @@ struct Out {
     to: SocketAddr,
     from: SocketAddr,
     bytes: Vec<u8>,
+    /// For the success answer to an Allocate: the relayed address it names, so that a failed
+    /// bind of that address can change the answer before it leaves.
+    allocated: Option<SocketAddr>,
 }
 
 /// The TURN server; see the [module docs](self).
@@ -291,6 +305,10 @@ pub struct Server {
     by_relay: BTreeMap<SocketAddr, FiveTuple>,
     per_user: BTreeMap<String, usize>,
     out: VecDeque<Out>,
+    /// Binds and unbinds of relayed addresses for the driver, drained before `out`.
+    sockets: VecDeque<SocketRequest>,
+    /// Relayed addresses whose bind failed lately, oldest first, skipped by `pick_port`.
+    unbindable: VecDeque<SocketAddr>,
     events: VecDeque<Event>,
     stats: Stats,
     /// The earliest expiry of any allocation, permission or channel. Recomputed after requests
@@ -300,6 +318,21 @@ pub struct Server {
 }
 
 type HmacSha1 = Hmac<sha1::Sha1>;
+
+/// Relayed ports an allocation may try before its Allocate gets a 508.
+pub const MAX_BIND_FAILURES: u8 = 8;
+/// How many relayed addresses that failed to bind are remembered and skipped.
+pub const UNBINDABLE_MEMORY: usize = 64;
+
+/// The success answer to the Allocate that made `alloc` (RFC 8656 §7.2), also for its
+/// retransmissions.
+fn allocate_success(ft: FiveTuple, alloc: &Allocation) -> TurnMessage {
+    let mut m = TurnMessage::new(Class::SuccessResponse, method::ALLOCATE, alloc.allocate_tid);
+    m.xor_relayed_address = Some(alloc.relayed);
+    m.lifetime = Some(alloc.granted);
+    m.xor_mapped_address = Some(ft.client);
+    m
+}
 
 /// Hex digits of a nonce: 16 for the expiry, 16 for the truncated HMAC.
 const NONCE_LEN: usize = 32;
@@ -329,6 +362,8 @@ impl Server {
             by_relay: BTreeMap::new(),
             per_user: BTreeMap::new(),
             out: VecDeque::new(),
+            sockets: VecDeque::new(),
+            unbindable: VecDeque::new(),
             events: VecDeque::new(),
             stats: Stats::default(),
             deadline: None,
@@ -424,7 +459,12 @@ impl Server {
     // ---- output ---------------------------------------------------------------------------
 
     fn send(&mut self, to: SocketAddr, from: SocketAddr, bytes: Vec<u8>) {
-        self.out.push_back(Out { to, from, bytes });
+        self.out.push_back(Out {
+            to,
+            from,
+            bytes,
+            allocated: None,
+        });
     }
 
     /// Answers a client on the listen address, signed with `key` when given.
@@ -612,12 +652,7 @@ impl Server {
         if let Some(alloc) = self.allocations.get(&ft).filter(|a| a.expires > now) {
             if alloc.allocate_tid == msg.transaction_id {
                 // A retransmission: the same answer again.
-                let mut m =
-                    TurnMessage::new(Class::SuccessResponse, method::ALLOCATE, msg.transaction_id);
-                m.xor_relayed_address = Some(alloc.relayed);
-                m.lifetime = Some(alloc.granted);
-                m.xor_mapped_address = Some(ft.client);
-                let key = alloc.key.clone();
+                let (m, key) = (allocate_success(ft, alloc), alloc.key.clone());
                 return self.reply(ft.client, m, Some(&key));
             }
             return self.error(ft.client, msg, code::ALLOCATION_MISMATCH, &auth.key);
@@ -668,24 +703,107 @@ impl Server {
             expires: now + Duration::from_secs(granted.into()),
             allocate_tid: msg.transaction_id,
             granted,
+            even: msg.even_port.is_some(),
+            bind_failures: 0,
             permissions: BTreeMap::new(),
             channels: BTreeMap::new(),
             channel_by_peer: BTreeMap::new(),
             bucket: TokenBucket::new(now, limits.bandwidth_bytes_per_s, limits.burst_bytes),
         };
+        let answer = allocate_success(ft, &alloc);
         self.allocations.insert(ft, alloc);
         self.by_relay.insert(relayed, ft);
+        self.sockets.push_back(SocketRequest::Bind(relayed));
         *self.per_user.entry(auth.user.clone()).or_default() += 1;
         self.events.push_back(Event::Allocated {
             client: ft.client,
             relayed,
             user: auth.user,
         });
-        let mut m = TurnMessage::new(Class::SuccessResponse, method::ALLOCATE, msg.transaction_id);
-        m.xor_relayed_address = Some(relayed);
-        m.lifetime = Some(granted);
-        m.xor_mapped_address = Some(ft.client);
-        self.reply(ft.client, m, Some(&auth.key));
+        let queued = self.out.len();
+        self.reply(ft.client, answer, Some(&auth.key));
+        if self.out.len() > queued {
+            if let Some(out) = self.out.back_mut() {
+                out.allocated = Some(relayed);
+            }
+        }
+    }
+
+    /// The driver could not bind `relayed`. While the Allocate's answer has not left, the
+    /// allocation moves to another port (up to [`MAX_BIND_FAILURES`] tries) and the answer and
+    /// the `Allocated` event follow it; past the tries, or with no port left, the allocation is
+    /// dropped as if it had never been made and the answer becomes a 508 (RFC 8656 §7.2: the
+    /// server could not allocate). A port that failed is not tried again for a while
+    /// ([`UNBINDABLE_MEMORY`] of them are remembered). An allocation whose answer has already
+    /// left is kept: the driver binds a source on demand when it sends from it.
+    fn relay_bind_failed(&mut self, relayed: SocketAddr) {
+        self.stats.relay_bind_errors += 1;
+        if self.unbindable.len() >= UNBINDABLE_MEMORY {
+            self.unbindable.pop_front();
+        }
+        self.unbindable.push_back(relayed);
+        let Some(&ft) = self.by_relay.get(&relayed) else {
+            return;
+        };
+        let Some(index) = self.out.iter().position(|o| o.allocated == Some(relayed)) else {
+            return;
+        };
+        let Some(alloc) = self.allocations.get_mut(&ft) else {
+            return;
+        };
+        alloc.bind_failures = alloc.bind_failures.saturating_add(1);
+        let (tries_left, even) = (alloc.bind_failures < MAX_BIND_FAILURES, alloc.even);
+        self.by_relay.remove(&relayed);
+        let moved = if tries_left {
+            self.pick_port(even)
+        } else {
+            None
+        };
+        let Some(alloc) = self.allocations.get_mut(&ft) else {
+            return;
+        };
+        let key = alloc.key.clone();
+        let answer = match moved {
+            Some(port) => {
+                let new = SocketAddr::new(self.config.relay_ip, port);
+                alloc.relayed = new;
+                let answer = allocate_success(ft, alloc);
+                self.by_relay.insert(new, ft);
+                self.sockets.push_back(SocketRequest::Bind(new));
+                for event in &mut self.events {
+                    if let Event::Allocated { relayed: r, .. } = event {
+                        if *r == relayed {
+                            *r = new;
+                        }
+                    }
+                }
+                self.out[index].allocated = Some(new);
+                answer
+            }
+            None => {
+                let tid = alloc.allocate_tid;
+                let user = alloc.user.clone();
+                self.allocations.remove(&ft);
+                if let Some(n) = self.per_user.get_mut(&user) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        self.per_user.remove(&user);
+                    }
+                }
+                self.events
+                    .retain(|e| !matches!(e, Event::Allocated { relayed: r, .. } if *r == relayed));
+                self.out[index].allocated = None;
+                let request = TurnMessage::new(Class::Request, method::ALLOCATE, tid);
+                TurnMessage::error_response(&request, code::INSUFFICIENT_CAPACITY)
+            }
+        };
+        let mut answer = answer;
+        answer.software.clone_from(&self.config.software);
+        // Encoding fails only for values this machine chose; the old answer stays then.
+        if let Ok(bytes) = answer.to_bytes(Some(&key)) {
+            self.out[index].bytes = bytes;
+        }
+        self.update_deadline();
     }
 
     /// A free relay port (an even one if `even`), random in the range: a few random tries, then
@@ -696,7 +814,10 @@ impl Server {
         let listen = self.config.listen;
         let free = |this: &Self, port: u16| {
             let a = SocketAddr::new(ip, port);
-            (!even || port % 2 == 0) && a != listen && !this.by_relay.contains_key(&a)
+            (!even || port % 2 == 0)
+                && a != listen
+                && !this.by_relay.contains_key(&a)
+                && !this.unbindable.contains(&a)
         };
         for _ in 0..8 {
             let port = self.rng.random_range(range.clone());
@@ -715,6 +836,7 @@ impl Server {
             return;
         };
         self.by_relay.remove(&alloc.relayed);
+        self.sockets.push_back(SocketRequest::Unbind(alloc.relayed));
         if let Some(n) = self.per_user.get_mut(&alloc.user) {
             *n = n.saturating_sub(1);
             if *n == 0 {
@@ -998,6 +1120,16 @@ impl SansIo for Server {
             alloc.expire_children(now);
         }
         self.update_deadline();
+    }
+
+    /// A bind for each new relayed address, an unbind for each released one, in order.
+    fn poll_socket_request(&mut self) -> Option<SocketRequest> {
+        self.sockets.pop_front()
+    }
+
+    /// See `relay_bind_failed`: the allocation moves to another port before its answer leaves.
+    fn handle_bind_error(&mut self, _now: Instant, addr: SocketAddr) {
+        self.relay_bind_failed(addr);
     }
 
     fn poll_transmit(&mut self, _now: Instant, buf: &mut [u8]) -> Option<Transmit> {

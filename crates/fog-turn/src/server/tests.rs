@@ -30,6 +30,8 @@ struct H {
     t0: Instant,
     now: Instant,
     next_tid: u8,
+    /// Socket requests drained so far, in order.
+    requests: Vec<SocketRequest>,
 }
 
 /// What the client side of a test knows after a 401.
@@ -52,12 +54,15 @@ impl H {
             t0,
             now: t0,
             next_tid: 0,
+            requests: Vec::new(),
         }
     }
 
     fn advance(&mut self, d: Duration) {
         self.now += d;
         self.server.handle_timeout(self.now);
+        self.requests
+            .extend(std::iter::from_fn(|| self.server.poll_socket_request()));
     }
 
     fn tid(&mut self) -> TransactionId {
@@ -79,6 +84,9 @@ impl H {
         };
         assert!(self.server.accepts(&p) || local != listen());
         self.server.handle_packet(self.now, p);
+        // The contract's order: socket requests before transmits.
+        self.requests
+            .extend(std::iter::from_fn(|| self.server.poll_socket_request()));
         let mut buf = vec![0u8; 65_535];
         let mut out = Vec::new();
         while let Some(t) = self.server.poll_transmit(self.now, &mut buf) {
@@ -173,6 +181,8 @@ fn allocate_after_a_challenge() {
     let (creds, relayed) = h.allocated();
     assert_eq!(relayed.ip(), listen().ip());
     assert!((50000..=50009).contains(&relayed.port()));
+    // The relayed address was asked bound with the Allocate's answer, and only it.
+    assert_eq!(h.requests, vec![SocketRequest::Bind(relayed)]);
     // The success response is signed with the long-term key and says who the client is.
     let mut msg = h.request(method::ALLOCATE, Some(&creds));
     msg.requested_transport = Some(TRANSPORT_UDP);
@@ -353,6 +363,10 @@ fn lifetimes_are_clamped_and_refresh_zero_deallocates() {
             reason: Release::Deallocated
         }]
     );
+    assert_eq!(
+        h.requests,
+        vec![SocketRequest::Bind(relayed), SocketRequest::Unbind(relayed)]
+    );
     // The retransmission of that Refresh finds nothing (the client takes 437 as done).
     assert_eq!(h.ask(&msg, Some(&creds.key)).error_code(), Some(437));
     assert_eq!(h.server.poll_timeout(), None);
@@ -384,6 +398,10 @@ fn an_allocation_expires() {
             relayed,
             reason: Release::Expired
         }]
+    );
+    assert_eq!(
+        h.requests,
+        vec![SocketRequest::Bind(relayed), SocketRequest::Unbind(relayed)]
     );
     // Peer data to the old relayed address is no longer accepted or relayed.
     let p = Receive {
@@ -686,4 +704,103 @@ fn even_port() {
         h.ask_from(c(5), &msg, Some(&creds.key)).0.class,
         Class::SuccessResponse
     );
+}
+
+/// Sends an Allocate from `client()` without draining anything; returns its transaction.
+fn allocate_undrained(h: &mut H, creds: &Creds) -> TransactionId {
+    let mut msg = h.request(method::ALLOCATE, Some(creds));
+    msg.requested_transport = Some(TRANSPORT_UDP);
+    let bytes = msg.to_bytes(Some(&creds.key)).unwrap();
+    let p = Receive {
+        source: client(),
+        local: listen(),
+        payload: &bytes,
+    };
+    h.server.handle_packet(h.now, p);
+    msg.transaction_id
+}
+
+fn transmits(h: &mut H) -> Vec<Vec<u8>> {
+    let mut buf = vec![0u8; 65_535];
+    std::iter::from_fn(|| {
+        h.server
+            .poll_transmit(h.now, &mut buf)
+            .map(|t| buf[..t.len].to_vec())
+    })
+    .collect()
+}
+
+#[test]
+fn a_relayed_port_that_cannot_be_bound_is_replaced_before_the_answer_leaves() {
+    let mut h = H::new(Limits::default());
+    let creds = h.login_from(client(), "alice");
+    let tid = allocate_undrained(&mut h, &creds);
+    let Some(SocketRequest::Bind(first)) = h.server.poll_socket_request() else {
+        panic!("no bind asked");
+    };
+    // The driver reports the failure while it drains socket requests, before any transmit.
+    h.server.handle_bind_error(h.now, first);
+    let Some(SocketRequest::Bind(second)) = h.server.poll_socket_request() else {
+        panic!("no second bind asked");
+    };
+    assert_ne!(second, first);
+    assert!((50000..=50009).contains(&second.port()));
+    assert_eq!(h.server.poll_socket_request(), None);
+
+    let out = transmits(&mut h);
+    assert_eq!(out.len(), 1, "one answer");
+    let answer = TurnMessage::decode(&out[0]).unwrap();
+    assert_eq!(answer.class, Class::SuccessResponse);
+    assert_eq!(answer.transaction_id, tid);
+    assert_eq!(answer.xor_relayed_address, Some(second));
+    crate::wire::verify_integrity(&out[0], &creds.key).unwrap();
+    assert_eq!(
+        h.events(),
+        vec![Event::Allocated {
+            client: client(),
+            relayed: second,
+            user: "alice".to_owned()
+        }]
+    );
+    assert_eq!(h.server.relayed_address(client()), Some(second));
+    assert_eq!(h.server.stats().relay_bind_errors, 1);
+    let stray = Receive {
+        source: peer(),
+        local: first,
+        payload: b"x",
+    };
+    assert!(
+        !h.server.accepts(&stray),
+        "the failed address is not the relay"
+    );
+
+    // A retransmitted Allocate gets the same, moved, answer.
+    let mut again = h.request(method::ALLOCATE, Some(&creds));
+    again.transaction_id = tid;
+    again.requested_transport = Some(TRANSPORT_UDP);
+    let answer = h.ask(&again, Some(&creds.key));
+    assert_eq!(answer.xor_relayed_address, Some(second));
+}
+
+#[test]
+fn when_no_relayed_port_can_be_bound_the_allocate_gets_508_and_leaves_nothing() {
+    let mut h = H::new(Limits::default());
+    h.server.config.relay_ports = 50000..=50000;
+    let creds = h.login_from(client(), "alice");
+    allocate_undrained(&mut h, &creds);
+    let Some(SocketRequest::Bind(only)) = h.server.poll_socket_request() else {
+        panic!("no bind asked");
+    };
+    h.server.handle_bind_error(h.now, only);
+    assert_eq!(h.server.poll_socket_request(), None, "no port left to try");
+    let out = transmits(&mut h);
+    assert_eq!(out.len(), 1);
+    let answer = TurnMessage::decode(&out[0]).unwrap();
+    assert_eq!(answer.error_code(), Some(code::INSUFFICIENT_CAPACITY));
+    crate::wire::verify_integrity(&out[0], &creds.key).unwrap();
+    assert_eq!(h.events(), vec![], "the allocation never was");
+    assert_eq!(h.server.allocation_count(), 0);
+    assert_eq!(h.server.poll_timeout(), None);
+    // The user's quota is not held by it.
+    assert!(h.server.per_user.is_empty());
 }
