@@ -947,6 +947,7 @@ impl Agent {
         if !self.pairs[i].relayed {
             // A direct path ends punching; relay pairs that work stay as the backup.
             self.spray = None;
+            self.repunch_at = None;
             for pair in &mut self.pairs {
                 pair.nominating = 0;
                 if pair.state == State::InProgress {
@@ -974,10 +975,12 @@ impl Agent {
             p.last_answer
                 .is_some_and(|t| now.saturating_duration_since(t) >= timeout)
         };
+        // Backups whose consent lapsed are gone (several may lapse together).
+        while let Some(b) = self.backup().filter(|&b| expired(&self.pairs[b])) {
+            self.pairs[b].state = State::Failed;
+        }
         if let Some(b) = self.backup() {
-            if expired(&self.pairs[b]) {
-                self.pairs[b].state = State::Failed;
-            } else if self.next_backup_consent.is_none_or(|t| now >= t) {
+            if self.next_backup_consent.is_none_or(|t| now >= t) {
                 let (local, remote) = (self.pairs[b].local, self.pairs[b].remote);
                 self.send_check(now, local, remote, false, false);
                 self.next_backup_consent = Some(now + self.consent_gap());
@@ -1000,9 +1003,10 @@ impl Agent {
                 return;
             }
             self.events.push_back(Event::PathLost { local, remote });
-            // Punching does not start over by itself: the owner decides (relay, or a new
-            // session with fresh candidates).
+            // With no relay to fall back to, punching does not start over by itself: the owner
+            // decides (a new session with fresh candidates).
             self.punch_over = true;
+            self.repunch_at = None;
             return;
         }
         if now >= at {
@@ -1257,13 +1261,11 @@ impl SansIo for Agent {
                     .map(|t| t + self.config.consent_timeout),
             );
         }
-        if let Some(b) = self.backup() {
+        // A backup's lapse is noticed at its next consent check (at most one interval late):
+        // the pair that is the backup can change between two timeouts, and an earlier one's
+        // lapse must not become a wake-up in the past.
+        if self.backup().is_some() {
             consider(self.next_backup_consent.or(Some(start)));
-            consider(
-                self.pairs[b]
-                    .last_answer
-                    .map(|t| t + self.config.consent_timeout),
-            );
         }
         next
     }
