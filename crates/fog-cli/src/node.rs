@@ -246,22 +246,32 @@ pub(crate) fn serve(args: &ServeArgs) -> Result<(), String> {
     let mut node = start(&args.node, args.alias.as_deref())?;
     let deadline = args.node.timeout.map(|t| Instant::now() + t);
     let mut echoed = 0u64;
+    let mut connected = false;
+    let mut done_at: Option<Instant> = None;
     loop {
         for event in node.step()? {
             node.report(&event);
-            if let Event::Data { session, data } = event {
-                match node.driver.machine_mut().send(session, &data) {
-                    Ok(()) => echoed += 1,
-                    Err(e) => eprintln!("fogconnect: could not echo a datagram: {e}"),
+            match event {
+                Event::Connected { .. } => connected = true,
+                Event::Data { session, data } => {
+                    match node.driver.machine_mut().send(session, &data) {
+                        Ok(()) => echoed += 1,
+                        Err(e) => eprintln!("fogconnect: could not echo a datagram: {e}"),
+                    }
                 }
+                _ => {}
             }
         }
         if args.count.is_some_and(|c| echoed >= c) {
-            // Let the last echo leave.
-            for _ in 0..5 {
-                node.step()?;
+            // The peer may have sent before our side selected the path: stay until it has
+            // (at most 3 s), so that the last echo leaves and the path is reported.
+            let since = *done_at.get_or_insert_with(Instant::now);
+            if connected || since.elapsed() > Duration::from_secs(3) {
+                for _ in 0..5 {
+                    node.step()?;
+                }
+                return Ok(());
             }
-            return Ok(());
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {
             return Err(format!("timed out ({echoed} datagrams echoed)"));

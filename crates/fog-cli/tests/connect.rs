@@ -20,30 +20,52 @@ const STEP: Duration = Duration::from_secs(30);
 
 /// fogd with STUN on two loopback addresses and signaling, on free ports.
 fn fogd() -> (ChildGuard, SocketAddr, String) {
+    let (child, stun, url, _) = fogd_with(false);
+    (child, stun, url)
+}
+
+/// The TURN secret of [`fogd_with`]'s relay.
+const TURN_SECRET: &str = "loopback relay secret";
+
+/// fogd with STUN and signaling, and with `turn` also a TURN relay (relayed ports from a range
+/// below Linux's ephemeral one, as fogd's own TURN tests do) whose credentials signaling hands
+/// out. The last value is the TURN address.
+fn fogd_with(turn: bool) -> (ChildGuard, SocketAddr, String, Option<SocketAddr>) {
     for attempt in 0..5 {
         let (p1, p2) = free_port_pair();
         let signal = TcpListener::bind((A1, 0))
             .and_then(|l| l.local_addr())
             .unwrap();
         let stun = SocketAddr::new(A1, p1);
-        let mut child = ChildGuard::spawn(
-            &format!("fogd-node-{attempt}"),
-            Command::new(fogd_exe()).args([
-                "--stun",
-                &stun.to_string(),
-                "--stun-alt",
-                &SocketAddr::new(A2, p2).to_string(),
-                "--signal",
-                &signal.to_string(),
-            ]),
-        )
-        .expect("spawning fogd");
+        let turn_addr = turn.then(|| {
+            let port = std::net::UdpSocket::bind((A1, 0))
+                .and_then(|s| s.local_addr())
+                .unwrap()
+                .port();
+            SocketAddr::new(A1, port)
+        });
+        let mut command = Command::new(fogd_exe());
+        command.args([
+            "--stun",
+            &stun.to_string(),
+            "--stun-alt",
+            &SocketAddr::new(A2, p2).to_string(),
+            "--signal",
+            &signal.to_string(),
+        ]);
+        if let Some(t) = turn_addr {
+            let low = 20_000 + (u16::try_from(std::process::id() % 100).unwrap() + attempt) * 100;
+            command.args(["--turn", &t.to_string(), "--turn-secret", TURN_SECRET]);
+            command.args(["--turn-ports", &format!("{low}-{}", low + 99)]);
+        }
+        let mut child = ChildGuard::spawn(&format!("fogd-node-{attempt}"), &mut command)
+            .expect("spawning fogd");
         let deadline = Instant::now() + STEP;
         while Instant::now() < deadline {
             if TcpStream::connect_timeout(&signal, Duration::from_millis(200)).is_ok() {
                 // The STUN service starts beside it; give it a moment to bind.
                 thread::sleep(Duration::from_millis(100));
-                return (child, stun, format!("ws://{signal}/ws"));
+                return (child, stun, format!("ws://{signal}/ws"), turn_addr);
             }
             if child.try_wait().is_some() {
                 break;
@@ -158,5 +180,91 @@ fn connecting_to_nobody_fails_clearly() {
         connect.stderr.contains("no peer is known as nobody"),
         "{}",
         connect.text()
+    );
+}
+
+#[test]
+fn relay_only_nodes_connect_through_fogds_turn_relay() {
+    let (fogd, stun, url, turn) = fogd_with(true);
+    let (stun, turn) = (stun.to_string(), turn.unwrap().to_string());
+    let mut serve = ChildGuard::spawn(
+        "serve-relay",
+        Command::new(fogconnect_exe()).args([
+            "serve",
+            "--signal",
+            &url,
+            "--stun",
+            &stun,
+            "--turn",
+            &turn,
+            "--relay-only",
+            "--alias",
+            "carol",
+            "--count",
+            "1",
+            "--timeout",
+            "30",
+        ]),
+    )
+    .expect("spawning fogconnect serve");
+    let deadline = Instant::now() + STEP;
+    while !serve.stdout_text().contains("ready:") {
+        assert!(
+            serve.try_wait().is_none(),
+            "serve exited\n{}",
+            serve.output_text()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "serve not ready\n{}",
+            serve.output_text()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    // The relay allocation follows authentication; give it a moment before the offer.
+    thread::sleep(Duration::from_millis(300));
+    let connect = fogconnect(&[
+        "connect",
+        "--signal",
+        &url,
+        "--stun",
+        &stun,
+        "--turn",
+        &turn,
+        "carol",
+        "--message",
+        "through the relay",
+        "--timeout",
+        "20",
+    ]);
+    assert_eq!(
+        connect.code(),
+        Some(0),
+        "{}\n{}\n{}",
+        connect.text(),
+        serve.output_text(),
+        fogd.output_text()
+    );
+    let out = &connect.stdout;
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("connected to "))
+        .unwrap_or_else(|| panic!("no connection line in\n{out}"));
+    // carol described only her relayed address: the path goes through fogd's relay.
+    assert!(line.contains(" via turn ("), "{line}");
+    assert!(out.contains("echo: through the relay ("), "{out}");
+    let status = serve.wait_timeout(STEP);
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{}",
+        serve.output_text()
+    );
+    assert!(
+        serve
+            .stdout_text()
+            .lines()
+            .any(|l| l.starts_with("connected to ") && l.contains(" via turn (")),
+        "{}",
+        serve.output_text()
     );
 }
