@@ -19,7 +19,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use fog_core::{Receive, SansIo, Transmit};
-use fog_stun::wire::{Class, ErrorCode, IntegrityKey, Message, Method, TransactionId};
+use fog_stun::wire::{
+    Class, ErrorCode, IntegrityKey, Message, Method, Packet, TransactionId, attribute_type,
+};
 
 use crate::candidate::{Candidate, Kind, pair_priority};
 use crate::strategy::{Birthday, Plan};
@@ -432,19 +434,24 @@ impl Agent {
         if !self.accepts(packet) {
             return false;
         }
-        let Ok(message) = Message::decode(packet.payload) else {
+        // The raw view: every datagram on a shared socket comes through here, once per
+        // session, so no decoding and no allocation.
+        let Ok(raw) = Packet::new_checked(packet.payload) else {
             return false;
         };
-        match message.class {
+        match raw.class() {
             Class::Request | Class::Indication => {
-                let prefix = format!("{}:", self.config.local.ufrag);
-                message
-                    .attributes
-                    .username
-                    .is_some_and(|u| u.starts_with(&prefix))
+                let ufrag = self.config.local.ufrag.as_bytes();
+                raw.attributes()
+                    .find(|a| a.kind == attribute_type::USERNAME)
+                    .is_some_and(|a| {
+                        a.value.len() > ufrag.len()
+                            && a.value.starts_with(ufrag)
+                            && a.value[ufrag.len()] == b':'
+                    })
             }
             Class::SuccessResponse | Class::ErrorResponse => {
-                self.outstanding.contains_key(&message.transaction_id)
+                self.outstanding.contains_key(&raw.transaction_id())
             }
         }
     }
@@ -688,38 +695,6 @@ impl Agent {
             && !self
                 .pair_index(local, remote)
                 .is_some_and(|i| self.pairs[i].heard);
-        if quiet {
-            if let Some(ttl) = self.config.low_ttl {
-                self.outstanding.insert(
-                    id,
-                    Outstanding {
-                        local,
-                        remote,
-                        sent_at: now,
-                        retransmitted,
-                        use_candidate,
-                    },
-                );
-                self.stats.checks_sent += 1;
-                self.queue.push_back(Queued {
-                    bytes,
-                    source: local,
-                    destination: remote,
-                    ttl: Some(ttl),
-                });
-                return;
-            }
-        }
-        let ttl = if first { self.config.low_ttl } else { None };
-        if let Some(ttl) = ttl {
-            // The low-TTL probe opens our NAT; the real check follows right behind it.
-            self.queue.push_back(Queued {
-                bytes: bytes.clone(),
-                source: local,
-                destination: remote,
-                ttl: Some(ttl),
-            });
-        }
         self.outstanding.insert(
             id,
             Outstanding {
@@ -731,11 +706,32 @@ impl Agent {
             },
         );
         self.stats.checks_sent += 1;
+        let low = self.config.low_ttl;
+        match low {
+            // Quiet: only the low-TTL copy, which opens our NAT and dies before the peer's.
+            Some(ttl) if quiet => self.enqueue(bytes, local, remote, Some(ttl)),
+            _ => {
+                if let Some(ttl) = low.filter(|_| first) {
+                    // The low-TTL probe opens our NAT; the real check follows right behind it.
+                    self.enqueue(bytes.clone(), local, remote, Some(ttl));
+                }
+                self.enqueue(bytes, local, remote, None);
+            }
+        }
+    }
+
+    fn enqueue(
+        &mut self,
+        bytes: Vec<u8>,
+        source: SocketAddr,
+        destination: SocketAddr,
+        ttl: Option<u8>,
+    ) {
         self.queue.push_back(Queued {
             bytes,
-            source: local,
-            destination: remote,
-            ttl: None,
+            source,
+            destination,
+            ttl,
         });
     }
 
@@ -832,12 +828,7 @@ impl Agent {
         }
         message.fingerprint = true;
         if let Ok(bytes) = message.to_bytes(Some(&self.local_key)) {
-            self.queue.push_back(Queued {
-                bytes,
-                source: packet.local,
-                destination: packet.source,
-                ttl: None,
-            });
+            self.enqueue(bytes, packet.local, packet.source, None);
         }
     }
 
@@ -1544,6 +1535,48 @@ mod tests {
         );
         assert_eq!(a.stats().stray, 1);
         assert!(a.poll_event().is_none());
+    }
+
+    /// On a shared socket an agent takes checks naming its username fragment first, and
+    /// answers to its own checks; nothing else.
+    #[test]
+    fn owns_its_checks_and_answers_only() {
+        let mut a = agent(A, B, true, 9);
+        let now = Instant::now();
+        a.start(now);
+        a.handle_timeout(now);
+        let mut buf = vec![0u8; 2048];
+        let sent = a.poll_transmit(now, &mut buf).unwrap();
+        let ours = Message::decode(&buf[..sent.len]).unwrap().transaction_id;
+        let local: SocketAddr = A.parse().unwrap();
+        let source: SocketAddr = B.parse().unwrap();
+        let check = |username: &str| {
+            let mut m = Message::new(Class::Request, Method::BINDING, TransactionId::new([3; 12]));
+            m.attributes.username = Some(username.into());
+            m.to_bytes(None).unwrap()
+        };
+        let answer = |id| {
+            Message::new(Class::SuccessResponse, Method::BINDING, id)
+                .to_bytes(None)
+                .unwrap()
+        };
+        let owns = |payload: &[u8]| {
+            a.owns(&Receive {
+                source,
+                local,
+                payload,
+            })
+        };
+        assert!(owns(&check("aufrag:bufrag")));
+        assert!(
+            !owns(&check("aufragx:bufrag")),
+            "a longer ufrag with our prefix"
+        );
+        assert!(!owns(&check("aufrag")), "no colon");
+        assert!(!owns(&check("bufrag:aufrag")), "the peer's ufrag first");
+        assert!(owns(&answer(ours)));
+        assert!(!owns(&answer(TransactionId::new([4; 12]))));
+        assert!(!owns(b"\x07application data"));
     }
 
     #[test]

@@ -553,45 +553,34 @@ impl Node {
         });
     }
 
-    /// Our description: host, server-reflexive and predicted candidates of the base socket.
+    /// Our description: host, server-reflexive, predicted and relayed candidates of the base
+    /// socket (only the relayed one when direct paths are off).
     fn description(&mut self, credentials: &agent::Credentials, service: u16) -> Description {
         let base = self.config.base;
         let mut candidates = Vec::new();
-        if !self.config.direct {
-            if let Some(relayed) = self.relayed {
-                candidates.push(ice_candidate::Candidate::new(Kind::Relayed, relayed));
+        if self.config.direct {
+            // The server-reflexive address even when it is the host's own (no NAT, or a
+            // firewall): the peer's plan checks server-reflexive candidates, and may skip host
+            // ones.
+            if let Some(mapped) = self.report.as_ref().and_then(|r| r.mapped) {
+                candidates.push(ice_candidate::Candidate::new(Kind::ServerReflexive, mapped));
             }
-            return Description {
-                candidates: candidates.iter().map(to_wire).collect(),
-                nat: self.behaviour().map(Into::into),
-                transports: self.config.transports.clone(),
-                credentials: msg::Credentials {
-                    ufrag: credentials.ufrag.clone(),
-                    pwd: credentials.pwd.clone(),
-                },
-                service,
-            };
-        }
-        // The server-reflexive address even when it is the host's own (no NAT, or a firewall):
-        // the peer's plan checks server-reflexive candidates, and may skip host ones.
-        if let Some(mapped) = self.report.as_ref().and_then(|r| r.mapped) {
-            candidates.push(ice_candidate::Candidate::new(Kind::ServerReflexive, mapped));
-        }
-        if !candidates.iter().any(|c| c.addr == base) {
-            candidates.push(ice_candidate::Candidate::new(Kind::Host, base));
-        }
-        if let (
-            Some(Behaviour::Nat {
-                ports: PortPattern::Sequential { delta },
-                ..
-            }),
-            Some(last),
-        ) = (
-            self.behaviour(),
-            self.refresh.as_ref().and_then(|r| r.mapped),
-        ) {
-            for addr in ice_candidate::predicted(last, delta, 3) {
-                candidates.push(ice_candidate::Candidate::new(Kind::Predicted, addr));
+            if !candidates.iter().any(|c| c.addr == base) {
+                candidates.push(ice_candidate::Candidate::new(Kind::Host, base));
+            }
+            if let (
+                Some(Behaviour::Nat {
+                    ports: PortPattern::Sequential { delta },
+                    ..
+                }),
+                Some(last),
+            ) = (
+                self.behaviour(),
+                self.refresh.as_ref().and_then(|r| r.mapped),
+            ) {
+                for addr in ice_candidate::predicted(last, delta, 3) {
+                    candidates.push(ice_candidate::Candidate::new(Kind::Predicted, addr));
+                }
             }
         }
         if let Some(relayed) = self.relayed {
