@@ -54,22 +54,13 @@ mod tests {
     const RANDOM: PortPattern = PortPattern::Random;
     const PRESERVED: PortPattern = PortPattern::Preserved;
 
-    fn nat(mapping: Mapping, filtering: Filtering, ports: PortPattern) -> Behaviour {
-        Behaviour::Nat {
-            mapping,
-            filtering,
-            ports,
-            hairpinning: false,
-        }
-    }
-
     #[test]
     fn matrix_labels() {
         let rows = [
-            ("full cone", nat(EIM, EIF, PRESERVED)),
-            ("port-restricted", nat(EIM, APDF, PRESERVED)),
-            ("sym seq", nat(APDM, APDF, SEQ)),
-            ("sym random", nat(APDM, APDF, RANDOM)),
+            ("full cone", Behaviour::nat(EIM, EIF, PRESERVED)),
+            ("port-restricted", Behaviour::nat(EIM, APDF, PRESERVED)),
+            ("sym seq", Behaviour::nat(APDM, APDF, SEQ)),
+            ("sym random", Behaviour::nat(APDM, APDF, RANDOM)),
             ("a|b", Behaviour::UdpBlocked),
         ];
         let table = matrix(&rows, &ProbeBudget::default());
@@ -95,24 +86,24 @@ mod tests {
         [
             vec![
                 ("open", Behaviour::Open),
-                ("full cone", nat(EIM, EIF, PRESERVED)),
-                ("restricted", nat(EIM, ADF, PRESERVED)),
-                ("port-restr.", nat(EIM, APDF, PRESERVED)),
+                ("full cone", Behaviour::nat(EIM, EIF, PRESERVED)),
+                ("restricted", Behaviour::nat(EIM, ADF, PRESERVED)),
+                ("port-restr.", Behaviour::nat(EIM, APDF, PRESERVED)),
                 ("fw APDF", Behaviour::Firewall { filtering: APDF }),
-                ("ADM seq", nat(ADM, APDF, SEQ)),
-                ("sym preserve", nat(APDM, APDF, PRESERVED)),
-                ("sym seq", nat(APDM, APDF, SEQ)),
-                ("sym random", nat(APDM, APDF, RANDOM)),
+                ("ADM seq", Behaviour::nat(ADM, APDF, SEQ)),
+                ("sym preserve", Behaviour::nat(APDM, APDF, PRESERVED)),
+                ("sym seq", Behaviour::nat(APDM, APDF, SEQ)),
+                ("sym random", Behaviour::nat(APDM, APDF, RANDOM)),
                 ("UDP blocked", Behaviour::UdpBlocked),
             ],
             vec![
-                ("port-restr.", nat(EIM, APDF, PRESERVED)),
-                ("ADM+ADF rnd", nat(ADM, ADF, RANDOM)),
-                ("ADM+APDF rnd", nat(ADM, APDF, RANDOM)),
-                ("APDM+EIF rnd", nat(APDM, EIF, RANDOM)),
-                ("APDM+ADF seq", nat(APDM, ADF, SEQ)),
-                ("sym seq", nat(APDM, APDF, SEQ)),
-                ("sym random", nat(APDM, APDF, RANDOM)),
+                ("port-restr.", Behaviour::nat(EIM, APDF, PRESERVED)),
+                ("ADM+ADF rnd", Behaviour::nat(ADM, ADF, RANDOM)),
+                ("ADM+APDF rnd", Behaviour::nat(ADM, APDF, RANDOM)),
+                ("APDM+EIF rnd", Behaviour::nat(APDM, EIF, RANDOM)),
+                ("APDM+ADF seq", Behaviour::nat(APDM, ADF, SEQ)),
+                ("sym seq", Behaviour::nat(APDM, APDF, SEQ)),
+                ("sym random", Behaviour::nat(APDM, APDF, RANDOM)),
             ],
         ]
     }

@@ -70,6 +70,27 @@ pub enum Behaviour {
 }
 
 impl Behaviour {
+    /// A NAT without hairpinning (hairpinning never matters between two sites).
+    pub const fn nat(mapping: Mapping, filtering: Filtering, ports: PortPattern) -> Behaviour {
+        Behaviour::Nat {
+            mapping,
+            filtering,
+            ports,
+            hairpinning: false,
+        }
+    }
+
+    /// How new external endpoints are chosen: endpoint-independent for an open host or a
+    /// firewall (the host's own address is its endpoint toward everyone), `None` when UDP is
+    /// blocked.
+    pub fn mapping(&self) -> Option<Mapping> {
+        match self {
+            Behaviour::Open | Behaviour::Firewall { .. } => Some(Mapping::EndpointIndependent),
+            Behaviour::Nat { mapping, .. } => Some(*mapping),
+            Behaviour::UdpBlocked => None,
+        }
+    }
+
     /// The behaviour of a host behind `inner` (nearer the host) that is itself behind `outer`.
     ///
     /// The composition follows what an outside observer sees: mapping and filtering are the more

@@ -575,15 +575,6 @@ mod tests {
     const RANDOM: PortPattern = PortPattern::Random;
     const PRESERVED: PortPattern = PortPattern::Preserved;
 
-    fn nat(mapping: Mapping, filtering: Filtering, ports: PortPattern) -> Behaviour {
-        Behaviour::Nat {
-            mapping,
-            filtering,
-            ports,
-            hairpinning: false,
-        }
-    }
-
     /// Every mapping × filtering × port pattern, plus open, the three firewalls and UDP blocked.
     fn every_behaviour() -> Vec<Behaviour> {
         let mut all = vec![Behaviour::Open, Behaviour::UdpBlocked];
@@ -591,7 +582,7 @@ mod tests {
             all.push(Behaviour::Firewall { filtering });
             for mapping in [EIM, ADM, APDM] {
                 for ports in [PRESERVED, SEQ, RANDOM] {
-                    all.push(nat(mapping, filtering, ports));
+                    all.push(Behaviour::nat(mapping, filtering, ports));
                 }
             }
         }
@@ -639,12 +630,12 @@ mod tests {
 
     #[test]
     fn notes_row_full_cone() {
-        let full = nat(EIM, EIF, PRESERVED);
+        let full = Behaviour::nat(EIM, EIF, PRESERVED);
         assert_eq!(check(full, full), PLAIN);
-        assert_eq!(check(full, nat(EIM, ADF, PRESERVED)), PLAIN);
-        assert_eq!(check(full, nat(EIM, APDF, PRESERVED)), PLAIN);
-        assert_eq!(check(full, nat(APDM, APDF, SEQ)), PRFLX);
-        assert_eq!(check(full, nat(APDM, APDF, RANDOM)), PRFLX);
+        assert_eq!(check(full, Behaviour::nat(EIM, ADF, PRESERVED)), PLAIN);
+        assert_eq!(check(full, Behaviour::nat(EIM, APDF, PRESERVED)), PLAIN);
+        assert_eq!(check(full, Behaviour::nat(APDM, APDF, SEQ)), PRFLX);
+        assert_eq!(check(full, Behaviour::nat(APDM, APDF, RANDOM)), PRFLX);
         assert_eq!(
             check(full, Behaviour::UdpBlocked),
             Outcome::Relay(RelayReason::UdpBlocked)
@@ -653,29 +644,38 @@ mod tests {
 
     #[test]
     fn notes_row_restricted_cone() {
-        let restricted = nat(EIM, ADF, PRESERVED);
+        let restricted = Behaviour::nat(EIM, ADF, PRESERVED);
         assert_eq!(check(restricted, restricted), PLAIN);
-        assert_eq!(check(restricted, nat(EIM, APDF, PRESERVED)), PLAIN);
-        assert_eq!(check(restricted, nat(APDM, APDF, SEQ)), PRFLX);
-        assert_eq!(check(restricted, nat(APDM, APDF, RANDOM)), PRFLX);
+        assert_eq!(
+            check(restricted, Behaviour::nat(EIM, APDF, PRESERVED)),
+            PLAIN
+        );
+        assert_eq!(check(restricted, Behaviour::nat(APDM, APDF, SEQ)), PRFLX);
+        assert_eq!(check(restricted, Behaviour::nat(APDM, APDF, RANDOM)), PRFLX);
         assert!(!check(restricted, Behaviour::UdpBlocked).is_direct());
     }
 
     #[test]
     fn notes_row_port_restricted_cone() {
-        let port_restricted = nat(EIM, APDF, PRESERVED);
+        let port_restricted = Behaviour::nat(EIM, APDF, PRESERVED);
         assert_eq!(check(port_restricted, port_restricted), PLAIN);
-        assert_eq!(check(port_restricted, nat(APDM, APDF, SEQ)), PREDICT);
-        assert_eq!(check(port_restricted, nat(APDM, APDF, RANDOM)), birthday());
+        assert_eq!(
+            check(port_restricted, Behaviour::nat(APDM, APDF, SEQ)),
+            PREDICT
+        );
+        assert_eq!(
+            check(port_restricted, Behaviour::nat(APDM, APDF, RANDOM)),
+            birthday()
+        );
         assert!(!check(port_restricted, Behaviour::UdpBlocked).is_direct());
     }
 
     #[test]
     fn notes_row_symmetric_sequential() {
-        let sequential = nat(APDM, APDF, SEQ);
+        let sequential = Behaviour::nat(APDM, APDF, SEQ);
         assert_eq!(check(sequential, sequential), PREDICT_BOTH);
         assert_eq!(
-            check(sequential, nat(APDM, APDF, RANDOM)),
+            check(sequential, Behaviour::nat(APDM, APDF, RANDOM)),
             Outcome::Relay(RelayReason::PredictableWithRandom)
         );
         assert!(!check(sequential, Behaviour::UdpBlocked).is_direct());
@@ -683,7 +683,7 @@ mod tests {
 
     #[test]
     fn notes_row_symmetric_random() {
-        let random = nat(APDM, APDF, RANDOM);
+        let random = Behaviour::nat(APDM, APDF, RANDOM);
         assert_eq!(
             check(random, random),
             Outcome::Relay(RelayReason::BothRandom)
@@ -698,15 +698,22 @@ mod tests {
                 probes,
                 ..ProbeBudget::default()
             };
-            let got = oracle(nat(EIM, APDF, PRESERVED), nat(APDM, APDF, RANDOM), &budget)
-                .success_probability();
+            let got = oracle(
+                Behaviour::nat(EIM, APDF, PRESERVED),
+                Behaviour::nat(APDM, APDF, RANDOM),
+                &budget,
+            )
+            .success_probability();
             assert!((got - expected).abs() < 0.01, "n = {probes}: {got}");
         }
     }
 
     #[test]
     fn budget_edges_do_not_panic() {
-        let pair = (nat(EIM, APDF, PRESERVED), nat(APDM, APDF, RANDOM));
+        let pair = (
+            Behaviour::nat(EIM, APDF, PRESERVED),
+            Behaviour::nat(APDM, APDF, RANDOM),
+        );
         for budget in [
             ProbeBudget {
                 sockets: 0,
@@ -758,13 +765,13 @@ mod tests {
         for b in every_behaviour() {
             assert_eq!(
                 check(Behaviour::Open, b),
-                check(nat(EIM, EIF, PRESERVED), b),
+                check(Behaviour::nat(EIM, EIF, PRESERVED), b),
                 "{b}"
             );
             for filtering in [EIF, ADF, APDF] {
                 assert_eq!(
                     check(Behaviour::Firewall { filtering }, b),
-                    check(nat(EIM, filtering, RANDOM), b),
+                    check(Behaviour::nat(EIM, filtering, RANDOM), b),
                     "{filtering} firewall vs {b}"
                 );
             }
@@ -808,17 +815,23 @@ mod tests {
             for m in 0..3 {
                 for f in 0..3 {
                     for p in 0..3 {
-                        let here = score(check(nat(mappings[m], filterings[f], patterns[p]), b));
+                        let here = score(check(
+                            Behaviour::nat(mappings[m], filterings[f], patterns[p]),
+                            b,
+                        ));
                         if m > 0 {
-                            let looser = nat(mappings[m - 1], filterings[f], patterns[p]);
+                            let looser =
+                                Behaviour::nat(mappings[m - 1], filterings[f], patterns[p]);
                             assert!(score(check(looser, b)) <= here, "{looser} vs {b}");
                         }
                         if f > 0 {
-                            let looser = nat(mappings[m], filterings[f - 1], patterns[p]);
+                            let looser =
+                                Behaviour::nat(mappings[m], filterings[f - 1], patterns[p]);
                             assert!(score(check(looser, b)) <= here, "{looser} vs {b}");
                         }
                         if p > 0 {
-                            let looser = nat(mappings[m], filterings[f], patterns[p - 1]);
+                            let looser =
+                                Behaviour::nat(mappings[m], filterings[f], patterns[p - 1]);
                             assert!(score(check(looser, b)) <= here, "{looser} vs {b}");
                         }
                     }
@@ -832,49 +845,88 @@ mod tests {
     fn generalised_cells() {
         // A port-preserving symmetric NAT is predictable: the local port of a fresh socket.
         assert_eq!(
-            check(nat(EIM, APDF, SEQ), nat(APDM, APDF, PRESERVED)),
+            check(
+                Behaviour::nat(EIM, APDF, SEQ),
+                Behaviour::nat(APDM, APDF, PRESERVED)
+            ),
             PREDICT
         );
         assert_eq!(
-            check(nat(APDM, APDF, PRESERVED), nat(APDM, APDF, SEQ)),
+            check(
+                Behaviour::nat(APDM, APDF, PRESERVED),
+                Behaviour::nat(APDM, APDF, SEQ)
+            ),
             PREDICT_BOTH
         );
         // An ADM side's probes to many ports of one IP leave from one port: it can spray.
         assert_eq!(
-            check(nat(ADM, APDF, SEQ), nat(APDM, APDF, RANDOM)),
+            check(
+                Behaviour::nat(ADM, APDF, SEQ),
+                Behaviour::nat(APDM, APDF, RANDOM)
+            ),
             birthday()
         );
         assert_eq!(
-            check(nat(ADM, ADF, RANDOM), nat(ADM, ADF, RANDOM)),
+            check(
+                Behaviour::nat(ADM, ADF, RANDOM),
+                Behaviour::nat(ADM, ADF, RANDOM)
+            ),
             birthday()
         );
         // An ADM+ADF side learns the port of whoever reaches it, and a symmetric EIF side's srflx
         // teaches the ADM side's port: no prediction at all.
-        assert_eq!(check(nat(ADM, ADF, RANDOM), nat(APDM, EIF, RANDOM)), PRFLX);
+        assert_eq!(
+            check(
+                Behaviour::nat(ADM, ADF, RANDOM),
+                Behaviour::nat(APDM, EIF, RANDOM)
+            ),
+            PRFLX
+        );
         // The other way round: the EIF srflx of the ADM side learns the APDM+ADF side's binding
         // toward it, sends there, and answers the APDM side's next port.
-        assert_eq!(check(nat(ADM, EIF, RANDOM), nat(APDM, ADF, RANDOM)), PRFLX);
+        assert_eq!(
+            check(
+                Behaviour::nat(ADM, EIF, RANDOM),
+                Behaviour::nat(APDM, ADF, RANDOM)
+            ),
+            PRFLX
+        );
         // Two APDM sides only ever meet by mutual prediction, whatever their filters.
         assert_eq!(
-            check(nat(APDM, EIF, RANDOM), nat(APDM, EIF, RANDOM)),
+            check(
+                Behaviour::nat(APDM, EIF, RANDOM),
+                Behaviour::nat(APDM, EIF, RANDOM)
+            ),
             Outcome::Relay(RelayReason::BothRandom)
         );
         assert_eq!(
-            check(nat(APDM, EIF, SEQ), nat(APDM, ADF, PRESERVED)),
+            check(
+                Behaviour::nat(APDM, EIF, SEQ),
+                Behaviour::nat(APDM, ADF, PRESERVED)
+            ),
             PREDICT_BOTH
         );
         // An ADM+APDF random side learns nothing and cannot be predicted.
         assert_eq!(
-            check(nat(ADM, APDF, RANDOM), nat(APDM, APDF, SEQ)),
+            check(
+                Behaviour::nat(ADM, APDF, RANDOM),
+                Behaviour::nat(APDM, APDF, SEQ)
+            ),
             Outcome::Relay(RelayReason::PredictableWithRandom)
         );
         assert_eq!(
-            check(nat(ADM, APDF, RANDOM), nat(ADM, APDF, RANDOM)),
+            check(
+                Behaviour::nat(ADM, APDF, RANDOM),
+                Behaviour::nat(ADM, APDF, RANDOM)
+            ),
             Outcome::Relay(RelayReason::BothRandom)
         );
         // A firewall is an EIM NAT: against random ports it sprays from its own address.
         let firewall = Behaviour::Firewall { filtering: APDF };
-        assert_eq!(check(firewall, nat(APDM, APDF, RANDOM)), birthday());
+        assert_eq!(
+            check(firewall, Behaviour::nat(APDM, APDF, RANDOM)),
+            birthday()
+        );
     }
 
     /// The route says what the method needs: a prediction exactly when the method predicts, a
@@ -937,10 +989,10 @@ mod tests {
             })
         };
         let route = |a, b| pairing(a, b, &ProbeBudget::default()).route;
-        let full = nat(EIM, EIF, PRESERVED);
-        let port_restricted = nat(EIM, APDF, PRESERVED);
-        let sequential = nat(APDM, APDF, SEQ);
-        let random = nat(APDM, APDF, RANDOM);
+        let full = Behaviour::nat(EIM, EIF, PRESERVED);
+        let port_restricted = Behaviour::nat(EIM, APDF, PRESERVED);
+        let sequential = Behaviour::nat(APDM, APDF, SEQ);
+        let random = Behaviour::nat(APDM, APDF, RANDOM);
         assert_eq!(
             route(full, port_restricted),
             anchored(Who::A, LearnAnchor::Free, LearnOther::Free)

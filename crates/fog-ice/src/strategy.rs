@@ -255,11 +255,7 @@ impl Plan {
 
 /// Whether the side's srflx is its endpoint toward everyone.
 fn is_eim(behaviour: Behaviour) -> bool {
-    match behaviour {
-        Behaviour::Open | Behaviour::Firewall { .. } => true,
-        Behaviour::Nat { mapping, .. } => mapping == Mapping::EndpointIndependent,
-        Behaviour::UdpBlocked => false,
-    }
+    behaviour.mapping() == Some(Mapping::EndpointIndependent)
 }
 
 /// What a side whose new ports follow a pattern advertises about its next one. An EIM side has
@@ -289,15 +285,6 @@ mod tests {
 
     use super::*;
 
-    fn nat(mapping: Mapping, filtering: Filtering, ports: PortPattern) -> Behaviour {
-        Behaviour::Nat {
-            mapping,
-            filtering,
-            ports,
-            hairpinning: false,
-        }
-    }
-
     const EIM: Mapping = Mapping::EndpointIndependent;
     const APDM: Mapping = Mapping::AddressAndPortDependent;
     const APDF: Filtering = Filtering::AddressAndPortDependent;
@@ -314,7 +301,7 @@ mod tests {
 
     #[test]
     fn cone_with_cone_checks_srflx_only() {
-        let cone = nat(EIM, APDF, PortPattern::Preserved);
+        let cone = Behaviour::nat(EIM, APDF, PortPattern::Preserved);
         let (a, b) = plans(cone, cone);
         assert_eq!(a.outcome, Outcome::Direct(Method::Plain));
         for p in [&a, &b] {
@@ -325,8 +312,8 @@ mod tests {
 
     #[test]
     fn port_restricted_with_sequential_predicts_the_symmetric_side() {
-        let cone = nat(EIM, APDF, PortPattern::Preserved);
-        let seq = nat(APDM, APDF, SEQ);
+        let cone = Behaviour::nat(EIM, APDF, PortPattern::Preserved);
+        let seq = Behaviour::nat(APDM, APDF, SEQ);
         let (a, b) = plans(cone, seq);
         // The cone anchors, aims at a window of the symmetric side's predictions.
         assert_eq!(a.to_predicted, 3);
@@ -338,8 +325,8 @@ mod tests {
 
     #[test]
     fn port_restricted_with_random_is_a_birthday() {
-        let cone = nat(EIM, APDF, PortPattern::Preserved);
-        let random = nat(APDM, APDF, PortPattern::Random);
+        let cone = Behaviour::nat(EIM, APDF, PortPattern::Preserved);
+        let random = Behaviour::nat(APDM, APDF, PortPattern::Random);
         let (a, b) = plans(random, cone);
         assert_eq!(a.birthday, Some(Birthday::Open { sockets: 256 }));
         assert_eq!(
@@ -354,7 +341,7 @@ mod tests {
 
     #[test]
     fn sequential_with_sequential_is_one_exact_flow_each() {
-        let seq = nat(APDM, APDF, SEQ);
+        let seq = Behaviour::nat(APDM, APDF, SEQ);
         let (a, b) = plans(seq, seq);
         assert_eq!(a.route, Some(Route::Mutual));
         for p in [&a, &b] {
@@ -366,8 +353,8 @@ mod tests {
 
     #[test]
     fn full_cone_with_random_needs_nothing_special() {
-        let full = nat(EIM, EIF, PortPattern::Preserved);
-        let random = nat(APDM, APDF, PortPattern::Random);
+        let full = Behaviour::nat(EIM, EIF, PortPattern::Preserved);
+        let random = Behaviour::nat(APDM, APDF, PortPattern::Random);
         let (a, b) = plans(full, random);
         assert_eq!(a.outcome, Outcome::Direct(Method::PeerReflexive));
         for p in [&a, &b] {
@@ -377,7 +364,7 @@ mod tests {
 
     #[test]
     fn relay_pairs_do_nothing_direct() {
-        let random = nat(APDM, APDF, PortPattern::Random);
+        let random = Behaviour::nat(APDM, APDF, PortPattern::Random);
         let (a, b) = plans(random, random);
         for p in [&a, &b] {
             assert!(!p.is_direct());
@@ -394,7 +381,7 @@ mod tests {
         for mapping in [EIM, Mapping::AddressDependent, APDM] {
             for filtering in [EIF, Filtering::AddressDependent, APDF] {
                 for ports in [PortPattern::Preserved, SEQ, PortPattern::Random] {
-                    all.push(nat(mapping, filtering, ports));
+                    all.push(Behaviour::nat(mapping, filtering, ports));
                 }
             }
         }
