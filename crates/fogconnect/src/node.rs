@@ -197,7 +197,7 @@ struct Session {
     offerer: bool,
     /// The signaling request of our offer, until the server names the session.
     request: Option<u32>,
-    local: Option<Description>,
+    /// The peer's description, once it arrived.
     remote: Option<Description>,
     credentials: agent::Credentials,
     agent: Option<Agent>,
@@ -207,7 +207,24 @@ struct Session {
     /// The relay over signaling, when either side's network blocks UDP.
     signal_relay: Option<SignalRelay>,
     connected: bool,
-    service: u16,
+}
+
+impl Session {
+    fn new(peer: PeerId, offerer: bool, credentials: agent::Credentials) -> Session {
+        Session {
+            id: None,
+            peer,
+            offerer,
+            request: None,
+            remote: None,
+            credentials,
+            agent: None,
+            punch_at: None,
+            quiet_until: None,
+            signal_relay: None,
+            connected: false,
+        }
+    }
 }
 
 /// The relay over signaling of one session: a probe and its echo verify it, a probe every
@@ -601,21 +618,10 @@ impl Node {
     fn send_offer(&mut self, pending: PendingConnect) {
         let credentials = self.credentials();
         let description = self.description(&credentials, pending.service);
-        match self.client.connect(pending.peer, description.clone()) {
+        match self.client.connect(pending.peer, description) {
             Ok(request) => self.sessions.push(Session {
-                id: None,
-                peer: pending.peer,
-                offerer: true,
                 request: Some(request),
-                local: Some(description),
-                remote: None,
-                credentials,
-                agent: None,
-                punch_at: None,
-                quiet_until: None,
-                signal_relay: None,
-                connected: false,
-                service: pending.service,
+                ..Session::new(pending.peer, true, credentials)
             }),
             Err(e) => self.events.push_back(Event::Error {
                 session: None,
@@ -627,7 +633,7 @@ impl Node {
     fn answer_offer(&mut self, now: Instant, session: SessionId, from: PeerId, offer: Description) {
         let credentials = self.credentials();
         let description = self.description(&credentials, offer.service);
-        if let Err(e) = self.client.answer(session, description.clone()) {
+        if let Err(e) = self.client.answer(session, description) {
             self.events.push_back(Event::Error {
                 session: Some(session),
                 message: format!("answer: {e:?}"),
@@ -636,27 +642,16 @@ impl Node {
         }
         let mut s = Session {
             id: Some(session),
-            peer: from,
-            offerer: false,
-            request: None,
-            local: Some(description),
             remote: Some(offer),
-            credentials,
-            agent: None,
-            punch_at: None,
-            quiet_until: None,
-            signal_relay: None,
-            connected: false,
-            service: 0,
+            ..Session::new(from, false, credentials)
         };
         self.build_agent(now, &mut s);
-        s.service = s.remote.as_ref().map_or(0, |d| d.service);
         self.sessions.push(s);
     }
 
     /// The agent of a session whose two descriptions are known.
     fn build_agent(&mut self, now: Instant, session: &mut Session) {
-        let (Some(_), Some(remote)) = (&session.local, &session.remote) else {
+        let Some(remote) = &session.remote else {
             return;
         };
         let mine = self.behaviour().unwrap_or(Behaviour::UdpBlocked);
