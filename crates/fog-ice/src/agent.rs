@@ -369,16 +369,11 @@ impl Agent {
 
     /// The peer addresses that reach us through our relay need a TURN permission: the IPs of
     /// the peer's candidates our relay pairs check.
-    pub fn relay_peers(&self) -> Vec<SocketAddr> {
-        match self.relayed {
-            Some(relayed) => self
-                .pairs
-                .iter()
-                .filter(|p| p.local == relayed)
-                .map(|p| p.remote)
-                .collect(),
-            None => Vec::new(),
-        }
+    pub fn relay_peers(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.pairs
+            .iter()
+            .filter(|p| Some(p.local) == self.relayed)
+            .map(|p| p.remote)
     }
 
     /// Whether the peer may be sending on `(local, remote)`: a pair that answered our check, or

@@ -1003,6 +1003,8 @@ impl Node {
     }
 
     /// Permissions on our allocation for every peer address a relay pair talks to.
+    /// Called after every datagram an agent took (it may have learnt a peer-reflexive
+    /// address), so it allocates nothing; `create_permission` is a lookup for a known IP.
     fn relay_permissions(&mut self, now: Instant) {
         let Some(turn) = &mut self.turn else {
             return;
