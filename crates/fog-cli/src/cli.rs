@@ -49,33 +49,21 @@ pub(crate) enum Command {
 /// What `serve` and `connect` share: the servers a node uses.
 #[derive(Debug, Args)]
 pub(crate) struct NodeArgs {
-    /// The signaling server, e.g. ws://127.0.0.1:7600/ws
-    #[arg(long, value_name = "ws://HOST[:PORT][/PATH]")]
-    pub(crate) signal: SignalUrl,
+    #[command(flatten)]
+    pub(crate) signaling: SignalingArgs,
 
     /// The RFC 5780 STUN server for NAT discovery (HOST or HOST:PORT; port 3478 by default)
     #[arg(long, value_name = "HOST[:PORT]")]
-    pub(crate) stun: String,
+    pub(crate) stun: ServerArg,
 
-    /// A TURN server to relay through, with credentials from the signaling server
+    /// A TURN server to relay through (port 3478 by default), with credentials from the
+    /// signaling server
     #[arg(long, value_name = "HOST[:PORT]")]
-    pub(crate) turn: Option<String>,
+    pub(crate) turn: Option<ServerArg>,
 
     /// Never take a direct path: describe only the relayed address (needs --turn)
     #[arg(long, requires = "turn")]
     pub(crate) relay_only: bool,
-
-    /// This node's key file: loaded, or created with mode 0600 when missing
-    #[arg(long, value_name = "FILE")]
-    pub(crate) key: Option<PathBuf>,
-
-    /// Give up after this many seconds [default: connect 30, serve never]
-    #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
-    pub(crate) timeout: Option<Duration>,
-
-    /// Print one JSON object per line instead of text
-    #[arg(long)]
-    pub(crate) json: bool,
 }
 
 /// `fogconnect serve`.
@@ -122,9 +110,10 @@ pub(crate) struct ConnectArgs {
     pub(crate) service: u16,
 }
 
-/// What `listen` and `offer` share.
+/// The signaling server, identity and output every peer command shares (`listen`, `offer`,
+/// `serve`, `connect`).
 #[derive(Debug, Args)]
-pub(crate) struct PeerArgs {
+pub(crate) struct SignalingArgs {
     /// The signaling server, e.g. ws://127.0.0.1:7600/ws (`fogd --signal 127.0.0.1:7600`). The port
     /// defaults to 7600 and the path to /ws
     #[arg(long, value_name = "ws://HOST[:PORT][/PATH]")]
@@ -135,6 +124,21 @@ pub(crate) struct PeerArgs {
     #[arg(long, value_name = "FILE")]
     pub(crate) key: Option<PathBuf>,
 
+    /// Give up after this many seconds [default: offer and connect 30, listen and serve never]
+    #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
+    pub(crate) timeout: Option<Duration>,
+
+    /// Print one JSON object per line instead of text
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// What `listen` and `offer` share.
+#[derive(Debug, Args)]
+pub(crate) struct PeerArgs {
+    #[command(flatten)]
+    pub(crate) signaling: SignalingArgs,
+
     /// Transports to offer, most preferred first
     #[arg(
         long = "transport",
@@ -144,14 +148,6 @@ pub(crate) struct PeerArgs {
         value_parser = parse_transport,
     )]
     pub(crate) transports: Vec<Transport>,
-
-    /// Give up after this many seconds [default: offer 30, listen never]
-    #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
-    pub(crate) timeout: Option<Duration>,
-
-    /// Print one JSON object per line instead of text
-    #[arg(long)]
-    pub(crate) json: bool,
 }
 
 /// `fogconnect listen`.
@@ -473,14 +469,14 @@ mod tests {
         };
         assert_eq!(offer.target, "alice");
         assert_eq!(offer.peer.transports, [Transport::Kcp, Transport::Utp]);
-        assert_eq!((offer.service, offer.peer.timeout), (0, None));
+        assert_eq!((offer.service, offer.peer.signaling.timeout), (0, None));
 
         let cli = Cli::try_parse_from(["fogconnect", "listen", "--signal", "ws://h"]).unwrap();
         let Command::Listen(listen) = cli.command else {
             panic!("not listen")
         };
         assert_eq!(listen.peer.transports, [Transport::Quic, Transport::Kcp]);
-        assert_eq!(listen.peer.signal.to_string(), "ws://h:7600/ws");
+        assert_eq!(listen.peer.signaling.signal.to_string(), "ws://h:7600/ws");
         assert_eq!((listen.count, listen.alias), (None, None));
 
         for bad in [

@@ -7,7 +7,7 @@
 //! `connect` connects to a peer, sends one datagram and waits for the echo.
 
 use std::io;
-use std::net::{SocketAddr, ToSocketAddrs as _, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -19,7 +19,8 @@ use fogconnect::{Event, Node, NodeConfig, Via};
 use serde_json::json;
 use tungstenite::Message;
 
-use crate::cli::{ConnectArgs, NodeArgs, ServeArgs};
+use crate::cli::{ConnectArgs, Families, NodeArgs, ServeArgs};
+use crate::nat::resolve;
 use crate::peer::{identity, os_random};
 use crate::signal::{SignalError, open_websocket};
 
@@ -94,34 +95,16 @@ struct Running {
     json: bool,
 }
 
-fn resolve(host: &str, default_port: u16) -> Result<SocketAddr, String> {
-    let with_port =
-        if host.contains(':') && !host.starts_with('[') && host.parse::<SocketAddr>().is_err() {
-            format!("[{host}]:{default_port}")
-        } else if host.parse::<SocketAddr>().is_ok()
-            || host
-                .rsplit_once(':')
-                .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-        {
-            host.to_owned()
-        } else {
-            format!("{host}:{default_port}")
-        };
-    with_port
-        .to_socket_addrs()
-        .map_err(|e| format!("{host}: {e}"))?
-        .find(SocketAddr::is_ipv4)
-        .ok_or_else(|| format!("{host} has no IPv4 address"))
-}
-
 // The binary reads the clock for the driver and the OS random source for the seed.
 #[allow(clippy::disallowed_methods)]
 fn start(args: &NodeArgs, alias: Option<&str>) -> Result<Running, String> {
     let timeout = Duration::from_secs(10);
     let (ws, local) =
-        open_websocket(&args.signal, timeout).map_err(|e: SignalError| e.to_string())?;
-    let stun = resolve(&args.stun, 3478)?;
-    let turn = args.turn.as_deref().map(|t| resolve(t, 3478)).transpose()?;
+        open_websocket(&args.signaling.signal, timeout).map_err(|e: SignalError| e.to_string())?;
+    // IPv4: the node's base socket is on the interface that reaches the signaling server.
+    let v4 = |server| resolve(server, Families::V4Only).map_err(|e| e.to_string());
+    let stun = v4(&args.stun)?;
+    let turn = args.turn.as_ref().map(v4).transpose()?;
     // The base socket: a free port on the interface that reaches the signaling server. The
     // driver binds it (and discovery's ports above it) when the node first sends.
     let port = UdpSocket::bind(SocketAddr::new(local.ip(), 0))
@@ -129,9 +112,9 @@ fn start(args: &NodeArgs, alias: Option<&str>) -> Result<Running, String> {
         .map_err(|e| format!("finding a free UDP port on {}: {e}", local.ip()))?
         .port();
     let base = SocketAddr::new(local.ip(), port);
-    let key = identity(args.key.as_deref())?;
+    let key = identity(args.signaling.key.as_deref())?;
     let seed = u64::from_le_bytes(os_random()?);
-    let mut config = NodeConfig::new(key, args.signal.realm(), stun, base, seed);
+    let mut config = NodeConfig::new(key, args.signaling.signal.realm(), stun, base, seed);
     config.alias = alias.map(str::to_owned);
     config.turn = turn;
     config.direct = !args.relay_only;
@@ -146,7 +129,7 @@ fn start(args: &NodeArgs, alias: Option<&str>) -> Result<Running, String> {
         driver,
         to_server,
         from_server,
-        json: args.json,
+        json: args.signaling.json,
     })
 }
 
@@ -244,7 +227,7 @@ fn via_name(via: Via) -> &'static str {
 #[allow(clippy::disallowed_methods)]
 pub(crate) fn serve(args: &ServeArgs) -> Result<(), String> {
     let mut node = start(&args.node, args.alias.as_deref())?;
-    let deadline = args.node.timeout.map(|t| Instant::now() + t);
+    let deadline = args.node.signaling.timeout.map(|t| Instant::now() + t);
     let mut echoed = 0u64;
     let mut connected = false;
     let mut done_at: Option<Instant> = None;
@@ -284,7 +267,12 @@ pub(crate) fn serve(args: &ServeArgs) -> Result<(), String> {
 #[allow(clippy::disallowed_methods)]
 pub(crate) fn connect(args: &ConnectArgs) -> Result<(), String> {
     let mut node = start(&args.node, None)?;
-    let deadline = Instant::now() + args.node.timeout.unwrap_or(Duration::from_secs(30));
+    let deadline = Instant::now()
+        + args
+            .node
+            .signaling
+            .timeout
+            .unwrap_or(Duration::from_secs(30));
     let target: Option<PeerId> = args.peer.parse().ok();
     let mut asked = false;
     let mut ready = (false, false);

@@ -77,13 +77,13 @@ impl Peer {
     // The driver reads the clock.
     #[allow(clippy::disallowed_methods)]
     fn open(args: &PeerArgs, alias: Option<&str>, deadline: Instant) -> Result<Peer, String> {
-        let key = identity(args.key.as_deref())?;
+        let key = identity(args.signaling.key.as_deref())?;
         let me = key.peer_id();
-        let mut config = ClientConfig::new(key, args.signal.realm(), os_random()?);
+        let mut config = ClientConfig::new(key, args.signaling.signal.realm(), os_random()?);
         config.alias = alias.map(str::to_owned);
         let timeout = deadline.saturating_duration_since(Instant::now());
         let mut connection =
-            Connection::open(&args.signal, config, timeout).map_err(|e| e.to_string())?;
+            Connection::open(&args.signaling.signal, config, timeout).map_err(|e| e.to_string())?;
         let local = connection.local_addr();
         let socket = UdpSocket::bind(SocketAddr::new(local.ip(), 0))
             .map_err(|e| format!("binding a UDP socket on {}: {e}", local.ip()))?;
@@ -135,7 +135,7 @@ impl Peer {
         }
         progress(&format!(
             "authenticated to {} (server {}) as {me}{}",
-            args.signal,
+            args.signaling.signal,
             server.short(),
             bound_alias
                 .map(|a| format!(", alias {a}"))
@@ -227,9 +227,9 @@ fn deadline(timeout: Option<Duration>) -> Instant {
 /// `fogconnect listen`: authenticate (claiming `--alias`), then answer offers until `--count`
 /// have been answered or `--timeout` passes.
 pub(crate) fn listen(args: &ListenArgs) -> Result<(), String> {
-    let deadline = deadline(args.peer.timeout);
+    let deadline = deadline(args.peer.signaling.timeout);
     let mut peer = Peer::open(&args.peer, args.alias.as_deref(), deadline)?;
-    if args.peer.json {
+    if args.peer.signaling.json {
         output(
             &json!({"event": "listening", "peer": peer.me.to_string(), "alias": args.alias})
                 .to_string(),
@@ -256,7 +256,7 @@ pub(crate) fn listen(args: &ListenArgs) -> Result<(), String> {
                     .map_err(|e| format!("answering: {e:?}"))?;
                 peer.connection.flush().map_err(|e| e.to_string())?;
                 answered += 1;
-                if args.peer.json {
+                if args.peer.signaling.json {
                     output(
                         &json!({
                             "event": "offer",
@@ -289,7 +289,12 @@ pub(crate) fn listen(args: &ListenArgs) -> Result<(), String> {
 /// `fogconnect offer`: authenticate, resolve the target (a peer ID, or an alias by lookup), send
 /// an offer and wait for the answer.
 pub(crate) fn offer(args: &OfferArgs) -> Result<(), String> {
-    let deadline = deadline(Some(args.peer.timeout.unwrap_or(Duration::from_secs(30))));
+    let deadline = deadline(Some(
+        args.peer
+            .signaling
+            .timeout
+            .unwrap_or(Duration::from_secs(30)),
+    ));
     let mut peer = Peer::open(&args.peer, None, deadline)?;
     let timeout = |e: SignalError, what: &str| match e {
         SignalError::Timeout => format!("timed out waiting for {what}"),
@@ -393,7 +398,7 @@ pub(crate) fn offer(args: &OfferArgs) -> Result<(), String> {
             Some(why) => format!("the offer to {target} failed: {why}"),
             None => timeout(e, "the answer"),
         })?;
-    if args.peer.json {
+    if args.peer.signaling.json {
         output(
             &json!({
                 "event": "answer",

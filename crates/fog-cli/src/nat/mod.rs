@@ -189,7 +189,7 @@ pub(crate) fn run(args: &NatArgs, seed: u64) -> Result<Outcome, NatError> {
 }
 
 /// The server's address, of the family `families` asks for.
-fn resolve(server: &ServerArg, families: Families) -> Result<SocketAddr, NatError> {
+pub(crate) fn resolve(server: &ServerArg, families: Families) -> Result<SocketAddr, NatError> {
     let candidates: Vec<SocketAddr> = match server.ip() {
         Some(ip) => vec![SocketAddr::new(ip, server.port)],
         None => (server.host.as_str(), server.port)
