@@ -76,28 +76,11 @@ fn fogd_with(turn: bool) -> (ChildGuard, SocketAddr, String, Option<SocketAddr>)
     panic!("fogd could not start on free ports");
 }
 
-#[test]
-fn two_nodes_connect_on_loopback_and_a_datagram_goes_there_and_back() {
-    let (_fogd, stun, url) = fogd();
-    let stun = stun.to_string();
-    let mut serve = ChildGuard::spawn(
-        "serve",
-        Command::new(fogconnect_exe()).args([
-            "serve",
-            "--signal",
-            &url,
-            "--stun",
-            &stun,
-            "--alias",
-            "bob",
-            "--count",
-            "1",
-            "--timeout",
-            "30",
-        ]),
-    )
-    .expect("spawning fogconnect serve");
-    // Wait until it is ready (discovery done, alias bound).
+/// `fogconnect serve` with `args`, once it has printed its `ready:` line (discovery done,
+/// authenticated).
+fn serve(name: &str, args: &[&str]) -> ChildGuard {
+    let mut serve = ChildGuard::spawn(name, Command::new(fogconnect_exe()).arg("serve").args(args))
+        .expect("spawning fogconnect serve");
     let deadline = Instant::now() + STEP;
     while !serve.stdout_text().contains("ready:") {
         assert!(
@@ -112,6 +95,28 @@ fn two_nodes_connect_on_loopback_and_a_datagram_goes_there_and_back() {
         );
         thread::sleep(Duration::from_millis(20));
     }
+    serve
+}
+
+#[test]
+fn two_nodes_connect_on_loopback_and_a_datagram_goes_there_and_back() {
+    let (_fogd, stun, url) = fogd();
+    let stun = stun.to_string();
+    let mut serve = serve(
+        "serve",
+        &[
+            "--signal",
+            &url,
+            "--stun",
+            &stun,
+            "--alias",
+            "bob",
+            "--count",
+            "1",
+            "--timeout",
+            "30",
+        ],
+    );
     assert!(
         serve.stdout_text().contains("ready: NAT open (no NAT)"),
         "{}",
@@ -187,10 +192,9 @@ fn connecting_to_nobody_fails_clearly() {
 fn relay_only_nodes_connect_through_fogds_turn_relay() {
     let (fogd, stun, url, turn) = fogd_with(true);
     let (stun, turn) = (stun.to_string(), turn.unwrap().to_string());
-    let mut serve = ChildGuard::spawn(
+    let mut serve = serve(
         "serve-relay",
-        Command::new(fogconnect_exe()).args([
-            "serve",
+        &[
             "--signal",
             &url,
             "--stun",
@@ -204,23 +208,8 @@ fn relay_only_nodes_connect_through_fogds_turn_relay() {
             "1",
             "--timeout",
             "30",
-        ]),
-    )
-    .expect("spawning fogconnect serve");
-    let deadline = Instant::now() + STEP;
-    while !serve.stdout_text().contains("ready:") {
-        assert!(
-            serve.try_wait().is_none(),
-            "serve exited\n{}",
-            serve.output_text()
-        );
-        assert!(
-            Instant::now() < deadline,
-            "serve not ready\n{}",
-            serve.output_text()
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
+        ],
+    );
     // The relay allocation follows authentication; give it a moment before the offer.
     thread::sleep(Duration::from_millis(300));
     let connect = fogconnect(&[
