@@ -380,6 +380,11 @@ impl Agent {
     /// on which the peer's own authenticated check arrived (the peer may select a pair before
     /// our check on it has come back).
     pub fn has_path(&self, local: SocketAddr, remote: SocketAddr) -> bool {
+        // The selected path first: it is where nearly all data arrives, and the pair list may
+        // hold a birthday round's hundreds of pairs.
+        if self.selected() == Some((local, remote)) {
+            return true;
+        }
         self.pair_index(local, remote)
             .is_some_and(|i| self.pairs[i].state == State::Succeeded || self.pairs[i].heard)
     }
