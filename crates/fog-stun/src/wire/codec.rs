@@ -13,6 +13,7 @@
 //!   (change IP = 0x4, change port = 0x2) but decodes them from 0x2 and 0x1, so it misreads
 //!   every real client and its own output.
 //! - RESPONSE-PORT (RFC 5780 §7.5): stun_codec 0.4's encoder always writes port 0.
+//! - NOMINATION (draft-thatcher-ice-renomination-01 §4): not in any RFC.
 
 use bytecodec::fixnum::{U32beDecoder, U32beEncoder};
 use bytecodec::{ByteCount, Decode, Encode, Eos, Result, SizedEncode, TryTaggedDecode};
@@ -60,7 +61,8 @@ stun_codec::define_attribute_enums!(
         ResponsePort,
         Padding,
         ChangedAddress,
-        SourceAddress
+        SourceAddress,
+        Nomination
     ]
 );
 
@@ -171,6 +173,39 @@ address_attribute!(
     SourceAddressEncoder,
     0x0004
 );
+
+/// NOMINATION (draft-thatcher-ice-renomination-01 §4): a 24-bit nomination count in the low
+/// three bytes of a 32-bit value. The draft names no code point; 0xC001 is the one libwebrtc
+/// uses, in the comprehension-optional range, so an agent that does not know it ignores it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct Nomination(pub(crate) u32);
+
+impl Nomination {
+    pub(crate) const CODEPOINT: u16 = 0xC001;
+    /// The value's 24 bits.
+    pub(crate) const MASK: u32 = 0x00ff_ffff;
+}
+
+impl Attribute for Nomination {
+    type Decoder = NominationDecoder;
+    type Encoder = NominationEncoder;
+
+    fn get_type(&self) -> AttributeType {
+        AttributeType::new(Self::CODEPOINT)
+    }
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct NominationDecoder(U32beDecoder);
+forward_decode!(NominationDecoder, Nomination, |word: u32| {
+    Nomination(word & Nomination::MASK)
+});
+
+#[derive(Debug, Default)]
+pub(crate) struct NominationEncoder(U32beEncoder);
+forward_encode!(NominationEncoder, Nomination, |item: Nomination| {
+    item.0 & Nomination::MASK
+});
 
 /// CHANGE-REQUEST (RFC 5780 §7.2; same layout in RFC 3489 §11.2.4).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -98,6 +98,8 @@ pub mod attribute_type {
     pub const RESPONSE_ORIGIN: u16 = 0x802B;
     /// OTHER-ADDRESS (RFC 5780 §7.4).
     pub const OTHER_ADDRESS: u16 = 0x802C;
+    /// NOMINATION (draft-thatcher-ice-renomination-01 §4; libwebrtc's code point).
+    pub const NOMINATION: u16 = 0xC001;
 }
 
 /// A 96-bit transaction ID (RFC 5389 §6). Classic messages carry 32 more bits in
@@ -269,6 +271,10 @@ pub struct Attributes {
     pub ice_controlled: Option<u64>,
     /// ICE-CONTROLLING (RFC 8445 §7.1.3, §16.1): the sender is controlling; the tie-breaker.
     pub ice_controlling: Option<u64>,
+    /// NOMINATION (draft-thatcher-ice-renomination-01 §4): with USE-CANDIDATE, the count of
+    /// the controlling agent's nominations; the controlled agent follows the largest. 24 bits
+    /// (higher bits are dropped when written and ignored when read).
+    pub nomination: Option<u32>,
 }
 
 /// A STUN message: the `Repr` that [`decode`](Self::decode) produces and
@@ -617,6 +623,7 @@ impl Message {
                 Attr::UseCandidate(_) => a.use_candidate = true,
                 Attr::IceControlled(v) => first(&mut a.ice_controlled, v.prio()),
                 Attr::IceControlling(v) => first(&mut a.ice_controlling, v.prio()),
+                Attr::Nomination(v) => first(&mut a.nomination, v.0),
             }
         }
         if attributes.xor_mapped_address.is_none() {
@@ -754,6 +761,9 @@ impl Message {
         }
         if let Some(v) = a.ice_controlling {
             m.add_attribute(rfc5245::IceControlling::new(v));
+        }
+        if let Some(v) = a.nomination {
+            m.add_attribute(codec::Nomination(v));
         }
         if let Some(v) = a.change_request {
             m.add_attribute(codec::ChangeRequest {

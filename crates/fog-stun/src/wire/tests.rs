@@ -166,6 +166,7 @@ fn rfc5769_2_1_request_with_short_term_integrity_and_fingerprint() {
         Some(0x932f_f9b1_5126_3b36)
     );
     assert_eq!(message.attributes.ice_controlling, None);
+    assert_eq!(message.attributes.nomination, None);
     assert!(!message.attributes.use_candidate);
     assert!(message.unknown_required.is_empty());
     assert!(message.integrity && message.fingerprint);
@@ -303,6 +304,7 @@ fn every_attribute() -> Attributes {
         use_candidate: true,
         ice_controlled: Some(1),
         ice_controlling: Some(u64::MAX),
+        nomination: Some(0x00ff_fffe),
     }
 }
 
@@ -471,7 +473,7 @@ fn unknown_attributes_required_versus_optional() {
     let bytes = hex("
         0001 0014 2112a442 000000000000000000000000
         0002 0000            # RESPONSE-ADDRESS (RFC 3489): required, not understood here
-        c001 0000            # comprehension-optional: ignored
+        c0ff 0000            # comprehension-optional: ignored
         0002 0000            # repeated: listed once
         0030 0004 00000000   # another required one
     ");
@@ -569,6 +571,7 @@ prop_compose! {
         response_port in proptest::option::of(any::<u16>()),
         padding in proptest::option::of(0u16..2000),
         ice in (proptest::option::of(any::<u32>()), any::<bool>(), proptest::option::of(any::<u64>()), proptest::option::of(any::<u64>())),
+        nomination in proptest::option::of(0u32..0x0100_0000),
     ) -> Attributes {
         Attributes {
             mapped_address: addrs[0],
@@ -591,6 +594,7 @@ prop_compose! {
             use_candidate: ice.1,
             ice_controlled: ice.2,
             ice_controlling: ice.3,
+            nomination,
         }
     }
 }
@@ -722,6 +726,7 @@ fn ice_check_attributes_round_trip() {
     message.attributes.priority = Some(1_853_824_767);
     message.attributes.use_candidate = true;
     message.attributes.ice_controlling = Some(u64::MAX - 1);
+    message.attributes.nomination = Some(0x00ab_cdef);
     message.fingerprint = true;
     let key = IntegrityKey::short_term("a password of twenty-two+");
     let bytes = message.to_bytes(Some(&key)).unwrap();
@@ -734,6 +739,19 @@ fn ice_check_attributes_round_trip() {
     message.attributes.ice_controlled = Some(3);
     let decoded = Message::decode(&message.to_bytes(None).unwrap()).unwrap();
     assert_eq!(decoded.attributes, message.attributes);
+
+    // NOMINATION is 24 bits on the wire (draft-thatcher-ice-renomination-01 §4), at 0xC001.
+    message.attributes.nomination = Some(0xff00_0001);
+    let bytes = message.to_bytes(None).unwrap();
+    assert!(
+        bytes
+            .windows(8)
+            .any(|w| w == [0xc0, 0x01, 0x00, 0x04, 0x00, 0x00, 0x00, 0x01])
+    );
+    assert_eq!(
+        Message::decode(&bytes).unwrap().attributes.nomination,
+        Some(1)
+    );
 }
 
 /// `append_trailer` on a message encoded without a trailer gives the bytes `Message::encode`
