@@ -20,7 +20,7 @@ use fog_core::{Receive, SansIo, Transmit};
 use fog_signal::KeyPair;
 use fog_signal::server::{RelayConfig, Server as SignalServer, ServerConfig as SignalConfig};
 use fog_sim::link::LinkConfig;
-use fog_sim::presets::Preset;
+use fog_sim::presets::{Preset, Site};
 use fog_sim::signal::{Closed, Request, SignalLink, SignalNode};
 use fog_sim::{NodeId, Sim};
 use fog_stun::server::{Server as StunServer, ServerConfig as StunConfig};
@@ -45,6 +45,10 @@ pub struct Profile {
     pub signal: [Duration; 2],
     /// How long to wait for the path after `connect`.
     pub patience: Duration,
+    /// Each site's host also has an IPv6 address (2001:db8:N::2 for site N), which its NATs
+    /// pass untranslated but filter as configured, and its node uses it as a further
+    /// interface. Off by default.
+    pub ipv6: bool,
 }
 
 impl Default for Profile {
@@ -55,6 +59,7 @@ impl Default for Profile {
             stun_link: Duration::from_millis(25),
             signal: [Duration::from_millis(30), Duration::from_millis(40)],
             patience: Duration::from_secs(10),
+            ipv6: false,
         }
     }
 }
@@ -99,6 +104,9 @@ impl SansIo for SimNode {
     }
     fn poll_timeout(&self) -> Option<Instant> {
         self.node.poll_timeout()
+    }
+    fn poll_socket_request(&mut self) -> Option<fog_core::SocketRequest> {
+        self.node.poll_socket_request()
     }
 }
 
@@ -183,16 +191,19 @@ pub struct Scenario {
     pub hosts: [(NodeId, fog_signal::PeerId); 2],
     /// Every event of node A and node B so far, with its instant.
     pub events: [Vec<(Instant, Event)>; 2],
+    /// Node A's and node B's sites (their middleboxes, for tests that change them).
+    pub sites: [Site; 2],
 }
 
 impl Scenario {
     /// Builds the world; nothing has run yet.
     pub fn new(a: Preset, b: Preset, seed: u64, profile: &Profile) -> Scenario {
-        let (sim, hosts) = build(a, b, seed, profile);
+        let (sim, hosts, sites) = build(a, b, seed, profile);
         Scenario {
             sim,
             hosts,
             events: [Vec::new(), Vec::new()],
+            sites,
         }
     }
 
@@ -235,7 +246,7 @@ impl Scenario {
 
 /// One run of the scenario: node A behind `a`, node B behind `b`.
 pub fn run(a: Preset, b: Preset, seed: u64, profile: &Profile) -> Run {
-    let (mut sim, hosts) = build(a, b, seed, profile);
+    let (mut sim, hosts, _) = build(a, b, seed, profile);
     let (ha, hb) = (hosts[0].0, hosts[1].0);
     let mut ea = Vec::new();
     let mut eb = Vec::new();
@@ -302,7 +313,7 @@ fn build(
     b: Preset,
     seed: u64,
     profile: &Profile,
-) -> (Sim, [(NodeId, fog_signal::PeerId); 2]) {
+) -> (Sim, [(NodeId, fog_signal::PeerId); 2], [Site; 2]) {
     let mut sim = Sim::new(seed);
     let a1: IpAddr = [198, 51, 100, 1].into();
     let a2: IpAddr = [198, 51, 100, 2].into();
@@ -355,9 +366,22 @@ fn build(
         ..LinkConfig::with_latency(profile.access)
     };
     let mut hosts = Vec::new();
+    let mut sites = Vec::new();
     for (i, preset) in [a, b].into_iter().enumerate() {
         let n = i as u8 + 1;
-        let site = preset.attach(&mut sim, if i == 0 { "a" } else { "b" }, n, access.clone());
+        let v6 = IpAddr::V6(std::net::Ipv6Addr::new(
+            0x2001,
+            0xdb8,
+            u16::from(n),
+            0,
+            0,
+            0,
+            0,
+            2,
+        ));
+        let extra: &[IpAddr] = if profile.ipv6 { &[v6] } else { &[] };
+        let name = if i == 0 { "a" } else { "b" };
+        let site = preset.attach_with(&mut sim, name, n, access.clone(), extra);
         let mut key_seed = [n; 32];
         key_seed[..8].copy_from_slice(&seed.to_le_bytes());
         let key = KeyPair::from_seed(&key_seed);
@@ -371,10 +395,13 @@ fn build(
             seed.wrapping_mul(31) ^ u64::from(n),
         );
         config.turn = Some(turn_addr);
+        config.interfaces = extra.to_vec();
         let node = Node::new(config, sim.now());
         sim.set_signal_machine(site.host, BASE_PORT, SimNode::new(node));
         sim.set_signal_link(site.host, SignalLink::with_latency(profile.signal[i]));
         hosts.push((site.host, peer));
+        sites.push(site);
     }
-    (sim, [hosts[0], hosts[1]])
+    let [sa, sb] = <[Site; 2]>::try_from(sites).expect("two sites");
+    (sim, [hosts[0], hosts[1]], [sa, sb])
 }

@@ -3,12 +3,15 @@
 //! learning and consent are reached), answering transaction IDs the agent really sent, from known
 //! or unknown addresses, at any time, for any of the strategy's plans.
 //!
+//! Candidates also arrive late (trickled), and further local sockets (another IPv4 interface,
+//! an IPv6 one) come and go.
+//!
 //! Invariants: nothing panics; after `handle_timeout(now)` the agent never asks to be woken
-//! before `now`; it never sends from a socket it does not own.
+//! before `now`; it never sends from a socket it does not own (or no longer owns).
 
 #![no_main]
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use arbitrary::Arbitrary;
@@ -40,6 +43,19 @@ enum Payload {
         controlling: Option<u64>,
         controlled: Option<u64>,
         priority: Option<u32>,
+        nomination: Option<u32>,
+    },
+    /// A candidate trickled now.
+    Trickle {
+        kind: u8,
+        host: u8,
+        port: u16,
+        v6: bool,
+    },
+    /// One of the two further local sockets comes up or goes away.
+    Interface {
+        v6: bool,
+        up: bool,
     },
     Answer {
         /// Answer the n-th check sent so far (modulo), or make up an ID.
@@ -96,6 +112,30 @@ fn addr(host: u8, port: u16) -> SocketAddr {
     )
 }
 
+fn addr6(host: u8, port: u16) -> SocketAddr {
+    SocketAddr::new(
+        IpAddr::V6(Ipv6Addr::new(
+            0x2001,
+            0xdb8,
+            0,
+            0,
+            0,
+            0,
+            0,
+            u16::from(host % 8),
+        )),
+        port % 16 + 5000,
+    )
+}
+
+const KINDS: [Kind; 5] = [
+    Kind::Host,
+    Kind::ServerReflexive,
+    Kind::PeerReflexive,
+    Kind::Predicted,
+    Kind::Relayed,
+];
+
 fuzz_target!(|data: (Setup, Vec<Input>)| {
     let (setup, inputs) = data;
     let local_creds = Credentials {
@@ -121,17 +161,14 @@ fuzz_target!(|data: (Setup, Vec<Input>)| {
         setup.seed,
     );
     let mut agent = Agent::new(config);
-    for (kind, host, port) in setup.remotes.iter().take(16) {
-        let kind = [
-            Kind::Host,
-            Kind::ServerReflexive,
-            Kind::PeerReflexive,
-            Kind::Predicted,
-            Kind::Relayed,
-        ][usize::from(kind % 5)];
-        agent.add_remote(Candidate::new(kind, addr(*host, *port)));
-    }
+    let other4: SocketAddr = "192.0.2.9:5000".parse().unwrap();
+    let other6: SocketAddr = "[2001:db8::99]:5000".parse().unwrap();
+    let mut up: Vec<SocketAddr> = Vec::new();
     let mut now = Instant::now();
+    for (kind, host, port) in setup.remotes.iter().take(16) {
+        let kind = KINDS[usize::from(kind % 5)];
+        agent.add_remote(now, Candidate::new(kind, addr(*host, *port)));
+    }
     agent.start(now);
     let local_key = IntegrityKey::short_term(&local_creds.pwd);
     let remote_key = IntegrityKey::short_term(&remote_creds.pwd);
@@ -139,11 +176,17 @@ fuzz_target!(|data: (Setup, Vec<Input>)| {
     let mut buf = vec![0u8; 65_535];
     let mut drain = |agent: &mut Agent,
                      now: Instant,
-                     sent: &mut Vec<(TransactionId, SocketAddr, SocketAddr)>| {
+                     sent: &mut Vec<(TransactionId, SocketAddr, SocketAddr)>,
+                     up: &[SocketAddr]| {
         agent.handle_timeout(now);
         while let Some(t) = agent.poll_transmit(now, &mut buf) {
             let source = t.source.expect("checks name their socket");
-            assert!(source == base || agent.birthday_sockets().contains(&source));
+            assert!(
+                source == base
+                    || agent.birthday_sockets().contains(&source)
+                    || up.contains(&source),
+                "sent from {source}, not ours"
+            );
             if let Ok(m) = Message::decode(&buf[..t.len]) {
                 if m.class == Class::Request && sent.len() < 4096 {
                     sent.push((m.transaction_id, source, t.destination));
@@ -155,12 +198,41 @@ fuzz_target!(|data: (Setup, Vec<Input>)| {
             assert!(t >= now, "asked to be woken in the past");
         }
     };
-    drain(&mut agent, now, &mut sent);
+    drain(&mut agent, now, &mut sent, &up);
     for input in inputs.into_iter().take(256) {
         now += Duration::from_millis(u64::from(input.advance_ms % 10_000));
         let mut source = addr(input.from, input.from_port);
         let mut local = base;
         let bytes = match input.payload {
+            Payload::Trickle {
+                kind,
+                host,
+                port,
+                v6,
+            } => {
+                let at = if v6 {
+                    addr6(host, port)
+                } else {
+                    addr(host, port)
+                };
+                agent.add_remote(now, Candidate::new(KINDS[usize::from(kind % 5)], at));
+                drain(&mut agent, now, &mut sent, &up);
+                continue;
+            }
+            Payload::Interface { v6, up: on } => {
+                let socket = if v6 { other6 } else { other4 };
+                if on {
+                    agent.add_local(now, socket);
+                    if !up.contains(&socket) {
+                        up.push(socket);
+                    }
+                } else {
+                    agent.remove_local(now, socket);
+                    up.retain(|s| *s != socket);
+                }
+                drain(&mut agent, now, &mut sent, &up);
+                continue;
+            }
             Payload::Raw(bytes) => bytes,
             Payload::Check {
                 right_user,
@@ -169,6 +241,7 @@ fuzz_target!(|data: (Setup, Vec<Input>)| {
                 controlling,
                 controlled,
                 priority,
+                nomination,
             } => {
                 let mut m = Message::new(
                     Class::Request,
@@ -184,6 +257,7 @@ fuzz_target!(|data: (Setup, Vec<Input>)| {
                 m.attributes.ice_controlling = controlling;
                 m.attributes.ice_controlled = controlled;
                 m.attributes.priority = priority;
+                m.attributes.nomination = nomination;
                 m.fingerprint = true;
                 let key = if right_key {
                     local_key.clone()
@@ -234,6 +308,6 @@ fuzz_target!(|data: (Setup, Vec<Input>)| {
                 payload: &bytes,
             },
         );
-        drain(&mut agent, now, &mut sent);
+        drain(&mut agent, now, &mut sent, &up);
     }
 });

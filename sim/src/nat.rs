@@ -200,6 +200,14 @@ impl NatTable {
         &self.config
     }
 
+    /// Forgets every binding and all inbound state, as a reboot does.
+    pub(crate) fn forget(&mut self) {
+        self.by_port.clear();
+        self.by_endpoint.clear();
+        self.by_internal.clear();
+        self.inbound_state.clear();
+    }
+
     pub(crate) fn external_ip(&self) -> IpAddr {
         self.external_ip
     }

@@ -805,6 +805,22 @@ impl Sim {
         }
     }
 
+    /// The NAT (or firewall) `nat` reboots: it forgets every binding, so each flow's next
+    /// datagram out gets a new mapping (a new external port, unless ports are preserved and
+    /// free) and datagrams to the old ones are dropped.
+    ///
+    /// # Panics
+    /// If `nat` is not a NAT.
+    pub fn reset_nat(&mut self, nat: NodeId) {
+        match &mut self.nodes[nat.0 as usize].kind {
+            Kind::Nat(m) => {
+                m.table.forget();
+                m.passthrough.forget();
+            }
+            _ => panic!("{nat} is not a NAT"),
+        }
+    }
+
     /// Makes the internet drop every datagram between `a` and `b` (either way) while `on`, as
     /// when a route between two networks fails while both still reach everything else.
     pub fn set_blackhole(&mut self, a: IpAddr, b: IpAddr, on: bool) {

@@ -140,13 +140,33 @@ impl Preset {
     /// # Panics
     /// If `site` is 0 or above 250.
     pub fn attach(self, sim: &mut Sim, name: &str, site: u8, link: LinkConfig) -> Site {
+        self.attach_with(sim, name, site, link, &[])
+    }
+
+    /// [`attach`](Self::attach), with `extra` addresses on the host besides its own: IPv6 ones
+    /// pass the NATs untranslated (each NAT filters them as its configuration says, as a
+    /// dual-stack home router's firewall does); further IPv4 ones sit on the same LAN.
+    ///
+    /// # Panics
+    /// If `site` is 0 or above 250, or an address is already routed.
+    pub fn attach_with(
+        self,
+        sim: &mut Sim,
+        name: &str,
+        site: u8,
+        link: LinkConfig,
+        extra: &[IpAddr],
+    ) -> Site {
         assert!((1..=250).contains(&site), "site must be in 1..=250");
+        let addrs = |own: IpAddr| -> Vec<IpAddr> {
+            std::iter::once(own).chain(extra.iter().copied()).collect()
+        };
         let public = IpAddr::V4(Ipv4Addr::new(203, 0, 113, site));
         let private = IpAddr::V4(Ipv4Addr::new(192, 168, site, 2));
         let lan = LinkConfig::with_latency(Duration::from_micros(500));
         match self {
             Preset::OpenInternet => {
-                let host = sim.add_host(name, NodeId::INTERNET, &[public], link);
+                let host = sim.add_host(name, NodeId::INTERNET, &addrs(public), link);
                 Site {
                     host,
                     host_addr: public,
@@ -156,7 +176,7 @@ impl Preset {
             Preset::UdpBlocked => {
                 let blocker =
                     sim.add_udp_blocker(&format!("{name}-blocker"), NodeId::INTERNET, link);
-                let host = sim.add_host(name, blocker, &[private], lan);
+                let host = sim.add_host(name, blocker, &addrs(private), lan);
                 Site {
                     host,
                     host_addr: private,
@@ -172,7 +192,7 @@ impl Preset {
                     config,
                     link,
                 );
-                let host = sim.add_host(name, fw, &[public], lan);
+                let host = sim.add_host(name, fw, &addrs(public), lan);
                 Site {
                     host,
                     host_addr: public,
@@ -184,7 +204,7 @@ impl Preset {
                 let cgn_inside = IpAddr::V4(Ipv4Addr::new(100, 64, site, 2));
                 let cgn = sim.add_nat(&format!("{name}-cgn"), NodeId::INTERNET, public, cgn, link);
                 let home = sim.add_nat(&format!("{name}-home"), cgn, cgn_inside, home, lan.clone());
-                let host = sim.add_host(name, home, &[private], lan);
+                let host = sim.add_host(name, home, &addrs(private), lan);
                 Site {
                     host,
                     host_addr: private,
@@ -200,7 +220,7 @@ impl Preset {
                     config,
                     link,
                 );
-                let host = sim.add_host(name, nat, &[private], lan);
+                let host = sim.add_host(name, nat, &addrs(private), lan);
                 Site {
                     host,
                     host_addr: private,

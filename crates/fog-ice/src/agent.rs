@@ -40,6 +40,9 @@ const FIRST_BURST: usize = 16;
 const NOMINATIONS: u8 = 10;
 /// Lowest port a birthday probe or socket uses (below are the well-known ports).
 const LOW_PORT: u16 = 1024;
+/// Working paths besides the selected one (and the backup relay) that are kept alive and
+/// measured, best first by priority.
+const MAX_ALTERNATES: usize = 3;
 
 /// One side's check credentials (RFC 8445 §5.3).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,8 +64,16 @@ pub struct AgentConfig {
     pub controlling: bool,
     /// RFC 8445 §7.3.1.1 tie-breaker, random.
     pub tie_breaker: u64,
-    /// The local socket checks leave from.
+    /// The main local socket: the one discovery measured, whose NAT the plan is about.
     pub base: SocketAddr,
+    /// Other local sockets, one per further interface address (IPv4 or IPv6), bound at the
+    /// owner's choice of port. They pair only with the peer's host candidates of their family
+    /// (§6.1.2.2): they have no server-reflexive address of their own, and the plan's route
+    /// is about the base's NAT, not theirs. One of the base's family may sit behind the same
+    /// NAT, so it keeps the plan's single-flow rule; one of the other family does not pass
+    /// the base's NAT (an IPv6 address next to an IPv4 NAT) and is checked whatever the
+    /// route, unless the plan is relay-only.
+    pub hosts: Vec<SocketAddr>,
     /// Our half of the route.
     pub plan: Plan,
     /// Seeds the transaction IDs, the birthday ports and consent jitter.
@@ -85,6 +96,16 @@ pub struct AgentConfig {
     /// peer's NAT on any real path. A birthday round's many sockets send only at this TTL until
     /// the peer reaches one, so that the peer's NAT sees nothing unsolicited from them.
     pub low_ttl: Option<u8>,
+    /// Path choice by distance within a tier: the controlling agent moves the connection to
+    /// another working path of the same tier (direct or relayed) only when that path's
+    /// smoothed RTT is at most this percentage of the selected path's (default 75)...
+    pub switch_percent: u32,
+    /// ...and at least this much lower (default 5 ms)...
+    pub switch_gain: Duration,
+    /// ...with at least this many RTT samples on both (default 3, also the least; one per
+    /// consent interval after the first), so that one lucky sample does not move it. A
+    /// path's distance is the median of its last three samples.
+    pub switch_samples: u32,
 }
 
 impl AgentConfig {
@@ -111,6 +132,10 @@ impl AgentConfig {
             consent_interval: Duration::from_secs(5),
             consent_timeout: Duration::from_secs(30),
             low_ttl: Some(3),
+            hosts: Vec::new(),
+            switch_percent: 75,
+            switch_gain: Duration::from_millis(5),
+            switch_samples: 3,
         }
     }
 }
@@ -192,6 +217,19 @@ struct Pair {
     heard: bool,
     /// Through a relay: our relayed address, or the peer's relayed candidate.
     relayed: bool,
+    /// RTT samples taken (answers to checks sent once; Karn).
+    samples: u32,
+    /// The last three samples, for path choice: their median is the path's distance, which
+    /// follows a change within three samples (the smoothed RTT, with α = 1/8 at one sample
+    /// per consent interval, would take a minute) and ignores one outlier.
+    recent: [Duration; 3],
+    /// The NOMINATION count of this pair: on the controlling side, of our last nomination of
+    /// it (retransmissions carry the same); on the controlled side, the largest the peer sent
+    /// for it. 0 for none.
+    nomination: u32,
+    /// Found after punching ended or after a direct path was selected (a trickled candidate,
+    /// a new interface): checked on its own until then, whatever the round's state.
+    until: Option<Instant>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -257,6 +295,12 @@ pub struct Agent {
     repunch_at: Option<Instant>,
     /// The last consent answer on the backup relay path, and when its next check is due.
     next_backup_consent: Option<Instant>,
+    /// When the next round of keepalives on the working paths besides the selected one is due.
+    next_keepalives: Option<Instant>,
+    /// The controlling agent's nomination of a nearer path, until it is answered.
+    switch_to: Option<usize>,
+    /// Counts our nominations as the controlling agent (the NOMINATION attribute).
+    nominations: u32,
     queue: VecDeque<Queued>,
     events: VecDeque<Event>,
     stats: Stats,
@@ -293,6 +337,9 @@ impl Agent {
             relay_over: false,
             repunch_at: None,
             next_backup_consent: None,
+            next_keepalives: None,
+            switch_to: None,
+            nominations: 0,
             queue: VecDeque::new(),
             events: VecDeque::new(),
             stats: Stats::default(),
@@ -308,12 +355,23 @@ impl Agent {
 
     /// A candidate of the peer (from its description or trickled). Which ones are checked is
     /// the plan's choice: host and server-reflexive ones when it checks the srflx, the first
-    /// `to_predicted` predicted ones, none of the relayed ones (the relay is TURN's).
-    pub fn add_remote(&mut self, candidate: Candidate) {
-        if self.remotes.iter().any(|c| c.addr == candidate.addr) {
-            return;
+    /// `to_predicted` predicted ones, none of the relayed ones (the relay is TURN's). Host
+    /// candidates are also checked when the route is not direct (the two sides may share a
+    /// network, or reach each other over the other IP family) unless our port is a
+    /// prediction; see [`AgentConfig::hosts`] for our other sockets. A candidate that arrives
+    /// after punching ended (trickled later: a new interface, a changed mapping) is checked on
+    /// its own for the plan's punching time.
+    pub fn add_remote(&mut self, now: Instant, candidate: Candidate) {
+        match self.remotes.iter_mut().find(|c| c.addr == candidate.addr) {
+            // An address first learnt as peer-reflexive (a check that came through a relay,
+            // say) that the peer now names: it takes the kind named, and the pairs that kind
+            // gets.
+            Some(known) if known.kind == Kind::PeerReflexive && candidate.kind != known.kind => {
+                *known = candidate;
+            }
+            Some(_) => return,
+            None => self.remotes.push(candidate),
         }
-        self.remotes.push(candidate);
         let plan = &self.config.plan;
         let predicted_so_far = self
             .remotes
@@ -321,24 +379,89 @@ impl Agent {
             .filter(|c| c.kind == Kind::Predicted)
             .count();
         let wanted = match candidate.kind {
-            Kind::ServerReflexive | Kind::PeerReflexive => plan.to_srflx,
-            Kind::Host => plan.to_srflx && !plan.single_flow,
-            Kind::Predicted => predicted_so_far <= usize::from(plan.to_predicted),
+            Kind::ServerReflexive | Kind::PeerReflexive => plan.to_srflx && plan.is_direct(),
+            Kind::Host => !plan.single_flow && !plan.relay_only,
+            Kind::Predicted => {
+                predicted_so_far <= usize::from(plan.to_predicted) && plan.is_direct()
+            }
             // The peer's relay works whatever the NATs do.
             Kind::Relayed => true,
         };
-        let direct_ok = plan.is_direct() || candidate.kind == Kind::Relayed;
-        let family = candidate.addr.is_ipv4() == self.config.base.is_ipv4();
-        if direct_ok && wanted && family {
-            self.add_pair(self.config.base, candidate.addr, candidate.priority);
+        let base = self.config.base;
+        let mut locals: Vec<SocketAddr> = Vec::new();
+        if wanted && candidate.addr.is_ipv4() == base.is_ipv4() {
+            locals.push(base);
+        }
+        if candidate.kind == Kind::Host && !plan.relay_only {
+            locals.extend(self.config.hosts.iter().filter(|h| {
+                h.is_ipv4() == candidate.addr.is_ipv4()
+                    && (h.is_ipv4() != base.is_ipv4() || !plan.single_flow)
+            }));
         }
         // Through our own relay: to the peer's public addresses.
         if let Some(relayed) = self.relayed {
             if matches!(candidate.kind, Kind::ServerReflexive | Kind::PeerReflexive)
                 && candidate.addr.is_ipv4() == relayed.is_ipv4()
             {
-                self.add_pair(relayed, candidate.addr, candidate.priority);
+                locals.push(relayed);
             }
+        }
+        for local in locals {
+            self.add_pair(now, local, candidate.addr, candidate.priority);
+        }
+        self.wake_pacing(now);
+    }
+
+    /// A further local socket (a new interface address, see [`AgentConfig::hosts`]): paired
+    /// with the peer's host candidates of its family, and checked at once if punching is over.
+    pub fn add_local(&mut self, now: Instant, local: SocketAddr) {
+        if local == self.config.base || self.config.hosts.contains(&local) {
+            return;
+        }
+        self.config.hosts.push(local);
+        let plan = &self.config.plan;
+        if plan.relay_only || (local.is_ipv4() == self.config.base.is_ipv4() && plan.single_flow) {
+            return;
+        }
+        let targets: Vec<Candidate> = self
+            .remotes
+            .iter()
+            .filter(|c| c.kind == Kind::Host && c.addr.is_ipv4() == local.is_ipv4())
+            .copied()
+            .collect();
+        for c in targets {
+            self.add_pair(now, local, c.addr, c.priority);
+        }
+        self.wake_pacing(now);
+    }
+
+    /// A local socket that is gone (its interface address went away): its pairs fail at once,
+    /// and if the selected path used it, the connection moves to the next working path
+    /// without waiting for consent to lapse. The base socket cannot be removed.
+    pub fn remove_local(&mut self, now: Instant, local: SocketAddr) {
+        if local == self.config.base {
+            return;
+        }
+        self.config.hosts.retain(|h| *h != local);
+        for p in self.pairs.iter_mut().filter(|p| p.local == local) {
+            p.heard = false;
+            p.state = State::Failed;
+            p.next_at = None;
+            p.until = None;
+            p.nominating = 0;
+        }
+        if self.switch_to.is_some_and(|i| self.pairs[i].local == local) {
+            self.switch_to = None;
+        }
+        if self.selected.is_some_and(|i| self.pairs[i].local == local) {
+            self.lose_selected(now);
+        }
+    }
+
+    /// New pairs may be checked from now: a stale pace tick must not become a timer in the past.
+    fn wake_pacing(&mut self, now: Instant) {
+        if self.deadline.is_some() && self.next_pace.is_none_or(|t| t < now) {
+            self.next_pace = Some(now);
         }
     }
 
@@ -360,11 +483,9 @@ impl Agent {
             .copied()
             .collect();
         for c in targets {
-            self.add_pair(relayed, c.addr, c.priority);
+            self.add_pair(now, relayed, c.addr, c.priority);
         }
-        if self.deadline.is_some() {
-            self.next_pace = Some(now);
-        }
+        self.wake_pacing(now);
     }
 
     /// The peer addresses that reach us through our relay need a TURN permission: the IPs of
@@ -466,7 +587,13 @@ impl Agent {
         &self.open_sockets
     }
 
-    fn add_pair(&mut self, local: SocketAddr, remote: SocketAddr, remote_priority: u32) -> usize {
+    fn add_pair(
+        &mut self,
+        now: Instant,
+        local: SocketAddr,
+        remote: SocketAddr,
+        remote_priority: u32,
+    ) -> usize {
         if let Some(i) = self.pair_index(local, remote) {
             return i;
         }
@@ -475,6 +602,9 @@ impl Agent {
                 .remotes
                 .iter()
                 .any(|c| c.addr == remote && c.kind == Kind::Relayed);
+        // A direct pair found after the round (or after it succeeded) gets a round of its own.
+        let late =
+            !relayed && self.deadline.is_some() && (self.punch_over || self.direct_selected());
         let ours = if Some(local) == self.relayed {
             Candidate::new(Kind::Relayed, local).priority
         } else {
@@ -498,6 +628,10 @@ impl Agent {
             nominating: 0,
             heard: false,
             relayed,
+            samples: 0,
+            recent: [Duration::ZERO; 3],
+            nomination: 0,
+            until: late.then(|| now + self.config.plan.punch_for),
         });
         self.pairs.len() - 1
     }
@@ -582,7 +716,7 @@ impl Agent {
                     let local = SocketAddr::new(self.config.base.ip(), port);
                     self.open_sockets.push(local);
                     for target in &targets {
-                        let i = self.add_pair(local, target.addr, target.priority);
+                        let i = self.add_pair(now, local, target.addr, target.priority);
                         // Every birthday socket sends at once: the round is a burst.
                         self.check(now, i, false);
                     }
@@ -675,6 +809,15 @@ impl Agent {
         // §7.1.1: the priority a peer-reflexive candidate of ours would have.
         a.priority = Some(Candidate::new(Kind::PeerReflexive, local).priority);
         a.use_candidate = use_candidate;
+        if use_candidate && self.controlling {
+            // A deliberate nomination carries its count (draft-thatcher-ice-renomination-01
+            // §4), so that the controlled agent can follow the latest whatever order they
+            // arrive in; the aggressive nominations of ordinary checks carry none.
+            a.nomination = self
+                .pair_index(local, remote)
+                .map(|i| self.pairs[i].nomination)
+                .filter(|&n| n > 0);
+        }
         if self.controlling {
             a.ice_controlling = Some(self.config.tie_breaker);
         } else {
@@ -792,10 +935,12 @@ impl Agent {
             });
         }
         let remote_priority = a.priority.unwrap_or(0);
-        let i = self.add_pair(packet.local, packet.source, remote_priority);
+        let i = self.add_pair(now, packet.local, packet.source, remote_priority);
         self.pairs[i].heard = true;
         if a.use_candidate && !self.controlling {
-            self.pairs[i].nominated = true;
+            let pair = &mut self.pairs[i];
+            pair.nominated = true;
+            pair.nomination = pair.nomination.max(a.nomination.unwrap_or(0));
         }
         match self.pairs[i].state {
             // §7.3.1.4: a triggered check.
@@ -870,11 +1015,13 @@ impl Agent {
         }
         // A birthday probe that hit: the pair exists from now on.
         let priority = Candidate::new(Kind::PeerReflexive, sent.remote).priority;
-        let i = self.add_pair(sent.local, sent.remote, priority);
+        let i = self.add_pair(now, sent.local, sent.remote, priority);
         let rtt = now.saturating_duration_since(sent.sent_at);
         let pair = &mut self.pairs[i];
         pair.last_answer = Some(now);
         if !sent.retransmitted {
+            pair.recent[pair.samples as usize % 3] = rtt;
+            pair.samples += 1;
             pair.srtt = Some(match pair.srtt {
                 // RFC 6298 §2.3's smoothing, α = 1/8.
                 Some(srtt) => (srtt * 7 + rtt) / 8,
@@ -884,6 +1031,7 @@ impl Agent {
         let first_success = pair.state != State::Succeeded;
         pair.state = State::Succeeded;
         pair.next_at = None;
+        pair.until = None;
         if sent.use_candidate {
             pair.nominated = true;
         }
@@ -900,51 +1048,129 @@ impl Agent {
         }
         if self.pairs[i].nominated {
             self.consider(now, i);
+        } else {
+            // The controlling agent nominates the first working pair, and the first working
+            // direct pair while the relay carries the connection.
+            let wanted = match self.selected {
+                None => !self.pairs.iter().any(|p| p.nominated),
+                Some(j) => self.pairs[j].relayed && !self.pairs[i].relayed,
+            };
+            if self.controlling && wanted && self.pairs[i].nominating == 0 {
+                // Nominate the first working pair at once: punching is about the first path.
+                self.nominate(now, i);
+            }
+        }
+        self.maybe_switch(now);
+    }
+
+    /// Sends a nomination (USE-CANDIDATE) on pair `i`, retransmitted until answered (see
+    /// handle_timeout).
+    fn nominate(&mut self, now: Instant, i: usize) {
+        // 24 bits on the wire: after 16 million nominations in one session the count would
+        // wrap and the peer would stop following; it stays at the top instead.
+        self.nominations = (self.nominations + 1).min(0x00ff_ffff);
+        let pair = &mut self.pairs[i];
+        pair.nomination = self.nominations;
+        pair.nominating = NOMINATIONS;
+        pair.interval = self.config.retry;
+        pair.next_at = Some(now + pair.interval);
+        let (local, remote) = (pair.local, pair.remote);
+        self.send_check(now, local, remote, true, false);
+    }
+
+    /// Path choice by distance within a tier, on the controlling side: once the selected path
+    /// and another working path of its tier have [`AgentConfig::switch_samples`] RTT samples
+    /// each, the other one is nominated if it is clearly nearer (hysteresis:
+    /// [`AgentConfig::switch_percent`] and [`AgentConfig::switch_gain`] both hold). The
+    /// controlled side follows the nomination. Between tiers, direct always wins (see
+    /// [`consider`](Self::consider)).
+    fn maybe_switch(&mut self, now: Instant) {
+        if !self.controlling || self.switch_to.is_some() {
             return;
         }
-        // The controlling agent nominates the first working pair, and the first working direct
-        // pair while the relay carries the connection.
-        let wanted = match self.selected {
-            None => !self.pairs.iter().any(|p| p.nominated),
-            Some(j) => self.pairs[j].relayed && !self.pairs[i].relayed,
-        };
-        if self.controlling && wanted && self.pairs[i].nominating == 0 {
-            // Nominate the first working pair at once: punching is about the first path.
-            // Retransmitted until answered (see handle_timeout).
-            let pair = &mut self.pairs[i];
-            pair.nominating = NOMINATIONS;
-            pair.interval = self.config.retry;
-            pair.next_at = Some(now + pair.interval);
-            self.send_check(now, sent.local, sent.remote, true, false);
+        let Some(j) = self.selected else { return };
+        let config = &self.config;
+        let selected = &self.pairs[j];
+        let samples = config.switch_samples.max(3);
+        if selected.samples < samples {
+            return;
+        }
+        let current = distance(selected);
+        let nearest = self
+            .pairs
+            .iter()
+            .enumerate()
+            .filter(|&(i, p)| {
+                i != j
+                    && p.state == State::Succeeded
+                    && p.relayed == selected.relayed
+                    && p.samples >= samples
+                    && self.fresh(p, now)
+            })
+            .map(|(i, p)| (distance(p), i))
+            .min();
+        let Some((rtt, i)) = nearest else { return };
+        if rtt * 100 <= current * config.switch_percent
+            && current.saturating_sub(rtt) >= config.switch_gain
+        {
+            self.switch_to = Some(i);
+            self.nominate(now, i);
         }
     }
 
-    /// A nominated pair that works: take it if nothing is selected, or if it is clearly better
-    /// than the selected one. Path choice by tier: direct before relayed. Within a tier the
-    /// first path stays (the controlled side follows the controlling one's nominations, which
-    /// aggressive nomination makes indistinguishable by RTT; RTT ranking within a tier is
-    /// future work).
+    /// Whether a working pair answered within two consent intervals (it is kept alive, so a
+    /// live one has).
+    fn fresh(&self, p: &Pair, now: Instant) -> bool {
+        p.last_answer
+            .is_some_and(|t| now.saturating_duration_since(t) < self.config.consent_interval * 2)
+    }
+
+    /// A nominated pair that works: take it if nothing is selected, or if it is on a better
+    /// tier (direct before relayed). Within a tier, the controlling agent takes the nearer path
+    /// it nominated ([`maybe_switch`](Self::maybe_switch)) and the controlled agent follows
+    /// the peer's latest nomination by its NOMINATION count (aggressive nomination may nominate
+    /// several pairs during the first burst, which carry no count; the controlling agent
+    /// confirms its choice with a counted nomination when it selects, so both sides end on
+    /// the same path whatever order the checks arrive in).
     fn consider(&mut self, now: Instant, i: usize) {
-        match self.selected {
-            Some(j) if j == i => {}
-            Some(j) if self.pairs[j].relayed && !self.pairs[i].relayed => self.select(now, i),
-            Some(_) => {}
-            None => self.select(now, i),
+        let Some(j) = self.selected else {
+            return self.select(now, i);
+        };
+        if i == j {
+            return;
+        }
+        let (candidate, selected) = (&self.pairs[i], &self.pairs[j]);
+        let take = if candidate.relayed != selected.relayed {
+            selected.relayed
+        } else if self.controlling {
+            self.switch_to == Some(i)
+        } else {
+            candidate.nomination > selected.nomination
+        };
+        if take {
+            self.select(now, i);
         }
     }
 
     fn select(&mut self, now: Instant, i: usize) {
         self.selected = Some(i);
+        self.switch_to = None;
         if !self.pairs[i].relayed {
             // A direct path ends punching; relay pairs that work stay as the backup.
             self.spray = None;
             self.repunch_at = None;
             for pair in &mut self.pairs {
                 pair.nominating = 0;
-                if pair.state == State::InProgress {
+                if pair.state == State::InProgress && pair.until.is_none() {
                     pair.next_at = None;
                 }
             }
+        }
+        // The controlling agent confirms its choice (see `consider`): the peer follows the
+        // latest nomination it sees, and during a burst others may have followed the one that
+        // made this choice. A failover to another path is announced the same way.
+        if self.controlling {
+            self.nominate(now, i);
         }
         let pair = &self.pairs[i];
         self.events.push_back(Event::Selected {
@@ -955,6 +1181,7 @@ impl Agent {
         });
         self.pairs[i].last_answer = Some(now);
         self.next_consent = Some(now + self.consent_gap());
+        self.next_keepalives = Some(now + self.consent_gap());
     }
 
     /// Consent freshness (RFC 7675) on the selected path and on the backup relay path. A
@@ -980,31 +1207,92 @@ impl Agent {
         let (Some(i), Some(at)) = (self.selected, self.next_consent) else {
             return;
         };
-        if expired(&self.pairs[i]) {
-            let (local, remote) = (self.pairs[i].local, self.pairs[i].remote);
-            self.pairs[i].state = State::Failed;
-            self.selected = None;
-            self.next_consent = None;
-            if let Some(b) = self.backup() {
-                // Back to the relay, without the application losing its connection, and try
-                // the direct pairs again at once.
-                self.select(now, b);
-                self.punch_over = true;
-                self.repunch_at = Some(now);
-                return;
-            }
-            self.events.push_back(Event::PathLost { local, remote });
-            // With no relay to fall back to, punching does not start over by itself: the owner
-            // decides (a new session with fresh candidates).
-            self.punch_over = true;
-            self.repunch_at = None;
+        // A selected path silent for two consent intervals is left early when another path
+        // of its tier answers (a NAT that mapped us anew, an interface that died): the
+        // consent timeout is the bound for declaring a path dead, not for staying on it.
+        let silent = self.pairs[i]
+            .last_answer
+            .is_some_and(|t| now.saturating_duration_since(t) >= self.config.consent_interval * 2);
+        let tier = self.pairs[i].relayed;
+        let alternative = || {
+            self.pairs.iter().enumerate().any(|(a, p)| {
+                a != i && p.state == State::Succeeded && p.relayed == tier && self.fresh(p, now)
+            })
+        };
+        if expired(&self.pairs[i]) || (silent && alternative()) {
+            self.lose_selected(now);
             return;
+        }
+        // Keepalives (RFC 8445 §11, as checks so that they also measure the RTT) on the other
+        // working paths of the selected tier, which path choice compares and a failover uses.
+        if self.next_keepalives.is_some_and(|t| now >= t) {
+            let backup = self.backup();
+            let mut kept = 0;
+            for a in 0..self.pairs.len() {
+                let p = &self.pairs[a];
+                if a == i || Some(a) == backup || p.state != State::Succeeded || p.relayed != tier {
+                    continue;
+                }
+                if expired(p) || kept == MAX_ALTERNATES {
+                    self.pairs[a].state = State::Failed;
+                    continue;
+                }
+                kept += 1;
+                let (local, remote) = (p.local, p.remote);
+                self.send_check(now, local, remote, false, false);
+            }
+            self.next_keepalives = Some(now + self.consent_gap());
         }
         if now >= at {
             let (local, remote) = (self.pairs[i].local, self.pairs[i].remote);
             self.send_check(now, local, remote, false, false);
             self.next_consent = Some(now + self.consent_gap());
+            // Checks that were never answered are forgotten after the consent timeout, so a
+            // long-lived session's table does not grow with every lost check.
+            self.outstanding
+                .retain(|_, o| now.saturating_duration_since(o.sent_at) < timeout);
         }
+    }
+
+    /// The selected path is gone (consent lapsed, or its socket went away). The connection moves
+    /// to another working path of the same tier that answered lately, else to the backup relay
+    /// (and punching starts over), else it is lost.
+    fn lose_selected(&mut self, now: Instant) {
+        let Some(i) = self.selected.take() else {
+            return;
+        };
+        let (local, remote, tier) = (
+            self.pairs[i].local,
+            self.pairs[i].remote,
+            self.pairs[i].relayed,
+        );
+        self.pairs[i].state = State::Failed;
+        self.next_consent = None;
+        self.switch_to = None;
+        let alternate = self
+            .pairs
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.state == State::Succeeded && p.relayed == tier && self.fresh(p, now))
+            .min_by_key(|(_, p)| (p.srtt, std::cmp::Reverse(p.priority)))
+            .map(|(a, _)| a);
+        if let Some(a) = alternate {
+            self.select(now, a);
+            return;
+        }
+        if let Some(b) = self.backup() {
+            // Back to the relay, without the application losing its connection, and try
+            // the direct pairs again at once.
+            self.select(now, b);
+            self.punch_over = true;
+            self.repunch_at = Some(now);
+            return;
+        }
+        self.events.push_back(Event::PathLost { local, remote });
+        // With no relay to fall back to, punching does not start over by itself: the owner
+        // decides (a new session with fresh candidates).
+        self.punch_over = true;
+        self.repunch_at = None;
     }
 
     /// Whether an in-progress pair is still retransmitted: a direct one while punching, a relay
@@ -1016,7 +1304,9 @@ impl Agent {
         } else {
             !self.punch_over
         };
-        p.state == State::InProgress && live && !self.direct_selected() && self.deadline.is_some()
+        p.state == State::InProgress
+            && self.deadline.is_some()
+            && ((live && !self.direct_selected()) || p.until.is_some())
     }
 
     /// Whether a waiting pair may get its first check at the next pace tick.
@@ -1027,7 +1317,7 @@ impl Agent {
             !self.punch_over && !self.direct_selected()
         };
         p.state == State::Waiting
-            && live
+            && (live || p.until.is_some())
             && self.deadline.is_some()
             && self.may_open(p.local, p.remote)
     }
@@ -1131,15 +1421,26 @@ impl SansIo for Agent {
             }
         }
         // Nominations go on until answered, also after the punch deadline.
-        if !self.direct_selected() {
-            for i in 0..self.pairs.len() {
-                let pair = &mut self.pairs[i];
-                if pair.nominating > 0 && pair.next_at.is_some_and(|t| now >= t) {
-                    pair.nominating -= 1;
-                    pair.next_at = (pair.nominating > 0).then(|| now + pair.interval);
-                    pair.interval = (pair.interval * 2).min(self.config.max_retry);
-                    let (local, remote) = (pair.local, pair.remote);
-                    self.send_check(now, local, remote, true, true);
+        for i in 0..self.pairs.len() {
+            let pair = &mut self.pairs[i];
+            if pair.nominating > 0 && pair.next_at.is_some_and(|t| now >= t) {
+                pair.nominating -= 1;
+                pair.next_at = (pair.nominating > 0).then(|| now + pair.interval);
+                pair.interval = (pair.interval * 2).min(self.config.max_retry);
+                let (local, remote) = (pair.local, pair.remote);
+                self.send_check(now, local, remote, true, true);
+                if self.pairs[i].nominating == 0 && self.switch_to == Some(i) {
+                    self.switch_to = None;
+                }
+            }
+        }
+        // Pairs found late get their own round; it ends like the main one.
+        for pair in &mut self.pairs {
+            if pair.until.is_some_and(|t| now >= t) {
+                pair.until = None;
+                if pair.state == State::InProgress {
+                    pair.state = State::Failed;
+                    pair.next_at = None;
                 }
             }
         }
@@ -1214,12 +1515,11 @@ impl SansIo for Agent {
                 next = Some(next.map_or(t, |n| n.min(t)));
             }
         };
-        if !self.direct_selected() {
-            for pair in &self.pairs {
-                if pair.nominating > 0 {
-                    consider(pair.next_at);
-                }
+        for pair in &self.pairs {
+            if pair.nominating > 0 {
+                consider(pair.next_at);
             }
+            consider(pair.until);
         }
         if !self.punch_over && !self.direct_selected() {
             consider(self.deadline);
@@ -1246,6 +1546,7 @@ impl SansIo for Agent {
         }
         if let (Some(i), Some(at)) = (self.selected, self.next_consent) {
             consider(Some(at));
+            consider(self.next_keepalives);
             consider(
                 self.pairs[i]
                     .last_answer
@@ -1260,6 +1561,13 @@ impl SansIo for Agent {
         }
         next
     }
+}
+
+/// A pair's distance for path choice: the median of its last three RTT samples.
+fn distance(p: &Pair) -> Duration {
+    let mut r = p.recent;
+    r.sort_unstable();
+    r[1]
 }
 
 /// SplitMix64's finaliser: a well-mixed 64-bit value from a counter.
@@ -1307,16 +1615,22 @@ mod tests {
             plan,
             seed,
         ));
-        agent.add_remote(Candidate::new(Kind::ServerReflexive, peer.parse().unwrap()));
+        agent.add_remote(
+            Instant::now(),
+            Candidate::new(Kind::ServerReflexive, peer.parse().unwrap()),
+        );
         agent
     }
 
-    /// Two agents on one wire; `deliver` decides which datagrams arrive.
+    /// Two agents on one wire; `deliver` decides which datagrams arrive, `delay` how late (one
+    /// way, by the datagram's source and destination; 5 ms unless set). A datagram to an
+    /// address that is not one of the other agent's sockets is lost.
     struct Wire {
         a: Agent,
         b: Agent,
         now: Instant,
         events: Vec<(Instant, bool, Event)>,
+        delay: Box<dyn Fn(SocketAddr, SocketAddr) -> Duration>,
     }
 
     impl Wire {
@@ -1326,7 +1640,19 @@ mod tests {
                 b,
                 now: Instant::now(),
                 events: Vec::new(),
+                delay: Box::new(|_, _| Duration::from_millis(5)),
             }
+        }
+
+        /// The Selected events of one side, as (our socket, the peer's).
+        fn selections(&self, on_b: bool) -> Vec<(SocketAddr, SocketAddr)> {
+            self.events
+                .iter()
+                .filter_map(|(_, b, e)| match e {
+                    Event::Selected { local, remote, .. } if *b == on_b => Some((*local, *remote)),
+                    _ => None,
+                })
+                .collect()
         }
 
         fn start(&mut self) {
@@ -1347,7 +1673,7 @@ mod tests {
                         if deliver(self.now) {
                             let source = t.source.unwrap();
                             in_flight.push((
-                                self.now + Duration::from_millis(5),
+                                self.now + (self.delay)(source, t.destination),
                                 to_b,
                                 source,
                                 t.destination,
@@ -1382,6 +1708,11 @@ mod tests {
                 in_flight.retain(|p| p.0 > self.now);
                 for (_, to_b, source, destination, bytes) in due {
                     let agent = if to_b { &mut self.b } else { &mut self.a };
+                    if agent.config.base != destination
+                        && !agent.config.hosts.contains(&destination)
+                    {
+                        continue;
+                    }
                     agent.handle_packet(
                         self.now,
                         Receive {
@@ -1425,6 +1756,172 @@ mod tests {
             wire.a.stats().unauthenticated + wire.b.stats().unauthenticated,
             0
         );
+    }
+
+    const A6: &str = "[2001:db8::a]:1000";
+    const B6: &str = "[2001:db8::b]:2000";
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    /// A dual-stack agent: its base (IPv4, behind `nat`) and an IPv6 socket; it knows the
+    /// peer's IPv4 srflx and, with `peer_v6`, the peer's IPv6 host candidate.
+    fn dual(controlling: bool, nat: Behaviour, peer_v6: bool) -> Agent {
+        let (me, me6, peer, peer6) = if controlling {
+            (A, A6, B, B6)
+        } else {
+            (B, B6, A, A6)
+        };
+        let who = if controlling { Who::A } else { Who::B };
+        let plan = Plan::new(nat, nat, who, &StrategyConfig::default());
+        let (mine, theirs) = if controlling { ("a", "b") } else { ("b", "a") };
+        let mut config = AgentConfig::new(
+            creds(mine),
+            creds(theirs),
+            controlling,
+            addr(me),
+            plan,
+            u64::from(controlling) + 7,
+        );
+        config.hosts = vec![addr(me6)];
+        let mut agent = Agent::new(config);
+        let now = Instant::now();
+        agent.add_remote(now, Candidate::new(Kind::ServerReflexive, addr(peer)));
+        if peer_v6 {
+            agent.add_remote(now, Candidate::new(Kind::Host, addr(peer6)));
+        }
+        agent
+    }
+
+    fn ipv6(a: SocketAddr, b: SocketAddr) -> bool {
+        a.is_ipv6() || b.is_ipv6()
+    }
+
+    #[test]
+    fn ipv6_host_pairs_connect_where_ipv4_needs_a_relay() {
+        // Both IPv4 NATs random-symmetric: the route is the relay's. Their IPv6 sockets pass
+        // no NAT, and a check each way opens any firewall on the way.
+        let symmetric = Behaviour::nat(
+            fog_core::nat::Mapping::AddressAndPortDependent,
+            fog_core::nat::Filtering::AddressAndPortDependent,
+            fog_core::nat::PortPattern::Random,
+        );
+        assert!(!Plan::new(symmetric, symmetric, Who::A, &StrategyConfig::default()).is_direct());
+        let mut wire = Wire::new(dual(true, symmetric, true), dual(false, symmetric, true));
+        wire.start();
+        wire.run(Duration::from_secs(1), &mut |_| true);
+        assert_eq!(wire.a.selected(), Some((addr(A6), addr(B6))));
+        assert_eq!(wire.b.selected(), Some((addr(B6), addr(A6))));
+        assert!(!wire.a.selected_is_relayed());
+    }
+
+    /// Paths over IPv6 take `v6` one way, over IPv4 20 ms.
+    fn two_paths(wire: &mut Wire, v6: std::rc::Rc<std::cell::Cell<Duration>>) {
+        wire.delay = Box::new(move |s, d| {
+            if ipv6(s, d) {
+                v6.get()
+            } else {
+                Duration::from_millis(20)
+            }
+        });
+    }
+
+    #[test]
+    fn a_clearly_nearer_path_takes_over_on_both_sides() {
+        let v6 = std::rc::Rc::new(std::cell::Cell::new(Duration::from_millis(60)));
+        let mut wire = Wire::new(
+            dual(true, Behaviour::Open, true),
+            dual(false, Behaviour::Open, true),
+        );
+        two_paths(&mut wire, v6.clone());
+        wire.start();
+        wire.run(Duration::from_secs(2), &mut |_| true);
+        // The first burst checks both at once: the nearer (IPv4, 40 ms round trip) wins.
+        assert_eq!(wire.a.selected(), Some((addr(A), addr(B))));
+        assert_eq!(wire.b.selected(), Some((addr(B), addr(A))));
+        // IPv6 becomes much nearer (10 ms against 40 ms).
+        v6.set(Duration::from_millis(5));
+        wire.run(Duration::from_secs(60), &mut |_| true);
+        assert_eq!(wire.a.selected(), Some((addr(A6), addr(B6))));
+        assert_eq!(wire.b.selected(), Some((addr(B6), addr(A6))));
+        // It moved once, without flapping back.
+        assert_eq!(wire.selections(false).last(), Some(&(addr(A6), addr(B6))));
+        let moves = wire
+            .selections(false)
+            .windows(2)
+            .filter(|w| w[0] != w[1])
+            .count();
+        assert_eq!(moves, 1, "{:?}", wire.selections(false));
+    }
+
+    #[test]
+    fn a_slightly_nearer_path_does_not_take_over() {
+        let v6 = std::rc::Rc::new(std::cell::Cell::new(Duration::from_millis(60)));
+        let mut wire = Wire::new(
+            dual(true, Behaviour::Open, true),
+            dual(false, Behaviour::Open, true),
+        );
+        two_paths(&mut wire, v6.clone());
+        wire.start();
+        wire.run(Duration::from_secs(2), &mut |_| true);
+        assert_eq!(wire.a.selected(), Some((addr(A), addr(B))));
+        // 34 ms against 40 ms round trip: 15 % nearer, inside the hysteresis.
+        v6.set(Duration::from_millis(17));
+        wire.run(Duration::from_secs(60), &mut |_| true);
+        assert_eq!(wire.a.selected(), Some((addr(A), addr(B))));
+        assert_eq!(wire.b.selected(), Some((addr(B), addr(A))));
+        // Both paths were kept alive and measured the whole time.
+        assert!(wire.a.has_path(addr(A6), addr(B6)));
+    }
+
+    #[test]
+    fn a_lost_interface_moves_the_connection_to_the_other_path_at_once() {
+        let mut wire = Wire::new(
+            dual(true, Behaviour::Open, true),
+            dual(false, Behaviour::Open, true),
+        );
+        two_paths(
+            &mut wire,
+            std::rc::Rc::new(std::cell::Cell::new(Duration::from_millis(2))),
+        );
+        wire.start();
+        wire.run(Duration::from_secs(12), &mut |_| true);
+        assert_eq!(wire.a.selected(), Some((addr(A6), addr(B6))));
+        let now = wire.now;
+        wire.a.remove_local(now, addr(A6));
+        assert_eq!(wire.a.selected(), Some((addr(A), addr(B))));
+        // The peer follows the nomination within a round trip or two.
+        wire.run(Duration::from_millis(200), &mut |_| true);
+        assert_eq!(wire.b.selected(), Some((addr(B), addr(A))));
+        assert!(!wire.a.has_path(addr(A6), addr(B6)));
+    }
+
+    #[test]
+    fn an_interface_found_later_is_checked_and_used() {
+        // No IPv6 at first: the connection runs over IPv4.
+        let mut a = dual(true, Behaviour::Open, false);
+        a.remove_local(Instant::now(), addr(A6));
+        let mut wire = Wire::new(a, dual(false, Behaviour::Open, false));
+        two_paths(
+            &mut wire,
+            std::rc::Rc::new(std::cell::Cell::new(Duration::from_millis(2))),
+        );
+        wire.start();
+        wire.run(Duration::from_secs(10), &mut |_| true);
+        assert_eq!(wire.a.selected(), Some((addr(A), addr(B))));
+        // A's IPv6 address comes up; it is trickled to B, and A learns B's.
+        let now = wire.now;
+        wire.a.add_local(now, addr(A6));
+        wire.a.add_remote(now, Candidate::new(Kind::Host, addr(B6)));
+        wire.b.add_remote(now, Candidate::new(Kind::Host, addr(A6)));
+        wire.run(Duration::from_secs(1), &mut |_| true);
+        assert!(wire.events.iter().any(|(t, _, e)| *t >= now
+            && matches!(e, Event::Validated { local, .. } if *local == addr(A6))));
+        // Much nearer: it takes over once measured.
+        wire.run(Duration::from_secs(30), &mut |_| true);
+        assert_eq!(wire.a.selected(), Some((addr(A6), addr(B6))));
+        assert_eq!(wire.b.selected(), Some((addr(B6), addr(A6))));
     }
 
     #[test]

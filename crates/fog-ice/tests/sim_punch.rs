@@ -138,7 +138,7 @@ fn punch(a: Preset, b: Preset, seed: u64) -> Result {
         );
         let mut agent = Agent::new(config);
         for c in &peer.candidates {
-            agent.add_remote(*c);
+            agent.add_remote(start, *c);
         }
         agent.start(start);
         sim.set_machine(me.site.host, me.base.port(), agent);

@@ -13,16 +13,19 @@
 //! NAT's current port when the node's own port must be predicted, sends the offer, and reports
 //! [`Event::Connected`] when a path is verified. The answering side does the same on an offer.
 //!
-//! Not yet here (issue 5): the TURN relay and the move between relay and direct, trickled
-//! candidates, re-gathering, and carrying application data.
+//! Candidates are kept fresh: [`Node::set_interfaces`] brings the host candidates of further
+//! interface addresses (IPv4 and IPv6) in and out, and a Binding to the STUN server from the
+//! base every [`NodeConfig::keepalive`] keeps the NAT's mapping and notices when it changes
+//! ([`Node::regather`] does it at once). Every change is reported as
+//! [`Event::CandidatesChanged`] and trickled to the peers of every session.
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use fog_core::nat::{Behaviour, Mapping, PortPattern};
 use fog_core::pairing::Who;
-use fog_core::{Receive, SansIo, Transmit};
+use fog_core::{Receive, SansIo, SocketRequest, Transmit};
 use fog_ice::agent::{self, Agent, AgentConfig};
 use fog_ice::candidate::{self as ice_candidate, Kind};
 use fog_ice::strategy::{Plan, StrategyConfig};
@@ -62,6 +65,16 @@ pub struct NodeConfig {
     /// Direct paths allowed (default). When off, the node describes only its relayed address,
     /// so the peer never learns its own, and every connection goes through a relay.
     pub direct: bool,
+    /// Further local addresses to use, each a host candidate on its own socket at the base's
+    /// port: the machine's other interfaces, IPv6 ones included (a driver gathers them, e.g.
+    /// fog-mio's `interfaces`; loopback and link-local addresses are the caller's choice).
+    /// Default none. [`Node::set_interfaces`] changes them later.
+    pub interfaces: Vec<IpAddr>,
+    /// How often the base socket sends a Binding to the STUN server once discovery is done
+    /// (default 15 s): it keeps the NAT's mapping to the server, and a changed mapped address
+    /// is a new server-reflexive candidate. Below the shortest UDP mapping timeout seen in the
+    /// field (RFC 4787 REQ-5 asks for at least 2 minutes, but many NATs keep 30 s).
+    pub keepalive: Duration,
 }
 
 impl NodeConfig {
@@ -86,6 +99,8 @@ impl NodeConfig {
             hairpinning: false,
             turn: None,
             direct: true,
+            interfaces: Vec::new(),
+            keepalive: Duration::from_secs(15),
         }
     }
 }
@@ -175,6 +190,15 @@ pub enum Event {
         session: SessionId,
         /// The datagram.
         data: Vec<u8>,
+    },
+    /// Our candidates changed: an interface address came or went ([`Node::set_interfaces`]),
+    /// or the NAT mapped the base socket anew (the keepalive or [`Node::regather`] saw a new
+    /// server-reflexive address). New ones were trickled to the peer of every session.
+    CandidatesChanged {
+        /// Candidates that are new.
+        added: Vec<ice_candidate::Candidate>,
+        /// Addresses that are no longer ours.
+        removed: Vec<SocketAddr>,
     },
     /// A connection's path stopped answering.
     PathLost {
@@ -294,6 +318,15 @@ struct Refresh {
     mapped: Option<SocketAddr>,
 }
 
+/// The keepalive Binding from the base to the STUN server.
+#[derive(Debug)]
+struct Watch {
+    id: TransactionId,
+    /// When the next Binding (or retransmission) is due.
+    next_at: Instant,
+    tries: u32,
+}
+
 /// FogConnect on one UDP socket (see the module docs).
 #[derive(Debug)]
 pub struct Node {
@@ -318,11 +351,19 @@ pub struct Node {
     /// When the node was made: its first timeout, which starts discovery.
     created: Instant,
     started: bool,
+    /// Our further sockets (see [`NodeConfig::interfaces`]).
+    hosts: Vec<SocketAddr>,
+    socket_requests: VecDeque<SocketRequest>,
+    /// The keepalive Binding, once discovery is done.
+    watch: Option<Watch>,
 }
 
 /// Retransmission interval of the port refresh, and its tries.
 const REFRESH_RTO: Duration = Duration::from_millis(250);
 const REFRESH_TRIES: u32 = 5;
+/// Retransmission interval of the keepalive Binding, and its tries per round.
+const WATCH_RTO: Duration = Duration::from_millis(500);
+const WATCH_TRIES: u32 = 4;
 
 impl Node {
     /// A node; discovery starts at its first [`handle_timeout`](SansIo::handle_timeout), which
@@ -362,8 +403,140 @@ impl Node {
             outgoing: VecDeque::new(),
             created: now,
             started: false,
+            hosts: Vec::new(),
+            socket_requests: VecDeque::new(),
+            watch: None,
             config,
         }
+        .with_interfaces(now)
+    }
+
+    fn with_interfaces(mut self, now: Instant) -> Node {
+        let interfaces = std::mem::take(&mut self.config.interfaces);
+        self.set_interfaces(now, &interfaces);
+        // Nobody to tell yet.
+        self.events.clear();
+        self
+    }
+
+    /// Our further interface addresses are now `addresses` (the base's own is ignored): new
+    /// ones get a socket at the base's port and become host candidates, trickled to the peer
+    /// of every session and checked at once; gone ones are unbound, and a connection whose
+    /// path used one moves to another path without waiting for consent to lapse. Reported as
+    /// [`Event::CandidatesChanged`].
+    pub fn set_interfaces(&mut self, now: Instant, addresses: &[IpAddr]) {
+        let port = self.config.base.port();
+        let wanted: Vec<SocketAddr> = addresses
+            .iter()
+            .filter(|ip| **ip != self.config.base.ip() && !ip.is_unspecified())
+            .map(|ip| SocketAddr::new(*ip, port))
+            .collect();
+        let removed: Vec<SocketAddr> = self
+            .hosts
+            .iter()
+            .filter(|h| !wanted.contains(h))
+            .copied()
+            .collect();
+        let mut added = Vec::new();
+        for host in wanted {
+            if !self.hosts.contains(&host) && !added.contains(&host) {
+                added.push(host);
+            }
+        }
+        for &gone in &removed {
+            self.hosts.retain(|h| *h != gone);
+            self.socket_requests.push_back(SocketRequest::Unbind(gone));
+            for s in &mut self.sessions {
+                if let Some(agent) = &mut s.agent {
+                    agent.remove_local(now, gone);
+                }
+            }
+        }
+        for &host in &added {
+            self.hosts.push(host);
+            self.socket_requests.push_back(SocketRequest::Bind(host));
+            for s in &mut self.sessions {
+                if let Some(agent) = &mut s.agent {
+                    agent.add_local(now, host);
+                }
+            }
+        }
+        let added: Vec<ice_candidate::Candidate> = if self.config.direct {
+            added
+                .into_iter()
+                .map(|a| ice_candidate::Candidate::new(Kind::Host, a))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        self.changed(added, removed);
+        self.drain_agents();
+    }
+
+    /// Checks the base socket's mapping now rather than at the next keepalive (after a network
+    /// change the application noticed, say); a new server-reflexive address is reported as
+    /// [`Event::CandidatesChanged`] and trickled.
+    pub fn regather(&mut self, now: Instant) {
+        if self.report.is_some() {
+            self.watch_from(now);
+        }
+    }
+
+    /// Reports changed candidates and trickles the new ones to every session's peer.
+    fn changed(&mut self, added: Vec<ice_candidate::Candidate>, removed: Vec<SocketAddr>) {
+        if added.is_empty() && removed.is_empty() {
+            return;
+        }
+        for s in &self.sessions {
+            let Some(session) = s.id else { continue };
+            for c in &added {
+                // A session the server forgot refuses it; its peer keeps the old candidates.
+                let _ = self.client.trickle(session, Some(to_wire(c)));
+            }
+        }
+        self.events
+            .push_back(Event::CandidatesChanged { added, removed });
+    }
+
+    /// Sends the keepalive Binding at `at` (a new transaction).
+    fn watch_from(&mut self, at: Instant) {
+        let mut id = [0u8; 12];
+        id[..8].copy_from_slice(&self.next_random().to_le_bytes());
+        id[8..].copy_from_slice(b"keep");
+        self.watch = Some(Watch {
+            id: TransactionId::new(id),
+            next_at: at,
+            tries: 0,
+        });
+    }
+
+    /// The keepalive's answer: a mapped address that is not the one we describe is a new
+    /// server-reflexive candidate.
+    fn handle_watch_answer(&mut self, now: Instant, packet: &Receive<'_>) -> bool {
+        let Some(watch) = &self.watch else {
+            return false;
+        };
+        if packet.local != self.config.base || packet.source != self.config.stun {
+            return false;
+        }
+        let Ok(Some(response)) = BindingResponse::decode(packet.payload) else {
+            return false;
+        };
+        if response.transaction_id != watch.id {
+            return false;
+        }
+        // The next one, a keepalive interval from this answer.
+        self.watch_from(now + self.config.keepalive);
+        let mapped = response.mapped_address();
+        let old = self.report.as_ref().and_then(|r| r.mapped);
+        if let (Some(new), Some(report)) = (mapped, &mut self.report) {
+            if old != Some(new) && self.config.direct {
+                report.mapped = Some(new);
+                let added = vec![ice_candidate::Candidate::new(Kind::ServerReflexive, new)];
+                self.changed(added, old.into_iter().collect());
+            }
+        }
+        true
     }
 
     /// This node's peer ID.
@@ -585,6 +758,9 @@ impl Node {
             if !candidates.iter().any(|c| c.addr == base) {
                 candidates.push(ice_candidate::Candidate::new(Kind::Host, base));
             }
+            for &host in &self.hosts {
+                candidates.push(ice_candidate::Candidate::new(Kind::Host, host));
+            }
             if let (
                 Some(Behaviour::Nat {
                     ports: PortPattern::Sequential { delta },
@@ -676,7 +852,7 @@ impl Node {
             ufrag: remote.credentials.ufrag.clone(),
             pwd: remote.credentials.pwd.clone(),
         };
-        let config = AgentConfig::new(
+        let mut config = AgentConfig::new(
             session.credentials.clone(),
             remote_credentials,
             session.offerer,
@@ -684,9 +860,10 @@ impl Node {
             plan,
             self.next_random(),
         );
+        config.hosts = self.hosts.clone();
         let mut agent = Agent::new(config);
         for c in &remote.candidates {
-            agent.add_remote(from_wire(c));
+            agent.add_remote(now, from_wire(c));
         }
         // Punch at once: the answerer opens its NAT quietly (low TTL) as it answers, the
         // offerer checks in full as the answer arrives, so the offerer's first check finds the
@@ -774,7 +951,7 @@ impl Node {
                         remote.candidates.push(candidate);
                     }
                     if let Some(agent) = &mut s.agent {
-                        agent.add_remote(from_wire(&candidate));
+                        agent.add_remote(now, from_wire(&candidate));
                     }
                 }
                 self.relay_permissions(now);
@@ -1034,6 +1211,7 @@ impl Node {
         }
         if self.report.is_some() {
             self.discovery = None;
+            self.watch_from(now + self.config.keepalive);
             self.progress(now);
         }
     }
@@ -1059,7 +1237,7 @@ impl SansIo for Node {
                 return;
             }
         }
-        if self.handle_refresh_answer(now, &packet) {
+        if self.handle_refresh_answer(now, &packet) || self.handle_watch_answer(now, &packet) {
             return;
         }
         if self.deliver(packet.local, packet.source, packet.payload) {
@@ -1138,6 +1316,22 @@ impl SansIo for Node {
                 }
             }
         }
+        if let Some(watch) = &mut self.watch {
+            if now >= watch.next_at {
+                if watch.tries >= WATCH_TRIES {
+                    // No answer this round (the server may be down): the next round later.
+                    watch.tries = 0;
+                    watch.next_at = now + self.config.keepalive;
+                } else {
+                    watch.tries += 1;
+                    watch.next_at = now + WATCH_RTO;
+                    if let Ok(len) = BindingRequest::new(watch.id).encode(buf) {
+                        let stun = self.config.stun;
+                        return Some(Transmit::new(stun, len).from_source(self.config.base));
+                    }
+                }
+            }
+        }
         while let Some((local, remote, bytes)) = self.outgoing.pop_front() {
             match (self.relayed, &mut self.turn) {
                 (Some(relayed), Some(turn)) if local == relayed => {
@@ -1178,6 +1372,29 @@ impl SansIo for Node {
         self.events.pop_front()
     }
 
+    fn poll_socket_request(&mut self) -> Option<SocketRequest> {
+        self.socket_requests.pop_front()
+    }
+
+    /// A further interface's socket could not be bound (another process has the port): that
+    /// address is not used, and is reported as removed.
+    fn handle_bind_error(&mut self, now: Instant, addr: SocketAddr) {
+        if !self.hosts.contains(&addr) {
+            return;
+        }
+        let keep: Vec<IpAddr> = self
+            .hosts
+            .iter()
+            .filter(|h| **h != addr)
+            .map(SocketAddr::ip)
+            .collect();
+        self.set_interfaces(now, &keep);
+        self.events.push_back(Event::Error {
+            session: None,
+            message: format!("could not bind {addr}: not used as a candidate"),
+        });
+    }
+
     fn poll_timeout(&self) -> Option<Instant> {
         if !self.started {
             return Some(self.created);
@@ -1200,6 +1417,7 @@ impl SansIo for Node {
                 consider(Some(r.next_at));
             }
         }
+        consider(self.watch.as_ref().map(|w| w.next_at));
         for s in &self.sessions {
             if let Some(agent) = &s.agent {
                 consider(agent.poll_timeout());

@@ -1,0 +1,116 @@
+//! Candidates beyond the base socket, in the simulator: a further interface (IPv6) that finds
+//! a direct path where IPv4 needs a relay, and a NAT that maps anew (a reboot) whose new
+//! server-reflexive address is noticed, trickled, and used.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use fog_examples::scenario::{Profile, Scenario};
+use fog_sim::presets::Preset;
+use fogconnect::CandidateKind as Kind;
+use fogconnect::Event;
+
+#[test]
+fn ipv6_connects_two_random_symmetric_nats_directly() {
+    // IPv4 alone: the oracle's relay (both NATs random-symmetric).
+    let mut v4 = Scenario::new(
+        Preset::SymmetricRandom,
+        Preset::SymmetricRandom,
+        5,
+        &Profile::default(),
+    );
+    assert!(v4.wait_ready());
+    v4.connect();
+    v4.run_for(Duration::from_secs(3));
+    let paths = v4.paths(0);
+    assert!(
+        paths.last().is_some_and(|p| p.3),
+        "relayed over IPv4: {paths:?}"
+    );
+
+    // The same sites with IPv6 beside: their NATs filter it (APDF) but do not translate it,
+    // and the first checks each way open them.
+    let profile = Profile {
+        ipv6: true,
+        ..Profile::default()
+    };
+    let mut s = Scenario::new(
+        Preset::SymmetricRandom,
+        Preset::SymmetricRandom,
+        5,
+        &profile,
+    );
+    assert!(s.wait_ready());
+    let connect = s.connect();
+    s.run_for(Duration::from_secs(3));
+    for i in 0..2 {
+        let paths = s.paths(i);
+        let (at, local, remote, relayed) = *paths.last().expect("connected");
+        assert!(!relayed, "node {i} direct: {paths:?}");
+        assert!(local.is_ipv6() && remote.is_ipv6(), "node {i}: {paths:?}");
+        assert!(at - connect < Duration::from_secs(1), "node {i}: {paths:?}");
+    }
+}
+
+#[test]
+fn a_new_mapping_is_trickled_and_the_connection_comes_back_direct() {
+    // Node A behind a carrier-grade NAT that allocates random ports (EIM, APDF): when it
+    // reboots, A's base socket gets a new public port.
+    let mut s = Scenario::new(
+        Preset::CgnatBehindHome,
+        Preset::PortRestrictedCone,
+        21,
+        &Profile::default(),
+    );
+    assert!(s.wait_ready());
+    s.connect();
+    s.run_for(Duration::from_secs(3));
+    let before = *s.paths(1).last().expect("B connected");
+    assert!(!before.3, "direct first: {:?}", s.paths(1));
+    let old = before.2;
+
+    let cgn = s.sites[0].middleboxes[1];
+    s.sim.reset_nat(cgn);
+    let reboot = s.sim.now();
+    s.run_for(Duration::from_secs(60));
+
+    // A's keepalive Binding (every 15 s) found the new address and reported it.
+    let new = s.events[0]
+        .iter()
+        .find_map(|(t, e)| match e {
+            Event::CandidatesChanged { added, removed } if *t > reboot => {
+                assert_eq!(removed, &vec![old], "the old mapping goes");
+                added
+                    .iter()
+                    .find(|c| c.kind == Kind::ServerReflexive)
+                    .map(|c| (*t, c.addr))
+            }
+            _ => None,
+        })
+        .expect("A reports its new server-reflexive address");
+    assert!(
+        new.0 - reboot <= Duration::from_secs(16),
+        "{:?}",
+        new.0 - reboot
+    );
+    assert_ne!(new.1, old);
+    assert_eq!(new.1.ip(), old.ip(), "same CGN, new port");
+
+    // B learnt it by trickle and reaches A there, directly, on both sides; B leaves its
+    // silent path for the new one once it has missed two consent checks (not the 30 s
+    // consent timeout), and never needed the relay.
+    let b = *s.paths(1).last().unwrap();
+    assert!(!b.3, "B is direct again: {:?}", s.paths(1));
+    assert!(b.0 - reboot <= Duration::from_secs(20), "{:?}", s.paths(1));
+    assert!(s.paths(1).iter().all(|p| !p.3), "{:?}", s.paths(1));
+    assert_eq!(
+        b.2,
+        new.1,
+        "B's path goes to A's new address: {:?}",
+        s.paths(1)
+    );
+    let a = *s.paths(0).last().unwrap();
+    assert!(!a.3, "A is direct again: {:?}", s.paths(0));
+    let public: IpAddr = [203, 0, 113, 2].into();
+    assert_eq!(a.2.ip(), public, "{:?}", s.paths(0));
+}
