@@ -26,7 +26,7 @@ use fog_sim::{NodeId, Sim};
 use fog_stun::server::{Server as StunServer, ServerConfig as StunConfig};
 use fog_turn::auth::AuthSecret;
 use fog_turn::server::{Server as TurnServer, ServerConfig as TurnConfig};
-use fogconnect::{Event, Node, NodeConfig};
+use fogconnect::{Event, Node, NodeConfig, ServerChoice};
 
 const REALM: &str = "signal.example";
 const TURN_SECRET: &[u8] = b"matrix relay secret";
@@ -49,6 +49,10 @@ pub struct Profile {
     /// pass untranslated but filter as configured, and its node uses it as a further
     /// interface. Off by default.
     pub ipv6: bool,
+    /// A second STUN and TURN server pair behind a link of this latency, which the nodes are
+    /// configured with first, the usual pair being their alternative: they measure both and
+    /// should pick the nearer. `None` by default.
+    pub far_servers: Option<Duration>,
 }
 
 impl Default for Profile {
@@ -60,6 +64,7 @@ impl Default for Profile {
             signal: [Duration::from_millis(30), Duration::from_millis(40)],
             patience: Duration::from_secs(10),
             ipv6: false,
+            far_servers: None,
         }
     }
 }
@@ -307,6 +312,47 @@ pub fn run(a: Preset, b: Preset, seed: u64, profile: &Profile) -> Run {
     }
 }
 
+/// An RFC 5780 STUN server on 198.51.`net`.1 and .2, and a TURN server on .3 that shares its
+/// secret with the signaling server handing out credentials (coturn's use-auth-secret
+/// scheme), each behind a link of `latency`; returns their addresses.
+fn add_servers(
+    sim: &mut Sim,
+    net: u8,
+    latency: Duration,
+    seed: [u8; 32],
+) -> (SocketAddr, SocketAddr) {
+    let ip = |last: u8| IpAddr::from([198, 51, net, last]);
+    let (a1, a2) = (ip(1), ip(2));
+    let link = LinkConfig::with_latency(latency);
+    let stun = sim.add_host(
+        &format!("stun{net}"),
+        NodeId::INTERNET,
+        &[a1, a2],
+        link.clone(),
+    );
+    let primary = SocketAddr::new(a1, 3478);
+    sim.set_machine(
+        stun,
+        3478,
+        StunServer::new(StunConfig::new(primary).with_alternate(a2, 3479)),
+    );
+    let turn_addr = SocketAddr::new(ip(3), 3478);
+    let turn_host = sim.add_host(&format!("turn{net}"), NodeId::INTERNET, &[ip(3)], link);
+    let unix_epoch = (sim.now(), 1_800_000_000);
+    sim.set_machine(
+        turn_host,
+        3478,
+        TurnServer::new(TurnConfig::new(
+            turn_addr,
+            REALM,
+            AuthSecret::new(TURN_SECRET.to_vec()),
+            seed,
+            unix_epoch,
+        )),
+    );
+    (primary, turn_addr)
+}
+
 /// The world of the scenario: servers, both sites and their nodes.
 fn build(
     a: Preset,
@@ -315,44 +361,13 @@ fn build(
     profile: &Profile,
 ) -> (Sim, [(NodeId, fog_signal::PeerId); 2], [Site; 2]) {
     let mut sim = Sim::new(seed);
-    let a1: IpAddr = [198, 51, 100, 1].into();
-    let a2: IpAddr = [198, 51, 100, 2].into();
-    let stun = sim.add_host(
-        "stun",
-        NodeId::INTERNET,
-        &[a1, a2],
-        LinkConfig::with_latency(profile.stun_link),
-    );
-    let primary = SocketAddr::new(a1, 3478);
-    sim.set_machine(
-        stun,
-        3478,
-        StunServer::new(StunConfig::new(primary).with_alternate(a2, 3479)),
-    );
-    // The TURN server, sharing its secret with the signaling server that hands out
-    // credentials (coturn's use-auth-secret scheme).
-    let turn_ip: IpAddr = [198, 51, 100, 3].into();
-    let turn_addr = SocketAddr::new(turn_ip, 3478);
-    let turn_host = sim.add_host(
-        "turn",
-        NodeId::INTERNET,
-        &[turn_ip],
-        LinkConfig::with_latency(profile.stun_link),
-    );
     let unix_epoch = (sim.now(), 1_800_000_000);
     let mut server_seed = [0u8; 32];
     server_seed[..8].copy_from_slice(&seed.to_le_bytes());
-    sim.set_machine(
-        turn_host,
-        3478,
-        TurnServer::new(TurnConfig::new(
-            turn_addr,
-            REALM,
-            AuthSecret::new(TURN_SECRET.to_vec()),
-            server_seed,
-            unix_epoch,
-        )),
-    );
+    let (primary, turn_addr) = add_servers(&mut sim, 100, profile.stun_link, server_seed);
+    let far = profile
+        .far_servers
+        .map(|latency| add_servers(&mut sim, 101, latency, server_seed));
     let mut signal_config = SignalConfig::new(KeyPair::from_seed(&[200; 32]), REALM, server_seed);
     signal_config.relay = Some(RelayConfig {
         secret: TURN_SECRET.to_vec(),
@@ -396,6 +411,14 @@ fn build(
         );
         config.turn = Some(turn_addr);
         config.interfaces = extra.to_vec();
+        if let Some((far_stun, far_turn)) = far {
+            config.stun = far_stun;
+            config.turn = Some(far_turn);
+            config.alternatives = vec![ServerChoice {
+                stun: primary,
+                turn: Some(turn_addr),
+            }];
+        }
         let node = Node::new(config, sim.now());
         sim.set_signal_machine(site.host, BASE_PORT, SimNode::new(node));
         sim.set_signal_link(site.host, SignalLink::with_latency(profile.signal[i]));

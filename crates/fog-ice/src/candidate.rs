@@ -88,9 +88,96 @@ pub fn predicted(last: SocketAddr, delta: i32, count: u16) -> Vec<SocketAddr> {
         .collect()
 }
 
+/// Which interface addresses make host candidates (RFC 8445 §5.1.1.1: loopback addresses
+/// are not included, nor IPv6 link-local ones unless the application wants them, since they
+/// work only on one link; IPv4 link-local (RFC 3927) likewise).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HostFilter {
+    /// Include loopback addresses (127.0.0.0/8, ::1): for tests and same-machine use.
+    pub loopback: bool,
+    /// Include link-local addresses (169.254.0.0/16, fe80::/10).
+    pub link_local: bool,
+}
+
+impl HostFilter {
+    /// Whether `ip` makes a host candidate. Never the unspecified, a multicast or broadcast
+    /// address, or an IPv4-mapped IPv6 one (the IPv4 address is its own candidate).
+    pub fn allows(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        if ip.is_unspecified() || ip.is_multicast() {
+            return false;
+        }
+        if ip.is_loopback() {
+            return self.loopback;
+        }
+        match ip {
+            IpAddr::V4(v4) => !v4.is_broadcast() && (self.link_local || !v4.is_link_local()),
+            IpAddr::V6(v6) => {
+                v6.to_ipv4_mapped().is_none() && (self.link_local || !v6.is_unicast_link_local())
+            }
+        }
+    }
+
+    /// The addresses of `ips` that make host candidates, in order, without repeats.
+    pub fn filter(&self, ips: impl IntoIterator<Item = std::net::IpAddr>) -> Vec<std::net::IpAddr> {
+        let mut out = Vec::new();
+        for ip in ips {
+            if self.allows(ip) && !out.contains(&ip) {
+                out.push(ip);
+            }
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_candidates_skip_loopback_and_link_local_unless_asked() {
+        let ips: Vec<std::net::IpAddr> = [
+            "127.0.0.1",
+            "::1",
+            "169.254.3.4",
+            "fe80::1",
+            "192.0.2.7",
+            "2001:db8::7",
+            "0.0.0.0",
+            "ff02::1",
+            "::ffff:192.0.2.7",
+            "192.0.2.7",
+            "fd00::1",
+        ]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+        let keep = |f: HostFilter| -> Vec<String> {
+            f.filter(ips.iter().copied())
+                .iter()
+                .map(ToString::to_string)
+                .collect()
+        };
+        assert_eq!(
+            keep(HostFilter::default()),
+            ["192.0.2.7", "2001:db8::7", "fd00::1"]
+        );
+        assert_eq!(
+            keep(HostFilter {
+                loopback: true,
+                link_local: true
+            }),
+            [
+                "127.0.0.1",
+                "::1",
+                "169.254.3.4",
+                "fe80::1",
+                "192.0.2.7",
+                "2001:db8::7",
+                "fd00::1"
+            ]
+        );
+    }
 
     #[test]
     fn priorities_follow_rfc_8445() {

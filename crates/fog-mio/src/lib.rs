@@ -110,6 +110,7 @@
 
 mod driver;
 mod handle;
+pub mod interfaces;
 mod socket;
 mod stats;
 

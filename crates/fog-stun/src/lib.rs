@@ -69,6 +69,7 @@
 //! (`hmac`, `sha1`, `md5`, `crc`, the crates `stun_codec` itself uses).
 
 pub mod discovery;
+pub mod rank;
 pub mod server;
 pub mod transaction;
 pub mod wire;

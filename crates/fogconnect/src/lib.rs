@@ -8,4 +8,4 @@
 pub mod node;
 
 pub use fog_ice::candidate::{Candidate, Kind as CandidateKind};
-pub use node::{Event, MAX_DATAGRAM, Node, NodeConfig, SendError, Via};
+pub use node::{Event, MAX_DATAGRAM, Node, NodeConfig, SendError, ServerChoice, Via};

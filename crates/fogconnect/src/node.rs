@@ -33,6 +33,7 @@ use fog_signal::client::{Client, ClientConfig, Event as SignalEvent};
 use fog_signal::msg::{self, CandidateKind, Description, SessionId, Transport};
 use fog_signal::{KeyPair, PeerId};
 use fog_stun::discovery::{self, Discovery, DiscoveryConfig, Report};
+use fog_stun::rank::{self, RankConfig, Ranker};
 use fog_stun::wire::{BindingRequest, BindingResponse, TransactionId};
 use fog_turn::client::{Client as TurnClient, ClientConfig as TurnConfig, Event as TurnEvent};
 
@@ -75,6 +76,21 @@ pub struct NodeConfig {
     /// is a new server-reflexive candidate. Below the shortest UDP mapping timeout seen in the
     /// field (RFC 4787 REQ-5 asks for at least 2 minutes, but many NATs keep 30 s).
     pub keepalive: Duration,
+    /// Other servers the node may use instead of `stun` and `turn` (further fogd instances,
+    /// say). When there are any, the node first measures the RTT to every STUN server, `stun`
+    /// first, and uses the nearest for discovery, with the TURN server beside it; the order
+    /// given is the preference, which a clearly nearer server overrides
+    /// ([`fog_stun::rank`]). Default none.
+    pub alternatives: Vec<ServerChoice>,
+}
+
+/// A STUN server, and the TURN server that goes with it (see [`NodeConfig::alternatives`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerChoice {
+    /// The RFC 5780 STUN server (primary address).
+    pub stun: SocketAddr,
+    /// The TURN server beside it, if any.
+    pub turn: Option<SocketAddr>,
 }
 
 impl NodeConfig {
@@ -101,6 +117,7 @@ impl NodeConfig {
             direct: true,
             interfaces: Vec::new(),
             keepalive: Duration::from_secs(15),
+            alternatives: Vec::new(),
         }
     }
 }
@@ -190,6 +207,16 @@ pub enum Event {
         session: SessionId,
         /// The datagram.
         data: Vec<u8>,
+    },
+    /// The nearest of the configured servers was measured and chosen (only with
+    /// [`NodeConfig::alternatives`]); discovery and the relay use it.
+    ServerChosen {
+        /// The STUN server chosen.
+        stun: SocketAddr,
+        /// The TURN server that goes with it.
+        turn: Option<SocketAddr>,
+        /// Every STUN server's smallest RTT, in the order configured (`None`: no answer).
+        rtts: Vec<(SocketAddr, Option<Duration>)>,
     },
     /// Our candidates changed: an interface address came or went ([`Node::set_interfaces`]),
     /// or the NAT mapped the base socket anew (the keepalive or [`Node::regather`] saw a new
@@ -356,6 +383,10 @@ pub struct Node {
     socket_requests: VecDeque<SocketRequest>,
     /// The keepalive Binding, once discovery is done.
     watch: Option<Watch>,
+    /// Measuring the servers' RTTs before discovery, with alternatives configured.
+    ranker: Option<Ranker>,
+    /// TURN credentials that came while the servers were being measured.
+    pending_relay: Option<(String, String)>,
 }
 
 /// Retransmission interval of the port refresh, and its tries.
@@ -369,11 +400,7 @@ impl Node {
     /// A node; discovery starts at its first [`handle_timeout`](SansIo::handle_timeout), which
     /// [`poll_timeout`](SansIo::poll_timeout) asks for at `now`.
     pub fn new(config: NodeConfig, now: Instant) -> Node {
-        let mut discovery_config = DiscoveryConfig::new(config.stun, config.seed);
-        discovery_config.first_port = config.base.port();
-        discovery_config.local_ip = config.base.ip();
-        discovery_config.port_samples = config.port_samples;
-        discovery_config.hairpinning = config.hairpinning;
+        let discovery_config = discovery_config(&config);
         let mut seed = [0u8; 32];
         seed[..8].copy_from_slice(&config.seed.to_le_bytes());
         seed[8] = 0x51;
@@ -386,8 +413,16 @@ impl Node {
             .copied()
             .unwrap_or(config.base.port())
             .wrapping_add(1);
+        let ranker = (!config.alternatives.is_empty()).then(|| {
+            let servers = std::iter::once(config.stun)
+                .chain(config.alternatives.iter().map(|a| a.stun))
+                .collect();
+            Ranker::new(RankConfig::new(config.base, config.seed), servers, now)
+        });
         Node {
-            discovery: Some(Discovery::new(discovery_config)),
+            discovery: ranker.is_none().then(|| Discovery::new(discovery_config)),
+            ranker,
+            pending_relay: None,
             report: None,
             client: Client::new(client_config),
             sessions: Vec::new(),
@@ -417,6 +452,49 @@ impl Node {
         // Nobody to tell yet.
         self.events.clear();
         self
+    }
+
+    /// The ranking is done: use the chosen servers, start discovery, and allocate on the
+    /// chosen relay if credentials came meanwhile.
+    fn drain_ranker(&mut self, now: Instant) {
+        let Some(ranker) = &mut self.ranker else {
+            return;
+        };
+        let Some(rank::Event::Done(ranking)) = ranker.poll_event() else {
+            return;
+        };
+        self.ranker = None;
+        // None answered: the configured server, whose discovery reports what it finds.
+        if let Some(i) = ranking.choice().filter(|&i| i > 0) {
+            let chosen = self.config.alternatives[i - 1];
+            self.config.stun = chosen.stun;
+            self.config.turn = chosen.turn;
+        }
+        self.events.push_back(Event::ServerChosen {
+            stun: self.config.stun,
+            turn: self.config.turn,
+            rtts: ranking.servers,
+        });
+        self.discovery = Some(Discovery::new(discovery_config(&self.config)));
+        if let Some((username, password)) = self.pending_relay.take() {
+            self.allocate(now, username, password);
+        }
+    }
+
+    /// Allocates on the TURN server with credentials from signaling.
+    fn allocate(&mut self, now: Instant, username: String, password: String) {
+        if self.ranker.is_some() {
+            self.pending_relay = Some((username, password));
+            return;
+        }
+        if let (Some(server), None) = (self.config.turn, &self.turn) {
+            let mut config = TurnConfig::new(server, username, password, self.next_random());
+            config.source = Some(self.config.base);
+            let mut turn = TurnClient::new(config);
+            if turn.allocate(now).is_ok() {
+                self.turn = Some(turn);
+            }
+        }
     }
 
     /// Our further interface addresses are now `addresses` (the base's own is ignored): new
@@ -892,17 +970,7 @@ impl Node {
             }
             SignalEvent::RelayCredentials {
                 username, password, ..
-            } => {
-                if let (Some(server), None) = (self.config.turn, &self.turn) {
-                    let mut config =
-                        TurnConfig::new(server, username, password, self.next_random());
-                    config.source = Some(self.config.base);
-                    let mut turn = TurnClient::new(config);
-                    if turn.allocate(now).is_ok() {
-                        self.turn = Some(turn);
-                    }
-                }
-            }
+            } => self.allocate(now, username, password),
             SignalEvent::LookupResult { peer, online, .. } => {
                 self.events.push_back(Event::LookupResult { peer, online });
             }
@@ -1093,6 +1161,16 @@ impl Node {
     }
 }
 
+/// Discovery from the base port against the configured STUN server.
+fn discovery_config(config: &NodeConfig) -> DiscoveryConfig {
+    let mut d = DiscoveryConfig::new(config.stun, config.seed);
+    d.first_port = config.base.port();
+    d.local_ip = config.base.ip();
+    d.port_samples = config.port_samples;
+    d.hairpinning = config.hairpinning;
+    d
+}
+
 fn to_wire(c: &ice_candidate::Candidate) -> msg::Candidate {
     msg::Candidate {
         kind: match c.kind {
@@ -1230,6 +1308,13 @@ impl SansIo for Node {
                 return;
             }
         }
+        if let Some(ranker) = &mut self.ranker {
+            if ranker.accepts(&packet) {
+                ranker.handle_packet(now, packet);
+                self.drain_ranker(now);
+                return;
+            }
+        }
         if let Some(discovery) = &mut self.discovery {
             if discovery.accepts(&packet) {
                 discovery.handle_packet(now, packet);
@@ -1262,6 +1347,10 @@ impl SansIo for Node {
             turn.handle_timeout(now);
         }
         self.drain_turn(now);
+        if let Some(ranker) = &mut self.ranker {
+            ranker.handle_timeout(now);
+        }
+        self.drain_ranker(now);
         if let Some(discovery) = &mut self.discovery {
             discovery.handle_timeout(now);
         }
@@ -1300,6 +1389,11 @@ impl SansIo for Node {
     }
 
     fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        if let Some(ranker) = &mut self.ranker {
+            if let Some(t) = ranker.poll_transmit(now, buf) {
+                return Some(t);
+            }
+        }
         if let Some(discovery) = &mut self.discovery {
             let transmit = discovery.poll_transmit(now, buf);
             self.drain_discovery(now);
@@ -1411,6 +1505,9 @@ impl SansIo for Node {
         }
         if let Some(d) = &self.discovery {
             consider(d.poll_timeout());
+        }
+        if let Some(r) = &self.ranker {
+            consider(r.poll_timeout());
         }
         if let Some(r) = &self.refresh {
             if r.mapped.is_none() {

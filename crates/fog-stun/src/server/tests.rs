@@ -399,7 +399,7 @@ fn unknown_required_attributes_get_420_listing_them() {
     // REQUESTED-ADDRESS-FAMILY (TURN, RFC 6156, required), an unknown optional one,
     // RESPONSE-ADDRESS (RFC 3489, required).
     let raw = [
-        0x00, 0x17, 0x00, 0x04, 1, 2, 3, 4, 0xc0, 0x01, 0x00, 0x00, 0x00, 0x02, 0x00, 0x00,
+        0x00, 0x17, 0x00, 0x04, 1, 2, 3, 4, 0xc0, 0xff, 0x00, 0x00, 0x00, 0x02, 0x00, 0x00,
     ];
     let request = with_raw_attributes(&BindingRequest::new(tid(1)), &raw);
     let sent = exchange_bytes(&mut server, epoch(), client(), primary, &request);
