@@ -64,6 +64,71 @@ pub(crate) struct NodeArgs {
     /// Never take a direct path: describe only the relayed address (needs --turn)
     #[arg(long, requires = "turn")]
     pub(crate) relay_only: bool,
+
+    /// Further local addresses to use as host candidates, besides the one that reaches the
+    /// signaling server: `auto` (every interface's, IPv4 and IPv6, without loopback and
+    /// link-local ones; read again every 10 s, so addresses that come and go are trickled to
+    /// peers), `none`, or a comma-separated list of IP addresses (used as given, loopback
+    /// included)
+    #[arg(long, value_name = "auto|none|IP,...", default_value = "auto")]
+    pub(crate) interfaces: Interfaces,
+
+    /// Another STUN server (and the TURN server beside it) to consider: the node measures
+    /// the round trip to each and uses the nearest; --stun/--turn are preferred unless
+    /// another is clearly nearer (repeatable)
+    #[arg(long, value_name = "STUN[,TURN]")]
+    pub(crate) alternative: Vec<Alternative>,
+}
+
+/// `--interfaces`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Interfaces {
+    /// Gather them from the operating system.
+    Auto,
+    /// These, as given.
+    List(Vec<IpAddr>),
+}
+
+impl std::str::FromStr for Interfaces {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Interfaces::Auto),
+            "none" => Ok(Interfaces::List(Vec::new())),
+            list => list
+                .split(',')
+                .map(|ip| {
+                    ip.trim()
+                        .parse::<IpAddr>()
+                        .map_err(|_| format!("'{ip}' is not an IP address (nor auto or none)"))
+                })
+                .collect::<Result<_, _>>()
+                .map(Interfaces::List),
+        }
+    }
+}
+
+/// `--alternative STUN[,TURN]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Alternative {
+    pub(crate) stun: ServerArg,
+    pub(crate) turn: Option<ServerArg>,
+}
+
+impl std::str::FromStr for Alternative {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (stun, turn) = match s.split_once(',') {
+            Some((stun, turn)) => (stun, Some(turn.parse()?)),
+            None => (s, None),
+        };
+        Ok(Alternative {
+            stun: stun.parse()?,
+            turn,
+        })
+    }
 }
 
 /// `fogconnect serve`.
@@ -421,6 +486,29 @@ mod tests {
         let arg: ServerArg = "[::1]:9".parse().unwrap();
         assert_eq!(arg.to_string(), "[::1]:9");
         assert_eq!(arg.ip(), Some("::1".parse().unwrap()));
+    }
+
+    #[test]
+    fn interfaces_and_alternatives() {
+        assert_eq!("auto".parse(), Ok(Interfaces::Auto));
+        assert_eq!("none".parse(), Ok(Interfaces::List(vec![])));
+        assert_eq!(
+            "192.0.2.1, ::1".parse(),
+            Ok(Interfaces::List(vec![
+                "192.0.2.1".parse().unwrap(),
+                "::1".parse().unwrap()
+            ]))
+        );
+        assert!("eth0".parse::<Interfaces>().unwrap_err().contains("'eth0'"));
+        let a: Alternative = "198.51.100.1,198.51.100.3:3479".parse().unwrap();
+        assert_eq!(a.stun.to_string(), "198.51.100.1:3478");
+        assert_eq!(a.turn.unwrap().to_string(), "198.51.100.3:3479");
+        let a: Alternative = "[2001:db8::1]:3478".parse().unwrap();
+        assert_eq!(
+            (a.stun.to_string(), a.turn),
+            ("[2001:db8::1]:3478".into(), None)
+        );
+        assert!("198.51.100.1,".parse::<Alternative>().is_err());
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! `connect` connects to a peer, sends one datagram and waits for the echo.
 
 use std::io;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -15,11 +15,11 @@ use std::time::{Duration, Instant};
 use fog_mio::{Driver, Handle};
 use fog_signal::PeerId;
 use fog_signal::msg::SessionId;
-use fogconnect::{Event, Node, NodeConfig, Via};
+use fogconnect::{CandidateKind, Event, HostFilter, Node, NodeConfig, ServerChoice, Via};
 use serde_json::json;
 use tungstenite::Message;
 
-use crate::cli::{ConnectArgs, Families, NodeArgs, ServeArgs};
+use crate::cli::{ConnectArgs, Families, Interfaces, NodeArgs, ServeArgs};
 use crate::nat::resolve;
 use crate::peer::{identity, os_random};
 use crate::signal::{SignalError, open_websocket};
@@ -93,6 +93,8 @@ struct Running {
     to_server: Sender<String>,
     from_server: Receiver<FromServer>,
     json: bool,
+    interfaces: Interfaces,
+    next_gather: Instant,
 }
 
 // The binary reads the clock for the driver and the OS random source for the seed.
@@ -118,6 +120,13 @@ fn start(args: &NodeArgs, alias: Option<&str>) -> Result<Running, String> {
     config.alias = alias.map(str::to_owned);
     config.turn = turn;
     config.direct = !args.relay_only;
+    config.interfaces = gather(&args.interfaces)?;
+    for alternative in &args.alternative {
+        config.alternatives.push(ServerChoice {
+            stun: v4(&alternative.stun)?,
+            turn: alternative.turn.as_ref().map(v4).transpose()?,
+        });
+    }
     let node = Node::new(config, Instant::now());
     let mut driver = Driver::new(node, &[base]).map_err(|e| format!("binding {base}: {e}"))?;
     let (to_node, from_server) = mpsc::channel();
@@ -130,7 +139,22 @@ fn start(args: &NodeArgs, alias: Option<&str>) -> Result<Running, String> {
         to_server,
         from_server,
         json: args.signaling.json,
+        interfaces: args.interfaces.clone(),
+        next_gather: Instant::now() + GATHER_EVERY,
     })
+}
+
+/// How often `--interfaces auto` reads the interface addresses again.
+const GATHER_EVERY: Duration = Duration::from_secs(10);
+
+/// The further local addresses `--interfaces` names (the base's own is left out by the node).
+fn gather(interfaces: &Interfaces) -> Result<Vec<IpAddr>, String> {
+    match interfaces {
+        Interfaces::List(ips) => Ok(ips.clone()),
+        Interfaces::Auto => fog_mio::interfaces::addresses()
+            .map(|ips| HostFilter::default().filter(ips))
+            .map_err(|e| format!("listing the interfaces: {e}")),
+    }
 }
 
 impl Running {
@@ -139,6 +163,15 @@ impl Running {
     #[allow(clippy::disallowed_methods)]
     fn step(&mut self) -> Result<Vec<Event>, String> {
         let mut events = Vec::new();
+        if self.interfaces == Interfaces::Auto && Instant::now() >= self.next_gather {
+            self.next_gather = Instant::now() + GATHER_EVERY;
+            // An error now (a transient one) keeps the addresses we have.
+            if let Ok(ips) = gather(&self.interfaces) {
+                self.driver
+                    .machine_mut()
+                    .set_interfaces(Instant::now(), &ips);
+            }
+        }
         self.driver
             .turn(Some(Duration::from_millis(20)), |_, e| events.push(e))
             .map_err(|e| format!("the event loop failed: {e}"))?;
@@ -208,9 +241,57 @@ impl Running {
                     format!("path changed: via {} ({local} -> {remote})", via_name(*via))
                 }
             }
+            Event::CandidatesChanged { added, removed } => {
+                let added: Vec<String> = added
+                    .iter()
+                    .map(|c| format!("{} {}", kind_name(c.kind), c.addr))
+                    .collect();
+                let removed: Vec<String> = removed.iter().map(ToString::to_string).collect();
+                if self.json {
+                    json!({"event": "candidates_changed", "added": added, "removed": removed})
+                        .to_string()
+                } else {
+                    format!(
+                        "candidates changed: added [{}], removed [{}]",
+                        added.join(", "),
+                        removed.join(", ")
+                    )
+                }
+            }
+            Event::ServerChosen { stun, turn, rtts } => {
+                let ms = |r: &Option<Duration>| r.map(|r| r.as_secs_f64() * 1000.0);
+                if self.json {
+                    let rtts: Vec<_> = rtts
+                        .iter()
+                        .map(|(s, r)| json!({"stun": s.to_string(), "rtt_ms": ms(r)}))
+                        .collect();
+                    json!({"event": "server_chosen", "stun": stun.to_string(),
+                        "turn": turn.map(|t| t.to_string()), "rtts": rtts})
+                    .to_string()
+                } else {
+                    let rtts: Vec<String> = rtts
+                        .iter()
+                        .map(|(s, r)| match ms(r) {
+                            Some(ms) => format!("{s} {ms:.1} ms"),
+                            None => format!("{s} no answer"),
+                        })
+                        .collect();
+                    format!("server chosen: STUN {stun} ({})", rtts.join(", "))
+                }
+            }
             _ => return,
         };
         println!("{line}");
+    }
+}
+
+fn kind_name(kind: CandidateKind) -> &'static str {
+    match kind {
+        CandidateKind::Host => "host",
+        CandidateKind::ServerReflexive => "srflx",
+        CandidateKind::PeerReflexive => "prflx",
+        CandidateKind::Predicted => "predicted",
+        CandidateKind::Relayed => "relay",
     }
 }
 

@@ -659,6 +659,9 @@ impl Agent {
     /// one unless the single-flow rule has used its one flow; the peer's relay only after our
     /// one flow went where the route says.
     fn may_open(&self, local: SocketAddr, remote: SocketAddr) -> bool {
+        if !self.is_local(local) {
+            return false;
+        }
         if Some(local) == self.relayed {
             return true;
         }
@@ -670,6 +673,14 @@ impl Agent {
             || self.flows.is_empty()
             || self.flows.contains(&remote)
             || (plan.flow_by_ip && self.flows.iter().any(|f| f.ip() == remote.ip()))
+    }
+
+    /// Whether `local` is one of our sockets now (a removed interface's is not).
+    fn is_local(&self, local: SocketAddr) -> bool {
+        local == self.config.base
+            || Some(local) == self.relayed
+            || self.config.hosts.contains(&local)
+            || self.open_sockets.contains(&local)
     }
 
     fn is_relay_candidate(&self, addr: SocketAddr) -> bool {
@@ -799,6 +810,9 @@ impl Agent {
         use_candidate: bool,
         retransmitted: bool,
     ) {
+        if !self.is_local(local) {
+            return;
+        }
         let id = self.next_transaction();
         let mut message = Message::new(Class::Request, Method::BINDING, id);
         let a = &mut message.attributes;
@@ -1365,6 +1379,11 @@ impl SansIo for Agent {
     fn handle_packet(&mut self, now: Instant, packet: Receive<'_>) {
         if !self.accepts(&packet) {
             self.stats.malformed += 1;
+            return;
+        }
+        // A socket we gave up (its interface went away) answers nothing.
+        if !self.is_local(packet.local) {
+            self.stats.stray += 1;
             return;
         }
         let Ok(message) = Message::decode(packet.payload) else {

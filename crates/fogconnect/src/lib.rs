@@ -7,5 +7,5 @@
 
 pub mod node;
 
-pub use fog_ice::candidate::{Candidate, Kind as CandidateKind};
+pub use fog_ice::candidate::{Candidate, HostFilter, Kind as CandidateKind};
 pub use node::{Event, MAX_DATAGRAM, Node, NodeConfig, SendError, ServerChoice, Via};
