@@ -13,6 +13,15 @@
 //! with the tie-breaker, and FINGERPRINT. A request that fails integrity is dropped and counted,
 //! never answered (an unauthenticated sender gets nothing from us). Responses must come back
 //! symmetric (§7.2.5.2.1): from the address the check went to, to the socket it left from.
+//!
+//! Path choice: direct paths before relayed ones; within a tier, the first path that works
+//! (aggressive nomination: the first burst checks every pair at once, so it is also the
+//! nearest then), until another working path's median RTT is clearly lower (see
+//! [`AgentConfig::switch_percent`]). Working paths besides the selected one get a keepalive
+//! check each consent interval (§11, as requests so that they measure), which also keeps them
+//! ready for a failover when the selected path goes silent or its socket goes away. The
+//! controlling agent's deliberate nominations carry a NOMINATION count
+//! (draft-thatcher-ice-renomination-01), which the controlled agent follows.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
