@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use fog_examples::scenario::{Profile, Scenario};
+use fog_examples::scenario::{Profile, Scenario, SimNode};
 use fog_sim::presets::Preset;
 use fogconnect::CandidateKind as Kind;
 use fogconnect::Event;
@@ -113,4 +113,62 @@ fn a_new_mapping_is_trickled_and_the_connection_comes_back_direct() {
     assert!(!a.3, "A is direct again: {:?}", s.paths(0));
     let public: IpAddr = [203, 0, 113, 2].into();
     assert_eq!(a.2.ip(), public, "{:?}", s.paths(0));
+}
+
+#[test]
+fn an_address_that_comes_up_later_upgrades_a_relayed_connection() {
+    // Dual-stack sites behind random-symmetric NATs, but the nodes start without their IPv6
+    // addresses (as if the interface came up later): the connection goes through the relay.
+    let profile = Profile {
+        ipv6: true,
+        ..Profile::default()
+    };
+    let mut s = Scenario::new(
+        Preset::SymmetricRandom,
+        Preset::SymmetricRandom,
+        8,
+        &profile,
+    );
+    let v6 = |n: u16| -> IpAddr { std::net::Ipv6Addr::new(0x2001, 0xdb8, n, 0, 0, 0, 0, 2).into() };
+    for i in 0..2 {
+        s.sim.with_machine(s.hosts[i].0, |m: &mut SimNode, now| {
+            m.node.set_interfaces(now, &[])
+        });
+    }
+    assert!(s.wait_ready());
+    s.connect();
+    s.run_for(Duration::from_secs(3));
+    for i in 0..2 {
+        let paths = s.paths(i);
+        assert!(
+            paths.last().is_some_and(|p| p.3),
+            "node {i} relayed: {paths:?}"
+        );
+    }
+
+    // The addresses come up: each node reports its new host candidate and trickles it; the
+    // agents check the new pairs at once and the connection moves to IPv6, in place.
+    let up = s.sim.now();
+    for i in 0..2 {
+        let ip = v6(i as u16 + 1);
+        s.sim.with_machine(s.hosts[i].0, |m: &mut SimNode, now| {
+            m.node.set_interfaces(now, &[ip])
+        });
+    }
+    s.run_for(Duration::from_secs(2));
+    for i in 0..2 {
+        let added = s.events[i].iter().any(|(t, e)| {
+            *t >= up
+                && matches!(e, Event::CandidatesChanged { added, .. }
+                    if added.iter().any(|c| c.kind == Kind::Host && c.addr.ip() == v6(i as u16 + 1)))
+        });
+        assert!(added, "node {i} reported its new address");
+        let paths = s.paths(i);
+        let (at, local, remote, relayed) = *paths.last().unwrap();
+        assert!(
+            !relayed && local.is_ipv6() && remote.is_ipv6(),
+            "node {i}: {paths:?}"
+        );
+        assert!(at - up < Duration::from_secs(1), "node {i}: {paths:?}");
+    }
 }

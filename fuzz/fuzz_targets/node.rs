@@ -1,6 +1,7 @@
 //! The node (discovery, signaling client, TURN client, agents) fed arbitrary datagrams on any of
 //! its ports from anyone, and arbitrary signaling frames (raw text, or well-formed server frames
-//! with fuzzed fields), opens and closes of the signaling channel, `connect` calls and time.
+//! with fuzzed fields), opens and closes of the signaling channel, `connect` calls, interface
+//! addresses that come and go, re-gathering, and time. Half the runs measure two servers first.
 //!
 //! Invariants: nothing panics; after `handle_timeout(now)` the node never asks to be woken
 //! before `now`.
@@ -39,6 +40,28 @@ enum Op {
     Closed,
     Connect(u8),
     Advance(u16),
+    /// The further interface addresses become a subset of three (one IPv6).
+    Interfaces(u8),
+    Regather,
+    /// A datagram on one of those addresses' sockets.
+    DatagramOn {
+        which: u8,
+        from: u8,
+        bytes: Vec<u8>,
+    },
+}
+
+fn interfaces(mask: u8) -> Vec<IpAddr> {
+    let all: [IpAddr; 3] = [
+        "192.0.2.77".parse().unwrap(),
+        "2001:db8::77".parse().unwrap(),
+        "10.0.0.77".parse().unwrap(),
+    ];
+    all.into_iter()
+        .enumerate()
+        .filter(|(i, _)| mask & (1 << i) != 0)
+        .map(|(_, ip)| ip)
+        .collect()
 }
 
 fn nat(n: u8) -> &'static str {
@@ -58,12 +81,19 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fuzz_target!(|input: (u64, Vec<Op>)| {
-    let (seed, ops) = input;
+fuzz_target!(|input: (u64, u8, Vec<Op>)| {
+    let (seed, setup, ops) = input;
     let stun: SocketAddr = "198.51.100.1:3478".parse().unwrap();
     let base: SocketAddr = "192.0.2.1:5000".parse().unwrap();
     let mut config = NodeConfig::new(KeyPair::from_seed(&[9; 32]), "fuzz", stun, base, seed);
     config.turn = Some("198.51.100.3:3478".parse().unwrap());
+    config.interfaces = interfaces(setup);
+    if setup & 0x80 != 0 {
+        config.alternatives = vec![fogconnect::ServerChoice {
+            stun: "198.51.100.2:3478".parse().unwrap(),
+            turn: None,
+        }];
+    }
     let mut now = Instant::now();
     let mut node = Node::new(config, now);
     let mut buf = vec![0u8; 65_535];
@@ -138,7 +168,27 @@ fuzz_target!(|input: (u64, Vec<Op>)| {
             Op::Closed => node.handle_signal_closed(now),
             Op::Connect(n) => node.connect(now, KeyPair::from_seed(&[n; 32]).peer_id(), 1),
             Op::Advance(ms) => now += Duration::from_millis(u64::from(ms)),
+            Op::Interfaces(mask) => node.set_interfaces(now, &interfaces(mask)),
+            Op::Regather => node.regather(now),
+            Op::DatagramOn { which, from, bytes } => {
+                let ips = interfaces(0xff);
+                let local = SocketAddr::new(ips[usize::from(which % 3)], base.port());
+                let source = if local.is_ipv6() {
+                    SocketAddr::new("2001:db8::9".parse().unwrap(), 5000 + u16::from(from))
+                } else {
+                    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 51, 100, from % 4)), 5000)
+                };
+                node.handle_packet(
+                    now,
+                    Receive {
+                        source,
+                        local,
+                        payload: &bytes,
+                    },
+                );
+            }
         }
+        while node.poll_socket_request().is_some() {}
         node.handle_timeout(now);
         while node.poll_transmit(now, &mut buf).is_some() {}
         while node.poll_signal_frame().is_some() {}

@@ -1855,16 +1855,23 @@ mod tests {
         });
     }
 
-    #[test]
-    fn a_clearly_nearer_path_takes_over_on_both_sides() {
-        let v6 = std::rc::Rc::new(std::cell::Cell::new(Duration::from_millis(60)));
+    /// Two dual-stack agents without NATs, IPv6 `v6` one way (the cell changes it), run for
+    /// `run` from their start.
+    fn dual_wire(v6: Duration, run: Duration) -> (Wire, std::rc::Rc<std::cell::Cell<Duration>>) {
+        let v6 = std::rc::Rc::new(std::cell::Cell::new(v6));
         let mut wire = Wire::new(
             dual(true, Behaviour::Open, true),
             dual(false, Behaviour::Open, true),
         );
         two_paths(&mut wire, v6.clone());
         wire.start();
-        wire.run(Duration::from_secs(2), &mut |_| true);
+        wire.run(run, &mut |_| true);
+        (wire, v6)
+    }
+
+    #[test]
+    fn a_clearly_nearer_path_takes_over_on_both_sides() {
+        let (mut wire, v6) = dual_wire(Duration::from_millis(60), Duration::from_secs(2));
         // The first burst checks both at once: the nearer (IPv4, 40 ms round trip) wins.
         assert_eq!(wire.a.selected(), Some((addr(A), addr(B))));
         assert_eq!(wire.b.selected(), Some((addr(B), addr(A))));
@@ -1885,14 +1892,7 @@ mod tests {
 
     #[test]
     fn a_slightly_nearer_path_does_not_take_over() {
-        let v6 = std::rc::Rc::new(std::cell::Cell::new(Duration::from_millis(60)));
-        let mut wire = Wire::new(
-            dual(true, Behaviour::Open, true),
-            dual(false, Behaviour::Open, true),
-        );
-        two_paths(&mut wire, v6.clone());
-        wire.start();
-        wire.run(Duration::from_secs(2), &mut |_| true);
+        let (mut wire, v6) = dual_wire(Duration::from_millis(60), Duration::from_secs(2));
         assert_eq!(wire.a.selected(), Some((addr(A), addr(B))));
         // 34 ms against 40 ms round trip: 15 % nearer, inside the hysteresis.
         v6.set(Duration::from_millis(17));
@@ -1905,16 +1905,7 @@ mod tests {
 
     #[test]
     fn a_lost_interface_moves_the_connection_to_the_other_path_at_once() {
-        let mut wire = Wire::new(
-            dual(true, Behaviour::Open, true),
-            dual(false, Behaviour::Open, true),
-        );
-        two_paths(
-            &mut wire,
-            std::rc::Rc::new(std::cell::Cell::new(Duration::from_millis(2))),
-        );
-        wire.start();
-        wire.run(Duration::from_secs(12), &mut |_| true);
+        let (mut wire, _) = dual_wire(Duration::from_millis(2), Duration::from_secs(12));
         assert_eq!(wire.a.selected(), Some((addr(A6), addr(B6))));
         let now = wire.now;
         wire.a.remove_local(now, addr(A6));
