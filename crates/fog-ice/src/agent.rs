@@ -40,8 +40,14 @@ const ROLE_CONFLICT: u16 = 487;
 /// How long relay pairs are checked before the agent stops trying them.
 const RELAY_PATIENCE: Duration = Duration::from_secs(30);
 /// While the relay carries a connection whose direct path was lost or never found, punching is
-/// tried again this often.
-pub const REPUNCH_INTERVAL: Duration = Duration::from_secs(30);
+/// tried again this long after the last round ended.
+///
+/// Shorter than the 30 s a Linux NAT keeps a UDP flow that got no reply
+/// (`nf_conntrack_udp_timeout`), which is per destination: each NAT must still hold the flow its
+/// own side's last round opened toward the peer when the peer's next check arrives. Otherwise
+/// that check comes in unsolicited, leaves conntrack state, and moves this side's port for the
+/// flow back (NAT-NOTES), and every round fails again (fog-cli's netns test saw it at 30 s).
+pub const REPUNCH_INTERVAL: Duration = Duration::from_secs(20);
 /// Pairs whose first checks go out together at the punch instant.
 const FIRST_BURST: usize = 16;
 /// Transmissions of a nomination before the controlling agent stops trying that pair (about 3 s
