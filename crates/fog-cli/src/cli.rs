@@ -43,6 +43,7 @@ pub(crate) enum Command {
     /// Run a whole node (discovery, signaling, punching, relay) and echo the datagrams peers send
     Serve(ServeArgs),
     /// Run a whole node, connect to a peer by peer ID or alias, send one datagram, print the echo
+    /// (with --until-direct, again once a relayed connection has moved to a direct path)
     Connect(ConnectArgs),
 }
 
@@ -156,8 +157,10 @@ pub(crate) struct ServeArgs {
 #[command(after_help = "\
 Example: fogconnect connect --signal ws://127.0.0.1:7600/ws --stun 127.0.0.1 bob --message hello
 
-Exits 0 once the echo came back (`echo: hello (… ms)`), 1 when the peer is unknown or offline or \
-nothing came back before --timeout.")]
+Prints `ready: ...`, `connected to PEER via direct|turn|signaling (...)`, a line per path change \
+(`path changed: via direct (...)`) and `echo: hello (… ms)`. Exits 0 once the echo came back (with \
+--until-direct: the echo of the message sent again on the direct path), 1 when the peer is unknown \
+or offline or nothing came back before --timeout.")]
 pub(crate) struct ConnectArgs {
     #[command(flatten)]
     pub(crate) node: NodeArgs,
@@ -173,6 +176,24 @@ pub(crate) struct ConnectArgs {
     /// The application's service number
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub(crate) service: u16,
+
+    /// When the connection comes up through a relay, keep it after the echo until a direct path
+    /// takes over (the node punches again every 20 s while on the relay), then send the message
+    /// again and wait for that echo too: whether these two networks get a direct path, and how
+    /// long it takes. --timeout defaults to 90 s with it
+    #[arg(long)]
+    pub(crate) until_direct: bool,
+}
+
+impl ConnectArgs {
+    /// How long `connect` runs at most: --timeout, or 30 s (90 s with --until-direct, which
+    /// must outlast a round of punching on the relay).
+    pub(crate) fn timeout(&self) -> Duration {
+        self.node
+            .signaling
+            .timeout
+            .unwrap_or(Duration::from_secs(if self.until_direct { 90 } else { 30 }))
+    }
 }
 
 /// The signaling server, identity and output every peer command shares (`listen`, `offer`,
@@ -189,7 +210,8 @@ pub(crate) struct SignalingArgs {
     #[arg(long, value_name = "FILE")]
     pub(crate) key: Option<PathBuf>,
 
-    /// Give up after this many seconds [default: offer and connect 30, listen and serve never]
+    /// Give up after this many seconds [default: offer and connect 30 (connect --until-direct
+    /// 90), listen and serve never]
     #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
     pub(crate) timeout: Option<Duration>,
 
@@ -566,6 +588,32 @@ mod tests {
         assert_eq!(listen.peer.transports, [Transport::Quic, Transport::Kcp]);
         assert_eq!(listen.peer.signaling.signal.to_string(), "ws://h:7600/ws");
         assert_eq!((listen.count, listen.alias), (None, None));
+
+        let connect = |extra: &[&str]| {
+            let args = [
+                "fogconnect",
+                "connect",
+                "--signal",
+                "ws://h",
+                "--stun",
+                "h",
+                "bob",
+            ];
+            let Command::Connect(connect) = Cli::try_parse_from(args.iter().chain(extra))
+                .unwrap()
+                .command
+            else {
+                panic!("not connect")
+            };
+            (connect.until_direct, connect.timeout())
+        };
+        assert_eq!(connect(&[]), (false, Duration::from_secs(30)));
+        assert_eq!(
+            connect(&["--until-direct"]),
+            (true, Duration::from_secs(90))
+        );
+        let mine = connect(&["--until-direct", "--timeout", "40"]);
+        assert_eq!(mine, (true, Duration::from_secs(40)));
 
         for bad in [
             &["listen", "--signal", "http://h"][..],

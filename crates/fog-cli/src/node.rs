@@ -4,7 +4,8 @@
 //! on this thread; its signaling frames travel over a WebSocket that a second thread pumps
 //! (tungstenite is blocking here, so the pump reads with a short timeout and writes what the
 //! node queued in between). `serve` registers an alias and echoes every datagram it receives;
-//! `connect` connects to a peer, sends one datagram and waits for the echo.
+//! `connect` connects to a peer, sends one datagram and waits for the echo (with `--until-direct`,
+//! also for a direct path to replace a relayed one, and for the echo on it).
 
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
@@ -233,10 +234,17 @@ impl Running {
                 }
             }
             Event::PathChanged {
-                local, remote, via, ..
+                session,
+                local,
+                remote,
+                rtt,
+                via,
             } => {
                 if self.json {
-                    json!({"event": "path_changed", "local": local.to_string(), "remote": remote.to_string(), "via": via_name(*via)}).to_string()
+                    json!({"event": "path_changed", "session": session.to_string(),
+                        "local": local.to_string(), "remote": remote.to_string(),
+                        "rtt_ms": rtt.as_secs_f64() * 1000.0, "via": via_name(*via)})
+                    .to_string()
                 } else {
                     format!("path changed: via {} ({local} -> {remote})", via_name(*via))
                 }
@@ -277,6 +285,22 @@ impl Running {
                         })
                         .collect();
                     format!("server chosen: STUN {stun} ({})", rtts.join(", "))
+                }
+            }
+            Event::DirectFailed { session, .. } => {
+                if self.json {
+                    json!({"event": "direct_failed", "session": session.to_string()}).to_string()
+                } else {
+                    "no direct path yet: punching goes on now and then while the relay carries \
+                     the connection"
+                        .to_owned()
+                }
+            }
+            Event::PathLost { session } => {
+                if self.json {
+                    json!({"event": "path_lost", "session": session.to_string()}).to_string()
+                } else {
+                    "the path stopped answering".to_owned()
                 }
             }
             _ => return,
@@ -343,22 +367,23 @@ pub(crate) fn serve(args: &ServeArgs) -> Result<(), String> {
     }
 }
 
-/// `fogconnect connect`: connect to a peer, send one datagram, wait for its echo.
+/// `fogconnect connect`: connect to a peer, send one datagram, wait for its echo; with
+/// `--until-direct` and a relayed connection, stay until a direct path takes over and send it
+/// again on that one.
 // The binary reads the clock.
 #[allow(clippy::disallowed_methods)]
 pub(crate) fn connect(args: &ConnectArgs) -> Result<(), String> {
     let mut node = start(&args.node, None)?;
-    let deadline = Instant::now()
-        + args
-            .node
-            .signaling
-            .timeout
-            .unwrap_or(Duration::from_secs(30));
+    let deadline = Instant::now() + args.timeout();
     let target: Option<PeerId> = args.peer.parse().ok();
     let mut asked = false;
     let mut ready = (false, false);
     let mut session: Option<SessionId> = None;
+    // The path the node uses now, and the one the last message left on.
+    let mut via: Option<Via> = None;
+    let mut sent_via: Option<Via> = None;
     let mut sent_at: Option<Instant> = None;
+    let mut echoed = false;
     let mut lookup_pending = target.is_none();
     let mut resolved = target;
     while Instant::now() < deadline {
@@ -367,25 +392,33 @@ pub(crate) fn connect(args: &ConnectArgs) -> Result<(), String> {
             match event {
                 Event::Ready { .. } => ready.0 = true,
                 Event::SignalingUp => ready.1 = true,
-                Event::Connected { session: s, .. } => {
+                Event::Connected {
+                    session: s, via: v, ..
+                } => {
                     session = Some(s);
-                    node.driver
-                        .machine_mut()
-                        .send(s, args.message.as_bytes())
-                        .map_err(|e| e.to_string())?;
-                    sent_at = Some(Instant::now());
+                    via = Some(v);
                 }
-                Event::Data { data, .. } => {
+                Event::PathChanged {
+                    session: s, via: v, ..
+                } if Some(s) == session => {
+                    via = Some(v);
+                }
+                Event::Data { session: s, data } if Some(s) == session => {
                     let rtt = sent_at.map_or(0.0, |t| t.elapsed().as_secs_f64() * 1000.0);
+                    let text = String::from_utf8_lossy(&data);
                     if node.json {
                         println!(
                             "{}",
-                            json!({"event": "echo", "data": String::from_utf8_lossy(&data), "rtt_ms": rtt})
+                            json!({"event": "echo", "session": s.to_string(), "data": text, "rtt_ms": rtt})
                         );
                     } else {
-                        println!("echo: {} ({rtt:.1} ms)", String::from_utf8_lossy(&data));
+                        println!("echo: {text} ({rtt:.1} ms)");
                     }
-                    return Ok(());
+                    if !args.until_direct || sent_via == Some(Via::Direct) {
+                        return Ok(());
+                    }
+                    echoed = true;
+                    sent_at = None;
                 }
                 Event::Error { message, .. } => return Err(message),
                 Event::LookupResult { peer, online } => {
@@ -413,9 +446,33 @@ pub(crate) fn connect(args: &ConnectArgs) -> Result<(), String> {
                 sent_at = Some(Instant::now());
             }
         }
+        // The message goes once the connection is up, and with --until-direct once more
+        // after the first echo, when the path is direct.
+        let due = match sent_via {
+            None => true,
+            Some(v) => echoed && v != Via::Direct && via == Some(Via::Direct),
+        };
+        if let (true, Some(s)) = (due, session) {
+            node.driver
+                .machine_mut()
+                .send(s, args.message.as_bytes())
+                .map_err(|e| e.to_string())?;
+            sent_at = Some(Instant::now());
+            sent_via = via;
+            echoed = false;
+        }
     }
-    Err(match session {
-        Some(_) => "connected, but no echo came back before the timeout".into(),
-        None => "no connection before the timeout".into(),
+    Err(match (session, sent_via, echoed) {
+        (None, _, _) => "no connection before the timeout".into(),
+        (Some(_), Some(v), true) => format!(
+            "connected via {} and the echo came back, but no direct path before the timeout",
+            via_name(v)
+        ),
+        (Some(_), Some(Via::Direct), false) if args.until_direct => {
+            "a direct path took over, but the echo sent on it did not come back before the \
+             timeout"
+                .into()
+        }
+        (Some(_), _, _) => "connected, but no echo came back before the timeout".into(),
     })
 }
