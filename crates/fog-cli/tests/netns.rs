@@ -1,10 +1,11 @@
-//! `fogconnect nat` behind a real Linux NAT: network namespaces joined by veth pairs, with
-//! nftables' `masquerade` on the router, fogd with two addresses in the "internet".
+//! FogConnect behind real Linux NATs: network namespaces joined by veth pairs, nftables'
+//! `masquerade` on each site's router, fogd (STUN on two addresses) in the "internet".
+//! `fogconnect nat` runs behind one site's NAT.
 //!
 //! ```text
-//!  client ns                router ns                                internet ns
-//!  192.0.2.2 ── veth ── 192.0.2.1 | 198.51.100.254 ── veth ── 198.51.100.1, 198.51.100.2 (fogd)
-//!                          masquerade out of the WAN side
+//!  client ns (site k)        router ns                             internet ns
+//!  192.0.2.16k+2 ── veth ── 192.0.2.16k+1 | 203.0.113.4k+2 ── veth ── 203.0.113.4k+1
+//!                           masquerade out of the WAN side          fogd on lo: 198.51.100.1, .2
 //! ```
 //!
 //! The addresses are the documentation ranges (RFC 5737), inside namespaces this test makes
@@ -12,6 +13,14 @@
 //! while the port is free (EIM), lets in only replies from where a flow went (APDF), keeps the
 //! port when it can (preserved) and does not hairpin without a DNAT rule: a port-restricted
 //! cone. `masquerade fully-random` draws a new random port for every flow: symmetric.
+//!
+//! The internet namespace routes between the sites and stands for a path of [`PATH_HOPS`]
+//! routers: it drops what would not live that long. fog-ice opens its own NAT with a first
+//! check at TTL 3 that must die before the peer's NAT, as it does on a real path. With the
+//! routers one hop apart it reaches the peer's router instead, whose conntrack keeps an entry
+//! for it and so moves the peer's port (NAT-NOTES): two cones then never punch (tried: every
+//! connection ended on the relay). NATs that close in the field, two home routers under one
+//! upstream router, fare the same.
 //!
 //! It needs Linux, root, `ip` (iproute2) and `nft` (nftables). Without them the tests say
 //! SKIPPED and pass, unless `FOG_REQUIRE_NETNS=1` makes that a failure. CI does not set it.
@@ -32,25 +41,58 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use support::{CLIENT_TIMEOUT, ChildGuard, find_tool, fogconnect_exe, fogd_exe, run_command};
 
-/// The internet side: fogd's two addresses and the router's.
+/// fogd's two addresses, on the internet namespace's loopback.
 const SERVER_A1: &str = "198.51.100.1";
 const SERVER_A2: &str = "198.51.100.2";
-const ROUTER_WAN: &str = "198.51.100.254";
-/// The LAN behind the NAT.
-const ROUTER_LAN: &str = "192.0.2.1";
-const CLIENT: &str = "192.0.2.2";
+/// Routers between two sites that the internet namespace stands for.
+const PATH_HOPS: u8 = 8;
 
-/// A client, a router and an internet namespace, deleted on drop (which also deletes the veth
-/// pairs inside them, and the router's nftables rules with its namespace).
+/// Site `k`'s addresses: its LAN is 192.0.2.16k/28, its router's WAN link 203.0.113.4k/30.
+#[derive(Debug, Clone, Copy)]
+struct Site(u8);
+
+impl Site {
+    /// At most 16 sites: the /28 LANs fill 192.0.2.0/24.
+    const MAX: usize = 16;
+
+    fn client(self) -> String {
+        format!("192.0.2.{}", 16 * self.0 + 2)
+    }
+
+    fn router_lan(self) -> String {
+        format!("192.0.2.{}", 16 * self.0 + 1)
+    }
+
+    /// The router's public address: every mapping of its NAT is on it.
+    fn router_wan(self) -> String {
+        format!("203.0.113.{}", 4 * self.0 + 2)
+    }
+
+    /// The internet's end of the WAN link, the router's default gateway.
+    fn gateway(self) -> String {
+        format!("203.0.113.{}", 4 * self.0 + 1)
+    }
+}
+
+/// The internet namespace and one client and one router namespace per site, deleted on drop
+/// (which also deletes the veth pairs inside them, and the nftables rules with their
+/// namespaces).
 struct Lab {
     ip: PathBuf,
-    /// Client, router, internet.
-    namespaces: [String; 3],
+    nft: PathBuf,
+    /// The internet, then each site's router and client; only those that exist.
+    namespaces: Vec<String>,
 }
 
 impl Lab {
-    /// Builds the lab with `masquerade` followed by `flags` on the router's WAN side.
-    fn new(ip: PathBuf, nft: PathBuf, flags: &str) -> Result<Self, String> {
+    /// Builds one site per entry of `masquerades`, its router doing `masquerade` followed by
+    /// that entry's flags.
+    fn new(ip: PathBuf, nft: PathBuf, masquerades: &[&str]) -> Result<Self, String> {
+        assert!(
+            (1..=Site::MAX).contains(&masquerades.len()),
+            "1 to {} sites",
+            Site::MAX
+        );
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         // Interface names have at most 15 bytes; the process ID keeps parallel runs apart.
         let prefix = format!(
@@ -60,73 +102,126 @@ impl Lab {
         );
         let mut lab = Self {
             ip,
-            namespaces: Default::default(),
+            nft,
+            namespaces: Vec::new(),
         };
-        let [client, router, internet] = ["c", "r", "i"].map(|s| format!("{prefix}{s}"));
-        for name in [&client, &router, &internet] {
-            lab.ip_cmd(&["netns", "add", name])?;
-            // Recorded as soon as it exists, so that drop deletes it even if a later step fails.
-            let slot = lab.namespaces.iter_mut().find(|n| n.is_empty()).unwrap();
-            *slot = name.clone();
+        let internet = lab.add_namespace(format!("{prefix}i"))?;
+        for address in [SERVER_A1, SERVER_A2] {
+            lab.ip_cmd(&[
+                "-n",
+                &internet,
+                "addr",
+                "add",
+                &format!("{address}/32"),
+                "dev",
+                "lo",
+            ])?;
         }
-        let (wan_r, wan_i) = (format!("{prefix}wr"), format!("{prefix}wi"));
-        let (lan_c, lan_r) = (format!("{prefix}lc"), format!("{prefix}lr"));
-        lab.ip_cmd(&[
-            "link", "add", &wan_r, "type", "veth", "peer", "name", &wan_i,
-        ])?;
-        lab.ip_cmd(&[
-            "link", "add", &lan_c, "type", "veth", "peer", "name", &lan_r,
-        ])?;
-        for (link, ns) in [
-            (&wan_r, &router),
-            (&wan_i, &internet),
-            (&lan_c, &client),
-            (&lan_r, &router),
-        ] {
-            lab.ip_cmd(&["link", "set", link, "netns", ns])?;
-        }
-        for (ns, address, link) in [
-            (&internet, format!("{SERVER_A1}/24"), &wan_i),
-            (&internet, format!("{SERVER_A2}/24"), &wan_i),
-            (&router, format!("{ROUTER_WAN}/24"), &wan_r),
-            (&router, format!("{ROUTER_LAN}/24"), &lan_r),
-            (&client, format!("{CLIENT}/24"), &lan_c),
-        ] {
-            lab.ip_cmd(&["-n", ns, "addr", "add", &address, "dev", link])?;
-        }
-        for (ns, link) in [
-            (&client, "lo"),
-            (&client, &lan_c),
-            (&router, "lo"),
-            (&router, &lan_r),
-            (&router, &wan_r),
-            (&internet, "lo"),
-            (&internet, &wan_i),
-        ] {
-            lab.ip_cmd(&["-n", ns, "link", "set", link, "up"])?;
-        }
-        lab.ip_cmd(&["-n", &client, "route", "add", "default", "via", ROUTER_LAN])?;
-        // The router forwards; the sysctl is per namespace.
-        lab.run_in(
-            &router,
-            Command::new("sh").args(["-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"]),
+        lab.ip_cmd(&["-n", &internet, "link", "set", "lo", "up"])?;
+        lab.forward(&internet)?;
+        // The path between sites: what would die on PATH_HOPS routers dies here.
+        lab.nft_in(
+            &internet,
+            &format!(
+                "table ip fogpath {{\n chain forward {{\n  type filter hook forward priority \
+                 filter; policy accept;\n  ip ttl <= {PATH_HOPS} drop\n }}\n}}\n"
+            ),
         )?;
-        let ruleset = format!(
-            "table ip fognat {{\n chain postrouting {{\n  type nat hook postrouting priority \
-             srcnat; policy accept;\n  oifname \"{wan_r}\" masquerade {flags}\n }}\n}}\n"
-        );
-        let mut nft_cmd = Command::new(nft);
-        nft_cmd.args(["-f", "-"]);
-        lab.run_in_with_input(&router, &mut nft_cmd, &ruleset)?;
+        for (k, flags) in masquerades.iter().enumerate() {
+            let site = Site(u8::try_from(k).expect("at most 16 sites"));
+            let router = lab.add_namespace(format!("{prefix}r{k}"))?;
+            let client = lab.add_namespace(format!("{prefix}c{k}"))?;
+            let (wan_r, wan_i) = (format!("{prefix}w{k}r"), format!("{prefix}w{k}i"));
+            let (lan_c, lan_r) = (format!("{prefix}l{k}c"), format!("{prefix}l{k}r"));
+            for (a, b) in [(&wan_r, &wan_i), (&lan_c, &lan_r)] {
+                lab.ip_cmd(&["link", "add", a, "type", "veth", "peer", "name", b])?;
+            }
+            for (link, ns) in [
+                (&wan_r, &router),
+                (&wan_i, &internet),
+                (&lan_c, &client),
+                (&lan_r, &router),
+            ] {
+                lab.ip_cmd(&["link", "set", link, "netns", ns])?;
+            }
+            for (ns, address, link) in [
+                (&internet, format!("{}/30", site.gateway()), &wan_i),
+                (&router, format!("{}/30", site.router_wan()), &wan_r),
+                (&router, format!("{}/28", site.router_lan()), &lan_r),
+                (&client, format!("{}/28", site.client()), &lan_c),
+            ] {
+                lab.ip_cmd(&["-n", ns, "addr", "add", &address, "dev", link])?;
+            }
+            for (ns, link) in [
+                (&client, "lo"),
+                (&client, lan_c.as_str()),
+                (&router, "lo"),
+                (&router, lan_r.as_str()),
+                (&router, wan_r.as_str()),
+                (&internet, wan_i.as_str()),
+            ] {
+                lab.ip_cmd(&["-n", ns, "link", "set", link, "up"])?;
+            }
+            lab.ip_cmd(&[
+                "-n",
+                &client,
+                "route",
+                "add",
+                "default",
+                "via",
+                &site.router_lan(),
+            ])?;
+            lab.ip_cmd(&[
+                "-n",
+                &router,
+                "route",
+                "add",
+                "default",
+                "via",
+                &site.gateway(),
+            ])?;
+            lab.forward(&router)?;
+            lab.nft_in(
+                &router,
+                &format!(
+                    "table ip fognat {{\n chain postrouting {{\n  type nat hook postrouting \
+                     priority srcnat; policy accept;\n  oifname \"{wan_r}\" masquerade {flags}\n \
+                     }}\n}}\n"
+                ),
+            )?;
+        }
         Ok(lab)
     }
 
-    fn client(&self) -> &str {
-        &self.namespaces[0]
+    /// Makes namespace `name`, recorded at once so that drop deletes it even if a later step
+    /// fails.
+    fn add_namespace(&mut self, name: String) -> Result<String, String> {
+        self.ip_cmd(&["netns", "add", &name])?;
+        self.namespaces.push(name.clone());
+        Ok(name)
     }
 
     fn internet(&self) -> &str {
-        &self.namespaces[2]
+        &self.namespaces[0]
+    }
+
+    fn client(&self, site: usize) -> &str {
+        &self.namespaces[2 + 2 * site]
+    }
+
+    /// IPv4 forwarding on in `ns` (the sysctl is per namespace).
+    fn forward(&self, ns: &str) -> Result<(), String> {
+        self.run_in(
+            ns,
+            Command::new("sh").args(["-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"]),
+        )
+    }
+
+    /// Loads an nftables `ruleset` in `ns`.
+    fn nft_in(&self, ns: &str, ruleset: &str) -> Result<(), String> {
+        let mut nft = Command::new(&self.nft);
+        nft.args(["-f", "-"]);
+        checked(&mut self.in_ns(ns, &nft), Some(ruleset))
     }
 
     fn ip_cmd(&self, args: &[&str]) -> Result<(), String> {
@@ -146,20 +241,11 @@ impl Lab {
     fn run_in(&self, ns: &str, command: &mut Command) -> Result<(), String> {
         checked(&mut self.in_ns(ns, command), None)
     }
-
-    fn run_in_with_input(
-        &self,
-        ns: &str,
-        command: &mut Command,
-        input: &str,
-    ) -> Result<(), String> {
-        checked(&mut self.in_ns(ns, command), Some(input))
-    }
 }
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        for ns in self.namespaces.iter().filter(|n| !n.is_empty()) {
+        for ns in self.namespaces.iter().rev() {
             let _ = Command::new(&self.ip)
                 .args(["netns", "del", ns])
                 .stderr(Stdio::null())
@@ -213,9 +299,10 @@ fn is_root() -> bool {
     })
 }
 
-/// A lab with `masquerade flags`, or `None` (after saying why) where this host cannot build
-/// one and `FOG_REQUIRE_NETNS` is not `1`.
-fn lab(test: &str, flags: &str) -> Option<Lab> {
+/// A lab with one site per entry of `masquerades` (the flags of its router's `masquerade`),
+/// or `None` (after saying why) where this host cannot build one and `FOG_REQUIRE_NETNS` is
+/// not `1`.
+fn lab(test: &str, masquerades: &[&str]) -> Option<Lab> {
     let required = std::env::var("FOG_REQUIRE_NETNS").as_deref() == Ok("1");
     let attempt = || -> Result<Lab, String> {
         if !cfg!(target_os = "linux") {
@@ -226,7 +313,7 @@ fn lab(test: &str, flags: &str) -> Option<Lab> {
         }
         let ip = find_tool("ip").ok_or("`ip` is not installed (Debian package iproute2)")?;
         let nft = find_tool("nft").ok_or("`nft` is not installed (Debian package nftables)")?;
-        Lab::new(ip, nft, flags).map_err(|e| format!("cannot build the lab: {e}"))
+        Lab::new(ip, nft, masquerades).map_err(|e| format!("cannot build the lab: {e}"))
     };
     match attempt() {
         Ok(lab) => Some(lab),
@@ -250,26 +337,35 @@ fn start_fogd(lab: &Lab) -> ChildGuard {
     ]);
     let mut child =
         ChildGuard::spawn("fogd", &mut lab.in_ns(lab.internet(), &fogd)).expect("spawning fogd");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if child.stderr_text().contains("STUN listening") {
-            return child;
-        }
+    wait_for("fogd to listen", Duration::from_secs(10), || {
         if let Some(status) = child.try_wait() {
             panic!("fogd exited with {status}\n{}", child.output_text());
         }
-        thread::sleep(Duration::from_millis(10));
-    }
-    panic!("fogd did not start\n{}", child.output_text());
+        child.stderr_text().contains("STUN listening")
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", child.output_text()));
+    child
 }
 
-/// `fogconnect nat --json` from the client namespace, exited 0, parsed.
+/// Polls `done` every 20 ms until it holds; an error naming `what` after `timeout`.
+fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        if Instant::now() >= deadline {
+            return Err(format!("timed out after {timeout:?} waiting for {what}"));
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// `fogconnect nat --json` from site 0's client, exited 0, parsed.
 fn discover(lab: &Lab) -> Value {
     let mut fogconnect = Command::new(fogconnect_exe());
     fogconnect.args(["nat", "--server", SERVER_A1, "--json", "-q"]);
     let output = run_command(
         "fogconnect",
-        &mut lab.in_ns(lab.client(), &fogconnect),
+        &mut lab.in_ns(lab.client(0), &fogconnect),
         CLIENT_TIMEOUT,
     );
     assert_eq!(output.code(), Some(0), "{}", output.text());
@@ -285,9 +381,15 @@ fn assert_behind_the_router(json: &Value) {
     assert_eq!(json["complete"], true, "{json:#}");
     assert_eq!(json["nat"]["value"], true, "{json:#}");
     let local = json["local_address"].as_str().unwrap();
-    assert!(local.starts_with(&format!("{CLIENT}:")), "{json:#}");
+    assert!(
+        local.starts_with(&format!("{}:", Site(0).client())),
+        "{json:#}"
+    );
     let public = json["public_address"].as_str().unwrap();
-    assert!(public.starts_with(&format!("{ROUTER_WAN}:")), "{json:#}");
+    assert!(
+        public.starts_with(&format!("{}:", Site(0).router_wan())),
+        "{json:#}"
+    );
     assert_eq!(json["hairpinning"]["value"], false, "{json:#}");
     assert_eq!(
         json["port_samples"].as_array().unwrap().len(),
@@ -298,7 +400,7 @@ fn assert_behind_the_router(json: &Value) {
 
 #[test]
 fn masquerade_is_a_port_restricted_cone() {
-    let Some(lab) = lab("masquerade_is_a_port_restricted_cone", "") else {
+    let Some(lab) = lab("masquerade_is_a_port_restricted_cone", &[""]) else {
         return;
     };
     let _fogd = start_fogd(&lab);
@@ -332,7 +434,7 @@ fn masquerade_is_a_port_restricted_cone() {
 
 #[test]
 fn masquerade_fully_random_is_symmetric() {
-    let Some(lab) = lab("masquerade_fully_random_is_symmetric", "fully-random") else {
+    let Some(lab) = lab("masquerade_fully_random_is_symmetric", &["fully-random"]) else {
         return;
     };
     let _fogd = start_fogd(&lab);
