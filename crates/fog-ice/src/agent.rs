@@ -47,6 +47,9 @@ const RELAY_PATIENCE: Duration = Duration::from_secs(30);
 /// own side's last round opened toward the peer when the peer's next check arrives. Otherwise
 /// that check comes in unsolicited, leaves conntrack state, and moves this side's port for the
 /// flow back (NAT-NOTES), and every round fails again (fog-cli's netns test saw it at 30 s).
+/// Between rounds the agent also holds its NAT's flows open with low-TTL checks
+/// (`HOLD_INTERVAL`), which does not depend on the peer's NAT timeout: with those, the same
+/// test passes at 30 s too (and fails at 30 s without them).
 pub const REPUNCH_INTERVAL: Duration = Duration::from_secs(20);
 /// Pairs whose first checks go out together at the punch instant.
 const FIRST_BURST: usize = 16;
@@ -55,6 +58,12 @@ const FIRST_BURST: usize = 16;
 const NOMINATIONS: u8 = 10;
 /// Lowest port a birthday probe or socket uses (below are the well-known ports).
 const LOW_PORT: u16 = 1024;
+/// While on the relay between rounds of punching, how often our NAT's flows toward the peer
+/// are held open with low-TTL checks (see `Agent::hold`): under the 30 s Linux keeps a UDP
+/// flow that got no answer, and under [`REPUNCH_INTERVAL`].
+const HOLD_INTERVAL: Duration = Duration::from_secs(10);
+/// Most pairs held open at once.
+const MAX_HELD: usize = 16;
 /// Working paths besides the selected one (and the backup relay) that are kept alive and
 /// measured, best first by priority.
 const MAX_ALTERNATES: usize = 3;
@@ -308,6 +317,8 @@ pub struct Agent {
     relay_over: bool,
     /// When the next round of punching is due while on the relay.
     repunch_at: Option<Instant>,
+    /// When our NAT's flows toward the peer are next held open (between rounds).
+    next_hold: Option<Instant>,
     /// The last consent answer on the backup relay path, and when its next check is due.
     next_backup_consent: Option<Instant>,
     /// When the next round of keepalives on the working paths besides the selected one is due.
@@ -351,6 +362,7 @@ impl Agent {
             relay_deadline: None,
             relay_over: false,
             repunch_at: None,
+            next_hold: None,
             next_backup_consent: None,
             next_keepalives: None,
             switch_to: None,
@@ -784,6 +796,7 @@ impl Agent {
         self.deadline = Some(now + self.config.plan.punch_for);
         self.punch_over = false;
         self.repunch_at = None;
+        self.next_hold = None;
         self.burst(now);
     }
 
@@ -828,33 +841,7 @@ impl Agent {
         if !self.is_local(local) {
             return;
         }
-        let id = self.next_transaction();
-        let mut message = Message::new(Class::Request, Method::BINDING, id);
-        let a = &mut message.attributes;
-        a.username = Some(format!(
-            "{}:{}",
-            self.config.remote.ufrag, self.config.local.ufrag
-        ));
-        // §7.1.1: the priority a peer-reflexive candidate of ours would have.
-        a.priority = Some(Candidate::new(Kind::PeerReflexive, local).priority);
-        a.use_candidate = use_candidate;
-        if use_candidate && self.controlling {
-            // A deliberate nomination carries its count (draft-thatcher-ice-renomination-01
-            // §4), so that the controlled agent can follow the latest whatever order they
-            // arrive in; the aggressive nominations of ordinary checks carry none.
-            a.nomination = self
-                .pair_index(local, remote)
-                .map(|i| self.pairs[i].nomination)
-                .filter(|&n| n > 0);
-        }
-        if self.controlling {
-            a.ice_controlling = Some(self.config.tie_breaker);
-        } else {
-            a.ice_controlled = Some(self.config.tie_breaker);
-        }
-        message.fingerprint = true;
-        let Ok(bytes) = message.to_bytes(Some(&self.remote_key)) else {
-            // Only an over-long username could fail, and credentials are checked at signaling.
+        let Some((id, bytes)) = self.check_bytes(local, remote, use_candidate) else {
             return;
         };
         // Through a relay (ours, or the peer's TURN server) the TTL games do not apply.
@@ -888,6 +875,76 @@ impl Agent {
                     self.enqueue(bytes.clone(), local, remote, Some(ttl));
                 }
                 self.enqueue(bytes, local, remote, None);
+            }
+        }
+    }
+
+    /// A signed check (§7.1.2) from `local` to `remote`: its transaction ID and its bytes.
+    fn check_bytes(
+        &mut self,
+        local: SocketAddr,
+        remote: SocketAddr,
+        use_candidate: bool,
+    ) -> Option<(TransactionId, Vec<u8>)> {
+        let id = self.next_transaction();
+        let mut message = Message::new(Class::Request, Method::BINDING, id);
+        let a = &mut message.attributes;
+        a.username = Some(format!(
+            "{}:{}",
+            self.config.remote.ufrag, self.config.local.ufrag
+        ));
+        // §7.1.1: the priority a peer-reflexive candidate of ours would have.
+        a.priority = Some(Candidate::new(Kind::PeerReflexive, local).priority);
+        a.use_candidate = use_candidate;
+        if use_candidate && self.controlling {
+            // A deliberate nomination carries its count (draft-thatcher-ice-renomination-01
+            // §4), so that the controlled agent can follow the latest whatever order they
+            // arrive in; the aggressive nominations of ordinary checks carry none.
+            a.nomination = self
+                .pair_index(local, remote)
+                .map(|i| self.pairs[i].nomination)
+                .filter(|&n| n > 0);
+        }
+        if self.controlling {
+            a.ice_controlling = Some(self.config.tie_breaker);
+        } else {
+            a.ice_controlled = Some(self.config.tie_breaker);
+        }
+        message.fingerprint = true;
+        // Only an over-long username could fail, and credentials are checked at signaling.
+        let bytes = message.to_bytes(Some(&self.remote_key)).ok()?;
+        Some((id, bytes))
+    }
+
+    /// While the relay carries the connection and the direct pairs wait for the next round: a
+    /// low-TTL copy of a check to each peer address we punched toward, every
+    /// [`HOLD_INTERVAL`]. It keeps our NAT's flow toward the peer (which a NAT forgets after
+    /// its UDP timeout, 30 s on Linux for a flow that got no answer) and dies before the peer's
+    /// NAT, so the peer's checks in the next round find ours open whichever side starts first,
+    /// and the peer's NAT never sees anything it did not ask for. Birthday sockets are not
+    /// held: a round of them costs too much to keep.
+    fn hold(&mut self, now: Instant) {
+        self.next_hold = Some(now + HOLD_INTERVAL);
+        let Some(ttl) = self.config.low_ttl else {
+            return;
+        };
+        let held: Vec<(SocketAddr, SocketAddr)> = self
+            .pairs
+            .iter()
+            .filter(|p| {
+                !p.relayed
+                    && p.state == State::Failed
+                    && !self.open_sockets.contains(&p.local)
+                    && self.is_local(p.local)
+                    && self.flows.contains(&p.remote)
+            })
+            .map(|p| (p.local, p.remote))
+            .take(MAX_HELD)
+            .collect();
+        for (local, remote) in held {
+            if let Some((_, bytes)) = self.check_bytes(local, remote, false) {
+                self.stats.checks_sent += 1;
+                self.enqueue(bytes, local, remote, Some(ttl));
             }
         }
     }
@@ -1439,11 +1496,19 @@ impl SansIo for Agent {
             }
             if !direct {
                 self.repunch_at = Some(now + REPUNCH_INTERVAL);
+                self.next_hold = Some(now + HOLD_INTERVAL);
             }
         }
         // On the relay (or on nothing) after a failed round: try again now and then.
         if self.punch_over && !self.direct_selected() && self.repunch_at.is_some_and(|t| now >= t) {
             self.repunch(now);
+        }
+        if self.punch_over
+            && !self.direct_selected()
+            && self.repunch_at.is_some()
+            && self.next_hold.is_some_and(|t| now >= t)
+        {
+            self.hold(now);
         }
         if !self.relay_over && self.relay_deadline.is_some_and(|d| now >= d) {
             self.relay_over = true;
@@ -1569,6 +1634,9 @@ impl SansIo for Agent {
         }
         if self.punch_over && !self.direct_selected() {
             consider(self.repunch_at);
+            if self.repunch_at.is_some() {
+                consider(self.next_hold);
+            }
         }
         for pair in &self.pairs {
             if self.retransmits(pair) {
@@ -1665,6 +1733,8 @@ mod tests {
         now: Instant,
         events: Vec<(Instant, bool, Event)>,
         delay: Box<dyn Fn(SocketAddr, SocketAddr) -> Duration>,
+        /// Every datagram sent: (when, from A, destination, TTL hint).
+        sent: Vec<(Instant, bool, SocketAddr, Option<u8>)>,
     }
 
     impl Wire {
@@ -1675,6 +1745,7 @@ mod tests {
                 now: Instant::now(),
                 events: Vec::new(),
                 delay: Box::new(|_, _| Duration::from_millis(5)),
+                sent: Vec::new(),
             }
         }
 
@@ -1704,6 +1775,7 @@ mod tests {
                 for (to_b, agent) in [(true, &mut self.a), (false, &mut self.b)] {
                     agent.handle_timeout(self.now);
                     while let Some(t) = agent.poll_transmit(self.now, &mut buf) {
+                        self.sent.push((self.now, to_b, t.destination, t.hints.ttl));
                         if deliver(self.now) {
                             let source = t.source.unwrap();
                             in_flight.push((
@@ -1947,6 +2019,36 @@ mod tests {
         wire.run(Duration::from_secs(30), &mut |_| true);
         assert_eq!(wire.a.selected(), Some((addr(A6), addr(B6))));
         assert_eq!(wire.b.selected(), Some((addr(B6), addr(A6))));
+    }
+
+    #[test]
+    fn between_rounds_our_nat_is_held_open_with_low_ttl_checks_only() {
+        let mut wire = Wire::new(agent(A, B, true, 5), agent(B, A, false, 6));
+        wire.start();
+        let start = wire.now;
+        // Nothing passes: the round ends after 5 s and the next is due 20 s later.
+        wire.run(Duration::from_secs(40), &mut |_| false);
+        let from_a: Vec<(Duration, Option<u8>)> = wire
+            .sent
+            .iter()
+            .filter(|s| s.1 && s.2 == addr(B))
+            .map(|s| (s.0 - start, s.3))
+            .collect();
+        let between = |from: u64, to: u64| {
+            from_a
+                .iter()
+                .filter(move |s| s.0 > Duration::from_secs(from) && s.0 < Duration::from_secs(to))
+        };
+        // Between the rounds (5.5 s to 25 s): only low-TTL checks, every 10 s.
+        let held: Vec<_> = between(6, 25).collect();
+        assert!(!held.is_empty(), "{from_a:?}");
+        assert!(held.iter().all(|s| s.1 == Some(3)), "{held:?}");
+        assert!(
+            held.iter().all(|s| s.0 >= Duration::from_secs(14)),
+            "{held:?}"
+        );
+        // The next round punches in full again at 25 s.
+        assert!(between(24, 27).any(|s| s.1.is_none()), "{from_a:?}");
     }
 
     #[test]
