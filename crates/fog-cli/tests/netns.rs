@@ -15,6 +15,9 @@
 //! port when it can (preserved) and does not hairpin without a DNAT rule: a port-restricted
 //! cone. `masquerade fully-random` draws a new random port for every flow: symmetric.
 //!
+//! With IPv6 (one test), each site also has 2001:db8:k::/64, routed untranslated through a
+//! stateful firewall on its router that admits only answers to flows from inside.
+//!
 //! The internet namespace routes between the sites and stands for a path of [`PATH_HOPS`]
 //! routers: it drops what would not live that long. fog-ice opens its own NAT with a first
 //! check at TTL 3 that must die before the peer's NAT, as it does on a real path. With the
@@ -77,6 +80,27 @@ impl Site {
     fn gateway(self) -> String {
         format!("203.0.113.{}", 4 * self.0 + 1)
     }
+
+    /// With IPv6 (RFC 3849's documentation prefix): the client's global address on its LAN,
+    /// 2001:db8:k::/64, which the router routes without translation.
+    fn client6(self) -> String {
+        // Through Ipv6Addr for the canonical form (2001:db8:0::2 is written 2001:db8::2).
+        let address: std::net::Ipv6Addr = format!("2001:db8:{}::2", self.0).parse().unwrap();
+        address.to_string()
+    }
+
+    fn router_lan6(self) -> String {
+        format!("2001:db8:{}::1", self.0)
+    }
+
+    /// The router's end of its IPv6 WAN link, 2001:db8:100:k::/64.
+    fn router_wan6(self) -> String {
+        format!("2001:db8:100:{}::2", self.0)
+    }
+
+    fn gateway6(self) -> String {
+        format!("2001:db8:100:{}::1", self.0)
+    }
 }
 
 /// The internet namespace and one client and one router namespace per site, deleted on drop
@@ -91,8 +115,10 @@ struct Lab {
 
 impl Lab {
     /// Builds one site per entry of `masquerades`, its router doing `masquerade` followed by
-    /// that entry's flags.
-    fn new(ip: PathBuf, nft: PathBuf, masquerades: &[&str]) -> Result<Self, String> {
+    /// that entry's flags; with `ipv6`, each site also has IPv6, routed untranslated through
+    /// a stateful firewall on its router that lets in only what answers a flow from inside
+    /// (what a dual-stack home router does).
+    fn new(ip: PathBuf, nft: PathBuf, masquerades: &[&str], ipv6: bool) -> Result<Self, String> {
         assert!(
             (1..=Site::MAX).contains(&masquerades.len()),
             "1 to {} sites",
@@ -194,8 +220,66 @@ impl Lab {
                      }}\n}}\n"
                 ),
             )?;
+            if ipv6 {
+                lab.add_ipv6(
+                    site,
+                    [&internet, &router, &client],
+                    [&wan_i, &wan_r, &lan_r, &lan_c],
+                )?;
+            }
         }
         Ok(lab)
+    }
+
+    /// Site `site`'s IPv6: addresses (without duplicate address detection, so they work at
+    /// once), routes both ways, forwarding, and the router's firewall.
+    fn add_ipv6(
+        &self,
+        site: Site,
+        [internet, router, client]: [&str; 3],
+        [wan_i, wan_r, lan_r, lan_c]: [&str; 4],
+    ) -> Result<(), String> {
+        for (ns, address, link) in [
+            (internet, format!("{}/64", site.gateway6()), wan_i),
+            (router, format!("{}/64", site.router_wan6()), wan_r),
+            (router, format!("{}/64", site.router_lan6()), lan_r),
+            (client, format!("{}/64", site.client6()), lan_c),
+        ] {
+            self.ip_cmd(&[
+                "-n", ns, "-6", "addr", "add", &address, "dev", link, "nodad",
+            ])?;
+        }
+        let lan = format!("2001:db8:{}::/64", site.0);
+        for (ns, to, via) in [
+            (client, "default", site.router_lan6()),
+            (router, "default", site.gateway6()),
+            (internet, lan.as_str(), site.router_wan6()),
+        ] {
+            self.ip_cmd(&["-n", ns, "-6", "route", "add", to, "via", &via])?;
+        }
+        for ns in [internet, router] {
+            self.run_in(
+                ns,
+                Command::new("sh").args(["-c", "echo 1 > /proc/sys/net/ipv6/conf/all/forwarding"]),
+            )?;
+        }
+        self.nft_in(
+            router,
+            &format!(
+                "table ip6 fogfw {{\n chain forward {{\n  type filter hook forward priority \
+                 filter; policy drop;\n  ct state established,related accept\n  iifname \
+                 \"{lan_r}\" accept\n }}\n}}\n"
+            ),
+        )?;
+        // The same path length as IPv4's (once per internet namespace is enough, and a
+        // second load of the same table is harmless).
+        self.nft_in(
+            internet,
+            &format!(
+                "table ip6 fogpath {{\n chain forward {{\n  type filter hook forward priority \
+                 filter; policy accept;\n  ip6 hoplimit <= {PATH_HOPS} drop\n }}\n}}\n"
+            ),
+        )
     }
 
     /// Makes namespace `name`, recorded at once so that drop deletes it even if a later step
@@ -329,6 +413,11 @@ fn is_root() -> bool {
 /// or `None` (after saying why) where this host cannot build one and `FOG_REQUIRE_NETNS` is
 /// not `1`.
 fn lab(test: &str, masquerades: &[&str]) -> Option<Lab> {
+    lab_with(test, masquerades, false)
+}
+
+/// [`lab`], with IPv6 beside IPv4 on every site (see [`Lab::new`]).
+fn lab_with(test: &str, masquerades: &[&str], ipv6: bool) -> Option<Lab> {
     let required = std::env::var("FOG_REQUIRE_NETNS").as_deref() == Ok("1");
     let attempt = || -> Result<Lab, String> {
         if !cfg!(target_os = "linux") {
@@ -339,7 +428,7 @@ fn lab(test: &str, masquerades: &[&str]) -> Option<Lab> {
         }
         let ip = find_tool("ip").ok_or("`ip` is not installed (Debian package iproute2)")?;
         let nft = find_tool("nft").ok_or("`nft` is not installed (Debian package nftables)")?;
-        Lab::new(ip, nft, masquerades).map_err(|e| format!("cannot build the lab: {e}"))
+        Lab::new(ip, nft, masquerades, ipv6).map_err(|e| format!("cannot build the lab: {e}"))
     };
     match attempt() {
         Ok(lab) => Some(lab),
@@ -793,4 +882,65 @@ fn a_symmetric_nat_and_a_cone_connect_by_birthday_or_relay() {
     }
     let served = json_lines(&serve);
     assert_eq!(one(&served, "ready")["nat"], SYMMETRIC);
+}
+
+/// Both sites behind `masquerade fully-random` (random-symmetric: over IPv4 the pairing oracle
+/// leaves only the relay), with IPv6 beside it through their routers' stateful firewalls. The
+/// nodes gather their IPv6 addresses themselves (`--interfaces auto`), offer them as host
+/// candidates, and the first checks each way open both firewalls: the connection ends direct,
+/// over IPv6.
+#[test]
+fn ipv6_connects_two_random_symmetric_nats_directly() {
+    let Some(lab) = lab_with(
+        "ipv6_connects_two_random_symmetric_nats_directly",
+        &["fully-random", "fully-random"],
+        true,
+    ) else {
+        return;
+    };
+    let fogd = start_fogd(&lab, true);
+    let serve = serve(&lab, &fogd, 0, true, 2);
+    let message = "over IPv6";
+    let mut connect = connect(
+        &lab,
+        1,
+        true,
+        message,
+        &["--until-direct", "--timeout", "30"],
+    );
+    let code = exit_code(&mut connect, Duration::from_secs(40), &[&serve, &fogd]);
+    assert_eq!(code, Some(0), "connect failed (its output is above)");
+
+    let events = json_lines(&connect);
+    assert_eq!(one(&events, "ready")["nat"], SYMMETRIC);
+    let last = named(&events, "path_changed")
+        .last()
+        .copied()
+        .unwrap_or_else(|| one(&events, "connected"));
+    assert_eq!(last["via"], "direct", "{events:#?}");
+    assert!(
+        on(&last["local"], &format!("[{}]", Site(1).client6())),
+        "{last:#}"
+    );
+    assert!(
+        on(&last["remote"], &format!("[{}]", Site(0).client6())),
+        "{last:#}"
+    );
+    assert!(
+        named(&events, "echo").iter().all(|e| e["data"] == message),
+        "{events:#?}"
+    );
+    // The serving side ends on the same path from its end (it stays up for a second datagram
+    // that a relayed start would have sent; the guard stops it).
+    wait_for("serve to be on IPv6", Duration::from_secs(10), || {
+        let served = json_lines(&serve);
+        let last = named(&served, "path_changed")
+            .last()
+            .copied()
+            .or_else(|| named(&served, "connected").first().copied());
+        last.is_some_and(|p| {
+            p["via"] == "direct" && on(&p["local"], &format!("[{}]", Site(0).client6()))
+        })
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", serve.output_text()));
 }
