@@ -5,6 +5,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+use fog_core::SansIo as _;
 use fog_examples::scenario::{Profile, Scenario, SimNode};
 use fog_sim::presets::Preset;
 use fogconnect::CandidateKind as Kind;
@@ -171,4 +172,48 @@ fn an_address_that_comes_up_later_upgrades_a_relayed_connection() {
         );
         assert!(at - up < Duration::from_secs(1), "node {i}: {paths:?}");
     }
+}
+
+#[test]
+fn an_address_that_cannot_be_bound_is_dropped_and_not_offered_again() {
+    let profile = Profile {
+        ipv6: true,
+        ..Profile::default()
+    };
+    let mut s = Scenario::new(Preset::PortRestrictedCone, Preset::FullCone, 4, &profile);
+    assert!(s.wait_ready());
+    let v6: IpAddr = std::net::Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 2).into();
+    let socket = std::net::SocketAddr::new(v6, 5000);
+    let host = s.hosts[0].0;
+    let mark = s.sim.now();
+    // The driver could not bind it (in the simulator every port binds, so say so by hand).
+    s.sim.with_machine(host, |m: &mut SimNode, now| {
+        m.node.handle_bind_error(now, socket)
+    });
+    // A gatherer that reads the interfaces again still lists it.
+    for _ in 0..3 {
+        s.sim.with_machine(host, |m: &mut SimNode, now| {
+            m.node.set_interfaces(now, &[v6])
+        });
+        s.run_for(Duration::from_secs(1));
+    }
+    let changes: Vec<&Event> = s.events[0]
+        .iter()
+        .filter(|(t, e)| *t >= mark && matches!(e, Event::CandidatesChanged { .. }))
+        .map(|(_, e)| e)
+        .collect();
+    assert_eq!(
+        changes,
+        [&Event::CandidatesChanged {
+            added: vec![],
+            removed: vec![socket]
+        }],
+        "removed once, never offered again"
+    );
+    assert!(
+        !s.events[0]
+            .iter()
+            .any(|(t, e)| *t >= mark && matches!(e, Event::Error { .. })),
+        "not an error for the node"
+    );
 }

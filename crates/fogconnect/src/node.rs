@@ -380,6 +380,8 @@ pub struct Node {
     started: bool,
     /// Our further sockets (see [`NodeConfig::interfaces`]).
     hosts: Vec<SocketAddr>,
+    /// Further addresses whose socket could not be bound, left out while still listed.
+    refused: Vec<IpAddr>,
     socket_requests: VecDeque<SocketRequest>,
     /// The keepalive Binding, once discovery is done.
     watch: Option<Watch>,
@@ -439,6 +441,7 @@ impl Node {
             created: now,
             started: false,
             hosts: Vec::new(),
+            refused: Vec::new(),
             socket_requests: VecDeque::new(),
             watch: None,
             config,
@@ -504,9 +507,11 @@ impl Node {
     /// [`Event::CandidatesChanged`].
     pub fn set_interfaces(&mut self, now: Instant, addresses: &[IpAddr]) {
         let port = self.config.base.port();
+        self.refused.retain(|ip| addresses.contains(ip));
         let wanted: Vec<SocketAddr> = addresses
             .iter()
             .filter(|ip| **ip != self.config.base.ip() && !ip.is_unspecified())
+            .filter(|ip| !self.refused.contains(ip))
             .map(|ip| SocketAddr::new(*ip, port))
             .collect();
         let removed: Vec<SocketAddr> = self
@@ -1470,8 +1475,9 @@ impl SansIo for Node {
         self.socket_requests.pop_front()
     }
 
-    /// A further interface's socket could not be bound (another process has the port): that
-    /// address is not used, and is reported as removed.
+    /// A further interface's socket could not be bound (another process has the port on that
+    /// address): the address is not used, and is reported as removed in
+    /// [`Event::CandidatesChanged`]. Not an error for the node: it works on without it.
     fn handle_bind_error(&mut self, now: Instant, addr: SocketAddr) {
         if !self.hosts.contains(&addr) {
             return;
@@ -1483,10 +1489,9 @@ impl SansIo for Node {
             .map(SocketAddr::ip)
             .collect();
         self.set_interfaces(now, &keep);
-        self.events.push_back(Event::Error {
-            session: None,
-            message: format!("could not bind {addr}: not used as a candidate"),
-        });
+        // Not offered again while the caller keeps listing it (a gatherer that reads the
+        // interfaces every few seconds would otherwise add and remove it each time).
+        self.refused.push(addr.ip());
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
