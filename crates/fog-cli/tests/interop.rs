@@ -28,7 +28,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::{A1, Server, ToolOutput, fogconnect_json, interop_tools, run_tool};
+use support::{A1, FogdServer, Server, ToolOutput, fogconnect_json, interop_tools, run_tool};
 
 /// An independent client run gets this long; each finishes in about a second on loopback.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);

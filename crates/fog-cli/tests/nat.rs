@@ -14,7 +14,7 @@ use std::net::{SocketAddr, UdpSocket};
 
 use fog_stun::discovery::DiscoveryConfig;
 use serde_json::Value;
-use support::{A1, Server, fogconnect, fogconnect_json};
+use support::{A1, FogdServer, Server, fogconnect, fogconnect_json};
 
 /// The value after `label` on its table row (`  Label    value`), if the row is there.
 fn row<'a>(table: &'a str, label: &str) -> Option<&'a str> {
