@@ -45,7 +45,8 @@ use std::time::{Duration, Instant};
 
 use fog_stun::wire::{BindingRequest, TransactionId};
 use support::{
-    A1, A2, ChildGuard, all_answer, clock_ticks_per_s, cpu_ticks, find_tool, free_port_pair,
+    A1, A2, ChildGuard, all_answer, clock_ticks_per_s, coturn_args, cpu_ticks, find_tool,
+    free_port_pair,
 };
 
 /// A socket with requests in flight and no answer for this long is refilled.
@@ -112,37 +113,6 @@ fn fogd_args(p1: u16, p2: u16) -> Vec<String> {
         format!("127.0.0.2:{p2}"),
         "--stun-no-rate-limit".into(),
     ]
-}
-
-fn coturn_args(p1: u16, p2: u16) -> Vec<String> {
-    let pidfile = support::scratch_file("turnserver.pid");
-    let mut args: Vec<String> = [
-        "-n",
-        "--stun-only",
-        "--listening-ip",
-        "127.0.0.1",
-        "--listening-ip",
-        "127.0.0.2",
-        "--no-tls",
-        "--no-dtls",
-        "--no-tcp",
-        "--no-cli",
-        "--no-auth",
-        "--log-file",
-        "stdout",
-        "--simple-log",
-    ]
-    .map(String::from)
-    .to_vec();
-    args.extend([
-        "--listening-port".into(),
-        p1.to_string(),
-        "--alt-listening-port".into(),
-        p2.to_string(),
-        "--pidfile".into(),
-        pidfile.to_string_lossy().into_owned(),
-    ]);
-    args
 }
 
 fn coturn_one_thread_args(p1: u16, p2: u16) -> Vec<String> {

@@ -23,92 +23,12 @@ mod support;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use support::{A1, A2, ChildGuard, Fogd, ToolOutput, all_answer, free_port_pair, interop_tools};
+use support::{Fogd, Server, ToolOutput, interop_tools};
 
 /// A client run gets this long; each finishes in about a second on loopback.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// A reference server on A1:P1 with alternate A2:P2, answering on all four addresses.
-struct Reference {
-    _child: ChildGuard,
-    primary: SocketAddr,
-}
-
-impl Reference {
-    /// Starts `program` with the arguments `args(p1, p2)` gives for a free port pair, and
-    /// waits until every address answers a Binding request; retried with new ports if not.
-    fn start(name: &str, program: &Path, args: impl Fn(u16, u16) -> Vec<String>) -> Self {
-        let mut last = String::new();
-        for _ in 0..3 {
-            let (p1, p2) = free_port_pair();
-            let mut child = ChildGuard::spawn(name, Command::new(program).args(args(p1, p2)))
-                .unwrap_or_else(|e| panic!("spawning {}: {e}", program.display()));
-            let addrs = [(A1, p1), (A1, p2), (A2, p1), (A2, p2)].map(SocketAddr::from);
-            if all_answer(&addrs) {
-                return Self {
-                    _child: child,
-                    primary: addrs[0],
-                };
-            }
-            let exited = child.try_wait();
-            last = format!("exit: {exited:?}\n{}", child.output_text());
-        }
-        panic!("{name} did not answer on all four addresses in 3 tries\n{last}");
-    }
-
-    /// `turnserver --stun-only` on 127.0.0.1 and 127.0.0.2: no TURN, no TLS/DTLS, no TCP, no CLI,
-    /// no authentication, no configuration file, its log on stdout.
-    fn coturn(turnserver: &Path) -> Self {
-        Self::start("turnserver", turnserver, |p1, p2| {
-            let pidfile = support::scratch_file("turnserver.pid");
-            [
-                "-n",
-                "--stun-only",
-                "--listening-ip",
-                "127.0.0.1",
-                "--listening-ip",
-                "127.0.0.2",
-                "--listening-port",
-                &p1.to_string(),
-                "--alt-listening-port",
-                &p2.to_string(),
-                "--no-tls",
-                "--no-dtls",
-                "--no-tcp",
-                "--no-cli",
-                "--no-auth",
-                "--log-file",
-                "stdout",
-                "--simple-log",
-                "--pidfile",
-                &pidfile.to_string_lossy(),
-            ]
-            .map(String::from)
-            .to_vec()
-        })
-    }
-
-    /// `stund -h 127.0.0.1 -a 127.0.0.2 -p P1 -o P2`, in the foreground.
-    fn stund(stund: &Path) -> Self {
-        Self::start("stund", stund, |p1, p2| {
-            [
-                "-h",
-                "127.0.0.1",
-                "-a",
-                "127.0.0.2",
-                "-p",
-                &p1.to_string(),
-                "-o",
-                &p2.to_string(),
-            ]
-            .map(String::from)
-            .to_vec()
-        })
-    }
-}
 
 /// What `turnutils_natdiscovery` concluded: its verdict lines, in order.
 #[derive(Debug, PartialEq, Eq)]
@@ -154,7 +74,7 @@ fn natdiscovery_sees_no_nat_at_fogd_as_at_coturn() {
         return;
     };
     let fogd = Fogd::start(&[]);
-    let coturn = Reference::coturn(&turnserver);
+    let coturn = Server::coturn(&turnserver);
 
     // As the issue runs it (local socket on the wildcard address), and bound to 127.0.0.1, with
     // which natdiscovery can also tell that the reflexive address is its own ("No NAT!").
@@ -216,8 +136,8 @@ fn classic_stun_client_says_open_at_fogd_as_at_stund_and_coturn() {
         return;
     };
     let fogd = Fogd::start(&[]);
-    let stund = Reference::stund(&stund);
-    let coturn = Reference::coturn(&turnserver);
+    let stund = Server::stund(&stund);
+    let coturn = Server::coturn(&turnserver);
 
     let ours = classic_stun(&stun, fogd.primary);
     let at_stund = classic_stun(&stun, stund.primary);
