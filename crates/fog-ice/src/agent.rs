@@ -65,7 +65,8 @@ const HOLD_INTERVAL: Duration = Duration::from_secs(10);
 /// Most pairs held open at once.
 const MAX_HELD: usize = 16;
 /// Working paths besides the selected one (and the backup relay) that are kept alive and
-/// measured, best first by priority.
+/// measured: the highest-priority ones, and the one a switch is nominating. The others are
+/// left to lapse (they stay usable if the peer keeps them alive).
 const MAX_ALTERNATES: usize = 3;
 
 /// One side's check credentials (RFC 8445 §5.3).
@@ -122,7 +123,8 @@ pub struct AgentConfig {
     pub low_ttl: Option<u8>,
     /// Path choice by distance within a tier: the controlling agent moves the connection to
     /// another working path of the same tier (direct or relayed) only when that path's
-    /// smoothed RTT is at most this percentage of the selected path's (default 75)...
+    /// distance (the median of its last three RTT samples) is at most this percentage of the
+    /// selected path's (default 75)...
     pub switch_percent: u32,
     /// ...and at least this much lower (default 5 ms)...
     pub switch_gain: Duration,
@@ -243,6 +245,8 @@ struct Pair {
     relayed: bool,
     /// RTT samples taken (answers to checks sent once; Karn).
     samples: u32,
+    /// Consent checks sent on it (while selected) since its last answer.
+    unanswered: u8,
     /// The last three samples, for path choice: their median is the path's distance, which
     /// follows a change within three samples (the smoothed RTT, with α = 1/8 at one sample
     /// per consent interval, would take a minute) and ignores one outlier.
@@ -396,7 +400,12 @@ impl Agent {
             Some(known) if known.kind == Kind::PeerReflexive && candidate.kind != known.kind => {
                 *known = candidate;
             }
-            Some(_) => return,
+            // Trickled again (an address that went and came back): its failed pairs get
+            // another round.
+            Some(_) => {
+                self.revive(now, |p| p.remote == candidate.addr);
+                return;
+            }
             None => self.remotes.push(candidate),
         }
         let plan = &self.config.plan;
@@ -459,7 +468,41 @@ impl Agent {
         for c in targets {
             self.add_pair(now, local, c.addr, c.priority);
         }
+        // An address that went and came back: its old pairs are there, failed.
+        self.revive(now, |p| p.local == local);
         self.wake_pacing(now);
+    }
+
+    /// Failed direct pairs that `which` picks get a round of their own (see `Pair::until`).
+    fn revive(&mut self, now: Instant, which: impl Fn(&Pair) -> bool) {
+        if self.deadline.is_none() {
+            return;
+        }
+        let (retry, punch_for) = (self.config.retry, self.config.plan.punch_for);
+        for p in self
+            .pairs
+            .iter_mut()
+            .filter(|p| !p.relayed && p.state == State::Failed)
+        {
+            if which(p) {
+                p.state = State::Waiting;
+                p.interval = retry;
+                p.next_at = None;
+                p.until = Some(now + punch_for);
+            }
+        }
+        self.wake_pacing(now);
+    }
+
+    /// Switches between controlling and controlled (a role conflict, RFC 8445 §7.3.1.1). The
+    /// NOMINATION counts of the old role mean nothing in the new one.
+    fn flip_role(&mut self) {
+        self.controlling = !self.controlling;
+        self.nominations = 0;
+        self.switch_to = None;
+        for p in &mut self.pairs {
+            p.nomination = 0;
+        }
     }
 
     /// A local socket that is gone (its interface address went away): its pairs fail at once,
@@ -481,7 +524,7 @@ impl Agent {
             self.switch_to = None;
         }
         if self.selected.is_some_and(|i| self.pairs[i].local == local) {
-            self.lose_selected(now);
+            self.lose_selected(now, true);
         }
     }
 
@@ -656,6 +699,7 @@ impl Agent {
             heard: false,
             relayed,
             samples: 0,
+            unanswered: 0,
             recent: [Duration::ZERO; 3],
             nomination: 0,
             until: late.then(|| now + self.config.plan.punch_for),
@@ -689,17 +733,22 @@ impl Agent {
         if !self.is_local(local) {
             return false;
         }
-        if Some(local) == self.relayed {
+        // Our relay opens no flow in our NAT, and a socket of the other IP family does not
+        // pass the base's NAT (an IPv6 one beside an IPv4 NAT).
+        let base_family = self.config.base.is_ipv4();
+        if Some(local) == self.relayed || local.is_ipv4() != base_family {
             return true;
         }
         let plan = &self.config.plan;
+        // The single-flow rule counts the flows through the base's NAT only.
+        let mut flows = self.flows.iter().filter(|f| f.is_ipv4() == base_family);
         if self.is_relay_candidate(remote) {
-            return !plan.single_flow || !self.flows.is_empty();
+            return !plan.single_flow || flows.next().is_some();
         }
         !plan.single_flow
-            || self.flows.is_empty()
             || self.flows.contains(&remote)
-            || (plan.flow_by_ip && self.flows.iter().any(|f| f.ip() == remote.ip()))
+            || (plan.flow_by_ip && flows.clone().any(|f| f.ip() == remote.ip()))
+            || flows.next().is_none()
     }
 
     /// Whether `local` is one of our sockets now (a removed interface's is not).
@@ -797,6 +846,11 @@ impl Agent {
         self.punch_over = false;
         self.repunch_at = None;
         self.next_hold = None;
+        // The last round's unanswered checks are forgotten (a session that never finds a path
+        // repunches for as long as it lives).
+        let timeout = self.config.consent_timeout;
+        self.outstanding
+            .retain(|_, o| now.saturating_duration_since(o.sent_at) < timeout);
         self.burst(now);
     }
 
@@ -1004,7 +1058,7 @@ impl Agent {
                 self.respond(packet, &message, Some(ROLE_CONFLICT));
                 return;
             }
-            Some(false) => self.controlling = !self.controlling,
+            Some(false) => self.flip_role(),
             None => {}
         }
         self.respond(packet, &message, None);
@@ -1088,7 +1142,7 @@ impl Agent {
             let code = message.attributes.error_code.map(|e| e.code);
             if code == Some(ROLE_CONFLICT) {
                 // §7.2.5.1: switch roles and check again.
-                self.controlling = !self.controlling;
+                self.flip_role();
                 if let Some(i) = self.pair_index(sent.local, sent.remote) {
                     self.pairs[i].state = State::Waiting;
                     self.check(now, i, false);
@@ -1105,6 +1159,7 @@ impl Agent {
         let rtt = now.saturating_duration_since(sent.sent_at);
         let pair = &mut self.pairs[i];
         pair.last_answer = Some(now);
+        pair.unanswered = 0;
         if !sent.retransmitted {
             pair.recent[pair.samples as usize % 3] = rtt;
             pair.samples += 1;
@@ -1245,6 +1300,7 @@ impl Agent {
             // A direct path ends punching; relay pairs that work stay as the backup.
             self.spray = None;
             self.repunch_at = None;
+            self.next_hold = None;
             for pair in &mut self.pairs {
                 pair.nominating = 0;
                 if pair.state == State::InProgress && pair.until.is_none() {
@@ -1293,44 +1349,59 @@ impl Agent {
         let (Some(i), Some(at)) = (self.selected, self.next_consent) else {
             return;
         };
-        // A selected path silent for two consent intervals is left early when another path
-        // of its tier answers (a NAT that mapped us anew, an interface that died): the
-        // consent timeout is the bound for declaring a path dead, not for staying on it.
-        let silent = self.pairs[i]
-            .last_answer
-            .is_some_and(|t| now.saturating_duration_since(t) >= self.config.consent_interval * 2);
+        if expired(&self.pairs[i]) {
+            self.lose_selected(now, true);
+            return;
+        }
+        // A selected path whose last two consent checks went unanswered is left early when
+        // another path of its tier answers (a NAT that mapped us anew, an interface that
+        // died): the consent timeout is the bound for declaring a path dead, not for staying
+        // on it. It stays a working path, which path choice may take back.
         let tier = self.pairs[i].relayed;
+        let silent = self.pairs[i].unanswered >= 2;
         let alternative = || {
             self.pairs.iter().enumerate().any(|(a, p)| {
                 a != i && p.state == State::Succeeded && p.relayed == tier && self.fresh(p, now)
             })
         };
-        if expired(&self.pairs[i]) || (silent && alternative()) {
-            self.lose_selected(now);
+        if silent && alternative() {
+            self.lose_selected(now, false);
             return;
         }
         // Keepalives (RFC 8445 §11, as checks so that they also measure the RTT) on the other
         // working paths of the selected tier, which path choice compares and a failover uses.
         if self.next_keepalives.is_some_and(|t| now >= t) {
             let backup = self.backup();
-            let mut kept = 0;
+            let mut alternates: Vec<usize> = Vec::new();
             for a in 0..self.pairs.len() {
                 let p = &self.pairs[a];
                 if a == i || Some(a) == backup || p.state != State::Succeeded || p.relayed != tier {
                     continue;
                 }
-                if expired(p) || kept == MAX_ALTERNATES {
+                if expired(p) {
                     self.pairs[a].state = State::Failed;
-                    continue;
+                } else {
+                    alternates.push(a);
                 }
-                kept += 1;
-                let (local, remote) = (p.local, p.remote);
+            }
+            alternates.sort_by_key(|&a| std::cmp::Reverse(self.pairs[a].priority));
+            let switching = self.switch_to;
+            let kept: Vec<usize> = alternates
+                .iter()
+                .copied()
+                .enumerate()
+                .filter(|&(rank, a)| rank < MAX_ALTERNATES || Some(a) == switching)
+                .map(|(_, a)| a)
+                .collect();
+            for a in kept {
+                let (local, remote) = (self.pairs[a].local, self.pairs[a].remote);
                 self.send_check(now, local, remote, false, false);
             }
             self.next_keepalives = Some(now + self.consent_gap());
         }
         if now >= at {
             let (local, remote) = (self.pairs[i].local, self.pairs[i].remote);
+            self.pairs[i].unanswered = self.pairs[i].unanswered.saturating_add(1);
             self.send_check(now, local, remote, false, false);
             self.next_consent = Some(now + self.consent_gap());
             // Checks that were never answered are forgotten after the consent timeout, so a
@@ -1340,10 +1411,12 @@ impl Agent {
         }
     }
 
-    /// The selected path is gone (consent lapsed, or its socket went away). The connection moves
-    /// to another working path of the same tier that answered lately, else to the backup relay
-    /// (and punching starts over), else it is lost.
-    fn lose_selected(&mut self, now: Instant) {
+    /// The selected path is gone (`dead`: consent lapsed, or its socket went away) or has gone
+    /// silent. The connection moves to another working path of the same tier that answered
+    /// within two consent intervals (the nearest by smoothed RTT, then the highest priority),
+    /// else to the backup relay (and punching starts over), else it is lost. A silent path
+    /// stays a working path.
+    fn lose_selected(&mut self, now: Instant, dead: bool) {
         let Some(i) = self.selected.take() else {
             return;
         };
@@ -1352,15 +1425,24 @@ impl Agent {
             self.pairs[i].remote,
             self.pairs[i].relayed,
         );
-        self.pairs[i].state = State::Failed;
+        if dead {
+            self.pairs[i].state = State::Failed;
+        }
         self.next_consent = None;
         self.switch_to = None;
         let alternate = self
             .pairs
             .iter()
             .enumerate()
-            .filter(|(_, p)| p.state == State::Succeeded && p.relayed == tier && self.fresh(p, now))
-            .min_by_key(|(_, p)| (p.srtt, std::cmp::Reverse(p.priority)))
+            .filter(|&(a, p)| {
+                a != i && p.state == State::Succeeded && p.relayed == tier && self.fresh(p, now)
+            })
+            .min_by_key(|(_, p)| {
+                (
+                    p.srtt.unwrap_or(Duration::MAX),
+                    std::cmp::Reverse(p.priority),
+                )
+            })
             .map(|(a, _)| a);
         if let Some(a) = alternate {
             self.select(now, a);
@@ -1372,6 +1454,7 @@ impl Agent {
             self.select(now, b);
             self.punch_over = true;
             self.repunch_at = Some(now);
+            self.next_hold = None;
             return;
         }
         self.events.push_back(Event::PathLost { local, remote });
@@ -1992,6 +2075,60 @@ mod tests {
         wire.run(Duration::from_millis(200), &mut |_| true);
         assert_eq!(wire.b.selected(), Some((addr(B), addr(A))));
         assert!(!wire.a.has_path(addr(A6), addr(B6)));
+
+        // The interface comes back and is trickled again: its failed pairs get a new round,
+        // and the nearer path takes over again once measured.
+        let back = wire.now;
+        wire.a.add_local(back, addr(A6));
+        wire.b
+            .add_remote(back, Candidate::new(Kind::Host, addr(A6)));
+        wire.run(Duration::from_secs(30), &mut |_| true);
+        assert!(
+            wire.events.iter().any(|(t, on_b, e)| *t >= back
+                && !on_b
+                && matches!(e, Event::Validated { local, .. } if *local == addr(A6))),
+            "A6 checked again"
+        );
+        assert_eq!(wire.a.selected(), Some((addr(A6), addr(B6))));
+        assert_eq!(wire.b.selected(), Some((addr(B6), addr(A6))));
+    }
+
+    #[test]
+    fn ipv6_checks_do_not_use_up_the_single_ipv4_flow() {
+        // Both sequential-symmetric: each side sends exactly one IPv4 flow, to the peer's
+        // predicted port. The peer's IPv6 host candidate, listed first, must not take it.
+        let sequential = Behaviour::nat(
+            fog_core::nat::Mapping::AddressAndPortDependent,
+            fog_core::nat::Filtering::AddressAndPortDependent,
+            fog_core::nat::PortPattern::Sequential { delta: 1 },
+        );
+        let plan = Plan::new(sequential, sequential, Who::A, &StrategyConfig::default());
+        assert!(plan.single_flow);
+        let mut config = AgentConfig::new(creds("a"), creds("b"), true, addr(A), plan, 9);
+        config.hosts = vec![addr(A6)];
+        let mut agent = Agent::new(config);
+        let now = Instant::now();
+        let predicted: SocketAddr = "203.0.113.2:40001".parse().unwrap();
+        agent.add_remote(now, Candidate::new(Kind::Host, addr(B6)));
+        agent.add_remote(now, Candidate::new(Kind::Predicted, predicted));
+        agent.start(now);
+        let mut sent = HashSet::new();
+        let mut buf = vec![0u8; 1500];
+        let mut t = now;
+        while t < now + Duration::from_secs(1) {
+            agent.handle_timeout(t);
+            while let Some(x) = agent.poll_transmit(t, &mut buf) {
+                sent.insert(x.destination);
+            }
+            t = agent
+                .poll_timeout()
+                .unwrap_or(t)
+                .max(t + Duration::from_millis(1));
+        }
+        assert!(sent.contains(&addr(B6)), "{sent:?}");
+        assert!(sent.contains(&predicted), "{sent:?}");
+        let ipv4: Vec<_> = sent.iter().filter(|d| d.is_ipv4()).collect();
+        assert_eq!(ipv4, [&predicted], "one IPv4 flow, the route's");
     }
 
     #[test]

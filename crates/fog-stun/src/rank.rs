@@ -74,23 +74,20 @@ pub struct Ranking {
 }
 
 impl Ranking {
-    /// The index of the server to use (see the module docs), or `None` when none answered.
+    /// The index of the server to use (see the module docs), or `None` when none answered:
+    /// the nearest, unless the first that answered (in configuration order) is about as near.
     pub fn choice(&self) -> Option<usize> {
-        let mut best: Option<(usize, Duration)> = None;
-        for (i, (_, rtt)) in self.servers.iter().enumerate() {
-            let Some(rtt) = *rtt else { continue };
-            best = match best {
-                None => Some((i, rtt)),
-                Some((_, held))
-                    if rtt * 100 <= held * self.switch_percent
-                        && held.saturating_sub(rtt) >= self.switch_gain =>
-                {
-                    Some((i, rtt))
-                }
-                keep => keep,
-            };
-        }
-        best.map(|(i, _)| i)
+        let answered = || {
+            self.servers
+                .iter()
+                .enumerate()
+                .filter_map(|(i, (_, rtt))| rtt.map(|r| (i, r)))
+        };
+        let (first, held) = answered().next()?;
+        let (nearest, rtt) = answered().min_by_key(|&(i, r)| (r, i))?;
+        let clearly =
+            rtt * 100 <= held * self.switch_percent && held.saturating_sub(rtt) >= self.switch_gain;
+        Some(if clearly { nearest } else { first })
     }
 }
 
@@ -351,6 +348,13 @@ mod tests {
         assert_eq!(ranking.choice(), Some(1));
         // Every probe answered: done after the last one's round trip (40 ms spacing + 80 ms).
         assert_eq!(took, Duration::from_millis(120));
+    }
+
+    #[test]
+    fn the_nearest_wins_not_the_first_that_beats_the_first() {
+        // 58 ms beats 80 ms clearly, but 50 ms is nearer still.
+        let (ranking, _) = rank(&[Some(40), Some(29), Some(25)], config());
+        assert_eq!(ranking.choice(), Some(2));
     }
 
     #[test]

@@ -258,6 +258,9 @@ struct Session {
     /// The relay over signaling, when either side's network blocks UDP.
     signal_relay: Option<SignalRelay>,
     connected: bool,
+    /// Candidates that changed while our offer was on its way (no session ID to trickle on
+    /// yet): trickled once the server names the session.
+    untrickled: Vec<ice_candidate::Candidate>,
 }
 
 impl Session {
@@ -274,6 +277,7 @@ impl Session {
             quiet_until: None,
             signal_relay: None,
             connected: false,
+            untrickled: Vec::new(),
         }
     }
 }
@@ -482,6 +486,11 @@ impl Node {
         if let Some((username, password)) = self.pending_relay.take() {
             self.allocate(now, username, password);
         }
+        // Only the chosen server has a relay: ask for credentials now (signaling may have
+        // come up while the servers were measured).
+        if self.config.turn.is_some() && !self.relay_requested && self.client.is_authenticated() {
+            self.relay_requested = self.client.request_relay().is_ok();
+        }
     }
 
     /// Allocates on the TURN server with credentials from signaling.
@@ -570,8 +579,11 @@ impl Node {
         if added.is_empty() && removed.is_empty() {
             return;
         }
-        for s in &self.sessions {
-            let Some(session) = s.id else { continue };
+        for s in &mut self.sessions {
+            let Some(session) = s.id else {
+                s.untrickled.extend(added.iter().copied());
+                continue;
+            };
             for c in &added {
                 // A session the server forgot refuses it; its peer keeps the old candidates.
                 let _ = self.client.trickle(session, Some(to_wire(c)));
@@ -987,6 +999,9 @@ impl Node {
                 {
                     s.id = Some(session);
                     s.request = None;
+                    for c in std::mem::take(&mut s.untrickled) {
+                        let _ = self.client.trickle(session, Some(to_wire(&c)));
+                    }
                 }
             }
             SignalEvent::Offer {
@@ -1477,21 +1492,26 @@ impl SansIo for Node {
 
     /// A further interface's socket could not be bound (another process has the port on that
     /// address): the address is not used, and is reported as removed in
-    /// [`Event::CandidatesChanged`]. Not an error for the node: it works on without it.
+    /// [`Event::CandidatesChanged`]. Not an error for the node: it works on without it. A peer
+    /// that was already told of it keeps checking it in vain (signaling has no way to take a
+    /// candidate back) until its round ends.
     fn handle_bind_error(&mut self, now: Instant, addr: SocketAddr) {
         if !self.hosts.contains(&addr) {
             return;
         }
+        // Not offered again while the caller keeps listing it (a gatherer that reads the
+        // interfaces every few seconds would otherwise add and remove it each time).
+        self.refused.push(addr.ip());
+        // The addresses still wanted: the other hosts, and every refused one (so that the
+        // call keeps them refused).
         let keep: Vec<IpAddr> = self
             .hosts
             .iter()
             .filter(|h| **h != addr)
             .map(SocketAddr::ip)
+            .chain(self.refused.iter().copied())
             .collect();
         self.set_interfaces(now, &keep);
-        // Not offered again while the caller keeps listing it (a gatherer that reads the
-        // interfaces every few seconds would otherwise add and remove it each time).
-        self.refused.push(addr.ip());
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
