@@ -11,6 +11,15 @@ use fog_sim::presets::Preset;
 use fogconnect::CandidateKind as Kind;
 use fogconnect::Event;
 
+/// The two-node scenario with IPv6 beside IPv4 on both sites (see [`Profile::ipv6`]).
+fn dual_stack(a: Preset, b: Preset, seed: u64) -> Scenario {
+    let profile = Profile {
+        ipv6: true,
+        ..Profile::default()
+    };
+    Scenario::new(a, b, seed, &profile)
+}
+
 #[test]
 fn ipv6_connects_two_random_symmetric_nats_directly() {
     // IPv4 alone: the oracle's relay (both NATs random-symmetric).
@@ -31,16 +40,7 @@ fn ipv6_connects_two_random_symmetric_nats_directly() {
 
     // The same sites with IPv6 beside: their NATs filter it (APDF) but do not translate it,
     // and the first checks each way open them.
-    let profile = Profile {
-        ipv6: true,
-        ..Profile::default()
-    };
-    let mut s = Scenario::new(
-        Preset::SymmetricRandom,
-        Preset::SymmetricRandom,
-        5,
-        &profile,
-    );
+    let mut s = dual_stack(Preset::SymmetricRandom, Preset::SymmetricRandom, 5);
     assert!(s.wait_ready());
     let connect = s.connect();
     s.run_for(Duration::from_secs(3));
@@ -120,16 +120,7 @@ fn a_new_mapping_is_trickled_and_the_connection_comes_back_direct() {
 fn an_address_that_comes_up_later_upgrades_a_relayed_connection() {
     // Dual-stack sites behind random-symmetric NATs, but the nodes start without their IPv6
     // addresses (as if the interface came up later): the connection goes through the relay.
-    let profile = Profile {
-        ipv6: true,
-        ..Profile::default()
-    };
-    let mut s = Scenario::new(
-        Preset::SymmetricRandom,
-        Preset::SymmetricRandom,
-        8,
-        &profile,
-    );
+    let mut s = dual_stack(Preset::SymmetricRandom, Preset::SymmetricRandom, 8);
     let v6 = |n: u16| -> IpAddr { std::net::Ipv6Addr::new(0x2001, 0xdb8, n, 0, 0, 0, 0, 2).into() };
     for i in 0..2 {
         s.sim.with_machine(s.hosts[i].0, |m: &mut SimNode, now| {
@@ -176,11 +167,7 @@ fn an_address_that_comes_up_later_upgrades_a_relayed_connection() {
 
 #[test]
 fn an_address_that_cannot_be_bound_is_dropped_and_not_offered_again() {
-    let profile = Profile {
-        ipv6: true,
-        ..Profile::default()
-    };
-    let mut s = Scenario::new(Preset::PortRestrictedCone, Preset::FullCone, 4, &profile);
+    let mut s = dual_stack(Preset::PortRestrictedCone, Preset::FullCone, 4);
     assert!(s.wait_ready());
     let v6: IpAddr = std::net::Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 2).into();
     let socket = std::net::SocketAddr::new(v6, 5000);
