@@ -17,9 +17,10 @@
 //! Path choice: direct paths before relayed ones; within a tier, the first path that works
 //! (aggressive nomination: the first burst checks every pair at once, so it is also the
 //! nearest then), until another working path's median RTT is clearly lower (see
-//! [`AgentConfig::switch_percent`]). Working paths besides the selected one get a keepalive
-//! check each consent interval (§11, as requests so that they measure), which also keeps them
-//! ready for a failover when the selected path goes silent or its socket goes away. The
+//! [`AgentConfig::switch_percent`]). Up to three working paths besides the selected one (the
+//! highest-priority ones) get a keepalive check each consent interval (§11, as requests so
+//! that they measure), which also keeps them ready for a failover when the selected path goes
+//! silent or its socket goes away. The
 //! controlling agent's deliberate nominations carry a NOMINATION count
 //! (draft-thatcher-ice-renomination-01), which the controlled agent follows.
 
@@ -65,8 +66,8 @@ const HOLD_INTERVAL: Duration = Duration::from_secs(10);
 /// Most pairs held open at once.
 const MAX_HELD: usize = 16;
 /// Working paths besides the selected one (and the backup relay) that are kept alive and
-/// measured: the highest-priority ones, and the one a switch is nominating. The others are
-/// left to lapse (they stay usable if the peer keeps them alive).
+/// measured: the highest-priority ones, and the one a switch is nominating. The others lapse
+/// after the consent timeout (a check from the peer on one brings it back).
 const MAX_ALTERNATES: usize = 3;
 
 /// One side's check credentials (RFC 8445 §5.3).
@@ -190,7 +191,8 @@ pub enum Event {
         /// Whether the path goes through a relay (ours or the peer's).
         relayed: bool,
     },
-    /// The selected path lost consent (no answer for the consent timeout).
+    /// The selected path is gone (no answer for the consent timeout, or its socket was
+    /// removed) and there is no other path to move to.
     PathLost {
         /// Our socket.
         local: SocketAddr,
@@ -479,12 +481,9 @@ impl Agent {
             return;
         }
         let (retry, punch_for) = (self.config.retry, self.config.plan.punch_for);
-        for p in self
-            .pairs
-            .iter_mut()
-            .filter(|p| !p.relayed && p.state == State::Failed)
-        {
-            if which(p) {
+        let ours: Vec<bool> = self.pairs.iter().map(|p| self.is_local(p.local)).collect();
+        for (p, ours) in self.pairs.iter_mut().zip(ours) {
+            if ours && !p.relayed && p.state == State::Failed && which(p) {
                 p.state = State::Waiting;
                 p.interval = retry;
                 p.next_at = None;
@@ -1184,8 +1183,12 @@ impl Agent {
             });
         }
         if self.pairs[i].relayed {
-            // Any answer keeps a relay path's consent (it may be the backup).
+            // Any answer keeps a relay path's consent (it may be the backup, whose checks
+            // start from here if they were not due already).
             self.pairs[i].last_answer = Some(now);
+            if self.next_backup_consent.is_none_or(|t| t < now) {
+                self.next_backup_consent = Some(now + self.config.consent_interval);
+            }
         }
         if self.pairs[i].nominated {
             self.consider(now, i);
@@ -1296,6 +1299,11 @@ impl Agent {
     fn select(&mut self, now: Instant, i: usize) {
         self.selected = Some(i);
         self.switch_to = None;
+        self.pairs[i].unanswered = 0;
+        // The backup (whichever pair it is now) gets its consent checks from here on.
+        if self.next_backup_consent.is_none_or(|t| t < now) {
+            self.next_backup_consent = Some(now + self.config.consent_interval);
+        }
         if !self.pairs[i].relayed {
             // A direct path ends punching; relay pairs that work stay as the backup.
             self.spray = None;
@@ -1356,9 +1364,10 @@ impl Agent {
         // A selected path whose last two consent checks went unanswered is left early when
         // another path of its tier answers (a NAT that mapped us anew, an interface that
         // died): the consent timeout is the bound for declaring a path dead, not for staying
-        // on it. It stays a working path, which path choice may take back.
+        // on it. It stays a working path, which path choice may take back. Judged at the
+        // consent tick, before its check, when the last one has had a whole interval.
         let tier = self.pairs[i].relayed;
-        let silent = self.pairs[i].unanswered >= 2;
+        let silent = now >= at && self.pairs[i].unanswered >= 2;
         let alternative = || {
             self.pairs.iter().enumerate().any(|(a, p)| {
                 a != i && p.state == State::Succeeded && p.relayed == tier && self.fresh(p, now)
@@ -1448,9 +1457,21 @@ impl Agent {
             self.select(now, a);
             return;
         }
+        // Pairs that were waiting on this path's success may be due in the past.
+        for p in &mut self.pairs {
+            if p.next_at.is_some_and(|t| t < now) {
+                p.next_at = Some(now);
+            }
+        }
         if let Some(b) = self.backup() {
             // Back to the relay, without the application losing its connection, and try
-            // the direct pairs again at once.
+            // the direct pairs again at once (those that went quiet with this one too).
+            let fresh: Vec<bool> = self.pairs.iter().map(|p| self.fresh(p, now)).collect();
+            for (p, fresh) in self.pairs.iter_mut().zip(fresh) {
+                if p.relayed == tier && p.state == State::Succeeded && !fresh {
+                    p.state = State::Failed;
+                }
+            }
             self.select(now, b);
             self.punch_over = true;
             self.repunch_at = Some(now);
@@ -1569,10 +1590,13 @@ impl SansIo for Agent {
                     pair.next_at = None;
                 }
             }
-            let direct = self
-                .pairs
-                .iter()
-                .any(|p| p.state == State::Succeeded && !p.relayed);
+            // A direct path that works: the selected one, or one that answered lately (a pair
+            // that worked once and went quiet does not stop the next rounds).
+            let direct = self.direct_selected()
+                || self
+                    .pairs
+                    .iter()
+                    .any(|p| p.state == State::Succeeded && !p.relayed && self.fresh(p, now));
             if !direct && !self.gave_up {
                 self.gave_up = true;
                 self.events.push_back(Event::GaveUp);
@@ -1620,7 +1644,7 @@ impl SansIo for Agent {
         for pair in &mut self.pairs {
             if pair.until.is_some_and(|t| now >= t) {
                 pair.until = None;
-                if pair.state == State::InProgress {
+                if matches!(pair.state, State::InProgress | State::Waiting) {
                     pair.state = State::Failed;
                     pair.next_at = None;
                 }
@@ -1742,7 +1766,7 @@ impl SansIo for Agent {
         // the pair that is the backup can change between two timeouts, and an earlier one's
         // lapse must not become a wake-up in the past.
         if self.backup().is_some() {
-            consider(self.next_backup_consent.or(Some(start)));
+            consider(self.next_backup_consent);
         }
         next
     }
@@ -1818,6 +1842,8 @@ mod tests {
         delay: Box<dyn Fn(SocketAddr, SocketAddr) -> Duration>,
         /// Every datagram sent: (when, from A, destination, TTL hint).
         sent: Vec<(Instant, bool, SocketAddr, Option<u8>)>,
+        /// Whether a datagram from the first address to the second gets through.
+        pass: Box<dyn Fn(SocketAddr, SocketAddr) -> bool>,
     }
 
     impl Wire {
@@ -1829,6 +1855,7 @@ mod tests {
                 events: Vec::new(),
                 delay: Box::new(|_, _| Duration::from_millis(5)),
                 sent: Vec::new(),
+                pass: Box::new(|_, _| true),
             }
         }
 
@@ -1859,7 +1886,7 @@ mod tests {
                     agent.handle_timeout(self.now);
                     while let Some(t) = agent.poll_transmit(self.now, &mut buf) {
                         self.sent.push((self.now, to_b, t.destination, t.hints.ttl));
-                        if deliver(self.now) {
+                        if deliver(self.now) && (self.pass)(t.source.unwrap(), t.destination) {
                             let source = t.source.unwrap();
                             in_flight.push((
                                 self.now + (self.delay)(source, t.destination),
@@ -1897,9 +1924,7 @@ mod tests {
                 in_flight.retain(|p| p.0 > self.now);
                 for (_, to_b, source, destination, bytes) in due {
                     let agent = if to_b { &mut self.b } else { &mut self.a };
-                    if agent.config.base != destination
-                        && !agent.config.hosts.contains(&destination)
-                    {
+                    if !agent.is_local(destination) {
                         continue;
                     }
                     agent.handle_packet(
@@ -1910,6 +1935,11 @@ mod tests {
                             payload: &bytes,
                         },
                     );
+                    // No timer in the past after a datagram either (the agent's timers do not
+                    // depend on what it has queued to send).
+                    if let Some(t) = agent.poll_timeout() {
+                        assert!(t >= self.now, "a timer in the past after a datagram");
+                    }
                 }
             }
             self.now = end;
@@ -2091,6 +2121,71 @@ mod tests {
         );
         assert_eq!(wire.a.selected(), Some((addr(A6), addr(B6))));
         assert_eq!(wire.b.selected(), Some((addr(B6), addr(A6))));
+    }
+
+    #[test]
+    fn one_lost_consent_check_does_not_move_the_path() {
+        let (mut wire, _) = dual_wire(Duration::from_millis(2), Duration::from_secs(20));
+        assert_eq!(wire.a.selected(), Some((addr(A6), addr(B6))));
+        let before = [wire.selections(false).len(), wire.selections(true).len()];
+        // Exactly one datagram from A's IPv6 socket to B's is lost.
+        let lost = std::rc::Rc::new(std::cell::Cell::new(false));
+        let l = lost.clone();
+        wire.pass = Box::new(move |s, d| {
+            if s == addr(A6) && d == addr(B6) && !l.get() {
+                l.set(true);
+                return false;
+            }
+            true
+        });
+        wire.run(Duration::from_secs(30), &mut |_| true);
+        assert!(lost.get());
+        let after = [wire.selections(false).len(), wire.selections(true).len()];
+        assert_eq!(before, after, "no path change on either side");
+    }
+
+    /// Dual-stack agents without NATs, and B's TURN relayed address (30 ms away) that A knows.
+    fn relay_wire(v6: u64) -> Wire {
+        const R: &str = "198.51.100.50:3478";
+        let mut a = dual(true, Behaviour::Open, true);
+        let mut b = dual(false, Behaviour::Open, true);
+        let now = Instant::now();
+        b.set_relayed(now, addr(R));
+        a.add_remote(now, Candidate::new(Kind::Relayed, addr(R)));
+        let mut wire = Wire::new(a, b);
+        wire.delay = Box::new(move |s, d| {
+            if s == addr(R) || d == addr(R) {
+                Duration::from_millis(30)
+            } else if ipv6(s, d) {
+                Duration::from_millis(v6)
+            } else {
+                Duration::from_millis(20)
+            }
+        });
+        wire
+    }
+
+    #[test]
+    fn after_every_direct_path_died_punching_resumes_when_they_come_back() {
+        let relay: SocketAddr = "198.51.100.50:3478".parse().unwrap();
+        let mut wire = relay_wire(17);
+        wire.start();
+        wire.run(Duration::from_secs(12), &mut |_| true);
+        assert!(!wire.a.selected_is_relayed());
+        // Every direct path dies at once; the relay carries on.
+        let cut = std::rc::Rc::new(std::cell::Cell::new(true));
+        let c = cut.clone();
+        wire.pass = Box::new(move |s, d| !c.get() || s == relay || d == relay);
+        wire.run(Duration::from_secs(60), &mut |_| true);
+        assert!(
+            wire.a.selected_is_relayed(),
+            "on the relay during the outage"
+        );
+        // They come back: a later round of punching finds them.
+        cut.set(false);
+        wire.run(Duration::from_secs(60), &mut |_| true);
+        assert!(wire.a.selected().is_some() && !wire.a.selected_is_relayed());
+        assert!(wire.b.selected().is_some() && !wire.b.selected_is_relayed());
     }
 
     #[test]

@@ -9,9 +9,9 @@
 //! deadline.
 //!
 //! The choice keeps the configured order unless the RTTs say otherwise clearly (hysteresis, as
-//! for paths): [`Ranking::choice`] takes the first server in configuration order unless
-//! another one's RTT is at most [`RankConfig::switch_percent`] of it and at least
-//! [`RankConfig::switch_gain`] less.
+//! for paths): [`Ranking::choice`] takes the first server in configuration order that
+//! answered unless the nearest one's RTT is at most [`RankConfig::switch_percent`] of it and
+//! at least [`RankConfig::switch_gain`] less.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -37,8 +37,8 @@ pub struct RankConfig {
     pub min_settle: Duration,
     /// Give up on servers that have not answered by then (default 2 s).
     pub deadline: Duration,
-    /// A server later in the configuration is chosen over an earlier one only when its RTT is
-    /// at most this percentage of the earlier one's (default 75)...
+    /// The nearest server is chosen over the first one that answered (in configuration order)
+    /// only when its RTT is at most this percentage of that one's (default 75)...
     pub switch_percent: u32,
     /// ...and at least this much less (default 5 ms).
     pub switch_gain: Duration,

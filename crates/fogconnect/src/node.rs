@@ -581,6 +581,8 @@ impl Node {
         }
         for s in &mut self.sessions {
             let Some(session) = s.id else {
+                // An offer still on its way: what went away is not worth telling.
+                s.untrickled.retain(|c| !removed.contains(&c.addr));
                 s.untrickled.extend(added.iter().copied());
                 continue;
             };
@@ -1097,10 +1099,10 @@ impl Node {
                 request, message, ..
             } => {
                 let session = request.and_then(|r| {
-                    self.sessions
-                        .iter()
-                        .find(|s| s.request == Some(r))
-                        .and_then(|s| s.id)
+                    let s = self.sessions.iter_mut().find(|s| s.request == Some(r))?;
+                    // A refused offer gets no session: nothing to trickle to, ever.
+                    s.untrickled.clear();
+                    s.id
                 });
                 self.events.push_back(Event::Error { session, message });
             }
@@ -1242,9 +1244,14 @@ impl Node {
                             agent.set_relayed(now, relayed);
                         }
                         // Sessions that described themselves before the relay existed learn
-                        // it now (trickle).
-                        if let Some(session) = s.id {
-                            let _ = self.client.trickle(session, Some(candidate));
+                        // it now (trickle), or once the server names the session.
+                        match s.id {
+                            Some(session) => {
+                                let _ = self.client.trickle(session, Some(candidate));
+                            }
+                            None => s
+                                .untrickled
+                                .push(ice_candidate::Candidate::new(Kind::Relayed, relayed)),
                         }
                     }
                     self.relay_permissions(now);
