@@ -338,24 +338,59 @@ struct PendingConnect {
     service: u16,
 }
 
-/// A Binding from a fresh port that reads the NAT's current port before we predict the next.
+/// A plain Binding to the STUN server from one of our sockets, retransmitted on a fixed
+/// interval a few times: the port refresh and the keepalive both are one.
 #[derive(Debug)]
-struct Refresh {
+struct Probe {
     id: TransactionId,
     local: SocketAddr,
     /// When the next (re)transmission is due.
     next_at: Instant,
-    tries: u32,
-    mapped: Option<SocketAddr>,
+    sent: u32,
 }
 
-/// The keepalive Binding from the base to the STUN server.
+impl Probe {
+    /// The next transmission to `server` if one is due: at most `tries`, `rto` apart.
+    fn poll(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+        server: SocketAddr,
+        rto: Duration,
+        tries: u32,
+    ) -> Option<Transmit> {
+        if self.sent >= tries || now < self.next_at {
+            return None;
+        }
+        self.sent += 1;
+        self.next_at = now + rto;
+        let len = BindingRequest::new(self.id).encode(buf).ok()?;
+        Some(Transmit::new(server, len).from_source(self.local))
+    }
+
+    /// Whether every try went out and the last one's wait is over.
+    fn exhausted(&self, now: Instant, tries: u32) -> bool {
+        self.sent >= tries && now >= self.next_at
+    }
+
+    /// The answer to this probe from `server`, if `packet` is it.
+    fn answer(&self, packet: &Receive<'_>, server: SocketAddr) -> Option<BindingResponse> {
+        if packet.local != self.local || packet.source != server {
+            return None;
+        }
+        BindingResponse::decode(packet.payload)
+            .ok()
+            .flatten()
+            .filter(|r| r.transaction_id == self.id)
+    }
+}
+
+/// The port refresh: a Binding from a fresh port that reads the NAT's current port before we
+/// predict the next.
 #[derive(Debug)]
-struct Watch {
-    id: TransactionId,
-    /// When the next Binding (or retransmission) is due.
-    next_at: Instant,
-    tries: u32,
+struct Refresh {
+    probe: Probe,
+    mapped: Option<SocketAddr>,
 }
 
 /// FogConnect on one UDP socket (see the module docs).
@@ -387,8 +422,8 @@ pub struct Node {
     /// Further addresses whose socket could not be bound, left out while still listed.
     refused: Vec<IpAddr>,
     socket_requests: VecDeque<SocketRequest>,
-    /// The keepalive Binding, once discovery is done.
-    watch: Option<Watch>,
+    /// The keepalive Binding from the base, once discovery is done.
+    watch: Option<Probe>,
     /// Measuring the servers' RTTs before discovery, with alternatives configured.
     ranker: Option<Ranker>,
     /// TURN credentials that came while the servers were being measured.
@@ -597,31 +632,19 @@ impl Node {
 
     /// Sends the keepalive Binding at `at` (a new transaction).
     fn watch_from(&mut self, at: Instant) {
-        let mut id = [0u8; 12];
-        id[..8].copy_from_slice(&self.next_random().to_le_bytes());
-        id[8..].copy_from_slice(b"keep");
-        self.watch = Some(Watch {
-            id: TransactionId::new(id),
-            next_at: at,
-            tries: 0,
-        });
+        self.watch = Some(self.probe(self.config.base, at, *b"keep"));
     }
 
     /// The keepalive's answer: a mapped address that is not the one we describe is a new
     /// server-reflexive candidate.
     fn handle_watch_answer(&mut self, now: Instant, packet: &Receive<'_>) -> bool {
-        let Some(watch) = &self.watch else {
+        let Some(response) = self
+            .watch
+            .as_ref()
+            .and_then(|w| w.answer(packet, self.config.stun))
+        else {
             return false;
         };
-        if packet.local != self.config.base || packet.source != self.config.stun {
-            return false;
-        }
-        let Ok(Some(response)) = BindingResponse::decode(packet.payload) else {
-            return false;
-        };
-        if response.transaction_id != watch.id {
-            return false;
-        }
         // The next one, a keepalive interval from this answer.
         self.watch_from(now + self.config.keepalive);
         let mapped = response.mapped_address();
@@ -829,15 +852,23 @@ impl Node {
     fn start_refresh(&mut self, now: Instant) {
         let local = SocketAddr::new(self.config.base.ip(), self.next_refresh_port);
         self.next_refresh_port = self.next_refresh_port.wrapping_add(1).max(1024);
-        let mut id = [0u8; 12];
-        id[..8].copy_from_slice(&self.next_random().to_le_bytes());
         self.refresh = Some(Refresh {
-            id: TransactionId::new(id),
-            local,
-            next_at: now,
-            tries: 0,
+            probe: self.probe(local, now, *b"\0\0\0\0"),
             mapped: None,
         });
+    }
+
+    /// A new Binding probe from `local`, first due at `at`; `tag` ends its transaction ID.
+    fn probe(&mut self, local: SocketAddr, at: Instant, tag: [u8; 4]) -> Probe {
+        let mut id = [0u8; 12];
+        id[..8].copy_from_slice(&self.next_random().to_le_bytes());
+        id[8..].copy_from_slice(&tag);
+        Probe {
+            id: TransactionId::new(id),
+            local,
+            next_at: at,
+            sent: 0,
+        }
     }
 
     /// Our description: host, server-reflexive, predicted and relayed candidates of the base
@@ -1170,15 +1201,11 @@ impl Node {
         let Some(refresh) = &mut self.refresh else {
             return false;
         };
-        if packet.local.port() != refresh.local.port() {
+        let Some(response) = refresh.probe.answer(packet, self.config.stun) else {
             return false;
-        }
-        if let Ok(Some(response)) = BindingResponse::decode(packet.payload) {
-            if response.transaction_id == refresh.id {
-                refresh.mapped = response.mapped_address();
-                self.progress(now);
-            }
-        }
+        };
+        refresh.mapped = response.mapped_address();
+        self.progress(now);
         true
     }
 }
@@ -1383,8 +1410,7 @@ impl SansIo for Node {
         }
         self.drain_discovery(now);
         if let Some(refresh) = &mut self.refresh {
-            if refresh.mapped.is_none() && refresh.tries >= REFRESH_TRIES && now >= refresh.next_at
-            {
+            if refresh.mapped.is_none() && refresh.probe.exhausted(now, REFRESH_TRIES) {
                 // No answer: predict from the discovery report's address instead.
                 refresh.mapped = self
                     .report
@@ -1428,29 +1454,26 @@ impl SansIo for Node {
                 return transmit;
             }
         }
-        if let Some(refresh) = &mut self.refresh {
-            if refresh.mapped.is_none() && refresh.tries < REFRESH_TRIES && now >= refresh.next_at {
-                refresh.tries += 1;
-                refresh.next_at = now + REFRESH_RTO;
-                if let Ok(len) = BindingRequest::new(refresh.id).encode(buf) {
-                    return Some(Transmit::new(self.config.stun, len).from_source(refresh.local));
-                }
+        let stun = self.config.stun;
+        if let Some(refresh) = self.refresh.as_mut().filter(|r| r.mapped.is_none()) {
+            if let Some(t) = refresh
+                .probe
+                .poll(now, buf, stun, REFRESH_RTO, REFRESH_TRIES)
+            {
+                return Some(t);
             }
         }
+        if self
+            .watch
+            .as_ref()
+            .is_some_and(|w| w.exhausted(now, WATCH_TRIES))
+        {
+            // No answer this round (the server may be down): the next round later.
+            self.watch_from(now + self.config.keepalive);
+        }
         if let Some(watch) = &mut self.watch {
-            if now >= watch.next_at {
-                if watch.tries >= WATCH_TRIES {
-                    // No answer this round (the server may be down): the next round later.
-                    watch.tries = 0;
-                    watch.next_at = now + self.config.keepalive;
-                } else {
-                    watch.tries += 1;
-                    watch.next_at = now + WATCH_RTO;
-                    if let Ok(len) = BindingRequest::new(watch.id).encode(buf) {
-                        let stun = self.config.stun;
-                        return Some(Transmit::new(stun, len).from_source(self.config.base));
-                    }
-                }
+            if let Some(t) = watch.poll(now, buf, stun, WATCH_RTO, WATCH_TRIES) {
+                return Some(t);
             }
         }
         while let Some((local, remote, bytes)) = self.outgoing.pop_front() {
@@ -1543,7 +1566,7 @@ impl SansIo for Node {
         }
         if let Some(r) = &self.refresh {
             if r.mapped.is_none() {
-                consider(Some(r.next_at));
+                consider(Some(r.probe.next_at));
             }
         }
         consider(self.watch.as_ref().map(|w| w.next_at));
