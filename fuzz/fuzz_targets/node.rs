@@ -77,6 +77,17 @@ fn nat(n: u8) -> &'static str {
     }
 }
 
+fn datagram(node: &mut Node, now: Instant, source: SocketAddr, local: SocketAddr, payload: &[u8]) {
+    node.handle_packet(
+        now,
+        Receive {
+            source,
+            local,
+            payload,
+        },
+    );
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -133,14 +144,7 @@ fuzz_target!(|input: (u64, u8, Vec<Op>)| {
                 let source =
                     SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 51, 100, from % 4)), from_port);
                 let local = SocketAddr::new(base.ip(), base.port() + u16::from(port % 12));
-                node.handle_packet(
-                    now,
-                    Receive {
-                        source,
-                        local,
-                        payload: &bytes,
-                    },
-                );
+                datagram(&mut node, now, source, local, &bytes);
             }
             Op::Frame(text) => node.handle_signal_frame(now, &text),
             Op::Relay { session, data } => {
@@ -178,14 +182,7 @@ fuzz_target!(|input: (u64, u8, Vec<Op>)| {
                 } else {
                     SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 51, 100, from % 4)), 5000)
                 };
-                node.handle_packet(
-                    now,
-                    Receive {
-                        source,
-                        local,
-                        payload: &bytes,
-                    },
-                );
+                datagram(&mut node, now, source, local, &bytes);
             }
         }
         while node.poll_socket_request().is_some() {}

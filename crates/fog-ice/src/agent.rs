@@ -430,10 +430,9 @@ impl Agent {
         if wanted && candidate.addr.is_ipv4() == base.is_ipv4() {
             locals.push(base);
         }
-        if candidate.kind == Kind::Host && !plan.relay_only {
+        if candidate.kind == Kind::Host {
             locals.extend(self.config.hosts.iter().filter(|h| {
-                h.is_ipv4() == candidate.addr.is_ipv4()
-                    && (h.is_ipv4() != base.is_ipv4() || !plan.single_flow)
+                h.is_ipv4() == candidate.addr.is_ipv4() && self.host_pairs_with(**h)
             }));
         }
         // Through our own relay: to the peer's public addresses.
@@ -457,8 +456,7 @@ impl Agent {
             return;
         }
         self.config.hosts.push(local);
-        let plan = &self.config.plan;
-        if plan.relay_only || (local.is_ipv4() == self.config.base.is_ipv4() && plan.single_flow) {
+        if !self.host_pairs_with(local) {
             return;
         }
         let targets: Vec<Candidate> = self
@@ -502,6 +500,14 @@ impl Agent {
         for p in &mut self.pairs {
             p.nomination = 0;
         }
+    }
+
+    /// Whether our further socket `local` pairs with the peer's host candidates (see
+    /// [`AgentConfig::hosts`]): not when the plan is relay-only, and when it is of the base's
+    /// family (possibly behind the same NAT) only if the plan allows more than one flow.
+    fn host_pairs_with(&self, local: SocketAddr) -> bool {
+        let plan = &self.config.plan;
+        !plan.relay_only && (local.is_ipv4() != self.config.base.is_ipv4() || !plan.single_flow)
     }
 
     /// A local socket that is gone (its interface address went away): its pairs fail at once,
