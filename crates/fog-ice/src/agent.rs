@@ -431,9 +431,11 @@ impl Agent {
             locals.push(base);
         }
         if candidate.kind == Kind::Host {
-            locals.extend(self.config.hosts.iter().filter(|h| {
-                h.is_ipv4() == candidate.addr.is_ipv4() && self.host_pairs_with(**h)
-            }));
+            locals.extend(
+                self.config.hosts.iter().filter(|h| {
+                    h.is_ipv4() == candidate.addr.is_ipv4() && self.host_pairs_with(**h)
+                }),
+            );
         }
         // Through our own relay: to the peer's public addresses.
         if let Some(relayed) = self.relayed {
