@@ -128,6 +128,9 @@ pub enum Event {
         session: SessionId,
         /// Why.
         reason: String,
+        /// The other peer's code when it closed the session itself ([`Client::close`]);
+        /// `None` when the server ended it (the peer left, the session expired).
+        code: Option<u32>,
     },
     /// Relay credentials arrived.
     RelayCredentials {
@@ -320,9 +323,15 @@ impl Client {
                 session,
                 at: now + Duration::from_millis(u64::from(delay_ms)),
             }),
-            ServerMsg::SessionClosed { session, reason } => self
-                .events
-                .push_back(Event::SessionClosed { session, reason }),
+            ServerMsg::SessionClosed {
+                session,
+                reason,
+                code,
+            } => self.events.push_back(Event::SessionClosed {
+                session,
+                reason,
+                code,
+            }),
             ServerMsg::RelayCredentials {
                 id,
                 username,
@@ -448,6 +457,26 @@ impl Client {
         }
         let data = base64::engine::general_purpose::STANDARD.encode(data);
         self.push(ClientMsg::Relay { session, data });
+        Ok(())
+    }
+
+    /// Ends `session` (answered or not: the answering peer refuses an offer this way); the
+    /// other peer gets [`Event::SessionClosed`] with `code` and `reason`. A reason longer
+    /// than [`MAX_CLOSE_REASON`](crate::msg::MAX_CLOSE_REASON) bytes is cut at a character
+    /// boundary.
+    pub fn close(&mut self, session: SessionId, code: u32, reason: &str) -> Result<(), ClientError> {
+        if !self.is_authenticated() {
+            return Err(ClientError::NotAuthenticated);
+        }
+        let mut end = reason.len().min(crate::msg::MAX_CLOSE_REASON);
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        self.push(ClientMsg::Close {
+            session,
+            code,
+            reason: reason[..end].to_owned(),
+        });
         Ok(())
     }
 

@@ -97,6 +97,10 @@ pub fn auth_transcript(
     t
 }
 
+/// The longest `reason` a `close` may carry, in bytes: enough for a sentence, small enough that
+/// a close never comes near the frame limit.
+pub const MAX_CLOSE_REASON: usize = 256;
+
 /// A request number chosen by the client, echoed in the reply (and in an error about it).
 pub type RequestId = u32;
 
@@ -173,6 +177,17 @@ pub enum ClientMsg {
         session: SessionId,
         /// The datagram, base64 (standard alphabet, padded).
         data: String,
+    },
+    /// Ends a session (either peer, answered or not): the server forgets it and tells the other
+    /// peer with `session_closed` carrying `code` and `reason`. The answering peer refuses an
+    /// offer this way.
+    Close {
+        /// The session.
+        session: SessionId,
+        /// The application's code, for programs (0: no error).
+        code: u32,
+        /// Why, for people (at most [`MAX_CLOSE_REASON`] bytes).
+        reason: String,
     },
     /// Measures the round trip; the server answers `pong` at once.
     Ping {
@@ -278,12 +293,17 @@ pub enum ServerMsg {
         /// The server's estimate of the round trip to the other peer.
         peer_rtt_ms: u32,
     },
-    /// The session ended (the other peer left or it expired unanswered).
+    /// The session ended: the other peer closed it (`code` is then its code), left, or the
+    /// session expired.
     SessionClosed {
         /// The session.
         session: SessionId,
         /// Why.
         reason: String,
+        /// The other peer's code when it closed the session with `close`; absent when the
+        /// server ended it (a peer left, the session expired).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        code: Option<u32>,
     },
     /// Relay credentials in coturn's `use-auth-secret` scheme.
     RelayCredentials {

@@ -25,8 +25,8 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::identity::{KeyPair, PeerId};
 use crate::msg::{
-    self, ClientMsg, Description, ErrorCode, Nonce, PROTOCOL_VERSION, RequestId, ServerMsg,
-    SessionId,
+    self, ClientMsg, Description, ErrorCode, MAX_CLOSE_REASON, Nonce, PROTOCOL_VERSION, RequestId,
+    ServerMsg, SessionId,
 };
 
 /// A connection, named by the driver. Never reused while the server knows it.
@@ -638,6 +638,11 @@ impl Server {
                     ServerMsg::error(ErrorCode::UnknownSession, None, session.to_string()),
                 ),
             },
+            ClientMsg::Close {
+                session,
+                code,
+                reason,
+            } => self.peer_close(conn, me, session, code, reason),
             ClientMsg::RelayRequest { id } => self.relay(now, conn, me, id),
             ClientMsg::Relay { session, data } => self.relay_data(now, conn, me, session, data),
             ClientMsg::Pong { id } => {
@@ -914,6 +919,54 @@ impl Server {
         }
     }
 
+    /// A peer of `session` ends it: the other peer learns its code and reason, and the session
+    /// is forgotten (an unanswered one no longer counts against either peer's pending offers).
+    fn peer_close(
+        &mut self,
+        conn: ConnId,
+        me: PeerId,
+        session: SessionId,
+        code: u32,
+        reason: String,
+    ) {
+        let other = match self.sessions.get(&session) {
+            Some(s) if s.offerer == me => s.answerer,
+            Some(s) if s.answerer == me => s.offerer,
+            _ => {
+                self.send(
+                    conn,
+                    ServerMsg::error(ErrorCode::UnknownSession, None, session.to_string()),
+                );
+                return;
+            }
+        };
+        if reason.len() > MAX_CLOSE_REASON {
+            self.send(
+                conn,
+                ServerMsg::error(
+                    ErrorCode::BadMessage,
+                    None,
+                    format!("a close reason is at most {MAX_CLOSE_REASON} bytes"),
+                ),
+            );
+            return;
+        }
+        if let Some(s) = self.sessions.remove(&session) {
+            if !s.answered {
+                self.unpend(s.offerer, s.answerer);
+            }
+        }
+        // The session's timer is left to fire and find it gone.
+        self.send_peer(
+            other,
+            ServerMsg::SessionClosed {
+                session,
+                reason,
+                code: Some(code),
+            },
+        );
+    }
+
     fn close_session(&mut self, id: SessionId, reason: &str) {
         let Some(s) = self.sessions.remove(&id) else {
             return;
@@ -927,6 +980,7 @@ impl Server {
                 ServerMsg::SessionClosed {
                     session: id,
                     reason: reason.into(),
+                    code: None,
                 },
             );
         }

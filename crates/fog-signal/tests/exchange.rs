@@ -313,3 +313,96 @@ fn relay_over_signaling_between_the_peers_of_a_session() {
     ));
     assert!(net.take_events(b).is_empty());
 }
+
+/// `close` ends a session for both peers: before the answer (a refusal) it frees the pending
+/// offer and the offerer learns the code; after it the other peer does. Strangers and oversize
+/// reasons are refused, and the session is gone afterwards.
+#[test]
+fn close_refuses_an_offer_and_ends_an_answered_session() {
+    let mut net = Net::new(server_config());
+    let a = net.join(1, None, 10);
+    let b = net.join(2, None, 20);
+    let c = net.join(3, None, 5);
+    for n in [a, b, c] {
+        net.take_events(n);
+    }
+    let b_id = net.nodes[b].client.peer_id();
+
+    // A refusal: b closes the session a offered, with its code.
+    net.nodes[a].client.connect(b_id, description(1)).unwrap();
+    net.run();
+    let session = match net.take_events(b).as_slice() {
+        [Event::Offer { session, .. }] => *session,
+        other => panic!("{other:?}"),
+    };
+    // A stranger may not close it.
+    net.nodes[c].client.close(session, 9, "no").unwrap();
+    net.run();
+    assert!(matches!(
+        net.take_events(c).as_slice(),
+        [Event::Error {
+            code: fog_signal::msg::ErrorCode::UnknownSession,
+            ..
+        }]
+    ));
+    net.nodes[b].client.close(session, 403, "busy").unwrap();
+    net.run();
+    assert_eq!(
+        net.take_events(a),
+        vec![
+            Event::OfferSent { request: 1, session },
+            Event::SessionClosed {
+                session,
+                reason: "busy".into(),
+                code: Some(403),
+            }
+        ]
+    );
+    assert!(net.take_events(b).is_empty(), "the closer hears nothing back");
+    // The session is gone: answering it now fails.
+    net.nodes[b].client.answer(session, description(2)).unwrap();
+    net.run();
+    assert!(matches!(
+        net.take_events(b).as_slice(),
+        [Event::Error {
+            code: fog_signal::msg::ErrorCode::UnknownSession,
+            ..
+        }]
+    ));
+
+    // The refusal freed the pending slot: many more offers fit (the default limit is small).
+    for _ in 0..20 {
+        net.nodes[a].client.connect(b_id, description(1)).unwrap();
+        net.run();
+        let session = net
+            .take_events(b)
+            .into_iter()
+            .find_map(|e| match e {
+                Event::Offer { session, .. } => Some(session),
+                _ => None,
+            })
+            .expect("offer forwarded");
+        net.nodes[b].client.close(session, 1, "no").unwrap();
+        net.run();
+        assert!(
+            !net.take_events(a)
+                .iter()
+                .any(|e| matches!(e, Event::Error { .. }))
+        );
+    }
+
+    // An answered session, closed by the offerer; a reason is cut to the limit by the client.
+    let session = net.exchange(a, b);
+    net.take_events(a);
+    net.take_events(b);
+    let long = "é".repeat(300);
+    net.nodes[a].client.close(session, 0, &long).unwrap();
+    net.run();
+    match net.take_events(b).as_slice() {
+        [Event::SessionClosed { reason, code, .. }] => {
+            assert_eq!(*code, Some(0));
+            assert!(reason.len() <= fog_signal::msg::MAX_CLOSE_REASON && reason.starts_with('é'));
+        }
+        other => panic!("{other:?}"),
+    }
+}
