@@ -13,6 +13,7 @@
 //! virtual time), A calls `connect(B)`. The time to a path is from that call to the instant the
 //! second node reports `Connected`.
 
+use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -26,7 +27,9 @@ use fog_sim::{NodeId, Sim};
 use fog_stun::server::{Server as StunServer, ServerConfig as StunConfig};
 use fog_turn::auth::AuthSecret;
 use fog_turn::server::{Server as TurnServer, ServerConfig as TurnConfig};
-use fogconnect::{Event, Node, NodeConfig, ServerChoice};
+use fogconnect::{
+    AcceptPolicy, ConnectionId, Event, Node, NodeConfig, ServerChoice, SignalInput, SignalOutput,
+};
 
 const REALM: &str = "signal.example";
 const TURN_SECRET: &[u8] = b"matrix relay secret";
@@ -53,6 +56,14 @@ pub struct Profile {
     /// configured with first, the usual pair being their alternative: they measure both and
     /// should pick the nearer. `None` by default.
     pub far_servers: Option<Duration>,
+    /// What node B does with offers: [`AcceptPolicy::All`] by default, so that the matrix
+    /// measures the network, not an application's decision; tests of accepting and refusing
+    /// set [`AcceptPolicy::Ask`].
+    pub accept: AcceptPolicy,
+    /// The nodes' connect timeout ([`NodeConfig::connect_timeout`]; its default by default).
+    pub connect_timeout: Option<Duration>,
+    /// The nodes' idle timeout ([`NodeConfig::idle_timeout`]; its default by default).
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Default for Profile {
@@ -65,6 +76,9 @@ impl Default for Profile {
             patience: Duration::from_secs(10),
             ipv6: false,
             far_servers: None,
+            accept: AcceptPolicy::All,
+            connect_timeout: None,
+            idle_timeout: None,
         }
     }
 }
@@ -78,18 +92,36 @@ impl Profile {
     }
 }
 
-/// A [`Node`] with the simulator's signaling hooks; it asks for its signaling connection at once.
+/// A [`Node`] on the simulator's signaling channel: what the node asks with
+/// [`Node::poll_signal`] becomes the channel's frames and requests.
 #[derive(Debug)]
 pub struct SimNode {
     /// The node.
     pub node: Node,
-    asked: bool,
+    frames: VecDeque<String>,
+    requests: VecDeque<Request>,
 }
 
 impl SimNode {
     /// Wraps `node`.
     pub fn new(node: Node) -> Self {
-        SimNode { node, asked: false }
+        SimNode {
+            node,
+            frames: VecDeque::new(),
+            requests: VecDeque::new(),
+        }
+    }
+
+    /// Sorts what the node asks of its signaling connection into frames and requests.
+    fn pull(&mut self) {
+        while let Some(out) = self.node.poll_signal() {
+            match out {
+                SignalOutput::Frame(frame) => self.frames.push_back(frame),
+                SignalOutput::Open => self.requests.push_back(Request::Connect),
+                SignalOutput::Close => self.requests.push_back(Request::Close),
+                _ => {}
+            }
+        }
     }
 }
 
@@ -117,24 +149,22 @@ impl SansIo for SimNode {
 
 impl SignalNode for SimNode {
     fn handle_signal_open(&mut self, now: Instant) {
-        self.node.handle_signal_open(now);
+        self.node.handle_signal(now, SignalInput::Opened);
     }
     fn handle_signal_frame(&mut self, now: Instant, frame: &str) {
-        self.node.handle_signal_frame(now, frame);
+        self.node.handle_signal(now, SignalInput::Frame(frame));
     }
     fn handle_signal_closed(&mut self, now: Instant, _why: Closed) {
-        self.node.handle_signal_closed(now);
-        self.asked = false;
+        self.frames.clear();
+        self.node.handle_signal(now, SignalInput::Closed);
     }
     fn poll_signal_frame(&mut self) -> Option<String> {
-        self.node.poll_signal_frame()
+        self.pull();
+        self.frames.pop_front()
     }
     fn poll_signal_request(&mut self) -> Option<Request> {
-        if self.asked {
-            return None;
-        }
-        self.asked = true;
-        Some(Request::Connect)
+        self.pull();
+        self.requests.pop_front()
     }
 }
 
@@ -232,14 +262,22 @@ impl Scenario {
         ready(&self.events[0]) && ready(&self.events[1])
     }
 
-    /// Node A calls `connect(B)`; returns the instant.
-    pub fn connect(&mut self) -> Instant {
+    /// Node A calls `connect(B)` for service 1; returns the instant and the handle.
+    pub fn connect(&mut self) -> (Instant, ConnectionId) {
         let to = self.hosts[1].1;
-        self.sim
+        let id = self
+            .sim
             .with_machine(self.hosts[0].0, |m: &mut SimNode, now| {
                 m.node.connect(now, to, 1)
-            });
-        self.sim.now()
+            })
+            .expect("node A may connect");
+        (self.sim.now(), id)
+    }
+
+    /// Runs `f` on node `i` (0: A, 1: B) at the simulator's current instant, and drains it.
+    pub fn with_node<R>(&mut self, i: usize, f: impl FnOnce(&mut Node, Instant) -> R) -> R {
+        self.sim
+            .with_machine(self.hosts[i].0, |m: &mut SimNode, now| f(&mut m.node, now))
     }
 
     /// Node `i`'s path history: (when, local, remote, relayed) for `Connected` and each
@@ -278,7 +316,11 @@ pub fn run(a: Preset, b: Preset, seed: u64, profile: &Profile) -> Run {
     }
     let to = hosts[1].1;
     let start = sim.now();
-    sim.with_machine(ha, |m: &mut SimNode, now| m.node.connect(now, to, 1));
+    let connected = sim.with_machine(ha, |m: &mut SimNode, now| m.node.connect(now, to, 1));
+    assert!(
+        connected.is_ok(),
+        "node A refused the connect: {connected:?}"
+    );
     let step = Duration::from_millis(50);
     let mut waited = Duration::ZERO;
     let direct_now = |events: &[(Instant, Event)]| paths(events).last().is_some_and(|p| !p.3);
@@ -411,6 +453,13 @@ fn build(
         );
         config.turn = Some(turn_addr);
         config.interfaces = extra.to_vec();
+        config.accept = profile.accept;
+        if let Some(t) = profile.connect_timeout {
+            config.connect_timeout = t;
+        }
+        if let Some(t) = profile.idle_timeout {
+            config.idle_timeout = t;
+        }
         if let Some((far_stun, far_turn)) = far {
             config.stun = far_stun;
             config.turn = Some(far_turn);

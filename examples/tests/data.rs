@@ -12,28 +12,37 @@ fn exchange(a: Preset, b: Preset, want: Via) {
     assert!(s.wait_ready());
     s.connect();
     s.run_for(Duration::from_secs(3));
-    // The session each side connected on, and the path kind.
+    // Each side's handle of the connection, who it is with, and the path kind.
     let connected = |events: &[(std::time::Instant, Event)]| {
         events.iter().find_map(|(_, e)| match e {
-            Event::Connected { session, via, .. } => Some((*session, *via)),
+            Event::Connected {
+                id,
+                peer,
+                service,
+                passive,
+                via,
+                ..
+            } => Some((*id, *peer, *service, *passive, *via)),
             _ => None,
         })
     };
-    let (sa, via_a) = connected(&s.events[0]).expect("A connected");
-    let (sb, via_b) = connected(&s.events[1]).expect("B connected");
-    assert_eq!(sa, sb);
+    let (sa, peer_a, service_a, passive_a, via_a) = connected(&s.events[0]).expect("A connected");
+    let (sb, peer_b, service_b, passive_b, via_b) = connected(&s.events[1]).expect("B connected");
+    assert_eq!((peer_a, peer_b), (s.hosts[1].1, s.hosts[0].1));
+    assert_eq!((service_a, service_b), (1, 1), "both sides know the service");
+    assert_eq!((passive_a, passive_b), (false, true));
     assert_eq!((via_a, via_b), (want, want), "{} / {}", a.name(), b.name());
 
     let (ha, hb) = (s.hosts[0].0, s.hosts[1].0);
     s.sim
-        .with_machine(ha, |m: &mut SimNode, _| m.node.send(sa, b"hello from a"))
+        .with_machine(ha, |m: &mut SimNode, now| m.node.send(now, sa, b"hello from a"))
         .unwrap();
     s.sim
-        .with_machine(hb, |m: &mut SimNode, _| m.node.send(sb, &[0xff; 1_399]))
+        .with_machine(hb, |m: &mut SimNode, now| m.node.send(now, sb, &[0xff; 1_399]))
         .unwrap();
     let too_long = s
         .sim
-        .with_machine(hb, |m: &mut SimNode, _| m.node.send(sb, &[0; 1_400]));
+        .with_machine(hb, |m: &mut SimNode, now| m.node.send(now, sb, &[0; 1_400]));
     assert_eq!(too_long, Err(fogconnect::SendError::TooLong));
     s.run_for(Duration::from_secs(1));
     let data = |events: &[(std::time::Instant, Event)]| -> Vec<Vec<u8>> {

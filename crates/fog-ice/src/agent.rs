@@ -235,6 +235,8 @@ struct Pair {
     next_at: Option<Instant>,
     interval: Duration,
     srtt: Option<Duration>,
+    /// RFC 6298 §2.3's RTTVAR beside `srtt`.
+    rttvar: Duration,
     /// The peer nominated it (USE-CANDIDATE) or we did and it answered.
     nominated: bool,
     /// Last answer to any check on it.
@@ -600,6 +602,13 @@ impl Agent {
         })
     }
 
+    /// The selected path's smoothed round trip and its variance (RFC 6298 §2), once it has
+    /// a sample.
+    pub fn selected_rtt(&self) -> Option<(Duration, Duration)> {
+        let pair = &self.pairs[self.selected?];
+        pair.srtt.map(|srtt| (srtt, pair.rttvar))
+    }
+
     /// Whether the selected path goes through a relay.
     pub fn selected_is_relayed(&self) -> bool {
         self.selected.is_some_and(|i| self.pairs[i].relayed)
@@ -700,6 +709,7 @@ impl Agent {
             next_at: None,
             interval: self.config.retry,
             srtt: None,
+            rttvar: Duration::ZERO,
             nominated: false,
             last_answer: None,
             nominating: 0,
@@ -1170,11 +1180,15 @@ impl Agent {
         if !sent.retransmitted {
             pair.recent[pair.samples as usize % 3] = rtt;
             pair.samples += 1;
-            pair.srtt = Some(match pair.srtt {
-                // RFC 6298 §2.3's smoothing, α = 1/8.
-                Some(srtt) => (srtt * 7 + rtt) / 8,
-                None => rtt,
-            });
+            // RFC 6298 §2.2 (first sample) and §2.3: β = 1/4 for the variance (updated with
+            // the old SRTT), α = 1/8 for the mean.
+            (pair.srtt, pair.rttvar) = match pair.srtt {
+                Some(srtt) => {
+                    let deviation = srtt.abs_diff(rtt);
+                    (Some((srtt * 7 + rtt) / 8), (pair.rttvar * 3 + deviation) / 4)
+                }
+                None => (Some(rtt), rtt / 2),
+            };
         }
         let first_success = pair.state != State::Succeeded;
         pair.state = State::Succeeded;

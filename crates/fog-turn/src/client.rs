@@ -416,6 +416,22 @@ impl Client {
         Ok(())
     }
 
+    /// Stops keeping the permission for `peer` alive: TURN has no request that removes one, so
+    /// it lapses on the server 300 s after its last refresh (RFC 8656 §9). A channel bound to
+    /// an address of `peer` keeps it alive until the channel is released too. Returns whether
+    /// there was one.
+    pub fn release_permission(&mut self, peer: IpAddr) -> bool {
+        if self.channels.keys().any(|c| c.ip() == peer) {
+            return false;
+        }
+        self.permissions.remove(&peer).is_some()
+    }
+
+    /// How many permissions the client keeps alive.
+    pub fn permission_count(&self) -> usize {
+        self.permissions.len()
+    }
+
     /// Binds a channel to `peer` (which also installs the permission, RFC 8656 §12.2) and keeps
     /// it alive; returns its number. Data goes by Send indication until the server confirms.
     pub fn bind_channel(&mut self, now: Instant, peer: SocketAddr) -> Result<u16, CommandError> {

@@ -1,0 +1,131 @@
+//! What a [`Node`](super::Node) is configured with.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use fog_ice::strategy::StrategyConfig;
+use fog_signal::KeyPair;
+use fog_signal::msg::Transport;
+
+/// Everything a [`Node`](super::Node) needs.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct NodeConfig {
+    /// The node's identity.
+    pub key: KeyPair,
+    /// The signaling server's name (signed into authentication).
+    pub realm: String,
+    /// An alias to claim.
+    pub alias: Option<String>,
+    /// The RFC 5780 STUN server (primary address).
+    pub stun: SocketAddr,
+    /// The main UDP socket: checks and the path leave from it.
+    pub base: SocketAddr,
+    /// How punching is chosen.
+    pub strategy: StrategyConfig,
+    /// Transports offered, most preferred first.
+    pub transports: Vec<Transport>,
+    /// Seeds every machine's randomness (transaction IDs, credentials, tie-breakers).
+    pub seed: u64,
+    /// Discovery's port samples (default 4: enough to read a sequential pattern).
+    pub port_samples: u16,
+    /// Test hairpinning during discovery (default off: it does not change punching).
+    pub hairpinning: bool,
+    /// The TURN server to allocate on, with credentials the signaling server hands out
+    /// (`None`: no relay).
+    pub turn: Option<SocketAddr>,
+    /// Direct paths allowed (default). When off, the node describes only its relayed address,
+    /// so the peer never learns its own, and every connection goes through a relay.
+    pub direct: bool,
+    /// Further local addresses to use, each a host candidate on its own socket at the base's
+    /// port: the machine's other interfaces, IPv6 ones included (a driver gathers them, e.g.
+    /// fog-mio's `interfaces`; loopback and link-local addresses are the caller's choice).
+    /// Default none. [`Node::set_interfaces`](super::Node::set_interfaces) changes them later.
+    pub interfaces: Vec<IpAddr>,
+    /// How often the base socket sends a Binding to the STUN server once discovery is done
+    /// (default 15 s): it keeps the NAT's mapping to the server, and a changed mapped address
+    /// is a new server-reflexive candidate. Below the shortest UDP mapping timeout seen in the
+    /// field (RFC 4787 REQ-5 asks for at least 2 minutes, but many NATs keep 30 s).
+    pub keepalive: Duration,
+    /// Other servers the node may use instead of `stun` and `turn` (further fogd instances,
+    /// say). When there are any, the node first measures the RTT to every STUN server, `stun`
+    /// first, and uses the nearest for discovery, with the TURN server beside it; the order
+    /// given is the preference, which a clearly nearer server overrides
+    /// ([`fog_stun::rank`]). Default none.
+    pub alternatives: Vec<ServerChoice>,
+    /// What happens to an incoming offer (default [`AcceptPolicy::Ask`]: the application
+    /// decides on [`Event::Incoming`](super::Event::Incoming)).
+    pub accept: AcceptPolicy,
+    /// How long a connection may take to get its first path, from `connect` or from the offer's
+    /// arrival (an incoming one waiting for the application's decision included); then it
+    /// fails with [`FailReason::TimedOut`](super::FailReason::TimedOut). Default 30 s: the
+    /// longest punching plan (birthday rounds) is over well before, and the relay is usable
+    /// within a few round trips.
+    pub connect_timeout: Duration,
+    /// A connected connection from whose peer nothing (data, checks, keepalives) arrived for
+    /// this long closes with [`CloseReason::IdleTimeout`](super::CloseReason::IdleTimeout).
+    /// Default 45 s: above the agent's 30 s consent timeout, so a path that died has had its
+    /// chance to move to another one, and above the 30 s keepalive of the relay over
+    /// signaling.
+    pub idle_timeout: Duration,
+    /// The most connections the node holds at once, in every phase (default 4,096). A
+    /// `connect` beyond it is refused with [`ConnectError::TooManyConnections`](super::ConnectError),
+    /// an incoming offer beyond it is refused to the peer with
+    /// [`REFUSED_FULL`](super::REFUSED_FULL).
+    pub max_connections: usize,
+}
+
+/// What the node does with an incoming offer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum AcceptPolicy {
+    /// Report [`Event::Incoming`](super::Event::Incoming) and wait for
+    /// [`Node::accept`](super::Node::accept) or [`Node::refuse`](super::Node::refuse).
+    #[default]
+    Ask,
+    /// Accept every offer at once ([`Event::Incoming`](super::Event::Incoming) still tells who
+    /// and for which service); what `fogconnect serve` does.
+    All,
+}
+
+/// A STUN server, and the TURN server that goes with it (see [`NodeConfig::alternatives`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerChoice {
+    /// The RFC 5780 STUN server (primary address).
+    pub stun: SocketAddr,
+    /// The TURN server beside it, if any.
+    pub turn: Option<SocketAddr>,
+}
+
+impl NodeConfig {
+    /// A configuration with the defaults above.
+    pub fn new(
+        key: KeyPair,
+        realm: impl Into<String>,
+        stun: SocketAddr,
+        base: SocketAddr,
+        seed: u64,
+    ) -> Self {
+        NodeConfig {
+            key,
+            realm: realm.into(),
+            alias: None,
+            stun,
+            base,
+            strategy: StrategyConfig::default(),
+            transports: vec![Transport::Quic],
+            seed,
+            port_samples: 4,
+            hairpinning: false,
+            turn: None,
+            direct: true,
+            interfaces: Vec::new(),
+            keepalive: Duration::from_secs(15),
+            alternatives: Vec::new(),
+            accept: AcceptPolicy::Ask,
+            connect_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(45),
+            max_connections: 4_096,
+        }
+    }
+}

@@ -1,0 +1,207 @@
+//! One connection's state inside the node.
+
+use std::time::{Duration, Instant};
+
+use fog_core::SansIo as _;
+use fog_ice::agent::{self, Agent};
+use fog_ice::candidate::Candidate;
+use fog_signal::PeerId;
+use fog_signal::msg::{Description, RequestId, SessionId};
+
+use super::event::{ConnectionId, Via};
+
+/// Where a connection is in its life. Each phase holds what is valid in it.
+#[derive(Debug)]
+pub(super) enum Phase {
+    /// Ours: waiting for discovery, signaling or the port refresh before the offer goes.
+    Queued,
+    /// Ours: the offer is on its way; the server has not named the session yet.
+    Offered { request: RequestId },
+    /// Ours: the server named the session; the answer has not come.
+    AwaitingAnswer,
+    /// The peer's: the application has not decided yet.
+    Incoming,
+    /// The peer's, accepted: waiting for discovery or the port refresh before the answer goes.
+    Accepted,
+    /// Both descriptions known: punching, then connected.
+    Running(Box<Agent>),
+}
+
+/// Bytes per second over whole seconds: the count of the current second, and the rate of the
+/// last whole one.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Meter {
+    start: Instant,
+    bytes: u64,
+    last: u64,
+    pub(super) total_bytes: u64,
+    pub(super) datagrams: u64,
+}
+
+const SECOND: Duration = Duration::from_secs(1);
+
+impl Meter {
+    pub(super) fn new(now: Instant) -> Meter {
+        Meter {
+            start: now,
+            bytes: 0,
+            last: 0,
+            total_bytes: 0,
+            datagrams: 0,
+        }
+    }
+
+    fn roll(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.start);
+        if elapsed < SECOND {
+            return;
+        }
+        // The second that just ended is the last whole one only if no whole second passed
+        // without traffic after it.
+        self.last = if elapsed < 2 * SECOND { self.bytes } else { 0 };
+        let whole = elapsed.as_secs();
+        self.start += Duration::from_secs(whole);
+        self.bytes = 0;
+    }
+
+    pub(super) fn add(&mut self, now: Instant, bytes: usize) {
+        self.roll(now);
+        self.bytes += bytes as u64;
+        self.total_bytes += bytes as u64;
+        self.datagrams += 1;
+    }
+
+    pub(super) fn rate(&self, now: Instant) -> u64 {
+        let mut m = *self;
+        m.roll(now);
+        m.last
+    }
+}
+
+/// The relay over signaling of one connection: a probe and its echo verify it, a probe every
+/// [`SIGNAL_RELAY_KEEPALIVE`](super::SIGNAL_RELAY_KEEPALIVE) keeps the session alive on the
+/// server.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct SignalRelay {
+    /// When the outstanding probe left.
+    pub(super) probe_sent: Option<Instant>,
+    /// When the next probe is due.
+    pub(super) next_probe: Instant,
+    /// The last probe's round trip.
+    pub(super) rtt: Option<Duration>,
+}
+
+/// One connection.
+#[derive(Debug)]
+pub(super) struct Conn {
+    pub(super) id: ConnectionId,
+    pub(super) peer: PeerId,
+    pub(super) service: u16,
+    /// We answered (the peer called).
+    pub(super) passive: bool,
+    pub(super) phase: Phase,
+    /// The signaling session, once the server named it and while it knows it.
+    pub(super) session: Option<SessionId>,
+    /// The peer's description, once it arrived.
+    pub(super) remote: Option<Description>,
+    pub(super) credentials: agent::Credentials,
+    pub(super) punch_at: Option<Instant>,
+    /// The answerer's quiet punching ends here (the punch sync's instant).
+    pub(super) quiet_until: Option<Instant>,
+    /// The relay over signaling, when either side's network blocks UDP.
+    pub(super) signal_relay: Option<SignalRelay>,
+    /// Candidates that changed while our offer was on its way (no session ID to trickle on
+    /// yet): trickled once the server names the session.
+    pub(super) untrickled: Vec<Candidate>,
+    /// When it was made: the connect timeout counts from here.
+    pub(super) created: Instant,
+    /// When it first had a path.
+    pub(super) connected_at: Option<Instant>,
+    /// The current path, once there is one.
+    pub(super) path: Option<Via>,
+    pub(super) path_changes: u32,
+    /// When the peer was last heard from (any authenticated datagram, or a relay frame).
+    pub(super) last_heard: Instant,
+    /// Punching gave up (for the failure's reason).
+    pub(super) gave_up: bool,
+    pub(super) sent: Meter,
+    pub(super) received: Meter,
+}
+
+impl Conn {
+    pub(super) fn new(
+        id: ConnectionId,
+        peer: PeerId,
+        service: u16,
+        passive: bool,
+        credentials: agent::Credentials,
+        now: Instant,
+    ) -> Conn {
+        Conn {
+            id,
+            peer,
+            service,
+            passive,
+            phase: if passive {
+                Phase::Incoming
+            } else {
+                Phase::Queued
+            },
+            session: None,
+            remote: None,
+            credentials,
+            punch_at: None,
+            quiet_until: None,
+            signal_relay: None,
+            untrickled: Vec::new(),
+            created: now,
+            connected_at: None,
+            path: None,
+            path_changes: 0,
+            last_heard: now,
+            gave_up: false,
+            sent: Meter::new(now),
+            received: Meter::new(now),
+        }
+    }
+
+    pub(super) fn agent(&self) -> Option<&Agent> {
+        match &self.phase {
+            Phase::Running(agent) => Some(agent),
+            _ => None,
+        }
+    }
+
+    pub(super) fn agent_mut(&mut self) -> Option<&mut Agent> {
+        match &mut self.phase {
+            Phase::Running(agent) => Some(agent),
+            _ => None,
+        }
+    }
+
+    pub(super) fn connected(&self) -> bool {
+        self.connected_at.is_some()
+    }
+
+    /// When the connection ends unless something happens: the connect timeout before the
+    /// first path, the idle timeout after.
+    pub(super) fn deadline(&self, connect_timeout: Duration, idle_timeout: Duration) -> Instant {
+        if self.connected() {
+            self.last_heard + idle_timeout
+        } else {
+            self.created + connect_timeout
+        }
+    }
+
+    /// Every deadline of the connection besides [`deadline`](Self::deadline).
+    pub(super) fn timers(&self) -> impl Iterator<Item = Instant> + '_ {
+        let agent = self.agent().and_then(|a| a.poll_timeout());
+        [
+            agent,
+            self.quiet_until,
+            self.signal_relay.map(|r| r.next_probe),
+        ]
+        .into_iter()
+        .flatten()
+    }
+}

@@ -1,0 +1,1207 @@
+//! The node: one UDP socket's worth of FogConnect, sans-IO.
+//!
+//! A [`Node`] owns every machine a peer needs and is itself one machine for the driver:
+//! - fog-stun's RFC 5780 [`Discovery`] at start, from the node's base port (so that the report's
+//!   mapped address is the base socket's server-reflexive address);
+//! - fog-signal's [`Client`] over whatever carries its text frames (a WebSocket in fog-mio's
+//!   world, fog-sim's reliable channel in the simulator), through [`Node::handle_signal`] and
+//!   [`Node::poll_signal`], drained between the transmits and the events;
+//! - one fog-ice [`Agent`] per connection, built from both sides' descriptions and NAT
+//!   behaviours, started at the instant the signaling server chose (punch sync).
+//!
+//! Connections are handles ([`ConnectionId`]): [`Node::connect`] gives one at once, an offer
+//! from a peer arrives as [`Event::Incoming`] with one, and every later event about the
+//! connection carries it, up to its end, which is always reported: [`Event::Failed`] for one
+//! that never had a path, [`Event::Closed`] for one that had. Ending releases everything the
+//! connection held (its agent, birthday sockets, relay permissions, timers).
+//!
+//! Candidates are kept fresh: [`Node::set_interfaces`] brings the host candidates of further
+//! interface addresses (IPv4 and IPv6) in and out, and a Binding to the STUN server from the
+//! base every [`NodeConfig::keepalive`] keeps the NAT's mapping and notices when it changes
+//! ([`Node::regather`] does it at once). Every change is reported as
+//! [`Event::CandidatesChanged`] and trickled to the peers of every connection.
+
+mod candidates;
+mod config;
+mod conn;
+mod event;
+mod probe;
+mod relay;
+mod signal;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use fog_core::nat::{Behaviour, Mapping, PortPattern};
+use fog_core::pairing::Who;
+use fog_core::{Receive, SansIo, SocketRequest, Transmit};
+use fog_ice::agent::{self, Agent, AgentConfig};
+use fog_ice::strategy::Plan;
+use fog_signal::PeerId;
+use fog_signal::client::{Client, ClientConfig};
+use fog_signal::msg::{RequestId, SessionId};
+use fog_stun::discovery::{self, Discovery, DiscoveryConfig, Report};
+use fog_stun::rank::{self, Ranker};
+use fog_turn::client::{Client as TurnClient, ClientConfig as TurnConfig};
+
+pub use config::{AcceptPolicy, NodeConfig, ServerChoice};
+use conn::{Conn, Phase, SignalRelay};
+pub use event::{
+    CloseReason, CommandError, ConnectError, ConnectionId, ConnectionStats, Event, FailReason,
+    Footprint, LookupError, SendError, Via,
+};
+use probe::{Probe, Refresh};
+pub use signal::{SignalInput, SignalOutput};
+
+/// The largest datagram [`Node::send`] takes: what fits one relayed frame (the relay over
+/// signaling carries at most 1,400 bytes, our framing byte included).
+pub const MAX_DATAGRAM: usize = 1_399;
+/// The most lookups waiting for their answers at once.
+pub const MAX_LOOKUPS: usize = 64;
+/// The code of a refusal by a node that holds [`NodeConfig::max_connections`] connections.
+pub const REFUSED_FULL: u32 = 0xFFFF_0001;
+/// The code a node closes with when its connect timeout ended the connection.
+pub const CLOSED_TIMEOUT: u32 = 0xFFFF_0002;
+/// The code a node closes with when its idle timeout ended the connection.
+pub const CLOSED_IDLE: u32 = 0xFFFF_0003;
+
+/// The framing byte of an application datagram on a UDP path (fog-core's demux table).
+const DATA: u8 = fog_core::FogFraming::Data.byte();
+/// The framing byte of the node's own messages on a UDP path.
+const CONTROL: u8 = fog_core::FogFraming::Control.byte();
+/// A control message that closes the connection: code (u32, big-endian) and reason follow.
+const CONTROL_CLOSE: u8 = 1;
+/// A close goes on the path this many times (the signaling server carries it too, while it
+/// still knows the session).
+const CLOSE_COPIES: usize = 2;
+/// Keepalive probes on the relay over signaling: well inside the server's 120 s session
+/// lifetime, which each relay frame restarts.
+const SIGNAL_RELAY_KEEPALIVE: Duration = Duration::from_secs(30);
+/// The addresses of a path through the signaling server.
+const UNSPECIFIED: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
+
+/// Retransmission interval of the port refresh, and its tries.
+const REFRESH_RTO: Duration = Duration::from_millis(250);
+const REFRESH_TRIES: u32 = 5;
+/// Retransmission interval of the keepalive Binding, and its tries per round.
+const WATCH_RTO: Duration = Duration::from_millis(500);
+const WATCH_TRIES: u32 = 4;
+
+/// How a connection ended.
+#[derive(Debug)]
+enum End {
+    Failed(FailReason),
+    Closed { reason: CloseReason, by_peer: bool },
+}
+
+/// FogConnect on one UDP socket (see the module docs).
+#[derive(Debug)]
+pub struct Node {
+    config: NodeConfig,
+    discovery: Option<Discovery>,
+    report: Option<Report>,
+    client: Client,
+    signal: signal::Link,
+    conns: BTreeMap<ConnectionId, Conn>,
+    by_session: BTreeMap<SessionId, ConnectionId>,
+    by_request: BTreeMap<RequestId, ConnectionId>,
+    next_id: u64,
+    /// Lookups waiting for their answer, by request.
+    lookups: BTreeMap<RequestId, String>,
+    /// Offers whose connection ended before the server named their session: closed on the
+    /// server as soon as it does.
+    cancelled: BTreeMap<RequestId, (u32, String)>,
+    refresh: Option<Refresh>,
+    next_refresh_port: u16,
+    rng: u64,
+    events: VecDeque<Event>,
+    /// The TURN client, once the signaling server handed out credentials.
+    turn: Option<TurnClient>,
+    relay_requested: bool,
+    relayed: Option<SocketAddr>,
+    /// Datagrams of ours to send on a UDP path: (from, to, bytes with the framing byte).
+    outgoing: VecDeque<(SocketAddr, SocketAddr, Vec<u8>)>,
+    /// When the node was made: its first timeout, which starts discovery.
+    created: Instant,
+    started: bool,
+    /// Our further sockets (see [`NodeConfig::interfaces`]).
+    hosts: Vec<SocketAddr>,
+    /// Further addresses whose socket could not be bound, left out while still listed.
+    refused: Vec<IpAddr>,
+    socket_requests: VecDeque<SocketRequest>,
+    /// The keepalive Binding from the base, once discovery is done.
+    watch: Option<Probe>,
+    /// Measuring the servers' RTTs before discovery, with alternatives configured.
+    ranker: Option<Ranker>,
+    /// TURN credentials that came while the servers were being measured.
+    pending_relay: Option<(String, String)>,
+    /// Application and control datagrams that arrived on no connection's path.
+    stray: u64,
+    /// The latest instant the node was given.
+    now: Instant,
+}
+
+impl Node {
+    /// A node; discovery starts at its first [`handle_timeout`](SansIo::handle_timeout), which
+    /// [`poll_timeout`](SansIo::poll_timeout) asks for at `now`.
+    pub fn new(config: NodeConfig, now: Instant) -> Node {
+        let discovery_config = discovery_config(&config);
+        let ports = discovery_config.local_ports();
+        let next_refresh_port = ports
+            .iter()
+            .max()
+            .copied()
+            .unwrap_or(config.base.port())
+            .wrapping_add(1);
+        let ranker = (!config.alternatives.is_empty()).then(|| {
+            let servers = std::iter::once(config.stun)
+                .chain(config.alternatives.iter().map(|a| a.stun))
+                .collect();
+            Ranker::new(
+                rank::RankConfig::new(config.base, config.seed),
+                servers,
+                now,
+            )
+        });
+        let mut node = Node {
+            discovery: ranker.is_none().then(|| Discovery::new(discovery_config)),
+            ranker,
+            pending_relay: None,
+            report: None,
+            client: signal_client(&config, config.seed),
+            signal: signal::Link::default(),
+            conns: BTreeMap::new(),
+            by_session: BTreeMap::new(),
+            by_request: BTreeMap::new(),
+            next_id: 1,
+            lookups: BTreeMap::new(),
+            cancelled: BTreeMap::new(),
+            refresh: None,
+            next_refresh_port,
+            rng: config.seed ^ 0x6e6f_6465,
+            events: VecDeque::new(),
+            turn: None,
+            relay_requested: false,
+            relayed: None,
+            outgoing: VecDeque::new(),
+            created: now,
+            started: false,
+            hosts: Vec::new(),
+            refused: Vec::new(),
+            socket_requests: VecDeque::new(),
+            watch: None,
+            stray: 0,
+            now,
+            config,
+        };
+        let interfaces = std::mem::take(&mut node.config.interfaces);
+        node.set_interfaces(now, &interfaces);
+        // Nobody to tell yet.
+        node.events.clear();
+        node
+    }
+
+    /// This node's peer ID.
+    pub fn peer_id(&self) -> PeerId {
+        self.config.key.peer_id()
+    }
+
+    /// The discovery report, once discovery finished.
+    pub fn report(&self) -> Option<&Report> {
+        self.report.as_ref()
+    }
+
+    /// Whether the signaling server accepted us.
+    pub fn signaling_up(&self) -> bool {
+        self.client.is_authenticated()
+    }
+
+    /// Connects to `peer` for `service`, returning the connection's handle at once. What
+    /// follows comes as events carrying it: [`Event::Connected`] when a path is verified, or
+    /// [`Event::Failed`] with the reason. The offer goes once discovery is done and the
+    /// signaling server accepted us (and, when our next port must be predicted, once the NAT's
+    /// current port was read); the connect timeout counts from now.
+    pub fn connect(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        service: u16,
+    ) -> Result<ConnectionId, ConnectError> {
+        self.now = self.now.max(now);
+        if peer == self.peer_id() {
+            return Err(ConnectError::SelfConnect);
+        }
+        if self.conns.len() >= self.config.max_connections {
+            return Err(ConnectError::TooManyConnections {
+                limit: self.config.max_connections,
+            });
+        }
+        let id = self.new_id();
+        let credentials = self.credentials();
+        self.conns
+            .insert(id, Conn::new(id, peer, service, false, credentials, now));
+        self.progress(now);
+        Ok(id)
+    }
+
+    /// Accepts an incoming connection ([`Event::Incoming`]): the answer goes (once discovery
+    /// is done), and punching starts.
+    pub fn accept(&mut self, now: Instant, id: ConnectionId) -> Result<(), CommandError> {
+        self.now = self.now.max(now);
+        let conn = self
+            .conns
+            .get_mut(&id)
+            .ok_or(CommandError::UnknownConnection)?;
+        if !matches!(conn.phase, Phase::Incoming) {
+            return Err(CommandError::NotIncoming);
+        }
+        conn.phase = Phase::Accepted;
+        self.progress(now);
+        Ok(())
+    }
+
+    /// Refuses an incoming connection ([`Event::Incoming`]): the caller's connection fails
+    /// with [`FailReason::Refused`] carrying `code` and `reason` (at most 256 bytes are
+    /// sent). The handle ends here; no further event names it.
+    pub fn refuse(
+        &mut self,
+        now: Instant,
+        id: ConnectionId,
+        code: u32,
+        reason: &str,
+    ) -> Result<(), CommandError> {
+        self.now = self.now.max(now);
+        let conn = self.conns.get(&id).ok_or(CommandError::UnknownConnection)?;
+        if !matches!(conn.phase, Phase::Incoming) {
+            return Err(CommandError::NotIncoming);
+        }
+        self.tell_peer(id, code, reason);
+        self.release(now, id);
+        Ok(())
+    }
+
+    /// Closes a connection in any phase (an incoming one awaiting a decision is refused). The
+    /// peer learns `code` and `reason` over the path and over signaling while the server
+    /// knows the session, and reports [`Event::Closed`] with `by_peer: true` (or
+    /// [`Event::Failed`] if it never had a path). This node reports [`Event::Closed`] with
+    /// `by_peer: false` at once, and everything the connection held is released.
+    pub fn close(
+        &mut self,
+        now: Instant,
+        id: ConnectionId,
+        code: u32,
+        reason: &str,
+    ) -> Result<(), CommandError> {
+        self.now = self.now.max(now);
+        if !self.conns.contains_key(&id) {
+            return Err(CommandError::UnknownConnection);
+        }
+        self.tell_peer(id, code, reason);
+        self.end(
+            now,
+            id,
+            End::Closed {
+                reason: CloseReason::Application {
+                    code,
+                    reason: reason.to_owned(),
+                },
+                by_peer: false,
+            },
+        );
+        Ok(())
+    }
+
+    /// Asks the signaling server who `name` (an alias or a peer ID) is; the answer comes as
+    /// [`Event::LookupResult`] naming it (or [`Event::LookupFailed`] if signaling drops
+    /// first).
+    pub fn lookup(&mut self, name: &str) -> Result<(), LookupError> {
+        if self.lookups.len() >= MAX_LOOKUPS {
+            return Err(LookupError::TooMany);
+        }
+        let request = self
+            .client
+            .lookup(name)
+            .map_err(|_| LookupError::NotReady)?;
+        self.lookups.insert(request, name.to_owned());
+        Ok(())
+    }
+
+    /// Sends one datagram to the peer of a connection on its current path (unreliable,
+    /// unordered, at most [`MAX_DATAGRAM`] bytes): what the transports build on.
+    pub fn send(&mut self, now: Instant, id: ConnectionId, data: &[u8]) -> Result<(), SendError> {
+        if data.len() > MAX_DATAGRAM {
+            return Err(SendError::TooLong);
+        }
+        let conn = self
+            .conns
+            .get_mut(&id)
+            .ok_or(SendError::UnknownConnection)?;
+        if let Some((local, remote)) = conn.agent().and_then(Agent::data_path) {
+            let mut bytes = Vec::with_capacity(data.len() + 1);
+            bytes.push(DATA);
+            bytes.extend_from_slice(data);
+            self.outgoing.push_back((local, remote, bytes));
+            conn.sent.add(now, data.len());
+            return Ok(());
+        }
+        if let (Some(_), Some(session), true) = (conn.signal_relay, conn.session, conn.connected())
+        {
+            let mut bytes = Vec::with_capacity(data.len() + 1);
+            bytes.push(relay::RELAY_DATA);
+            bytes.extend_from_slice(data);
+            self.client
+                .relay(session, &bytes)
+                .map_err(|_| SendError::NotConnected)?;
+            conn.sent.add(now, data.len());
+            return Ok(());
+        }
+        Err(SendError::NotConnected)
+    }
+
+    /// A connection's figures at `now`, or `None` for an unknown handle.
+    pub fn stats(&self, now: Instant, id: ConnectionId) -> Option<ConnectionStats> {
+        let conn = self.conns.get(&id)?;
+        let agent = conn.agent();
+        let path = match (conn.path, agent.and_then(Agent::selected)) {
+            (Some(Via::Signaling), _) => Some((Via::Signaling, UNSPECIFIED, UNSPECIFIED)),
+            (Some(via), Some((local, remote))) => Some((via, local, remote)),
+            _ => None,
+        };
+        let (rtt, rtt_var) = match (conn.path, agent.and_then(Agent::selected_rtt)) {
+            (Some(Via::Signaling), _) => (conn.signal_relay.and_then(|r| r.rtt), None),
+            (_, Some((srtt, var))) => (Some(srtt), Some(var)),
+            _ => (None, None),
+        };
+        Some(ConnectionStats {
+            peer: conn.peer,
+            service: conn.service,
+            passive: conn.passive,
+            path,
+            rtt,
+            rtt_var,
+            sent_bytes: conn.sent.total_bytes,
+            sent_datagrams: conn.sent.datagrams,
+            received_bytes: conn.received.total_bytes,
+            received_datagrams: conn.received.datagrams,
+            up_rate: conn.sent.rate(now),
+            down_rate: conn.received.rate(now),
+            connected_for: conn.connected_at.map(|t| now.saturating_duration_since(t)),
+            path_changes: conn.path_changes,
+        })
+    }
+
+    /// The handles of every connection the node holds, in every phase.
+    pub fn connections(&self) -> impl Iterator<Item = ConnectionId> + '_ {
+        self.conns.keys().copied()
+    }
+
+    /// What the node holds now: connections, deadlines, sockets, permissions, requests.
+    pub fn footprint(&self) -> Footprint {
+        let birthday: usize = self
+            .conns
+            .values()
+            .filter_map(Conn::agent)
+            .map(|a| a.birthday_sockets().len())
+            .sum();
+        Footprint {
+            connections: self.conns.len(),
+            deadlines: self.deadlines().count(),
+            sockets: self.hosts.len() + usize::from(self.refresh.is_some()) + birthday,
+            relay_permissions: self.turn.as_ref().map_or(0, TurnClient::permission_count),
+            requests: self.lookups.len() + self.by_request.len() + self.cancelled.len(),
+            queued: self.outgoing.len(),
+        }
+    }
+
+    /// Application and control datagrams that arrived on no connection's path, dropped.
+    pub fn stray_datagrams(&self) -> u64 {
+        self.stray
+    }
+
+    fn new_id(&mut self) -> ConnectionId {
+        let id = ConnectionId(self.next_id);
+        self.next_id += 1;
+        id
+    }
+
+    fn next_random(&mut self) -> u64 {
+        self.rng = self.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn credentials(&mut self) -> agent::Credentials {
+        const ICE_CHARS: &[u8; 64] =
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut text = String::with_capacity(32);
+        while text.len() < 32 {
+            let r = self.next_random();
+            for i in 0..8 {
+                text.push(char::from(ICE_CHARS[((r >> (i * 6)) & 63) as usize]));
+            }
+        }
+        agent::Credentials {
+            ufrag: text[..8].to_owned(),
+            pwd: text[8..32].to_owned(),
+        }
+    }
+
+    /// Our behaviour, once known.
+    fn behaviour(&self) -> Option<Behaviour> {
+        self.report.as_ref().map(|r| r.behaviour)
+    }
+
+    /// Whether our next mapping must be predicted from a fresh reading of the NAT's port.
+    fn needs_refresh(&self) -> bool {
+        matches!(
+            self.behaviour(),
+            Some(Behaviour::Nat {
+                mapping: Mapping::AddressDependent | Mapping::AddressAndPortDependent,
+                ports: PortPattern::Sequential { .. },
+                ..
+            })
+        )
+    }
+
+    /// Moves everything forward that waits on something: signaling events, queued offers,
+    /// accepted answers.
+    fn progress(&mut self, now: Instant) {
+        self.drain_signal_events(now);
+        if self.report.is_none() || !self.client.is_authenticated() {
+            return;
+        }
+        let waiting: Vec<ConnectionId> = self
+            .conns
+            .values()
+            .filter(|c| matches!(c.phase, Phase::Queued | Phase::Accepted))
+            .map(|c| c.id)
+            .collect();
+        if waiting.is_empty() {
+            return;
+        }
+        let fresh = self.refresh.as_ref().and_then(|r| r.mapped);
+        if self.needs_refresh() && fresh.is_none() {
+            if self.refresh.is_none() {
+                self.start_refresh(now);
+            }
+            return;
+        }
+        for id in waiting {
+            match self.conns.get(&id).map(|c| c.passive) {
+                Some(false) => self.send_offer(now, id),
+                Some(true) => self.send_answer(now, id),
+                None => {}
+            }
+        }
+        // A refresh serves the offers and answers made from it only; its socket goes.
+        if let Some(refresh) = self.refresh.take_if(|r| r.mapped.is_some()) {
+            self.socket_requests
+                .push_back(SocketRequest::Unbind(refresh.probe.local));
+        }
+        self.drain_signal_events(now);
+    }
+
+    fn start_refresh(&mut self, now: Instant) {
+        let local = SocketAddr::new(self.config.base.ip(), self.next_refresh_port);
+        self.next_refresh_port = self.next_refresh_port.wrapping_add(1).max(1024);
+        self.refresh = Some(Refresh {
+            probe: self.probe(local, now, *b"\0\0\0\0"),
+            mapped: None,
+        });
+    }
+
+    /// A new Binding probe from `local`, first due at `at`; `tag` ends its transaction ID.
+    fn probe(&mut self, local: SocketAddr, at: Instant, tag: [u8; 4]) -> Probe {
+        let mut id = [0u8; 12];
+        id[..8].copy_from_slice(&self.next_random().to_le_bytes());
+        id[8..].copy_from_slice(&tag);
+        Probe {
+            id: fog_stun::wire::TransactionId::new(id),
+            local,
+            next_at: at,
+            sent: 0,
+        }
+    }
+
+    fn send_offer(&mut self, now: Instant, id: ConnectionId) {
+        let Some(conn) = self.conns.get(&id) else {
+            return;
+        };
+        let (peer, credentials, service) = (conn.peer, conn.credentials.clone(), conn.service);
+        let description = self.description(&credentials, service);
+        match self.client.connect(peer, description) {
+            Ok(request) => {
+                self.by_request.insert(request, id);
+                if let Some(conn) = self.conns.get_mut(&id) {
+                    conn.phase = Phase::Offered { request };
+                }
+            }
+            Err(_) => self.end(now, id, End::Failed(FailReason::SignalingLost)),
+        }
+    }
+
+    fn send_answer(&mut self, now: Instant, id: ConnectionId) {
+        let Some(conn) = self.conns.get(&id) else {
+            return;
+        };
+        let (Some(session), credentials, service) =
+            (conn.session, conn.credentials.clone(), conn.service)
+        else {
+            return;
+        };
+        let description = self.description(&credentials, service);
+        if self.client.answer(session, description).is_err() {
+            self.end(now, id, End::Failed(FailReason::SignalingLost));
+            return;
+        }
+        self.build_agent(now, id);
+    }
+
+    /// The agent of a connection whose two descriptions are known.
+    fn build_agent(&mut self, now: Instant, id: ConnectionId) {
+        let mine = self.behaviour().unwrap_or(Behaviour::UdpBlocked);
+        let seed = self.next_random();
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let Some(remote) = &conn.remote else {
+            return;
+        };
+        let theirs = remote.nat.map_or(Behaviour::UdpBlocked, Into::into);
+        let offerer = !conn.passive;
+        let (a, b, me) = if offerer {
+            (mine, theirs, Who::A)
+        } else {
+            (theirs, mine, Who::B)
+        };
+        let mut plan = Plan::new(a, b, me, &self.config.strategy);
+        if !self.config.direct {
+            plan = plan.relay_only();
+        }
+        // No UDP on one side: the signaling server carries the datagrams.
+        if (a == Behaviour::UdpBlocked || b == Behaviour::UdpBlocked) && conn.session.is_some() {
+            conn.signal_relay = Some(SignalRelay {
+                probe_sent: None,
+                next_probe: now,
+                rtt: None,
+            });
+        }
+        let remote_credentials = agent::Credentials {
+            ufrag: remote.credentials.ufrag.clone(),
+            pwd: remote.credentials.pwd.clone(),
+        };
+        let mut config = AgentConfig::new(
+            conn.credentials.clone(),
+            remote_credentials,
+            offerer,
+            self.config.base,
+            plan,
+            seed,
+        );
+        config.hosts = self.hosts.clone();
+        let mut agent = Agent::new(config);
+        for c in &remote.candidates {
+            agent.add_remote(now, candidates::from_wire(c));
+        }
+        // Punch at once: the answerer opens its NAT quietly (low TTL) as it answers, the
+        // offerer checks in full as the answer arrives, so the offerer's first check finds the
+        // answerer's NAT open and no NAT sees unsolicited input. At the instant the server's
+        // punch sync names, the answerer speaks up in full (see `Agent::set_quiet`).
+        agent.set_quiet(!offerer && conn.punch_at.is_none());
+        agent.start(now);
+        if let Some(relayed) = self.relayed {
+            agent.set_relayed(now, relayed);
+            if let Some(turn) = &mut self.turn {
+                for peer in agent.relay_peers() {
+                    let _ = turn.create_permission(now, peer.ip());
+                }
+            }
+        }
+        conn.phase = Phase::Running(Box::new(agent));
+    }
+
+    /// Tells the peer of `id` that we end the connection: on its path, over signaling while
+    /// the server knows the session, or once the server names it.
+    fn tell_peer(&mut self, id: ConnectionId, code: u32, reason: &str) {
+        let Some(conn) = self.conns.get(&id) else {
+            return;
+        };
+        if let Some((local, remote)) = conn.agent().and_then(Agent::data_path) {
+            let mut bytes = Vec::with_capacity(6 + reason.len());
+            bytes.extend_from_slice(&[CONTROL, CONTROL_CLOSE]);
+            bytes.extend_from_slice(&code.to_be_bytes());
+            bytes.extend_from_slice(truncate(reason, fog_signal::msg::MAX_CLOSE_REASON).as_bytes());
+            for _ in 0..CLOSE_COPIES {
+                self.outgoing.push_back((local, remote, bytes.clone()));
+            }
+        }
+        match (conn.session, &conn.phase) {
+            (Some(session), _) => {
+                // A server that forgot the session answers unknown_session; nothing to do.
+                let _ = self.client.close(session, code, reason);
+            }
+            (None, Phase::Offered { request }) => {
+                self.cancelled
+                    .insert(*request, (code, truncate(reason, 256).to_owned()));
+            }
+            _ => {}
+        }
+    }
+
+    /// Ends a connection and reports it.
+    fn end(&mut self, now: Instant, id: ConnectionId, end: End) {
+        if !self.release(now, id) {
+            return;
+        }
+        self.events.push_back(match end {
+            End::Failed(reason) => Event::Failed { id, reason },
+            End::Closed { reason, by_peer } => Event::Closed {
+                id,
+                reason,
+                by_peer,
+            },
+        });
+    }
+
+    /// Forgets a connection and releases what it held: its sockets, the relay permissions no
+    /// other connection uses, its indexes. Whether there was one.
+    fn release(&mut self, _now: Instant, id: ConnectionId) -> bool {
+        let Some(conn) = self.conns.remove(&id) else {
+            return false;
+        };
+        if let Some(session) = conn.session {
+            self.by_session.remove(&session);
+        }
+        if let Phase::Offered { request } = conn.phase {
+            self.by_request.remove(&request);
+        }
+        if let Some(agent) = conn.agent() {
+            for &socket in agent.birthday_sockets() {
+                self.socket_requests
+                    .push_back(SocketRequest::Unbind(socket));
+            }
+            if let Some(turn) = &mut self.turn {
+                for peer in agent.relay_peers() {
+                    let ip = peer.ip();
+                    let shared = self
+                        .conns
+                        .values()
+                        .filter_map(Conn::agent)
+                        .any(|a| a.relay_peers().any(|p| p.ip() == ip));
+                    if !shared {
+                        turn.release_permission(ip);
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    /// Hands the agents' events on.
+    fn drain_agents(&mut self) {
+        let mut happened = Vec::new();
+        for conn in self.conns.values_mut() {
+            let id = conn.id;
+            let Some(agent) = conn.agent_mut() else {
+                continue;
+            };
+            while let Some(event) = agent.poll_event() {
+                happened.push((id, event));
+            }
+        }
+        for (id, event) in happened {
+            let Some(conn) = self.conns.get_mut(&id) else {
+                continue;
+            };
+            match event {
+                agent::Event::Selected {
+                    local,
+                    remote,
+                    rtt,
+                    relayed,
+                } => {
+                    let via = if relayed { Via::Turn } else { Via::Direct };
+                    self.path_selected(id, local, remote, rtt, via);
+                }
+                agent::Event::GaveUp => {
+                    conn.gave_up = true;
+                    if conn.connected() {
+                        self.events.push_back(Event::DirectFailed { id });
+                    }
+                }
+                agent::Event::PathLost { .. } => {
+                    if conn.connected() {
+                        self.events.push_back(Event::PathLost { id });
+                    }
+                }
+                agent::Event::Validated { .. } => {}
+            }
+        }
+    }
+
+    /// A connection has a (new) path: `Connected` the first time, `PathChanged` after.
+    fn path_selected(
+        &mut self,
+        id: ConnectionId,
+        local: SocketAddr,
+        remote: SocketAddr,
+        rtt: Duration,
+        via: Via,
+    ) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        conn.path = Some(via);
+        if conn.connected_at.is_some() {
+            conn.path_changes += 1;
+            self.events.push_back(Event::PathChanged {
+                id,
+                local,
+                remote,
+                rtt,
+                via,
+            });
+        } else {
+            // The idle clock starts with the path (the peer was just heard: it answered).
+            conn.connected_at = Some(self.now);
+            conn.last_heard = self.now;
+            self.events.push_back(Event::Connected {
+                id,
+                peer: conn.peer,
+                service: conn.service,
+                passive: conn.passive,
+                local,
+                remote,
+                rtt,
+                via,
+            });
+        }
+    }
+
+    /// An application or control datagram that arrived on `(local, source)`: handled if it is
+    /// a connection's path. Whether it was one of ours at all (and so taken).
+    fn deliver(&mut self, now: Instant, local: SocketAddr, source: SocketAddr, payload: &[u8]) -> bool {
+        let Some(&kind) = payload.first().filter(|&&b| b == DATA || b == CONTROL) else {
+            return false;
+        };
+        let Some(conn) = self
+            .conns
+            .values_mut()
+            .find(|c| c.agent().is_some_and(|a| a.has_path(local, source)))
+        else {
+            self.stray += 1;
+            return true;
+        };
+        let id = conn.id;
+        conn.last_heard = now;
+        if kind == DATA {
+            conn.received.add(now, payload.len() - 1);
+            self.events.push_back(Event::Data {
+                id,
+                data: payload[1..].to_vec(),
+            });
+            return true;
+        }
+        match parse_close(&payload[1..]) {
+            Some((code, reason)) => self.closed_by_peer(now, id, code, reason),
+            None => self.stray += 1,
+        }
+        true
+    }
+
+    /// The peer ended the connection with `code` and `reason`.
+    fn closed_by_peer(&mut self, now: Instant, id: ConnectionId, code: u32, reason: String) {
+        let Some(conn) = self.conns.get(&id) else {
+            return;
+        };
+        let end = if conn.connected() {
+            End::Closed {
+                reason: CloseReason::Application { code, reason },
+                by_peer: true,
+            }
+        } else if conn.passive {
+            End::Failed(FailReason::Cancelled { code, reason })
+        } else {
+            End::Failed(FailReason::Refused { code, reason })
+        };
+        self.end(now, id, end);
+    }
+
+    /// Every deadline the node has armed.
+    fn deadlines(&self) -> impl Iterator<Item = Instant> + '_ {
+        let fixed = [
+            (!self.started).then_some(self.created),
+            self.client.poll_timeout(),
+            self.turn.as_ref().and_then(SansIo::poll_timeout),
+            self.discovery.as_ref().and_then(SansIo::poll_timeout),
+            self.ranker.as_ref().and_then(SansIo::poll_timeout),
+            self.refresh
+                .as_ref()
+                .filter(|r| r.mapped.is_none())
+                .map(|r| r.probe.next_at),
+            self.watch.as_ref().map(|w| w.next_at),
+            self.signal.reopen_at(),
+        ];
+        let (connect, idle) = (self.config.connect_timeout, self.config.idle_timeout);
+        fixed.into_iter().flatten().chain(
+            self.conns
+                .values()
+                .flat_map(move |c| c.timers().chain(std::iter::once(c.deadline(connect, idle)))),
+        )
+    }
+
+    /// Ends the connections whose connect or idle timeout passed.
+    fn expire(&mut self, now: Instant) {
+        let (connect, idle) = (self.config.connect_timeout, self.config.idle_timeout);
+        let due: Vec<(ConnectionId, bool, bool)> = self
+            .conns
+            .values()
+            .filter(|c| c.deadline(connect, idle) <= now)
+            .map(|c| (c.id, c.connected(), c.gave_up))
+            .collect();
+        for (id, connected, gave_up) in due {
+            if connected {
+                self.tell_peer(id, CLOSED_IDLE, "idle timeout");
+                let reason = CloseReason::IdleTimeout;
+                self.end(now, id, End::Closed { reason, by_peer: false });
+            } else {
+                self.tell_peer(id, CLOSED_TIMEOUT, "connect timeout");
+                let reason = if gave_up {
+                    FailReason::NoPath
+                } else {
+                    FailReason::TimedOut
+                };
+                self.end(now, id, End::Failed(reason));
+            }
+        }
+    }
+
+    /// Hands discovery's events on; once it is done the machine goes, and so do the sockets
+    /// it sampled ports from.
+    fn drain_discovery(&mut self, now: Instant) {
+        let Some(discovery) = &mut self.discovery else {
+            return;
+        };
+        while let Some(event) = discovery.poll_event() {
+            if let discovery::Event::Done(report) = event {
+                self.events.push_back(Event::Ready {
+                    behaviour: report.behaviour,
+                    public: report.mapped,
+                });
+                self.report = Some(report);
+            }
+        }
+        if self.report.is_some() {
+            self.discovery = None;
+            let base = self.config.base;
+            for port in discovery_config(&self.config).local_ports() {
+                if port != base.port() {
+                    let socket = SocketAddr::new(base.ip(), port);
+                    self.socket_requests.push_back(SocketRequest::Unbind(socket));
+                }
+            }
+            self.watch_from(now + self.config.keepalive);
+            self.progress(now);
+        }
+    }
+
+    fn handle_refresh_answer(&mut self, now: Instant, packet: &Receive<'_>) -> bool {
+        let Some(refresh) = &mut self.refresh else {
+            return false;
+        };
+        let Some(response) = refresh.probe.answer(packet, self.config.stun) else {
+            return false;
+        };
+        refresh.mapped = response.mapped_address();
+        self.progress(now);
+        true
+    }
+
+    /// The ranking is done: use the chosen servers, start discovery, and allocate on the
+    /// chosen relay if credentials came meanwhile.
+    fn drain_ranker(&mut self, now: Instant) {
+        let Some(ranker) = &mut self.ranker else {
+            return;
+        };
+        let Some(rank::Event::Done(ranking)) = ranker.poll_event() else {
+            return;
+        };
+        self.ranker = None;
+        // None answered: the configured server, whose discovery reports what it finds.
+        if let Some(i) = ranking.choice().filter(|&i| i > 0) {
+            let chosen = self.config.alternatives[i - 1];
+            self.config.stun = chosen.stun;
+            self.config.turn = chosen.turn;
+        }
+        self.events.push_back(Event::ServerChosen {
+            stun: self.config.stun,
+            turn: self.config.turn,
+            rtts: ranking.servers,
+        });
+        self.discovery = Some(Discovery::new(discovery_config(&self.config)));
+        if let Some((username, password)) = self.pending_relay.take() {
+            self.allocate(now, username, password);
+        }
+        // Only the chosen server has a relay: ask for credentials now (signaling may have
+        // come up while the servers were measured).
+        if self.config.turn.is_some() && !self.relay_requested && self.client.is_authenticated() {
+            self.relay_requested = self.client.request_relay().is_ok();
+        }
+    }
+
+    /// Allocates on the TURN server with credentials from signaling.
+    fn allocate(&mut self, now: Instant, username: String, password: String) {
+        if self.ranker.is_some() {
+            self.pending_relay = Some((username, password));
+            return;
+        }
+        if let (Some(server), None) = (self.config.turn, &self.turn) {
+            let mut config = TurnConfig::new(server, username, password, self.next_random());
+            config.source = Some(self.config.base);
+            let mut turn = TurnClient::new(config);
+            if turn.allocate(now).is_ok() {
+                self.turn = Some(turn);
+            }
+        }
+    }
+}
+
+/// The signaling client of a node, seeded from `seed`.
+fn signal_client(config: &NodeConfig, seed: u64) -> Client {
+    let mut bytes = [0u8; 32];
+    bytes[..8].copy_from_slice(&seed.to_le_bytes());
+    bytes[8] = 0x51;
+    let mut client_config = ClientConfig::new(config.key.clone(), config.realm.clone(), bytes);
+    client_config.alias = config.alias.clone();
+    Client::new(client_config)
+}
+
+/// Discovery from the base port against the configured STUN server.
+fn discovery_config(config: &NodeConfig) -> DiscoveryConfig {
+    let mut d = DiscoveryConfig::new(config.stun, config.seed);
+    d.first_port = config.base.port();
+    d.local_ip = config.base.ip();
+    d.port_samples = config.port_samples;
+    d.hairpinning = config.hairpinning;
+    d
+}
+
+/// `text` cut to at most `max` bytes at a character boundary.
+fn truncate(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// A control message's close: (code, reason), or `None` if it is not a well-formed one.
+fn parse_close(message: &[u8]) -> Option<(u32, String)> {
+    let (&kind, rest) = message.split_first()?;
+    if kind != CONTROL_CLOSE || rest.len() < 4 {
+        return None;
+    }
+    let code = u32::from_be_bytes(rest[..4].try_into().ok()?);
+    let reason = &rest[4..];
+    let reason = &reason[..reason.len().min(fog_signal::msg::MAX_CLOSE_REASON)];
+    Some((code, String::from_utf8_lossy(reason).into_owned()))
+}
+
+impl SansIo for Node {
+    type Event = Event;
+
+    fn handle_packet(&mut self, now: Instant, packet: Receive<'_>) {
+        self.now = self.now.max(now);
+        // The TURN client first: it shares the base port with discovery, and takes only its
+        // server's answers to its own requests and the data the relay delivers.
+        if let Some(turn) = &mut self.turn {
+            if turn.accepts(&packet) {
+                turn.handle_packet(now, packet);
+                self.drain_turn(now);
+                return;
+            }
+        }
+        if let Some(ranker) = &mut self.ranker {
+            if ranker.accepts(&packet) {
+                ranker.handle_packet(now, packet);
+                self.drain_ranker(now);
+                return;
+            }
+        }
+        if let Some(discovery) = &mut self.discovery {
+            if discovery.accepts(&packet) {
+                discovery.handle_packet(now, packet);
+                self.drain_discovery(now);
+                return;
+            }
+        }
+        if self.handle_refresh_answer(now, &packet) || self.handle_watch_answer(now, &packet) {
+            return;
+        }
+        if self.deliver(now, packet.local, packet.source, packet.payload) {
+            return;
+        }
+        self.to_agent(now, packet);
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        self.now = self.now.max(now);
+        if !self.started {
+            self.started = true;
+            self.signal.start();
+        }
+        self.signal.handle_timeout(now);
+        self.client.handle_timeout(now);
+        if let Some(turn) = &mut self.turn {
+            turn.handle_timeout(now);
+        }
+        self.drain_turn(now);
+        if let Some(ranker) = &mut self.ranker {
+            ranker.handle_timeout(now);
+        }
+        self.drain_ranker(now);
+        if let Some(discovery) = &mut self.discovery {
+            discovery.handle_timeout(now);
+        }
+        self.drain_discovery(now);
+        if let Some(refresh) = &mut self.refresh {
+            if refresh.mapped.is_none() && refresh.probe.exhausted(now, REFRESH_TRIES) {
+                // No answer: predict from the discovery report's address instead.
+                refresh.mapped = self
+                    .report
+                    .as_ref()
+                    .and_then(|r| r.mapped)
+                    .or(Some(self.config.base));
+            }
+        }
+        self.signal_relay_timeouts(now);
+        for conn in self.conns.values_mut() {
+            let quiet_over = conn.quiet_until.is_some_and(|t| now >= t);
+            if quiet_over {
+                conn.quiet_until = None;
+            }
+            if let Some(agent) = conn.agent_mut() {
+                if quiet_over {
+                    agent.set_quiet(false);
+                }
+                agent.handle_timeout(now);
+            }
+        }
+        self.drain_agents();
+        self.expire(now);
+        self.progress(now);
+    }
+
+    fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        if let Some(ranker) = &mut self.ranker {
+            if let Some(t) = ranker.poll_transmit(now, buf) {
+                return Some(t);
+            }
+        }
+        if let Some(discovery) = &mut self.discovery {
+            let transmit = discovery.poll_transmit(now, buf);
+            self.drain_discovery(now);
+            if transmit.is_some() {
+                return transmit;
+            }
+        }
+        let stun = self.config.stun;
+        if let Some(refresh) = self.refresh.as_mut().filter(|r| r.mapped.is_none()) {
+            if let Some(t) = refresh
+                .probe
+                .poll(now, buf, stun, REFRESH_RTO, REFRESH_TRIES)
+            {
+                return Some(t);
+            }
+        }
+        if self
+            .watch
+            .as_ref()
+            .is_some_and(|w| w.exhausted(now, WATCH_TRIES))
+        {
+            // No answer this round (the server may be down): the next round later.
+            self.watch_from(now + self.config.keepalive);
+        }
+        if let Some(watch) = &mut self.watch {
+            if let Some(t) = watch.poll(now, buf, stun, WATCH_RTO, WATCH_TRIES) {
+                return Some(t);
+            }
+        }
+        while let Some((local, remote, bytes)) = self.outgoing.pop_front() {
+            match (self.relayed, &mut self.turn) {
+                (Some(relayed), Some(turn)) if local == relayed => {
+                    let _ = turn.create_permission(now, remote.ip());
+                    let _ = turn.send_to(now, remote, &bytes);
+                }
+                _ => {
+                    let len = bytes.len().min(buf.len());
+                    buf[..len].copy_from_slice(&bytes[..len]);
+                    return Some(Transmit::new(remote, len).from_source(local));
+                }
+            }
+        }
+        // What the agents send from our relayed address goes through the TURN client.
+        for conn in self.conns.values_mut() {
+            let Some(agent) = conn.agent_mut() else {
+                continue;
+            };
+            while let Some(t) = agent.poll_transmit(now, buf) {
+                match (self.relayed, &mut self.turn) {
+                    (Some(relayed), Some(turn)) if t.source == Some(relayed) => {
+                        let _ = turn.create_permission(now, t.destination.ip());
+                        let _ = turn.send_to(now, t.destination, &buf[..t.len]);
+                    }
+                    _ => return Some(t),
+                }
+            }
+        }
+        if let Some(turn) = &mut self.turn {
+            if let Some(t) = turn.poll_transmit(now, buf) {
+                return Some(t);
+            }
+            self.drain_turn(now);
+        }
+        None
+    }
+
+    fn poll_event(&mut self) -> Option<Event> {
+        self.drain_agents();
+        self.events.pop_front()
+    }
+
+    fn poll_socket_request(&mut self) -> Option<SocketRequest> {
+        self.socket_requests.pop_front()
+    }
+
+    /// A further interface's socket could not be bound (another process has the port on that
+    /// address): the address is not used, and is reported as removed in
+    /// [`Event::CandidatesChanged`]. Not an error for the node: it works on without it. A peer
+    /// that was already told of it keeps checking it in vain (signaling has no way to take a
+    /// candidate back) until its round ends.
+    fn handle_bind_error(&mut self, now: Instant, addr: SocketAddr) {
+        if !self.hosts.contains(&addr) {
+            return;
+        }
+        // Not offered again while the caller keeps listing it (a gatherer that reads the
+        // interfaces every few seconds would otherwise add and remove it each time).
+        self.refused.push(addr.ip());
+        // The addresses still wanted: the other hosts, and every refused one (so that the
+        // call keeps them refused).
+        let keep: Vec<IpAddr> = self
+            .hosts
+            .iter()
+            .filter(|h| **h != addr)
+            .map(SocketAddr::ip)
+            .chain(self.refused.iter().copied())
+            .collect();
+        self.set_interfaces(now, &keep);
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.deadlines().min()
+    }
+}

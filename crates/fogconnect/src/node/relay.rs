@@ -1,0 +1,168 @@
+//! Datagrams to the agents, directly or through our TURN allocation, and the relay over
+//! signaling.
+
+use std::time::Instant;
+
+use fog_core::{Receive, SansIo};
+use fog_ice::candidate::{Candidate, Kind};
+use fog_signal::msg::SessionId;
+use fog_turn::client::Event as TurnEvent;
+
+use super::candidates::to_wire;
+use super::{ConnectionId, Event, Node, SIGNAL_RELAY_KEEPALIVE, UNSPECIFIED, Via};
+
+/// A probe on the relay over signaling (first byte), its echo, and an application datagram.
+pub(super) const RELAY_PROBE: u8 = 0;
+pub(super) const RELAY_ECHO: u8 = 1;
+pub(super) const RELAY_DATA: u8 = 2;
+
+impl Node {
+    /// Hands a datagram to the agent that owns it; the peer counts as heard when the agent
+    /// took it as authentic (it dropped nothing).
+    pub(super) fn to_agent(&mut self, now: Instant, packet: Receive<'_>) {
+        for conn in self.conns.values_mut() {
+            let Some(agent) = conn.agent_mut() else {
+                continue;
+            };
+            if !agent.owns(&packet) {
+                continue;
+            }
+            let before = agent.stats();
+            agent.handle_packet(now, packet);
+            let after = agent.stats();
+            if (after.malformed, after.unauthenticated, after.stray)
+                == (before.malformed, before.unauthenticated, before.stray)
+            {
+                conn.last_heard = now;
+            }
+            self.relay_permissions(now);
+            self.drain_agents();
+            return;
+        }
+    }
+
+    /// Hands the TURN client's events on: the allocation to the agents, relayed data to the
+    /// connection or agent it is for.
+    pub(super) fn drain_turn(&mut self, now: Instant) {
+        let Some(turn) = &mut self.turn else {
+            return;
+        };
+        let mut events = Vec::new();
+        while let Some(event) = turn.poll_event() {
+            events.push(event);
+        }
+        for event in events {
+            match event {
+                TurnEvent::Allocated { relayed, .. } => {
+                    self.relayed = Some(relayed);
+                    self.events.push_back(Event::RelayReady { relayed });
+                    let candidate = Candidate::new(Kind::Relayed, relayed);
+                    for conn in self.conns.values_mut() {
+                        if let Some(agent) = conn.agent_mut() {
+                            agent.set_relayed(now, relayed);
+                        }
+                        // Connections that described themselves before the relay existed learn
+                        // it now (trickle), or once the server names the session.
+                        match conn.session {
+                            Some(session) => {
+                                let _ = self.client.trickle(session, Some(to_wire(&candidate)));
+                            }
+                            None => conn.untrickled.push(candidate),
+                        }
+                    }
+                    self.relay_permissions(now);
+                }
+                TurnEvent::Data { peer, data, .. } => {
+                    let Some(relayed) = self.relayed else {
+                        continue;
+                    };
+                    if self.deliver(now, relayed, peer, &data) {
+                        continue;
+                    }
+                    let packet = Receive {
+                        source: peer,
+                        local: relayed,
+                        payload: &data,
+                    };
+                    self.to_agent(now, packet);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Permissions on our allocation for every peer address a relay pair talks to.
+    /// Called after every datagram an agent took (it may have learnt a peer-reflexive
+    /// address), so it allocates nothing; `create_permission` is a lookup for a known IP.
+    pub(super) fn relay_permissions(&mut self, now: Instant) {
+        let Some(turn) = &mut self.turn else {
+            return;
+        };
+        for conn in self.conns.values() {
+            if let Some(agent) = conn.agent() {
+                for peer in agent.relay_peers() {
+                    let _ = turn.create_permission(now, peer.ip());
+                }
+            }
+        }
+    }
+
+    /// Probes due on the relays over signaling.
+    pub(super) fn signal_relay_timeouts(&mut self, now: Instant) {
+        for conn in self.conns.values_mut() {
+            if let (Some(relay), Some(session)) = (&mut conn.signal_relay, conn.session) {
+                if now >= relay.next_probe {
+                    // Without an authenticated connection the probe waits for the next turn.
+                    relay.next_probe = now + SIGNAL_RELAY_KEEPALIVE;
+                    if self.client.relay(session, &[RELAY_PROBE]).is_ok() {
+                        relay.probe_sent = Some(now);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A datagram from the peer of `session` through the signaling server.
+    pub(super) fn handle_relay_frame(&mut self, now: Instant, session: SessionId, data: &[u8]) {
+        let Some(&id) = self.by_session.get(&session) else {
+            return;
+        };
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        conn.last_heard = now;
+        match data.first() {
+            Some(&RELAY_PROBE) => {
+                let mut echo = data.to_vec();
+                echo[0] = RELAY_ECHO;
+                let _ = self.client.relay(session, &echo);
+            }
+            Some(&RELAY_DATA) if conn.connected() => {
+                conn.received.add(now, data.len() - 1);
+                self.events.push_back(Event::Data {
+                    id,
+                    data: data[1..].to_vec(),
+                });
+            }
+            Some(&RELAY_ECHO) => {
+                let Some(relay) = &mut conn.signal_relay else {
+                    return;
+                };
+                let Some(sent) = relay.probe_sent.take() else {
+                    return;
+                };
+                let rtt = now.saturating_duration_since(sent);
+                relay.rtt = Some(rtt);
+                if !conn.connected() {
+                    self.signal_path(id, rtt);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The relay over signaling of `id` is verified: its first path.
+    fn signal_path(&mut self, id: ConnectionId, rtt: std::time::Duration) {
+        self.path_selected(id, UNSPECIFIED, UNSPECIFIED, rtt, Via::Signaling);
+    }
+}

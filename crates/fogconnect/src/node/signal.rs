@@ -1,0 +1,391 @@
+//! The node's side of signaling: the connection's life (open, back-off, reopen), its frames in
+//! the driving contract, and what the server tells us about sessions.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use fog_signal::client::Event as SignalEvent;
+use fog_signal::msg::ErrorCode;
+
+use super::conn::{Conn, Phase};
+use super::{CloseReason, End, Event, FailReason, Node, Via, candidates::to_wire};
+
+/// What the driver tells the node about its signaling connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SignalInput<'a> {
+    /// The connection the node asked for ([`SignalOutput::Open`]) is open.
+    Opened,
+    /// A text frame from the server.
+    Frame(&'a str),
+    /// The connection ended (either side closed it, it broke, or it never opened).
+    Closed,
+}
+
+/// What the node asks of its signaling connection, drained with [`Node::poll_signal`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SignalOutput {
+    /// Open a connection to the signaling server (at start, and again after a back-off when
+    /// one ended); report the outcome with [`SignalInput::Opened`] or [`SignalInput::Closed`].
+    Open,
+    /// Send this text frame on the open connection.
+    Frame(String),
+    /// Close the connection (the server failed the handshake); report
+    /// [`SignalInput::Closed`] once it is.
+    Close,
+}
+
+/// The first wait before reopening a signaling connection that ended, and the longest.
+const REOPEN_FIRST: Duration = Duration::from_secs(1);
+const REOPEN_MAX: Duration = Duration::from_secs(30);
+
+/// The signaling connection as the node sees it.
+#[derive(Debug)]
+pub(super) struct Link {
+    state: State,
+    /// The wait before the next reopen; doubles up to [`REOPEN_MAX`], back to
+    /// [`REOPEN_FIRST`] once the server accepts us.
+    backoff: Duration,
+    out: VecDeque<SignalOutput>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Not asked for yet (the node has not started).
+    Idle,
+    /// Asked for, not open yet.
+    Opening,
+    Open,
+    /// Ended; reopened at the instant.
+    Down(Instant),
+}
+
+impl Default for Link {
+    fn default() -> Self {
+        Link {
+            state: State::Idle,
+            backoff: REOPEN_FIRST,
+            out: VecDeque::new(),
+        }
+    }
+}
+
+impl Link {
+    /// The node started: ask for the connection unless the driver opened one already.
+    pub(super) fn start(&mut self) {
+        if self.state == State::Idle {
+            self.state = State::Opening;
+            self.out.push_back(SignalOutput::Open);
+        }
+    }
+
+    pub(super) fn handle_timeout(&mut self, now: Instant) {
+        if let State::Down(at) = self.state {
+            if now >= at {
+                self.state = State::Opening;
+                self.out.push_back(SignalOutput::Open);
+            }
+        }
+    }
+
+    pub(super) fn reopen_at(&self) -> Option<Instant> {
+        match self.state {
+            State::Down(at) => Some(at),
+            _ => None,
+        }
+    }
+}
+
+impl Node {
+    /// News of the signaling connection: it opened, a frame arrived, it ended. Drain the node
+    /// afterwards as after any input.
+    pub fn handle_signal(&mut self, now: Instant, input: SignalInput<'_>) {
+        self.now = self.now.max(now);
+        match input {
+            SignalInput::Opened => {
+                self.signal.state = State::Open;
+                self.signal.out.retain(|o| *o != SignalOutput::Open);
+                self.client.handle_connected(now);
+            }
+            SignalInput::Frame(frame) => {
+                if self.signal.state == State::Open {
+                    self.client.handle_frame(now, frame);
+                }
+            }
+            SignalInput::Closed => self.signaling_lost(now),
+        }
+        self.progress(now);
+        self.drain_agents();
+    }
+
+    /// The next thing the signaling connection must do: open, send a frame, close. Drained
+    /// after the transmits and before the events, like them until `None`.
+    pub fn poll_signal(&mut self) -> Option<SignalOutput> {
+        if let Some(out) = self.signal.out.pop_front() {
+            return Some(out);
+        }
+        if self.signal.state != State::Open {
+            return None;
+        }
+        self.client.poll_frame().map(SignalOutput::Frame)
+    }
+
+    /// The signaling connection ended: a new client for the next one, after a back-off.
+    /// What needed the server fails; connections with a UDP path go on.
+    fn signaling_lost(&mut self, now: Instant) {
+        if matches!(self.signal.state, State::Down(_)) {
+            return;
+        }
+        let was_up = self.client.is_authenticated();
+        self.signal.state = State::Down(now + self.signal.backoff);
+        self.signal.backoff = (self.signal.backoff * 2).min(REOPEN_MAX);
+        self.signal.out.clear();
+        let seed = self.next_random();
+        self.client = super::signal_client(&self.config, seed);
+        self.relay_requested = false;
+        self.by_session.clear();
+        self.by_request.clear();
+        self.cancelled.clear();
+        for (_, name) in std::mem::take(&mut self.lookups) {
+            self.events.push_back(Event::LookupFailed { name });
+        }
+        let ids: Vec<_> = self.conns.keys().copied().collect();
+        for id in ids {
+            let Some(conn) = self.conns.get_mut(&id) else {
+                continue;
+            };
+            conn.session = None;
+            let end = match (&conn.phase, conn.path) {
+                // Not offered yet: it goes once we are back, within its timeout.
+                (Phase::Queued, _) => None,
+                (Phase::Running(_), Some(Via::Signaling)) => Some(End::Closed {
+                    reason: CloseReason::SignalingLost,
+                    by_peer: false,
+                }),
+                // Punching may still find a path without the server.
+                (Phase::Running(_), _) => None,
+                _ => Some(End::Failed(FailReason::SignalingLost)),
+            };
+            if let Some(end) = end {
+                self.end(now, id, end);
+            }
+        }
+        if was_up || self.started {
+            self.events.push_back(Event::SignalingDown);
+        }
+    }
+
+    /// Hands the signaling client's events on.
+    pub(super) fn drain_signal_events(&mut self, now: Instant) {
+        while let Some(event) = self.client.poll_event() {
+            self.handle_signal_event(now, event);
+        }
+    }
+
+    fn handle_signal_event(&mut self, now: Instant, event: SignalEvent) {
+        match event {
+            SignalEvent::Authenticated { .. } => {
+                self.signal.backoff = REOPEN_FIRST;
+                self.events.push_back(Event::SignalingUp);
+                if self.config.turn.is_some() && !self.relay_requested {
+                    self.relay_requested = self.client.request_relay().is_ok();
+                }
+            }
+            SignalEvent::Failed { .. } => {
+                self.signal.out.push_back(super::SignalOutput::Close);
+            }
+            SignalEvent::RelayCredentials {
+                username, password, ..
+            } => self.allocate(now, username, password),
+            SignalEvent::LookupResult {
+                request,
+                peer,
+                online,
+            } => {
+                if let Some(name) = self.lookups.remove(&request) {
+                    self.events
+                        .push_back(Event::LookupResult { name, peer, online });
+                }
+            }
+            SignalEvent::OfferSent { request, session } => {
+                if let Some((code, reason)) = self.cancelled.remove(&request) {
+                    let _ = self.client.close(session, code, &reason);
+                    return;
+                }
+                let Some(id) = self.by_request.remove(&request) else {
+                    return;
+                };
+                let Some(conn) = self.conns.get_mut(&id) else {
+                    return;
+                };
+                conn.session = Some(session);
+                conn.phase = Phase::AwaitingAnswer;
+                self.by_session.insert(session, id);
+                for c in std::mem::take(&mut conn.untrickled) {
+                    let _ = self.client.trickle(session, Some(to_wire(&c)));
+                }
+            }
+            SignalEvent::Offer {
+                session,
+                from,
+                description,
+            } => self.incoming(now, session, from, description),
+            SignalEvent::Answer {
+                session,
+                description,
+                ..
+            } => {
+                let Some(&id) = self.by_session.get(&session) else {
+                    return;
+                };
+                let Some(conn) = self.conns.get_mut(&id) else {
+                    return;
+                };
+                if !matches!(conn.phase, Phase::AwaitingAnswer) {
+                    return;
+                }
+                conn.remote = Some(description);
+                self.build_agent(now, id);
+            }
+            SignalEvent::Candidate {
+                session,
+                candidate: Some(candidate),
+            } => {
+                let Some(conn) = self
+                    .by_session
+                    .get(&session)
+                    .and_then(|id| self.conns.get_mut(id))
+                else {
+                    return;
+                };
+                if let Some(remote) = &mut conn.remote {
+                    // Bounded like the description itself: a peer cannot grow it without end.
+                    if remote.candidates.len() < MAX_REMOTE_CANDIDATES {
+                        remote.candidates.push(candidate);
+                    }
+                }
+                if let Some(agent) = conn.agent_mut() {
+                    agent.add_remote(now, super::candidates::from_wire(&candidate));
+                }
+                self.relay_permissions(now);
+            }
+            SignalEvent::Relay { session, data } => self.handle_relay_frame(now, session, &data),
+            SignalEvent::PunchAt { session, at } => {
+                let Some(conn) = self
+                    .by_session
+                    .get(&session)
+                    .and_then(|id| self.conns.get_mut(id))
+                else {
+                    return;
+                };
+                conn.punch_at = Some(at);
+                let passive = conn.passive;
+                if let Some(agent) = conn.agent_mut() {
+                    agent.start(now);
+                    if passive {
+                        conn.quiet_until = Some(at);
+                    }
+                }
+            }
+            SignalEvent::Error {
+                request: Some(request),
+                code,
+                message,
+            } => {
+                self.cancelled.remove(&request);
+                if let Some(name) = self.lookups.remove(&request) {
+                    self.events.push_back(Event::LookupFailed { name });
+                }
+                let Some(id) = self.by_request.remove(&request) else {
+                    return;
+                };
+                let reason = match code {
+                    ErrorCode::UnknownPeer => FailReason::PeerOffline,
+                    ErrorCode::TooManyPending | ErrorCode::RateLimited | ErrorCode::ServerFull => {
+                        FailReason::ServerLimit {
+                            code: code.code(),
+                            message,
+                        }
+                    }
+                    _ => FailReason::Signaling {
+                        code: code.code(),
+                        message,
+                    },
+                };
+                self.end(now, id, End::Failed(reason));
+            }
+            SignalEvent::SessionClosed {
+                session,
+                reason,
+                code,
+            } => {
+                let Some(id) = self.by_session.remove(&session) else {
+                    return;
+                };
+                let Some(conn) = self.conns.get_mut(&id) else {
+                    return;
+                };
+                conn.session = None;
+                match code {
+                    Some(code) => self.closed_by_peer(now, id, code, reason),
+                    None if !conn.connected() => {
+                        self.end(now, id, End::Failed(FailReason::SessionEnded { reason }));
+                    }
+                    None if conn.path == Some(Via::Signaling) => self.end(
+                        now,
+                        id,
+                        End::Closed {
+                            reason: CloseReason::SignalingLost,
+                            by_peer: false,
+                        },
+                    ),
+                    // The path does not need the server.
+                    None => {}
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A peer offers a connection: a new handle, accepted at once or waiting for the
+    /// application; refused when the node is full.
+    fn incoming(
+        &mut self,
+        now: Instant,
+        session: fog_signal::msg::SessionId,
+        from: fog_signal::PeerId,
+        description: fog_signal::msg::Description,
+    ) {
+        if self.by_session.contains_key(&session) {
+            return;
+        }
+        if self.conns.len() >= self.config.max_connections {
+            let _ = self
+                .client
+                .close(session, super::REFUSED_FULL, "too many connections");
+            return;
+        }
+        let id = self.new_id();
+        let credentials = self.credentials();
+        let service = description.service;
+        let mut conn = Conn::new(id, from, service, true, credentials, now);
+        conn.session = Some(session);
+        conn.remote = Some(description);
+        self.conns.insert(id, conn);
+        self.by_session.insert(session, id);
+        self.events.push_back(Event::Incoming {
+            id,
+            peer: from,
+            service,
+        });
+        if self.config.accept == super::AcceptPolicy::All {
+            if let Some(conn) = self.conns.get_mut(&id) {
+                conn.phase = Phase::Accepted;
+            }
+        }
+    }
+}
+
+/// The most candidates kept of a peer's description and trickles.
+const MAX_REMOTE_CANDIDATES: usize = 64;
