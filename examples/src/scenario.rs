@@ -13,7 +13,7 @@
 //! virtual time), A calls `connect(B)`. The time to a path is from that call to the instant the
 //! second node reports `Connected`.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -64,6 +64,9 @@ pub struct Profile {
     pub connect_timeout: Option<Duration>,
     /// The nodes' idle timeout ([`NodeConfig::idle_timeout`]; its default by default).
     pub idle_timeout: Option<Duration>,
+    /// The signaling server's per-connection frame rate and pending-offer limits lifted, for
+    /// tests that make thousands of connections (off by default: fogd's limits).
+    pub busy_signaling: bool,
 }
 
 impl Default for Profile {
@@ -79,6 +82,7 @@ impl Default for Profile {
             accept: AcceptPolicy::All,
             connect_timeout: None,
             idle_timeout: None,
+            busy_signaling: false,
         }
     }
 }
@@ -98,18 +102,30 @@ impl Profile {
 pub struct SimNode {
     /// The node.
     pub node: Node,
+    base: SocketAddr,
     frames: VecDeque<String>,
     requests: VecDeque<Request>,
+    /// The sockets a driver like fog-mio would hold for the node besides its base: every
+    /// source address the node sent from or asked to bind, less those it asked to unbind.
+    held: BTreeSet<SocketAddr>,
 }
 
 impl SimNode {
     /// Wraps `node`.
-    pub fn new(node: Node) -> Self {
+    pub fn new(node: Node, base: SocketAddr) -> Self {
         SimNode {
             node,
+            base,
             frames: VecDeque::new(),
             requests: VecDeque::new(),
+            held: BTreeSet::new(),
         }
+    }
+
+    /// How many sockets a real driver would hold open for the node besides its base socket
+    /// (see the field's docs): what a test of released resources counts.
+    pub fn held_sockets(&self) -> usize {
+        self.held.len()
     }
 
     /// Sorts what the node asks of its signaling connection into frames and requests.
@@ -134,7 +150,11 @@ impl SansIo for SimNode {
         self.node.handle_timeout(now);
     }
     fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
-        self.node.poll_transmit(now, buf)
+        let t = self.node.poll_transmit(now, buf)?;
+        if let Some(source) = t.source.filter(|s| *s != self.base) {
+            self.held.insert(source);
+        }
+        Some(t)
     }
     fn poll_event(&mut self) -> Option<Event> {
         self.node.poll_event()
@@ -143,7 +163,16 @@ impl SansIo for SimNode {
         self.node.poll_timeout()
     }
     fn poll_socket_request(&mut self) -> Option<fog_core::SocketRequest> {
-        self.node.poll_socket_request()
+        let request = self.node.poll_socket_request()?;
+        match request {
+            fog_core::SocketRequest::Bind(addr) => {
+                self.held.insert(addr);
+            }
+            fog_core::SocketRequest::Unbind(addr) => {
+                self.held.remove(&addr);
+            }
+        }
+        Some(request)
     }
 }
 
@@ -417,6 +446,12 @@ fn build(
         ttl: Duration::from_secs(3600),
         epoch: unix_epoch,
     });
+    if profile.busy_signaling {
+        let limits = &mut signal_config.limits;
+        limits.frames_per_second = 1_000_000;
+        limits.burst = 1_000_000;
+        limits.max_pending_offers = 10_000;
+    }
     sim.set_signal_server(SignalServer::new(signal_config));
     let access = LinkConfig {
         loss: profile.loss,
@@ -469,7 +504,7 @@ fn build(
             }];
         }
         let node = Node::new(config, sim.now());
-        sim.set_signal_machine(site.host, BASE_PORT, SimNode::new(node));
+        sim.set_signal_machine(site.host, BASE_PORT, SimNode::new(node, base));
         sim.set_signal_link(site.host, SignalLink::with_latency(profile.signal[i]));
         hosts.push((site.host, peer));
         sites.push(site);

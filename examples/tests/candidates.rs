@@ -200,8 +200,7 @@ fn an_address_that_cannot_be_bound_is_dropped_and_not_offered_again() {
     assert!(
         !s.events[0]
             .iter()
-            .any(|(t, e)| *t >= mark
-                && matches!(e, Event::Failed { .. } | Event::Closed { .. })),
+            .any(|(t, e)| *t >= mark && matches!(e, Event::Failed { .. } | Event::Closed { .. })),
         "not an error for the node: no connection ends"
     );
 }

@@ -29,16 +29,24 @@ fn exchange(a: Preset, b: Preset, want: Via) {
     let (sa, peer_a, service_a, passive_a, via_a) = connected(&s.events[0]).expect("A connected");
     let (sb, peer_b, service_b, passive_b, via_b) = connected(&s.events[1]).expect("B connected");
     assert_eq!((peer_a, peer_b), (s.hosts[1].1, s.hosts[0].1));
-    assert_eq!((service_a, service_b), (1, 1), "both sides know the service");
+    assert_eq!(
+        (service_a, service_b),
+        (1, 1),
+        "both sides know the service"
+    );
     assert_eq!((passive_a, passive_b), (false, true));
     assert_eq!((via_a, via_b), (want, want), "{} / {}", a.name(), b.name());
 
     let (ha, hb) = (s.hosts[0].0, s.hosts[1].0);
     s.sim
-        .with_machine(ha, |m: &mut SimNode, now| m.node.send(now, sa, b"hello from a"))
+        .with_machine(ha, |m: &mut SimNode, now| {
+            m.node.send(now, sa, b"hello from a")
+        })
         .unwrap();
     s.sim
-        .with_machine(hb, |m: &mut SimNode, now| m.node.send(now, sb, &[0xff; 1_399]))
+        .with_machine(hb, |m: &mut SimNode, now| {
+            m.node.send(now, sb, &[0xff; 1_399])
+        })
         .unwrap();
     let too_long = s
         .sim

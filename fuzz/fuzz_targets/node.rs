@@ -15,7 +15,15 @@ use arbitrary::Arbitrary;
 use fog_core::{Receive, SansIo};
 use fog_signal::KeyPair;
 use fog_signal::server::{ConnId, Output, Server, ServerConfig};
-use fogconnect::{Node, NodeConfig};
+use fogconnect::{ConnectionId, Node, NodeConfig, SignalInput, SignalOutput};
+
+/// The connection with index `i` among those the node holds.
+fn nth(node: &Node, i: u8) -> Option<ConnectionId> {
+    let count = node.connections().count();
+    (count > 0)
+        .then(|| node.connections().nth(usize::from(i) % count))
+        .flatten()
+}
 use libfuzzer_sys::fuzz_target;
 
 #[derive(Debug, Arbitrary)]
@@ -39,6 +47,12 @@ enum Op {
     Open,
     Closed,
     Connect(u8),
+    /// Accept, refuse or close the connection with this index among those held.
+    Accept(u8),
+    Refuse(u8),
+    Close(u8),
+    /// Send a datagram of this length on the connection with this index.
+    Send(u8, u16),
     Advance(u16),
     /// The further interface addresses become a subset of three (one IPv6).
     Interfaces(u8),
@@ -99,6 +113,9 @@ fuzz_target!(|input: (u64, u8, Vec<Op>)| {
     let mut config = NodeConfig::new(KeyPair::from_seed(&[9; 32]), "fuzz", stun, base, seed);
     config.turn = Some("198.51.100.3:3478".parse().unwrap());
     config.interfaces = interfaces(setup);
+    if setup & 0x40 != 0 {
+        config.accept = fogconnect::AcceptPolicy::All;
+    }
     if setup & 0x80 != 0 {
         config.alternatives = vec![fogconnect::ServerChoice {
             stun: "198.51.100.2:3478".parse().unwrap(),
@@ -117,14 +134,16 @@ fuzz_target!(|input: (u64, u8, Vec<Op>)| {
     ));
     let conn = ConnId(1);
     server.handle_connect(now, conn);
-    node.handle_signal_open(now);
+    node.handle_signal(now, SignalInput::Opened);
     for _ in 0..8 {
-        while let Some(frame) = node.poll_signal_frame() {
-            server.handle_frame(now, conn, &frame);
+        while let Some(out) = node.poll_signal() {
+            if let SignalOutput::Frame(frame) = out {
+                server.handle_frame(now, conn, &frame);
+            }
         }
         while let Some(out) = server.poll_output() {
             if let Output::Send { frame, .. } = out {
-                node.handle_signal_frame(now, &frame);
+                node.handle_signal(now, SignalInput::Frame(&frame));
             }
         }
     }
@@ -146,7 +165,7 @@ fuzz_target!(|input: (u64, u8, Vec<Op>)| {
                 let local = SocketAddr::new(base.ip(), base.port() + u16::from(port % 12));
                 datagram(&mut node, now, source, local, &bytes);
             }
-            Op::Frame(text) => node.handle_signal_frame(now, &text),
+            Op::Frame(text) => node.handle_signal(now, SignalInput::Frame(&text)),
             Op::Relay { session, data } => {
                 use base64::Engine as _;
                 let data = base64::engine::general_purpose::STANDARD.encode(data);
@@ -154,7 +173,7 @@ fuzz_target!(|input: (u64, u8, Vec<Op>)| {
                     r#"{{"type":"relay","session":"{}","data":"{data}"}}"#,
                     hex(&session)
                 );
-                node.handle_signal_frame(now, &frame);
+                node.handle_signal(now, SignalInput::Frame(&frame));
             }
             Op::Offer {
                 session,
@@ -166,11 +185,33 @@ fuzz_target!(|input: (u64, u8, Vec<Op>)| {
                     hex(&session),
                     nat(n)
                 );
-                node.handle_signal_frame(now, &frame);
+                node.handle_signal(now, SignalInput::Frame(&frame));
             }
-            Op::Open => node.handle_signal_open(now),
-            Op::Closed => node.handle_signal_closed(now),
-            Op::Connect(n) => node.connect(now, KeyPair::from_seed(&[n; 32]).peer_id(), 1),
+            Op::Open => node.handle_signal(now, SignalInput::Opened),
+            Op::Closed => node.handle_signal(now, SignalInput::Closed),
+            Op::Connect(n) => {
+                let _ = node.connect(now, KeyPair::from_seed(&[n; 32]).peer_id(), 1);
+            }
+            Op::Accept(i) => {
+                if let Some(id) = nth(&node, i) {
+                    let _ = node.accept(now, id);
+                }
+            }
+            Op::Refuse(i) => {
+                if let Some(id) = nth(&node, i) {
+                    let _ = node.refuse(now, id, 7, "no");
+                }
+            }
+            Op::Close(i) => {
+                if let Some(id) = nth(&node, i) {
+                    let _ = node.close(now, id, 0, "bye");
+                }
+            }
+            Op::Send(i, len) => {
+                if let Some(id) = nth(&node, i) {
+                    let _ = node.send(now, id, &vec![0x5a; usize::from(len % 1_500)]);
+                }
+            }
             Op::Advance(ms) => now += Duration::from_millis(u64::from(ms)),
             Op::Interfaces(mask) => node.set_interfaces(now, &interfaces(mask)),
             Op::Regather => node.regather(now),
@@ -188,7 +229,7 @@ fuzz_target!(|input: (u64, u8, Vec<Op>)| {
         while node.poll_socket_request().is_some() {}
         node.handle_timeout(now);
         while node.poll_transmit(now, &mut buf).is_some() {}
-        while node.poll_signal_frame().is_some() {}
+        while node.poll_signal().is_some() {}
         while node.poll_event().is_some() {}
         if let Some(t) = node.poll_timeout() {
             assert!(t >= now, "asked to be woken in the past");

@@ -1185,7 +1185,10 @@ impl Agent {
             (pair.srtt, pair.rttvar) = match pair.srtt {
                 Some(srtt) => {
                     let deviation = srtt.abs_diff(rtt);
-                    (Some((srtt * 7 + rtt) / 8), (pair.rttvar * 3 + deviation) / 4)
+                    (
+                        Some((srtt * 7 + rtt) / 8),
+                        (pair.rttvar * 3 + deviation) / 4,
+                    )
                 }
                 None => (Some(rtt), rtt / 2),
             };

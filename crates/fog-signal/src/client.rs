@@ -464,7 +464,12 @@ impl Client {
     /// other peer gets [`Event::SessionClosed`] with `code` and `reason`. A reason longer
     /// than [`MAX_CLOSE_REASON`](crate::msg::MAX_CLOSE_REASON) bytes is cut at a character
     /// boundary.
-    pub fn close(&mut self, session: SessionId, code: u32, reason: &str) -> Result<(), ClientError> {
+    pub fn close(
+        &mut self,
+        session: SessionId,
+        code: u32,
+        reason: &str,
+    ) -> Result<(), ClientError> {
         if !self.is_authenticated() {
             return Err(ClientError::NotAuthenticated);
         }

@@ -350,7 +350,10 @@ fn close_refuses_an_offer_and_ends_an_answered_session() {
     assert_eq!(
         net.take_events(a),
         vec![
-            Event::OfferSent { request: 1, session },
+            Event::OfferSent {
+                request: 1,
+                session
+            },
             Event::SessionClosed {
                 session,
                 reason: "busy".into(),
@@ -358,7 +361,10 @@ fn close_refuses_an_offer_and_ends_an_answered_session() {
             }
         ]
     );
-    assert!(net.take_events(b).is_empty(), "the closer hears nothing back");
+    assert!(
+        net.take_events(b).is_empty(),
+        "the closer hears nothing back"
+    );
     // The session is gone: answering it now fails.
     net.nodes[b].client.answer(session, description(2)).unwrap();
     net.run();

@@ -32,7 +32,6 @@
 //!         match request {
 //!             SocketRequest::Bind(_addr) => { /* bind a UDP socket there */ }
 //!             SocketRequest::Unbind(_addr) => { /* close it */ }
-//!             _ => {}
 //!         }
 //!     }
 //!     // 2. datagrams, each from the socket its `source` names (the base socket if `None`)

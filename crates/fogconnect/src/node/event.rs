@@ -156,7 +156,9 @@ pub enum CloseReason {
 impl fmt::Display for CloseReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            CloseReason::Application { code, reason } => write!(f, "closed (code {code}: {reason})"),
+            CloseReason::Application { code, reason } => {
+                write!(f, "closed (code {code}: {reason})")
+            }
             CloseReason::IdleTimeout => f.write_str("nothing heard from the peer: idle timeout"),
             CloseReason::SignalingLost => {
                 f.write_str("the path through the signaling server is gone")

@@ -784,7 +784,13 @@ impl Node {
 
     /// An application or control datagram that arrived on `(local, source)`: handled if it is
     /// a connection's path. Whether it was one of ours at all (and so taken).
-    fn deliver(&mut self, now: Instant, local: SocketAddr, source: SocketAddr, payload: &[u8]) -> bool {
+    fn deliver(
+        &mut self,
+        now: Instant,
+        local: SocketAddr,
+        source: SocketAddr,
+        payload: &[u8],
+    ) -> bool {
         let Some(&kind) = payload.first().filter(|&&b| b == DATA || b == CONTROL) else {
             return false;
         };
@@ -867,7 +873,14 @@ impl Node {
             if connected {
                 self.tell_peer(id, CLOSED_IDLE, "idle timeout");
                 let reason = CloseReason::IdleTimeout;
-                self.end(now, id, End::Closed { reason, by_peer: false });
+                self.end(
+                    now,
+                    id,
+                    End::Closed {
+                        reason,
+                        by_peer: false,
+                    },
+                );
             } else {
                 self.tell_peer(id, CLOSED_TIMEOUT, "connect timeout");
                 let reason = if gave_up {
@@ -901,7 +914,8 @@ impl Node {
             for port in discovery_config(&self.config).local_ports() {
                 if port != base.port() {
                     let socket = SocketAddr::new(base.ip(), port);
-                    self.socket_requests.push_back(SocketRequest::Unbind(socket));
+                    self.socket_requests
+                        .push_back(SocketRequest::Unbind(socket));
                 }
             }
             self.watch_from(now + self.config.keepalive);
@@ -1045,7 +1059,7 @@ impl SansIo for Node {
         if self.deliver(now, packet.local, packet.source, packet.payload) {
             return;
         }
-        self.to_agent(now, packet);
+        self.give_agent(now, packet);
     }
 
     fn handle_timeout(&mut self, now: Instant) {

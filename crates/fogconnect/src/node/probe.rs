@@ -43,7 +43,11 @@ impl Probe {
     }
 
     /// The answer to this probe from `server`, if `packet` is it.
-    pub(super) fn answer(&self, packet: &Receive<'_>, server: SocketAddr) -> Option<BindingResponse> {
+    pub(super) fn answer(
+        &self,
+        packet: &Receive<'_>,
+        server: SocketAddr,
+    ) -> Option<BindingResponse> {
         if packet.local != self.local || packet.source != server {
             return None;
         }
@@ -61,4 +65,3 @@ pub(super) struct Refresh {
     pub(super) probe: Probe,
     pub(super) mapped: Option<SocketAddr>,
 }
-

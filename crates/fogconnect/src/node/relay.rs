@@ -19,7 +19,7 @@ pub(super) const RELAY_DATA: u8 = 2;
 impl Node {
     /// Hands a datagram to the agent that owns it; the peer counts as heard when the agent
     /// took it as authentic (it dropped nothing).
-    pub(super) fn to_agent(&mut self, now: Instant, packet: Receive<'_>) {
+    pub(super) fn give_agent(&mut self, now: Instant, packet: Receive<'_>) {
         for conn in self.conns.values_mut() {
             let Some(agent) = conn.agent_mut() else {
                 continue;
@@ -84,7 +84,7 @@ impl Node {
                         local: relayed,
                         payload: &data,
                     };
-                    self.to_agent(now, packet);
+                    self.give_agent(now, packet);
                 }
                 _ => {}
             }

@@ -1,0 +1,417 @@
+//! A connection's life through the node's API, in the simulator: the handle `connect` gives,
+//! an incoming offer accepted or refused, typed failures, close from either side, the idle and
+//! connect timeouts, stats, and signaling that drops and comes back. The nodes are driven only
+//! through the documented loop (fog-sim drains socket requests, transmits, signaling, events,
+//! then reads the deadline).
+
+use std::time::Duration;
+
+use fog_examples::scenario::{Profile, Scenario, SimNode};
+use fog_sim::presets::Preset;
+use fogconnect::{
+    AcceptPolicy, CLOSED_TIMEOUT, CloseReason, CommandError, ConnectionId, Event, FailReason,
+    KeyPair, Via,
+};
+
+fn asking() -> Profile {
+    Profile {
+        accept: AcceptPolicy::Ask,
+        ..Profile::default()
+    }
+}
+
+fn ready(a: Preset, b: Preset, profile: &Profile) -> Scenario {
+    let mut s = Scenario::new(a, b, 11, profile);
+    assert!(s.wait_ready(), "both nodes ready");
+    s
+}
+
+/// Node `i`'s events since index `from`.
+fn since(s: &Scenario, i: usize, from: usize) -> Vec<Event> {
+    s.events[i][from..].iter().map(|(_, e)| e.clone()).collect()
+}
+
+/// The handle of the first `Incoming` node B saw after `from`.
+fn incoming(s: &Scenario, from: usize) -> Option<ConnectionId> {
+    since(s, 1, from).iter().find_map(|e| match e {
+        Event::Incoming { id, .. } => Some(*id),
+        _ => None,
+    })
+}
+
+fn connected(events: &[Event], want: ConnectionId) -> Option<Via> {
+    events.iter().find_map(|e| match e {
+        Event::Connected { id, via, .. } if *id == want => Some(*via),
+        _ => None,
+    })
+}
+
+/// A and B connected with B's decision: (A's handle, B's handle).
+fn connect_pair(s: &mut Scenario) -> (ConnectionId, ConnectionId) {
+    let mark = s.events[1].len();
+    let (_, a) = s.connect();
+    s.run_for(Duration::from_millis(500));
+    let b = incoming(s, mark).expect("B saw the offer");
+    // Accepted already when B's policy is to accept all.
+    let _ = s.with_node(1, |n, now| n.accept(now, b));
+    s.run_for(Duration::from_secs(3));
+    (a, b)
+}
+
+#[test]
+fn an_offer_waits_for_the_application_then_both_sides_know_the_service() {
+    let mut s = ready(Preset::FullCone, Preset::PortRestrictedCone, &asking());
+    let mark = [s.events[0].len(), s.events[1].len()];
+    let (_, a) = s.connect();
+    s.run_for(Duration::from_secs(2));
+    let offer = since(&s, 1, mark[1]);
+    let (b, peer, service) = offer
+        .iter()
+        .find_map(|e| match e {
+            Event::Incoming { id, peer, service } => Some((*id, *peer, *service)),
+            _ => None,
+        })
+        .expect("B saw the offer");
+    assert_eq!((peer, service), (s.hosts[0].1, 1));
+    assert_eq!(
+        connected(&since(&s, 0, mark[0]), a),
+        None,
+        "no path before B decides"
+    );
+    assert_eq!(connected(&offer, b), None);
+
+    s.with_node(1, |n, now| n.accept(now, b)).unwrap();
+    assert_eq!(
+        s.with_node(1, |n, now| n.accept(now, b)),
+        Err(CommandError::NotIncoming),
+        "a second decision is refused"
+    );
+    s.run_for(Duration::from_secs(3));
+    let (ea, eb) = (since(&s, 0, mark[0]), since(&s, 1, mark[1]));
+    assert_eq!(connected(&ea, a), Some(Via::Direct), "{ea:?}");
+    assert_eq!(connected(&eb, b), Some(Via::Direct), "{eb:?}");
+    for (events, id, passive, peer) in [(&ea, a, false, s.hosts[1].1), (&eb, b, true, s.hosts[0].1)]
+    {
+        assert!(events.iter().any(|e| matches!(e,
+            Event::Connected { id: i, service: 1, passive: p, peer: q, .. }
+                if *i == id && *p == passive && *q == peer)));
+    }
+}
+
+#[test]
+fn a_refusal_reaches_the_caller_with_its_code_and_reason() {
+    let mut s = ready(Preset::FullCone, Preset::FullCone, &asking());
+    let mark = [s.events[0].len(), s.events[1].len()];
+    let (_, a) = s.connect();
+    s.run_for(Duration::from_secs(1));
+    let b = incoming(&s, mark[1]).expect("B saw the offer");
+    s.with_node(1, |n, now| n.refuse(now, b, 42, "busy"))
+        .unwrap();
+    assert_eq!(
+        s.with_node(1, |n, now| n.close(now, b, 0, "")),
+        Err(CommandError::UnknownConnection),
+        "the refused handle is gone"
+    );
+    s.run_for(Duration::from_secs(1));
+    let ea = since(&s, 0, mark[0]);
+    assert!(
+        ea.contains(&Event::Failed {
+            id: a,
+            reason: FailReason::Refused {
+                code: 42,
+                reason: "busy".into()
+            }
+        }),
+        "{ea:?}"
+    );
+    for i in 0..2 {
+        assert_eq!(s.with_node(i, |n, _| n.footprint().connections), 0);
+    }
+}
+
+#[test]
+fn a_peer_that_is_not_online_fails_with_a_typed_reason() {
+    let mut s = ready(Preset::FullCone, Preset::FullCone, &asking());
+    let mark = s.events[0].len();
+    let nobody = KeyPair::from_seed(&[99; 32]).peer_id();
+    let id = s.with_node(0, |n, now| n.connect(now, nobody, 3)).unwrap();
+    s.run_for(Duration::from_secs(1));
+    assert!(since(&s, 0, mark).contains(&Event::Failed {
+        id,
+        reason: FailReason::PeerOffline
+    }));
+    let me = s.hosts[0].1;
+    assert_eq!(
+        s.with_node(0, |n, now| n.connect(now, me, 3)),
+        Err(fogconnect::ConnectError::SelfConnect)
+    );
+}
+
+/// Closing on each kind of path: the peer learns the code and reason, both sides report
+/// `Closed`, and neither holds anything of the connection afterwards.
+fn close_on(a: Preset, b: Preset, via: Via) {
+    let mut s = ready(a, b, &Profile::default());
+    let mark = [s.events[0].len(), s.events[1].len()];
+    let (_, id_a) = s.connect();
+    s.run_for(Duration::from_secs(3));
+    let id_b = incoming(&s, mark[1]).unwrap();
+    assert_eq!(connected(&since(&s, 0, mark[0]), id_a), Some(via));
+    assert_eq!(connected(&since(&s, 1, mark[1]), id_b), Some(via));
+    s.with_node(1, |n, now| n.close(now, id_b, 7, "done"))
+        .unwrap();
+    s.run_for(Duration::from_secs(1));
+    let reason = CloseReason::Application {
+        code: 7,
+        reason: "done".into(),
+    };
+    let closed_a: Vec<_> = since(&s, 0, mark[0])
+        .into_iter()
+        .filter(|e| matches!(e, Event::Closed { .. }))
+        .collect();
+    assert_eq!(
+        closed_a,
+        vec![Event::Closed {
+            id: id_a,
+            reason: reason.clone(),
+            by_peer: true
+        }],
+        "exactly one close for A, from its peer"
+    );
+    assert!(since(&s, 1, mark[1]).contains(&Event::Closed {
+        id: id_b,
+        reason,
+        by_peer: false
+    }));
+    for i in 0..2 {
+        let f = s.with_node(i, |n, _| n.footprint());
+        assert_eq!((f.connections, f.queued), (0, 0), "node {i}: {f:?}");
+    }
+}
+
+#[test]
+fn close_on_a_direct_path() {
+    close_on(Preset::FullCone, Preset::PortRestrictedCone, Via::Direct);
+}
+
+#[test]
+fn close_on_the_turn_relay() {
+    close_on(Preset::SymmetricRandom, Preset::SymmetricRandom, Via::Turn);
+}
+
+#[test]
+fn close_on_the_signaling_relay() {
+    close_on(Preset::UdpBlocked, Preset::FullCone, Via::Signaling);
+}
+
+#[test]
+fn an_undecided_offer_times_out_on_both_sides() {
+    let profile = Profile {
+        connect_timeout: Some(Duration::from_secs(5)),
+        ..asking()
+    };
+    let mut s = ready(Preset::FullCone, Preset::FullCone, &profile);
+    let mark = [s.events[0].len(), s.events[1].len()];
+    let (_, a) = s.connect();
+    s.run_for(Duration::from_secs(7));
+    let b = incoming(&s, mark[1]).unwrap();
+    assert!(since(&s, 0, mark[0]).contains(&Event::Failed {
+        id: a,
+        reason: FailReason::TimedOut
+    }));
+    // A's timeout ends it first and tells B, which may also have reached its own.
+    let eb = since(&s, 1, mark[1]);
+    assert!(
+        eb.iter().any(|e| matches!(e, Event::Failed { id, reason } if *id == b
+            && matches!(reason, FailReason::Cancelled { code: CLOSED_TIMEOUT, .. } | FailReason::TimedOut))),
+        "{eb:?}"
+    );
+    for i in 0..2 {
+        assert_eq!(s.with_node(i, |n, _| n.footprint().connections), 0);
+    }
+}
+
+#[test]
+fn a_silent_peer_is_closed_at_the_idle_timeout() {
+    let profile = Profile {
+        idle_timeout: Some(Duration::from_secs(40)),
+        ..Profile::default()
+    };
+    let mut s = ready(Preset::OpenInternet, Preset::OpenInternet, &profile);
+    let mark = s.events[0].len();
+    let (_, a) = s.connect();
+    s.run_for(Duration::from_secs(3));
+    assert_eq!(connected(&since(&s, 0, mark), a), Some(Via::Direct));
+    // Keepalives keep a quiet connection open well past the idle timeout...
+    s.run_for(Duration::from_secs(60));
+    assert!(
+        !since(&s, 0, mark)
+            .iter()
+            .any(|e| matches!(e, Event::Closed { .. })),
+        "a live connection stays"
+    );
+    // ... until nothing can come through: the peer's host is cut off from A and the relay.
+    let (ha, hb) = (s.sites[0].host_addr, s.sites[1].host_addr);
+    let turn: std::net::IpAddr = "198.51.100.3".parse().unwrap();
+    s.sim.set_blackhole(ha, hb, true);
+    s.sim.set_blackhole(hb, turn, true);
+    let cut = s.sim.now();
+    s.run_for(Duration::from_secs(60));
+    let closed = s.events[0][mark..]
+        .iter()
+        .find(|(_, e)| matches!(e, Event::Closed { .. }))
+        .cloned()
+        .expect("A closed the connection");
+    assert_eq!(
+        closed.1,
+        Event::Closed {
+            id: a,
+            reason: CloseReason::IdleTimeout,
+            by_peer: false
+        }
+    );
+    let after = closed.0 - cut;
+    assert!(
+        after >= Duration::from_secs(35) && after <= Duration::from_secs(41),
+        "closed {after:?} after the cut, at the 40 s idle timeout from the last datagram heard"
+    );
+}
+
+#[test]
+fn stats_count_what_crossed_and_measure_the_path() {
+    let mut s = ready(
+        Preset::FullCone,
+        Preset::PortRestrictedCone,
+        &Profile::default(),
+    );
+    let (_, a) = s.connect();
+    s.run_for(Duration::from_secs(3));
+    let b = incoming(&s, 0).unwrap();
+    for _ in 0..20 {
+        s.with_node(0, |n, now| n.send(now, a, &[1; 100])).unwrap();
+        s.run_for(Duration::from_millis(50));
+    }
+    s.with_node(1, |n, now| n.send(now, b, &[2; 1_000]))
+        .unwrap();
+    s.run_for(Duration::from_millis(200));
+    let (sa, sb) = (
+        s.with_node(0, |n, now| n.stats(now, a)).unwrap(),
+        s.with_node(1, |n, now| n.stats(now, b)).unwrap(),
+    );
+    assert_eq!((sa.sent_datagrams, sa.sent_bytes), (20, 2_000));
+    assert_eq!((sb.sent_datagrams, sb.sent_bytes), (1, 1_000));
+    // The access links lose 1 % each way: most of A's arrive.
+    assert!((18..=20).contains(&sb.received_datagrams), "{sb:?}");
+    assert_eq!(sb.received_bytes, sb.received_datagrams * 100);
+    assert_eq!((sa.received_datagrams, sa.received_bytes), (1, 1_000));
+    assert!(
+        sa.up_rate >= 1_500 && sa.up_rate <= 2_000,
+        "20 a second of 100 bytes: {sa:?}"
+    );
+    assert_eq!((sa.peer, sa.service, sa.passive), (s.hosts[1].1, 1, false));
+    assert!(sb.passive);
+    let (via, local, remote) = sa.path.unwrap();
+    assert_eq!(via, Via::Direct);
+    assert_eq!(local.port(), 5000);
+    assert_ne!(remote, local);
+    // The two peers are 2 × 10 ms apart one way (plus NAT hops): about 40 ms round trip.
+    let rtt = sa.rtt.unwrap();
+    assert!(
+        rtt >= Duration::from_millis(38) && rtt < Duration::from_millis(60),
+        "{rtt:?}"
+    );
+    assert!(sa.rtt_var.is_some());
+    assert!(sa.connected_for.unwrap() > Duration::from_secs(1));
+    assert_eq!(sa.path_changes, 0);
+    // Idle for two seconds, the rates fall to zero.
+    s.run_for(Duration::from_secs(2));
+    let sa = s.with_node(0, |n, now| n.stats(now, a)).unwrap();
+    assert_eq!((sa.up_rate, sa.down_rate), (0, 0));
+}
+
+#[test]
+fn signaling_that_drops_comes_back_and_connections_stay() {
+    let mut s = ready(Preset::FullCone, Preset::FullCone, &Profile::default());
+    let (a, _) = connect_pair(&mut s);
+    let mark = s.events[0].len();
+    let host = s.hosts[0].0;
+    s.sim.signal_sever(host);
+    s.run_for(Duration::from_secs(5));
+    let ea = since(&s, 0, mark);
+    let down = ea.iter().position(|e| *e == Event::SignalingDown);
+    let up = ea.iter().position(|e| *e == Event::SignalingUp);
+    assert!(
+        matches!((down, up), (Some(d), Some(u)) if d < u),
+        "down, then reopened by the node itself: {ea:?}"
+    );
+    assert!(
+        !ea.iter()
+            .any(|e| matches!(e, Event::Closed { .. } | Event::Failed { .. }))
+    );
+    s.with_node(0, |n, now| n.send(now, a, b"still here"))
+        .unwrap();
+    s.run_for(Duration::from_millis(300));
+    assert!(
+        s.events[1]
+            .iter()
+            .any(|(_, e)| matches!(e, Event::Data { data, .. } if data == b"still here"))
+    );
+}
+
+/// Many connections made and closed leave the node as it was: no connections, deadlines,
+/// sockets (counted independently, from what the node sent from and asked to bind and
+/// unbind), relay permissions or requests beyond a fresh node's.
+#[test]
+fn ten_thousand_connections_leave_nothing_behind() {
+    // Symmetric with a cone: the node's port is predicted (a refresh port each time) and the
+    // relay carries the path at first, so each connection opens ports and permissions.
+    let profile = Profile {
+        busy_signaling: true,
+        ..Profile::default()
+    };
+    let mut s = ready(Preset::SymmetricSequential, Preset::FullCone, &profile);
+    s.run_for(Duration::from_secs(2));
+    let fresh: Vec<_> = (0..2)
+        .map(|i| s.with_node(i, |n, _| n.footprint()))
+        .collect();
+    let held_fresh: Vec<usize> = (0..2)
+        .map(|i| s.sim.machine::<SimNode>(s.hosts[i].0).held_sockets())
+        .collect();
+    let total = 10_000;
+    let batch = 100;
+    let mut connected_a = 0;
+    let mut closed = 0;
+    for _ in 0..total / batch {
+        let mark = s.events[0].len();
+        let ids: Vec<ConnectionId> = (0..batch).map(|_| s.connect().1).collect();
+        s.run_for(Duration::from_secs(2));
+        for id in ids {
+            if s.events[0][mark..]
+                .iter()
+                .any(|(_, e)| matches!(e, Event::Connected { id: i, .. } if *i == id))
+            {
+                connected_a += 1;
+            }
+            if s.with_node(0, |n, now| n.close(now, id, 0, "done")).is_ok() {
+                closed += 1;
+            }
+        }
+        s.run_for(Duration::from_millis(500));
+        // Keep the event logs short.
+        for e in &mut s.events {
+            e.clear();
+        }
+    }
+    assert!(
+        connected_a > total * 99 / 100,
+        "{connected_a} of {total} connected"
+    );
+    assert_eq!(closed, total, "each handle was valid until its close");
+    // Let whatever was in flight settle (B's side closes on the peer's close).
+    s.run_for(Duration::from_secs(60));
+    for i in 0..2 {
+        let now = s.with_node(i, |n, _| n.footprint());
+        assert_eq!(now, fresh[i], "node {i}");
+        let held = s.sim.machine::<SimNode>(s.hosts[i].0).held_sockets();
+        assert_eq!(held, held_fresh[i], "node {i}: sockets a driver would hold");
+    }
+}
