@@ -510,7 +510,8 @@ fn a_cut_is_reported_to_both_ends_and_the_node_reconnects() {
             cut + ms(la + lb),
             NodeEvent::Signal(Event::SessionClosed {
                 session,
-                reason: "peer left".into()
+                reason: "peer left".into(),
+                code: None,
             })
         )]
     );

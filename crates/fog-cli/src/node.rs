@@ -15,8 +15,10 @@ use std::time::{Duration, Instant};
 
 use fog_mio::{Driver, Handle};
 use fog_signal::PeerId;
-use fog_signal::msg::SessionId;
-use fogconnect::{CandidateKind, Event, HostFilter, Node, NodeConfig, ServerChoice, Via};
+use fogconnect::{
+    AcceptPolicy, CandidateKind, ConnectionId, Event, HostFilter, Node, NodeConfig, ServerChoice,
+    SignalInput, SignalOutput, Via,
+};
 use serde_json::json;
 use tungstenite::Message;
 
@@ -100,7 +102,7 @@ struct Running {
 
 // The binary reads the clock for the driver and the OS random source for the seed.
 #[allow(clippy::disallowed_methods)]
-fn start(args: &NodeArgs, alias: Option<&str>) -> Result<Running, String> {
+fn start(args: &NodeArgs, alias: Option<&str>, accept: AcceptPolicy) -> Result<Running, String> {
     let timeout = Duration::from_secs(10);
     let (ws, local) =
         open_websocket(&args.signaling.signal, timeout).map_err(|e: SignalError| e.to_string())?;
@@ -122,6 +124,7 @@ fn start(args: &NodeArgs, alias: Option<&str>) -> Result<Running, String> {
     config.turn = turn;
     config.direct = !args.relay_only;
     config.interfaces = gather(&args.interfaces)?;
+    config.accept = accept;
     for alternative in &args.alternative {
         config.alternatives.push(ServerChoice {
             stun: v4(&alternative.stun)?,
@@ -134,7 +137,10 @@ fn start(args: &NodeArgs, alias: Option<&str>) -> Result<Running, String> {
     let (to_server, from_node) = mpsc::channel();
     let wake = driver.handle();
     thread::spawn(move || pump(ws, to_node, from_node, wake));
-    driver.machine_mut().handle_signal_open(Instant::now());
+    // The WebSocket is open already: the node need not ask for one.
+    driver
+        .machine_mut()
+        .handle_signal(Instant::now(), SignalInput::Opened);
     Ok(Running {
         driver,
         to_server,
@@ -181,7 +187,7 @@ impl Running {
                 Ok(FromServer::Frame(frame)) => {
                     self.driver
                         .machine_mut()
-                        .handle_signal_frame(Instant::now(), &frame);
+                        .handle_signal(Instant::now(), SignalInput::Frame(&frame));
                 }
                 Ok(FromServer::Closed(why)) => {
                     return Err(format!(
@@ -195,8 +201,14 @@ impl Running {
             }
         }
         self.driver.drain(|_, e| events.push(e));
-        while let Some(frame) = self.driver.machine_mut().poll_signal_frame() {
-            let _ = self.to_server.send(frame);
+        while let Some(out) = self.driver.machine_mut().poll_signal() {
+            match out {
+                SignalOutput::Frame(frame) => {
+                    let _ = self.to_server.send(frame);
+                }
+                // This command's node lives as long as its one signaling connection.
+                _ => return Err("the signaling connection failed".into()),
+            }
         }
         Ok(events)
     }
@@ -214,15 +226,16 @@ impl Running {
                 }
             }
             Event::Connected {
-                session,
+                id,
                 peer,
                 local,
                 remote,
                 rtt,
                 via,
+                ..
             } => {
                 if self.json {
-                    json!({"event": "connected", "session": session.to_string(), "peer": peer.to_string(),
+                    json!({"event": "connected", "connection": id.to_string(), "peer": peer.to_string(),
                         "local": local.to_string(), "remote": remote.to_string(),
                         "rtt_ms": rtt.as_secs_f64() * 1000.0, "via": via_name(*via)}).to_string()
                 } else {
@@ -234,14 +247,14 @@ impl Running {
                 }
             }
             Event::PathChanged {
-                session,
+                id,
                 local,
                 remote,
                 rtt,
                 via,
             } => {
                 if self.json {
-                    json!({"event": "path_changed", "session": session.to_string(),
+                    json!({"event": "path_changed", "connection": id.to_string(),
                         "local": local.to_string(), "remote": remote.to_string(),
                         "rtt_ms": rtt.as_secs_f64() * 1000.0, "via": via_name(*via)})
                     .to_string()
@@ -287,20 +300,35 @@ impl Running {
                     format!("server chosen: STUN {stun} ({})", rtts.join(", "))
                 }
             }
-            Event::DirectFailed { session, .. } => {
+            Event::DirectFailed { id } => {
                 if self.json {
-                    json!({"event": "direct_failed", "session": session.to_string()}).to_string()
+                    json!({"event": "direct_failed", "connection": id.to_string()}).to_string()
                 } else {
                     "no direct path yet: punching goes on now and then while the relay carries \
                      the connection"
                         .to_owned()
                 }
             }
-            Event::PathLost { session } => {
+            Event::PathLost { id } => {
                 if self.json {
-                    json!({"event": "path_lost", "session": session.to_string()}).to_string()
+                    json!({"event": "path_lost", "connection": id.to_string()}).to_string()
                 } else {
                     "the path stopped answering".to_owned()
+                }
+            }
+            Event::Failed { id, reason } => {
+                if self.json {
+                    json!({"event": "failed", "connection": id.to_string(), "reason": reason.to_string()}).to_string()
+                } else {
+                    format!("connection {id} failed: {reason}")
+                }
+            }
+            Event::Closed { id, reason, by_peer } => {
+                if self.json {
+                    json!({"event": "closed", "connection": id.to_string(), "reason": reason.to_string(), "by_peer": by_peer}).to_string()
+                } else {
+                    let who = if *by_peer { "the peer" } else { "us" };
+                    format!("connection {id} closed by {who}: {reason}")
                 }
             }
             _ => return,
@@ -320,18 +348,14 @@ fn kind_name(kind: CandidateKind) -> &'static str {
 }
 
 fn via_name(via: Via) -> &'static str {
-    match via {
-        Via::Direct => "direct",
-        Via::Turn => "turn",
-        Via::Signaling => "signaling",
-    }
+    via.name()
 }
 
 /// `fogconnect serve`: answer connections and echo every datagram back.
 // The binary reads the clock.
 #[allow(clippy::disallowed_methods)]
 pub(crate) fn serve(args: &ServeArgs) -> Result<(), String> {
-    let mut node = start(&args.node, args.alias.as_deref())?;
+    let mut node = start(&args.node, args.alias.as_deref(), AcceptPolicy::All)?;
     let deadline = args.node.signaling.timeout.map(|t| Instant::now() + t);
     let mut echoed = 0u64;
     let mut connected = false;
@@ -341,8 +365,8 @@ pub(crate) fn serve(args: &ServeArgs) -> Result<(), String> {
             node.report(&event);
             match event {
                 Event::Connected { .. } => connected = true,
-                Event::Data { session, data } => {
-                    match node.driver.machine_mut().send(session, &data) {
+                Event::Data { id, data } => {
+                    match node.driver.machine_mut().send(Instant::now(), id, &data) {
                         Ok(()) => echoed += 1,
                         Err(e) => eprintln!("fogconnect: could not echo a datagram: {e}"),
                     }
@@ -373,12 +397,12 @@ pub(crate) fn serve(args: &ServeArgs) -> Result<(), String> {
 // The binary reads the clock.
 #[allow(clippy::disallowed_methods)]
 pub(crate) fn connect(args: &ConnectArgs) -> Result<(), String> {
-    let mut node = start(&args.node, None)?;
+    let mut node = start(&args.node, None, AcceptPolicy::Ask)?;
     let deadline = Instant::now() + args.timeout();
     let target: Option<PeerId> = args.peer.parse().ok();
     let mut asked = false;
     let mut ready = (false, false);
-    let mut session: Option<SessionId> = None;
+    let mut session: Option<ConnectionId> = None;
     // The path the node uses now, and the one the last message left on.
     let mut via: Option<Via> = None;
     let mut sent_via: Option<Via> = None;
@@ -392,24 +416,20 @@ pub(crate) fn connect(args: &ConnectArgs) -> Result<(), String> {
             match event {
                 Event::Ready { .. } => ready.0 = true,
                 Event::SignalingUp => ready.1 = true,
-                Event::Connected {
-                    session: s, via: v, ..
-                } => {
-                    session = Some(s);
+                Event::Connected { id, via: v, .. } => {
+                    session = Some(id);
                     via = Some(v);
                 }
-                Event::PathChanged {
-                    session: s, via: v, ..
-                } if Some(s) == session => {
+                Event::PathChanged { id, via: v, .. } if Some(id) == session => {
                     via = Some(v);
                 }
-                Event::Data { session: s, data } if Some(s) == session => {
+                Event::Data { id: s, data } if Some(s) == session => {
                     let rtt = sent_at.map_or(0.0, |t| t.elapsed().as_secs_f64() * 1000.0);
                     let text = String::from_utf8_lossy(&data);
                     if node.json {
                         println!(
                             "{}",
-                            json!({"event": "echo", "session": s.to_string(), "data": text, "rtt_ms": rtt})
+                            json!({"event": "echo", "connection": s.to_string(), "data": text, "rtt_ms": rtt})
                         );
                     } else {
                         println!("echo: {text} ({rtt:.1} ms)");
@@ -420,8 +440,14 @@ pub(crate) fn connect(args: &ConnectArgs) -> Result<(), String> {
                     echoed = true;
                     sent_at = None;
                 }
-                Event::Error { message, .. } => return Err(message),
-                Event::LookupResult { peer, online } => {
+                Event::Failed { reason, .. } => return Err(reason.to_string()),
+                Event::Closed { reason, .. } => {
+                    return Err(format!("the connection closed: {reason}"));
+                }
+                Event::LookupFailed { .. } => {
+                    return Err("the lookup got no answer: signaling dropped".into());
+                }
+                Event::LookupResult { peer, online, .. } => {
                     lookup_pending = false;
                     resolved = match (peer, online) {
                         (Some(p), true) => Some(p),
@@ -435,14 +461,18 @@ pub(crate) fn connect(args: &ConnectArgs) -> Result<(), String> {
             }
         }
         if ready.1 && lookup_pending && !asked {
-            node.driver.machine_mut().lookup(&args.peer);
+            node.driver
+                .machine_mut()
+                .lookup(&args.peer)
+                .map_err(|e| e.to_string())?;
             asked = true;
         }
         if ready.0 && ready.1 && session.is_none() && sent_at.is_none() {
             if let Some(peer) = resolved.take() {
                 node.driver
                     .machine_mut()
-                    .connect(Instant::now(), peer, args.service);
+                    .connect(Instant::now(), peer, args.service)
+                    .map_err(|e| e.to_string())?;
                 sent_at = Some(Instant::now());
             }
         }
@@ -455,7 +485,7 @@ pub(crate) fn connect(args: &ConnectArgs) -> Result<(), String> {
         if let (true, Some(s)) = (due, session) {
             node.driver
                 .machine_mut()
-                .send(s, args.message.as_bytes())
+                .send(Instant::now(), s, args.message.as_bytes())
                 .map_err(|e| e.to_string())?;
             sent_at = Some(Instant::now());
             sent_via = via;

@@ -696,7 +696,7 @@ fn two_nodes_behind_their_own_masquerade_connect_directly() {
     );
     let echo = one(&events, "echo");
     assert_eq!(echo["data"], message);
-    assert_eq!(echo["session"], connected["session"]);
+    assert_eq!(echo["connection"], connected["connection"]);
     assert!(named(&events, "path_changed").is_empty(), "{events:#?}");
     eprintln!(
         "direct through two NATs: connect ran {took:?} (connected {:.1} ms rtt, echo {:.1} ms)",
@@ -710,7 +710,7 @@ fn two_nodes_behind_their_own_masquerade_connect_directly() {
     assert_eq!(one(&served, "ready")["nat"], CONE);
     let accepted = one(&served, "connected");
     assert_eq!(accepted["via"], "direct", "{accepted:#}");
-    assert_eq!(accepted["session"], connected["session"]);
+    assert_eq!(accepted["connection"], connected["connection"]);
     assert!(
         on(&accepted["remote"], &Site(1).router_wan()),
         "{accepted:#}"
@@ -775,7 +775,7 @@ fn a_relayed_connection_moves_to_the_direct_path_when_the_route_opens() {
         "{events:#?}"
     );
     let connected = one(&events, "connected");
-    let session = &connected["session"];
+    let session = &connected["connection"];
     assert_eq!(connected["via"], "turn", "{connected:#}");
     // fogd's relay is on one end of the path: our relayed address or the peer's.
     assert!(
@@ -791,8 +791,8 @@ fn a_relayed_connection_moves_to_the_direct_path_when_the_route_opens() {
         .filter(|e| e["event"].as_str().is_some_and(|n| path.contains(&n)));
     for event in on_path {
         assert_eq!(
-            &event["session"], session,
-            "one session throughout: {events:#?}"
+            &event["connection"], session,
+            "one connection throughout: {events:#?}"
         );
     }
     for echo in named(&events, "echo") {
@@ -812,10 +812,10 @@ fn a_relayed_connection_moves_to_the_direct_path_when_the_route_opens() {
     let served = json_lines(&serve);
     let accepted = one(&served, "connected");
     assert_eq!(accepted["via"], "turn", "{accepted:#}");
-    assert_eq!(&accepted["session"], session);
+    assert_eq!(&accepted["connection"], session);
     let moved = one(&served, "path_changed");
     assert_eq!(moved["via"], "direct", "{moved:#}");
-    assert_eq!(&moved["session"], session);
+    assert_eq!(&moved["connection"], session);
     assert!(on(&moved["remote"], &Site(1).router_wan()), "{moved:#}");
 }
 

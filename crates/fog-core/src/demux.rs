@@ -165,6 +165,8 @@ mod tests {
             Protocol::Fog(FogFraming::Sctp)
         } else if first == 7 {
             Protocol::Fog(FogFraming::Data)
+        } else if first == 8 {
+            Protocol::Fog(FogFraming::Control)
         } else if first <= 15 {
             Protocol::Unknown
         } else if first <= 19 {
