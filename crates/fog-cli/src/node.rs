@@ -323,7 +323,11 @@ impl Running {
                     format!("connection {id} failed: {reason}")
                 }
             }
-            Event::Closed { id, reason, by_peer } => {
+            Event::Closed {
+                id,
+                reason,
+                by_peer,
+            } => {
                 if self.json {
                     json!({"event": "closed", "connection": id.to_string(), "reason": reason.to_string(), "by_peer": by_peer}).to_string()
                 } else {

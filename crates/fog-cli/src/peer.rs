@@ -385,7 +385,9 @@ pub(crate) fn offer(args: &OfferArgs) -> Result<(), String> {
                         failure = Some(format!("{code:?}: {message}"));
                         return Err(SignalError::Protocol(String::new()));
                     }
-                    Event::SessionClosed { session, reason, .. } if Some(session) == our_session => {
+                    Event::SessionClosed {
+                        session, reason, ..
+                    } if Some(session) == our_session => {
                         failure = Some(format!("the session closed: {reason}"));
                         return Err(SignalError::Protocol(String::new()));
                     }

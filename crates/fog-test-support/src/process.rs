@@ -58,6 +58,54 @@ pub fn target_dir_of(profile_dir: &Path) -> Option<(&Path, Option<&str>)> {
         .then(|| (target_dir, above.file_name().and_then(|n| n.to_str())))
 }
 
+/// The `fogd` binary, built for the profile and target of the binary at `near` (a test's own
+/// executable, or a binary Cargo built for it), which lies in `<target-dir>/<profile>` or its
+/// `deps`.
+///
+/// Cargo gives integration tests only their own package's binaries (`CARGO_BIN_EXE_*`), and
+/// fogd is a binary-only package, so it cannot be a dev-dependency. Instead the first call runs
+/// `cargo build -p fogd` into that target directory from `manifest_dir` (Cargo releases its
+/// build lock while tests run, and the build is a no-op when fogd is fresh, as after
+/// `cargo test --workspace`, which builds it for fogd's own tests) and returns the binary.
+/// `FOGD_BIN=/path/to/fogd` skips the build and uses that binary.
+pub fn fogd_exe(near: &Path, manifest_dir: &Path) -> PathBuf {
+    static FOGD: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    FOGD.get_or_init(|| {
+        if let Some(path) = std::env::var_os("FOGD_BIN") {
+            return PathBuf::from(path);
+        }
+        let mut profile_dir = near.parent().expect("the binary has a directory");
+        if profile_dir.file_name().and_then(|n| n.to_str()) == Some("deps") {
+            profile_dir = profile_dir.parent().expect("deps has a parent");
+        }
+        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+            Some("debug") => "dev",
+            Some(other) => other,
+            None => panic!("cannot tell the profile from {}", near.display()),
+        };
+        let (target_dir, triple) = target_dir_of(profile_dir)
+            .unwrap_or_else(|| panic!("cannot tell the target directory from {}", near.display()));
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut command = Command::new(cargo);
+        command
+            .args(["build", "--quiet", "-p", "fogd", "--profile", profile])
+            .arg("--target-dir")
+            .arg(target_dir)
+            .current_dir(manifest_dir);
+        if let Some(triple) = triple {
+            command.args(["--target", triple]);
+        }
+        let status = command
+            .status()
+            .unwrap_or_else(|e| panic!("running cargo build -p fogd: {e}"));
+        assert!(status.success(), "cargo build -p fogd failed: {status}");
+        let fogd = profile_dir.join(format!("fogd{}", std::env::consts::EXE_SUFFIX));
+        assert!(fogd.is_file(), "no {} after building it", fogd.display());
+        fogd
+    })
+    .clone()
+}
+
 /// A child process that is killed and reaped when the guard goes out of scope, also when the
 /// test panics; its stdout and stderr go to files that outlive it.
 pub struct ChildGuard {

@@ -25,48 +25,13 @@ pub(crate) fn fogconnect_exe() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_fogconnect"))
 }
 
-/// The `fogd` binary, built for the same profile and target as `fogconnect`.
-///
-/// Cargo gives integration tests only their own package's binaries (`CARGO_BIN_EXE_*`), and fogd
-/// is a binary-only package, so it cannot be a dev-dependency. Instead the first call runs
-/// `cargo build -p fogd` into the target directory `fogconnect` was built in (Cargo releases its
-/// build lock while tests run, and the build is a no-op when fogd is fresh, as after
-/// `cargo test --workspace`, which builds it for fogd's own tests) and returns the binary next
-/// to `fogconnect`. `FOGD_BIN=/path/to/fogd` skips the build and uses that binary.
+/// The `fogd` binary, built for the same profile and target as `fogconnect`
+/// ([`fog_test_support::fogd_exe`]).
 pub(crate) fn fogd_exe() -> PathBuf {
-    static FOGD: OnceLock<PathBuf> = OnceLock::new();
-    FOGD.get_or_init(|| {
-        if let Some(path) = std::env::var_os("FOGD_BIN") {
-            return PathBuf::from(path);
-        }
-        let exe = fogconnect_exe();
-        let profile_dir = exe.parent().expect("fogconnect has a directory");
-        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-            Some("debug") => "dev",
-            Some(other) => other,
-            None => panic!("cannot tell the profile from {}", exe.display()),
-        };
-        let (target_dir, triple) = fog_test_support::target_dir_of(profile_dir)
-            .unwrap_or_else(|| panic!("cannot tell the target directory from {}", exe.display()));
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
-        let mut command = Command::new(cargo);
-        command
-            .args(["build", "--quiet", "-p", "fogd", "--profile", profile])
-            .arg("--target-dir")
-            .arg(target_dir)
-            .current_dir(env!("CARGO_MANIFEST_DIR"));
-        if let Some(triple) = triple {
-            command.args(["--target", triple]);
-        }
-        let status = command
-            .status()
-            .unwrap_or_else(|e| panic!("running cargo build -p fogd: {e}"));
-        assert!(status.success(), "cargo build -p fogd failed: {status}");
-        let fogd = profile_dir.join(format!("fogd{}", std::env::consts::EXE_SUFFIX));
-        assert!(fogd.is_file(), "no {} after building it", fogd.display());
-        fogd
-    })
-    .clone()
+    fog_test_support::fogd_exe(
+        &fogconnect_exe(),
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")),
+    )
 }
 
 /// `fogconnect args`, to completion.

@@ -1,0 +1,283 @@
+//! The node as the runtime drives it: the node itself, and its signaling WebSocket on a pump
+//! thread, whose output is flushed in the node's drain order (after the transmits, before
+//! the events).
+
+use std::io;
+use std::net::TcpStream;
+use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use fog_core::{Receive, SansIo, SocketRequest, Transmit};
+use fogconnect::{Event, Node, SignalInput, SignalOutput};
+use tungstenite::{Message, WebSocket};
+
+use crate::ws::{SignalUrl, open_websocket};
+
+/// What a WebSocket thread tells the runtime; `generation` names the connection, so that news
+/// of an old one is ignored.
+pub(crate) enum FromSignal {
+    Opened {
+        generation: u64,
+        writer: Sender<String>,
+    },
+    Frame {
+        generation: u64,
+        text: String,
+    },
+    Closed {
+        generation: u64,
+        why: String,
+    },
+}
+
+/// How often the pump looks for frames to send while it waits for the server's.
+const PUMP_TICK: Duration = Duration::from_millis(5);
+
+/// The node and its signaling connection.
+pub(crate) struct Machine {
+    node: Node,
+    url: SignalUrl,
+    timeout: Duration,
+    to_runtime: Sender<FromSignal>,
+    wake: Option<fog_mio::Handle>,
+    /// Frames for the current connection's pump, while it is open.
+    writer: Option<Sender<String>>,
+    generation: u64,
+    pump: Option<JoinHandle<()>>,
+}
+
+impl Machine {
+    pub(crate) fn new(
+        node: Node,
+        url: SignalUrl,
+        timeout: Duration,
+        to_runtime: Sender<FromSignal>,
+    ) -> Machine {
+        Machine {
+            node,
+            url,
+            timeout,
+            to_runtime,
+            wake: None,
+            writer: None,
+            generation: 0,
+            pump: None,
+        }
+    }
+
+    pub(crate) fn node_mut(&mut self) -> &mut Node {
+        &mut self.node
+    }
+
+    /// Takes over the WebSocket opened at start: the node's first signaling connection.
+    pub(crate) fn adopt(&mut self, ws: WebSocket<TcpStream>, wake: fog_mio::Handle) {
+        self.wake = Some(wake.clone());
+        self.generation += 1;
+        let (writer, frames) = mpsc::channel();
+        self.writer = Some(writer);
+        let generation = self.generation;
+        let to_runtime = self.to_runtime.clone();
+        self.pump = thread::Builder::new()
+            .name("fog-runtime-ws".into())
+            .spawn(move || pump(ws, generation, &to_runtime, &frames, &wake))
+            .ok();
+        self.node.handle_signal(Instant::now(), SignalInput::Opened);
+    }
+
+    /// News from a WebSocket thread.
+    pub(crate) fn handle_from_signal(&mut self, now: Instant, input: FromSignal) {
+        match input {
+            FromSignal::Opened { generation, writer } if generation == self.generation => {
+                self.writer = Some(writer);
+                self.node.handle_signal(now, SignalInput::Opened);
+            }
+            FromSignal::Frame { generation, text } if generation == self.generation => {
+                self.node.handle_signal(now, SignalInput::Frame(&text));
+            }
+            FromSignal::Closed { generation, why } if generation == self.generation => {
+                tracing::info!(%why, "the signaling connection ended");
+                self.writer = None;
+                self.node.handle_signal(now, SignalInput::Closed);
+            }
+            _ => {}
+        }
+    }
+
+    /// Closes every connection, telling the peers (the shutdown's first step).
+    pub(crate) fn shut(&mut self, now: Instant) {
+        let ids: Vec<_> = self.node.connections().collect();
+        for id in ids {
+            let _ = self.node.close(now, id, 0, "shutdown");
+        }
+    }
+
+    /// Lets the pump send what it has and close the WebSocket.
+    pub(crate) fn hang_up(&mut self) {
+        self.flush_signal();
+        self.writer = None;
+        // No new connection from now on.
+        self.generation += 1;
+    }
+
+    /// Whether the current pump has ended.
+    pub(crate) fn signal_closed(&self) -> bool {
+        self.pump.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+
+    /// Waits up to `limit` for the pump to end.
+    pub(crate) fn join_pump(&mut self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while !self.signal_closed() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(2));
+        }
+        if self.signal_closed() {
+            if let Some(pump) = self.pump.take() {
+                let _ = pump.join();
+            }
+        }
+    }
+
+    /// Carries out what the node asks of its signaling connection.
+    fn flush_signal(&mut self) {
+        while let Some(out) = self.node.poll_signal() {
+            match out {
+                SignalOutput::Frame(frame) => {
+                    if let Some(writer) = &self.writer {
+                        // A pump that ended reports it; the frame is lost with the connection.
+                        let _ = writer.send(frame);
+                    }
+                }
+                SignalOutput::Open => self.open(),
+                SignalOutput::Close => {
+                    self.writer = None;
+                    self.generation += 1;
+                    self.node.handle_signal(Instant::now(), SignalInput::Closed);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Dials the server on a thread of its own; its outcome comes back as `FromSignal`.
+    fn open(&mut self) {
+        let Some(wake) = self.wake.clone() else {
+            return;
+        };
+        self.generation += 1;
+        let generation = self.generation;
+        let (url, timeout, to_runtime) = (self.url.clone(), self.timeout, self.to_runtime.clone());
+        self.pump = thread::Builder::new()
+            .name("fog-runtime-ws".into())
+            .spawn(move || match open_websocket(&url, timeout) {
+                Ok((ws, _)) => {
+                    let (writer, frames) = mpsc::channel();
+                    let _ = to_runtime.send(FromSignal::Opened { generation, writer });
+                    let _ = wake.wake();
+                    pump(ws, generation, &to_runtime, &frames, &wake);
+                }
+                Err(e) => {
+                    let why = e.to_string();
+                    let _ = to_runtime.send(FromSignal::Closed { generation, why });
+                    let _ = wake.wake();
+                }
+            })
+            .ok();
+    }
+}
+
+/// The WebSocket pump: frames from the server to the runtime (waking it), frames from the
+/// runtime to the server; tells the runtime when the connection ends. When the runtime drops
+/// its writer, the pump sends what is left and closes the connection politely.
+fn pump(
+    mut ws: WebSocket<TcpStream>,
+    generation: u64,
+    to_runtime: &Sender<FromSignal>,
+    frames: &Receiver<String>,
+    wake: &fog_mio::Handle,
+) {
+    let closed = |why: String| {
+        let _ = to_runtime.send(FromSignal::Closed { generation, why });
+        let _ = wake.wake();
+    };
+    let _ = ws.get_mut().set_read_timeout(Some(PUMP_TICK));
+    loop {
+        loop {
+            match frames.try_recv() {
+                Ok(frame) => {
+                    if let Err(e) = ws.send(Message::text(frame)) {
+                        closed(e.to_string());
+                        return;
+                    }
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    let _ = ws.close(None);
+                    let _ = ws.flush();
+                    return;
+                }
+            }
+        }
+        match ws.read() {
+            Ok(Message::Text(text)) => {
+                let text = text.to_string();
+                if to_runtime
+                    .send(FromSignal::Frame { generation, text })
+                    .is_err()
+                {
+                    return;
+                }
+                let _ = wake.wake();
+            }
+            Ok(Message::Close(frame)) => {
+                closed(frame.map_or_else(String::new, |f| format!("{}: {}", f.code, f.reason)));
+                return;
+            }
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => {
+                closed(e.to_string());
+                return;
+            }
+        }
+    }
+}
+
+impl SansIo for Machine {
+    type Event = Event;
+
+    fn handle_packet(&mut self, now: Instant, packet: Receive<'_>) {
+        self.node.handle_packet(now, packet);
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        self.node.handle_timeout(now);
+    }
+
+    fn poll_socket_request(&mut self) -> Option<SocketRequest> {
+        self.node.poll_socket_request()
+    }
+
+    fn handle_bind_error(&mut self, now: Instant, addr: std::net::SocketAddr) {
+        self.node.handle_bind_error(now, addr);
+    }
+
+    fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        self.node.poll_transmit(now, buf)
+    }
+
+    /// The node's signaling output first: the drain order puts it between the transmits and
+    /// the events.
+    fn poll_event(&mut self) -> Option<Event> {
+        self.flush_signal();
+        self.node.poll_event()
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.node.poll_timeout()
+    }
+}

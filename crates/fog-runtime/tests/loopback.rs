@@ -1,0 +1,227 @@
+//! Two runtimes on loopback through a real fogd (STUN and signaling): refuse, accept, datagrams
+//! both ways, stats, close from either side, and a shutdown that tells the peer. One runtime
+//! delivers its events on the channel, the other on a callback.
+
+// Tests read the wall clock for their own deadlines.
+#![allow(clippy::disallowed_methods)]
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::Command;
+use std::sync::mpsc::{self, Receiver};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use fog_runtime::{Runtime, RuntimeConfig};
+use fog_test_support::{A1, A2, ChildGuard, free_port_pair};
+use fogconnect::{
+    AcceptPolicy, CloseReason, ConnectionId, Event, FailReason, KeyPair, NodeConfig, Via,
+};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// fogd with STUN on two loopback addresses and signaling, on free ports; the STUN server
+/// and the signaling URL.
+fn fogd() -> (ChildGuard, SocketAddr, String) {
+    let exe = fog_test_support::fogd_exe(
+        &std::env::current_exe().expect("the test's own path"),
+        Path::new(env!("CARGO_MANIFEST_DIR")),
+    );
+    for attempt in 0..5 {
+        let (p1, p2) = free_port_pair();
+        let signal = TcpListener::bind((A1, 0))
+            .and_then(|l| l.local_addr())
+            .unwrap();
+        let stun = SocketAddr::new(A1, p1);
+        let mut command = Command::new(&exe);
+        command.args([
+            "--stun",
+            &stun.to_string(),
+            "--stun-alt",
+            &SocketAddr::new(A2, p2).to_string(),
+            "--signal",
+            &signal.to_string(),
+        ]);
+        let mut child =
+            ChildGuard::spawn(&format!("fogd-runtime-{attempt}"), &mut command).unwrap();
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            if TcpStream::connect_timeout(&signal, Duration::from_millis(200)).is_ok() {
+                thread::sleep(Duration::from_millis(100));
+                return (child, stun, format!("ws://{signal}/ws"));
+            }
+            if child.try_wait().is_some() {
+                break;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+    panic!("fogd could not start on free ports");
+}
+
+fn config(seed: u8, stun: SocketAddr, url: &str) -> RuntimeConfig {
+    let key = KeyPair::from_seed(&[seed; 32]);
+    let mut node = NodeConfig::new(key, "127.0.0.1", stun, "127.0.0.1:0".parse().unwrap(), 7);
+    node.accept = AcceptPolicy::Ask;
+    RuntimeConfig::new(node, url.parse().unwrap())
+}
+
+/// The first event `want` picks within [`WAIT`]; the events before it are kept in `seen`.
+fn wait_for<T>(
+    events: &Receiver<Event>,
+    seen: &mut Vec<Event>,
+    mut want: impl FnMut(&Event) -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let event = events
+            .recv_timeout(left)
+            .unwrap_or_else(|e| panic!("no awaited event ({e}); saw {seen:#?}"));
+        if let Some(value) = want(&event) {
+            return value;
+        }
+        seen.push(event);
+    }
+}
+
+fn ready(events: &Receiver<Event>, seen: &mut Vec<Event>) {
+    wait_for(events, seen, |e| {
+        matches!(e, Event::Ready { .. }).then_some(())
+    });
+    if !seen.contains(&Event::SignalingUp) {
+        wait_for(events, seen, |e| (*e == Event::SignalingUp).then_some(()));
+    }
+}
+
+fn incoming(events: &Receiver<Event>, seen: &mut Vec<Event>) -> (ConnectionId, u16) {
+    wait_for(events, seen, |e| match e {
+        Event::Incoming { id, service, .. } => Some((*id, *service)),
+        _ => None,
+    })
+}
+
+fn connected(events: &Receiver<Event>, seen: &mut Vec<Event>, want: ConnectionId) -> (Via, bool) {
+    wait_for(events, seen, |e| match e {
+        Event::Connected {
+            id, via, passive, ..
+        } if *id == want => Some((*via, *passive)),
+        _ => None,
+    })
+}
+
+#[test]
+fn two_runtimes_refuse_accept_exchange_and_close() {
+    let (_fogd, stun, url) = fogd();
+    // A: events on the channel. B: events on a callback, forwarded here.
+    let a = Runtime::start(config(1, stun, &url)).expect("A starts");
+    let (tx, b_events) = mpsc::channel();
+    let b = Runtime::start_with_callback(config(2, stun, &url), move |e| {
+        let _ = tx.send(e);
+    })
+    .expect("B starts");
+    let (ha, hb) = (a.handle(), b.handle());
+    let (mut seen_a, mut seen_b) = (Vec::new(), Vec::new());
+    ready(a.events(), &mut seen_a);
+    ready(&b_events, &mut seen_b);
+
+    // A refusal, with its reason, and the refused handle is gone.
+    let first = ha.connect(hb.peer_id(), 5).unwrap();
+    let (offer, service) = incoming(&b_events, &mut seen_b);
+    assert_eq!(service, 5);
+    hb.refuse(offer, 9, "not now").unwrap();
+    let reason = wait_for(a.events(), &mut seen_a, |e| match e {
+        Event::Failed { id, reason } if *id == first => Some(reason.clone()),
+        _ => None,
+    });
+    assert_eq!(
+        reason,
+        FailReason::Refused {
+            code: 9,
+            reason: "not now".into()
+        }
+    );
+    assert!(hb.accept(offer).is_err());
+
+    // Accepted: both connected, directly (loopback has no NAT), the passive side knows it.
+    let id_a = ha.connect(hb.peer_id(), 6).unwrap();
+    let (id_b, service) = incoming(&b_events, &mut seen_b);
+    assert_eq!(service, 6);
+    hb.accept(id_b).unwrap();
+    assert_eq!(
+        connected(a.events(), &mut seen_a, id_a),
+        (Via::Direct, false)
+    );
+    assert_eq!(connected(&b_events, &mut seen_b, id_b), (Via::Direct, true));
+
+    // A datagram there and back.
+    ha.send(id_a, b"ping").unwrap();
+    let data = wait_for(&b_events, &mut seen_b, |e| match e {
+        Event::Data { id, data } if *id == id_b => Some(data.clone()),
+        _ => None,
+    });
+    assert_eq!(data, b"ping");
+    hb.send(id_b, b"pong").unwrap();
+    let data = wait_for(a.events(), &mut seen_a, |e| match e {
+        Event::Data { id, data } if *id == id_a => Some(data.clone()),
+        _ => None,
+    });
+    assert_eq!(data, b"pong");
+    let stats = ha.stats(id_a).unwrap().expect("A knows the connection");
+    assert_eq!((stats.sent_datagrams, stats.sent_bytes), (1, 4));
+    assert_eq!((stats.received_datagrams, stats.received_bytes), (1, 4));
+    assert_eq!(stats.path.map(|p| p.0), Some(Via::Direct));
+    assert!(stats.rtt.is_some());
+
+    // A closes; B hears it from the peer.
+    ha.close(id_a, 3, "bye").unwrap();
+    let closed = wait_for(&b_events, &mut seen_b, |e| match e {
+        Event::Closed {
+            id,
+            reason,
+            by_peer,
+        } if *id == id_b => Some((reason.clone(), *by_peer)),
+        _ => None,
+    });
+    assert_eq!(
+        closed,
+        (
+            CloseReason::Application {
+                code: 3,
+                reason: "bye".into()
+            },
+            true
+        )
+    );
+    assert_eq!(hb.stats(id_b).unwrap(), None, "B released it");
+
+    // A last connection, ended by B's shutdown: A hears the close.
+    let id_a = ha.connect(hb.peer_id(), 7).unwrap();
+    let (id_b, _) = incoming(&b_events, &mut seen_b);
+    hb.accept(id_b).unwrap();
+    connected(a.events(), &mut seen_a, id_a);
+    b.shutdown().expect("B stops cleanly");
+    let closed = wait_for(a.events(), &mut seen_a, |e| match e {
+        Event::Closed {
+            id,
+            reason,
+            by_peer,
+        } if *id == id_a => Some((reason.clone(), *by_peer)),
+        _ => None,
+    });
+    assert_eq!(
+        closed,
+        (
+            CloseReason::Application {
+                code: 0,
+                reason: "shutdown".into()
+            },
+            true
+        )
+    );
+    assert!(
+        hb.connect(ha.peer_id(), 1).is_err(),
+        "a stopped runtime's handle says so"
+    );
+    a.shutdown().expect("A stops cleanly");
+}
