@@ -1,129 +1,48 @@
 //! `fogconnect serve` and `fogconnect connect`: the whole FogConnect node on real sockets.
 //!
-//! The node (`fogconnect::Node`: discovery, signaling, TURN, punching) runs on a fog-mio driver
-//! on this thread; its signaling frames travel over a WebSocket that a second thread pumps
-//! (tungstenite is blocking here, so the pump reads with a short timeout and writes what the
-//! node queued in between). `serve` registers an alias and echoes every datagram it receives;
-//! `connect` connects to a peer, sends one datagram and waits for the echo (with `--until-direct`,
-//! also for a direct path to replace a relayed one, and for the echo on it).
+//! The node runs on fog-runtime (a fog-mio driver and the signaling WebSocket on threads of
+//! their own); this module only turns its events into lines and its commands into calls on
+//! the runtime's handle. `serve` registers an alias and echoes every datagram it receives;
+//! `connect` connects to a peer, sends one datagram and waits for the echo (with
+//! `--until-direct`, also for a direct path to replace a relayed one, and for the echo on it).
 
-use std::io;
-use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
-use std::thread;
+use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
-use fog_mio::{Driver, Handle};
+use fog_runtime::{Handle, Runtime, RuntimeConfig};
 use fog_signal::PeerId;
-use fogconnect::{
-    AcceptPolicy, CandidateKind, ConnectionId, Event, HostFilter, Node, NodeConfig, ServerChoice,
-    SignalInput, SignalOutput, Via,
-};
+use fogconnect::{AcceptPolicy, CandidateKind, ConnectionId, Event, NodeConfig, ServerChoice, Via};
 use serde_json::json;
-use tungstenite::Message;
 
 use crate::cli::{ConnectArgs, Families, Interfaces, NodeArgs, ServeArgs};
 use crate::nat::resolve;
 use crate::peer::{identity, os_random};
-use crate::signal::{SignalError, open_websocket};
 
-/// What the pump thread tells the node's thread.
-enum FromServer {
-    Frame(String),
-    Closed(String),
-}
-
-/// The WebSocket pump: frames from the server to `to_node` (waking the driver), frames from
-/// `from_node` to the server.
-fn pump(
-    mut ws: tungstenite::WebSocket<std::net::TcpStream>,
-    to_node: Sender<FromServer>,
-    from_node: Receiver<String>,
-    wake: Handle,
-) {
-    let _ = ws
-        .get_mut()
-        .set_read_timeout(Some(Duration::from_millis(5)));
-    loop {
-        loop {
-            match from_node.try_recv() {
-                Ok(frame) => {
-                    if let Err(e) = ws.send(Message::text(frame)) {
-                        let _ = to_node.send(FromServer::Closed(e.to_string()));
-                        let _ = wake.wake();
-                        return;
-                    }
-                }
-                Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) => {
-                    let _ = ws.close(None);
-                    let _ = ws.flush();
-                    return;
-                }
-            }
-        }
-        match ws.read() {
-            Ok(Message::Text(text)) => {
-                if to_node.send(FromServer::Frame(text.to_string())).is_err() {
-                    return;
-                }
-                let _ = wake.wake();
-            }
-            Ok(Message::Close(frame)) => {
-                let why = frame.map_or_else(String::new, |f| format!("{}: {}", f.code, f.reason));
-                let _ = to_node.send(FromServer::Closed(why));
-                let _ = wake.wake();
-                return;
-            }
-            Ok(_) => {}
-            Err(tungstenite::Error::Io(e))
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) => {}
-            Err(e) => {
-                let _ = to_node.send(FromServer::Closed(e.to_string()));
-                let _ = wake.wake();
-                return;
-            }
-        }
-    }
-}
-
-/// A running node: the driver, and the two ends of the signaling pump.
+/// A running node and how to print its events.
 struct Running {
-    driver: Driver<Node>,
-    to_server: Sender<String>,
-    from_server: Receiver<FromServer>,
+    runtime: Runtime,
+    handle: Handle,
     json: bool,
-    interfaces: Interfaces,
-    next_gather: Instant,
 }
 
-// The binary reads the clock for the driver and the OS random source for the seed.
+/// How often `--interfaces auto` reads the interface addresses again.
+const GATHER_EVERY: Duration = Duration::from_secs(10);
+
+// The binary reads the OS random source for the seed.
 #[allow(clippy::disallowed_methods)]
 fn start(args: &NodeArgs, alias: Option<&str>, accept: AcceptPolicy) -> Result<Running, String> {
-    let timeout = Duration::from_secs(10);
-    let (ws, local) =
-        open_websocket(&args.signaling.signal, timeout).map_err(|e: SignalError| e.to_string())?;
-    // IPv4: the node's base socket is on the interface that reaches the signaling server.
+    // IPv4: the node's base socket is on the interface that reaches the signaling server,
+    // which the runtime finds (an unspecified base address), with a free port.
     let v4 = |server| resolve(server, Families::V4Only).map_err(|e| e.to_string());
     let stun = v4(&args.stun)?;
     let turn = args.turn.as_ref().map(v4).transpose()?;
-    // The base socket: a free port on the interface that reaches the signaling server. The
-    // driver binds it (and discovery's ports above it) when the node first sends.
-    let port = UdpSocket::bind(SocketAddr::new(local.ip(), 0))
-        .and_then(|s| s.local_addr())
-        .map_err(|e| format!("finding a free UDP port on {}: {e}", local.ip()))?
-        .port();
-    let base = SocketAddr::new(local.ip(), port);
     let key = identity(args.signaling.key.as_deref())?;
     let seed = u64::from_le_bytes(os_random()?);
+    let base = "0.0.0.0:0".parse().map_err(|e| format!("{e}"))?;
     let mut config = NodeConfig::new(key, args.signaling.signal.realm(), stun, base, seed);
     config.alias = alias.map(str::to_owned);
     config.turn = turn;
     config.direct = !args.relay_only;
-    config.interfaces = gather(&args.interfaces)?;
     config.accept = accept;
     for alternative in &args.alternative {
         config.alternatives.push(ServerChoice {
@@ -131,85 +50,33 @@ fn start(args: &NodeArgs, alias: Option<&str>, accept: AcceptPolicy) -> Result<R
             turn: alternative.turn.as_ref().map(v4).transpose()?,
         });
     }
-    let node = Node::new(config, Instant::now());
-    let mut driver = Driver::new(node, &[base]).map_err(|e| format!("binding {base}: {e}"))?;
-    let (to_node, from_server) = mpsc::channel();
-    let (to_server, from_node) = mpsc::channel();
-    let wake = driver.handle();
-    thread::spawn(move || pump(ws, to_node, from_node, wake));
-    // The WebSocket is open already: the node need not ask for one.
-    driver
-        .machine_mut()
-        .handle_signal(Instant::now(), SignalInput::Opened);
+    let mut runtime_config = RuntimeConfig::new(config, args.signaling.signal.clone());
+    match &args.interfaces {
+        Interfaces::Auto => runtime_config.gather_every = Some(GATHER_EVERY),
+        Interfaces::List(ips) => runtime_config.node.interfaces = ips.clone(),
+    }
+    let runtime = Runtime::start(runtime_config).map_err(|e| e.to_string())?;
     Ok(Running {
-        driver,
-        to_server,
-        from_server,
+        handle: runtime.handle(),
+        runtime,
         json: args.signaling.json,
-        interfaces: args.interfaces.clone(),
-        next_gather: Instant::now() + GATHER_EVERY,
     })
 }
 
-/// How often `--interfaces auto` reads the interface addresses again.
-const GATHER_EVERY: Duration = Duration::from_secs(10);
-
-/// The further local addresses `--interfaces` names (the base's own is left out by the node).
-fn gather(interfaces: &Interfaces) -> Result<Vec<IpAddr>, String> {
-    match interfaces {
-        Interfaces::List(ips) => Ok(ips.clone()),
-        Interfaces::Auto => fog_mio::interfaces::addresses()
-            .map(|ips| HostFilter::default().filter(ips))
-            .map_err(|e| format!("listing the interfaces: {e}")),
-    }
-}
-
 impl Running {
-    /// One turn: the driver for up to 20 ms, then frames both ways. The node's events.
-    // The binary reads the clock for the driver.
-    #[allow(clippy::disallowed_methods)]
+    /// The node's events of the next 20 ms (or fewer, if one comes sooner).
     fn step(&mut self) -> Result<Vec<Event>, String> {
         let mut events = Vec::new();
-        if self.interfaces == Interfaces::Auto && Instant::now() >= self.next_gather {
-            self.next_gather = Instant::now() + GATHER_EVERY;
-            // An error now (a transient one) keeps the addresses we have.
-            if let Ok(ips) = gather(&self.interfaces) {
-                self.driver
-                    .machine_mut()
-                    .set_interfaces(Instant::now(), &ips);
-            }
+        match self
+            .runtime
+            .events()
+            .recv_timeout(Duration::from_millis(20))
+        {
+            Ok(event) => events.push(event),
+            Err(RecvTimeoutError::Timeout) => return Ok(events),
+            Err(RecvTimeoutError::Disconnected) => return Err("the node stopped".into()),
         }
-        self.driver
-            .turn(Some(Duration::from_millis(20)), |_, e| events.push(e))
-            .map_err(|e| format!("the event loop failed: {e}"))?;
-        loop {
-            match self.from_server.try_recv() {
-                Ok(FromServer::Frame(frame)) => {
-                    self.driver
-                        .machine_mut()
-                        .handle_signal(Instant::now(), SignalInput::Frame(&frame));
-                }
-                Ok(FromServer::Closed(why)) => {
-                    return Err(format!(
-                        "the signaling server closed the connection ({why})"
-                    ));
-                }
-                Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) => {
-                    return Err("the signaling connection ended".into());
-                }
-            }
-        }
-        self.driver.drain(|_, e| events.push(e));
-        while let Some(out) = self.driver.machine_mut().poll_signal() {
-            match out {
-                SignalOutput::Frame(frame) => {
-                    let _ = self.to_server.send(frame);
-                }
-                // This command's node lives as long as its one signaling connection.
-                _ => return Err("the signaling connection failed".into()),
-            }
-        }
+        events.extend(self.runtime.events().try_iter());
         Ok(events)
     }
 
@@ -369,12 +236,10 @@ pub(crate) fn serve(args: &ServeArgs) -> Result<(), String> {
             node.report(&event);
             match event {
                 Event::Connected { .. } => connected = true,
-                Event::Data { id, data } => {
-                    match node.driver.machine_mut().send(Instant::now(), id, &data) {
-                        Ok(()) => echoed += 1,
-                        Err(e) => eprintln!("fogconnect: could not echo a datagram: {e}"),
-                    }
-                }
+                Event::Data { id, data } => match node.handle.send(id, &data) {
+                    Ok(()) => echoed += 1,
+                    Err(e) => eprintln!("fogconnect: could not echo a datagram: {e}"),
+                },
                 _ => {}
             }
         }
@@ -465,17 +330,13 @@ pub(crate) fn connect(args: &ConnectArgs) -> Result<(), String> {
             }
         }
         if ready.1 && lookup_pending && !asked {
-            node.driver
-                .machine_mut()
-                .lookup(&args.peer)
-                .map_err(|e| e.to_string())?;
+            node.handle.lookup(&args.peer).map_err(|e| e.to_string())?;
             asked = true;
         }
         if ready.0 && ready.1 && session.is_none() && sent_at.is_none() {
             if let Some(peer) = resolved.take() {
-                node.driver
-                    .machine_mut()
-                    .connect(Instant::now(), peer, args.service)
+                node.handle
+                    .connect(peer, args.service)
                     .map_err(|e| e.to_string())?;
                 sent_at = Some(Instant::now());
             }
@@ -487,9 +348,8 @@ pub(crate) fn connect(args: &ConnectArgs) -> Result<(), String> {
             Some(v) => echoed && v != Via::Direct && via == Some(Via::Direct),
         };
         if let (true, Some(s)) = (due, session) {
-            node.driver
-                .machine_mut()
-                .send(Instant::now(), s, args.message.as_bytes())
+            node.handle
+                .send(s, args.message.as_bytes())
                 .map_err(|e| e.to_string())?;
             sent_at = Some(Instant::now());
             sent_via = via;

@@ -8,94 +8,14 @@
 
 use std::fmt;
 use std::io;
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs as _};
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
+use fog_runtime::{OpenError, open_websocket};
 use fog_signal::client::{Client, ClientConfig, Event};
-use tungstenite::protocol::WebSocketConfig;
 use tungstenite::{Message, WebSocket};
 
-/// Frames larger than this from the server close the connection. fogd's own limit for frames it
-/// accepts is 16 KiB; what it sends is smaller still.
-const MAX_FRAME: usize = 64 * 1024;
-
-/// A parsed `ws://HOST[:PORT][/PATH]` address.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct SignalUrl {
-    /// The host as written (a name, an IPv4 address or a bracketed IPv6 address).
-    pub(crate) host: String,
-    /// The port (default 7600, fogd's).
-    pub(crate) port: u16,
-    /// The path (default `/ws`).
-    pub(crate) path: String,
-}
-
-/// fogd's default signaling port.
-pub(crate) const DEFAULT_SIGNAL_PORT: u16 = 7600;
-
-impl std::str::FromStr for SignalUrl {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s.starts_with("wss://") {
-            return Err("wss:// is not supported by this client yet; use ws://".to_owned());
-        }
-        let rest = s
-            .strip_prefix("ws://")
-            .ok_or_else(|| format!("'{s}' does not start with ws://"))?;
-        let (authority, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, "/ws"),
-        };
-        if authority.is_empty() {
-            return Err(format!("'{s}' names no host"));
-        }
-        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-            let (addr, after) = v6
-                .split_once(']')
-                .ok_or_else(|| format!("'{s}': unclosed '[' in the host"))?;
-            let port = match after.strip_prefix(':') {
-                Some(p) => parse_port(p)?,
-                None if after.is_empty() => DEFAULT_SIGNAL_PORT,
-                None => return Err(format!("'{s}': unexpected '{after}' after the host")),
-            };
-            (format!("[{addr}]"), port)
-        } else {
-            match authority.rsplit_once(':') {
-                Some((host, p)) => (host.to_owned(), parse_port(p)?),
-                None => (authority.to_owned(), DEFAULT_SIGNAL_PORT),
-            }
-        };
-        if host.is_empty() || host == "[]" {
-            return Err(format!("'{s}' names no host"));
-        }
-        Ok(SignalUrl {
-            host,
-            port,
-            path: path.to_owned(),
-        })
-    }
-}
-
-fn parse_port(p: &str) -> Result<u16, String> {
-    match p.parse::<u16>() {
-        Ok(port) if port != 0 => Ok(port),
-        _ => Err(format!("'{p}' is not a port (1-65535)")),
-    }
-}
-
-impl fmt::Display for SignalUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ws://{}:{}{}", self.host, self.port, self.path)
-    }
-}
-
-impl SignalUrl {
-    /// The host without IPv6 brackets: the realm the client signs into its auth transcript.
-    pub(crate) fn realm(&self) -> &str {
-        self.host.trim_start_matches('[').trim_end_matches(']')
-    }
-}
+pub(crate) use fog_runtime::SignalUrl;
 
 /// Why the connection to the signaling server ended or could not start.
 #[derive(Debug)]
@@ -269,99 +189,13 @@ impl Connection {
     }
 }
 
-/// Connects to `url` within `timeout` and upgrades to a WebSocket; returns it with the local
-/// address of the TCP connection (the interface that reaches the server).
-pub(crate) fn open_websocket(
-    url: &SignalUrl,
-    timeout: Duration,
-) -> Result<(WebSocket<TcpStream>, SocketAddr), SignalError> {
-    let addrs: Vec<SocketAddr> = (url.realm(), url.port)
-        .to_socket_addrs()
-        .map_err(|e| SignalError::Connect(format!("{}: {e}", url.host)))?
-        .collect();
-    let mut last = None;
-    let mut stream = None;
-    for addr in &addrs {
-        match TcpStream::connect_timeout(addr, timeout) {
-            Ok(s) => {
-                stream = Some(s);
-                break;
-            }
-            Err(e) => last = Some(format!("{addr}: {e}")),
+impl From<OpenError> for SignalError {
+    fn from(e: OpenError) -> Self {
+        match e {
+            OpenError::Connect(e) => SignalError::Connect(e),
+            OpenError::Handshake(e) => SignalError::Handshake(e),
+            OpenError::Io(e) => SignalError::Io(e),
+            other => SignalError::Connect(other.to_string()),
         }
-    }
-    let stream = stream.ok_or_else(|| {
-        SignalError::Connect(last.unwrap_or_else(|| format!("{} has no address", url.host)))
-    })?;
-    stream.set_nodelay(true).map_err(SignalError::Io)?;
-    stream
-        .set_read_timeout(Some(timeout))
-        .map_err(SignalError::Io)?;
-    stream
-        .set_write_timeout(Some(timeout))
-        .map_err(SignalError::Io)?;
-    let local = stream.local_addr().map_err(SignalError::Io)?;
-    let ws_config = WebSocketConfig::default()
-        .max_message_size(Some(MAX_FRAME))
-        .max_frame_size(Some(MAX_FRAME));
-    let (ws, _response) =
-        tungstenite::client::client_with_config(url.to_string(), stream, Some(ws_config))
-            .map_err(|e| SignalError::Handshake(handshake_error(&e)))?;
-    Ok((ws, local))
-}
-
-fn handshake_error<S: tungstenite::handshake::HandshakeRole>(
-    e: &tungstenite::HandshakeError<S>,
-) -> String {
-    match e {
-        tungstenite::HandshakeError::Failure(tungstenite::Error::Http(response)) => {
-            format!("the server answered HTTP {}", response.status())
-        }
-        tungstenite::HandshakeError::Failure(e) => e.to_string(),
-        tungstenite::HandshakeError::Interrupted(_) => "timed out".to_owned(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn url(s: &str) -> Result<(String, u16, String), String> {
-        s.parse::<SignalUrl>().map(|u| (u.host, u.port, u.path))
-    }
-
-    #[test]
-    fn urls() {
-        assert_eq!(
-            url("ws://127.0.0.1:7600/ws"),
-            Ok(("127.0.0.1".into(), 7600, "/ws".into()))
-        );
-        assert_eq!(
-            url("ws://example.org"),
-            Ok(("example.org".into(), 7600, "/ws".into()))
-        );
-        assert_eq!(url("ws://[::1]:9/x"), Ok(("[::1]".into(), 9, "/x".into())));
-        assert_eq!(url("ws://[::1]"), Ok(("[::1]".into(), 7600, "/ws".into())));
-        assert_eq!(
-            "ws://[::1]:9/x".parse::<SignalUrl>().unwrap().realm(),
-            "::1"
-        );
-        assert_eq!(
-            "ws://h:1/ws".parse::<SignalUrl>().unwrap().to_string(),
-            "ws://h:1/ws"
-        );
-        for bad in [
-            "http://h/ws",
-            "ws://",
-            "ws://:80",
-            "ws://h:0",
-            "ws://h:x",
-            "ws://[::1",
-            "ws://[::1]x",
-            "ws://[]:1",
-        ] {
-            assert!(url(bad).is_err(), "{bad} parsed");
-        }
-        assert!(url("wss://h/ws").unwrap_err().contains("not supported"));
     }
 }
