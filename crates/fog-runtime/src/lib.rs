@@ -1,7 +1,7 @@
 //! A FogConnect [`Node`] on real sockets, on a thread of its own, behind a cloneable
 //! [`Handle`].
 //!
-//! The runtime is a driver: it owns a fog-mio [`Driver`](fog_mio::Driver) (the UDP sockets,
+//! The runtime is a driver: it owns a [`fog_mio::Driver`] (the UDP sockets,
 //! the clock, the timers) running the node, and the node's signaling WebSocket (`ws://`, on a
 //! pump thread: tungstenite is blocking here). The application talks to it through a
 //! [`Handle`] from any thread: connect, accept or refuse, send, close, stats, lookups; each
