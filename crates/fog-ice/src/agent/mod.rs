@@ -1,0 +1,911 @@
+//! The connectivity agent of one session: connectivity checks (RFC 8445 §7) from the pairs the
+//! [`Plan`] allows, peer-reflexive learning, nomination, and consent freshness (RFC 7675) on the
+//! selected path.
+//!
+//! It is not a full RFC 8445 agent: one component, no candidate foundations or frozen check
+//! lists (a session has a handful of pairs, not hundreds), checks retransmitted on a fast fixed
+//! schedule while punching rather than RFC 5389's back-off, and the punching extras RFC 8445
+//! lacks: predicted candidates, a single-flow discipline for sides whose own port is a
+//! prediction, and both halves of a birthday round.
+//!
+//! Checks (§7.1, §7.2.2) are Binding requests with USERNAME `remote-ufrag:local-ufrag`,
+//! MESSAGE-INTEGRITY keyed by the peer's password, PRIORITY, ICE-CONTROLLING or ICE-CONTROLLED
+//! with the tie-breaker, and FINGERPRINT. A request that fails integrity is dropped and counted,
+//! never answered (an unauthenticated sender gets nothing from us). Responses must come back
+//! symmetric (§7.2.5.2.1): from the address the check went to, to the socket it left from.
+//!
+//! Path choice: direct paths before relayed ones; within a tier, the first path that works
+//! (aggressive nomination: the first burst checks every pair at once, so it is also the
+//! nearest then), until another working path's median RTT is clearly lower (see
+//! [`AgentConfig::switch_percent`]). Up to three working paths besides the selected one (the
+//! highest-priority ones) get a keepalive check each consent interval (§11, as requests so
+//! that they measure), which also keeps them ready for a failover when the selected path goes
+//! silent or its socket goes away. The
+//! controlling agent's deliberate nominations carry a NOMINATION count
+//! (draft-thatcher-ice-renomination-01), which the controlled agent follows.
+
+mod checks;
+mod pairs;
+mod path;
+mod punch;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use fog_core::{Receive, SansIo, Transmit};
+use fog_stun::wire::{
+    Class, ErrorCode, IntegrityKey, Message, Method, Packet, TransactionId, attribute_type,
+};
+
+use crate::candidate::{Candidate, Kind, pair_priority};
+use crate::strategy::{Birthday, Plan};
+
+/// RFC 8445 §7.3.1.1: the error code of a role conflict.
+const ROLE_CONFLICT: u16 = 487;
+/// How long relay pairs are checked before the agent stops trying them.
+const RELAY_PATIENCE: Duration = Duration::from_secs(30);
+/// While the relay carries a connection whose direct path was lost or never found, punching is
+/// tried again this long after the last round ended.
+///
+/// Shorter than the 30 s a Linux NAT keeps a UDP flow that got no reply
+/// (`nf_conntrack_udp_timeout`), which is per destination: each NAT must still hold the flow its
+/// own side's last round opened toward the peer when the peer's next check arrives. Otherwise
+/// that check comes in unsolicited, leaves conntrack state, and moves this side's port for the
+/// flow back (NAT-NOTES), and every round fails again (fog-cli's netns test saw it at 30 s).
+/// Between rounds the agent also holds its NAT's flows open with low-TTL checks
+/// (`HOLD_INTERVAL`), which does not depend on the peer's NAT timeout: with those, the same
+/// test passes at 30 s too (and fails at 30 s without them).
+pub const REPUNCH_INTERVAL: Duration = Duration::from_secs(20);
+/// Pairs whose first checks go out together at the punch instant.
+const FIRST_BURST: usize = 16;
+/// Transmissions of a nomination before the controlling agent stops trying that pair (about 3 s
+/// with the default retransmission schedule).
+const NOMINATIONS: u8 = 10;
+/// Lowest port a birthday probe or socket uses (below are the well-known ports).
+const LOW_PORT: u16 = 1024;
+/// While on the relay between rounds of punching, how often our NAT's flows toward the peer
+/// are held open with low-TTL checks (see `Agent::hold`): under the 30 s Linux keeps a UDP
+/// flow that got no answer, and under [`REPUNCH_INTERVAL`].
+const HOLD_INTERVAL: Duration = Duration::from_secs(10);
+/// Most pairs held open at once.
+const MAX_HELD: usize = 16;
+/// Working paths besides the selected one (and the backup relay) that are kept alive and
+/// measured: the highest-priority ones, and the one a switch is nominating. The others lapse
+/// after the consent timeout (a check from the peer on one brings it back).
+const MAX_ALTERNATES: usize = 3;
+
+/// One side's check credentials (RFC 8445 §5.3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// Username fragment.
+    pub ufrag: String,
+    /// Password.
+    pub pwd: String,
+}
+
+/// Everything an [`Agent`] needs.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Our credentials: incoming checks must be signed with our password.
+    pub local: Credentials,
+    /// The peer's credentials: our checks are signed with its password.
+    pub remote: Credentials,
+    /// Whether we start as the controlling agent (the offerer does).
+    pub controlling: bool,
+    /// RFC 8445 §7.3.1.1 tie-breaker, random.
+    pub tie_breaker: u64,
+    /// The main local socket: the one discovery measured, whose NAT the plan is about.
+    pub base: SocketAddr,
+    /// Other local sockets, one per further interface address (IPv4 or IPv6), bound at the
+    /// owner's choice of port. They pair only with the peer's host candidates of their family
+    /// (§6.1.2.2): they have no server-reflexive address of their own, and the plan's route
+    /// is about the base's NAT, not theirs. One of the base's family may sit behind the same
+    /// NAT, so it keeps the plan's single-flow rule; one of the other family does not pass
+    /// the base's NAT (an IPv6 address next to an IPv4 NAT) and is checked whatever the
+    /// route, unless the plan is relay-only.
+    pub hosts: Vec<SocketAddr>,
+    /// Our half of the route.
+    pub plan: Plan,
+    /// Seeds the transaction IDs, the birthday ports and consent jitter.
+    pub seed: u64,
+    /// Pacing of new checks (RFC 8445 §14.2's Ta; default 20 ms).
+    pub pace: Duration,
+    /// First retransmission interval of a check; it doubles up to [`max_retry`](Self::max_retry)
+    /// while punching (default 50 ms).
+    pub retry: Duration,
+    /// Largest retransmission interval (default 400 ms).
+    pub max_retry: Duration,
+    /// Consent checks on the selected path are this far apart, ±20 % (RFC 7675 §5.1: 5 s).
+    pub consent_interval: Duration,
+    /// A selected path with no answer to consent checks for this long is lost (RFC 7675 §5.1:
+    /// 30 s).
+    pub consent_timeout: Duration,
+    /// TTL of the first check to each destination, which opens our NAT without reaching the
+    /// peer's (see NAT-NOTES on NATs that keep state for unsolicited input); `None` for none.
+    /// Default 3: past a home NAT and a carrier-grade NAT behind it, and gone long before the
+    /// peer's NAT on any real path. A birthday round's many sockets send only at this TTL until
+    /// the peer reaches one, so that the peer's NAT sees nothing unsolicited from them.
+    pub low_ttl: Option<u8>,
+    /// Path choice by distance within a tier: the controlling agent moves the connection to
+    /// another working path of the same tier (direct or relayed) only when that path's
+    /// distance (the median of its last three RTT samples) is at most this percentage of the
+    /// selected path's (default 75)...
+    pub switch_percent: u32,
+    /// ...and at least this much lower (default 5 ms)...
+    pub switch_gain: Duration,
+    /// ...with at least this many RTT samples on both (default 3, also the least; one per
+    /// consent interval after the first), so that one lucky sample does not move it. A
+    /// path's distance is the median of its last three samples.
+    pub switch_samples: u32,
+}
+
+impl AgentConfig {
+    /// A configuration with the defaults above.
+    pub fn new(
+        local: Credentials,
+        remote: Credentials,
+        controlling: bool,
+        base: SocketAddr,
+        plan: Plan,
+        seed: u64,
+    ) -> AgentConfig {
+        AgentConfig {
+            local,
+            remote,
+            controlling,
+            tie_breaker: splitmix(seed ^ 0x7469_6562_7265_616b),
+            base,
+            plan,
+            seed,
+            pace: Duration::from_millis(20),
+            retry: Duration::from_millis(50),
+            max_retry: Duration::from_millis(400),
+            consent_interval: Duration::from_secs(5),
+            consent_timeout: Duration::from_secs(30),
+            low_ttl: Some(3),
+            hosts: Vec::new(),
+            switch_percent: 75,
+            switch_gain: Duration::from_millis(5),
+            switch_samples: 3,
+        }
+    }
+}
+
+/// What the agent reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A pair answered a check both ways: a working path.
+    Validated {
+        /// Our socket.
+        local: SocketAddr,
+        /// The peer's address on it.
+        remote: SocketAddr,
+        /// The round trip of the check.
+        rtt: Duration,
+    },
+    /// The nominated path: data goes here. It comes again when another path takes over: a
+    /// direct one over the relay as soon as it works, the relay again when the direct path dies.
+    Selected {
+        /// Our socket (our relayed address for a path through our TURN allocation).
+        local: SocketAddr,
+        /// The peer's address on it.
+        remote: SocketAddr,
+        /// Its smoothed round trip.
+        rtt: Duration,
+        /// Whether the path goes through a relay (ours or the peer's).
+        relayed: bool,
+    },
+    /// The selected path is gone (no answer for the consent timeout, or its socket was
+    /// removed) and there is no other path to move to.
+    PathLost {
+        /// Our socket.
+        local: SocketAddr,
+        /// The peer's address on it.
+        remote: SocketAddr,
+    },
+    /// Punching ran out of time without a working direct path; only the relay is left (if
+    /// there is one, it stays selected).
+    GaveUp,
+}
+
+/// Counters of what the agent dropped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Checks sent (including retransmissions and birthday probes).
+    pub checks_sent: u64,
+    /// Datagrams that were not STUN at all or did not decode.
+    pub malformed: u64,
+    /// Requests whose USERNAME or MESSAGE-INTEGRITY was wrong.
+    pub unauthenticated: u64,
+    /// Responses to no check of ours, or from the wrong address.
+    pub stray: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Waiting,
+    InProgress,
+    Succeeded,
+    Failed,
+}
+
+#[derive(Debug, Clone)]
+struct Pair {
+    local: SocketAddr,
+    remote: SocketAddr,
+    priority: u64,
+    state: State,
+    /// When the next (re)transmission is due while in progress.
+    next_at: Option<Instant>,
+    interval: Duration,
+    srtt: Option<Duration>,
+    /// RFC 6298 §2.3's RTTVAR beside `srtt`.
+    rttvar: Duration,
+    /// The peer nominated it (USE-CANDIDATE) or we did and it answered.
+    nominated: bool,
+    /// Last answer to any check on it.
+    last_answer: Option<Instant>,
+    /// Nominations (checks with USE-CANDIDATE) still to retransmit until one is answered.
+    nominating: u8,
+    /// A check from the peer arrived on it.
+    heard: bool,
+    /// Through a relay: our relayed address, or the peer's relayed candidate.
+    relayed: bool,
+    /// RTT samples taken (answers to checks sent once; Karn).
+    samples: u32,
+    /// Consent checks sent on it (while selected) since its last answer.
+    unanswered: u8,
+    /// The last three samples, for path choice: their median is the path's distance, which
+    /// follows a change within three samples (the smoothed RTT, with α = 1/8 at one sample
+    /// per consent interval, would take a minute) and ignores one outlier.
+    recent: [Duration; 3],
+    /// The NOMINATION count of this pair: on the controlling side, of our last nomination of
+    /// it (retransmissions carry the same); on the controlled side, the largest the peer sent
+    /// for it. 0 for none.
+    nomination: u32,
+    /// Found after punching ended or after a direct path was selected (a trickled candidate,
+    /// a new interface): checked on its own until then, whatever the round's state.
+    until: Option<Instant>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Outstanding {
+    local: SocketAddr,
+    remote: SocketAddr,
+    sent_at: Instant,
+    /// Karn: no RTT sample from an answer to a retransmitted check.
+    retransmitted: bool,
+    use_candidate: bool,
+}
+
+#[derive(Debug)]
+struct Queued {
+    bytes: Vec<u8>,
+    source: SocketAddr,
+    destination: SocketAddr,
+    ttl: Option<u8>,
+}
+
+#[derive(Debug)]
+struct Spray {
+    ip: IpAddr,
+    remaining: u32,
+    every: Duration,
+    next_at: Instant,
+    tried: HashSet<u16>,
+}
+
+/// The connectivity agent of one session (see the module docs).
+#[derive(Debug)]
+pub struct Agent {
+    config: AgentConfig,
+    controlling: bool,
+    rng: u64,
+    local_key: IntegrityKey,
+    remote_key: IntegrityKey,
+    remotes: Vec<Candidate>,
+    pairs: Vec<Pair>,
+    outstanding: HashMap<TransactionId, Outstanding>,
+    /// Destinations a check has gone to, for the single-flow rule and the low TTL.
+    flows: HashSet<SocketAddr>,
+    start_at: Option<Instant>,
+    deadline: Option<Instant>,
+    next_pace: Option<Instant>,
+    spray: Option<Spray>,
+    /// The birthday sockets (Birthday::Open), once opened.
+    open_sockets: Vec<SocketAddr>,
+    selected: Option<usize>,
+    next_consent: Option<Instant>,
+    gave_up: bool,
+    /// The punch deadline passed: no more checks but nominations and consent.
+    punch_over: bool,
+    /// Checks only open our NAT (low TTL) until the peer reaches us (see [`Agent::set_quiet`]).
+    quiet: bool,
+    /// Our TURN relayed address, once allocated.
+    relayed: Option<SocketAddr>,
+    /// Relay pairs keep trying until then (they do not depend on punching).
+    relay_deadline: Option<Instant>,
+    /// The relay deadline passed.
+    relay_over: bool,
+    /// When the next round of punching is due while on the relay.
+    repunch_at: Option<Instant>,
+    /// When our NAT's flows toward the peer are next held open (between rounds).
+    next_hold: Option<Instant>,
+    /// The last consent answer on the backup relay path, and when its next check is due.
+    next_backup_consent: Option<Instant>,
+    /// When the next round of keepalives on the working paths besides the selected one is due.
+    next_keepalives: Option<Instant>,
+    /// The controlling agent's nomination of a nearer path, until it is answered.
+    switch_to: Option<usize>,
+    /// Counts our nominations as the controlling agent (the NOMINATION attribute).
+    nominations: u32,
+    queue: VecDeque<Queued>,
+    events: VecDeque<Event>,
+    stats: Stats,
+}
+impl Agent {
+    /// An agent that waits for [`start`](Self::start) before sending checks; it answers checks
+    /// from the peer at once.
+    pub fn new(config: AgentConfig) -> Agent {
+        let local_key = IntegrityKey::short_term(&config.local.pwd);
+        let remote_key = IntegrityKey::short_term(&config.remote.pwd);
+        Agent {
+            controlling: config.controlling,
+            rng: splitmix(config.seed),
+            local_key,
+            remote_key,
+            config,
+            remotes: Vec::new(),
+            pairs: Vec::new(),
+            outstanding: HashMap::new(),
+            flows: HashSet::new(),
+            start_at: None,
+            deadline: None,
+            next_pace: None,
+            spray: None,
+            open_sockets: Vec::new(),
+            selected: None,
+            next_consent: None,
+            gave_up: false,
+            punch_over: false,
+            quiet: false,
+            relayed: None,
+            relay_deadline: None,
+            relay_over: false,
+            repunch_at: None,
+            next_hold: None,
+            next_backup_consent: None,
+            next_keepalives: None,
+            switch_to: None,
+            nominations: 0,
+            queue: VecDeque::new(),
+            events: VecDeque::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    /// Start punching at `at` (the instant agreed over signaling).
+    pub fn start(&mut self, at: Instant) {
+        if self.start_at.is_none() {
+            self.start_at = Some(at);
+        }
+    }
+
+    /// A candidate of the peer (from its description or trickled). Which ones are checked is
+    /// the plan's choice: host and server-reflexive ones when it checks the srflx, the first
+    /// `to_predicted` predicted ones, none of the relayed ones (the relay is TURN's). Host
+    /// candidates are also checked when the route is not direct (the two sides may share a
+    /// network, or reach each other over the other IP family) unless our port is a
+    /// prediction; see [`AgentConfig::hosts`] for our other sockets. A candidate that arrives
+    /// after punching ended (trickled later: a new interface, a changed mapping) is checked on
+    /// its own for the plan's punching time.
+    pub fn add_remote(&mut self, now: Instant, candidate: Candidate) {
+        match self.remotes.iter_mut().find(|c| c.addr == candidate.addr) {
+            // An address first learnt as peer-reflexive (a check that came through a relay,
+            // say) that the peer now names: it takes the kind named, and the pairs that kind
+            // gets.
+            Some(known) if known.kind == Kind::PeerReflexive && candidate.kind != known.kind => {
+                *known = candidate;
+            }
+            // Trickled again (an address that went and came back): its failed pairs get
+            // another round.
+            Some(_) => {
+                self.revive(now, |p| p.remote == candidate.addr);
+                return;
+            }
+            None => self.remotes.push(candidate),
+        }
+        let plan = &self.config.plan;
+        let predicted_so_far = self
+            .remotes
+            .iter()
+            .filter(|c| c.kind == Kind::Predicted)
+            .count();
+        let wanted = match candidate.kind {
+            Kind::ServerReflexive | Kind::PeerReflexive => plan.to_srflx && plan.is_direct(),
+            Kind::Host => !plan.single_flow && !plan.relay_only,
+            Kind::Predicted => {
+                predicted_so_far <= usize::from(plan.to_predicted) && plan.is_direct()
+            }
+            // The peer's relay works whatever the NATs do.
+            Kind::Relayed => true,
+        };
+        let base = self.config.base;
+        let mut locals: Vec<SocketAddr> = Vec::new();
+        if wanted && candidate.addr.is_ipv4() == base.is_ipv4() {
+            locals.push(base);
+        }
+        if candidate.kind == Kind::Host {
+            locals.extend(
+                self.config.hosts.iter().filter(|h| {
+                    h.is_ipv4() == candidate.addr.is_ipv4() && self.host_pairs_with(**h)
+                }),
+            );
+        }
+        // Through our own relay: to the peer's public addresses.
+        if let Some(relayed) = self.relayed {
+            if matches!(candidate.kind, Kind::ServerReflexive | Kind::PeerReflexive)
+                && candidate.addr.is_ipv4() == relayed.is_ipv4()
+            {
+                locals.push(relayed);
+            }
+        }
+        for local in locals {
+            self.add_pair(now, local, candidate.addr, candidate.priority);
+        }
+        self.wake_pacing(now);
+    }
+
+    /// A further local socket (a new interface address, see [`AgentConfig::hosts`]): paired
+    /// with the peer's host candidates of its family, and checked at once if punching is over.
+    pub fn add_local(&mut self, now: Instant, local: SocketAddr) {
+        if local == self.config.base || self.config.hosts.contains(&local) {
+            return;
+        }
+        self.config.hosts.push(local);
+        if !self.host_pairs_with(local) {
+            return;
+        }
+        let targets: Vec<Candidate> = self
+            .remotes
+            .iter()
+            .filter(|c| c.kind == Kind::Host && c.addr.is_ipv4() == local.is_ipv4())
+            .copied()
+            .collect();
+        for c in targets {
+            self.add_pair(now, local, c.addr, c.priority);
+        }
+        // An address that went and came back: its old pairs are there, failed.
+        self.revive(now, |p| p.local == local);
+        self.wake_pacing(now);
+    }
+
+    /// Switches between controlling and controlled (a role conflict, RFC 8445 §7.3.1.1). The
+    /// NOMINATION counts of the old role mean nothing in the new one.
+    pub(super) fn flip_role(&mut self) {
+        self.controlling = !self.controlling;
+        self.nominations = 0;
+        self.switch_to = None;
+        for p in &mut self.pairs {
+            p.nomination = 0;
+        }
+    }
+
+    /// A local socket that is gone (its interface address went away): its pairs fail at once,
+    /// and if the selected path used it, the connection moves to the next working path
+    /// without waiting for consent to lapse. The base socket cannot be removed.
+    pub fn remove_local(&mut self, now: Instant, local: SocketAddr) {
+        if local == self.config.base {
+            return;
+        }
+        self.config.hosts.retain(|h| *h != local);
+        for p in self.pairs.iter_mut().filter(|p| p.local == local) {
+            p.heard = false;
+            p.state = State::Failed;
+            p.next_at = None;
+            p.until = None;
+            p.nominating = 0;
+        }
+        if self.switch_to.is_some_and(|i| self.pairs[i].local == local) {
+            self.switch_to = None;
+        }
+        if self.selected.is_some_and(|i| self.pairs[i].local == local) {
+            self.lose_selected(now, true);
+        }
+    }
+
+    /// New pairs may be checked from now: a stale pace tick must not become a timer in the past.
+    pub(super) fn wake_pacing(&mut self, now: Instant) {
+        if self.deadline.is_some() && self.next_pace.is_none_or(|t| t < now) {
+            self.next_pace = Some(now);
+        }
+    }
+
+    /// Our TURN allocation's relayed address: pairs from it to the peer's public candidates
+    /// are checked through the relay (the owner wraps what the agent sends from this address
+    /// into the TURN client, and hands it what the relay delivers as arriving here). Relay
+    /// pairs do not depend on punching: they are checked until the relay deadline (30 s after
+    /// the start) and kept as the backup path.
+    pub fn set_relayed(&mut self, now: Instant, relayed: SocketAddr) {
+        if self.relayed.is_some() {
+            return;
+        }
+        self.relayed = Some(relayed);
+        let targets: Vec<Candidate> = self
+            .remotes
+            .iter()
+            .filter(|c| matches!(c.kind, Kind::ServerReflexive | Kind::PeerReflexive))
+            .filter(|c| c.addr.is_ipv4() == relayed.is_ipv4())
+            .copied()
+            .collect();
+        for c in targets {
+            self.add_pair(now, relayed, c.addr, c.priority);
+        }
+        self.wake_pacing(now);
+    }
+
+    /// The peer addresses that reach us through our relay need a TURN permission: the IPs of
+    /// the peer's candidates our relay pairs check.
+    pub fn relay_peers(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.pairs
+            .iter()
+            .filter(|p| Some(p.local) == self.relayed)
+            .map(|p| p.remote)
+    }
+
+    /// Whether the peer may be sending on `(local, remote)`: a pair that answered our check, or
+    /// on which the peer's own authenticated check arrived (the peer may select a pair before
+    /// our check on it has come back).
+    pub fn has_path(&self, local: SocketAddr, remote: SocketAddr) -> bool {
+        // The selected path first: it is where nearly all data arrives, and the pair list may
+        // hold a birthday round's hundreds of pairs.
+        if self.selected() == Some((local, remote)) {
+            return true;
+        }
+        self.pair_index(local, remote)
+            .is_some_and(|i| self.pairs[i].state == State::Succeeded || self.pairs[i].heard)
+    }
+
+    /// Where to send the application's data now: the selected path, or before one is selected,
+    /// a pair that works or on which the peer reached us (the peer may select first and send
+    /// at once; the answer goes back the way its data came).
+    pub fn data_path(&self) -> Option<(SocketAddr, SocketAddr)> {
+        self.selected().or_else(|| {
+            self.pairs
+                .iter()
+                .filter(|p| p.state == State::Succeeded || p.heard)
+                .max_by_key(|p| (p.state == State::Succeeded, !p.relayed, p.priority))
+                .map(|p| (p.local, p.remote))
+        })
+    }
+
+    /// The selected path's smoothed round trip and its variance (RFC 6298 §2), once it has
+    /// a sample.
+    pub fn selected_rtt(&self) -> Option<(Duration, Duration)> {
+        let pair = &self.pairs[self.selected?];
+        pair.srtt.map(|srtt| (srtt, pair.rttvar))
+    }
+
+    /// Whether the selected path goes through a relay.
+    pub fn selected_is_relayed(&self) -> bool {
+        self.selected.is_some_and(|i| self.pairs[i].relayed)
+    }
+
+    /// The selected path, if any: (our socket, the peer's address).
+    pub fn selected(&self) -> Option<(SocketAddr, SocketAddr)> {
+        self.selected
+            .map(|i| (self.pairs[i].local, self.pairs[i].remote))
+    }
+
+    /// Quiet punching: while on, and while our endpoint is one the peer already knows
+    /// ([`Plan::known_endpoint`]), checks go out only at the low TTL, opening our NAT without
+    /// reaching the peer's, until the peer's own check reaches us; answers and the checks they
+    /// trigger go out in full. The answering side starts this way the moment it answers, so
+    /// that its NAT is open when the offerer's first check arrives and the offerer's NAT never
+    /// sees anything it did not ask for. Turned off at the agreed punch instant.
+    pub fn set_quiet(&mut self, quiet: bool) {
+        self.quiet = quiet;
+    }
+
+    /// Whether we are the controlling agent now (a role conflict may have switched it).
+    pub fn is_controlling(&self) -> bool {
+        self.controlling
+    }
+
+    /// Whether `packet` is for this agent, when several share a socket: a check whose USERNAME
+    /// names our username fragment first, or an answer to a check of ours.
+    pub fn owns(&self, packet: &Receive<'_>) -> bool {
+        if !self.accepts(packet) {
+            return false;
+        }
+        // The raw view: every datagram on a shared socket comes through here, once per
+        // session, so no decoding and no allocation.
+        let Ok(raw) = Packet::new_checked(packet.payload) else {
+            return false;
+        };
+        match raw.class() {
+            Class::Request | Class::Indication => {
+                let ufrag = self.config.local.ufrag.as_bytes();
+                raw.attributes()
+                    .find(|a| a.kind == attribute_type::USERNAME)
+                    .is_some_and(|a| {
+                        a.value.len() > ufrag.len()
+                            && a.value.starts_with(ufrag)
+                            && a.value[ufrag.len()] == b':'
+                    })
+            }
+            Class::SuccessResponse | Class::ErrorResponse => {
+                self.outstanding.contains_key(&raw.transaction_id())
+            }
+        }
+    }
+
+    /// What the agent dropped and sent.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// The sockets opened for a birthday round.
+    pub fn birthday_sockets(&self) -> &[SocketAddr] {
+        &self.open_sockets
+    }
+
+    pub(super) fn started(&self, now: Instant) -> bool {
+        self.start_at.is_some_and(|t| now >= t)
+    }
+
+    pub(super) fn punching(&self, now: Instant) -> bool {
+        self.started(now) && !self.punch_over && !self.direct_selected()
+    }
+
+    pub(super) fn direct_selected(&self) -> bool {
+        self.selected.is_some_and(|i| !self.pairs[i].relayed)
+    }
+}
+
+impl SansIo for Agent {
+    type Event = Event;
+
+    /// STUN messages (RFC 7983: first byte 0–3) with the magic cookie.
+    fn accepts(&self, packet: &Receive<'_>) -> bool {
+        let p = packet.payload;
+        p.len() >= 20 && p[0] < 4 && p[4..8] == [0x21, 0x12, 0xa4, 0x42]
+    }
+
+    fn handle_packet(&mut self, now: Instant, packet: Receive<'_>) {
+        if !self.accepts(&packet) {
+            self.stats.malformed += 1;
+            return;
+        }
+        // A socket we gave up (its interface went away) answers nothing.
+        if !self.is_local(packet.local) {
+            self.stats.stray += 1;
+            return;
+        }
+        let Ok(message) = Message::decode(packet.payload) else {
+            self.stats.malformed += 1;
+            return;
+        };
+        match message.class {
+            Class::Request => self.handle_request(now, &packet, packet.payload),
+            Class::SuccessResponse | Class::ErrorResponse => {
+                self.handle_response(now, &packet, message.transaction_id, packet.payload);
+            }
+            // Indications (keepalives) need nothing.
+            Class::Indication => {}
+        }
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        if !self.started(now) {
+            return;
+        }
+        self.begin(now);
+        if self.punching(now) && self.deadline.is_some_and(|d| now >= d) {
+            self.punch_over = true;
+            self.spray = None;
+            for pair in &mut self.pairs {
+                if pair.state == State::InProgress && !pair.relayed {
+                    pair.state = State::Failed;
+                    pair.next_at = None;
+                }
+            }
+            // A direct path that works: the selected one, or one that answered lately (a pair
+            // that worked once and went quiet does not stop the next rounds).
+            let direct = self.direct_selected()
+                || self
+                    .pairs
+                    .iter()
+                    .any(|p| p.state == State::Succeeded && !p.relayed && self.fresh(p, now));
+            if !direct && !self.gave_up {
+                self.gave_up = true;
+                self.events.push_back(Event::GaveUp);
+            }
+            if !direct {
+                self.repunch_at = Some(now + REPUNCH_INTERVAL);
+                self.next_hold = Some(now + HOLD_INTERVAL);
+            }
+        }
+        // On the relay (or on nothing) after a failed round: try again now and then.
+        if self.punch_over && !self.direct_selected() && self.repunch_at.is_some_and(|t| now >= t) {
+            self.repunch(now);
+        }
+        if self.punch_over
+            && !self.direct_selected()
+            && self.repunch_at.is_some()
+            && self.next_hold.is_some_and(|t| now >= t)
+        {
+            self.hold(now);
+        }
+        if !self.relay_over && self.relay_deadline.is_some_and(|d| now >= d) {
+            self.relay_over = true;
+            for pair in &mut self.pairs {
+                if pair.relayed && matches!(pair.state, State::InProgress | State::Waiting) {
+                    pair.state = State::Failed;
+                    pair.next_at = None;
+                }
+            }
+        }
+        // Nominations go on until answered, also after the punch deadline.
+        for i in 0..self.pairs.len() {
+            let pair = &mut self.pairs[i];
+            if pair.nominating > 0 && pair.next_at.is_some_and(|t| now >= t) {
+                pair.nominating -= 1;
+                pair.next_at = (pair.nominating > 0).then(|| now + pair.interval);
+                pair.interval = (pair.interval * 2).min(self.config.max_retry);
+                let (local, remote) = (pair.local, pair.remote);
+                self.send_check(now, local, remote, true, true);
+                if self.pairs[i].nominating == 0 && self.switch_to == Some(i) {
+                    self.switch_to = None;
+                }
+            }
+        }
+        // Pairs found late get their own round; it ends like the main one.
+        for pair in &mut self.pairs {
+            if pair.until.is_some_and(|t| now >= t) {
+                pair.until = None;
+                if matches!(pair.state, State::InProgress | State::Waiting) {
+                    pair.state = State::Failed;
+                    pair.next_at = None;
+                }
+            }
+        }
+        let punching = self.punching(now);
+        // Retransmissions: direct pairs while punching, relay pairs until the relay deadline.
+        for i in 0..self.pairs.len() {
+            let p = &self.pairs[i];
+            if self.retransmits(p) && p.next_at.is_some_and(|t| now >= t) {
+                self.check(now, i, false);
+            }
+        }
+        // One new check per pace interval, highest priority first.
+        if self.next_pace.is_some_and(|t| now >= t) {
+            let next = self
+                .pairs
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| self.eligible(p))
+                .max_by_key(|(_, p)| p.priority)
+                .map(|(i, _)| i);
+            if let Some(i) = next {
+                self.check(now, i, false);
+                self.next_pace = Some(now + self.config.pace);
+            }
+        }
+        if punching {
+            // The birthday spray, paced.
+            while let Some(spray) = &self.spray {
+                if spray.remaining == 0 || now < spray.next_at {
+                    break;
+                }
+                let ip = spray.ip;
+                let Some(port) = self.spray_port() else {
+                    self.spray = None;
+                    break;
+                };
+                let base = self.config.base;
+                let nominate = self.controlling;
+                self.send_check(now, base, SocketAddr::new(ip, port), nominate, false);
+                if let Some(spray) = &mut self.spray {
+                    spray.remaining -= 1;
+                    spray.next_at += spray.every;
+                }
+            }
+        }
+        self.consent(now);
+    }
+
+    fn poll_transmit(&mut self, _now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        let queued = self.queue.pop_front()?;
+        let len = queued.bytes.len().min(buf.len());
+        buf[..len].copy_from_slice(&queued.bytes[..len]);
+        let transmit = Transmit::new(queued.destination, len).from_source(queued.source);
+        Some(match queued.ttl {
+            Some(ttl) => transmit.with_ttl(ttl),
+            None => transmit,
+        })
+    }
+
+    fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        let start = self.start_at?;
+        if self.deadline.is_none() {
+            return Some(start);
+        }
+        let mut next: Option<Instant> = None;
+        let mut consider = |t: Option<Instant>| {
+            if let Some(t) = t {
+                next = Some(next.map_or(t, |n| n.min(t)));
+            }
+        };
+        for pair in &self.pairs {
+            if pair.nominating > 0 {
+                consider(pair.next_at);
+            }
+            consider(pair.until);
+        }
+        if !self.punch_over && !self.direct_selected() {
+            consider(self.deadline);
+            consider(
+                self.spray
+                    .as_ref()
+                    .filter(|s| s.remaining > 0)
+                    .map(|s| s.next_at),
+            );
+        }
+        if !self.relay_over && self.pairs.iter().any(|p| p.relayed) {
+            consider(self.relay_deadline);
+        }
+        if self.punch_over && !self.direct_selected() {
+            consider(self.repunch_at);
+            if self.repunch_at.is_some() {
+                consider(self.next_hold);
+            }
+        }
+        for pair in &self.pairs {
+            if self.retransmits(pair) {
+                consider(pair.next_at);
+            }
+        }
+        if self.pairs.iter().any(|p| self.eligible(p)) {
+            consider(self.next_pace);
+        }
+        if let (Some(i), Some(at)) = (self.selected, self.next_consent) {
+            consider(Some(at));
+            consider(self.next_keepalives);
+            consider(
+                self.pairs[i]
+                    .last_answer
+                    .map(|t| t + self.config.consent_timeout),
+            );
+        }
+        // A backup's lapse is noticed at its next consent check (at most one interval late):
+        // the pair that is the backup can change between two timeouts, and an earlier one's
+        // lapse must not become a wake-up in the past.
+        if self.backup().is_some() {
+            consider(self.next_backup_consent);
+        }
+        next
+    }
+}
+
+/// A pair's distance for path choice: the median of its last three RTT samples.
+fn distance(p: &Pair) -> Duration {
+    let mut r = p.recent;
+    r.sort_unstable();
+    r[1]
+}
+
+/// SplitMix64's finaliser: a well-mixed 64-bit value from a counter.
+fn splitmix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}

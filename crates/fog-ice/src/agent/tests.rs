@@ -1,0 +1,687 @@
+//! The agent's unit tests: pairs of agents on a wire of their own.
+
+// Tests take any epoch.
+#![allow(clippy::disallowed_methods)]
+
+use fog_core::nat::Behaviour;
+use fog_core::pairing::Who;
+
+use super::*;
+use crate::strategy::StrategyConfig;
+
+const A: &str = "192.0.2.1:1000";
+const B: &str = "192.0.2.2:2000";
+
+fn creds(name: &str) -> Credentials {
+    Credentials {
+        ufrag: format!("{name}ufrag"),
+        pwd: format!("{name}-a-password-of-22-chars"),
+    }
+}
+
+fn agent(me: &str, peer: &str, controlling: bool, seed: u64) -> Agent {
+    let who = if controlling { Who::A } else { Who::B };
+    let plan = Plan::new(
+        Behaviour::Open,
+        Behaviour::Open,
+        who,
+        &StrategyConfig::default(),
+    );
+    let (mine, theirs) = if controlling { ("a", "b") } else { ("b", "a") };
+    let mut agent = Agent::new(AgentConfig::new(
+        creds(mine),
+        creds(theirs),
+        controlling,
+        me.parse().unwrap(),
+        plan,
+        seed,
+    ));
+    agent.add_remote(
+        Instant::now(),
+        Candidate::new(Kind::ServerReflexive, peer.parse().unwrap()),
+    );
+    agent
+}
+
+/// Two agents on one wire; `deliver` decides which datagrams arrive, `delay` how late (one
+/// way, by the datagram's source and destination; 5 ms unless set). A datagram to an
+/// address that is not one of the other agent's sockets is lost.
+struct Wire {
+    a: Agent,
+    b: Agent,
+    now: Instant,
+    events: Vec<(Instant, bool, Event)>,
+    delay: Box<dyn Fn(SocketAddr, SocketAddr) -> Duration>,
+    /// Every datagram sent: (when, from A, destination, TTL hint).
+    sent: Vec<(Instant, bool, SocketAddr, Option<u8>)>,
+    /// Whether a datagram from the first address to the second gets through.
+    pass: Box<dyn Fn(SocketAddr, SocketAddr) -> bool>,
+}
+
+impl Wire {
+    fn new(a: Agent, b: Agent) -> Wire {
+        Wire {
+            a,
+            b,
+            now: Instant::now(),
+            events: Vec::new(),
+            delay: Box::new(|_, _| Duration::from_millis(5)),
+            sent: Vec::new(),
+            pass: Box::new(|_, _| true),
+        }
+    }
+
+    /// The Selected events of one side, as (our socket, the peer's).
+    fn selections(&self, on_b: bool) -> Vec<(SocketAddr, SocketAddr)> {
+        self.events
+            .iter()
+            .filter_map(|(_, b, e)| match e {
+                Event::Selected { local, remote, .. } if *b == on_b => Some((*local, *remote)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn start(&mut self) {
+        let now = self.now;
+        self.a.start(now);
+        self.b.start(now);
+    }
+
+    /// Runs until `until`, delivering each datagram after 5 ms unless `deliver` says no.
+    fn run(&mut self, until: Duration, deliver: &mut dyn FnMut(Instant) -> bool) {
+        let end = self.now + until;
+        let mut in_flight: Vec<(Instant, bool, SocketAddr, SocketAddr, Vec<u8>)> = Vec::new();
+        let mut buf = vec![0u8; 2048];
+        loop {
+            for (to_b, agent) in [(true, &mut self.a), (false, &mut self.b)] {
+                agent.handle_timeout(self.now);
+                while let Some(t) = agent.poll_transmit(self.now, &mut buf) {
+                    self.sent.push((self.now, to_b, t.destination, t.hints.ttl));
+                    if deliver(self.now) && (self.pass)(t.source.unwrap(), t.destination) {
+                        let source = t.source.unwrap();
+                        in_flight.push((
+                            self.now + (self.delay)(source, t.destination),
+                            to_b,
+                            source,
+                            t.destination,
+                            buf[..t.len].to_vec(),
+                        ));
+                    }
+                }
+                while let Some(e) = agent.poll_event() {
+                    self.events.push((self.now, !to_b, e));
+                }
+                if let Some(t) = agent.poll_timeout() {
+                    assert!(t >= self.now, "a timer in the past");
+                }
+            }
+            let next_packet = in_flight.iter().map(|p| p.0).min();
+            let next_timer = [self.a.poll_timeout(), self.b.poll_timeout()]
+                .into_iter()
+                .flatten()
+                .min();
+            let Some(next) = [next_packet, next_timer].into_iter().flatten().min() else {
+                break;
+            };
+            if next > end {
+                break;
+            }
+            self.now = self.now.max(next);
+            let due: Vec<_> = in_flight
+                .iter()
+                .filter(|p| p.0 <= self.now)
+                .cloned()
+                .collect();
+            in_flight.retain(|p| p.0 > self.now);
+            for (_, to_b, source, destination, bytes) in due {
+                let agent = if to_b { &mut self.b } else { &mut self.a };
+                if !agent.is_local(destination) {
+                    continue;
+                }
+                agent.handle_packet(
+                    self.now,
+                    Receive {
+                        source,
+                        local: destination,
+                        payload: &bytes,
+                    },
+                );
+                // No timer in the past after a datagram either (the agent's timers do not
+                // depend on what it has queued to send).
+                if let Some(t) = agent.poll_timeout() {
+                    assert!(t >= self.now, "a timer in the past after a datagram");
+                }
+            }
+        }
+        self.now = end;
+    }
+
+    fn selected(&self, on_b: bool) -> Option<Instant> {
+        self.events
+            .iter()
+            .find_map(|(t, b, e)| (*b == on_b && matches!(e, Event::Selected { .. })).then_some(*t))
+    }
+}
+
+#[test]
+fn two_open_agents_select_the_path_with_its_rtt() {
+    let mut wire = Wire::new(agent(A, B, true, 1), agent(B, A, false, 2));
+    wire.start();
+    wire.run(Duration::from_secs(1), &mut |_| true);
+    assert!(wire.selected(false).is_some() && wire.selected(true).is_some());
+    assert_eq!(
+        wire.a.selected(),
+        Some((A.parse().unwrap(), B.parse().unwrap()))
+    );
+    assert_eq!(
+        wire.b.selected(),
+        Some((B.parse().unwrap(), A.parse().unwrap()))
+    );
+    let rtt = wire.events.iter().find_map(|(_, _, e)| match e {
+        Event::Validated { rtt, .. } => Some(*rtt),
+        _ => None,
+    });
+    assert_eq!(rtt, Some(Duration::from_millis(10)));
+    assert_eq!(
+        wire.a.stats().unauthenticated + wire.b.stats().unauthenticated,
+        0
+    );
+}
+
+const A6: &str = "[2001:db8::a]:1000";
+const B6: &str = "[2001:db8::b]:2000";
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+/// A dual-stack agent: its base (IPv4, behind `nat`) and an IPv6 socket; it knows the
+/// peer's IPv4 srflx and, with `peer_v6`, the peer's IPv6 host candidate.
+fn dual(controlling: bool, nat: Behaviour, peer_v6: bool) -> Agent {
+    let (me, me6, peer, peer6) = if controlling {
+        (A, A6, B, B6)
+    } else {
+        (B, B6, A, A6)
+    };
+    let who = if controlling { Who::A } else { Who::B };
+    let plan = Plan::new(nat, nat, who, &StrategyConfig::default());
+    let (mine, theirs) = if controlling { ("a", "b") } else { ("b", "a") };
+    let mut config = AgentConfig::new(
+        creds(mine),
+        creds(theirs),
+        controlling,
+        addr(me),
+        plan,
+        u64::from(controlling) + 7,
+    );
+    config.hosts = vec![addr(me6)];
+    let mut agent = Agent::new(config);
+    let now = Instant::now();
+    agent.add_remote(now, Candidate::new(Kind::ServerReflexive, addr(peer)));
+    if peer_v6 {
+        agent.add_remote(now, Candidate::new(Kind::Host, addr(peer6)));
+    }
+    agent
+}
+
+fn ipv6(a: SocketAddr, b: SocketAddr) -> bool {
+    a.is_ipv6() || b.is_ipv6()
+}
+
+#[test]
+fn ipv6_host_pairs_connect_where_ipv4_needs_a_relay() {
+    // Both IPv4 NATs random-symmetric: the route is the relay's. Their IPv6 sockets pass
+    // no NAT, and a check each way opens any firewall on the way.
+    let symmetric = Behaviour::nat(
+        fog_core::nat::Mapping::AddressAndPortDependent,
+        fog_core::nat::Filtering::AddressAndPortDependent,
+        fog_core::nat::PortPattern::Random,
+    );
+    assert!(!Plan::new(symmetric, symmetric, Who::A, &StrategyConfig::default()).is_direct());
+    let mut wire = Wire::new(dual(true, symmetric, true), dual(false, symmetric, true));
+    wire.start();
+    wire.run(Duration::from_secs(1), &mut |_| true);
+    assert_eq!(wire.a.selected(), Some((addr(A6), addr(B6))));
+    assert_eq!(wire.b.selected(), Some((addr(B6), addr(A6))));
+    assert!(!wire.a.selected_is_relayed());
+}
+
+/// Paths over IPv6 take `v6` one way, over IPv4 20 ms.
+fn two_paths(wire: &mut Wire, v6: std::rc::Rc<std::cell::Cell<Duration>>) {
+    wire.delay = Box::new(move |s, d| {
+        if ipv6(s, d) {
+            v6.get()
+        } else {
+            Duration::from_millis(20)
+        }
+    });
+}
+
+/// Two dual-stack agents without NATs, IPv6 `v6` one way (the cell changes it), run for
+/// `run` from their start.
+fn dual_wire(v6: Duration, run: Duration) -> (Wire, std::rc::Rc<std::cell::Cell<Duration>>) {
+    let v6 = std::rc::Rc::new(std::cell::Cell::new(v6));
+    let mut wire = Wire::new(
+        dual(true, Behaviour::Open, true),
+        dual(false, Behaviour::Open, true),
+    );
+    two_paths(&mut wire, v6.clone());
+    wire.start();
+    wire.run(run, &mut |_| true);
+    (wire, v6)
+}
+
+#[test]
+fn a_clearly_nearer_path_takes_over_on_both_sides() {
+    let (mut wire, v6) = dual_wire(Duration::from_millis(60), Duration::from_secs(2));
+    // The first burst checks both at once: the nearer (IPv4, 40 ms round trip) wins.
+    assert_eq!(wire.a.selected(), Some((addr(A), addr(B))));
+    assert_eq!(wire.b.selected(), Some((addr(B), addr(A))));
+    // IPv6 becomes much nearer (10 ms against 40 ms).
+    v6.set(Duration::from_millis(5));
+    wire.run(Duration::from_secs(60), &mut |_| true);
+    assert_eq!(wire.a.selected(), Some((addr(A6), addr(B6))));
+    assert_eq!(wire.b.selected(), Some((addr(B6), addr(A6))));
+    // It moved once, without flapping back.
+    assert_eq!(wire.selections(false).last(), Some(&(addr(A6), addr(B6))));
+    let moves = wire
+        .selections(false)
+        .windows(2)
+        .filter(|w| w[0] != w[1])
+        .count();
+    assert_eq!(moves, 1, "{:?}", wire.selections(false));
+}
+
+#[test]
+fn a_slightly_nearer_path_does_not_take_over() {
+    let (mut wire, v6) = dual_wire(Duration::from_millis(60), Duration::from_secs(2));
+    assert_eq!(wire.a.selected(), Some((addr(A), addr(B))));
+    // 34 ms against 40 ms round trip: 15 % nearer, inside the hysteresis.
+    v6.set(Duration::from_millis(17));
+    wire.run(Duration::from_secs(60), &mut |_| true);
+    assert_eq!(wire.a.selected(), Some((addr(A), addr(B))));
+    assert_eq!(wire.b.selected(), Some((addr(B), addr(A))));
+    // Both paths were kept alive and measured the whole time.
+    assert!(wire.a.has_path(addr(A6), addr(B6)));
+}
+
+#[test]
+fn a_lost_interface_moves_the_connection_to_the_other_path_at_once() {
+    let (mut wire, _) = dual_wire(Duration::from_millis(2), Duration::from_secs(12));
+    assert_eq!(wire.a.selected(), Some((addr(A6), addr(B6))));
+    let now = wire.now;
+    wire.a.remove_local(now, addr(A6));
+    assert_eq!(wire.a.selected(), Some((addr(A), addr(B))));
+    // The peer follows the nomination within a round trip or two.
+    wire.run(Duration::from_millis(200), &mut |_| true);
+    assert_eq!(wire.b.selected(), Some((addr(B), addr(A))));
+    assert!(!wire.a.has_path(addr(A6), addr(B6)));
+
+    // The interface comes back and is trickled again: its failed pairs get a new round,
+    // and the nearer path takes over again once measured.
+    let back = wire.now;
+    wire.a.add_local(back, addr(A6));
+    wire.b
+        .add_remote(back, Candidate::new(Kind::Host, addr(A6)));
+    wire.run(Duration::from_secs(30), &mut |_| true);
+    assert!(
+        wire.events.iter().any(|(t, on_b, e)| *t >= back
+            && !on_b
+            && matches!(e, Event::Validated { local, .. } if *local == addr(A6))),
+        "A6 checked again"
+    );
+    assert_eq!(wire.a.selected(), Some((addr(A6), addr(B6))));
+    assert_eq!(wire.b.selected(), Some((addr(B6), addr(A6))));
+}
+
+#[test]
+fn one_lost_consent_check_does_not_move_the_path() {
+    let (mut wire, _) = dual_wire(Duration::from_millis(2), Duration::from_secs(20));
+    assert_eq!(wire.a.selected(), Some((addr(A6), addr(B6))));
+    let before = [wire.selections(false).len(), wire.selections(true).len()];
+    // Exactly one datagram from A's IPv6 socket to B's is lost.
+    let lost = std::rc::Rc::new(std::cell::Cell::new(false));
+    let l = lost.clone();
+    wire.pass = Box::new(move |s, d| {
+        if s == addr(A6) && d == addr(B6) && !l.get() {
+            l.set(true);
+            return false;
+        }
+        true
+    });
+    wire.run(Duration::from_secs(30), &mut |_| true);
+    assert!(lost.get());
+    let after = [wire.selections(false).len(), wire.selections(true).len()];
+    assert_eq!(before, after, "no path change on either side");
+}
+
+/// Dual-stack agents without NATs, and B's TURN relayed address (30 ms away) that A knows.
+fn relay_wire(v6: u64) -> Wire {
+    const R: &str = "198.51.100.50:3478";
+    let mut a = dual(true, Behaviour::Open, true);
+    let mut b = dual(false, Behaviour::Open, true);
+    let now = Instant::now();
+    b.set_relayed(now, addr(R));
+    a.add_remote(now, Candidate::new(Kind::Relayed, addr(R)));
+    let mut wire = Wire::new(a, b);
+    wire.delay = Box::new(move |s, d| {
+        if s == addr(R) || d == addr(R) {
+            Duration::from_millis(30)
+        } else if ipv6(s, d) {
+            Duration::from_millis(v6)
+        } else {
+            Duration::from_millis(20)
+        }
+    });
+    wire
+}
+
+#[test]
+fn after_every_direct_path_died_punching_resumes_when_they_come_back() {
+    let relay: SocketAddr = "198.51.100.50:3478".parse().unwrap();
+    let mut wire = relay_wire(17);
+    wire.start();
+    wire.run(Duration::from_secs(12), &mut |_| true);
+    assert!(!wire.a.selected_is_relayed());
+    // Every direct path dies at once; the relay carries on.
+    let cut = std::rc::Rc::new(std::cell::Cell::new(true));
+    let c = cut.clone();
+    wire.pass = Box::new(move |s, d| !c.get() || s == relay || d == relay);
+    wire.run(Duration::from_secs(60), &mut |_| true);
+    assert!(
+        wire.a.selected_is_relayed(),
+        "on the relay during the outage"
+    );
+    // They come back: a later round of punching finds them.
+    cut.set(false);
+    wire.run(Duration::from_secs(60), &mut |_| true);
+    assert!(wire.a.selected().is_some() && !wire.a.selected_is_relayed());
+    assert!(wire.b.selected().is_some() && !wire.b.selected_is_relayed());
+}
+
+#[test]
+fn ipv6_checks_do_not_use_up_the_single_ipv4_flow() {
+    // Both sequential-symmetric: each side sends exactly one IPv4 flow, to the peer's
+    // predicted port. The peer's IPv6 host candidate, listed first, must not take it.
+    let sequential = Behaviour::nat(
+        fog_core::nat::Mapping::AddressAndPortDependent,
+        fog_core::nat::Filtering::AddressAndPortDependent,
+        fog_core::nat::PortPattern::Sequential { delta: 1 },
+    );
+    let plan = Plan::new(sequential, sequential, Who::A, &StrategyConfig::default());
+    assert!(plan.single_flow);
+    let mut config = AgentConfig::new(creds("a"), creds("b"), true, addr(A), plan, 9);
+    config.hosts = vec![addr(A6)];
+    let mut agent = Agent::new(config);
+    let now = Instant::now();
+    let predicted: SocketAddr = "203.0.113.2:40001".parse().unwrap();
+    agent.add_remote(now, Candidate::new(Kind::Host, addr(B6)));
+    agent.add_remote(now, Candidate::new(Kind::Predicted, predicted));
+    agent.start(now);
+    let mut sent = HashSet::new();
+    let mut buf = vec![0u8; 1500];
+    let mut t = now;
+    while t < now + Duration::from_secs(1) {
+        agent.handle_timeout(t);
+        while let Some(x) = agent.poll_transmit(t, &mut buf) {
+            sent.insert(x.destination);
+        }
+        t = agent
+            .poll_timeout()
+            .unwrap_or(t)
+            .max(t + Duration::from_millis(1));
+    }
+    assert!(sent.contains(&addr(B6)), "{sent:?}");
+    assert!(sent.contains(&predicted), "{sent:?}");
+    let ipv4: Vec<_> = sent.iter().filter(|d| d.is_ipv4()).collect();
+    assert_eq!(ipv4, [&predicted], "one IPv4 flow, the route's");
+}
+
+#[test]
+fn an_interface_found_later_is_checked_and_used() {
+    // No IPv6 at first: the connection runs over IPv4.
+    let mut a = dual(true, Behaviour::Open, false);
+    a.remove_local(Instant::now(), addr(A6));
+    let mut wire = Wire::new(a, dual(false, Behaviour::Open, false));
+    two_paths(
+        &mut wire,
+        std::rc::Rc::new(std::cell::Cell::new(Duration::from_millis(2))),
+    );
+    wire.start();
+    wire.run(Duration::from_secs(10), &mut |_| true);
+    assert_eq!(wire.a.selected(), Some((addr(A), addr(B))));
+    // A's IPv6 address comes up; it is trickled to B, and A learns B's.
+    let now = wire.now;
+    wire.a.add_local(now, addr(A6));
+    wire.a.add_remote(now, Candidate::new(Kind::Host, addr(B6)));
+    wire.b.add_remote(now, Candidate::new(Kind::Host, addr(A6)));
+    wire.run(Duration::from_secs(1), &mut |_| true);
+    assert!(
+        wire.events.iter().any(|(t, _, e)| *t >= now
+            && matches!(e, Event::Validated { local, .. } if *local == addr(A6)))
+    );
+    // Much nearer: it takes over once measured.
+    wire.run(Duration::from_secs(30), &mut |_| true);
+    assert_eq!(wire.a.selected(), Some((addr(A6), addr(B6))));
+    assert_eq!(wire.b.selected(), Some((addr(B6), addr(A6))));
+}
+
+#[test]
+fn between_rounds_our_nat_is_held_open_with_low_ttl_checks_only() {
+    let mut wire = Wire::new(agent(A, B, true, 5), agent(B, A, false, 6));
+    wire.start();
+    let start = wire.now;
+    // Nothing passes: the round ends after 5 s and the next is due 20 s later.
+    wire.run(Duration::from_secs(40), &mut |_| false);
+    let from_a: Vec<(Duration, Option<u8>)> = wire
+        .sent
+        .iter()
+        .filter(|s| s.1 && s.2 == addr(B))
+        .map(|s| (s.0 - start, s.3))
+        .collect();
+    let between = |from: u64, to: u64| {
+        from_a
+            .iter()
+            .filter(move |s| s.0 > Duration::from_secs(from) && s.0 < Duration::from_secs(to))
+    };
+    // Between the rounds (5.5 s to 25 s): only low-TTL checks, every 10 s.
+    let held: Vec<_> = between(6, 25).collect();
+    assert!(!held.is_empty(), "{from_a:?}");
+    assert!(held.iter().all(|s| s.1 == Some(3)), "{held:?}");
+    assert!(
+        held.iter().all(|s| s.0 >= Duration::from_secs(14)),
+        "{held:?}"
+    );
+    // The next round punches in full again at 25 s.
+    assert!(between(24, 27).any(|s| s.1.is_none()), "{from_a:?}");
+}
+
+#[test]
+fn consent_loss_is_noticed_within_the_timeout() {
+    let mut wire = Wire::new(agent(A, B, true, 3), agent(B, A, false, 4));
+    wire.start();
+    wire.run(Duration::from_secs(1), &mut |_| true);
+    assert!(wire.a.selected().is_some());
+    // Consent checks keep it for a minute...
+    wire.run(Duration::from_secs(60), &mut |_| true);
+    assert!(wire.a.selected().is_some());
+    assert!(
+        !wire
+            .events
+            .iter()
+            .any(|(_, _, e)| matches!(e, Event::PathLost { .. }))
+    );
+    // ...and a path that stops answering is lost after 30 s, not much later.
+    let cut = wire.now;
+    wire.run(Duration::from_secs(60), &mut |_| false);
+    let lost = wire
+        .events
+        .iter()
+        .find(|(_, on_b, e)| !on_b && matches!(e, Event::PathLost { .. }))
+        .map(|(t, _, _)| *t - cut)
+        .expect("A noticed the dead path");
+    assert!(
+        lost >= Duration::from_secs(25) && lost <= Duration::from_secs(31),
+        "{lost:?}"
+    );
+    assert_eq!(wire.a.selected(), None);
+}
+
+#[test]
+fn both_controlling_resolve_by_tie_breaker() {
+    let mut b = agent(B, A, true, 6);
+    // B believes it controls too, with a different tie-breaker and A's credentials swapped in.
+    b.config.local = creds("b");
+    b.config.remote = creds("a");
+    b.local_key = IntegrityKey::short_term(&b.config.local.pwd);
+    b.remote_key = IntegrityKey::short_term(&b.config.remote.pwd);
+    let mut wire = Wire::new(agent(A, B, true, 5), b);
+    wire.start();
+    wire.run(Duration::from_secs(2), &mut |_| true);
+    assert_ne!(wire.a.is_controlling(), wire.b.is_controlling());
+    assert!(wire.a.selected().is_some() && wire.b.selected().is_some());
+}
+
+#[test]
+fn unauthenticated_and_malformed_input_is_dropped_and_counted() {
+    let mut a = agent(A, B, true, 7);
+    let now = Instant::now();
+    a.start(now);
+    a.handle_timeout(now);
+    let mut buf = vec![0u8; 2048];
+    while a.poll_transmit(now, &mut buf).is_some() {}
+    let from: SocketAddr = "198.51.100.9:9".parse().unwrap();
+    let local: SocketAddr = A.parse().unwrap();
+    // A check signed with the wrong password.
+    let mut forged = Message::new(Class::Request, Method::BINDING, TransactionId::new([1; 12]));
+    forged.attributes.username = Some("aufrag:bufrag".into());
+    let bytes = forged
+        .to_bytes(Some(&IntegrityKey::short_term("not-the-password-at-all")))
+        .unwrap();
+    // One with the right password but someone else's username.
+    let mut wrong_user = forged.clone();
+    wrong_user.attributes.username = Some("other:bufrag".into());
+    let wrong_user = wrong_user
+        .to_bytes(Some(&IntegrityKey::short_term(&creds("a").pwd)))
+        .unwrap();
+    for payload in [
+        &bytes[..],
+        &wrong_user[..],
+        b"not stun at all",
+        &[0u8; 20][..],
+    ] {
+        a.handle_packet(
+            now,
+            Receive {
+                source: from,
+                local,
+                payload,
+            },
+        );
+    }
+    assert!(
+        a.poll_transmit(now, &mut buf).is_none(),
+        "nothing is answered"
+    );
+    let stats = a.stats();
+    assert_eq!(stats.unauthenticated, 2);
+    assert_eq!(stats.malformed, 2);
+    // A response to no check of ours.
+    let mut response = Message::new(
+        Class::SuccessResponse,
+        Method::BINDING,
+        TransactionId::new([2; 12]),
+    );
+    response.attributes.xor_mapped_address = Some(from);
+    let response = response.to_bytes(None).unwrap();
+    a.handle_packet(
+        now,
+        Receive {
+            source: from,
+            local,
+            payload: &response,
+        },
+    );
+    assert_eq!(a.stats().stray, 1);
+    assert!(a.poll_event().is_none());
+}
+
+/// On a shared socket an agent takes checks naming its username fragment first, and
+/// answers to its own checks; nothing else.
+#[test]
+fn owns_its_checks_and_answers_only() {
+    let mut a = agent(A, B, true, 9);
+    let now = Instant::now();
+    a.start(now);
+    a.handle_timeout(now);
+    let mut buf = vec![0u8; 2048];
+    let sent = a.poll_transmit(now, &mut buf).unwrap();
+    let ours = Message::decode(&buf[..sent.len]).unwrap().transaction_id;
+    let local: SocketAddr = A.parse().unwrap();
+    let source: SocketAddr = B.parse().unwrap();
+    let check = |username: &str| {
+        let mut m = Message::new(Class::Request, Method::BINDING, TransactionId::new([3; 12]));
+        m.attributes.username = Some(username.into());
+        m.to_bytes(None).unwrap()
+    };
+    let answer = |id| {
+        Message::new(Class::SuccessResponse, Method::BINDING, id)
+            .to_bytes(None)
+            .unwrap()
+    };
+    let owns = |payload: &[u8]| {
+        a.owns(&Receive {
+            source,
+            local,
+            payload,
+        })
+    };
+    assert!(owns(&check("aufrag:bufrag")));
+    assert!(
+        !owns(&check("aufragx:bufrag")),
+        "a longer ufrag with our prefix"
+    );
+    assert!(!owns(&check("aufrag")), "no colon");
+    assert!(!owns(&check("bufrag:aufrag")), "the peer's ufrag first");
+    assert!(owns(&answer(ours)));
+    assert!(!owns(&answer(TransactionId::new([4; 12]))));
+    assert!(!owns(b"\x07application data"));
+}
+
+#[test]
+fn arbitrary_bytes_never_panic() {
+    let mut a = agent(A, B, false, 8);
+    let now = Instant::now();
+    a.start(now);
+    let mut state = 0x1234_5678_u64;
+    let local: SocketAddr = A.parse().unwrap();
+    let mut buf = vec![0u8; 2048];
+    for i in 0..20_000u32 {
+        state = splitmix(state);
+        let len = (state % 120) as usize;
+        let mut payload: Vec<u8> = (0..len)
+            .map(|j| (splitmix(state ^ j as u64) & 0xff) as u8)
+            .collect();
+        // Half of them look like STUN so that the decoder, not the cookie check, is tested.
+        if i % 2 == 0 && payload.len() >= 20 {
+            payload[0] &= 0x01;
+            payload[4..8].copy_from_slice(&[0x21, 0x12, 0xa4, 0x42]);
+            let body = (payload.len() - 20) as u16;
+            payload[2..4].copy_from_slice(&body.to_be_bytes());
+        }
+        let source = SocketAddr::from(([198, 51, 100, (state >> 56) as u8], 9));
+        a.handle_packet(
+            now,
+            Receive {
+                source,
+                local,
+                payload: &payload,
+            },
+        );
+        a.handle_timeout(now);
+        while a.poll_transmit(now, &mut buf).is_some() {}
+    }
+    let stats = a.stats();
+    assert!(stats.malformed + stats.unauthenticated + stats.stray > 10_000);
+}
