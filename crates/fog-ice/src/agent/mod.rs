@@ -30,6 +30,7 @@ mod path;
 mod punch;
 #[cfg(test)]
 mod tests;
+mod timer;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -42,6 +43,7 @@ use fog_stun::wire::{
 
 use crate::candidate::{Candidate, Kind, pair_priority};
 use crate::strategy::{Birthday, Plan};
+use timer::Timer;
 
 /// RFC 8445 §7.3.1.1: the error code of a role conflict.
 const ROLE_CONFLICT: u16 = 487;
@@ -345,6 +347,8 @@ pub struct Agent {
     queue: VecDeque<Queued>,
     events: VecDeque<Event>,
     stats: Stats,
+    /// The latest instant the agent was given.
+    now: Option<Instant>,
 }
 impl Agent {
     /// An agent that waits for [`start`](Self::start) before sending checks; it answers checks
@@ -384,6 +388,7 @@ impl Agent {
             queue: VecDeque::new(),
             events: VecDeque::new(),
             stats: Stats::default(),
+            now: None,
         }
     }
 
@@ -657,10 +662,6 @@ impl Agent {
         self.start_at.is_some_and(|t| now >= t)
     }
 
-    pub(super) fn punching(&self, now: Instant) -> bool {
-        self.started(now) && !self.punch_over && !self.direct_selected()
-    }
-
     pub(super) fn direct_selected(&self) -> bool {
         self.selected.is_some_and(|i| !self.pairs[i].relayed)
     }
@@ -676,6 +677,7 @@ impl SansIo for Agent {
     }
 
     fn handle_packet(&mut self, now: Instant, packet: Receive<'_>) {
+        self.now = self.now.max(Some(now));
         if !self.accepts(&packet) {
             self.stats.malformed += 1;
             return;
@@ -699,123 +701,18 @@ impl SansIo for Agent {
         }
     }
 
+    /// Fires every timer of the table that is due (see the `timer` module), in order: each
+    /// is asked again right before it fires, since an earlier one may have changed it.
     fn handle_timeout(&mut self, now: Instant) {
+        self.now = self.now.max(Some(now));
         if !self.started(now) {
             return;
         }
-        self.begin(now);
-        if self.punching(now) && self.deadline.is_some_and(|d| now >= d) {
-            self.punch_over = true;
-            self.spray = None;
-            for pair in &mut self.pairs {
-                if pair.state == State::InProgress && !pair.relayed {
-                    pair.state = State::Failed;
-                    pair.next_at = None;
-                }
-            }
-            // A direct path that works: the selected one, or one that answered lately (a pair
-            // that worked once and went quiet does not stop the next rounds).
-            let direct = self.direct_selected()
-                || self
-                    .pairs
-                    .iter()
-                    .any(|p| p.state == State::Succeeded && !p.relayed && self.fresh(p, now));
-            if !direct && !self.gave_up {
-                self.gave_up = true;
-                self.events.push_back(Event::GaveUp);
-            }
-            if !direct {
-                self.repunch_at = Some(now + REPUNCH_INTERVAL);
-                self.next_hold = Some(now + HOLD_INTERVAL);
+        for timer in Timer::ALL {
+            if self.armed(timer).is_some_and(|at| at <= now) {
+                self.fire(timer, now);
             }
         }
-        // On the relay (or on nothing) after a failed round: try again now and then.
-        if self.punch_over && !self.direct_selected() && self.repunch_at.is_some_and(|t| now >= t) {
-            self.repunch(now);
-        }
-        if self.punch_over
-            && !self.direct_selected()
-            && self.repunch_at.is_some()
-            && self.next_hold.is_some_and(|t| now >= t)
-        {
-            self.hold(now);
-        }
-        if !self.relay_over && self.relay_deadline.is_some_and(|d| now >= d) {
-            self.relay_over = true;
-            for pair in &mut self.pairs {
-                if pair.relayed && matches!(pair.state, State::InProgress | State::Waiting) {
-                    pair.state = State::Failed;
-                    pair.next_at = None;
-                }
-            }
-        }
-        // Nominations go on until answered, also after the punch deadline.
-        for i in 0..self.pairs.len() {
-            let pair = &mut self.pairs[i];
-            if pair.nominating > 0 && pair.next_at.is_some_and(|t| now >= t) {
-                pair.nominating -= 1;
-                pair.next_at = (pair.nominating > 0).then(|| now + pair.interval);
-                pair.interval = (pair.interval * 2).min(self.config.max_retry);
-                let (local, remote) = (pair.local, pair.remote);
-                self.send_check(now, local, remote, true, true);
-                if self.pairs[i].nominating == 0 && self.switch_to == Some(i) {
-                    self.switch_to = None;
-                }
-            }
-        }
-        // Pairs found late get their own round; it ends like the main one.
-        for pair in &mut self.pairs {
-            if pair.until.is_some_and(|t| now >= t) {
-                pair.until = None;
-                if matches!(pair.state, State::InProgress | State::Waiting) {
-                    pair.state = State::Failed;
-                    pair.next_at = None;
-                }
-            }
-        }
-        let punching = self.punching(now);
-        // Retransmissions: direct pairs while punching, relay pairs until the relay deadline.
-        for i in 0..self.pairs.len() {
-            let p = &self.pairs[i];
-            if self.retransmits(p) && p.next_at.is_some_and(|t| now >= t) {
-                self.check(now, i, false);
-            }
-        }
-        // One new check per pace interval, highest priority first.
-        if self.next_pace.is_some_and(|t| now >= t) {
-            let next = self
-                .pairs
-                .iter()
-                .enumerate()
-                .filter(|(_, p)| self.eligible(p))
-                .max_by_key(|(_, p)| p.priority)
-                .map(|(i, _)| i);
-            if let Some(i) = next {
-                self.check(now, i, false);
-                self.next_pace = Some(now + self.config.pace);
-            }
-        }
-        if punching {
-            // The birthday spray, paced.
-            while let Some(spray) = &self.spray {
-                if spray.remaining == 0 || now < spray.next_at {
-                    break;
-                }
-                let ip = spray.ip;
-                let Some(port) = self.spray_port() else {
-                    self.spray = None;
-                    break;
-                };
-                let base = self.config.base;
-                let nominate = self.controlling;
-                self.send_check(now, base, SocketAddr::new(ip, port), nominate, false);
-                if let Some(spray) = &mut self.spray {
-                    spray.remaining -= 1;
-                    spray.next_at += spray.every;
-                }
-            }
-        }
-        self.consent(now);
     }
 
     fn poll_transmit(&mut self, _now: Instant, buf: &mut [u8]) -> Option<Transmit> {
@@ -833,65 +730,9 @@ impl SansIo for Agent {
         self.events.pop_front()
     }
 
+    /// The earliest armed timer of the table.
     fn poll_timeout(&self) -> Option<Instant> {
-        let start = self.start_at?;
-        if self.deadline.is_none() {
-            return Some(start);
-        }
-        let mut next: Option<Instant> = None;
-        let mut consider = |t: Option<Instant>| {
-            if let Some(t) = t {
-                next = Some(next.map_or(t, |n| n.min(t)));
-            }
-        };
-        for pair in &self.pairs {
-            if pair.nominating > 0 {
-                consider(pair.next_at);
-            }
-            consider(pair.until);
-        }
-        if !self.punch_over && !self.direct_selected() {
-            consider(self.deadline);
-            consider(
-                self.spray
-                    .as_ref()
-                    .filter(|s| s.remaining > 0)
-                    .map(|s| s.next_at),
-            );
-        }
-        if !self.relay_over && self.pairs.iter().any(|p| p.relayed) {
-            consider(self.relay_deadline);
-        }
-        if self.punch_over && !self.direct_selected() {
-            consider(self.repunch_at);
-            if self.repunch_at.is_some() {
-                consider(self.next_hold);
-            }
-        }
-        for pair in &self.pairs {
-            if self.retransmits(pair) {
-                consider(pair.next_at);
-            }
-        }
-        if self.pairs.iter().any(|p| self.eligible(p)) {
-            consider(self.next_pace);
-        }
-        if let (Some(i), Some(at)) = (self.selected, self.next_consent) {
-            consider(Some(at));
-            consider(self.next_keepalives);
-            consider(
-                self.pairs[i]
-                    .last_answer
-                    .map(|t| t + self.config.consent_timeout),
-            );
-        }
-        // A backup's lapse is noticed at its next consent check (at most one interval late):
-        // the pair that is the backup can change between two timeouts, and an earlier one's
-        // lapse must not become a wake-up in the past.
-        if self.backup().is_some() {
-            consider(self.next_backup_consent);
-        }
-        next
+        Timer::ALL.into_iter().filter_map(|t| self.armed(t)).min()
     }
 }
 

@@ -9,6 +9,9 @@ use fog_core::pairing::Who;
 use super::*;
 use crate::strategy::StrategyConfig;
 
+/// Steps of [`Wire::run`] at one instant before it calls the timers stuck.
+const MAX_STEPS_AT_ONE_INSTANT: u32 = 10_000;
+
 const A: &str = "192.0.2.1:1000";
 const B: &str = "192.0.2.2:2000";
 
@@ -93,7 +96,19 @@ impl Wire {
         let end = self.now + until;
         let mut in_flight: Vec<(Instant, bool, SocketAddr, SocketAddr, Vec<u8>)> = Vec::new();
         let mut buf = vec![0u8; 2048];
+        // A timer that stays due after it fired would spin at one instant: fail instead.
+        let (mut at, mut steps_at) = (self.now, 0u32);
         loop {
+            if self.now == at {
+                steps_at += 1;
+                assert!(
+                    steps_at <= MAX_STEPS_AT_ONE_INSTANT,
+                    "the agents asked to be woken at {:?} (after the start) {MAX_STEPS_AT_ONE_INSTANT} times: a timer stuck at now",
+                    self.now - end + until
+                );
+            } else {
+                (at, steps_at) = (self.now, 1);
+            }
             for (to_b, agent) in [(true, &mut self.a), (false, &mut self.b)] {
                 agent.handle_timeout(self.now);
                 while let Some(t) = agent.poll_transmit(self.now, &mut buf) {
