@@ -791,4 +791,69 @@ mod tests {
         }
         assert_eq!(driver.buffer_sizes("127.0.0.1:1".parse().unwrap()), None);
     }
+
+    /// Records the local address of every datagram it is handed.
+    #[derive(Default)]
+    struct Recorder {
+        seen: Vec<SocketAddr>,
+    }
+
+    impl SansIo for Recorder {
+        type Event = ();
+
+        fn handle_packet(&mut self, _now: Instant, packet: Receive<'_>) {
+            self.seen.push(packet.local);
+        }
+        fn handle_timeout(&mut self, _now: Instant) {}
+        fn poll_transmit(&mut self, _now: Instant, _buf: &mut [u8]) -> Option<Transmit> {
+            None
+        }
+        fn poll_event(&mut self) -> Option<()> {
+            None
+        }
+        fn poll_timeout(&self) -> Option<Instant> {
+            None
+        }
+    }
+
+    /// A flooded socket (a busy TURN allocation) gets one read budget per turn, and a quiet
+    /// socket that is ready in the same turn is read in that turn, not after the flood.
+    #[test]
+    fn a_flooded_socket_does_not_starve_the_others() {
+        let local: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let config = Config::new()
+            .read_budget(16)
+            .socket_buffers(Some(1 << 20), None);
+        let mut driver = Driver::with_config(Recorder::default(), &[local, local], config).unwrap();
+        let [busy, quiet] = [driver.local_addrs()[0], driver.local_addrs()[1]];
+        let sender = std::net::UdpSocket::bind(local).unwrap();
+        for _ in 0..200 {
+            sender.send_to(b"flood", busy).unwrap();
+        }
+        for _ in 0..3 {
+            sender.send_to(b"hello", quiet).unwrap();
+        }
+        // Both sockets become ready; the first turn reads at most the budget from each.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while driver.machine().seen.is_empty() && Instant::now() < deadline {
+            driver
+                .turn(Some(Duration::from_millis(100)), |_, ()| {})
+                .unwrap();
+        }
+        let seen = &driver.machine().seen;
+        let from = |a: SocketAddr| seen.iter().filter(|&&l| l == a).count();
+        assert!(from(busy) <= 16, "{} from the flooded socket", from(busy));
+        assert_eq!(from(quiet), 3, "the quiet socket waited for the flood");
+        // The rest of the flood follows in later turns, none lost.
+        while from_count(&driver, busy) < 200 && Instant::now() < deadline {
+            driver
+                .turn(Some(Duration::from_millis(100)), |_, ()| {})
+                .unwrap();
+        }
+        assert_eq!(from_count(&driver, busy), 200);
+    }
+
+    fn from_count(driver: &Driver<Recorder>, addr: SocketAddr) -> usize {
+        driver.machine().seen.iter().filter(|&&l| l == addr).count()
+    }
 }
