@@ -313,11 +313,15 @@ impl PeerPolicy {
             v4 => v4,
         };
         let peer_ip = canonical(peer.ip());
+        // Linux delivers a datagram to 0.0.0.0:P (or [::]:P) to the local socket on port P,
+        // whatever IP it is bound to: an unspecified peer IP is every own IP.
         std::iter::once(&listen)
             .chain(&self.own)
             .find(|own| {
                 own.port() == peer.port()
-                    && (own.ip().is_unspecified() || canonical(own.ip()) == peer_ip)
+                    && (own.ip().is_unspecified()
+                        || peer_ip.is_unspecified()
+                        || canonical(own.ip()) == peer_ip)
             })
             .map(|&own| Refusal::Own(own))
     }
@@ -478,6 +482,15 @@ mod tests {
         assert_eq!(
             policy.check(sa("[::ffff:198.51.100.1]:3478"), listen),
             Some(Refusal::Own(listen))
+        );
+        // Even with every range allowed, 0.0.0.0 on an own port reaches the server itself.
+        assert_eq!(
+            policy.check(sa("0.0.0.0:3478"), listen),
+            Some(Refusal::Own(listen))
+        );
+        assert_eq!(
+            policy.check(sa("[::ffff:0.0.0.0]:3479"), listen),
+            Some(Refusal::Own(sa("198.51.100.1:3479")))
         );
         // Another port of the same IP (another allocation's relayed address) is a peer.
         assert_eq!(policy.check(sa("198.51.100.1:50000"), listen), None);
