@@ -72,6 +72,7 @@ fn total(s: &Stats) -> u64 {
         + s.dropped_no_allocation
         + s.dropped_bandwidth
         + s.dropped_malformed
+        + s.dropped_forbidden_peer
 }
 
 fuzz_target!(|input: Input| {

@@ -57,6 +57,8 @@ fn fogd_with(turn: bool) -> (ChildGuard, SocketAddr, String, Option<SocketAddr>)
             let low = 20_000 + (u16::try_from(std::process::id() % 100).unwrap() + attempt) * 100;
             command.args(["--turn", &t.to_string(), "--turn-secret", TURN_SECRET]);
             command.args(["--turn-ports", &format!("{low}-{}", low + 99)]);
+            // The relay's peers here are on loopback, which fogd refuses unless allowed.
+            command.args(["--turn-allow-peer", "127.0.0.0/8"]);
         }
         let mut child = ChildGuard::spawn(&format!("fogd-node-{attempt}"), &mut command)
             .expect("spawning fogd");

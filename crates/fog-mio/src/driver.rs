@@ -27,6 +27,7 @@ const EVENTS_CAPACITY: usize = 256;
 pub struct Config {
     max_on_demand_sockets: usize,
     read_budget: usize,
+    buffers: crate::socket::BufferSizes,
 }
 
 impl Default for Config {
@@ -34,6 +35,7 @@ impl Default for Config {
         Self {
             max_on_demand_sockets: 1024,
             read_budget: 64,
+            buffers: crate::socket::BufferSizes::default(),
         }
     }
 }
@@ -67,6 +69,17 @@ impl Config {
     pub fn read_budget(mut self, budget: usize) -> Self {
         assert!(budget > 0, "a read budget of 0 would never read a datagram");
         self.read_budget = budget;
+        self
+    }
+
+    /// The kernel receive and send buffer sizes (`SO_RCVBUF`, `SO_SNDBUF`) to ask for on every
+    /// socket the driver binds, at construction and later; `None` keeps the OS default (Linux:
+    /// `net.core.rmem_default`, about 208 KiB, which a server's burst overflows). The OS may
+    /// grant less (Linux caps at `net.core.rmem_max` / `wmem_max`) or report more (Linux doubles
+    /// the value for its bookkeeping); [`Driver::buffer_sizes`] tells what it granted. A refusal
+    /// is not an error: the socket keeps what it had.
+    pub fn socket_buffers(mut self, recv: Option<usize>, send: Option<usize>) -> Self {
+        self.buffers = crate::socket::BufferSizes { recv, send };
         self
     }
 }
@@ -185,6 +198,13 @@ impl<M: SansIo> Driver<M> {
     /// was built with stay: they are the default sources.
     pub fn unbind(&mut self, addr: SocketAddr) -> bool {
         self.io.unbind(addr)
+    }
+
+    /// The receive and send buffer sizes the OS reports for the socket bound on `addr` (see
+    /// [`Config::socket_buffers`]); `None` when no socket is bound there or the OS does not say.
+    pub fn buffer_sizes(&self, addr: SocketAddr) -> Option<(usize, usize)> {
+        let index = *self.io.by_addr.get(&addr)?;
+        self.io.sockets.get(index)?.as_ref()?.buffer_sizes().ok()
     }
 
     /// A handle that wakes or stops this driver from another thread.
@@ -448,7 +468,7 @@ fn is_icmp_error(e: &io::Error) -> bool {
 impl Io {
     /// Binds a socket on `addr`, registers it and records it; returns its index.
     fn bind(&mut self, addr: SocketAddr) -> io::Result<usize> {
-        let mut slot = UdpSlot::bind(addr)?;
+        let mut slot = UdpSlot::bind(addr, self.config.buffers)?;
         let index = self.free.pop().unwrap_or(self.sockets.len());
         if let Err(e) =
             self.poll
@@ -749,5 +769,91 @@ mod tests {
         assert_eq!(stats.dropped_unknown_source, 1);
         assert_eq!(stats.sent, 0);
         assert_eq!(driver.local_addrs().len(), 1);
+    }
+
+    /// The buffer sizes asked for apply to the sockets bound at construction and to those bound
+    /// later. The size asked for is below Linux's default cap (`rmem_max`, `wmem_max`), so the
+    /// kernel grants it exactly (and reports twice as much).
+    #[test]
+    fn socket_buffers_apply_to_every_socket() {
+        let local: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let plain = Driver::new(Sender::default(), &[local]).unwrap();
+        let default = plain.buffer_sizes(plain.local_addrs()[0]).unwrap();
+        let config = Config::new().socket_buffers(Some(100_000), Some(60_000));
+        let mut driver = Driver::with_config(Sender::default(), &[local], config).unwrap();
+        let extra = driver.bind(local).unwrap();
+        for addr in [driver.local_addrs()[0], extra] {
+            let sizes = driver.buffer_sizes(addr).unwrap();
+            assert_ne!(sizes, default, "{addr}");
+            if cfg!(target_os = "linux") {
+                assert_eq!(sizes, (200_000, 120_000), "{addr}");
+            }
+        }
+        assert_eq!(driver.buffer_sizes("127.0.0.1:1".parse().unwrap()), None);
+    }
+
+    /// Records the local address of every datagram it is handed.
+    #[derive(Default)]
+    struct Recorder {
+        seen: Vec<SocketAddr>,
+    }
+
+    impl SansIo for Recorder {
+        type Event = ();
+
+        fn handle_packet(&mut self, _now: Instant, packet: Receive<'_>) {
+            self.seen.push(packet.local);
+        }
+        fn handle_timeout(&mut self, _now: Instant) {}
+        fn poll_transmit(&mut self, _now: Instant, _buf: &mut [u8]) -> Option<Transmit> {
+            None
+        }
+        fn poll_event(&mut self) -> Option<()> {
+            None
+        }
+        fn poll_timeout(&self) -> Option<Instant> {
+            None
+        }
+    }
+
+    /// A flooded socket (a busy TURN allocation) gets one read budget per turn, and a quiet
+    /// socket that is ready in the same turn is read in that turn, not after the flood.
+    #[test]
+    fn a_flooded_socket_does_not_starve_the_others() {
+        let local: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let config = Config::new()
+            .read_budget(16)
+            .socket_buffers(Some(1 << 20), None);
+        let mut driver = Driver::with_config(Recorder::default(), &[local, local], config).unwrap();
+        let [busy, quiet] = [driver.local_addrs()[0], driver.local_addrs()[1]];
+        let sender = std::net::UdpSocket::bind(local).unwrap();
+        for _ in 0..200 {
+            sender.send_to(b"flood", busy).unwrap();
+        }
+        for _ in 0..3 {
+            sender.send_to(b"hello", quiet).unwrap();
+        }
+        // Both sockets become ready; the first turn reads at most the budget from each.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while driver.machine().seen.is_empty() && Instant::now() < deadline {
+            driver
+                .turn(Some(Duration::from_millis(100)), |_, ()| {})
+                .unwrap();
+        }
+        let seen = &driver.machine().seen;
+        let from = |a: SocketAddr| seen.iter().filter(|&&l| l == a).count();
+        assert!(from(busy) <= 16, "{} from the flooded socket", from(busy));
+        assert_eq!(from(quiet), 3, "the quiet socket waited for the flood");
+        // The rest of the flood follows in later turns, none lost.
+        while from_count(&driver, busy) < 200 && Instant::now() < deadline {
+            driver
+                .turn(Some(Duration::from_millis(100)), |_, ()| {})
+                .unwrap();
+        }
+        assert_eq!(from_count(&driver, busy), 200);
+    }
+
+    fn from_count(driver: &Driver<Recorder>, addr: SocketAddr) -> usize {
+        driver.machine().seen.iter().filter(|&&l| l == addr).count()
     }
 }

@@ -82,6 +82,9 @@
 //!   before the driver is dropped; the count of those open is what the cap limits.
 //! - **Buffers.** One 65,535-byte receive buffer and one 65,535-byte transmit buffer, reused for
 //!   every datagram: no allocation per datagram.
+//!   The kernel's socket buffers keep the OS default unless [`Config::socket_buffers`] asks for
+//!   more (a server under load overflows Linux's 208 KiB default between two reads);
+//!   [`Driver::buffer_sizes`] reports what the OS granted.
 //! - **Input.** Each datagram becomes a [`Receive`](fog_core::Receive) with the socket's bound
 //!   address as `local`; if [`accepts`](fog_core::SansIo::accepts) says yes it goes to
 //!   `handle_packet` with a fresh `now`, else it is counted in [`Stats::rejected`]. `EINTR` is

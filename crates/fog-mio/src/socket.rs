@@ -5,6 +5,13 @@ use std::net::SocketAddr;
 
 use socket2::{Domain, SockRef, Socket, Type};
 
+/// The kernel buffer sizes to ask for; `None` keeps the OS default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct BufferSizes {
+    pub(crate) recv: Option<usize>,
+    pub(crate) send: Option<usize>,
+}
+
 /// A nonblocking UDP socket and what the driver knows about it.
 #[derive(Debug)]
 pub(crate) struct UdpSlot {
@@ -23,7 +30,7 @@ pub(crate) struct UdpSlot {
 impl UdpSlot {
     /// Binds a nonblocking UDP socket to `addr`; an IPv6 socket is IPv6-only, so that IPv4
     /// traffic always arrives on (and leaves from) an IPv4 socket with a plain IPv4 address.
-    pub(crate) fn bind(addr: SocketAddr) -> io::Result<Self> {
+    pub(crate) fn bind(addr: SocketAddr, buffers: BufferSizes) -> io::Result<Self> {
         let socket = Socket::new(
             Domain::for_address(addr),
             Type::DGRAM,
@@ -31,6 +38,18 @@ impl UdpSlot {
         )?;
         if addr.is_ipv6() {
             socket.set_only_v6(true)?;
+        }
+        // Best effort: the OS caps the size silently, and a refusal leaves a working socket
+        // with its default buffers, which `buffer_sizes` then reports.
+        if let Some(size) = buffers.recv {
+            if let Err(e) = socket.set_recv_buffer_size(size) {
+                tracing::warn!(%addr, size, error = %e, "SO_RCVBUF refused");
+            }
+        }
+        if let Some(size) = buffers.send {
+            if let Err(e) = socket.set_send_buffer_size(size) {
+                tracing::warn!(%addr, size, error = %e, "SO_SNDBUF refused");
+            }
         }
         socket.set_nonblocking(true)?;
         socket.bind(&addr.into())?;
@@ -51,6 +70,12 @@ impl UdpSlot {
             current_ttl: default_ttl,
             pending: false,
         })
+    }
+
+    /// The receive and send buffer sizes the OS reports now.
+    pub(crate) fn buffer_sizes(&self) -> io::Result<(usize, usize)> {
+        let socket = SockRef::from(&self.socket);
+        Ok((socket.recv_buffer_size()?, socket.send_buffer_size()?))
     }
 
     /// Gives the socket the TTL / hop limit `hint` asks for, or its default when `hint` is `None`.

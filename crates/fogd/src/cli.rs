@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use clap::{ArgGroup, Args, Parser};
 use fog_stun::server::RateLimit;
+use fog_turn::server::IpPrefix;
 
 /// FogConnect's server.
 #[derive(Debug, Parser)]
@@ -50,6 +51,8 @@ paths are read from the directory fogd runs in.
   turn-bandwidth = 1000000
   turn-max-lifetime = 3600
   turn-credential-ttl = 86400
+  turn-allow-peer = [\"198.51.100.0/24\"]
+  turn-deny-peer = [\"203.0.113.0/24\"]
 
 Logs go to stderr. RUST_LOG sets the filter (default: info), e.g. RUST_LOG=debug.
 SIGINT or SIGTERM stops fogd cleanly and logs its final counters; a second one exits at once.",
@@ -70,6 +73,37 @@ pub(crate) struct Cli {
 
     #[command(flatten)]
     pub(crate) turn: TurnArgs,
+
+    #[command(flatten)]
+    pub(crate) sockets: SocketArgs,
+}
+
+/// The kernel buffers of every UDP socket fogd binds (STUN, TURN's listen and relayed sockets).
+#[derive(Debug, Clone, Copy, Args)]
+#[command(next_help_heading = "UDP sockets")]
+pub(crate) struct SocketArgs {
+    /// Receive buffer (SO_RCVBUF) to ask for on every UDP socket, in bytes; 0 keeps the OS
+    /// default (Linux: net.core.rmem_default, about 208 KiB, which a busy server overflows
+    /// between two reads). Linux grants at most net.core.rmem_max; the start-up log says what
+    /// was granted (Linux reports twice the value)
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_SOCKET_BUFFER)]
+    pub(crate) udp_recv_buffer: usize,
+
+    /// Send buffer (SO_SNDBUF) to ask for on every UDP socket, in bytes; 0 keeps the OS default
+    /// (capped by net.core.wmem_max)
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_SOCKET_BUFFER)]
+    pub(crate) udp_send_buffer: usize,
+}
+
+/// 4 MiB, what coturn asks for on its UDP sockets.
+pub(crate) const DEFAULT_SOCKET_BUFFER: usize = 4 << 20;
+
+impl SocketArgs {
+    /// The driver configuration these flags ask for, on top of `config`.
+    pub(crate) fn apply(&self, config: fog_mio::Config) -> fog_mio::Config {
+        let size = |n: usize| (n > 0).then_some(n);
+        config.socket_buffers(size(self.udp_recv_buffer), size(self.udp_send_buffer))
+    }
 }
 
 /// The TURN section. As for signaling, every setting is an `Option` so that the config file can
@@ -114,8 +148,8 @@ pub(crate) struct TurnArgs {
     #[arg(long, value_name = "N")]
     pub(crate) turn_max_allocations_per_user: Option<usize>,
 
-    /// Relayed bytes per second per allocation, both directions together; 0 for no limit
-    /// (bursts of the same amount, at least 65535) [default: 1000000]
+    /// Relayed bytes per second per allocation, both directions together, with bursts of one
+    /// second's worth (at least 65535 bytes); 0 for no limit at all [default: 1000000]
     #[arg(long, value_name = "BYTES")]
     pub(crate) turn_bandwidth: Option<u64>,
 
@@ -128,6 +162,20 @@ pub(crate) struct TurnArgs {
     /// 86400]
     #[arg(long, value_name = "SECONDS")]
     pub(crate) turn_credential_ttl: Option<u64>,
+
+    /// Relay to peers in this range (CIDR, e.g. 10.0.0.0/8; repeatable) even though it is
+    /// reserved or in --turn-deny-peer. By default fogd refuses (403) permissions, channels and
+    /// sends to unspecified, loopback, link-local, multicast, broadcast, private (RFC 1918, ULA)
+    /// and carrier-grade (100.64/10) addresses, their IPv6 and IPv4-mapped forms, and its own
+    /// STUN and TURN ports, so that clients cannot reach the relay host or its network. Open only
+    /// what a test or a private deployment needs; fogd's own ports stay refused
+    #[arg(long, value_name = "CIDR")]
+    pub(crate) turn_allow_peer: Vec<IpPrefix>,
+
+    /// Refuse peers in this range too (CIDR; repeatable), e.g. the relay host's public
+    /// neighbours; --turn-allow-peer overrides it
+    #[arg(long, value_name = "CIDR")]
+    pub(crate) turn_deny_peer: Vec<IpPrefix>,
 
     /// A turn: URL signaling hands out with the credentials (repeatable); with it, --turn-secret
     /// serves signaling alone, for a TURN server run elsewhere (coturn with the same

@@ -7,6 +7,7 @@ use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use fog_turn::server::IpPrefix;
 use serde::Deserialize;
 
 use crate::cli::{SignalArgs, TurnArgs};
@@ -43,6 +44,12 @@ pub(crate) struct TurnFile {
     /// Used only when no `--turn-url` is given.
     #[serde(default)]
     turn_url: Vec<String>,
+    /// CIDR text; used only when no `--turn-allow-peer` is given.
+    #[serde(default)]
+    turn_allow_peer: Vec<String>,
+    /// CIDR text; used only when no `--turn-deny-peer` is given.
+    #[serde(default)]
+    turn_deny_peer: Vec<String>,
 }
 
 /// The `[signal]` table: the same settings as [`SignalArgs`], spelt as its flags.
@@ -146,6 +153,23 @@ impl TurnFile {
             }
             (self.turn_secret, self.turn_secret_file)
         };
+        let prefixes = |key: &'static str, flags: &[IpPrefix], file: Vec<String>| {
+            if !flags.is_empty() {
+                return Ok(flags.to_vec());
+            }
+            file.iter()
+                .map(|text| {
+                    text.parse::<IpPrefix>()
+                        .map_err(|e| bad(key, e.to_string()))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let turn_allow_peer = prefixes(
+            "turn-allow-peer",
+            &args.turn_allow_peer,
+            self.turn_allow_peer,
+        )?;
+        let turn_deny_peer = prefixes("turn-deny-peer", &args.turn_deny_peer, self.turn_deny_peer)?;
         Ok(TurnArgs {
             turn,
             turn_secret,
@@ -165,6 +189,8 @@ impl TurnFile {
             } else {
                 args.turn_url.clone()
             },
+            turn_allow_peer,
+            turn_deny_peer,
         })
     }
 }
@@ -323,6 +349,30 @@ mod tests {
         let args = merged_turn(&["--config", "x", "--turn-secret-file", "s.txt"], file).unwrap();
         assert_eq!(args.turn_secret, None);
         assert_eq!(args.turn_secret_file, Some(PathBuf::from("s.txt")));
+    }
+
+    #[test]
+    fn peer_ranges_come_from_the_file_unless_flags_give_some() {
+        let file = "[turn]\nturn-allow-peer = [\"10.0.0.0/8\", \"fd00::/8\"]\n\
+                    turn-deny-peer = [\"203.0.113.0/24\"]\n";
+        let args = merged_turn(&["--config", "x"], file).unwrap();
+        let strings = |v: &[IpPrefix]| v.iter().map(ToString::to_string).collect::<Vec<_>>();
+        assert_eq!(strings(&args.turn_allow_peer), ["10.0.0.0/8", "fd00::/8"]);
+        assert_eq!(strings(&args.turn_deny_peer), ["203.0.113.0/24"]);
+        let flags = ["--config", "x", "--turn-allow-peer", "127.0.0.0/8"];
+        let args = merged_turn(&flags, file).unwrap();
+        assert_eq!(
+            strings(&args.turn_allow_peer),
+            ["127.0.0.0/8"],
+            "the flags win"
+        );
+        assert_eq!(strings(&args.turn_deny_peer), ["203.0.113.0/24"]);
+        let e = merged_turn(
+            &["--config", "x"],
+            "[turn]\nturn-deny-peer = [\"10.0.0.1/8\"]\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("[turn] turn-deny-peer"), "{e}");
     }
 
     #[test]

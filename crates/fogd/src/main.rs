@@ -56,10 +56,19 @@
 //! turn-ports = "49152-65535"       # relayed addresses' ports
 //! turn-max-allocations = 1000
 //! turn-max-allocations-per-user = 10
-//! turn-bandwidth = 1000000         # bytes/s per allocation, both ways; 0 for none
+//! turn-bandwidth = 1000000         # bytes/s per allocation, both ways, bursts of as much
+//!                                  # (at least 65535); 0 for no limit
 //! turn-max-lifetime = 3600         # seconds
 //! turn-credential-ttl = 86400      # seconds, for the credentials signaling hands out
+//! turn-allow-peer = ["10.0.0.0/8"] # peers to relay to although reserved or denied
+//! turn-deny-peer = ["198.51.100.0/24"]  # peers refused besides the reserved classes
 //! ```
+//!
+//! TURN refuses (403) peers on unspecified, loopback, link-local, multicast, broadcast, private
+//! and carrier-grade addresses (IPv6 and IPv4-mapped forms too) and fogd's own STUN and TURN
+//! ports, unless `--turn-allow-peer` opens a range (fogd's own ports stay refused). Every UDP
+//! socket asks for `--udp-recv-buffer` / `--udp-send-buffer` bytes of kernel buffer (4 MiB each by
+//! default, like coturn); the `STUN listening` and `TURN listening` lines say what was granted.
 //!
 //! # Operation
 //!
@@ -116,6 +125,27 @@ fn main() -> ExitCode {
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// Warns when the OS granted less than `--udp-recv-buffer` / `--udp-send-buffer` asked for
+/// (Linux reports twice what it grants, so anything at or above the request is fine).
+pub(crate) fn warn_small_buffers(
+    service: &str,
+    asked: &cli::SocketArgs,
+    recv_buffer: usize,
+    send_buffer: usize,
+) {
+    if recv_buffer < asked.udp_recv_buffer || send_buffer < asked.udp_send_buffer {
+        tracing::warn!(
+            service,
+            asked_recv = asked.udp_recv_buffer,
+            granted_recv = recv_buffer,
+            asked_send = asked.udp_send_buffer,
+            granted_send = send_buffer,
+            "the OS granted smaller UDP socket buffers than asked; raise net.core.rmem_max and \
+             net.core.wmem_max (sysctl) to avoid drops under load"
+        );
+    }
+}
+
 fn run(cli: &Cli) -> Result<(), BoxError> {
     let signals = ShutdownSignals::install()
         .map_err(|e| format!("installing the SIGINT/SIGTERM handlers: {e}"))?;
@@ -162,10 +192,21 @@ fn run(cli: &Cli) -> Result<(), BoxError> {
         return Err("no service configured: give --stun, --signal or --turn (see --help)".into());
     }
 
+    // The relay must not reach fogd's other UDP services (RFC 8656 §21.3; its own listen
+    // address is refused by the server machine itself).
+    if let (Some(turn), Some(stun)) = (&mut turn_config, &stun_config) {
+        turn.peers.own.extend(stun.local_addrs());
+    }
+
     // Bind everything before serving anything, so that a bad address fails the whole start.
-    let stun = stun_config.map(StunService::bind).transpose()?;
+    let sockets = &cli.sockets;
+    let stun = stun_config
+        .map(|c| StunService::bind(c, sockets))
+        .transpose()?;
     let signal = signal_settings.map(SignalService::bind).transpose()?;
-    let turn = turn_config.map(TurnService::bind).transpose()?;
+    let turn = turn_config
+        .map(|c| TurnService::bind(c, sockets))
+        .transpose()?;
     let mut stops: Vec<Stop> = Vec::new();
     if let Some(stun) = &stun {
         let handle = stun.handle();

@@ -6,10 +6,10 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use fog_mio::{Driver, Handle, Stats};
+use fog_mio::{Config, Driver, Handle, Stats};
 use fog_stun::server::{ConfigError, Server, ServerConfig, ServerEvent, ServerStats};
 
-use crate::cli::StunArgs;
+use crate::cli::{SocketArgs, StunArgs};
 
 /// Why the STUN service could not start.
 #[derive(Debug)]
@@ -117,16 +117,24 @@ pub(crate) struct Report {
 
 impl StunService {
     /// Binds every address of `config`.
-    pub(crate) fn bind(config: ServerConfig) -> Result<Self, StartError> {
+    /// `sockets` sets their kernel buffers.
+    pub(crate) fn bind(config: ServerConfig, sockets: &SocketArgs) -> Result<Self, StartError> {
         let local = config.local_addrs();
-        let driver = Driver::new(Server::new(config), &local).map_err(StartError::Bind)?;
+        let driver = Driver::with_config(Server::new(config), &local, sockets.apply(Config::new()))
+            .map_err(StartError::Bind)?;
         let config = driver.machine().config();
+        let (recv_buffer, send_buffer) = driver
+            .buffer_sizes(driver.local_addrs()[0])
+            .unwrap_or_default();
         tracing::info!(
             addrs = ?driver.local_addrs(),
             other_address = ?config.other_address(),
             rate_limit = ?config.rate_limit,
+            recv_buffer,
+            send_buffer,
             "STUN listening"
         );
+        crate::warn_small_buffers("STUN", sockets, recv_buffer, send_buffer);
         if config.rate_limit.is_none() {
             tracing::warn!("STUN rate limit is off: fine on loopback, a reflector in public");
         }

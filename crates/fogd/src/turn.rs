@@ -17,10 +17,17 @@ use fog_mio::{Config, Driver, Handle, Stats};
 use fog_signal::server::RelayConfig;
 use fog_turn::auth::AuthSecret;
 use fog_turn::server::{
-    DEFAULT_RELAY_PORTS, Event, Limits, MAX_REALM_LEN, Server, ServerConfig, Stats as TurnStats,
+    DEFAULT_RELAY_PORTS, Event, Limits, MAX_REALM_LEN, PeerPolicy, Server, ServerConfig,
+    Stats as TurnStats,
 };
 
-use crate::cli::TurnArgs;
+use crate::cli::{SocketArgs, TurnArgs};
+
+/// Datagrams the relay reads from one socket before it turns to the next ready one, so that one
+/// busy allocation (or the listen socket) does not starve the others while the batch is long
+/// enough to keep the system-call cost per datagram low. fog-mio's default too; named here
+/// because the relay's fairness depends on it.
+const READ_BUDGET: usize = 64;
 
 /// How long signaling's credentials stay valid by default: a day, the TURN REST API draft's
 /// example (draft-uberti-behave-turn-rest-00 §2.2).
@@ -196,6 +203,12 @@ pub(crate) fn settings(args: &TurnArgs) -> Result<Option<Settings>, StartError> 
     config.relay_ports = relay_ports;
     config.limits = limits;
     config.software = Some(concat!("fogd ", env!("CARGO_PKG_VERSION")).to_owned());
+    // fogd's other UDP services join `own` in main, once they are known.
+    config.peers = PeerPolicy {
+        allow: args.turn_allow_peer.clone(),
+        deny: args.turn_deny_peer.clone(),
+        own: Vec::new(),
+    };
     Ok(Some(Settings {
         server: Some(config),
         relay,
@@ -252,12 +265,20 @@ pub(crate) struct Report {
 
 impl TurnService {
     /// Binds the listen address. The driver may keep one extra socket per allocation: the
-    /// server never has more relayed addresses than its allocation quota.
-    pub(crate) fn bind(config: ServerConfig) -> Result<Self, StartError> {
+    /// server never has more relayed addresses than its allocation quota. `sockets` sets the
+    /// kernel buffers of the listen socket and of every relayed one.
+    pub(crate) fn bind(config: ServerConfig, sockets: &SocketArgs) -> Result<Self, StartError> {
         let listen = config.listen;
-        let io_config = Config::new().max_on_demand_sockets(config.limits.max_allocations);
+        let io_config = sockets.apply(
+            Config::new()
+                .max_on_demand_sockets(config.limits.max_allocations)
+                .read_budget(READ_BUDGET),
+        );
         let driver = Driver::with_config(Server::new(config), &[listen], io_config)
             .map_err(StartError::Bind)?;
+        let (recv_buffer, send_buffer) = driver
+            .buffer_sizes(driver.local_addrs()[0])
+            .unwrap_or_default();
         let config = driver.machine().config();
         let limits = &config.limits;
         tracing::info!(
@@ -269,8 +290,13 @@ impl TurnService {
             max_allocations_per_user = limits.max_allocations_per_user,
             bandwidth_bytes_per_s = limits.bandwidth_bytes_per_s,
             max_lifetime_s = limits.max_lifetime.as_secs(),
+            allow_peer = ?config.peers.allow.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            deny_peer = ?config.peers.deny.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            recv_buffer,
+            send_buffer,
             "TURN listening"
         );
+        crate::warn_small_buffers("TURN", sockets, recv_buffer, send_buffer);
         Ok(Self { driver })
     }
 
@@ -341,6 +367,8 @@ impl Report {
             dropped_no_permission = s.dropped_no_permission,
             dropped_no_allocation = s.dropped_no_allocation,
             dropped_bandwidth = s.dropped_bandwidth,
+            refused_peer = s.refused_peer,
+            dropped_forbidden_peer = s.dropped_forbidden_peer,
             malformed = s.dropped_malformed,
             received = self.io.received,
             sent = self.io.sent,
@@ -456,6 +484,39 @@ mod tests {
                 Ok(_) => panic!("{args:?} was accepted"),
             };
             assert!(message.contains(reason), "{args:?}: {message}");
+        }
+    }
+
+    #[test]
+    fn peer_ranges_come_from_the_flags_and_bad_ones_are_refused() {
+        let s = settings_of(&["--turn", "127.0.0.1", "--turn-secret", "s"])
+            .unwrap()
+            .unwrap();
+        assert_eq!(s.server.unwrap().peers, PeerPolicy::default());
+        let s = settings_of(&[
+            "--turn",
+            "127.0.0.1",
+            "--turn-secret",
+            "s",
+            "--turn-allow-peer",
+            "127.0.0.0/8",
+            "--turn-allow-peer",
+            "::1",
+            "--turn-deny-peer",
+            "192.0.2.0/24",
+        ])
+        .unwrap()
+        .unwrap();
+        let peers = s.server.unwrap().peers;
+        let text = |v: &[fog_turn::server::IpPrefix]| {
+            v.iter().map(ToString::to_string).collect::<Vec<_>>()
+        };
+        assert_eq!(text(&peers.allow), ["127.0.0.0/8", "::1/128"]);
+        assert_eq!(text(&peers.deny), ["192.0.2.0/24"]);
+        for bad in ["10.0.0.1/8", "10.0.0.0/40", "example.org"] {
+            let parsed =
+                Cli::try_parse_from(["fogd", "--turn", "127.0.0.1", "--turn-allow-peer", bad]);
+            assert!(parsed.is_err(), "{bad}");
         }
     }
 

@@ -300,3 +300,66 @@ fn help_documents_the_defaults() {
         );
     }
 }
+
+/// Sends `n` Binding requests to fogd while it is stopped (SIGSTOP), so that all of them wait in
+/// its socket's receive buffer at once, then lets it run and returns how many it received.
+fn burst_while_stopped(extra: &[&str], n: usize) -> (u64, String) {
+    let mut args = vec!["--stun-no-rate-limit"];
+    args.extend_from_slice(extra);
+    let fogd = Fogd::start_with(|p1, _| (SocketAddr::new(A1, p1), None), &args);
+    let log = fogd.child.stderr_text();
+    let pid = fogd.child.id().to_string();
+    let signal = |sig: &str| {
+        let status = Command::new("kill").args([sig, &pid]).status().unwrap();
+        assert!(status.success(), "kill {sig}");
+    };
+    signal("-STOP");
+    let socket = client();
+    let mut buf = [0u8; 1500];
+    for i in 0..n {
+        let mut id = [0u8; 12];
+        id[..8].copy_from_slice(&(i as u64).to_be_bytes());
+        let req = BindingRequest::new(TransactionId::new(id));
+        let len = req.encode(&mut buf).unwrap();
+        socket.send_to(&buf[..len], fogd.primary).unwrap();
+    }
+    signal("-CONT");
+    std::thread::sleep(Duration::from_millis(500));
+    let stats = fogd.stop();
+    (stats.get("received"), log)
+}
+
+/// fogd asks for 4 MiB socket buffers by default and logs what it got; a burst of 4,000
+/// requests then all wait in the kernel until fogd reads them. With the OS default (about
+/// 208 KiB on Linux, `--udp-recv-buffer 0`) the same burst overflows the socket.
+#[test]
+fn large_socket_buffers_absorb_a_burst() {
+    let n = 4000;
+    let (received, log) = burst_while_stopped(&[], n);
+    let rmem_max: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    let granted = log
+        .lines()
+        .find(|l| l.contains("STUN listening"))
+        .and_then(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("recv_buffer="))
+        })
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or_else(|| panic!("no recv_buffer in the start-up line\n{log}"));
+    // Linux grants min(asked, rmem_max) and reports twice that.
+    assert!(
+        granted >= 2 * rmem_max.min(4 << 20),
+        "granted {granted}, rmem_max {rmem_max}\n{log}"
+    );
+    if rmem_max >= 1 << 20 {
+        assert_eq!(received, n as u64, "every request of the burst was read");
+    }
+    let (received, _) = burst_while_stopped(&["--udp-recv-buffer", "0"], n);
+    assert!(
+        received < n as u64,
+        "the OS default buffer held all {n}: the burst proves nothing"
+    );
+}

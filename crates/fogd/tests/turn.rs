@@ -10,12 +10,15 @@
 //! - the same fog-turn client against fogd, with credentials and the `turn:` URL that fogd's
 //!   signaling hands out from the same secret.
 //!
-//! uclient runs with `-s` (Send indications, no channels): it draws channel numbers from RFC
-//! 5766's 0x4000–0x7FFF, and fog-turn keeps RFC 8656 §12's 0x4000–0x4FFF, because RFC 9443
-//! gives first bytes 0x50–0x7F to QUIC on a shared socket. The channel path is checked both ways
-//! by the fog-turn client against coturn and against fogd. It also runs with `-c` (no RTCP
-//! allocation), since RTCP pairs ask for EVEN-PORT with a reservation, which fog-turn answers with
-//! 508.
+//! uclient runs both in its default channel mode, where it draws channel numbers from RFC 5766's
+//! 0x4000–0x7FFF (fogd accepts them, though fog-turn's own client binds only RFC 8656 §12's
+//! 0x4000–0x4FFF, because RFC 9443 gives first bytes 0x50–0x7F to QUIC on a shared socket), and
+//! with `-s` (Send indications). It also runs with `-c` (no RTCP allocation), since RTCP pairs
+//! ask for EVEN-PORT with a reservation, which fog-turn answers with 508.
+//!
+//! Every peer here is on loopback, which fogd refuses by default (RFC 8656 §21.3; coturn's
+//! CVE-2020-26262): the tests opt in with `--turn-allow-peer 127.0.0.0/8`, and one checks the
+//! refusals without it.
 //!
 //! Relayed ports come from 20000–31999, below Linux's default ephemeral range (32768–60999), so
 //! that ports the OS hands to other processes' sockets do not land in them.
@@ -357,6 +360,9 @@ fn fog_turn_client_relays_both_ways_through_coturn() {
     drop(coturn.child);
 }
 
+/// The next [`relay_ports`] slot for [`TurnFogd::start`]; other tests use slots below 100.
+static NEXT_SLOT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(100);
+
 /// fogd serving TURN (and `extra`) on a free port with relay ports from `relay_ports(slot)`,
 /// once it logs `TURN listening`.
 struct TurnFogd {
@@ -375,7 +381,10 @@ impl TurnFogd {
         for attempt in 0..5 {
             let (port, _) = free_port_pair();
             let addr = SocketAddr::new(A1, port);
-            let (low, high) = ports.unwrap_or_else(|| relay_ports(10 + attempt));
+            // A slot of its own for each start, so that tests running at once do not draw
+            // relay ports from the same range (a collision is handled, but counted).
+            let slot = NEXT_SLOT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let (low, high) = ports.unwrap_or_else(|| relay_ports(slot + attempt));
             let mut command = Command::new(env!("CARGO_BIN_EXE_fogd"));
             command.arg("--turn").arg(addr.to_string());
             command.args(["--turn-secret", SECRET]);
@@ -454,6 +463,82 @@ impl UclientTotals {
     }
 }
 
+/// Peers on loopback are refused unless allowed; these tests' peers all are.
+const ALLOW_LOOPBACK: [&str; 2] = ["--turn-allow-peer", "127.0.0.0/8"];
+
+/// Runs uclient against a fogd started with `fogd_args`: `clients` clients (`-m`) sending
+/// `messages` messages (`-n`) of `length` bytes (`-l`) each to each other's relayed address
+/// (`-y`), with `mode` flags; returns its totals and fogd's final counters.
+fn uclient_through_fogd(
+    uclient: &Path,
+    fogd_args: &[&str],
+    mode: &[&str],
+    (clients, messages, length): (u64, u64, u64),
+) -> (UclientTotals, FinalStats, String) {
+    let fogd = TurnFogd::start(fogd_args);
+    let mut args: Vec<String> = ["-y", "-c", "-W", SECRET, "-u", "alice"]
+        .iter()
+        .chain(mode)
+        .map(|s| (*s).to_owned())
+        .collect();
+    args.extend([
+        "-m".to_owned(),
+        clients.to_string(),
+        "-n".to_owned(),
+        messages.to_string(),
+        "-l".to_owned(),
+        length.to_string(),
+        "-p".to_owned(),
+        fogd.addr.port().to_string(),
+        "127.0.0.1".to_owned(),
+    ]);
+    let output = support::run_tool(uclient, &args, Duration::from_secs(60));
+    let text = output.text();
+    let stats = fogd.stop();
+    let context = format!(
+        "uclient {args:?}
+{text}
+fogd: {stats:?}"
+    );
+    assert!(
+        output.status.is_some_and(|s| s.success()),
+        "uclient failed: {context}"
+    );
+    let totals = UclientTotals::parse(&output.stdout)
+        .unwrap_or_else(|| panic!("no totals in uclient's output: {context}"));
+    (totals, stats, context)
+}
+
+/// uclient's run lost nothing and every message went client → relay → the other client's
+/// relayed address → that client.
+fn assert_lossless(totals: &UclientTotals, stats: &FinalStats, want: u64, context: &str) {
+    assert_eq!(
+        *totals,
+        UclientTotals {
+            sent: want,
+            received: want,
+            lost: 0
+        },
+        "{context}"
+    );
+    assert_eq!(stats.get("relayed_to_peer"), want, "{context}");
+    assert_eq!(stats.get("relayed_to_client"), want, "{context}");
+    assert_eq!(stats.get("bound"), stats.get("allocated"), "{context}");
+    assert_eq!(stats.get("unbound"), stats.get("released"), "{context}");
+    for zero in [
+        "bind_errors",
+        "dropped_no_permission",
+        "dropped_no_allocation",
+        "dropped_bandwidth",
+        "refused_peer",
+        "dropped_forbidden_peer",
+        "malformed",
+        "send_errors",
+    ] {
+        assert_eq!(stats.get(zero), 0, "{zero}: {context}");
+    }
+}
+
 #[test]
 fn coturn_uclient_relays_through_fogd_without_loss() {
     let Some([uclient]) = interop_tools(
@@ -462,63 +547,133 @@ fn coturn_uclient_relays_through_fogd_without_loss() {
     ) else {
         return;
     };
-    let fogd = TurnFogd::start(&[]);
-    // Two clients (-m 2) sending to each other's relayed address (-y), 50 messages each.
+    // Two clients (-m 2) sending to each other's relayed address (-y), 50 messages each, by Send
+    // indication (-s).
     let (clients, messages) = (2u64, 50u64);
-    let args: Vec<String> = [
-        "-y",
-        "-s",
-        "-c",
-        "-W",
-        SECRET,
-        "-u",
-        "alice",
-        "-m",
-        &clients.to_string(),
-        "-n",
-        &messages.to_string(),
-        "-p",
-        &fogd.addr.port().to_string(),
-        "127.0.0.1",
-    ]
-    .map(String::from)
-    .to_vec();
-    let output = support::run_tool(&uclient, &args, Duration::from_secs(60));
-    let text = output.text();
-    let stats = fogd.stop();
-    let context = format!("{text}\nfogd: {stats:?}");
-    assert!(
-        output.status.is_some_and(|s| s.success()),
-        "uclient failed: {context}"
-    );
-    let totals = UclientTotals::parse(&output.stdout)
-        .unwrap_or_else(|| panic!("no totals in uclient's output: {context}"));
-    let want = clients * messages;
-    assert_eq!(
-        totals,
-        UclientTotals {
-            sent: want,
-            received: want,
-            lost: 0
-        },
-        "{context}"
-    );
-    // Every message went client → relay → the other client's relayed address → that client.
-    assert_eq!(stats.get("relayed_to_peer"), want, "{context}");
-    assert_eq!(stats.get("relayed_to_client"), want, "{context}");
+    let (totals, stats, context) =
+        uclient_through_fogd(&uclient, &ALLOW_LOOPBACK, &["-s"], (clients, messages, 100));
     assert!(stats.get("allocated") >= clients, "{context}");
-    assert_eq!(stats.get("bound"), stats.get("allocated"), "{context}");
-    assert_eq!(stats.get("unbound"), stats.get("released"), "{context}");
-    for zero in [
-        "bind_errors",
-        "dropped_no_permission",
-        "dropped_no_allocation",
-        "dropped_bandwidth",
-        "malformed",
-        "send_errors",
-    ] {
-        assert_eq!(stats.get(zero), 0, "{zero}: {context}");
+    assert_lossless(&totals, &stats, clients * messages, &context);
+}
+
+/// uclient's default mode: ChannelBind with numbers from RFC 5766's 0x4000–0x7FFF, then
+/// ChannelData both ways. Four clients bind enough channels that some land above 0x4FFF.
+#[test]
+fn coturn_uclient_relays_through_fogd_in_its_default_channel_mode() {
+    let Some([uclient]) = interop_tools(
+        "coturn_uclient_relays_through_fogd_in_its_default_channel_mode",
+        ["turnutils_uclient"],
+    ) else {
+        return;
+    };
+    let (clients, messages) = (4u64, 50u64);
+    let (totals, stats, context) =
+        uclient_through_fogd(&uclient, &ALLOW_LOOPBACK, &[], (clients, messages, 100));
+    assert!(stats.get("allocated") >= clients, "{context}");
+    assert_lossless(&totals, &stats, clients * messages, &context);
+}
+
+/// `--turn-bandwidth 0` is no limit: 10 clients × 500 messages × 1,000 bytes, 1 MB through each
+/// allocation, which the old reading (a 64 KiB bucket never refilled) dropped 93 % of.
+#[test]
+fn turn_bandwidth_zero_is_unlimited() {
+    let Some([uclient]) = interop_tools("turn_bandwidth_zero_is_unlimited", ["turnutils_uclient"])
+    else {
+        return;
+    };
+    let mut fogd_args = ALLOW_LOOPBACK.to_vec();
+    // uclient makes more allocations than -m says; the per-user quota is not under test.
+    fogd_args.extend([
+        "--turn-bandwidth",
+        "0",
+        "--turn-max-allocations-per-user",
+        "100",
+    ]);
+    let (clients, messages) = (10u64, 500u64);
+    let (totals, stats, context) =
+        uclient_through_fogd(&uclient, &fogd_args, &["-s"], (clients, messages, 1000));
+    assert_eq!(stats.get("dropped_bandwidth"), 0, "{context}");
+    // uclient's own loss on a shared 2-core machine is not fogd's: count what fogd saw.
+    assert_eq!(stats.get("relayed_to_peer"), totals.sent, "{context}");
+    assert_eq!(totals.sent, clients * messages, "{context}");
+}
+
+/// Without `--turn-allow-peer`, a loopback peer is refused (403 for the permission and the
+/// channel, counted); with it, fogd's own STUN and TURN ports stay refused for channels and
+/// sends, while its relayed addresses are peers like any other.
+#[test]
+fn fogd_refuses_loopback_peers_and_its_own_ports() {
+    let peer = UdpSocket::bind((A1, 0)).unwrap();
+    let peer_addr = peer.local_addr().unwrap();
+    let (username, password) = credentials("erin");
+
+    let fogd = TurnFogd::start(&[]);
+    let mut client = TurnClient::new(fogd.addr, &username, &password);
+    client.command(|c, now| c.allocate(now)).expect("allocate");
+    client.wait("Allocated", |e| {
+        matches!(e, Event::Allocated { .. }).then_some(())
+    });
+    client
+        .command(|c, now| c.create_permission(now, peer_addr.ip()))
+        .unwrap();
+    let code = client.wait("the permission's refusal", |e| match e {
+        Event::Error(Error::Rejected {
+            request: Request::CreatePermission(_),
+            code,
+            ..
+        }) => Some(*code),
+        _ => None,
+    });
+    assert_eq!(code, 403);
+    let stats = fogd.stop();
+    assert_eq!(stats.get("refused_peer"), 1, "{stats:?}");
+
+    let stun_port = free_port_pair().0;
+    let stun = SocketAddr::new(A1, stun_port);
+    let mut args = ALLOW_LOOPBACK.to_vec();
+    let stun_arg = stun.to_string();
+    args.extend(["--stun", &stun_arg]);
+    let fogd = TurnFogd::start(&args);
+    let mut client = TurnClient::new(fogd.addr, &username, &password);
+    client.command(|c, now| c.allocate(now)).expect("allocate");
+    client.wait("Allocated", |e| {
+        matches!(e, Event::Allocated { .. }).then_some(())
+    });
+    for own in [stun, fogd.addr] {
+        client.command(|c, now| c.bind_channel(now, own)).unwrap();
+        let code = client.wait("the channel's refusal", |e| match e {
+            Event::Error(Error::Rejected {
+                request: Request::ChannelBind(p),
+                code,
+                ..
+            }) if *p == own => Some(*code),
+            _ => None,
+        });
+        assert_eq!(code, 403, "{own}");
+        // A Send indication to it is dropped: a Binding request relayed to fogd's STUN port
+        // would come back as a Data indication.
+        client.events.clear();
+        client
+            .command(|c, now| c.send_to(now, own, b"\x00\x01\x00\x00"))
+            .unwrap();
     }
+    // The loopback peer is allowed now.
+    client
+        .command(|c, now| c.create_permission(now, peer_addr.ip()))
+        .unwrap();
+    client.wait("PermissionCreated", |e| match e {
+        Event::PermissionCreated { .. } => Some(()),
+        _ => None,
+    });
+    client
+        .command(|c, now| c.send_to(now, peer_addr, b"hello"))
+        .unwrap();
+    let relayed = client.driver.machine().relayed_address().unwrap();
+    assert_eq!(peer_receives(&peer, relayed, 1), [b"hello".to_vec()]);
+    let stats = fogd.stop();
+    assert_eq!(stats.get("refused_peer"), 2, "{stats:?}");
+    assert_eq!(stats.get("dropped_forbidden_peer"), 2, "{stats:?}");
+    assert_eq!(stats.get("relayed_to_peer"), 1, "{stats:?}");
 }
 
 #[test]
@@ -533,6 +688,8 @@ fn fog_turn_client_relays_through_fogd_with_signalings_credentials() {
         SECRET,
         "--turn-ports",
         &format!("{low}-{high}"),
+        ALLOW_LOOPBACK[0],
+        ALLOW_LOOPBACK[1],
     ]);
     let mut child = signal.child;
     assert!(
@@ -635,7 +792,7 @@ fn fogd_moves_an_allocation_off_relay_ports_another_process_holds() {
         .collect();
     assert_eq!(held.len(), 3);
 
-    let fogd = TurnFogd::start_with_ports(Some((base, base + 3)), &[]);
+    let fogd = TurnFogd::start_with_ports(Some((base, base + 3)), &ALLOW_LOOPBACK);
     let (username, password) = credentials("carol");
     let exchange = exercise_relay(fogd.addr, &username, &password);
     assert_eq!(exchange.relayed, SocketAddr::new(A1, free), "{exchange:?}");
@@ -658,7 +815,7 @@ fn the_turn_table_of_a_config_file_sets_the_secret_file_and_the_quotas() {
         let config = support::scratch_file("fogd.toml");
         let toml = format!(
             "[turn]\nturn = \"{addr}\"\nturn-secret-file = \"{}\"\nturn-ports = \"{low}-{high}\"\n\
-             turn-max-allocations = 1\n",
+             turn-max-allocations = 1\nturn-allow-peer = [\"10.1.0.0/16\", \"127.0.0.0/8\"]\n",
             secret_file.display()
         );
         std::fs::write(&config, toml).unwrap();
@@ -672,6 +829,10 @@ fn the_turn_table_of_a_config_file_sets_the_secret_file_and_the_quotas() {
         let log = child.stderr_text();
         assert!(log.contains(&format!("relay_ports={low}-{high}")), "{log}");
         assert!(log.contains("max_allocations=1 "), "{log}");
+        assert!(
+            log.contains(r#"allow_peer=["10.1.0.0/16", "127.0.0.0/8"]"#),
+            "{log}"
+        );
 
         // The secret read from the file works; the quota of one allocation holds.
         let (username, password) = credentials("dave");

@@ -4,7 +4,8 @@ use std::time::{Duration, Instant};
 
 const NANOS_PER_SEC: u128 = 1_000_000_000;
 
-/// `rate` bytes per second, at most `burst` saved up; starts full.
+/// `rate` bytes per second, at most `burst` saved up; starts full. A rate of 0 means no limit
+/// (fogd's `--turn-bandwidth 0`), not "the first burst and nothing after".
 #[derive(Debug, Clone)]
 pub(crate) struct TokenBucket {
     rate: u64,
@@ -27,6 +28,9 @@ impl TokenBucket {
 
     /// Takes `n` bytes if there are enough tokens.
     pub(crate) fn take(&mut self, now: Instant, n: usize) -> bool {
+        if self.rate == 0 {
+            return true;
+        }
         self.refill(now);
         let n = n as u64;
         if self.tokens >= n {
@@ -38,9 +42,6 @@ impl TokenBucket {
     }
 
     fn refill(&mut self, now: Instant) {
-        if self.rate == 0 {
-            return;
-        }
         let elapsed = now.saturating_duration_since(self.credited).as_nanos();
         let earned = elapsed * u128::from(self.rate) / NANOS_PER_SEC;
         if earned == 0 {
@@ -81,5 +82,17 @@ mod tests {
         let later = t + Duration::from_secs(60);
         assert!(b.take(later, 500));
         assert!(!b.take(later, 1));
+    }
+
+    #[test]
+    fn rate_zero_is_unlimited() {
+        #[allow(clippy::disallowed_methods)] // tests take any epoch
+        let t0 = Instant::now();
+        // The burst fogd used to pair with 0: once spent, the old bucket never refilled.
+        let mut b = TokenBucket::new(t0, 0, 65_535);
+        for i in 0..10_000u32 {
+            let t = t0 + Duration::from_micros(u64::from(i));
+            assert!(b.take(t, 65_535), "datagram {i}");
+        }
     }
 }

@@ -25,6 +25,17 @@
 //! so a spoofed source cannot turn the server into a reflector; indications and malformed
 //! datagrams are never answered.
 //!
+//! # Which peers ([`PeerPolicy`])
+//!
+//! Permissions, channel binds and Send indications towards unspecified, loopback, link-local,
+//! multicast, broadcast, private (RFC 1918, ULA) and carrier-grade addresses, their IPv6 forms
+//! and IPv4 addresses embedded in IPv6, and the server's own service addresses are refused (403,
+//! counted in [`Stats::refused_peer`]; a Send indication is dropped and counted in
+//! [`Stats::dropped_forbidden_peer`]) unless [`ServerConfig::peers`] allows them: without this
+//! any authenticated client could reach the relay host's loopback services and its private
+//! network (the hole of coturn's CVE-2020-26262). RFC 8656 §21.3 leaves that filter to the
+//! server and §9 lets it answer 403.
+//!
 //! # Quotas ([`Limits`])
 //!
 //! Allocations in total (1,000) and per user (10; the user is the part of the username after
@@ -34,6 +45,7 @@
 //! Anything over is dropped and counted in [`Stats`].
 
 mod bucket;
+mod peer;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -50,6 +62,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::auth::{AuthSecret, TimedUsername};
 use crate::wire::{AddressFamily, ChannelData, TRANSPORT_UDP, TurnMessage, code, method};
 use bucket::TokenBucket;
+pub use peer::{IpPrefix, PeerPolicy, PrefixError, Refusal, ReservedClass, embedded_v4};
 
 /// How long a permission lives (RFC 8656 §9: 300 s, not configurable).
 pub const PERMISSION_LIFETIME: Duration = Duration::from_secs(300);
@@ -128,11 +141,14 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// SOFTWARE in authenticated responses, if any (RFC 8489 §14.14).
     pub software: Option<String>,
+    /// Which peers the relay may reach; the default refuses reserved and private addresses.
+    pub peers: PeerPolicy,
 }
 
 impl ServerConfig {
     /// A server on `listen` relaying from `listen`'s IP over [`DEFAULT_RELAY_PORTS`], with
-    /// default [`Limits`] and no SOFTWARE.
+    /// default [`Limits`], the default [`PeerPolicy`] (no reserved or private peers) and no
+    /// SOFTWARE.
     pub fn new(
         listen: SocketAddr,
         realm: impl Into<String>,
@@ -150,6 +166,7 @@ impl ServerConfig {
             unix_epoch,
             limits: Limits::default(),
             software: None,
+            peers: PeerPolicy::default(),
         }
     }
 }
@@ -215,6 +232,11 @@ pub struct Stats {
     pub dropped_buffer: u64,
     /// Relayed addresses the driver could not bind ([`SansIo::handle_bind_error`]).
     pub relay_bind_errors: u64,
+    /// Of `requests`, CreatePermission and ChannelBind refused with 403 because a peer address
+    /// is one [`ServerConfig::peers`] forbids.
+    pub refused_peer: u64,
+    /// (in) Send indications to a peer address [`ServerConfig::peers`] forbids: dropped.
+    pub dropped_forbidden_peer: u64,
 }
 
 /// A TURN allocation's 5-tuple; the transport is always UDP here.
@@ -498,6 +520,12 @@ impl Server {
         self.reply(to, msg, None);
     }
 
+    /// A 403 for a peer address the policy forbids (RFC 8656 §9, §12.2), counted.
+    fn refuse_peer(&mut self, to: SocketAddr, request: &TurnMessage, key: &IntegrityKey) {
+        self.stats.refused_peer += 1;
+        self.error(to, request, code::FORBIDDEN, key);
+    }
+
     fn error(&mut self, to: SocketAddr, request: &TurnMessage, code: u16, key: &IntegrityKey) {
         self.reply(to, TurnMessage::error_response(request, code), Some(key));
     }
@@ -519,7 +547,9 @@ impl Server {
         };
         match p.payload.first() {
             Some(0..=3) => {}
-            Some(0x40..=0x4F) => return self.channel_data(now, ft, p.payload),
+            // Channels 0x4000–0x7FFF ([`ChannelData::MAX_CHANNEL_ACCEPTED`]): the listen
+            // socket carries TURN alone, so the first bytes RFC 9443 gives QUIC are free here.
+            Some(0x40..=0x7F) => return self.channel_data(now, ft, p.payload),
             _ => {
                 self.stats.dropped_malformed += 1;
                 return;
@@ -579,6 +609,12 @@ impl Server {
             self.challenge(now, from, msg, code::UNAUTHORIZED);
             return None;
         };
+        // The user part names whose quota an allocation counts against; an empty one (`<expiry>:`
+        // or a bare `<expiry>`) would pool every such client into one anonymous user.
+        if timed.user.is_empty() {
+            self.challenge(now, from, msg, code::UNAUTHORIZED);
+            return None;
+        }
         if timed.expiry <= self.unix_now(now) || *realm != self.config.realm {
             self.challenge(now, from, msg, code::UNAUTHORIZED);
             return None;
@@ -898,6 +934,16 @@ impl Server {
         {
             return self.error(ft.client, msg, code::PEER_ADDRESS_FAMILY_MISMATCH, key);
         }
+        // §9: the server may refuse a peer address it does not want to relay to (403); all or
+        // nothing, like the quota. A permission names an IP only (§9), so the own-address check
+        // on ports waits for ChannelBind and Send.
+        if msg
+            .xor_peer_addresses
+            .iter()
+            .any(|p| self.config.peers.check_ip(p.ip()).is_some())
+        {
+            return self.refuse_peer(ft.client, msg, key);
+        }
         // All or nothing: the quota is checked for every address before any is installed, so a
         // 508 leaves no permission behind.
         let max = self.config.limits.max_permissions;
@@ -934,8 +980,16 @@ impl Server {
         if !ChannelData::is_valid_channel(number) {
             return self.error(ft.client, msg, code::BAD_REQUEST, key);
         }
+        // Port 0 cannot be sent to; every datagram on the channel would be a send error
+        // (RFC 8656 §12.2 lets the server reject the request with 400).
+        if peer.port() == 0 {
+            return self.error(ft.client, msg, code::BAD_REQUEST, key);
+        }
         if AddressFamily::of(peer.ip()) != AddressFamily::of(self.config.relay_ip) {
             return self.error(ft.client, msg, code::PEER_ADDRESS_FAMILY_MISMATCH, key);
+        }
+        if self.config.peers.check(peer, self.config.listen).is_some() {
+            return self.refuse_peer(ft.client, msg, key);
         }
         let max_channels = self.config.limits.max_channels;
         let max_perms = self.config.limits.max_permissions;
@@ -990,6 +1044,12 @@ impl Server {
             self.stats.dropped_malformed += 1;
             return;
         };
+        // A forbidden IP never gets a permission, but the own-address check is per port; and a
+        // separate counter tells an operator who is probing.
+        if self.config.peers.check(peer, self.config.listen).is_some() {
+            self.stats.dropped_forbidden_peer += 1;
+            return;
+        }
         self.relay_out(now, ft, peer, data);
     }
 

@@ -44,10 +44,15 @@ struct Creds {
 
 impl H {
     fn new(limits: Limits) -> Self {
+        Self::with_peers(limits, PeerPolicy::default())
+    }
+
+    fn with_peers(limits: Limits, peers: PeerPolicy) -> Self {
         #[allow(clippy::disallowed_methods)] // tests take any epoch
         let t0 = Instant::now();
         let mut config = ServerConfig::new(listen(), REALM, secret(), [7; 32], (t0, UNIX0));
         config.limits = limits;
+        config.peers = peers;
         config.relay_ports = 50000..=50009;
         Self {
             server: Server::new(config),
@@ -803,4 +808,259 @@ fn when_no_relayed_port_can_be_bound_the_allocate_gets_508_and_leaves_nothing() 
     assert_eq!(h.server.poll_timeout(), None);
     // The user's quota is not held by it.
     assert!(h.server.per_user.is_empty());
+}
+
+/// A CreatePermission for `peers`, a ChannelBind to `peer` on `channel`; their answers.
+fn permission_and_bind(
+    h: &mut H,
+    creds: &Creds,
+    peer: SocketAddr,
+    channel: u16,
+) -> (TurnMessage, TurnMessage) {
+    let mut perm = h.request(method::CREATE_PERMISSION, Some(creds));
+    perm.xor_peer_addresses = vec![peer];
+    let perm = h.ask(&perm, Some(&creds.key));
+    let mut bind = h.request(method::CHANNEL_BIND, Some(creds));
+    bind.channel_number = Some(channel);
+    bind.xor_peer_addresses = vec![peer];
+    (perm, h.ask(&bind, Some(&creds.key)))
+}
+
+/// A Send indication of `data` to `peer` from the client; what leaves.
+fn send_to(h: &mut H, peer: SocketAddr, data: &[u8]) -> Vec<(Transmit, Vec<u8>)> {
+    let mut send = TurnMessage::new(Class::Indication, method::SEND, h.tid());
+    send.xor_peer_addresses = vec![peer];
+    send.data = Some(data.to_vec());
+    h.input(client(), listen(), &send.to_bytes(None).unwrap())
+}
+
+/// The CVE-2020-26262 class of hole: every reserved class is refused with 403 for a permission
+/// and a channel, and a Send to it goes nowhere; each refusal is counted.
+#[test]
+fn reserved_peers_are_refused_by_default() {
+    let mut h = H::new(Limits::default());
+    let (creds, _) = h.allocated();
+    let peers = [
+        "0.0.0.0:5000",         // unspecified (Linux delivers it to local sockets)
+        "127.0.0.1:3478",       // loopback
+        "169.254.169.254:80",   // link-local: cloud metadata
+        "224.0.0.1:5000",       // multicast
+        "255.255.255.255:5000", // broadcast
+        "10.0.0.1:5000",        // RFC 1918
+        "172.16.5.4:5000",      // RFC 1918
+        "192.168.1.1:5000",     // RFC 1918
+        "100.64.0.1:5000",      // carrier-grade NAT
+    ];
+    let mut refused = 0;
+    for (i, p) in peers.iter().enumerate() {
+        let (perm, bind) = permission_and_bind(&mut h, &creds, addr(p), 0x4000 + i as u16);
+        assert_eq!(perm.error_code(), Some(code::FORBIDDEN), "{p}");
+        assert_eq!(bind.error_code(), Some(code::FORBIDDEN), "{p}");
+        refused += 2;
+        assert!(send_to(&mut h, addr(p), b"probe").is_empty(), "{p}");
+    }
+    let stats = *h.server.stats();
+    assert_eq!(stats.refused_peer, refused);
+    assert_eq!(stats.dropped_forbidden_peer, peers.len() as u64);
+    assert_eq!(stats.relayed_to_peer, 0);
+    // All or nothing: a public peer beside a private one installs nothing.
+    let mut perm = h.request(method::CREATE_PERMISSION, Some(&creds));
+    perm.xor_peer_addresses = vec![peer(), addr("10.0.0.1:1")];
+    assert_eq!(h.ask(&perm, Some(&creds.key)).error_code(), Some(403));
+    assert!(send_to(&mut h, peer(), b"x").is_empty());
+    assert_eq!(h.server.stats().dropped_no_permission, 1);
+}
+
+/// The same for an IPv6 relay: ::1, ::, link-local, multicast, ULA and IPv4-mapped forms of
+/// denied IPv4 addresses.
+#[test]
+fn reserved_ipv6_peers_are_refused_by_default() {
+    #[allow(clippy::disallowed_methods)] // tests take any epoch
+    let t0 = Instant::now();
+    let mut config = ServerConfig::new(listen(), REALM, secret(), [7; 32], (t0, UNIX0));
+    config.relay_ip = "2001:db8::1".parse().unwrap();
+    config.relay_ports = 50000..=50009;
+    let mut h = H {
+        server: Server::new(config),
+        t0,
+        now: t0,
+        next_tid: 0,
+        requests: Vec::new(),
+    };
+    let creds = h.login_from(client(), "alice");
+    let mut msg = h.request(method::ALLOCATE, Some(&creds));
+    msg.requested_transport = Some(TRANSPORT_UDP);
+    msg.requested_address_family = Some(AddressFamily::V6);
+    assert_eq!(h.ask(&msg, Some(&creds.key)).class, Class::SuccessResponse);
+    for (i, p) in [
+        "[::1]:5000",
+        "[::]:5000",
+        "[fe80::1]:5000",
+        "[ff02::1]:5000",
+        "[fd12:3456::1]:5000",
+        "[::ffff:127.0.0.1]:5000",
+        "[::ffff:10.0.0.1]:5000",
+        "[64:ff9b::a9fe:a9fe]:80",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let (perm, bind) = permission_and_bind(&mut h, &creds, addr(p), 0x4000 + i as u16);
+        assert_eq!(perm.error_code(), Some(code::FORBIDDEN), "{p}");
+        assert_eq!(bind.error_code(), Some(code::FORBIDDEN), "{p}");
+    }
+    let (perm, bind) = permission_and_bind(&mut h, &creds, addr("[2001:db8::9]:5000"), 0x4100);
+    assert_eq!(perm.class, Class::SuccessResponse);
+    assert_eq!(bind.class, Class::SuccessResponse);
+}
+
+/// The operator's ranges: an allowed private range relays; a denied public range does not; the
+/// server's own addresses stay refused even inside an allowed range.
+#[test]
+fn operator_ranges_and_the_servers_own_addresses() {
+    let policy = PeerPolicy {
+        allow: vec![
+            "10.1.0.0/16".parse().unwrap(),
+            "198.51.100.0/24".parse().unwrap(),
+        ],
+        deny: vec!["203.0.113.0/24".parse().unwrap()],
+        own: vec![addr("198.51.100.1:3479")],
+    };
+    let mut h = H::with_peers(Limits::default(), policy);
+    let (creds, relayed) = h.allocated();
+    let (perm, bind) = permission_and_bind(&mut h, &creds, addr("10.1.2.3:6000"), 0x4000);
+    assert_eq!(
+        (perm.class, bind.class),
+        (Class::SuccessResponse, Class::SuccessResponse)
+    );
+    let out = send_to(&mut h, addr("10.1.2.3:6000"), b"in");
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].0.source, Some(relayed));
+    let (perm, _) = permission_and_bind(&mut h, &creds, addr("10.2.0.1:6000"), 0x4001);
+    assert_eq!(perm.error_code(), Some(403), "outside the allowed range");
+    let (perm, bind) = permission_and_bind(&mut h, &creds, peer(), 0x4002);
+    assert_eq!(perm.error_code(), Some(403), "denied");
+    assert_eq!(bind.error_code(), Some(403), "denied");
+
+    // The listen address and the STUN port beside it: a permission for their IP is fine (it is
+    // also the relayed addresses' IP), but a channel or a Send to those ports is not.
+    for own in [listen(), addr("198.51.100.1:3479")] {
+        let (perm, bind) = permission_and_bind(&mut h, &creds, own, 0x4003);
+        assert_eq!(perm.class, Class::SuccessResponse, "{own}");
+        assert_eq!(bind.error_code(), Some(403), "{own}");
+        assert!(send_to(&mut h, own, b"binding?").is_empty(), "{own}");
+    }
+    // Another allocation's relayed address on the same IP is a peer like any other.
+    let other = addr("198.51.100.1:50005");
+    assert_eq!(send_to(&mut h, other, b"hi").len(), 1);
+    assert_eq!(h.server.stats().dropped_forbidden_peer, 2);
+}
+
+#[test]
+fn bandwidth_zero_is_unlimited() {
+    let limits = Limits {
+        bandwidth_bytes_per_s: 0,
+        burst_bytes: 65_535,
+        ..Limits::default()
+    };
+    let mut h = H::new(limits);
+    let (creds, relayed) = h.allocated();
+    h.permit(&creds, peer());
+    // 10 MB at one instant, far past any burst: all of it passes.
+    let chunk = [7u8; 1000];
+    for _ in 0..10_000 {
+        assert_eq!(h.input(peer(), relayed, &chunk).len(), 1);
+    }
+    assert_eq!(h.server.stats().dropped_bandwidth, 0);
+    assert_eq!(h.server.stats().relayed_to_client, 10_000);
+}
+
+#[test]
+fn bandwidth_above_what_is_sent_drops_nothing() {
+    let limits = Limits {
+        bandwidth_bytes_per_s: 1_000_000,
+        burst_bytes: 1_000_000,
+        ..Limits::default()
+    };
+    let mut h = H::new(limits);
+    let (creds, relayed) = h.allocated();
+    h.permit(&creds, peer());
+    // 500 kB/s for 10 s in 1 ms steps, half the rate.
+    let chunk = [7u8; 500];
+    for _ in 0..10_000 {
+        h.now += Duration::from_millis(1);
+        assert_eq!(h.input(peer(), relayed, &chunk).len(), 1);
+    }
+    assert_eq!(h.server.stats().dropped_bandwidth, 0);
+}
+
+/// RFC 5766's channel range, which clients such as coturn's uclient still use, both ways.
+#[test]
+fn rfc_5766_channel_numbers_are_accepted() {
+    let mut h = H::new(Limits::default());
+    let (creds, relayed) = h.allocated();
+    for (channel, p) in [(0x5000u16, peer()), (0x7FFF, addr("203.0.113.10:7"))] {
+        let mut bind = h.request(method::CHANNEL_BIND, Some(&creds));
+        bind.channel_number = Some(channel);
+        bind.xor_peer_addresses = vec![p];
+        assert_eq!(
+            h.ask(&bind, Some(&creds.key)).class,
+            Class::SuccessResponse,
+            "{channel:#x}"
+        );
+        let out = h.input(p, relayed, b"hello");
+        assert_eq!(
+            ChannelData::decode(&out[0].1).unwrap(),
+            ChannelData {
+                channel,
+                data: b"hello"
+            }
+        );
+        let mut buf = [0u8; 16];
+        let n = ChannelData {
+            channel,
+            data: b"back",
+        }
+        .encode(true, &mut buf)
+        .unwrap();
+        let out = h.input(client(), listen(), &buf[..n]);
+        assert_eq!(out.len(), 1, "{channel:#x}");
+        assert_eq!(out[0].0.destination, p);
+        assert_eq!(out[0].1, b"back");
+    }
+    let mut bind = h.request(method::CHANNEL_BIND, Some(&creds));
+    bind.channel_number = Some(0x8000);
+    bind.xor_peer_addresses = vec![addr("203.0.113.11:7")];
+    assert_eq!(h.ask(&bind, Some(&creds.key)).error_code(), Some(400));
+}
+
+#[test]
+fn a_channel_to_port_zero_is_refused() {
+    let mut h = H::new(Limits::default());
+    let (creds, _) = h.allocated();
+    let mut bind = h.request(method::CHANNEL_BIND, Some(&creds));
+    bind.channel_number = Some(0x4000);
+    bind.xor_peer_addresses = vec![addr("203.0.113.9:0")];
+    assert_eq!(h.ask(&bind, Some(&creds.key)).error_code(), Some(400));
+}
+
+#[test]
+fn an_empty_user_part_is_refused() {
+    let mut h = H::new(Limits::default());
+    let creds = h.login_from(client(), "alice");
+    let expiry = UNIX0 + 3600;
+    for username in [format!("{expiry}:"), format!("{expiry}")] {
+        let password = secret().password(&username);
+        let empty = Creds {
+            key: IntegrityKey::long_term(&username, REALM, &password),
+            username: username.clone(),
+            nonce: creds.nonce.clone(),
+        };
+        assert_eq!(
+            h.allocate_from(client(), &empty).error_code(),
+            Some(401),
+            "{username}"
+        );
+    }
+    assert_eq!(h.server.allocation_count(), 0);
 }

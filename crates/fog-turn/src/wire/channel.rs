@@ -9,7 +9,7 @@ pub const CHANNEL_DATA_HEADER_LEN: usize = 4;
 /// A ChannelData message: a zero-copy view on decode, the input of encode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChannelData<'a> {
-    /// The channel number, 0x4000–0x4FFF.
+    /// The channel number, 0x4000–0x7FFF (see [`ChannelData::MAX_CHANNEL_ACCEPTED`]).
     pub channel: u16,
     /// The application data, without padding.
     pub data: &'a [u8],
@@ -20,8 +20,8 @@ pub struct ChannelData<'a> {
 pub enum ChannelDataError {
     /// Shorter than the 4-byte header.
     TooShort,
-    /// The channel number is outside 0x4000–0x4FFF (RFC 8656 §12.6 discards the reserved
-    /// 0x5000–0xFFFF; below 0x4000 the first byte is not ChannelData's at all).
+    /// The channel number is outside 0x4000–0x7FFF (at 0x8000 and above the first two bits
+    /// are not ChannelData's, and below 0x4000 the first byte is STUN's, RFC 9443 §3).
     BadChannel(u16),
     /// The length field claims more data than the datagram holds; RFC 8656 §12.6 discards it.
     Truncated,
@@ -42,12 +42,19 @@ impl std::error::Error for ChannelDataError {}
 impl<'a> ChannelData<'a> {
     /// Lowest channel number (RFC 8656 §12).
     pub const MIN_CHANNEL: u16 = 0x4000;
-    /// Highest channel number (RFC 8656 §12).
+    /// Highest channel number fog-turn's client binds (RFC 8656 §12): it shares its socket with
+    /// QUIC, and RFC 9443 gives first bytes 0x50–0x7F to QUIC.
     pub const MAX_CHANNEL: u16 = 0x4FFF;
+    /// Highest channel number accepted in a ChannelBind and in ChannelData: RFC 5766 §11
+    /// allowed 0x4000–0x7FFF and RFC 8656 §12 narrowed it to 0x4FFF, but clients still draw
+    /// from the old range (coturn's `turnutils_uclient` does, and coturn accepts it). A TURN
+    /// server's socket carries no QUIC, so being liberal in what it accepts costs nothing there.
+    pub const MAX_CHANNEL_ACCEPTED: u16 = 0x7FFF;
 
-    /// Whether `channel` is one a ChannelBind may use.
+    /// Whether `channel` is one a ChannelBind may use and ChannelData may carry
+    /// ([`MIN_CHANNEL`](Self::MIN_CHANNEL)..=[`MAX_CHANNEL_ACCEPTED`](Self::MAX_CHANNEL_ACCEPTED)).
     pub const fn is_valid_channel(channel: u16) -> bool {
-        channel >= Self::MIN_CHANNEL && channel <= Self::MAX_CHANNEL
+        channel >= Self::MIN_CHANNEL && channel <= Self::MAX_CHANNEL_ACCEPTED
     }
 
     /// Reads a datagram. Never panics. Bytes after the data are taken for padding and ignored:

@@ -220,9 +220,17 @@ fn channel_data_bytes() {
         ChannelData::decode(&[0x40, 0]),
         Err(ChannelDataError::TooShort)
     );
+    // RFC 5766's upper channels are accepted (see MAX_CHANNEL_ACCEPTED); 0x8000 is not.
     assert_eq!(
-        ChannelData::decode(&hex("50 00 00 00")),
-        Err(ChannelDataError::BadChannel(0x5000))
+        ChannelData::decode(&hex("7f ff 00 00")),
+        Ok(ChannelData {
+            channel: 0x7fff,
+            data: &[]
+        })
+    );
+    assert_eq!(
+        ChannelData::decode(&hex("80 00 00 00")),
+        Err(ChannelDataError::BadChannel(0x8000))
     );
     assert_eq!(
         ChannelData::decode(&hex("3f ff 00 00")),
