@@ -200,10 +200,16 @@ impl ConnectArgs {
 /// `serve`, `connect`).
 #[derive(Debug, Args)]
 pub(crate) struct SignalingArgs {
-    /// The signaling server, e.g. ws://127.0.0.1:7600/ws (`fogd --signal 127.0.0.1:7600`). The port
-    /// defaults to 7600 and the path to /ws
-    #[arg(long, value_name = "ws://HOST[:PORT][/PATH]")]
+    /// The signaling server, e.g. ws://127.0.0.1:7600/ws (`fogd --signal 127.0.0.1:7600`), or
+    /// wss://... for one with a TLS certificate (`fogd --tls-cert`). The port defaults to 7600
+    /// and the path to /ws
+    #[arg(long, value_name = "ws[s]://HOST[:PORT][/PATH]")]
     pub(crate) signal: SignalUrl,
+
+    /// For wss://: trust only the certificates in this PEM file (a private CA, or the server's
+    /// self-signed certificate) [default: Mozilla's root program]
+    #[arg(long, value_name = "FILE")]
+    pub(crate) ca_file: Option<PathBuf>,
 
     /// This node's key file: loaded, or created with mode 0600 when missing [default: a new key for
     /// this run]

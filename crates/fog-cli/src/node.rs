@@ -51,6 +51,7 @@ fn start(args: &NodeArgs, alias: Option<&str>, accept: AcceptPolicy) -> Result<R
         });
     }
     let mut runtime_config = RuntimeConfig::new(config, args.signaling.signal.clone());
+    runtime_config.tls_roots = crate::peer::tls_roots(&args.signaling)?;
     match &args.interfaces {
         Interfaces::Auto => runtime_config.gather_every = Some(GATHER_EVERY),
         Interfaces::List(ips) => runtime_config.node.interfaces = ips.clone(),

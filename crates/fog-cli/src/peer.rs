@@ -82,8 +82,13 @@ impl Peer {
         let mut config = ClientConfig::new(key, args.signaling.signal.realm(), os_random()?);
         config.alias = alias.map(str::to_owned);
         let timeout = deadline.saturating_duration_since(Instant::now());
-        let mut connection =
-            Connection::open(&args.signaling.signal, config, timeout).map_err(|e| e.to_string())?;
+        let mut connection = Connection::open(
+            &args.signaling.signal,
+            &tls_roots(&args.signaling)?,
+            config,
+            timeout,
+        )
+        .map_err(|e| e.to_string())?;
         let local = connection.local_addr();
         let socket = UdpSocket::bind(SocketAddr::new(local.ip(), 0))
             .map_err(|e| format!("binding a UDP socket on {}: {e}", local.ip()))?;
@@ -419,4 +424,13 @@ pub(crate) fn offer(args: &OfferArgs) -> Result<(), String> {
     }
     peer.connection.close();
     Ok(())
+}
+
+/// The certificate authorities a `wss://` signaling server may chain to: `--ca-file`'s, or
+/// Mozilla's root program.
+pub(crate) fn tls_roots(args: &crate::cli::SignalingArgs) -> Result<fog_runtime::TlsRoots, String> {
+    match &args.ca_file {
+        Some(path) => fog_runtime::TlsRoots::from_pem_file(path).map_err(|e| e.to_string()),
+        None => Ok(fog_runtime::TlsRoots::default()),
+    }
 }

@@ -8,10 +8,10 @@
 
 use std::fmt;
 use std::io;
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use fog_runtime::{OpenError, open_websocket};
+use fog_runtime::{OpenError, SignalStream, TlsRoots, open_websocket};
 use fog_signal::client::{Client, ClientConfig, Event};
 use tungstenite::{Message, WebSocket};
 
@@ -57,7 +57,7 @@ impl std::error::Error for SignalError {}
 
 /// One authenticated-or-authenticating connection.
 pub(crate) struct Connection {
-    ws: WebSocket<TcpStream>,
+    ws: WebSocket<SignalStream>,
     client: Client,
     /// The local address of the TCP connection: the interface that reaches the server.
     local: SocketAddr,
@@ -70,10 +70,11 @@ impl Connection {
     #[allow(clippy::disallowed_methods)]
     pub(crate) fn open(
         url: &SignalUrl,
+        roots: &TlsRoots,
         config: ClientConfig,
         timeout: Duration,
     ) -> Result<Self, SignalError> {
-        let (ws, local) = open_websocket(url, timeout)?;
+        let (ws, local) = open_websocket(url, timeout, roots)?;
         let mut client = Client::new(config);
         client.handle_connected(Instant::now());
         let mut connection = Connection { ws, client, local };
@@ -116,7 +117,8 @@ impl Connection {
             // A zero read timeout would mean "block forever"; wake is in the future here.
             let wait = (wake - now).max(Duration::from_millis(1));
             self.ws
-                .get_mut()
+                .get_ref()
+                .tcp()
                 .set_read_timeout(Some(wait))
                 .map_err(SignalError::Io)?;
             match self.ws.read() {

@@ -31,6 +31,11 @@ struct Fogd {
 
 impl Fogd {
     fn start() -> Fogd {
+        Fogd::start_with(&[])
+    }
+
+    /// fogd with further arguments (`--tls-cert` ...).
+    fn start_with(extra: &[&str]) -> Fogd {
         for attempt in 0..5 {
             let port = TcpListener::bind((A1, 0))
                 .and_then(|l| l.local_addr())
@@ -39,7 +44,9 @@ impl Fogd {
             let addr = SocketAddr::new(A1, port);
             let mut child = ChildGuard::spawn(
                 &format!("fogd-signal-{attempt}"),
-                Command::new(fogd_exe()).args(["--signal", &addr.to_string()]),
+                Command::new(fogd_exe())
+                    .args(["--signal", &addr.to_string()])
+                    .args(extra),
             )
             .expect("spawning fogd");
             let deadline = Instant::now() + STEP;
@@ -309,4 +316,38 @@ fn no_server_and_wrong_path() {
         refused.text()
     );
     drop(fogd);
+}
+
+/// `wss://` with `--ca-file`: the CLI reaches fogd over TLS when it trusts the certificate
+/// (the offer then fails for the reason that has nothing to do with TLS), and refuses a server
+/// it does not trust, saying so.
+#[test]
+fn wss_with_a_ca_file() {
+    let (cert, key, _) = fog_test_support::self_signed_cert();
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let fogd = Fogd::start_with(&["--tls-cert", cert, "--tls-key", key, "--realm", "localhost"]);
+    let url = format!("wss://localhost:{}/ws", fogd.addr.port());
+    let trusted = fogconnect(&[
+        "offer",
+        "--signal",
+        &url,
+        "--ca-file",
+        cert,
+        "--timeout",
+        "20",
+        "nobody",
+    ]);
+    assert_eq!(trusted.code(), Some(1), "{}", trusted.text());
+    assert!(
+        trusted.stderr.contains("no peer is known as nobody"),
+        "signaling worked over TLS: {}",
+        trusted.text()
+    );
+    let untrusted = fogconnect(&["offer", "--signal", &url, "--timeout", "20", "nobody"]);
+    assert_eq!(untrusted.code(), Some(1), "{}", untrusted.text());
+    assert!(
+        untrusted.stderr.contains("handshake"),
+        "a self-signed server is not trusted by default: {}",
+        untrusted.text()
+    );
 }

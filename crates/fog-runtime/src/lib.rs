@@ -2,8 +2,8 @@
 //! [`Handle`].
 //!
 //! The runtime is a driver: it owns a [`fog_mio::Driver`] (the UDP sockets,
-//! the clock, the timers) running the node, and the node's signaling WebSocket (`ws://`, on a
-//! pump thread: tungstenite is blocking here). The application talks to it through a
+//! the clock, the timers) running the node, and the node's signaling WebSocket (`ws://`, or
+//! `wss://` through rustls, on a pump thread: tungstenite is blocking here). The application talks to it through a
 //! [`Handle`] from any thread: connect, accept or refuse, send, close, stats, lookups; each
 //! call is carried out on the runtime's thread and answered at once. Events arrive on a
 //! channel ([`Runtime::events`]) or on a callback ([`Runtime::start_with_callback`]).
@@ -53,7 +53,9 @@ use fogconnect::{
 };
 
 use machine::{FromSignal, Machine};
-pub use ws::{DEFAULT_SIGNAL_PORT, MAX_FRAME, OpenError, SignalUrl, open_websocket};
+pub use ws::{
+    DEFAULT_SIGNAL_PORT, MAX_FRAME, OpenError, SignalStream, SignalUrl, TlsRoots, open_websocket,
+};
 
 /// What a runtime runs.
 #[derive(Debug, Clone)]
@@ -70,6 +72,9 @@ pub struct RuntimeConfig {
     pub gather_every: Option<Duration>,
     /// How long opening the signaling WebSocket may take (default 10 s).
     pub signal_timeout: Duration,
+    /// The certificate authorities a `wss://` server may chain to (default: Mozilla's root
+    /// program; [`TlsRoots::trusting`] for a private CA or a self-signed certificate).
+    pub tls_roots: TlsRoots,
 }
 
 impl RuntimeConfig {
@@ -80,6 +85,7 @@ impl RuntimeConfig {
             signal,
             gather_every: None,
             signal_timeout: Duration::from_secs(10),
+            tls_roots: TlsRoots::default(),
         }
     }
 }
@@ -322,7 +328,8 @@ impl Runtime {
         events: Receiver<Event>,
     ) -> Result<Runtime, StartError> {
         let (ws, tcp_local) =
-            open_websocket(&config.signal, config.signal_timeout).map_err(StartError::Signal)?;
+            open_websocket(&config.signal, config.signal_timeout, &config.tls_roots)
+                .map_err(StartError::Signal)?;
         let base = &mut config.node.base;
         if base.ip().is_unspecified() {
             base.set_ip(tcp_local.ip());
@@ -346,6 +353,7 @@ impl Runtime {
         let machine = Machine::new(
             node,
             config.signal.clone(),
+            config.tls_roots.clone(),
             config.signal_timeout,
             signal_tx,
         );

@@ -3,7 +3,6 @@
 //! the events).
 
 use std::io;
-use std::net::TcpStream;
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -12,7 +11,7 @@ use fog_core::{Receive, SansIo, SocketRequest, Transmit};
 use fogconnect::{Event, Node, SignalInput, SignalOutput};
 use tungstenite::{Message, WebSocket};
 
-use crate::ws::{SignalUrl, open_websocket};
+use crate::ws::{SignalStream, SignalUrl, TlsRoots, open_websocket};
 
 /// What a WebSocket thread tells the runtime; `generation` names the connection, so that news
 /// of an old one is ignored.
@@ -38,6 +37,7 @@ const PUMP_TICK: Duration = Duration::from_millis(5);
 pub(crate) struct Machine {
     node: Node,
     url: SignalUrl,
+    roots: TlsRoots,
     timeout: Duration,
     to_runtime: Sender<FromSignal>,
     wake: Option<fog_mio::Handle>,
@@ -51,12 +51,14 @@ impl Machine {
     pub(crate) fn new(
         node: Node,
         url: SignalUrl,
+        roots: TlsRoots,
         timeout: Duration,
         to_runtime: Sender<FromSignal>,
     ) -> Machine {
         Machine {
             node,
             url,
+            roots,
             timeout,
             to_runtime,
             wake: None,
@@ -71,7 +73,7 @@ impl Machine {
     }
 
     /// Takes over the WebSocket opened at start: the node's first signaling connection.
-    pub(crate) fn adopt(&mut self, ws: WebSocket<TcpStream>, wake: fog_mio::Handle) {
+    pub(crate) fn adopt(&mut self, ws: WebSocket<SignalStream>, wake: fog_mio::Handle) {
         self.wake = Some(wake.clone());
         self.generation += 1;
         let (writer, frames) = mpsc::channel();
@@ -167,9 +169,10 @@ impl Machine {
         self.generation += 1;
         let generation = self.generation;
         let (url, timeout, to_runtime) = (self.url.clone(), self.timeout, self.to_runtime.clone());
+        let roots = self.roots.clone();
         self.pump = thread::Builder::new()
             .name("fog-runtime-ws".into())
-            .spawn(move || match open_websocket(&url, timeout) {
+            .spawn(move || match open_websocket(&url, timeout, &roots) {
                 Ok((ws, _)) => {
                     let (writer, frames) = mpsc::channel();
                     let _ = to_runtime.send(FromSignal::Opened { generation, writer });
@@ -190,7 +193,7 @@ impl Machine {
 /// runtime to the server; tells the runtime when the connection ends. When the runtime drops
 /// its writer, the pump sends what is left and closes the connection politely.
 fn pump(
-    mut ws: WebSocket<TcpStream>,
+    mut ws: WebSocket<SignalStream>,
     generation: u64,
     to_runtime: &Sender<FromSignal>,
     frames: &Receiver<String>,
@@ -200,7 +203,7 @@ fn pump(
         let _ = to_runtime.send(FromSignal::Closed { generation, why });
         let _ = wake.wake();
     };
-    let _ = ws.get_mut().set_read_timeout(Some(PUMP_TICK));
+    let _ = ws.get_ref().tcp().set_read_timeout(Some(PUMP_TICK));
     loop {
         loop {
             match frames.try_recv() {

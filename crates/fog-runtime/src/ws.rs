@@ -1,9 +1,13 @@
-//! The signaling connection's transport: a `ws://` URL and a blocking WebSocket over TCP.
+//! The signaling connection's transport: a `ws://` or `wss://` URL and a blocking WebSocket
+//! over TCP, through TLS (rustls on ring) for `wss://`.
 
 use std::fmt;
-use std::io;
+use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs as _};
+use std::sync::Arc;
 use std::time::Duration;
+
+use rustls::pki_types::{CertificateDer, ServerName};
 
 use tungstenite::WebSocket;
 use tungstenite::protocol::WebSocketConfig;
@@ -12,9 +16,12 @@ use tungstenite::protocol::WebSocketConfig;
 /// accepts is 16 KiB; what it sends is smaller still.
 pub const MAX_FRAME: usize = 64 * 1024;
 
-/// A parsed `ws://HOST[:PORT][/PATH]` address.
+/// A parsed `ws://HOST[:PORT][/PATH]` or `wss://HOST[:PORT][/PATH]` address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SignalUrl {
+    /// `wss://`: the WebSocket runs over TLS, and the server's certificate must be valid for
+    /// the host.
+    pub tls: bool,
     /// The host as written (a name, an IPv4 address or a bracketed IPv6 address).
     pub host: String,
     /// The port (default 7600, fogd's).
@@ -30,12 +37,11 @@ impl std::str::FromStr for SignalUrl {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s.starts_with("wss://") {
-            return Err("wss:// is not supported by this client yet; use ws://".to_owned());
-        }
-        let rest = s
-            .strip_prefix("ws://")
-            .ok_or_else(|| format!("'{s}' does not start with ws://"))?;
+        let (tls, rest) = match (s.strip_prefix("ws://"), s.strip_prefix("wss://")) {
+            (Some(rest), _) => (false, rest),
+            (_, Some(rest)) => (true, rest),
+            _ => return Err(format!("'{s}' does not start with ws:// or wss://")),
+        };
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/ws"),
@@ -63,6 +69,7 @@ impl std::str::FromStr for SignalUrl {
             return Err(format!("'{s}' names no host"));
         }
         Ok(SignalUrl {
+            tls,
             host,
             port,
             path: path.to_owned(),
@@ -79,7 +86,8 @@ fn parse_port(p: &str) -> Result<u16, String> {
 
 impl fmt::Display for SignalUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ws://{}:{}{}", self.host, self.port, self.path)
+        let scheme = if self.tls { "wss" } else { "ws" };
+        write!(f, "{scheme}://{}:{}{}", self.host, self.port, self.path)
     }
 }
 
@@ -100,6 +108,8 @@ pub enum OpenError {
     Handshake(String),
     /// A socket option could not be set.
     Io(io::Error),
+    /// TLS could not start: a bad server name, or roots that cannot be used.
+    Tls(String),
 }
 
 impl fmt::Display for OpenError {
@@ -108,18 +118,128 @@ impl fmt::Display for OpenError {
             OpenError::Connect(e) => write!(f, "cannot reach the signaling server: {e}"),
             OpenError::Handshake(e) => write!(f, "the WebSocket handshake failed: {e}"),
             OpenError::Io(e) => write!(f, "the signaling connection broke: {e}"),
+            OpenError::Tls(e) => write!(f, "TLS: {e}"),
         }
     }
 }
 
 impl std::error::Error for OpenError {}
 
-/// Connects to `url` within `timeout` and upgrades to a WebSocket; returns it with the local
-/// address of the TCP connection (the interface that reaches the server).
+/// Which certificate authorities a `wss://` connection trusts.
+#[derive(Clone)]
+pub struct TlsRoots {
+    config: Arc<rustls::ClientConfig>,
+}
+
+impl fmt::Debug for TlsRoots {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TlsRoots")
+    }
+}
+
+impl Default for TlsRoots {
+    /// Mozilla's root program (webpki-roots): what a public server's certificate chains to.
+    fn default() -> Self {
+        let roots =
+            rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        TlsRoots::from_store(roots)
+    }
+}
+
+impl TlsRoots {
+    /// Only these certificates (a private CA, or a server's self-signed certificate).
+    pub fn trusting(
+        certificates: impl IntoIterator<Item = CertificateDer<'static>>,
+    ) -> Result<Self, OpenError> {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in certificates {
+            roots
+                .add(cert)
+                .map_err(|e| OpenError::Tls(format!("an unusable root certificate: {e}")))?;
+        }
+        Ok(TlsRoots::from_store(roots))
+    }
+
+    /// The certificates of a PEM file (`-----BEGIN CERTIFICATE-----` blocks).
+    pub fn from_pem_file(path: &std::path::Path) -> Result<Self, OpenError> {
+        use rustls::pki_types::pem::PemObject as _;
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+            .map_err(|e| OpenError::Tls(format!("{}: {e}", path.display())))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| OpenError::Tls(format!("{}: {e}", path.display())))?;
+        if certs.is_empty() {
+            return Err(OpenError::Tls(format!(
+                "{}: no certificate",
+                path.display()
+            )));
+        }
+        TlsRoots::trusting(certs)
+    }
+
+    fn from_store(roots: rustls::RootCertStore) -> Self {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        // The ring provider supports the safe default versions; this cannot fail.
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap_or_else(|_| unreachable!("ring supports TLS 1.2 and 1.3"));
+        TlsRoots {
+            config: Arc::new(builder.with_root_certificates(roots).with_no_client_auth()),
+        }
+    }
+}
+
+/// The signaling connection's byte stream: plain TCP, or TLS over it.
+#[derive(Debug)]
+pub enum SignalStream {
+    /// `ws://`.
+    Plain(TcpStream),
+    /// `wss://`.
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl SignalStream {
+    /// The TCP connection underneath.
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            SignalStream::Plain(s) => s,
+            SignalStream::Tls(s) => s.get_ref(),
+        }
+    }
+}
+
+impl Read for SignalStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            SignalStream::Plain(s) => s.read(buf),
+            SignalStream::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for SignalStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            SignalStream::Plain(s) => s.write(buf),
+            SignalStream::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            SignalStream::Plain(s) => s.flush(),
+            SignalStream::Tls(s) => s.flush(),
+        }
+    }
+}
+
+/// Connects to `url` within `timeout` and upgrades to a WebSocket (through TLS for `wss://`,
+/// trusting `roots`); returns it with the local address of the TCP connection (the interface
+/// that reaches the server).
 pub fn open_websocket(
     url: &SignalUrl,
     timeout: Duration,
-) -> Result<(WebSocket<TcpStream>, SocketAddr), OpenError> {
+    roots: &TlsRoots,
+) -> Result<(WebSocket<SignalStream>, SocketAddr), OpenError> {
     let addrs: Vec<SocketAddr> = (url.realm(), url.port)
         .to_socket_addrs()
         .map_err(|e| OpenError::Connect(format!("{}: {e}", url.host)))?
@@ -146,6 +266,15 @@ pub fn open_websocket(
         .set_write_timeout(Some(timeout))
         .map_err(OpenError::Io)?;
     let local = stream.local_addr().map_err(OpenError::Io)?;
+    let stream = if url.tls {
+        let name = ServerName::try_from(url.realm().to_owned())
+            .map_err(|e| OpenError::Tls(format!("{}: {e}", url.host)))?;
+        let client = rustls::ClientConnection::new(roots.config.clone(), name)
+            .map_err(|e| OpenError::Tls(e.to_string()))?;
+        SignalStream::Tls(Box::new(rustls::StreamOwned::new(client, stream)))
+    } else {
+        SignalStream::Plain(stream)
+    };
     let ws_config = WebSocketConfig::default()
         .max_message_size(Some(MAX_FRAME))
         .max_frame_size(Some(MAX_FRAME));
@@ -207,6 +336,10 @@ mod tests {
         ] {
             assert!(url(bad).is_err(), "{bad} parsed");
         }
-        assert!(url("wss://h/ws").unwrap_err().contains("not supported"));
+        assert_eq!(url("wss://h/ws"), Ok(("h".into(), 7600, "/ws".into())));
+        let secure = "wss://h:443/ws".parse::<SignalUrl>().unwrap();
+        assert!(secure.tls);
+        assert_eq!(secure.to_string(), "wss://h:443/ws");
+        assert!(!"ws://h/ws".parse::<SignalUrl>().unwrap().tls);
     }
 }

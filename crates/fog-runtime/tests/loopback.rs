@@ -225,3 +225,96 @@ fn two_runtimes_refuse_accept_exchange_and_close() {
     );
     a.shutdown().expect("A stops cleanly");
 }
+
+/// fogd with signaling over TLS (a self-signed certificate for `localhost`); the wss URL and
+/// the certificate.
+fn fogd_wss() -> (
+    ChildGuard,
+    SocketAddr,
+    String,
+    rustls_pki_types::CertificateDer<'static>,
+) {
+    let exe = fog_test_support::fogd_exe(
+        &std::env::current_exe().expect("the test's own path"),
+        Path::new(env!("CARGO_MANIFEST_DIR")),
+    );
+    let (cert, key, der) = fog_test_support::self_signed_cert();
+    for attempt in 0..5 {
+        let (p1, p2) = free_port_pair();
+        let signal = TcpListener::bind((A1, 0))
+            .and_then(|l| l.local_addr())
+            .unwrap();
+        let stun = SocketAddr::new(A1, p1);
+        let mut command = Command::new(&exe);
+        command.args([
+            "--stun",
+            &stun.to_string(),
+            "--stun-alt",
+            &SocketAddr::new(A2, p2).to_string(),
+            "--signal",
+            &signal.to_string(),
+            "--realm",
+            "localhost",
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ]);
+        let mut child = ChildGuard::spawn(&format!("fogd-wss-{attempt}"), &mut command).unwrap();
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            if TcpStream::connect_timeout(&signal, Duration::from_millis(200)).is_ok() {
+                thread::sleep(Duration::from_millis(100));
+                let url = format!("wss://localhost:{}/ws", signal.port());
+                return (child, stun, url, der);
+            }
+            if child.try_wait().is_some() {
+                break;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+    panic!("fogd could not start on free ports");
+}
+
+/// Over `wss://`: two runtimes that trust the server's certificate connect and exchange a
+/// datagram; one that trusts another certificate does not start, and says why.
+#[test]
+fn two_runtimes_meet_over_wss_and_an_untrusted_server_is_refused() {
+    let (_fogd, stun, url, der) = fogd_wss();
+    let trusting = |seed| {
+        let mut c = config(seed, stun, &url);
+        c.node.realm = "localhost".into();
+        c.tls_roots = fog_runtime::TlsRoots::trusting([der.clone()]).unwrap();
+        c
+    };
+    let a = Runtime::start(trusting(11)).expect("A starts over wss");
+    let b = Runtime::start(trusting(12)).expect("B starts over wss");
+    let (mut seen_a, mut seen_b) = (Vec::new(), Vec::new());
+    ready(a.events(), &mut seen_a);
+    ready(b.events(), &mut seen_b);
+    let id_a = a.handle().connect(b.handle().peer_id(), 1).unwrap();
+    let (id_b, _) = incoming(b.events(), &mut seen_b);
+    b.handle().accept(id_b).unwrap();
+    assert_eq!(connected(a.events(), &mut seen_a, id_a).0, Via::Direct);
+    a.handle().send(id_a, b"over tls").unwrap();
+    let data = wait_for(b.events(), &mut seen_b, |e| match e {
+        Event::Data { data, .. } => Some(data.clone()),
+        _ => None,
+    });
+    assert_eq!(data, b"over tls");
+
+    let (_, _, other) = fog_test_support::self_signed_cert();
+    let mut stranger = config(13, stun, &url);
+    stranger.node.realm = "localhost".into();
+    stranger.tls_roots = fog_runtime::TlsRoots::trusting([other]).unwrap();
+    let error = Runtime::start(stranger).expect_err("a server it does not trust");
+    assert!(
+        error.to_string().contains("handshake"),
+        "the reason names the failed handshake: {error}"
+    );
+    // Mozilla's roots do not include a self-signed certificate either.
+    let mut public = config(14, stun, &url);
+    public.node.realm = "localhost".into();
+    assert!(Runtime::start(public).is_err());
+}

@@ -106,6 +106,20 @@ pub fn fogd_exe(near: &Path, manifest_dir: &Path) -> PathBuf {
     .clone()
 }
 
+/// A self-signed certificate for `localhost` and 127.0.0.1, written as PEM files (for
+/// `fogd --tls-cert --tls-key`); returns the certificate and key paths and the certificate
+/// for a client to trust.
+pub fn self_signed_cert() -> (PathBuf, PathBuf, rustls_pki_types::CertificateDer<'static>) {
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .expect("generating a certificate");
+    let cert_path = scratch_file("cert.pem");
+    let key_path = scratch_file("key.pem");
+    fs::write(&cert_path, certified.cert.pem()).expect("writing the certificate");
+    fs::write(&key_path, certified.signing_key.serialize_pem()).expect("writing the key");
+    (cert_path, key_path, certified.cert.der().clone())
+}
+
 /// A child process that is killed and reaped when the guard goes out of scope, also when the
 /// test panics; its stdout and stderr go to files that outlive it.
 pub struct ChildGuard {

@@ -140,9 +140,9 @@ impl Agent {
     }
 
     pub(super) fn handle_request(&mut self, now: Instant, packet: &Receive<'_>, bytes: &[u8]) {
-        let Ok(message) = Message::decode_verified(bytes, &self.local_key) else {
-            self.stats.unauthenticated += 1;
-            return;
+        let message = match Message::decode_verified(bytes, &self.local_key) {
+            Ok(message) => message,
+            Err(e) => return self.count_undecoded(e),
         };
         let expected = format!("{}:", self.config.local.ufrag);
         let username_ok = message
@@ -242,9 +242,9 @@ impl Agent {
             self.stats.stray += 1;
             return;
         }
-        let Ok(message) = Message::decode_verified(bytes, &self.remote_key) else {
-            self.stats.unauthenticated += 1;
-            return;
+        let message = match Message::decode_verified(bytes, &self.remote_key) {
+            Ok(message) => message,
+            Err(e) => return self.count_undecoded(e),
         };
         self.outstanding.remove(&id);
         if message.class == Class::ErrorResponse {
@@ -322,5 +322,16 @@ impl Agent {
             }
         }
         self.maybe_switch(now);
+    }
+
+    /// Counts a check or answer that did not decode: unauthenticated when its integrity was
+    /// missing or wrong, malformed otherwise.
+    fn count_undecoded(&mut self, e: DecodeError) {
+        match e {
+            DecodeError::IntegrityMissing | DecodeError::IntegrityMismatch => {
+                self.stats.unauthenticated += 1;
+            }
+            _ => self.stats.malformed += 1,
+        }
     }
 }

@@ -38,7 +38,8 @@ use std::time::{Duration, Instant};
 
 use fog_core::{Receive, SansIo, Transmit};
 use fog_stun::wire::{
-    Class, ErrorCode, IntegrityKey, Message, Method, Packet, TransactionId, attribute_type,
+    Class, DecodeError, ErrorCode, IntegrityKey, Message, Method, Packet, TransactionId,
+    attribute_type,
 };
 
 use crate::candidate::{Candidate, Kind, pair_priority};
@@ -687,14 +688,15 @@ impl SansIo for Agent {
             self.stats.stray += 1;
             return;
         }
-        let Ok(message) = Message::decode(packet.payload) else {
+        // The header's view only: the handlers decode the message once, with its integrity.
+        let Ok(raw) = Packet::new_checked(packet.payload) else {
             self.stats.malformed += 1;
             return;
         };
-        match message.class {
+        match raw.class() {
             Class::Request => self.handle_request(now, &packet, packet.payload),
             Class::SuccessResponse | Class::ErrorResponse => {
-                self.handle_response(now, &packet, message.transaction_id, packet.payload);
+                self.handle_response(now, &packet, raw.transaction_id(), packet.payload);
             }
             // Indications (keepalives) need nothing.
             Class::Indication => {}

@@ -145,22 +145,7 @@ impl TlsClient {
     }
 }
 
-/// A self-signed certificate for `localhost` and 127.0.0.1, written as PEM files; returns the
-/// certificate and key paths and the certificate for the client to trust.
-pub(crate) fn self_signed_cert() -> (
-    std::path::PathBuf,
-    std::path::PathBuf,
-    CertificateDer<'static>,
-) {
-    let certified =
-        rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-            .expect("generating a certificate");
-    let cert_path = super::scratch_file("cert.pem");
-    let key_path = super::scratch_file("key.pem");
-    std::fs::write(&cert_path, certified.cert.pem()).unwrap();
-    std::fs::write(&key_path, certified.signing_key.serialize_pem()).unwrap();
-    (cert_path, key_path, certified.cert.der().clone())
-}
+pub(crate) use fog_test_support::self_signed_cert;
 
 /// A TCP connection to `addr` whose reads give up after `timeout`.
 pub(crate) fn tcp(addr: SocketAddr, timeout: Duration) -> TcpStream {
