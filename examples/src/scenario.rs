@@ -108,6 +108,17 @@ pub struct SimNode {
     /// The sockets a driver like fog-mio would hold for the node besides its base: every
     /// source address the node sent from or asked to bind, less those it asked to unbind.
     held: BTreeSet<SocketAddr>,
+    /// When set, what an observer on the path or at the server would see of the node.
+    pub log: Option<Observed>,
+}
+
+/// What a node sent: every datagram (destination, bytes) and every signaling frame.
+#[derive(Debug, Default)]
+pub struct Observed {
+    /// The datagrams.
+    pub datagrams: Vec<(SocketAddr, Vec<u8>)>,
+    /// The signaling frames.
+    pub frames: Vec<String>,
 }
 
 impl SimNode {
@@ -119,6 +130,7 @@ impl SimNode {
             frames: VecDeque::new(),
             requests: VecDeque::new(),
             held: BTreeSet::new(),
+            log: None,
         }
     }
 
@@ -132,7 +144,12 @@ impl SimNode {
     fn pull(&mut self) {
         while let Some(out) = self.node.poll_signal() {
             match out {
-                SignalOutput::Frame(frame) => self.frames.push_back(frame),
+                SignalOutput::Frame(frame) => {
+                    if let Some(log) = &mut self.log {
+                        log.frames.push(frame.clone());
+                    }
+                    self.frames.push_back(frame);
+                }
                 SignalOutput::Open => self.requests.push_back(Request::Connect),
                 SignalOutput::Close => self.requests.push_back(Request::Close),
                 _ => {}
@@ -153,6 +170,9 @@ impl SansIo for SimNode {
         let t = self.node.poll_transmit(now, buf)?;
         if let Some(source) = t.source.filter(|s| *s != self.base) {
             self.held.insert(source);
+        }
+        if let Some(log) = &mut self.log {
+            log.datagrams.push((t.destination, buf[..t.len].to_vec()));
         }
         Some(t)
     }

@@ -16,7 +16,7 @@ use serde_json::json;
 
 use crate::cli::{ConnectArgs, Families, Interfaces, NodeArgs, ServeArgs};
 use crate::nat::resolve;
-use crate::peer::{identity, os_random};
+use crate::peer::identity;
 
 /// A running node and how to print its events.
 struct Running {
@@ -28,8 +28,6 @@ struct Running {
 /// How often `--interfaces auto` reads the interface addresses again.
 const GATHER_EVERY: Duration = Duration::from_secs(10);
 
-// The binary reads the OS random source for the seed.
-#[allow(clippy::disallowed_methods)]
 fn start(args: &NodeArgs, alias: Option<&str>, accept: AcceptPolicy) -> Result<Running, String> {
     // IPv4: the node's base socket is on the interface that reaches the signaling server,
     // which the runtime finds (an unspecified base address), with a free port.
@@ -37,7 +35,8 @@ fn start(args: &NodeArgs, alias: Option<&str>, accept: AcceptPolicy) -> Result<R
     let stun = v4(&args.stun)?;
     let turn = args.turn.as_ref().map(v4).transpose()?;
     let key = identity(args.signaling.key.as_deref())?;
-    let seed = u64::from_le_bytes(os_random()?);
+    // fog-runtime seeds the node from the OS random source itself.
+    let seed = 0;
     let base = "0.0.0.0:0".parse().map_err(|e| format!("{e}"))?;
     let mut config = NodeConfig::new(key, args.signaling.signal.realm(), stun, base, seed);
     config.alias = alias.map(str::to_owned);

@@ -62,7 +62,9 @@ pub use ws::{
 #[non_exhaustive]
 pub struct RuntimeConfig {
     /// The node. An unspecified base address (`0.0.0.0:0`) becomes the address of the
-    /// interface that reaches the signaling server, with a free port.
+    /// interface that reaches the signaling server, with a free port. Its `seed` is replaced
+    /// by 256 bits from the OS random source: secrets on a real network are never derived
+    /// from a seed someone chose.
     pub node: NodeConfig,
     /// The signaling server.
     pub signal: SignalUrl,
@@ -126,7 +128,8 @@ impl std::error::Error for RuntimeError {}
 pub enum StartError {
     /// The signaling server could not be reached.
     Signal(OpenError),
-    /// A socket could not be bound, or the event loop not made.
+    /// A socket could not be bound, or the event loop not made, or the OS random source
+    /// failed.
     Io(io::Error),
 }
 
@@ -346,6 +349,10 @@ impl Runtime {
         if config.gather_every.is_some() {
             config.node.interfaces = gather().unwrap_or_default();
         }
+        let mut seed = [0u8; 32];
+        getrandom::fill(&mut seed)
+            .map_err(|e| StartError::Io(io::Error::other(format!("the OS random source: {e}"))))?;
+        config.node.seed = seed.into();
         let base = config.node.base;
         let peer = config.node.key.peer_id();
         let node = Node::new(config.node.clone(), Instant::now());

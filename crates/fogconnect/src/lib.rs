@@ -66,6 +66,6 @@ pub use fog_signal::{KeyPair, PeerId};
 pub use node::{
     AcceptPolicy, CLOSED_IDLE, CLOSED_TIMEOUT, CloseReason, CommandError, ConnectError,
     ConnectionId, ConnectionStats, Event, FailReason, Footprint, LookupError, MAX_DATAGRAM,
-    MAX_LOOKUPS, Node, NodeConfig, REFUSED_FULL, SendError, ServerChoice, SignalInput,
+    MAX_LOOKUPS, Node, NodeConfig, REFUSED_FULL, Seed, SendError, ServerChoice, SignalInput,
     SignalOutput, Via,
 };

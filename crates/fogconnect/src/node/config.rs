@@ -25,8 +25,12 @@ pub struct NodeConfig {
     pub strategy: StrategyConfig,
     /// Transports offered, most preferred first.
     pub transports: Vec<Transport>,
-    /// Seeds every machine's randomness (transaction IDs, credentials, tie-breakers).
-    pub seed: u64,
+    /// Seeds the node's cryptographically secure generator (ChaCha20), from which every secret
+    /// (check credentials, session keys) and every random choice (transaction IDs, ports,
+    /// tie-breakers) is drawn; no machine's randomness reveals another's. A driver on real
+    /// networks supplies 256 bits from the OS (fog-runtime does, whatever is given here); the
+    /// simulator a fixed seed, so that a run is a trace.
+    pub seed: Seed,
     /// Discovery's port samples (default 4: enough to read a sequential pattern).
     pub port_samples: u16,
     /// Test hairpinning during discovery (default off: it does not change punching).
@@ -97,6 +101,40 @@ pub struct ServerChoice {
     pub turn: Option<SocketAddr>,
 }
 
+/// 256 bits that seed a node's generator (see [`NodeConfig::seed`]). Never printed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Seed(pub [u8; 32]);
+
+impl std::fmt::Debug for Seed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Seed(..)")
+    }
+}
+
+impl From<[u8; 32]> for Seed {
+    fn from(bytes: [u8; 32]) -> Self {
+        Seed(bytes)
+    }
+}
+
+impl From<u64> for Seed {
+    /// A seed for tests and the simulator, spread over 256 bits: it has only 64 bits of
+    /// entropy, so never use it where an attacker could guess it.
+    fn from(n: u64) -> Self {
+        let mut bytes = [0u8; 32];
+        let mut x = n;
+        for chunk in bytes.chunks_exact_mut(8) {
+            // SplitMix64 (Steele, Lea, Flood 2014): distinct words from one counter.
+            x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            chunk.copy_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+        }
+        Seed(bytes)
+    }
+}
+
 impl NodeConfig {
     /// A configuration with the defaults above.
     pub fn new(
@@ -104,7 +142,7 @@ impl NodeConfig {
         realm: impl Into<String>,
         stun: SocketAddr,
         base: SocketAddr,
-        seed: u64,
+        seed: impl Into<Seed>,
     ) -> Self {
         NodeConfig {
             key,
@@ -114,7 +152,7 @@ impl NodeConfig {
             base,
             strategy: StrategyConfig::default(),
             transports: vec![Transport::Quic],
-            seed,
+            seed: seed.into(),
             port_samples: 4,
             hairpinning: false,
             turn: None,

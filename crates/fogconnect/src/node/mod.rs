@@ -44,8 +44,10 @@ use fog_signal::msg::{RequestId, SessionId};
 use fog_stun::discovery::{self, Discovery, DiscoveryConfig, Report};
 use fog_stun::rank::{self, Ranker};
 use fog_turn::client::{Client as TurnClient, ClientConfig as TurnConfig};
+use rand::{Rng as _, SeedableRng as _};
+use rand_chacha::ChaCha20Rng;
 
-pub use config::{AcceptPolicy, NodeConfig, ServerChoice};
+pub use config::{AcceptPolicy, NodeConfig, Seed, ServerChoice};
 use conn::{Conn, Phase, SignalRelay};
 pub use event::{
     CloseReason, CommandError, ConnectError, ConnectionId, ConnectionStats, Event, FailReason,
@@ -115,7 +117,11 @@ pub struct Node {
     cancelled: BTreeMap<RequestId, (u32, String)>,
     refresh: Option<Refresh>,
     next_refresh_port: u16,
-    rng: u64,
+    /// Every secret and random choice of the node comes from here; the machines it drives
+    /// get seeds drawn from it, never the configured seed itself.
+    rng: ChaCha20Rng,
+    /// Discovery's seed (drawn once: discovery may be built again after the ranking).
+    discovery_seed: u64,
     events: VecDeque<Event>,
     /// The TURN client, once the signaling server handed out credentials.
     turn: Option<TurnClient>,
@@ -147,7 +153,9 @@ impl Node {
     /// A node; discovery starts at its first [`handle_timeout`](SansIo::handle_timeout), which
     /// [`poll_timeout`](SansIo::poll_timeout) asks for at `now`.
     pub fn new(config: NodeConfig, now: Instant) -> Node {
-        let discovery_config = discovery_config(&config);
+        let mut rng = ChaCha20Rng::from_seed(config.seed.0);
+        let discovery_seed = rng.next_u64();
+        let discovery_config = discovery_config(&config, discovery_seed);
         let ports = discovery_config.local_ports();
         let next_refresh_port = ports
             .iter()
@@ -160,7 +168,7 @@ impl Node {
                 .chain(config.alternatives.iter().map(|a| a.stun))
                 .collect();
             Ranker::new(
-                rank::RankConfig::new(config.base, config.seed),
+                rank::RankConfig::new(config.base, rng.next_u64()),
                 servers,
                 now,
             )
@@ -170,7 +178,7 @@ impl Node {
             ranker,
             pending_relay: None,
             report: None,
-            client: signal_client(&config, config.seed),
+            client: signal_client(&config, random_bytes(&mut rng)),
             signal: signal::Link::default(),
             conns: BTreeMap::new(),
             by_session: BTreeMap::new(),
@@ -180,7 +188,8 @@ impl Node {
             cancelled: BTreeMap::new(),
             refresh: None,
             next_refresh_port,
-            rng: config.seed ^ 0x6e6f_6465,
+            rng,
+            discovery_seed,
             events: VecDeque::new(),
             turn: None,
             relay_requested: false,
@@ -427,11 +436,7 @@ impl Node {
     }
 
     fn next_random(&mut self) -> u64 {
-        self.rng = self.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.rng;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.rng.next_u64()
     }
 
     fn credentials(&mut self) -> agent::Credentials {
@@ -911,7 +916,7 @@ impl Node {
         if self.report.is_some() {
             self.discovery = None;
             let base = self.config.base;
-            for port in discovery_config(&self.config).local_ports() {
+            for port in discovery_config(&self.config, self.discovery_seed).local_ports() {
                 if port != base.port() {
                     let socket = SocketAddr::new(base.ip(), port);
                     self.socket_requests
@@ -956,7 +961,10 @@ impl Node {
             turn: self.config.turn,
             rtts: ranking.servers,
         });
-        self.discovery = Some(Discovery::new(discovery_config(&self.config)));
+        self.discovery = Some(Discovery::new(discovery_config(
+            &self.config,
+            self.discovery_seed,
+        )));
         if let Some((username, password)) = self.pending_relay.take() {
             self.allocate(now, username, password);
         }
@@ -984,19 +992,23 @@ impl Node {
     }
 }
 
-/// The signaling client of a node, seeded from `seed`.
-fn signal_client(config: &NodeConfig, seed: u64) -> Client {
+/// 32 bytes from the node's generator.
+fn random_bytes(rng: &mut ChaCha20Rng) -> [u8; 32] {
     let mut bytes = [0u8; 32];
-    bytes[..8].copy_from_slice(&seed.to_le_bytes());
-    bytes[8] = 0x51;
-    let mut client_config = ClientConfig::new(config.key.clone(), config.realm.clone(), bytes);
+    rng.fill_bytes(&mut bytes);
+    bytes
+}
+
+/// The signaling client of a node, seeded from `seed`.
+fn signal_client(config: &NodeConfig, seed: [u8; 32]) -> Client {
+    let mut client_config = ClientConfig::new(config.key.clone(), config.realm.clone(), seed);
     client_config.alias = config.alias.clone();
     Client::new(client_config)
 }
 
 /// Discovery from the base port against the configured STUN server.
-fn discovery_config(config: &NodeConfig) -> DiscoveryConfig {
-    let mut d = DiscoveryConfig::new(config.stun, config.seed);
+fn discovery_config(config: &NodeConfig, seed: u64) -> DiscoveryConfig {
+    let mut d = DiscoveryConfig::new(config.stun, seed);
     d.first_port = config.base.port();
     d.local_ip = config.base.ip();
     d.port_samples = config.port_samples;

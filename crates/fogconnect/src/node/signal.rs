@@ -141,7 +141,7 @@ impl Node {
         self.signal.state = State::Down(now + self.signal.backoff);
         self.signal.backoff = (self.signal.backoff * 2).min(REOPEN_MAX);
         self.signal.out.clear();
-        let seed = self.next_random();
+        let seed = super::random_bytes(&mut self.rng);
         self.client = super::signal_client(&self.config, seed);
         self.relay_requested = false;
         self.by_session.clear();
