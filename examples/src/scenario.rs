@@ -277,17 +277,21 @@ pub struct Scenario {
     pub events: [Vec<(Instant, Event)>; 2],
     /// Node A's and node B's sites (their middleboxes, for tests that change them).
     pub sites: [Site; 2],
+    /// The signaling server's configuration, for tests that put another server in its place
+    /// (one that tampers with frames, say) before the nodes start.
+    pub signal_config: SignalConfig,
 }
 
 impl Scenario {
     /// Builds the world; nothing has run yet.
     pub fn new(a: Preset, b: Preset, seed: u64, profile: &Profile) -> Scenario {
-        let (sim, hosts, sites) = build(a, b, seed, profile);
+        let (sim, hosts, sites, signal_config) = build(a, b, seed, profile);
         Scenario {
             sim,
             hosts,
             events: [Vec::new(), Vec::new()],
             sites,
+            signal_config,
         }
     }
 
@@ -338,7 +342,7 @@ impl Scenario {
 
 /// One run of the scenario: node A behind `a`, node B behind `b`.
 pub fn run(a: Preset, b: Preset, seed: u64, profile: &Profile) -> Run {
-    let (mut sim, hosts, _) = build(a, b, seed, profile);
+    let (mut sim, hosts, _, _) = build(a, b, seed, profile);
     let (ha, hb) = (hosts[0].0, hosts[1].0);
     let mut ea = Vec::new();
     let mut eb = Vec::new();
@@ -450,7 +454,12 @@ fn build(
     b: Preset,
     seed: u64,
     profile: &Profile,
-) -> (Sim, [(NodeId, fog_signal::PeerId); 2], [Site; 2]) {
+) -> (
+    Sim,
+    [(NodeId, fog_signal::PeerId); 2],
+    [Site; 2],
+    SignalConfig,
+) {
     let mut sim = Sim::new(seed);
     let unix_epoch = (sim.now(), 1_800_000_000);
     let mut server_seed = [0u8; 32];
@@ -472,7 +481,7 @@ fn build(
         limits.burst = 1_000_000;
         limits.max_pending_offers = 10_000;
     }
-    sim.set_signal_server(SignalServer::new(signal_config));
+    sim.set_signal_server(SignalServer::new(signal_config.clone()));
     let access = LinkConfig {
         loss: profile.loss,
         ..LinkConfig::with_latency(profile.access)
@@ -530,5 +539,5 @@ fn build(
         sites.push(site);
     }
     let [sa, sb] = <[Site; 2]>::try_from(sites).expect("two sites");
-    (sim, [hosts[0], hosts[1]], [sa, sb])
+    (sim, [hosts[0], hosts[1]], [sa, sb], signal_config)
 }

@@ -45,12 +45,12 @@ fn exchange(a: Preset, b: Preset, want: Via) {
         .unwrap();
     s.sim
         .with_machine(hb, |m: &mut SimNode, now| {
-            m.node.send(now, sb, &[0xff; 1_399])
+            m.node.send(now, sb, &[0xff; fogconnect::MAX_DATAGRAM])
         })
         .unwrap();
-    let too_long = s
-        .sim
-        .with_machine(hb, |m: &mut SimNode, now| m.node.send(now, sb, &[0; 1_400]));
+    let too_long = s.sim.with_machine(hb, |m: &mut SimNode, now| {
+        m.node.send(now, sb, &[0; fogconnect::MAX_DATAGRAM + 1])
+    });
     assert_eq!(too_long, Err(fogconnect::SendError::TooLong));
     s.run_for(Duration::from_secs(1));
     let data = |events: &[(std::time::Instant, Event)]| -> Vec<Vec<u8>> {
@@ -68,7 +68,11 @@ fn exchange(a: Preset, b: Preset, want: Via) {
         vec![b"hello from a".to_vec()],
         "{via_a:?}"
     );
-    assert_eq!(data(&s.events[0]), vec![vec![0xff; 1_399]], "{via_b:?}");
+    assert_eq!(
+        data(&s.events[0]),
+        vec![vec![0xff; fogconnect::MAX_DATAGRAM]],
+        "{via_b:?}"
+    );
 }
 
 #[test]

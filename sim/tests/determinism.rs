@@ -357,6 +357,7 @@ fn description(n: u8) -> Description {
             pwd: "0123456789abcdefghijkl".into(),
         },
         service: 1,
+        seal: None,
     }
 }
 

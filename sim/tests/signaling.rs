@@ -64,6 +64,7 @@ fn description(addr: SocketAddr) -> Description {
             pwd: "0123456789abcdefghijkl".into(),
         },
         service: 1,
+        seal: None,
     }
 }
 

@@ -169,6 +169,8 @@ impl Peer {
             transports: transports.to_vec(),
             credentials: credentials()?,
             service,
+            // `listen` and `offer` exercise signaling only; no session follows.
+            seal: None,
         })
     }
 }

@@ -13,8 +13,7 @@
 //! | 5 | uTP in our framing ([`FogFraming::Utp`]) | free range, ours |
 //! | 6 | SCTP in our framing ([`FogFraming::Sctp`]) | free range, ours |
 //! | 7 | an application datagram, unreliable, in our framing ([`FogFraming::Data`]) | free range, ours |
-//! | 8 | the node's own control messages (a connection's close), in our framing ([`FogFraming::Control`]) | free range, ours |
-//! | 9–15 | reserved for our framing ([`Protocol::Unknown`]) | free range, kept for later |
+//! | 8–15 | reserved for our framing ([`Protocol::Unknown`]) | free range, kept for later |
 //! | 16–19 | ZRTP ([`Protocol::Zrtp`]), not spoken here | RFC 7983 §7 |
 //! | 20–63 | DTLS ([`Protocol::Dtls`]) | RFC 7983 §7 (content types 20–63) |
 //! | 64–79 | TURN ChannelData if it came from a TURN server we use, else QUIC short header | RFC 8656 §12 (channels 0x4000–0x4FFF); RFC 9443 §3 notes the overlap |
@@ -63,11 +62,10 @@ pub enum FogFraming {
     Utp = 5,
     /// A plain SCTP common header (RFC 9260 §3) follows the byte.
     Sctp = 6,
-    /// The application's own datagram follows the byte (the node's unreliable datagram
-    /// service, beside the transports).
+    /// A sealed datagram of a connection follows the byte: the application's own datagrams
+    /// (the node's unreliable datagram service, beside the transports) and the node's messages
+    /// about the connection (its close).
     Data = 7,
-    /// A message of the node itself about a connection (its close, say) follows the byte.
-    Control = 8,
 }
 
 /// Smallest STUN message: the 20-byte header (RFC 8489 §5).
@@ -92,7 +90,6 @@ impl FogFraming {
             5 => Some(Self::Utp),
             6 => Some(Self::Sctp),
             7 => Some(Self::Data),
-            8 => Some(Self::Control),
             _ => None,
         }
     }
@@ -165,8 +162,6 @@ mod tests {
             Protocol::Fog(FogFraming::Sctp)
         } else if first == 7 {
             Protocol::Fog(FogFraming::Data)
-        } else if first == 8 {
-            Protocol::Fog(FogFraming::Control)
         } else if first <= 15 {
             Protocol::Unknown
         } else if first <= 19 {

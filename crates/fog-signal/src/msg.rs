@@ -30,6 +30,10 @@ pub struct Nonce(pub [u8; 32]);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Sig(pub [u8; 64]);
 
+/// An X25519 public key (RFC 7748), hex in JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ExchangeKey(pub [u8; 32]);
+
 /// A session chosen by the server for one offer/answer exchange, hex in JSON.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SessionId(pub [u8; 16]);
@@ -67,6 +71,7 @@ macro_rules! hex_serde {
 hex_serde!(Nonce, 32);
 hex_serde!(Sig, 64);
 hex_serde!(SessionId, 16);
+hex_serde!(ExchangeKey, 32);
 
 /// The bytes a client signs to authenticate (see `docs/signaling.md`, "The auth transcript").
 ///
@@ -356,6 +361,20 @@ pub struct Description {
     pub credentials: Credentials,
     /// The application's service number (what the connection is for).
     pub service: u16,
+    /// The sender's ephemeral key exchange and its signature over the description: what makes
+    /// the session end-to-end authenticated and sealed (see `docs/signaling.md`, "Trust").
+    /// The server forwards it untouched; nodes refuse a description without a valid one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seal: Option<Seal>,
+}
+
+/// A description's key exchange and signature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Seal {
+    /// The sender's ephemeral X25519 public key for this session.
+    pub key: ExchangeKey,
+    /// The sender's Ed25519 signature over the description's transcript.
+    pub signature: Sig,
 }
 
 /// Per-session connectivity-check credentials (RFC 8445 §5.3 ufrag and password).
@@ -921,6 +940,7 @@ mod tests {
                 pwd: "0123456789abcdefghijkl".into(),
             },
             service: 7,
+            seal: None,
         }
     }
 

@@ -65,7 +65,7 @@ pub use fog_ice::candidate::{Candidate, HostFilter, Kind as CandidateKind};
 pub use fog_signal::{KeyPair, PeerId};
 pub use node::{
     AcceptPolicy, CLOSED_IDLE, CLOSED_TIMEOUT, CloseReason, CommandError, ConnectError,
-    ConnectionId, ConnectionStats, Event, FailReason, Footprint, LookupError, MAX_DATAGRAM,
-    MAX_LOOKUPS, Node, NodeConfig, REFUSED_FULL, Seed, SendError, ServerChoice, SignalInput,
-    SignalOutput, Via,
+    ConnectionId, ConnectionStats, Counters, Event, FailReason, Footprint, LookupError,
+    MAX_DATAGRAM, MAX_LOOKUPS, Node, NodeConfig, REFUSED_FULL, Seed, SendError, ServerChoice,
+    SignalInput, SignalOutput, Via,
 };

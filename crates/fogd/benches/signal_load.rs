@@ -564,6 +564,7 @@ fn description(seq: u64) -> Description {
             pwd: "0123456789abcdefghijklmnopqrstuv".into(),
         },
         service: 1,
+        seal: None,
     }
 }
 

@@ -208,6 +208,7 @@ pub fn description(n: u8) -> Description {
             pwd: "0123456789abcdefghijkl".into(),
         },
         service: 9,
+        seal: None,
     }
 }
 

@@ -6,7 +6,6 @@ use std::time::Instant;
 
 use fog_core::nat::{Behaviour, PortPattern};
 use fog_core::{Receive, SocketRequest};
-use fog_ice::agent;
 use fog_ice::candidate::{self as ice_candidate, Candidate, Kind};
 use fog_signal::msg::{self, CandidateKind, Description};
 
@@ -132,11 +131,7 @@ impl Node {
 
     /// Our description: host, server-reflexive, predicted and relayed candidates of the base
     /// socket (only the relayed one when direct paths are off).
-    pub(super) fn description(
-        &mut self,
-        credentials: &agent::Credentials,
-        service: u16,
-    ) -> Description {
+    pub(super) fn description(&mut self, ufrag: &str, service: u16) -> Description {
         let base = self.config.base;
         let mut candidates = Vec::new();
         if self.config.direct {
@@ -174,11 +169,13 @@ impl Node {
             candidates: candidates.iter().map(to_wire).collect(),
             nat: self.behaviour().map(Into::into),
             transports: self.config.transports.clone(),
+            // The check passwords come from the key exchange (see `seal`); none is sent.
             credentials: msg::Credentials {
-                ufrag: credentials.ufrag.clone(),
-                pwd: credentials.pwd.clone(),
+                ufrag: ufrag.to_owned(),
+                pwd: String::new(),
             },
             service,
+            seal: None,
         }
     }
 }

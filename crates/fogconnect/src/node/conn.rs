@@ -3,12 +3,13 @@
 use std::time::{Duration, Instant};
 
 use fog_core::SansIo as _;
-use fog_ice::agent::{self, Agent};
+use fog_ice::agent::Agent;
 use fog_ice::candidate::Candidate;
 use fog_signal::PeerId;
-use fog_signal::msg::{Description, RequestId, SessionId};
+use fog_signal::msg::{Description, ExchangeKey, RequestId, SessionId};
 
 use super::event::{ConnectionId, Via};
+use super::seal::{Exchange, Keys};
 
 /// Where a connection is in its life. Each phase holds what is valid in it.
 #[derive(Debug)]
@@ -104,7 +105,17 @@ pub(super) struct Conn {
     pub(super) session: Option<SessionId>,
     /// The peer's description, once it arrived.
     pub(super) remote: Option<Description>,
-    pub(super) credentials: agent::Credentials,
+    /// Our check username fragment (public: it routes checks; the passwords come from the
+    /// key exchange).
+    pub(super) ufrag: String,
+    /// Our ephemeral key exchange for this connection.
+    pub(super) exchange: Exchange,
+    /// The peer's exchange key, once its description verified.
+    pub(super) remote_key: Option<ExchangeKey>,
+    /// The session's keys, once both exchange keys are known.
+    pub(super) keys: Option<Keys>,
+    /// When the last echo on the relay over signaling left (echoes are rate-limited).
+    pub(super) last_echo: Option<Instant>,
     pub(super) punch_at: Option<Instant>,
     /// The answerer's quiet punching ends here (the punch sync's instant).
     pub(super) quiet_until: Option<Instant>,
@@ -134,7 +145,8 @@ impl Conn {
         peer: PeerId,
         service: u16,
         passive: bool,
-        credentials: agent::Credentials,
+        ufrag: String,
+        exchange: Exchange,
         now: Instant,
     ) -> Conn {
         Conn {
@@ -149,7 +161,11 @@ impl Conn {
             },
             session: None,
             remote: None,
-            credentials,
+            ufrag,
+            exchange,
+            remote_key: None,
+            keys: None,
+            last_echo: None,
             punch_at: None,
             quiet_until: None,
             signal_relay: None,

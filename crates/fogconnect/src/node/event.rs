@@ -456,3 +456,20 @@ pub struct Footprint {
     /// Application datagrams and control messages queued to send.
     pub queued: usize,
 }
+
+/// What a node dropped from the network, and why ([`Node::counters`](super::Node::counters)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct Counters {
+    /// Sealed datagrams for no connection of ours (an unknown or ended session's tag).
+    pub stray: u64,
+    /// Sealed datagrams that did not open: forged, altered, or sealed for another direction.
+    pub forged: u64,
+    /// Sealed datagrams seen before, or too old for the replay window.
+    pub replayed: u64,
+    /// Offers and answers whose signature did not verify (or that had none): never answered,
+    /// never connected.
+    pub bad_signatures: u64,
+    /// Probes on the relay over signaling left unechoed by the rate limit.
+    pub echoes_refused: u64,
+}

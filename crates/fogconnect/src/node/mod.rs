@@ -27,6 +27,7 @@ mod conn;
 mod event;
 mod probe;
 mod relay;
+mod seal;
 mod signal;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -50,15 +51,15 @@ use rand_chacha::ChaCha20Rng;
 pub use config::{AcceptPolicy, NodeConfig, Seed, ServerChoice};
 use conn::{Conn, Phase, SignalRelay};
 pub use event::{
-    CloseReason, CommandError, ConnectError, ConnectionId, ConnectionStats, Event, FailReason,
-    Footprint, LookupError, SendError, Via,
+    CloseReason, CommandError, ConnectError, ConnectionId, ConnectionStats, Counters, Event,
+    FailReason, Footprint, LookupError, SendError, Via,
 };
 use probe::{Probe, Refresh};
 pub use signal::{SignalInput, SignalOutput};
 
-/// The largest datagram [`Node::send`] takes: what fits one relayed frame (the relay over
-/// signaling carries at most 1,400 bytes, our framing byte included).
-pub const MAX_DATAGRAM: usize = 1_399;
+/// The largest datagram [`Node::send`] takes: what fits one relayed frame once sealed (the
+/// relay over signaling carries at most 1,400 bytes; sealing adds 34).
+pub const MAX_DATAGRAM: usize = 1_400 - seal::OVERHEAD;
 /// The most lookups waiting for their answers at once.
 pub const MAX_LOOKUPS: usize = 64;
 /// The code of a refusal by a node that holds [`NodeConfig::max_connections`] connections.
@@ -68,12 +69,6 @@ pub const CLOSED_TIMEOUT: u32 = 0xFFFF_0002;
 /// The code a node closes with when its idle timeout ended the connection.
 pub const CLOSED_IDLE: u32 = 0xFFFF_0003;
 
-/// The framing byte of an application datagram on a UDP path (fog-core's demux table).
-const DATA: u8 = fog_core::FogFraming::Data.byte();
-/// The framing byte of the node's own messages on a UDP path.
-const CONTROL: u8 = fog_core::FogFraming::Control.byte();
-/// A control message that closes the connection: code (u32, big-endian) and reason follow.
-const CONTROL_CLOSE: u8 = 1;
 /// A close goes on the path this many times (the signaling server carries it too, while it
 /// still knows the session).
 const CLOSE_COPIES: usize = 2;
@@ -143,8 +138,10 @@ pub struct Node {
     ranker: Option<Ranker>,
     /// TURN credentials that came while the servers were being measured.
     pending_relay: Option<(String, String)>,
-    /// Application and control datagrams that arrived on no connection's path.
-    stray: u64,
+    /// What was dropped, and why.
+    counters: Counters,
+    /// Our connections by the session tag their sealed datagrams carry to us.
+    by_tag: BTreeMap<[u8; 8], ConnectionId>,
     /// The latest instant the node was given.
     now: Instant,
 }
@@ -201,7 +198,8 @@ impl Node {
             refused: Vec::new(),
             socket_requests: VecDeque::new(),
             watch: None,
-            stray: 0,
+            counters: Counters::default(),
+            by_tag: BTreeMap::new(),
             now,
             config,
         };
@@ -248,9 +246,11 @@ impl Node {
             });
         }
         let id = self.new_id();
-        let credentials = self.credentials();
-        self.conns
-            .insert(id, Conn::new(id, peer, service, false, credentials, now));
+        let (ufrag, exchange) = (self.ufrag(), self.exchange());
+        self.conns.insert(
+            id,
+            Conn::new(id, peer, service, false, ufrag, exchange, now),
+        );
         self.progress(now);
         Ok(id)
     }
@@ -347,26 +347,28 @@ impl Node {
             .conns
             .get_mut(&id)
             .ok_or(SendError::UnknownConnection)?;
-        if let Some((local, remote)) = conn.agent().and_then(Agent::data_path) {
-            let mut bytes = Vec::with_capacity(data.len() + 1);
-            bytes.push(DATA);
-            bytes.extend_from_slice(data);
-            self.outgoing.push_back((local, remote, bytes));
-            conn.sent.add(now, data.len());
-            return Ok(());
-        }
-        if let (Some(_), Some(session), true) = (conn.signal_relay, conn.session, conn.connected())
-        {
-            let mut bytes = Vec::with_capacity(data.len() + 1);
-            bytes.push(relay::RELAY_DATA);
-            bytes.extend_from_slice(data);
+        let path = conn.agent().and_then(Agent::data_path);
+        let relay = match (conn.signal_relay, conn.session, conn.connected()) {
+            (Some(_), Some(session), true) => Some(session),
+            _ => None,
+        };
+        let Some(keys) = conn
+            .keys
+            .as_mut()
+            .filter(|_| path.is_some() || relay.is_some())
+        else {
+            return Err(SendError::NotConnected);
+        };
+        let sealed = keys.seal(seal::Kind::Data, data);
+        if let Some((local, remote)) = path {
+            self.outgoing.push_back((local, remote, sealed));
+        } else if let Some(session) = relay {
             self.client
-                .relay(session, &bytes)
+                .relay(session, &sealed)
                 .map_err(|_| SendError::NotConnected)?;
-            conn.sent.add(now, data.len());
-            return Ok(());
         }
-        Err(SendError::NotConnected)
+        conn.sent.add(now, data.len());
+        Ok(())
     }
 
     /// A connection's figures at `now`, or `None` for an unknown handle.
@@ -424,9 +426,9 @@ impl Node {
         }
     }
 
-    /// Application and control datagrams that arrived on no connection's path, dropped.
-    pub fn stray_datagrams(&self) -> u64 {
-        self.stray
+    /// What the node dropped from the network, and why.
+    pub fn counters(&self) -> Counters {
+        self.counters
     }
 
     fn new_id(&mut self) -> ConnectionId {
@@ -439,19 +441,58 @@ impl Node {
         self.rng.next_u64()
     }
 
-    fn credentials(&mut self) -> agent::Credentials {
+    /// A check username fragment: 8 characters, 48 random bits (RFC 8445 §5.3 asks for 24).
+    fn ufrag(&mut self) -> String {
         const ICE_CHARS: &[u8; 64] =
             b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-        let mut text = String::with_capacity(32);
-        while text.len() < 32 {
-            let r = self.next_random();
-            for i in 0..8 {
-                text.push(char::from(ICE_CHARS[((r >> (i * 6)) & 63) as usize]));
-            }
+        let r = self.next_random();
+        (0..8)
+            .map(|i| char::from(ICE_CHARS[((r >> (i * 6)) & 63) as usize]))
+            .collect()
+    }
+
+    /// A fresh ephemeral key exchange.
+    fn exchange(&mut self) -> seal::Exchange {
+        seal::Exchange::new(random_bytes(&mut self.rng))
+    }
+
+    /// `description` with our exchange key and our signature over its transcript.
+    fn sign(
+        &self,
+        role: &seal::Role<'_>,
+        mut description: fog_signal::msg::Description,
+        key: fog_signal::msg::ExchangeKey,
+    ) -> fog_signal::msg::Description {
+        let transcript = seal::transcript(role, &description, &key);
+        description.seal = Some(fog_signal::msg::Seal {
+            key,
+            signature: fog_signal::msg::Sig(self.config.key.sign(&transcript)),
+        });
+        description
+    }
+
+    /// The peer's exchange key from `description`, if its signature verifies for `role`;
+    /// counted otherwise.
+    fn verified(
+        &mut self,
+        role: &seal::Role<'_>,
+        signer: PeerId,
+        description: &fog_signal::msg::Description,
+    ) -> Option<fog_signal::msg::ExchangeKey> {
+        let valid = description.seal.filter(|s| {
+            signer.verify(&seal::transcript(role, description, &s.key), &s.signature.0)
+        });
+        if valid.is_none() {
+            self.counters.bad_signatures += 1;
         }
-        agent::Credentials {
-            ufrag: text[..8].to_owned(),
-            pwd: text[8..32].to_owned(),
+        valid.map(|s| s.key)
+    }
+
+    /// A connection's keys are known: sealed datagrams to it are recognised from now on.
+    fn keyed(&mut self, id: ConnectionId, keys: seal::Keys) {
+        self.by_tag.insert(keys.recv_tag, id);
+        if let Some(conn) = self.conns.get_mut(&id) {
+            conn.keys = Some(keys);
         }
     }
 
@@ -536,8 +577,14 @@ impl Node {
         let Some(conn) = self.conns.get(&id) else {
             return;
         };
-        let (peer, credentials, service) = (conn.peer, conn.credentials.clone(), conn.service);
-        let description = self.description(&credentials, service);
+        let (peer, ufrag, service) = (conn.peer, conn.ufrag.clone(), conn.service);
+        let key = conn.exchange.public();
+        let description = self.description(&ufrag, service);
+        let role = seal::Role::Offer {
+            from: self.peer_id(),
+            to: peer,
+        };
+        let description = self.sign(&role, description, key);
         match self.client.connect(peer, description) {
             Ok(request) => {
                 self.by_request.insert(request, id);
@@ -553,16 +600,37 @@ impl Node {
         let Some(conn) = self.conns.get(&id) else {
             return;
         };
-        let (Some(session), credentials, service) =
-            (conn.session, conn.credentials.clone(), conn.service)
-        else {
+        let (Some(session), Some(offer_key), ufrag, service, peer) = (
+            conn.session,
+            conn.remote_key,
+            conn.ufrag.clone(),
+            conn.service,
+            conn.peer,
+        ) else {
             return;
         };
-        let description = self.description(&credentials, service);
+        let key = conn.exchange.public();
+        let keys = seal::Keys::derive(
+            &conn.exchange,
+            &offer_key,
+            session,
+            peer,
+            self.peer_id(),
+            false,
+        );
+        let description = self.description(&ufrag, service);
+        let role = seal::Role::Answer {
+            from: self.peer_id(),
+            to: peer,
+            session,
+            offer_key: &offer_key,
+        };
+        let description = self.sign(&role, description, key);
         if self.client.answer(session, description).is_err() {
             self.end(now, id, End::Failed(FailReason::SignalingLost));
             return;
         }
+        self.keyed(id, keys);
         self.build_agent(now, id);
     }
 
@@ -573,7 +641,7 @@ impl Node {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
-        let Some(remote) = &conn.remote else {
+        let (Some(remote), Some(keys)) = (&conn.remote, &conn.keys) else {
             return;
         };
         let theirs = remote.nat.map_or(Behaviour::UdpBlocked, Into::into);
@@ -595,12 +663,18 @@ impl Node {
                 rtt: None,
             });
         }
+        // The passwords from the key exchange: a check that verifies proves its sender holds
+        // the session's secret (the key confirmation).
+        let local_credentials = agent::Credentials {
+            ufrag: conn.ufrag.clone(),
+            pwd: keys.local_pwd.clone(),
+        };
         let remote_credentials = agent::Credentials {
             ufrag: remote.credentials.ufrag.clone(),
-            pwd: remote.credentials.pwd.clone(),
+            pwd: keys.remote_pwd.clone(),
         };
         let mut config = AgentConfig::new(
-            conn.credentials.clone(),
+            local_credentials,
             remote_credentials,
             offerer,
             self.config.base,
@@ -632,16 +706,18 @@ impl Node {
     /// Tells the peer of `id` that we end the connection: on its path, over signaling while
     /// the server knows the session, or once the server names it.
     fn tell_peer(&mut self, id: ConnectionId, code: u32, reason: &str) {
-        let Some(conn) = self.conns.get(&id) else {
+        let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
-        if let Some((local, remote)) = conn.agent().and_then(Agent::data_path) {
-            let mut bytes = Vec::with_capacity(6 + reason.len());
-            bytes.extend_from_slice(&[CONTROL, CONTROL_CLOSE]);
-            bytes.extend_from_slice(&code.to_be_bytes());
-            bytes.extend_from_slice(truncate(reason, fog_signal::msg::MAX_CLOSE_REASON).as_bytes());
+        let path = conn.agent().and_then(Agent::data_path);
+        if let (Some((local, remote)), Some(keys)) = (path, &mut conn.keys) {
+            let mut message = Vec::with_capacity(4 + reason.len());
+            message.extend_from_slice(&code.to_be_bytes());
+            message
+                .extend_from_slice(truncate(reason, fog_signal::msg::MAX_CLOSE_REASON).as_bytes());
             for _ in 0..CLOSE_COPIES {
-                self.outgoing.push_back((local, remote, bytes.clone()));
+                let sealed = keys.seal(seal::Kind::Close, &message);
+                self.outgoing.push_back((local, remote, sealed));
             }
         }
         match (conn.session, &conn.phase) {
@@ -680,6 +756,9 @@ impl Node {
         };
         if let Some(session) = conn.session {
             self.by_session.remove(&session);
+        }
+        if let Some(keys) = &conn.keys {
+            self.by_tag.remove(&keys.recv_tag);
         }
         if let Phase::Offered { request } = conn.phase {
             self.by_request.remove(&request);
@@ -787,39 +866,45 @@ impl Node {
         }
     }
 
-    /// An application or control datagram that arrived on `(local, source)`: handled if it is
-    /// a connection's path. Whether it was one of ours at all (and so taken).
-    fn deliver(
-        &mut self,
-        now: Instant,
-        local: SocketAddr,
-        source: SocketAddr,
-        payload: &[u8],
-    ) -> bool {
-        let Some(&kind) = payload.first().filter(|&&b| b == DATA || b == CONTROL) else {
+    /// A sealed datagram (on a UDP path, through TURN, or over signaling): opened with the
+    /// keys of the connection its tag names, and handled. Whether it was one (and so taken);
+    /// what does not open is dropped and counted.
+    fn deliver(&mut self, now: Instant, payload: &[u8]) -> bool {
+        let Some(tag) = seal::tag_of(payload) else {
             return false;
         };
-        let Some(conn) = self
-            .conns
-            .values_mut()
-            .find(|c| c.agent().is_some_and(|a| a.has_path(local, source)))
-        else {
-            self.stray += 1;
+        let Some(conn) = self.by_tag.get(&tag).and_then(|id| self.conns.get_mut(id)) else {
+            self.counters.stray += 1;
             return true;
+        };
+        let Some(keys) = &mut conn.keys else {
+            self.counters.stray += 1;
+            return true;
+        };
+        let (kind, message) = match keys.open(payload) {
+            Ok(opened) => opened,
+            Err(seal::Refused::Forged) => {
+                self.counters.forged += 1;
+                return true;
+            }
+            Err(seal::Refused::Replayed) => {
+                self.counters.replayed += 1;
+                return true;
+            }
         };
         let id = conn.id;
         conn.last_heard = now;
-        if kind == DATA {
-            conn.received.add(now, payload.len() - 1);
-            self.events.push_back(Event::Data {
-                id,
-                data: payload[1..].to_vec(),
-            });
-            return true;
-        }
-        match parse_close(&payload[1..]) {
-            Some((code, reason)) => self.closed_by_peer(now, id, code, reason),
-            None => self.stray += 1,
+        match kind {
+            seal::Kind::Data => {
+                conn.received.add(now, message.len());
+                self.events.push_back(Event::Data { id, data: message });
+            }
+            seal::Kind::Close => match parse_close(&message) {
+                Some((code, reason)) => self.closed_by_peer(now, id, code, reason),
+                None => self.counters.forged += 1,
+            },
+            seal::Kind::Probe => self.echo(now, id),
+            seal::Kind::Echo => self.echoed(now, id),
         }
         true
     }
@@ -1025,14 +1110,10 @@ fn truncate(text: &str, max: usize) -> &str {
     &text[..end]
 }
 
-/// A control message's close: (code, reason), or `None` if it is not a well-formed one.
+/// A sealed close's (code, reason), or `None` if it is not a well-formed one.
 fn parse_close(message: &[u8]) -> Option<(u32, String)> {
-    let (&kind, rest) = message.split_first()?;
-    if kind != CONTROL_CLOSE || rest.len() < 4 {
-        return None;
-    }
-    let code = u32::from_be_bytes(rest[..4].try_into().ok()?);
-    let reason = &rest[4..];
+    let code = u32::from_be_bytes(message.get(..4)?.try_into().ok()?);
+    let reason = &message[4..];
     let reason = &reason[..reason.len().min(fog_signal::msg::MAX_CLOSE_REASON)];
     Some((code, String::from_utf8_lossy(reason).into_owned()))
 }
@@ -1068,7 +1149,7 @@ impl SansIo for Node {
         if self.handle_refresh_answer(now, &packet) || self.handle_watch_answer(now, &packet) {
             return;
         }
-        if self.deliver(now, packet.local, packet.source, packet.payload) {
+        if self.deliver(now, packet.payload) {
             return;
         }
         self.give_agent(now, packet);

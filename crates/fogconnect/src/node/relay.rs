@@ -9,12 +9,12 @@ use fog_signal::msg::SessionId;
 use fog_turn::client::Event as TurnEvent;
 
 use super::candidates::to_wire;
+use super::seal::Kind as Sealed;
 use super::{ConnectionId, Event, Node, SIGNAL_RELAY_KEEPALIVE, UNSPECIFIED, Via};
 
-/// A probe on the relay over signaling (first byte), its echo, and an application datagram.
-pub(super) const RELAY_PROBE: u8 = 0;
-pub(super) const RELAY_ECHO: u8 = 1;
-pub(super) const RELAY_DATA: u8 = 2;
+/// The fewest seconds between two echoes on the relay over signaling: each costs a frame of
+/// our own signaling rate, which a peer must not spend for us.
+const ECHO_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Node {
     /// Hands a datagram to the agent that owns it; the peer counts as heard when the agent
@@ -76,7 +76,7 @@ impl Node {
                     let Some(relayed) = self.relayed else {
                         continue;
                     };
-                    if self.deliver(now, relayed, peer, &data) {
+                    if self.deliver(now, &data) {
                         continue;
                     }
                     let packet = Receive {
@@ -110,59 +110,62 @@ impl Node {
     /// Probes due on the relays over signaling.
     pub(super) fn signal_relay_timeouts(&mut self, now: Instant) {
         for conn in self.conns.values_mut() {
-            if let (Some(relay), Some(session)) = (&mut conn.signal_relay, conn.session) {
-                if now >= relay.next_probe {
-                    // Without an authenticated connection the probe waits for the next turn.
-                    relay.next_probe = now + SIGNAL_RELAY_KEEPALIVE;
-                    if self.client.relay(session, &[RELAY_PROBE]).is_ok() {
-                        relay.probe_sent = Some(now);
-                    }
+            let (Some(relay), Some(session), Some(keys)) =
+                (&mut conn.signal_relay, conn.session, &mut conn.keys)
+            else {
+                continue;
+            };
+            if now >= relay.next_probe {
+                // Without an authenticated connection the probe waits for the next turn.
+                relay.next_probe = now + SIGNAL_RELAY_KEEPALIVE;
+                let probe = keys.seal(Sealed::Probe, &[]);
+                if self.client.relay(session, &probe).is_ok() {
+                    relay.probe_sent = Some(now);
                 }
             }
         }
     }
 
-    /// A datagram from the peer of `session` through the signaling server.
+    /// A datagram from the peer of `session` through the signaling server: sealed like any.
     pub(super) fn handle_relay_frame(&mut self, now: Instant, session: SessionId, data: &[u8]) {
-        let Some(&id) = self.by_session.get(&session) else {
-            return;
-        };
+        if !self.by_session.contains_key(&session) || !self.deliver(now, data) {
+            self.counters.stray += 1;
+        }
+    }
+
+    /// The peer probed the relay over signaling: echo, at most once per [`ECHO_EVERY`].
+    pub(super) fn echo(&mut self, now: Instant, id: ConnectionId) {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
-        conn.last_heard = now;
-        match data.first() {
-            Some(&RELAY_PROBE) => {
-                let mut echo = data.to_vec();
-                echo[0] = RELAY_ECHO;
-                let _ = self.client.relay(session, &echo);
-            }
-            Some(&RELAY_DATA) if conn.connected() => {
-                conn.received.add(now, data.len() - 1);
-                self.events.push_back(Event::Data {
-                    id,
-                    data: data[1..].to_vec(),
-                });
-            }
-            Some(&RELAY_ECHO) => {
-                let Some(relay) = &mut conn.signal_relay else {
-                    return;
-                };
-                let Some(sent) = relay.probe_sent.take() else {
-                    return;
-                };
-                let rtt = now.saturating_duration_since(sent);
-                relay.rtt = Some(rtt);
-                if !conn.connected() {
-                    self.signal_path(id, rtt);
-                }
-            }
-            _ => {}
+        let (Some(session), Some(keys)) = (conn.session, &mut conn.keys) else {
+            return;
+        };
+        if conn.last_echo.is_some_and(|t| now < t + ECHO_EVERY) {
+            self.counters.echoes_refused += 1;
+            return;
         }
+        conn.last_echo = Some(now);
+        let echo = keys.seal(Sealed::Echo, &[]);
+        let _ = self.client.relay(session, &echo);
     }
 
-    /// The relay over signaling of `id` is verified: its first path.
-    fn signal_path(&mut self, id: ConnectionId, rtt: std::time::Duration) {
-        self.path_selected(id, UNSPECIFIED, UNSPECIFIED, rtt, Via::Signaling);
+    /// Our probe came back: the relay over signaling works (the echo opened with the session's
+    /// keys, so the peer is who it says).
+    pub(super) fn echoed(&mut self, now: Instant, id: ConnectionId) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let Some(relay) = &mut conn.signal_relay else {
+            return;
+        };
+        let Some(sent) = relay.probe_sent.take() else {
+            return;
+        };
+        let rtt = now.saturating_duration_since(sent);
+        relay.rtt = Some(rtt);
+        if !conn.connected() {
+            self.path_selected(id, UNSPECIFIED, UNSPECIFIED, rtt, Via::Signaling);
+        }
     }
 }

@@ -8,6 +8,7 @@ use fog_signal::client::Event as SignalEvent;
 use fog_signal::msg::ErrorCode;
 
 use super::conn::{Conn, Phase};
+use super::seal::{Keys, Role};
 use super::{CloseReason, End, Event, FailReason, Node, Via, candidates::to_wire};
 
 /// What the driver tells the node about its signaling connection.
@@ -239,13 +240,37 @@ impl Node {
                 let Some(&id) = self.by_session.get(&session) else {
                     return;
                 };
-                let Some(conn) = self.conns.get_mut(&id) else {
+                let Some(conn) = self.conns.get(&id) else {
                     return;
                 };
                 if !matches!(conn.phase, Phase::AwaitingAnswer) {
                     return;
                 }
+                let (peer, offer_key) = (conn.peer, conn.exchange.public());
+                // The answer must be the peer's, to our offer, in this session.
+                let role = Role::Answer {
+                    from: peer,
+                    to: self.peer_id(),
+                    session,
+                    offer_key: &offer_key,
+                };
+                let Some(answer_key) = self.verified(&role, peer, &description) else {
+                    return;
+                };
+                let Some(conn) = self.conns.get_mut(&id) else {
+                    return;
+                };
+                let keys = Keys::derive(
+                    &conn.exchange,
+                    &answer_key,
+                    session,
+                    self.config.key.peer_id(),
+                    peer,
+                    true,
+                );
+                conn.remote_key = Some(answer_key);
                 conn.remote = Some(description);
+                self.keyed(id, keys);
                 self.build_agent(now, id);
             }
             SignalEvent::Candidate {
@@ -360,6 +385,15 @@ impl Node {
         if self.by_session.contains_key(&session) {
             return;
         }
+        // The offer must be `from`'s, made for us; anything else (the server forged or
+        // altered it, or it was meant for someone else) is dropped unanswered.
+        let role = Role::Offer {
+            from,
+            to: self.peer_id(),
+        };
+        let Some(offer_key) = self.verified(&role, from, &description) else {
+            return;
+        };
         if self.conns.len() >= self.config.max_connections {
             let _ = self
                 .client
@@ -367,10 +401,11 @@ impl Node {
             return;
         }
         let id = self.new_id();
-        let credentials = self.credentials();
+        let (ufrag, exchange) = (self.ufrag(), self.exchange());
         let service = description.service;
-        let mut conn = Conn::new(id, from, service, true, credentials, now);
+        let mut conn = Conn::new(id, from, service, true, ufrag, exchange, now);
         conn.session = Some(session);
+        conn.remote_key = Some(offer_key);
         conn.remote = Some(description);
         self.conns.insert(id, conn);
         self.by_session.insert(session, id);

@@ -261,6 +261,7 @@ pub(crate) fn description(n: u8) -> Description {
             pwd: "0123456789abcdefghijkl".into(),
         },
         service: 7,
+        seal: None,
     }
 }
 

@@ -1,0 +1,245 @@
+//! The signaling server is trusted for delivery only. A server that forges the sender of an
+//! offer, alters an offer or an answer, or replays an offer in a new session never gets a
+//! node to report a connection with a peer that did not make it: what does not verify is
+//! dropped and counted, and a replayed offer (whose signature is genuine) never gets a path,
+//! because the check passwords come from a key exchange the server cannot complete.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use fog_examples::scenario::{Profile, Scenario};
+use fog_signal::KeyPair;
+use fog_signal::msg::{ServerMsg, SessionId};
+use fog_signal::server::{ConnId, Output, Server};
+use fog_sim::presets::Preset;
+use fog_sim::signal::SignalServer;
+use fogconnect::{Event, FailReason};
+
+/// What the server does to the frames it forwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tamper {
+    /// Offers name a third peer as their sender.
+    ForgeSender,
+    /// Offers carry one more candidate, an address of the server's choice.
+    AlterOffer,
+    /// Answers carry one more candidate.
+    AlterAnswer,
+    /// Every offer is also delivered again later, in a session of the server's making.
+    ReplayOffer,
+}
+
+/// fog-signal's server with a tampering step on its way out.
+struct Malicious {
+    inner: Server,
+    tamper: Tamper,
+    out: VecDeque<Output>,
+    /// Offers to replay: (when, connection, frame).
+    replays: Vec<(Instant, ConnId, ServerMsg)>,
+    now: Instant,
+}
+
+fn third_party() -> fog_signal::PeerId {
+    KeyPair::from_seed(&[77; 32]).peer_id()
+}
+
+impl Malicious {
+    fn tamper(&mut self, conn: ConnId, frame: String) -> String {
+        let Ok(mut msg) = ServerMsg::decode(&frame) else {
+            return frame;
+        };
+        let extra = fog_signal::msg::Candidate {
+            kind: fog_signal::msg::CandidateKind::Host,
+            addr: "198.51.100.66:4444".parse().unwrap(),
+            priority: 1,
+            related: None,
+        };
+        match (&mut msg, self.tamper) {
+            (ServerMsg::Offer { from, .. }, Tamper::ForgeSender) => *from = third_party(),
+            (ServerMsg::Offer { description, .. }, Tamper::AlterOffer) => {
+                description.candidates.push(extra);
+            }
+            (ServerMsg::Answer { description, .. }, Tamper::AlterAnswer) => {
+                description.candidates.push(extra);
+            }
+            (ServerMsg::Offer { .. }, Tamper::ReplayOffer) => {
+                let mut again = msg.clone();
+                if let ServerMsg::Offer { session: s, .. } = &mut again {
+                    let mut raw = s.0;
+                    raw[0] ^= 0xff;
+                    *s = SessionId(raw);
+                }
+                self.replays
+                    .push((self.now + Duration::from_secs(5), conn, again));
+                return frame;
+            }
+            _ => return frame,
+        }
+        msg.encode()
+    }
+}
+
+impl SignalServer for Malicious {
+    fn handle_connect(&mut self, now: Instant, conn: ConnId) {
+        self.now = now;
+        self.inner.handle_connect(now, conn);
+    }
+    fn handle_frame(&mut self, now: Instant, conn: ConnId, frame: &str) {
+        self.now = now;
+        self.inner.handle_frame(now, conn, frame);
+    }
+    fn handle_disconnect(&mut self, now: Instant, conn: ConnId) {
+        self.now = now;
+        self.inner.handle_disconnect(now, conn);
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        self.now = now;
+        self.inner.handle_timeout(now);
+        let due: Vec<_> = self
+            .replays
+            .iter()
+            .filter(|r| r.0 <= now)
+            .cloned()
+            .collect();
+        self.replays.retain(|r| r.0 > now);
+        for (_, conn, msg) in due {
+            self.out.push_back(Output::Send {
+                conn,
+                frame: msg.encode(),
+            });
+        }
+    }
+    fn poll_output(&mut self) -> Option<Output> {
+        while let Some(out) = self.inner.poll_output() {
+            let out = match out {
+                Output::Send { conn, frame } => Output::Send {
+                    conn,
+                    frame: self.tamper(conn, frame),
+                },
+                other => other,
+            };
+            self.out.push_back(out);
+        }
+        self.out.pop_front()
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        let replay = self.replays.iter().map(|r| r.0).min();
+        [self.inner.poll_timeout(), replay]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+}
+
+/// Runs A → B under a server that tampers as `tamper` says: B accepts every offer. Both
+/// nodes' events, and their counters.
+fn run(tamper: Tamper) -> (Scenario, [fogconnect::Counters; 2]) {
+    let profile = Profile {
+        connect_timeout: Some(Duration::from_secs(10)),
+        ..Profile::default()
+    };
+    let mut s = Scenario::new(Preset::FullCone, Preset::FullCone, 31, &profile);
+    let server = Malicious {
+        inner: Server::new(s.signal_config.clone()),
+        tamper,
+        out: VecDeque::new(),
+        replays: Vec::new(),
+        now: s.sim.now(),
+    };
+    s.sim.set_signal_server(server);
+    assert!(s.wait_ready());
+    s.connect();
+    s.run_for(Duration::from_secs(20));
+    let counters = [0, 1].map(|i| s.with_node(i, |n, _| n.counters()));
+    (s, counters)
+}
+
+/// Every peer node `i` reported a path with.
+fn connected_peers(s: &Scenario, i: usize) -> Vec<fog_signal::PeerId> {
+    s.events[i]
+        .iter()
+        .filter_map(|(_, e)| match e {
+            Event::Connected { peer, .. } => Some(*peer),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn an_honest_server_connects_them() {
+    // The control: the same world with a server that forwards faithfully connects.
+    let mut s = Scenario::new(Preset::FullCone, Preset::FullCone, 31, &Profile::default());
+    assert!(s.wait_ready());
+    s.connect();
+    s.run_for(Duration::from_secs(3));
+    assert_eq!(connected_peers(&s, 1), vec![s.hosts[0].1]);
+    assert_eq!(connected_peers(&s, 0), vec![s.hosts[1].1]);
+}
+
+#[test]
+fn a_forged_sender_is_dropped() {
+    let (s, counters) = run(Tamper::ForgeSender);
+    assert!(connected_peers(&s, 1).is_empty(), "{:?}", s.events[1]);
+    assert!(
+        !s.events[1]
+            .iter()
+            .any(|(_, e)| matches!(e, Event::Incoming { .. })),
+        "the application never even hears of it"
+    );
+    assert!(counters[1].bad_signatures >= 1, "{counters:?}");
+    assert!(connected_peers(&s, 0).is_empty());
+}
+
+#[test]
+fn an_altered_offer_is_dropped() {
+    let (s, counters) = run(Tamper::AlterOffer);
+    assert!(connected_peers(&s, 1).is_empty());
+    assert!(counters[1].bad_signatures >= 1, "{counters:?}");
+    assert!(connected_peers(&s, 0).is_empty());
+}
+
+#[test]
+fn an_altered_answer_is_dropped_and_the_connect_fails() {
+    let (s, counters) = run(Tamper::AlterAnswer);
+    assert!(connected_peers(&s, 0).is_empty(), "{:?}", s.events[0]);
+    assert!(counters[0].bad_signatures >= 1, "{counters:?}");
+    assert!(s.events[0].iter().any(|(_, e)| matches!(
+        e,
+        Event::Failed {
+            reason: FailReason::TimedOut | FailReason::NoPath,
+            ..
+        }
+    )));
+}
+
+#[test]
+fn a_replayed_offer_never_gets_a_path() {
+    let (s, _) = run(Tamper::ReplayOffer);
+    // The genuine offer connected once; the replay shows as a second incoming connection,
+    // which never gets a path and fails at its timeout.
+    let incoming: Vec<_> = s.events[1]
+        .iter()
+        .filter_map(|(_, e)| match e {
+            Event::Incoming { id, .. } => Some(*id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(incoming.len(), 2, "{:?}", s.events[1]);
+    let replayed = incoming[1];
+    assert!(
+        !s.events[1]
+            .iter()
+            .any(|(_, e)| matches!(e, Event::Connected { id, .. } if *id == replayed)),
+        "the replay connected: {:?}",
+        s.events[1]
+    );
+    assert!(
+        s.events[1]
+            .iter()
+            .any(|(_, e)| matches!(e, Event::Failed { id, .. } if *id == replayed))
+    );
+    assert_eq!(
+        connected_peers(&s, 1),
+        vec![s.hosts[0].1],
+        "the genuine one did"
+    );
+}
