@@ -206,6 +206,11 @@ pub(crate) struct SignalingArgs {
     #[arg(long, value_name = "ws[s]://HOST[:PORT][/PATH]")]
     pub(crate) signal: SignalUrl,
 
+    /// The signaling server's peer ID to insist on (`fogd` logs it at start): authentication
+    /// to a server that proves another key is refused [default: any]
+    #[arg(long, value_name = "PEER_ID")]
+    pub(crate) server_key: Option<fog_signal::PeerId>,
+
     /// For wss://: trust only the certificates in this PEM file (a private CA, or the server's
     /// self-signed certificate) [default: Mozilla's root program]
     #[arg(long, value_name = "FILE")]

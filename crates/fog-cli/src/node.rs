@@ -40,6 +40,7 @@ fn start(args: &NodeArgs, alias: Option<&str>, accept: AcceptPolicy) -> Result<R
     let base = "0.0.0.0:0".parse().map_err(|e| format!("{e}"))?;
     let mut config = NodeConfig::new(key, args.signaling.signal.realm(), stun, base, seed);
     config.alias = alias.map(str::to_owned);
+    config.server_key = args.signaling.server_key;
     config.turn = turn;
     config.direct = !args.relay_only;
     config.accept = accept;

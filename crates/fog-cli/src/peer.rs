@@ -81,6 +81,7 @@ impl Peer {
         let me = key.peer_id();
         let mut config = ClientConfig::new(key, args.signaling.signal.realm(), os_random()?);
         config.alias = alias.map(str::to_owned);
+        config.server = args.signaling.server_key;
         let timeout = deadline.saturating_duration_since(Instant::now());
         let mut connection = Connection::open(
             &args.signaling.signal,

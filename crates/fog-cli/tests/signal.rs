@@ -351,3 +351,50 @@ fn wss_with_a_ca_file() {
         untrusted.text()
     );
 }
+
+/// `--server-key` pins the signaling server: the right key authenticates, another is refused.
+#[test]
+fn a_pinned_server_key_is_enforced() {
+    let fogd = Fogd::start();
+    let url = fogd.url();
+    let log = fogd._child.stderr_text();
+    let server = log
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("server="))
+        .unwrap_or_else(|| panic!("fogd logs its key: {log}"))
+        .to_owned();
+    let pinned = fogconnect(&[
+        "offer",
+        "--signal",
+        &url,
+        "--server-key",
+        &server,
+        "--timeout",
+        "20",
+        "nobody",
+    ]);
+    assert!(
+        pinned.stderr.contains("no peer is known as nobody"),
+        "authenticated to the pinned server: {}",
+        pinned.text()
+    );
+    let other = fog_signal::KeyPair::from_seed(&[42; 32])
+        .peer_id()
+        .to_string();
+    let refused = fogconnect(&[
+        "offer",
+        "--signal",
+        &url,
+        "--server-key",
+        &other,
+        "--timeout",
+        "20",
+        "nobody",
+    ]);
+    assert_eq!(refused.code(), Some(1), "{}", refused.text());
+    assert!(
+        !refused.stderr.contains("no peer is known"),
+        "never got as far as the lookup: {}",
+        refused.text()
+    );
+}

@@ -17,6 +17,10 @@ pub struct NodeConfig {
     pub realm: String,
     /// An alias to claim.
     pub alias: Option<String>,
+    /// The signaling server's key to insist on (pinning): the node refuses to authenticate to
+    /// a server that proves another key. Default none (any key; the server is trusted for
+    /// delivery only either way, since sessions are signed end to end).
+    pub server_key: Option<fog_signal::PeerId>,
     /// The RFC 5780 STUN server (primary address).
     pub stun: SocketAddr,
     /// The main UDP socket: checks and the path leave from it.
@@ -148,6 +152,7 @@ impl NodeConfig {
             key,
             realm: realm.into(),
             alias: None,
+            server_key: None,
             stun,
             base,
             strategy: StrategyConfig::default(),

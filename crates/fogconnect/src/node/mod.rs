@@ -1088,6 +1088,7 @@ fn random_bytes(rng: &mut ChaCha20Rng) -> [u8; 32] {
 fn signal_client(config: &NodeConfig, seed: [u8; 32]) -> Client {
     let mut client_config = ClientConfig::new(config.key.clone(), config.realm.clone(), seed);
     client_config.alias = config.alias.clone();
+    client_config.server = config.server_key;
     Client::new(client_config)
 }
 
