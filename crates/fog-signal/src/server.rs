@@ -272,6 +272,12 @@ impl Server {
         self.peers.len()
     }
 
+    /// Deadlines armed (pings, sessions, handshakes, nonce pruning): bounded by what the
+    /// server holds, never by how many frames it forwarded.
+    pub fn deadlines(&self) -> usize {
+        self.timers.len()
+    }
+
     /// Whether `peer` is authenticated on some connection.
     pub fn is_online(&self, peer: &PeerId) -> bool {
         self.peers.contains_key(peer)
@@ -735,6 +741,8 @@ impl Server {
         let offerer = match self.sessions.get_mut(&session) {
             Some(s) if s.answerer == me && !s.answered => {
                 s.answered = true;
+                // One live deadline per session: the offer's goes.
+                self.timers.remove(&(s.expires, Timer::Session(session)));
                 s.expires = now + lifetime;
                 s.offerer
             }
@@ -805,7 +813,11 @@ impl Server {
         let lifetime = self.config.limits.session_lifetime;
         let other = match self.sessions.get_mut(&session) {
             Some(s) if s.answered && (s.offerer == me || s.answerer == me) => {
+                // One live deadline per session: each relay frame moves it, it does not add
+                // another.
+                self.timers.remove(&(s.expires, Timer::Session(session)));
                 s.expires = now + lifetime;
+                self.timers.insert((s.expires, Timer::Session(session)));
                 if s.offerer == me {
                     s.answerer
                 } else {
@@ -834,8 +846,6 @@ impl Server {
             );
             return;
         }
-        self.timers
-            .insert((now + lifetime, Timer::Session(session)));
         self.send_peer(other, ServerMsg::Relay { session, data });
     }
 
@@ -955,8 +965,8 @@ impl Server {
             if !s.answered {
                 self.unpend(s.offerer, s.answerer);
             }
+            self.timers.remove(&(s.expires, Timer::Session(session)));
         }
-        // The session's timer is left to fire and find it gone.
         self.send_peer(
             other,
             ServerMsg::SessionClosed {
@@ -971,6 +981,7 @@ impl Server {
         let Some(s) = self.sessions.remove(&id) else {
             return;
         };
+        self.timers.remove(&(s.expires, Timer::Session(id)));
         if !s.answered {
             self.unpend(s.offerer, s.answerer);
         }

@@ -412,3 +412,40 @@ fn close_refuses_an_offer_and_ends_an_answered_session() {
         other => panic!("{other:?}"),
     }
 }
+
+/// A session has one live deadline however many frames it carries, and none once it ends.
+#[test]
+fn sessions_keep_one_deadline_each() {
+    let mut net = Net::new(server_config());
+    let a = net.join(1, None, 10);
+    let b = net.join(2, None, 20);
+    net.take_events(a);
+    net.take_events(b);
+    let before = net.server.deadlines();
+    let session = net.exchange(a, b);
+    let with_session = net.server.deadlines();
+    assert_eq!(
+        with_session,
+        before + 1,
+        "the answered session's one deadline"
+    );
+    for i in 0..500u32 {
+        net.nodes[a]
+            .client
+            .relay(session, &i.to_be_bytes())
+            .unwrap();
+        net.run();
+        net.advance(Duration::from_millis(100));
+    }
+    assert!(
+        net.server.deadlines() <= with_session,
+        "{} deadlines after 500 relay frames",
+        net.server.deadlines()
+    );
+    net.nodes[a].client.close(session, 0, "done").unwrap();
+    net.run();
+    assert!(
+        net.server.deadlines() < with_session,
+        "the closed session's deadline went"
+    );
+}

@@ -26,6 +26,9 @@ enum Tamper {
     AlterAnswer,
     /// Every offer is also delivered again later, in a session of the server's making.
     ReplayOffer,
+    /// Every answer is followed by a thousand trickled candidates (as a hostile peer could
+    /// send them).
+    FloodCandidates,
 }
 
 /// fog-signal's server with a tampering step on its way out.
@@ -35,6 +38,8 @@ struct Malicious {
     out: VecDeque<Output>,
     /// Offers to replay: (when, connection, frame).
     replays: Vec<(Instant, ConnId, ServerMsg)>,
+    /// Trickles to send right after the answer just forwarded.
+    flood: Option<(ConnId, SessionId)>,
     now: Instant,
 }
 
@@ -70,6 +75,10 @@ impl Malicious {
                 }
                 self.replays
                     .push((self.now + Duration::from_secs(5), conn, again));
+                return frame;
+            }
+            (ServerMsg::Answer { session, .. }, Tamper::FloodCandidates) => {
+                self.flood = Some((conn, *session));
                 return frame;
             }
             _ => return frame,
@@ -118,6 +127,24 @@ impl SignalServer for Malicious {
                 other => other,
             };
             self.out.push_back(out);
+            if let Some((conn, session)) = self.flood.take() {
+                for i in 0..1_000u16 {
+                    let candidate = fog_signal::msg::Candidate {
+                        kind: fog_signal::msg::CandidateKind::Host,
+                        addr: std::net::SocketAddr::from(([198, 51, 100, 77], 10_000 + i)),
+                        priority: 1,
+                        related: None,
+                    };
+                    let trickle = ServerMsg::Candidate {
+                        session,
+                        candidate: Some(candidate),
+                    };
+                    self.out.push_back(Output::Send {
+                        conn,
+                        frame: trickle.encode(),
+                    });
+                }
+            }
         }
         self.out.pop_front()
     }
@@ -143,6 +170,7 @@ fn run(tamper: Tamper) -> (Scenario, [fogconnect::Counters; 2]) {
         tamper,
         out: VecDeque::new(),
         replays: Vec::new(),
+        flood: None,
         now: s.sim.now(),
     };
     s.sim.set_signal_server(server);
@@ -242,4 +270,15 @@ fn a_replayed_offer_never_gets_a_path() {
         vec![s.hosts[0].1],
         "the genuine one did"
     );
+}
+
+#[test]
+fn a_flood_of_trickled_candidates_is_bounded() {
+    let (s, counters) = run(Tamper::FloodCandidates);
+    assert!(
+        counters[0].candidates_dropped >= 1_000 - 64,
+        "at most 64 candidates are kept: {counters:?}"
+    );
+    // The connection itself is not disturbed.
+    assert_eq!(connected_peers(&s, 0), vec![s.hosts[1].1]);
 }

@@ -472,4 +472,6 @@ pub struct Counters {
     pub bad_signatures: u64,
     /// Probes on the relay over signaling left unechoed by the rate limit.
     pub echoes_refused: u64,
+    /// A peer's candidates beyond the 64 kept per connection (description and trickles).
+    pub candidates_dropped: u64,
 }

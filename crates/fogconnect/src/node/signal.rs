@@ -269,6 +269,8 @@ impl Node {
                     true,
                 );
                 conn.remote_key = Some(answer_key);
+                let mut description = description;
+                cap_candidates(&mut description, &mut self.counters);
                 conn.remote = Some(description);
                 self.keyed(id, keys);
                 self.build_agent(now, id);
@@ -284,12 +286,16 @@ impl Node {
                 else {
                     return;
                 };
-                if let Some(remote) = &mut conn.remote {
-                    // Bounded like the description itself: a peer cannot grow it without end.
-                    if remote.candidates.len() < MAX_REMOTE_CANDIDATES {
-                        remote.candidates.push(candidate);
-                    }
+                // A peer's candidates are bounded, trickled ones included: beyond the bound
+                // they are dropped, so a peer cannot grow our pair table without end.
+                let Some(remote) = &mut conn.remote else {
+                    return;
+                };
+                if remote.candidates.len() >= MAX_REMOTE_CANDIDATES {
+                    self.counters.candidates_dropped += 1;
+                    return;
                 }
+                remote.candidates.push(candidate);
                 if let Some(agent) = conn.agent_mut() {
                     agent.add_remote(now, super::candidates::from_wire(&candidate));
                 }
@@ -400,6 +406,8 @@ impl Node {
                 .close(session, super::REFUSED_FULL, "too many connections");
             return;
         }
+        let mut description = description;
+        cap_candidates(&mut description, &mut self.counters);
         let id = self.new_id();
         let (ufrag, exchange) = (self.ufrag(), self.exchange());
         let service = description.service;
@@ -423,4 +431,15 @@ impl Node {
 }
 
 /// The most candidates kept of a peer's description and trickles.
-const MAX_REMOTE_CANDIDATES: usize = 64;
+pub(super) const MAX_REMOTE_CANDIDATES: usize = 64;
+
+/// Keeps the first [`MAX_REMOTE_CANDIDATES`] of a description (after its signature verified:
+/// what was signed is what the peer sent), counting the rest.
+fn cap_candidates(description: &mut fog_signal::msg::Description, counters: &mut super::Counters) {
+    let extra = description
+        .candidates
+        .len()
+        .saturating_sub(MAX_REMOTE_CANDIDATES);
+    counters.candidates_dropped += extra as u64;
+    description.candidates.truncate(MAX_REMOTE_CANDIDATES);
+}
