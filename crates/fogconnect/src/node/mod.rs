@@ -27,7 +27,7 @@ mod conn;
 mod event;
 mod probe;
 mod relay;
-mod seal;
+pub mod seal;
 mod signal;
 
 use std::collections::{BTreeMap, VecDeque};

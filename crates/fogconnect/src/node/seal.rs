@@ -29,25 +29,26 @@ use sha2::Sha256;
 use x25519_dalek::{PublicKey, StaticSecret};
 
 /// The framing byte of a sealed datagram (fog-core's demux table).
-pub(super) const FRAMING: u8 = fog_core::FogFraming::Data.byte();
+pub const FRAMING: u8 = fog_core::FogFraming::Data.byte();
 /// Framing byte, tag, sequence number.
 const HEADER_LEN: usize = 1 + 8 + 8;
 /// The Poly1305 tag.
 const AEAD_TAG_LEN: usize = 16;
 /// What sealing adds to a payload: the header, the kind byte and the AEAD tag.
-pub(super) const OVERHEAD: usize = HEADER_LEN + 1 + AEAD_TAG_LEN;
+pub const OVERHEAD: usize = HEADER_LEN + 1 + AEAD_TAG_LEN;
 /// Datagrams behind the highest one seen that are still accepted (once each).
 const WINDOW: u64 = 64;
 
 /// What a sealed datagram carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Kind {
+pub enum Kind {
     /// An application datagram.
     Data = 0,
     /// The connection's close: a code (u32, big-endian) and a reason follow.
     Close = 1,
-    /// A probe of the relay over signaling, and its echo.
+    /// A probe of the relay over signaling.
     Probe = 2,
+    /// The echo of a probe.
     Echo = 3,
 }
 
@@ -65,7 +66,7 @@ impl Kind {
 
 /// Why a sealed datagram was dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Refused {
+pub enum Refused {
     /// It does not decrypt (forged or altered), or its kind is unknown.
     Forged,
     /// Its sequence number was seen, or is too old for the window.
@@ -73,7 +74,7 @@ pub(super) enum Refused {
 }
 
 /// The session tag a sealed datagram names, if it is one.
-pub(super) fn tag_of(datagram: &[u8]) -> Option<[u8; 8]> {
+pub fn tag_of(datagram: &[u8]) -> Option<[u8; 8]> {
     if datagram.len() < OVERHEAD || datagram[0] != FRAMING {
         return None;
     }
@@ -81,7 +82,7 @@ pub(super) fn tag_of(datagram: &[u8]) -> Option<[u8; 8]> {
 }
 
 /// One side's ephemeral exchange secret for a connection.
-pub(super) struct Exchange(StaticSecret);
+pub struct Exchange(StaticSecret);
 
 impl std::fmt::Debug for Exchange {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -91,25 +92,35 @@ impl std::fmt::Debug for Exchange {
 
 impl Exchange {
     /// From 32 bytes of the node's generator.
-    pub(super) fn new(bytes: [u8; 32]) -> Exchange {
+    pub fn new(bytes: [u8; 32]) -> Exchange {
         Exchange(StaticSecret::from(bytes))
     }
 
-    pub(super) fn public(&self) -> ExchangeKey {
+    /// The public key to send the peer.
+    pub fn public(&self) -> ExchangeKey {
         ExchangeKey(PublicKey::from(&self.0).to_bytes())
     }
 }
 
 /// Who made a description, for whom, and where it stands in the exchange.
-pub(super) enum Role<'a> {
+pub enum Role<'a> {
     /// An offer from `from` to `to`.
-    Offer { from: PeerId, to: PeerId },
+    Offer {
+        /// The offerer.
+        from: PeerId,
+        /// The peer it is for.
+        to: PeerId,
+    },
     /// An answer from `from` to the offerer `to`, in `session`, to the offer whose key was
     /// `offer_key`.
     Answer {
+        /// The answerer.
         from: PeerId,
+        /// The offerer.
         to: PeerId,
+        /// The session the server named.
         session: SessionId,
+        /// The offer's exchange key.
         offer_key: &'a ExchangeKey,
     },
 }
@@ -118,7 +129,7 @@ pub(super) enum Role<'a> {
 /// length-prefixed, after a domain label (so no two inputs give the same bytes, and a
 /// signature made for one purpose is useless for another). The password field is left out:
 /// the check passwords come from the exchange.
-pub(super) fn transcript(role: &Role<'_>, description: &Description, key: &ExchangeKey) -> Vec<u8> {
+pub fn transcript(role: &Role<'_>, description: &Description, key: &ExchangeKey) -> Vec<u8> {
     let mut t = Vec::with_capacity(512);
     let mut put = |bytes: &[u8]| {
         t.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
@@ -181,21 +192,23 @@ fn kind_name(kind: fog_signal::msg::CandidateKind) -> &'static str {
     }
 }
 
-/// A connection's keys, one direction each, and the check passwords.
-pub(super) struct Keys {
+/// A connection's keys, one direction each, and the check passwords. `seal` and `open` are
+/// what the node does with every datagram of the connection; they are public for benchmarks
+/// and fuzzing.
+pub struct Keys {
     send: ChaCha20Poly1305,
     recv: ChaCha20Poly1305,
     /// The tag our datagrams carry (the peer's receive tag), and the one we accept.
-    pub(super) send_tag: [u8; 8],
-    pub(super) recv_tag: [u8; 8],
+    pub(crate) send_tag: [u8; 8],
+    pub(crate) recv_tag: [u8; 8],
     next_seq: u64,
     /// One past the highest sequence number accepted, and which of the [`WINDOW`] below it
     /// were (bit `i`: `top - 1 - i`).
     top: u64,
     seen: u64,
     /// Our check password (the peer's checks to us carry it), and the peer's.
-    pub(super) local_pwd: String,
-    pub(super) remote_pwd: String,
+    pub(crate) local_pwd: String,
+    pub(crate) remote_pwd: String,
 }
 
 impl std::fmt::Debug for Keys {
@@ -209,7 +222,7 @@ impl std::fmt::Debug for Keys {
 impl Keys {
     /// The keys of the session between `offerer` and `answerer`, from our exchange secret and
     /// the peer's key.
-    pub(super) fn derive(
+    pub fn derive(
         mine: &Exchange,
         theirs: &ExchangeKey,
         session: SessionId,
@@ -267,7 +280,7 @@ impl Keys {
     }
 
     /// A sealed datagram of `kind` carrying `payload`.
-    pub(super) fn seal(&mut self, kind: Kind, payload: &[u8]) -> Vec<u8> {
+    pub fn seal(&mut self, kind: Kind, payload: &[u8]) -> Vec<u8> {
         let seq = self.next_seq;
         self.next_seq += 1;
         let mut header = [0u8; HEADER_LEN];
@@ -294,7 +307,7 @@ impl Keys {
     }
 
     /// The kind and payload of a sealed datagram for us (its tag already matched).
-    pub(super) fn open(&mut self, datagram: &[u8]) -> Result<(Kind, Vec<u8>), Refused> {
+    pub fn open(&mut self, datagram: &[u8]) -> Result<(Kind, Vec<u8>), Refused> {
         if datagram.len() < OVERHEAD {
             return Err(Refused::Forged);
         }
