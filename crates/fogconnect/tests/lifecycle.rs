@@ -489,3 +489,45 @@ fn sessions_between_the_same_two_nodes_never_see_each_others_data() {
         .sum();
     assert!(total >= 9, "nearly all 10 arrived: {total}");
 }
+
+/// The send queue is bounded: `send` says `Blocked` once `MAX_QUEUED` datagrams wait, queues
+/// nothing more, and `Writable` comes when the driver has drained it; every datagram that was
+/// accepted is sent.
+#[test]
+fn a_full_send_queue_blocks_and_says_when_it_is_writable() {
+    let mut s = ready(
+        Preset::OpenInternet,
+        Preset::OpenInternet,
+        &Profile::default(),
+    );
+    let (_, a) = s.connect();
+    s.run_for(Duration::from_secs(2));
+    let results: Vec<Result<(), fogconnect::SendError>> = s.with_node(0, |n, now| {
+        (0..fogconnect::MAX_QUEUED + 100)
+            .map(|i| n.send(now, a, &(i as u32).to_be_bytes()))
+            .collect()
+    });
+    let accepted = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(accepted, fogconnect::MAX_QUEUED);
+    assert!(
+        results[fogconnect::MAX_QUEUED..]
+            .iter()
+            .all(|r| *r == Err(fogconnect::SendError::Blocked))
+    );
+    let mark = s.events[0].len();
+    s.run_for(Duration::from_millis(500));
+    assert!(
+        since(&s, 0, mark).contains(&Event::Writable),
+        "writable once drained"
+    );
+    assert_eq!(s.with_node(0, |n, now| n.send(now, a, b"again")), Ok(()));
+    let sent = s
+        .with_node(0, |n, now| n.stats(now, a))
+        .unwrap()
+        .sent_datagrams;
+    assert_eq!(
+        sent,
+        fogconnect::MAX_QUEUED as u64 + 1,
+        "blocked sends were not counted"
+    );
+}

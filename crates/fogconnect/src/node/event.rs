@@ -264,6 +264,9 @@ pub enum Event {
         /// The connection.
         id: ConnectionId,
     },
+    /// The send queue, full when [`Node::send`](super::Node::send) last said
+    /// [`SendError::Blocked`], has room again.
+    Writable,
     /// Our TURN allocation is ready: relayed candidates from now on.
     RelayReady {
         /// The relayed transport address.
@@ -366,6 +369,9 @@ pub enum SendError {
     NotConnected,
     /// The datagram is longer than [`MAX_DATAGRAM`](super::MAX_DATAGRAM).
     TooLong,
+    /// [`MAX_QUEUED`](super::MAX_QUEUED) datagrams wait for the driver to drain the node;
+    /// [`Event::Writable`] says when to send again. Nothing was queued.
+    Blocked,
 }
 
 impl fmt::Display for SendError {
@@ -376,6 +382,7 @@ impl fmt::Display for SendError {
             SendError::TooLong => {
                 write!(f, "datagrams are at most {} bytes", super::MAX_DATAGRAM)
             }
+            SendError::Blocked => f.write_str("the send queue is full; wait for Writable"),
         }
     }
 }
@@ -474,4 +481,6 @@ pub struct Counters {
     pub echoes_refused: u64,
     /// A peer's candidates beyond the 64 kept per connection (description and trickles).
     pub candidates_dropped: u64,
+    /// Datagrams of ours that the TURN client could not send (no allocation any more, say).
+    pub relay_send_errors: u64,
 }

@@ -60,6 +60,9 @@ pub use signal::{SignalInput, SignalOutput};
 /// The largest datagram [`Node::send`] takes: what fits one relayed frame once sealed (the
 /// relay over signaling carries at most 1,400 bytes; sealing adds 34).
 pub const MAX_DATAGRAM: usize = 1_400 - seal::OVERHEAD;
+/// The most datagrams [`Node::send`] queues before the driver drains them (with
+/// [`poll_transmit`](SansIo::poll_transmit)); beyond it `send` says [`SendError::Blocked`].
+pub const MAX_QUEUED: usize = 1_024;
 /// The most lookups waiting for their answers at once.
 pub const MAX_LOOKUPS: usize = 64;
 /// The code of a refusal by a node that holds [`NodeConfig::max_connections`] connections.
@@ -144,6 +147,8 @@ pub struct Node {
     by_tag: BTreeMap<[u8; 8], ConnectionId>,
     /// The latest instant the node was given.
     now: Instant,
+    /// A `send` found the queue full: `Writable` is owed once it has room.
+    blocked: bool,
 }
 
 impl Node {
@@ -201,6 +206,7 @@ impl Node {
             counters: Counters::default(),
             by_tag: BTreeMap::new(),
             now,
+            blocked: false,
             config,
         };
         let interfaces = std::mem::take(&mut node.config.interfaces);
@@ -347,6 +353,10 @@ impl Node {
             .conns
             .get_mut(&id)
             .ok_or(SendError::UnknownConnection)?;
+        if self.outgoing.len() >= MAX_QUEUED {
+            self.blocked = true;
+            return Err(SendError::Blocked);
+        }
         let path = conn.agent().and_then(Agent::data_path);
         let relay = match (conn.signal_relay, conn.session, conn.connected()) {
             (Some(_), Some(session), true) => Some(session),
@@ -1239,11 +1249,18 @@ impl SansIo for Node {
                 return Some(t);
             }
         }
+        if self.blocked && self.outgoing.len() <= MAX_QUEUED / 2 {
+            self.blocked = false;
+            self.events.push_back(Event::Writable);
+        }
         while let Some((local, remote, bytes)) = self.outgoing.pop_front() {
             match (self.relayed, &mut self.turn) {
                 (Some(relayed), Some(turn)) if local == relayed => {
                     let _ = turn.create_permission(now, remote.ip());
-                    let _ = turn.send_to(now, remote, &bytes);
+                    // UDP promises nothing, but what the relay cannot take is counted.
+                    if turn.send_to(now, remote, &bytes).is_err() {
+                        self.counters.relay_send_errors += 1;
+                    }
                 }
                 _ => {
                     let len = bytes.len().min(buf.len());
