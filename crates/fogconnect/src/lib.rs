@@ -66,6 +66,6 @@ pub use fog_signal::{KeyPair, PeerId};
 pub use node::{
     AcceptPolicy, CLOSED_IDLE, CLOSED_TIMEOUT, CloseReason, CommandError, ConnectError,
     ConnectionId, ConnectionStats, Counters, Event, FailReason, Footprint, LookupError,
-    MAX_DATAGRAM, MAX_LOOKUPS, MAX_QUEUED, Node, NodeConfig, REFUSED_FULL, Seed, SendError,
-    ServerChoice, SignalInput, SignalOutput, Via,
+    MAX_DATAGRAM, MAX_LOOKUPS, MAX_QUEUED, Node, NodeConfig, REFUSED_BUSY, REFUSED_FULL, Seed,
+    SendError, ServerChoice, SignalInput, SignalOutput, Via,
 };

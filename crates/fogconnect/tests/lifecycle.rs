@@ -531,3 +531,28 @@ fn a_full_send_queue_blocks_and_says_when_it_is_writable() {
         "blocked sends were not counted"
     );
 }
+
+/// Offers the application has not decided on are bounded: beyond the limit the caller is
+/// refused with `REFUSED_BUSY`, at once, and the node holds no more than the limit.
+#[test]
+fn undecided_offers_are_bounded_with_a_typed_refusal() {
+    let profile = Profile {
+        busy_signaling: true,
+        ..asking()
+    };
+    let mut s = ready(Preset::FullCone, Preset::FullCone, &profile);
+    let limit = 256; // NodeConfig::max_pending_incoming's default
+    let ids: Vec<ConnectionId> = (0..limit + 20).map(|_| s.connect().1).collect();
+    s.run_for(Duration::from_secs(2));
+    let refused = ids
+        .iter()
+        .filter(|id| {
+            s.events[0].iter().any(|(_, e)| {
+                matches!(e, Event::Failed { id: i, reason: FailReason::Refused { code, .. } }
+                    if *i == **id && *code == fogconnect::REFUSED_BUSY)
+            })
+        })
+        .count();
+    assert_eq!(refused, 20, "the offers beyond the limit were refused");
+    assert_eq!(s.with_node(1, |n, _| n.footprint().connections), limit);
+}

@@ -81,6 +81,11 @@ pub struct NodeConfig {
     /// an incoming offer beyond it is refused to the peer with
     /// [`REFUSED_FULL`](super::REFUSED_FULL).
     pub max_connections: usize,
+    /// The most incoming connections waiting for the application's decision or for their
+    /// answer to go (default 256): beyond it an offer is refused to the peer with
+    /// [`REFUSED_BUSY`](super::REFUSED_BUSY), so that callers cannot fill the node with
+    /// offers it never decided on.
+    pub max_pending_incoming: usize,
 }
 
 /// What the node does with an incoming offer.
@@ -169,6 +174,7 @@ impl NodeConfig {
             connect_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(45),
             max_connections: 4_096,
+            max_pending_incoming: 256,
         }
     }
 }

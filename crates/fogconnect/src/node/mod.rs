@@ -67,6 +67,9 @@ pub const MAX_QUEUED: usize = 1_024;
 pub const MAX_LOOKUPS: usize = 64;
 /// The code of a refusal by a node that holds [`NodeConfig::max_connections`] connections.
 pub const REFUSED_FULL: u32 = 0xFFFF_0001;
+/// The code of a refusal by a node that holds
+/// [`NodeConfig::max_pending_incoming`] undecided offers.
+pub const REFUSED_BUSY: u32 = 0xFFFF_0004;
 /// The code a node closes with when its connect timeout ended the connection.
 pub const CLOSED_TIMEOUT: u32 = 0xFFFF_0002;
 /// The code a node closes with when its idle timeout ended the connection.

@@ -406,6 +406,17 @@ impl Node {
                 .close(session, super::REFUSED_FULL, "too many connections");
             return;
         }
+        let pending = self
+            .conns
+            .values()
+            .filter(|c| matches!(c.phase, Phase::Incoming | Phase::Accepted))
+            .count();
+        if pending >= self.config.max_pending_incoming {
+            let _ = self
+                .client
+                .close(session, super::REFUSED_BUSY, "too many offers waiting");
+            return;
+        }
         let mut description = description;
         cap_candidates(&mut description, &mut self.counters);
         let id = self.new_id();
