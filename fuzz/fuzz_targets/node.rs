@@ -43,6 +43,8 @@ enum Op {
         session: [u8; 16],
         port: u16,
         nat: u8,
+        /// Signed by the peer it names, as a genuine offer is (else it is dropped at once).
+        signed: bool,
     },
     Open,
     Closed,
@@ -102,6 +104,36 @@ fn datagram(node: &mut Node, now: Instant, source: SocketAddr, local: SocketAddr
     );
 }
 
+/// The offer `frame` signed by `key` for `to`, with an exchange key of its own, as the peer's
+/// node would make it.
+fn sign_offer(frame: &str, key: &KeyPair, to: fog_signal::PeerId, salt: u16) -> String {
+    use fog_signal::msg::{Seal, ServerMsg, Sig};
+    use fogconnect::node::seal::{Exchange, Role, transcript};
+    let Ok(ServerMsg::Offer {
+        session,
+        from,
+        mut description,
+    }) = ServerMsg::decode(frame)
+    else {
+        return frame.to_owned();
+    };
+    let mut secret = [0x42u8; 32];
+    secret[..2].copy_from_slice(&salt.to_le_bytes());
+    let exchange = Exchange::new(secret).public();
+    let role = Role::Offer { from, to };
+    let signature = Sig(key.sign(&transcript(&role, &description, &exchange)));
+    description.seal = Some(Seal {
+        key: exchange,
+        signature,
+    });
+    ServerMsg::Offer {
+        session,
+        from,
+        description,
+    }
+    .encode()
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -151,7 +183,8 @@ fuzz_target!(|input: (u64, u8, Vec<Op>)| {
         node.signaling_up(),
         "the handshake with a real server completes"
     );
-    let peer = KeyPair::from_seed(&[7; 32]).peer_id();
+    let peer_key = KeyPair::from_seed(&[7; 32]);
+    let peer = peer_key.peer_id();
     for op in ops.into_iter().take(200) {
         match op {
             Op::Datagram {
@@ -179,12 +212,16 @@ fuzz_target!(|input: (u64, u8, Vec<Op>)| {
                 session,
                 port,
                 nat: n,
+                signed,
             } => {
-                let frame = format!(
-                    r#"{{"type":"offer","session":"{}","from":"{peer}","description":{{"candidates":[{{"kind":"srflx","addr":"203.0.113.9:{port}","priority":1694498815}},{{"kind":"relay","addr":"198.51.100.3:{port}","priority":16777215}}],"nat":{},"transports":["quic"],"credentials":{{"ufrag":"abcd","pwd":"0123456789abcdefghijkl"}},"service":1}}}}"#,
+                let mut frame = format!(
+                    r#"{{"type":"offer","session":"{}","from":"{peer}","description":{{"candidates":[{{"kind":"srflx","addr":"203.0.113.9:{port}","priority":1694498815}},{{"kind":"relay","addr":"198.51.100.3:{port}","priority":16777215}}],"nat":{},"transports":["quic"],"credentials":{{"ufrag":"abcd","pwd":""}},"service":1}}}}"#,
                     hex(&session),
                     nat(n)
                 );
+                if signed {
+                    frame = sign_offer(&frame, &peer_key, node.peer_id(), port);
+                }
                 node.handle_signal(now, SignalInput::Frame(&frame));
             }
             Op::Open => node.handle_signal(now, SignalInput::Opened),
