@@ -107,6 +107,8 @@ pub enum Event {
         session: SessionId,
         /// The candidate.
         candidate: Option<Candidate>,
+        /// The other peer's signature over it, if it signed it.
+        signature: Option<crate::msg::Sig>,
     },
     /// A datagram from the other peer of `session`, through the relay over signaling.
     Relay {
@@ -302,9 +304,15 @@ impl Client {
                 from,
                 description,
             }),
-            ServerMsg::Candidate { session, candidate } => self
-                .events
-                .push_back(Event::Candidate { session, candidate }),
+            ServerMsg::Candidate {
+                session,
+                candidate,
+                signature,
+            } => self.events.push_back(Event::Candidate {
+                session,
+                candidate,
+                signature,
+            }),
             ServerMsg::Relay { session, data } => {
                 use base64::Engine as _;
                 match base64::engine::general_purpose::STANDARD.decode(data.as_bytes()) {
@@ -444,7 +452,28 @@ impl Client {
         candidate: Option<Candidate>,
     ) -> Result<(), ClientError> {
         self.request()?;
-        self.push(ClientMsg::Candidate { session, candidate });
+        self.push(ClientMsg::Candidate {
+            session,
+            candidate,
+            signature: None,
+        });
+        Ok(())
+    }
+
+    /// [`trickle`](Self::trickle) with the sender's signature over the candidate, which the
+    /// server forwards untouched.
+    pub fn trickle_signed(
+        &mut self,
+        session: SessionId,
+        candidate: Candidate,
+        signature: crate::msg::Sig,
+    ) -> Result<(), ClientError> {
+        self.request()?;
+        self.push(ClientMsg::Candidate {
+            session,
+            candidate: Some(candidate),
+            signature: Some(signature),
+        });
         Ok(())
     }
 

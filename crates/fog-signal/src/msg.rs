@@ -168,6 +168,10 @@ pub enum ClientMsg {
         session: SessionId,
         /// The new candidate.
         candidate: Option<Candidate>,
+        /// The sender's signature over the candidate (see `docs/signaling.md`, "Trust");
+        /// forwarded untouched.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signature: Option<Sig>,
     },
     /// Asks for short-lived relay (TURN) credentials.
     RelayRequest {
@@ -277,6 +281,9 @@ pub enum ServerMsg {
         session: SessionId,
         /// The candidate, or `null` for "no more".
         candidate: Option<Candidate>,
+        /// The other peer's signature over it, if it signed it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signature: Option<Sig>,
     },
     /// A datagram from the other peer of a session, carried by the server.
     Relay {

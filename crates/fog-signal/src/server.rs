@@ -630,14 +630,25 @@ impl Server {
                 session,
                 description,
             } => self.answer(now, conn, me, session, description),
-            ClientMsg::Candidate { session, candidate } => match self.sessions.get(&session) {
+            ClientMsg::Candidate {
+                session,
+                candidate,
+                signature,
+            } => match self.sessions.get(&session) {
                 Some(s) if s.offerer == me || s.answerer == me => {
                     let other = if s.offerer == me {
                         s.answerer
                     } else {
                         s.offerer
                     };
-                    self.send_peer(other, ServerMsg::Candidate { session, candidate });
+                    self.send_peer(
+                        other,
+                        ServerMsg::Candidate {
+                            session,
+                            candidate,
+                            signature,
+                        },
+                    );
                 }
                 _ => self.send(
                     conn,

@@ -126,14 +126,16 @@ fn register_lookup_offer_answer_trickle_punch() {
         net.take_events(a),
         vec![Event::Candidate {
             session,
-            candidate: Some(c)
+            candidate: Some(c),
+            signature: None,
         }]
     );
     assert_eq!(
         net.take_events(b),
         vec![Event::Candidate {
             session,
-            candidate: None
+            candidate: None,
+            signature: None,
         }]
     );
 

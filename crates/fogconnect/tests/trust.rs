@@ -13,6 +13,7 @@ use fog_signal::msg::{ServerMsg, SessionId};
 use fog_signal::server::{ConnId, Output, Server};
 use fog_sim::presets::Preset;
 use fog_sim::signal::SignalServer;
+use fogconnect::node::seal::candidate_transcript;
 use fogconnect::{Event, FailReason};
 
 /// What the server does to the frames it forwards.
@@ -26,9 +27,11 @@ enum Tamper {
     AlterAnswer,
     /// Every offer is also delivered again later, in a session of the server's making.
     ReplayOffer,
-    /// Every answer is followed by a thousand trickled candidates (as a hostile peer could
-    /// send them).
+    /// Every answer is followed by a thousand trickled candidates signed by the answerer (as
+    /// a hostile peer could send them).
     FloodCandidates,
+    /// Every answer is followed by a candidate of the server's own, unsigned.
+    InjectCandidate,
 }
 
 /// fog-signal's server with a tampering step on its way out.
@@ -38,8 +41,13 @@ struct Malicious {
     out: VecDeque<Output>,
     /// Offers to replay: (when, connection, frame).
     replays: Vec<(Instant, ConnId, ServerMsg)>,
-    /// Trickles to send right after the answer just forwarded.
-    flood: Option<(ConnId, SessionId)>,
+    /// Trickles to send right after the answer just forwarded: to whom, in which session,
+    /// how many.
+    flood: Option<(ConnId, SessionId, u16)>,
+    /// The answerer's key, which a hostile peer has (and the server does not).
+    answerer: KeyPair,
+    /// The offerer's peer ID.
+    offerer: fog_signal::PeerId,
     now: Instant,
 }
 
@@ -78,7 +86,11 @@ impl Malicious {
                 return frame;
             }
             (ServerMsg::Answer { session, .. }, Tamper::FloodCandidates) => {
-                self.flood = Some((conn, *session));
+                self.flood = Some((conn, *session, 1_000));
+                return frame;
+            }
+            (ServerMsg::Answer { session, .. }, Tamper::InjectCandidate) => {
+                self.flood = Some((conn, *session, 1));
                 return frame;
             }
             _ => return frame,
@@ -127,17 +139,28 @@ impl SignalServer for Malicious {
                 other => other,
             };
             self.out.push_back(out);
-            if let Some((conn, session)) = self.flood.take() {
-                for i in 0..1_000u16 {
+            if let Some((conn, session, count)) = self.flood.take() {
+                for i in 0..count {
                     let candidate = fog_signal::msg::Candidate {
                         kind: fog_signal::msg::CandidateKind::Host,
                         addr: std::net::SocketAddr::from(([198, 51, 100, 77], 10_000 + i)),
                         priority: 1,
                         related: None,
                     };
+                    // The flood is the answerer's own (signed); an injection is not.
+                    let signature = (self.tamper == Tamper::FloodCandidates).then(|| {
+                        let transcript = candidate_transcript(
+                            self.answerer.peer_id(),
+                            self.offerer,
+                            session,
+                            &candidate,
+                        );
+                        fog_signal::msg::Sig(self.answerer.sign(&transcript))
+                    });
                     let trickle = ServerMsg::Candidate {
                         session,
                         candidate: Some(candidate),
+                        signature,
                     };
                     self.out.push_back(Output::Send {
                         conn,
@@ -157,6 +180,16 @@ impl SignalServer for Malicious {
     }
 }
 
+/// The scenario's seed.
+const SEED: u64 = 31;
+
+/// Node `n`'s identity in the scenario of `seed` (as `fog_examples::scenario` makes it).
+fn node_key(seed: u64, n: u8) -> KeyPair {
+    let mut key_seed = [n; 32];
+    key_seed[..8].copy_from_slice(&seed.to_le_bytes());
+    KeyPair::from_seed(&key_seed)
+}
+
 /// Runs A → B under a server that tampers as `tamper` says: B accepts every offer. Both
 /// nodes' events, and their counters.
 fn run(tamper: Tamper) -> (Scenario, [fogconnect::Counters; 2]) {
@@ -164,13 +197,15 @@ fn run(tamper: Tamper) -> (Scenario, [fogconnect::Counters; 2]) {
         connect_timeout: Some(Duration::from_secs(10)),
         ..Profile::default()
     };
-    let mut s = Scenario::new(Preset::FullCone, Preset::FullCone, 31, &profile);
+    let mut s = Scenario::new(Preset::FullCone, Preset::FullCone, SEED, &profile);
     let server = Malicious {
         inner: Server::new(s.signal_config.clone()),
         tamper,
         out: VecDeque::new(),
         replays: Vec::new(),
         flood: None,
+        answerer: node_key(SEED, 2),
+        offerer: s.hosts[0].1,
         now: s.sim.now(),
     };
     s.sim.set_signal_server(server);
@@ -280,5 +315,13 @@ fn a_flood_of_trickled_candidates_is_bounded() {
         "at most 64 candidates are kept: {counters:?}"
     );
     // The connection itself is not disturbed.
+    assert_eq!(connected_peers(&s, 0), vec![s.hosts[1].1]);
+}
+
+#[test]
+fn a_candidate_the_server_injects_is_dropped() {
+    let (s, counters) = run(Tamper::InjectCandidate);
+    assert!(counters[0].bad_signatures >= 1, "{counters:?}");
+    assert_eq!(counters[0].candidates_dropped, 0);
     assert_eq!(connected_peers(&s, 0), vec![s.hosts[1].1]);
 }

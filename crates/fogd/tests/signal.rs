@@ -123,7 +123,8 @@ fn two_peers_authenticate_register_offer_and_answer() {
         trickled,
         Event::Candidate {
             session,
-            candidate: Some(late)
+            candidate: Some(late),
+            signature: None,
         }
     );
 

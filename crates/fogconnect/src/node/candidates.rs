@@ -84,6 +84,7 @@ impl Node {
         if added.is_empty() && removed.is_empty() {
             return;
         }
+        let mut trickles = Vec::new();
         for conn in self.conns.values_mut() {
             let Some(session) = conn.session else {
                 // An offer still on its way: what went away is not worth telling.
@@ -91,9 +92,11 @@ impl Node {
                 conn.untrickled.extend(added.iter().copied());
                 continue;
             };
+            trickles.push((session, conn.peer));
+        }
+        for (session, peer) in trickles {
             for c in &added {
-                // A session the server forgot refuses it; its peer keeps the old candidates.
-                let _ = self.client.trickle(session, Some(to_wire(c)));
+                self.trickle(session, peer, c);
             }
         }
         self.events

@@ -501,6 +501,20 @@ impl Node {
         valid.map(|s| s.key)
     }
 
+    /// Sends `candidate` to the peer of `session` (whose peer is `peer`), signed. A session the
+    /// server forgot refuses it; the peer keeps the candidates it has.
+    fn trickle(
+        &mut self,
+        session: SessionId,
+        peer: PeerId,
+        candidate: &fog_ice::candidate::Candidate,
+    ) {
+        let wire = candidates::to_wire(candidate);
+        let transcript = seal::candidate_transcript(self.peer_id(), peer, session, &wire);
+        let signature = fog_signal::msg::Sig(self.config.key.sign(&transcript));
+        let _ = self.client.trickle_signed(session, wire, signature);
+    }
+
     /// A connection's keys are known: sealed datagrams to it are recognised from now on.
     fn keyed(&mut self, id: ConnectionId, keys: seal::Keys) {
         self.by_tag.insert(keys.recv_tag, id);

@@ -8,7 +8,6 @@ use fog_ice::candidate::{Candidate, Kind};
 use fog_signal::msg::SessionId;
 use fog_turn::client::Event as TurnEvent;
 
-use super::candidates::to_wire;
 use super::seal::Kind as Sealed;
 use super::{ConnectionId, Event, Node, SIGNAL_RELAY_KEEPALIVE, UNSPECIFIED, Via};
 
@@ -57,6 +56,7 @@ impl Node {
                     self.relayed = Some(relayed);
                     self.events.push_back(Event::RelayReady { relayed });
                     let candidate = Candidate::new(Kind::Relayed, relayed);
+                    let mut trickles = Vec::new();
                     for conn in self.conns.values_mut() {
                         if let Some(agent) = conn.agent_mut() {
                             agent.set_relayed(now, relayed);
@@ -64,11 +64,12 @@ impl Node {
                         // Connections that described themselves before the relay existed learn
                         // it now (trickle), or once the server names the session.
                         match conn.session {
-                            Some(session) => {
-                                let _ = self.client.trickle(session, Some(to_wire(&candidate)));
-                            }
+                            Some(session) => trickles.push((session, conn.peer)),
                             None => conn.untrickled.push(candidate),
                         }
+                    }
+                    for (session, peer) in trickles {
+                        self.trickle(session, peer, &candidate);
                     }
                     self.relay_permissions(now);
                 }

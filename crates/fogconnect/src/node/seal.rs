@@ -181,6 +181,34 @@ pub fn transcript(role: &Role<'_>, description: &Description, key: &ExchangeKey)
     t
 }
 
+/// The bytes a trickled candidate's signature covers: who sends it to whom, in which session,
+/// and the candidate, after a domain label of its own.
+pub fn candidate_transcript(
+    from: PeerId,
+    to: PeerId,
+    session: SessionId,
+    c: &fog_signal::msg::Candidate,
+) -> Vec<u8> {
+    let mut t = Vec::with_capacity(160);
+    let mut put = |bytes: &[u8]| {
+        t.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+        t.extend_from_slice(bytes);
+    };
+    put(b"fogconnect-candidate-v1");
+    put(from.as_bytes());
+    put(to.as_bytes());
+    put(&session.0);
+    put(kind_name(c.kind).as_bytes());
+    put(c.addr.to_string().as_bytes());
+    put(&c.priority.to_be_bytes());
+    put(c
+        .related
+        .map(|r| r.to_string())
+        .unwrap_or_default()
+        .as_bytes());
+    t
+}
+
 fn kind_name(kind: fog_signal::msg::CandidateKind) -> &'static str {
     use fog_signal::msg::CandidateKind as K;
     match kind {

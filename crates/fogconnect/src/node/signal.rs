@@ -8,8 +8,8 @@ use fog_signal::client::Event as SignalEvent;
 use fog_signal::msg::ErrorCode;
 
 use super::conn::{Conn, Phase};
-use super::seal::{Keys, Role};
-use super::{CloseReason, End, Event, FailReason, Node, Via, candidates::to_wire};
+use super::seal::{self, Keys, Role};
+use super::{CloseReason, End, Event, FailReason, Node, Via};
 
 /// What the driver tells the node about its signaling connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -223,8 +223,9 @@ impl Node {
                 conn.session = Some(session);
                 conn.phase = Phase::AwaitingAnswer;
                 self.by_session.insert(session, id);
-                for c in std::mem::take(&mut conn.untrickled) {
-                    let _ = self.client.trickle(session, Some(to_wire(&c)));
+                let (peer, untrickled) = (conn.peer, std::mem::take(&mut conn.untrickled));
+                for c in untrickled {
+                    self.trickle(session, peer, &c);
                 }
             }
             SignalEvent::Offer {
@@ -278,7 +279,9 @@ impl Node {
             SignalEvent::Candidate {
                 session,
                 candidate: Some(candidate),
+                signature,
             } => {
+                let me = self.peer_id();
                 let Some(conn) = self
                     .by_session
                     .get(&session)
@@ -286,6 +289,13 @@ impl Node {
                 else {
                     return;
                 };
+                // Only what the peer signed for this session: the server may not add
+                // addresses for us to check.
+                let transcript = seal::candidate_transcript(conn.peer, me, session, &candidate);
+                if !signature.is_some_and(|s| conn.peer.verify(&transcript, &s.0)) {
+                    self.counters.bad_signatures += 1;
+                    return;
+                }
                 // A peer's candidates are bounded, trickled ones included: beyond the bound
                 // they are dropped, so a peer cannot grow our pair table without end.
                 let Some(remote) = &mut conn.remote else {
