@@ -20,9 +20,9 @@ use fogconnect::{
 
 const WAIT: Duration = Duration::from_secs(20);
 
-/// fogd with STUN on two loopback addresses and signaling, on free ports; the STUN server
-/// and the signaling URL.
-fn fogd() -> (ChildGuard, SocketAddr, String) {
+/// fogd with STUN on two loopback addresses and signaling, on free ports, with `extra`
+/// arguments; the child, the STUN server and the signaling address.
+fn fogd_with(extra: &[&str]) -> (ChildGuard, SocketAddr, SocketAddr) {
     let exe = fog_test_support::fogd_exe(
         &std::env::current_exe().expect("the test's own path"),
         Path::new(env!("CARGO_MANIFEST_DIR")),
@@ -34,21 +34,23 @@ fn fogd() -> (ChildGuard, SocketAddr, String) {
             .unwrap();
         let stun = SocketAddr::new(A1, p1);
         let mut command = Command::new(&exe);
-        command.args([
-            "--stun",
-            &stun.to_string(),
-            "--stun-alt",
-            &SocketAddr::new(A2, p2).to_string(),
-            "--signal",
-            &signal.to_string(),
-        ]);
+        command
+            .args([
+                "--stun",
+                &stun.to_string(),
+                "--stun-alt",
+                &SocketAddr::new(A2, p2).to_string(),
+                "--signal",
+                &signal.to_string(),
+            ])
+            .args(extra);
         let mut child =
             ChildGuard::spawn(&format!("fogd-runtime-{attempt}"), &mut command).unwrap();
         let deadline = Instant::now() + WAIT;
         while Instant::now() < deadline {
             if TcpStream::connect_timeout(&signal, Duration::from_millis(200)).is_ok() {
                 thread::sleep(Duration::from_millis(100));
-                return (child, stun, format!("ws://{signal}/ws"));
+                return (child, stun, signal);
             }
             if child.try_wait().is_some() {
                 break;
@@ -57,6 +59,12 @@ fn fogd() -> (ChildGuard, SocketAddr, String) {
         }
     }
     panic!("fogd could not start on free ports");
+}
+
+/// fogd with plain signaling; the child, the STUN server and the ws URL.
+fn fogd() -> (ChildGuard, SocketAddr, String) {
+    let (child, stun, signal) = fogd_with(&[]);
+    (child, stun, format!("ws://{signal}/ws"))
 }
 
 fn config(seed: u8, stun: SocketAddr, url: &str) -> RuntimeConfig {
@@ -234,47 +242,12 @@ fn fogd_wss() -> (
     String,
     rustls_pki_types::CertificateDer<'static>,
 ) {
-    let exe = fog_test_support::fogd_exe(
-        &std::env::current_exe().expect("the test's own path"),
-        Path::new(env!("CARGO_MANIFEST_DIR")),
-    );
     let (cert, key, der) = fog_test_support::self_signed_cert();
-    for attempt in 0..5 {
-        let (p1, p2) = free_port_pair();
-        let signal = TcpListener::bind((A1, 0))
-            .and_then(|l| l.local_addr())
-            .unwrap();
-        let stun = SocketAddr::new(A1, p1);
-        let mut command = Command::new(&exe);
-        command.args([
-            "--stun",
-            &stun.to_string(),
-            "--stun-alt",
-            &SocketAddr::new(A2, p2).to_string(),
-            "--signal",
-            &signal.to_string(),
-            "--realm",
-            "localhost",
-            "--tls-cert",
-            cert.to_str().unwrap(),
-            "--tls-key",
-            key.to_str().unwrap(),
-        ]);
-        let mut child = ChildGuard::spawn(&format!("fogd-wss-{attempt}"), &mut command).unwrap();
-        let deadline = Instant::now() + WAIT;
-        while Instant::now() < deadline {
-            if TcpStream::connect_timeout(&signal, Duration::from_millis(200)).is_ok() {
-                thread::sleep(Duration::from_millis(100));
-                let url = format!("wss://localhost:{}/ws", signal.port());
-                return (child, stun, url, der);
-            }
-            if child.try_wait().is_some() {
-                break;
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-    panic!("fogd could not start on free ports");
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let (child, stun, signal) =
+        fogd_with(&["--realm", "localhost", "--tls-cert", cert, "--tls-key", key]);
+    let url = format!("wss://localhost:{}/ws", signal.port());
+    (child, stun, url, der)
 }
 
 /// Over `wss://`: two runtimes that trust the server's certificate connect and exchange a

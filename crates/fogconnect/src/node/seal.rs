@@ -130,16 +130,12 @@ pub enum Role<'a> {
 /// signature made for one purpose is useless for another). The password field is left out:
 /// the check passwords come from the exchange.
 pub fn transcript(role: &Role<'_>, description: &Description, key: &ExchangeKey) -> Vec<u8> {
-    let mut t = Vec::with_capacity(512);
-    let mut put = |bytes: &[u8]| {
-        t.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
-        t.extend_from_slice(bytes);
-    };
+    let mut t = Transcript::default();
     match role {
         Role::Offer { from, to } => {
-            put(b"fogconnect-offer-v1");
-            put(from.as_bytes());
-            put(to.as_bytes());
+            t.put(b"fogconnect-offer-v1");
+            t.put(from.as_bytes());
+            t.put(to.as_bytes());
         }
         Role::Answer {
             from,
@@ -147,38 +143,30 @@ pub fn transcript(role: &Role<'_>, description: &Description, key: &ExchangeKey)
             session,
             offer_key,
         } => {
-            put(b"fogconnect-answer-v1");
-            put(from.as_bytes());
-            put(to.as_bytes());
-            put(&session.0);
-            put(&offer_key.0);
+            t.put(b"fogconnect-answer-v1");
+            t.put(from.as_bytes());
+            t.put(to.as_bytes());
+            t.put(&session.0);
+            t.put(&offer_key.0);
         }
     }
-    put(&description.service.to_be_bytes());
-    put(description.credentials.ufrag.as_bytes());
-    put(&(description.candidates.len() as u32).to_be_bytes());
+    t.put(&description.service.to_be_bytes());
+    t.put(description.credentials.ufrag.as_bytes());
+    t.put(&(description.candidates.len() as u32).to_be_bytes());
     for c in &description.candidates {
-        // The wire's own spelling of each field: what the receiver parsed is what was signed.
-        put(kind_name(c.kind).as_bytes());
-        put(c.addr.to_string().as_bytes());
-        put(&c.priority.to_be_bytes());
-        put(c
-            .related
-            .map(|r| r.to_string())
-            .unwrap_or_default()
-            .as_bytes());
+        t.candidate(c);
     }
     let nat = description
         .nat
         .map(|n| format!("{n:?}"))
         .unwrap_or_default();
-    put(nat.as_bytes());
-    put(&(description.transports.len() as u32).to_be_bytes());
+    t.put(nat.as_bytes());
+    t.put(&(description.transports.len() as u32).to_be_bytes());
     for transport in &description.transports {
-        put(format!("{transport:?}").as_bytes());
+        t.put(format!("{transport:?}").as_bytes());
     }
-    put(&key.0);
-    t
+    t.put(&key.0);
+    t.0
 }
 
 /// The bytes a trickled candidate's signature covers: who sends it to whom, in which session,
@@ -189,24 +177,39 @@ pub fn candidate_transcript(
     session: SessionId,
     c: &fog_signal::msg::Candidate,
 ) -> Vec<u8> {
-    let mut t = Vec::with_capacity(160);
-    let mut put = |bytes: &[u8]| {
-        t.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
-        t.extend_from_slice(bytes);
-    };
-    put(b"fogconnect-candidate-v1");
-    put(from.as_bytes());
-    put(to.as_bytes());
-    put(&session.0);
-    put(kind_name(c.kind).as_bytes());
-    put(c.addr.to_string().as_bytes());
-    put(&c.priority.to_be_bytes());
-    put(c
-        .related
-        .map(|r| r.to_string())
-        .unwrap_or_default()
-        .as_bytes());
-    t
+    let mut t = Transcript::default();
+    t.put(b"fogconnect-candidate-v1");
+    t.put(from.as_bytes());
+    t.put(to.as_bytes());
+    t.put(&session.0);
+    t.candidate(c);
+    t.0
+}
+
+/// A transcript being written: every field length-prefixed.
+#[derive(Default)]
+struct Transcript(Vec<u8>);
+
+impl Transcript {
+    fn put(&mut self, bytes: &[u8]) {
+        self.0
+            .extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+        self.0.extend_from_slice(bytes);
+    }
+
+    /// A candidate in the wire's own spelling of each field: what the receiver parsed is what
+    /// was signed.
+    fn candidate(&mut self, c: &fog_signal::msg::Candidate) {
+        self.put(kind_name(c.kind).as_bytes());
+        self.put(c.addr.to_string().as_bytes());
+        self.put(&c.priority.to_be_bytes());
+        self.put(
+            c.related
+                .map(|r| r.to_string())
+                .unwrap_or_default()
+                .as_bytes(),
+        );
+    }
 }
 
 fn kind_name(kind: fog_signal::msg::CandidateKind) -> &'static str {
@@ -307,6 +310,19 @@ impl Keys {
         }
     }
 
+    /// Two matching sides of one session made from fixed inputs (the offerer's first): for
+    /// benchmarks, fuzzing and tests, never for a real session.
+    pub fn fixed_pair() -> (Keys, Keys) {
+        let a = fog_signal::KeyPair::from_seed(&[1; 32]).peer_id();
+        let b = fog_signal::KeyPair::from_seed(&[2; 32]).peer_id();
+        let (ea, eb) = (Exchange::new([3; 32]), Exchange::new([4; 32]));
+        let session = SessionId([5; 16]);
+        (
+            Keys::derive(&ea, &eb.public(), session, a, b, true),
+            Keys::derive(&eb, &ea.public(), session, a, b, false),
+        )
+    }
+
     /// A sealed datagram of `kind` carrying `payload`.
     pub fn seal(&mut self, kind: Kind, payload: &[u8]) -> Vec<u8> {
         let seq = self.next_seq;
@@ -398,14 +414,7 @@ mod tests {
     use super::*;
 
     fn pair() -> (Keys, Keys) {
-        let a = fog_signal::KeyPair::from_seed(&[1; 32]).peer_id();
-        let b = fog_signal::KeyPair::from_seed(&[2; 32]).peer_id();
-        let (ea, eb) = (Exchange::new([3; 32]), Exchange::new([4; 32]));
-        let session = SessionId([5; 16]);
-        (
-            Keys::derive(&ea, &eb.public(), session, a, b, true),
-            Keys::derive(&eb, &ea.public(), session, a, b, false),
-        )
+        Keys::fixed_pair()
     }
 
     #[test]
