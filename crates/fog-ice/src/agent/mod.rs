@@ -318,8 +318,10 @@ pub struct Agent {
     deadline: Option<Instant>,
     next_pace: Option<Instant>,
     spray: Option<Spray>,
-    /// The birthday sockets (Birthday::Open), once opened.
+    /// The birthday sockets (Birthday::Open), once opened, while in use.
     open_sockets: Vec<SocketAddr>,
+    /// Birthday sockets given up, until the owner takes them.
+    released: Vec<SocketAddr>,
     selected: Option<usize>,
     next_consent: Option<Instant>,
     gave_up: bool,
@@ -372,6 +374,7 @@ impl Agent {
             next_pace: None,
             spray: None,
             open_sockets: Vec::new(),
+            released: Vec::new(),
             selected: None,
             next_consent: None,
             gave_up: false,
@@ -654,9 +657,15 @@ impl Agent {
         self.stats
     }
 
-    /// The sockets opened for a birthday round.
+    /// The sockets opened for a birthday round (those still in use).
     pub fn birthday_sockets(&self) -> &[SocketAddr] {
         &self.open_sockets
+    }
+
+    /// Birthday sockets given up since the last call (their round found nothing): the driver
+    /// may close them. The agent sends nothing from them any more and takes nothing on them.
+    pub fn take_released(&mut self) -> Vec<SocketAddr> {
+        std::mem::take(&mut self.released)
     }
 
     pub(super) fn started(&self, now: Instant) -> bool {

@@ -700,3 +700,81 @@ fn arbitrary_bytes_never_panic() {
     let stats = a.stats();
     assert!(stats.malformed + stats.unauthenticated + stats.stray > 10_000);
 }
+
+/// A birthday round that finds nothing gives its sockets back when it ends, and the agent
+/// sends nothing from them afterwards (the next rounds check the ordinary pairs only).
+#[test]
+fn a_failed_birthday_round_releases_its_sockets() {
+    let cone = Behaviour::Nat {
+        mapping: fog_core::nat::Mapping::EndpointIndependent,
+        filtering: fog_core::nat::Filtering::AddressAndPortDependent,
+        ports: fog_core::nat::PortPattern::Preserved,
+        hairpinning: false,
+    };
+    let symmetric = Behaviour::Nat {
+        mapping: fog_core::nat::Mapping::AddressAndPortDependent,
+        filtering: fog_core::nat::Filtering::AddressAndPortDependent,
+        ports: fog_core::nat::PortPattern::Random,
+        hairpinning: false,
+    };
+    // Whichever side the plan has open the birthday sockets.
+    let (who, plan) = [Who::A, Who::B]
+        .into_iter()
+        .map(|w| (w, Plan::new(cone, symmetric, w, &StrategyConfig::default())))
+        .find(|(_, p)| matches!(p.birthday, Some(crate::strategy::Birthday::Open { .. })))
+        .expect("one side opens sockets");
+    let mut agent = Agent::new(AgentConfig::new(
+        creds("a"),
+        creds("b"),
+        who == Who::A,
+        A.parse().unwrap(),
+        plan,
+        3,
+    ));
+    let now = Instant::now();
+    agent.add_remote(
+        now,
+        Candidate::new(Kind::ServerReflexive, B.parse().unwrap()),
+    );
+    agent.start(now);
+    agent.handle_timeout(now);
+    let opened = agent.birthday_sockets().to_vec();
+    assert!(opened.len() > 100, "{} sockets", opened.len());
+    assert!(
+        agent.take_released().is_empty(),
+        "nothing given back while punching"
+    );
+    // Nothing ever answers: run past the round's end.
+    let mut buf = vec![0u8; 2048];
+    let mut t = now;
+    let end = now + Duration::from_secs(30);
+    while t < end {
+        while agent.poll_transmit(t, &mut buf).is_some() {}
+        t = agent
+            .poll_timeout()
+            .unwrap_or(end)
+            .max(t + Duration::from_millis(1));
+        agent.handle_timeout(t);
+    }
+    let mut released = agent.take_released();
+    released.sort();
+    let mut expected = opened.clone();
+    expected.sort();
+    assert_eq!(released, expected, "every socket of the failed round");
+    assert!(agent.birthday_sockets().is_empty());
+    // Later rounds (on the relay, every 20 s) send from the base only.
+    let end = t + Duration::from_secs(60);
+    while t < end {
+        while let Some(tx) = agent.poll_transmit(t, &mut buf) {
+            assert!(
+                !opened.contains(&tx.source.unwrap()),
+                "sent from a released socket"
+            );
+        }
+        t = agent
+            .poll_timeout()
+            .unwrap_or(end)
+            .max(t + Duration::from_millis(1));
+        agent.handle_timeout(t);
+    }
+}

@@ -233,5 +233,18 @@ impl Agent {
             self.repunch_at = Some(now + REPUNCH_INTERVAL);
             self.next_hold = Some(now + HOLD_INTERVAL);
         }
+        // A birthday round's sockets that found nothing are done with: the next rounds check
+        // only the ordinary pairs (a birthday round costs too much to repeat blindly), so the
+        // sockets go back (`Agent::take_released`), and their pairs are no longer ours.
+        let working: Vec<SocketAddr> = self
+            .pairs
+            .iter()
+            .filter(|p| p.state == State::Succeeded)
+            .map(|p| p.local)
+            .collect();
+        let (kept, released): (Vec<SocketAddr>, Vec<SocketAddr>) =
+            self.open_sockets.iter().partition(|s| working.contains(s));
+        self.open_sockets = kept;
+        self.released.extend(released);
     }
 }

@@ -1224,6 +1224,11 @@ impl SansIo for Node {
                     agent.set_quiet(false);
                 }
                 agent.handle_timeout(now);
+                // A birthday round that found nothing gives its sockets back at once.
+                for socket in agent.take_released() {
+                    self.socket_requests
+                        .push_back(SocketRequest::Unbind(socket));
+                }
             }
         }
         self.drain_agents();
