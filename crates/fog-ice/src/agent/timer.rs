@@ -245,6 +245,8 @@ impl Agent {
         let (kept, released): (Vec<SocketAddr>, Vec<SocketAddr>) =
             self.open_sockets.iter().partition(|s| working.contains(s));
         self.open_sockets = kept;
+        // Nothing more leaves from them, not even what was queued before the round ended.
+        self.queue.retain(|q| !released.contains(&q.source));
         self.released.extend(released);
     }
 }
