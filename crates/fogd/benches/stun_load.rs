@@ -46,7 +46,7 @@ use std::time::{Duration, Instant};
 use fog_stun::wire::{BindingRequest, TransactionId};
 use support::{
     A1, A2, ChildGuard, all_answer, clock_ticks_per_s, coturn_args, cpu_ticks, find_tool,
-    free_port_pair,
+    free_port_pair, load_average, median, pin_self_to_cpu1,
 };
 
 /// A socket with requests in flight and no answer for this long is refilled.
@@ -160,7 +160,7 @@ fn main() {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let pinned = taskset.is_some() && cores >= 2;
     if pinned {
-        pin_self_to_cpu1(taskset.as_deref().unwrap());
+        pin_self_to_cpu1(taskset.as_deref().unwrap(), "stun_load");
     } else {
         eprintln!("stun_load: no taskset or fewer than 2 CPUs; servers and client are not pinned");
     }
@@ -257,14 +257,6 @@ fn main() {
         );
     }
     println!("load average at the end: {}", load_average());
-}
-
-/// /proc/loadavg's first three fields: above about 2 on this 2-core machine, something else
-/// competed with the bench and the figures are suspect.
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg").map_or("?".to_owned(), |s| {
-        s.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
-    })
 }
 
 /// Starts `contender` (under `taskset -c 0` if given), loads it and stops it.
@@ -376,30 +368,4 @@ fn load(server: SocketAddr, server_pid: u32, options: &Options) -> io::Result<Ru
         server_cpu,
         stalls,
     })
-}
-
-/// User plus system CPU time of a process and all its threads, in clock ticks (Linux /proc).
-/// Moves every thread of this process to CPU 1, so the client never competes with the server.
-fn pin_self_to_cpu1(taskset: &Path) {
-    let status = Command::new(taskset)
-        .args(["-a", "-p", "-c", "1", &std::process::id().to_string()])
-        .stdout(std::process::Stdio::null())
-        .status();
-    if !status.is_ok_and(|s| s.success()) {
-        eprintln!("stun_load: could not pin the client to CPU 1");
-    }
-}
-
-/// The median; NaN (printed "NaN") for no values.
-fn median(mut values: Vec<f64>) -> f64 {
-    if values.is_empty() {
-        return f64::NAN;
-    }
-    values.sort_by(f64::total_cmp);
-    let mid = values.len() / 2;
-    if values.len() % 2 == 1 {
-        values[mid]
-    } else {
-        (values[mid - 1] + values[mid]) / 2.0
-    }
 }

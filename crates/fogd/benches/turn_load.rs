@@ -48,7 +48,10 @@ use std::time::{Duration, Instant, SystemTime};
 use fog_stun::wire::{Class, IntegrityKey, TransactionId};
 use fog_turn::auth::AuthSecret;
 use fog_turn::wire::{ChannelData, TRANSPORT_UDP, TurnMessage, method};
-use support::{A1, ChildGuard, clock_ticks_per_s, cpu_ticks, find_tool, free_port_pair};
+use support::{
+    A1, ChildGuard, clock_ticks_per_s, cpu_ticks, find_tool, free_port_pair, load_average, median,
+    pin_self_to_cpu1,
+};
 
 const SECRET: &str = "turn-load-secret";
 const REALM: &str = "fog.test";
@@ -206,7 +209,7 @@ fn main() {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let pinned = taskset.is_some() && cores >= 2;
     if pinned {
-        pin_self_to_cpu1(taskset.as_deref().unwrap());
+        pin_self_to_cpu1(taskset.as_deref().unwrap(), "turn_load");
     } else {
         eprintln!("turn_load: no taskset or fewer than 2 CPUs; servers and client are not pinned");
     }
@@ -320,13 +323,6 @@ fn main() {
         );
     }
     println!("load average at the end: {}", load_average());
-}
-
-/// /proc/loadavg's first three fields.
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg").map_or("?".to_owned(), |s| {
-        s.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
-    })
 }
 
 /// 1,000 relay ports below the ephemeral range, different per process and attempt.
@@ -586,29 +582,4 @@ fn load(pairs: &[[Leg; 2]], server_pid: u32, options: &Options) -> io::Result<Ru
         server_cpu,
         stalls,
     })
-}
-
-/// Moves every thread of this process to CPU 1, so the client never competes with the server.
-fn pin_self_to_cpu1(taskset: &Path) {
-    let status = Command::new(taskset)
-        .args(["-a", "-p", "-c", "1", &std::process::id().to_string()])
-        .stdout(std::process::Stdio::null())
-        .status();
-    if !status.is_ok_and(|s| s.success()) {
-        eprintln!("turn_load: could not pin the client to CPU 1");
-    }
-}
-
-/// The median; NaN for no values.
-fn median(mut values: Vec<f64>) -> f64 {
-    if values.is_empty() {
-        return f64::NAN;
-    }
-    values.sort_by(f64::total_cmp);
-    let mid = values.len() / 2;
-    if values.len() % 2 == 1 {
-        values[mid]
-    } else {
-        (values[mid - 1] + values[mid]) / 2.0
-    }
 }

@@ -138,3 +138,37 @@ pub(crate) fn clock_ticks_per_s() -> f64 {
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(100.0)
 }
+
+/// /proc/loadavg's first three fields: above about 2 on this 2-core machine, something else
+/// competed with a bench and its figures are suspect.
+pub(crate) fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg").map_or("?".to_owned(), |s| {
+        s.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+    })
+}
+
+/// Moves every thread of this process to CPU 1 with `taskset`, so that a bench's client never
+/// competes with the server it measures on CPU 0; `who` names the bench in the warning.
+pub(crate) fn pin_self_to_cpu1(taskset: &std::path::Path, who: &str) {
+    let status = Command::new(taskset)
+        .args(["-a", "-p", "-c", "1", &std::process::id().to_string()])
+        .stdout(std::process::Stdio::null())
+        .status();
+    if !status.is_ok_and(|s| s.success()) {
+        eprintln!("{who}: could not pin the client to CPU 1");
+    }
+}
+
+/// The median; NaN (printed "NaN") for no values.
+pub(crate) fn median(mut values: Vec<f64>) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    }
+}
