@@ -20,8 +20,8 @@
 //! (RFC 8439 §2.8). 33 bytes of overhead. Forged, altered and replayed datagrams are dropped
 //! and counted; a 64-datagram window admits reordering (RFC 6479's idea; WireGuard's too).
 
-use chacha20poly1305::aead::{Aead as _, KeyInit as _, Payload};
-use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
+use chacha20poly1305::aead::{AeadInPlace as _, KeyInit as _};
+use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce, Tag};
 use fog_signal::PeerId;
 use fog_signal::msg::{Description, ExchangeKey, SessionId};
 use hkdf::Hkdf;
@@ -327,26 +327,19 @@ impl Keys {
     pub fn seal(&mut self, kind: Kind, payload: &[u8]) -> Vec<u8> {
         let seq = self.next_seq;
         self.next_seq += 1;
-        let mut header = [0u8; HEADER_LEN];
-        header[0] = FRAMING;
-        header[1..9].copy_from_slice(&self.send_tag);
-        header[9..].copy_from_slice(&seq.to_be_bytes());
-        let mut plain = Vec::with_capacity(1 + payload.len());
-        plain.push(kind as u8);
-        plain.extend_from_slice(payload);
-        let sealed = self
+        // One buffer, sealed in place: header, kind, payload, then the tag.
+        let mut out = Vec::with_capacity(OVERHEAD + payload.len());
+        out.push(FRAMING);
+        out.extend_from_slice(&self.send_tag);
+        out.extend_from_slice(&seq.to_be_bytes());
+        out.push(kind as u8);
+        out.extend_from_slice(payload);
+        let (header, plain) = out.split_at_mut(HEADER_LEN);
+        let tag = self
             .send
-            .encrypt(
-                &nonce(seq),
-                Payload {
-                    msg: &plain,
-                    aad: &header,
-                },
-            )
+            .encrypt_in_place_detached(&nonce(seq), header, plain)
             .unwrap_or_else(|_| unreachable!("ChaCha20-Poly1305 seals any length we send"));
-        let mut out = Vec::with_capacity(HEADER_LEN + sealed.len());
-        out.extend_from_slice(&header);
-        out.extend_from_slice(&sealed);
+        out.extend_from_slice(&tag);
         out
     }
 
@@ -360,21 +353,20 @@ impl Keys {
         if !self.fresh(seq) {
             return Err(Refused::Replayed);
         }
-        let plain = self
-            .recv
-            .decrypt(
-                &nonce(seq),
-                Payload {
-                    msg: sealed,
-                    aad: header,
-                },
-            )
+        let (ciphertext, tag) = sealed.split_at(sealed.len() - AEAD_TAG_LEN);
+        // One buffer, opened in place; the kind byte is dropped from its front afterwards.
+        let mut plain = ciphertext.to_vec();
+        self.recv
+            .decrypt_in_place_detached(&nonce(seq), header, &mut plain, Tag::from_slice(tag))
             .map_err(|_| Refused::Forged)?;
-        let (&kind, payload) = plain.split_first().ok_or(Refused::Forged)?;
-        let kind = Kind::from_byte(kind).ok_or(Refused::Forged)?;
+        let kind = plain
+            .first()
+            .and_then(|&k| Kind::from_byte(k))
+            .ok_or(Refused::Forged)?;
         // Only an authentic datagram moves the window.
         self.mark(seq);
-        Ok((kind, payload.to_vec()))
+        plain.remove(0);
+        Ok((kind, plain))
     }
 
     fn fresh(&self, seq: u64) -> bool {
