@@ -9,7 +9,7 @@
 
 mod support;
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -60,19 +60,9 @@ fn fogd_with(turn: bool) -> (ChildGuard, SocketAddr, String, Option<SocketAddr>)
             // The relay's peers here are on loopback, which fogd refuses unless allowed.
             command.args(["--turn-allow-peer", "127.0.0.0/8"]);
         }
-        let mut child = ChildGuard::spawn(&format!("fogd-node-{attempt}"), &mut command)
-            .expect("spawning fogd");
-        let deadline = Instant::now() + STEP;
-        while Instant::now() < deadline {
-            if TcpStream::connect_timeout(&signal, Duration::from_millis(200)).is_ok() {
-                // The STUN service starts beside it; give it a moment to bind.
-                thread::sleep(Duration::from_millis(100));
-                return (child, stun, format!("ws://{signal}/ws"), turn_addr);
-            }
-            if child.try_wait().is_some() {
-                break;
-            }
-            thread::sleep(Duration::from_millis(20));
+        let name = format!("fogd-node-{attempt}");
+        if let Some(child) = fog_test_support::spawn_listening(&name, &mut command, signal, STEP) {
+            return (child, stun, format!("ws://{signal}/ws"), turn_addr);
         }
     }
     panic!("fogd could not start on free ports");

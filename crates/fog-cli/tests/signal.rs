@@ -10,7 +10,7 @@
 
 mod support;
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::os::unix::fs::PermissionsExt as _;
 use std::process::Command;
 use std::thread;
@@ -42,32 +42,17 @@ impl Fogd {
                 .unwrap()
                 .port();
             let addr = SocketAddr::new(A1, port);
-            let mut child = ChildGuard::spawn(
-                &format!("fogd-signal-{attempt}"),
-                Command::new(fogd_exe())
-                    .args(["--signal", &addr.to_string()])
-                    .args(extra),
-            )
-            .expect("spawning fogd");
-            let deadline = Instant::now() + STEP;
-            while Instant::now() < deadline {
-                if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                    return Fogd {
-                        _child: child,
-                        addr,
-                    };
-                }
-                if child.try_wait().is_some() {
-                    // Someone took the port in between: try another.
-                    break;
-                }
-                thread::sleep(Duration::from_millis(20));
+            let mut command = Command::new(fogd_exe());
+            command.args(["--signal", &addr.to_string()]).args(extra);
+            let name = format!("fogd-signal-{attempt}");
+            // None: someone took the port in between; try another.
+            if let Some(child) = fog_test_support::spawn_listening(&name, &mut command, addr, STEP)
+            {
+                return Fogd {
+                    _child: child,
+                    addr,
+                };
             }
-            assert!(
-                child.try_wait().is_some(),
-                "fogd did not listen within {STEP:?}\n{}",
-                child.output_text()
-            );
         }
         panic!("fogd could not start on a free port");
     }

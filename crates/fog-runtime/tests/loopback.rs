@@ -5,11 +5,10 @@
 // Tests read the wall clock for their own deadlines.
 #![allow(clippy::disallowed_methods)]
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::process::Command;
 use std::sync::mpsc::{self, Receiver};
-use std::thread;
 use std::time::{Duration, Instant};
 
 use fog_runtime::{Runtime, RuntimeConfig};
@@ -44,18 +43,9 @@ fn fogd_with(extra: &[&str]) -> (ChildGuard, SocketAddr, SocketAddr) {
                 &signal.to_string(),
             ])
             .args(extra);
-        let mut child =
-            ChildGuard::spawn(&format!("fogd-runtime-{attempt}"), &mut command).unwrap();
-        let deadline = Instant::now() + WAIT;
-        while Instant::now() < deadline {
-            if TcpStream::connect_timeout(&signal, Duration::from_millis(200)).is_ok() {
-                thread::sleep(Duration::from_millis(100));
-                return (child, stun, signal);
-            }
-            if child.try_wait().is_some() {
-                break;
-            }
-            thread::sleep(Duration::from_millis(20));
+        let name = format!("fogd-runtime-{attempt}");
+        if let Some(child) = fog_test_support::spawn_listening(&name, &mut command, signal, WAIT) {
+            return (child, stun, signal);
         }
     }
     panic!("fogd could not start on free ports");

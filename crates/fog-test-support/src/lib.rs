@@ -32,7 +32,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 pub use process::{
     ChildGuard, ToolOutput, fogd_exe, run_command, run_tool, scratch_file, self_signed_cert,
-    target_dir_of,
+    spawn_listening, target_dir_of,
 };
 pub use stun::{START_TIMEOUT, Server, all_answer, answers_stun, coturn_args, free_port_pair};
 pub use tools::{find_tool, interop_tools, say_skipped, skip_or_fail};

@@ -106,6 +106,35 @@ pub fn fogd_exe(near: &Path, manifest_dir: &Path) -> PathBuf {
     .clone()
 }
 
+/// Spawns `command` as `name` and waits up to `timeout` until `addr` accepts TCP connections
+/// (a server's listening socket), then a moment more for the services it starts beside it.
+/// `None` when the process exited first (another process took one of its ports: the caller
+/// tries other ports); panics when it neither listens nor exits in time.
+pub fn spawn_listening(
+    name: &str,
+    command: &mut Command,
+    addr: std::net::SocketAddr,
+    timeout: Duration,
+) -> Option<ChildGuard> {
+    let mut child =
+        ChildGuard::spawn(name, command).unwrap_or_else(|e| panic!("spawning {name}: {e}"));
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            thread::sleep(Duration::from_millis(100));
+            return Some(child);
+        }
+        if child.try_wait().is_some() {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    panic!(
+        "{name} did not listen on {addr} within {timeout:?}\n{}",
+        child.output_text()
+    );
+}
+
 /// A self-signed certificate for `localhost` and 127.0.0.1, written as PEM files (for
 /// `fogd --tls-cert --tls-key`); returns the certificate and key paths and the certificate
 /// for a client to trust.
