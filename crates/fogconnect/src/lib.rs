@@ -64,8 +64,8 @@ pub mod node;
 pub use fog_ice::candidate::{Candidate, HostFilter, Kind as CandidateKind};
 pub use fog_signal::{KeyPair, PeerId};
 pub use node::{
-    AcceptPolicy, CLOSED_IDLE, CLOSED_TIMEOUT, CloseReason, CommandError, ConnectError,
-    ConnectionId, ConnectionStats, Counters, Event, FailReason, Footprint, LookupError,
-    MAX_DATAGRAM, MAX_LOOKUPS, MAX_QUEUED, Node, NodeConfig, REFUSED_BUSY, REFUSED_FULL, Seed,
-    SendError, ServerChoice, SignalInput, SignalOutput, Via,
+    AcceptPolicy, CHECK_ALLOWANCE, CLOSED_IDLE, CLOSED_TIMEOUT, CloseReason, CommandError,
+    ConnectError, ConnectionId, ConnectionStats, Counters, Event, FailReason, Footprint,
+    LookupError, MAX_DATAGRAM, MAX_LOOKUPS, MAX_QUEUED, Node, NodeConfig, REFUSED_BUSY,
+    REFUSED_FULL, Seed, SendError, ServerChoice, SignalInput, SignalOutput, Via,
 };

@@ -7,13 +7,13 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use fog_examples::scenario::{Profile, Scenario};
+use fog_examples::scenario::{Observed, Profile, Scenario, SimNode};
 use fog_signal::KeyPair;
 use fog_signal::msg::{ServerMsg, SessionId};
 use fog_signal::server::{ConnId, Output, Server};
 use fog_sim::presets::Preset;
 use fog_sim::signal::SignalServer;
-use fogconnect::node::seal::candidate_transcript;
+use fogconnect::node::seal::{Role, candidate_transcript, transcript};
 use fogconnect::{Event, FailReason};
 
 /// What the server does to the frames it forwards.
@@ -32,7 +32,18 @@ enum Tamper {
     FloodCandidates,
     /// Every answer is followed by a candidate of the server's own, unsigned.
     InjectCandidate,
+    /// Every answer is rewritten and signed again by the answerer (a hostile peer, whose key
+    /// the test lends the server): it claims a random-port symmetric NAT, and its
+    /// server-reflexive candidate is [`VICTIM`], an address the answerer does not own, so
+    /// that the offerer's plan sprays the victim's IP with a birthday round.
+    AimAtVictim,
 }
+
+/// A third party's address, which the hostile answerer names as its own.
+const VICTIM: std::net::SocketAddr = std::net::SocketAddr::new(
+    std::net::IpAddr::V4(std::net::Ipv4Addr::new(203, 0, 113, 9)),
+    4000,
+);
 
 /// fog-signal's server with a tampering step on its way out.
 struct Malicious {
@@ -48,6 +59,8 @@ struct Malicious {
     answerer: KeyPair,
     /// The offerer's peer ID.
     offerer: fog_signal::PeerId,
+    /// The exchange key of the offer last forwarded, which an answer's signature covers.
+    offer_key: Option<fog_signal::msg::ExchangeKey>,
     now: Instant,
 }
 
@@ -92,6 +105,45 @@ impl Malicious {
             (ServerMsg::Answer { session, .. }, Tamper::InjectCandidate) => {
                 self.flood = Some((conn, *session, 1));
                 return frame;
+            }
+            (ServerMsg::Offer { description, .. }, Tamper::AimAtVictim) => {
+                self.offer_key = description.seal.map(|s| s.key);
+                return frame;
+            }
+            (
+                ServerMsg::Answer {
+                    session,
+                    description,
+                    ..
+                },
+                Tamper::AimAtVictim,
+            ) => {
+                let Some(offer_key) = self.offer_key else {
+                    return frame;
+                };
+                description.nat = Some(fog_signal::msg::NatBehaviour::Nat {
+                    mapping: fog_signal::msg::Mapping::AddressAndPortDependent,
+                    filtering: fog_signal::msg::Filtering::AddressAndPortDependent,
+                    ports: fog_signal::msg::PortPattern::Random,
+                    hairpinning: false,
+                });
+                description.candidates = vec![fog_signal::msg::Candidate {
+                    kind: fog_signal::msg::CandidateKind::Srflx,
+                    addr: VICTIM,
+                    priority: 1,
+                    related: None,
+                }];
+                let role = Role::Answer {
+                    from: self.answerer.peer_id(),
+                    to: self.offerer,
+                    session: *session,
+                    offer_key: &offer_key,
+                };
+                if let Some(key) = description.seal.map(|s| s.key) {
+                    let signed = transcript(&role, description, &key);
+                    let signature = fog_signal::msg::Sig(self.answerer.sign(&signed));
+                    description.seal = Some(fog_signal::msg::Seal { key, signature });
+                }
             }
             _ => return frame,
         }
@@ -206,6 +258,7 @@ fn run(tamper: Tamper) -> (Scenario, [fogconnect::Counters; 2]) {
         flood: None,
         answerer: node_key(SEED, 2),
         offerer: s.hosts[0].1,
+        offer_key: None,
         now: s.sim.now(),
     };
     s.sim.set_signal_server(server);
@@ -324,4 +377,61 @@ fn a_candidate_the_server_injects_is_dropped() {
     assert!(counters[0].bad_signatures >= 1, "{counters:?}");
     assert_eq!(counters[0].candidates_dropped, 0);
     assert_eq!(connected_peers(&s, 0), vec![s.hosts[1].1]);
+}
+
+#[test]
+fn a_hostile_peer_cannot_aim_our_probes_at_a_third_party() {
+    // Session after session, the answerer names the victim's address as its own and claims
+    // the NAT that makes the offerer spray it.
+    let profile = Profile {
+        connect_timeout: Some(Duration::from_secs(10)),
+        ..Profile::default()
+    };
+    // Behind a port-restricted cone, the offerer can only reach a random-port peer by a
+    // birthday spray of its IP.
+    let mut s = Scenario::new(Preset::PortRestrictedCone, Preset::FullCone, SEED, &profile);
+    let server = Malicious {
+        inner: Server::new(s.signal_config.clone()),
+        tamper: Tamper::AimAtVictim,
+        out: VecDeque::new(),
+        replays: Vec::new(),
+        flood: None,
+        answerer: node_key(SEED, 2),
+        offerer: s.hosts[0].1,
+        offer_key: None,
+        now: s.sim.now(),
+    };
+    s.sim.set_signal_server(server);
+    assert!(s.wait_ready());
+    let host = s.hosts[0].0;
+    s.sim
+        .with_machine(host, |m: &mut SimNode, _| m.log = Some(Observed::default()));
+    let sessions = 4;
+    for _ in 0..sessions {
+        s.connect();
+        s.run_for(Duration::from_secs(12));
+    }
+    let log = s
+        .sim
+        .with_machine(host, |m: &mut SimNode, _| m.log.take())
+        .expect("logged");
+    let to_victim = log
+        .datagrams
+        .iter()
+        .filter(|(to, _)| to.ip() == VICTIM.ip())
+        .count();
+    let counters = s.with_node(0, |n, _| n.counters());
+    // The scenario's nodes keep the default budget.
+    let budget = 2 * fog_ice::strategy::StrategyConfig::default().budget.probes
+        + fogconnect::CHECK_ALLOWANCE;
+    // The plan did aim at the victim (each session's round is a full birthday spray), and the
+    // victim got no more than one budget's worth whatever the number of sessions.
+    assert!(
+        counters.probes_withheld > 0,
+        "the rounds asked for more: {counters:?}"
+    );
+    assert!(
+        to_victim > 2_000 && to_victim <= budget as usize,
+        "{to_victim} datagrams to the victim over {sessions} sessions, budget {budget}"
+    );
 }

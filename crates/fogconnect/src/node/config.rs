@@ -86,7 +86,21 @@ pub struct NodeConfig {
     /// [`REFUSED_BUSY`](super::REFUSED_BUSY), so that callers cannot fill the node with
     /// offers it never decided on.
     pub max_pending_incoming: usize,
+    /// Datagrams the node's agents may send, across all sessions, to an IP that has not
+    /// answered a check within ten minutes (checks, birthday probes, holds); beyond it they
+    /// are withheld and counted in [`Counters::probes_withheld`](super::Counters::probes_withheld).
+    /// A peer's candidates are its claims, so this is what bounds the traffic a hostile peer
+    /// can aim at a third party's address (see the `ledger` module). Default: one birthday
+    /// round's probes ([`StrategyConfig::budget`]), two datagrams each (each probe opens a new
+    /// flow, so a low-TTL copy that opens our NAT goes just before it), plus
+    /// [`CHECK_ALLOWANCE`]: 2,560.
+    pub probe_budget: u32,
 }
+
+/// What [`NodeConfig::probe_budget`] allows beyond the birthday round's probes: the ordinary
+/// checks of a round (retransmitted to each of the peer's candidates) and of the rounds after
+/// it, while the relay carries the connection.
+pub const CHECK_ALLOWANCE: u32 = 512;
 
 /// What the node does with an incoming offer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -175,6 +189,7 @@ impl NodeConfig {
             idle_timeout: Duration::from_secs(45),
             max_connections: 4_096,
             max_pending_incoming: 256,
+            probe_budget: 2 * StrategyConfig::default().budget.probes + CHECK_ALLOWANCE,
         }
     }
 }

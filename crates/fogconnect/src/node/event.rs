@@ -483,4 +483,7 @@ pub struct Counters {
     pub candidates_dropped: u64,
     /// Datagrams of ours that the TURN client could not send (no allocation any more, say).
     pub relay_send_errors: u64,
+    /// Datagrams of our agents withheld because their destination IP had its
+    /// [`probe_budget`](super::NodeConfig::probe_budget) without answering.
+    pub probes_withheld: u64,
 }

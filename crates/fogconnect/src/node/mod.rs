@@ -25,6 +25,7 @@ mod candidates;
 mod config;
 mod conn;
 mod event;
+mod ledger;
 mod probe;
 mod relay;
 pub mod seal;
@@ -48,7 +49,7 @@ use fog_turn::client::{Client as TurnClient, ClientConfig as TurnConfig};
 use rand::{Rng as _, SeedableRng as _};
 use rand_chacha::ChaCha20Rng;
 
-pub use config::{AcceptPolicy, NodeConfig, Seed, ServerChoice};
+pub use config::{AcceptPolicy, CHECK_ALLOWANCE, NodeConfig, Seed, ServerChoice};
 use conn::{Conn, Phase, SignalRelay};
 pub use event::{
     CloseReason, CommandError, ConnectError, ConnectionId, ConnectionStats, Counters, Event,
@@ -146,6 +147,8 @@ pub struct Node {
     pending_relay: Option<(String, String)>,
     /// What was dropped, and why.
     counters: Counters,
+    /// What the agents may still send to IPs that have not answered.
+    ledger: ledger::ProbeLedger,
     /// Our connections by the session tag their sealed datagrams carry to us.
     by_tag: BTreeMap<[u8; 8], ConnectionId>,
     /// The latest instant the node was given.
@@ -207,6 +210,7 @@ impl Node {
             socket_requests: VecDeque::new(),
             watch: None,
             counters: Counters::default(),
+            ledger: ledger::ProbeLedger::default(),
             by_tag: BTreeMap::new(),
             now,
             blocked: false,
@@ -849,7 +853,9 @@ impl Node {
                         self.events.push_back(Event::PathLost { id });
                     }
                 }
-                agent::Event::Validated { .. } => {}
+                agent::Event::Validated { remote, .. } => {
+                    self.ledger.answered(self.now, remote.ip());
+                }
             }
         }
     }
@@ -1297,6 +1303,13 @@ impl SansIo for Node {
                 continue;
             };
             while let Some(t) = agent.poll_transmit(now, buf) {
+                if !self
+                    .ledger
+                    .allow(now, t.destination.ip(), self.config.probe_budget)
+                {
+                    self.counters.probes_withheld += 1;
+                    continue;
+                }
                 match (self.relayed, &mut self.turn) {
                     (Some(relayed), Some(turn)) if t.source == Some(relayed) => {
                         let _ = turn.create_permission(now, t.destination.ip());
