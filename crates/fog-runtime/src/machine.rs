@@ -3,12 +3,15 @@
 //! the events).
 
 use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use fog_core::{Receive, SansIo, SocketRequest, Transmit};
 use fogconnect::{Event, Node, SignalInput, SignalOutput};
+use mio::unix::SourceFd;
 use tungstenite::{Message, WebSocket};
 
 use crate::ws::{SignalStream, SignalUrl, TlsRoots, open_websocket};
@@ -16,22 +19,10 @@ use crate::ws::{SignalStream, SignalUrl, TlsRoots, open_websocket};
 /// What a WebSocket thread tells the runtime; `generation` names the connection, so that news
 /// of an old one is ignored.
 pub(crate) enum FromSignal {
-    Opened {
-        generation: u64,
-        writer: Sender<String>,
-    },
-    Frame {
-        generation: u64,
-        text: String,
-    },
-    Closed {
-        generation: u64,
-        why: String,
-    },
+    Opened { generation: u64, writer: Writer },
+    Frame { generation: u64, text: String },
+    Closed { generation: u64, why: String },
 }
-
-/// How often the pump looks for frames to send while it waits for the server's.
-const PUMP_TICK: Duration = Duration::from_millis(5);
 
 /// The node and its signaling connection.
 pub(crate) struct Machine {
@@ -42,7 +33,7 @@ pub(crate) struct Machine {
     to_runtime: Sender<FromSignal>,
     wake: Option<fog_mio::Handle>,
     /// Frames for the current connection's pump, while it is open.
-    writer: Option<Sender<String>>,
+    writer: Option<Writer>,
     generation: u64,
     pump: Option<JoinHandle<()>>,
 }
@@ -76,15 +67,17 @@ impl Machine {
     pub(crate) fn adopt(&mut self, ws: WebSocket<SignalStream>, wake: fog_mio::Handle) {
         self.wake = Some(wake.clone());
         self.generation += 1;
-        let (writer, frames) = mpsc::channel();
-        self.writer = Some(writer);
-        let generation = self.generation;
-        let to_runtime = self.to_runtime.clone();
-        self.pump = thread::Builder::new()
-            .name("fog-runtime-ws".into())
-            .spawn(move || pump(ws, generation, &to_runtime, &frames, &wake))
-            .ok();
-        self.node.handle_signal(Instant::now(), SignalInput::Opened);
+        match spawn_pump(ws, self.generation, self.to_runtime.clone(), wake) {
+            Ok((writer, pump)) => {
+                self.writer = Some(writer);
+                self.pump = Some(pump);
+                self.node.handle_signal(Instant::now(), SignalInput::Opened);
+            }
+            Err(e) => {
+                tracing::warn!(%e, "no thread or poll for the signaling connection");
+                self.node.handle_signal(Instant::now(), SignalInput::Closed);
+            }
+        }
     }
 
     /// News from a WebSocket thread.
@@ -147,7 +140,7 @@ impl Machine {
                 SignalOutput::Frame(frame) => {
                     if let Some(writer) = &self.writer {
                         // A pump that ended reports it; the frame is lost with the connection.
-                        let _ = writer.send(frame);
+                        writer.send(frame);
                     }
                 }
                 SignalOutput::Open => self.open(),
@@ -173,12 +166,18 @@ impl Machine {
         self.pump = thread::Builder::new()
             .name("fog-runtime-ws".into())
             .spawn(move || match open_websocket(&url, timeout, &roots) {
-                Ok((ws, _)) => {
-                    let (writer, frames) = mpsc::channel();
-                    let _ = to_runtime.send(FromSignal::Opened { generation, writer });
-                    let _ = wake.wake();
-                    pump(ws, generation, &to_runtime, &frames, &wake);
-                }
+                Ok((ws, _)) => match PumpPoll::new(&ws) {
+                    Ok((poll, writer, frames)) => {
+                        let _ = to_runtime.send(FromSignal::Opened { generation, writer });
+                        let _ = wake.wake();
+                        pump(ws, poll, generation, &to_runtime, &frames, &wake);
+                    }
+                    Err(e) => {
+                        let why = format!("poll: {e}");
+                        let _ = to_runtime.send(FromSignal::Closed { generation, why });
+                        let _ = wake.wake();
+                    }
+                },
                 Err(e) => {
                     let why = e.to_string();
                     let _ = to_runtime.send(FromSignal::Closed { generation, why });
@@ -189,11 +188,93 @@ impl Machine {
     }
 }
 
+/// Frames for a pump to send: the channel, and the waker of the pump's poll.
+#[derive(Clone)]
+pub(crate) struct Writer {
+    frames: Sender<String>,
+    waker: Arc<mio::Waker>,
+}
+
+impl Writer {
+    /// Queues `frame`; false when the pump has ended.
+    fn send(&self, frame: String) -> bool {
+        let sent = self.frames.send(frame).is_ok();
+        let _ = self.waker.wake();
+        sent
+    }
+}
+
+impl Drop for Writer {
+    /// The pump finds the channel closed only when it next wakes: wake it.
+    fn drop(&mut self) {
+        let _ = self.waker.wake();
+    }
+}
+
+/// A pump's poll: the WebSocket's socket, readable and writable (edge-triggered), and a waker
+/// for new frames to send.
+struct PumpPoll {
+    poll: mio::Poll,
+    events: mio::Events,
+}
+
+const SOCKET: mio::Token = mio::Token(0);
+const FRAMES: mio::Token = mio::Token(1);
+
+impl PumpPoll {
+    /// Registers `ws`'s socket, made non-blocking; returns the poll and a writer for it.
+    fn new(ws: &WebSocket<SignalStream>) -> io::Result<(PumpPoll, Writer, Receiver<String>)> {
+        let tcp = ws.get_ref().tcp();
+        tcp.set_nonblocking(true)?;
+        let poll = mio::Poll::new()?;
+        let fd = tcp.as_raw_fd();
+        poll.registry().register(
+            &mut SourceFd(&fd),
+            SOCKET,
+            mio::Interest::READABLE | mio::Interest::WRITABLE,
+        )?;
+        let waker = Arc::new(mio::Waker::new(poll.registry(), FRAMES)?);
+        let (frames, rx) = mpsc::channel();
+        let pump = PumpPoll {
+            poll,
+            events: mio::Events::with_capacity(4),
+        };
+        Ok((pump, Writer { frames, waker }, rx))
+    }
+
+    /// Sleeps until the socket or the writer has news, or `limit` passes.
+    fn wait(&mut self, limit: Option<Duration>) -> io::Result<()> {
+        match self.poll.poll(&mut self.events, limit) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(()),
+            other => other,
+        }
+    }
+}
+
+/// Opens the pump's poll on `ws` and runs it on a thread of its own; the writer, or why not.
+fn spawn_pump(
+    ws: WebSocket<SignalStream>,
+    generation: u64,
+    to_runtime: Sender<FromSignal>,
+    wake: fog_mio::Handle,
+) -> io::Result<(Writer, JoinHandle<()>)> {
+    let (poll, writer, frames) = PumpPoll::new(&ws)?;
+    let thread = thread::Builder::new()
+        .name("fog-runtime-ws".into())
+        .spawn(move || pump(ws, poll, generation, &to_runtime, &frames, &wake))?;
+    Ok((writer, thread))
+}
+
+/// How long a pump whose runtime hung up keeps trying to deliver what is left and the close.
+const CLOSE_FLUSH: Duration = Duration::from_secs(2);
+
 /// The WebSocket pump: frames from the server to the runtime (waking it), frames from the
 /// runtime to the server; tells the runtime when the connection ends. When the runtime drops
-/// its writer, the pump sends what is left and closes the connection politely.
+/// its writer, the pump sends what is left and closes the connection politely. It sleeps in
+/// its poll until the socket or the writer has news: an idle connection costs no wakeups.
 fn pump(
     mut ws: WebSocket<SignalStream>,
+    mut poll: PumpPoll,
     generation: u64,
     to_runtime: &Sender<FromSignal>,
     frames: &Receiver<String>,
@@ -203,49 +284,75 @@ fn pump(
         let _ = to_runtime.send(FromSignal::Closed { generation, why });
         let _ = wake.wake();
     };
-    let _ = ws.get_ref().tcp().set_read_timeout(Some(PUMP_TICK));
+    let would_block = |e: &tungstenite::Error| matches!(e, tungstenite::Error::Io(e) if e.kind() == io::ErrorKind::WouldBlock);
     loop {
+        // What the runtime wrote: into tungstenite's buffer, then onto the socket as far as
+        // it takes it (the rest goes when the socket is writable again).
+        let mut hung_up = false;
         loop {
             match frames.try_recv() {
-                Ok(frame) => {
-                    if let Err(e) = ws.send(Message::text(frame)) {
-                        closed(e.to_string());
-                        return;
-                    }
-                }
+                Ok(frame) => match ws.write(Message::text(frame)) {
+                    Ok(()) => {}
+                    Err(e) if would_block(&e) => {}
+                    Err(e) => return closed(e.to_string()),
+                },
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => {
-                    let _ = ws.close(None);
-                    let _ = ws.flush();
-                    return;
+                    hung_up = true;
+                    break;
                 }
             }
         }
-        match ws.read() {
-            Ok(Message::Text(text)) => {
-                let text = text.to_string();
-                if to_runtime
-                    .send(FromSignal::Frame { generation, text })
-                    .is_err()
-                {
-                    return;
+        if hung_up {
+            return close_politely(ws, poll);
+        }
+        match ws.flush() {
+            Ok(()) => {}
+            Err(e) if would_block(&e) => {}
+            Err(e) => return closed(e.to_string()),
+        }
+        // What the server sent, until the socket has no more.
+        loop {
+            match ws.read() {
+                Ok(Message::Text(text)) => {
+                    let text = text.to_string();
+                    if to_runtime
+                        .send(FromSignal::Frame { generation, text })
+                        .is_err()
+                    {
+                        return;
+                    }
+                    let _ = wake.wake();
                 }
-                let _ = wake.wake();
+                Ok(Message::Close(frame)) => {
+                    return closed(
+                        frame.map_or_else(String::new, |f| format!("{}: {}", f.code, f.reason)),
+                    );
+                }
+                Ok(_) => {}
+                Err(e) if would_block(&e) => break,
+                Err(e) => return closed(e.to_string()),
             }
-            Ok(Message::Close(frame)) => {
-                closed(frame.map_or_else(String::new, |f| format!("{}: {}", f.code, f.reason)));
-                return;
-            }
-            Ok(_) => {}
-            Err(tungstenite::Error::Io(e))
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) => {}
-            Err(e) => {
-                closed(e.to_string());
-                return;
-            }
+        }
+        if let Err(e) = poll.wait(None) {
+            return closed(format!("poll: {e}"));
+        }
+    }
+}
+
+/// Sends what is left and a close frame, waiting for the socket as needed, for at most
+/// [`CLOSE_FLUSH`].
+fn close_politely(mut ws: WebSocket<SignalStream>, mut poll: PumpPoll) {
+    let deadline = Instant::now() + CLOSE_FLUSH;
+    let _ = ws.close(None);
+    loop {
+        match ws.flush() {
+            Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
+            _ => return,
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || poll.wait(Some(left)).is_err() {
+            return;
         }
     }
 }

@@ -533,18 +533,78 @@ fn a_full_send_queue_blocks_and_says_when_it_is_writable() {
 }
 
 /// Offers the application has not decided on are bounded: beyond the limit the caller is
-/// refused with `REFUSED_BUSY`, at once, and the node holds no more than the limit.
+/// refused with `REFUSED_BUSY`, at once, and the node holds no more than the limit. The caller
+/// does not fail for it: it offers again with back-off, and gets in once there is room.
 #[test]
-fn undecided_offers_are_bounded_with_a_typed_refusal() {
+fn undecided_offers_are_bounded_and_the_refused_callers_come_back() {
     let profile = Profile {
         busy_signaling: true,
         ..asking()
     };
     let mut s = ready(Preset::FullCone, Preset::FullCone, &profile);
     let limit = 256; // NodeConfig::max_pending_incoming's default
-    let ids: Vec<ConnectionId> = (0..limit + 20).map(|_| s.connect().1).collect();
+    let extra = 20;
+    let ids: Vec<ConnectionId> = (0..limit + extra).map(|_| s.connect().1).collect();
     s.run_for(Duration::from_secs(2));
-    let refused = ids
+    assert_eq!(s.with_node(1, |n, _| n.footprint().connections), limit);
+    let incoming = |s: &Scenario| -> Vec<ConnectionId> {
+        s.events[1]
+            .iter()
+            .filter_map(|(_, e)| match e {
+                Event::Incoming { id, .. } => Some(*id),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(incoming(&s).len(), limit, "one Incoming per offer let in");
+    assert!(
+        !s.events[0]
+            .iter()
+            .any(|(_, e)| matches!(e, Event::Failed { .. })),
+        "a refusal for a full node is retried, not reported"
+    );
+    // The application refuses some of the waiting offers: room for the callers turned away.
+    for id in incoming(&s).into_iter().take(extra) {
+        s.with_node(1, |n, now| n.refuse(now, id, 7, "not now"))
+            .unwrap();
+    }
+    s.run_for(Duration::from_secs(6));
+    assert_eq!(
+        incoming(&s).len(),
+        limit + extra,
+        "the refused callers came back"
+    );
+    assert_eq!(s.with_node(1, |n, _| n.footprint().connections), limit);
+    let failed: Vec<&FailReason> = s.events[0]
+        .iter()
+        .filter_map(|(_, e)| match e {
+            Event::Failed { id, reason } if ids.contains(id) => Some(reason),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(failed.len(), extra, "{failed:?}");
+    assert!(
+        failed
+            .iter()
+            .all(|r| matches!(r, FailReason::Refused { code: 7, .. })),
+        "only the application's refusals surface: {failed:?}"
+    );
+}
+
+/// A node that stays full: the caller's retries run out within its connect timeout, and then
+/// the refusal surfaces with its code.
+#[test]
+fn a_refusal_for_a_full_node_surfaces_when_the_retries_run_out() {
+    let profile = Profile {
+        busy_signaling: true,
+        connect_timeout: Some(Duration::from_secs(5)),
+        ..asking()
+    };
+    let mut s = ready(Preset::FullCone, Preset::FullCone, &profile);
+    let limit = 256;
+    let ids: Vec<ConnectionId> = (0..limit + 3).map(|_| s.connect().1).collect();
+    s.run_for(Duration::from_secs(4));
+    let busy = ids
         .iter()
         .filter(|id| {
             s.events[0].iter().any(|(_, e)| {
@@ -553,6 +613,36 @@ fn undecided_offers_are_bounded_with_a_typed_refusal() {
             })
         })
         .count();
-    assert_eq!(refused, 20, "the offers beyond the limit were refused");
+    assert_eq!(busy, 3, "the offers beyond the limit, after their retries");
     assert_eq!(s.with_node(1, |n, _| n.footprint().connections), limit);
+}
+
+/// The server's limit on unanswered offers to one peer turns most of a burst of offers away
+/// (`too_many_pending`): each caller offers again with back-off on its own, and every one
+/// connects; none fails for it.
+#[test]
+fn offers_a_server_limit_turns_away_go_again_and_connect() {
+    let mut s = Scenario::new(Preset::FullCone, Preset::FullCone, 11, &Profile::default());
+    let mut config = s.signal_config.clone();
+    config.limits.max_pending_offers = 2;
+    s.sim
+        .set_signal_server(fog_signal::server::Server::new(config));
+    assert!(s.wait_ready(), "both nodes ready");
+    let ids: Vec<ConnectionId> = (0..12).map(|_| s.connect().1).collect();
+    s.run_for(Duration::from_secs(25));
+    let connected = ids
+        .iter()
+        .filter(|id| {
+            s.events[0]
+                .iter()
+                .any(|(_, e)| matches!(e, Event::Connected { id: i, .. } if i == *id))
+        })
+        .count();
+    let failed: Vec<&Event> = s.events[0]
+        .iter()
+        .map(|(_, e)| e)
+        .filter(|e| matches!(e, Event::Failed { .. }))
+        .collect();
+    assert_eq!(connected, ids.len(), "{failed:?}");
+    assert!(failed.is_empty());
 }

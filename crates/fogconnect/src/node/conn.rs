@@ -16,6 +16,9 @@ use super::seal::{Exchange, Keys};
 pub(super) enum Phase {
     /// Ours: waiting for discovery, signaling or the port refresh before the offer goes.
     Queued,
+    /// Ours: a server or peer limit refused the last offer (too many offers pending, a full
+    /// node); the next goes at `at`, as a new session.
+    Retrying { at: Instant },
     /// Ours: the offer is on its way; the server has not named the session yet.
     Offered { request: RequestId },
     /// Ours: the server named the session; the answer has not come.
@@ -135,6 +138,8 @@ pub(super) struct Conn {
     pub(super) last_heard: Instant,
     /// Punching gave up (for the failure's reason).
     pub(super) gave_up: bool,
+    /// Offers sent (the first and the retries).
+    pub(super) offers: u32,
     pub(super) sent: Meter,
     pub(super) received: Meter,
 }
@@ -176,6 +181,7 @@ impl Conn {
             path_changes: 0,
             last_heard: now,
             gave_up: false,
+            offers: 0,
             sent: Meter::new(now),
             received: Meter::new(now),
         }
@@ -212,8 +218,13 @@ impl Conn {
     /// Every deadline of the connection besides [`deadline`](Self::deadline).
     pub(super) fn timers(&self) -> impl Iterator<Item = Instant> + '_ {
         let agent = self.agent().and_then(|a| a.poll_timeout());
+        let retry = match self.phase {
+            Phase::Retrying { at } => Some(at),
+            _ => None,
+        };
         [
             agent,
+            retry,
             self.quiet_until,
             self.signal_relay.map(|r| r.next_probe),
         ]

@@ -71,6 +71,14 @@ pub const REFUSED_FULL: u32 = 0xFFFF_0001;
 /// The code of a refusal by a node that holds
 /// [`NodeConfig::max_pending_incoming`] undecided offers.
 pub const REFUSED_BUSY: u32 = 0xFFFF_0004;
+
+/// The first back-off before an offer a limit refused goes again (see `Node::retry_offer`).
+pub const RETRY_FIRST: Duration = Duration::from_millis(250);
+/// The longest back-off between offers.
+pub const RETRY_MAX: Duration = Duration::from_secs(4);
+/// The most offers one `connect` makes (the first and its retries), within the connect
+/// timeout.
+pub const MAX_OFFERS: u32 = 12;
 /// The code a node closes with when its connect timeout ended the connection.
 pub const CLOSED_TIMEOUT: u32 = 0xFFFF_0002;
 /// The code a node closes with when its idle timeout ended the connection.
@@ -548,6 +556,12 @@ impl Node {
     /// accepted answers.
     fn progress(&mut self, now: Instant) {
         self.drain_signal_events(now);
+        // Retries that are due wait for the rest like a new offer (and arm no timer).
+        for conn in self.conns.values_mut() {
+            if matches!(conn.phase, Phase::Retrying { at } if at <= now) {
+                conn.phase = Phase::Queued;
+            }
+        }
         if self.report.is_none() || !self.client.is_authenticated() {
             return;
         }
@@ -621,6 +635,7 @@ impl Node {
                 self.by_request.insert(request, id);
                 if let Some(conn) = self.conns.get_mut(&id) {
                     conn.phase = Phase::Offered { request };
+                    conn.offers += 1;
                 }
             }
             Err(_) => self.end(now, id, End::Failed(FailReason::SignalingLost)),
@@ -947,6 +962,11 @@ impl Node {
         let Some(conn) = self.conns.get(&id) else {
             return;
         };
+        if !conn.connected() && !conn.passive && matches!(code, REFUSED_BUSY | REFUSED_FULL) {
+            // The peer's node is at a limit, not unwilling: try again a little later.
+            self.retry_offer(now, id, FailReason::Refused { code, reason });
+            return;
+        }
         let end = if conn.connected() {
             End::Closed {
                 reason: CloseReason::Application { code, reason },
@@ -958,6 +978,43 @@ impl Node {
             End::Failed(FailReason::Refused { code, reason })
         };
         self.end(now, id, end);
+    }
+
+    /// A server or peer limit refused our offer (`reason`): it goes again, as a new session,
+    /// after a back-off of [`RETRY_FIRST`] doubling up to [`RETRY_MAX`], each drawn at random
+    /// from its upper half so that the many callers a limit turned away do not all come
+    /// back at once. The connection fails with `reason` only when the retries are spent:
+    /// [`MAX_OFFERS`] offers, or a next one that would go after the connect timeout.
+    pub(super) fn retry_offer(&mut self, now: Instant, id: ConnectionId, reason: FailReason) {
+        let (jitter, ufrag, exchange) = (self.next_random(), self.ufrag(), self.exchange());
+        let deadline = self.config.connect_timeout;
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let doublings = conn.offers.saturating_sub(1).min(16);
+        let ceiling = RETRY_FIRST.saturating_mul(1 << doublings).min(RETRY_MAX);
+        let half = ceiling / 2;
+        let spread = u64::try_from(half.as_micros()).unwrap_or(u64::MAX).max(1);
+        let at = now + half + Duration::from_micros(jitter % spread);
+        if conn.passive || conn.offers >= MAX_OFFERS || at >= conn.created + deadline {
+            self.end(now, id, End::Failed(reason));
+            return;
+        }
+        if let Phase::Offered { request } = conn.phase {
+            self.by_request.remove(&request);
+        }
+        if let Some(session) = conn.session.take() {
+            self.by_session.remove(&session);
+        }
+        if let Some(keys) = conn.keys.take() {
+            self.by_tag.remove(&keys.recv_tag);
+        }
+        // A new session owes nothing to the refused one: fresh credentials and key exchange.
+        conn.remote = None;
+        conn.remote_key = None;
+        conn.ufrag = ufrag;
+        conn.exchange = exchange;
+        conn.phase = Phase::Retrying { at };
     }
 
     /// Every deadline the node has armed.

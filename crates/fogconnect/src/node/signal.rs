@@ -159,7 +159,7 @@ impl Node {
             conn.session = None;
             let end = match (&conn.phase, conn.path) {
                 // Not offered yet: it goes once we are back, within its timeout.
-                (Phase::Queued, _) => None,
+                (Phase::Queued | Phase::Retrying { .. }, _) => None,
                 (Phase::Running(_), Some(Via::Signaling)) => Some(End::Closed {
                     reason: CloseReason::SignalingLost,
                     by_peer: false,
@@ -344,10 +344,13 @@ impl Node {
                 let reason = match code {
                     ErrorCode::UnknownPeer => FailReason::PeerOffline,
                     ErrorCode::TooManyPending | ErrorCode::RateLimited | ErrorCode::ServerFull => {
-                        FailReason::ServerLimit {
+                        // A limit of the server's: the offer goes again a little later.
+                        let reason = FailReason::ServerLimit {
                             code: code.code(),
                             message,
-                        }
+                        };
+                        self.retry_offer(now, id, reason);
+                        return;
                     }
                     _ => FailReason::Signaling {
                         code: code.code(),
