@@ -7,7 +7,7 @@
 //! [`Client::answer`], [`Client::trickle`], [`Client::lookup`], [`Client::register`],
 //! [`Client::ping`], [`Client::request_relay`]) and reads [`Event`]s.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use rand::{Rng as _, SeedableRng as _};
@@ -196,11 +196,21 @@ pub struct Client {
     rng: ChaCha8Rng,
     phase: Phase,
     server: Option<PeerId>,
-    out: VecDeque<String>,
+    /// Frames to send, and whether each counts against the server's rate.
+    out: VecDeque<(String, bool)>,
     events: VecDeque<Event>,
     next_request: RequestId,
     pings: BTreeMap<u32, Instant>,
+    /// The frame rate the server said it holds us to.
+    rate: Option<crate::msg::Rate>,
+    /// Offers to us not yet answered or refused: the server does not count the frame that
+    /// answers or refuses one against our rate. At most [`MAX_OWED`] are remembered (the rest
+    /// are answered as ordinary, counted frames).
+    owed: BTreeSet<SessionId>,
 }
+
+/// The most unanswered offers a client remembers for the rate exemption.
+const MAX_OWED: usize = 1024;
 
 impl Client {
     /// A client not yet connected.
@@ -214,6 +224,8 @@ impl Client {
             events: VecDeque::new(),
             next_request: 1,
             pings: BTreeMap::new(),
+            rate: None,
+            owed: BTreeSet::new(),
         }
     }
 
@@ -263,9 +275,10 @@ impl Client {
                 server,
                 realm: _,
             } => self.challenge(now, version, server_nonce, server),
-            ServerMsg::Welcome { peer, alias } => {
+            ServerMsg::Welcome { peer, alias, rate } => {
                 if matches!(self.phase, Phase::AwaitWelcome { .. }) && peer == self.peer_id() {
                     self.phase = Phase::Ready;
+                    self.rate = rate;
                     if let Some(server) = self.server {
                         self.events
                             .push_back(Event::Authenticated { server, alias });
@@ -290,11 +303,16 @@ impl Client {
                 session,
                 from,
                 description,
-            } => self.events.push_back(Event::Offer {
-                session,
-                from,
-                description,
-            }),
+            } => {
+                if self.owed.len() < MAX_OWED {
+                    self.owed.insert(session);
+                }
+                self.events.push_back(Event::Offer {
+                    session,
+                    from,
+                    description,
+                });
+            }
             ServerMsg::Answer {
                 session,
                 from,
@@ -335,11 +353,14 @@ impl Client {
                 session,
                 reason,
                 code,
-            } => self.events.push_back(Event::SessionClosed {
-                session,
-                reason,
-                code,
-            }),
+            } => {
+                self.owed.remove(&session);
+                self.events.push_back(Event::SessionClosed {
+                    session,
+                    reason,
+                    code,
+                });
+            }
             ServerMsg::RelayCredentials {
                 id,
                 username,
@@ -386,7 +407,23 @@ impl Client {
 
     /// The next frame to send.
     pub fn poll_frame(&mut self) -> Option<String> {
-        self.out.pop_front()
+        self.out.pop_front().map(|(frame, _)| frame)
+    }
+
+    /// Whether the next frame counts against the server's rate ([`server_rate`](Self::server_rate)):
+    /// all do but the answer or refusal of an offer to us (`false` when none waits).
+    pub fn next_frame_counts(&self) -> bool {
+        self.out.front().is_some_and(|(_, counts)| *counts)
+    }
+
+    /// Frames waiting for [`poll_frame`](Self::poll_frame).
+    pub fn frames_waiting(&self) -> usize {
+        self.out.len()
+    }
+
+    /// The frame rate the server holds this connection to, once its `welcome` said so.
+    pub fn server_rate(&self) -> Option<crate::msg::Rate> {
+        self.rate
     }
 
     /// The next event.
@@ -580,6 +617,12 @@ impl Client {
     }
 
     fn push(&mut self, m: ClientMsg) {
-        self.out.push_back(m.encode());
+        let counts = match &m {
+            ClientMsg::Answer { session, .. } | ClientMsg::Close { session, .. } => {
+                !self.owed.remove(session)
+            }
+            _ => true,
+        };
+        self.out.push_back((m.encode(), counts));
     }
 }

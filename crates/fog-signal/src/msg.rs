@@ -232,6 +232,10 @@ pub enum ServerMsg {
         /// The alias claimed in `auth`, if it was bound.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         alias: Option<String>,
+        /// The rate limit the server holds this connection's frames to, so that the client
+        /// can pace itself under it (absent from servers that do not say).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rate: Option<Rate>,
     },
     /// An alias is now bound to the key.
     Registered {
@@ -382,6 +386,16 @@ pub struct Seal {
     pub key: ExchangeKey,
     /// The sender's Ed25519 signature over the description's transcript.
     pub signature: Sig,
+}
+
+/// A server's limit on one connection's frames: a token bucket of `burst` frames refilled at
+/// `frames_per_second`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rate {
+    /// Sustained frames per second.
+    pub frames_per_second: u32,
+    /// Frames allowed at once after a quiet spell.
+    pub burst: u32,
 }
 
 /// Per-session connectivity-check credentials (RFC 8445 §5.3 ufrag and password).

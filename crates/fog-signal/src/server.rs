@@ -73,7 +73,9 @@ pub struct Limits {
     pub max_peers: usize,
     /// Largest frame in bytes (default 16 KiB: an offer with 64 candidates is under 8 KiB).
     pub max_frame_len: usize,
-    /// Sustained frames per second per connection (default 20).
+    /// Sustained frames per second per connection (default 20). Answers and refusals of
+    /// offers waiting for the connection's peer do not count: a peer that many call answers
+    /// them as fast as they come.
     pub frames_per_second: u32,
     /// Token-bucket depth: frames allowed in a burst (default 40).
     pub burst: u32,
@@ -335,18 +337,58 @@ impl Server {
         self.forget(now, conn);
     }
 
+    /// Whether `m` from `conn` answers or refuses an offer still waiting for its peer (see
+    /// [`Limits::frames_per_second`]).
+    fn owed(&self, conn: ConnId, m: &ClientMsg) -> bool {
+        let Some(Phase::Authenticated { peer }) = self.conns.get(&conn).map(|c| &c.phase) else {
+            return false;
+        };
+        let session = match m {
+            ClientMsg::Answer { session, .. } | ClientMsg::Close { session, .. } => session,
+            _ => return false,
+        };
+        self.sessions
+            .get(session)
+            .is_some_and(|s| s.answerer == *peer && !s.answered)
+    }
+
+    /// The frame rate every connection is held to, as `welcome` tells the client.
+    fn rate(&self) -> crate::msg::Rate {
+        crate::msg::Rate {
+            frames_per_second: self.config.limits.frames_per_second,
+            burst: self.config.limits.burst,
+        }
+    }
+
     /// A text frame arrived on `conn`. Frames on unknown connections are ignored.
     pub fn handle_frame(&mut self, now: Instant, conn: ConnId, frame: &str) {
         let limits = &self.config.limits;
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
-        // Rate first: a flood costs no parsing.
+        // Rate first: within it a frame costs no parsing before it counts; over it, only the
+        // exemption below is looked for, until the flood tolerance closes the connection.
         let elapsed = now.saturating_duration_since(c.refilled).as_secs_f64();
         c.refilled = now;
         c.tokens =
             (c.tokens + elapsed * f64::from(limits.frames_per_second)).min(f64::from(limits.burst));
-        if c.tokens < 1.0 {
+        let over = c.tokens < 1.0;
+        if over && frame.len() <= limits.max_frame_len {
+            // Over the rate, the one exemption: answers (and refusals) of offers waiting for
+            // this peer. There can be no more of them than the offers others sent, which
+            // their own rates bound, so a hub answers a crowd as fast as it arrives.
+            if let Ok(m) = ClientMsg::decode(frame) {
+                if self.owed(conn, &m) {
+                    self.handle_msg(now, conn, m);
+                    return;
+                }
+            }
+        }
+        let limits = &self.config.limits;
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if over {
             c.strikes += 1;
             let strikes = c.strikes;
             if strikes == 1 {
@@ -594,14 +636,30 @@ impl Server {
             Some(a) => match self.bind_alias(peer, &a) {
                 Ok(a) => Some(a),
                 Err(code) => {
-                    self.send(conn, ServerMsg::Welcome { peer, alias: None });
+                    let rate = Some(self.rate());
+                    self.send(
+                        conn,
+                        ServerMsg::Welcome {
+                            peer,
+                            alias: None,
+                            rate,
+                        },
+                    );
                     self.send(conn, ServerMsg::error(code, None, format!("alias {a:?}")));
                     return;
                 }
             },
             None => None,
         };
-        self.send(conn, ServerMsg::Welcome { peer, alias: bound });
+        let rate = Some(self.rate());
+        self.send(
+            conn,
+            ServerMsg::Welcome {
+                peer,
+                alias: bound,
+                rate,
+            },
+        );
     }
 
     fn authenticated(&mut self, now: Instant, conn: ConnId, me: PeerId, m: ClientMsg) {

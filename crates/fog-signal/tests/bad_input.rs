@@ -402,3 +402,60 @@ proptest! {
         prop_assert!(well_formed(&outs), "{outs:?}");
     }
 }
+
+/// A peer many call has spent its whole burst: its answers to the offers waiting for it still
+/// pass (there can be no more of them than the callers' own rates allow), and its client knows
+/// not to count them; anything else is still held to the rate.
+#[test]
+fn answers_owed_pass_a_spent_rate() {
+    let mut net = Net::new(server_config());
+    let hub = net.join(10, None, 20);
+    let callers: Vec<usize> = (0..8).map(|k| net.join(20 + k, None, 20)).collect();
+    let hub_id = net.nodes[hub].client.peer_id();
+    for &c in &callers {
+        net.nodes[c]
+            .client
+            .connect(hub_id, common::description(1))
+            .unwrap();
+    }
+    net.run();
+    let sessions: Vec<msg::SessionId> = net
+        .take_events(hub)
+        .into_iter()
+        .filter_map(|e| match e {
+            fog_signal::client::Event::Offer { session, .. } => Some(session),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sessions.len(), callers.len());
+    let conn = net.nodes[hub].conn;
+    let ping = |i: u32| format!(r#"{{"type":"ping","id":{i}}}"#);
+    for i in 0..40 {
+        net.server.handle_frame(net.now, conn, &ping(i));
+    }
+    for &session in &sessions {
+        let client = &mut net.nodes[hub].client;
+        client.answer(session, common::description(2)).unwrap();
+        assert!(!client.next_frame_counts(), "an answer owed is not counted");
+        let frame = client.poll_frame().unwrap();
+        net.server.handle_frame(net.now, conn, &frame);
+    }
+    // Over the rate, an ordinary frame is refused.
+    net.server.handle_frame(net.now, conn, &ping(99));
+    net.run();
+    for &c in &callers {
+        let answered = net
+            .take_events(c)
+            .iter()
+            .any(|e| matches!(e, fog_signal::client::Event::Answer { .. }));
+        assert!(answered, "caller {c} got its answer");
+    }
+    let hub_events = net.take_events(hub);
+    assert!(
+        hub_events.iter().any(|e| matches!(
+            e,
+            fog_signal::client::Event::Error { code, .. } if *code == ErrorCode::RateLimited
+        )),
+        "{hub_events:?}"
+    );
+}

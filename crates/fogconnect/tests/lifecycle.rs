@@ -646,3 +646,30 @@ fn offers_a_server_limit_turns_away_go_again_and_connect() {
     assert_eq!(connected, ids.len(), "{failed:?}");
     assert!(failed.is_empty());
 }
+
+/// A caller that opens many connections at once stays under the server's frame rate (20 per
+/// second, bursts of 40, which the server enforces by dropping frames and then the
+/// connection): its offers are paced, the pending-offer limit's refusals retried, and every
+/// connection is made without the signaling connection ever dropping.
+#[test]
+fn a_burst_of_connects_is_paced_under_the_servers_rate_limit() {
+    let mut s = ready(Preset::FullCone, Preset::FullCone, &Profile::default());
+    let ids: Vec<ConnectionId> = (0..60).map(|_| s.connect().1).collect();
+    s.run_for(Duration::from_secs(28));
+    let connected = ids
+        .iter()
+        .filter(|id| {
+            s.events[0]
+                .iter()
+                .any(|(_, e)| matches!(e, Event::Connected { id: i, .. } if i == *id))
+        })
+        .count();
+    let trouble: Vec<&Event> = s.events[0]
+        .iter()
+        .chain(&s.events[1])
+        .map(|(_, e)| e)
+        .filter(|e| matches!(e, Event::Failed { .. } | Event::SignalingDown))
+        .collect();
+    assert_eq!(connected, ids.len(), "{trouble:?}");
+    assert!(trouble.is_empty(), "{trouble:?}");
+}

@@ -50,7 +50,10 @@ use tungstenite::handshake::MidHandshake;
 use tungstenite::handshake::client::ClientHandshake;
 use tungstenite::{HandshakeError, Message, WebSocket};
 
-use support::{ChildGuard, clock_ticks_per_s, cpu_ticks};
+use support::{
+    ChildGuard, clock_ticks_per_s, cpu_ticks, fd_limit, percentile, raise_fd_limit_or_reexec,
+    rss_kib,
+};
 
 const WARM_UP: Duration = Duration::from_secs(1);
 /// Connections whose TCP and WebSocket handshakes may be under way at once.
@@ -590,58 +593,6 @@ fn wait_listening(addr: SocketAddr, fogd: &mut ChildGuard) {
         std::thread::sleep(Duration::from_millis(20));
     }
     panic!("fogd did not listen on {addr}\n{}", fogd.output_text());
-}
-
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// The soft limit on open files, from /proc/self/limits.
-fn fd_limit() -> u64 {
-    limits_line().map_or(1024, |(soft, _)| soft)
-}
-
-fn limits_line() -> Option<(u64, u64)> {
-    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
-    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    let mut words = line.split_whitespace().skip(3);
-    let soft = words.next()?.parse().ok()?;
-    let hard = words.next()?.parse().unwrap_or(u64::MAX);
-    Some((soft, hard))
-}
-
-/// Re-executes this bench with the soft open-file limit raised to the hard one (there is no safe
-/// `setrlimit` in std, and the workspace forbids `unsafe`).
-fn raise_fd_limit_or_reexec() {
-    const MARK: &str = "FOG_SIGNAL_LOAD_REEXEC";
-    let Some((soft, hard)) = limits_line() else {
-        return;
-    };
-    let want = hard.min(1 << 20);
-    if soft >= want || std::env::var_os(MARK).is_some() {
-        return;
-    }
-    let exe = std::env::current_exe().expect("the bench's own path");
-    let status = Command::new("sh")
-        .arg("-c")
-        .arg(format!("ulimit -n {want} && exec \"$0\" \"$@\""))
-        .arg(exe)
-        .args(std::env::args().skip(1))
-        .env(MARK, "1")
-        .status()
-        .expect("re-executing under sh");
-    std::process::exit(status.code().unwrap_or(1));
-}
-
-fn percentile(samples: &mut [Duration], q: f64) -> Option<Duration> {
-    if samples.is_empty() {
-        return None;
-    }
-    samples.sort_unstable();
-    let rank = ((samples.len() as f64 - 1.0) * q).round() as usize;
-    Some(samples[rank.min(samples.len() - 1)])
 }
 
 fn fmt_ms(d: Option<Duration>) -> String {

@@ -1031,6 +1031,8 @@ impl Node {
                 .map(|r| r.probe.next_at),
             self.watch.as_ref().map(|w| w.next_at),
             self.signal.reopen_at(),
+            self.signal
+                .paced_until(self.client.frames_waiting(), self.signal_rate()),
         ];
         let (connect, idle) = (self.config.connect_timeout, self.config.idle_timeout);
         fixed.into_iter().flatten().chain(

@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use fog_signal::client::Event as SignalEvent;
-use fog_signal::msg::ErrorCode;
+use fog_signal::msg::{ErrorCode, Rate};
 
 use super::conn::{Conn, Phase};
 use super::seal::{self, Keys, Role};
@@ -41,6 +41,13 @@ pub enum SignalOutput {
 const REOPEN_FIRST: Duration = Duration::from_secs(1);
 const REOPEN_MAX: Duration = Duration::from_secs(30);
 
+/// The frame rate a server that does not say its own is assumed to hold us to (fog-signal's
+/// defaults).
+const ASSUMED_RATE: Rate = Rate {
+    frames_per_second: 20,
+    burst: 40,
+};
+
 /// The signaling connection as the node sees it.
 #[derive(Debug)]
 pub(super) struct Link {
@@ -49,6 +56,23 @@ pub(super) struct Link {
     /// [`REOPEN_FIRST`] once the server accepts us.
     backoff: Duration,
     out: VecDeque<SignalOutput>,
+    /// Our frames are paced under the server's rate limit, which drops the frames over it
+    /// (an answer lost that way leaves its caller waiting) and closes a connection that keeps
+    /// on: a token bucket of our own at nine tenths of the server's rate and half its burst,
+    /// so that frames bunched together on the way still fit the server's. These are its
+    /// tokens, as of `refilled`.
+    tokens: f64,
+    refilled: Option<Instant>,
+}
+
+/// How far below a whole token still counts as one (floating-point rounding).
+const TOKEN_SLACK: f64 = 1e-6;
+
+/// Our bucket for the server's `rate`: (frames per second, depth).
+fn pace(rate: Rate) -> (f64, f64) {
+    let per_second = (f64::from(rate.frames_per_second) * 0.9).max(0.1);
+    let depth = (f64::from(rate.burst) / 2.0).max(1.0);
+    (per_second, depth)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +92,8 @@ impl Default for Link {
             state: State::Idle,
             backoff: REOPEN_FIRST,
             out: VecDeque::new(),
+            tokens: 0.0,
+            refilled: None,
         }
     }
 }
@@ -96,6 +122,35 @@ impl Link {
             _ => None,
         }
     }
+
+    /// Takes a token for one frame under `rate` at `now`, if there is one.
+    fn take_token(&mut self, now: Instant, rate: Rate) -> bool {
+        let (per_second, depth) = pace(rate);
+        let since = self.refilled.unwrap_or(now);
+        let elapsed = now.saturating_duration_since(since).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * per_second).min(depth);
+        self.refilled = Some(now);
+        // A token is whole to within rounding: the wait `paced_until` asks for is whole
+        // microseconds, so that the token has come when it ends.
+        if self.tokens < 1.0 - TOKEN_SLACK {
+            return false;
+        }
+        self.tokens = (self.tokens - 1.0).max(0.0);
+        true
+    }
+
+    /// When the next token comes under `rate`, while frames wait for one.
+    pub(super) fn paced_until(&self, waiting: usize, rate: Rate) -> Option<Instant> {
+        if self.state != State::Open || waiting == 0 || self.tokens >= 1.0 - TOKEN_SLACK {
+            return None;
+        }
+        let (per_second, _) = pace(rate);
+        // Rounded up to the next whole microsecond, and never zero: a deadline at `now` that
+        // brings no token would spin.
+        let micros = ((1.0 - self.tokens) / per_second * 1e6).ceil().max(1.0);
+        self.refilled
+            .map(|t| t + Duration::from_micros(micros as u64))
+    }
 }
 
 impl Node {
@@ -106,6 +161,9 @@ impl Node {
         match input {
             SignalInput::Opened => {
                 self.signal.state = State::Open;
+                // A new connection starts with the server's whole burst.
+                self.signal.tokens = pace(ASSUMED_RATE).1;
+                self.signal.refilled = Some(now);
                 self.signal.out.retain(|o| *o != SignalOutput::Open);
                 self.client.handle_connected(now);
             }
@@ -126,10 +184,22 @@ impl Node {
         if let Some(out) = self.signal.out.pop_front() {
             return Some(out);
         }
-        if self.signal.state != State::Open {
+        if self.signal.state != State::Open || self.client.frames_waiting() == 0 {
             return None;
         }
+        // The server does not count answers and refusals of offers to us.
+        if self.client.next_frame_counts() {
+            let rate = self.signal_rate();
+            if !self.signal.take_token(self.now, rate) {
+                return None;
+            }
+        }
         self.client.poll_frame().map(SignalOutput::Frame)
+    }
+
+    /// The frame rate the server holds us to.
+    pub(super) fn signal_rate(&self) -> Rate {
+        self.client.server_rate().unwrap_or(ASSUMED_RATE)
     }
 
     /// The signaling connection ended: a new client for the next one, after a back-off.
