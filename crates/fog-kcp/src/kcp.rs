@@ -791,9 +791,13 @@ impl Kcp {
         }
     }
 
-    /// Whether a flush has anything to do.
+    /// Whether a flush has anything to do. Acknowledgements a flush already released leave
+    /// through `poll_transmit` and need no further flush.
     fn has_work(&self) -> bool {
-        !self.acks.is_empty() || self.probe != 0 || !self.snd_queue.is_empty() || self.unacked > 0
+        self.acks.len() > self.acks_ready
+            || self.probe != 0
+            || !self.snd_queue.is_empty()
+            || self.unacked > 0
     }
 
     /// Arms the flush timer for `last_now` when there is work and no flush is planned: the
