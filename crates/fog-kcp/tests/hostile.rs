@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use fog_kcp::wire::{Command, SegmentRepr, WireError};
 use fog_kcp::{Config, Kcp, PacketError};
+use fog_test_support::SplitMix;
 
 fn segment(repr: SegmentRepr, data: &[u8]) -> Vec<u8> {
     let mut buf = vec![0; repr.buffer_len()];
@@ -155,13 +156,8 @@ fn impossible_fragment_countdown_does_not_stall() {
 fn random_bytes_never_panic() {
     let now = Instant::now();
     let mut kcp = Kcp::new(0x0403_0201, Config::fast(), now);
-    let mut state = 0x1234_5678_9abc_def0u64;
-    let mut next = || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
+    let mut rng = SplitMix(0x1234_5678_9abc_def0);
+    let mut next = || rng.next_u64();
     let mut buf = vec![0; 1500];
     for i in 0..20_000u32 {
         let len = (next() % 200) as usize;

@@ -13,17 +13,17 @@
 #![allow(clippy::disallowed_methods)]
 
 use std::collections::VecDeque;
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, Write};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use fog_kcp::{Config, Kcp, SendError};
-use fog_test_support::skip_or_fail;
+use fog_test_support::{ChildGuard, SplitMix, scratch_file, skip_or_fail};
 use sha2::{Digest, Sha256};
 
 const CONV: u32 = 0x4b43_5021;
@@ -32,25 +32,9 @@ const MAX_MESSAGE: usize = 8000;
 /// Each test's own bound, well under 30 s.
 const TEST_LIMIT: Duration = Duration::from_secs(25);
 
-/// splitmix64, seeded: the traffic and the loss are the same on every run.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn drop(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
-    }
-}
-
 /// The sending side's traffic: messages from a seed, checked as their echoes come back.
 struct Traffic {
-    rng: Rng,
+    rng: SplitMix,
     queued: usize,
     echoed: usize,
     pending: VecDeque<Vec<u8>>,
@@ -60,7 +44,7 @@ struct Traffic {
 impl Traffic {
     fn new(seed: u64) -> Self {
         Self {
-            rng: Rng(seed),
+            rng: SplitMix(seed),
             queued: 0,
             echoed: 0,
             pending: VecDeque::new(),
@@ -73,8 +57,8 @@ impl Traffic {
         if self.queued >= TOTAL {
             return None;
         }
-        let len = (1 + self.rng.next() as usize % MAX_MESSAGE).min(TOTAL - self.queued);
-        let message: Vec<u8> = (0..len).map(|_| self.rng.next() as u8).collect();
+        let len = (1 + self.rng.next_u64() as usize % MAX_MESSAGE).min(TOTAL - self.queued);
+        let message: Vec<u8> = self.rng.bytes(len);
         Some(message)
     }
 
@@ -180,7 +164,7 @@ fn drive(
     mut stop: impl FnMut(&Kcp, &Ours) -> Result<bool, String>,
 ) -> Result<(), String> {
     let started = Instant::now();
-    let mut rng = Rng(seed);
+    let mut rng = SplitMix(seed);
     let mut out = vec![0u8; 2048];
     let mut inbound = vec![0u8; 65_536];
     let mut message = vec![0u8; kcp.max_message_len()];
@@ -192,7 +176,7 @@ fn drive(
         let now = Instant::now();
         kcp.handle_timeout(now);
         while let Some(n) = kcp.poll_transmit(now, &mut out) {
-            if !rng.drop(loss) {
+            if !rng.chance(loss as f64) {
                 socket.send_to(&out[..n], peer).map_err(|e| e.to_string())?;
             }
         }
@@ -216,7 +200,7 @@ fn drive(
         loop {
             match socket.recv_from(&mut inbound) {
                 Ok((n, from)) => {
-                    if from == peer && !rng.drop(loss) {
+                    if from == peer && !rng.chance(loss as f64) {
                         kcp.handle_packet(Instant::now(), &inbound[..n])
                             .map_err(|e| format!("the peer's datagram was refused: {e}"))?;
                     }
@@ -340,7 +324,7 @@ fn kcp_crate_peer(
     }
 }
 
-fn with_kcp_crate(we_send: bool, loss: u64) {
+fn with_kcp_crate(test: &str, we_send: bool, loss: u64) {
     let ours_socket = loopback();
     let theirs = Arc::new(loopback());
     let ours_addr = ours_socket.local_addr().unwrap();
@@ -391,12 +375,9 @@ fn with_kcp_crate(we_send: bool, loss: u64) {
         })
     };
     if let Err(e) = result {
-        panic!("kcp crate, we_send={we_send}, loss {loss} %: {e}");
+        panic!("{test}: {e}");
     }
-    eprintln!(
-        "kcp crate, we_send={we_send}, loss {loss} %: {:?}",
-        kcp.stats()
-    );
+    eprintln!("{test}: our stats {:?}", kcp.stats());
     if loss > 0 {
         let s = kcp.stats();
         assert!(
@@ -406,24 +387,25 @@ fn with_kcp_crate(we_send: bool, loss: u64) {
     }
 }
 
-#[test]
-fn kcp_crate_echoes_our_messages() {
-    with_kcp_crate(true, 0);
+/// One test per (peer, direction, loss) case: `name: driver(we_send, loss %);`.
+macro_rules! interop_tests {
+    ($($name:ident: $driver:ident($we_send:expr, $loss:expr);)*) => {$(
+        #[test]
+        fn $name() {
+            $driver(stringify!($name), $we_send, $loss);
+        }
+    )*};
 }
 
-#[test]
-fn kcp_crate_echoes_our_messages_5_percent_loss() {
-    with_kcp_crate(true, 5);
-}
-
-#[test]
-fn we_echo_kcp_crate_messages() {
-    with_kcp_crate(false, 0);
-}
-
-#[test]
-fn we_echo_kcp_crate_messages_5_percent_loss() {
-    with_kcp_crate(false, 5);
+interop_tests! {
+    kcp_crate_echoes_our_messages: with_kcp_crate(true, 0);
+    kcp_crate_echoes_our_messages_5_percent_loss: with_kcp_crate(true, 5);
+    we_echo_kcp_crate_messages: with_kcp_crate(false, 0);
+    we_echo_kcp_crate_messages_5_percent_loss: with_kcp_crate(false, 5);
+    ikcp_echoes_our_messages: with_ikcp(true, 0);
+    ikcp_echoes_our_messages_5_percent_loss: with_ikcp(true, 5);
+    we_echo_ikcp_messages: with_ikcp(false, 0);
+    we_echo_ikcp_messages_5_percent_loss: with_ikcp(false, 5);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -514,16 +496,6 @@ fn peers_python() -> PathBuf {
     dir.join("venv/bin/python")
 }
 
-/// Kills the child when the test ends, passing or not.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn with_ikcp(test: &str, we_send: bool, loss: u64) {
     let python = peers_python();
     let has_siokcp = python.is_file()
@@ -541,37 +513,39 @@ fn with_ikcp(test: &str, we_send: bool, loss: u64) {
         skip_or_fail(test, &why, "FOG_REQUIRE_INTEROP");
         return;
     }
-    let dir = std::env::temp_dir().join(format!("fog-kcp-interop-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let script = dir.join(format!("{test}.py"));
+    let script = scratch_file("ikcp_peer.py");
     std::fs::write(&script, PY_PEER).unwrap();
 
     let socket = loopback();
     let ours_port = socket.local_addr().unwrap().port();
     let mode = if we_send { "echo" } else { "send" };
-    let child = Command::new(&python)
-        .arg(&script)
-        .args([
+    // ChildGuard kills the peer when the test ends, passing or not.
+    let mut child = ChildGuard::spawn(
+        test,
+        Command::new(&python).arg(&script).args([
             mode,
             &CONV.to_string(),
             &ours_port.to_string(),
             &TOTAL.to_string(),
             "1234",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start the Python peer");
-    let mut child = KillOnDrop(child);
-    let mut lines = BufReader::new(child.0.stdout.take().unwrap()).lines();
-    let first = lines.next().expect("the peer says its port").unwrap();
-    let port: u16 = first
-        .strip_prefix("PORT ")
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("unexpected first line {first:?}"));
+        ]),
+    )
+    .expect("start the Python peer");
+    let started = Instant::now();
+    let port: u16 = loop {
+        let said = child.stdout_text();
+        if let Some(port) = said
+            .lines()
+            .find_map(|l| l.strip_prefix("PORT ").and_then(|p| p.parse().ok()))
+        {
+            break port;
+        }
+        if child.try_wait().is_some() || started.elapsed() > Duration::from_secs(10) {
+            panic!("the Python peer did not start\n{}", child.output_text());
+        }
+        thread::sleep(Duration::from_millis(10));
+    };
     let theirs: SocketAddr = ([127, 0, 0, 1], port).into();
-    // The rest of its output, read as it comes (so the pipe never fills).
-    let output = thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<String>>());
 
     let mut kcp = Kcp::new(CONV, Config::fast(), Instant::now());
     if we_send {
@@ -586,7 +560,7 @@ fn with_ikcp(test: &str, we_send: bool, loss: u64) {
             |_, o| Ok(matches!(o, Ours::Send(t) if t.done())),
         );
         if let Err(e) = r {
-            panic!("ikcp echo, loss {loss} %: {e}");
+            panic!("ikcp echo, loss {loss} %: {e}\n{}", child.output_text());
         }
     } else {
         let mut ours = Ours::echo();
@@ -597,28 +571,27 @@ fn with_ikcp(test: &str, we_send: bool, loss: u64) {
             &mut ours,
             loss,
             loss + 4,
-            |_, _| match child.0.try_wait() {
-                Ok(Some(status)) if status.success() => Ok(true),
-                Ok(Some(status)) => Err(format!("the ikcp sender exited with {status}")),
-                Ok(None) => Ok(false),
-                Err(e) => Err(e.to_string()),
+            |_, _| match child.try_wait() {
+                Some(status) if status.success() => Ok(true),
+                Some(status) => Err(format!("the ikcp sender exited with {status}")),
+                None => Ok(false),
             },
         );
-        let said = output.join().unwrap();
         if let Err(e) = r {
-            panic!("ikcp sender, loss {loss} %: {e}; it said {said:?}");
+            panic!("ikcp sender, loss {loss} %: {e}\n{}", child.output_text());
         }
+        let said = child.stdout_text();
         let Ours::Echo { received, hash, .. } = ours else {
             unreachable!()
         };
         assert_eq!(received, TOTAL);
         let ours_hex: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
         assert!(
-            said.iter().any(|l| *l == format!("DONE {ours_hex}")),
+            said.lines().any(|l| l == format!("DONE {ours_hex}")),
             "the ikcp sender's hash differs from what we echoed: {said:?}"
         );
     }
-    eprintln!("ikcp, we_send={we_send}, loss {loss} %: {:?}", kcp.stats());
+    eprintln!("{test}: our stats {:?}", kcp.stats());
     if loss > 0 {
         let s = kcp.stats();
         assert!(
@@ -627,25 +600,5 @@ fn with_ikcp(test: &str, we_send: bool, loss: u64) {
         );
     }
     drop(child);
-    let _ = std::fs::remove_dir_all(&dir);
-}
-
-#[test]
-fn ikcp_echoes_our_messages() {
-    with_ikcp("ikcp_echoes_our_messages", true, 0);
-}
-
-#[test]
-fn ikcp_echoes_our_messages_5_percent_loss() {
-    with_ikcp("ikcp_echoes_our_messages_5_percent_loss", true, 5);
-}
-
-#[test]
-fn we_echo_ikcp_messages() {
-    with_ikcp("we_echo_ikcp_messages", false, 0);
-}
-
-#[test]
-fn we_echo_ikcp_messages_5_percent_loss() {
-    with_ikcp("we_echo_ikcp_messages_5_percent_loss", false, 5);
+    let _ = std::fs::remove_file(&script);
 }

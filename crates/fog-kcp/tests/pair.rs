@@ -11,28 +11,7 @@ use std::time::{Duration, Instant};
 use fog_kcp::{
     CloseReason, Config, ConnEvent, Connection, Kcp, Mode, NoDelay, PacketError, Role, SendError,
 };
-
-/// splitmix64: a deterministic generator, one per test.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn chance(&mut self, percent: f64) -> bool {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64 * 100.0 < percent
-    }
-    fn bytes(&mut self, len: usize) -> Vec<u8> {
-        (0..len).map(|_| self.next() as u8).collect()
-    }
-}
+use fog_test_support::SplitMix as Rng;
 
 /// What the pair driver needs of a machine: plain [`Kcp`] or a [`Connection`].
 trait Machine {
@@ -355,6 +334,18 @@ fn send_queue_is_bounded() {
     assert_eq!(kcp.send(b"x"), Err(SendError::Blocked { waiting: 10 }));
 }
 
+/// One lossless turn at `t`: both fire their timers, A's datagrams reach B, B's reach A.
+fn exchange(a: &mut Kcp, b: &mut Kcp, t: Instant, buf: &mut [u8]) {
+    a.handle_timeout(t);
+    b.handle_timeout(t);
+    while let Some(n) = a.poll_transmit(t, buf) {
+        b.handle_packet(t, &buf[..n]).unwrap();
+    }
+    while let Some(n) = b.poll_transmit(t, buf) {
+        a.handle_packet(t, &buf[..n]).unwrap();
+    }
+}
+
 #[test]
 fn zero_window_is_probed_and_reopened() {
     // B never reads until late: its queue fills, A sees window 0 and probes; once B reads, A
@@ -372,14 +363,7 @@ fn zero_window_is_probed_and_reopened() {
     // Drive without reading on B.
     for _ in 0..2000 {
         t += Duration::from_millis(10);
-        a.handle_timeout(t);
-        b.handle_timeout(t);
-        while let Some(n) = a.poll_transmit(t, &mut buf) {
-            b.handle_packet(t, &buf[..n]).unwrap();
-        }
-        while let Some(n) = b.poll_transmit(t, &mut buf) {
-            a.handle_packet(t, &buf[..n]).unwrap();
-        }
+        exchange(&mut a, &mut b, t, &mut buf);
     }
     assert_eq!(b.recv_queue_len(), 128, "B's queue holds its window");
     assert!(a.waiting_to_send() > 0);
@@ -390,14 +374,7 @@ fn zero_window_is_probed_and_reopened() {
             got.push(u32::from_le_bytes(out[..n].try_into().unwrap()));
         }
         t += Duration::from_millis(10);
-        a.handle_timeout(t);
-        b.handle_timeout(t);
-        while let Some(n) = a.poll_transmit(t, &mut buf) {
-            b.handle_packet(t, &buf[..n]).unwrap();
-        }
-        while let Some(n) = b.poll_transmit(t, &mut buf) {
-            a.handle_packet(t, &buf[..n]).unwrap();
-        }
+        exchange(&mut a, &mut b, t, &mut buf);
     }
     assert_eq!(got, (0..300).collect::<Vec<_>>());
 }
