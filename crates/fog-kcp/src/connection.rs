@@ -154,7 +154,7 @@ impl Connection {
     pub fn send(&mut self, data: &[u8]) -> Result<(), SendError> {
         match self.phase {
             Phase::Handshaking(_) | Phase::Established => self.kcp.send(data),
-            Phase::Closing(_) | Phase::Closed(_) => Err(SendError::DeadLink),
+            Phase::Closing(_) | Phase::Closed(_) => Err(SendError::Closed),
         }
     }
 

@@ -64,6 +64,8 @@ pub enum SendError {
     },
     /// A segment was sent [`Config::dead_link`] times without acknowledgement.
     DeadLink,
+    /// A FogConnect connection is closing or closed.
+    Closed,
 }
 
 impl fmt::Display for SendError {
@@ -74,6 +76,7 @@ impl fmt::Display for SendError {
             }
             Self::Blocked { waiting } => write!(f, "send queue full ({waiting} segments)"),
             Self::DeadLink => write!(f, "link dead: a segment went unacknowledged too often"),
+            Self::Closed => write!(f, "connection closing or closed"),
         }
     }
 }
@@ -1064,4 +1067,74 @@ impl Kcp {
 fn chunks_or_empty(data: &[u8], size: usize) -> impl Iterator<Item = &[u8]> {
     let empty = data.is_empty().then_some(&data[..0]);
     data.chunks(size).chain(empty)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Both directions start just before sn 2^32, as after four billion segments.
+    fn near_the_wrap(kcp: &mut Kcp) {
+        let sn = u32::MAX - 100;
+        kcp.snd_una = sn;
+        kcp.snd_nxt = sn;
+        kcp.rcv_nxt = sn;
+    }
+
+    #[test]
+    #[allow(clippy::disallowed_methods)] // the epoch of virtual time only
+    fn sequence_numbers_wrap() {
+        let epoch = Instant::now();
+        let mut a = Kcp::new(1, Config::fast(), epoch);
+        let mut b = Kcp::new(1, Config::fast(), epoch);
+        near_the_wrap(&mut a);
+        near_the_wrap(&mut b);
+        let messages: Vec<Vec<u8>> = (0..300u32)
+            .map(|i| (0..(i * 53 % 4000)).map(|j| (i + j) as u8).collect())
+            .collect();
+        for m in &messages {
+            a.send(m).unwrap();
+        }
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 2048];
+        let mut out = vec![0u8; a.max_message_len()];
+        let mut count = 0u32;
+        let mut now = epoch;
+        for _ in 0..5_000 {
+            now += Duration::from_millis(10);
+            a.handle_timeout(now);
+            b.handle_timeout(now);
+            // Every 7th datagram lost, and each pair of datagrams delivered swapped.
+            let mut held: Option<Vec<u8>> = None;
+            while let Some(n) = a.poll_transmit(now, &mut buf) {
+                count += 1;
+                if count % 7 == 0 {
+                    continue;
+                }
+                match held.take() {
+                    None => held = Some(buf[..n].to_vec()),
+                    Some(first) => {
+                        b.handle_packet(now, &buf[..n]).unwrap();
+                        b.handle_packet(now, &first).unwrap();
+                    }
+                }
+            }
+            if let Some(first) = held {
+                b.handle_packet(now, &first).unwrap();
+            }
+            while let Some(n) = b.poll_transmit(now, &mut buf) {
+                a.handle_packet(now, &buf[..n]).unwrap();
+            }
+            while let Some(n) = b.recv(&mut out).unwrap() {
+                got.push(out[..n].to_vec());
+            }
+            if got.len() == messages.len() && a.waiting_to_send() == 0 {
+                break;
+            }
+        }
+        assert_eq!(got, messages);
+        assert!(a.snd_nxt < 10_000, "the sequence numbers wrapped");
+        assert_eq!(b.rcv_nxt, a.snd_nxt);
+        assert!(a.stats().segments_resent + a.stats().segments_fast_resent > 0);
+    }
 }

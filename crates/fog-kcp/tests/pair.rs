@@ -221,6 +221,38 @@ fn messages_both_ways(loss: f64, seed: u64, config: Config) {
 }
 
 #[test]
+fn messages_across_the_wire_clock_wrap() {
+    // Machines whose epoch lies 2^32 ms minus 300 ms in the past: their 32-bit `ts` wraps
+    // 300 ms into the run, while RTTs are measured and retransmissions timed.
+    let epoch = Instant::now();
+    let start = epoch + Duration::from_millis((1u64 << 32) - 300);
+    let a = Kcp::new(8, Config::fast(), epoch);
+    let b = Kcp::new(8, Config::fast(), epoch);
+    let mut pair = Pair::new(start, 6, lossy(5.0), [a, b]);
+    let messages: Vec<Vec<u8>> = (0..400).map(|i| pair.rng.bytes(i * 37 % 5000)).collect();
+    let mut next = 0;
+    while next < messages.len() {
+        while next < messages.len() && pair.peers[0].waiting_to_send() < 200 {
+            pair.peers[0].send(&messages[next]).unwrap();
+            next += 1;
+        }
+        pair.run_until(Duration::from_millis(100), |_| false);
+    }
+    let n = messages.len();
+    assert!(pair.run_until(Duration::from_secs(120), |p| p.received[1].len() == n));
+    assert_eq!(pair.received[1], messages);
+    assert!(
+        pair.now > start + Duration::from_millis(600),
+        "the run went well past the wrap"
+    );
+    let rto = pair.peers[0].stats().rto_ms;
+    assert!(
+        (30..1000).contains(&rto),
+        "RTO stayed sane across the wrap: {rto}"
+    );
+}
+
+#[test]
 fn messages_no_loss() {
     messages_both_ways(0.0, 1, Config::default());
 }
@@ -436,7 +468,7 @@ fn connection_hello_data_close() {
         assert!(pair.run_until(Duration::from_secs(120), |p| p.received[1].len() == n));
         assert_eq!(pair.received[1], messages);
         pair.peers[0].close(pair.now);
-        assert_eq!(pair.peers[0].send(b"late"), Err(SendError::DeadLink));
+        assert_eq!(pair.peers[0].send(b"late"), Err(SendError::Closed));
         let closed = pair.run_until(Duration::from_secs(60), |p| {
             p.peers[0].closed().is_some() && p.peers[1].closed().is_some()
         });
