@@ -55,7 +55,9 @@
 //!   min(send window, peer's window, congestion window unless `nc`) allows; segments are sent
 //!   first, on RTO expiry, or after `resend` later acknowledgements (fast retransmit, at most
 //!   `fast_limit` times). [`Kcp::poll_transmit`] writes what the flush released, one datagram per
-//!   call. An idle machine (nothing queued, in flight or to acknowledge) asks for no timeout.
+//!   call. An idle machine (nothing queued, in flight or to acknowledge) asks for no timeout;
+//!   the first flush after it becomes busy is due at once (ikcp.c would wait for its next
+//!   `ikcp_update` tick), the following ones every interval.
 //! - **RTO** (`ikcp_update_ack`): srtt/rttval smoothing, rto = srtt + max(interval, 4·rttval)
 //!   bounded by 30 or 100 ms (nodelay or not) and 60 s; backs off per nodelay mode.
 //! - **Windows**: the peer's free window rides on every segment; at zero we probe (WASK) with
@@ -95,7 +97,9 @@
 //! copy; data from the responder also completes the initiator's handshake (the answer was
 //! lost). [`Connection::close`] stops new sends, waits until everything sent is acknowledged,
 //! then sends close (same retransmission); the peer answers every copy and reports
-//! [`CloseReason::Peer`] (what it received stays readable). Other fields of control segments:
+//! [`CloseReason::Peer`] (what it received stays readable). A close ends both directions: what
+//! the closed-upon side had not yet had acknowledged is dropped, so the application protocol
+//! decides who closes once both are done (as with a TCP reset after a final exchange). Other fields of control segments:
 //! `frg`, `wnd`, `una` are 0, `ts` is the sender's clock.
 //!
 //! Plain KCP — raw segments of one conversation on a socket of its own, as other
