@@ -8,6 +8,8 @@
 //! datagrams we would send and 5 % of those we receive, before our machine sees them. The sender
 //! checks every echoed message against what it sent (equality, in order) and both sides hash the
 //! whole transfer (SHA-256), 400 KiB of messages of 1 to 8000 bytes (up to 6 fragments each).
+//! With C ikcp the same runs once more in stream mode on both sides (ikcp.c's `stream = 1`), at
+//! 5 % loss, where the echo is checked byte for byte since boundaries are not kept.
 
 // Tests read the wall clock: these run on real sockets.
 #![allow(clippy::disallowed_methods)]
@@ -22,7 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use fog_kcp::{Config, Kcp, SendError};
+use fog_kcp::{Config, Kcp, Mode, SendError};
 use fog_test_support::{ChildGuard, SplitMix, scratch_file, skip_or_fail};
 use sha2::{Digest, Sha256};
 
@@ -38,6 +40,8 @@ struct Traffic {
     queued: usize,
     echoed: usize,
     pending: VecDeque<Vec<u8>>,
+    /// Stream mode: bytes of `pending`'s front already echoed (boundaries are not kept).
+    stream_at: Option<usize>,
     sent_hash: Sha256,
 }
 
@@ -48,7 +52,15 @@ impl Traffic {
             queued: 0,
             echoed: 0,
             pending: VecDeque::new(),
+            stream_at: None,
             sent_hash: Sha256::new(),
+        }
+    }
+
+    fn stream(seed: u64) -> Self {
+        Self {
+            stream_at: Some(0),
+            ..Self::new(seed)
         }
     }
 
@@ -69,6 +81,27 @@ impl Traffic {
     }
 
     fn echo(&mut self, message: &[u8]) -> Result<(), String> {
+        if let Some(at) = &mut self.stream_at {
+            // Stream mode: the echo is the next bytes sent, however they are cut.
+            let mut rest = message;
+            while !rest.is_empty() {
+                let Some(front) = self.pending.front() else {
+                    return Err("echo of bytes never sent".into());
+                };
+                let n = (front.len() - *at).min(rest.len());
+                if front[*at..*at + n] != rest[..n] {
+                    return Err(format!("stream echo differs after {} bytes", self.echoed));
+                }
+                self.echoed += n;
+                rest = &rest[n..];
+                *at += n;
+                if *at == front.len() {
+                    self.pending.pop_front();
+                    *at = 0;
+                }
+            }
+            return Ok(());
+        }
         match self.pending.pop_front() {
             Some(expected) if expected == message => {
                 self.echoed += message.len();
@@ -406,13 +439,15 @@ interop_tests! {
     ikcp_echoes_our_messages_5_percent_loss: with_ikcp(true, 5);
     we_echo_ikcp_messages: with_ikcp(false, 0);
     we_echo_ikcp_messages_5_percent_loss: with_ikcp(false, 5);
+    ikcp_echoes_our_stream_5_percent_loss: with_ikcp_stream(true, 5);
+    we_echo_ikcp_stream_5_percent_loss: with_ikcp_stream(false, 5);
 }
 
 // ---------------------------------------------------------------------------------------------
 // The C ikcp.c through siokcp, in a Python child process.
 
 /// The Python side: siokcp's `KCPConnection` (ikcp.c itself) on a UDP socket, `ikcp_nodelay(1,
-/// 10, 2, 1)` and windows of 128 like ours. `echo` echoes every message until killed; `send`
+/// 10, 2, 1)` and windows of 128 like ours, message or stream mode (argument 6). `echo` echoes every message until killed; `send`
 /// sends `total` bytes of messages of 1..=8000 random bytes, checks each echo, prints
 /// `DONE <sha256>`, lingers a second to acknowledge and exits 0.
 const PY_PEER: &str = r#"
@@ -421,6 +456,7 @@ from collections import deque
 from siokcp import KCPConnection
 
 mode, conv, peer_port, total, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+stream = sys.argv[6] == "stream"
 sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 sock.bind(("127.0.0.1", 0))
 sock.setblocking(False)
@@ -433,6 +469,8 @@ def output(data):
 kcp = KCPConnection(conv, output, lambda line: None)
 kcp.nodelay(1, 10, 2, 1)
 kcp.wndsize(128, 128)
+if stream:
+    kcp.stream = 1
 print("PORT", sock.getsockname()[1], flush=True)
 t0 = time.monotonic()
 def now():
@@ -440,6 +478,7 @@ def now():
 
 rng = random.Random(seed)
 pending = deque()
+sent_bytes = bytearray()
 queued = 0
 echoed = 0
 sent_hash = hashlib.sha256()
@@ -452,6 +491,7 @@ while time.monotonic() < deadline:
             msg = rng.randbytes(n)
             kcp.send(msg)
             pending.append(msg)
+            sent_bytes += msg
             queued += n
             sent_hash.update(msg)
     kcp.update(now())
@@ -471,7 +511,11 @@ while time.monotonic() < deadline:
         if mode == "echo":
             kcp.send(msg)
         else:
-            expected = pending.popleft() if pending else None
+            if stream:
+                # Boundaries are not kept: the echo is the next bytes sent.
+                expected = bytes(sent_bytes[echoed:echoed + len(msg)])
+            else:
+                expected = pending.popleft() if pending else None
             if msg != expected:
                 print("MISMATCH after", echoed, flush=True)
                 sys.exit(2)
@@ -497,6 +541,15 @@ fn peers_python() -> PathBuf {
 }
 
 fn with_ikcp(test: &str, we_send: bool, loss: u64) {
+    ikcp_case(test, we_send, loss, Mode::Message);
+}
+
+/// The same in stream mode on both sides (ikcp.c's `stream = 1`).
+fn with_ikcp_stream(test: &str, we_send: bool, loss: u64) {
+    ikcp_case(test, we_send, loss, Mode::Stream);
+}
+
+fn ikcp_case(test: &str, we_send: bool, loss: u64, kcp_mode: Mode) {
     let python = peers_python();
     let has_siokcp = python.is_file()
         && Command::new(&python)
@@ -528,6 +581,11 @@ fn with_ikcp(test: &str, we_send: bool, loss: u64) {
             &ours_port.to_string(),
             &TOTAL.to_string(),
             "1234",
+            if kcp_mode == Mode::Stream {
+                "stream"
+            } else {
+                "message"
+            },
         ]),
     )
     .expect("start the Python peer");
@@ -547,9 +605,13 @@ fn with_ikcp(test: &str, we_send: bool, loss: u64) {
     };
     let theirs: SocketAddr = ([127, 0, 0, 1], port).into();
 
-    let mut kcp = Kcp::new(CONV, Config::fast(), Instant::now());
+    let mut kcp = Kcp::new(CONV, Config::fast().with_mode(kcp_mode), Instant::now());
     if we_send {
-        let mut ours = Ours::Send(Traffic::new(4321));
+        let traffic = match kcp_mode {
+            Mode::Message => Traffic::new(4321),
+            Mode::Stream => Traffic::stream(4321),
+        };
+        let mut ours = Ours::Send(traffic);
         let r = drive(
             &socket,
             theirs,
