@@ -194,7 +194,7 @@ fn drive(
     ours: &mut Ours,
     loss: u64,
     seed: u64,
-    mut stop: impl FnMut(&Kcp, &Ours) -> Result<bool, String>,
+    mut stop: impl FnMut(&Ours) -> Result<bool, String>,
 ) -> Result<(), String> {
     let started = Instant::now();
     let mut rng = SplitMix(seed);
@@ -217,7 +217,7 @@ fn drive(
         while let Some(n) = kcp.recv(&mut message).map_err(|e| e.to_string())? {
             ours.on_message(&message[..n])?;
         }
-        if stop(kcp, ours)? {
+        if stop(ours)? {
             return Ok(());
         }
         let wait = kcp
@@ -252,6 +252,58 @@ fn drive(
             }
         }
         socket.set_nonblocking(false).map_err(|e| e.to_string())?;
+    }
+}
+
+/// Our side sends `traffic` and checks every echo; returns the SHA-256 of what it sent.
+fn send_and_check(
+    socket: &UdpSocket,
+    peer: SocketAddr,
+    kcp: &mut Kcp,
+    traffic: Traffic,
+    loss: u64,
+    seed: u64,
+) -> Result<Vec<u8>, String> {
+    let mut ours = Ours::Send(traffic);
+    drive(socket, peer, kcp, &mut ours, loss, seed, |o| {
+        Ok(matches!(o, Ours::Send(t) if t.done()))
+    })?;
+    let Ours::Send(traffic) = ours else {
+        unreachable!()
+    };
+    Ok(traffic.sent_hash.finalize().to_vec())
+}
+
+/// Our side echoes until `finished`; checks that the whole transfer came and returns its
+/// SHA-256.
+fn echo_until(
+    socket: &UdpSocket,
+    peer: SocketAddr,
+    kcp: &mut Kcp,
+    loss: u64,
+    seed: u64,
+    mut finished: impl FnMut() -> Result<bool, String>,
+) -> Result<Vec<u8>, String> {
+    let mut ours = Ours::echo();
+    drive(socket, peer, kcp, &mut ours, loss, seed, |_| finished())?;
+    let Ours::Echo { received, hash, .. } = ours else {
+        unreachable!()
+    };
+    if received != TOTAL {
+        return Err(format!("echoed {received} of {TOTAL} bytes"));
+    }
+    Ok(hash.finalize().to_vec())
+}
+
+/// Prints our counters and, where loss was injected, checks that our machine repaired it.
+fn report(test: &str, loss: u64, kcp: &Kcp) {
+    let s = kcp.stats();
+    eprintln!("{test}: our stats {s:?}");
+    if loss > 0 {
+        assert!(
+            s.segments_resent + s.segments_fast_resent > 0 || s.segments_duplicate > 0,
+            "{test}: loss injected but no repair seen: {s:?}"
+        );
     }
 }
 
@@ -370,54 +422,29 @@ fn with_kcp_crate(test: &str, we_send: bool, loss: u64) {
     };
     let mut kcp = Kcp::new(CONV, Config::fast(), Instant::now());
     let result = if we_send {
-        let mut ours = Ours::Send(Traffic::new(99));
-        let r = drive(
+        let r = send_and_check(
             &ours_socket,
             theirs_addr,
             &mut kcp,
-            &mut ours,
+            Traffic::new(99),
             loss,
             loss + 1,
-            |_, o| Ok(matches!(o, Ours::Send(t) if t.done())),
         );
         stop.store(true, Ordering::Relaxed);
         let theirs_hash = peer.join().expect("peer thread").expect("kcp crate echo");
-        r.map(|()| match ours {
-            Ours::Send(t) => assert_eq!(t.sent_hash.finalize().to_vec(), theirs_hash),
-            Ours::Echo { .. } => unreachable!(),
-        })
+        r.map(|ours_hash| assert_eq!(ours_hash, theirs_hash))
     } else {
-        let mut ours = Ours::echo();
-        let r = drive(
-            &ours_socket,
-            theirs_addr,
-            &mut kcp,
-            &mut ours,
-            loss,
-            loss + 2,
-            |_, _| Ok(peer.is_finished()),
-        );
+        let r = echo_until(&ours_socket, theirs_addr, &mut kcp, loss, loss + 2, || {
+            Ok(peer.is_finished())
+        });
         stop.store(true, Ordering::Relaxed);
         let theirs_hash = peer.join().expect("peer thread").expect("kcp crate sender");
-        r.map(|()| match ours {
-            Ours::Echo { received, hash, .. } => {
-                assert_eq!(received, TOTAL);
-                assert_eq!(hash.finalize().to_vec(), theirs_hash);
-            }
-            Ours::Send(_) => unreachable!(),
-        })
+        r.map(|ours_hash| assert_eq!(ours_hash, theirs_hash))
     };
     if let Err(e) = result {
         panic!("{test}: {e}");
     }
-    eprintln!("{test}: our stats {:?}", kcp.stats());
-    if loss > 0 {
-        let s = kcp.stats();
-        assert!(
-            s.segments_resent + s.segments_fast_resent > 0 || s.segments_duplicate > 0,
-            "loss injected but no repair seen: {s:?}"
-        );
-    }
+    report(test, loss, &kcp);
 }
 
 /// One test per (peer, direction, loss) case: `name: driver(we_send, loss %);`.
@@ -611,56 +638,27 @@ fn ikcp_case(test: &str, we_send: bool, loss: u64, kcp_mode: Mode) {
             Mode::Message => Traffic::new(4321),
             Mode::Stream => Traffic::stream(4321),
         };
-        let mut ours = Ours::Send(traffic);
-        let r = drive(
-            &socket,
-            theirs,
-            &mut kcp,
-            &mut ours,
-            loss,
-            loss + 3,
-            |_, o| Ok(matches!(o, Ours::Send(t) if t.done())),
-        );
-        if let Err(e) = r {
+        if let Err(e) = send_and_check(&socket, theirs, &mut kcp, traffic, loss, loss + 3) {
             panic!("ikcp echo, loss {loss} %: {e}\n{}", child.output_text());
         }
     } else {
-        let mut ours = Ours::echo();
-        let r = drive(
-            &socket,
-            theirs,
-            &mut kcp,
-            &mut ours,
-            loss,
-            loss + 4,
-            |_, _| match child.try_wait() {
+        let r = echo_until(&socket, theirs, &mut kcp, loss, loss + 4, || {
+            match child.try_wait() {
                 Some(status) if status.success() => Ok(true),
                 Some(status) => Err(format!("the ikcp sender exited with {status}")),
                 None => Ok(false),
-            },
-        );
-        if let Err(e) = r {
-            panic!("ikcp sender, loss {loss} %: {e}\n{}", child.output_text());
-        }
+            }
+        });
+        let hash = r
+            .unwrap_or_else(|e| panic!("ikcp sender, loss {loss} %: {e}\n{}", child.output_text()));
         let said = child.stdout_text();
-        let Ours::Echo { received, hash, .. } = ours else {
-            unreachable!()
-        };
-        assert_eq!(received, TOTAL);
-        let ours_hex: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        let ours_hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
         assert!(
             said.lines().any(|l| l == format!("DONE {ours_hex}")),
             "the ikcp sender's hash differs from what we echoed: {said:?}"
         );
     }
-    eprintln!("{test}: our stats {:?}", kcp.stats());
-    if loss > 0 {
-        let s = kcp.stats();
-        assert!(
-            s.segments_resent + s.segments_fast_resent > 0 || s.segments_duplicate > 0,
-            "loss injected but no repair seen: {s:?}"
-        );
-    }
+    report(test, loss, &kcp);
     drop(child);
     let _ = std::fs::remove_file(&script);
 }

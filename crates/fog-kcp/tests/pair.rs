@@ -252,35 +252,34 @@ fn messages_across_the_wire_clock_wrap() {
     );
 }
 
-#[test]
-fn messages_no_loss() {
-    messages_both_ways(0.0, 1, Config::default());
+/// A test per case: `name: function(arguments);`.
+macro_rules! cases {
+    ($($name:ident: $f:ident($($arg:expr),*);)*) => {$(
+        #[test]
+        fn $name() {
+            $f($($arg),*);
+        }
+    )*};
 }
 
-#[test]
-fn messages_one_percent_loss() {
-    messages_both_ways(1.0, 2, Config::fast());
-}
-
-#[test]
-fn messages_five_percent_loss() {
-    messages_both_ways(5.0, 3, Config::fast());
-}
-
-#[test]
-fn messages_five_percent_loss_default_nodelay() {
-    messages_both_ways(5.0, 4, Config::default());
-}
-
-#[test]
-fn messages_five_percent_loss_nodelay_2_with_congestion_window() {
-    let nodelay = NoDelay {
+/// ikcp.c's `nodelay(2, 20, 3, 0)`: the other RTO back-off, with the congestion window.
+fn nodelay_2_with_cwnd() -> Config {
+    Config::default().with_nodelay(NoDelay {
         nodelay: 2,
         interval: 20,
         resend: 3,
         no_congestion_window: false,
-    };
-    messages_both_ways(5.0, 5, Config::default().with_nodelay(nodelay));
+    })
+}
+
+cases! {
+    messages_no_loss: messages_both_ways(0.0, 1, Config::default());
+    messages_one_percent_loss: messages_both_ways(1.0, 2, Config::fast());
+    messages_five_percent_loss: messages_both_ways(5.0, 3, Config::fast());
+    messages_five_percent_loss_default_nodelay: messages_both_ways(5.0, 4, Config::default());
+    messages_five_percent_loss_nodelay_2_with_cwnd: messages_both_ways(5.0, 5, nodelay_2_with_cwnd());
+    stream_no_loss: stream(0.0, 11);
+    stream_five_percent_loss: stream(5.0, 12);
 }
 
 fn stream(loss: f64, seed: u64) {
@@ -306,16 +305,6 @@ fn stream(loss: f64, seed: u64) {
     });
     assert!(ok, "stream incomplete at {loss} % loss");
     assert_eq!(pair.received[1].concat(), data);
-}
-
-#[test]
-fn stream_no_loss() {
-    stream(0.0, 11);
-}
-
-#[test]
-fn stream_five_percent_loss() {
-    stream(5.0, 12);
 }
 
 #[test]
