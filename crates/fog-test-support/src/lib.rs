@@ -25,6 +25,7 @@
 #![allow(clippy::disallowed_methods)]
 
 mod process;
+mod rng;
 mod stun;
 mod tools;
 
@@ -34,6 +35,7 @@ pub use process::{
     ChildGuard, ToolOutput, fogd_exe, run_command, run_tool, scratch_file, self_signed_cert,
     spawn_listening, target_dir_of,
 };
+pub use rng::SplitMix;
 pub use stun::{START_TIMEOUT, Server, all_answer, answers_stun, coturn_args, free_port_pair};
 pub use tools::{find_tool, interop_tools, say_skipped, skip_or_fail};
 
