@@ -241,6 +241,27 @@ impl Connection {
         conn
     }
 
+    /// Forgets everything unacked (the connection is over).
+    fn drop_outgoing(&mut self) {
+        self.outbuf.clear();
+        self.cur_window = 0;
+    }
+
+    /// `cur_window` is the payload of what is in flight: sent, not counted lost, not sacked.
+    pub(crate) fn debug_check(&self) {
+        debug_assert_eq!(
+            self.cur_window,
+            self.outbuf
+                .iter()
+                .filter(|p| p.sent_at.is_some() && !p.need_resend && !p.sacked)
+                .map(|p| p.payload.len())
+                .sum::<usize>(),
+            "cur_window out of step with the packets in flight"
+        );
+        debug_assert!(self.outbuf.len() < usize::from(REORDER_LIMIT));
+        debug_assert!(self.recv_buf.len() + self.ooo_bytes <= self.recv_capacity);
+    }
+
     fn first_unacked(&self) -> u16 {
         self.seq_nr.wrapping_sub(self.outbuf.len() as u16)
     }
@@ -292,7 +313,7 @@ impl Connection {
     /// An incoming packet for this connection (already matched by peer and connection id).
     pub(crate) fn handle_packet(&mut self, now: Instant, now_us: u32, repr: &Repr, payload: &[u8]) {
         if repr.packet_type == PacketType::Reset {
-            self.outbuf.clear();
+            self.drop_outgoing();
             self.close_with(CloseReason::ResetByPeer);
             return;
         }
@@ -444,7 +465,10 @@ impl Connection {
             let i = usize::from(p.seq.wrapping_sub(first));
             if !p.sacked && p.sent_at.is_some() && sack.get(i) {
                 p.sacked = true;
-                if !p.need_resend {
+                if p.need_resend {
+                    // Counted lost, but it arrived after all: no need to send it again.
+                    p.need_resend = false;
+                } else {
                     self.cur_window -= p.payload.len();
                 }
                 acked += p.payload.len();
@@ -506,7 +530,19 @@ impl Connection {
             return;
         }
         if dist == 0 {
-            if payload.len() > self.recv_capacity.saturating_sub(self.recv_buf.len()) {
+            // The packet that fills the hole goes before anything waiting behind it: make room
+            // by forgetting the farthest out-of-order packets (the peer sends them again).
+            while payload.len() > self.recv_window() {
+                let base = self.ack_nr;
+                let Some(&far) = self.ooo.keys().max_by_key(|&&s| s.wrapping_sub(base)) else {
+                    break;
+                };
+                if let Some(p) = self.ooo.remove(&far) {
+                    self.ooo_bytes -= p.len();
+                    self.stats.dropped_no_room += 1;
+                }
+            }
+            if payload.len() > self.recv_window() {
                 self.stats.dropped_no_room += 1;
                 return;
             }
@@ -606,7 +642,7 @@ impl Connection {
             MAX_RETRANSMITS
         };
         if self.retransmit_count >= limit {
-            self.outbuf.clear();
+            self.drop_outgoing();
             self.close_with(CloseReason::TimedOut);
             return;
         }
@@ -674,7 +710,7 @@ impl Connection {
     pub(crate) fn reset(&mut self) {
         if !self.is_closed() {
             self.reset_pending = true;
-            self.outbuf.clear();
+            self.drop_outgoing();
             self.send_buf.clear();
             self.close_with(CloseReason::ResetLocally);
         }
@@ -779,7 +815,10 @@ impl Connection {
     }
 
     fn poll_resend(&mut self, now: Instant, now_us: u32, buf: &mut [u8]) -> Option<usize> {
-        let idx = self.outbuf.iter().position(|p| p.need_resend)?;
+        let idx = self
+            .outbuf
+            .iter()
+            .position(|p| p.need_resend && !p.sacked)?;
         let len = self.outbuf[idx].payload.len();
         // The oldest unacked packet always goes (it is what the timeout or the duplicate acks
         // are about); others wait for room in the window.

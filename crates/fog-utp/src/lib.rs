@@ -503,6 +503,7 @@ impl Endpoint {
                 };
                 if let Some(c) = self.conns.get_mut(&handle) {
                     c.handle_packet(now, now_us, &repr, payload);
+                    c.debug_check();
                 }
                 self.collect_events(handle);
                 self.sweep(now);
@@ -521,6 +522,7 @@ impl Endpoint {
         for handle in handles {
             if let Some(c) = self.conns.get_mut(&handle) {
                 c.handle_timeout(now);
+                c.debug_check();
             }
             self.collect_events(handle);
         }
@@ -584,7 +586,9 @@ impl Endpoint {
             let Some(c) = self.conns.get_mut(&handle) else {
                 continue;
             };
-            if let Some(len) = c.poll_transmit(now, now_us, buf) {
+            let sent = c.poll_transmit(now, now_us, buf);
+            c.debug_check();
+            if let Some(len) = sent {
                 found = Some((handle, Transmit::new(c.peer, len)));
                 break;
             }

@@ -841,3 +841,100 @@ fn reset_reaches_the_peer() {
         0
     );
 }
+
+/// Grows the raw-accepted connection's window by acking with delay samples until at least
+/// `n` data packets are in flight; returns their sequence numbers.
+fn raw_in_flight(raw: &mut Raw, n: usize) -> Vec<u16> {
+    let mut in_flight: Vec<u16> = Vec::new();
+    loop {
+        let out = raw.out();
+        in_flight.extend(
+            out.iter()
+                .filter(|(r, _)| r.packet_type == PacketType::Data)
+                .map(|(r, _)| r.seq_nr),
+        );
+        if in_flight.len() >= n {
+            return in_flight;
+        }
+        raw.now += Duration::from_millis(20);
+        let mut a = repr(PacketType::State, 101, 5001, *in_flight.last().unwrap());
+        a.timestamp_difference = 5000;
+        raw.send(a, &[]);
+        in_flight.clear();
+    }
+}
+
+/// Found by the utp_ops fuzz target: a packet counted lost by the timeout and then selectively
+/// acked was sent again and its bytes counted twice in flight.
+#[test]
+fn selective_ack_after_timeout_cancels_the_resend() {
+    let mut raw = Raw::new(Config::with_seed([8; 32]));
+    raw_accept(&mut raw);
+    let conn = match raw.events()[..] {
+        [Event::Incoming { conn, .. }] => conn,
+        ref e => panic!("{e:?}"),
+    };
+    raw.ep.write(conn, &vec![1u8; 40 * 1380]).unwrap();
+    let in_flight = raw_in_flight(&mut raw, 4);
+    let first = in_flight[0];
+    // Nothing acked for the RTO: everything counts as lost, the oldest goes again.
+    raw.now += Duration::from_secs(2);
+    raw.ep.handle_timeout(raw.now);
+    let out = raw.out();
+    assert_eq!(
+        out.iter().map(|(r, _)| r.seq_nr).collect::<Vec<_>>(),
+        vec![first]
+    );
+    // Then the peer says it has everything after the first.
+    let mut sack = fog_utp::wire::SelectiveAck::new(4);
+    for i in 0..in_flight.len() - 1 {
+        sack.set(i);
+    }
+    let mut a = repr(PacketType::State, 101, 5001, first.wrapping_sub(1));
+    a.selective_ack = Some(sack);
+    raw.send(a, &[]);
+    let mut resent: Vec<u16> = raw.out().iter().map(|(r, _)| r.seq_nr).collect();
+    // The oldest arrives: the window has room again, and must not go to the sacked ones.
+    raw.send(repr(PacketType::State, 101, 5001, first), &[]);
+    resent.extend(raw.out().iter().map(|(r, _)| r.seq_nr));
+    assert!(
+        resent.iter().all(|s| !in_flight[1..].contains(s)),
+        "sacked packets sent again: {resent:?}"
+    );
+    // The cumulative ack settles the books: only what was sent after is in flight.
+    let last = *in_flight.last().unwrap();
+    raw.send(repr(PacketType::State, 101, 5001, last), &[]);
+    let s = raw.ep.stats(conn).unwrap();
+    let new: usize = resent.iter().filter(|s| seq_less(last, **s)).count();
+    assert!(s.in_flight <= new * 1380, "{s:?}");
+}
+
+fn seq_less(a: u16, b: u16) -> bool {
+    (b.wrapping_sub(a) as i16) > 0
+}
+
+/// Found by the utp_ops fuzz target: the packet that fills the hole was taken although the
+/// out-of-order packets already filled the receive buffer, exceeding its bound.
+#[test]
+fn the_hole_filler_is_taken_within_the_receive_bound() {
+    let mut cfg = Config::with_seed([9; 32]);
+    cfg.recv_buffer = 3000;
+    let mut raw = Raw::new(cfg);
+    let synack = raw_accept(&mut raw);
+    let conn = match raw.events()[..] {
+        [Event::Incoming { conn, .. }] => conn,
+        ref e => panic!("{e:?}"),
+    };
+    let ack = synack.seq_nr.wrapping_sub(1);
+    raw.send(repr(PacketType::Data, 101, 5002, ack), &[2u8; 1380]);
+    raw.send(repr(PacketType::Data, 101, 5003, ack), &[3u8; 1380]);
+    assert_eq!(raw.ep.stats(conn).unwrap().recv_buffered, 2760);
+    raw.send(repr(PacketType::Data, 101, 5001, ack), &[1u8; 1380]);
+    let s = raw.ep.stats(conn).unwrap();
+    assert!(s.recv_buffered <= 3000, "{s:?}");
+    // 5001 and 5002 are in order now; 5003 was forgotten to make room and is not acked.
+    assert_eq!(raw.out().last().unwrap().0.ack_nr, 5002);
+    let mut buf = vec![0u8; 4000];
+    assert_eq!(raw.ep.read(conn, &mut buf), Ok(2760));
+    assert!(buf[..1380].iter().all(|&b| b == 1) && buf[1380..2760].iter().all(|&b| b == 2));
+}
