@@ -69,6 +69,22 @@ struct Outgoing {
     fast_resent: bool,
 }
 
+impl Outgoing {
+    /// A packet not sent yet: `need_resend` makes `poll_resend` send it.
+    fn unsent(seq: u16, kind: PacketType, payload: Vec<u8>) -> Self {
+        Outgoing {
+            seq,
+            kind,
+            payload,
+            transmissions: 0,
+            sent_at: None,
+            need_resend: true,
+            sacked: false,
+            fast_resent: false,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct Connection {
     pub(crate) peer: SocketAddr,
@@ -202,16 +218,8 @@ impl Connection {
             isn.wrapping_add(1),
             0,
         );
-        conn.outbuf.push_back(Outgoing {
-            seq: isn,
-            kind: PacketType::Syn,
-            payload: Vec::new(),
-            transmissions: 0,
-            sent_at: None,
-            need_resend: true,
-            sacked: false,
-            fast_resent: false,
-        });
+        conn.outbuf
+            .push_back(Outgoing::unsent(isn, PacketType::Syn, Vec::new()));
         conn
     }
 
@@ -895,16 +903,7 @@ impl Connection {
         if kind == PacketType::Data {
             self.stats.bytes_sent += payload.len() as u64;
         }
-        self.outbuf.push_back(Outgoing {
-            seq,
-            kind,
-            payload,
-            transmissions: 0,
-            sent_at: None,
-            need_resend: true,
-            sacked: false,
-            fast_resent: false,
-        });
+        self.outbuf.push_back(Outgoing::unsent(seq, kind, payload));
         self.poll_resend(now, now_us, buf)
     }
 }

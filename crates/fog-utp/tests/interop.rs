@@ -12,8 +12,8 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fog_test_support::{find_tool, skip_or_fail};
@@ -226,6 +226,18 @@ fn utp_native(test: &str) -> Option<(PathBuf, PathBuf)> {
     Some((node, module))
 }
 
+/// Runs `node script`; its stdout is ours to read, its stderr shows in the test's output.
+fn spawn_node(node: &Path, script: &Path) -> (Killed, BufReader<ChildStdout>) {
+    let mut child = Command::new(node)
+        .arg(script)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    (Killed(child), stdout)
+}
+
 fn node_script(dir: &tempdir::Dir, name: &str, body: &str) -> PathBuf {
     let path = dir.0.join(name);
     std::fs::write(&path, body).unwrap();
@@ -268,18 +280,9 @@ setTimeout(() => process.exit(3), 30000);
             module = module.display().to_string()
         ),
     );
-    let mut child = Killed(
-        Command::new(node)
-            .arg(&script)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
-    );
+    let (_child, mut stdout) = spawn_node(&node, &script);
     let mut line = String::new();
-    BufReader::new(child.0.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    stdout.read_line(&mut line).unwrap();
     let port: u16 = line.trim().parse().expect("the server's port");
     let mut ours = Ours::new(1);
     let data = payload(1);
@@ -327,19 +330,10 @@ setTimeout(() => {{ console.log('TIMEOUT ' + n); process.exit(2); }}, 20000);
             port = ours.addr().port()
         ),
     );
-    let mut child = Killed(
-        Command::new(node)
-            .arg(&script)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
-    );
+    let (mut child, mut stdout) = spawn_node(&node, &script);
     let received = ours.echo_one(|| child.0.try_wait().ok().flatten().is_some());
     let mut verdict = String::new();
-    BufReader::new(child.0.stdout.take().unwrap())
-        .read_line(&mut verdict)
-        .unwrap();
+    stdout.read_line(&mut verdict).unwrap();
     assert_eq!(received.len(), data.len(), "bytes we received from libutp");
     assert!(received == data, "libutp sent different bytes");
     assert_eq!(

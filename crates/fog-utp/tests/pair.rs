@@ -93,6 +93,11 @@ impl Pair {
         }
     }
 
+    /// A perfect link (10 ms each way) between endpoints with these configs.
+    fn lossless(seed: u64, t0: Instant, a: Config, b: Config) -> Self {
+        Self::with_configs(seed, 0.0, 0.0, Duration::ZERO, t0, t0, a, b)
+    }
+
     /// Drains both endpoints' transmits onto the link and their events into `events`.
     fn drain(&mut self) {
         let mut buf = [0u8; 1500];
@@ -237,24 +242,17 @@ fn check_exchange(seed: u64, loss: f64, dup: f64, jitter_ms: u64, len: usize) ->
     let t0 = Instant::now();
     let pair = Pair::new(seed, loss, dup, Duration::from_millis(jitter_ms), t0, t0);
     let out = exchange(pair, len, seed);
-    assert_eq!(
-        out.got_b.len(),
-        out.sent_a.len(),
-        "A→B length (seed {seed}, loss {loss})"
-    );
-    assert!(
-        out.got_b == out.sent_a,
-        "A→B content (seed {seed}, loss {loss})"
-    );
-    assert_eq!(
-        out.got_a.len(),
-        out.sent_b.len(),
-        "B→A length (seed {seed}, loss {loss})"
-    );
-    assert!(
-        out.got_a == out.sent_b,
-        "B→A content (seed {seed}, loss {loss})"
-    );
+    for (dir, got, sent) in [
+        ("A→B", &out.got_b, &out.sent_a),
+        ("B→A", &out.got_a, &out.sent_b),
+    ] {
+        assert_eq!(
+            got.len(),
+            sent.len(),
+            "{dir} length (seed {seed}, loss {loss})"
+        );
+        assert!(got == sent, "{dir} content (seed {seed}, loss {loss})");
+    }
     assert_eq!(
         out.closed,
         [Some(CloseReason::Done); 2],
@@ -399,12 +397,16 @@ fn repr(kind: PacketType, conn_id: u16, seq: u16, ack: u16) -> Repr {
     }
 }
 
-/// Opens a connection from the raw peer (SYN with id 100, seq 5000); returns B's SYN-ACK.
-fn raw_accept(raw: &mut Raw) -> Repr {
+/// Opens a connection from the raw peer (SYN with id 100, seq 5000); returns B's SYN-ACK and
+/// the accepted connection.
+fn raw_accept(raw: &mut Raw) -> (Repr, ConnectionHandle) {
     raw.send(repr(PacketType::Syn, 100, 5000, 0), &[]);
     let out = raw.out();
     assert_eq!(out.len(), 1);
-    out[0].0
+    match raw.events()[..] {
+        [Event::Incoming { conn, peer }] if peer == addr(9) => (out[0].0, conn),
+        ref e => panic!("{e:?}"),
+    }
 }
 
 #[test]
@@ -444,15 +446,11 @@ fn initiator_acks_seq_minus_one_after_the_syn_ack() {
 #[test]
 fn acceptor_syn_ack_seq_is_reused_by_first_data_and_resent_syn_is_one_connection() {
     let mut raw = Raw::new(Config::with_seed([2; 32]));
-    let synack = raw_accept(&mut raw);
+    // raw_accept checks the one Incoming event names the raw peer.
+    let (synack, conn) = raw_accept(&mut raw);
     assert_eq!(synack.packet_type, PacketType::State);
     assert_eq!(synack.connection_id, 100);
     assert_eq!(synack.ack_nr, 5000);
-    let events = raw.events();
-    let [Event::Incoming { conn, peer }] = events[..] else {
-        panic!("{events:?}")
-    };
-    assert_eq!(peer, addr(9));
     // The SYN again (our SYN-ACK was lost): same answer, same connection, no new event.
     raw.send(repr(PacketType::Syn, 100, 5000, 0), &[]);
     let again = raw.out();
@@ -474,11 +472,7 @@ fn acceptor_syn_ack_seq_is_reused_by_first_data_and_resent_syn_is_one_connection
 #[test]
 fn acks_outside_the_window_are_dropped_and_counted() {
     let mut raw = Raw::new(Config::with_seed([3; 32]));
-    let synack = raw_accept(&mut raw);
-    let conn = match raw.events()[..] {
-        [Event::Incoming { conn, .. }] => conn,
-        ref e => panic!("{e:?}"),
-    };
+    let (synack, conn) = raw_accept(&mut raw);
     // An ack of something never sent (the reflection attack of BEP 29).
     raw.send(
         repr(PacketType::Data, 101, 5001, synack.seq_nr.wrapping_add(10)),
@@ -505,11 +499,7 @@ fn acks_outside_the_window_are_dropped_and_counted() {
 #[test]
 fn fin_has_no_payload_and_is_acked() {
     let mut raw = Raw::new(Config::with_seed([4; 32]));
-    let synack = raw_accept(&mut raw);
-    let conn = match raw.events()[..] {
-        [Event::Incoming { conn, .. }] => conn,
-        ref e => panic!("{e:?}"),
-    };
+    let (synack, conn) = raw_accept(&mut raw);
     let ack = synack.seq_nr.wrapping_sub(1);
     // FIN first (seq 5002), data 5001 after: the FIN waits for the hole.
     raw.send(repr(PacketType::Fin, 101, 5002, ack), &[]);
@@ -540,11 +530,7 @@ fn fin_has_no_payload_and_is_acked() {
 #[test]
 fn selective_ack_is_sent_for_holes_and_triggers_fast_resend() {
     let mut raw = Raw::new(Config::with_seed([5; 32]));
-    let synack = raw_accept(&mut raw);
-    let conn = match raw.events()[..] {
-        [Event::Incoming { conn, .. }] => conn,
-        ref e => panic!("{e:?}"),
-    };
+    let (synack, conn) = raw_accept(&mut raw);
     let ack = synack.seq_nr.wrapping_sub(1);
     // 5001 is lost; 5002, 5004 arrive.
     raw.send(repr(PacketType::Data, 101, 5002, ack), b"b");
@@ -673,7 +659,7 @@ fn refused_connect_ends_with_reset_by_peer() {
     let a = Config::with_seed([1; 32]);
     let mut b = Config::with_seed([2; 32]);
     b.accept = false;
-    let mut pair = Pair::with_configs(1, 0.0, 0.0, Duration::ZERO, t0, t0, a, b);
+    let mut pair = Pair::lossless(1, t0, a, b);
     let conn = pair.ep[0].connect(pair.now, addr(2)).unwrap();
     while pair.step() {}
     assert_eq!(
@@ -691,16 +677,7 @@ fn backpressure_then_writable() {
     let t0 = Instant::now();
     let mut a = Config::with_seed([1; 32]);
     a.send_buffer = 10_000;
-    let mut pair = Pair::with_configs(
-        2,
-        0.0,
-        0.0,
-        Duration::ZERO,
-        t0,
-        t0,
-        a,
-        Config::with_seed([2; 32]),
-    );
+    let mut pair = Pair::lossless(2, t0, a, Config::with_seed([2; 32]));
     let conn = pair.ep[0].connect(pair.now, addr(2)).unwrap();
     assert_eq!(pair.ep[0].write(conn, &[1u8; 25_000]), Ok(10_000));
     assert_eq!(
@@ -726,16 +703,7 @@ fn receive_window_bounds_what_the_peer_buffers() {
     let t0 = Instant::now();
     let mut b = Config::with_seed([2; 32]);
     b.recv_buffer = 20_000;
-    let mut pair = Pair::with_configs(
-        3,
-        0.0,
-        0.0,
-        Duration::ZERO,
-        t0,
-        t0,
-        Config::with_seed([1; 32]),
-        b,
-    );
+    let mut pair = Pair::lossless(3, t0, Config::with_seed([1; 32]), b);
     let conn = pair.ep[0].connect(pair.now, addr(2)).unwrap();
     pair.ep[0].write(conn, &[7u8; 200_000]).unwrap();
     // B never reads: the transfer stalls at B's window, nothing is dropped for lack of room
@@ -767,16 +735,22 @@ fn keepalive_is_sent_within_29_seconds_of_silence() {
     assert_eq!(ka, secs / 29, "keepalives {ka} in {secs} s");
 }
 
-#[test]
-fn dead_peer_times_out() {
+/// A perfect pair whose connection has carried a byte.
+fn connected_pair(seed: u64) -> (Pair, ConnectionHandle) {
     let t0 = Instant::now();
-    let mut pair = Pair::new(5, 0.0, 0.0, Duration::ZERO, t0, t0);
+    let mut pair = Pair::new(seed, 0.0, 0.0, Duration::ZERO, t0, t0);
     let conn = pair.ep[0].connect(pair.now, addr(2)).unwrap();
     pair.ep[0].write(conn, b"x").unwrap();
     for _ in 0..20 {
         pair.step();
     }
     assert!(pair.events[0].contains(&Event::Connected(conn)));
+    (pair, conn)
+}
+
+#[test]
+fn dead_peer_times_out() {
+    let (mut pair, conn) = connected_pair(5);
     pair.net.loss = 1.0;
     pair.ep[0].write(conn, b"y").unwrap();
     let end = pair.now + Duration::from_secs(120);
@@ -812,13 +786,7 @@ fn syn_to_nobody_times_out() {
 
 #[test]
 fn reset_reaches_the_peer() {
-    let t0 = Instant::now();
-    let mut pair = Pair::new(7, 0.0, 0.0, Duration::ZERO, t0, t0);
-    let conn = pair.ep[0].connect(pair.now, addr(2)).unwrap();
-    pair.ep[0].write(conn, b"x").unwrap();
-    for _ in 0..20 {
-        pair.step();
-    }
+    let (mut pair, conn) = connected_pair(7);
     pair.ep[0].reset(conn);
     while pair.step() {}
     assert!(pair.events[0].contains(&Event::Closed {
@@ -869,11 +837,7 @@ fn raw_in_flight(raw: &mut Raw, n: usize) -> Vec<u16> {
 #[test]
 fn selective_ack_after_timeout_cancels_the_resend() {
     let mut raw = Raw::new(Config::with_seed([8; 32]));
-    raw_accept(&mut raw);
-    let conn = match raw.events()[..] {
-        [Event::Incoming { conn, .. }] => conn,
-        ref e => panic!("{e:?}"),
-    };
+    let (_, conn) = raw_accept(&mut raw);
     raw.ep.write(conn, &vec![1u8; 40 * 1380]).unwrap();
     let in_flight = raw_in_flight(&mut raw, 4);
     let first = in_flight[0];
@@ -920,11 +884,7 @@ fn the_hole_filler_is_taken_within_the_receive_bound() {
     let mut cfg = Config::with_seed([9; 32]);
     cfg.recv_buffer = 3000;
     let mut raw = Raw::new(cfg);
-    let synack = raw_accept(&mut raw);
-    let conn = match raw.events()[..] {
-        [Event::Incoming { conn, .. }] => conn,
-        ref e => panic!("{e:?}"),
-    };
+    let (synack, conn) = raw_accept(&mut raw);
     let ack = synack.seq_nr.wrapping_sub(1);
     raw.send(repr(PacketType::Data, 101, 5002, ack), &[2u8; 1380]);
     raw.send(repr(PacketType::Data, 101, 5003, ack), &[3u8; 1380]);
