@@ -46,8 +46,10 @@ pub(crate) enum Role {
     Acceptor,
 }
 
-/// Connection phases. An acceptor counts as connected on the initiator's first data packet,
-/// as libutp does (`CS_SYN_RECV` → `CS_CONNECTED` on `ST_DATA`); it may write before that.
+/// Connection phases. An acceptor counts as connected on the initiator's first packet after
+/// the SYN whose ack passes the window check: libutp waits for `ST_DATA` (`CS_SYN_RECV` →
+/// `CS_CONNECTED`), we take an `ST_STATE` too, since acking our random `seq_nr` proves the
+/// initiator saw our answer. It may write before that.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum State {
     SynSent,
@@ -246,6 +248,10 @@ impl Connection {
         conn.peer_wnd = syn.wnd_size as usize;
         conn.stats.packets_received += 1;
         conn.ack_pending = true;
+        // A SYN costs a sender nothing and may come from a spoofed address: a slot it takes is
+        // given back unless the initiator follows up (libutp only caps the count).
+        conn.timers
+            .set(Timer::Handshake, now + config.handshake_timeout);
         conn
     }
 
@@ -365,8 +371,9 @@ impl Connection {
             return;
         }
         self.stats.packets_received += 1;
-        if self.state == State::SynRecv && repr.packet_type != PacketType::State {
+        if self.state == State::SynRecv {
             self.state = State::Connected;
+            self.timers.clear(Timer::Handshake);
         }
         self.peer_wnd = repr.wnd_size as usize;
         if repr.timestamp != 0 {
@@ -621,6 +628,11 @@ impl Connection {
             return;
         }
         if self.is_closed() {
+            return;
+        }
+        if self.timers.expired(Timer::Handshake, now) && self.state == State::SynRecv {
+            self.drop_outgoing();
+            self.close_with(CloseReason::TimedOut);
             return;
         }
         if self.timers.expired(Timer::ZeroWindow, now) {

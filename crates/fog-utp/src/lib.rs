@@ -57,7 +57,10 @@
 //! - the acceptor answers a SYN with an ST_STATE whose `seq_nr` its first data packet reuses;
 //!   the initiator therefore acks `seq_nr - 1` until that data arrives (libutp does the same);
 //! - the acceptor reports [`Event::Incoming`] at the SYN and may write at once; it counts as
-//!   connected (for timeouts) on the initiator's first data packet, as libutp's `CS_SYN_RECV`;
+//!   connected on the initiator's next packet that acks its answer (libutp waits for data;
+//!   an ack of our random `seq_nr` proves as much); if none comes within
+//!   [`Config::handshake_timeout`] the connection ends (`TimedOut`), so spoofed SYNs cannot hold
+//!   the accept slots;
 //! - a packet whose `ack_nr` acks what we never sent, or lies more than 3 packets below what is
 //!   in flight, is dropped (BEP 29's fix against reflection; libutp's `ACK_NR_ALLOWED_WINDOW`);
 //! - a resent SYN from the same peer and connection id is answered again, never a second
@@ -106,6 +109,9 @@ pub struct Config {
     pub max_packet_size: usize,
     /// ST_STATE after this much silence from us, for NAT bindings (libutp: 29 s).
     pub keepalive_interval: Duration,
+    /// How long an accepted connection waits for the initiator's first packet after the SYN
+    /// before it is dropped.
+    pub handshake_timeout: Duration,
     /// ST_RESETs to unknown or refused peers queued at most; more are dropped, so garbage
     /// cannot make us send without bound.
     pub max_pending_resets: usize,
@@ -124,6 +130,7 @@ impl Config {
             recv_buffer: 1 << 20,
             max_packet_size: 1400,
             keepalive_interval: Duration::from_secs(29),
+            handshake_timeout: Duration::from_secs(30),
             max_pending_resets: 64,
             initial_seq_nr: None,
         }

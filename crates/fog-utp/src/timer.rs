@@ -13,9 +13,11 @@ pub(crate) enum Timer {
     ZeroWindow = 2,
     /// A cleanly closed connection stops answering late FINs and is removed.
     Linger = 3,
+    /// An accepted connection heard nothing after the SYN: it was likely spoofed.
+    Handshake = 4,
 }
 
-const COUNT: usize = 4;
+const COUNT: usize = 5;
 
 #[derive(Debug, Default, Clone)]
 pub(crate) struct TimerTable([Option<Instant>; COUNT]);

@@ -898,3 +898,51 @@ fn the_hole_filler_is_taken_within_the_receive_bound() {
     assert_eq!(raw.ep.read(conn, &mut buf), Ok(2760));
     assert!(buf[..1380].iter().all(|&b| b == 1) && buf[1380..2760].iter().all(|&b| b == 2));
 }
+
+#[test]
+fn spoofed_syns_give_their_slots_back() {
+    let mut cfg = Config::with_seed([10; 32]);
+    cfg.max_connections = 3;
+    let mut raw = Raw::new(cfg);
+    // A flood of SYNs nobody follows up: the slots fill, the rest are refused.
+    for id in 0..10u16 {
+        raw.send(repr(PacketType::Syn, id * 2, 1, 0), &[]);
+    }
+    raw.out();
+    assert_eq!(raw.ep.connection_count(), 3);
+    assert_eq!(raw.ep.endpoint_stats().refused, 7);
+    let flood: Vec<ConnectionHandle> = raw
+        .events()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Incoming { conn, .. } => Some(conn),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(flood.len(), 3);
+    // After the handshake timeout they are gone, each with an event.
+    raw.now += Duration::from_secs(30);
+    raw.ep.handle_timeout(raw.now);
+    raw.out();
+    let closed: Vec<Event> = raw.events();
+    for conn in flood {
+        assert!(
+            closed.contains(&Event::Closed {
+                conn,
+                reason: CloseReason::TimedOut
+            }),
+            "{closed:?}"
+        );
+    }
+    assert_eq!(raw.ep.connection_count(), 0);
+    // A real initiator that follows up (even with a bare ack) keeps its connection.
+    let (synack, conn) = raw_accept(&mut raw);
+    raw.send(
+        repr(PacketType::State, 101, 5001, synack.seq_nr.wrapping_sub(1)),
+        &[],
+    );
+    raw.now += Duration::from_secs(31);
+    raw.ep.handle_timeout(raw.now);
+    assert!(raw.ep.stats(conn).is_some());
+    assert!(raw.events().is_empty());
+}
