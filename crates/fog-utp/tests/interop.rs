@@ -18,15 +18,22 @@ use std::time::{Duration, Instant};
 
 use fog_test_support::{find_tool, skip_or_fail};
 use fog_utp::{CloseReason, Config, ConnectionHandle, Endpoint, Event, ReadError, WriteError};
+use rand::{RngExt as _, SeedableRng as _};
+use rand_chacha::ChaCha8Rng;
 
-/// Bytes each way.
+/// Bytes each way on a clean path.
 const SIZE: usize = 512 * 1024;
+/// Bytes each way when our side drops datagrams.
+const LOSSY_SIZE: usize = 256 * 1024;
+/// Datagrams our side drops, each way, in the lossy cases: the peers' retransmission and
+/// selective acks have to work against each other.
+const LOSS: f64 = 0.03;
 /// Every test ends within this.
 const DEADLINE: Duration = Duration::from_secs(25);
 
-fn payload(seed: u32) -> Vec<u8> {
+fn payload(seed: u32, len: usize) -> Vec<u8> {
     let mut x = seed;
-    (0..SIZE)
+    (0..len)
         .map(|_| {
             x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
             (x >> 24) as u8
@@ -39,15 +46,40 @@ struct Ours {
     socket: UdpSocket,
     ep: Endpoint,
     buf: Vec<u8>,
+    /// Drop this share of datagrams sent and received (seeded).
+    loss: f64,
+    rng: ChaCha8Rng,
+    /// Packets our connection sent again, as last seen.
+    resent: u64,
 }
 
 impl Ours {
-    fn new(seed: u8) -> Self {
+    fn new(seed: u8, loss: f64) -> Self {
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
         Ours {
             socket,
             ep: Endpoint::new(Config::with_seed([seed; 32]), Instant::now()),
             buf: vec![0u8; 65_536],
+            loss,
+            rng: ChaCha8Rng::seed_from_u64(u64::from(seed)),
+            resent: 0,
+        }
+    }
+
+    fn note_resent(&mut self, conn: ConnectionHandle) {
+        if let Some(s) = self.ep.stats(conn) {
+            self.resent = s.packets_resent;
+        }
+    }
+
+    fn lost(&mut self) -> bool {
+        self.loss > 0.0 && self.rng.random_bool(self.loss)
+    }
+
+    fn receive(&mut self, n: usize, from: SocketAddr) {
+        if !self.lost() {
+            let datagram = self.buf[..n].to_vec();
+            self.ep.handle_packet(Instant::now(), from, &datagram);
         }
     }
 
@@ -60,9 +92,11 @@ impl Ours {
     fn turn(&mut self) -> Vec<Event> {
         let now = Instant::now();
         while let Some(t) = self.ep.poll_transmit(now, &mut self.buf) {
-            self.socket
-                .send_to(&self.buf[..t.len], t.destination)
-                .unwrap();
+            if !self.lost() {
+                self.socket
+                    .send_to(&self.buf[..t.len], t.destination)
+                    .unwrap();
+            }
         }
         let events: Vec<Event> = std::iter::from_fn(|| self.ep.poll_event()).collect();
         let wait = self
@@ -75,13 +109,11 @@ impl Ours {
         self.socket.set_read_timeout(Some(wait)).unwrap();
         match self.socket.recv_from(&mut self.buf) {
             Ok((n, from)) => {
-                let datagram = self.buf[..n].to_vec();
-                self.ep.handle_packet(Instant::now(), from, &datagram);
+                self.receive(n, from);
                 // Take whatever else is queued without waiting.
                 self.socket.set_nonblocking(true).unwrap();
                 while let Ok((n, from)) = self.socket.recv_from(&mut self.buf) {
-                    let datagram = self.buf[..n].to_vec();
-                    self.ep.handle_packet(Instant::now(), from, &datagram);
+                    self.receive(n, from);
                 }
                 self.socket.set_nonblocking(false).unwrap();
             }
@@ -135,6 +167,7 @@ impl Ours {
                     _ => {}
                 }
             }
+            self.note_resent(conn);
             if closed_done {
                 break;
             }
@@ -165,6 +198,7 @@ impl Ours {
                 }
             }
             let Some(c) = conn else { continue };
+            self.note_resent(c);
             loop {
                 match self.ep.read(c, &mut rbuf) {
                     Ok(0) | Err(ReadError::WouldBlock) => break,
@@ -262,9 +296,9 @@ mod tempdir {
     }
 }
 
-#[test]
-fn we_connect_libutp_echoes() {
-    let Some((node, module)) = utp_native("we_connect_libutp_echoes") else {
+/// We connect to a libutp echo server and send `len` bytes through a path losing `loss`.
+fn we_connect_libutp_echoes_case(test: &str, seed: u8, len: usize, loss: f64) {
+    let Some((node, module)) = utp_native(test) else {
         return;
     };
     let dir = tempdir::Dir::new("echo-server");
@@ -284,26 +318,42 @@ setTimeout(() => process.exit(3), 30000);
     let mut line = String::new();
     stdout.read_line(&mut line).unwrap();
     let port: u16 = line.trim().parse().expect("the server's port");
-    let mut ours = Ours::new(1);
-    let data = payload(1);
+    let mut ours = Ours::new(seed, loss);
+    let data = payload(seed.into(), len);
     let (echo, finished, closed) =
         ours.send_and_read_echo(SocketAddr::from(([127, 0, 0, 1], port)), &data);
     assert_eq!(echo.len(), data.len(), "bytes echoed by libutp");
     assert!(echo == data, "libutp echoed different bytes");
     assert!(finished, "libutp's FIN did not arrive");
     assert!(closed, "the connection did not close cleanly");
+    if loss > 0.0 {
+        assert!(
+            ours.resent > 0,
+            "datagrams were dropped but nothing was sent again"
+        );
+    }
 }
 
 #[test]
-fn libutp_connects_we_echo() {
-    let Some((node, module)) = utp_native("libutp_connects_we_echo") else {
+fn we_connect_libutp_echoes() {
+    we_connect_libutp_echoes_case("we_connect_libutp_echoes", 1, SIZE, 0.0);
+}
+
+#[test]
+fn we_connect_libutp_echoes_with_loss() {
+    we_connect_libutp_echoes_case("we_connect_libutp_echoes_with_loss", 5, LOSSY_SIZE, LOSS);
+}
+
+/// A libutp client sends `len` bytes to our echo through a path losing `loss`.
+fn libutp_connects_we_echo_case(test: &str, seed: u8, len: usize, loss: f64) {
+    let Some((node, module)) = utp_native(test) else {
         return;
     };
     let dir = tempdir::Dir::new("echo-client");
-    let data = payload(2);
+    let data = payload(seed.into(), len);
     let data_path = dir.0.join("data.bin");
     std::fs::write(&data_path, &data).unwrap();
-    let mut ours = Ours::new(2);
+    let mut ours = Ours::new(seed, loss);
     let script = node_script(
         &dir,
         "client.js",
@@ -338,9 +388,25 @@ setTimeout(() => {{ console.log('TIMEOUT ' + n); process.exit(2); }}, 20000);
     assert!(received == data, "libutp sent different bytes");
     assert_eq!(
         verdict.trim(),
-        format!("OK {SIZE}"),
+        format!("OK {len}"),
         "libutp's verdict on our echo"
     );
+    if loss > 0.0 {
+        assert!(
+            ours.resent > 0,
+            "datagrams were dropped but nothing was sent again"
+        );
+    }
+}
+
+#[test]
+fn libutp_connects_we_echo() {
+    libutp_connects_we_echo_case("libutp_connects_we_echo", 2, SIZE, 0.0);
+}
+
+#[test]
+fn libutp_connects_we_echo_with_loss() {
+    libutp_connects_we_echo_case("libutp_connects_we_echo_with_loss", 6, LOSSY_SIZE, LOSS);
 }
 
 fn tokio_runtime() -> tokio::runtime::Runtime {
@@ -370,8 +436,8 @@ fn we_connect_librqbit_echoes() {
         tokio::time::sleep(Duration::from_secs(30)).await;
         drop(listener);
     });
-    let mut ours = Ours::new(3);
-    let data = payload(3);
+    let mut ours = Ours::new(3, 0.0);
+    let data = payload(3, SIZE);
     let (echo, finished, closed) = ours.send_and_read_echo(addr, &data);
 
     assert_eq!(echo.len(), data.len(), "bytes echoed by librqbit-utp");
@@ -384,9 +450,9 @@ fn we_connect_librqbit_echoes() {
 #[test]
 fn librqbit_connects_we_echo() {
     let rt = tokio_runtime();
-    let mut ours = Ours::new(4);
+    let mut ours = Ours::new(4, 0.0);
     let our_addr = ours.addr();
-    let data = payload(4);
+    let data = payload(4, SIZE);
     let sent = data.clone();
     let client = rt.spawn(async move {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
