@@ -17,7 +17,9 @@ use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fog_test_support::{find_tool, skip_or_fail};
-use fog_utp::{CloseReason, Config, ConnectionHandle, Endpoint, Event, ReadError, WriteError};
+use fog_utp::{
+    CloseReason, Config, ConnectionHandle, ConnectionStats, Endpoint, Event, ReadError, WriteError,
+};
 use rand::{RngExt as _, SeedableRng as _};
 use rand_chacha::ChaCha8Rng;
 
@@ -49,8 +51,8 @@ struct Ours {
     /// Drop this share of datagrams sent and received (seeded).
     loss: f64,
     rng: ChaCha8Rng,
-    /// Packets our connection sent again, as last seen.
-    resent: u64,
+    /// Our connection's stats, as last seen.
+    last: Option<ConnectionStats>,
 }
 
 impl Ours {
@@ -62,13 +64,13 @@ impl Ours {
             buf: vec![0u8; 65_536],
             loss,
             rng: ChaCha8Rng::seed_from_u64(u64::from(seed)),
-            resent: 0,
+            last: None,
         }
     }
 
     fn note_resent(&mut self, conn: ConnectionHandle) {
         if let Some(s) = self.ep.stats(conn) {
-            self.resent = s.packets_resent;
+            self.last = Some(s);
         }
     }
 
@@ -278,7 +280,8 @@ fn node_script(dir: &tempdir::Dir, name: &str, body: &str) -> PathBuf {
     path
 }
 
-/// A scratch directory removed on drop (no tempfile dependency for two files).
+/// Scratch directories removed on drop (no tempfile dependency for two files), named after the
+/// test so tests running in parallel never share (and delete) one.
 mod tempdir {
     use std::path::PathBuf;
     pub(super) struct Dir(pub(super) PathBuf);
@@ -301,7 +304,7 @@ fn we_connect_libutp_echoes_case(test: &str, seed: u8, len: usize, loss: f64) {
     let Some((node, module)) = utp_native(test) else {
         return;
     };
-    let dir = tempdir::Dir::new("echo-server");
+    let dir = tempdir::Dir::new(test);
     let script = node_script(
         &dir,
         "server.js",
@@ -328,7 +331,7 @@ setTimeout(() => process.exit(3), 30000);
     assert!(closed, "the connection did not close cleanly");
     if loss > 0.0 {
         assert!(
-            ours.resent > 0,
+            ours.last.is_some_and(|s| s.packets_resent > 0),
             "datagrams were dropped but nothing was sent again"
         );
     }
@@ -349,7 +352,7 @@ fn libutp_connects_we_echo_case(test: &str, seed: u8, len: usize, loss: f64) {
     let Some((node, module)) = utp_native(test) else {
         return;
     };
-    let dir = tempdir::Dir::new("echo-client");
+    let dir = tempdir::Dir::new(test);
     let data = payload(seed.into(), len);
     let data_path = dir.0.join("data.bin");
     std::fs::write(&data_path, &data).unwrap();
@@ -384,7 +387,12 @@ setTimeout(() => {{ console.log('TIMEOUT ' + n); process.exit(2); }}, 20000);
     let received = ours.echo_one(|| child.0.try_wait().ok().flatten().is_some());
     let mut verdict = String::new();
     stdout.read_line(&mut verdict).unwrap();
-    assert_eq!(received.len(), data.len(), "bytes we received from libutp");
+    let stats = (ours.ep.endpoint_stats(), ours.last);
+    assert_eq!(
+        received.len(),
+        data.len(),
+        "bytes we received from libutp (libutp said {verdict:?}; ours: {stats:?})"
+    );
     assert!(received == data, "libutp sent different bytes");
     assert_eq!(
         verdict.trim(),
@@ -393,7 +401,7 @@ setTimeout(() => {{ console.log('TIMEOUT ' + n); process.exit(2); }}, 20000);
     );
     if loss > 0.0 {
         assert!(
-            ours.resent > 0,
+            ours.last.is_some_and(|s| s.packets_resent > 0),
             "datagrams were dropped but nothing was sent again"
         );
     }
