@@ -187,6 +187,8 @@ pub enum Event {
 pub enum ConnectError {
     /// [`Config::max_connections`] reached (a local limit).
     TooManyConnections,
+    /// No free connection id towards this peer was found (a local limit).
+    NoConnectionId,
 }
 
 /// Why [`Endpoint::write`] wrote nothing.
@@ -223,7 +225,10 @@ macro_rules! display_error {
         impl std::error::Error for $t {}
     };
 }
-display_error!(ConnectError { TooManyConnections => "too many uTP connections" });
+display_error!(ConnectError {
+    TooManyConnections => "too many uTP connections",
+    NoConnectionId => "no free uTP connection id towards this peer",
+});
 display_error!(WriteError {
     WouldBlock => "uTP send buffer full",
     Finished => "uTP connection already closed for writing",
@@ -358,14 +363,14 @@ impl Endpoint {
         }
         // Our recv id must be free, and so must recv id + 1 (what the peer would key our SYN
         // by), both for this peer.
-        let recv_id = loop {
-            let id: u16 = self.rng.random();
-            if !self.index.contains_key(&(peer, id))
-                && !self.index.contains_key(&(peer, id.wrapping_add(1)))
-            {
-                break id;
-            }
-        };
+        // A bounded search: with thousands of connections to one peer, ids may run out.
+        let recv_id = (0..1024)
+            .map(|_| self.rng.random::<u16>())
+            .find(|&id| {
+                !self.index.contains_key(&(peer, id))
+                    && !self.index.contains_key(&(peer, id.wrapping_add(1)))
+            })
+            .ok_or(ConnectError::NoConnectionId)?;
         let isn = self
             .config
             .initial_seq_nr

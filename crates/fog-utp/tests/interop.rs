@@ -31,7 +31,7 @@ const LOSSY_SIZE: usize = 256 * 1024;
 /// selective acks have to work against each other.
 const LOSS: f64 = 0.03;
 /// Every test ends within this.
-const DEADLINE: Duration = Duration::from_secs(25);
+const DEADLINE: Duration = Duration::from_secs(20);
 
 fn payload(seed: u32, len: usize) -> Vec<u8> {
     let mut x = seed;
