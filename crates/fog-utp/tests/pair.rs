@@ -718,6 +718,22 @@ fn receive_window_bounds_what_the_peer_buffers() {
     assert!(s.recv_buffered <= 20_000, "{}", s.recv_buffered);
     assert!(s.recv_buffered > 15_000, "{}", s.recv_buffered);
     assert_eq!(s.dropped_no_room, 0);
+    // B reads now and then: its window updates restart the sender; everything arrives, well
+    // before the 15 s zero-window probe would have had to.
+    let b_conn = incoming.unwrap();
+    let (mut got, mut buf) = (0, vec![0u8; 4096]);
+    let resume = pair.now;
+    while got < 200_000 {
+        while let Ok(n @ 1..) = pair.ep[1].read(b_conn, &mut buf) {
+            got += n;
+        }
+        assert!(pair.step(), "stalled at {got}");
+        assert!(
+            pair.now - resume < Duration::from_secs(10),
+            "stalled at {got}"
+        );
+    }
+    assert_eq!(got, 200_000);
 }
 
 #[test]
