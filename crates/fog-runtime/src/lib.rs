@@ -49,7 +49,7 @@ use std::time::{Duration, Instant};
 use fog_mio::Driver;
 use fogconnect::{
     CommandError, ConnectError, ConnectionId, ConnectionStats, Event, HostFilter, LookupError,
-    Node, NodeConfig, PeerId, SendError,
+    Node, NodeConfig, PeerId, SendError, Transport,
 };
 
 use machine::{FromSignal, Machine};
@@ -146,7 +146,12 @@ impl std::error::Error for StartError {}
 
 /// A command for the runtime's thread, with where its answer goes.
 enum Command {
-    Connect(PeerId, u16, SyncSender<Result<ConnectionId, ConnectError>>),
+    Connect(
+        PeerId,
+        u16,
+        Transport,
+        SyncSender<Result<ConnectionId, ConnectError>>,
+    ),
     Accept(ConnectionId, SyncSender<Result<(), CommandError>>),
     Refuse(
         ConnectionId,
@@ -209,7 +214,17 @@ impl Handle {
 
     /// [`Node::connect`]: the handle at once, the rest as events.
     pub fn connect(&self, peer: PeerId, service: u16) -> Result<ConnectionId, RuntimeError> {
-        self.ask(|tx| Command::Connect(peer, service, tx))?
+        self.connect_with(peer, service, Transport::Datagram)
+    }
+
+    /// [`Node::connect_with`]: over a transport.
+    pub fn connect_with(
+        &self,
+        peer: PeerId,
+        service: u16,
+        transport: Transport,
+    ) -> Result<ConnectionId, RuntimeError> {
+        self.ask(|tx| Command::Connect(peer, service, transport, tx))?
             .map_err(RuntimeError::Connect)
     }
 
@@ -489,8 +504,8 @@ fn run(
 fn execute(node: &mut Node, command: Command) {
     let now = Instant::now();
     match command {
-        Command::Connect(peer, service, tx) => {
-            let _ = tx.send(node.connect(now, peer, service));
+        Command::Connect(peer, service, transport, tx) => {
+            let _ = tx.send(node.connect_with(now, peer, service, transport));
         }
         Command::Accept(id, tx) => {
             let _ = tx.send(node.accept(now, id));

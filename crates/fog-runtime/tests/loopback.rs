@@ -281,3 +281,62 @@ fn two_runtimes_meet_over_wss_and_an_untrusted_server_is_refused() {
     public.node.realm = "localhost".into();
     assert!(Runtime::start(public).is_err());
 }
+
+/// Over KCP on real sockets: messages from a few bytes to 100 KB (many fragments) arrive
+/// whole and in order, the incoming event names the transport, and a close after the last
+/// send lets everything arrive first.
+#[test]
+fn two_runtimes_move_messages_over_kcp() {
+    let (_fogd, stun, url) = fogd();
+    let a = Runtime::start(config(11, stun, &url)).expect("A starts");
+    let b = Runtime::start(config(12, stun, &url)).expect("B starts");
+    let (ha, hb) = (a.handle(), b.handle());
+    let (mut seen_a, mut seen_b) = (Vec::new(), Vec::new());
+    ready(a.events(), &mut seen_a);
+    ready(b.events(), &mut seen_b);
+    let id_a = ha
+        .connect_with(hb.peer_id(), 3, fogconnect::Transport::Kcp)
+        .unwrap();
+    let id_b = wait_for(b.events(), &mut seen_b, |e| match e {
+        Event::Incoming { id, transport, .. } => {
+            assert_eq!(*transport, fogconnect::Transport::Kcp);
+            Some(*id)
+        }
+        _ => None,
+    });
+    hb.accept(id_b).unwrap();
+    connected(a.events(), &mut seen_a, id_a);
+    let sizes = [1usize, 500, 1_400, 5_000, 100_000, 64, 30_000];
+    let messages: Vec<Vec<u8>> = sizes
+        .iter()
+        .enumerate()
+        .map(|(k, &n)| (0..n).map(|i| (i * 7 + k) as u8).collect())
+        .collect();
+    for m in &messages {
+        ha.send(id_a, m).unwrap();
+    }
+    ha.close(id_a, 8, "sent it all").unwrap();
+    let mut got = Vec::new();
+    while got.len() < messages.len() {
+        got.push(wait_for(b.events(), &mut seen_b, |e| match e {
+            Event::Data { id, data } if *id == id_b => Some(data.clone()),
+            _ => None,
+        }));
+    }
+    assert!(got == messages, "every message whole and in order");
+    let closed = wait_for(b.events(), &mut seen_b, |e| match e {
+        Event::Closed {
+            id,
+            reason,
+            by_peer: true,
+        } if *id == id_b => Some(reason.clone()),
+        _ => None,
+    });
+    assert_eq!(
+        closed,
+        CloseReason::Application {
+            code: 8,
+            reason: "sent it all".into()
+        }
+    );
+}

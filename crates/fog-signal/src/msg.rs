@@ -442,6 +442,8 @@ pub enum CandidateKind {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(from = "String", into = "String")]
 pub enum Transport {
+    /// `datagram`: the node's own sealed, unreliable datagrams, no transport on top.
+    Datagram,
     /// `kcp`
     Kcp,
     /// `utp`
@@ -459,6 +461,7 @@ pub enum Transport {
 impl From<String> for Transport {
     fn from(s: String) -> Self {
         match s.as_str() {
+            "datagram" => Transport::Datagram,
             "kcp" => Transport::Kcp,
             "utp" => Transport::Utp,
             "quic" => Transport::Quic,
@@ -472,6 +475,7 @@ impl From<String> for Transport {
 impl From<Transport> for String {
     fn from(t: Transport) -> Self {
         match t {
+            Transport::Datagram => "datagram".into(),
             Transport::Kcp => "kcp".into(),
             Transport::Utp => "utp".into(),
             Transport::Quic => "quic".into(),

@@ -67,5 +67,6 @@ pub use node::{
     AcceptPolicy, CHECK_ALLOWANCE, CLOSED_IDLE, CLOSED_TIMEOUT, CloseReason, CommandError,
     ConnectError, ConnectionId, ConnectionStats, Counters, Event, FailReason, Footprint,
     LookupError, MAX_DATAGRAM, MAX_LOOKUPS, MAX_QUEUED, Node, NodeConfig, REFUSED_BUSY,
-    REFUSED_FULL, Seed, SendError, ServerChoice, SignalInput, SignalOutput, Via,
+    REFUSED_FULL, REFUSED_TRANSPORT, Seed, SendError, ServerChoice, SignalInput, SignalOutput,
+    Transport, Via,
 };

@@ -68,7 +68,9 @@ fn an_offer_waits_for_the_application_then_both_sides_know_the_service() {
     let (b, peer, service) = offer
         .iter()
         .find_map(|e| match e {
-            Event::Incoming { id, peer, service } => Some((*id, *peer, *service)),
+            Event::Incoming {
+                id, peer, service, ..
+            } => Some((*id, *peer, *service)),
             _ => None,
         })
         .expect("B saw the offer");

@@ -7,7 +7,7 @@ use std::time::Instant;
 use fog_core::nat::{Behaviour, PortPattern};
 use fog_core::{Receive, SocketRequest};
 use fog_ice::candidate::{self as ice_candidate, Candidate, Kind};
-use fog_signal::msg::{self, CandidateKind, Description};
+use fog_signal::msg::{self, CandidateKind, Description, Transport};
 
 use super::{Event, Node};
 
@@ -134,7 +134,14 @@ impl Node {
 
     /// Our description: host, server-reflexive, predicted and relayed candidates of the base
     /// socket (only the relayed one when direct paths are off).
-    pub(super) fn description(&mut self, ufrag: &str, service: u16) -> Description {
+    /// Our description for a connection of `service` over `transport` (an offer names the one
+    /// it asks for, an answer the one it runs).
+    pub(super) fn description(
+        &mut self,
+        ufrag: &str,
+        service: u16,
+        transport: &Transport,
+    ) -> Description {
         let base = self.config.base;
         let mut candidates = Vec::new();
         if self.config.direct {
@@ -171,7 +178,7 @@ impl Node {
         Description {
             candidates: candidates.iter().map(to_wire).collect(),
             nat: self.behaviour().map(Into::into),
-            transports: self.config.transports.clone(),
+            transports: vec![transport.clone()],
             // The check passwords come from the key exchange (see `seal`); none is sent.
             credentials: msg::Credentials {
                 ufrag: ufrag.to_owned(),

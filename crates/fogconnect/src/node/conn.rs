@@ -10,6 +10,8 @@ use fog_signal::msg::{Description, ExchangeKey, RequestId, SessionId};
 
 use super::event::{ConnectionId, Via};
 use super::seal::{Exchange, Keys};
+use super::transport::Stream;
+use fog_signal::msg::Transport;
 
 /// Where a connection is in its life. Each phase holds what is valid in it.
 #[derive(Debug)]
@@ -140,6 +142,13 @@ pub(super) struct Conn {
     pub(super) gave_up: bool,
     /// Offers sent (the first and the retries).
     pub(super) offers: u32,
+    /// What runs on the path: asked for by the caller, named in both descriptions.
+    pub(super) transport: Transport,
+    /// Its machine, from the first path on (none for the node's own datagrams).
+    pub(super) stream: Option<Stream>,
+    /// `close` was called on a stream that closes gracefully: the code and reason to close
+    /// with once it has.
+    pub(super) closing: Option<(u32, String)>,
     pub(super) sent: Meter,
     pub(super) received: Meter,
 }
@@ -182,6 +191,9 @@ impl Conn {
             last_heard: now,
             gave_up: false,
             offers: 0,
+            transport: Transport::Datagram,
+            stream: None,
+            closing: None,
             sent: Meter::new(now),
             received: Meter::new(now),
         }
@@ -222,9 +234,11 @@ impl Conn {
             Phase::Retrying { at } => Some(at),
             _ => None,
         };
+        let stream = self.stream.as_ref().and_then(Stream::poll_timeout);
         [
             agent,
             retry,
+            stream,
             self.quiet_until,
             self.signal_relay.map(|r| r.next_probe),
         ]

@@ -7,6 +7,7 @@ use std::time::Duration;
 use fog_core::nat::Behaviour;
 use fog_ice::candidate::Candidate;
 use fog_signal::PeerId;
+use fog_signal::msg::Transport;
 
 /// A connection's handle: given by [`Node::connect`](super::Node::connect) at once, or by
 /// [`Event::Incoming`] on the answering side, and carried by every event about it. Never
@@ -151,6 +152,8 @@ pub enum CloseReason {
     /// The path went through the signaling server, and the server ended the session (the
     /// peer left it, or our own signaling connection dropped).
     SignalingLost,
+    /// The connection's transport gave up: what it sent went unacknowledged too often.
+    TransportFailed,
 }
 
 impl fmt::Display for CloseReason {
@@ -162,6 +165,9 @@ impl fmt::Display for CloseReason {
             CloseReason::IdleTimeout => f.write_str("nothing heard from the peer: idle timeout"),
             CloseReason::SignalingLost => {
                 f.write_str("the path through the signaling server is gone")
+            }
+            CloseReason::TransportFailed => {
+                f.write_str("the transport gave up: nothing acknowledged for too long")
             }
         }
     }
@@ -194,6 +200,9 @@ pub enum Event {
         peer: PeerId,
         /// The service the caller asked for.
         service: u16,
+        /// The transport the caller asked for (one this node runs: others are refused with
+        /// [`REFUSED_TRANSPORT`](super::REFUSED_TRANSPORT) before this event).
+        transport: Transport,
     },
     /// A connection has a verified path: direct, or through a relay while punching goes on.
     Connected {
@@ -311,7 +320,7 @@ pub enum Event {
 }
 
 /// Why [`Node::connect`](super::Node::connect) gave no handle.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ConnectError {
     /// The peer is this node.
@@ -321,6 +330,8 @@ pub enum ConnectError {
         /// The limit.
         limit: usize,
     },
+    /// This node does not run that transport.
+    UnsupportedTransport(Transport),
 }
 
 impl fmt::Display for ConnectError {
@@ -329,6 +340,13 @@ impl fmt::Display for ConnectError {
             ConnectError::SelfConnect => f.write_str("a node cannot connect to itself"),
             ConnectError::TooManyConnections { limit } => {
                 write!(f, "the node holds its limit of {limit} connections")
+            }
+            ConnectError::UnsupportedTransport(t) => {
+                write!(
+                    f,
+                    "this node does not run the {} transport",
+                    String::from(t.clone())
+                )
             }
         }
     }
@@ -486,4 +504,6 @@ pub struct Counters {
     /// Datagrams of our agents withheld because their destination IP had its
     /// [`probe_budget`](super::NodeConfig::probe_budget) without answering.
     pub probes_withheld: u64,
+    /// Transport datagrams (sealed and genuine) that their transport could not parse.
+    pub transport_malformed: u64,
 }

@@ -30,6 +30,7 @@ mod probe;
 mod relay;
 pub mod seal;
 mod signal;
+mod transport;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -55,6 +56,7 @@ pub use event::{
     CloseReason, CommandError, ConnectError, ConnectionId, ConnectionStats, Counters, Event,
     FailReason, Footprint, LookupError, SendError, Via,
 };
+pub use fog_signal::msg::Transport;
 use probe::{Probe, Refresh};
 pub use signal::{SignalInput, SignalOutput};
 
@@ -71,6 +73,8 @@ pub const REFUSED_FULL: u32 = 0xFFFF_0001;
 /// The code of a refusal by a node that holds
 /// [`NodeConfig::max_pending_incoming`] undecided offers.
 pub const REFUSED_BUSY: u32 = 0xFFFF_0004;
+/// The code of a refusal by a node that does not run the transport the caller asked for.
+pub const REFUSED_TRANSPORT: u32 = 0xFFFF_0005;
 
 /// The first back-off before an offer a limit refused goes again (see `Node::retry_offer`).
 pub const RETRY_FIRST: Duration = Duration::from_millis(250);
@@ -257,9 +261,27 @@ impl Node {
         peer: PeerId,
         service: u16,
     ) -> Result<ConnectionId, ConnectError> {
+        self.connect_with(now, peer, service, Transport::Datagram)
+    }
+
+    /// [`connect`](Self::connect) over `transport`: [`Transport::Datagram`] is the node's own
+    /// unreliable datagrams; [`Transport::Kcp`] makes each [`send`](Self::send) a reliable,
+    /// ordered message (up to about 170 KB) and closes gracefully (see the `transport` module).
+    /// The transport goes in the signed offer; a peer that does not run it refuses with
+    /// [`REFUSED_TRANSPORT`].
+    pub fn connect_with(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        service: u16,
+        transport: Transport,
+    ) -> Result<ConnectionId, ConnectError> {
         self.now = self.now.max(now);
         if peer == self.peer_id() {
             return Err(ConnectError::SelfConnect);
+        }
+        if !transport::supported(&transport) || !self.config.transports.contains(&transport) {
+            return Err(ConnectError::UnsupportedTransport(transport));
         }
         if self.conns.len() >= self.config.max_connections {
             return Err(ConnectError::TooManyConnections {
@@ -268,12 +290,17 @@ impl Node {
         }
         let id = self.new_id();
         let (ufrag, exchange) = (self.ufrag(), self.exchange());
-        self.conns.insert(
-            id,
-            Conn::new(id, peer, service, false, ufrag, exchange, now),
-        );
+        let mut conn = Conn::new(id, peer, service, false, ufrag, exchange, now);
+        conn.transport = transport;
+        self.conns.insert(id, conn);
         self.progress(now);
         Ok(id)
+    }
+
+    /// The transports this node runs from now on ([`NodeConfig::transports`]): offers asking
+    /// for another are refused with [`REFUSED_TRANSPORT`]. Connections already made keep theirs.
+    pub fn set_transports(&mut self, transports: Vec<Transport>) {
+        self.config.transports = transports;
     }
 
     /// Accepts an incoming connection ([`Event::Incoming`]): the answer goes (once discovery
@@ -325,8 +352,17 @@ impl Node {
         reason: &str,
     ) -> Result<(), CommandError> {
         self.now = self.now.max(now);
-        if !self.conns.contains_key(&id) {
+        let Some(conn) = self.conns.get_mut(&id) else {
             return Err(CommandError::UnknownConnection);
+        };
+        // A stream closes gracefully first: what was sent is delivered, then the close goes.
+        if let Some(stream) = &mut conn.stream {
+            if conn.closing.is_none() {
+                conn.closing = Some((code, truncate(reason, 256).to_owned()));
+                stream.close(now);
+                self.pump_streams(now);
+            }
+            return Ok(());
         }
         self.tell_peer(id, code, reason);
         self.end(
@@ -361,13 +397,26 @@ impl Node {
     /// Sends one datagram to the peer of a connection on its current path (unreliable,
     /// unordered, at most [`MAX_DATAGRAM`] bytes): what the transports build on.
     pub fn send(&mut self, now: Instant, id: ConnectionId, data: &[u8]) -> Result<(), SendError> {
-        if data.len() > MAX_DATAGRAM {
-            return Err(SendError::TooLong);
-        }
         let conn = self
             .conns
             .get_mut(&id)
             .ok_or(SendError::UnknownConnection)?;
+        if conn.closing.is_some() {
+            return Err(SendError::NotConnected);
+        }
+        if let Some(stream) = &mut conn.stream {
+            stream.send(data)?;
+            conn.sent.add(now, data.len());
+            self.pump_streams(now);
+            return Ok(());
+        }
+        if conn.transport != Transport::Datagram {
+            // The stream starts with the first path.
+            return Err(SendError::NotConnected);
+        }
+        if data.len() > MAX_DATAGRAM {
+            return Err(SendError::TooLong);
+        }
         if self.outgoing.len() >= MAX_QUEUED {
             self.blocked = true;
             return Err(SendError::Blocked);
@@ -624,7 +673,8 @@ impl Node {
         };
         let (peer, ufrag, service) = (conn.peer, conn.ufrag.clone(), conn.service);
         let key = conn.exchange.public();
-        let description = self.description(&ufrag, service);
+        let transport = conn.transport.clone();
+        let description = self.description(&ufrag, service, &transport);
         let role = seal::Role::Offer {
             from: self.peer_id(),
             to: peer,
@@ -664,7 +714,8 @@ impl Node {
             self.peer_id(),
             false,
         );
-        let description = self.description(&ufrag, service);
+        let transport = conn.transport.clone();
+        let description = self.description(&ufrag, service, &transport);
         let role = seal::Role::Answer {
             from: self.peer_id(),
             to: peer,
@@ -901,6 +952,10 @@ impl Node {
             // The idle clock starts with the path (the peer was just heard: it answered).
             conn.connected_at = Some(self.now);
             conn.last_heard = self.now;
+            if let Some(session) = conn.session {
+                conn.stream =
+                    transport::Stream::new(&conn.transport, session, !conn.passive, self.now);
+            }
             self.events.push_back(Event::Connected {
                 id,
                 peer: conn.peer,
@@ -953,8 +1008,90 @@ impl Node {
             },
             seal::Kind::Probe => self.echo(now, id),
             seal::Kind::Echo => self.echoed(now, id),
+            seal::Kind::Transport => {
+                let Some(stream) = &mut conn.stream else {
+                    // Early: the peer's path came up a moment before ours. Its stream
+                    // retransmits.
+                    return true;
+                };
+                if !stream.handle_packet(now, &message) {
+                    self.counters.transport_malformed += 1;
+                }
+                self.pump_streams(now);
+            }
         }
         true
+    }
+
+    /// Moves what the connections' streams have to say: their datagrams (sealed, onto each
+    /// connection's path), their messages (as [`Event::Data`]) and their ends.
+    fn pump_streams(&mut self, now: Instant) {
+        let mut buf = [0u8; MAX_DATAGRAM + 1];
+        let mut ended = Vec::new();
+        for conn in self.conns.values_mut() {
+            let path = conn.agent().and_then(Agent::data_path);
+            let relay = match (conn.signal_relay, conn.session) {
+                (Some(_), Some(session)) if path.is_none() => Some(session),
+                _ => None,
+            };
+            let Some(stream) = &mut conn.stream else {
+                continue;
+            };
+            for happened in stream.poll() {
+                match happened {
+                    transport::Happened::Data(data) => {
+                        conn.received.add(now, data.len());
+                        self.events.push_back(Event::Data { id: conn.id, data });
+                    }
+                    transport::Happened::CloseDone => ended.push((conn.id, None)),
+                    transport::Happened::PeerClosed => {}
+                    transport::Happened::Dead => {
+                        ended.push((conn.id, Some(CloseReason::TransportFailed)));
+                    }
+                }
+            }
+            let Some(keys) = &mut conn.keys else {
+                continue;
+            };
+            while let Some(n) = stream.poll_transmit(now, &mut buf) {
+                let sealed = keys.seal(seal::Kind::Transport, &buf[..n]);
+                if let Some((local, remote)) = path {
+                    self.outgoing.push_back((local, remote, sealed));
+                } else if let Some(session) = relay {
+                    let _ = self.client.relay(session, &sealed);
+                }
+                // With no path at all the datagram is lost, as on a path that drops it:
+                // the stream retransmits.
+            }
+        }
+        for (id, failure) in ended {
+            match failure {
+                Some(reason) => self.end(
+                    now,
+                    id,
+                    End::Closed {
+                        reason,
+                        by_peer: false,
+                    },
+                ),
+                None => {
+                    let Some((code, reason)) =
+                        self.conns.get_mut(&id).and_then(|c| c.closing.take())
+                    else {
+                        continue;
+                    };
+                    self.tell_peer(id, code, &reason);
+                    self.end(
+                        now,
+                        id,
+                        End::Closed {
+                            reason: CloseReason::Application { code, reason },
+                            by_peer: false,
+                        },
+                    );
+                }
+            }
+        }
     }
 
     /// The peer ended the connection with `code` and `reason`.
@@ -1279,6 +1416,12 @@ impl SansIo for Node {
             }
         }
         self.signal_relay_timeouts(now);
+        for conn in self.conns.values_mut() {
+            if let Some(stream) = &mut conn.stream {
+                stream.handle_timeout(now);
+            }
+        }
+        self.pump_streams(now);
         for conn in self.conns.values_mut() {
             let quiet_over = conn.quiet_until.is_some_and(|t| now >= t);
             if quiet_over {

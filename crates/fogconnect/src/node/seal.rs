@@ -50,6 +50,9 @@ pub enum Kind {
     Probe = 2,
     /// The echo of a probe.
     Echo = 3,
+    /// A datagram of the connection's transport, its framing byte first (fog-core's
+    /// `FogFraming`: 4 for KCP).
+    Transport = 4,
 }
 
 impl Kind {
@@ -59,6 +62,7 @@ impl Kind {
             1 => Kind::Close,
             2 => Kind::Probe,
             3 => Kind::Echo,
+            4 => Kind::Transport,
             _ => return None,
         })
     }

@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use fog_signal::client::Event as SignalEvent;
-use fog_signal::msg::{ErrorCode, Rate};
+use fog_signal::msg::{ErrorCode, Rate, Transport};
 
 use super::conn::{Conn, Phase};
 use super::seal::{self, Keys, Role};
@@ -500,12 +500,25 @@ impl Node {
                 .close(session, super::REFUSED_BUSY, "too many offers waiting");
             return;
         }
+        // The transport the caller asked for, which we must run.
+        let transport = description
+            .transports
+            .first()
+            .cloned()
+            .unwrap_or(Transport::Datagram);
+        if !super::transport::supported(&transport) || !self.config.transports.contains(&transport)
+        {
+            let why = format!("transport {} not run here", String::from(transport));
+            let _ = self.client.close(session, super::REFUSED_TRANSPORT, &why);
+            return;
+        }
         let mut description = description;
         cap_candidates(&mut description, &mut self.counters);
         let id = self.new_id();
         let (ufrag, exchange) = (self.ufrag(), self.exchange());
         let service = description.service;
         let mut conn = Conn::new(id, from, service, true, ufrag, exchange, now);
+        conn.transport = transport.clone();
         conn.session = Some(session);
         conn.remote_key = Some(offer_key);
         conn.remote = Some(description);
@@ -515,6 +528,7 @@ impl Node {
             id,
             peer: from,
             service,
+            transport,
         });
         if self.config.accept == super::AcceptPolicy::All {
             if let Some(conn) = self.conns.get_mut(&id) {

@@ -1,0 +1,166 @@
+//! The transport a connection runs on its path, once the path exists.
+//!
+//! [`Transport::Datagram`] is the node's own service: each `send` is one sealed, unreliable
+//! datagram. [`Transport::Kcp`] runs a fog-kcp connection (message mode, reliable and
+//! ordered) whose datagrams, framing byte 4 first, ride inside the session's sealed format
+//! ([`seal::Kind::Transport`]) on whatever path the connection has: direct, through TURN, or
+//! through the signaling server. A path change moves them with it; KCP itself never sees an
+//! address. Its conversation number is the first four bytes of the session id, which both
+//! sides know; the session tags keep sessions apart, not it.
+//!
+//! A close on a KCP connection is graceful: the node waits until the peer acknowledged
+//! everything sent and answered KCP's close (or gave up on it), then closes the connection
+//! as for datagrams, with the caller's code and reason.
+
+use std::time::Instant;
+
+use fog_kcp::{
+    CloseReason as KcpClose, Config as KcpConfig, ConnEvent as KcpEvent, Connection as Kcp,
+    RecvError, Role, SendError as KcpSendError,
+};
+use fog_signal::msg::{SessionId, Transport};
+
+use super::MAX_DATAGRAM;
+use super::event::SendError;
+
+/// The transports this node can run: every other is refused when asked for.
+pub(super) fn supported(t: &Transport) -> bool {
+    matches!(t, Transport::Datagram | Transport::Kcp)
+}
+
+/// A connection's transport machine.
+#[derive(Debug)]
+pub(super) enum Stream {
+    Kcp(Box<Kcp>),
+}
+
+/// What a stream asks of its connection.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Happened {
+    /// A message arrived, in order.
+    Data(Vec<u8>),
+    /// Our graceful close completed (or gave up): the connection may close now.
+    CloseDone,
+    /// The peer closed its side after all its data reached us.
+    PeerClosed,
+    /// The transport gave up on the path: nothing was acknowledged for too long.
+    Dead,
+}
+
+impl Stream {
+    /// The stream `transport` runs for the connection of `session`, or `None` for the node's
+    /// own datagrams. The caller (offerer) opens.
+    pub(super) fn new(
+        transport: &Transport,
+        session: SessionId,
+        caller: bool,
+        now: Instant,
+    ) -> Option<Stream> {
+        match transport {
+            Transport::Kcp => {
+                let conv =
+                    u32::from_be_bytes([session.0[0], session.0[1], session.0[2], session.0[3]]);
+                // The framing byte goes first inside the sealed datagram.
+                let config = KcpConfig::fast().with_mtu(MAX_DATAGRAM - 1);
+                let role = if caller {
+                    Role::Initiator
+                } else {
+                    Role::Responder
+                };
+                Some(Stream::Kcp(Box::new(Kcp::new(conv, config, role, now))))
+            }
+            _ => None,
+        }
+    }
+
+    /// Queues one message.
+    pub(super) fn send(&mut self, data: &[u8]) -> Result<(), SendError> {
+        match self {
+            Stream::Kcp(kcp) => kcp.send(data).map_err(|e| match e {
+                KcpSendError::MessageTooLarge { .. } => SendError::TooLong,
+                KcpSendError::Blocked { .. } => SendError::Blocked,
+                KcpSendError::DeadLink | KcpSendError::Closed => SendError::NotConnected,
+            }),
+        }
+    }
+
+    /// One of its datagrams arrived (unsealed, framing byte first). Malformed ones are the
+    /// peer's fault and counted by the machine.
+    pub(super) fn handle_packet(&mut self, now: Instant, datagram: &[u8]) -> bool {
+        match self {
+            Stream::Kcp(kcp) => kcp.handle_packet(now, datagram).is_ok(),
+        }
+    }
+
+    pub(super) fn handle_timeout(&mut self, now: Instant) {
+        match self {
+            Stream::Kcp(kcp) => kcp.handle_timeout(now),
+        }
+    }
+
+    pub(super) fn poll_timeout(&self) -> Option<Instant> {
+        match self {
+            Stream::Kcp(kcp) => kcp.poll_timeout(),
+        }
+    }
+
+    /// Its next datagram into `buf` (framing byte first): its length.
+    pub(super) fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
+        match self {
+            Stream::Kcp(kcp) => kcp.poll_transmit(now, buf),
+        }
+    }
+
+    /// Starts the graceful close.
+    pub(super) fn close(&mut self, now: Instant) {
+        match self {
+            Stream::Kcp(kcp) => kcp.close(now),
+        }
+    }
+
+    /// What happened since the last call: messages in order, then the end, if any.
+    pub(super) fn poll(&mut self) -> Vec<Happened> {
+        let mut out = Vec::new();
+        match self {
+            Stream::Kcp(kcp) => {
+                while let Some(event) = kcp.poll_event() {
+                    match event {
+                        KcpEvent::Connected => {}
+                        KcpEvent::Readable => read_all(kcp, &mut out),
+                        KcpEvent::Closed(reason) => {
+                            // A closed connection's unread data stays readable.
+                            read_all(kcp, &mut out);
+                            out.push(match reason {
+                                KcpClose::Local | KcpClose::LocalUnanswered => Happened::CloseDone,
+                                KcpClose::Peer => Happened::PeerClosed,
+                                _ => Happened::Dead,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Every whole message waiting in `kcp`.
+fn read_all(kcp: &mut Kcp, out: &mut Vec<Happened>) {
+    let mut buf = [0u8; 2048];
+    loop {
+        match kcp.recv(&mut buf) {
+            Ok(Some(n)) => out.push(Happened::Data(buf[..n].to_vec())),
+            Ok(None) => return,
+            Err(RecvError::BufferTooSmall { needed }) => {
+                let mut big = vec![0u8; needed];
+                match kcp.recv(&mut big) {
+                    Ok(Some(n)) => {
+                        big.truncate(n);
+                        out.push(Happened::Data(big));
+                    }
+                    _ => return,
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! Connections over a transport, in the simulator: every message arrives, in order and intact,
+//! through NATs and lossy links, across a relay → direct path change, and a close lets what
+//! was sent arrive first.
+
+use std::time::Duration;
+
+use fog_examples::scenario::{Profile, Scenario, SimNode};
+use fog_sim::presets::Preset;
+use fogconnect::{
+    CloseReason, ConnectError, ConnectionId, Event, FailReason, SendError, Transport, Via,
+};
+
+/// Node A connects to B over `transport`; the handle, once both nodes are ready.
+fn connect_over(s: &mut Scenario, transport: Transport) -> ConnectionId {
+    assert!(s.wait_ready(), "both nodes ready");
+    let to = s.hosts[1].1;
+    s.sim
+        .with_machine(s.hosts[0].0, |m: &mut SimNode, now| {
+            m.node.connect_with(now, to, 1, transport)
+        })
+        .expect("A may connect")
+}
+
+/// The handle node `i` got for its one connection (`Connected`), running the simulator up to
+/// `limit` for it.
+fn connected(s: &mut Scenario, i: usize, limit: Duration) -> ConnectionId {
+    for _ in 0..(limit.as_millis() / 100) {
+        if let Some(id) = s.events[i].iter().find_map(|(_, e)| match e {
+            Event::Connected { id, .. } => Some(*id),
+            _ => None,
+        }) {
+            return id;
+        }
+        s.run_for(Duration::from_millis(100));
+    }
+    panic!("node {i} never connected: {:#?}", s.events[i]);
+}
+
+/// Message `k` of a run: its index, then bytes of a pattern, `len(k)` long in all (sizes from
+/// a few bytes to several KCP fragments).
+fn message(k: u32) -> Vec<u8> {
+    let len = 4 + (k as usize * 7919) % 6000;
+    let mut m = k.to_be_bytes().to_vec();
+    m.extend((0..len - 4).map(|i| (i as u32).wrapping_mul(31).wrapping_add(k) as u8));
+    m
+}
+
+/// Node `from` sends `count` messages on `id`, as fast as the stream takes them (running the
+/// simulator while it says `Blocked`).
+fn send_all(s: &mut Scenario, from: usize, id: ConnectionId, count: u32) {
+    let mut k = 0;
+    let mut stalls = 0;
+    while k < count {
+        let m = message(k);
+        match s.with_node(from, |n, now| n.send(now, id, &m)) {
+            Ok(()) => k += 1,
+            Err(SendError::Blocked) => {
+                stalls += 1;
+                assert!(stalls < 10_000, "the stream never took message {k}");
+                s.run_for(Duration::from_millis(20));
+            }
+            Err(e) => panic!("message {k}: {e}"),
+        }
+    }
+}
+
+/// The data node `i` received on `id`, in order.
+fn received(s: &Scenario, i: usize, id: ConnectionId) -> Vec<Vec<u8>> {
+    s.events[i]
+        .iter()
+        .filter_map(|(_, e)| match e {
+            Event::Data { id: c, data } if *c == id => Some(data.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn assert_all_in_order(got: &[Vec<u8>], count: u32) {
+    assert_eq!(got.len(), count as usize, "messages received");
+    for (k, m) in got.iter().enumerate() {
+        assert!(*m == message(k as u32), "message {k} differs");
+    }
+}
+
+/// Both ways over KCP between two NATs at `loss` on every access link.
+fn kcp_both_ways(a: Preset, b: Preset, loss: f64, seed: u64) {
+    let profile = Profile {
+        loss,
+        ..Profile::default()
+    };
+    let mut s = Scenario::new(a, b, seed, &profile);
+    let a_id = connect_over(&mut s, Transport::Kcp);
+    connected(&mut s, 0, Duration::from_secs(15));
+    let b_id = connected(&mut s, 1, Duration::from_secs(15));
+    let count = 150;
+    send_all(&mut s, 0, a_id, count);
+    send_all(&mut s, 1, b_id, count);
+    s.run_for(Duration::from_secs(20));
+    assert_all_in_order(&received(&s, 1, b_id), count);
+    assert_all_in_order(&received(&s, 0, a_id), count);
+}
+
+#[test]
+fn kcp_delivers_everything_in_order_without_loss() {
+    kcp_both_ways(Preset::FullCone, Preset::PortRestrictedCone, 0.0, 3);
+}
+
+#[test]
+fn kcp_delivers_everything_in_order_at_1_percent_loss() {
+    kcp_both_ways(
+        Preset::PortRestrictedCone,
+        Preset::SymmetricSequential,
+        0.01,
+        4,
+    );
+}
+
+#[test]
+fn kcp_delivers_everything_in_order_at_5_percent_loss() {
+    kcp_both_ways(Preset::RestrictedCone, Preset::PortRestrictedCone, 0.05, 5);
+}
+
+/// Two random-port NATs: the relay carries the connection first, a birthday round moves it
+/// to a direct path later. Messages sent from the first moment arrive across the change.
+#[test]
+fn kcp_carries_on_across_a_relay_to_direct_change() {
+    let mut s = Scenario::new(
+        Preset::SymmetricRandom,
+        Preset::PortRestrictedCone,
+        12,
+        &Profile::default(),
+    );
+    let a_id = connect_over(&mut s, Transport::Kcp);
+    let b_id = connected(&mut s, 1, Duration::from_secs(15));
+    connected(&mut s, 0, Duration::from_secs(15));
+    let count = 400;
+    // Interleaved with the simulator, so that the transfer spans the path change.
+    for chunk in 0..20 {
+        let first = chunk * count / 20;
+        let mut k = first;
+        while k < first + count / 20 {
+            let m = message(k);
+            match s.with_node(0, |n, now| n.send(now, a_id, &m)) {
+                Ok(()) => k += 1,
+                Err(SendError::Blocked) => s.run_for(Duration::from_millis(20)),
+                Err(e) => panic!("message {k}: {e}"),
+            }
+        }
+        s.run_for(Duration::from_millis(300));
+    }
+    s.run_for(Duration::from_secs(20));
+    let kinds: Vec<bool> = s.paths(0).iter().map(|p| p.3).collect();
+    assert!(
+        kinds.first() == Some(&true) && kinds.contains(&false),
+        "relayed first, then direct: {kinds:?}"
+    );
+    assert_all_in_order(&received(&s, 1, b_id), count);
+}
+
+/// `close` right after the last send: everything sent arrives first, then the peer sees the
+/// close with its code and reason.
+#[test]
+fn a_kcp_close_lets_everything_sent_arrive_first() {
+    let profile = Profile {
+        loss: 0.05,
+        ..Profile::default()
+    };
+    let mut s = Scenario::new(Preset::FullCone, Preset::FullCone, 21, &profile);
+    let a_id = connect_over(&mut s, Transport::Kcp);
+    connected(&mut s, 0, Duration::from_secs(15));
+    let b_id = connected(&mut s, 1, Duration::from_secs(15));
+    let count = 100;
+    send_all(&mut s, 0, a_id, count);
+    s.with_node(0, |n, now| n.close(now, a_id, 42, "done"))
+        .expect("close");
+    assert_eq!(
+        s.with_node(0, |n, now| n.send(now, a_id, b"late")),
+        Err(SendError::NotConnected),
+        "nothing more after close"
+    );
+    s.run_for(Duration::from_secs(30));
+    assert_all_in_order(&received(&s, 1, b_id), count);
+    let closed_at_b = s.events[1].iter().position(|(_, e)| {
+        matches!(e, Event::Closed { id, reason: CloseReason::Application { code: 42, reason }, by_peer: true }
+            if *id == b_id && reason == "done")
+    });
+    let last_data_at_b = s.events[1]
+        .iter()
+        .rposition(|(_, e)| matches!(e, Event::Data { id, .. } if *id == b_id));
+    assert!(
+        closed_at_b.is_some() && last_data_at_b < closed_at_b,
+        "B sees all data, then the close: {:#?}",
+        s.events[1].iter().rev().take(5).collect::<Vec<_>>()
+    );
+    assert!(
+        s.events[0].iter().any(|(_, e)| matches!(e,
+            Event::Closed { id, by_peer: false, .. } if *id == a_id)),
+        "A's close completes"
+    );
+}
+
+/// A transport the node does not run is refused at once; one the peer does not run is
+/// refused by the peer with `REFUSED_TRANSPORT`.
+#[test]
+fn transports_not_run_are_refused() {
+    let mut s = Scenario::new(Preset::FullCone, Preset::FullCone, 2, &Profile::default());
+    assert!(s.wait_ready());
+    let to = s.hosts[1].1;
+    let quic = s.sim.with_machine(s.hosts[0].0, |m: &mut SimNode, now| {
+        m.node.connect_with(now, to, 1, Transport::Sctp)
+    });
+    assert_eq!(
+        quic,
+        Err(ConnectError::UnsupportedTransport(Transport::Sctp))
+    );
+    // B runs datagrams only.
+    s.with_node(1, |n, _| n.set_transports(vec![Transport::Datagram]));
+    let id = s
+        .sim
+        .with_machine(s.hosts[0].0, |m: &mut SimNode, now| {
+            m.node.connect_with(now, to, 1, Transport::Kcp)
+        })
+        .unwrap();
+    s.run_for(Duration::from_secs(5));
+    assert!(
+        s.events[0].iter().any(|(_, e)| matches!(e,
+            Event::Failed { id: i, reason: FailReason::Refused { code, .. } }
+                if *i == id && *code == fogconnect::REFUSED_TRANSPORT)),
+        "{:#?}",
+        s.events[0]
+    );
+    // Datagrams still connect.
+    let id = s.connect().1;
+    s.run_for(Duration::from_secs(5));
+    assert!(s.events[0].iter().any(|(_, e)| matches!(e,
+        Event::Connected { id: i, via: Via::Direct, .. } if *i == id)));
+}
