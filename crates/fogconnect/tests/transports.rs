@@ -235,3 +235,39 @@ fn transports_not_run_are_refused() {
     assert!(s.events[0].iter().any(|(_, e)| matches!(e,
         Event::Connected { id: i, via: Via::Direct, .. } if *i == id)));
 }
+
+/// A full KCP send queue says `Blocked` (nothing of that message queued), and `Writable`
+/// follows once the peer has acknowledged enough; then sends go on, and everything taken
+/// arrives.
+#[test]
+fn a_full_kcp_queue_blocks_then_says_writable() {
+    let mut s = Scenario::new(Preset::FullCone, Preset::FullCone, 8, &Profile::default());
+    let a_id = connect_over(&mut s, Transport::Kcp);
+    connected(&mut s, 0, Duration::from_secs(15));
+    let b_id = connected(&mut s, 1, Duration::from_secs(15));
+    let big = vec![0x5a; 100_000];
+    let mut taken = 0;
+    loop {
+        match s.with_node(0, |n, now| n.send(now, a_id, &big)) {
+            Ok(()) => taken += 1,
+            Err(SendError::Blocked) => break,
+            Err(e) => panic!("{e}"),
+        }
+        assert!(taken < 1_000, "the queue never filled");
+    }
+    let before = s.events[0].len();
+    s.run_for(Duration::from_secs(20));
+    assert!(
+        s.events[0][before..]
+            .iter()
+            .any(|(_, e)| *e == Event::Writable),
+        "Writable after Blocked"
+    );
+    s.with_node(0, |n, now| n.send(now, a_id, &big))
+        .expect("room again");
+    taken += 1;
+    s.run_for(Duration::from_secs(30));
+    let got = received(&s, 1, b_id);
+    assert_eq!(got.len(), taken, "every message taken arrived");
+    assert!(got.iter().all(|m| *m == big));
+}

@@ -149,6 +149,8 @@ pub(super) struct Conn {
     /// `close` was called on a stream that closes gracefully: the code and reason to close
     /// with once it has.
     pub(super) closing: Option<(u32, String)>,
+    /// A `send` found the stream full: `Writable` is owed once it has room.
+    pub(super) stream_blocked: bool,
     pub(super) sent: Meter,
     pub(super) received: Meter,
 }
@@ -194,6 +196,7 @@ impl Conn {
             transport: Transport::Datagram,
             stream: None,
             closing: None,
+            stream_blocked: false,
             sent: Meter::new(now),
             received: Meter::new(now),
         }

@@ -405,7 +405,11 @@ impl Node {
             return Err(SendError::NotConnected);
         }
         if let Some(stream) = &mut conn.stream {
-            stream.send(data)?;
+            if let Err(e) = stream.send(data) {
+                // `Writable` follows when the stream has room again.
+                conn.stream_blocked |= e == SendError::Blocked;
+                return Err(e);
+            }
             conn.sent.add(now, data.len());
             self.pump_streams(now);
             return Ok(());
@@ -1053,6 +1057,10 @@ impl Node {
             let Some(keys) = &mut conn.keys else {
                 continue;
             };
+            if conn.stream_blocked && stream.has_room() {
+                conn.stream_blocked = false;
+                self.events.push_back(Event::Writable);
+            }
             while let Some(n) = stream.poll_transmit(now, &mut buf) {
                 let sealed = keys.seal(seal::Kind::Transport, &buf[..n]);
                 if let Some((local, remote)) = path {

@@ -84,6 +84,15 @@ impl Stream {
         }
     }
 
+    /// Whether a sender told `Blocked` may try again (half the queue is free).
+    pub(super) fn has_room(&self) -> bool {
+        match self {
+            Stream::Kcp(kcp) => {
+                kcp.kcp().waiting_to_send() < kcp.kcp().config().send_queue_limit / 2
+            }
+        }
+    }
+
     /// One of its datagrams arrived (unsealed, framing byte first). Malformed ones are the
     /// peer's fault and counted by the machine.
     pub(super) fn handle_packet(&mut self, now: Instant, datagram: &[u8]) -> bool {
