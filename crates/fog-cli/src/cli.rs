@@ -45,6 +45,51 @@ pub(crate) enum Command {
     /// Run a whole node, connect to a peer by peer ID or alias, send one datagram, print the echo
     /// (with --until-direct, again once a relayed connection has moved to a direct path)
     Connect(ConnectArgs),
+    /// Send a file to a peer (by peer ID or alias) that runs `fogconnect recv`, over KCP, with
+    /// a progress bar and a SHA-256 check at the end
+    Send(SendArgs),
+    /// Receive the files peers send with `fogconnect send` into a directory, checking each
+    /// one's SHA-256
+    Recv(RecvArgs),
+}
+
+/// `fogconnect send`.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Example: fogconnect send --signal ws://127.0.0.1:7600/ws --stun 127.0.0.1 photo.jpg bob
+
+Exits 0 once the receiver confirmed the file's SHA-256, 1 otherwise (unknown or offline peer, \
+refused, connection lost, a hash mismatch, --timeout).")]
+pub(crate) struct SendArgs {
+    #[command(flatten)]
+    pub(crate) node: NodeArgs,
+
+    /// The file to send
+    #[arg(value_name = "FILE")]
+    pub(crate) file: std::path::PathBuf,
+
+    /// The peer: its peer ID, or an alias it registered
+    #[arg(value_name = "PEER")]
+    pub(crate) peer: String,
+}
+
+/// `fogconnect recv`.
+#[derive(Debug, Args)]
+pub(crate) struct RecvArgs {
+    #[command(flatten)]
+    pub(crate) node: NodeArgs,
+
+    /// Where the files go (an existing file of the same name is not overwritten)
+    #[arg(value_name = "DIR", default_value = ".")]
+    pub(crate) dir: std::path::PathBuf,
+
+    /// An alias to claim
+    #[arg(long, value_name = "NAME")]
+    pub(crate) alias: Option<String>,
+
+    /// Exit after receiving this many files [default: run until interrupted]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) count: Option<u64>,
 }
 
 /// What `serve` and `connect` share: the servers a node uses.

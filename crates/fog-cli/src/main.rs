@@ -44,6 +44,7 @@ mod nat;
 mod node;
 mod peer;
 mod signal;
+mod transfer;
 
 use std::io::{self, Write as _};
 use std::process::ExitCode;
@@ -70,6 +71,8 @@ fn main() -> ExitCode {
         Command::Offer(args) => report(peer::offer(&args)),
         Command::Serve(args) => report(node::serve(&args)),
         Command::Connect(args) => report(node::connect(&args)),
+        Command::Send(args) => report(transfer::send(&args)),
+        Command::Recv(args) => report(transfer::recv(&args)),
     }
 }
 

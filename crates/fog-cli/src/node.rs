@@ -19,16 +19,20 @@ use crate::nat::resolve;
 use crate::peer::identity;
 
 /// A running node and how to print its events.
-struct Running {
+pub(crate) struct Running {
     runtime: Runtime,
-    handle: Handle,
-    json: bool,
+    pub(crate) handle: Handle,
+    pub(crate) json: bool,
 }
 
 /// How often `--interfaces auto` reads the interface addresses again.
 const GATHER_EVERY: Duration = Duration::from_secs(10);
 
-fn start(args: &NodeArgs, alias: Option<&str>, accept: AcceptPolicy) -> Result<Running, String> {
+pub(crate) fn start(
+    args: &NodeArgs,
+    alias: Option<&str>,
+    accept: AcceptPolicy,
+) -> Result<Running, String> {
     // IPv4: the node's base socket is on the interface that reaches the signaling server,
     // which the runtime finds (an unspecified base address), with a free port.
     let v4 = |server| resolve(server, Families::V4Only).map_err(|e| e.to_string());
@@ -66,7 +70,7 @@ fn start(args: &NodeArgs, alias: Option<&str>, accept: AcceptPolicy) -> Result<R
 
 impl Running {
     /// The node's events of the next 20 ms (or fewer, if one comes sooner).
-    fn step(&mut self) -> Result<Vec<Event>, String> {
+    pub(crate) fn step(&mut self) -> Result<Vec<Event>, String> {
         let mut events = Vec::new();
         match self
             .runtime
@@ -81,7 +85,7 @@ impl Running {
         Ok(events)
     }
 
-    fn report(&self, event: &Event) {
+    pub(crate) fn report(&self, event: &Event) {
         let line = match event {
             Event::Ready { behaviour, public } => {
                 if self.json {

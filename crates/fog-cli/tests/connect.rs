@@ -259,3 +259,110 @@ fn relay_only_nodes_connect_through_fogds_turn_relay() {
         serve.output_text()
     );
 }
+
+/// `recv` takes a file `send` sends over KCP (a few MB of a pattern, so many messages and a
+/// full stream), writes it under its name only once the SHA-256 matched, and both exit 0; a
+/// second file of the same name gets a name of its own.
+#[test]
+fn send_and_recv_move_a_file_and_check_its_hash() {
+    let (_fogd, stun, url) = fogd();
+    let stun = stun.to_string();
+    let dir = std::env::temp_dir().join(format!("fog-recv-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let source = dir.join("source");
+    std::fs::create_dir_all(&source).unwrap();
+    let into = dir.join("into");
+    std::fs::create_dir_all(&into).unwrap();
+    let payload: Vec<u8> = (0..3_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let file = source.join("data.bin");
+    std::fs::write(&file, &payload).unwrap();
+    let into_arg = into.display().to_string();
+    let mut recv = ChildGuard::spawn(
+        "recv",
+        Command::new(fogconnect_exe()).args([
+            "recv",
+            "--signal",
+            &url,
+            "--stun",
+            &stun,
+            "--interfaces",
+            "none",
+            "--alias",
+            "inbox",
+            "--count",
+            "2",
+            "--timeout",
+            "60",
+            &into_arg,
+        ]),
+    )
+    .expect("spawning fogconnect recv");
+    let deadline = Instant::now() + STEP;
+    while !recv.stdout_text().contains("ready:") {
+        assert!(
+            recv.try_wait().is_none(),
+            "recv exited\n{}",
+            recv.output_text()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "recv not ready\n{}",
+            recv.output_text()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    let file_arg = file.display().to_string();
+    for _ in 0..2 {
+        let send = fogconnect(&[
+            "send",
+            "--signal",
+            &url,
+            "--stun",
+            &stun,
+            "--interfaces",
+            "none",
+            &file_arg,
+            "inbox",
+            "--timeout",
+            "40",
+        ]);
+        assert_eq!(
+            send.code(),
+            Some(0),
+            "{}\n{}",
+            send.text(),
+            recv.output_text()
+        );
+        assert!(
+            send.stdout.contains("sent data.bin: 3000000 bytes")
+                && send.stdout.contains("verified"),
+            "{}",
+            send.stdout
+        );
+    }
+    let status = recv.wait_timeout(STEP);
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{}",
+        recv.output_text()
+    );
+    assert!(
+        std::fs::read(into.join("data.bin")).unwrap() == payload,
+        "the first copy"
+    );
+    assert!(
+        std::fs::read(into.join("data.bin.1")).unwrap() == payload,
+        "the second copy"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(&into)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name())
+        .filter(|n| n.to_string_lossy().ends_with(".part"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
