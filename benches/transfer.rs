@@ -27,14 +27,14 @@
 #![allow(clippy::disallowed_methods)]
 
 use std::io;
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
 use std::process::Command;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use fog_runtime::{Runtime, RuntimeConfig, RuntimeError};
-use fog_test_support::{A1, A2, free_port_pair};
+use fog_test_support::A1;
 use fogconnect::{AcceptPolicy, Event, KeyPair, NodeConfig, SendError, Transport};
 use sha2::{Digest, Sha256};
 
@@ -194,29 +194,11 @@ fn fogd() -> (fog_test_support::ChildGuard, SocketAddr, String) {
         &std::env::current_exe().expect("the bench's own path"),
         Path::new(env!("CARGO_MANIFEST_DIR")),
     );
-    for attempt in 0..5 {
-        let (p1, p2) = free_port_pair();
-        let signal = TcpListener::bind((A1, 0))
-            .and_then(|l| l.local_addr())
-            .expect("a TCP port");
-        let stun = SocketAddr::new(A1, p1);
-        let mut command = Command::new(&exe);
-        command.args([
-            "--stun",
-            &stun.to_string(),
-            "--stun-alt",
-            &SocketAddr::new(A2, p2).to_string(),
-            "--signal",
-            &signal.to_string(),
-            "--stun-no-rate-limit",
-        ]);
-        let name = format!("fogd-transfer-{attempt}");
-        let wait = Duration::from_secs(20);
-        if let Some(child) = fog_test_support::spawn_listening(&name, &mut command, signal, wait) {
-            return (child, stun, format!("ws://{signal}/ws"));
-        }
-    }
-    panic!("fogd could not start on free ports");
+    let extra = |_| vec!["--stun-no-rate-limit".to_owned()];
+    let wait = Duration::from_secs(20);
+    let (child, stun, signal) =
+        fog_test_support::fogd_for_nodes(&exe, "fogd-transfer", extra, wait);
+    (child, stun, format!("ws://{signal}/ws"))
 }
 
 fn node(seed: u8, stun: SocketAddr, url: &str) -> (Runtime, Receiver<Event>) {

@@ -9,12 +9,12 @@
 
 mod support;
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use support::{A1, A2, ChildGuard, fogconnect, fogconnect_exe, fogd_exe, free_port_pair};
+use support::{A1, ChildGuard, fogconnect, fogconnect_exe, fogd_exe};
 
 const STEP: Duration = Duration::from_secs(30);
 
@@ -31,48 +31,40 @@ const TURN_SECRET: &str = "loopback relay secret";
 /// below Linux's ephemeral one, as fogd's own TURN tests do) whose credentials signaling hands
 /// out. The last value is the TURN address.
 fn fogd_with(turn: bool) -> (ChildGuard, SocketAddr, String, Option<SocketAddr>) {
-    for attempt in 0..5 {
-        let (p1, p2) = free_port_pair();
-        let signal = TcpListener::bind((A1, 0))
-            .and_then(|l| l.local_addr())
-            .unwrap();
-        let stun = SocketAddr::new(A1, p1);
-        let turn_addr = turn.then(|| {
-            let port = std::net::UdpSocket::bind((A1, 0))
-                .and_then(|s| s.local_addr())
-                .unwrap()
-                .port();
-            SocketAddr::new(A1, port)
-        });
-        let mut command = Command::new(fogd_exe());
-        command.args([
-            "--stun",
-            &stun.to_string(),
-            "--stun-alt",
-            &SocketAddr::new(A2, p2).to_string(),
-            "--signal",
-            &signal.to_string(),
-        ]);
-        if let Some(t) = turn_addr {
-            let low = 20_000 + (u16::try_from(std::process::id() % 100).unwrap() + attempt) * 100;
-            command.args(["--turn", &t.to_string(), "--turn-secret", TURN_SECRET]);
-            command.args(["--turn-ports", &format!("{low}-{}", low + 99)]);
-            // The relay's peers here are on loopback, which fogd refuses unless allowed.
-            command.args(["--turn-allow-peer", "127.0.0.0/8"]);
-        }
-        let name = format!("fogd-node-{attempt}");
-        if let Some(child) = fog_test_support::spawn_listening(&name, &mut command, signal, STEP) {
-            return (child, stun, format!("ws://{signal}/ws"), turn_addr);
-        }
-    }
-    panic!("fogd could not start on free ports");
+    let turn_addr = turn.then(|| {
+        let port = std::net::UdpSocket::bind((A1, 0))
+            .and_then(|s| s.local_addr())
+            .unwrap()
+            .port();
+        SocketAddr::new(A1, port)
+    });
+    let extra = |attempt: u16| -> Vec<String> {
+        let Some(t) = turn_addr else {
+            return Vec::new();
+        };
+        let low = 20_000 + (u16::try_from(std::process::id() % 100).unwrap() + attempt) * 100;
+        let mut args = vec!["--turn".to_owned(), t.to_string()];
+        args.extend(["--turn-secret".to_owned(), TURN_SECRET.to_owned()]);
+        args.extend(["--turn-ports".to_owned(), format!("{low}-{}", low + 99)]);
+        // The relay's peers here are on loopback, which fogd refuses unless allowed.
+        args.extend(["--turn-allow-peer".to_owned(), "127.0.0.0/8".to_owned()]);
+        args
+    };
+    let (child, stun, signal) =
+        fog_test_support::fogd_for_nodes(&fogd_exe(), "fogd-node", extra, STEP);
+    (child, stun, format!("ws://{signal}/ws"), turn_addr)
 }
 
 /// `fogconnect serve` with `args`, once it has printed its `ready:` line (discovery done,
 /// authenticated).
 fn serve(name: &str, args: &[&str]) -> ChildGuard {
-    let mut serve = ChildGuard::spawn(name, Command::new(fogconnect_exe()).arg("serve").args(args))
-        .expect("spawning fogconnect serve");
+    ready_node(name, "serve", args)
+}
+
+/// `fogconnect <command>` with `args`, once it has printed its `ready:` line.
+fn ready_node(name: &str, command: &str, args: &[&str]) -> ChildGuard {
+    let mut serve = ChildGuard::spawn(name, Command::new(fogconnect_exe()).arg(command).args(args))
+        .expect("spawning fogconnect");
     let deadline = Instant::now() + STEP;
     while !serve.stdout_text().contains("ready:") {
         assert!(
@@ -280,10 +272,10 @@ fn send_and_recv_move_a_file_and_check_its_hash() {
     let file = source.join("data.bin");
     std::fs::write(&file, &payload).unwrap();
     let into_arg = into.display().to_string();
-    let mut recv = ChildGuard::spawn(
+    let mut recv = ready_node(
         "recv",
-        Command::new(fogconnect_exe()).args([
-            "recv",
+        "recv",
+        &[
             "--signal",
             &url,
             "--stun",
@@ -297,23 +289,8 @@ fn send_and_recv_move_a_file_and_check_its_hash() {
             "--timeout",
             "60",
             &into_arg,
-        ]),
-    )
-    .expect("spawning fogconnect recv");
-    let deadline = Instant::now() + STEP;
-    while !recv.stdout_text().contains("ready:") {
-        assert!(
-            recv.try_wait().is_none(),
-            "recv exited\n{}",
-            recv.output_text()
-        );
-        assert!(
-            Instant::now() < deadline,
-            "recv not ready\n{}",
-            recv.output_text()
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
+        ],
+    );
     let file_arg = file.display().to_string();
     for _ in 0..2 {
         let send = fogconnect(&[

@@ -135,6 +135,37 @@ pub fn spawn_listening(
     );
 }
 
+/// fogd for nodes, started from `exe` as `name`: STUN on 127.0.0.1 with its alternate on
+/// 127.0.0.2 and signaling on 127.0.0.1, on free ports, with the arguments `extra` gives for
+/// each attempt (another attempt, on other ports, when a port was taken meanwhile). The child,
+/// the STUN address and the signaling address.
+pub fn fogd_for_nodes(
+    exe: &Path,
+    name: &str,
+    extra: impl Fn(u16) -> Vec<String>,
+    timeout: Duration,
+) -> (ChildGuard, std::net::SocketAddr, std::net::SocketAddr) {
+    use std::net::{SocketAddr, TcpListener};
+    for attempt in 0..5u16 {
+        let (p1, p2) = crate::free_port_pair();
+        let signal = TcpListener::bind((crate::A1, 0))
+            .and_then(|l| l.local_addr())
+            .expect("a free TCP port");
+        let stun = SocketAddr::new(crate::A1, p1);
+        let mut command = Command::new(exe);
+        command
+            .args(["--stun", &stun.to_string()])
+            .args(["--stun-alt", &SocketAddr::new(crate::A2, p2).to_string()])
+            .args(["--signal", &signal.to_string()])
+            .args(extra(attempt));
+        let child_name = format!("{name}-{attempt}");
+        if let Some(child) = spawn_listening(&child_name, &mut command, signal, timeout) {
+            return (child, stun, signal);
+        }
+    }
+    panic!("{name} could not start on free ports");
+}
+
 /// A self-signed certificate for `localhost` and 127.0.0.1, written as PEM files (for
 /// `fogd --tls-cert --tls-key`); returns the certificate and key paths and the certificate
 /// for a client to trust.

@@ -632,21 +632,25 @@ fn offers_a_server_limit_turns_away_go_again_and_connect() {
     assert!(s.wait_ready(), "both nodes ready");
     let ids: Vec<ConnectionId> = (0..12).map(|_| s.connect().1).collect();
     s.run_for(Duration::from_secs(25));
-    let connected = ids
-        .iter()
-        .filter(|id| {
-            s.events[0]
-                .iter()
-                .any(|(_, e)| matches!(e, Event::Connected { id: i, .. } if i == *id))
-        })
-        .count();
+    let connected = connected_count(&s, &ids);
     let failed: Vec<&Event> = s.events[0]
         .iter()
         .map(|(_, e)| e)
         .filter(|e| matches!(e, Event::Failed { .. }))
         .collect();
     assert_eq!(connected, ids.len(), "{failed:?}");
-    assert!(failed.is_empty());
+    assert!(failed.is_empty(), "{failed:?}");
+}
+
+/// How many of `ids` node A saw connect.
+fn connected_count(s: &Scenario, ids: &[ConnectionId]) -> usize {
+    ids.iter()
+        .filter(|id| {
+            s.events[0]
+                .iter()
+                .any(|(_, e)| matches!(e, Event::Connected { id: i, .. } if i == *id))
+        })
+        .count()
 }
 
 /// A caller that opens many connections at once stays under the server's frame rate (20 per
@@ -658,14 +662,7 @@ fn a_burst_of_connects_is_paced_under_the_servers_rate_limit() {
     let mut s = ready(Preset::FullCone, Preset::FullCone, &Profile::default());
     let ids: Vec<ConnectionId> = (0..60).map(|_| s.connect().1).collect();
     s.run_for(Duration::from_secs(28));
-    let connected = ids
-        .iter()
-        .filter(|id| {
-            s.events[0]
-                .iter()
-                .any(|(_, e)| matches!(e, Event::Connected { id: i, .. } if i == *id))
-        })
-        .count();
+    let connected = connected_count(&s, &ids);
     let trouble: Vec<&Event> = s.events[0]
         .iter()
         .chain(&s.events[1])

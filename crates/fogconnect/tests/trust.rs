@@ -242,14 +242,9 @@ fn node_key(seed: u64, n: u8) -> KeyPair {
     KeyPair::from_seed(&key_seed)
 }
 
-/// Runs A → B under a server that tampers as `tamper` says: B accepts every offer. Both
-/// nodes' events, and their counters.
-fn run(tamper: Tamper) -> (Scenario, [fogconnect::Counters; 2]) {
-    let profile = Profile {
-        connect_timeout: Some(Duration::from_secs(10)),
-        ..Profile::default()
-    };
-    let mut s = Scenario::new(Preset::FullCone, Preset::FullCone, SEED, &profile);
+/// Puts a server that tampers as `tamper` says in `s` (with the answerer's key, as a hostile
+/// answerer has it) and waits until both nodes are ready.
+fn malicious(s: &mut Scenario, tamper: Tamper) {
     let server = Malicious {
         inner: Server::new(s.signal_config.clone()),
         tamper,
@@ -263,6 +258,17 @@ fn run(tamper: Tamper) -> (Scenario, [fogconnect::Counters; 2]) {
     };
     s.sim.set_signal_server(server);
     assert!(s.wait_ready());
+}
+
+/// Runs A → B under a server that tampers as `tamper` says: B accepts every offer. Both
+/// nodes' events, and their counters.
+fn run(tamper: Tamper) -> (Scenario, [fogconnect::Counters; 2]) {
+    let profile = Profile {
+        connect_timeout: Some(Duration::from_secs(10)),
+        ..Profile::default()
+    };
+    let mut s = Scenario::new(Preset::FullCone, Preset::FullCone, SEED, &profile);
+    malicious(&mut s, tamper);
     s.connect();
     s.run_for(Duration::from_secs(20));
     let counters = [0, 1].map(|i| s.with_node(i, |n, _| n.counters()));
@@ -390,19 +396,7 @@ fn a_hostile_peer_cannot_aim_our_probes_at_a_third_party() {
     // Behind a port-restricted cone, the offerer can only reach a random-port peer by a
     // birthday spray of its IP.
     let mut s = Scenario::new(Preset::PortRestrictedCone, Preset::FullCone, SEED, &profile);
-    let server = Malicious {
-        inner: Server::new(s.signal_config.clone()),
-        tamper: Tamper::AimAtVictim,
-        out: VecDeque::new(),
-        replays: Vec::new(),
-        flood: None,
-        answerer: node_key(SEED, 2),
-        offerer: s.hosts[0].1,
-        offer_key: None,
-        now: s.sim.now(),
-    };
-    s.sim.set_signal_server(server);
-    assert!(s.wait_ready());
+    malicious(&mut s, Tamper::AimAtVictim);
     let host = s.hosts[0].0;
     s.sim
         .with_machine(host, |m: &mut SimNode, _| m.log = Some(Observed::default()));
