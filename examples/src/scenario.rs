@@ -117,6 +117,8 @@ pub struct SimNode {
 pub struct Observed {
     /// The datagrams.
     pub datagrams: Vec<(SocketAddr, Vec<u8>)>,
+    /// When each of [`datagrams`](Self::datagrams) left.
+    pub sent_at: Vec<Instant>,
     /// The signaling frames.
     pub frames: Vec<String>,
 }
@@ -173,6 +175,7 @@ impl SansIo for SimNode {
         }
         if let Some(log) = &mut self.log {
             log.datagrams.push((t.destination, buf[..t.len].to_vec()));
+            log.sent_at.push(now);
         }
         Some(t)
     }

@@ -80,7 +80,9 @@ fn transaction_ids_do_not_predict_the_next_credentials() {
     s.run_for(Duration::from_secs(16));
     s.connect();
     s.run_for(Duration::from_secs(1));
-    let Observed { datagrams, frames } = s
+    let Observed {
+        datagrams, frames, ..
+    } = s
         .sim
         .with_machine(host, |m: &mut SimNode, _| m.log.take())
         .expect("logged");

@@ -414,6 +414,30 @@ fn a_hostile_peer_cannot_aim_our_probes_at_a_third_party() {
         .iter()
         .filter(|(to, _)| to.ip() == VICTIM.ip())
         .count();
+    // Per second: never more than the birthday spray's rate (two datagrams a probe) and a
+    // first burst of checks, whatever the peer claims.
+    let to_victim_at: Vec<Instant> = log
+        .datagrams
+        .iter()
+        .zip(&log.sent_at)
+        .filter(|((to, _), _)| to.ip() == VICTIM.ip())
+        .map(|(_, at)| *at)
+        .collect();
+    let per_second = to_victim_at
+        .iter()
+        .map(|&t| {
+            to_victim_at
+                .iter()
+                .filter(|&&u| u >= t && u < t + Duration::from_secs(1))
+                .count()
+        })
+        .max()
+        .unwrap_or(0);
+    let rate = fog_ice::strategy::StrategyConfig::default().spray_rate as usize;
+    assert!(
+        per_second <= 2 * rate + 64,
+        "{per_second} datagrams to the victim in one second"
+    );
     let counters = s.with_node(0, |n, _| n.counters());
     // The scenario's nodes keep the default budget.
     let budget = 2 * fog_ice::strategy::StrategyConfig::default().budget.probes
