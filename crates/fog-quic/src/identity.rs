@@ -249,13 +249,17 @@ impl TimeProvider for NoClock {
     }
 }
 
-/// The ring provider, the only crypto provider this crate uses.
+/// The ring provider, the only crypto provider this crate uses (STYLE.md: never aws-lc).
+///
+/// rustls 0.23.48 deprecates it for lacking post-quantum key exchange; our peers (and aioquic)
+/// agree on X25519 or the NIST curves, and the alternative providers are the aws-lc ones.
+#[allow(deprecated)]
 pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
 fn algorithms() -> WebPkiSupportedAlgorithms {
-    rustls::crypto::ring::default_provider().signature_verification_algorithms
+    provider().signature_verification_algorithms
 }
 
 /// Checks a TLS 1.3 handshake signature against the certificate's Ed25519 key, which must be
