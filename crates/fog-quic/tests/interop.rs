@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use fog_quic::{Config, ConnHandle, Endpoint, Event, Read, StreamError, StreamId, StreamKind};
 use fog_signal::{KeyPair, PeerId};
-use fog_test_support::{ChildGuard, scratch_file, skip_or_fail};
+use fog_test_support::{ChildGuard, peers_python, scratch_file, skip_or_fail};
 use sha2::{Digest, Sha256};
 
 const SERVICE: u16 = 7;
@@ -28,16 +28,6 @@ const MIB: usize = 1024 * 1024;
 /// Each test's own bound.
 const TEST_LIMIT: Duration = Duration::from_secs(25);
 const PEER: &str = include_str!("interop/aioquic_peer.py");
-
-fn peers_python() -> PathBuf {
-    let dir = std::env::var_os("FOG_PEERS_DIR")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/fogconnect-peers"))
-        })
-        .unwrap_or_else(|| PathBuf::from(".cache/fogconnect-peers"));
-    dir.join("venv/bin/python")
-}
 
 /// The venv's Python if it has aioquic 1.7.2, or `None` after saying why (skip or fail).
 fn aioquic(test: &str) -> Option<PathBuf> {
