@@ -42,6 +42,10 @@ struct Pair {
     seq: u64,
     events: [Vec<Event>; 2],
     datagrams: u64,
+    /// Datagrams whose first packet has a long header (first byte 192–255), and a short one
+    /// (64–127).
+    long_headers: u64,
+    short_headers: u64,
     buf: Vec<u8>,
 }
 
@@ -94,6 +98,8 @@ impl Pair {
             seq: 0,
             events: [Vec::new(), Vec::new()],
             datagrams: 0,
+            long_headers: 0,
+            short_headers: 0,
             buf: vec![0; 1500],
         }
     }
@@ -121,6 +127,11 @@ impl Pair {
                 );
                 assert_eq!(classify(&bytes, false), Protocol::Quic);
                 self.datagrams += 1;
+                if bytes[0] & 0x80 != 0 {
+                    self.long_headers += 1;
+                } else {
+                    self.short_headers += 1;
+                }
                 let from = self.addrs[i];
                 if self.link.rng.chance(self.link.loss * 100.0) {
                     continue;
@@ -331,6 +342,32 @@ fn stream_delivers_in_order_without_loss() {
     // No loss, but jitter reorders, which QUIC's packet threshold may take for loss.
     let (pair, _) = transfer_over(0.0, 3 * MIB, 1);
     assert!(pair.datagrams > 2_000);
+}
+
+/// fog-core's demux routes first bytes 64–127 (short header; 64–79 only when not from a TURN
+/// server) and 192–255 (long header) to QUIC; `Pair::step` checks every datagram either side
+/// emits against that and `classify`. Here both header forms must have been seen, so the check
+/// covered the handshake's long headers and the data's short ones, and the counters say the
+/// connection did its work.
+#[test]
+fn every_datagram_of_both_header_forms_is_routed_to_quic() {
+    let (pair, _) = transfer_over(0.0, 256 * 1024, 16);
+    assert!(
+        pair.long_headers >= 2,
+        "long headers: {}",
+        pair.long_headers
+    );
+    assert!(
+        pair.short_headers > 200,
+        "short headers: {}",
+        pair.short_headers
+    );
+    let stats = pair.eps[CLIENT]
+        .stats(pair.eps[CLIENT].connections().next().unwrap())
+        .unwrap();
+    assert!(stats.rtt >= Duration::from_millis(10) && stats.rtt < Duration::from_millis(50));
+    assert!(stats.bytes_sent > 256 * 1024 && stats.packets_sent > 200 && stats.cwnd > 0);
+    assert_eq!(stats.mtu, 1200);
 }
 
 #[test]
@@ -700,4 +737,43 @@ fn endpoint_without_services_refuses_to_serve() {
         reason.is_some()
     });
     assert_eq!(reason, Some(CloseReason::TimedOut));
+}
+
+/// A peer cannot grow our connections past `max_connections`: the next handshake is refused
+/// (CONNECTION_REFUSED, RFC 9000 §20.1) and the first connection is untouched.
+#[test]
+fn incoming_connections_are_bounded() {
+    let (s, c) = ids();
+    let server = Config {
+        max_connections: 1,
+        ..Config::default().with_service(SERVICE)
+    };
+    let mut pair = Pair::with(17, 0.0, server, Config::default(), &s, &c);
+    let (first_server, _) = pair.handshake();
+    let second = pair.connect();
+    let mut refused = None;
+    pair.run_until(Duration::from_secs(10), |p| {
+        for e in p.take_events(CLIENT) {
+            if let Event::Closed { conn, reason } = e {
+                assert_eq!(conn, second);
+                refused = Some(reason);
+            }
+        }
+        refused.is_some()
+    });
+    assert!(
+        matches!(
+            refused,
+            Some(CloseReason::Protocol {
+                code: 0x2,
+                by_peer: true,
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(
+        pair.eps[SERVER].connections().collect::<Vec<_>>(),
+        [first_server]
+    );
 }
