@@ -22,9 +22,9 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// Send a PING after this much quiet, to keep NAT bindings open; `None` sends none.
     pub keep_alive: Option<Duration>,
-    /// The largest UDP payload sent before the path is known to carry more (RFC 9000 §14: at
-    /// least 1200). Path MTU discovery is off: a relayed path cannot promise unfragmented
-    /// delivery.
+    /// The largest UDP payload sent (RFC 9000 §14: at least 1200), also advertised as our
+    /// `max_udp_payload_size` so peers keep to it. Path MTU discovery is off: a relayed path
+    /// (TURN adds its own headers) cannot promise unfragmented delivery of more.
     pub initial_mtu: u16,
     /// Bytes a peer may send on one stream beyond what the application has read.
     pub stream_receive_window: u32,
@@ -99,6 +99,10 @@ pub fn service_of_alpn(alpn: &[u8]) -> Option<u16> {
 pub enum ConfigError {
     /// `initial_mtu` is below QUIC's minimum of 1200 (RFC 9000 §14).
     MtuTooSmall(u16),
+    /// `initial_mtu` is above the largest UDP payload, 65527 (RFC 9000 §18.2).
+    MtuTooLarge(u16),
+    /// `idle_timeout` does not fit QUIC's 62-bit millisecond field (RFC 9000 §18.2).
+    IdleTimeoutTooLarge(Duration),
     /// `max_connections` is zero.
     NoConnections,
     /// The identity certificate or TLS configuration could not be built.
@@ -111,6 +115,13 @@ impl fmt::Display for ConfigError {
             ConfigError::MtuTooSmall(mtu) => {
                 write!(f, "initial MTU {mtu} is below QUIC's minimum of 1200")
             }
+            ConfigError::MtuTooLarge(mtu) => {
+                write!(
+                    f,
+                    "initial MTU {mtu} is above the largest UDP payload of 65527"
+                )
+            }
+            ConfigError::IdleTimeoutTooLarge(t) => write!(f, "idle timeout {t:?} is too large"),
             ConfigError::NoConnections => f.write_str("max_connections must be at least 1"),
             ConfigError::Tls(why) => write!(f, "TLS configuration: {why}"),
         }

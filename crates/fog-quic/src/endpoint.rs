@@ -351,7 +351,7 @@ impl Endpoint {
             // RFC 9443 §3 / fog-core's demux: the fixed bit stays set on every packet.
             .grease_quic_bit(false)
             .max_udp_payload_size(config.initial_mtu)
-            .map_err(|e| ConfigError::Tls(e.to_string()))?;
+            .map_err(|_| ConfigError::MtuTooLarge(config.initial_mtu))?;
         // quinn-proto calls the factory once per endpoint.
         let cid_rng = Mutex::new(Some(ChaCha20Rng::from_seed(cid_seed)));
         endpoint_config.cid_generator(move || {
@@ -925,8 +925,8 @@ impl Endpoint {
         })
     }
 
-    /// After a read: quinn-proto may now want to send flow-control credit; its events are
-    /// drained on the next pump (at the next input or poll_transmit).
+    /// After a read, which may have queued flow-control credit and events: drains them now,
+    /// at the time of the last input (reads take no `now`).
     fn pump_soon(&mut self, conn: ConnHandle) {
         let now = self.last_now;
         self.pump(conn, now);
@@ -1100,7 +1100,7 @@ fn authenticated(c: &Conn) -> Result<(PeerId, u16), CloseReason> {
 fn transport_config(config: &Config) -> Result<qp::TransportConfig, ConfigError> {
     let mut t = qp::TransportConfig::default();
     let idle = qp::IdleTimeout::try_from(config.idle_timeout)
-        .map_err(|_| ConfigError::Tls("idle timeout too large".into()))?;
+        .map_err(|_| ConfigError::IdleTimeoutTooLarge(config.idle_timeout))?;
     t.max_idle_timeout(Some(idle))
         .keep_alive_interval(config.keep_alive)
         .initial_mtu(config.initial_mtu)

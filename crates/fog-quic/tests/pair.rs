@@ -777,3 +777,44 @@ fn incoming_connections_are_bounded() {
         [first_server]
     );
 }
+
+#[test]
+fn invalid_configs_are_refused_with_their_reason() {
+    let id = KeyPair::from_seed(&[1; 32]);
+    let now = Instant::now();
+    let new = |config: Config| {
+        Endpoint::new(config, &id, [0; 32], now)
+            .map(|_| ())
+            .unwrap_err()
+    };
+    use fog_quic::ConfigError;
+    assert_eq!(
+        new(Config {
+            initial_mtu: 1199,
+            ..Config::default()
+        }),
+        ConfigError::MtuTooSmall(1199)
+    );
+    assert_eq!(
+        new(Config {
+            initial_mtu: 65_535,
+            ..Config::default()
+        }),
+        ConfigError::MtuTooLarge(65_535)
+    );
+    assert_eq!(
+        new(Config {
+            max_connections: 0,
+            ..Config::default()
+        }),
+        ConfigError::NoConnections
+    );
+    let forever = Duration::from_secs(u64::MAX / 1000);
+    assert_eq!(
+        new(Config {
+            idle_timeout: forever,
+            ..Config::default()
+        }),
+        ConfigError::IdleTimeoutTooLarge(forever)
+    );
+}
