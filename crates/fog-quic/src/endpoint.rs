@@ -558,9 +558,8 @@ impl Endpoint {
         stream: StreamId,
         code: u64,
     ) -> Result<(), StreamError> {
-        let code = qp::VarInt::from_u64(code).map_err(|_| StreamError::CodeTooLarge)?;
-        let c = self.live_stream(conn)?;
-        c.quinn
+        let (quinn, code) = self.coded(conn, code)?;
+        quinn
             .send_stream(stream.quinn())
             .reset(code)
             .map_err(|_| StreamError::UnknownStream)
@@ -573,12 +572,21 @@ impl Endpoint {
         stream: StreamId,
         code: u64,
     ) -> Result<(), StreamError> {
-        let code = qp::VarInt::from_u64(code).map_err(|_| StreamError::CodeTooLarge)?;
-        let c = self.live_stream(conn)?;
-        c.quinn
+        let (quinn, code) = self.coded(conn, code)?;
+        quinn
             .recv_stream(stream.quinn())
             .stop(code)
             .map_err(|_| StreamError::UnknownStream)
+    }
+
+    /// A live connection and an application error code checked to fit QUIC's 62 bits.
+    fn coded(
+        &mut self,
+        conn: ConnHandle,
+        code: u64,
+    ) -> Result<(&mut qp::Connection, qp::VarInt), StreamError> {
+        let code = qp::VarInt::from_u64(code).map_err(|_| StreamError::CodeTooLarge)?;
+        Ok((&mut self.live_stream(conn)?.quinn, code))
     }
 
     /// Reads in order into `buf`. Nothing to read yet: [`StreamError::Blocked`], and
