@@ -818,3 +818,40 @@ fn invalid_configs_are_refused_with_their_reason() {
         ConfigError::IdleTimeoutTooLarge(forever)
     );
 }
+
+/// The accepting side's owner moves the connection itself (the Node switched paths and knows the
+/// client's new address): datagrams go there at once, and the client's datagrams from there are
+/// taken as the connection's without waiting for quinn-proto's path validation.
+#[test]
+fn set_remote_on_the_accepting_side_moves_the_connection() {
+    let mut pair = Pair::new(18, 0.01);
+    let (server, client) = pair.handshake();
+    let mut t = Transfer::start(&mut pair, client, MIB, 18);
+    let new_addr: SocketAddr = "10.0.0.7:7777".parse().unwrap();
+    let mut moved = false;
+    pair.run_until(Duration::from_secs(120), |p| {
+        t.pump(p, client, server);
+        if !moved && t.received_len > MIB / 4 {
+            p.addrs[CLIENT] = new_addr;
+            let now = p.now;
+            p.eps[SERVER].set_remote(now, server, new_addr).unwrap();
+            moved = true;
+        }
+        t.done
+    });
+    assert!(moved);
+    assert_eq!(pair.eps[SERVER].remote(server), Some(new_addr));
+    let changes: Vec<_> = std::mem::take(&mut t.server_events)
+        .into_iter()
+        .filter(|e| matches!(e, Event::RemoteChanged { .. } | Event::Connected { .. }))
+        .collect();
+    // Only the owner's own move: no second handshake, no other address.
+    assert_eq!(
+        changes,
+        [Event::RemoteChanged {
+            conn: server,
+            remote: new_addr
+        }]
+    );
+    t.check();
+}
