@@ -57,6 +57,12 @@ enum Op {
         b: bool,
         stream: u8,
     },
+    /// Any stream id the caller may make up, on the side's newest connection.
+    RawStream {
+        b: bool,
+        id: u64,
+        action: u8,
+    },
     Datagram {
         b: bool,
         len: u16,
@@ -223,6 +229,19 @@ fuzz_target!(|ops: Vec<Op>| {
                     while let Ok(Read::Data(n)) = s.ep.read(c, id, &mut scratch) {
                         assert!(n <= scratch.len());
                     }
+                }
+            }
+            Op::RawStream { b, id, action } => {
+                let s = &mut sides[usize::from(b)];
+                if let Some(c) = s.conn() {
+                    let id = StreamId(id);
+                    let _ = match action % 5 {
+                        0 => s.ep.write(c, id, b"raw").map(|_| ()),
+                        1 => s.ep.finish(c, id),
+                        2 => s.ep.reset(c, id, 1),
+                        3 => s.ep.stop(c, id, 1),
+                        _ => s.ep.read(c, id, &mut scratch).map(|_| ()),
+                    };
                 }
             }
             Op::Datagram { b, len } => {

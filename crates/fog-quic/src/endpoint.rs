@@ -84,6 +84,13 @@ impl StreamKind {
     }
 }
 
+/// Which half of a stream an operation uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Half {
+    Send,
+    Recv,
+}
+
 /// What [`Endpoint::read`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Read {
@@ -525,7 +532,7 @@ impl Endpoint {
         stream: StreamId,
         data: &[u8],
     ) -> Result<usize, StreamError> {
-        let c = self.live_stream(conn)?;
+        let c = self.live_half(conn, stream, Half::Send)?;
         let n = c
             .quinn
             .send_stream(stream.quinn())
@@ -540,7 +547,7 @@ impl Endpoint {
 
     /// Says that nothing more will be written: the peer reads [`Read::Finished`] after the data.
     pub fn finish(&mut self, conn: ConnHandle, stream: StreamId) -> Result<(), StreamError> {
-        let c = self.live_stream(conn)?;
+        let c = self.live_half(conn, stream, Half::Send)?;
         c.quinn
             .send_stream(stream.quinn())
             .finish()
@@ -558,7 +565,7 @@ impl Endpoint {
         stream: StreamId,
         code: u64,
     ) -> Result<(), StreamError> {
-        let (quinn, code) = self.coded(conn, code)?;
+        let (quinn, code) = self.coded(conn, stream, Half::Send, code)?;
         quinn
             .send_stream(stream.quinn())
             .reset(code)
@@ -572,7 +579,7 @@ impl Endpoint {
         stream: StreamId,
         code: u64,
     ) -> Result<(), StreamError> {
-        let (quinn, code) = self.coded(conn, code)?;
+        let (quinn, code) = self.coded(conn, stream, Half::Recv, code)?;
         quinn
             .recv_stream(stream.quinn())
             .stop(code)
@@ -583,10 +590,12 @@ impl Endpoint {
     fn coded(
         &mut self,
         conn: ConnHandle,
+        stream: StreamId,
+        half: Half,
         code: u64,
     ) -> Result<(&mut qp::Connection, qp::VarInt), StreamError> {
         let code = qp::VarInt::from_u64(code).map_err(|_| StreamError::CodeTooLarge)?;
-        Ok((&mut self.live_stream(conn)?.quinn, code))
+        Ok((&mut self.live_half(conn, stream, half)?.quinn, code))
     }
 
     /// Reads in order into `buf`. Nothing to read yet: [`StreamError::Blocked`], and
@@ -597,7 +606,7 @@ impl Endpoint {
         stream: StreamId,
         buf: &mut [u8],
     ) -> Result<Read, StreamError> {
-        let c = self.live_stream(conn)?;
+        let c = self.live_half(conn, stream, Half::Recv)?;
         if c.ended.remove(&stream) {
             return Ok(Read::Finished);
         }
@@ -931,6 +940,30 @@ impl Endpoint {
             }
             ConnError::Closed => StreamError::Closed,
         })
+    }
+
+    /// A live connection on which this side may use `half` of `stream`: quinn-proto asserts
+    /// that nobody writes to a peer's unidirectional stream or reads from its own, and the
+    /// stream id is the caller's, so that is checked here and refused with a typed error.
+    fn live_half(
+        &mut self,
+        conn: ConnHandle,
+        stream: StreamId,
+        half: Half,
+    ) -> Result<&mut Conn, StreamError> {
+        let c = self.live_stream(conn)?;
+        let id = stream.quinn();
+        let ours = id.initiator() == c.quinn.side();
+        let allowed = id.dir() == qp::Dir::Bi
+            || match half {
+                Half::Send => ours,
+                Half::Recv => !ours,
+            };
+        if allowed {
+            Ok(c)
+        } else {
+            Err(StreamError::WrongDirection)
+        }
     }
 
     /// After a read, which may have queued flow-control credit and events: drains them now,

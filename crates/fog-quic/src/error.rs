@@ -60,6 +60,9 @@ pub enum StreamError {
     Closed,
     /// No such stream in this direction, or it is already finished or reset.
     UnknownStream,
+    /// A unidirectional stream used the wrong way: a write to one the peer opened, or a read
+    /// from one we opened.
+    WrongDirection,
     /// Flow control or the send window is full (write), or nothing has arrived yet (read);
     /// [`Event::Writable`](crate::Event::Writable) or
     /// [`Event::Readable`](crate::Event::Readable) follows.
@@ -81,6 +84,9 @@ impl fmt::Display for StreamError {
             StreamError::UnknownConnection => f.write_str("no such connection"),
             StreamError::Closed => f.write_str("connection closed"),
             StreamError::UnknownStream => f.write_str("no such stream, or it is closed"),
+            StreamError::WrongDirection => {
+                f.write_str("a unidirectional stream only carries data from its opener")
+            }
             StreamError::Blocked => f.write_str("blocked: wait for the stream's event"),
             StreamError::Limit => f.write_str("the peer allows no more streams now"),
             StreamError::Stopped(code) => write!(f, "peer stopped the stream (code {code})"),

@@ -855,3 +855,55 @@ fn set_remote_on_the_accepting_side_moves_the_connection() {
     );
     t.check();
 }
+
+/// Stream ids come from the caller: using a unidirectional stream against its direction, or an
+/// id that was never opened, is a typed error, never a panic inside quinn-proto.
+#[test]
+fn misused_stream_ids_are_refused() {
+    let mut pair = Pair::new(19, 0.0);
+    let (server, client) = pair.handshake();
+    let ours = pair.eps[CLIENT]
+        .open(client, StreamKind::Unidirectional)
+        .unwrap();
+    pair.eps[CLIENT].write(client, ours, b"x").unwrap();
+    let mut buf = [0u8; 8];
+    assert_eq!(
+        pair.eps[CLIENT].read(client, ours, &mut buf),
+        Err(StreamError::WrongDirection)
+    );
+    assert_eq!(
+        pair.eps[CLIENT].stop(client, ours, 0),
+        Err(StreamError::WrongDirection)
+    );
+    let mut theirs = None;
+    pair.run_until(Duration::from_secs(5), |p| {
+        for e in p.take_events(SERVER) {
+            if let Event::StreamOpened { stream, .. } = e {
+                theirs = Some(stream);
+            }
+        }
+        theirs.is_some()
+    });
+    let theirs = theirs.unwrap();
+    assert_eq!(
+        pair.eps[SERVER].write(server, theirs, b"no"),
+        Err(StreamError::WrongDirection)
+    );
+    assert_eq!(
+        pair.eps[SERVER].finish(server, theirs),
+        Err(StreamError::WrongDirection)
+    );
+    assert_eq!(
+        pair.eps[SERVER].reset(server, theirs, 0),
+        Err(StreamError::WrongDirection)
+    );
+    // Never opened, and beyond QUIC's 62 bits.
+    for id in [StreamId(400), StreamId(u64::MAX)] {
+        assert!(pair.eps[CLIENT].write(client, id, b"?").is_err());
+        assert!(pair.eps[CLIENT].read(client, id, &mut buf).is_err());
+    }
+    assert_eq!(
+        pair.eps[CLIENT].reset(client, ours, 1 << 62),
+        Err(StreamError::CodeTooLarge)
+    );
+}
