@@ -498,7 +498,13 @@ impl Endpoint {
         }
         c.remote = remote;
         c.quinn.path_changed(now);
-        c.quinn.ping();
+        // A PING shows the peer the new path at once. Not while handshaking: the handshake's own
+        // retransmissions do that, and quinn-proto 0.11.19 arms its probe timer wrongly for a
+        // PING queued then (its debug assertion in `pto_time_and_space`, found by quic_ops;
+        // quinn-rs/quinn#2658 reports the same assertion after a migration).
+        if !c.quinn.is_handshaking() {
+            c.quinn.ping();
+        }
         self.events.push_back(Event::RemoteChanged { conn, remote });
         self.pump(conn, now);
         Ok(())

@@ -907,3 +907,28 @@ fn misused_stream_ids_are_refused() {
         Err(StreamError::CodeTooLarge)
     );
 }
+
+/// The owner may move a connection before its handshake completes (a direct path found while
+/// the relayed handshake is in flight); the handshake finishes on the new path.
+#[test]
+fn set_remote_during_the_handshake() {
+    let mut pair = Pair::new(20, 0.0);
+    let client = pair.connect();
+    // The first flight leaves for the old address, then the server moves.
+    assert!(pair.step());
+    let new_addr: SocketAddr = "10.0.0.5:4444".parse().unwrap();
+    pair.addrs[SERVER] = new_addr;
+    let now = pair.now;
+    pair.eps[CLIENT].set_remote(now, client, new_addr).unwrap();
+    let mut connected = [false, false];
+    pair.run_until(Duration::from_secs(30), |p| {
+        for side in [SERVER, CLIENT] {
+            for e in p.take_events(side) {
+                assert!(!matches!(e, Event::Closed { .. }), "{e:?}");
+                connected[side] |= matches!(e, Event::Connected { .. });
+            }
+        }
+        connected == [true, true]
+    });
+    assert_eq!(pair.eps[CLIENT].remote(client), Some(new_addr));
+}
