@@ -69,8 +69,10 @@ fn key_from_hex(text: &str) -> PeerId {
 fn wait_line(child: &mut ChildGuard, prefix: &str) -> String {
     let started = Instant::now();
     loop {
-        if let Some(rest) = child
-            .stdout_text()
+        // Only whole lines: the child's print may be read while it is half written.
+        let text = child.stdout_text();
+        let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+        if let Some(rest) = complete
             .lines()
             .find_map(|l| l.strip_prefix(prefix).map(str::to_owned))
         {
