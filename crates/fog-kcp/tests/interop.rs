@@ -17,7 +17,6 @@
 use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::net::{SocketAddr, UdpSocket};
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,7 +24,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use fog_kcp::{Config, Kcp, Mode, SendError};
-use fog_test_support::{ChildGuard, SplitMix, scratch_file, skip_or_fail};
+use fog_test_support::{ChildGuard, SplitMix, peers_python, scratch_file, skip_or_fail};
 use sha2::{Digest, Sha256};
 
 const CONV: u32 = 0x4b43_5021;
@@ -556,16 +555,6 @@ while time.monotonic() < deadline:
 print("TIMEOUT queued", queued, "echoed", echoed, flush=True)
 sys.exit(3)
 "#;
-
-fn peers_python() -> PathBuf {
-    let dir = std::env::var_os("FOG_PEERS_DIR")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/fogconnect-peers"))
-        })
-        .unwrap_or_else(|| PathBuf::from(".cache/fogconnect-peers"));
-    dir.join("venv/bin/python")
-}
 
 fn with_ikcp(test: &str, we_send: bool, loss: u64) {
     ikcp_case(test, we_send, loss, Mode::Message);

@@ -37,7 +37,7 @@ pub use process::{
 };
 pub use rng::SplitMix;
 pub use stun::{START_TIMEOUT, Server, all_answer, answers_stun, coturn_args, free_port_pair};
-pub use tools::{find_tool, interop_tools, say_skipped, skip_or_fail};
+pub use tools::{find_tool, interop_tools, peers_python, say_skipped, skip_or_fail};
 
 /// The first loopback address, where every server listens.
 pub const A1: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1));

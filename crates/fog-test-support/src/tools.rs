@@ -3,6 +3,18 @@
 use std::io::{self, Write};
 use std::path::PathBuf;
 
+/// The Python of the interop peers' virtual environment that `.ci/run apt` makes:
+/// `$FOG_PEERS_DIR/venv/bin/python`, by default under `~/.cache/fogconnect-peers`.
+pub fn peers_python() -> PathBuf {
+    let dir = std::env::var_os("FOG_PEERS_DIR")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/fogconnect-peers"))
+        })
+        .unwrap_or_else(|| PathBuf::from(".cache/fogconnect-peers"));
+    dir.join("venv/bin/python")
+}
+
 /// Where an external tool is: on PATH, or in the sbin directories a non-root PATH may lack
 /// (Debian installs stund in /usr/sbin).
 pub fn find_tool(name: &str) -> Option<PathBuf> {
