@@ -6,20 +6,16 @@
 // Tests read the wall clock for their own deadlines.
 #![allow(clippy::disallowed_methods)]
 
-use std::net::{SocketAddr, TcpListener};
+mod common;
+
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use fog_test_support::{A1, A2, ChildGuard, free_port_pair, run_command, spawn_listening};
-
-/// How long any one step may take.
-const WAIT: Duration = Duration::from_secs(30);
-
-fn manifest_dir() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
+use common::{WAIT, fogd, manifest_dir};
+use fog_test_support::{A1, ChildGuard, run_command};
 
 /// The examples' executables, compiled once per test process.
 fn examples() -> &'static Path {
@@ -53,37 +49,6 @@ fn examples() -> &'static Path {
         }
         dir
     })
-}
-
-/// fogd with STUN on two loopback addresses and signaling, on free ports: the child, the STUN
-/// server and the signaling address.
-fn fogd() -> (ChildGuard, SocketAddr, SocketAddr) {
-    let exe = fog_test_support::fogd_exe(
-        &std::env::current_exe().expect("the test's own path"),
-        manifest_dir(),
-    );
-    for attempt in 0..5 {
-        let (p1, p2) = free_port_pair();
-        let signal = TcpListener::bind((A1, 0))
-            .and_then(|l| l.local_addr())
-            .expect("a free TCP port");
-        let stun = SocketAddr::new(A1, p1);
-        let mut command = Command::new(&exe);
-        command.args([
-            "--stun",
-            &stun.to_string(),
-            "--stun-alt",
-            &SocketAddr::new(A2, p2).to_string(),
-            "--signal",
-            &signal.to_string(),
-        ]);
-        if let Some(child) =
-            spawn_listening(&format!("fogd-ffi-{attempt}"), &mut command, signal, WAIT)
-        {
-            return (child, stun, signal);
-        }
-    }
-    panic!("fogd could not start on free ports");
 }
 
 /// Starts example `name` with `args`.
