@@ -293,16 +293,18 @@ impl Table {
         match event {
             Event::Ready { behaviour, public } => {
                 context.nat = Some(behaviour.to_string());
-                context.add_candidate("host", handle.local_addr());
+                context.add_candidate(CandidateKind::Host.name(), handle.local_addr());
                 if let Some(public) = public {
-                    context.add_candidate("srflx", public);
+                    context.add_candidate(CandidateKind::ServerReflexive.name(), public);
                 }
             }
-            Event::RelayReady { relayed } => context.add_candidate("relay", relayed),
+            Event::RelayReady { relayed } => {
+                context.add_candidate(CandidateKind::Relayed.name(), relayed)
+            }
             Event::CandidatesChanged { added, removed } => {
                 context.candidates.retain(|(_, a)| !removed.contains(a));
                 for c in added {
-                    context.add_candidate(kind_name(c.kind), c.addr);
+                    context.add_candidate(c.kind.name(), c.addr);
                 }
             }
             Event::SignalingUp => {
@@ -503,15 +505,7 @@ impl Context {
                 data: with_nul(data),
             }),
             FC_EVENT_CONNECTED | FC_EVENT_DATA | FC_EVENT_PATH_CHANGED => {
-                if let Some((cb, arg)) = conn.on_event {
-                    calls.push(Call::Event {
-                        conn: key,
-                        cb,
-                        arg,
-                        event,
-                        data: with_nul(data),
-                    });
-                }
+                calls.extend(event_call(key, conn, event, data));
             }
             _ => terminal(key, conn, event, data, calls),
         }
@@ -527,16 +521,22 @@ fn terminal(key: fc_conn, conn: &Conn, event: c_int, data: &[u8], calls: &mut Ve
             cb: conn.on_close,
             event,
         });
-    } else if let Some((cb, arg)) = conn.on_event {
-        calls.push(Call::Event {
-            conn: key,
-            cb,
-            arg,
-            event,
-            data: with_nul(data),
-        });
+    } else {
+        calls.extend(event_call(key, conn, event, data));
     }
     calls.push(Call::Forget(key));
+}
+
+/// The call of a handle's event callback, if it has one.
+fn event_call(key: fc_conn, conn: &Conn, event: c_int, data: &[u8]) -> Option<Call> {
+    let (cb, arg) = conn.on_event?;
+    Some(Call::Event {
+        conn: key,
+        cb,
+        arg,
+        event,
+        data: with_nul(data),
+    })
 }
 
 /// `data` and a NUL after it (not counted in the length), so text prints as it is.
@@ -615,15 +615,5 @@ impl Call {
             | Call::Close { cb: None, .. }
             | Call::Passive { cb: None, .. } => {}
         }
-    }
-}
-
-fn kind_name(kind: CandidateKind) -> &'static str {
-    match kind {
-        CandidateKind::Host => "host",
-        CandidateKind::ServerReflexive => "srflx",
-        CandidateKind::PeerReflexive => "prflx",
-        CandidateKind::Predicted => "predicted",
-        CandidateKind::Relayed => "relay",
     }
 }

@@ -16,6 +16,12 @@ fn text(code: i32) -> String {
         .to_owned()
 }
 
+/// `fc_connect` without callbacks: a handle, or a negative code.
+fn dial(ctx: *mut fc_context, peer: &CStr, protocol: i32, service: i32) -> i64 {
+    // SAFETY: `peer` is NUL-terminated.
+    unsafe { fc_connect(ctx, peer.as_ptr(), protocol, service, None, null_mut()) }
+}
+
 #[test]
 fn null_pointers_are_refused() {
     let ctx = fc_init();
@@ -78,7 +84,6 @@ fn bad_strings_and_arguments_are_refused() {
             ),
             FC_ERR_INVALID_ARGUMENT
         );
-        let peer = c"bob".as_ptr();
         // The protocol is checked first: the unsupported ones say so even before a start.
         for protocol in [
             FC_PROTOCOL_QUIC,
@@ -88,27 +93,21 @@ fn bad_strings_and_arguments_are_refused() {
             FC_PROTOCOL_RTC,
         ] {
             assert_eq!(
-                fc_connect(ctx, peer, protocol, 1, None, null_mut()),
+                dial(ctx, c"bob", protocol, 1),
                 i64::from(FC_ERR_UNSUPPORTED_PROTOCOL)
             );
         }
-        assert_eq!(
-            fc_connect(ctx, peer, 0, 1, None, null_mut()),
-            i64::from(FC_ERR_INVALID_ARGUMENT)
-        );
-        assert_eq!(
-            fc_connect(ctx, peer, 99, 1, None, null_mut()),
-            i64::from(FC_ERR_INVALID_ARGUMENT)
-        );
+        assert_eq!(dial(ctx, c"bob", 0, 1), i64::from(FC_ERR_INVALID_ARGUMENT));
+        assert_eq!(dial(ctx, c"bob", 99, 1), i64::from(FC_ERR_INVALID_ARGUMENT));
         // The convention number has 8 bits for the service.
         for service in [-1, 256] {
             assert_eq!(
-                fc_connect(ctx, peer, FC_PROTOCOL_DATAGRAM, service, None, null_mut()),
+                dial(ctx, c"bob", FC_PROTOCOL_DATAGRAM, service),
                 i64::from(FC_ERR_INVALID_ARGUMENT)
             );
         }
         assert_eq!(
-            fc_connect(ctx, c"".as_ptr(), FC_PROTOCOL_DATAGRAM, 1, None, null_mut()),
+            dial(ctx, c"", FC_PROTOCOL_DATAGRAM, 1),
             i64::from(FC_ERR_INVALID_ARGUMENT)
         );
         // A datagram longer than the node takes, before looking at the handle.
@@ -165,14 +164,7 @@ fn calls_before_start_say_not_started() {
     // SAFETY: literals and `buf`, with its length.
     unsafe {
         assert_eq!(
-            fc_connect(
-                ctx,
-                c"bob".as_ptr(),
-                FC_PROTOCOL_DATAGRAM,
-                1,
-                None,
-                null_mut()
-            ),
+            dial(ctx, c"bob", FC_PROTOCOL_DATAGRAM, 1),
             i64::from(FC_ERR_NOT_STARTED)
         );
         assert_eq!(
@@ -250,14 +242,7 @@ fn a_released_context_answers_invalid_context() {
             FC_ERR_INVALID_CONTEXT
         );
         assert_eq!(
-            fc_connect(
-                ctx,
-                c"bob".as_ptr(),
-                FC_PROTOCOL_DATAGRAM,
-                1,
-                None,
-                null_mut()
-            ),
+            dial(ctx, c"bob", FC_PROTOCOL_DATAGRAM, 1),
             i64::from(FC_ERR_INVALID_CONTEXT)
         );
     }

@@ -5,14 +5,13 @@
 // Tests read the wall clock for their own deadlines.
 #![allow(clippy::disallowed_methods)]
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
 use fog_runtime::{Runtime, RuntimeConfig};
-use fog_test_support::{A1, A2, ChildGuard, free_port_pair};
+use fog_test_support::ChildGuard;
 use fogconnect::{
     AcceptPolicy, CloseReason, ConnectionId, Event, FailReason, KeyPair, NodeConfig, Via,
 };
@@ -26,29 +25,7 @@ fn fogd_with(extra: &[&str]) -> (ChildGuard, SocketAddr, SocketAddr) {
         &std::env::current_exe().expect("the test's own path"),
         Path::new(env!("CARGO_MANIFEST_DIR")),
     );
-    for attempt in 0..5 {
-        let (p1, p2) = free_port_pair();
-        let signal = TcpListener::bind((A1, 0))
-            .and_then(|l| l.local_addr())
-            .unwrap();
-        let stun = SocketAddr::new(A1, p1);
-        let mut command = Command::new(&exe);
-        command
-            .args([
-                "--stun",
-                &stun.to_string(),
-                "--stun-alt",
-                &SocketAddr::new(A2, p2).to_string(),
-                "--signal",
-                &signal.to_string(),
-            ])
-            .args(extra);
-        let name = format!("fogd-runtime-{attempt}");
-        if let Some(child) = fog_test_support::spawn_listening(&name, &mut command, signal, WAIT) {
-            return (child, stun, signal);
-        }
-    }
-    panic!("fogd could not start on free ports");
+    fog_test_support::fogd_on_loopback(&exe, "fogd-runtime", extra, WAIT)
 }
 
 /// fogd with plain signaling; the child, the STUN server and the ws URL.

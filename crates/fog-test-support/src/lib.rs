@@ -36,7 +36,9 @@ pub use process::{
     self_signed_cert, spawn_listening, target_dir_of,
 };
 pub use rng::SplitMix;
-pub use stun::{START_TIMEOUT, Server, all_answer, answers_stun, coturn_args, free_port_pair};
+pub use stun::{
+    START_TIMEOUT, Server, all_answer, answers_stun, coturn_args, fogd_on_loopback, free_port_pair,
+};
 pub use tools::{find_tool, interop_tools, say_skipped, skip_or_fail};
 
 /// The first loopback address, where every server listens.

@@ -180,3 +180,38 @@ pub fn coturn_args(p1: u16, p2: u16) -> Vec<String> {
     .map(String::from)
     .to_vec()
 }
+
+/// fogd (the binary at `fogd`) on loopback with free ports: STUN on A1 and A2 (RFC 5780's two
+/// addresses) and signaling on A1, plus `extra` arguments; retries with new ports when another
+/// process took one. The child (named `name-<attempt>`), the primary STUN address and the
+/// signaling address.
+pub fn fogd_on_loopback(
+    fogd: &Path,
+    name: &str,
+    extra: &[&str],
+    timeout: Duration,
+) -> (ChildGuard, SocketAddr, SocketAddr) {
+    for attempt in 0..5 {
+        let (p1, p2) = free_port_pair();
+        let signal = std::net::TcpListener::bind((A1, 0))
+            .and_then(|l| l.local_addr())
+            .expect("a free TCP port");
+        let stun = SocketAddr::new(A1, p1);
+        let mut command = Command::new(fogd);
+        command
+            .args([
+                "--stun",
+                &stun.to_string(),
+                "--stun-alt",
+                &SocketAddr::new(A2, p2).to_string(),
+                "--signal",
+                &signal.to_string(),
+            ])
+            .args(extra);
+        let label = format!("{name}-{attempt}");
+        if let Some(child) = crate::spawn_listening(&label, &mut command, signal, timeout) {
+            return (child, stun, signal);
+        }
+    }
+    panic!("fogd could not start on free ports");
+}

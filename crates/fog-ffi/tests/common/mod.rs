@@ -1,11 +1,10 @@
 //! What the fog-ffi integration tests share: a fogd on loopback.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use fog_test_support::{A1, A2, ChildGuard, free_port_pair, spawn_listening};
+use fog_test_support::ChildGuard;
 
 /// How long any one step may take.
 pub(crate) const WAIT: Duration = Duration::from_secs(30);
@@ -22,26 +21,5 @@ pub(crate) fn fogd() -> (ChildGuard, SocketAddr, SocketAddr) {
         &std::env::current_exe().expect("the test's own path"),
         manifest_dir(),
     );
-    for attempt in 0..5 {
-        let (p1, p2) = free_port_pair();
-        let signal = TcpListener::bind((A1, 0))
-            .and_then(|l| l.local_addr())
-            .expect("a free TCP port");
-        let stun = SocketAddr::new(A1, p1);
-        let mut command = Command::new(&exe);
-        command.args([
-            "--stun",
-            &stun.to_string(),
-            "--stun-alt",
-            &SocketAddr::new(A2, p2).to_string(),
-            "--signal",
-            &signal.to_string(),
-        ]);
-        if let Some(child) =
-            spawn_listening(&format!("fogd-ffi-{attempt}"), &mut command, signal, WAIT)
-        {
-            return (child, stun, signal);
-        }
-    }
-    panic!("fogd could not start on free ports");
+    fog_test_support::fogd_on_loopback(&exe, "fogd-ffi", &[], WAIT)
 }
