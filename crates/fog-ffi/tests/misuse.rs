@@ -22,6 +22,13 @@ fn dial(ctx: *mut fc_context, peer: &CStr, protocol: i32, service: i32) -> i64 {
     unsafe { fc_connect(ctx, peer.as_ptr(), protocol, service, None, null_mut()) }
 }
 
+/// `fc_signal_init` without a CA file, with an optional server key.
+fn start(ctx: *mut fc_context, url: &CStr, stun: &CStr, server_key: Option<&CStr>) -> i32 {
+    let key = server_key.map_or(null(), CStr::as_ptr);
+    // SAFETY: NUL-terminated strings, or null for the key.
+    unsafe { fc_signal_init(ctx, url.as_ptr(), stun.as_ptr(), null(), key) }
+}
+
 #[test]
 fn null_pointers_are_refused() {
     let ctx = fc_init();
@@ -65,22 +72,15 @@ fn bad_strings_and_arguments_are_refused() {
         assert_eq!(fc_set_id(ctx, not_utf8), FC_ERR_INVALID_ARGUMENT);
         assert_eq!(fc_set_id(ctx, c"".as_ptr()), FC_ERR_INVALID_ARGUMENT);
         assert_eq!(
-            fc_signal_init(
-                ctx,
-                c"http://x/".as_ptr(),
-                c"127.0.0.1".as_ptr(),
-                null(),
-                null()
-            ),
+            start(ctx, c"http://x/", c"127.0.0.1", None),
             FC_ERR_INVALID_ARGUMENT
         );
         assert_eq!(
-            fc_signal_init(
+            start(
                 ctx,
-                c"ws://127.0.0.1:9/ws".as_ptr(),
-                c"127.0.0.1".as_ptr(),
-                null(),
-                c"not a peer id".as_ptr()
+                c"ws://127.0.0.1:9/ws",
+                c"127.0.0.1",
+                Some(c"not a peer id")
             ),
             FC_ERR_INVALID_ARGUMENT
         );
@@ -232,13 +232,7 @@ fn a_released_context_answers_invalid_context() {
             FC_ERR_INVALID_CONTEXT
         );
         assert_eq!(
-            fc_signal_init(
-                ctx,
-                c"ws://127.0.0.1:9/ws".as_ptr(),
-                c"127.0.0.1".as_ptr(),
-                null(),
-                null()
-            ),
+            start(ctx, c"ws://127.0.0.1:9/ws", c"127.0.0.1", None),
             FC_ERR_INVALID_CONTEXT
         );
         assert_eq!(
