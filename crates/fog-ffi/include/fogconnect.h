@@ -209,6 +209,13 @@
 #define FC_PROTOCOL_DATAGRAM 6
 
 /*
+ The most received datagrams that wait for a context's callbacks; while that many wait (the
+ callbacks are slower than the peers), further ones are dropped, as the network may drop
+ any datagram. Events other than data are never dropped.
+ */
+#define FC_MAX_QUEUED_DATA 1024
+
+/*
  The longest datagram `fc_send` takes.
  */
 #define FC_MAX_DATAGRAM 1366
@@ -478,7 +485,9 @@ int fc_wait_ready(struct fc_context *ctx, uint32_t timeout_ms);
  Dials `peer` (a peer ID, or an alias the signaling server resolves) for `service` (0–255)
  over `protocol`; its events go to `cb` with `arg`. Returns the handle at once (positive),
  or a negative `FC_ERR_*`; a dial that fails later ends with `FC_EVENT_ERROR` or
- `FC_EVENT_TIMEOUT`.
+ `FC_EVENT_TIMEOUT`. An alias is looked up once the signaling server has accepted the node
+ (again after a reconnection); the connect timeout starts when it resolves, so a dial by
+ alias waits as long as signaling is down (`fc_disconnect` ends it).
 
  # Safety
 
@@ -611,6 +620,12 @@ int fc_refuse(fc_conn conn, uint32_t code);
  `buf` is NULL or points to `len` writable bytes.
  */
 int fc_nat_report(struct fc_context *ctx, char *buf, size_t len);
+
+/*
+ How many received datagrams the context dropped because `FC_MAX_QUEUED_DATA` of them
+ were already waiting for its callbacks; or a negative `FC_ERR_*`.
+ */
+int64_t fc_get_dropped(struct fc_context *ctx);
 
 /*
  Ends a context: closes its connections (telling the peers), stops its node, and forgets

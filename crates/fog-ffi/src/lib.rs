@@ -143,6 +143,11 @@ pub const FC_PROTOCOL_RTC: c_int = 5;
 /// Sealed datagrams: what the node carries today.
 pub const FC_PROTOCOL_DATAGRAM: c_int = 6;
 
+/// The most received datagrams that wait for a context's callbacks; while that many wait (the
+/// callbacks are slower than the peers), further ones are dropped, as the network may drop
+/// any datagram. Events other than data are never dropped.
+pub const FC_MAX_QUEUED_DATA: usize = 1024;
+
 /// The longest datagram `fc_send` takes.
 pub const FC_MAX_DATAGRAM: usize = 1366;
 // A literal for cbindgen, which cannot evaluate another crate's constant; kept equal here.
@@ -495,9 +500,13 @@ fn start(
     let mut config = RuntimeConfig::new(node, url);
     config.tls_roots = tls_roots;
     let (tx, rx) = mpsc::channel();
+    let gate = state::DataGate::default();
+    let admit = gate.clone();
     // The runtime's thread only queues the event: C runs on the event thread (crate docs).
     let runtime = Runtime::start_with_callback(config, move |event| {
-        let _ = tx.send(event);
+        if admit.admit(matches!(event, fogconnect::Event::Data { .. })) {
+            let _ = tx.send(event);
+        }
     })
     .map_err(|e| {
         back_to_idle(match e {
@@ -514,7 +523,7 @@ fn start(
         return Err(Error::InvalidContext);
     };
     // The event thread waits for the table, which is ours until the context is running.
-    let events = match state::spawn_events(n, rx, context.released.clone()) {
+    let events = match state::spawn_events(n, rx, gate.clone(), context.released.clone()) {
         Ok(events) => events,
         Err(_) => {
             context.phase = Phase::Idle;
@@ -527,6 +536,7 @@ fn start(
         handle,
         runtime,
         events,
+        gate,
     }));
     Ok(())
 }
@@ -569,7 +579,9 @@ pub extern "C" fn fc_wait_ready(ctx: *mut fc_context, timeout_ms: u32) -> c_int 
 /// Dials `peer` (a peer ID, or an alias the signaling server resolves) for `service` (0–255)
 /// over `protocol`; its events go to `cb` with `arg`. Returns the handle at once (positive),
 /// or a negative `FC_ERR_*`; a dial that fails later ends with `FC_EVENT_ERROR` or
-/// `FC_EVENT_TIMEOUT`.
+/// `FC_EVENT_TIMEOUT`. An alias is looked up once the signaling server has accepted the node
+/// (again after a reconnection); the connect timeout starts when it resolves, so a dial by
+/// alias waits as long as signaling is down (`fc_disconnect` ends it).
 ///
 /// # Safety
 ///
@@ -920,6 +932,22 @@ pub unsafe extern "C" fn fc_nat_report(
             unsafe { c::str_out(buf, len, &report) }
         },
     )
+}
+
+/// How many received datagrams the context dropped because `FC_MAX_QUEUED_DATA` of them
+/// were already waiting for its callbacks; or a negative `FC_ERR_*`.
+#[unsafe(no_mangle)]
+pub extern "C" fn fc_get_dropped(ctx: *mut fc_context) -> i64 {
+    guard(i64::from, || {
+        let n = context_number(ctx)?;
+        let mut table = table();
+        match &table.context(n)?.phase {
+            Phase::Running(running) => {
+                Ok(i64::try_from(running.gate.dropped()).unwrap_or(i64::MAX))
+            }
+            _ => Err(Error::NotStarted),
+        }
+    })
 }
 
 /// Ends a context: closes its connections (telling the peers), stops its node, and forgets

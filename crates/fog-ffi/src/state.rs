@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::ffi::{CString, c_int};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
@@ -81,6 +81,7 @@ pub(crate) struct Running {
     pub(crate) handle: Handle,
     pub(crate) runtime: Runtime,
     pub(crate) events: JoinHandle<()>,
+    pub(crate) gate: DataGate,
 }
 
 /// One connection handle.
@@ -252,17 +253,57 @@ pub(crate) enum Call {
     Forget(fc_conn),
 }
 
+/// Bounds the datagrams queued between the runtime's thread and the event thread
+/// ([`FC_MAX_QUEUED_DATA`](crate::FC_MAX_QUEUED_DATA)): a peer that sends faster than the
+/// callbacks take must not grow the queue without end. Other events are bounded by the node's
+/// own limits (connections, lookups) and always pass.
+#[derive(Clone, Default)]
+pub(crate) struct DataGate {
+    queued: Arc<AtomicUsize>,
+    dropped: Arc<AtomicUsize>,
+}
+
+impl DataGate {
+    /// Whether an event may join the queue (on the runtime's thread); `data`: whether it is a
+    /// datagram ([`Event::Data`]).
+    pub(crate) fn admit(&self, data: bool) -> bool {
+        if !data {
+            return true;
+        }
+        if self.queued.load(Ordering::Acquire) >= crate::FC_MAX_QUEUED_DATA {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        self.queued.fetch_add(1, Ordering::AcqRel);
+        true
+    }
+
+    /// Datagrams dropped so far.
+    pub(crate) fn dropped(&self) -> usize {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// An event left the queue (on the event thread).
+    fn taken(&self, data: bool) {
+        if data {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
 /// A context's event thread: takes the runtime's events in order, updates the table, and calls
 /// the application's callbacks with the table unlocked.
 pub(crate) fn spawn_events(
     ctx: usize,
     events: Receiver<Event>,
+    gate: DataGate,
     released: Arc<AtomicBool>,
 ) -> std::io::Result<JoinHandle<()>> {
     thread::Builder::new()
         .name("fog-ffi-events".into())
         .spawn(move || {
             while let Ok(event) = events.recv() {
+                gate.taken(matches!(event, Event::Data { .. }));
                 let calls = {
                     let mut table = table();
                     if released.load(Ordering::SeqCst) {
@@ -615,5 +656,26 @@ impl Call {
             | Call::Close { cb: None, .. }
             | Call::Passive { cb: None, .. } => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_data_gate_bounds_datagrams_only() {
+        let gate = DataGate::default();
+        for _ in 0..crate::FC_MAX_QUEUED_DATA {
+            assert!(gate.admit(true));
+        }
+        assert!(!gate.admit(true), "one datagram too many");
+        assert!(gate.admit(false), "other events always pass");
+        assert_eq!(gate.dropped(), 1);
+        gate.taken(false);
+        assert!(!gate.admit(true), "a taken non-datagram frees nothing");
+        gate.taken(true);
+        assert!(gate.admit(true), "a taken datagram frees a place");
+        assert!(!gate.admit(true));
     }
 }

@@ -213,6 +213,7 @@ fn two_contexts_connect_exchange_and_disconnect() {
     // SAFETY: `report` with its length.
     let n = unsafe { fc_nat_report(alice, report.as_mut_ptr(), report.len()) };
     assert!(n > 0, "{n}");
+    assert_eq!(fc_get_dropped(alice), 0);
     assert_eq!(fc_release(alice), FC_OK);
     assert_eq!(fc_release(bob), FC_OK);
     assert_eq!(fc_release(bob), FC_ERR_INVALID_CONTEXT);

@@ -173,6 +173,7 @@ fn calls_before_start_say_not_started() {
         );
     }
     assert_eq!(fc_wait_ready(ctx, 0), FC_ERR_NOT_STARTED);
+    assert_eq!(fc_get_dropped(ctx), i64::from(FC_ERR_NOT_STARTED));
     assert_eq!(fc_release(ctx), FC_OK);
 }
 
@@ -245,6 +246,7 @@ fn a_released_context_answers_invalid_context() {
         FC_ERR_INVALID_CONTEXT
     );
     assert_eq!(fc_wait_ready(ctx, 0), FC_ERR_INVALID_CONTEXT);
+    assert_eq!(fc_get_dropped(ctx), i64::from(FC_ERR_INVALID_CONTEXT));
     // A pointer that was never a context.
     let forged = std::ptr::without_provenance_mut::<fc_context>(usize::MAX);
     assert_eq!(fc_release(forged), FC_ERR_INVALID_CONTEXT);
