@@ -10,6 +10,7 @@ mod common;
 use std::ffi::{CStr, CString, c_char, c_int, c_void};
 use std::net::SocketAddr;
 use std::ptr::{null, null_mut};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 
 use common::{WAIT, fogd};
@@ -46,6 +47,22 @@ unsafe extern "C" fn on_incoming(
     let tx = unsafe { &*arg.cast::<Sender<Seen>>() };
     let _ = tx.send((conn, PASSIVE, peer));
     FC_DECIDE_LATER
+}
+
+/// What `fc_release` answered when `release_on_connected` called it.
+static RELEASED_IN_CALLBACK: AtomicI32 = AtomicI32::new(1);
+
+/// Releases the context in `arg` from its own callback, once connected.
+unsafe extern "C" fn release_on_connected(
+    _conn: fc_conn,
+    event: c_int,
+    _data: *const u8,
+    _len: usize,
+    arg: *mut c_void,
+) {
+    if event == FC_EVENT_CONNECTED {
+        RELEASED_IN_CALLBACK.store(fc_release(arg.cast()), Ordering::SeqCst);
+    }
 }
 
 /// A channel whose sender a callback can reach through `arg` (leaked: callbacks may run until
@@ -214,9 +231,42 @@ fn two_contexts_connect_exchange_and_disconnect() {
     let n = unsafe { fc_nat_report(alice, report.as_mut_ptr(), report.len()) };
     assert!(n > 0, "{n}");
     assert_eq!(fc_get_dropped(alice), 0);
-    assert_eq!(fc_release(alice), FC_OK);
-    assert_eq!(fc_release(bob), FC_OK);
+
+    // A callback may release its own context: bob does so once connected again; alice hears
+    // the end of that connection.
+    // SAFETY: a NUL-terminated string; the callback matches its type.
+    let b2 = unsafe {
+        fc_connect(
+            bob,
+            c"alice".as_ptr(),
+            FC_PROTOCOL_DATAGRAM,
+            5,
+            Some(release_on_connected),
+            bob.cast(),
+        )
+    };
+    assert!(b2 > b, "{b2}");
+    let (a2, event, _) = next(&alice_rx, "the second incoming connection");
+    assert_eq!(event, PASSIVE);
+    assert_eq!(fc_event_setcb(a2, Some(on_event), alice_arg), FC_OK);
+    assert_eq!(fc_accept(a2), FC_OK);
+    let (conn, event, _) = next(&alice_rx, "alice's second connected");
+    assert_eq!((conn, event), (a2, FC_EVENT_CONNECTED));
+    let (conn, event, _) = next(&alice_rx, "the end of the released context's connection");
+    assert_eq!((conn, event), (a2, FC_EVENT_EOF));
+    // The peer hears the close while the release is still flushing and joining.
+    let deadline = std::time::Instant::now() + WAIT;
+    while RELEASED_IN_CALLBACK.load(Ordering::SeqCst) == 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the release did not return"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(RELEASED_IN_CALLBACK.load(Ordering::SeqCst), FC_OK);
     assert_eq!(fc_release(bob), FC_ERR_INVALID_CONTEXT);
+    assert_eq!(fc_is_passive(b2), FC_ERR_INVALID_CONNECTION);
+    assert_eq!(fc_release(alice), FC_OK);
 }
 
 fn unsafe_send(conn: fc_conn, data: &[u8]) -> c_int {
