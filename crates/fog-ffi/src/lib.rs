@@ -304,7 +304,9 @@ impl From<RuntimeError> for Error {
     fn from(e: RuntimeError) -> Error {
         match e {
             RuntimeError::Connect(ConnectError::SelfConnect) => Error::SelfConnect,
-            RuntimeError::Connect(_) => Error::TooMany,
+            RuntimeError::Connect(ConnectError::TooManyConnections { .. }) => Error::TooMany,
+            // A transport the node does not run (once the runtime carries transports).
+            RuntimeError::Connect(_) => Error::UnsupportedProtocol,
             RuntimeError::Command(CommandError::NotIncoming) => Error::NotIncoming,
             RuntimeError::Command(_) => Error::InvalidConnection,
             RuntimeError::Send(SendError::NotConnected) => Error::NotConnected,

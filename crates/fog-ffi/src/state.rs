@@ -353,7 +353,9 @@ impl Table {
                 context.ask_lookups(&handle, None, &mut calls);
             }
             Event::SignalingDown => context.signaling_up = false,
-            Event::Incoming { id, peer, service } => {
+            Event::Incoming {
+                id, peer, service, ..
+            } => {
                 let passive = context.passive;
                 let mut conn = Conn::new(Link::Live(id), FC_PROTOCOL_DATAGRAM as u8, service, true);
                 conn.peer = Some(peer);
