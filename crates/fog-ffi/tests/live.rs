@@ -1,6 +1,7 @@
 //! The C API between two contexts through a fogd on loopback, called as C would call it: an
 //! alias dial, a decision left for later and then taken, data, stats and addresses, a
-//! disconnect that reaches both sides, and the handles going stale afterwards.
+//! disconnect that reaches both sides, the handles going stale afterwards, a refusal decided
+//! later, and a context released from its own callback.
 
 // Tests read the wall clock for their own deadlines.
 #![allow(clippy::disallowed_methods)]
@@ -232,6 +233,29 @@ fn two_contexts_connect_exchange_and_disconnect() {
     assert!(n > 0, "{n}");
     assert_eq!(fc_get_dropped(alice), 0);
 
+    // A refusal decided later reaches the caller as an error, and ends the handle here.
+    // SAFETY: a NUL-terminated string; the callback matches its type.
+    let b3 = unsafe {
+        fc_connect(
+            bob,
+            c"alice".as_ptr(),
+            FC_PROTOCOL_DATAGRAM,
+            5,
+            Some(on_event),
+            bob_arg,
+        )
+    };
+    let (a3, event, _) = next(&alice_rx, "the incoming connection to refuse");
+    assert_eq!(event, PASSIVE);
+    assert_eq!(fc_refuse(a3, 7), FC_OK);
+    assert_eq!(fc_is_passive(a3), FC_ERR_INVALID_CONNECTION);
+    let (conn, event, why) = next(&bob_rx, "the refusal");
+    assert_eq!((conn, event), (b3, FC_EVENT_ERROR));
+    assert!(
+        String::from_utf8_lossy(&why).contains("refused by the peer (code 7"),
+        "{why:?}"
+    );
+
     // A callback may release its own context: bob does so once connected again; alice hears
     // the end of that connection.
     // SAFETY: a NUL-terminated string; the callback matches its type.
@@ -245,7 +269,7 @@ fn two_contexts_connect_exchange_and_disconnect() {
             bob.cast(),
         )
     };
-    assert!(b2 > b, "{b2}");
+    assert!(b2 > b3, "{b2}");
     let (a2, event, _) = next(&alice_rx, "the second incoming connection");
     assert_eq!(event, PASSIVE);
     assert_eq!(fc_event_setcb(a2, Some(on_event), alice_arg), FC_OK);
