@@ -10,7 +10,7 @@ mod common;
 
 use std::ffi::{CStr, CString, c_char, c_int, c_void};
 use std::net::SocketAddr;
-use std::ptr::{null, null_mut};
+use std::ptr::null;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 
@@ -121,35 +121,9 @@ fn two_contexts_connect_exchange_and_disconnect() {
     let bob_id = string_out(|b, l| unsafe_peer_id(bob, b, l));
     let bob_own = CString::new(bob_id.clone()).unwrap();
 
-    // SAFETY: NUL-terminated strings; the callback matches its type.
-    let (to_self, unknown, b) = unsafe {
-        (
-            fc_connect(
-                bob,
-                bob_own.as_ptr(),
-                FC_PROTOCOL_DATAGRAM,
-                5,
-                None,
-                null_mut(),
-            ),
-            fc_connect(
-                bob,
-                c"nobody".as_ptr(),
-                FC_PROTOCOL_DATAGRAM,
-                5,
-                Some(on_event),
-                bob_arg,
-            ),
-            fc_connect(
-                bob,
-                c"alice".as_ptr(),
-                FC_PROTOCOL_DATAGRAM,
-                5,
-                Some(on_event),
-                bob_arg,
-            ),
-        )
-    };
+    let to_self = dial(bob, &bob_own, on_event, bob_arg);
+    let unknown = dial(bob, c"nobody", on_event, bob_arg);
+    let b = dial(bob, c"alice", on_event, bob_arg);
     assert_eq!(to_self, i64::from(FC_ERR_SELF_CONNECT));
     assert!(unknown > 0 && b > unknown, "{unknown} {b}");
     assert_eq!(fc_is_passive(b), 0);
@@ -234,17 +208,7 @@ fn two_contexts_connect_exchange_and_disconnect() {
     assert_eq!(fc_get_dropped(alice), 0);
 
     // A refusal decided later reaches the caller as an error, and ends the handle here.
-    // SAFETY: a NUL-terminated string; the callback matches its type.
-    let b3 = unsafe {
-        fc_connect(
-            bob,
-            c"alice".as_ptr(),
-            FC_PROTOCOL_DATAGRAM,
-            5,
-            Some(on_event),
-            bob_arg,
-        )
-    };
+    let b3 = dial(bob, c"alice", on_event, bob_arg);
     let (a3, event, _) = next(&alice_rx, "the incoming connection to refuse");
     assert_eq!(event, PASSIVE);
     assert_eq!(fc_refuse(a3, 7), FC_OK);
@@ -258,17 +222,7 @@ fn two_contexts_connect_exchange_and_disconnect() {
 
     // A callback may release its own context: bob does so once connected again; alice hears
     // the end of that connection.
-    // SAFETY: a NUL-terminated string; the callback matches its type.
-    let b2 = unsafe {
-        fc_connect(
-            bob,
-            c"alice".as_ptr(),
-            FC_PROTOCOL_DATAGRAM,
-            5,
-            Some(release_on_connected),
-            bob.cast(),
-        )
-    };
+    let b2 = dial(bob, c"alice", release_on_connected, bob.cast());
     assert!(b2 > b3, "{b2}");
     let (a2, event, _) = next(&alice_rx, "the second incoming connection");
     assert_eq!(event, PASSIVE);
@@ -291,6 +245,17 @@ fn two_contexts_connect_exchange_and_disconnect() {
     assert_eq!(fc_release(bob), FC_ERR_INVALID_CONTEXT);
     assert_eq!(fc_is_passive(b2), FC_ERR_INVALID_CONNECTION);
     assert_eq!(fc_release(alice), FC_OK);
+}
+
+/// Dials `peer` from `ctx` for service 5 over datagrams, events to `cb` with `arg`.
+fn dial(
+    ctx: *mut fc_context,
+    peer: &CStr,
+    cb: unsafe extern "C" fn(fc_conn, c_int, *const u8, usize, *mut c_void),
+    arg: *mut c_void,
+) -> fc_conn {
+    // SAFETY: `peer` is NUL-terminated; `cb` matches fc_event_cb.
+    unsafe { fc_connect(ctx, peer.as_ptr(), FC_PROTOCOL_DATAGRAM, 5, Some(cb), arg) }
 }
 
 fn unsafe_send(conn: fc_conn, data: &[u8]) -> c_int {
