@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use fog_runtime::{Handle, Runtime, RuntimeConfig};
 use fog_signal::PeerId;
-use fogconnect::{AcceptPolicy, CandidateKind, ConnectionId, Event, NodeConfig, ServerChoice, Via};
+use fogconnect::{AcceptPolicy, ConnectionId, Event, NodeConfig, ServerChoice, Via};
 use serde_json::json;
 
 use crate::cli::{ConnectArgs, Families, Interfaces, NodeArgs, ServeArgs};
@@ -137,7 +137,7 @@ impl Running {
             Event::CandidatesChanged { added, removed } => {
                 let added: Vec<String> = added
                     .iter()
-                    .map(|c| format!("{} {}", kind_name(c.kind), c.addr))
+                    .map(|c| format!("{} {}", c.kind.name(), c.addr))
                     .collect();
                 let removed: Vec<String> = removed.iter().map(ToString::to_string).collect();
                 if self.json {
@@ -210,16 +210,6 @@ impl Running {
             _ => return,
         };
         println!("{line}");
-    }
-}
-
-fn kind_name(kind: CandidateKind) -> &'static str {
-    match kind {
-        CandidateKind::Host => "host",
-        CandidateKind::ServerReflexive => "srflx",
-        CandidateKind::PeerReflexive => "prflx",
-        CandidateKind::Predicted => "predicted",
-        CandidateKind::Relayed => "relay",
     }
 }
 

@@ -31,6 +31,18 @@ impl Kind {
             Kind::Relayed => 0,
         }
     }
+
+    /// The short name ICE uses in SDP (RFC 8839 §5.1: `host`, `srflx`, `prflx`, `relay`), and
+    /// `predicted` for ours.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Host => "host",
+            Kind::ServerReflexive => "srflx",
+            Kind::PeerReflexive => "prflx",
+            Kind::Predicted => "predicted",
+            Kind::Relayed => "relay",
+        }
+    }
 }
 
 /// A candidate: where a side may be reached.

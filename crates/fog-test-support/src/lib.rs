@@ -32,8 +32,8 @@ mod tools;
 use std::net::{IpAddr, Ipv4Addr};
 
 pub use process::{
-    ChildGuard, ToolOutput, fogd_exe, fogd_for_nodes, run_command, run_tool, scratch_file,
-    self_signed_cert, spawn_listening, target_dir_of,
+    ChildGuard, ToolOutput, cargo_built, fogd_exe, fogd_for_nodes, run_command, run_tool,
+    scratch_file, self_signed_cert, spawn_listening, target_dir_of,
 };
 pub use rng::SplitMix;
 pub use stun::{START_TIMEOUT, Server, all_answer, answers_stun, coturn_args, free_port_pair};

@@ -63,47 +63,69 @@ pub fn target_dir_of(profile_dir: &Path) -> Option<(&Path, Option<&str>)> {
 /// `deps`.
 ///
 /// Cargo gives integration tests only their own package's binaries (`CARGO_BIN_EXE_*`), and
-/// fogd is a binary-only package, so it cannot be a dev-dependency. Instead the first call runs
-/// `cargo build -p fogd` into that target directory from `manifest_dir` (Cargo releases its
-/// build lock while tests run, and the build is a no-op when fogd is fresh, as after
-/// `cargo test --workspace`, which builds it for fogd's own tests) and returns the binary.
-/// `FOGD_BIN=/path/to/fogd` skips the build and uses that binary.
+/// fogd is a binary-only package, so it cannot be a dev-dependency. Instead the first call
+/// builds it with [`cargo_built`]. `FOGD_BIN=/path/to/fogd` skips the build and uses that
+/// binary.
 pub fn fogd_exe(near: &Path, manifest_dir: &Path) -> PathBuf {
     static FOGD: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     FOGD.get_or_init(|| {
         if let Some(path) = std::env::var_os("FOGD_BIN") {
             return PathBuf::from(path);
         }
-        let mut profile_dir = near.parent().expect("the binary has a directory");
-        if profile_dir.file_name().and_then(|n| n.to_str()) == Some("deps") {
-            profile_dir = profile_dir.parent().expect("deps has a parent");
-        }
-        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-            Some("debug") => "dev",
-            Some(other) => other,
-            None => panic!("cannot tell the profile from {}", near.display()),
-        };
-        let (target_dir, triple) = target_dir_of(profile_dir)
-            .unwrap_or_else(|| panic!("cannot tell the target directory from {}", near.display()));
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let mut command = Command::new(cargo);
-        command
-            .args(["build", "--quiet", "-p", "fogd", "--profile", profile])
-            .arg("--target-dir")
-            .arg(target_dir)
-            .current_dir(manifest_dir);
-        if let Some(triple) = triple {
-            command.args(["--target", triple]);
-        }
-        let status = command
-            .status()
-            .unwrap_or_else(|e| panic!("running cargo build -p fogd: {e}"));
-        assert!(status.success(), "cargo build -p fogd failed: {status}");
-        let fogd = profile_dir.join(format!("fogd{}", std::env::consts::EXE_SUFFIX));
-        assert!(fogd.is_file(), "no {} after building it", fogd.display());
-        fogd
+        cargo_built(
+            near,
+            manifest_dir,
+            &["-p", "fogd"],
+            &format!("fogd{}", std::env::consts::EXE_SUFFIX),
+        )
     })
     .clone()
+}
+
+/// `file`, an artifact of `cargo build <args>` (`-p fogd`, `-p fog-ffi --lib`) for the profile
+/// and target of the binary at `near`, in the same target directory: runs the build from
+/// `manifest_dir` (Cargo releases its build lock while tests run, and the build is a no-op when
+/// the artifact is fresh, as after `cargo test --workspace`) and returns
+/// `<target-dir>/[<triple>/]<profile>/<file>`.
+pub fn cargo_built(near: &Path, manifest_dir: &Path, args: &[&str], file: &str) -> PathBuf {
+    let mut profile_dir = near.parent().expect("the binary has a directory");
+    if profile_dir.file_name().and_then(|n| n.to_str()) == Some("deps") {
+        profile_dir = profile_dir.parent().expect("deps has a parent");
+    }
+    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") => "dev",
+        Some(other) => other,
+        None => panic!("cannot tell the profile from {}", near.display()),
+    };
+    let (target_dir, triple) = target_dir_of(profile_dir)
+        .unwrap_or_else(|| panic!("cannot tell the target directory from {}", near.display()));
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut command = Command::new(cargo);
+    command
+        .args(["build", "--quiet"])
+        .args(args)
+        .args(["--profile", profile])
+        .arg("--target-dir")
+        .arg(target_dir)
+        .current_dir(manifest_dir);
+    if let Some(triple) = triple {
+        command.args(["--target", triple]);
+    }
+    let status = command
+        .status()
+        .unwrap_or_else(|e| panic!("running cargo build {}: {e}", args.join(" ")));
+    assert!(
+        status.success(),
+        "cargo build {} failed: {status}",
+        args.join(" ")
+    );
+    let artifact = profile_dir.join(file);
+    assert!(
+        artifact.is_file(),
+        "no {} after building it",
+        artifact.display()
+    );
+    artifact
 }
 
 /// Spawns `command` as `name` and waits up to `timeout` until `addr` accepts TCP connections
