@@ -61,7 +61,7 @@
 #define FC_ERR_ALREADY_STARTED -6
 
 /*
- The node does not carry this protocol (yet): only `FC_PROTOCOL_DATAGRAM` works today.
+ The node does not carry this protocol (yet): `FC_PROTOCOL_DATAGRAM` and `FC_PROTOCOL_KCP` work today.
  */
 #define FC_ERR_UNSUPPORTED_PROTOCOL -7
 
@@ -184,7 +184,7 @@
 #define FC_PROTOCOL_QUIC 1
 
 /*
- KCP (not carried yet).
+ KCP: each `fc_send` is a reliable, ordered message (up to about 170 KB), delivered whole.
  */
 #define FC_PROTOCOL_KCP 2
 
@@ -506,7 +506,9 @@ fc_conn fc_connect(struct fc_context *ctx,
 int fc_event_setcb(fc_conn conn, fc_event_cb cb, void *arg);
 
 /*
- Sends one datagram of `len` bytes (at most `FC_MAX_DATAGRAM`) on a connected connection.
+ Sends one datagram of `len` bytes (at most `FC_MAX_DATAGRAM`) on a connected connection;
+ on a KCP connection, one message (longer ones too: the node says `FC_ERR_TOO_LONG` past its
+ limit, and `FC_ERR_BLOCKED` while its queue is full).
 
  # Safety
 

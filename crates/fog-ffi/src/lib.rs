@@ -30,9 +30,10 @@
 //!
 //! # Protocols
 //!
-//! Today the node carries sealed datagrams only: `FC_PROTOCOL_DATAGRAM` works, and QUIC, KCP,
-//! uTP, SCTP and RTC return `FC_ERR_UNSUPPORTED_PROTOCOL` until the runtime offers them.
-//! Datagrams are unreliable and unordered, at most [`FC_MAX_DATAGRAM`] bytes each.
+//! `FC_PROTOCOL_DATAGRAM` carries sealed datagrams, unreliable and unordered, at most
+//! [`FC_MAX_DATAGRAM`] bytes each; `FC_PROTOCOL_KCP` carries reliable, ordered messages, each
+//! `fc_send` delivered whole. QUIC, uTP, SCTP and RTC return `FC_ERR_UNSUPPORTED_PROTOCOL`
+//! until the runtime offers them.
 
 // The C names are the API.
 #![allow(non_camel_case_types)]
@@ -78,7 +79,7 @@ pub const FC_ERR_INVALID_CONNECTION: c_int = -4;
 pub const FC_ERR_NOT_STARTED: c_int = -5;
 /// The context already has one (`fc_signal_init` twice, `fc_set_id` after it).
 pub const FC_ERR_ALREADY_STARTED: c_int = -6;
-/// The node does not carry this protocol (yet): only `FC_PROTOCOL_DATAGRAM` works today.
+/// The node does not carry this protocol (yet): `FC_PROTOCOL_DATAGRAM` and `FC_PROTOCOL_KCP` work today.
 pub const FC_ERR_UNSUPPORTED_PROTOCOL: c_int = -7;
 /// The output buffer is too short for the answer and its NUL; nothing was written.
 pub const FC_ERR_BUFFER_TOO_SMALL: c_int = -8;
@@ -132,7 +133,7 @@ pub const FC_DECIDE_LATER: c_int = 2;
 
 /// QUIC (not carried yet: `FC_ERR_UNSUPPORTED_PROTOCOL`).
 pub const FC_PROTOCOL_QUIC: c_int = 1;
-/// KCP (not carried yet).
+/// KCP: each `fc_send` is a reliable, ordered message (up to about 170 KB), delivered whole.
 pub const FC_PROTOCOL_KCP: c_int = 2;
 /// uTP (not carried yet).
 pub const FC_PROTOCOL_UTP: c_int = 3;
@@ -343,10 +344,29 @@ fn context_number(ctx: *const fc_context) -> Result<usize, Error> {
     Ok(ctx.addr())
 }
 
+/// The node's transport for a protocol number [`protocol_of`] took.
+pub(crate) fn transport_of(protocol: u8) -> fogconnect::Transport {
+    if c_int::from(protocol) == FC_PROTOCOL_KCP {
+        fogconnect::Transport::Kcp
+    } else {
+        fogconnect::Transport::Datagram
+    }
+}
+
+/// The protocol number of a node's transport (`None`: one the C API does not offer).
+pub(crate) fn protocol_for(transport: &fogconnect::Transport) -> Option<u8> {
+    match transport {
+        fogconnect::Transport::Datagram => Some(FC_PROTOCOL_DATAGRAM as u8),
+        fogconnect::Transport::Kcp => Some(FC_PROTOCOL_KCP as u8),
+        _ => None,
+    }
+}
+
 /// The protocol number as the node sees it.
 fn protocol_of(protocol: c_int) -> Result<u8, Error> {
     match protocol {
         FC_PROTOCOL_DATAGRAM => Ok(FC_PROTOCOL_DATAGRAM as u8),
+        FC_PROTOCOL_KCP => Ok(FC_PROTOCOL_KCP as u8),
         FC_PROTOCOL_QUIC..=FC_PROTOCOL_RTC => Err(Error::UnsupportedProtocol),
         _ => Err(Error::InvalidArgument),
     }
@@ -611,7 +631,10 @@ pub unsafe extern "C" fn fc_connect(
         let context = table.context(n)?;
         let handle = handle_of(&context.phase)?.clone();
         let (link, known) = match peer.parse::<PeerId>() {
-            Ok(id) => (Link::Live(handle.connect(id, service.into())?), Some(id)),
+            Ok(id) => (
+                Link::Live(handle.connect_with(id, service.into(), transport_of(protocol))?),
+                Some(id),
+            ),
             Err(_) => (
                 Link::Resolving {
                     alias: peer.to_owned(),
@@ -659,7 +682,9 @@ fn with_conn<T>(conn: fc_conn, f: impl FnOnce(&mut Conn) -> T) -> Result<T, Erro
     Ok(f(c))
 }
 
-/// Sends one datagram of `len` bytes (at most `FC_MAX_DATAGRAM`) on a connected connection.
+/// Sends one datagram of `len` bytes (at most `FC_MAX_DATAGRAM`) on a connected connection;
+/// on a KCP connection, one message (longer ones too: the node says `FC_ERR_TOO_LONG` past its
+/// limit, and `FC_ERR_BLOCKED` while its queue is full).
 ///
 /// # Safety
 ///
@@ -669,7 +694,8 @@ pub unsafe extern "C" fn fc_send(conn: fc_conn, data: *const u8, len: usize) -> 
     status(|| {
         // SAFETY: `len` readable bytes at `data` (this function's contract).
         let data = unsafe { c::bytes_in(data, len) }?;
-        if data.len() > FC_MAX_DATAGRAM {
+        let datagram = with_conn(conn, |c| c.protocol == FC_PROTOCOL_DATAGRAM as u8)?;
+        if datagram && data.len() > FC_MAX_DATAGRAM {
             return Err(Error::TooLong);
         }
         let (handle, id) = table().live(conn)?;

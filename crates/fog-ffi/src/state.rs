@@ -354,10 +354,16 @@ impl Table {
             }
             Event::SignalingDown => context.signaling_up = false,
             Event::Incoming {
-                id, peer, service, ..
+                id,
+                peer,
+                service,
+                transport,
+                ..
             } => {
                 let passive = context.passive;
-                let mut conn = Conn::new(Link::Live(id), FC_PROTOCOL_DATAGRAM as u8, service, true);
+                let protocol =
+                    crate::protocol_for(&transport).unwrap_or(FC_PROTOCOL_DATAGRAM as u8);
+                let mut conn = Conn::new(Link::Live(id), protocol, service, true);
                 conn.peer = Some(peer);
                 match (self.add_conn(ctx, conn), passive) {
                     (Ok(conn), Some((cb, arg))) => calls.push(Call::Passive {
@@ -512,7 +518,7 @@ impl Context {
             };
             let result = match peer {
                 Ok(peer) => handle
-                    .connect(peer, conn.service)
+                    .connect_with(peer, conn.service, crate::transport_of(conn.protocol))
                     .map(|id| (peer, id))
                     .map_err(|e| e.to_string()),
                 Err(why) => Err(format!("{alias}: {why}")),

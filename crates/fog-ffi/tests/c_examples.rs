@@ -136,7 +136,7 @@ fn echo_pair_on_the_original_names() {
     let (c, s) = (client.stdout_text(), server.stdout_text());
     // Service 7 in bits 4-11, FC_PROTOCOL_DATAGRAM (6) in bits 0-3.
     assert!(
-        c.contains("client: connected, passive 0, convention 0x76"),
+        c.contains("client: connected, passive 0, convention 0x72"),
         "{c}"
     );
     assert!(c.contains("client received: I know!"), "{c}");
@@ -144,7 +144,7 @@ fn echo_pair_on_the_original_names() {
         c.contains("client: QUIC: the node does not carry this protocol yet"),
         "{c}"
     );
-    assert!(s.contains("passive 1, convention 0x76"), "{s}");
+    assert!(s.contains("passive 1, convention 0x72"), "{s}");
     assert!(s.contains("server received: I am fog data!"), "{s}");
     assert!(s.contains("server: released (success)"), "{s}");
 }

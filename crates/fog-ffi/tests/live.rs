@@ -148,6 +148,9 @@ fn two_contexts_connect_exchange_and_disconnect() {
     let (conn, event, _) = next(&alice_rx, "alice's connected");
     assert_eq!((conn, event), (a, FC_EVENT_CONNECTED));
     assert_eq!(unsafe_send(b, b"ping"), FC_OK);
+    // A datagram connection takes no more than one datagram.
+    let big = vec![0u8; FC_MAX_DATAGRAM + 1];
+    assert_eq!(unsafe_send(b, &big), FC_ERR_TOO_LONG);
     let (conn, event, data) = next(&alice_rx, "the datagram");
     assert_eq!(
         (conn, event, data.as_slice()),
