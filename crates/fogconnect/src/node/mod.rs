@@ -360,7 +360,7 @@ impl Node {
             if conn.closing.is_none() {
                 conn.closing = Some((code, truncate(reason, 256).to_owned()));
                 stream.close(now);
-                self.pump_streams(now);
+                self.pump_streams(now, Some(id));
             }
             return Ok(());
         }
@@ -411,7 +411,7 @@ impl Node {
                 return Err(e);
             }
             conn.sent.add(now, data.len());
-            self.pump_streams(now);
+            self.pump_streams(now, Some(id));
             return Ok(());
         }
         if conn.transport != Transport::Datagram {
@@ -1021,18 +1021,24 @@ impl Node {
                 if !stream.handle_packet(now, &message) {
                     self.counters.transport_malformed += 1;
                 }
-                self.pump_streams(now);
+                self.pump_streams(now, Some(id));
             }
         }
         true
     }
 
-    /// Moves what the connections' streams have to say: their datagrams (sealed, onto each
-    /// connection's path), their messages (as [`Event::Data`]) and their ends.
-    fn pump_streams(&mut self, now: Instant) {
+    /// Moves what the streams of `only` that connection (after a send or a datagram for it),
+    /// or of every connection (after a timeout), have to say: their datagrams (sealed, onto
+    /// each connection's path), their messages (as [`Event::Data`]) and their ends. One
+    /// connection's traffic never walks all the others.
+    fn pump_streams(&mut self, now: Instant, only: Option<ConnectionId>) {
         let mut buf = [0u8; MAX_DATAGRAM + 1];
         let mut ended = Vec::new();
-        for conn in self.conns.values_mut() {
+        let conns = match only {
+            Some(id) => self.conns.range_mut(id..=id),
+            None => self.conns.range_mut(..),
+        };
+        for (_, conn) in conns {
             let path = conn.agent().and_then(Agent::data_path);
             let relay = match (conn.signal_relay, conn.session) {
                 (Some(_), Some(session)) if path.is_none() => Some(session),
@@ -1429,7 +1435,7 @@ impl SansIo for Node {
                 stream.handle_timeout(now);
             }
         }
-        self.pump_streams(now);
+        self.pump_streams(now, None);
         for conn in self.conns.values_mut() {
             let quiet_over = conn.quiet_until.is_some_and(|t| now >= t);
             if quiet_over {
