@@ -65,6 +65,7 @@ fn description(addr: SocketAddr) -> Description {
         },
         service: 1,
         seal: None,
+        quic: None,
     }
 }
 

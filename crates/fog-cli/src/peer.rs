@@ -172,6 +172,7 @@ impl Peer {
             service,
             // `listen` and `offer` exercise signaling only; no session follows.
             seal: None,
+            quic: None,
         })
     }
 }

@@ -16,7 +16,8 @@ use rustls::pki_types::CertificateDer;
 use crate::config::{Config, ConfigError, alpn, service_of_alpn};
 use crate::error::{CloseReason, ConnError, ConnectError, DatagramError, StreamError};
 use crate::identity::{
-    AcceptPolicy, Certificate, ExpectedPeer, NoClock, PolicyVerifier, ed25519_key_of, provider,
+    AcceptPolicy, Certificate, ExpectedPeer, Fingerprint, NoClock, PolicyVerifier, ed25519_key_of,
+    provider,
 };
 
 /// Length of the connection ids this endpoint issues (RFC 9000 §5.1: up to 20; 8 bytes of a
@@ -711,6 +712,17 @@ impl Endpoint {
         });
         self.pump(conn, now);
         Ok(())
+    }
+
+    /// The [`Fingerprint`] of the certificate the peer presented, once its handshake has
+    /// checked it: for an owner that signed the peer's expected fingerprint into an offer.
+    pub fn peer_fingerprint(&self, conn: ConnHandle) -> Option<Fingerprint> {
+        let c = self.conns.get(&conn)?;
+        c.quinn
+            .crypto_session()
+            .peer_identity()
+            .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
+            .and_then(|certs| certs.first().map(|der| Fingerprint::of(der)))
     }
 
     /// The connection's counters.

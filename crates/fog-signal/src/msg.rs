@@ -34,6 +34,11 @@ pub struct Sig(pub [u8; 64]);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ExchangeKey(pub [u8; 32]);
 
+/// The SHA-256 of a DER certificate (RFC 8122 §5's form), hex in JSON: the QUIC certificate a
+/// node presents, signed into its descriptions so the handshake can be held to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CertFingerprint(pub [u8; 32]);
+
 /// A session chosen by the server for one offer/answer exchange, hex in JSON.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SessionId(pub [u8; 16]);
@@ -72,6 +77,7 @@ hex_serde!(Nonce, 32);
 hex_serde!(Sig, 64);
 hex_serde!(SessionId, 16);
 hex_serde!(ExchangeKey, 32);
+hex_serde!(CertFingerprint, 32);
 
 /// The bytes a client signs to authenticate (see `docs/signaling.md`, "The auth transcript").
 ///
@@ -377,6 +383,10 @@ pub struct Description {
     /// The server forwards it untouched; nodes refuse a description without a valid one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seal: Option<Seal>,
+    /// The fingerprint of the certificate the sender presents on QUIC connections, when it
+    /// offers or accepts [`Transport::Quic`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quic: Option<CertFingerprint>,
 }
 
 /// A description's key exchange and signature.
@@ -966,6 +976,7 @@ mod tests {
             },
             service: 7,
             seal: None,
+            quic: None,
         }
     }
 

@@ -37,6 +37,9 @@ enum Tamper {
     /// server-reflexive candidate is [`VICTIM`], an address the answerer does not own, so
     /// that the offerer's plan sprays the victim's IP with a birthday round.
     AimAtVictim,
+    /// Every answer names a QUIC certificate fingerprint that is not the answerer's and is
+    /// signed again by the answerer (a broken or hostile peer).
+    WrongCertificate,
 }
 
 /// A third party's address, which the hostile answerer names as its own.
@@ -106,7 +109,10 @@ impl Malicious {
                 self.flood = Some((conn, *session, 1));
                 return frame;
             }
-            (ServerMsg::Offer { description, .. }, Tamper::AimAtVictim) => {
+            (
+                ServerMsg::Offer { description, .. },
+                Tamper::AimAtVictim | Tamper::WrongCertificate,
+            ) => {
                 self.offer_key = description.seal.map(|s| s.key);
                 return frame;
             }
@@ -116,23 +122,16 @@ impl Malicious {
                     description,
                     ..
                 },
-                Tamper::AimAtVictim,
+                tamper @ (Tamper::AimAtVictim | Tamper::WrongCertificate),
             ) => {
                 let Some(offer_key) = self.offer_key else {
                     return frame;
                 };
-                description.nat = Some(fog_signal::msg::NatBehaviour::Nat {
-                    mapping: fog_signal::msg::Mapping::AddressAndPortDependent,
-                    filtering: fog_signal::msg::Filtering::AddressAndPortDependent,
-                    ports: fog_signal::msg::PortPattern::Random,
-                    hairpinning: false,
-                });
-                description.candidates = vec![fog_signal::msg::Candidate {
-                    kind: fog_signal::msg::CandidateKind::Srflx,
-                    addr: VICTIM,
-                    priority: 1,
-                    related: None,
-                }];
+                if tamper == Tamper::WrongCertificate {
+                    description.quic = Some(fog_signal::msg::CertFingerprint([0xee; 32]));
+                } else {
+                    aim_at_victim(description);
+                }
                 let role = Role::Answer {
                     from: self.answerer.peer_id(),
                     to: self.offerer,
@@ -149,6 +148,23 @@ impl Malicious {
         }
         msg.encode()
     }
+}
+
+/// The answer of a hostile peer that claims a random-port NAT and a victim's address as its
+/// own.
+fn aim_at_victim(description: &mut fog_signal::msg::Description) {
+    description.nat = Some(fog_signal::msg::NatBehaviour::Nat {
+        mapping: fog_signal::msg::Mapping::AddressAndPortDependent,
+        filtering: fog_signal::msg::Filtering::AddressAndPortDependent,
+        ports: fog_signal::msg::PortPattern::Random,
+        hairpinning: false,
+    });
+    description.candidates = vec![fog_signal::msg::Candidate {
+        kind: fog_signal::msg::CandidateKind::Srflx,
+        addr: VICTIM,
+        priority: 1,
+        related: None,
+    }];
 }
 
 impl SignalServer for Malicious {
@@ -451,5 +467,51 @@ fn a_hostile_peer_cannot_aim_our_probes_at_a_third_party() {
     assert!(
         to_victim > 2_000 && to_victim <= budget as usize,
         "{to_victim} datagrams to the victim over {sessions} sessions, budget {budget}"
+    );
+}
+
+/// A peer that signs one QUIC certificate and presents another gets no QUIC connection: the
+/// offerer's check of the certificate against the signed fingerprint fails the transport.
+#[test]
+fn a_quic_certificate_other_than_the_signed_one_fails_the_connection() {
+    let mut s = Scenario::new(
+        Preset::FullCone,
+        Preset::FullCone,
+        SEED,
+        &Profile::default(),
+    );
+    for i in 0..2 {
+        s.with_node(i, |n, _| {
+            n.set_transports(vec![
+                fogconnect::Transport::Datagram,
+                fogconnect::Transport::Quic,
+            ])
+        });
+    }
+    malicious(&mut s, Tamper::WrongCertificate);
+    let to = s.hosts[1].1;
+    let id = s
+        .with_node(0, |n, now| {
+            n.connect_with(now, to, 1, fogconnect::Transport::Quic)
+        })
+        .expect("A may connect");
+    s.run_for(Duration::from_secs(10));
+    let sent = s.with_node(0, |n, now| n.send(now, id, b"hello"));
+    assert!(
+        sent.is_err(),
+        "nothing goes on a refused certificate: {sent:?}"
+    );
+    assert!(
+        s.events[0].iter().any(|(_, e)| matches!(e,
+            Event::Closed { id: i, reason: fogconnect::CloseReason::TransportFailed, .. }
+                if *i == id)),
+        "{:#?}",
+        s.events[0]
+    );
+    assert!(
+        !s.events[1]
+            .iter()
+            .any(|(_, e)| matches!(e, Event::Data { .. })),
+        "no data either way"
     );
 }

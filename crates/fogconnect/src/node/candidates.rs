@@ -186,6 +186,7 @@ impl Node {
             },
             service,
             seal: None,
+            quic: None,
         }
     }
 }

@@ -27,6 +27,7 @@ mod conn;
 mod event;
 mod ledger;
 mod probe;
+mod quic;
 mod relay;
 pub mod seal;
 mod signal;
@@ -167,6 +168,8 @@ pub struct Node {
     now: Instant,
     /// A `send` found the queue full: `Writable` is owed once it has room.
     blocked: bool,
+    /// Our QUIC certificate's fingerprint, made on the first QUIC connection.
+    quic_fingerprint: Option<fog_signal::msg::CertFingerprint>,
 }
 
 impl Node {
@@ -222,6 +225,7 @@ impl Node {
             socket_requests: VecDeque::new(),
             watch: None,
             counters: Counters::default(),
+            quic_fingerprint: None,
             ledger: ledger::ProbeLedger::default(),
             by_tag: BTreeMap::new(),
             now,
@@ -266,7 +270,9 @@ impl Node {
 
     /// [`connect`](Self::connect) over `transport`: [`Transport::Datagram`] is the node's own
     /// unreliable datagrams; [`Transport::Kcp`] makes each [`send`](Self::send) a reliable,
-    /// ordered message (up to about 170 KB) and closes gracefully (see the `transport` module).
+    /// ordered message (up to about 170 KB) and closes gracefully (see the `transport` module);
+    /// [`Transport::Quic`] does the same over a QUIC connection authenticated by both
+    /// identities (messages up to 1 MiB; see the `quic` module).
     /// The transport goes in the signed offer; a peer that does not run it refuses with
     /// [`REFUSED_TRANSPORT`].
     pub fn connect_with(
@@ -529,6 +535,21 @@ impl Node {
             .collect()
     }
 
+    /// The fingerprint to sign into a description for `transport`: ours on QUIC, else none.
+    fn quic_fingerprint(
+        &mut self,
+        transport: &Transport,
+    ) -> Option<fog_signal::msg::CertFingerprint> {
+        if *transport != Transport::Quic {
+            return None;
+        }
+        if self.quic_fingerprint.is_none() {
+            let cert = fog_quic::Certificate::self_signed(&self.config.key).ok()?;
+            self.quic_fingerprint = Some(fog_signal::msg::CertFingerprint(cert.fingerprint().0));
+        }
+        self.quic_fingerprint
+    }
+
     /// A fresh ephemeral key exchange.
     fn exchange(&mut self) -> seal::Exchange {
         seal::Exchange::new(random_bytes(&mut self.rng))
@@ -678,7 +699,8 @@ impl Node {
         let (peer, ufrag, service) = (conn.peer, conn.ufrag.clone(), conn.service);
         let key = conn.exchange.public();
         let transport = conn.transport.clone();
-        let description = self.description(&ufrag, service, &transport);
+        let mut description = self.description(&ufrag, service, &transport);
+        description.quic = self.quic_fingerprint(&transport);
         let role = seal::Role::Offer {
             from: self.peer_id(),
             to: peer,
@@ -719,7 +741,8 @@ impl Node {
             false,
         );
         let transport = conn.transport.clone();
-        let description = self.description(&ufrag, service, &transport);
+        let mut description = self.description(&ufrag, service, &transport);
+        description.quic = self.quic_fingerprint(&transport);
         let role = seal::Role::Answer {
             from: self.peer_id(),
             to: peer,
@@ -957,8 +980,21 @@ impl Node {
             conn.connected_at = Some(self.now);
             conn.last_heard = self.now;
             if let Some(session) = conn.session {
-                conn.stream =
-                    transport::Stream::new(&conn.transport, session, !conn.passive, self.now);
+                conn.stream = if conn.transport == Transport::Quic {
+                    let opening = quic::Opening {
+                        key: &self.config.key,
+                        peer: conn.peer,
+                        service: conn.service,
+                        fingerprint: conn.remote.as_ref().and_then(|d| d.quic),
+                        caller: !conn.passive,
+                        seed: random_bytes(&mut self.rng),
+                        // The node's own idle timeout reports a silent peer first.
+                        idle_timeout: self.config.idle_timeout + Duration::from_secs(15),
+                    };
+                    quic::Quic::new(opening, self.now).map(|q| transport::Stream::Quic(Box::new(q)))
+                } else {
+                    transport::Stream::new(&conn.transport, session, !conn.passive, self.now)
+                };
             }
             self.events.push_back(Event::Connected {
                 id,

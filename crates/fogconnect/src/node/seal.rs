@@ -2,8 +2,8 @@
 //!
 //! **Set-up.** Each side makes an ephemeral X25519 key (RFC 7748) per connection and signs
 //! its description with its Ed25519 identity: the offer's transcript binds the offerer, the
-//! peer it is for, the service, the candidates, the NAT behaviour, the transports, the check
-//! username and the key; the answer's binds, besides its own, the session the server named and
+//! peer it is for, the service, the candidates, the NAT behaviour, the transports, the QUIC
+//! certificate's fingerprint (if any), the check username and the key; the answer's binds, besides its own, the session the server named and
 //! the offer's key, so that it answers that offer only. A node refuses a description whose
 //! signature does not verify against the peer it expects, so the signaling server, which sees
 //! and forwards everything, can neither forge nor alter a session.
@@ -168,6 +168,11 @@ pub fn transcript(role: &Role<'_>, description: &Description, key: &ExchangeKey)
     t.put(&(description.transports.len() as u32).to_be_bytes());
     for transport in &description.transports {
         t.put(format!("{transport:?}").as_bytes());
+    }
+    // Only when present, so descriptions without one keep their transcript.
+    if let Some(fingerprint) = &description.quic {
+        t.put(b"quic-certificate");
+        t.put(&fingerprint.0);
     }
     t.put(&key.0);
     t.0

@@ -22,16 +22,18 @@ use fog_signal::msg::{SessionId, Transport};
 
 use super::MAX_DATAGRAM;
 use super::event::SendError;
+use super::quic::Quic;
 
 /// The transports this node can run: every other is refused when asked for.
 pub(super) fn supported(t: &Transport) -> bool {
-    matches!(t, Transport::Datagram | Transport::Kcp)
+    matches!(t, Transport::Datagram | Transport::Kcp | Transport::Quic)
 }
 
 /// A connection's transport machine.
 #[derive(Debug)]
 pub(super) enum Stream {
     Kcp(Box<Kcp>),
+    Quic(Box<Quic>),
 }
 
 /// What a stream asks of its connection.
@@ -81,6 +83,7 @@ impl Stream {
                 KcpSendError::Blocked { .. } => SendError::Blocked,
                 KcpSendError::DeadLink | KcpSendError::Closed => SendError::NotConnected,
             }),
+            Stream::Quic(quic) => quic.send(data),
         }
     }
 
@@ -90,6 +93,7 @@ impl Stream {
             Stream::Kcp(kcp) => {
                 kcp.kcp().waiting_to_send() < kcp.kcp().config().send_queue_limit / 2
             }
+            Stream::Quic(quic) => quic.has_room(),
         }
     }
 
@@ -98,18 +102,21 @@ impl Stream {
     pub(super) fn handle_packet(&mut self, now: Instant, datagram: &[u8]) -> bool {
         match self {
             Stream::Kcp(kcp) => kcp.handle_packet(now, datagram).is_ok(),
+            Stream::Quic(quic) => quic.handle_packet(now, datagram),
         }
     }
 
     pub(super) fn handle_timeout(&mut self, now: Instant) {
         match self {
             Stream::Kcp(kcp) => kcp.handle_timeout(now),
+            Stream::Quic(quic) => quic.handle_timeout(now),
         }
     }
 
     pub(super) fn poll_timeout(&self) -> Option<Instant> {
         match self {
             Stream::Kcp(kcp) => kcp.poll_timeout(),
+            Stream::Quic(quic) => quic.poll_timeout(),
         }
     }
 
@@ -117,6 +124,7 @@ impl Stream {
     pub(super) fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
         match self {
             Stream::Kcp(kcp) => kcp.poll_transmit(now, buf),
+            Stream::Quic(quic) => quic.poll_transmit(now, buf),
         }
     }
 
@@ -124,6 +132,7 @@ impl Stream {
     pub(super) fn close(&mut self, now: Instant) {
         match self {
             Stream::Kcp(kcp) => kcp.close(now),
+            Stream::Quic(quic) => quic.close(now),
         }
     }
 
@@ -148,6 +157,7 @@ impl Stream {
                     }
                 }
             }
+            Stream::Quic(quic) => out = quic.poll(),
         }
         out
     }

@@ -262,6 +262,7 @@ pub(crate) fn description(n: u8) -> Description {
         },
         service: 7,
         seal: None,
+        quic: None,
     }
 }
 

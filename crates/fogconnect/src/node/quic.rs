@@ -1,0 +1,364 @@
+//! QUIC as a connection's transport ([`Transport::Quic`](fog_signal::msg::Transport)).
+//!
+//! Each connection runs a fog-quic endpoint of its own (quinn-proto underneath) whose packets
+//! ride inside the session's sealed format ([`seal::Kind::Transport`](super::seal::Kind)) on
+//! whatever path the connection has, exactly as KCP's do: a QUIC packet's first byte (64–127
+//! or 192–255, the fixed bit never greased) tells it apart from KCP's framing byte 4. The
+//! endpoint only ever sees one made-up peer address, so the Node's path changes (relay to
+//! direct) need no QUIC migration and no new handshake.
+//!
+//! **Identity.** Each side presents the self-signed certificate of its Ed25519 identity
+//! (fog-quic's `identity`); its fingerprint is signed into the side's offer or answer
+//! ([`Description::quic`](fog_signal::msg::Description)). The dialler accepts only the peer it
+//! offered to, the acceptor only the peer whose offer it accepted, and each checks that the
+//! certificate it got is the one the signed description named. The service is the ALPN.
+//!
+//! **Messages.** Each side sends on one unidirectional stream of its own, opened once the
+//! handshake is done: every [`send`](super::Node::send) is one message on it, a 4-byte
+//! big-endian length then the bytes (at most [`MAX_MESSAGE`]), delivered reliably and in
+//! order as one [`Event::Data`](super::Event). A length over the limit from the peer is a
+//! protocol error that ends the connection.
+//!
+//! **Close.** Graceful, as for KCP: our stream is finished once everything queued was written,
+//! and when the peer has acknowledged all of it the QUIC connection closes (application code
+//! 0) and the Node closes the connection with the caller's code and reason.
+//!
+//! The cost: each packet is protected twice, by QUIC and by the session's seal. The seal is
+//! what lets a QUIC packet travel through the signaling relay and TURN like any other of the
+//! connection's datagrams; `benches/RESULTS.md` has what it costs.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use fog_quic::{
+    AcceptPolicy, CloseReason as QuicClose, Config as QuicConfig, ConnHandle, Endpoint,
+    Event as QuicEvent, Fingerprint, Read, StreamError, StreamId, StreamKind,
+};
+use fog_signal::msg::CertFingerprint;
+use fog_signal::{KeyPair, PeerId};
+
+use super::MAX_DATAGRAM;
+use super::event::SendError;
+use super::transport::Happened;
+
+/// The largest message one `send` takes over QUIC.
+pub(super) const MAX_MESSAGE: usize = 1 << 20;
+/// Bytes queued for our stream before `send` says `Blocked`.
+const QUEUE_LIMIT: usize = 1 << 20;
+/// The peer address the endpoint believes in; the Node carries the packets.
+const NOWHERE: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)), 9);
+/// Length prefix of a message.
+const LEN: usize = 4;
+
+/// What a QUIC connection needs from the Node to start.
+pub(super) struct Opening<'a> {
+    /// Our identity.
+    pub key: &'a KeyPair,
+    /// The peer the connection is with.
+    pub peer: PeerId,
+    /// The connection's service (the ALPN).
+    pub service: u16,
+    /// The certificate fingerprint the peer signed into its description.
+    pub fingerprint: Option<CertFingerprint>,
+    /// Whether we dial (the offerer) or accept.
+    pub caller: bool,
+    /// Randomness for quinn-proto's choices.
+    pub seed: [u8; 32],
+    /// How long the peer may stay silent before QUIC gives up on it.
+    pub idle_timeout: Duration,
+}
+
+/// One connection's QUIC endpoint and its message stream.
+pub(super) struct Quic {
+    ep: Endpoint,
+    conn: Option<ConnHandle>,
+    /// Our unidirectional stream, once the handshake is done.
+    ours: Option<StreamId>,
+    /// The peer's unidirectional stream, once it opened it.
+    theirs: Option<StreamId>,
+    fingerprint: Option<Fingerprint>,
+    peer: PeerId,
+    service: u16,
+    /// Framed messages not yet taken by our stream.
+    queue: VecDeque<u8>,
+    /// Bytes of the peer's stream not yet whole messages.
+    partial: Vec<u8>,
+    /// `close` was called: our stream finishes once the queue is written.
+    closing: bool,
+    finished: bool,
+    happened: Vec<Happened>,
+    /// The connection ended (reported through `happened`).
+    over: bool,
+    /// The last instant the Node drove us at (closes need one).
+    now: Instant,
+    scratch: Vec<u8>,
+}
+
+impl std::fmt::Debug for Quic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Quic")
+            .field("conn", &self.conn)
+            .field("queued", &self.queue.len())
+            .field("closing", &self.closing)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Quic {
+    /// A QUIC connection for `opening`: the caller dials at once; the other side waits for the
+    /// caller's first packet. `None` if the endpoint cannot be built (a configuration error,
+    /// reported by the Node as the transport failing).
+    pub(super) fn new(opening: Opening<'_>, now: Instant) -> Option<Quic> {
+        let mut config = QuicConfig {
+            accept: AcceptPolicy::Only(BTreeSet::from([opening.peer])),
+            // One connection: a second handshake on this session (someone on the path
+            // replaying or forging Initials) is refused.
+            max_connections: 1,
+            idle_timeout: opening.idle_timeout,
+            initial_mtu: u16::try_from(MAX_DATAGRAM).unwrap_or(1200),
+            // Our messages travel on streams only.
+            datagram_receive_buffer: 0,
+            ..QuicConfig::default()
+        };
+        if !opening.caller {
+            config = config.with_service(opening.service);
+        }
+        let mut ep = Endpoint::new(config, opening.key, opening.seed, now).ok()?;
+        let conn = if opening.caller {
+            Some(
+                ep.connect(now, NOWHERE, opening.peer, opening.service)
+                    .ok()?,
+            )
+        } else {
+            None
+        };
+        Some(Quic {
+            ep,
+            conn,
+            ours: None,
+            theirs: None,
+            fingerprint: opening.fingerprint.map(|f| Fingerprint(f.0)),
+            peer: opening.peer,
+            service: opening.service,
+            queue: VecDeque::new(),
+            partial: Vec::new(),
+            closing: false,
+            finished: false,
+            happened: Vec::new(),
+            over: false,
+            now,
+            scratch: vec![0; 64 * 1024],
+        })
+    }
+
+    /// Queues one message.
+    pub(super) fn send(&mut self, data: &[u8]) -> Result<(), SendError> {
+        if self.over || self.closing {
+            return Err(SendError::NotConnected);
+        }
+        if data.len() > MAX_MESSAGE {
+            return Err(SendError::TooLong);
+        }
+        if self.queue.len() >= QUEUE_LIMIT {
+            return Err(SendError::Blocked);
+        }
+        // Checked above: at most MAX_MESSAGE, which fits.
+        let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
+        self.queue.extend(len.to_be_bytes());
+        self.queue.extend(data);
+        self.flush();
+        Ok(())
+    }
+
+    /// Whether a sender told `Blocked` may try again.
+    pub(super) fn has_room(&self) -> bool {
+        self.queue.len() < QUEUE_LIMIT / 2
+    }
+
+    /// A QUIC packet arrived; `false` if it cannot be one.
+    pub(super) fn handle_packet(&mut self, now: Instant, packet: &[u8]) -> bool {
+        if !self.ep.accepts(packet) {
+            return false;
+        }
+        self.now = self.now.max(now);
+        self.ep.handle_datagram(now, NOWHERE, packet);
+        self.drive();
+        true
+    }
+
+    pub(super) fn handle_timeout(&mut self, now: Instant) {
+        self.now = self.now.max(now);
+        self.ep.handle_timeout(now);
+        self.drive();
+    }
+
+    pub(super) fn poll_timeout(&self) -> Option<Instant> {
+        self.ep.poll_timeout()
+    }
+
+    pub(super) fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
+        self.now = self.now.max(now);
+        self.ep.poll_transmit(now, buf).map(|t| t.len)
+    }
+
+    /// Starts the graceful close.
+    pub(super) fn close(&mut self, now: Instant) {
+        self.now = self.now.max(now);
+        if self.over {
+            return;
+        }
+        self.closing = true;
+        if self.ours.is_none() && self.queue.is_empty() {
+            // Nothing to deliver: close at once.
+            self.end_local();
+            return;
+        }
+        // Once the handshake gives us a stream, what is queued goes, then the stream finishes.
+        self.flush();
+    }
+
+    pub(super) fn poll(&mut self) -> Vec<Happened> {
+        self.drive();
+        std::mem::take(&mut self.happened)
+    }
+
+    /// Handles the endpoint's events and moves queued bytes into our stream.
+    fn drive(&mut self) {
+        while let Some(event) = self.ep.poll_event() {
+            match event {
+                QuicEvent::Incoming { conn, .. } if self.conn.is_none() => {
+                    self.conn = Some(conn);
+                }
+                QuicEvent::Connected {
+                    conn,
+                    peer,
+                    service,
+                } => {
+                    if Some(conn) != self.conn {
+                        continue;
+                    }
+                    // fog-quic held the peer to its identity already; the signed fingerprint
+                    // and the service are ours to check.
+                    let cert_ok = self.fingerprint.is_some()
+                        && self.ep.peer_fingerprint(conn) == self.fingerprint;
+                    if peer != self.peer || service != self.service || !cert_ok {
+                        self.fail(conn);
+                        continue;
+                    }
+                    self.ours = self.ep.open(conn, StreamKind::Unidirectional).ok();
+                    if self.ours.is_none() {
+                        self.fail(conn);
+                    }
+                }
+                QuicEvent::StreamOpened { conn, stream } | QuicEvent::Readable { conn, stream }
+                    if Some(conn) == self.conn && !stream.is_bidirectional() =>
+                {
+                    if self.theirs.is_none() && Some(stream) != self.ours {
+                        self.theirs = Some(stream);
+                    }
+                    if self.theirs == Some(stream) {
+                        self.read(conn, stream);
+                    }
+                }
+                QuicEvent::Finished { conn, stream }
+                    if Some(conn) == self.conn && Some(stream) == self.ours =>
+                {
+                    // Everything we sent was acknowledged.
+                    self.end_local();
+                }
+                QuicEvent::Closed { conn, reason } if Some(conn) == self.conn && !self.over => {
+                    self.over = true;
+                    self.happened.push(match reason {
+                        QuicClose::Local => Happened::CloseDone,
+                        QuicClose::ByPeer { code: 0, .. } => Happened::PeerClosed,
+                        _ => Happened::Dead,
+                    });
+                }
+                _ => {}
+            }
+        }
+        self.flush();
+    }
+
+    /// Reads the peer's stream into whole messages.
+    fn read(&mut self, conn: ConnHandle, stream: StreamId) {
+        loop {
+            match self.ep.read(conn, stream, &mut self.scratch) {
+                Ok(Read::Data(n)) => self.partial.extend_from_slice(&self.scratch[..n]),
+                Ok(Read::Finished) => break,
+                Err(StreamError::Blocked) => break,
+                Err(_) => {
+                    self.fail(conn);
+                    return;
+                }
+            }
+        }
+        let mut at = 0;
+        while let Some(head) = self.partial.get(at..at + LEN) {
+            let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+            if len > MAX_MESSAGE {
+                self.fail(conn);
+                return;
+            }
+            let Some(body) = self.partial.get(at + LEN..at + LEN + len) else {
+                break;
+            };
+            self.happened.push(Happened::Data(body.to_vec()));
+            at += LEN + len;
+        }
+        self.partial.drain(..at);
+    }
+
+    /// Writes what our stream takes; finishes it once a closing queue is empty.
+    fn flush(&mut self) {
+        let (Some(conn), Some(stream)) = (self.conn, self.ours) else {
+            return;
+        };
+        while !self.queue.is_empty() {
+            let (front, _) = self.queue.as_slices();
+            match self.ep.write(conn, stream, front) {
+                Ok(n) => {
+                    self.queue.drain(..n);
+                }
+                Err(StreamError::Blocked) => return,
+                Err(_) => {
+                    self.fail(conn);
+                    return;
+                }
+            }
+        }
+        if self.closing && !self.finished {
+            self.finished = true;
+            if self.ep.finish(conn, stream).is_err() {
+                self.end_local();
+            }
+        }
+    }
+
+    /// Our side is done: the QUIC connection closes with code 0.
+    fn end_local(&mut self) {
+        match self.conn {
+            // Its `Closed(Local)` event reports the end.
+            Some(conn) if !self.over && self.ep.close(self.now, conn, 0, b"").is_err() => {
+                self.over = true;
+                self.happened.push(Happened::CloseDone);
+            }
+            None if !self.over => {
+                self.over = true;
+                self.happened.push(Happened::CloseDone);
+            }
+            _ => {}
+        }
+    }
+
+    /// The peer broke the protocol (or is not who it signed): the connection is dead.
+    fn fail(&mut self, conn: ConnHandle) {
+        if self.over {
+            return;
+        }
+        let _ = self.ep.close(self.now, conn, 1, b"protocol violation");
+        self.over = true;
+        self.happened.push(Happened::Dead);
+    }
+}
