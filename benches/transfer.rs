@@ -17,7 +17,8 @@
 //! (nodelay, 10 ms interval, resend 2, no congestion window, 128-segment windows, the same MTU)
 //! on two UDP sockets on loopback, one thread each, moving the same bytes in the same messages
 //! and hashing them the same way. It has no sealing, no signaling and no path selection, so
-//! it is what KCP alone costs here.
+//! it is what KCP alone costs here. The anchor for QUIC is the `quinn` crate's tokio endpoints
+//! (`anchors/quinn.rs`).
 //!
 //! It prints one JSON object with `--json`: `transport`, `bytes`, `secs`, `mib_per_s`, `cpu_s`,
 //! `hash_ok`, `anchor_mib_per_s`, `anchor_cpu_s`, `anchor_hash_ok`. Loopback only; it stops by
@@ -25,6 +26,9 @@
 
 // A measurement reads the clock.
 #![allow(clippy::disallowed_methods)]
+
+#[path = "anchors/quinn.rs"]
+mod quinn_anchor;
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
@@ -139,7 +143,15 @@ struct Run {
 fn main() {
     let o = Options::parse();
     let ours = through_nodes(&o);
-    let anchor = (o.anchor && o.transport == Transport::Kcp).then(|| kcp_crate(&o));
+    let anchor = match o.transport {
+        Transport::Kcp if o.anchor => Some(kcp_crate(&o)),
+        Transport::Quic if o.anchor => Some(quinn_anchor::quinn_crate(&o)),
+        _ => None,
+    };
+    let anchor_name = match o.transport {
+        Transport::Quic => "quinn crate",
+        _ => "kcp crate",
+    };
     let mib = o.size as f64 / f64::from(1 << 20);
     let name = String::from(o.transport.clone());
     let rate = |r: &Run| mib / r.secs;
@@ -175,7 +187,7 @@ fn main() {
         );
         if let Some(a) = &anchor {
             println!(
-                "anchor (kcp crate): {:.2} s, {:.1} MiB/s, {:.2} CPU s, hash {}",
+                "anchor ({anchor_name}): {:.2} s, {:.1} MiB/s, {:.2} CPU s, hash {}",
                 a.secs,
                 rate(a),
                 a.cpu_s,
