@@ -66,7 +66,7 @@ pub use fog_signal::{KeyPair, PeerId};
 pub use node::{
     AcceptPolicy, CHECK_ALLOWANCE, CLOSED_IDLE, CLOSED_TIMEOUT, CloseReason, CommandError,
     ConnectError, ConnectionId, ConnectionStats, Counters, Event, FailReason, Footprint,
-    LookupError, MAX_DATAGRAM, MAX_LOOKUPS, MAX_QUEUED, Node, NodeConfig, REFUSED_BUSY,
-    REFUSED_FULL, REFUSED_TRANSPORT, Seed, SendError, ServerChoice, SignalInput, SignalOutput,
-    Transport, Via,
+    LookupError, MAX_DATAGRAM, MAX_LOOKUPS, MAX_QUEUED, MAX_RELAY_FRAMES, Node, NodeConfig,
+    REFUSED_BUSY, REFUSED_FULL, REFUSED_TRANSPORT, Seed, SendError, ServerChoice, SignalInput,
+    SignalOutput, Transport, Via,
 };

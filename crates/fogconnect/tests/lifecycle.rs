@@ -672,3 +672,56 @@ fn a_burst_of_connects_is_paced_under_the_servers_rate_limit() {
     assert_eq!(connected, ids.len(), "{trouble:?}");
     assert!(trouble.is_empty(), "{trouble:?}");
 }
+
+/// On the signaling relay the server's frame rate is the bottleneck: a burst of datagrams
+/// fills at most `MAX_RELAY_FRAMES` frames, then `send` says `Blocked`; `Writable` follows as
+/// the frames leave, and every datagram `send` took arrives (the relay is reliable).
+#[test]
+fn datagrams_on_the_signaling_relay_block_instead_of_queueing_without_bound() {
+    let mut s = ready(Preset::UdpBlocked, Preset::FullCone, &Profile::default());
+    let mark = s.events[1].len();
+    let (_, id_a) = s.connect();
+    s.run_for(Duration::from_secs(3));
+    let id_b = incoming(&s, mark).unwrap();
+    assert_eq!(connected(&since(&s, 0, 0), id_a), Some(Via::Signaling));
+    let mut taken = 0u32;
+    let blocked = loop {
+        match s.with_node(0, |n, now| n.send(now, id_a, &taken.to_be_bytes())) {
+            Ok(()) => taken += 1,
+            Err(fogconnect::SendError::Blocked) => break true,
+            Err(e) => panic!("{e}"),
+        }
+        if taken > 10_000 {
+            break false;
+        }
+    };
+    assert!(blocked, "send never blocked: {taken} datagrams queued");
+    // The server's burst took some at once; the rest wait, no more than the bound.
+    let waiting = s.with_node(0, |n, _| n.footprint().signal_frames);
+    assert!(
+        waiting <= fogconnect::MAX_RELAY_FRAMES && waiting > 0,
+        "{waiting} frames waiting after {taken} datagrams taken"
+    );
+    let before = s.events[0].len();
+    s.run_for(Duration::from_secs(10));
+    assert!(
+        s.events[0][before..]
+            .iter()
+            .any(|(_, e)| *e == Event::Writable),
+        "Writable once frames left"
+    );
+    let got: Vec<u32> = since(&s, 1, 0)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Data { id, data } if id == id_b => {
+                Some(u32::from_be_bytes(data.try_into().unwrap()))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        got,
+        (0..taken).collect::<Vec<_>>(),
+        "every datagram taken arrived"
+    );
+}

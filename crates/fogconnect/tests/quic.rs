@@ -196,3 +196,18 @@ fn quic_is_refused_by_a_node_that_does_not_run_it() {
         s.events[0]
     );
 }
+
+/// With no UDP on one side, QUIC runs over the signaling relay: the server's frame rate is the
+/// bottleneck, the node keeps at most `MAX_RELAY_FRAMES` frames waiting and drops the rest as
+/// a congested path would, and QUIC's own recovery delivers everything.
+#[test]
+fn quic_delivers_over_the_signaling_relay() {
+    let mut s = quic_scenario(Preset::UdpBlocked, Preset::FullCone, 6, 0.0);
+    let (a_id, b_id) = connect_quic(&mut s);
+    let count = 40;
+    send_all(&mut s, 0, a_id, count);
+    s.run_for(Duration::from_secs(90));
+    assert_all_in_order(&received(&s, 1, b_id), count);
+    let waiting = s.with_node(0, |n, _| n.footprint().signal_frames);
+    assert!(waiting <= fogconnect::MAX_RELAY_FRAMES, "{waiting}");
+}

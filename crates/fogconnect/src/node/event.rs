@@ -480,6 +480,9 @@ pub struct Footprint {
     pub requests: usize,
     /// Application datagrams and control messages queued to send.
     pub queued: usize,
+    /// Frames waiting for the signaling connection (paced under the server's rate); at most
+    /// about [`MAX_RELAY_FRAMES`](crate::MAX_RELAY_FRAMES) from relayed datagrams.
+    pub signal_frames: usize,
 }
 
 /// What a node dropped from the network, and why ([`Node::counters`](super::Node::counters)).
@@ -501,6 +504,10 @@ pub struct Counters {
     pub candidates_dropped: u64,
     /// Datagrams of ours that the TURN client could not send (no allocation any more, say).
     pub relay_send_errors: u64,
+    /// Datagrams of a transport (KCP, QUIC) not put on the signaling relay because
+    /// [`MAX_RELAY_FRAMES`](crate::MAX_RELAY_FRAMES) frames were already waiting for the
+    /// server's rate: lost as on a congested path, and the transport sends them again.
+    pub relay_frames_dropped: u64,
     /// Datagrams of our agents withheld because their destination IP had its
     /// [`probe_budget`](super::NodeConfig::probe_budget) without answering.
     pub probes_withheld: u64,

@@ -67,6 +67,13 @@ pub const MAX_DATAGRAM: usize = 1_400 - seal::OVERHEAD;
 /// The most datagrams [`Node::send`] queues before the driver drains them (with
 /// [`poll_transmit`](SansIo::poll_transmit)); beyond it `send` says [`SendError::Blocked`].
 pub const MAX_QUEUED: usize = 1_024;
+/// The most frames waiting for the signaling server (paced under its rate) before datagrams
+/// relayed over signaling ([`Via::Signaling`]) are refused: [`Node::send`] says
+/// [`SendError::Blocked`] (and [`Event::Writable`] follows once half have left), and a
+/// transport's datagrams are dropped as on a congested path
+/// ([`Counters::relay_frames_dropped`]). Without it the queue would grow without bound at the
+/// server's few dozen frames a second.
+pub const MAX_RELAY_FRAMES: usize = 32;
 /// The most lookups waiting for their answers at once.
 pub const MAX_LOOKUPS: usize = 64;
 /// The code of a refusal by a node that holds [`NodeConfig::max_connections`] connections.
@@ -443,6 +450,10 @@ impl Node {
         else {
             return Err(SendError::NotConnected);
         };
+        if path.is_none() && self.client.frames_waiting() >= MAX_RELAY_FRAMES {
+            self.blocked = true;
+            return Err(SendError::Blocked);
+        }
         let sealed = keys.seal(seal::Kind::Data, data);
         if let Some((local, remote)) = path {
             self.outgoing.push_back((local, remote, sealed));
@@ -507,6 +518,7 @@ impl Node {
             relay_permissions: self.turn.as_ref().map_or(0, TurnClient::permission_count),
             requests: self.lookups.len() + self.by_request.len() + self.cancelled.len(),
             queued: self.outgoing.len(),
+            signal_frames: self.client.frames_waiting(),
         }
     }
 
@@ -1108,7 +1120,11 @@ impl Node {
                 if let Some((local, remote)) = path {
                     self.outgoing.push_back((local, remote, sealed));
                 } else if let Some(session) = relay {
-                    let _ = self.client.relay(session, &sealed);
+                    if self.client.frames_waiting() >= MAX_RELAY_FRAMES {
+                        self.counters.relay_frames_dropped += 1;
+                    } else {
+                        let _ = self.client.relay(session, &sealed);
+                    }
                 }
                 // With no path at all the datagram is lost, as on a path that drops it:
                 // the stream retransmits.
@@ -1529,7 +1545,10 @@ impl SansIo for Node {
                 return Some(t);
             }
         }
-        if self.blocked && self.outgoing.len() <= MAX_QUEUED / 2 {
+        if self.blocked
+            && self.outgoing.len() <= MAX_QUEUED / 2
+            && self.client.frames_waiting() <= MAX_RELAY_FRAMES / 2
+        {
             self.blocked = false;
             self.events.push_back(Event::Writable);
         }
