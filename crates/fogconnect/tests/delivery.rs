@@ -14,6 +14,9 @@
 //! ```text
 //! FOG_DELIVERY_ALL_PAIRS=1 cargo test --release -p fogconnect --test delivery
 //! ```
+//!
+//! `FOG_DELIVERY_SEEDS=N` runs each pair with N seeds instead of one (with either set of
+//! pairs), for hunting rare failures.
 
 use std::time::{Duration, Instant};
 
@@ -231,23 +234,28 @@ fn transfer(
 /// Every pair of [`pairs`] at `loss` (with [`rough`] links), over every transport. A pair
 /// that fails does not stop the others: the panic names them all.
 fn every_pair_delivers(loss: f64) {
+    let seeds: u64 = std::env::var("FOG_DELIVERY_SEEDS")
+        .ok()
+        .map_or(1, |n| n.parse().expect("FOG_DELIVERY_SEEDS takes a number"));
     let mut failed = Vec::new();
     for transport in TRANSPORTS {
         for (k, &(a, b)) in pairs().iter().enumerate() {
-            let seed = 1_000 + k as u64;
-            let run = std::panic::catch_unwind(|| {
-                let mut s = Scenario::new(a, b, seed, &rough(loss));
-                let ids = connect(&mut s, transport);
-                let d = transfer(&mut s, ids, seed, None);
-                (d.last_byte - d.first_send, s.sim.stats().duplicated)
-            });
-            let case = format!("{transport:?} {} -> {} seed {seed}", a.name(), b.name());
-            match run {
-                Ok((took, duplicated)) => eprintln!(
-                    "{case} at {loss}: {SIZE} bytes in {took:?} (virtual), {duplicated} \
-                     datagrams duplicated"
-                ),
-                Err(_) => failed.push(case),
+            for round in 0..seeds {
+                let seed = 1_000 + k as u64 + 1_000 * round;
+                let run = std::panic::catch_unwind(|| {
+                    let mut s = Scenario::new(a, b, seed, &rough(loss));
+                    let ids = connect(&mut s, transport);
+                    let d = transfer(&mut s, ids, seed, None);
+                    (d.last_byte - d.first_send, s.sim.stats().duplicated)
+                });
+                let case = format!("{transport:?} {} -> {} seed {seed}", a.name(), b.name());
+                match run {
+                    Ok((took, duplicated)) => eprintln!(
+                        "{case} at {loss}: {SIZE} bytes in {took:?} (virtual), {duplicated} \
+                         datagrams duplicated"
+                    ),
+                    Err(_) => failed.push(case),
+                }
             }
         }
     }
