@@ -4,7 +4,8 @@
 //! under 0 %, 1 % and 5 % loss on every access link, each time with reordering, duplication
 //! and jitter on those links too ([`rough`]); through NAT pairs of every kind of path the
 //! NAT matrix knows (direct, peer-reflexive, predicted, relayed through TURN, relayed over
-//! signaling) and across a relay → direct path change in the middle of a transfer.
+//! signaling), across a relay → direct path change in the middle of a transfer, and both
+//! ways at once.
 //!
 //! Every case runs for each transport in [`TRANSPORTS`]. The pairs are [`REPRESENTATIVE`],
 //! one per kind of path, so that the file stays well under a minute in a debug build on two
@@ -123,73 +124,132 @@ fn connect(s: &mut Scenario, transport: &Transport) -> (ConnectionId, Connection
     panic!("not connected in 15 s: {:#?}", s.events);
 }
 
-/// How a transfer went.
+/// How one direction of a transfer went.
 struct Delivered {
-    /// When A handed the first message to its node.
+    /// When the sender handed its first message to its node.
     first_send: Instant,
-    /// When B's node reported the last byte.
+    /// When the receiver's node reported the last byte.
     last_byte: Instant,
-    /// When B's node reported each message, and its length.
+    /// When the receiver's node reported each message, and its length.
     arrivals: Vec<(Instant, usize)>,
 }
 
-/// A sends [`SIZE`] bytes on `a` as fast as the stream takes them, or one message per `gap`
-/// when given; B must report exactly those bytes, in order, on `b` within [`LIMIT`]. Panics
-/// with what differs otherwise.
-fn transfer(
-    s: &mut Scenario,
-    (a, b): (ConnectionId, ConnectionId),
-    seed: u64,
-    gap: Option<Duration>,
-) -> Delivered {
-    let mut pattern = Lcg(seed);
-    let mut sizes = Lcg(!seed);
-    let mut sent = Vec::with_capacity(SIZE);
+/// One direction of a transfer: node `from` sends [`SIZE`] bytes of a seeded pattern on
+/// `id`, in messages of 1 to [`MAX_MESSAGE`] bytes; the other node receives them on `peer_id`.
+struct Flow {
+    from: usize,
+    id: ConnectionId,
+    peer_id: ConnectionId,
+    pattern: Lcg,
+    sizes: Lcg,
+    sent: Vec<u8>,
+    /// The next message, once drawn (the stream refused it if it is still here).
+    message: Vec<u8>,
+    /// After `Blocked`: how many of the sender's events there were then; a `Writable`
+    /// after them lets it go on.
+    blocked_at: Option<usize>,
+}
+
+impl Flow {
+    fn new(from: usize, (id, peer_id): (ConnectionId, ConnectionId), seed: u64) -> Flow {
+        Flow {
+            from,
+            id,
+            peer_id,
+            pattern: Lcg(seed),
+            sizes: Lcg(!seed),
+            sent: Vec::with_capacity(SIZE),
+            message: Vec::new(),
+            blocked_at: None,
+        }
+    }
+
+    fn done(&self) -> bool {
+        self.sent.len() >= SIZE
+    }
+
+    /// Sends what the stream takes now: until it says `Blocked` (then nothing until a
+    /// `Writable`), until the end, or one message when `one`.
+    fn push(&mut self, s: &mut Scenario, one: bool) {
+        if let Some(mark) = self.blocked_at {
+            if !s.events[self.from][mark..]
+                .iter()
+                .any(|(_, e)| *e == Event::Writable)
+            {
+                return;
+            }
+            self.blocked_at = None;
+        }
+        while !self.done() {
+            if self.message.is_empty() {
+                let len =
+                    (1 + self.sizes.next() as usize % MAX_MESSAGE).min(SIZE - self.sent.len());
+                self.message.resize(len, 0);
+                self.pattern.fill(&mut self.message);
+            }
+            let (id, message) = (self.id, &self.message);
+            match s.with_node(self.from, |n, now| n.send(now, id, message)) {
+                Ok(()) => {
+                    self.sent.extend_from_slice(&self.message);
+                    self.message.clear();
+                    if one {
+                        return;
+                    }
+                }
+                Err(SendError::Blocked) => {
+                    self.blocked_at = Some(s.events[self.from].len());
+                    return;
+                }
+                Err(e) => panic!(
+                    "node {} send after {} bytes: {e}",
+                    self.from,
+                    self.sent.len()
+                ),
+            }
+        }
+    }
+
+    /// The receiver's messages on this flow since its event `mark`: (when, data).
+    fn received<'a>(
+        &self,
+        s: &'a Scenario,
+        mark: usize,
+    ) -> impl Iterator<Item = (Instant, &'a [u8])> {
+        let peer_id = self.peer_id;
+        s.events[1 - self.from][mark..]
+            .iter()
+            .filter_map(move |(at, e)| match e {
+                Event::Data { id, data } if *id == peer_id => Some((*at, data.as_slice())),
+                _ => None,
+            })
+    }
+}
+
+/// Runs `flows` at once, each as fast as its stream takes the bytes, or one message per `gap`
+/// when given; each receiver must report exactly its flow's bytes, in order, within
+/// [`LIMIT`]. Panics with what differs otherwise.
+fn transfer(s: &mut Scenario, mut flows: Vec<Flow>, gap: Option<Duration>) -> Vec<Delivered> {
     let marks = [s.events[0].len(), s.events[1].len()];
     let first_send = s.sim.now();
     let deadline = first_send + LIMIT;
-    let mut message = Vec::new();
-    while sent.len() < SIZE {
-        if message.is_empty() {
-            let len = (1 + sizes.next() as usize % MAX_MESSAGE).min(SIZE - sent.len());
-            message.resize(len, 0);
-            pattern.fill(&mut message);
+    loop {
+        for flow in &mut flows {
+            flow.push(s, gap.is_some());
         }
-        match s.with_node(0, |n, now| n.send(now, a, &message)) {
-            Ok(()) => {
-                sent.extend_from_slice(&message);
-                message.clear();
-                if let Some(gap) = gap {
-                    s.run_for(gap);
-                }
-            }
-            Err(SendError::Blocked) => {
-                let from = s.events[0].len();
-                while !s.events[0][from..]
-                    .iter()
-                    .any(|(_, e)| *e == Event::Writable)
-                {
-                    assert!(
-                        s.sim.now() < deadline,
-                        "no Writable after Blocked with {} bytes sent",
-                        sent.len()
-                    );
-                    s.run_for(Duration::from_millis(5));
-                }
-            }
-            Err(e) => panic!("send after {} bytes: {e}", sent.len()),
+        if flows.iter().all(Flow::done) {
+            break;
         }
+        assert!(
+            s.sim.now() < deadline,
+            "still sending after {LIMIT:?}: {:?} bytes sent",
+            flows.iter().map(|f| f.sent.len()).collect::<Vec<_>>()
+        );
+        s.run_for(gap.unwrap_or(Duration::from_millis(5)));
     }
-    let received = |s: &Scenario| -> usize {
-        s.events[1][marks[1]..]
-            .iter()
-            .filter_map(|(_, e)| match e {
-                Event::Data { id, data } if *id == b => Some(data.len()),
-                _ => None,
-            })
-            .sum()
+    let arrived = |s: &Scenario, f: &Flow| -> usize {
+        f.received(s, marks[1 - f.from]).map(|(_, d)| d.len()).sum()
     };
-    while received(s) < SIZE && s.sim.now() < deadline {
+    while flows.iter().any(|f| arrived(s, f) < SIZE) && s.sim.now() < deadline {
         s.run_for(Duration::from_millis(50));
     }
     let ended = |i: usize| {
@@ -203,32 +263,35 @@ fn transfer(
         ended(0),
         ended(1)
     );
-    let mut hash = Sha256::new();
-    let mut got = Vec::with_capacity(SIZE);
-    let mut arrivals = Vec::new();
-    for (at, e) in &s.events[1][marks[1]..] {
-        if let Event::Data { id, data } = e {
-            if *id == b {
+    flows
+        .iter()
+        .map(|f| {
+            let mut hash = Sha256::new();
+            let mut got = Vec::with_capacity(SIZE);
+            let mut arrivals = Vec::new();
+            for (at, data) in f.received(s, marks[1 - f.from]) {
                 hash.update(data);
                 got.extend_from_slice(data);
-                arrivals.push((*at, data.len()));
+                arrivals.push((at, data.len()));
             }
-        }
-    }
-    if hash.finalize() != Sha256::digest(&sent) {
-        let first_difference = sent.iter().zip(&got).position(|(x, y)| x != y);
-        panic!(
-            "B got {} of {} bytes in {} messages; first difference at {first_difference:?}",
-            got.len(),
-            sent.len(),
-            arrivals.len()
-        );
-    }
-    Delivered {
-        first_send,
-        last_byte: arrivals.last().map_or(first_send, |x| x.0),
-        arrivals,
-    }
+            if hash.finalize() != Sha256::digest(&f.sent) {
+                let first_difference = f.sent.iter().zip(&got).position(|(x, y)| x != y);
+                panic!(
+                    "node {} got {} of {} bytes in {} messages; first difference at \
+                     {first_difference:?}",
+                    1 - f.from,
+                    got.len(),
+                    f.sent.len(),
+                    arrivals.len()
+                );
+            }
+            Delivered {
+                first_send,
+                last_byte: arrivals.last().map_or(first_send, |x| x.0),
+                arrivals,
+            }
+        })
+        .collect()
 }
 
 /// Every pair of [`pairs`] at `loss` (with [`rough`] links), over every transport. A pair
@@ -245,8 +308,8 @@ fn every_pair_delivers(loss: f64) {
                 let run = std::panic::catch_unwind(|| {
                     let mut s = Scenario::new(a, b, seed, &rough(loss));
                     let ids = connect(&mut s, transport);
-                    let d = transfer(&mut s, ids, seed, None);
-                    (d.last_byte - d.first_send, s.sim.stats().duplicated)
+                    let d = transfer(&mut s, vec![Flow::new(0, ids, seed)], None);
+                    (d[0].last_byte - d[0].first_send, s.sim.stats().duplicated)
                 });
                 let case = format!("{transport:?} {} -> {} seed {seed}", a.name(), b.name());
                 match run {
@@ -297,7 +360,8 @@ fn across_a_relay_to_direct_change(loss: f64, seed: u64) {
                 &rough(loss),
             );
             let ids = connect(&mut s, transport);
-            let d = transfer(&mut s, ids, seed, Some(Duration::from_millis(40)));
+            let flow = Flow::new(0, ids, seed);
+            let d = transfer(&mut s, vec![flow], Some(Duration::from_millis(40))).remove(0);
             let paths = s.paths(1);
             let relayed_first = paths.first().is_some_and(|p| p.3);
             let direct_at = paths.iter().find(|p| !p.3).map(|p| p.0);
@@ -337,4 +401,26 @@ fn every_byte_arrives_across_a_relay_to_direct_change_at_1_percent_loss() {
 #[test]
 fn every_byte_arrives_across_a_relay_to_direct_change_at_5_percent_loss() {
     across_a_relay_to_direct_change(0.05, 12);
+}
+
+/// Both ways at once: each node sends a megabyte while it receives the other's, at 5 %
+/// loss on rough links, so that data and acknowledgements share every datagram's way.
+#[test]
+fn every_byte_arrives_in_order_both_ways_at_once() {
+    for transport in TRANSPORTS {
+        let mut s = Scenario::new(
+            Preset::PortRestrictedCone,
+            Preset::SymmetricSequential,
+            31,
+            &rough(0.05),
+        );
+        let (a, b) = connect(&mut s, transport);
+        let flows = vec![Flow::new(0, (a, b), 31), Flow::new(1, (b, a), 32)];
+        let d = transfer(&mut s, flows, None);
+        eprintln!(
+            "{transport:?} both ways at 5 %: A -> B in {:?}, B -> A in {:?} (virtual)",
+            d[0].last_byte - d[0].first_send,
+            d[1].last_byte - d[1].first_send
+        );
+    }
 }
