@@ -1,7 +1,7 @@
 /*
  * The original FogConnect's echo client, on the pr_* names as its examples spelled them:
- * dials the server's ID, sends "I am fog data!" and waits for "I know!". Ported as
- * echo_server.c was (calloc/free/nanosleep for glib, datagrams for QUIC).
+ * dials the server's ID over QUIC, sends "I am fog data!" and waits for "I know!". Ported as
+ * echo_server.c was (calloc/free/nanosleep for glib).
  *
  *   echo_client SIGNAL_HOST SIGNAL_PORT STUN_HOST:PORT SERVER_ID
  *
@@ -88,15 +88,13 @@ int main(int argc, char **argv)
         fprintf(stderr, "client: %s\n", pr_errno_mgs(rc));
         return 1;
     }
-    fc_conn quic = pr_connect_peer(ctx, argv[4], PR_TRANSPORT_PROTOCOL_QUIC, 7, on_event, NULL);
-    printf("client: QUIC: %s\n", pr_errno_mgs((int)quic));
-    /* KCP: reliable, ordered messages, as the original's QUIC streams were. */
-    fc_conn conn = pr_connect_peer(ctx, argv[4], PR_TRANSPORT_PROTOCOL_KCP, 7, on_event, NULL);
+    /* QUIC, as the original: reliable, ordered messages. */
+    fc_conn conn = pr_connect_peer(ctx, argv[4], PR_TRANSPORT_PROTOCOL_QUIC, 7, on_event, NULL);
     if (conn < 0) {
         fprintf(stderr, "client: pr_connect_peer: %s\n", pr_errno_mgs((int)conn));
         return 1;
     }
-    /* Until the answer comes, send again every second (KCP delivers each one; the server
+    /* Until the answer comes, send again every second (QUIC delivers each one; the server
        answers every message it gets). */
     for (int tick = 0; tick < 2000 && atomic_load(&outcome) == 0; tick++) {
         fc_conn c = atomic_load(&connected);

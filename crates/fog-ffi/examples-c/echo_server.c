@@ -2,7 +2,8 @@
  * The original FogConnect's echo server, on the pr_* names as its examples spelled them:
  * claims an ID, accepts every incoming connection and answers each datagram with "I know!".
  * The port from the original: glib's g_malloc0/g_free/g_usleep became calloc/free/nanosleep,
- * and the protocol is PR_TRANSPORT_PROTOCOL_DATAGRAM (QUIC is not carried yet).
+ * and it answers on whichever protocol the client dialled (its client uses QUIC, as the
+ * original's did).
  *
  *   echo_server SIGNAL_HOST SIGNAL_PORT STUN_HOST:PORT ID [ANSWERS]
  *

@@ -61,7 +61,8 @@
 #define FC_ERR_ALREADY_STARTED -6
 
 /*
- The node does not carry this protocol (yet): `FC_PROTOCOL_DATAGRAM` and `FC_PROTOCOL_KCP` work today.
+ The node does not carry this protocol (yet): `FC_PROTOCOL_DATAGRAM`, `FC_PROTOCOL_KCP` and
+ `FC_PROTOCOL_QUIC` work today.
  */
 #define FC_ERR_UNSUPPORTED_PROTOCOL -7
 

@@ -31,9 +31,10 @@
 //! # Protocols
 //!
 //! `FC_PROTOCOL_DATAGRAM` carries sealed datagrams, unreliable and unordered, at most
-//! [`FC_MAX_DATAGRAM`] bytes each; `FC_PROTOCOL_KCP` carries reliable, ordered messages, each
-//! `fc_send` delivered whole. QUIC, uTP, SCTP and RTC return `FC_ERR_UNSUPPORTED_PROTOCOL`
-//! until the runtime offers them.
+//! [`FC_MAX_DATAGRAM`] bytes each; `FC_PROTOCOL_KCP` and `FC_PROTOCOL_QUIC` carry reliable,
+//! ordered messages, each `fc_send` delivered whole (KCP up to about 170 KB, QUIC up to
+//! 1 MiB). uTP, SCTP and RTC return `FC_ERR_UNSUPPORTED_PROTOCOL` until the runtime offers
+//! them.
 
 // The C names are the API.
 #![allow(non_camel_case_types)]
@@ -79,7 +80,8 @@ pub const FC_ERR_INVALID_CONNECTION: c_int = -4;
 pub const FC_ERR_NOT_STARTED: c_int = -5;
 /// The context already has one (`fc_signal_init` twice, `fc_set_id` after it).
 pub const FC_ERR_ALREADY_STARTED: c_int = -6;
-/// The node does not carry this protocol (yet): `FC_PROTOCOL_DATAGRAM` and `FC_PROTOCOL_KCP` work today.
+/// The node does not carry this protocol (yet): `FC_PROTOCOL_DATAGRAM`, `FC_PROTOCOL_KCP` and
+/// `FC_PROTOCOL_QUIC` work today.
 pub const FC_ERR_UNSUPPORTED_PROTOCOL: c_int = -7;
 /// The output buffer is too short for the answer and its NUL; nothing was written.
 pub const FC_ERR_BUFFER_TOO_SMALL: c_int = -8;
@@ -346,10 +348,10 @@ fn context_number(ctx: *const fc_context) -> Result<usize, Error> {
 
 /// The node's transport for a protocol number [`protocol_of`] took.
 pub(crate) fn transport_of(protocol: u8) -> fogconnect::Transport {
-    if c_int::from(protocol) == FC_PROTOCOL_KCP {
-        fogconnect::Transport::Kcp
-    } else {
-        fogconnect::Transport::Datagram
+    match c_int::from(protocol) {
+        FC_PROTOCOL_KCP => fogconnect::Transport::Kcp,
+        FC_PROTOCOL_QUIC => fogconnect::Transport::Quic,
+        _ => fogconnect::Transport::Datagram,
     }
 }
 
@@ -358,6 +360,7 @@ pub(crate) fn protocol_for(transport: &fogconnect::Transport) -> Option<u8> {
     match transport {
         fogconnect::Transport::Datagram => Some(FC_PROTOCOL_DATAGRAM as u8),
         fogconnect::Transport::Kcp => Some(FC_PROTOCOL_KCP as u8),
+        fogconnect::Transport::Quic => Some(FC_PROTOCOL_QUIC as u8),
         _ => None,
     }
 }
@@ -367,7 +370,8 @@ fn protocol_of(protocol: c_int) -> Result<u8, Error> {
     match protocol {
         FC_PROTOCOL_DATAGRAM => Ok(FC_PROTOCOL_DATAGRAM as u8),
         FC_PROTOCOL_KCP => Ok(FC_PROTOCOL_KCP as u8),
-        FC_PROTOCOL_QUIC..=FC_PROTOCOL_RTC => Err(Error::UnsupportedProtocol),
+        FC_PROTOCOL_QUIC => Ok(FC_PROTOCOL_QUIC as u8),
+        FC_PROTOCOL_UTP..=FC_PROTOCOL_RTC => Err(Error::UnsupportedProtocol),
         _ => Err(Error::InvalidArgument),
     }
 }
@@ -1013,7 +1017,7 @@ pub extern "C" fn fc_strerror(code: c_int) -> *const c_char {
         FC_ERR_NOT_STARTED => c"the context has no signaling connection yet",
         FC_ERR_ALREADY_STARTED => c"the context is already started",
         FC_ERR_UNSUPPORTED_PROTOCOL => {
-            c"the node does not carry this protocol yet (only FC_PROTOCOL_DATAGRAM)"
+            c"the node does not carry this protocol yet (FC_PROTOCOL_DATAGRAM, KCP and QUIC do)"
         }
         FC_ERR_BUFFER_TOO_SMALL => c"the output buffer is too small",
         FC_ERR_NOT_CONNECTED => c"the connection has no path yet",

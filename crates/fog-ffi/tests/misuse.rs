@@ -85,12 +85,7 @@ fn bad_strings_and_arguments_are_refused() {
             FC_ERR_INVALID_ARGUMENT
         );
         // The protocol is checked first: the unsupported ones say so even before a start.
-        for protocol in [
-            FC_PROTOCOL_QUIC,
-            FC_PROTOCOL_UTP,
-            FC_PROTOCOL_SCTP,
-            FC_PROTOCOL_RTC,
-        ] {
+        for protocol in [FC_PROTOCOL_UTP, FC_PROTOCOL_SCTP, FC_PROTOCOL_RTC] {
             assert_eq!(
                 dial(ctx, c"bob", protocol, 1),
                 i64::from(FC_ERR_UNSUPPORTED_PROTOCOL)
