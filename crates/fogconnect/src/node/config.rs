@@ -29,7 +29,7 @@ pub struct NodeConfig {
     pub strategy: StrategyConfig,
     /// The transports this node runs: a caller asking for another is refused with
     /// [`REFUSED_TRANSPORT`](super::REFUSED_TRANSPORT), and `connect_with` one refuses at
-    /// once (default: datagrams and KCP, the ones there are; others are not accepted even if
+    /// once (default: datagrams, KCP and uTP, the ones there are; others are not accepted even if
     /// listed).
     pub transports: Vec<Transport>,
     /// Seeds the node's cryptographically secure generator (ChaCha20), from which every secret
@@ -178,7 +178,7 @@ impl NodeConfig {
             stun,
             base,
             strategy: StrategyConfig::default(),
-            transports: vec![Transport::Datagram, Transport::Kcp],
+            transports: vec![Transport::Datagram, Transport::Kcp, Transport::Utp],
             seed: seed.into(),
             port_samples: 4,
             hairpinning: false,

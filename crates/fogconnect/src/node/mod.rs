@@ -939,6 +939,14 @@ impl Node {
         rtt: Duration,
         via: Via,
     ) {
+        // A uTP stream draws its connection ids from the node's randomness (only then, so
+        // that datagram connections draw what they always did).
+        let seed = match self.conns.get(&id) {
+            Some(c) if c.transport == Transport::Utp && c.connected_at.is_none() => {
+                random_bytes(&mut self.rng)
+            }
+            _ => [0; 32],
+        };
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
@@ -958,7 +966,7 @@ impl Node {
             conn.last_heard = self.now;
             if let Some(session) = conn.session {
                 conn.stream =
-                    transport::Stream::new(&conn.transport, session, !conn.passive, self.now);
+                    transport::Stream::new(&conn.transport, session, !conn.passive, seed, self.now);
             }
             self.events.push_back(Event::Connected {
                 id,
