@@ -152,7 +152,7 @@ impl Stream {
         }
     }
 
-    /// Whether a sender told `Blocked` may try again.
+    /// Whether a sender told `Blocked` may try again (half the queue is free).
     pub(super) fn has_room(&self) -> bool {
         match self {
             Stream::Kcp(kcp) => {
@@ -163,15 +163,6 @@ impl Stream {
                     .stats(c)
                     .is_some_and(|s| s.send_buffered < u.send_buffer / 2)
             }),
-        }
-    }
-
-    /// Whether a sender told `Blocked` may try again (half the queue is free).
-    pub(super) fn has_room(&self) -> bool {
-        match self {
-            Stream::Kcp(kcp) => {
-                kcp.kcp().waiting_to_send() < kcp.kcp().config().send_queue_limit / 2
-            }
         }
     }
 
