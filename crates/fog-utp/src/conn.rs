@@ -39,6 +39,12 @@ pub(crate) fn seq_less(a: u16, b: u16) -> bool {
     (b.wrapping_sub(a) as i16) > 0
 }
 
+/// A measured microsecond value as the wire carries it: never 0, which BEP 29 reserves for
+/// "not measured".
+fn nonzero_us(us: u32) -> u32 {
+    us.max(1)
+}
+
 /// Which side opened the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Role {
@@ -377,7 +383,11 @@ impl Connection {
         }
         self.peer_wnd = repr.wnd_size as usize;
         if repr.timestamp != 0 {
-            self.reply_micro = now_us.wrapping_sub(repr.timestamp);
+            // BEP 29: 0 in `timestamp_difference_microseconds` means "no sample yet". A real
+            // difference of exactly 0 (clocks that happen to differ by the one-way delay, as
+            // in a deterministic simulator) goes out as 1 µs, else the peer never learns its
+            // delay and LEDBAT holds its window at one packet.
+            self.reply_micro = nonzero_us(now_us.wrapping_sub(repr.timestamp));
         }
         if repr.timestamp_difference != 0 {
             self.cc.our_delay.add_sample(repr.timestamp_difference, now);
@@ -757,7 +767,8 @@ impl Connection {
             } else {
                 self.send_id
             },
-            timestamp: now_us,
+            // BEP 29: a timestamp of 0 reads as "none"; 1 µs late is harmless.
+            timestamp: nonzero_us(now_us),
             timestamp_difference: self.reply_micro,
             wnd_size: u32::try_from(self.recv_window()).unwrap_or(u32::MAX),
             seq_nr: seq,
