@@ -23,10 +23,10 @@ const INITIAL_RTO: Duration = Duration::from_secs(1);
 /// BEP 29 / libutp `update_rtt`: the timeout never goes below 1 s (libutp: `max(rtt + 4 rtt_var,
 /// 1000)` ms).
 const MIN_RTO: Duration = Duration::from_secs(1);
-/// libutp `check_timeouts`: the connection dies after 4 consecutive timeouts, a SYN (ours, or
-/// data an acceptor sent before the initiator's first packet) after 2.
+/// libutp `check_timeouts`: the connection dies after 4 consecutive timeouts. While
+/// connecting (our SYN, or data an acceptor sent before the initiator's first packet) the
+/// limit is [`Config::syn_retransmits`] instead (libutp: 2).
 const MAX_RETRANSMITS: u32 = 4;
-const MAX_SYN_RETRANSMITS: u32 = 2;
 /// libutp: a zero receive window is re-probed with one packet after 15 s.
 const ZERO_WINDOW_PROBE: Duration = Duration::from_secs(15);
 /// How long a finished connection keeps answering retransmitted FINs (our last ack may be lost).
@@ -133,6 +133,7 @@ pub(crate) struct Connection {
     last_window_limited: Option<Instant>,
     write_blocked: bool,
     keepalive: Duration,
+    syn_retransmits: u32,
     pub(crate) timers: TimerTable,
     pub(crate) stats: ConnectionStats,
     pub(crate) events: VecDeque<ConnEvent>,
@@ -200,6 +201,7 @@ impl Connection {
             last_window_limited: None,
             write_blocked: false,
             keepalive: config.keepalive_interval,
+            syn_retransmits: config.syn_retransmits,
             timers: TimerTable::default(),
             stats: ConnectionStats::default(),
             events: VecDeque::new(),
@@ -667,7 +669,7 @@ impl Connection {
     /// restart the window and resend the oldest.
     fn on_retransmit_timeout(&mut self, now: Instant) {
         let limit = if matches!(self.state, State::SynSent | State::SynRecv) {
-            MAX_SYN_RETRANSMITS
+            self.syn_retransmits
         } else {
             MAX_RETRANSMITS
         };

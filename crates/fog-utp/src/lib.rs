@@ -109,6 +109,13 @@ pub struct Config {
     pub max_packet_size: usize,
     /// ST_STATE after this much silence from us, for NAT bindings (libutp: 29 s).
     pub keepalive_interval: Duration,
+    /// Retransmissions of the SYN (and of what an acceptor sent before the initiator's first
+    /// packet) before the connection ends `TimedOut`; each waits twice as long as the one
+    /// before, from 1 s (BEP 29). libutp gives up after 2 (with a 3 s first timeout); the
+    /// default 4 sends SYNs at 0, 1, 3, 7 and 15 s and gives up at 31 s, so a burst of loss
+    /// does not end a connection the caller's own deadline (a connect timeout) would still
+    /// wait for.
+    pub syn_retransmits: u32,
     /// How long an accepted connection waits for the initiator's first packet after the SYN
     /// before it is dropped.
     pub handshake_timeout: Duration,
@@ -130,6 +137,7 @@ impl Config {
             recv_buffer: 1 << 20,
             max_packet_size: 1400,
             keepalive_interval: Duration::from_secs(29),
+            syn_retransmits: 4,
             handshake_timeout: Duration::from_secs(30),
             max_pending_resets: 64,
             initial_seq_nr: None,
@@ -150,7 +158,8 @@ pub enum CloseReason {
     ResetByPeer,
     /// We called [`Endpoint::reset`].
     ResetLocally,
-    /// Nothing acked after repeated retransmissions (libutp: 4, or 2 while connecting).
+    /// Nothing acked after repeated retransmissions (4, or [`Config::syn_retransmits`] while
+    /// connecting).
     TimedOut,
 }
 
