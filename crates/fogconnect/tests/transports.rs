@@ -272,6 +272,40 @@ fn close_after_sending(transport: Transport) {
     );
 }
 
+/// uTP closes whole: when the answerer closes while both sides are still sending, the
+/// caller's uTP answers the FIN with its own after its data (BEP 29 ST_FIN), so each side
+/// gets all the other sent, and the caller sees the close with the answerer's code.
+#[test]
+fn a_utp_close_by_the_answerer_while_both_send_delivers_both_ways() {
+    let profile = Profile {
+        loss: 0.05,
+        ..Profile::default()
+    };
+    let mut s = Scenario::new(Preset::FullCone, Preset::RestrictedCone, 22, &profile);
+    let a_id = connect_over(&mut s, Transport::Utp);
+    connected(&mut s, 0, Duration::from_secs(15));
+    let b_id = connected(&mut s, 1, Duration::from_secs(15));
+    let count = 80;
+    send_all(&mut s, 0, a_id, count);
+    send_all(&mut s, 1, b_id, count);
+    s.with_node(1, |n, now| n.close(now, b_id, 7, "bye"))
+        .expect("close");
+    s.run_for(Duration::from_secs(30));
+    assert_all_in_order(&Transport::Utp, &received(&s, 0, a_id), count);
+    assert_all_in_order(&Transport::Utp, &received(&s, 1, b_id), count);
+    assert!(
+        s.events[0].iter().any(|(_, e)| matches!(e,
+            Event::Closed { id, reason: CloseReason::Application { code: 7, .. }, by_peer: true }
+                if *id == a_id)),
+        "A sees B's close"
+    );
+    assert!(
+        s.events[1].iter().any(|(_, e)| matches!(e,
+            Event::Closed { id, by_peer: false, .. } if *id == b_id)),
+        "B's close completes"
+    );
+}
+
 /// A transport the node does not run is refused at once; one the peer does not run is
 /// refused by the peer with `REFUSED_TRANSPORT`.
 #[test]

@@ -11,7 +11,9 @@
 //! [`Transport::Utp`] runs a fog-utp endpoint of one connection the same way (framing byte 5
 //! before each uTP packet inside the seal, the peer at a nominal address since the seal says
 //! who it is): each `send` is appended to an ordered, reliable byte stream under LEDBAT, so
-//! the receiver's [`Event::Data`](super::Event::Data) chunks need not match the sends.
+//! the receiver's [`Event::Data`](super::Event::Data) chunks need not match the sends. A
+//! node's connection closes whole, so the peer's FIN is answered with ours (after what we
+//! sent) at once.
 //!
 //! A close on either is graceful: the node waits until the peer acknowledged everything sent
 //! and answered the transport's close (or it gave up), then closes the connection as for
@@ -250,6 +252,11 @@ impl Stream {
                         UtpEvent::Readable(conn) => read_stream(&mut u.endpoint, conn, &mut out),
                         UtpEvent::Finished(conn) => {
                             read_stream(&mut u.endpoint, conn, &mut out);
+                            // The node's connections close whole: answer the peer's FIN with
+                            // ours once what we sent is delivered (BEP 29 "ST_FIN"), so the
+                            // closing side's uTP connection ends `Done` and it can tell us the
+                            // code and reason.
+                            u.endpoint.close(conn);
                             out.push(Happened::PeerClosed);
                         }
                         UtpEvent::Closed { conn, reason } => {
