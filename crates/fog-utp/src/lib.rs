@@ -65,7 +65,11 @@
 //!   in flight, is dropped (BEP 29's fix against reflection; libutp's `ACK_NR_ALLOWED_WINDOW`);
 //! - a resent SYN from the same peer and connection id is answered again, never a second
 //!   connection;
-//! - the FIN carries no payload, occupies a sequence number and is acked like data.
+//! - the FIN carries no payload, occupies a sequence number and is acked like data;
+//! - a measured delay difference of exactly 0 µs goes out as 1 µs, since 0 on the wire means
+//!   "no sample" (BEP 29), and without any sample LEDBAT counts the delay as 0 (libutp);
+//! - the SYN is retried [`Config::syn_retransmits`] times (default 4, given up at 31 s),
+//!   more than libutp's 2, so that the caller's own connect deadline is the bound.
 //!
 //! Not implemented: MTU discovery (packets are at most [`Config::max_packet_size`]), the
 //! clock-drift compensation of libutp's `their_hist` (the base-delay history absorbs slow
