@@ -20,6 +20,11 @@
 //! it is what KCP alone costs here. The anchor for QUIC is the `quinn` crate's tokio endpoints
 //! (`anchors/quinn.rs`).
 //!
+//! The anchor for uTP is librqbit-utp (its default options, on a two-worker tokio runtime) on
+//! two UDP sockets on loopback, moving the same bytes in the same messages (`write_all` of
+//! each) and hashing them the same way: what a uTP stack alone costs here, without our seal,
+//! signaling or sans-IO driving.
+//!
 //! It prints one JSON object with `--json`: `transport`, `bytes`, `secs`, `mib_per_s`, `cpu_s`,
 //! `hash_ok`, `anchor_mib_per_s`, `anchor_cpu_s`, `anchor_hash_ok`. Loopback only; it stops by
 //! itself (a 10-minute limit per side).
@@ -91,8 +96,8 @@ impl Options {
                 "--no-anchor" => o.anchor = false,
                 "--bench" => {}
                 other => panic!(
-                    "unknown argument {other}; known: --transport kcp --size 256MiB --message N \
-                     --json --no-anchor"
+                    "unknown argument {other}; known: --transport kcp|utp --size 256MiB \
+                     --message N --json --no-anchor"
                 ),
             }
         }
@@ -144,19 +149,17 @@ fn main() {
     let o = Options::parse();
     let ours = through_nodes(&o);
     let anchor = match o.transport {
-        Transport::Kcp if o.anchor => Some(kcp_crate(&o)),
-        Transport::Quic if o.anchor => Some(quinn_anchor::quinn_crate(&o)),
+        _ if !o.anchor => None,
+        Transport::Kcp => Some(("kcp crate", kcp_crate(&o))),
+        Transport::Utp => Some(("librqbit-utp", librqbit_utp(&o))),
+        Transport::Quic => Some(("quinn crate", quinn_anchor::quinn_crate(&o))),
         _ => None,
-    };
-    let anchor_name = match o.transport {
-        Transport::Quic => "quinn crate",
-        _ => "kcp crate",
     };
     let mib = o.size as f64 / f64::from(1 << 20);
     let name = String::from(o.transport.clone());
     let rate = |r: &Run| mib / r.secs;
     if o.json {
-        let (a_rate, a_cpu, a_ok) = anchor.as_ref().map_or(
+        let (a_rate, a_cpu, a_ok) = anchor.as_ref().map(|(_, a)| a).map_or(
             ("null".to_owned(), "null".to_owned(), "null".to_owned()),
             |a| {
                 (
@@ -185,7 +188,7 @@ fn main() {
             ours.cpu_s,
             if ours.hash_ok { "ok" } else { "MISMATCH" }
         );
-        if let Some(a) = &anchor {
+        if let Some((anchor_name, a)) = &anchor {
             println!(
                 "anchor ({anchor_name}): {:.2} s, {:.1} MiB/s, {:.2} CPU s, hash {}",
                 a.secs,
@@ -195,7 +198,7 @@ fn main() {
             );
         }
     }
-    if !ours.hash_ok || anchor.is_some_and(|a| !a.hash_ok) {
+    if !ours.hash_ok || anchor.is_some_and(|(_, a)| !a.hash_ok) {
         std::process::exit(1);
     }
 }
@@ -397,4 +400,68 @@ fn kcp_crate(o: &Options) -> Run {
         cpu_s: cpu_seconds() - cpu0,
         hash_ok: got == o.size && theirs == hash.finalize(),
     }
+}
+
+/// The uTP anchor: librqbit-utp on two loopback sockets, the same messages, hashed alike.
+fn librqbit_utp(o: &Options) -> Run {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let size = o.size;
+    let message = o.message;
+    rt.block_on(async move {
+        let any = SocketAddr::from((A1, 0));
+        let server = librqbit_utp::UtpSocket::new_udp(any)
+            .await
+            .expect("a librqbit-utp socket");
+        let client = librqbit_utp::UtpSocket::new_udp(any)
+            .await
+            .expect("a librqbit-utp socket");
+        let addr = server.bind_addr();
+        let receiver = tokio::spawn(async move {
+            let mut stream = server.accept().await.expect("an incoming stream");
+            let mut hash = Sha256::new();
+            let mut got = 0u64;
+            let mut buf = vec![0u8; 1 << 16];
+            while got < size {
+                match tokio::time::timeout(LIMIT, stream.read(&mut buf)).await {
+                    Ok(Ok(n @ 1..)) => {
+                        got += n as u64;
+                        hash.update(&buf[..n]);
+                    }
+                    _ => break,
+                }
+            }
+            (Instant::now(), got, hash.finalize())
+        });
+        let mut stream = client.connect(addr).await.expect("a connected stream");
+        let start = Instant::now();
+        let cpu0 = cpu_seconds();
+        let mut pattern = Pattern(7);
+        let mut hash = Sha256::new();
+        let mut buf = vec![0u8; message];
+        let mut left = size;
+        while left > 0 {
+            let n = (message as u64).min(left) as usize;
+            pattern.fill(&mut buf[..n]);
+            hash.update(&buf[..n]);
+            stream
+                .write_all(&buf[..n])
+                .await
+                .expect("librqbit-utp takes the message");
+            left -= n as u64;
+        }
+        let _ = stream.flush().await;
+        let (end, got, theirs) = receiver.await.expect("the receiver");
+        let cpu_s = cpu_seconds() - cpu0;
+        drop(stream);
+        Run {
+            secs: end.duration_since(start).as_secs_f64(),
+            cpu_s,
+            hash_ok: got == size && theirs == hash.finalize(),
+        }
+    })
 }

@@ -23,10 +23,10 @@ const INITIAL_RTO: Duration = Duration::from_secs(1);
 /// BEP 29 / libutp `update_rtt`: the timeout never goes below 1 s (libutp: `max(rtt + 4 rtt_var,
 /// 1000)` ms).
 const MIN_RTO: Duration = Duration::from_secs(1);
-/// libutp `check_timeouts`: the connection dies after 4 consecutive timeouts, a SYN (ours, or
-/// data an acceptor sent before the initiator's first packet) after 2.
+/// libutp `check_timeouts`: the connection dies after 4 consecutive timeouts. While
+/// connecting (our SYN, or data an acceptor sent before the initiator's first packet) the
+/// limit is [`Config::syn_retransmits`] instead (libutp: 2).
 const MAX_RETRANSMITS: u32 = 4;
-const MAX_SYN_RETRANSMITS: u32 = 2;
 /// libutp: a zero receive window is re-probed with one packet after 15 s.
 const ZERO_WINDOW_PROBE: Duration = Duration::from_secs(15);
 /// How long a finished connection keeps answering retransmitted FINs (our last ack may be lost).
@@ -37,6 +37,12 @@ const SACK_BYTES: usize = 4;
 /// Wrapping `a < b` for 16-bit sequence numbers.
 pub(crate) fn seq_less(a: u16, b: u16) -> bool {
     (b.wrapping_sub(a) as i16) > 0
+}
+
+/// A measured microsecond value as the wire carries it: never 0, which BEP 29 reserves for
+/// "not measured".
+fn nonzero_us(us: u32) -> u32 {
+    us.max(1)
 }
 
 /// Which side opened the connection.
@@ -127,6 +133,7 @@ pub(crate) struct Connection {
     last_window_limited: Option<Instant>,
     write_blocked: bool,
     keepalive: Duration,
+    syn_retransmits: u32,
     pub(crate) timers: TimerTable,
     pub(crate) stats: ConnectionStats,
     pub(crate) events: VecDeque<ConnEvent>,
@@ -194,6 +201,7 @@ impl Connection {
             last_window_limited: None,
             write_blocked: false,
             keepalive: config.keepalive_interval,
+            syn_retransmits: config.syn_retransmits,
             timers: TimerTable::default(),
             stats: ConnectionStats::default(),
             events: VecDeque::new(),
@@ -377,7 +385,11 @@ impl Connection {
         }
         self.peer_wnd = repr.wnd_size as usize;
         if repr.timestamp != 0 {
-            self.reply_micro = now_us.wrapping_sub(repr.timestamp);
+            // BEP 29: 0 in `timestamp_difference_microseconds` means "no sample yet". A real
+            // difference of exactly 0 (clocks that happen to differ by the one-way delay, as
+            // in a deterministic simulator) goes out as 1 µs, else the peer never learns its
+            // delay and LEDBAT holds its window at one packet.
+            self.reply_micro = nonzero_us(now_us.wrapping_sub(repr.timestamp));
         }
         if repr.timestamp_difference != 0 {
             self.cc.our_delay.add_sample(repr.timestamp_difference, now);
@@ -657,7 +669,7 @@ impl Connection {
     /// restart the window and resend the oldest.
     fn on_retransmit_timeout(&mut self, now: Instant) {
         let limit = if matches!(self.state, State::SynSent | State::SynRecv) {
-            MAX_SYN_RETRANSMITS
+            self.syn_retransmits
         } else {
             MAX_RETRANSMITS
         };
@@ -757,7 +769,8 @@ impl Connection {
             } else {
                 self.send_id
             },
-            timestamp: now_us,
+            // BEP 29: a timestamp of 0 reads as "none"; 1 µs late is harmless.
+            timestamp: nonzero_us(now_us),
             timestamp_difference: self.reply_micro,
             wnd_size: u32::try_from(self.recv_window()).unwrap_or(u32::MAX),
             seq_nr: seq,

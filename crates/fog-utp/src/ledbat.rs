@@ -141,9 +141,10 @@ impl Ledbat {
         packet_size: usize,
     ) {
         debug_assert!(bytes_acked > 0);
-        let Some(delay) = self.our_delay.value() else {
-            return;
-        };
+        // No sample yet (a peer that echoes no delay, or none arrived): libutp's `DelayHist`
+        // starts its current-delay filter at 0, so the window grows on acks and shrinks on
+        // loss as TCP's would (RFC 6817 §2.4.1); holding it at one packet would stall.
+        let delay = self.our_delay.value().unwrap_or(0);
         // The delay can never exceed the round trip (libutp clamps it the same way).
         let delay = delay.min(u32::try_from(min_rtt.as_micros()).unwrap_or(u32::MAX));
         self.last_delay_us = delay;
@@ -271,6 +272,19 @@ mod tests {
         let before = c.cwnd;
         c.on_ack(10_000, Duration::from_secs(1), true, 1400);
         assert!(c.cwnd < before, "{} !< {before}", c.cwnd);
+    }
+
+    /// A peer that echoes no delay (every `timestamp_difference` 0) must not pin the window
+    /// at one packet: without a sample the queuing delay counts as 0, as in libutp.
+    #[test]
+    fn window_grows_before_any_delay_sample() {
+        let t0 = Instant::now();
+        let mut c = Ledbat::new(t0, 1400, 1 << 20);
+        for _ in 0..4 {
+            let acked = c.cwnd;
+            c.on_ack(acked, Duration::from_millis(40), true, 1400);
+        }
+        assert!(c.cwnd >= 8 * 1400, "{}", c.cwnd);
     }
 
     #[test]

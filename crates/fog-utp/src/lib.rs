@@ -65,7 +65,11 @@
 //!   in flight, is dropped (BEP 29's fix against reflection; libutp's `ACK_NR_ALLOWED_WINDOW`);
 //! - a resent SYN from the same peer and connection id is answered again, never a second
 //!   connection;
-//! - the FIN carries no payload, occupies a sequence number and is acked like data.
+//! - the FIN carries no payload, occupies a sequence number and is acked like data;
+//! - a measured delay difference of exactly 0 µs goes out as 1 µs, since 0 on the wire means
+//!   "no sample" (BEP 29), and without any sample LEDBAT counts the delay as 0 (libutp);
+//! - the SYN is retried [`Config::syn_retransmits`] times (default 4, given up at 31 s),
+//!   more than libutp's 2, so that the caller's own connect deadline is the bound.
 //!
 //! Not implemented: MTU discovery (packets are at most [`Config::max_packet_size`]), the
 //! clock-drift compensation of libutp's `their_hist` (the base-delay history absorbs slow
@@ -109,6 +113,13 @@ pub struct Config {
     pub max_packet_size: usize,
     /// ST_STATE after this much silence from us, for NAT bindings (libutp: 29 s).
     pub keepalive_interval: Duration,
+    /// Retransmissions of the SYN (and of what an acceptor sent before the initiator's first
+    /// packet) before the connection ends `TimedOut`; each waits twice as long as the one
+    /// before, from 1 s (BEP 29). libutp gives up after 2 (with a 3 s first timeout); the
+    /// default 4 sends SYNs at 0, 1, 3, 7 and 15 s and gives up at 31 s, so a burst of loss
+    /// does not end a connection the caller's own deadline (a connect timeout) would still
+    /// wait for.
+    pub syn_retransmits: u32,
     /// How long an accepted connection waits for the initiator's first packet after the SYN
     /// before it is dropped.
     pub handshake_timeout: Duration,
@@ -130,6 +141,7 @@ impl Config {
             recv_buffer: 1 << 20,
             max_packet_size: 1400,
             keepalive_interval: Duration::from_secs(29),
+            syn_retransmits: 4,
             handshake_timeout: Duration::from_secs(30),
             max_pending_resets: 64,
             initial_seq_nr: None,
@@ -150,7 +162,8 @@ pub enum CloseReason {
     ResetByPeer,
     /// We called [`Endpoint::reset`].
     ResetLocally,
-    /// Nothing acked after repeated retransmissions (libutp: 4, or 2 while connecting).
+    /// Nothing acked after repeated retransmissions (4, or [`Config::syn_retransmits`] while
+    /// connecting).
     TimedOut,
 }
 

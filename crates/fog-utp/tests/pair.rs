@@ -171,6 +171,8 @@ struct Outcome {
     closed: [Option<CloseReason>; 2],
     resent: u64,
     elapsed: Duration,
+    /// Each side's last stats before its connection went away.
+    stats: [Option<fog_utp::ConnectionStats>; 2],
 }
 
 /// A connects to B; both send `len` bytes, close, and read to the end.
@@ -184,9 +186,13 @@ fn exchange(mut pair: Pair, len: usize, seed: u64) -> Outcome {
     let mut closed = [None, None];
     let mut fin_called = [false; 2];
     let mut buf = vec![0u8; 64 * 1024];
+    let mut stats = [None, None];
     for _ in 0..5_000_000 {
         for (i, conn, sent) in [(0, Some(a), &sent_a), (1, b, &sent_b)] {
             let Some(conn) = conn else { continue };
+            if let Some(s) = pair.ep[i].stats(conn) {
+                stats[i] = Some(s);
+            }
             while off[i] < sent.len() {
                 match pair.ep[i].write(conn, &sent[off[i]..]) {
                     Ok(n) => off[i] += n,
@@ -235,6 +241,7 @@ fn exchange(mut pair: Pair, len: usize, seed: u64) -> Outcome {
         closed,
         resent,
         elapsed: pair.now - start,
+        stats,
     }
 }
 
@@ -796,8 +803,8 @@ fn syn_to_nobody_times_out() {
             reason: CloseReason::TimedOut
         }]
     );
-    // SYN at 0, 1 s, 3 s; given up at 7 s.
-    assert_eq!(pair.now - t0, Duration::from_secs(7));
+    // SYN at 0, 1, 3, 7 and 15 s (`Config::syn_retransmits` = 4); given up at 31 s.
+    assert_eq!(pair.now - t0, Duration::from_secs(31));
 }
 
 #[test]
@@ -961,4 +968,104 @@ fn spoofed_syns_give_their_slots_back() {
     raw.ep.handle_timeout(raw.now);
     assert!(raw.ep.stats(conn).is_some());
     assert!(raw.events().is_empty());
+}
+
+/// A sends 1 MiB to B, whose clock started exactly one link delay after A's: every delay B
+/// measures on A's packets is 0 µs, which on the wire means "no sample" (BEP 29). A must
+/// still learn its delay and grow its window, not stay at one packet (seen in the simulator,
+/// where a node's uTP clock starts when its path comes up, one link delay after the peer's).
+#[test]
+fn window_grows_when_the_measured_one_way_delay_is_exactly_zero() {
+    let t0 = Instant::now();
+    let mut pair = Pair::new(9, 0.0, 0.0, Duration::ZERO, t0, t0);
+    let delay = pair.net.delay;
+    pair.ep[1] = Endpoint::new(Config::with_seed([0x99; 32]), t0 + delay);
+    let a = pair.ep[0].connect(pair.now, addr(2)).unwrap();
+    let payload = data(9, 1 << 20);
+    let mut off = 0;
+    let mut got = 0;
+    let mut b = None;
+    let mut buf = vec![0u8; 65536];
+    let mut max_cwnd = 0;
+    while got < payload.len() && pair.now < t0 + Duration::from_secs(60) {
+        while off < payload.len() {
+            match pair.ep[0].write(a, &payload[off..]) {
+                Ok(n) => off += n,
+                Err(_) => break,
+            }
+        }
+        for e in std::mem::take(&mut pair.events[1]) {
+            if let Event::Incoming { conn, .. } = e {
+                b = Some(conn);
+            }
+        }
+        if let Some(b) = b {
+            while let Ok(n @ 1..) = pair.ep[1].read(b, &mut buf) {
+                got += n;
+            }
+        }
+        if let Some(s) = pair.ep[0].stats(a) {
+            max_cwnd = max_cwnd.max(s.cwnd);
+        }
+        if !pair.step() {
+            break;
+        }
+    }
+    assert_eq!(got, payload.len());
+    assert!(max_cwnd > 20_000, "the window stayed at {max_cwnd} bytes");
+    // At one packet per 20 ms round trip 1 MiB would take ~15 s.
+    assert!(
+        pair.now - t0 < Duration::from_secs(3),
+        "{:?}",
+        pair.now - t0
+    );
+}
+
+/// Three answers to our SYN lost in a row (it happened in the simulator at 5 % loss per
+/// link) must not end the connection: the SYN is retried with doubling timeouts up to
+/// `Config::syn_retransmits`, and the caller's own deadline is the real bound.
+#[test]
+fn syn_survives_a_burst_of_lost_answers() {
+    let t0 = Instant::now();
+    let mut pair = Pair::new(6, 1.0, 0.0, Duration::ZERO, t0, t0);
+    let conn = pair.ep[0].connect(pair.now, addr(2)).unwrap();
+    // SYNs at 0, 1 and 3 s are lost (a step sends what its deadline asked for); the one at
+    // 7 s goes through.
+    while pair.now < t0 + Duration::from_secs(3) && pair.step() {}
+    pair.net.loss = 0.0;
+    while pair.now < t0 + Duration::from_secs(10) && pair.step() {}
+    assert_eq!(pair.events[0], vec![Event::Connected(conn)]);
+}
+
+/// Both ways at once, as the node's transport tests run it: 20 ms each way, 1 % and 5 %
+/// loss, and the acceptor's clock started one link delay after the initiator's (so one
+/// direction's delay samples are exactly 0 µs). Both transfers finish in seconds, and
+/// neither side lives on retransmission timeouts.
+#[test]
+fn both_ways_under_loss_with_clocks_one_delay_apart() {
+    for (loss, seed) in [(0.01, 41), (0.05, 42)] {
+        let t0 = Instant::now();
+        let mut pair = Pair::new(seed, loss, 0.0, Duration::ZERO, t0, t0);
+        pair.net.delay = Duration::from_millis(20);
+        pair.ep[1] = Endpoint::new(
+            Config::with_seed([seed as u8 ^ 0xff; 32]),
+            t0 + pair.net.delay,
+        );
+        let out = exchange(pair, 450_000, seed);
+        assert!(
+            out.got_b == out.sent_a && out.got_a == out.sent_b,
+            "loss {loss}"
+        );
+        assert_eq!(out.closed, [Some(CloseReason::Done); 2], "loss {loss}");
+        let timeouts = out.stats.map(|s| s.map_or(0, |s| s.timeouts));
+        assert!(
+            out.elapsed < Duration::from_secs(10),
+            "loss {loss}: {:?}",
+            out.elapsed
+        );
+        assert!(
+            timeouts.iter().all(|&t| t <= 5),
+            "loss {loss}: timeouts {timeouts:?}"
+        );
+    }
 }

@@ -75,39 +75,87 @@ fn received(s: &Scenario, i: usize, id: ConnectionId) -> Vec<Vec<u8>> {
         .collect()
 }
 
-fn assert_all_in_order(got: &[Vec<u8>], count: u32) {
+/// KCP keeps each message whole; uTP is a byte stream, whose chunks need not match the sends.
+fn assert_all_in_order(transport: &Transport, got: &[Vec<u8>], count: u32) {
+    if *transport == Transport::Utp {
+        let want: Vec<u8> = (0..count).flat_map(message).collect();
+        let got: Vec<u8> = got.concat();
+        assert_eq!(got.len(), want.len(), "bytes received");
+        assert!(got == want, "the byte stream differs");
+        return;
+    }
     assert_eq!(got.len(), count as usize, "messages received");
     for (k, m) in got.iter().enumerate() {
         assert!(*m == message(k as u32), "message {k} differs");
     }
 }
 
-/// Both ways over KCP between two NATs at `loss` on every access link.
-fn kcp_both_ways(a: Preset, b: Preset, loss: f64, seed: u64) {
+/// Both ways over `transport` between two NATs at `loss` on every access link.
+fn both_ways(transport: Transport, a: Preset, b: Preset, loss: f64, seed: u64) {
     let profile = Profile {
         loss,
         ..Profile::default()
     };
     let mut s = Scenario::new(a, b, seed, &profile);
-    let a_id = connect_over(&mut s, Transport::Kcp);
+    let a_id = connect_over(&mut s, transport.clone());
     connected(&mut s, 0, Duration::from_secs(15));
     let b_id = connected(&mut s, 1, Duration::from_secs(15));
     let count = 150;
     send_all(&mut s, 0, a_id, count);
     send_all(&mut s, 1, b_id, count);
-    s.run_for(Duration::from_secs(20));
-    assert_all_in_order(&received(&s, 1, b_id), count);
-    assert_all_in_order(&received(&s, 0, a_id), count);
+    s.run_for(Duration::from_secs(30));
+    assert_all_in_order(&transport, &received(&s, 1, b_id), count);
+    assert_all_in_order(&transport, &received(&s, 0, a_id), count);
 }
 
 #[test]
 fn kcp_delivers_everything_in_order_without_loss() {
-    kcp_both_ways(Preset::FullCone, Preset::PortRestrictedCone, 0.0, 3);
+    both_ways(
+        Transport::Kcp,
+        Preset::FullCone,
+        Preset::PortRestrictedCone,
+        0.0,
+        3,
+    );
+}
+
+#[test]
+fn utp_delivers_everything_in_order_without_loss() {
+    both_ways(
+        Transport::Utp,
+        Preset::FullCone,
+        Preset::PortRestrictedCone,
+        0.0,
+        3,
+    );
+}
+
+#[test]
+fn utp_delivers_everything_in_order_at_1_percent_loss() {
+    both_ways(
+        Transport::Utp,
+        Preset::PortRestrictedCone,
+        Preset::SymmetricSequential,
+        0.01,
+        4,
+    );
+}
+
+#[test]
+fn utp_delivers_everything_in_order_at_5_percent_loss() {
+    both_ways(
+        Transport::Utp,
+        Preset::RestrictedCone,
+        Preset::PortRestrictedCone,
+        0.05,
+        5,
+    );
 }
 
 #[test]
 fn kcp_delivers_everything_in_order_at_1_percent_loss() {
-    kcp_both_ways(
+    both_ways(
+        Transport::Kcp,
         Preset::PortRestrictedCone,
         Preset::SymmetricSequential,
         0.01,
@@ -117,20 +165,36 @@ fn kcp_delivers_everything_in_order_at_1_percent_loss() {
 
 #[test]
 fn kcp_delivers_everything_in_order_at_5_percent_loss() {
-    kcp_both_ways(Preset::RestrictedCone, Preset::PortRestrictedCone, 0.05, 5);
+    both_ways(
+        Transport::Kcp,
+        Preset::RestrictedCone,
+        Preset::PortRestrictedCone,
+        0.05,
+        5,
+    );
 }
 
-/// Two random-port NATs: the relay carries the connection first, a birthday round moves it
-/// to a direct path later. Messages sent from the first moment arrive across the change.
 #[test]
 fn kcp_carries_on_across_a_relay_to_direct_change() {
+    across_a_path_change(Transport::Kcp);
+}
+
+#[test]
+fn utp_carries_on_across_a_relay_to_direct_change() {
+    across_a_path_change(Transport::Utp);
+}
+
+/// A random-port NAT and a port-restricted cone: the relay carries the connection first, a
+/// birthday round moves it to a direct path later. What is sent from the first moment on
+/// arrives across the change.
+fn across_a_path_change(transport: Transport) {
     let mut s = Scenario::new(
         Preset::SymmetricRandom,
         Preset::PortRestrictedCone,
         12,
         &Profile::default(),
     );
-    let a_id = connect_over(&mut s, Transport::Kcp);
+    let a_id = connect_over(&mut s, transport.clone());
     let b_id = connected(&mut s, 1, Duration::from_secs(15));
     connected(&mut s, 0, Duration::from_secs(15));
     let count = 400;
@@ -154,19 +218,28 @@ fn kcp_carries_on_across_a_relay_to_direct_change() {
         kinds.first() == Some(&true) && kinds.contains(&false),
         "relayed first, then direct: {kinds:?}"
     );
-    assert_all_in_order(&received(&s, 1, b_id), count);
+    assert_all_in_order(&transport, &received(&s, 1, b_id), count);
+}
+
+#[test]
+fn a_kcp_close_lets_everything_sent_arrive_first() {
+    close_after_sending(Transport::Kcp);
+}
+
+#[test]
+fn a_utp_close_lets_everything_sent_arrive_first() {
+    close_after_sending(Transport::Utp);
 }
 
 /// `close` right after the last send: everything sent arrives first, then the peer sees the
 /// close with its code and reason.
-#[test]
-fn a_kcp_close_lets_everything_sent_arrive_first() {
+fn close_after_sending(transport: Transport) {
     let profile = Profile {
         loss: 0.05,
         ..Profile::default()
     };
     let mut s = Scenario::new(Preset::FullCone, Preset::FullCone, 21, &profile);
-    let a_id = connect_over(&mut s, Transport::Kcp);
+    let a_id = connect_over(&mut s, transport.clone());
     connected(&mut s, 0, Duration::from_secs(15));
     let b_id = connected(&mut s, 1, Duration::from_secs(15));
     let count = 100;
@@ -179,7 +252,7 @@ fn a_kcp_close_lets_everything_sent_arrive_first() {
         "nothing more after close"
     );
     s.run_for(Duration::from_secs(30));
-    assert_all_in_order(&received(&s, 1, b_id), count);
+    assert_all_in_order(&transport, &received(&s, 1, b_id), count);
     let closed_at_b = s.events[1].iter().position(|(_, e)| {
         matches!(e, Event::Closed { id, reason: CloseReason::Application { code: 42, reason }, by_peer: true }
             if *id == b_id && reason == "done")
@@ -196,6 +269,40 @@ fn a_kcp_close_lets_everything_sent_arrive_first() {
         s.events[0].iter().any(|(_, e)| matches!(e,
             Event::Closed { id, by_peer: false, .. } if *id == a_id)),
         "A's close completes"
+    );
+}
+
+/// uTP closes whole: when the answerer closes while both sides are still sending, the
+/// caller's uTP answers the FIN with its own after its data (BEP 29 ST_FIN), so each side
+/// gets all the other sent, and the caller sees the close with the answerer's code.
+#[test]
+fn a_utp_close_by_the_answerer_while_both_send_delivers_both_ways() {
+    let profile = Profile {
+        loss: 0.05,
+        ..Profile::default()
+    };
+    let mut s = Scenario::new(Preset::FullCone, Preset::RestrictedCone, 22, &profile);
+    let a_id = connect_over(&mut s, Transport::Utp);
+    connected(&mut s, 0, Duration::from_secs(15));
+    let b_id = connected(&mut s, 1, Duration::from_secs(15));
+    let count = 80;
+    send_all(&mut s, 0, a_id, count);
+    send_all(&mut s, 1, b_id, count);
+    s.with_node(1, |n, now| n.close(now, b_id, 7, "bye"))
+        .expect("close");
+    s.run_for(Duration::from_secs(30));
+    assert_all_in_order(&Transport::Utp, &received(&s, 0, a_id), count);
+    assert_all_in_order(&Transport::Utp, &received(&s, 1, b_id), count);
+    assert!(
+        s.events[0].iter().any(|(_, e)| matches!(e,
+            Event::Closed { id, reason: CloseReason::Application { code: 7, .. }, by_peer: true }
+                if *id == a_id)),
+        "A sees B's close"
+    );
+    assert!(
+        s.events[1].iter().any(|(_, e)| matches!(e,
+            Event::Closed { id, by_peer: false, .. } if *id == b_id)),
+        "B's close completes"
     );
 }
 

@@ -29,8 +29,8 @@ pub struct NodeConfig {
     pub strategy: StrategyConfig,
     /// The transports this node runs: a caller asking for another is refused with
     /// [`REFUSED_TRANSPORT`](super::REFUSED_TRANSPORT), and `connect_with` one refuses at
-    /// once (default: datagrams, KCP and QUIC, the ones there are; others are not accepted
-    /// even if listed).
+    /// once (default: datagrams, KCP, QUIC and uTP, the ones there are; others are not
+    /// accepted even if listed).
     pub transports: Vec<Transport>,
     /// Seeds the node's cryptographically secure generator (ChaCha20), from which every secret
     /// (check credentials, session keys) and every random choice (transaction IDs, ports,
@@ -178,7 +178,12 @@ impl NodeConfig {
             stun,
             base,
             strategy: StrategyConfig::default(),
-            transports: vec![Transport::Datagram, Transport::Kcp, Transport::Quic],
+            transports: vec![
+                Transport::Datagram,
+                Transport::Kcp,
+                Transport::Quic,
+                Transport::Utp,
+            ],
             seed: seed.into(),
             port_samples: 4,
             hairpinning: false,

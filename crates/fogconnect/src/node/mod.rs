@@ -974,6 +974,17 @@ impl Node {
         rtt: Duration,
         via: Via,
     ) {
+        // uTP and QUIC streams draw their connection ids from the node's randomness (only
+        // then, so that datagram connections draw what they always did).
+        let seed = match self.conns.get(&id) {
+            Some(c)
+                if matches!(c.transport, Transport::Utp | Transport::Quic)
+                    && c.connected_at.is_none() =>
+            {
+                random_bytes(&mut self.rng)
+            }
+            _ => [0; 32],
+        };
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
@@ -999,13 +1010,13 @@ impl Node {
                         service: conn.service,
                         fingerprint: conn.remote.as_ref().and_then(|d| d.quic),
                         caller: !conn.passive,
-                        seed: random_bytes(&mut self.rng),
+                        seed,
                         // The node's own idle timeout reports a silent peer first.
                         idle_timeout: self.config.idle_timeout + Duration::from_secs(15),
                     };
                     quic::Quic::new(opening, self.now).map(|q| transport::Stream::Quic(Box::new(q)))
                 } else {
-                    transport::Stream::new(&conn.transport, session, !conn.passive, self.now)
+                    transport::Stream::new(&conn.transport, session, !conn.passive, seed, self.now)
                 };
             }
             self.events.push_back(Event::Connected {

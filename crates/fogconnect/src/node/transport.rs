@@ -8,9 +8,16 @@
 //! address. Its conversation number is the first four bytes of the session id, which both
 //! sides know; the session tags keep sessions apart, not it.
 //!
-//! A close on a KCP connection is graceful: the node waits until the peer acknowledged
-//! everything sent and answered KCP's close (or gave up on it), then closes the connection
-//! as for datagrams, with the caller's code and reason.
+//! [`Transport::Utp`] runs a fog-utp endpoint of one connection the same way (framing byte 5
+//! before each uTP packet inside the seal, the peer at a nominal address since the seal says
+//! who it is): each `send` is appended to an ordered, reliable byte stream under LEDBAT, so
+//! the receiver's [`Event::Data`](super::Event::Data) chunks need not match the sends. A
+//! node's connection closes whole, so the peer's FIN is answered with ours (after what we
+//! sent) at once.
+//!
+//! A close on either is graceful: the node waits until the peer acknowledged everything sent
+//! and answered the transport's close (or it gave up), then closes the connection as for
+//! datagrams, with the caller's code and reason.
 
 use std::time::Instant;
 
@@ -18,7 +25,14 @@ use fog_kcp::{
     CloseReason as KcpClose, Config as KcpConfig, ConnEvent as KcpEvent, Connection as Kcp,
     RecvError, Role, SendError as KcpSendError,
 };
+use std::net::{Ipv4Addr, SocketAddr};
+
+use fog_core::FogFraming;
 use fog_signal::msg::{SessionId, Transport};
+use fog_utp::{
+    CloseReason as UtpClose, Config as UtpConfig, ConnectionHandle, Endpoint as Utp,
+    Event as UtpEvent, WriteError,
+};
 
 use super::MAX_DATAGRAM;
 use super::event::SendError;
@@ -26,7 +40,25 @@ use super::quic::Quic;
 
 /// The transports this node can run: every other is refused when asked for.
 pub(super) fn supported(t: &Transport) -> bool {
-    matches!(t, Transport::Datagram | Transport::Kcp | Transport::Quic)
+    matches!(
+        t,
+        Transport::Datagram | Transport::Kcp | Transport::Quic | Transport::Utp
+    )
+}
+
+/// The address a connection's uTP endpoint knows its one peer by (the seal has already said
+/// who sent a datagram; uTP only needs a key).
+const UTP_PEER: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::UNSPECIFIED), 5);
+
+/// A uTP endpoint of one connection.
+#[derive(Debug)]
+pub(super) struct UtpStream {
+    endpoint: Utp,
+    /// The connection, once opened (the caller's at once, the answerer's at the SYN).
+    conn: Option<ConnectionHandle>,
+    send_buffer: usize,
+    /// `close` came before any connection: report the close done at the next poll.
+    closed_early: bool,
 }
 
 /// A connection's transport machine.
@@ -34,6 +66,7 @@ pub(super) fn supported(t: &Transport) -> bool {
 pub(super) enum Stream {
     Kcp(Box<Kcp>),
     Quic(Box<Quic>),
+    Utp(Box<UtpStream>),
 }
 
 /// What a stream asks of its connection.
@@ -56,6 +89,7 @@ impl Stream {
         transport: &Transport,
         session: SessionId,
         caller: bool,
+        seed: [u8; 32],
         now: Instant,
     ) -> Option<Stream> {
         match transport {
@@ -77,6 +111,26 @@ impl Stream {
                 };
                 Some(Stream::Kcp(Box::new(Kcp::new(conv, config, role, now))))
             }
+            Transport::Utp => {
+                let mut config = UtpConfig::with_seed(seed);
+                config.max_connections = 1;
+                config.accept = !caller;
+                // The framing byte goes first inside the sealed datagram.
+                config.max_packet_size = MAX_DATAGRAM - 1;
+                let send_buffer = config.send_buffer;
+                let mut endpoint = Utp::new(config, now);
+                let conn = if caller {
+                    endpoint.connect(now, UTP_PEER).ok()
+                } else {
+                    None
+                };
+                Some(Stream::Utp(Box::new(UtpStream {
+                    endpoint,
+                    conn,
+                    send_buffer,
+                    closed_early: false,
+                })))
+            }
             _ => None,
         }
     }
@@ -90,6 +144,25 @@ impl Stream {
                 KcpSendError::DeadLink | KcpSendError::Closed => SendError::NotConnected,
             }),
             Stream::Quic(quic) => quic.send(data),
+            Stream::Utp(u) => {
+                // The answerer's connection exists from the caller's SYN on; until then the
+                // sender waits for `Writable`.
+                let conn = u.conn.ok_or(SendError::Blocked)?;
+                // All or nothing: a send is never cut in two.
+                let buffered = u.endpoint.stats(conn).map_or(0, |s| s.send_buffered);
+                if buffered + data.len() > u.send_buffer {
+                    return Err(if data.len() > u.send_buffer {
+                        SendError::TooLong
+                    } else {
+                        SendError::Blocked
+                    });
+                }
+                match u.endpoint.write(conn, data) {
+                    Ok(_) => Ok(()),
+                    Err(WriteError::WouldBlock) => Err(SendError::Blocked),
+                    Err(_) => Err(SendError::NotConnected),
+                }
+            }
         }
     }
 
@@ -100,6 +173,11 @@ impl Stream {
                 kcp.kcp().waiting_to_send() < kcp.kcp().config().send_queue_limit / 2
             }
             Stream::Quic(quic) => quic.has_room(),
+            Stream::Utp(u) => u.conn.is_some_and(|c| {
+                u.endpoint
+                    .stats(c)
+                    .is_some_and(|s| s.send_buffered < u.send_buffer / 2)
+            }),
         }
     }
 
@@ -109,6 +187,13 @@ impl Stream {
         match self {
             Stream::Kcp(kcp) => kcp.handle_packet(now, datagram).is_ok(),
             Stream::Quic(quic) => quic.handle_packet(now, datagram),
+            Stream::Utp(u) => match FogFraming::Utp.unframe(datagram) {
+                Some(inner) => {
+                    u.endpoint.handle_packet(now, UTP_PEER, inner);
+                    true
+                }
+                None => false,
+            },
         }
     }
 
@@ -116,6 +201,7 @@ impl Stream {
         match self {
             Stream::Kcp(kcp) => kcp.handle_timeout(now),
             Stream::Quic(quic) => quic.handle_timeout(now),
+            Stream::Utp(u) => u.endpoint.handle_timeout(now),
         }
     }
 
@@ -123,6 +209,7 @@ impl Stream {
         match self {
             Stream::Kcp(kcp) => kcp.poll_timeout(),
             Stream::Quic(quic) => quic.poll_timeout(),
+            Stream::Utp(u) => u.endpoint.poll_timeout(),
         }
     }
 
@@ -131,6 +218,11 @@ impl Stream {
         match self {
             Stream::Kcp(kcp) => kcp.poll_transmit(now, buf),
             Stream::Quic(quic) => quic.poll_transmit(now, buf),
+            Stream::Utp(u) => {
+                let t = u.endpoint.poll_transmit(now, &mut buf[1..])?;
+                buf[0] = FogFraming::Utp.byte();
+                Some(1 + t.len)
+            }
         }
     }
 
@@ -139,6 +231,11 @@ impl Stream {
         match self {
             Stream::Kcp(kcp) => kcp.close(now),
             Stream::Quic(quic) => quic.close(now),
+            Stream::Utp(u) => match u.conn {
+                Some(conn) => u.endpoint.close(conn),
+                // Nothing was ever opened (an answerer that heard no SYN): nothing to flush.
+                None => u.closed_early = true,
+            },
         }
     }
 
@@ -164,8 +261,44 @@ impl Stream {
                 }
             }
             Stream::Quic(quic) => out = quic.poll(),
+            Stream::Utp(u) => {
+                if std::mem::take(&mut u.closed_early) {
+                    out.push(Happened::CloseDone);
+                }
+                while let Some(event) = u.endpoint.poll_event() {
+                    match event {
+                        UtpEvent::Incoming { conn, .. } => u.conn = Some(conn),
+                        UtpEvent::Readable(conn) => read_stream(&mut u.endpoint, conn, &mut out),
+                        UtpEvent::Finished(conn) => {
+                            read_stream(&mut u.endpoint, conn, &mut out);
+                            // The node's connections close whole: answer the peer's FIN with
+                            // ours once what we sent is delivered (BEP 29 "ST_FIN"), so the
+                            // closing side's uTP connection ends `Done` and it can tell us the
+                            // code and reason.
+                            u.endpoint.close(conn);
+                            out.push(Happened::PeerClosed);
+                        }
+                        UtpEvent::Closed { conn, reason } => {
+                            read_stream(&mut u.endpoint, conn, &mut out);
+                            out.push(match reason {
+                                UtpClose::Done => Happened::CloseDone,
+                                _ => Happened::Dead,
+                            });
+                        }
+                        UtpEvent::Connected(_) | UtpEvent::Writable(_) => {}
+                    }
+                }
+            }
         }
         out
+    }
+}
+
+/// Everything `conn` has to read, in chunks.
+fn read_stream(endpoint: &mut Utp, conn: ConnectionHandle, out: &mut Vec<Happened>) {
+    let mut buf = [0u8; 16 * 1024];
+    while let Ok(n @ 1..) = endpoint.read(conn, &mut buf) {
+        out.push(Happened::Data(buf[..n].to_vec()));
     }
 }
 
