@@ -184,6 +184,13 @@ fn utp_carries_on_across_a_relay_to_direct_change() {
     across_a_path_change(Transport::Utp);
 }
 
+/// QUIC sees one peer throughout: the node carries its packets, so the path change needs no
+/// migration and no new handshake.
+#[test]
+fn quic_carries_on_across_a_relay_to_direct_change() {
+    across_a_path_change(Transport::Quic);
+}
+
 /// A random-port NAT and a port-restricted cone: the relay carries the connection first, a
 /// birthday round moves it to a direct path later. What is sent from the first moment on
 /// arrives across the change.
@@ -229,6 +236,11 @@ fn a_kcp_close_lets_everything_sent_arrive_first() {
 #[test]
 fn a_utp_close_lets_everything_sent_arrive_first() {
     close_after_sending(Transport::Utp);
+}
+
+#[test]
+fn a_quic_close_lets_everything_sent_arrive_first() {
+    close_after_sending(Transport::Quic);
 }
 
 /// `close` right after the last send: everything sent arrives first, then the peer sees the
@@ -313,11 +325,11 @@ fn transports_not_run_are_refused() {
     let mut s = Scenario::new(Preset::FullCone, Preset::FullCone, 2, &Profile::default());
     assert!(s.wait_ready());
     let to = s.hosts[1].1;
-    let quic = s.sim.with_machine(s.hosts[0].0, |m: &mut SimNode, now| {
+    let sctp = s.sim.with_machine(s.hosts[0].0, |m: &mut SimNode, now| {
         m.node.connect_with(now, to, 1, Transport::Sctp)
     });
     assert_eq!(
-        quic,
+        sctp,
         Err(ConnectError::UnsupportedTransport(Transport::Sctp))
     );
     // B runs datagrams only.
@@ -377,4 +389,62 @@ fn a_full_kcp_queue_blocks_then_says_writable() {
     let got = received(&s, 1, b_id);
     assert_eq!(got.len(), taken, "every message taken arrived");
     assert!(got.iter().all(|m| *m == big));
+}
+
+#[test]
+fn quic_delivers_everything_in_order_without_loss() {
+    both_ways(
+        Transport::Quic,
+        Preset::FullCone,
+        Preset::PortRestrictedCone,
+        0.0,
+        3,
+    );
+}
+
+#[test]
+fn quic_delivers_everything_in_order_at_1_percent_loss() {
+    both_ways(
+        Transport::Quic,
+        Preset::PortRestrictedCone,
+        Preset::SymmetricSequential,
+        0.01,
+        4,
+    );
+}
+
+#[test]
+fn quic_delivers_everything_in_order_at_5_percent_loss() {
+    both_ways(
+        Transport::Quic,
+        Preset::RestrictedCone,
+        Preset::PortRestrictedCone,
+        0.05,
+        5,
+    );
+}
+
+/// With no UDP on one side, QUIC runs over the signaling relay: the server's frame rate is the
+/// bottleneck, the node keeps at most `MAX_RELAY_FRAMES` frames waiting and drops the rest as
+/// a congested path would, and QUIC's own recovery delivers everything.
+#[test]
+fn quic_delivers_over_the_signaling_relay() {
+    let mut s = Scenario::new(
+        Preset::UdpBlocked,
+        Preset::FullCone,
+        6,
+        &Profile {
+            loss: 0.0,
+            ..Profile::default()
+        },
+    );
+    let a_id = connect_over(&mut s, Transport::Quic);
+    connected(&mut s, 0, Duration::from_secs(15));
+    let b_id = connected(&mut s, 1, Duration::from_secs(15));
+    let count = 40;
+    send_all(&mut s, 0, a_id, count);
+    s.run_for(Duration::from_secs(90));
+    assert_all_in_order(&Transport::Quic, &received(&s, 1, b_id), count);
+    let waiting = s.with_node(0, |n, _| n.footprint().signal_frames);
+    assert!(waiting <= fogconnect::MAX_RELAY_FRAMES, "{waiting}");
 }
