@@ -13,7 +13,8 @@
 //! | 5 | uTP in our framing ([`FogFraming::Utp`]) | free range, ours |
 //! | 6 | SCTP in our framing ([`FogFraming::Sctp`]) | free range, ours |
 //! | 7 | an application datagram, unreliable, in our framing ([`FogFraming::Data`]) | free range, ours |
-//! | 8–15 | reserved for our framing ([`Protocol::Unknown`]) | free range, kept for later |
+//! | 8 | a connection's QUIC packet behind the receiver's session tag ([`FogFraming::QuicTagged`]) | free range, ours |
+//! | 9–15 | reserved for our framing ([`Protocol::Unknown`]) | free range, kept for later |
 //! | 16–19 | ZRTP ([`Protocol::Zrtp`]), not spoken here | RFC 7983 §7 |
 //! | 20–63 | DTLS ([`Protocol::Dtls`]) | RFC 7983 §7 (content types 20–63) |
 //! | 64–79 | TURN ChannelData if it came from a TURN server we use, else QUIC short header | RFC 8656 §12 (channels 0x4000–0x4FFF); RFC 9443 §3 notes the overlap |
@@ -66,6 +67,9 @@ pub enum FogFraming {
     /// (the node's unreliable datagram service, beside the transports) and the node's messages
     /// about the connection (its close).
     Data = 7,
+    /// A QUIC packet of a connection follows the byte and the receiver's 8-byte session tag:
+    /// QUIC's own packet protection seals it, the tag names the connection.
+    QuicTagged = 8,
 }
 
 /// Smallest STUN message: the 20-byte header (RFC 8489 §5).
@@ -90,6 +94,7 @@ impl FogFraming {
             5 => Some(Self::Utp),
             6 => Some(Self::Sctp),
             7 => Some(Self::Data),
+            8 => Some(Self::QuicTagged),
             _ => None,
         }
     }
@@ -162,6 +167,8 @@ mod tests {
             Protocol::Fog(FogFraming::Sctp)
         } else if first == 7 {
             Protocol::Fog(FogFraming::Data)
+        } else if first == 8 {
+            Protocol::Fog(FogFraming::QuicTagged)
         } else if first <= 15 {
             Protocol::Unknown
         } else if first <= 19 {

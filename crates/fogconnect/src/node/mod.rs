@@ -1036,6 +1036,10 @@ impl Node {
     /// keys of the connection its tag names, and handled. Whether it was one (and so taken);
     /// what does not open is dropped and counted.
     fn deliver(&mut self, now: Instant, payload: &[u8]) -> bool {
+        if let Some((tag, packet)) = seal::quic_of(payload) {
+            self.deliver_quic(now, tag, packet);
+            return true;
+        }
         let Some(tag) = seal::tag_of(payload) else {
             return false;
         };
@@ -1086,6 +1090,29 @@ impl Node {
         true
     }
 
+    /// A QUIC packet behind a session tag: handed to that connection's QUIC endpoint, which
+    /// authenticates it (or drops it). Stray and malformed ones are counted.
+    fn deliver_quic(&mut self, now: Instant, tag: [u8; 8], packet: &[u8]) {
+        let Some(conn) = self.by_tag.get(&tag).and_then(|id| self.conns.get_mut(id)) else {
+            self.counters.stray += 1;
+            return;
+        };
+        let Some(stream) = conn.stream.as_mut().filter(|s| s.is_quic()) else {
+            // Early (the peer's path came up a moment before ours: QUIC sends again), or not
+            // a QUIC connection at all.
+            self.counters.stray += 1;
+            return;
+        };
+        if !stream.handle_packet(now, packet) {
+            self.counters.transport_malformed += 1;
+            return;
+        }
+        // The tag is known only to the peers and the path; QUIC drops what it cannot open.
+        conn.last_heard = now;
+        let id = conn.id;
+        self.pump_streams(now, Some(id));
+    }
+
     /// Moves what the streams of `only` that connection (after a send or a datagram for it),
     /// or of every connection (after a timeout), have to say: their datagrams (sealed, onto
     /// each connection's path), their messages (as [`Event::Data`]) and their ends. One
@@ -1126,8 +1153,13 @@ impl Node {
                 conn.stream_blocked = false;
                 self.events.push_back(Event::Writable);
             }
+            let quic = stream.is_quic();
             while let Some(n) = stream.poll_transmit(now, &mut buf) {
-                let sealed = keys.seal(seal::Kind::Transport, &buf[..n]);
+                let sealed = if quic {
+                    keys.tag_quic(&buf[..n])
+                } else {
+                    keys.seal(seal::Kind::Transport, &buf[..n])
+                };
                 if let Some((local, remote)) = path {
                     self.outgoing.push_back((local, remote, sealed));
                 } else if let Some(session) = relay {

@@ -1,11 +1,13 @@
 //! QUIC as a connection's transport ([`Transport::Quic`](fog_signal::msg::Transport)).
 //!
 //! Each connection runs a fog-quic endpoint of its own (quinn-proto underneath) whose packets
-//! ride inside the session's sealed format ([`seal::Kind::Transport`](super::seal::Kind)) on
-//! whatever path the connection has, exactly as KCP's do: a QUIC packet's first byte (64–127
-//! or 192–255, the fixed bit never greased) tells it apart from KCP's framing byte 4. The
-//! endpoint only ever sees one made-up peer address, so the Node's path changes (relay to
-//! direct) need no QUIC migration and no new handshake.
+//! ride on whatever path the connection has (direct, TURN, the signaling relay) behind framing
+//! byte 8 and the receiver's session tag ([`seal::quic_of`](super::seal::quic_of)), which
+//! names the connection. They are not sealed a second time: QUIC's packet protection, keyed by
+//! a handshake whose certificates are both identities, does for them what the session's seal
+//! does for other datagrams (authenticity, secrecy, replays), and sealing them again cost about
+//! a fifth of the transfer bench's CPU. The endpoint only ever sees one made-up peer address,
+//! so the Node's path changes (relay to direct) need no QUIC migration and no new handshake.
 //!
 //! **Identity.** Each side presents the self-signed certificate of its Ed25519 identity
 //! (fog-quic's `identity`); its fingerprint is signed into the side's offer or answer
@@ -23,9 +25,7 @@
 //! and when the peer has acknowledged all of it the QUIC connection closes (application code
 //! 0) and the Node closes the connection with the caller's code and reason.
 //!
-//! The cost: each packet is protected twice, by QUIC and by the session's seal. The seal is
-//! what lets a QUIC packet travel through the signaling relay and TURN like any other of the
-//! connection's datagrams; `benches/RESULTS.md` has what it costs.
+//! The connection's own messages about itself (its close) stay sealed, as for every transport.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr};

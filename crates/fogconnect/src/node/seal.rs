@@ -83,6 +83,19 @@ pub enum Refused {
     Replayed,
 }
 
+/// The framing byte of a connection's QUIC packet behind the receiver's session tag, not
+/// sealed again (see the `quic` module).
+pub const QUIC_FRAMING: u8 = fog_core::FogFraming::QuicTagged.byte();
+
+/// The session tag and the QUIC packet of a tagged QUIC datagram, if it is one.
+pub fn quic_of(datagram: &[u8]) -> Option<([u8; 8], &[u8])> {
+    if datagram.first() != Some(&QUIC_FRAMING) {
+        return None;
+    }
+    let tag = datagram.get(1..9)?.try_into().ok()?;
+    Some((tag, datagram.get(9..).filter(|p| !p.is_empty())?))
+}
+
 /// The session tag a sealed datagram names, if it is one.
 pub fn tag_of(datagram: &[u8]) -> Option<[u8; 8]> {
     if datagram.len() < OVERHEAD || datagram[0] != FRAMING {
@@ -336,6 +349,21 @@ impl Keys {
             Keys::derive(&ea, &eb.public(), session, a, b, true),
             Keys::derive(&eb, &ea.public(), session, a, b, false),
         )
+    }
+
+    /// The tag the peer's datagrams to us carry.
+    pub fn recv_tag(&self) -> [u8; 8] {
+        self.recv_tag
+    }
+
+    /// A QUIC packet of this connection for the path: the framing byte and the peer's session
+    /// tag before it, and nothing else (QUIC protects its packets itself).
+    pub fn tag_quic(&self, packet: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(9 + packet.len());
+        out.push(QUIC_FRAMING);
+        out.extend_from_slice(&self.send_tag);
+        out.extend_from_slice(packet);
+        out
     }
 
     /// A sealed datagram of `kind` carrying `payload`.

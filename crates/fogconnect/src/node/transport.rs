@@ -135,6 +135,11 @@ impl Stream {
         }
     }
 
+    /// Whether this is QUIC, whose packets travel tagged rather than sealed.
+    pub(super) fn is_quic(&self) -> bool {
+        matches!(self, Stream::Quic(_))
+    }
+
     /// Queues one message.
     pub(super) fn send(&mut self, data: &[u8]) -> Result<(), SendError> {
         match self {
