@@ -379,7 +379,12 @@ impl Runtime {
             config.signal_timeout,
             signal_tx,
         );
-        let mut driver = Driver::new(machine, &[base]).map_err(StartError::Io)?;
+        // Bulk transfers burst faster than the receiving thread drains: a larger receive
+        // buffer turns those bursts into queueing (which LEDBAT and the others see as delay)
+        // rather than loss. The kernel caps it at `net.core.rmem_max`.
+        let sockets =
+            fog_mio::Config::new().socket_buffers(Some(SOCKET_BUFFER), Some(SOCKET_BUFFER));
+        let mut driver = Driver::with_config(machine, &[base], sockets).map_err(StartError::Io)?;
         let wake = driver.handle();
         driver.machine_mut().adopt(ws, wake.clone());
         let (commands, command_rx) = mpsc::channel();
@@ -440,6 +445,8 @@ fn gather() -> io::Result<Vec<IpAddr>> {
 }
 
 /// How long a shutdown waits for the closes to reach the wire and the WebSocket to close.
+/// The UDP socket buffers asked for (`SO_RCVBUF`, `SO_SNDBUF`), each way.
+const SOCKET_BUFFER: usize = 2 << 20;
 const SHUTDOWN_FLUSH: Duration = Duration::from_millis(200);
 
 /// The runtime's loop.
