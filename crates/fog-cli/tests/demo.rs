@@ -7,14 +7,20 @@ mod support;
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::process::Command;
+use std::sync::Mutex;
 
 use support::{CLIENT_TIMEOUT, fogconnect, fogconnect_exe, run_command, scratch_file};
 
 /// The transports a node runs by default, in the order the demo reports them.
 const TRANSPORTS: [&str; 4] = ["datagram", "kcp", "quic", "utp"];
 
+/// One demo at a time: unoptimised, the default run takes about 14 s of its 25 on a busy
+/// 2-core machine, and two at once would compete for the same cores.
+static ONE_DEMO: Mutex<()> = Mutex::new(());
+
 #[test]
 fn demo_json_reports_every_transport_intact() {
+    let _one = ONE_DEMO.lock().unwrap_or_else(|e| e.into_inner());
     let output = fogconnect(&["demo", "--size", "1MiB", "--json"]);
     assert_eq!(output.code(), Some(0), "{}", output.text());
     let report: serde_json::Value = serde_json::from_str(&output.stdout)
@@ -54,6 +60,7 @@ fn demo_json_reports_every_transport_intact() {
 /// No subcommand runs the demo with its defaults and prints the text report.
 #[test]
 fn no_subcommand_runs_the_demo() {
+    let _one = ONE_DEMO.lock().unwrap_or_else(|e| e.into_inner());
     let output = run_command(
         "fogconnect-default",
         &mut Command::new(fogconnect_exe()),
