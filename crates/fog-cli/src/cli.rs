@@ -27,13 +27,20 @@ a finding), 1 when it could not run (a name that does not resolve, a socket that
 no result before --timeout), 2 for a command-line error."
 )]
 pub(crate) struct Cli {
+    /// What to run [default: `demo`]
     #[command(subcommand)]
-    pub(crate) command: Command,
+    pub(crate) command: Option<Command>,
 }
 
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
+    /// FogConnect end to end on loopback, nothing to set up (what runs with no subcommand):
+    /// fogd in this process, two nodes, one connection per transport, a report
+    Demo(DemoArgs),
+    /// Print the peer ID of the key file the other commands take with --key, creating the
+    /// file (mode 0600) when missing
+    Id(IdArgs),
     /// Find out how the NAT in front of this host behaves (RFC 5780 discovery, RFC 4787 terms)
     Nat(NatArgs),
     /// Register with a signaling server and answer the offers that arrive
@@ -51,6 +58,56 @@ pub(crate) enum Command {
     /// Receive the files peers send with `fogconnect send` into a directory, checking each
     /// one's SHA-256
     Recv(RecvArgs),
+}
+
+/// `fogconnect demo`.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Example: fogconnect demo --size 16MiB
+
+Exits 0 when every transport connected and delivered intact, 1 otherwise (with the reason on \
+stderr). Progress goes to stderr, the report to stdout.")]
+pub(crate) struct DemoArgs {
+    /// Bytes to move over each reliable transport (KCP, QUIC, uTP); a number with an optional
+    /// KiB or MiB
+    #[arg(long, value_name = "BYTES", default_value = "4MiB", value_parser = parse_size)]
+    pub(crate) size: u64,
+
+    /// Give up after this many seconds
+    #[arg(long, value_name = "SECS", default_value = "25", value_parser = parse_seconds)]
+    pub(crate) timeout: Duration,
+
+    /// Print the report as one JSON object
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+impl Default for DemoArgs {
+    fn default() -> Self {
+        DemoArgs {
+            size: 4 << 20,
+            timeout: Duration::from_secs(25),
+            json: false,
+        }
+    }
+}
+
+/// `fogconnect id`.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Example: fogconnect id, then fogconnect serve --key ~/.config/fogconnect/identity.key ...
+
+Prints the peer ID alone on stdout (one JSON object with --json); says on stderr when it created \
+the file. Exits 1 when the file cannot be read or created, or lets others read it.")]
+pub(crate) struct IdArgs {
+    /// The key file [default: $XDG_CONFIG_HOME/fogconnect/identity.key, or
+    /// ~/.config/fogconnect/identity.key]
+    #[arg(long, value_name = "FILE")]
+    pub(crate) key: Option<PathBuf>,
+
+    /// Print {"peer": ..., "key": ..., "created": ...}
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 /// `fogconnect send`.
@@ -512,6 +569,28 @@ fn parse_samples(s: &str) -> Result<u16, String> {
 }
 
 /// Whole or fractional seconds, more than 0 and at most a day.
+/// A byte count: a number, optionally followed by KiB or MiB.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let (number, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, ""),
+    };
+    let unit = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        other => return Err(format!("unknown unit '{other}': use B, KiB or MiB")),
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("'{s}' is not a byte count"))?;
+    match n.checked_mul(unit) {
+        Some(0) => Err("must be more than 0".to_owned()),
+        Some(bytes) if bytes <= 1 << 30 => Ok(bytes),
+        _ => Err("at most 1024MiB".to_owned()),
+    }
+}
+
 fn parse_seconds(s: &str) -> Result<Duration, String> {
     let secs: f64 = s
         .parse()
@@ -592,7 +671,7 @@ mod tests {
     #[test]
     fn defaults_and_limits() {
         let cli = Cli::try_parse_from(["fogconnect", "nat", "--server", "127.0.0.1"]).unwrap();
-        let Command::Nat(nat) = cli.command else {
+        let Some(Command::Nat(nat)) = cli.command else {
             panic!("not nat")
         };
         assert_eq!(nat.samples, DEFAULT_PORT_SAMPLES);
@@ -611,7 +690,7 @@ mod tests {
         assert!(parse(&["--timeout", "0.5"]).is_ok());
         assert!(parse(&["--lifetime", "nan"]).is_err());
         assert!(parse(&["-4", "-6"]).is_err());
-        let Command::Nat(six) = parse(&["-6"]).unwrap().command else {
+        let Some(Command::Nat(six)) = parse(&["-6"]).unwrap().command else {
             panic!("not nat")
         };
         assert_eq!(six.families(), Families::V6Only);
@@ -630,7 +709,7 @@ mod tests {
             "alice",
         ])
         .unwrap();
-        let Command::Offer(offer) = cli.command else {
+        let Some(Command::Offer(offer)) = cli.command else {
             panic!("not offer")
         };
         assert_eq!(offer.target, "alice");
@@ -638,7 +717,7 @@ mod tests {
         assert_eq!((offer.service, offer.peer.signaling.timeout), (0, None));
 
         let cli = Cli::try_parse_from(["fogconnect", "listen", "--signal", "ws://h"]).unwrap();
-        let Command::Listen(listen) = cli.command else {
+        let Some(Command::Listen(listen)) = cli.command else {
             panic!("not listen")
         };
         assert_eq!(listen.peer.transports, [Transport::Quic, Transport::Kcp]);
@@ -655,7 +734,7 @@ mod tests {
                 "h",
                 "bob",
             ];
-            let Command::Connect(connect) = Cli::try_parse_from(args.iter().chain(extra))
+            let Some(Command::Connect(connect)) = Cli::try_parse_from(args.iter().chain(extra))
                 .unwrap()
                 .command
             else {
@@ -681,5 +760,29 @@ mod tests {
             let args = std::iter::once("fogconnect").chain(bad.iter().copied());
             assert!(Cli::try_parse_from(args).is_err(), "{bad:?} parsed");
         }
+    }
+
+    #[test]
+    fn sizes_take_a_unit() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64KiB"), Ok(64 << 10));
+        assert_eq!(parse_size("4MiB"), Ok(4 << 20));
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("4GB").is_err());
+        assert!(parse_size("2048MiB").is_err());
+        assert!(parse_size("MiB").is_err());
+    }
+
+    #[test]
+    fn no_subcommand_is_the_demo() {
+        let cli = Cli::try_parse_from(["fogconnect"]).unwrap();
+        assert!(cli.command.is_none());
+        let Some(Command::Demo(demo)) =
+            Cli::try_parse_from(["fogconnect", "demo"]).unwrap().command
+        else {
+            panic!("not demo");
+        };
+        assert_eq!(demo.size, DemoArgs::default().size);
+        assert_eq!(demo.timeout, DemoArgs::default().timeout);
     }
 }

@@ -1,6 +1,17 @@
 //! `fogconnect`, FogConnect's command-line tool.
 //!
 //! ```text
+//! fogconnect [demo [--size BYTES] [--timeout SECS] [--json]]
+//! fogconnect id [--key FILE] [--json]
+//! ```
+//!
+//! `demo` (also what runs with no subcommand, so what `cargo run --release` runs at the
+//! workspace root) is FogConnect's main job on loopback with nothing to set up: fogd's STUN and
+//! signaling in this process, two nodes, one connection per transport, a report (see `demo`).
+//! `id` prints the peer ID of a key file (creating it, mode 0600, when missing), the identity
+//! the other commands take with `--key`.
+//!
+//! ```text
 //! fogconnect listen --signal ws://HOST[:PORT][/PATH] [--alias NAME] [--count N] [--key FILE]
 //!                   [--transport NAMES] [--timeout SECS] [--json]
 //! fogconnect offer  --signal ws://HOST[:PORT][/PATH] PEER [--service N] [--key FILE]
@@ -40,6 +51,8 @@
 //! `RUST_LOG` filters the driver's own log lines on stderr (default: warnings).
 
 mod cli;
+mod demo;
+mod id;
 mod nat;
 mod node;
 mod peer;
@@ -53,26 +66,42 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::filter::LevelFilter;
 
-use crate::cli::{Cli, Command, NatArgs};
+use crate::cli::{Cli, Command, DemoArgs, NatArgs};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = EnvFilter::builder()
+    let mut filter = EnvFilter::builder()
         .with_default_directive(LevelFilter::WARN.into())
         .from_env_lossy();
+    // The demo runs fogd in this process; its start-up warnings (no STUN rate limit, which
+    // is right on loopback) are not the demo's news. RUST_LOG still says otherwise.
+    let demo = matches!(cli.command, None | Some(Command::Demo(_)));
+    if demo && std::env::var_os("RUST_LOG").is_none() {
+        filter = filter.add_directive("fogd=error".parse().expect("a valid directive"));
+    }
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(io::stderr)
         .init();
 
     match cli.command {
-        Command::Nat(args) => nat_command(&args),
-        Command::Listen(args) => report(peer::listen(&args)),
-        Command::Offer(args) => report(peer::offer(&args)),
-        Command::Serve(args) => report(node::serve(&args)),
-        Command::Connect(args) => report(node::connect(&args)),
-        Command::Send(args) => report(transfer::send(&args)),
-        Command::Recv(args) => report(transfer::recv(&args)),
+        None => {
+            eprintln!(
+                "no command given: running the demo (`fogconnect --help` lists the commands)"
+            );
+            report(demo::run(&DemoArgs::default()))
+        }
+        Some(command) => match command {
+            Command::Demo(args) => report(demo::run(&args)),
+            Command::Id(args) => report(id::run(&args)),
+            Command::Nat(args) => nat_command(&args),
+            Command::Listen(args) => report(peer::listen(&args)),
+            Command::Offer(args) => report(peer::offer(&args)),
+            Command::Serve(args) => report(node::serve(&args)),
+            Command::Connect(args) => report(node::connect(&args)),
+            Command::Send(args) => report(transfer::send(&args)),
+            Command::Recv(args) => report(transfer::recv(&args)),
+        },
     }
 }
 

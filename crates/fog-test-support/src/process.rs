@@ -62,9 +62,9 @@ pub fn target_dir_of(profile_dir: &Path) -> Option<(&Path, Option<&str>)> {
 /// executable, or a binary Cargo built for it), which lies in `<target-dir>/<profile>` or its
 /// `deps`.
 ///
-/// Cargo gives integration tests only their own package's binaries (`CARGO_BIN_EXE_*`), and
-/// fogd is a binary-only package, so it cannot be a dev-dependency. Instead the first call
-/// builds it with [`cargo_built`]. `FOGD_BIN=/path/to/fogd` skips the build and uses that
+/// Cargo gives integration tests only their own package's binaries (`CARGO_BIN_EXE_*`): a
+/// dev-dependency on fogd (a library too) brings its library, not its binary. Instead the
+/// first call builds it with [`cargo_built`]. `FOGD_BIN=/path/to/fogd` skips the build and uses that
 /// binary.
 pub fn fogd_exe(near: &Path, manifest_dir: &Path) -> PathBuf {
     static FOGD: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();

@@ -60,7 +60,7 @@ SIGINT or SIGTERM stops fogd cleanly and logs its final counters; a second one e
     // more join this group as they arrive.
     group(ArgGroup::new("service").required(true).multiple(true).args(["stun", "signal", "turn", "config"])),
 )]
-pub(crate) struct Cli {
+pub struct Cli {
     /// Read settings from this TOML file (format below); flags override it
     #[arg(long, value_name = "PATH")]
     pub(crate) config: Option<PathBuf>,
