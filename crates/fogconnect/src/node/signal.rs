@@ -11,10 +11,6 @@ use super::conn::{Conn, Phase};
 use super::seal::{self, Keys, Role};
 use super::{CloseReason, End, Event, FailReason, Node, Via};
 
-/// How long the answerer stays quiet past the punch instant unless the offerer's check
-/// reached it first (see `Agent::set_quiet`).
-const QUIET_GRACE: Duration = Duration::from_millis(1_000);
-
 /// What the driver tells the node about its signaling connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -396,26 +392,10 @@ impl Node {
                 };
                 conn.punch_at = Some(at);
                 let passive = conn.passive;
-                // An offerer behind a NAT whose mapping is endpoint-independent opens the path
-                // by itself with its first check (our NAT is open to its one mapping); there,
-                // and only there, we can wait for it.
-                let offerer_opens = matches!(
-                    conn.remote.as_ref().and_then(|d| d.nat),
-                    Some(fog_signal::msg::NatBehaviour::Nat {
-                        mapping: fog_signal::msg::Mapping::EndpointIndependent,
-                        ..
-                    })
-                );
                 if let Some(agent) = conn.agent_mut() {
                     agent.start(now);
                     if passive {
-                        // Quiet a while past the sync instant where the offerer opens the path:
-                        // one that reads the answer late (a loaded machine) must still send
-                        // first, or our full checks reach its NAT unasked, and Linux's
-                        // conntrack then moves its mapping to another port for good (the flows
-                        // deadlock). Hearing the offerer ends the quiet at once, which is how
-                        // it normally ends.
-                        conn.quiet_until = Some(if offerer_opens { at + QUIET_GRACE } else { at });
+                        conn.quiet_until = Some(at);
                     }
                 }
             }
