@@ -47,10 +47,7 @@ use fog_runtime::{Runtime, RuntimeConfig};
 use fogconnect::{AcceptPolicy, Event, KeyPair, NodeConfig, Transport};
 
 use support::signal::free_tcp_port;
-use support::{
-    ChildGuard, Fogd, fd_limit, load_average, private_dirty_kib, raise_fd_limit_or_reexec,
-    status_kib,
-};
+use support::{ChildGuard, Fogd, fd_limit, load_average, raise_fd_limit_or_reexec, status_kib};
 
 /// The acceptor's service number.
 const SERVICE: u16 = 7;
@@ -160,10 +157,6 @@ struct Memory {
     hwm: u64,
     anon: u64,
     file: u64,
-    /// Private_Dirty from smaps_rollup: what the process alone holds and cannot drop (its
-    /// heap, stacks, written data); the file-backed rest is mostly clean code pages, shared
-    /// with every process of the same binary and reclaimable.
-    private_dirty: u64,
     threads: u64,
 }
 
@@ -175,16 +168,14 @@ impl Memory {
             hwm: field("VmHWM"),
             anon: field("RssAnon"),
             file: field("RssFile"),
-            private_dirty: private_dirty_kib(pid).unwrap_or(0),
             threads: field("Threads"),
         }
     }
 
     fn json(&self) -> String {
         format!(
-            "{{\"rss_kib\":{},\"hwm_kib\":{},\"anon_kib\":{},\"file_kib\":{},\
-             \"private_dirty_kib\":{},\"threads\":{}}}",
-            self.rss, self.hwm, self.anon, self.file, self.private_dirty, self.threads
+            "{{\"rss_kib\":{},\"hwm_kib\":{},\"anon_kib\":{},\"file_kib\":{},\"threads\":{}}}",
+            self.rss, self.hwm, self.anon, self.file, self.threads
         )
     }
 }
@@ -229,23 +220,14 @@ fn main() {
         println!("{{{}}}", json.join(","));
     } else {
         println!(
-            "| process | state | RSS KiB | peak (VmHWM) KiB | anon KiB | file KiB | private dirty KiB \
-             | threads | note |"
+            "| process | state | RSS KiB | peak (VmHWM) KiB | anon KiB | file KiB | threads | note |"
         );
-        println!("|---|---|---|---|---|---|---|---|---|");
+        println!("|---|---|---|---|---|---|---|---|");
         for r in &rows {
             let m = &r.memory;
             println!(
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-                r.process,
-                r.state,
-                m.rss,
-                m.hwm,
-                m.anon,
-                m.file,
-                m.private_dirty,
-                m.threads,
-                r.note
+                "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                r.process, r.state, m.rss, m.hwm, m.anon, m.file, m.threads, r.note
             );
         }
         println!("load average {}", load_average());
@@ -525,8 +507,7 @@ fn fogd_peers(manifest: &Path, options: &Options) -> (String, Vec<Row>) {
         "signal_load failed\n{text}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    // `| fogd RSS idle / with peers | A KiB / B KiB |`, `| fogd with peers: VmHWM / ... |`
-    // and `| fogd with peers: Private_Dirty | D KiB |`.
+    // `| fogd RSS idle / with peers | A KiB / B KiB |` and `| fogd peak RSS (VmHWM) ... | C KiB |`
     let numbers = |marker: &str| -> Vec<u64> {
         text.lines()
             .find(|l| l.contains(marker))
@@ -539,7 +520,6 @@ fn fogd_peers(manifest: &Path, options: &Options) -> (String, Vec<Row>) {
     };
     let rss = numbers("fogd RSS idle / with peers");
     let peak = numbers("fogd with peers: VmHWM");
-    let dirty = numbers("fogd with peers: Private_Dirty");
     let (idle, with) = (
         rss.first().copied().unwrap_or(0),
         rss.get(1).copied().unwrap_or(0),
@@ -552,7 +532,6 @@ fn fogd_peers(manifest: &Path, options: &Options) -> (String, Vec<Row>) {
         anon: at(1),
         file: at(2),
         threads: at(3),
-        private_dirty: dirty.first().copied().unwrap_or(0),
     };
     let per_peer = (with as f64 - idle as f64) / options.peers as f64;
     let part = format!(

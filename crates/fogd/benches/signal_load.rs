@@ -51,8 +51,8 @@ use tungstenite::handshake::client::ClientHandshake;
 use tungstenite::{HandshakeError, Message, WebSocket};
 
 use support::{
-    ChildGuard, clock_ticks_per_s, cpu_ticks, fd_limit, percentile, private_dirty_kib,
-    raise_fd_limit_or_reexec, rss_kib, status_kib,
+    ChildGuard, clock_ticks_per_s, cpu_ticks, fd_limit, percentile, raise_fd_limit_or_reexec,
+    rss_kib, status_kib,
 };
 
 const WARM_UP: Duration = Duration::from_secs(1);
@@ -234,7 +234,6 @@ fn main() {
     // The peak and where the memory is, for the memory bench (which runs this phase).
     let with_peers = ["VmHWM", "RssAnon", "RssFile", "Threads"]
         .map(|key| status_kib(pid, key).map_or("?".into(), |v| v.to_string()));
-    let dirty_peers = private_dirty_kib(pid);
     println!(
         "signal_load: {} peers authenticated in {:.2} s ({:.0}/s)",
         options.peers,
@@ -346,10 +345,6 @@ fn main() {
     println!(
         "| fogd with peers: VmHWM / RssAnon / RssFile / Threads | {} KiB / {} KiB / {} KiB / {} |",
         with_peers[0], with_peers[1], with_peers[2], with_peers[3]
-    );
-    println!(
-        "| fogd with peers: Private_Dirty | {} KiB |",
-        dirty_peers.map_or("?".into(), |v| v.to_string())
     );
     println!(
         "| offers answered per second ({} in flight, {} s) | {:.0} |",

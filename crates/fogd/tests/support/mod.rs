@@ -188,14 +188,6 @@ pub(crate) fn status_kib(pid: u32, key: &str) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// Private_Dirty from /proc/PID/smaps_rollup in KiB: the memory only this process holds and
-/// cannot drop (heap, stacks, written data), without the clean code pages it shares.
-pub(crate) fn private_dirty_kib(pid: u32) -> Option<u64> {
-    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
-    let line = rollup.lines().find(|l| l.starts_with("Private_Dirty:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
 /// The soft limit on open files, from /proc/self/limits.
 pub(crate) fn fd_limit() -> u64 {
     limits_line().map_or(1024, |(soft, _)| soft)
