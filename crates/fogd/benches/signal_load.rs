@@ -52,7 +52,7 @@ use tungstenite::{HandshakeError, Message, WebSocket};
 
 use support::{
     ChildGuard, clock_ticks_per_s, cpu_ticks, fd_limit, percentile, raise_fd_limit_or_reexec,
-    rss_kib,
+    rss_kib, status_kib,
 };
 
 const WARM_UP: Duration = Duration::from_secs(1);
@@ -231,6 +231,9 @@ fn main() {
     let auth_time = started.elapsed();
     std::thread::sleep(Duration::from_millis(200));
     let rss_peers = rss_kib(pid);
+    // The peak and where the memory is, for the memory bench (which runs this phase).
+    let with_peers = ["VmHWM", "RssAnon", "RssFile", "Threads"]
+        .map(|key| status_kib(pid, key).map_or("?".into(), |v| v.to_string()));
     println!(
         "signal_load: {} peers authenticated in {:.2} s ({:.0}/s)",
         options.peers,
@@ -339,6 +342,10 @@ fn main() {
         rss_peers.map_or("?".into(), |r| r.to_string())
     );
     println!("| fogd RSS per registered peer | {per_peer} |");
+    println!(
+        "| fogd with peers: VmHWM / RssAnon / RssFile / Threads | {} KiB / {} KiB / {} KiB / {} |",
+        with_peers[0], with_peers[1], with_peers[2], with_peers[3]
+    );
     println!(
         "| offers answered per second ({} in flight, {} s) | {:.0} |",
         options.in_flight,

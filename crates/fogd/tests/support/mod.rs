@@ -175,8 +175,16 @@ pub(crate) fn median(mut values: Vec<f64>) -> f64 {
 
 /// A process's resident memory (VmRSS) in KiB, from /proc.
 pub(crate) fn rss_kib(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmRSS")
+}
+
+/// A number from /proc/PID/status: a size in KiB (`VmHWM`, `RssAnon`, ...) or a count
+/// (`Threads`).
+pub(crate) fn status_kib(pid: u32, key: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let line = status
+        .lines()
+        .find(|l| l.strip_prefix(key).is_some_and(|r| r.starts_with(':')))?;
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
