@@ -117,8 +117,10 @@ impl Quic {
             max_connections: 1,
             idle_timeout: opening.idle_timeout,
             initial_mtu: u16::try_from(MAX_DATAGRAM).unwrap_or(1200),
-            // Our messages travel on streams only.
+            // Our messages travel on streams only: one unidirectional stream each way (quinn
+            // keeps state for every stream a peer may open).
             datagram_receive_buffer: 0,
+            max_streams: 1,
             ..QuicConfig::default()
         };
         if !opening.caller {
@@ -148,7 +150,8 @@ impl Quic {
             happened: Vec::new(),
             over: false,
             now,
-            scratch: vec![0; 64 * 1024],
+            // Small: it is per connection (reads loop until the stream is drained).
+            scratch: vec![0; 4 * 1024],
         })
     }
 
