@@ -85,8 +85,14 @@ impl Options {
                     o.transports.retain(|(x, _)| *x == t);
                     assert!(!o.transports.is_empty(), "not a reliable transport: {t:?}");
                 }
-                "--size" => o.size = parse_size(&value()),
-                "--message" => o.message = parse_size(&value()),
+                "--size" => {
+                    o.size = usize::try_from(fog_benches::parse_size(&value()))
+                        .expect("a size that fits")
+                }
+                "--message" => {
+                    o.message = usize::try_from(fog_benches::parse_size(&value()))
+                        .expect("a size that fits")
+                }
                 "--json" => o.json = true,
                 "--bench" => {}
                 other => {
@@ -97,21 +103,6 @@ impl Options {
             }
         }
         o
-    }
-}
-
-fn parse_size(s: &str) -> usize {
-    let (number, unit) = s
-        .find(|c: char| !c.is_ascii_digit())
-        .map_or((s, ""), |i| s.split_at(i));
-    let n: usize = number
-        .parse()
-        .expect("--size takes a number with KiB or MiB");
-    n * match unit {
-        "" | "B" => 1,
-        "KiB" => 1 << 10,
-        "MiB" => 1 << 20,
-        other => panic!("unknown unit {other}"),
     }
 }
 

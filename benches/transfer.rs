@@ -60,22 +60,6 @@ struct Options {
     anchor: bool,
 }
 
-fn parse_size(s: &str) -> u64 {
-    let (number, unit) = s
-        .find(|c: char| !c.is_ascii_digit())
-        .map_or((s, ""), |i| s.split_at(i));
-    let n: u64 = number
-        .parse()
-        .expect("--size takes a number with KiB, MiB or GiB");
-    n * match unit {
-        "" | "B" => 1,
-        "KiB" => 1 << 10,
-        "MiB" => 1 << 20,
-        "GiB" => 1 << 30,
-        other => panic!("unknown unit {other}"),
-    }
-}
-
 impl Options {
     fn parse() -> Options {
         let mut o = Options {
@@ -90,7 +74,7 @@ impl Options {
             let mut value = || args.next().expect("a value");
             match arg.as_str() {
                 "--transport" => o.transport = Transport::from(value()),
-                "--size" => o.size = parse_size(&value()),
+                "--size" => o.size = fog_benches::parse_size(&value()),
                 "--message" => o.message = value().parse().expect("--message BYTES"),
                 "--json" => o.json = true,
                 "--no-anchor" => o.anchor = false,
