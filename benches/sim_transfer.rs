@@ -34,6 +34,7 @@
 use std::fmt;
 use std::time::{Duration, Instant};
 
+use fog_benches::Pattern;
 use fog_examples::scenario::{Profile, Scenario, SimNode};
 use fog_sim::presets::Preset;
 use fogconnect::{ConnectError, ConnectionId, Event, SendError, Transport};
@@ -112,22 +113,6 @@ fn profile(rtt: Duration, loss: f64) -> Profile {
         access: rtt / 4,
         loss: 1.0 - (1.0 - loss).sqrt(),
         ..Profile::default()
-    }
-}
-
-/// A 64-bit LCG: the pattern's bytes.
-struct Pattern(u64);
-
-impl Pattern {
-    fn fill(&mut self, buf: &mut [u8]) {
-        for chunk in buf.chunks_mut(8) {
-            self.0 = self
-                .0
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            let bytes = self.0.to_le_bytes();
-            chunk.copy_from_slice(&bytes[..chunk.len()]);
-        }
     }
 }
 

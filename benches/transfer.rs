@@ -42,6 +42,7 @@ use std::process::Command;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
+use fog_benches::Pattern;
 use fog_runtime::{Runtime, RuntimeConfig, RuntimeError};
 use fog_test_support::A1;
 use fogconnect::{AcceptPolicy, Event, KeyPair, NodeConfig, SendError, Transport};
@@ -86,22 +87,6 @@ impl Options {
             }
         }
         o
-    }
-}
-
-/// The pattern's next `len` bytes (a 64-bit LCG, so that no two messages are alike).
-struct Pattern(u64);
-
-impl Pattern {
-    fn fill(&mut self, buf: &mut [u8]) {
-        for chunk in buf.chunks_mut(8) {
-            self.0 = self
-                .0
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            let bytes = self.0.to_le_bytes();
-            chunk.copy_from_slice(&bytes[..chunk.len()]);
-        }
     }
 }
 

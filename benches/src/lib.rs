@@ -21,3 +21,22 @@ pub fn parse_size(s: &str) -> u64 {
         other => panic!("unknown unit {other}"),
     }
 }
+
+/// The bytes the transfer benches move: a 64-bit LCG, so that no two messages are alike and
+/// both sides can make the same stream from the same seed.
+#[derive(Debug, Clone)]
+pub struct Pattern(pub u64);
+
+impl Pattern {
+    /// The pattern's next `buf.len()` bytes.
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            self.0 = self
+                .0
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            let bytes = self.0.to_le_bytes();
+            chunk.copy_from_slice(&bytes[..chunk.len()]);
+        }
+    }
+}
