@@ -2,8 +2,8 @@
 //! `fog_examples::scenario`, next to what the pairing oracle says a correct stack must achieve.
 //!
 //! ```text
-//! cargo run --release --example matrix                  # 20 seeds per pair, a Markdown table
-//! cargo run --release --example matrix -- --seeds 5 --json
+//! cargo run --release -p fog-examples --example matrix                  # 20 seeds per pair, a Markdown table
+//! cargo run --release -p fog-examples --example matrix -- --seeds 5 --json
 //! ```
 //!
 //! Per pair: direct % (ended on a direct path), relayed % (connected through the TURN relay
@@ -55,12 +55,16 @@ use fog_sim::presets::Preset;
 struct Options {
     seeds: u64,
     json: bool,
+    /// Only the pairs with this preset on either side (`--only NAME`), for quick looks; the
+    /// field-mix summary then covers those pairs only.
+    only: Option<Preset>,
 }
 
 fn options() -> Options {
     let mut options = Options {
         seeds: 20,
         json: false,
+        only: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -76,8 +80,19 @@ fn options() -> Options {
                     });
             }
             "--json" => options.json = true,
+            "--only" => {
+                let name = args.next().unwrap_or_default();
+                options.only = Preset::ALL.into_iter().find(|p| p.name() == name);
+                if options.only.is_none() {
+                    let names: Vec<&str> = Preset::ALL.iter().map(|p| p.name()).collect();
+                    eprintln!("matrix: --only takes a preset: {}", names.join(", "));
+                    std::process::exit(2);
+                }
+            }
             other => {
-                eprintln!("matrix: unknown argument {other}; known: --seeds N, --json");
+                eprintln!(
+                    "matrix: unknown argument {other}; known: --seeds N, --json, --only PRESET"
+                );
                 std::process::exit(2);
             }
         }
@@ -138,8 +153,13 @@ fn main() -> ExitCode {
     let (mut mix_direct, mut mix_allowed, mut mix_connected) = (0.0, 0.0, 0.0);
     // Birthday pairs: runs, and runs direct within 3 s of `connect` (the issue's target).
     let (mut birthday_runs, mut birthday_fast) = (0u64, 0u64);
+    // From the start to both nodes' `Ready`, for every pair that has UDP on both sides.
+    let mut ready_times = Vec::new();
     for a in presets {
         for b in presets {
+            if options.only.is_some_and(|p| p != a && p != b) {
+                continue;
+            }
             let expected = oracle(a.behaviour(), b.behaviour(), &budget);
             let mut direct = 0u64;
             let mut connected = 0u64;
@@ -151,6 +171,9 @@ fn main() -> ExitCode {
                 let r = run(a, b, seed, &profile);
                 if !r.ready {
                     not_ready += 1;
+                }
+                if ![a, b].contains(&Preset::UdpBlocked) {
+                    ready_times.extend(r.time_to_ready);
                 }
                 if r.connected {
                     connected += 1;
@@ -236,9 +259,13 @@ fn main() -> ExitCode {
     } else {
         1.0
     };
+    ready_times.sort_unstable();
+    let (ready_median, ready_p95) = (quantile(&ready_times, 0.5), quantile(&ready_times, 0.95));
     if options.json {
         let out = serde_json::json!({
             "seeds": options.seeds,
+            "ready_median_ms": ready_median.map(|d| d.as_millis() as u64),
+            "ready_p95_ms": ready_p95.map(|d| d.as_millis() as u64),
             "lower_bound_ms": profile.lower_bound().as_millis() as u64,
             "pairs": rows,
             "disagreements": disagreements,
@@ -254,6 +281,11 @@ fn main() -> ExitCode {
         println!("{out}");
     } else {
         println!("\n{disagreements} disagreement(s) with the oracle (MISS or EXTRA)");
+        println!(
+            "ready to connect, from the start (both nodes; pairs with UDP): median {} ms, p95 {} ms",
+            ms(ready_median),
+            ms(ready_p95)
+        );
         if birthday_runs > 0 {
             println!(
                 "birthday pairs: {:.1} % of {birthday_runs} runs direct within 3 s (target 95 %)",

@@ -240,8 +240,10 @@ impl SignalNode for SimNode {
 /// How one run ended.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Run {
-    /// Both nodes finished discovery and authenticated.
+    /// Both nodes knew enough of their NATs to connect ([`Event::Ready`]) and authenticated.
     pub ready: bool,
+    /// From the start of the world to the later of the two nodes' [`Event::Ready`].
+    pub time_to_ready: Option<Duration>,
     /// Both nodes reported a verified path, relayed or direct.
     pub connected: bool,
     /// Both nodes ended on a direct path.
@@ -364,6 +366,7 @@ impl Scenario {
 pub fn run(a: Preset, b: Preset, seed: u64, profile: &Profile) -> Run {
     let (mut sim, hosts, _, _) = build(a, b, seed, profile);
     let (ha, hb) = (hosts[0].0, hosts[1].0);
+    let born = sim.now();
     let mut ea = Vec::new();
     let mut eb = Vec::new();
     for _ in 0..300 {
@@ -375,9 +378,19 @@ pub fn run(a: Preset, b: Preset, seed: u64, profile: &Profile) -> Run {
         }
     }
     let discovered_both = [discovered(&ea), discovered(&eb)];
+    let ready_at = |events: &[(Instant, Event)]| {
+        events
+            .iter()
+            .find(|(_, e)| matches!(e, Event::Ready { .. }))
+            .map(|(at, _)| *at)
+    };
+    let time_to_ready = ready_at(&ea)
+        .zip(ready_at(&eb))
+        .map(|(a, b)| a.max(b) - born);
     if !(ready(&ea) && ready(&eb)) {
         return Run {
             ready: false,
+            time_to_ready,
             connected: false,
             direct: false,
             time_to_path: None,
@@ -414,6 +427,7 @@ pub fn run(a: Preset, b: Preset, seed: u64, profile: &Profile) -> Run {
     let connected = !pa.is_empty() && !pb.is_empty();
     Run {
         ready: true,
+        time_to_ready,
         connected,
         direct: direct_now(&ea) && direct_now(&eb),
         time_to_path: later(first(&pa), first(&pb)),

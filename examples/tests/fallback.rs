@@ -55,6 +55,14 @@ fn a_dead_direct_path_falls_back_to_the_relay_and_comes_back() {
         let (at, _, _, relayed) = *paths.last().unwrap();
         assert!(!relayed, "node {i} is direct again: {paths:?}");
         assert!(at - back <= Duration::from_secs(31), "node {i}: {paths:?}");
-        assert_eq!(paths.len(), 3, "direct, relay, direct: {paths:?}");
+        // Direct, then the relay (one relayed pair, or two: which side's relay carries the
+        // path may change once as the relayed pairs verify), then direct.
+        let relayed: Vec<bool> = paths.iter().map(|p| p.3).collect();
+        assert!(
+            (3..=4).contains(&paths.len())
+                && !relayed[0]
+                && relayed[1..relayed.len() - 1].iter().all(|&r| r),
+            "direct, relay, direct: {paths:?}"
+        );
     }
 }

@@ -339,6 +339,7 @@ impl Table {
                     context.add_candidate(CandidateKind::ServerReflexive.name(), public);
                 }
             }
+            Event::NatUpdated { behaviour } => context.nat = Some(behaviour.to_string()),
             Event::RelayReady { relayed } => {
                 context.add_candidate(CandidateKind::Relayed.name(), relayed)
             }

@@ -100,6 +100,10 @@ pub struct Connection {
     role: Role,
     phase: Phase,
     control_out: u8,
+    /// `close` was called during the handshake with data queued: the hello goes on, and the
+    /// close follows once the data is acknowledged (data must never flow unannounced: a
+    /// responder that saw no hello refuses it).
+    close_after_hello: bool,
     timers: TimerTable<{ Timer::COUNT }>,
     events: VecDeque<Event>,
 }
@@ -121,6 +125,7 @@ impl Connection {
             role,
             phase: Phase::Handshaking(Tries(1)),
             control_out,
+            close_after_hello: false,
             timers,
             events: VecDeque::new(),
         }
@@ -153,6 +158,7 @@ impl Connection {
     /// refused once closing.
     pub fn send(&mut self, data: &[u8]) -> Result<(), SendError> {
         match self.phase {
+            Phase::Handshaking(_) if self.close_after_hello => Err(SendError::Closed),
             Phase::Handshaking(_) | Phase::Established => self.kcp.send(data),
             Phase::Closing(_) | Phase::Closed(_) => Err(SendError::Closed),
         }
@@ -164,9 +170,13 @@ impl Connection {
     }
 
     /// Starts a graceful close: no more sends; once everything sent is acknowledged, the close
-    /// goes out, and [`Event::Closed`] follows its answer (or its last retransmission).
+    /// goes out, and [`Event::Closed`] follows its answer (or its last retransmission). During
+    /// the handshake with data queued, the handshake completes first (or times out).
     pub fn close(&mut self, now: Instant) {
         match self.phase {
+            Phase::Handshaking(_) if self.kcp.waiting_to_send() > 0 => {
+                self.close_after_hello = true;
+            }
             Phase::Handshaking(_) | Phase::Established => {
                 self.timers.clear(Timer::Hello);
                 self.control_out &= !OUT_HELLO;
@@ -272,8 +282,14 @@ impl Connection {
     fn establish(&mut self) {
         self.timers.clear(Timer::Hello);
         self.control_out &= !OUT_HELLO;
-        self.phase = Phase::Established;
         self.events.push_back(Event::Connected);
+        // A close asked for during the handshake: the data flows now, then the close
+        // (`progress`, which every caller runs next).
+        self.phase = if self.close_after_hello {
+            Phase::Closing(None)
+        } else {
+            Phase::Established
+        };
     }
 
     fn finish(&mut self, reason: CloseReason) {

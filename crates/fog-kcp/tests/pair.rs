@@ -480,6 +480,28 @@ fn connection_hello_data_close() {
 }
 
 #[test]
+fn a_close_during_the_handshake_delivers_the_queued_data_first() {
+    // Found in the node: messages queued and the connection closed before the hello was
+    // answered went out unannounced, the responder refused every one, and nothing arrived.
+    for (loss, seed) in [(0.0, 41), (20.0, 42)] {
+        let mut pair = connections(loss, seed);
+        let messages: Vec<Vec<u8>> = (0..20).map(|i| pair.rng.bytes(100 + i * 500)).collect();
+        for m in &messages {
+            pair.peers[0].send(m).unwrap();
+        }
+        pair.peers[0].close(pair.now);
+        assert_eq!(pair.peers[0].send(b"late"), Err(SendError::Closed));
+        assert!(!pair.peers[0].is_established());
+        let closed = pair.run_until(Duration::from_secs(120), |p| {
+            p.peers[0].closed().is_some() && p.peers[1].closed().is_some()
+        });
+        assert!(closed, "the close completed at {loss} % loss");
+        assert_eq!(pair.received[1], messages, "everything arrived, in order");
+        assert_eq!(pair.peers[1].closed(), Some(CloseReason::Peer));
+    }
+}
+
+#[test]
 fn connection_hello_times_out() {
     let now = Instant::now();
     let mut a = Connection::new(1, Config::default(), Role::Initiator, now);

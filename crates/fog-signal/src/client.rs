@@ -101,6 +101,15 @@ pub enum Event {
         /// Their description.
         description: Description,
     },
+    /// The other peer's NAT behaviour changed since its offer or answer.
+    Nat {
+        /// The session.
+        session: SessionId,
+        /// Its behaviour now.
+        nat: crate::msg::NatBehaviour,
+        /// Its signature over it.
+        signature: crate::msg::Sig,
+    },
     /// A trickled candidate (`None`: no more).
     Candidate {
         /// The session.
@@ -322,6 +331,15 @@ impl Client {
                 from,
                 description,
             }),
+            ServerMsg::Nat {
+                session,
+                nat,
+                signature,
+            } => self.events.push_back(Event::Nat {
+                session,
+                nat,
+                signature,
+            }),
             ServerMsg::Candidate {
                 session,
                 candidate,
@@ -510,6 +528,23 @@ impl Client {
             session,
             candidate: Some(candidate),
             signature: Some(signature),
+        });
+        Ok(())
+    }
+
+    /// Tells the other peer of `session` that our NAT behaviour is now `nat`, with our
+    /// signature over it, which the server forwards untouched.
+    pub fn update_nat(
+        &mut self,
+        session: SessionId,
+        nat: crate::msg::NatBehaviour,
+        signature: crate::msg::Sig,
+    ) -> Result<(), ClientError> {
+        self.request()?;
+        self.push(ClientMsg::Nat {
+            session,
+            nat,
+            signature,
         });
         Ok(())
     }

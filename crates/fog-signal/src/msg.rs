@@ -179,6 +179,16 @@ pub enum ClientMsg {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         signature: Option<Sig>,
     },
+    /// The sender's NAT behaviour changed after its offer or answer (its discovery was still
+    /// running then); forwarded untouched like a candidate.
+    Nat {
+        /// The session.
+        session: SessionId,
+        /// The behaviour now.
+        nat: NatBehaviour,
+        /// The sender's signature over it (see `docs/signaling.md`, "Trust").
+        signature: Sig,
+    },
     /// Asks for short-lived relay (TURN) credentials.
     RelayRequest {
         /// Request number.
@@ -284,6 +294,15 @@ pub enum ServerMsg {
         from: PeerId,
         /// Their description.
         description: Description,
+    },
+    /// The other side of a session has a new NAT behaviour.
+    Nat {
+        /// The session.
+        session: SessionId,
+        /// Its behaviour now.
+        nat: NatBehaviour,
+        /// The other peer's signature over it.
+        signature: Sig,
     },
     /// A trickled candidate from the other side of a session.
     Candidate {

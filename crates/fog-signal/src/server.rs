@@ -692,27 +692,26 @@ impl Server {
                 session,
                 candidate,
                 signature,
-            } => match self.sessions.get(&session) {
-                Some(s) if s.offerer == me || s.answerer == me => {
-                    let other = if s.offerer == me {
-                        s.answerer
-                    } else {
-                        s.offerer
-                    };
-                    self.send_peer(
-                        other,
-                        ServerMsg::Candidate {
-                            session,
-                            candidate,
-                            signature,
-                        },
-                    );
-                }
-                _ => self.send(
-                    conn,
-                    ServerMsg::error(ErrorCode::UnknownSession, None, session.to_string()),
-                ),
-            },
+            } => {
+                let msg = ServerMsg::Candidate {
+                    session,
+                    candidate,
+                    signature,
+                };
+                self.forward_in_session(conn, me, session, msg);
+            }
+            ClientMsg::Nat {
+                session,
+                nat,
+                signature,
+            } => {
+                let msg = ServerMsg::Nat {
+                    session,
+                    nat,
+                    signature,
+                };
+                self.forward_in_session(conn, me, session, msg);
+            }
             ClientMsg::Close {
                 session,
                 code,
@@ -1115,6 +1114,25 @@ impl Server {
             conn,
             frame: m.encode(),
         });
+    }
+
+    /// Forwards `m` about `session` from `me` (on `conn`) to the session's other peer; anyone
+    /// not in the session gets `unknown_session`.
+    fn forward_in_session(&mut self, conn: ConnId, me: PeerId, session: SessionId, m: ServerMsg) {
+        match self.sessions.get(&session) {
+            Some(s) if s.offerer == me || s.answerer == me => {
+                let other = if s.offerer == me {
+                    s.answerer
+                } else {
+                    s.offerer
+                };
+                self.send_peer(other, m);
+            }
+            _ => self.send(
+                conn,
+                ServerMsg::error(ErrorCode::UnknownSession, None, session.to_string()),
+            ),
+        }
     }
 
     fn send_peer(&mut self, peer: PeerId, m: ServerMsg) {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use common::{Net, description, server_config};
 use fog_signal::client::Event;
-use fog_signal::msg::{Candidate, CandidateKind};
+use fog_signal::msg::{Candidate, CandidateKind, Filtering, NatBehaviour, Sig};
 
 #[test]
 fn register_lookup_offer_answer_trickle_punch() {
@@ -147,18 +147,49 @@ fn register_lookup_offer_answer_trickle_punch() {
         vec![Event::Rtt(Duration::from_millis(80))]
     );
 
+    // A behaviour update reaches the other peer, signature untouched.
+    let nat = NatBehaviour::Firewall {
+        filtering: Filtering::AddressDependent,
+    };
+    let signature = Sig([7; 64]);
+    net.nodes[a]
+        .client
+        .update_nat(session, nat, signature)
+        .unwrap();
+    net.run();
+    assert_eq!(
+        net.take_events(b),
+        vec![Event::Nat {
+            session,
+            nat,
+            signature,
+        }]
+    );
+    assert!(net.take_events(a).is_empty());
+
     // A third peer cannot inject into the session or see addresses.
     let c3 = net.join(3, None, 10);
     net.take_events(c3);
     net.nodes[c3].client.trickle(session, Some(c)).unwrap();
+    net.nodes[c3]
+        .client
+        .update_nat(session, nat, signature)
+        .unwrap();
     net.run();
-    assert!(matches!(
-        net.take_events(c3).as_slice(),
-        [Event::Error {
-            code: fog_signal::msg::ErrorCode::UnknownSession,
-            ..
-        }]
-    ));
+    let unknown = |e: &Event| {
+        matches!(
+            e,
+            Event::Error {
+                code: fog_signal::msg::ErrorCode::UnknownSession,
+                ..
+            }
+        )
+    };
+    let refused = net.take_events(c3);
+    assert!(
+        refused.len() == 2 && refused.iter().all(unknown),
+        "{refused:?}"
+    );
     assert!(net.take_events(a).is_empty() && net.take_events(b).is_empty());
 
     // b leaves: a is told the session closed.

@@ -40,6 +40,9 @@ enum Tamper {
     /// Every answer names a QUIC certificate fingerprint that is not the answerer's and is
     /// signed again by the answerer (a broken or hostile peer).
     WrongCertificate,
+    /// Every behaviour update (sent when a node's discovery ends with another behaviour than
+    /// it offered or answered with) claims a random-port symmetric NAT instead.
+    AlterNat,
 }
 
 /// A third party's address, which the hostile answerer names as its own.
@@ -89,6 +92,14 @@ impl Malicious {
             }
             (ServerMsg::Answer { description, .. }, Tamper::AlterAnswer) => {
                 description.candidates.push(extra);
+            }
+            (ServerMsg::Nat { nat, .. }, Tamper::AlterNat) => {
+                *nat = fog_signal::msg::NatBehaviour::Nat {
+                    mapping: fog_signal::msg::Mapping::AddressAndPortDependent,
+                    filtering: fog_signal::msg::Filtering::AddressAndPortDependent,
+                    ports: fog_signal::msg::PortPattern::Random,
+                    hairpinning: false,
+                };
             }
             (ServerMsg::Offer { .. }, Tamper::ReplayOffer) => {
                 let mut again = msg.clone();
@@ -391,6 +402,19 @@ fn a_flood_of_trickled_candidates_is_bounded() {
     );
     // The connection itself is not disturbed.
     assert_eq!(connected_peers(&s, 0), vec![s.hosts[1].1]);
+}
+
+#[test]
+fn an_altered_behaviour_update_is_dropped() {
+    // Full cones: the first report assumes random ports (the samples are still running), the
+    // final one finds them preserved, so each node sends an update in the session.
+    let (s, counters) = run(Tamper::AlterNat);
+    assert!(
+        counters[0].bad_signatures >= 1 && counters[1].bad_signatures >= 1,
+        "{counters:?}"
+    );
+    assert_eq!(connected_peers(&s, 0), vec![s.hosts[1].1]);
+    assert_eq!(connected_peers(&s, 1), vec![s.hosts[0].1]);
 }
 
 #[test]

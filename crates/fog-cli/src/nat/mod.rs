@@ -293,6 +293,10 @@ impl Progress {
             Event::BufferTooSmall { needed } => self.line(format_args!(
                 "a {needed}-byte request did not fit the send buffer and was not sent"
             )),
+            Event::Provisional(report) => self.line(format_args!(
+                "enough to connect with: {} (tests still running assume the worst)",
+                report.behaviour
+            )),
             Event::Done(_) => {}
         }
     }

@@ -327,6 +327,7 @@ fn untested_code(why: Untested) -> &'static str {
         Untested::NoAnswer => "no_answer",
         Untested::ServerRefused(_) => "server_refused",
         Untested::TooFewSamples => "too_few_samples",
+        Untested::Pending => "pending",
     }
 }
 

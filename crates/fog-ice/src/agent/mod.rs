@@ -657,6 +657,14 @@ impl Agent {
         self.stats
     }
 
+    /// Whether a round of punching is under way: from the punch instant until its deadline
+    /// passes or a direct path is selected (and again during each later round). A driver that
+    /// would build the agent again (a new plan) waits for this to be `false`, so that nothing
+    /// in flight is lost.
+    pub fn punching(&self) -> bool {
+        self.deadline.is_some() && !self.punch_over && !self.direct_selected()
+    }
+
     /// The sockets opened for a birthday round (those still in use).
     pub fn birthday_sockets(&self) -> &[SocketAddr] {
         &self.open_sockets

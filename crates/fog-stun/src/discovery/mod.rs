@@ -29,10 +29,21 @@
 //! with II and read only when X2 ≠ X1, filtering III with II and read only when II is silent;
 //! filtering uses the fresh port F because
 //! the mapping tests leave permissions in the NAT, §4.4, and all filtering requests go to A1:P1,
-//! so none opens the door another one tests). Port samples follow one at a time, after
-//! everything else has settled, so that no other new binding lands between two samples on a
-//! NAT that assigns ports sequentially; each sample is kept with its local port, so a lost
-//! sample leaves a gap rather than shifting the others. The lifetime probe comes last.
+//! so none opens the door another one tests). Port samples follow one at a time, once every
+//! other question has sent its first request (retransmissions and further transactions reuse
+//! their question's port and destination), so that no other new binding lands between two
+//! samples on a NAT that assigns ports sequentially; each sample is kept with its local port, so
+//! a lost sample leaves a gap rather than shifting the others. The lifetime probe comes last.
+//!
+//! # Fast start: the provisional report
+//!
+//! A filtering test can only conclude "filtered" when all its retransmissions went unanswered
+//! (4.75 s with the defaults), and most home NATs filter. A caller that only needs enough to
+//! plan a connection gets [`Event::Provisional`] long before: once the mapping is known, the
+//! open questions had twice test I's round trip to be answered, and, for a mapping that is
+//! not endpoint-independent, the port samples are in. Tests still running are
+//! [`Untested::Pending`], and the behaviour assumes the most restrictive result for them (as
+//! [`Report`] does for any test without a result). [`Event::Done`] follows with the rest.
 //! Without a NAT only filtering (firewall or open) and the lifetime are tested; without
 //! OTHER-ADDRESS only the port pattern, hairpinning and the lifetime.
 //!
@@ -291,6 +302,14 @@ pub enum Event {
         /// The request's length.
         needed: usize,
     },
+    /// What is known so far is enough to plan with, while other tests still run: test I
+    /// answered and the mapping behaviour is known, and for a NAT whose mapping is not
+    /// endpoint-independent the port pattern too. Tests still running are
+    /// [`Untested::Pending`] and the behaviour assumes the worst for them (see [`Report`]), so
+    /// a plan made from it does not fail by planning. Comes at most once, before
+    /// [`Event::Done`], and only while something is still running (not when everything
+    /// settled at once).
+    Provisional(Report),
     /// Discovery is over; the machine sends nothing more.
     Done(Report),
 }
@@ -360,11 +379,17 @@ enum Phase {
     Idle,
     /// Test I alone.
     Connectivity,
-    /// Mapping, filtering, hairpinning and the lifetime control together.
+    /// Mapping, filtering, hairpinning and the lifetime control together, until each has
+    /// sent its first request (and so has its binding).
     Behaviour,
     /// Port sample `next` is the next to ask.
     Ports {
         next: u16,
+    },
+    /// Waiting for the behaviour questions still unanswered (the filtering tests' silence
+    /// takes all their retransmissions); `samples` says whether port samples ran.
+    Settling {
+        samples: bool,
     },
     /// Waiting for the idle time to pass, then the probe.
     Lifetime {
@@ -396,6 +421,10 @@ pub struct Discovery {
     translated: bool,
     address_rewriting: bool,
     steps_done: u32,
+    /// [`Event::Provisional`] went out.
+    provisional_sent: bool,
+    /// When it goes, once the answers on their way had their time.
+    provisional_at: Option<Instant>,
     events: VecDeque<Event>,
     stats: DiscoveryStats,
 }
@@ -445,6 +474,8 @@ impl Discovery {
             translated: false,
             address_rewriting: false,
             steps_done: 0,
+            provisional_sent: false,
+            provisional_at: None,
             events: VecDeque::new(),
             stats: DiscoveryStats::default(),
         }
@@ -463,6 +494,20 @@ impl Discovery {
     /// Whether [`Event::Done`] has been produced.
     pub fn is_done(&self) -> bool {
         self.phase == Phase::Done
+    }
+
+    /// Whether `packet` is an answer to one of this machine's transactions (or its own
+    /// hairpinned request), on one of its ports: [`accepts`](SansIo::accepts) narrowed by
+    /// transaction ID, for a driver that shares the ports with other STUN users (a node's
+    /// connectivity checks on the mapping port).
+    pub fn owns(&self, packet: &Receive<'_>) -> bool {
+        // The transaction ID: bytes 8..20 of the STUN header (RFC 5389 §6).
+        self.accepts(packet)
+            && packet
+                .payload
+                .get(8..20)
+                .and_then(|id| <[u8; 12]>::try_from(id).ok())
+                .is_some_and(|id| self.ids.contains_key(&TransactionId::new(id)))
     }
 
     /// Starts the run at `now` (test I). Later calls do nothing.
@@ -514,6 +559,75 @@ impl Discovery {
                 break;
             }
         }
+        self.provisional_at = None;
+        if !self.provisional_sent && self.phase != Phase::Done && self.plannable() {
+            match self.answer_grace_over() {
+                Some(at) if at <= now => {
+                    self.provisional_sent = true;
+                    let report = self.report(now);
+                    self.events.push_back(Event::Provisional(report));
+                }
+                at => self.provisional_at = at,
+            }
+        }
+    }
+
+    /// When every behaviour question still open has had the time an answer takes (twice test
+    /// I's round trip, at least 1 ms, at most one initial RTO) since its first request: a
+    /// provisional report then assumes the worst only for tests that are really silent, not
+    /// for answers on their way. `None` while one has not been asked yet.
+    fn answer_grace_over(&self) -> Option<Instant> {
+        let rtt = match (
+            self.find(Ask::Connectivity),
+            self.settled(Ask::Connectivity),
+        ) {
+            (Some(q), Some(Settled::Mapped { at, .. })) => q
+                .first_at
+                .map_or(Duration::ZERO, |t| at.saturating_duration_since(t)),
+            _ => Duration::ZERO,
+        };
+        let grace = (rtt * 2).clamp(Duration::from_millis(1), self.config.retransmit.initial_rto);
+        let open = self
+            .questions
+            .iter()
+            .filter(|q| q.settled.is_none() && !matches!(q.ask, Ask::Sample(_)));
+        let mut latest = self.started_at?;
+        for q in open {
+            latest = latest.max(q.first_at? + grace);
+        }
+        Some(latest)
+    }
+
+    /// Whether what is settled so far is enough to plan with (see [`Event::Provisional`]).
+    fn plannable(&self) -> bool {
+        let samples_done = match self.phase {
+            Phase::Idle | Phase::Connectivity | Phase::Done => return false,
+            Phase::Behaviour | Phase::Ports { .. } => false,
+            Phase::Settling { .. } | Phase::Lifetime { .. } => true,
+        };
+        if !self.translated {
+            return true;
+        }
+        let x1 = match self.settled(Ask::Connectivity) {
+            Some(Settled::Mapped { mapped, .. }) => mapped,
+            _ => return false,
+        };
+        let mapping = match (self.find(Ask::MappingII), self.settled(Ask::MappingII)) {
+            // No usable other address: the mapping cannot be tested at all.
+            (None, _) => None,
+            (Some(_), None) => return false,
+            (Some(_), Some(Settled::Mapped { mapped: x2, .. })) if x2 == x1 => {
+                Some(Mapping::EndpointIndependent)
+            }
+            (Some(_), Some(_)) => match self.settled(Ask::MappingIII) {
+                None => return false,
+                Some(_) => None,
+            },
+        };
+        // An endpoint-independent mapping is its own prediction; any other needs the pattern.
+        mapping == Some(Mapping::EndpointIndependent)
+            || self.config.port_samples == 0
+            || samples_done
     }
 
     fn collect_outcomes(&mut self, now: Instant) {
@@ -628,15 +742,33 @@ impl Discovery {
                 }
             },
             Phase::Behaviour => {
+                // Port samples may start once every other binding exists: retransmissions and
+                // further transactions reuse their question's port, so no other new binding
+                // lands between two samples.
+                if self
+                    .questions
+                    .iter()
+                    .any(|q| q.first_at.is_none() && q.settled.is_none())
+                {
+                    return false;
+                }
+                let samples = self.translated && self.config.port_samples > 0;
+                self.phase = if samples {
+                    Phase::Ports { next: 0 }
+                } else {
+                    Phase::Settling { samples }
+                };
+                true
+            }
+            Phase::Settling { samples } => {
                 if self.questions.iter().any(|q| q.settled.is_none()) {
                     return false;
                 }
                 self.progress_behaviour();
-                self.phase = if self.translated && self.config.port_samples > 0 {
-                    Phase::Ports { next: 0 }
-                } else {
-                    self.lifetime_phase(now)
-                };
+                if samples {
+                    self.progress(Step::PortPattern);
+                }
+                self.phase = self.lifetime_phase(now);
                 true
             }
             Phase::Ports { next } => {
@@ -648,8 +780,7 @@ impl Discovery {
                     self.ask(Ask::Sample(next), port::FIRST_SAMPLE + next, server, server);
                     self.phase = Phase::Ports { next: next + 1 };
                 } else {
-                    self.progress(Step::PortPattern);
-                    self.phase = self.lifetime_phase(now);
+                    self.phase = Phase::Settling { samples: true };
                 }
                 true
             }
@@ -1019,14 +1150,19 @@ impl Discovery {
                 _ => None,
             })
             .collect();
+        let sampling = matches!(self.phase, Phase::Behaviour | Phase::Ports { .. });
         let port_pattern = match not_nat(blocked, self.translated, self.config.port_samples == 0) {
             Some(why) => Test::NotTested(why),
+            None if sampling => Test::NotTested(Untested::Pending),
             None => report::port_pattern(&port_samples)
                 .map_or(Test::NotTested(Untested::TooFewSamples), Test::Tested),
         };
         let hairpinning = match not_nat(blocked, self.translated, !self.config.hairpinning) {
             Some(why) => Test::NotTested(why),
-            None => Test::Tested(self.settled(Ask::Hairpin) == Some(Settled::Hairpinned)),
+            None => match self.settled(Ask::Hairpin) {
+                None if self.phase != Phase::Done => Test::NotTested(Untested::Pending),
+                settled => Test::Tested(settled == Some(Settled::Hairpinned)),
+            },
         };
         let lifetime = self.lifetime(blocked);
 
@@ -1080,6 +1216,19 @@ impl Discovery {
         }
     }
 
+    /// Why questions `asks` have no finding: still running (before [`Event::Done`]) or no
+    /// answer.
+    fn unanswered(&self, asks: &[Ask]) -> Untested {
+        let running = asks
+            .iter()
+            .any(|&ask| self.find(ask).is_some_and(|q| q.settled.is_none()));
+        if running && self.phase != Phase::Done {
+            Untested::Pending
+        } else {
+            Untested::NoAnswer
+        }
+    }
+
     /// RFC 5780 §4.3 from tests II and III.
     fn mapping(&self, x1: Option<SocketAddr>) -> Test<Mapping> {
         match self.settled(Ask::MappingII) {
@@ -1092,10 +1241,10 @@ impl Discovery {
                 }
                 Some(Settled::Mapped { .. }) => Test::Tested(Mapping::AddressAndPortDependent),
                 Some(Settled::Refused(code)) => Test::NotTested(Untested::ServerRefused(code)),
-                _ => Test::NotTested(Untested::NoAnswer),
+                _ => Test::NotTested(self.unanswered(&[Ask::MappingIII])),
             },
             Some(Settled::Refused(code)) => Test::NotTested(Untested::ServerRefused(code)),
-            _ => Test::NotTested(Untested::NoAnswer),
+            _ => Test::NotTested(self.unanswered(&[Ask::MappingII])),
         }
     }
 
@@ -1115,7 +1264,7 @@ impl Discovery {
             (Some(Settled::Silent), Some(Settled::Silent)) => {
                 Test::Tested(Filtering::AddressAndPortDependent)
             }
-            _ => Test::NotTested(Untested::NoAnswer),
+            _ => Test::NotTested(self.unanswered(&[Ask::FilteringII, Ask::FilteringIII])),
         }
     }
 
@@ -1126,6 +1275,9 @@ impl Discovery {
         }
         if let Some(why) = blocked {
             return Test::NotTested(why);
+        }
+        if self.phase != Phase::Done {
+            return Test::NotTested(Untested::Pending);
         }
         let control_at = match self.settled(Ask::LifetimeControl) {
             Some(Settled::Mapped { at, .. }) => at,
@@ -1252,6 +1404,7 @@ impl SansIo for Discovery {
         if !self.queue.is_empty() {
             consider(self.next_start);
         }
+        consider(self.provisional_at);
         for q in &self.questions {
             if q.settled.is_none() && !q.queued {
                 consider(q.next_copy_at);

@@ -74,6 +74,9 @@ pub enum Untested {
     ServerRefused(u16),
     /// Fewer than two port samples were answered: no pattern can be read from one port.
     TooFewSamples,
+    /// Still running when this report was made: a provisional report
+    /// ([`Event::Provisional`](super::Event::Provisional)).
+    Pending,
 }
 
 impl Untested {
@@ -95,6 +98,7 @@ impl fmt::Display for Untested {
             Self::NoAnswer => f.write_str("no answer"),
             Self::ServerRefused(code) => write!(f, "the server refused with {code}"),
             Self::TooFewSamples => f.write_str("fewer than two port samples answered"),
+            Self::Pending => f.write_str("still running"),
         }
     }
 }

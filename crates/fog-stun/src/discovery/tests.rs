@@ -507,6 +507,138 @@ fn hairpinning_is_our_own_request_arriving_on_the_mapping_port() {
     assert_eq!(h.d.stats().unexpected, before + 1);
 }
 
+impl Harness {
+    /// The provisional report, if one came, and how many came.
+    fn provisional(&self) -> (Option<&Report>, usize) {
+        let all: Vec<&Report> = self
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Provisional(report) => Some(report),
+                _ => None,
+            })
+            .collect();
+        (all.first().copied(), all.len())
+    }
+}
+
+#[test]
+fn a_provisional_report_comes_with_the_mapping_and_assumes_the_worst_filtering() {
+    let mut h = Harness::new(config());
+    h.pass_test_i();
+    h.run_to(Duration::from_millis(150));
+    // Mapping II answers with X1: endpoint-independent. Filtering stays silent.
+    let ii = h.request(FIRST, a2p1(), (false, false));
+    h.answer(&ii, a2p1(), x1(), Some(a2p2()));
+    // Not before the filtering tests were asked and had the time an answer takes.
+    assert_eq!(h.provisional().1, 0);
+    h.run_to(Duration::from_millis(600));
+    let (provisional, count) = h.provisional();
+    let provisional = provisional.expect("a provisional report once the mapping is known");
+    assert_eq!(count, 1);
+    assert_eq!(
+        provisional.mapping,
+        Test::Tested(Mapping::EndpointIndependent)
+    );
+    assert_eq!(
+        provisional.filtering,
+        Test::NotTested(Untested::Pending),
+        "the filtering tests are still running"
+    );
+    assert!(!provisional.is_complete());
+    assert!(matches!(
+        provisional.behaviour,
+        Behaviour::Nat {
+            mapping: Mapping::EndpointIndependent,
+            filtering: Filtering::AddressAndPortDependent,
+            ..
+        }
+    ));
+    // Hairpinning, the last question, went out 500 ms in (paced at 100 ms); test I's round
+    // trip here is 0, so the grace is 1 ms.
+    assert_eq!(provisional.duration, Duration::from_millis(501));
+    assert!(
+        !h.events.iter().any(|e| matches!(e, Event::Done(_))),
+        "the filtering silence is not over yet"
+    );
+    h.run_to(Duration::from_secs(30));
+    // Filtering ends as the provisional report assumed; nothing else provisional came.
+    assert_eq!(h.provisional().1, 1);
+    assert_eq!(
+        h.report().filtering,
+        Test::Tested(Filtering::AddressAndPortDependent)
+    );
+    let done_at = h.events.iter().position(|e| matches!(e, Event::Done(_)));
+    let provisional_at = h
+        .events
+        .iter()
+        .position(|e| matches!(e, Event::Provisional(_)));
+    assert!(provisional_at < done_at);
+}
+
+#[test]
+fn a_provisional_report_for_a_symmetric_nat_waits_for_the_port_pattern_only() {
+    let mut h = Harness::new(config());
+    h.pass_test_i();
+    h.run_to(Duration::from_millis(250));
+    // Address-and-port-dependent mapping: II and III each see a new port.
+    let ii = h.request(FIRST, a2p1(), (false, false));
+    h.answer(&ii, a2p1(), addr("203.0.113.1:40010"), Some(a2p2()));
+    let iii = h.request(FIRST, a2p2(), (false, false));
+    h.answer(&iii, a2p2(), addr("203.0.113.1:40011"), Some(a2p2()));
+    assert_eq!(h.provisional().1, 0, "the port pattern is still unknown");
+    // The samples start while filtering is still silent, and are answered sequentially.
+    for i in 0..2u16 {
+        while !h.sent.iter().any(|s| s.local_port() == FIRST + 16 + i) {
+            assert!(
+                h.now - h.start < Duration::from_secs(2),
+                "sample {i} never asked"
+            );
+            h.run_to(h.now - h.start + Duration::from_millis(10));
+        }
+        let sample = h.request(FIRST + 16 + i, a1p1(), (false, false));
+        h.answer(
+            &sample,
+            a1p1(),
+            addr(&format!("203.0.113.1:{}", 41_000 + i)),
+            None,
+        );
+    }
+    let (provisional, count) = h.provisional();
+    let provisional = provisional.expect("a provisional report once the samples are in");
+    assert_eq!(count, 1);
+    assert_eq!(
+        provisional.port_pattern,
+        Test::Tested(PortPattern::Sequential { delta: 1 })
+    );
+    assert_eq!(provisional.filtering, Test::NotTested(Untested::Pending));
+    // Paced at ten transactions a second, behind the filtering tests' second transactions:
+    // long before their silence counts (4.75 s).
+    assert!(provisional.duration < Duration::from_millis(1_500));
+    assert!(!h.events.iter().any(|e| matches!(e, Event::Done(_))));
+    h.run_to(Duration::from_secs(30));
+    assert_eq!(
+        h.report().port_pattern,
+        Test::Tested(PortPattern::Sequential { delta: 1 })
+    );
+    assert!(h.report().is_complete());
+}
+
+#[test]
+fn no_provisional_report_when_everything_settles_at_once() {
+    // No usable other address: test I is the whole behaviour part, and the samples follow.
+    let mut h = Harness::new(DiscoveryConfig {
+        port_samples: 0,
+        hairpinning: false,
+        ..config()
+    });
+    let test_i = h.request(FIRST, a1p1(), (false, false));
+    h.answer(&test_i, a1p1(), x1(), None);
+    h.run_to(Duration::from_secs(30));
+    assert_eq!(h.provisional().1, 0);
+    assert!(h.report().mapping.untested() == Some(Untested::NoOtherAddress));
+}
+
 proptest! {
     /// No input panics, and every datagram lands in exactly one counter.
     #[test]

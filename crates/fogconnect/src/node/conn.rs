@@ -124,6 +124,9 @@ pub(super) struct Conn {
     pub(super) punch_at: Option<Instant>,
     /// The answerer's quiet punching ends here (the punch sync's instant).
     pub(super) quiet_until: Option<Instant>,
+    /// A behaviour changed while the agent was punching: build it again with the new plan
+    /// once the round is over, if there is still no path.
+    pub(super) replan: bool,
     /// The relay over signaling, when either side's network blocks UDP.
     pub(super) signal_relay: Option<SignalRelay>,
     /// Candidates that changed while our offer was on its way (no session ID to trickle on
@@ -184,6 +187,7 @@ impl Conn {
             last_echo: None,
             punch_at: None,
             quiet_until: None,
+            replan: false,
             signal_relay: None,
             untrickled: Vec::new(),
             created: now,

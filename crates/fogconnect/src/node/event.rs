@@ -177,12 +177,22 @@ impl fmt::Display for CloseReason {
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum Event {
-    /// Discovery finished: the NAT's behaviour and the base socket's public address.
+    /// The node knows enough of its NAT to connect: the behaviour so far and the base
+    /// socket's public address. Discovery may still be running: tests without a result yet
+    /// (usually filtering, whose silence takes seconds) are assumed to have the most
+    /// restrictive one, and [`Event::NatUpdated`] follows if their results differ.
     Ready {
         /// What the NAT does.
         behaviour: Behaviour,
         /// The base socket's server-reflexive address, if UDP passes.
         public: Option<SocketAddr>,
+    },
+    /// Discovery ended with another behaviour than [`Event::Ready`] announced (a test still
+    /// running then found something less restrictive than assumed). Peers of connections are
+    /// told; those without a path yet plan again.
+    NatUpdated {
+        /// What the NAT does.
+        behaviour: Behaviour,
     },
     /// The signaling server accepted the node.
     SignalingUp,
@@ -495,8 +505,8 @@ pub struct Counters {
     pub forged: u64,
     /// Sealed datagrams seen before, or too old for the replay window.
     pub replayed: u64,
-    /// Offers and answers whose signature did not verify (or that had none): never answered,
-    /// never connected.
+    /// Offers, answers, trickled candidates and behaviour updates whose signature did not
+    /// verify (or that had none): ignored (an offer is never answered, never connected).
     pub bad_signatures: u64,
     /// Probes on the relay over signaling left unechoed by the rate limit.
     pub echoes_refused: u64,
@@ -513,4 +523,7 @@ pub struct Counters {
     pub probes_withheld: u64,
     /// Transport datagrams (sealed and genuine) that their transport could not parse.
     pub transport_malformed: u64,
+    /// Agents built again because a behaviour (ours when discovery finished, or the peer's
+    /// update) changed before the connection had a path.
+    pub replans: u64,
 }

@@ -107,6 +107,10 @@ const UNSPECIFIED: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
 
 /// Retransmission interval of the port refresh, and its tries.
+/// How long a prediction of our own next port waits, after discovery's first report, for the
+/// TURN allocation to open its flow (credentials come one signaling round trip after
+/// authentication); after that it goes without, and the allocation may cost it one port.
+const RELAY_WAIT: Duration = Duration::from_millis(500);
 const REFRESH_RTO: Duration = Duration::from_millis(250);
 const REFRESH_TRIES: u32 = 5;
 /// Retransmission interval of the keepalive Binding, and its tries per round.
@@ -148,6 +152,11 @@ pub struct Node {
     /// The TURN client, once the signaling server handed out credentials.
     turn: Option<TurnClient>,
     relay_requested: bool,
+    /// The TURN client has sent its first request: its binding exists.
+    turn_sent: bool,
+    /// Until when a prediction waits for the TURN allocation's binding (see
+    /// [`RELAY_WAIT`]).
+    relay_wait_until: Option<Instant>,
     relayed: Option<SocketAddr>,
     /// Datagrams of ours to send on a UDP path: (from, to, bytes with the framing byte).
     outgoing: VecDeque<(SocketAddr, SocketAddr, Vec<u8>)>,
@@ -223,6 +232,8 @@ impl Node {
             events: VecDeque::new(),
             turn: None,
             relay_requested: false,
+            turn_sent: false,
+            relay_wait_until: None,
             relayed: None,
             outgoing: VecDeque::new(),
             created: now,
@@ -662,6 +673,11 @@ impl Node {
         }
         let fresh = self.refresh.as_ref().and_then(|r| r.mapped);
         if self.needs_refresh() && fresh.is_none() {
+            // The TURN allocation opens a new flow from the base: it must come before the
+            // reading that our prediction counts from, not between it and our first punch.
+            if !self.turn_sent && self.relay_wait_until.is_some_and(|t| now < t) {
+                return;
+            }
             if self.refresh.is_none() {
                 self.start_refresh(now);
             }
@@ -1276,6 +1292,7 @@ impl Node {
                 .filter(|r| r.mapped.is_none())
                 .map(|r| r.probe.next_at),
             self.watch.as_ref().map(|w| w.next_at),
+            self.relay_wait_until,
             self.signal.reopen_at(),
             self.signal
                 .paced_until(self.client.frames_waiting(), self.signal_rate()),
@@ -1321,22 +1338,54 @@ impl Node {
         }
     }
 
-    /// Hands discovery's events on; once it is done the machine goes, and so do the sockets
-    /// it sampled ports from.
+    /// Hands discovery's events on. The provisional report is enough to offer and answer
+    /// with (fast start: the tests still running assume the worst); once discovery is done the
+    /// machine goes, and so do the sockets it sampled ports from.
     fn drain_discovery(&mut self, now: Instant) {
         let Some(discovery) = &mut self.discovery else {
             return;
         };
+        let mut done = false;
+        let mut fresh = None;
         while let Some(event) = discovery.poll_event() {
-            if let discovery::Event::Done(report) = event {
+            match event {
+                discovery::Event::Provisional(report) => fresh = Some(report),
+                discovery::Event::Done(report) => {
+                    fresh = Some(report);
+                    done = true;
+                }
+                _ => {}
+            }
+        }
+        let Some(report) = fresh else {
+            return;
+        };
+        let before = self.report.replace(report);
+        let report = self.report.as_ref().expect("just set");
+        match before {
+            None => {
                 self.events.push_back(Event::Ready {
                     behaviour: report.behaviour,
                     public: report.mapped,
                 });
-                self.report = Some(report);
+                if self.config.turn.is_some() && !self.turn_sent {
+                    self.relay_wait_until = Some(now + RELAY_WAIT);
+                }
+                // The mapping we advertise dates from test I: keep it and watch it from now
+                // (its Bindings are told apart from discovery's by transaction ID).
+                self.watch_from(now + self.config.keepalive);
+                if let Some((username, password)) = self.pending_relay.take() {
+                    self.allocate(now, username, password);
+                }
             }
+            Some(b) if b.behaviour != report.behaviour => {
+                let behaviour = report.behaviour;
+                self.events.push_back(Event::NatUpdated { behaviour });
+                self.behaviour_changed(now);
+            }
+            Some(_) => {}
         }
-        if self.report.is_some() {
+        if done {
             self.discovery = None;
             let base = self.config.base;
             for port in discovery_config(&self.config, self.discovery_seed).local_ports() {
@@ -1346,9 +1395,63 @@ impl Node {
                         .push_back(SocketRequest::Unbind(socket));
                 }
             }
-            self.watch_from(now + self.config.keepalive);
-            self.progress(now);
         }
+        self.progress(now);
+    }
+
+    /// Our behaviour changed after connections were offered or answered with the old one:
+    /// their peers are told (signed), and those still without a path plan again.
+    fn behaviour_changed(&mut self, now: Instant) {
+        let Some(nat) = self.behaviour() else {
+            return;
+        };
+        let wire = fog_signal::msg::NatBehaviour::from(nat);
+        let me = self.peer_id();
+        let told: Vec<(ConnectionId, SessionId, PeerId)> = self
+            .conns
+            .values()
+            .filter(|c| !c.passive || c.agent().is_some())
+            .filter_map(|c| c.session.map(|s| (c.id, s, c.peer)))
+            .collect();
+        for (id, session, peer) in told {
+            let transcript = seal::nat_transcript(me, peer, session, &wire);
+            let signature = fog_signal::msg::Sig(self.config.key.sign(&transcript));
+            // A session the server forgot refuses it; the peer keeps the old plan.
+            let _ = self.client.update_nat(session, wire, signature);
+            self.replan(now, id);
+        }
+    }
+
+    /// Builds the agent of `id` again from both sides' behaviours as known now, if it has no
+    /// path yet. A connection that has one (even relayed) keeps its agent, whose later rounds
+    /// go on; one whose agent is punching gets the new plan when that round ends without a
+    /// path. Building the agent again in the middle of a round throws away checks in flight:
+    /// in the simulator, a restricted cone whose update came 0.3 s into a birthday round with
+    /// a random-port peer found its direct path 5.6 s later instead of 0.1 s, while the plan
+    /// that assumed the worst works for every pair of the NAT matrix.
+    fn replan(&mut self, now: Instant, id: ConnectionId) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if conn.connected() {
+            conn.replan = false;
+            return;
+        }
+        let Some(punching) = conn.agent().map(Agent::punching) else {
+            // Not punching yet: the agent, when built, takes the behaviours as they are then.
+            return;
+        };
+        conn.replan = punching;
+        if punching {
+            return;
+        }
+        let sockets = conn.agent().map(|a| a.birthday_sockets().to_vec());
+        for socket in sockets.into_iter().flatten() {
+            self.socket_requests
+                .push_back(SocketRequest::Unbind(socket));
+        }
+        self.counters.replans += 1;
+        self.build_agent(now, id);
     }
 
     fn handle_refresh_answer(&mut self, now: Instant, packet: &Receive<'_>) -> bool {
@@ -1400,7 +1503,9 @@ impl Node {
 
     /// Allocates on the TURN server with credentials from signaling.
     fn allocate(&mut self, now: Instant, username: String, password: String) {
-        if self.ranker.is_some() {
+        // Not while discovery reads the port pattern: the allocation's binding (a new
+        // destination from the base) would land between two port samples.
+        if self.ranker.is_some() || (self.discovery.is_some() && self.report.is_none()) {
             self.pending_relay = Some((username, password));
             return;
         }
@@ -1437,6 +1542,7 @@ fn discovery_config(config: &NodeConfig, seed: u64) -> DiscoveryConfig {
     d.local_ip = config.base.ip();
     d.port_samples = config.port_samples;
     d.hairpinning = config.hairpinning;
+    d.pacing = config.discovery_pacing;
     d
 }
 
@@ -1479,7 +1585,9 @@ impl SansIo for Node {
             }
         }
         if let Some(discovery) = &mut self.discovery {
-            if discovery.accepts(&packet) {
+            // Its own answers only: after the provisional report, the agents' checks share
+            // the base port with the tests still running.
+            if discovery.owns(&packet) {
                 discovery.handle_packet(now, packet);
                 self.drain_discovery(now);
                 return;
@@ -1549,7 +1657,17 @@ impl SansIo for Node {
             }
         }
         self.drain_agents();
+        let due: Vec<ConnectionId> = self
+            .conns
+            .values()
+            .filter(|c| c.replan && c.agent().is_some_and(|a| !a.punching()))
+            .map(|c| c.id)
+            .collect();
+        for id in due {
+            self.replan(now, id);
+        }
         self.expire(now);
+        self.relay_wait_until = self.relay_wait_until.filter(|&t| now < t);
         self.progress(now);
     }
 
@@ -1635,6 +1753,12 @@ impl SansIo for Node {
         }
         if let Some(turn) = &mut self.turn {
             if let Some(t) = turn.poll_transmit(now, buf) {
+                if !self.turn_sent {
+                    self.turn_sent = true;
+                    self.relay_wait_until = None;
+                    // A prediction that waited for this binding may go now.
+                    self.progress(now);
+                }
                 return Some(t);
             }
             self.drain_turn(now);

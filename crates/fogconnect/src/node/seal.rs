@@ -197,6 +197,23 @@ pub fn transcript(role: &Role<'_>, description: &Description, key: &ExchangeKey)
     t.0
 }
 
+/// The bytes a behaviour update's signature covers: who sends it to whom, in which session,
+/// and the behaviour (written as the description's transcript writes it).
+pub fn nat_transcript(
+    from: PeerId,
+    to: PeerId,
+    session: SessionId,
+    nat: &fog_signal::msg::NatBehaviour,
+) -> Vec<u8> {
+    let mut t = Transcript::default();
+    t.put(b"fogconnect-nat-v1");
+    t.put(from.as_bytes());
+    t.put(to.as_bytes());
+    t.put(&session.0);
+    t.put(format!("{nat:?}").as_bytes());
+    t.0
+}
+
 /// The bytes a trickled candidate's signature covers: who sends it to whom, in which session,
 /// and the candidate, after a domain label of its own.
 pub fn candidate_transcript(

@@ -346,6 +346,33 @@ impl Node {
                 self.keyed(id, keys);
                 self.build_agent(now, id);
             }
+            SignalEvent::Nat {
+                session,
+                nat,
+                signature,
+            } => {
+                let me = self.peer_id();
+                let Some((id, conn)) = self
+                    .by_session
+                    .get(&session)
+                    .and_then(|&id| Some((id, self.conns.get_mut(&id)?)))
+                else {
+                    return;
+                };
+                let transcript = seal::nat_transcript(conn.peer, me, session, &nat);
+                if !conn.peer.verify(&transcript, &signature.0) {
+                    self.counters.bad_signatures += 1;
+                    return;
+                }
+                let Some(remote) = &mut conn.remote else {
+                    return;
+                };
+                if remote.nat == Some(nat) {
+                    return;
+                }
+                remote.nat = Some(nat);
+                self.replan(now, id);
+            }
             SignalEvent::Candidate {
                 session,
                 candidate: Some(candidate),

@@ -1,0 +1,178 @@
+//! Fast start, in the simulator: a node offers as soon as discovery knows its mapping (and,
+//! behind a NAT whose mapping is not endpoint-independent, its port pattern), assuming the
+//! most restrictive result for the tests still running, and tells its peers when those end
+//! with something else.
+//!
+//! Before, a node waited for the whole of discovery, whose filtering tests can only conclude
+//! "filtered" after every retransmission went unanswered (4.75 s): these tests fail on that.
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use fog_core::nat::{Behaviour, Filtering};
+use fog_examples::scenario::{Profile, Scenario};
+use fog_sim::presets::Preset;
+use fogconnect::Event;
+
+/// The filtering tests' silence: every transaction's retransmissions unanswered.
+const FILTERING_SILENCE: Duration = Duration::from_millis(4_750);
+
+fn first_at(events: &[(Instant, Event)], f: impl Fn(&Event) -> bool) -> Option<Instant> {
+    events.iter().find(|(_, e)| f(e)).map(|(at, _)| *at)
+}
+
+#[test]
+fn a_connect_at_start_has_its_direct_path_before_the_filtering_tests_end() {
+    for (a, b) in [
+        (Preset::PortRestrictedCone, Preset::PortRestrictedCone),
+        (Preset::CgnatBehindHome, Preset::Firewall),
+        // The sequential side's prediction waits for its port samples only.
+        (Preset::SymmetricSequential, Preset::PortRestrictedCone),
+        (Preset::PortRestrictedCone, Preset::SymmetricSequential),
+    ] {
+        let mut s = Scenario::new(a, b, 3, &Profile::default());
+        let start = s.sim.now();
+        // At once: the offer waits for what it needs, not for the whole of discovery.
+        s.connect();
+        s.run_for(Duration::from_secs(3));
+        for i in 0..2 {
+            let ready = first_at(&s.events[i], |e| matches!(e, Event::Ready { .. }))
+                .unwrap_or_else(|| panic!("{a} × {b}: node {i} never ready"));
+            assert!(
+                ready - start < Duration::from_secs(1),
+                "{a} × {b}: node {i} ready after {:?}",
+                ready - start
+            );
+            let paths = s.paths(i);
+            let (at, _, _, relayed) = *paths
+                .first()
+                .unwrap_or_else(|| panic!("{a} × {b}: node {i} has no path"));
+            assert!(!relayed, "{a} × {b}: node {i} starts direct: {paths:?}");
+            assert!(
+                at - start < FILTERING_SILENCE / 2,
+                "{a} × {b}: node {i}'s first path after {:?}",
+                at - start
+            );
+        }
+    }
+}
+
+#[test]
+fn a_behaviour_less_restrictive_than_assumed_is_announced_when_discovery_ends() {
+    // A restricted cone filters by address only: its filtering test II stays silent (4.75 s)
+    // while test III is answered at once, so the node starts out assuming port-dependent
+    // filtering and learns otherwise later.
+    let mut s = Scenario::new(
+        Preset::RestrictedCone,
+        Preset::SymmetricRandom,
+        5,
+        &Profile::default(),
+    );
+    let start = s.sim.now();
+    s.connect();
+    s.run_for(Duration::from_secs(10));
+    let ready = s.events[0].iter().find_map(|(at, e)| match e {
+        Event::Ready { behaviour, .. } => Some((*at, *behaviour)),
+        _ => None,
+    });
+    let (ready_at, assumed) = ready.expect("node A ready");
+    assert!(ready_at - start < Duration::from_secs(1));
+    assert!(
+        matches!(
+            assumed,
+            Behaviour::Nat {
+                filtering: Filtering::AddressAndPortDependent,
+                ..
+            }
+        ),
+        "{assumed}"
+    );
+    let updates: Vec<(Instant, Behaviour)> = s.events[0]
+        .iter()
+        .filter_map(|(at, e)| match e {
+            Event::NatUpdated { behaviour } => Some((*at, *behaviour)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(updates.len(), 1, "{updates:?}");
+    let (updated_at, behaviour) = updates[0];
+    assert!(updated_at - start >= FILTERING_SILENCE);
+    assert!(
+        matches!(
+            behaviour,
+            Behaviour::Nat {
+                filtering: Filtering::AddressDependent,
+                ..
+            }
+        ),
+        "{behaviour}"
+    );
+    // The connection the assumption planned is direct all the same, on both sides.
+    for i in 0..2 {
+        let paths = s.paths(i);
+        assert!(
+            paths.last().is_some_and(|p| !p.3),
+            "node {i} ends direct: {paths:?}"
+        );
+    }
+}
+
+#[test]
+fn a_round_planned_on_the_assumption_is_followed_by_one_on_the_update() {
+    // Node A behind a restricted cone, B behind random ports: on A's provisional behaviour
+    // (port-dependent filtering) the pair needs a birthday round; on its real one (address-
+    // dependent) B's first check to A's srflx gets through. A connects 4.7 s in, 0.3 s before
+    // its filtering tests end, while neither the route between the sites nor A's way to the
+    // TURN server works: the round planned on the assumption fails. The update reaches both
+    // sides mid-round; when the round is over each builds its agent again, and once the route
+    // is back the new plan finds the direct path at once, instead of never (the rounds after
+    // the first repeat no birthday round).
+    let mut s = Scenario::new(
+        Preset::RestrictedCone,
+        Preset::SymmetricSequential,
+        1,
+        &Profile::default(),
+    );
+    let (site_a, site_b, turn): (IpAddr, IpAddr, IpAddr) = (
+        [203, 0, 113, 1].into(),
+        [203, 0, 113, 2].into(),
+        [198, 51, 100, 3].into(),
+    );
+    s.sim.set_blackhole(site_a, site_b, true);
+    s.sim.set_blackhole(site_a, turn, true);
+    let start = s.sim.now();
+    s.run_for(Duration::from_millis(4_700));
+    s.connect();
+    s.run_for(Duration::from_millis(3_000));
+    let replans = |s: &mut Scenario, i| s.with_node(i, |n, _| n.counters().replans);
+    assert_eq!(
+        (replans(&mut s, 0), replans(&mut s, 1)),
+        (0, 0),
+        "mid-round"
+    );
+    assert!(s.paths(0).is_empty() && s.paths(1).is_empty());
+    s.run_for(Duration::from_millis(3_000));
+    assert_eq!(
+        (replans(&mut s, 0), replans(&mut s, 1)),
+        (1, 1),
+        "both agents built again when the round ended"
+    );
+    s.sim.set_blackhole(site_a, site_b, false);
+    s.sim.set_blackhole(site_a, turn, false);
+    let back = s.sim.now();
+    s.run_for(Duration::from_secs(5));
+    for i in 0..2 {
+        let paths = s.paths(i);
+        let (at, _, _, relayed) = *paths
+            .iter()
+            .find(|p| !p.3)
+            .unwrap_or_else(|| panic!("node {i} never direct: {paths:?}"));
+        assert!(!relayed);
+        assert!(
+            at - back < Duration::from_secs(2),
+            "node {i} direct {:?} after the route came back ({:?} from the start)",
+            at - back,
+            at - start
+        );
+    }
+}
