@@ -69,6 +69,7 @@ use tracing_subscriber::filter::LevelFilter;
 use crate::cli::{Cli, Command, DemoArgs, NatArgs};
 
 fn main() -> ExitCode {
+    node::mark_start();
     let cli = Cli::parse();
     let mut filter = EnvFilter::builder()
         .with_default_directive(LevelFilter::WARN.into())

@@ -28,6 +28,28 @@ pub(crate) struct Running {
 /// How often `--interfaces auto` reads the interface addresses again.
 const GATHER_EVERY: Duration = Duration::from_secs(10);
 
+/// When the process started, as near as `main` can tell: `--json` lines carry `t_ms` from it.
+static STARTED: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
+/// Marks the process start (the first thing `main` does).
+// The binary reads the clock.
+#[allow(clippy::disallowed_methods)]
+pub(crate) fn mark_start() {
+    STARTED.get_or_init(Instant::now);
+}
+
+/// A `--json` line (an object) with `t_ms`, the milliseconds since the process started, first.
+// The binary reads the clock.
+#[allow(clippy::disallowed_methods)]
+pub(crate) fn stamped(line: &str) -> String {
+    let t = STARTED.get_or_init(Instant::now).elapsed().as_secs_f64() * 1000.0;
+    match line.strip_prefix('{') {
+        Some("}") => format!("{{\"t_ms\":{t:.1}}}"),
+        Some(rest) => format!("{{\"t_ms\":{t:.1},{rest}"),
+        None => line.to_owned(),
+    }
+}
+
 pub(crate) fn start(
     args: &NodeArgs,
     alias: Option<&str>,
@@ -134,6 +156,13 @@ impl Running {
                     format!("path changed: via {} ({local} -> {remote})", via_name(*via))
                 }
             }
+            Event::NatUpdated { behaviour } => {
+                if self.json {
+                    json!({"event": "nat_updated", "nat": behaviour.to_string()}).to_string()
+                } else {
+                    format!("NAT behaviour now known in full: {behaviour}")
+                }
+            }
             Event::CandidatesChanged { added, removed } => {
                 let added: Vec<String> = added
                     .iter()
@@ -209,7 +238,11 @@ impl Running {
             }
             _ => return,
         };
-        println!("{line}");
+        if self.json {
+            println!("{}", stamped(&line));
+        } else {
+            println!("{line}");
+        }
     }
 }
 
@@ -291,10 +324,8 @@ pub(crate) fn connect(args: &ConnectArgs) -> Result<(), String> {
                     let rtt = sent_at.map_or(0.0, |t| t.elapsed().as_secs_f64() * 1000.0);
                     let text = String::from_utf8_lossy(&data);
                     if node.json {
-                        println!(
-                            "{}",
-                            json!({"event": "echo", "connection": s.to_string(), "data": text, "rtt_ms": rtt})
-                        );
+                        let line = json!({"event": "echo", "connection": s.to_string(), "data": text, "rtt_ms": rtt});
+                        println!("{}", stamped(&line.to_string()));
                     } else {
                         println!("echo: {text} ({rtt:.1} ms)");
                     }

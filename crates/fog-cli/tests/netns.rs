@@ -578,8 +578,42 @@ fn masquerade_fully_random_is_symmetric() {
 // ---- two nodes, each behind its own NAT ----
 
 /// What discovery reports behind plain `masquerade` and behind `masquerade fully-random`.
-const CONE: &str = "EIM+APDF, ports preserved, hairpin off";
+/// A node is ready before its port samples end when its mapping is endpoint-independent
+/// (the pattern does not matter then), assuming random ports meanwhile: a node that leaves
+/// soon may never report more than the cone's mapping and filtering.
+const CONE: &str = "EIM+APDF, ports ";
 const SYMMETRIC: &str = "APDM+APDF, ports random, hairpin off";
+
+/// Prints when the connecting node was ready and had its first path (and echo), from its
+/// process start (`t_ms`): issue 15's start-to-path figure on this lab, whose RTTs are under
+/// a millisecond (`cargo test -p fog-cli --test netns -- --nocapture | grep start-to-path`).
+fn report_start(events: &[Value]) {
+    let at = |name: &str| {
+        named(events, name)
+            .first()
+            .and_then(|e| e["t_ms"].as_f64())
+            .map_or("–".to_owned(), |t| format!("{t:.1}"))
+    };
+    let test = std::thread::current().name().unwrap_or_default().to_owned();
+    eprintln!(
+        "start-to-path {test}: ready {} ms, connected {} ms, echo {} ms",
+        at("ready"),
+        at("connected"),
+        at("echo")
+    );
+}
+
+/// The NAT behaviour a node reported last: at `ready` (tests still running assumed the most
+/// restrictive) or in a later `nat_updated`.
+fn nat_now(events: &[Value]) -> String {
+    events
+        .iter()
+        .filter(|e| e["event"] == "ready" || e["event"] == "nat_updated")
+        .filter_map(|e| e["nat"].as_str())
+        .next_back()
+        .unwrap_or_default()
+        .to_owned()
+}
 
 /// The `--signal`, `--stun` (and with `turn`, `--turn`) arguments of a node in the lab, and
 /// `--json`.
@@ -685,7 +719,8 @@ fn two_nodes_behind_their_own_masquerade_connect_directly() {
     assert_eq!(code, Some(0), "connect failed (its output is above)");
 
     let events = json_lines(&connect);
-    assert_eq!(one(&events, "ready")["nat"], CONE);
+    report_start(&events);
+    assert!(nat_now(&events).starts_with(CONE), "{events:#?}");
     assert!(on(&one(&events, "ready")["public"], &Site(1).router_wan()));
     let connected = one(&events, "connected");
     assert_eq!(connected["via"], "direct", "{connected:#}");
@@ -707,7 +742,7 @@ fn two_nodes_behind_their_own_masquerade_connect_directly() {
     // The serving side took the same path from its end, echoed one datagram and left.
     assert_eq!(exit_code(&mut serve, Duration::from_secs(10), &[]), Some(0));
     let served = json_lines(&serve);
-    assert_eq!(one(&served, "ready")["nat"], CONE);
+    assert!(nat_now(&served).starts_with(CONE), "{served:#?}");
     let accepted = one(&served, "connected");
     assert_eq!(accepted["via"], "direct", "{accepted:#}");
     assert_eq!(accepted["connection"], connected["connection"]);
@@ -756,6 +791,7 @@ fn a_relayed_connection_moves_to_the_direct_path_when_the_route_opens() {
     assert_eq!(code, Some(0), "connect failed (its output is above)");
 
     let events = json_lines(&connect);
+    report_start(&events);
     // What the connection went through, in order (candidate and server events aside).
     let path = [
         "connected",
@@ -857,7 +893,8 @@ fn a_symmetric_nat_and_a_cone_connect_by_birthday_or_relay() {
     let took = started.elapsed();
 
     let events = json_lines(&connect);
-    assert_eq!(one(&events, "ready")["nat"], CONE);
+    report_start(&events);
+    assert!(nat_now(&events).starts_with(CONE), "{events:#?}");
     let connected = one(&events, "connected");
     let via = connected["via"].as_str().unwrap_or_default();
     assert!(via == "direct" || via == "turn", "{connected:#}");
@@ -889,7 +926,7 @@ fn a_symmetric_nat_and_a_cone_connect_by_birthday_or_relay() {
         other => panic!("connect exited with {other:?}"),
     }
     let served = json_lines(&serve);
-    assert_eq!(one(&served, "ready")["nat"], SYMMETRIC);
+    assert_eq!(nat_now(&served), SYMMETRIC);
 }
 
 /// Both sites behind `masquerade fully-random` (random-symmetric: over IPv4 the pairing oracle
@@ -920,7 +957,8 @@ fn ipv6_connects_two_random_symmetric_nats_directly() {
     assert_eq!(code, Some(0), "connect failed (its output is above)");
 
     let events = json_lines(&connect);
-    assert_eq!(one(&events, "ready")["nat"], SYMMETRIC);
+    report_start(&events);
+    assert_eq!(nat_now(&events), SYMMETRIC);
     let last = named(&events, "path_changed")
         .last()
         .copied()

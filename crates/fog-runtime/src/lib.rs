@@ -444,9 +444,9 @@ fn gather() -> io::Result<Vec<IpAddr>> {
     fog_mio::interfaces::addresses().map(|ips| HostFilter::default().filter(ips))
 }
 
-/// How long a shutdown waits for the closes to reach the wire and the WebSocket to close.
 /// The UDP socket buffers asked for (`SO_RCVBUF`, `SO_SNDBUF`), each way.
 const SOCKET_BUFFER: usize = 2 << 20;
+/// How long a shutdown waits for the closes to reach the wire and the WebSocket to close.
 const SHUTDOWN_FLUSH: Duration = Duration::from_millis(200);
 
 /// The runtime's loop.

@@ -191,22 +191,27 @@ impl Machine {
 /// Frames for a pump to send: the channel, and the waker of the pump's poll.
 #[derive(Clone)]
 pub(crate) struct Writer {
-    frames: Sender<String>,
+    /// `None` only while dropping (see `drop`).
+    frames: Option<Sender<String>>,
     waker: Arc<mio::Waker>,
 }
 
 impl Writer {
     /// Queues `frame`; false when the pump has ended.
     fn send(&self, frame: String) -> bool {
-        let sent = self.frames.send(frame).is_ok();
+        let sent = self.frames.as_ref().is_some_and(|f| f.send(frame).is_ok());
         let _ = self.waker.wake();
         sent
     }
 }
 
 impl Drop for Writer {
-    /// The pump finds the channel closed only when it next wakes: wake it.
+    /// The pump finds the channel closed only when it next wakes: close it, then wake the
+    /// pump. The other way round (a field drops after this body), a pump woken by the wakeup
+    /// could find the channel still open and go back to sleep for good: one `fogconnect`
+    /// command in ten waited out both 200 ms shutdown limits for it.
     fn drop(&mut self) {
+        self.frames = None;
         let _ = self.waker.wake();
     }
 }
@@ -216,6 +221,11 @@ impl Drop for Writer {
 struct PumpPoll {
     poll: mio::Poll,
     events: mio::Events,
+    /// The waker's own reference: the runtime drops its [`Writer`] (and so its reference) to
+    /// hang up, waking the pump as it goes; were that the last one, the waker's eventfd would
+    /// close with the wakeup possibly unread (mio delivers a waker's events only while it
+    /// lives), and the pump would sleep forever.
+    _waker: Arc<mio::Waker>,
 }
 
 const SOCKET: mio::Token = mio::Token(0);
@@ -238,8 +248,13 @@ impl PumpPoll {
         let pump = PumpPoll {
             poll,
             events: mio::Events::with_capacity(4),
+            _waker: Arc::clone(&waker),
         };
-        Ok((pump, Writer { frames, waker }, rx))
+        let writer = Writer {
+            frames: Some(frames),
+            waker,
+        };
+        Ok((pump, writer, rx))
     }
 
     /// Sleeps until the socket or the writer has news, or `limit` passes.
