@@ -36,7 +36,10 @@ fuzz_target!(|data: &[u8]| {
         assert!(whole.is_err(), "{first:?} vs {whole:?}");
     }
     let base = Url::parse("http://192.168.1.1:5000/rootDesc.xml").expect("a valid base");
-    for body in [Some(bytes), whole.ok().flatten().map(|r| r.body).as_deref()].into_iter().flatten() {
+    for body in [Some(bytes), whole.ok().flatten().map(|r| r.body).as_deref()]
+        .into_iter()
+        .flatten()
+    {
         if let Ok(description) = Description::parse(body) {
             if let Some(service) = description.wan_service() {
                 let _ = base.join(&service.control_url);

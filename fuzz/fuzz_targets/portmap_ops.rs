@@ -19,16 +19,40 @@ const GATEWAY: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 1);
 
 #[derive(Debug, Arbitrary)]
 enum Op {
-    Raw { port: u16, from_gateway: bool, payload: Vec<u8> },
-    Pcp { result: u8, lifetime: u32, use_nonce: bool, external: [u8; 4], port: u16 },
-    NatPmp { map: bool, result: u16, external: [u8; 4], port: u16, lifetime: u32 },
-    Ssdp { location: String },
-    Tcp { which: u8, input: u8, data: Vec<u8> },
+    Raw {
+        port: u16,
+        from_gateway: bool,
+        payload: Vec<u8>,
+    },
+    Pcp {
+        result: u8,
+        lifetime: u32,
+        use_nonce: bool,
+        external: [u8; 4],
+        port: u16,
+    },
+    NatPmp {
+        map: bool,
+        result: u16,
+        external: [u8; 4],
+        port: u16,
+        lifetime: u32,
+    },
+    Ssdp {
+        location: String,
+    },
+    Tcp {
+        which: u8,
+        input: u8,
+        data: Vec<u8>,
+    },
     Wait(u16),
     Close,
 }
 
 fuzz_target!(|ops: Vec<Op>| {
+    // The epoch of the run's virtual time; only offsets from it matter.
+    #[allow(clippy::disallowed_methods)]
     let start = Instant::now();
     let mut now = start;
     let internal = SocketAddrV4::new(Ipv4Addr::new(192, 168, 1, 20), 4000);
@@ -42,11 +66,25 @@ fuzz_target!(|ops: Vec<Op>| {
         let gateway = |port| SocketAddr::new(IpAddr::V4(GATEWAY), port);
         let mut packet: Option<(SocketAddr, Vec<u8>)> = None;
         match op {
-            Op::Raw { port, from_gateway, payload } => {
-                let source = if from_gateway { gateway(port) } else { SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 168, 1, 9)), port) };
+            Op::Raw {
+                port,
+                from_gateway,
+                payload,
+            } => {
+                let source = if from_gateway {
+                    gateway(port)
+                } else {
+                    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 168, 1, 9)), port)
+                };
                 packet = Some((source, payload));
             }
-            Op::Pcp { result, lifetime, use_nonce, external, port } => {
+            Op::Pcp {
+                result,
+                lifetime,
+                use_nonce,
+                external,
+                port,
+            } => {
                 let mut b = [0u8; pcp::MAP_LEN];
                 let n = pcp::Response {
                     opcode: pcp::OPCODE_MAP,
@@ -64,18 +102,38 @@ fuzz_target!(|ops: Vec<Op>| {
                 .emit(&mut b);
                 packet = Some((gateway(pcp::SERVER_PORT), b[..n].to_vec()));
             }
-            Op::NatPmp { map, result, external, port, lifetime } => {
+            Op::NatPmp {
+                map,
+                result,
+                external,
+                port,
+                lifetime,
+            } => {
                 let response = match (map, result) {
-                    (_, r) if r != 0 => natpmp::Response::Error { opcode: u8::from(map), result: natpmp::ResultCode(r) },
-                    (false, _) => natpmp::Response::ExternalAddress { epoch: 0, ip: Ipv4Addr::from(external) },
-                    (true, _) => natpmp::Response::Map { opcode: 1, epoch: 0, internal_port: internal.port(), external_port: port, lifetime },
+                    (_, r) if r != 0 => natpmp::Response::Error {
+                        opcode: u8::from(map),
+                        result: natpmp::ResultCode(r),
+                    },
+                    (false, _) => natpmp::Response::ExternalAddress {
+                        epoch: 0,
+                        ip: Ipv4Addr::from(external),
+                    },
+                    (true, _) => natpmp::Response::Map {
+                        opcode: 1,
+                        epoch: 0,
+                        internal_port: internal.port(),
+                        external_port: port,
+                        lifetime,
+                    },
                 };
                 let mut b = [0u8; 16];
                 let n = response.emit(&mut b);
                 packet = Some((gateway(natpmp::SERVER_PORT), b[..n].to_vec()));
             }
             Op::Ssdp { location } => {
-                let text = format!("HTTP/1.1 200 OK\r\nST: urn:schemas-upnp-org:device:InternetGatewayDevice:1\r\nLOCATION: {location}\r\n\r\n");
+                let text = format!(
+                    "HTTP/1.1 200 OK\r\nST: urn:schemas-upnp-org:device:InternetGatewayDevice:1\r\nLOCATION: {location}\r\n\r\n"
+                );
                 packet = Some((gateway(1900), text.into_bytes()));
             }
             Op::Tcp { which, input, data } => {
@@ -98,7 +156,11 @@ fuzz_target!(|ops: Vec<Op>| {
             Op::Close => mapper.close(now),
         }
         if let Some((source, payload)) = packet {
-            let receive = Receive { source, local, payload: &payload };
+            let receive = Receive {
+                source,
+                local,
+                payload: &payload,
+            };
             if mapper.accepts(&receive) {
                 mapper.handle_packet(now, receive);
             }
