@@ -39,6 +39,10 @@ struct Script {
     max_lifetime: u32,
     /// Pad every HTTP response body with this many bytes.
     http_padding: usize,
+    /// External ports another client holds: AddPortMapping on them fails with 718.
+    taken: Vec<u16>,
+    /// Where the SSDP answer comes from (the gateway, or another device on the LAN).
+    ssdp_from: Ipv4Addr,
 }
 
 impl Script {
@@ -53,6 +57,8 @@ impl Script {
             permanent_only: None,
             max_lifetime: 3600,
             http_padding: 0,
+            taken: Vec::new(),
+            ssdp_from: GATEWAY,
         }
     }
 }
@@ -166,7 +172,7 @@ impl Router {
                 self.script.location_host
             );
             return Some((
-                SocketAddr::new(IpAddr::V4(GATEWAY), 1900),
+                SocketAddr::new(IpAddr::V4(self.script.ssdp_from), 1900),
                 answer.into_bytes(),
             ));
         }
@@ -247,11 +253,12 @@ impl Router {
                     ),
                     "AddPortMapping" => {
                         let lease: u32 = arg("NewLeaseDuration").parse().unwrap_or(u32::MAX);
+                        let port: u16 = arg("NewExternalPort").parse().unwrap_or(0);
                         match self.script.permanent_only {
+                            _ if self.script.taken.contains(&port) => (500, fault(718)),
                             Some(code) if lease != 0 => (500, fault(code)),
                             _ if arg("NewProtocol") != "UDP" => (500, fault(402)),
                             _ => {
-                                let port: u16 = arg("NewExternalPort").parse().unwrap_or(0);
                                 self.mappings.insert(("upnp", port), lease);
                                 (
                                     200,
@@ -842,4 +849,120 @@ fn stray_and_hostile_datagrams_change_nothing() {
         );
     }
     assert_eq!(mapper.mapping(), None);
+}
+
+#[test]
+fn upnp_conflict_moves_to_another_port() {
+    let start = Instant::now();
+    let script = Script {
+        pcp: false,
+        natpmp: false,
+        taken: vec![4000],
+        ..Script::new()
+    };
+    let mut router = Router::new(script);
+    let mut mapper = PortMapper::new(start, config());
+    let events = drive(
+        &mut mapper,
+        &mut router,
+        start,
+        Duration::from_secs(10),
+        None,
+    );
+    let m = mapped(&events);
+    assert_eq!(m.len(), 1, "{events:?}");
+    let port = m[0].1.external.port();
+    assert!((49152..=65535).contains(&port), "{port}");
+    assert_eq!(
+        router.mappings.keys().collect::<Vec<_>>(),
+        vec![&("upnp", port)]
+    );
+    // Every port taken: three more tries, then UPnP fails.
+    let script = Script {
+        pcp: false,
+        natpmp: false,
+        taken: (0..=u16::MAX).collect(),
+        ..Script::new()
+    };
+    let mut router = Router::new(script);
+    let mut mapper = PortMapper::new(start, config());
+    let events = drive(
+        &mut mapper,
+        &mut router,
+        start,
+        Duration::from_secs(10),
+        None,
+    );
+    assert!(mapped(&events).is_empty());
+    assert!(
+        matches!(
+            &answers(&events)[&Method::Upnp],
+            Answer::Failed(Error::Upnp { code: 718, .. })
+        ),
+        "{events:?}"
+    );
+    assert_eq!(
+        router
+            .log
+            .iter()
+            .filter(|l| l.contains("AddPortMapping"))
+            .count(),
+        4
+    );
+}
+
+#[test]
+fn ssdp_answers_from_another_device_are_ignored() {
+    let start = Instant::now();
+    let script = Script {
+        pcp: false,
+        natpmp: false,
+        ssdp_from: Ipv4Addr::new(192, 168, 1, 77),
+        ..Script::new()
+    };
+    let mut router = Router::new(script);
+    let mut mapper = PortMapper::new(start, config());
+    let events = drive(
+        &mut mapper,
+        &mut router,
+        start,
+        Duration::from_secs(10),
+        None,
+    );
+    assert_eq!(
+        answers(&events)[&Method::Upnp],
+        Answer::Failed(Error::Timeout)
+    );
+    assert!(
+        !router.log.iter().any(|l| l.contains("GET")),
+        "{:?}",
+        router.log
+    );
+}
+
+#[test]
+fn close_while_pcp_probes_deletes_what_it_may_have_made() {
+    let start = Instant::now();
+    let mut router = Router::new(Script::new());
+    let mut mapper = PortMapper::new(start, config());
+    mapper.close(start);
+    let events = drive(
+        &mut mapper,
+        &mut router,
+        start,
+        Duration::from_secs(10),
+        None,
+    );
+    assert!(mapped(&events).is_empty(), "{events:?}");
+    assert!(
+        matches!(events.last(), Some((_, Event::Closed))),
+        "{events:?}"
+    );
+    assert!(
+        router.log.contains(&"pcp map lifetime=0".to_owned()),
+        "{:?}",
+        router.log
+    );
+    assert!(router.mappings.is_empty(), "{:?}", router.mappings);
+    assert_eq!(mapper.poll_timeout(), None);
 }

@@ -149,6 +149,97 @@ fn miniupnpd_all_methods_at_once_prefers_pcp() {
     );
 }
 
+#[test]
+fn miniupnpd_renews_with_each_method() {
+    let Some(lab) = upnp_lab("miniupnpd_renews_with_each_method") else {
+        return;
+    };
+    let mut client = lab.spawn_self(
+        "client-renew",
+        lab.client(),
+        "renew_entry",
+        &[(CHILD_VAR, "renew".to_owned())],
+    );
+    for method in Method::ALL {
+        let line = wait_line(
+            &mut client,
+            &format!("PORTMAP renewed {method} "),
+            Duration::from_secs(30),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let times: Vec<&str> = line.split_whitespace().collect();
+        // Mapped, then renewed once at half the 20 s lifetime: the same external address.
+        assert_eq!(times.len(), 3, "{method}: {line}");
+        assert_eq!(
+            times[0], times[1],
+            "{method}: the renewal moved the mapping: {line}"
+        );
+        let after: f64 = times[2].parse().unwrap();
+        assert!(
+            (9.5..12.0).contains(&after),
+            "{method}: renewed after {after} s"
+        );
+    }
+    assert!(
+        client
+            .wait_timeout(Duration::from_secs(10))
+            .is_some_and(|s| s.success()),
+        "{}",
+        client.output_text()
+    );
+}
+
+/// Maps a port with each method at once (a socket and a mapper each, on threads), asking for
+/// 20 s, and reports each method's first two external addresses and when the second came.
+#[test]
+fn renew_entry() {
+    if std::env::var(CHILD_VAR).as_deref() != Ok("renew") {
+        return;
+    }
+    let threads: Vec<_> = Method::ALL
+        .into_iter()
+        .map(|method| {
+            thread::spawn(move || {
+                let app = UdpSocket::bind((CLIENT, 0)).expect("binding the application socket");
+                let SocketAddr::V4(internal) = app.local_addr().unwrap() else {
+                    unreachable!()
+                };
+                let mut config = Config::new(ROUTER_LAN, internal, u64::from(internal.port()));
+                config.lifetime = Duration::from_secs(20);
+                config.methods = vec![method];
+                let started = Instant::now();
+                let mut d = driver::Driver::new(PortMapper::new(started, config), CLIENT).unwrap();
+                let mut mapped = Vec::new();
+                let mut second_at = None;
+                d.run_until(started + Duration::from_secs(16), |e| {
+                    if let Event::Mapped(m) = e {
+                        mapped.push(m.external);
+                        if mapped.len() == 2 {
+                            second_at = Some(started.elapsed());
+                        }
+                    }
+                    mapped.len() == 2
+                });
+                d.mapper.close(Instant::now());
+                d.run_until(Instant::now() + Duration::from_secs(5), |e| {
+                    matches!(e, Event::Closed)
+                });
+                let [first, second] = mapped[..] else {
+                    panic!("{method}: mapped {mapped:?}");
+                };
+                println!(
+                    "\nPORTMAP renewed {method} {first} {second} {:.2}",
+                    second_at.unwrap_or_default().as_secs_f64()
+                );
+                drop(app);
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("a mapper thread");
+    }
+}
+
 /// The client, in the client namespace: maps a fresh socket's port with the method named
 /// in `FOG_PORTMAP_CHILD` (or all of them), reports, waits for a datagram, closes, then
 /// reports whether anything else arrived.
