@@ -43,6 +43,8 @@ struct Script {
     taken: Vec<u16>,
     /// Where the SSDP answer comes from (the gateway, or another device on the LAN).
     ssdp_from: Ipv4Addr,
+    /// The source port of SSDP answers (1900, or an ephemeral one).
+    ssdp_port: u16,
 }
 
 impl Script {
@@ -59,6 +61,7 @@ impl Script {
             http_padding: 0,
             taken: Vec::new(),
             ssdp_from: GATEWAY,
+            ssdp_port: 1900,
         }
     }
 }
@@ -172,7 +175,7 @@ impl Router {
                 self.script.location_host
             );
             return Some((
-                SocketAddr::new(IpAddr::V4(self.script.ssdp_from), 1900),
+                SocketAddr::new(IpAddr::V4(self.script.ssdp_from), self.script.ssdp_port),
                 answer.into_bytes(),
             ));
         }
@@ -564,6 +567,29 @@ fn upnp_725_gets_a_permanent_lease_and_location_elsewhere_is_reached_on_the_gate
     assert!(mapper.upnp_rewrote_host());
     // A permanent lease is not renewed: nothing more happens.
     assert_eq!(mapper.poll_timeout(), None);
+}
+
+#[test]
+fn location_by_name_and_ssdp_from_an_ephemeral_port() {
+    let start = Instant::now();
+    let script = Script {
+        pcp: false,
+        natpmp: false,
+        location_host: "router.lan".into(),
+        ssdp_port: 49153,
+        ..Script::new()
+    };
+    let mut router = Router::new(script);
+    let mut mapper = PortMapper::new(start, config());
+    let events = drive(
+        &mut mapper,
+        &mut router,
+        start,
+        Duration::from_secs(10),
+        None,
+    );
+    assert_eq!(mapped(&events).len(), 1, "{events:?}");
+    assert!(mapper.upnp_rewrote_host());
 }
 
 #[test]

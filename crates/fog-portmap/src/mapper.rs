@@ -1315,13 +1315,21 @@ impl PortMapper {
     }
 }
 
+/// Whether `packet` may be an SSDP search answer: from port 1900, or an HTTP-looking datagram
+/// from the gateway on any port (UDA 1.1 §1.3.3 does not fix the source port; some routers
+/// answer from an ephemeral one).
+fn is_ssdp_answer(packet: &Receive<'_>, from_gateway: bool) -> bool {
+    packet.source.port() == ssdp::MULTICAST.port()
+        || (from_gateway && packet.payload.starts_with(b"HTTP/"))
+}
+
 impl SansIo for PortMapper {
     type Event = Event;
 
     fn accepts(&self, packet: &Receive<'_>) -> bool {
         let from_gateway = packet.source.ip() == IpAddr::V4(self.config.gateway);
         (from_gateway && packet.source.port() == pcp::SERVER_PORT)
-            || packet.source.port() == ssdp::MULTICAST.port()
+            || is_ssdp_answer(packet, from_gateway)
     }
 
     fn handle_packet(&mut self, now: Instant, packet: Receive<'_>) {
@@ -1350,7 +1358,7 @@ impl SansIo for PortMapper {
             if let Some((method, done)) = done {
                 self.on_done(now, method, done);
             }
-        } else if packet.source.port() == ssdp::MULTICAST.port() {
+        } else if is_ssdp_answer(&packet, from_gateway) {
             let done = self.upnp.as_mut().and_then(|u| {
                 u.handle_ssdp(now, &self.config, &mut self.out, packet.source, bytes)
             });
