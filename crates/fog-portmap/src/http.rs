@@ -69,7 +69,11 @@ impl Url {
     /// devices use).
     pub fn join(&self, reference: &str) -> Result<Self, ParseError> {
         let reference = reference.trim();
-        if reference.len() >= 7 && reference[..7].eq_ignore_ascii_case("http://") {
+        // `get`, not indexing: byte 7 may fall inside a character of hostile text.
+        if reference
+            .get(..7)
+            .is_some_and(|scheme| scheme.eq_ignore_ascii_case("http://"))
+        {
             return Self::parse(reference);
         }
         if reference.contains("://") || reference.is_empty() {
@@ -264,6 +268,11 @@ mod tests {
         assert_eq!(base.join("ctl").unwrap().path, "/dev/ctl");
         assert_eq!(base.join("http://10.0.0.2:1/x").unwrap().host, "10.0.0.2");
         assert!(base.join("").is_err());
+        // Found by the portmap_http fuzz target: a character across byte 7 panicked.
+        // Found by the portmap_http fuzz target: a character across byte 7 panicked. Paths
+        // must be ASCII (RFC 3986 §2: others are percent-encoded), so these are refused.
+        assert_eq!(base.join("/ct,\u{51615}s"), Err(ParseError::Url));
+        assert!(base.join("abc\u{51615}").is_err());
     }
 
     #[test]
