@@ -45,6 +45,8 @@ struct Script {
     ssdp_from: Ipv4Addr,
     /// The source port of SSDP answers (1900, or an ephemeral one).
     ssdp_port: u16,
+    /// How long PCP answers take to arrive.
+    pcp_delay: Duration,
 }
 
 impl Script {
@@ -62,6 +64,7 @@ impl Script {
             taken: Vec::new(),
             ssdp_from: GATEWAY,
             ssdp_port: 1900,
+            pcp_delay: Duration::ZERO,
         }
     }
 }
@@ -347,23 +350,32 @@ fn drive(
 ) -> Vec<(Duration, Event)> {
     let mut now = start;
     let mut events = Vec::new();
-    let mut pending: VecDeque<Input> = VecDeque::new();
+    // Inputs with the instant they arrive, in the order they were made.
+    let mut pending: VecDeque<(Instant, Input)> = VecDeque::new();
     let mut buf = vec![0u8; 65_535];
     for _ in 0..100_000 {
         while let Some(command) = mapper.poll_tcp() {
             for (id, input, data) in router.tcp(command) {
-                pending.push_back(Input::Tcp(id, input, data));
+                pending.push_back((now, Input::Tcp(id, input, data)));
             }
         }
         while let Some(t) = mapper.poll_transmit(now, &mut buf) {
+            let is_pcp =
+                buf.first() == Some(&pcp::VERSION) && t.destination.port() == pcp::SERVER_PORT;
             if let Some((source, reply)) = router.udp(t.destination, &buf[..t.len]) {
-                pending.push_back(Input::Udp(source, reply));
+                let delay = if is_pcp {
+                    router.script.pcp_delay
+                } else {
+                    Duration::ZERO
+                };
+                pending.push_back((now + delay, Input::Udp(source, reply)));
             }
         }
         while let Some(event) = mapper.poll_event() {
             events.push((now - start, event));
         }
-        if let Some(input) = pending.pop_front() {
+        let due = pending.iter().position(|(at, _)| *at <= now);
+        if let Some((_, input)) = due.and_then(|i| pending.remove(i)) {
             match input {
                 Input::Udp(source, payload) => {
                     let packet = Receive {
@@ -382,7 +394,11 @@ fn drive(
             }
             continue;
         }
-        let next = mapper.poll_timeout();
+        let arrival = pending.iter().map(|(at, _)| *at).min();
+        let next = match (mapper.poll_timeout(), arrival) {
+            (Some(t), Some(a)) => Some(t.min(a)),
+            (t, a) => t.or(a),
+        };
         if let Some((when, f)) = at.as_mut()
             && next.is_none_or(|n| n >= start + *when)
             && now < start + *when
@@ -395,7 +411,9 @@ fn drive(
         match next {
             Some(next) if next <= start + span => {
                 now = now.max(next);
-                mapper.handle_timeout(now);
+                if mapper.poll_timeout().is_some_and(|t| t <= now) {
+                    mapper.handle_timeout(now);
+                }
             }
             _ => break,
         }
@@ -991,4 +1009,41 @@ fn close_while_pcp_probes_deletes_what_it_may_have_made() {
     );
     assert!(router.mappings.is_empty(), "{:?}", router.mappings);
     assert_eq!(mapper.poll_timeout(), None);
+}
+
+#[test]
+fn a_late_pcp_answer_is_deleted_on_close_too() {
+    let start = Instant::now();
+    let script = Script {
+        pcp_delay: Duration::from_millis(1500),
+        upnp: false,
+        ..Script::new()
+    };
+    let mut router = Router::new(script);
+    let mut mapper = PortMapper::new(start, config());
+    let mut close = |m: &mut PortMapper, now: Instant| m.close(now);
+    let events = drive(
+        &mut mapper,
+        &mut router,
+        start,
+        Duration::from_secs(30),
+        Some((Duration::from_secs(5), &mut close)),
+    );
+    // PCP timed out after 1 s, NAT-PMP mapped; PCP's answers came later and were ignored,
+    // but the router made the mapping: close deletes both.
+    assert_eq!(
+        answers(&events)[&Method::Pcp],
+        Answer::Failed(Error::Timeout)
+    );
+    assert_eq!(mapped(&events)[0].1.method, Method::NatPmp);
+    assert!(
+        router.log.contains(&"pcp map lifetime=0".to_owned()),
+        "{:?}",
+        router.log
+    );
+    assert!(
+        matches!(events.last(), Some((_, Event::Closed))),
+        "{events:?}"
+    );
+    assert!(router.mappings.is_empty(), "{:?}", router.mappings);
 }

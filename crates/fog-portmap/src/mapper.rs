@@ -135,6 +135,8 @@ struct Pcp {
     /// The last mapping granted; its external address is suggested again on renewal
     /// (§11.2.1).
     mapping: Option<Mapping>,
+    /// The probe's MAP got no answer in time: a slow server may still have made the mapping.
+    probe_timed_out: bool,
 }
 
 impl Pcp {
@@ -264,8 +266,31 @@ impl Pcp {
         let retry = self.retry.as_mut()?;
         match retry.poll(now, out, Self::server(config)) {
             Ok(()) => None,
-            Err(e) => self.finish(purpose, Err(e)),
+            Err(e) => {
+                self.probe_timed_out |= purpose == Purpose::Probe;
+                self.finish(purpose, Err(e))
+            }
         }
+    }
+
+    /// Sends a delete once, without waiting for its answer: for a mapping a late server may
+    /// have made after we stopped listening.
+    fn delete_blindly(&self, config: &Config, out: &mut Out) {
+        let request = pcp::MapRequest {
+            lifetime: 0,
+            client: pcp::mapped(*config.internal.ip()),
+            nonce: self.nonce,
+            protocol: match config.protocol {
+                Protocol::Udp => pcp::PROTO_UDP,
+                Protocol::Tcp => pcp::PROTO_TCP,
+            },
+            internal_port: config.internal.port(),
+            suggested_port: config.internal.port(),
+            suggested_ip: pcp::mapped(Ipv4Addr::UNSPECIFIED),
+        };
+        let mut buf = [0; pcp::MAP_LEN];
+        let n = request.emit(&mut buf);
+        out.udp.push_back((Self::server(config), buf[..n].to_vec()));
     }
 }
 
@@ -991,6 +1016,7 @@ impl PortMapper {
                 status: Status::Idle,
                 retry: None,
                 mapping: None,
+                probe_timed_out: false,
             };
             p.request(now, &config, &mut out, Purpose::Probe, lifetime);
             p
@@ -1078,6 +1104,13 @@ impl PortMapper {
                 .is_some_and(|u| u.delete(now, &self.config, &mut self.out)),
             None => false,
         };
+        // RFC 6887 §15 deletes by nonce and internal port: harmless if nothing was made.
+        if holder != Some(Method::Pcp)
+            && let Some(p) = self.pcp.as_ref()
+            && p.probe_timed_out
+        {
+            p.delete_blindly(&self.config, &mut self.out);
+        }
         // Only the deleting method may still talk.
         for m in Method::ALL {
             if Some(m) != holder || !started {
