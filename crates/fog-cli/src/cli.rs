@@ -455,6 +455,15 @@ pub(crate) struct NatArgs {
     /// No progress lines on stderr
     #[arg(long, short = 'q')]
     pub(crate) quiet: bool,
+
+    /// Also ask the gateway for a port mapping with PCP, NAT-PMP and UPnP IGD at once (while
+    /// discovery runs), report what each answered, and delete the mapping again
+    #[arg(long)]
+    pub(crate) portmap: bool,
+
+    /// The gateway --portmap asks [default: the IPv4 default route's]
+    #[arg(long, value_name = "IPV4", requires = "portmap")]
+    pub(crate) gateway: Option<std::net::Ipv4Addr>,
 }
 
 impl NatArgs {

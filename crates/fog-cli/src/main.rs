@@ -118,6 +118,12 @@ fn report(result: Result<(), String>) -> ExitCode {
 
 fn nat_command(args: &NatArgs) -> ExitCode {
     let seed = args.seed.unwrap_or_else(os_seed);
+    // Port mapping runs beside discovery on a thread of its own: its few seconds hide in
+    // discovery's.
+    let portmap = args.portmap.then(|| {
+        let gateway = args.gateway;
+        std::thread::spawn(move || nat::portmap::run(gateway, seed.rotate_left(32)))
+    });
     let outcome = match nat::run(args, seed) {
         Ok(outcome) => outcome,
         Err(e) => {
@@ -125,12 +131,33 @@ fn nat_command(args: &NatArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let portmap = portmap.map(|thread| {
+        thread
+            .join()
+            .unwrap_or_else(|_| Err("the port mapping thread panicked".to_owned()))
+    });
     let text = if args.json {
-        let mut text = nat::render::json(&outcome).to_string();
+        let mut value = nat::render::json(&outcome);
+        if let Some(result) = &portmap {
+            value["portmap"] = match result {
+                Ok(report) => nat::portmap::json(report),
+                Err(e) => serde_json::json!({ "error": e }),
+            };
+        }
+        let mut text = value.to_string();
         text.push('\n');
         text
     } else {
-        nat::render::table(&outcome)
+        let mut text = nat::render::table(&outcome);
+        match &portmap {
+            Some(Ok(report)) => {
+                text.push('\n');
+                text.push_str(&nat::portmap::table(report));
+            }
+            Some(Err(e)) => text.push_str(&format!("\nPort mapping: {e}\n")),
+            None => {}
+        }
+        text
     };
     let mut stdout = io::stdout().lock();
     match stdout

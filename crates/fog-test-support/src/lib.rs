@@ -2,7 +2,8 @@
 //! guard and keep their output in scratch files ([`ChildGuard`], [`run_command`]), free ports on
 //! two loopback addresses ([`free_port_pair`]), a STUN probe to know a server is up
 //! ([`answers_stun`]), the independent STUN servers ([`Server`]) and the external tools a test
-//! needs or skips without ([`find_tool`], [`interop_tools`], [`skip_or_fail`]).
+//! needs or skips without ([`find_tool`], [`interop_tools`], [`skip_or_fail`]), and a router
+//! namespace running miniupnpd ([`upnp_lab`]).
 //!
 //! Which binary a test runs stays in each package's `tests/support`: Cargo names a package's
 //! binaries (`CARGO_BIN_EXE_*`) only to that package's own tests.
@@ -28,6 +29,7 @@ mod process;
 mod rng;
 mod stun;
 mod tools;
+pub mod upnp_lab;
 
 use std::net::{IpAddr, Ipv4Addr};
 

@@ -12,6 +12,7 @@
 //!    another block instead of losing a test to a failed on-demand bind.
 //! 4. The driver turns until [`Event::Done`] or the deadline.
 
+pub(crate) mod portmap;
 pub(crate) mod render;
 
 use std::fmt;
