@@ -27,7 +27,7 @@
 //! upstream router, fare the same.
 //!
 //! It needs Linux, root, `ip` (iproute2) and `nft` (nftables). Without them the tests say
-//! SKIPPED and pass, unless `FOG_REQUIRE_NETNS=1` makes that a failure. CI does not set it.
+//! SKIPPED and pass, unless `FOG_REQUIRE_NETNS=1` makes that a failure, as `.ci/run` does.
 
 // Tests read the wall clock for their own deadlines; only protocol crates must not.
 #![allow(clippy::disallowed_methods)]
