@@ -29,7 +29,8 @@ use fog_stun::server::{Server as StunServer, ServerConfig as StunConfig};
 use fog_turn::auth::AuthSecret;
 use fog_turn::server::{Server as TurnServer, ServerConfig as TurnConfig};
 use fogconnect::{
-    AcceptPolicy, ConnectionId, Event, Node, NodeConfig, ServerChoice, SignalInput, SignalOutput,
+    AcceptPolicy, ConnectionId, Event, KnownNat, Node, NodeConfig, ServerChoice, SignalInput,
+    SignalOutput,
 };
 
 const REALM: &str = "signal.example";
@@ -80,6 +81,9 @@ pub struct Profile {
     /// The signaling server's per-connection frame rate and pending-offer limits lifted, for
     /// tests that make thousands of connections (off by default: fogd's limits).
     pub busy_signaling: bool,
+    /// What node A and node B remember of their networks from an earlier run
+    /// ([`NodeConfig::known_nats`]; none by default).
+    pub known_nat: [Option<KnownNat>; 2],
 }
 
 impl Default for Profile {
@@ -100,6 +104,7 @@ impl Default for Profile {
             connect_timeout: None,
             idle_timeout: None,
             busy_signaling: false,
+            known_nat: [None, None],
         }
     }
 }
@@ -558,6 +563,7 @@ fn build(
         config.turn = Some(turn_addr);
         config.interfaces = extra.to_vec();
         config.accept = profile.accept;
+        config.known_nats = profile.known_nat[i].into_iter().collect();
         if let Some(t) = profile.connect_timeout {
             config.connect_timeout = t;
         }

@@ -176,3 +176,66 @@ fn a_round_planned_on_the_assumption_is_followed_by_one_on_the_update() {
         );
     }
 }
+
+#[test]
+fn a_restart_on_the_same_network_is_ready_at_test_i_with_what_it_found_before() {
+    // A symmetric NAT with sequential ports: a first start waits for its port samples.
+    let pair = (Preset::SymmetricSequential, Preset::PortRestrictedCone);
+    let ready_after = |s: &Scenario, start: Instant| {
+        s.events[0].iter().find_map(|(at, e)| match e {
+            Event::Ready { behaviour, .. } => Some((*at - start, *behaviour)),
+            _ => None,
+        })
+    };
+    let mut first = Scenario::new(pair.0, pair.1, 4, &Profile::default());
+    let start = first.sim.now();
+    first.run_for(Duration::from_secs(8));
+    let (cold, _) = ready_after(&first, start).expect("ready");
+    let known = |i: usize| {
+        first.events[i].iter().find_map(|(_, e)| match e {
+            Event::NatKnown(k) => Some(*k),
+            _ => None,
+        })
+    };
+    let known = [known(0), known(1)];
+    let found = known[0]
+        .expect("discovery finished: something to remember")
+        .behaviour;
+    assert!(known[1].is_some());
+
+    // The same network again, remembered: ready one STUN round trip in, with the behaviour
+    // found before (ports and all), and connected directly as before.
+    let profile = Profile {
+        known_nat: known,
+        ..Profile::default()
+    };
+    let mut again = Scenario::new(pair.0, pair.1, 4, &profile);
+    let start = again.sim.now();
+    again.connect();
+    again.run_for(Duration::from_secs(3));
+    let (warm, behaviour) = ready_after(&again, start).expect("ready");
+    assert_eq!(behaviour, found);
+    assert!(
+        warm < cold / 2 && warm < Duration::from_millis(150),
+        "ready after {warm:?}, {cold:?} the first time"
+    );
+    for i in 0..2 {
+        let paths = again.paths(i);
+        assert!(paths.first().is_some_and(|p| !p.3), "node {i}: {paths:?}");
+    }
+
+    // Remembered for another network (another public IP): not used.
+    let mut elsewhere = known;
+    if let Some(k) = &mut elsewhere[0] {
+        k.public = [198, 18, 0, 1].into();
+    }
+    let profile = Profile {
+        known_nat: elsewhere,
+        ..Profile::default()
+    };
+    let mut other = Scenario::new(pair.0, pair.1, 4, &profile);
+    let start = other.sim.now();
+    other.run_for(Duration::from_secs(3));
+    let (ready, _) = ready_after(&other, start).expect("ready");
+    assert_eq!(ready, cold, "waited for discovery as a first start does");
+}

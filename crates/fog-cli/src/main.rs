@@ -54,6 +54,7 @@ mod cli;
 mod demo;
 mod id;
 mod nat;
+mod nat_cache;
 mod node;
 mod peer;
 mod signal;

@@ -23,6 +23,8 @@ pub(crate) struct Running {
     runtime: Runtime,
     pub(crate) handle: Handle,
     pub(crate) json: bool,
+    /// `--nat-cache`: where a finished discovery's findings go.
+    nat_cache: Option<std::path::PathBuf>,
 }
 
 /// How often `--interfaces auto` reads the interface addresses again.
@@ -76,6 +78,13 @@ pub(crate) fn start(
             turn: alternative.turn.as_ref().map(v4).transpose()?,
         });
     }
+    if let Some(path) = &args.nat_cache {
+        // A cache that cannot be read costs the fast start only.
+        match crate::nat_cache::load(path) {
+            Ok(known) => config.known_nats = known,
+            Err(e) => eprintln!("fogconnect: --nat-cache not used: {e}"),
+        }
+    }
     let mut runtime_config = RuntimeConfig::new(config, args.signaling.signal.clone());
     runtime_config.tls_roots = crate::peer::tls_roots(&args.signaling)?;
     match &args.interfaces {
@@ -87,6 +96,7 @@ pub(crate) fn start(
         handle: runtime.handle(),
         runtime,
         json: args.signaling.json,
+        nat_cache: args.nat_cache.clone(),
     })
 }
 
@@ -161,6 +171,22 @@ impl Running {
                     json!({"event": "nat_updated", "nat": behaviour.to_string()}).to_string()
                 } else {
                     format!("NAT behaviour now known in full: {behaviour}")
+                }
+            }
+            Event::NatKnown(known) => {
+                let Some(path) = &self.nat_cache else {
+                    return;
+                };
+                if let Err(e) = crate::nat_cache::save(path, *known) {
+                    eprintln!("fogconnect: --nat-cache not written: {e}");
+                    return;
+                }
+                if self.json {
+                    json!({"event": "nat_remembered", "nat": known.behaviour.to_string(),
+                        "public": known.public.to_string(), "file": path.display().to_string()})
+                    .to_string()
+                } else {
+                    format!("NAT behaviour remembered in {}", path.display())
                 }
             }
             Event::CandidatesChanged { added, removed } => {

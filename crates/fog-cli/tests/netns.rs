@@ -990,3 +990,68 @@ fn ipv6_connects_two_random_symmetric_nats_directly() {
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", serve.output_text()));
 }
+
+/// `--nat-cache`: a node that ran long enough on a network for discovery to finish remembers
+/// what it found; a later start on the same network (same server, local and public address)
+/// is ready with it at test I, complete (a first start behind a cone assumes random ports
+/// until its samples end), and connects as before.
+#[test]
+fn a_restart_on_the_same_network_starts_from_what_it_found() {
+    let Some(lab) = lab(
+        "a_restart_on_the_same_network_starts_from_what_it_found",
+        &["", ""],
+    ) else {
+        return;
+    };
+    let fogd = start_fogd(&lab, true);
+    let cache = std::env::temp_dir().join(format!("fog-netns-nat-{}.json", std::process::id()));
+    let _ = fs::remove_file(&cache);
+    let cache_arg = cache.to_string_lossy().into_owned();
+
+    // The first run behind site 1: it stays until discovery has finished (the filtering
+    // tests' silence, about 5 s) and it has written the file.
+    let mut command = Command::new(fogconnect_exe());
+    command.arg("serve").args(node_args(false));
+    command.args([
+        "--alias",
+        "carol",
+        "--timeout",
+        "15",
+        "--nat-cache",
+        &cache_arg,
+    ]);
+    let first = ChildGuard::spawn("first", &mut lab.in_ns(lab.client(1), &command))
+        .expect("spawning the first run");
+    wait_for("the first run to remember", Duration::from_secs(15), || {
+        !named(&json_lines(&first), "nat_remembered").is_empty()
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", first.output_text()));
+    let remembered = one(&json_lines(&first), "nat_remembered")["nat"].clone();
+    assert_eq!(remembered, "EIM+APDF, ports preserved, hairpin off");
+    let first_ready = one(&json_lines(&first), "ready").clone();
+    drop(first);
+
+    // The restart, as a `connect` to a node behind site 0.
+    let mut serve = serve(&lab, &fogd, 0, false, 1);
+    let mut connect = connect(
+        &lab,
+        1,
+        false,
+        "again",
+        &["--timeout", "20", "--nat-cache", &cache_arg],
+    );
+    let code = exit_code(&mut connect, Duration::from_secs(30), &[&serve, &fogd]);
+    assert_eq!(code, Some(0), "connect failed (its output is above)");
+    let events = json_lines(&connect);
+    report_start(&events);
+    let ready = one(&events, "ready");
+    assert_eq!(ready["nat"], remembered, "ready with what was remembered");
+    assert!(
+        ready["t_ms"].as_f64() < first_ready["t_ms"].as_f64(),
+        "{ready} after {first_ready}"
+    );
+    assert_eq!(one(&events, "connected")["via"], "direct");
+    assert_eq!(one(&events, "echo")["data"], "again");
+    assert_eq!(exit_code(&mut serve, Duration::from_secs(10), &[]), Some(0));
+    let _ = fs::remove_file(&cache);
+}

@@ -44,6 +44,8 @@
 //! not endpoint-independent, the port samples are in. Tests still running are
 //! [`Untested::Pending`], and the behaviour assumes the most restrictive result for them (as
 //! [`Report`] does for any test without a result). [`Event::Done`] follows with the rest.
+//! With a [`Remembered`] behaviour whose public IP test I confirms, the provisional report
+//! comes right after test I and carries the remembered behaviour.
 //! Without a NAT only filtering (firewall or open) and the lifetime are tested; without
 //! OTHER-ADDRESS only the port pattern, hairpinning and the lifetime.
 //!
@@ -200,6 +202,21 @@ pub struct DiscoveryConfig {
     /// Seeds the transaction IDs (RFC 5389 §6 wants them random; the machine never reads an OS
     /// random source).
     pub seed: u64,
+    /// What a run on this network found before (the caller keys it by network: local address,
+    /// server). When test I's mapped IP is the remembered public IP, [`Event::Provisional`]
+    /// carries the remembered behaviour at once; the tests run on all the same, and
+    /// [`Event::Done`] says what they found. A different IP, or a NAT where none was (or the
+    /// other way round), discards it.
+    pub remembered: Option<Remembered>,
+}
+
+/// A behaviour found on a network before, for [`DiscoveryConfig::remembered`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Remembered {
+    /// The public IP test I saw then.
+    pub public: IpAddr,
+    /// The behaviour found then.
+    pub behaviour: Behaviour,
 }
 
 impl DiscoveryConfig {
@@ -222,6 +239,7 @@ impl DiscoveryConfig {
             hairpinning: true,
             lifetime: None,
             seed,
+            remembered: None,
         }
     }
 
@@ -425,6 +443,8 @@ pub struct Discovery {
     provisional_sent: bool,
     /// When it goes, once the answers on their way had their time.
     provisional_at: Option<Instant>,
+    /// The remembered behaviour, once test I confirmed the network: the provisional report's.
+    recalled: Option<Behaviour>,
     events: VecDeque<Event>,
     stats: DiscoveryStats,
 }
@@ -476,6 +496,7 @@ impl Discovery {
             steps_done: 0,
             provisional_sent: false,
             provisional_at: None,
+            recalled: None,
             events: VecDeque::new(),
             stats: DiscoveryStats::default(),
         }
@@ -561,7 +582,12 @@ impl Discovery {
         }
         self.provisional_at = None;
         if !self.provisional_sent && self.phase != Phase::Done && self.plannable() {
-            match self.answer_grace_over() {
+            // A remembered behaviour waits for nothing: it is complete.
+            let grace_over = match self.recalled {
+                Some(_) => Some(now),
+                None => self.answer_grace_over(),
+            };
+            match grace_over {
                 Some(at) if at <= now => {
                     self.provisional_sent = true;
                     let report = self.report(now);
@@ -605,6 +631,9 @@ impl Discovery {
             Phase::Behaviour | Phase::Ports { .. } => false,
             Phase::Settling { .. } | Phase::Lifetime { .. } => true,
         };
+        if self.recalled.is_some() {
+            return true;
+        }
         if !self.translated {
             return true;
         }
@@ -813,6 +842,15 @@ impl Discovery {
     fn after_test_i(&mut self, x1: SocketAddr, other: Option<SocketAddr>) {
         let local = self.local_addr();
         self.translated = !self.is_own(x1);
+        self.recalled = self
+            .config
+            .remembered
+            .filter(|r| {
+                r.public == x1.ip()
+                    && matches!(r.behaviour, Behaviour::Nat { .. }) == self.translated
+                    && r.behaviour != Behaviour::UdpBlocked
+            })
+            .map(|r| r.behaviour);
         self.events.push_back(Event::Mapped {
             local,
             mapped: x1,
@@ -1166,7 +1204,10 @@ impl Discovery {
         };
         let lifetime = self.lifetime(blocked);
 
-        let behaviour = if blocked == Some(Untested::UdpBlocked) {
+        let behaviour = if let Some(recalled) = self.recalled.filter(|_| self.phase != Phase::Done)
+        {
+            recalled
+        } else if blocked == Some(Untested::UdpBlocked) {
             Behaviour::UdpBlocked
         } else if nat == Test::Tested(false) {
             match filtering

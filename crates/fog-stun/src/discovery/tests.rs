@@ -625,6 +625,39 @@ fn a_provisional_report_for_a_symmetric_nat_waits_for_the_port_pattern_only() {
 }
 
 #[test]
+fn a_remembered_behaviour_is_provisional_at_test_i_on_the_same_network_only() {
+    let known = Behaviour::Nat {
+        mapping: Mapping::AddressDependent,
+        filtering: Filtering::AddressDependent,
+        ports: PortPattern::Sequential { delta: 2 },
+        hairpinning: false,
+    };
+    for (public, recalled) in [(x1().ip(), true), (addr("203.0.113.77:1").ip(), false)] {
+        let mut h = Harness::new(DiscoveryConfig {
+            remembered: Some(Remembered {
+                public,
+                behaviour: known,
+            }),
+            ..config()
+        });
+        h.pass_test_i();
+        let (provisional, _) = h.provisional();
+        if !recalled {
+            assert!(provisional.is_none(), "another network: nothing remembered");
+            continue;
+        }
+        let provisional = provisional.expect("at test I");
+        assert_eq!(provisional.behaviour, known);
+        assert_eq!(provisional.mapping, Test::NotTested(Untested::Pending));
+        assert_eq!(provisional.duration, Duration::ZERO);
+        // The tests run on, and say what they find (here: nothing answers but test I).
+        h.run_to(Duration::from_secs(30));
+        assert_eq!(h.provisional().1, 1);
+        assert_ne!(h.report().behaviour, known);
+    }
+}
+
+#[test]
 fn no_provisional_report_when_everything_settles_at_once() {
     // No usable other address: test I is the whole behaviour part, and the samples follow.
     let mut h = Harness::new(DiscoveryConfig {

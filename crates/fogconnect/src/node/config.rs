@@ -42,6 +42,12 @@ pub struct NodeConfig {
     pub port_samples: u16,
     /// Test hairpinning during discovery (default off: it does not change punching).
     pub hairpinning: bool,
+    /// What nodes found on networks before ([`Event::NatKnown`](super::Event::NatKnown), kept
+    /// by the driver, one per network a host has been on): when one names this node's STUN
+    /// server and base IP and test I sees its public IP, the node is ready with it at once,
+    /// without waiting for the rest of discovery (which runs on, and corrects it with
+    /// [`Event::NatUpdated`](super::Event::NatUpdated) if the network changed). Default none.
+    pub known_nats: Vec<KnownNat>,
     /// The gap between two new discovery transactions (default 10 ms). RFC 5780 §5 asks for
     /// at most ten a second (100 ms); a node deviates because its whole discovery is a burst
     /// of about fifteen small requests once per start, to a server that limits each source
@@ -194,6 +200,7 @@ impl NodeConfig {
             port_samples: 4,
             hairpinning: false,
             discovery_pacing: Duration::from_millis(10),
+            known_nats: Vec::new(),
             turn: None,
             direct: true,
             interfaces: Vec::new(),
@@ -207,4 +214,18 @@ impl NodeConfig {
             probe_budget: 2 * StrategyConfig::default().budget.probes + CHECK_ALLOWANCE,
         }
     }
+}
+
+/// A network's NAT behaviour as a node found it, to remember across starts
+/// ([`NodeConfig::known_nats`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KnownNat {
+    /// The STUN server it was measured against.
+    pub stun: SocketAddr,
+    /// The node's base IP (its local address toward the server).
+    pub local: IpAddr,
+    /// The public IP the server saw.
+    pub public: IpAddr,
+    /// What discovery found, every test complete.
+    pub behaviour: fog_core::nat::Behaviour,
 }

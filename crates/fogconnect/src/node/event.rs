@@ -194,6 +194,9 @@ pub enum Event {
         /// What the NAT does.
         behaviour: Behaviour,
     },
+    /// Discovery finished with every test answered or concluded: what a driver may keep for
+    /// the node's next start on this network ([`NodeConfig::known_nats`](super::NodeConfig)).
+    NatKnown(super::KnownNat),
     /// The signaling server accepted the node.
     SignalingUp,
     /// The signaling connection ended; the node asks for a new one

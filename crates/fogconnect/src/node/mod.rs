@@ -51,7 +51,7 @@ use fog_turn::client::{Client as TurnClient, ClientConfig as TurnConfig};
 use rand::{Rng as _, SeedableRng as _};
 use rand_chacha::ChaCha20Rng;
 
-pub use config::{AcceptPolicy, CHECK_ALLOWANCE, NodeConfig, Seed, ServerChoice};
+pub use config::{AcceptPolicy, CHECK_ALLOWANCE, KnownNat, NodeConfig, Seed, ServerChoice};
 use conn::{Conn, Phase, SignalRelay};
 pub use event::{
     CloseReason, CommandError, ConnectError, ConnectionId, ConnectionStats, Counters, Event,
@@ -1386,6 +1386,15 @@ impl Node {
             Some(_) => {}
         }
         if done {
+            let report = self.report.as_ref().expect("just set");
+            if let (true, Some(public)) = (report.is_complete(), report.mapped) {
+                self.events.push_back(Event::NatKnown(KnownNat {
+                    stun: self.config.stun,
+                    local: self.config.base.ip(),
+                    public: public.ip(),
+                    behaviour: report.behaviour,
+                }));
+            }
             self.discovery = None;
             let base = self.config.base;
             for port in discovery_config(&self.config, self.discovery_seed).local_ports() {
@@ -1543,6 +1552,14 @@ fn discovery_config(config: &NodeConfig, seed: u64) -> DiscoveryConfig {
     d.port_samples = config.port_samples;
     d.hairpinning = config.hairpinning;
     d.pacing = config.discovery_pacing;
+    d.remembered = config
+        .known_nats
+        .iter()
+        .find(|k| k.stun == config.stun && k.local == config.base.ip())
+        .map(|k| discovery::Remembered {
+            public: k.public,
+            behaviour: k.behaviour,
+        });
     d
 }
 
