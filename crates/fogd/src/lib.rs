@@ -100,6 +100,7 @@
 //! ```
 
 mod cli;
+mod cluster;
 mod config;
 mod signal;
 mod signals;
@@ -169,15 +170,16 @@ impl Services {
     /// Binds every service `cli` configures (all of them before serving any, so that a bad
     /// address fails the whole start), then serves each on a thread of its own.
     pub fn start(cli: &Cli) -> Result<Services, BoxError> {
-        let (signal_args, turn_args) = match &cli.config {
+        let (signal_args, turn_args, cluster_args) = match &cli.config {
             Some(path) => {
                 let file = FileConfig::load(path)?;
                 (
                     file.signal.under(path, &cli.signal)?,
                     file.turn.under(path, &cli.turn)?,
+                    file.cluster.under(&cli.cluster),
                 )
             }
-            None => (cli.signal.clone(), cli.turn.clone()),
+            None => (cli.signal.clone(), cli.turn.clone(), cli.cluster.clone()),
         };
         let stun_config = stun::config(&cli.stun)?;
         let mut signal_settings = signal::settings(&signal_args)?;
@@ -192,6 +194,36 @@ impl Services {
                         .into());
                 }
                 None => {}
+            }
+        }
+        if let Some(url) = &cluster_args.cluster {
+            let Some(signal) = &mut signal_settings else {
+                return Err("--cluster joins signaling to a cluster; give --signal too".into());
+            };
+            let advertise = if cluster_args.cluster_advertise.is_empty() {
+                signal
+                    .relay
+                    .as_ref()
+                    .map(|r| r.urls.clone())
+                    .unwrap_or_default()
+            } else {
+                cluster_args.cluster_advertise.clone()
+            };
+            signal.cluster = Some(cluster::Settings {
+                url: url.clone(),
+                instance: cluster_args
+                    .cluster_instance
+                    .clone()
+                    .unwrap_or_else(|| signal.listen.to_string()),
+                advertise,
+                queue: cluster_args.cluster_queue.unwrap_or(cluster::DEFAULT_QUEUE),
+            });
+            if let Some(c) = &signal.cluster {
+                if !cluster::valid_instance(&c.instance) {
+                    return Err(cluster::StartError::Instance(c.instance.clone()).into());
+                }
+                redis::Client::open(c.url.as_str())
+                    .map_err(|e| cluster::StartError::Url(c.url.clone(), e.to_string()))?;
             }
         }
         if let (Some(turn), Some(stun)) = (&turn_config, &stun_config) {
@@ -224,10 +256,13 @@ impl Services {
         let stun = stun_config
             .map(|c| StunService::bind(c, sockets))
             .transpose()?;
-        let signal = signal_settings.map(SignalService::bind).transpose()?;
+        let mut signal = signal_settings.map(SignalService::bind).transpose()?;
         let turn = turn_config
             .map(|c| TurnService::bind(c, sockets))
             .transpose()?;
+        if let (Some(signal), Some(turn)) = (&mut signal, &turn) {
+            signal.set_load(turn.load());
+        }
 
         let (done, finished) = mpsc::channel::<Result<(), String>>();
         let mut services = Services {
