@@ -538,6 +538,7 @@ impl CommandThread {
         if self.con.is_some() || self.retry_at.is_some_and(|at| now() < at) {
             return;
         }
+        tracing::debug!("cluster: connecting to Redis");
         match self.client.get_connection_with_timeout(IO_TIMEOUT) {
             Ok(con) => {
                 let _ = con.set_read_timeout(Some(IO_TIMEOUT));
@@ -550,18 +551,23 @@ impl CommandThread {
             Err(e) => {
                 if self.retry_at.is_none() {
                     tracing::warn!(error = %e, "cluster: Redis out of reach; serving own peers only");
+                } else {
+                    tracing::debug!(error = %e, "cluster: Redis still out of reach");
                 }
                 self.retry_at = Some(now() + RECONNECT);
             }
         }
     }
 
+    /// Drops the connection after a failed call; the next attempt is [`RECONNECT`] after the
+    /// loss (not after each command refused meanwhile, or a steady stream of them would put
+    /// it off for ever).
     fn lost(&mut self) {
         if self.con.take().is_some() {
             tracing::warn!("cluster: lost Redis; serving own peers only until it is back");
+            self.retry_at = Some(now() + RECONNECT);
         }
         self.held = false;
-        self.retry_at = Some(now() + RECONNECT);
     }
 
     fn con(&mut self) -> Result<&mut redis::Connection, Down> {
