@@ -179,11 +179,11 @@ fn an_offer_crosses_instances_with_answer_trickle_punch_and_close() {
     };
     c.nets[0].nodes[a]
         .client
-        .trickle(session, Some(candidate.clone()))
+        .trickle(session, Some(candidate))
         .unwrap();
     c.nets[1].nodes[b]
         .client
-        .trickle(session, Some(candidate.clone()))
+        .trickle(session, Some(candidate))
         .unwrap();
     c.settle();
     for (k, i) in [(0, a), (1, b)] {
