@@ -17,7 +17,7 @@
 //! | key | value | |
 //! |---|---|---|
 //! | `lease:<instance>` | a random token, [`LEASE`] TTL | refreshed every [`HEARTBEAT`]; writes are fenced by it |
-//! | `info:<instance>` | `<load> <turn url>...` | same TTL; the least-loaded instance's TURN is handed out |
+//! | `info:<instance>` | `<allocations> <peers> <turn url>...` | same TTL; the least-loaded instance's TURN is handed out |
 //! | `instances` | set of instance ids | pruned of those whose info expired |
 //! | `peer:<peer id>` | `<instance> <epoch>` | set on authentication, deleted (compare-and-delete) on leave |
 //! | `epoch` | counter | a registration's epoch |
@@ -608,8 +608,9 @@ impl CommandThread {
                 return Ok(());
             }
         }
-        let load = self.load.load(Ordering::Relaxed);
-        let mut info = load.to_string();
+        let allocations = self.load.load(Ordering::Relaxed);
+        let peers = self.desired.lock().map(|d| d.peers.len()).unwrap_or(0);
+        let mut info = format!("{allocations} {peers}");
         for url in &self.advertise {
             info.push(' ');
             info.push_str(url);
@@ -646,22 +647,26 @@ impl CommandThread {
             )
             .query(con)
             .map_err(|_| Down)?;
-        let mut best: Option<(usize, &str, Vec<String>)> = None;
+        let mut best: Option<((usize, usize), &str, Vec<String>)> = None;
         for (member, info) in members.iter().zip(infos) {
             let Some(info) = info else {
                 // Gone: its info expired with its lease.
                 let _ = redis::cmd("SREM").arg(INSTANCES).arg(member).exec(con);
                 continue;
             };
+            // Written by fogd, but read as untrusted: a malformed entry is skipped.
             let mut words = info.split_ascii_whitespace();
-            let Some(Ok(load)) = words.next().map(str::parse::<usize>) else {
+            let mut number = || words.next().and_then(|w| w.parse::<usize>().ok());
+            let (Some(allocations), Some(peers)) = (number(), number()) else {
                 continue;
             };
+            let load = (allocations, peers);
             let urls: Vec<String> = words.map(str::to_owned).collect();
             if urls.is_empty() {
                 continue;
             }
-            // Least loaded first; ties go to the lower id, the same choice on every instance.
+            // Fewest TURN allocations, then fewest signaling peers; ties go to the lower id, the
+            // same choice on every instance.
             if best
                 .as_ref()
                 .is_none_or(|(l, m, _)| (load, member.as_str()) < (*l, *m))

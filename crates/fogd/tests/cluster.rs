@@ -153,6 +153,9 @@ fn start_instance(n: u8, key: &Path, redis: &Redis) -> Instance {
         .arg(key)
         .args(["--realm", REALM, "--cluster", &redis.url()])
         .args(["--cluster-instance", &id])
+        // TURN credentials for a relay "on" this instance (signaling only hands them out).
+        .args(["--turn-secret", "cluster secret"])
+        .args(["--turn-url", &format!("turn:127.0.0.{n}:3478")])
         .env("RUST_LOG", "info,fogd::cluster=debug")
         // Every test peer answers many offers from one test thread.
         .args(["--frames-per-second", "1000", "--max-pending-offers", "64"]);
@@ -281,6 +284,49 @@ fn a_cluster_of_three_survives_a_kill_a_stall_and_a_redis_restart() {
         offer_answer(a, b);
     }
     eprintln!("lookups and offers done at {:?}", started.elapsed());
+
+    // TURN: every instance hands out the least-loaded instance's relay (no allocations, equal
+    // peers: the lowest id), then a less loaded one that appears in Redis.
+    let relay_urls = |p: &mut SignalPeer| {
+        let r = p.client.request_relay().unwrap();
+        match p.wait_for(
+            WAIT,
+            |e| matches!(e, Event::RelayCredentials { request, .. } if *request == r),
+        ) {
+            Event::RelayCredentials { urls, .. } => urls,
+            _ => unreachable!(),
+        }
+    };
+    // (Loads are published every second: the joins above may still be settling.)
+    for p in 0..3 {
+        let deadline = Instant::now() + WAIT;
+        while relay_urls(&mut peers[p]) != ["turn:127.0.0.2:3478"] {
+            assert!(
+                Instant::now() < deadline,
+                "instance {p} hands out another relay"
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let mut con = redis.con();
+    redis::pipe()
+        .cmd("SET")
+        .arg("fog:info:fogd-9")
+        .arg("0 0 turn:192.0.2.9:3478")
+        .arg("PX")
+        .arg(4_000)
+        .cmd("SADD")
+        .arg("fog:instances")
+        .arg("fogd-9")
+        .exec(&mut con)
+        .unwrap();
+    for p in 0..3 {
+        let deadline = Instant::now() + WAIT;
+        while relay_urls(&mut peers[p]) != ["turn:192.0.2.9:3478"] {
+            assert!(Instant::now() < deadline, "instance {p} kept its relay");
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
 
     // An alias, claimed on one instance, resolves on the others.
     let r = peers[0].client.register("printer-7").unwrap();
