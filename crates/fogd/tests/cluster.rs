@@ -298,9 +298,9 @@ fn a_cluster_of_three_survives_a_kill_a_stall_and_a_redis_restart() {
         }
     };
     // (Loads are published every second: the joins above may still be settling.)
-    for p in 0..3 {
+    for (p, peer) in peers.iter_mut().enumerate().take(3) {
         let deadline = Instant::now() + WAIT;
-        while relay_urls(&mut peers[p]) != ["turn:127.0.0.2:3478"] {
+        while relay_urls(peer) != ["turn:127.0.0.2:3478"] {
             assert!(
                 Instant::now() < deadline,
                 "instance {p} hands out another relay"
@@ -320,9 +320,9 @@ fn a_cluster_of_three_survives_a_kill_a_stall_and_a_redis_restart() {
         .arg("fogd-9")
         .exec(&mut con)
         .unwrap();
-    for p in 0..3 {
+    for (p, peer) in peers.iter_mut().enumerate().take(3) {
         let deadline = Instant::now() + WAIT;
-        while relay_urls(&mut peers[p]) != ["turn:192.0.2.9:3478"] {
+        while relay_urls(peer) != ["turn:192.0.2.9:3478"] {
             assert!(Instant::now() < deadline, "instance {p} kept its relay");
             thread::sleep(Duration::from_millis(100));
         }
