@@ -11,6 +11,10 @@
 //!   and closes it when the allocation ends (see the `turn` module). With `--turn-secret` (or
 //!   `--turn-secret-file`) signaling hands out credentials and `turn:` URLs for it.
 //!
+//! With `--cluster redis://HOST:PORT` signaling joins other fogd instances sharing that Redis
+//! (presence, aliases and frames between instances; see the `cluster` module and
+//! `docs/deploy.md`).
+//!
 //! Any of them may run alone or together. A bare IP for `--turn` means port 3478; when STUN is
 //! on that address too, TURN needs another port (3480 in the examples), since each service has
 //! sockets of its own.
@@ -30,8 +34,9 @@
 //!
 //! # Config file
 //!
-//! `--config fogd.toml` reads the signaling and TURN settings from a TOML file with a `[signal]`
-//! and a `[turn]` table whose keys are the flags' names without the dashes. A flag given on the command
+//! `--config fogd.toml` reads the signaling, TURN and cluster settings from a TOML file with a
+//! `[signal]`, a `[turn]` and a `[cluster]` table whose keys are the flags' names without the
+//! dashes. A flag given on the command
 //! line overrides the file; an unknown table or key is an error naming it and its line.
 //!
 //! ```toml
@@ -62,6 +67,12 @@
 //! turn-credential-ttl = 86400      # seconds, for the credentials signaling hands out
 //! turn-allow-peer = ["10.0.0.0/8"] # peers to relay to although reserved or denied
 //! turn-deny-peer = ["198.51.100.0/24"]  # peers refused besides the reserved classes
+//!
+//! [cluster]
+//! cluster = "redis://10.0.0.5:6379"  # join the instances sharing this Redis
+//! cluster-instance = "fogd-1"        # unique in the cluster; default: the signal address
+//! cluster-advertise = ["turn:192.0.2.1:3480"]  # default: the turn-url list
+//! cluster-queue = 16384              # questions to Redis waiting at once
 //! ```
 //!
 //! TURN refuses (403) peers on unspecified, loopback, link-local, multicast, broadcast, private
