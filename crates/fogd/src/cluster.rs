@@ -61,6 +61,9 @@ const RECONNECT: Duration = Duration::from_millis(250);
 const BATCH: usize = 512;
 /// Events waiting for the loop before the subscriber drops forwarded frames (counted).
 const EVENT_QUEUE: usize = 65_536;
+/// TURN URLs taken from one instance's info, and the longest one.
+const MAX_URLS: usize = 8;
+const MAX_URL_LEN: usize = 256;
 /// Withdrawals kept while Redis is away.
 const WITHDRAW_MAX: usize = 65_536;
 
@@ -661,7 +664,12 @@ impl CommandThread {
                 continue;
             };
             let load = (allocations, peers);
-            let urls: Vec<String> = words.map(str::to_owned).collect();
+            // Handed to clients as they are: a few, of a sane length, or none.
+            let urls: Vec<String> = words
+                .filter(|u| u.len() <= MAX_URL_LEN)
+                .take(MAX_URLS)
+                .map(str::to_owned)
+                .collect();
             if urls.is_empty() {
                 continue;
             }
@@ -1079,6 +1087,47 @@ mod tests {
             "f  {}",
         ] {
             assert!(parse_message(bad).is_none(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn bad_cluster_settings_are_refused_before_anything_binds() {
+        use clap::Parser as _;
+        let cases: [(&[&str], &str); 3] = [
+            (
+                &[
+                    "--stun",
+                    "127.0.0.1:3478",
+                    "--cluster",
+                    "redis://127.0.0.1:1",
+                ],
+                "give --signal too",
+            ),
+            (
+                &["--signal", "127.0.0.1:0", "--cluster", "http://x"],
+                "--cluster",
+            ),
+            (
+                &[
+                    "--signal",
+                    "127.0.0.1:0",
+                    "--cluster",
+                    "redis://127.0.0.1:1",
+                    "--cluster-instance",
+                    "a b",
+                ],
+                "instance id",
+            ),
+        ];
+        for (args, want) in cases {
+            let cli =
+                crate::Cli::try_parse_from(std::iter::once("fogd").chain(args.iter().copied()))
+                    .unwrap();
+            let error = match crate::Services::start(&cli) {
+                Ok(_) => panic!("{args:?} started"),
+                Err(e) => e.to_string(),
+            };
+            assert!(error.contains(want), "{args:?}: {error}");
         }
     }
 
