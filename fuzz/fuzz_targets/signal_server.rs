@@ -105,6 +105,13 @@ fuzz_target!(|input: (u64, String, Vec<Op>)| {
                     ServerMsg::decode(&frame).is_ok(),
                     "undecodable forward {frame:?}"
                 ),
+                ClusterOutput::Offer { query, frame, .. } => {
+                    queries.push(query);
+                    assert!(
+                        ServerMsg::decode(&frame).is_ok(),
+                        "undecodable offer {frame:?}"
+                    );
+                }
                 ClusterOutput::Presence { .. } => {}
             }
         }

@@ -93,6 +93,17 @@ pub enum ClusterOutput {
         /// Whom to look for.
         target: Target,
     },
+    /// Carry an offer (`frame`, an encoded [`ServerMsg::Offer`]) to `peer` on whichever instance
+    /// holds it, and say whether one took it with [`Server::handle_resolved`] (`online` true when
+    /// delivered): the lookup and the delivery in one step.
+    Offer {
+        /// Names the answer.
+        query: QueryId,
+        /// The remote answerer.
+        peer: PeerId,
+        /// The offer its instance hands it.
+        frame: String,
+    },
     /// Carry `frame` (an encoded [`ServerMsg`]) to `peer` on whichever instance holds it; when
     /// none does, say so with [`Server::handle_unreachable`].
     Forward {
@@ -127,12 +138,12 @@ enum Query {
         conn: ConnId,
         id: RequestId,
     },
+    /// An offer sent to another instance: `offer_sent` waits for the cluster to say it arrived.
     Offer {
         conn: ConnId,
         me: PeerId,
         id: RequestId,
-        to: PeerId,
-        description: Box<Description>,
+        session: SessionId,
     },
     /// An alias asked for in `auth`: the welcome waits for the claim.
     Welcome {
@@ -305,6 +316,10 @@ struct Session {
     expires: Instant,
     /// The participant on another instance of the cluster, if one is.
     remote: Option<PeerId>,
+    /// An offer to another instance whose `offer_sent` waits for the cluster (or for the first
+    /// frame of the session from the other side, which proves delivery): the offerer's
+    /// connection and request.
+    unconfirmed: Option<(ConnId, RequestId)>,
 }
 
 impl Session {
@@ -672,6 +687,7 @@ impl Server {
                         answered: false,
                         expires,
                         remote: Some(from),
+                        unconfirmed: None,
                     },
                 );
                 *self.pending_to.entry(to).or_default() += 1;
@@ -697,6 +713,7 @@ impl Server {
             return false;
         }
         let lifetime = self.config.limits.session_lifetime;
+        let mut confirm = None;
         match &m {
             ServerMsg::Answer { from, .. } => {
                 if s.answered || s.offerer != to || *from != other {
@@ -719,6 +736,7 @@ impl Server {
             ServerMsg::SessionClosed { .. } => {
                 let answered = s.answered;
                 let expires = s.expires;
+                confirm = s.unconfirmed.take();
                 self.sessions.remove(&session);
                 self.timers.remove(&(expires, Timer::Session(session)));
                 if !answered {
@@ -727,6 +745,16 @@ impl Server {
                 }
             }
             _ => {}
+        }
+        // The other side spoke: the offer arrived, whatever the cluster says later.
+        if confirm.is_none() {
+            confirm = self
+                .sessions
+                .get_mut(&session)
+                .and_then(|s| s.unconfirmed.take());
+        }
+        if let Some((conn, id)) = confirm {
+            self.send(conn, ServerMsg::OfferSent { id, session });
         }
         self.send_peer(to, m);
         true
@@ -748,6 +776,13 @@ impl Server {
             self.timers.remove(&(s.expires, Timer::Session(id)));
             if !s.answered {
                 self.unpend(s.offerer, s.answerer);
+            }
+            if let Some((conn, request)) = s.unconfirmed {
+                self.send(
+                    conn,
+                    ServerMsg::error(ErrorCode::UnknownPeer, Some(request), "not online"),
+                );
+                continue;
             }
             let local = if s.offerer == peer {
                 s.answerer
@@ -849,7 +884,7 @@ impl Server {
         }
     }
 
-    fn answer_query(&mut self, now: Instant, query: QueryId, answer: Answer) {
+    fn answer_query(&mut self, _now: Instant, query: QueryId, answer: Answer) {
         let Some((deadline, q)) = self.queries.remove(&query) else {
             return;
         };
@@ -870,22 +905,24 @@ impl Server {
                 conn,
                 me,
                 id,
-                to,
-                description,
+                session,
             } => {
-                if self.peer_of(conn) != Some(me) {
+                let Some(s) = self.sessions.get_mut(&session) else {
                     return;
-                }
-                match answer {
-                    Answer::Resolved(Some(p), true) if p == to => {
-                        // It may have come here meanwhile.
-                        let remote = (!self.peers.contains_key(&to)).then_some(to);
-                        self.open_offer(now, conn, me, id, to, remote, *description);
+                };
+                if let Answer::Resolved(_, true) = answer {
+                    if let Some((conn, id)) = s.unconfirmed.take() {
+                        self.send(conn, ServerMsg::OfferSent { id, session });
                     }
-                    _ => self.send(
-                        conn,
-                        ServerMsg::error(ErrorCode::UnknownPeer, Some(id), "not online"),
-                    ),
+                } else if s.unconfirmed.is_some() {
+                    // No instance took it (and the other side never spoke): it went nowhere.
+                    self.discard_session(session);
+                    if self.peer_of(conn) == Some(me) {
+                        self.send(
+                            conn,
+                            ServerMsg::error(ErrorCode::UnknownPeer, Some(id), "not online"),
+                        );
+                    }
                 }
             }
             Query::Welcome { conn, peer, alias } => {
@@ -941,6 +978,16 @@ impl Server {
                     ),
                 };
                 self.send(conn, m);
+            }
+        }
+    }
+
+    /// Forgets a session without telling anyone (its offer never left, or went nowhere).
+    fn discard_session(&mut self, id: SessionId) {
+        if let Some(s) = self.sessions.remove(&id) {
+            self.timers.remove(&(s.expires, Timer::Session(id)));
+            if !s.answered {
+                self.unpend(s.offerer, s.answerer);
             }
         }
     }
@@ -1281,27 +1328,10 @@ impl Server {
         to: PeerId,
         description: Description,
     ) {
-        if self.config.cluster && to != me && !self.peers.contains_key(&to) {
-            // Perhaps on another instance: the offer waits for the cluster's answer.
-            self.ask(now, |query| {
-                (
-                    Query::Offer {
-                        conn,
-                        me,
-                        id,
-                        to,
-                        description: Box::new(description),
-                    },
-                    ClusterOutput::Resolve {
-                        query,
-                        target: Target::Peer(to),
-                    },
-                )
-            })
-            .unwrap_or_else(|q| self.refuse_query(q));
-            return;
-        }
-        self.open_offer(now, conn, me, id, to, None, description);
+        // Not here: perhaps on another instance, which the cluster finds as it delivers.
+        let remote =
+            (self.config.cluster && to != me && !self.peers.contains_key(&to)).then_some(to);
+        self.open_offer(now, conn, me, id, to, remote, description);
     }
 
     /// Opens the session of an offer whose answerer is here, or (`remote`) on another instance.
@@ -1349,11 +1379,36 @@ impl Server {
                 answered: false,
                 expires,
                 remote,
+                unconfirmed: remote.map(|_| (conn, id)),
             },
         );
         *self.pending_from.entry(me).or_default() += 1;
         *self.pending_to.entry(to).or_default() += 1;
         self.timers.insert((expires, Timer::Session(session)));
+        if let Some(peer) = remote {
+            let frame = ServerMsg::Offer {
+                session,
+                from: me,
+                description,
+            }
+            .encode();
+            let asked = self.ask(now, |query| {
+                (
+                    Query::Offer {
+                        conn,
+                        me,
+                        id,
+                        session,
+                    },
+                    ClusterOutput::Offer { query, peer, frame },
+                )
+            });
+            if let Err(q) = asked {
+                self.discard_session(session);
+                self.refuse_query(q);
+            }
+            return;
+        }
         self.send(conn, ServerMsg::OfferSent { id, session });
         self.send_to(
             to,

@@ -80,6 +80,19 @@ impl Cluster {
                     .server
                     .handle_resolved(now, query, peer, online);
             }
+            ClusterOutput::Offer { query, peer, frame } => {
+                let delivered = match self.dir.get(&peer) {
+                    Some(&j) if j != k => {
+                        let now = self.nets[j].now;
+                        self.nets[j].server.handle_forwarded(now, peer, &frame);
+                        true
+                    }
+                    _ => false,
+                };
+                self.nets[k]
+                    .server
+                    .handle_resolved(now, query, Some(peer), delivered);
+            }
             ClusterOutput::Forward { peer, frame } => match self.dir.get(&peer) {
                 Some(&j) if j != k => {
                     let now = self.nets[j].now;
@@ -281,35 +294,98 @@ fn a_remote_peer_that_cannot_be_reached_ends_its_sessions_at_once() {
     let a = c.join(0, 1, None);
     let b = c.join(1, 2, None);
     let b_id = c.nets[1].nodes[b].client.peer_id();
+    // An offer no instance takes: the offerer is told "unknown peer", not "offer sent".
     c.hold = true;
+    let r = c.nets[0].nodes[a]
+        .client
+        .connect(b_id, description(1))
+        .unwrap();
+    c.settle();
+    let (k, out) = c.held.remove(0);
+    let ClusterOutput::Offer { query, peer, .. } = out else {
+        panic!("{out:?}");
+    };
+    assert_eq!(peer, b_id);
+    let now = c.nets[k].now;
+    c.nets[0]
+        .server
+        .handle_resolved(now, query, Some(b_id), false);
+    c.settle();
+    let ev = c.nets[0].take_events(a);
+    assert!(
+        !ev.iter().any(|e| matches!(e, Event::OfferSent { .. })),
+        "{ev:?}"
+    );
+    assert!(ev.iter().any(|e| matches!(e, Event::Error { code: ErrorCode::UnknownPeer, request: Some(x), .. } if *x == r)), "{ev:?}");
+    // A session that was set up ends when a frame for the remote peer cannot be carried.
+    c.hold = false;
     c.nets[0].nodes[a]
         .client
         .connect(b_id, description(1))
         .unwrap();
     c.settle();
-    // The bus answers the lookup by hand: online.
-    let (k, out) = c.held.remove(0);
-    let ClusterOutput::Resolve { query, .. } = out else {
-        panic!("{out:?}");
+    let s = match c.nets[1].take_events(b).as_slice() {
+        [.., Event::Offer { session, .. }] => *session,
+        other => panic!("{other:?}"),
     };
-    let now = c.nets[k].now;
-    c.nets[0]
-        .server
-        .handle_resolved(now, query, Some(b_id), true);
+    c.nets[1].nodes[b].client.answer(s, description(2)).unwrap();
     c.settle();
-    // Then the offer cannot be carried: b's instance is gone.
-    let (_, out) = c.held.remove(0);
-    assert!(matches!(out, ClusterOutput::Forward { peer, .. } if peer == b_id));
+    c.nets[0].take_events(a);
+    let now = c.nets[0].now;
     c.nets[0].server.handle_unreachable(now, b_id);
     c.settle();
     let ev = c.nets[0].take_events(a);
+    assert!(ev.iter().any(|e| matches!(e, Event::SessionClosed { session, reason, .. } if *session == s && reason == "unreachable")), "{ev:?}");
+}
+
+#[test]
+fn an_answer_that_outruns_the_delivery_report_comes_after_offer_sent() {
+    let mut c = Cluster::new();
+    let a = c.join(0, 1, None);
+    let b = c.join(1, 2, None);
+    let b_id = c.nets[1].nodes[b].client.peer_id();
+    c.hold = true;
+    let r = c.nets[0].nodes[a]
+        .client
+        .connect(b_id, description(1))
+        .unwrap();
+    c.settle();
+    // Deliver the offer, but keep the delivery report back.
+    let (_, out) = c.held.remove(0);
+    let ClusterOutput::Offer { query, frame, .. } = out else {
+        panic!("{out:?}");
+    };
+    let now = c.nets[1].now;
+    assert!(c.nets[1].server.handle_forwarded(now, b_id, &frame));
+    c.hold = false;
+    c.settle();
+    let s = match c.nets[1].take_events(b).as_slice() {
+        [.., Event::Offer { session, .. }] => *session,
+        other => panic!("{other:?}"),
+    };
+    c.nets[1].nodes[b].client.answer(s, description(2)).unwrap();
+    c.settle();
+    let ev = c.nets[0].take_events(a);
+    let sent = ev.iter().position(
+        |e| matches!(e, Event::OfferSent { request, session } if *request == r && *session == s),
+    );
+    let answered = ev
+        .iter()
+        .position(|e| matches!(e, Event::Answer { session, .. } if *session == s));
     assert!(
-        ev.iter().any(|e| matches!(e, Event::OfferSent { .. })),
+        sent.is_some() && answered.is_some() && sent < answered,
         "{ev:?}"
     );
+    // The late report changes nothing.
+    let now = c.nets[0].now;
+    c.nets[0]
+        .server
+        .handle_resolved(now, query, Some(b_id), false);
+    c.settle();
+    let ev = c.nets[0].take_events(a);
     assert!(
-        ev.iter()
-            .any(|e| matches!(e, Event::SessionClosed { reason, .. } if reason == "unreachable")),
+        !ev.iter()
+            .any(|e| matches!(e, Event::OfferSent { .. } | Event::Error { .. })),
         "{ev:?}"
     );
 }

@@ -30,7 +30,10 @@
 //! anyone deleting keys. A registration checks the lease token first: an instance that stalled
 //! past its lease cannot write until it takes a new lease, and then it re-registers its peers
 //! only where no other instance registered them since (compare-and-set), evicting its own
-//! older connections of those that moved. Delivery is at most once.
+//! older connections of those that moved. One window is left: a peer that authenticated here
+//! but was not yet written when the instance stalled is written as new news after the stall
+//! (it may then evict a newer connection elsewhere, which reconnects). Delivery is at most
+//! once.
 //!
 //! Without Redis the instance keeps serving its own peers: every question is answered
 //! "offline" or "unavailable" at once, and its lease runs out, so others stop seeing its peers.
@@ -142,6 +145,12 @@ enum Cmd {
         target: Target,
     },
     Forward {
+        peer: PeerId,
+        frame: String,
+    },
+    /// A forward whose outcome answers a query.
+    Offer {
+        query: QueryId,
         peer: PeerId,
         frame: String,
     },
@@ -293,6 +302,7 @@ impl Cluster {
             }
             ClusterOutput::Resolve { query, target } => Cmd::Resolve { query, target },
             ClusterOutput::Forward { peer, frame } => Cmd::Forward { peer, frame },
+            ClusterOutput::Offer { query, peer, frame } => Cmd::Offer { query, peer, frame },
             ClusterOutput::ClaimAlias { query, peer, alias } => Cmd::Claim { query, peer, alias },
         };
         match self.cmds.try_send(cmd) {
@@ -302,6 +312,9 @@ impl Cluster {
                 match cmd {
                     Cmd::Resolve { query, target } => Err(ClusterOutput::Resolve { query, target }),
                     Cmd::Forward { peer, frame } => Err(ClusterOutput::Forward { peer, frame }),
+                    Cmd::Offer { query, peer, frame } => {
+                        Err(ClusterOutput::Offer { query, peer, frame })
+                    }
                     Cmd::Claim { query, peer, alias } => {
                         Err(ClusterOutput::ClaimAlias { query, peer, alias })
                     }
@@ -903,6 +916,21 @@ impl CommandThread {
                 } else {
                     let _ = self.events.send(Event::Unreachable(peer));
                 }
+            }
+            Cmd::Offer { query, peer, frame } => {
+                let delivered = usable
+                    && self.forward(peer, &frame).unwrap_or_else(|Down| {
+                        self.down_answer();
+                        false
+                    });
+                if delivered {
+                    self.stats.forwarded_out.fetch_add(1, Ordering::Relaxed);
+                }
+                let _ = self.events.send(Event::Resolved {
+                    query,
+                    peer: Some(peer),
+                    online: delivered,
+                });
             }
             Cmd::Claim { query, peer, alias } => {
                 let granted = if usable {

@@ -1151,7 +1151,7 @@ impl Loop {
             };
             fed = true;
             match refused {
-                ClusterOutput::Resolve { query, .. } => {
+                ClusterOutput::Resolve { query, .. } | ClusterOutput::Offer { query, .. } => {
                     self.server.handle_resolved(self.now, query, None, false)
                 }
                 ClusterOutput::Forward { peer, .. } => {
