@@ -26,7 +26,9 @@
 //! A session between a local and a remote peer lives on both instances; each keeps the half its
 //! own peer needs, and frames for the remote peer leave as [`ClusterOutput::Forward`] carrying
 //! the very [`ServerMsg`] the remote instance hands its peer (after checking it against its
-//! own half of the session). Every query has a deadline ([`Limits::cluster_query_timeout`]) and
+//! own half of the session); the offer that opens such a session leaves as
+//! [`ClusterOutput::Offer`], whose delivery report decides between `offer_sent` and
+//! `unknown_peer`. Every query has a deadline ([`Limits::cluster_query_timeout`]) and
 //! there are at most [`Limits::max_cluster_queries`] of them; over that a request is refused
 //! with `server_full` and a reason.
 
