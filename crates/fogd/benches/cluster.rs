@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use fog_signal::client::Event;
 use fog_signal::{KeyPair, PeerId};
 use support::signal::{SignalPeer, description, recv};
-use support::{ChildGuard, find_tool, percentile};
+use support::{ChildGuard, clock_ticks_per_s, cpu_ticks, find_tool, load_average, percentile};
 use tungstenite::Message;
 
 const REALM: &str = "cluster.bench";
@@ -204,7 +204,7 @@ fn main() {
     let key = fog_test_support::scratch_file("cluster-bench.key");
     let _ = std::fs::remove_file(&key);
     fog_signal::keyfile::save(&key, &KeyPair::from_seed(&[0xbe; 32])).unwrap();
-    let (_a, a) = start_fogd(2, &key, redis_port);
+    let (a_child, a) = start_fogd(2, &key, redis_port);
     let (b_child, b) = start_fogd(3, &key, redis_port);
     let (mut c_child, c) = start_fogd(4, &key, redis_port);
 
@@ -217,6 +217,11 @@ fn main() {
     let answerers = [answerer(same, stop.clone()), answerer(cross, stop.clone())];
     let interval = Duration::from_secs_f64(1.0 / rate as f64);
     let mut lat = [Vec::new(), Vec::new()];
+    // CPU of the two fogd that carry the offers and of Redis, over the whole latency phase.
+    let pids = [a_child.id(), b_child.id(), redis_child.id()];
+    let cpu_before: Vec<u64> = pids.iter().map(|&p| cpu_ticks(p).unwrap_or(0)).collect();
+    let mut duplicates = 0usize;
+    let mut answered = std::collections::BTreeSet::new();
     let mut next = Instant::now();
     for k in 0..2 * offers {
         let which = k % 2;
@@ -225,10 +230,35 @@ fn main() {
         next += interval;
         let t0 = Instant::now();
         offerer.client.connect(to, description(1)).unwrap();
-        offerer.wait_for(WAIT, |e| matches!(e, Event::Answer { .. }));
+        let got = offerer.wait_for(WAIT, |e| matches!(e, Event::Answer { .. }));
         lat[which].push(t0.elapsed());
+        // Every offer answered once: a second answer for a session is a duplicate.
+        if let Event::Answer { session, .. } = got {
+            if !answered.insert(session) {
+                duplicates += 1;
+            }
+        }
+        duplicates += offerer
+            .events
+            .iter()
+            .filter(|e| matches!(e, Event::Answer { .. }))
+            .count();
         offerer.events.clear();
     }
+    let cpu_s: Vec<f64> = pids
+        .iter()
+        .zip(&cpu_before)
+        .map(|(&p, &b)| cpu_ticks(p).unwrap_or(b).saturating_sub(b) as f64 / clock_ticks_per_s())
+        .collect();
+    let all = 2 * offers;
+    println!(
+        "cpu over {all} offers (half across): fogd-2 {:.1} us, fogd-3 {:.1} us, redis {:.1} us per offer; {} answered, {duplicates} duplicated, load average {}",
+        cpu_s[0] / all as f64 * 1e6,
+        cpu_s[1] / all as f64 * 1e6,
+        cpu_s[2] / all as f64 * 1e6,
+        answered.len(),
+        load_average()
+    );
     stop.store(true, Ordering::Relaxed);
     for t in answerers {
         let _ = t.join();
