@@ -15,6 +15,22 @@
 //! - a challenge is used once and expires with the auth timeout; a client nonce seen within the
 //!   auth timeout is refused as a replay;
 //! - every limit in [`Limits`] holds, and no input panics.
+//!
+//! # In a cluster
+//!
+//! With [`ServerConfig::cluster`] on, the machine is one of several sharing presence and aliases
+//! through the driver (fogd carries them over Redis). It still never blocks and never sees the
+//! bus: what it cannot answer from its own peers becomes a [`ClusterOutput`] (drained with
+//! [`Server::poll_cluster`]) and the driver answers later with [`Server::handle_resolved`],
+//! [`Server::handle_claimed`], [`Server::handle_forwarded`] or [`Server::handle_unreachable`].
+//! A session between a local and a remote peer lives on both instances; each keeps the half its
+//! own peer needs, and frames for the remote peer leave as [`ClusterOutput::Forward`] carrying
+//! the very [`ServerMsg`] the remote instance hands its peer (after checking it against its
+//! own half of the session); the offer that opens such a session leaves as
+//! [`ClusterOutput::Offer`], whose delivery report decides between `offer_sent` and
+//! `unknown_peer`. Every query has a deadline ([`Limits::cluster_query_timeout`]) and
+//! there are at most [`Limits::max_cluster_queries`] of them; over that a request is refused
+//! with `server_full` and a reason.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -52,6 +68,96 @@ pub enum Output {
         code: u16,
         /// A short reason for the close frame.
         reason: String,
+    },
+}
+
+/// A question the machine asked the cluster, named so that its answer finds its request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct QueryId(pub u64);
+
+/// Whom a [`ClusterOutput::Resolve`] asks about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A peer by key.
+    Peer(PeerId),
+    /// A peer by alias (lowercase).
+    Alias(String),
+}
+
+/// What the driver must do with the rest of the cluster (only with [`ServerConfig::cluster`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClusterOutput {
+    /// Find out whether `target` is online on some instance; answer with
+    /// [`Server::handle_resolved`] (at once with "offline" when the cluster is unreachable).
+    Resolve {
+        /// Names the answer.
+        query: QueryId,
+        /// Whom to look for.
+        target: Target,
+    },
+    /// Carry an offer (`frame`, an encoded [`ServerMsg::Offer`]) to `peer` on whichever instance
+    /// holds it, and say whether one took it with [`Server::handle_resolved`] (`online` true when
+    /// delivered): the lookup and the delivery in one step.
+    Offer {
+        /// Names the answer.
+        query: QueryId,
+        /// The remote answerer.
+        peer: PeerId,
+        /// The offer its instance hands it.
+        frame: String,
+    },
+    /// Carry `frame` (an encoded [`ServerMsg`]) to `peer` on whichever instance holds it; when
+    /// none does, say so with [`Server::handle_unreachable`].
+    Forward {
+        /// The remote peer.
+        peer: PeerId,
+        /// The frame its instance hands it.
+        frame: String,
+    },
+    /// Claim `alias` for `peer` cluster-wide, first come first served; answer with
+    /// [`Server::handle_claimed`].
+    ClaimAlias {
+        /// Names the answer.
+        query: QueryId,
+        /// The claimant.
+        peer: PeerId,
+        /// The alias (lowercase, valid).
+        alias: String,
+    },
+    /// `peer` is now online here (`true`) or no longer (`false`): publish or withdraw it.
+    Presence {
+        /// The peer.
+        peer: PeerId,
+        /// Online here.
+        online: bool,
+    },
+}
+
+/// A request waiting for the cluster's answer.
+#[derive(Debug)]
+enum Query {
+    Lookup {
+        conn: ConnId,
+        id: RequestId,
+    },
+    /// An offer sent to another instance: `offer_sent` waits for the cluster to say it arrived.
+    Offer {
+        conn: ConnId,
+        me: PeerId,
+        id: RequestId,
+        session: SessionId,
+    },
+    /// An alias asked for in `auth`: the welcome waits for the claim.
+    Welcome {
+        conn: ConnId,
+        peer: PeerId,
+        alias: String,
+    },
+    Register {
+        conn: ConnId,
+        peer: PeerId,
+        id: RequestId,
+        alias: String,
     },
 }
 
@@ -103,6 +209,10 @@ pub struct Limits {
     pub punch_margin: Duration,
     /// RTT assumed for a peer never measured (default 200 ms).
     pub default_rtt: Duration,
+    /// Questions to the cluster waiting for an answer (default 4,096).
+    pub max_cluster_queries: usize,
+    /// Time the cluster has to answer one before it counts as "offline" (default 2 s).
+    pub cluster_query_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -124,6 +234,8 @@ impl Default for Limits {
             ping_interval: Duration::from_secs(15),
             punch_margin: Duration::from_millis(50),
             default_rtt: Duration::from_millis(200),
+            max_cluster_queries: 4_096,
+            cluster_query_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -154,6 +266,8 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// Relay credentials, if a relay is configured.
     pub relay: Option<RelayConfig>,
+    /// One instance of a cluster (see the [module docs](self#in-a-cluster)); off by default.
+    pub cluster: bool,
 }
 
 impl ServerConfig {
@@ -165,6 +279,7 @@ impl ServerConfig {
             seed,
             limits: Limits::default(),
             relay: None,
+            cluster: false,
         }
     }
 }
@@ -201,6 +316,25 @@ struct Session {
     answerer: PeerId,
     answered: bool,
     expires: Instant,
+    /// The participant on another instance of the cluster, if one is.
+    remote: Option<PeerId>,
+    /// An offer to another instance whose `offer_sent` waits for the cluster (or for the first
+    /// frame of the session from the other side, which proves delivery): the offerer's
+    /// connection and request.
+    unconfirmed: Option<(ConnId, RequestId)>,
+}
+
+impl Session {
+    /// The other participant, if `me` is one.
+    fn other(&self, me: PeerId) -> Option<PeerId> {
+        if self.offerer == me {
+            Some(self.answerer)
+        } else if self.answerer == me {
+            Some(self.offerer)
+        } else {
+            None
+        }
+    }
 }
 
 /// Why a timer is set; fired entries are checked against current state (stale ones are ignored).
@@ -214,6 +348,8 @@ enum Timer {
     Session(SessionId),
     /// Forget client nonces older than the auth timeout.
     Nonces,
+    /// The cluster must have answered this query by now.
+    Query(QueryId),
 }
 
 /// The signaling server machine. See the [module docs](self).
@@ -235,6 +371,10 @@ pub struct Server {
     timers: BTreeSet<(Instant, Timer)>,
     out: VecDeque<Output>,
     next_ping_id: u32,
+    /// Requests waiting for the cluster, and what the machine asks it.
+    queries: BTreeMap<QueryId, (Instant, Query)>,
+    next_query: u64,
+    cluster_out: VecDeque<ClusterOutput>,
 }
 
 impl Server {
@@ -256,6 +396,9 @@ impl Server {
             timers: BTreeSet::new(),
             out: VecDeque::new(),
             next_ping_id: 1,
+            queries: BTreeMap::new(),
+            next_query: 1,
+            cluster_out: VecDeque::new(),
         }
     }
 
@@ -454,6 +597,11 @@ impl Server {
                     }
                 }
                 Timer::Nonces => self.prune_nonces(now),
+                Timer::Query(query) => {
+                    if self.queries.get(&query).is_some_and(|(at, _)| *at <= now) {
+                        self.answer_query(now, query, Answer::TimedOut);
+                    }
+                }
             }
         }
     }
@@ -466,6 +614,393 @@ impl Server {
     /// When [`Server::handle_timeout`] is next due.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.timers.first().map(|(at, _)| *at)
+    }
+
+    /// The next thing for the driver to do with the cluster, if any (never without
+    /// [`ServerConfig::cluster`]).
+    pub fn poll_cluster(&mut self) -> Option<ClusterOutput> {
+        self.cluster_out.pop_front()
+    }
+
+    /// Questions to the cluster still waiting for an answer.
+    pub fn cluster_queries(&self) -> usize {
+        self.queries.len()
+    }
+
+    /// The answer to a [`ClusterOutput::Resolve`]: `peer` (for an alias, whom it names) and
+    /// whether it is online on another instance. Unknown or late queries are ignored.
+    pub fn handle_resolved(
+        &mut self,
+        now: Instant,
+        query: QueryId,
+        peer: Option<PeerId>,
+        online: bool,
+    ) {
+        self.answer_query(now, query, Answer::Resolved(peer, online));
+    }
+
+    /// The answer to a [`ClusterOutput::ClaimAlias`]: `granted` when the alias is now the
+    /// peer's, cluster-wide; `None` when the cluster could not be asked.
+    pub fn handle_claimed(&mut self, now: Instant, query: QueryId, granted: Option<bool>) {
+        let answer = match granted {
+            Some(granted) => Answer::Claimed(granted),
+            None => Answer::TimedOut,
+        };
+        self.answer_query(now, query, answer);
+    }
+
+    /// A frame another instance forwarded for `to`, a peer of this one. It is network input:
+    /// it is delivered only if it fits this instance's half of a session with a remote peer
+    /// (an offer opens that half). Returns whether it was delivered.
+    pub fn handle_forwarded(&mut self, now: Instant, to: PeerId, frame: &str) -> bool {
+        if frame.len() > self.config.limits.max_frame_len.saturating_mul(2) {
+            return false;
+        }
+        let Ok(m) = ServerMsg::decode(frame) else {
+            return false;
+        };
+        if !self.peers.contains_key(&to) {
+            // Gone or moved on since the sender looked: an offer's sender learns at once.
+            if let ServerMsg::Offer { session, from, .. } = m {
+                self.refuse_remote_offer(session, from, "unreachable");
+            }
+            return false;
+        }
+        let session = match &m {
+            ServerMsg::Offer { session, from, .. } => {
+                let (session, from) = (*session, *from);
+                if from == to || self.peers.contains_key(&from) {
+                    return false;
+                }
+                if self.sessions.contains_key(&session) {
+                    return false;
+                }
+                let max = self.config.limits.max_pending_offers;
+                if self.pending_to.get(&to).copied().unwrap_or(0) >= max {
+                    self.refuse_remote_offer(session, from, "too many unanswered offers");
+                    return false;
+                }
+                let expires = now + self.config.limits.offer_timeout;
+                self.sessions.insert(
+                    session,
+                    Session {
+                        offerer: from,
+                        answerer: to,
+                        answered: false,
+                        expires,
+                        remote: Some(from),
+                        unconfirmed: None,
+                    },
+                );
+                *self.pending_to.entry(to).or_default() += 1;
+                self.timers.insert((expires, Timer::Session(session)));
+                self.send_peer(to, m);
+                return true;
+            }
+            ServerMsg::Answer { session, .. }
+            | ServerMsg::Candidate { session, .. }
+            | ServerMsg::Nat { session, .. }
+            | ServerMsg::Punch { session, .. }
+            | ServerMsg::Relay { session, .. }
+            | ServerMsg::SessionClosed { session, .. } => *session,
+            _ => return false,
+        };
+        // The session must pair `to` with the remote peer this frame speaks for.
+        let Some(s) = self.sessions.get_mut(&session) else {
+            return false;
+        };
+        let Some(other) = s.other(to) else {
+            return false;
+        };
+        if s.remote != Some(other) {
+            return false;
+        }
+        let lifetime = self.config.limits.session_lifetime;
+        let mut confirm = None;
+        match &m {
+            ServerMsg::Answer { from, .. } => {
+                if s.answered || s.offerer != to || *from != other {
+                    return false;
+                }
+                s.answered = true;
+                self.timers.remove(&(s.expires, Timer::Session(session)));
+                s.expires = now + lifetime;
+                self.timers.insert((s.expires, Timer::Session(session)));
+                self.unpend(to, other);
+            }
+            ServerMsg::Relay { .. } => {
+                if !s.answered {
+                    return false;
+                }
+                self.timers.remove(&(s.expires, Timer::Session(session)));
+                s.expires = now + lifetime;
+                self.timers.insert((s.expires, Timer::Session(session)));
+            }
+            ServerMsg::SessionClosed { .. } => {
+                let answered = s.answered;
+                let expires = s.expires;
+                confirm = s.unconfirmed.take();
+                self.sessions.remove(&session);
+                self.timers.remove(&(expires, Timer::Session(session)));
+                if !answered {
+                    self.unpend(other, to);
+                    self.unpend(to, other);
+                }
+            }
+            _ => {}
+        }
+        // The other side spoke: the offer arrived, whatever the cluster says later.
+        if confirm.is_none() {
+            confirm = self
+                .sessions
+                .get_mut(&session)
+                .and_then(|s| s.unconfirmed.take());
+        }
+        if let Some((conn, id)) = confirm {
+            self.send(conn, ServerMsg::OfferSent { id, session });
+        }
+        self.send_peer(to, m);
+        true
+    }
+
+    /// A [`ClusterOutput::Forward`] to `peer` found no instance holding it: every session
+    /// with it ends, and the local peer learns why at once.
+    pub fn handle_unreachable(&mut self, _now: Instant, peer: PeerId) {
+        let ids: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.remote == Some(peer))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            let Some(s) = self.sessions.remove(&id) else {
+                continue;
+            };
+            self.timers.remove(&(s.expires, Timer::Session(id)));
+            if !s.answered {
+                self.unpend(s.offerer, s.answerer);
+            }
+            if let Some((conn, request)) = s.unconfirmed {
+                self.send(
+                    conn,
+                    ServerMsg::error(ErrorCode::UnknownPeer, Some(request), "not online"),
+                );
+                continue;
+            }
+            let local = if s.offerer == peer {
+                s.answerer
+            } else {
+                s.offerer
+            };
+            self.send_peer(
+                local,
+                ServerMsg::SessionClosed {
+                    session: id,
+                    reason: "unreachable".into(),
+                    code: None,
+                },
+            );
+        }
+    }
+
+    /// `peer` authenticated on another instance since: its connection here is the older one
+    /// and is closed, as a reconnect on the same instance would close it.
+    pub fn handle_evicted(&mut self, now: Instant, peer: PeerId) {
+        let Some(&conn) = self.peers.get(&peer) else {
+            return;
+        };
+        self.forget(now, conn);
+        self.out.push_back(Output::Close {
+            conn,
+            code: close::NORMAL,
+            reason: "replaced by a newer connection on another server".into(),
+        });
+    }
+
+    /// The `turn:` URLs handed out from now on (in a cluster, the least-loaded instance's).
+    /// Ignored without a relay.
+    pub fn set_relay_urls(&mut self, urls: Vec<String>) {
+        if let Some(relay) = &mut self.config.relay {
+            relay.urls = urls;
+        }
+    }
+
+    /// The `turn:` URLs handed out now, if a relay is configured.
+    pub fn relay_urls(&self) -> Option<&[String]> {
+        self.config.relay.as_ref().map(|r| r.urls.as_slice())
+    }
+
+    /// Tells a remote offerer that its offer went nowhere.
+    fn refuse_remote_offer(&mut self, session: SessionId, from: PeerId, reason: &str) {
+        self.cluster_out.push_back(ClusterOutput::Forward {
+            peer: from,
+            frame: ServerMsg::SessionClosed {
+                session,
+                reason: reason.into(),
+                code: None,
+            }
+            .encode(),
+        });
+    }
+
+    /// Registers a query and emits its output, or hands the query back when too many wait.
+    fn ask(
+        &mut self,
+        now: Instant,
+        make: impl FnOnce(QueryId) -> (Query, ClusterOutput),
+    ) -> Result<(), Query> {
+        let id = QueryId(self.next_query);
+        self.next_query += 1;
+        let (query, out) = make(id);
+        if self.queries.len() >= self.config.limits.max_cluster_queries {
+            return Err(query);
+        }
+        let deadline = now + self.config.limits.cluster_query_timeout;
+        self.queries.insert(id, (deadline, query));
+        self.timers.insert((deadline, Timer::Query(id)));
+        self.cluster_out.push_back(out);
+        Ok(())
+    }
+
+    /// Refuses a request that found the cluster queue full (a local limit, typed and said).
+    fn refuse_query(&mut self, query: Query) {
+        let detail = "too many questions to the cluster waiting; try again";
+        match query {
+            Query::Lookup { conn, id }
+            | Query::Offer { conn, id, .. }
+            | Query::Register { conn, id, .. } => self.send(
+                conn,
+                ServerMsg::error(ErrorCode::ServerFull, Some(id), detail),
+            ),
+            Query::Welcome { conn, peer, .. } => {
+                let rate = Some(self.rate());
+                self.send(
+                    conn,
+                    ServerMsg::Welcome {
+                        peer,
+                        alias: None,
+                        rate,
+                    },
+                );
+                self.send(conn, ServerMsg::error(ErrorCode::ServerFull, None, detail));
+            }
+        }
+    }
+
+    fn answer_query(&mut self, _now: Instant, query: QueryId, answer: Answer) {
+        let Some((deadline, q)) = self.queries.remove(&query) else {
+            return;
+        };
+        self.timers.remove(&(deadline, Timer::Query(query)));
+        let unreachable = "the cluster did not answer";
+        match q {
+            Query::Lookup { conn, id } => {
+                if !self.conns.contains_key(&conn) {
+                    return;
+                }
+                let (peer, online) = match answer {
+                    Answer::Resolved(peer, online) => (peer, online),
+                    _ => (None, false),
+                };
+                self.send(conn, ServerMsg::LookupResult { id, peer, online });
+            }
+            Query::Offer {
+                conn,
+                me,
+                id,
+                session,
+            } => {
+                let Some(s) = self.sessions.get_mut(&session) else {
+                    return;
+                };
+                if let Answer::Resolved(_, true) = answer {
+                    if let Some((conn, id)) = s.unconfirmed.take() {
+                        self.send(conn, ServerMsg::OfferSent { id, session });
+                    }
+                } else if s.unconfirmed.is_some() {
+                    // No instance took it (and the other side never spoke): it went nowhere.
+                    self.discard_session(session);
+                    if self.peer_of(conn) == Some(me) {
+                        self.send(
+                            conn,
+                            ServerMsg::error(ErrorCode::UnknownPeer, Some(id), "not online"),
+                        );
+                    }
+                }
+            }
+            Query::Welcome { conn, peer, alias } => {
+                if self.peer_of(conn) != Some(peer) {
+                    return;
+                }
+                let rate = Some(self.rate());
+                let (bound, error) = match answer {
+                    Answer::Claimed(true) => (Some(self.record_alias(peer, alias)), None),
+                    Answer::Claimed(false) => (None, Some((ErrorCode::AliasTaken, alias))),
+                    _ => (None, Some((ErrorCode::ServerFull, alias))),
+                };
+                self.send(
+                    conn,
+                    ServerMsg::Welcome {
+                        peer,
+                        alias: bound,
+                        rate,
+                    },
+                );
+                if let Some((code, alias)) = error {
+                    let detail = if code == ErrorCode::ServerFull {
+                        format!("alias {alias:?}: {unreachable}")
+                    } else {
+                        format!("alias {alias:?}")
+                    };
+                    self.send(conn, ServerMsg::error(code, None, detail));
+                }
+            }
+            Query::Register {
+                conn,
+                peer,
+                id,
+                alias,
+            } => {
+                if self.peer_of(conn) != Some(peer) {
+                    return;
+                }
+                let m = match answer {
+                    Answer::Claimed(true) => ServerMsg::Registered {
+                        id,
+                        alias: self.record_alias(peer, alias),
+                    },
+                    Answer::Claimed(false) => ServerMsg::error(
+                        ErrorCode::AliasTaken,
+                        Some(id),
+                        format!("alias {alias:?}"),
+                    ),
+                    _ => ServerMsg::error(
+                        ErrorCode::ServerFull,
+                        Some(id),
+                        format!("alias {alias:?}: {unreachable}"),
+                    ),
+                };
+                self.send(conn, m);
+            }
+        }
+    }
+
+    /// Forgets a session without telling anyone (its offer never left, or went nowhere).
+    fn discard_session(&mut self, id: SessionId) {
+        if let Some(s) = self.sessions.remove(&id) {
+            self.timers.remove(&(s.expires, Timer::Session(id)));
+            if !s.answered {
+                self.unpend(s.offerer, s.answerer);
+            }
+        }
+    }
+
+    /// Remembers an alias the cluster granted.
+    fn record_alias(&mut self, peer: PeerId, alias: String) -> String {
+        if self.aliases.insert(alias.clone(), peer).is_none() {
+            *self.alias_count.entry(peer).or_default() += 1;
+        }
+        alias
     }
 
     fn handle_msg(&mut self, now: Instant, conn: ConnId, m: ClientMsg) {
@@ -630,11 +1165,29 @@ impl Server {
             c.rtt = Some(now.saturating_duration_since(sent_at));
         }
         self.peers.insert(peer, conn);
+        if self.config.cluster {
+            self.cluster_out
+                .push_back(ClusterOutput::Presence { peer, online: true });
+        }
         self.timers
             .insert((now + self.config.limits.ping_interval, Timer::Ping(conn)));
         let bound = match alias {
             Some(a) => match self.bind_alias(peer, &a) {
-                Ok(a) => Some(a),
+                Ok(Bound::Held(a)) => Some(a),
+                Ok(Bound::Claim(alias)) => {
+                    self.ask(now, |query| {
+                        (
+                            Query::Welcome {
+                                conn,
+                                peer,
+                                alias: alias.clone(),
+                            },
+                            ClusterOutput::ClaimAlias { query, peer, alias },
+                        )
+                    })
+                    .unwrap_or_else(|q| self.refuse_query(q));
+                    return;
+                }
                 Err(code) => {
                     let rate = Some(self.rate());
                     self.send(
@@ -665,19 +1218,50 @@ impl Server {
     fn authenticated(&mut self, now: Instant, conn: ConnId, me: PeerId, m: ClientMsg) {
         match m {
             ClientMsg::Register { id, alias } => match self.bind_alias(me, &alias) {
-                Ok(alias) => self.send(conn, ServerMsg::Registered { id, alias }),
+                Ok(Bound::Held(alias)) => self.send(conn, ServerMsg::Registered { id, alias }),
+                Ok(Bound::Claim(alias)) => self
+                    .ask(now, |query| {
+                        (
+                            Query::Register {
+                                conn,
+                                peer: me,
+                                id,
+                                alias: alias.clone(),
+                            },
+                            ClusterOutput::ClaimAlias {
+                                query,
+                                peer: me,
+                                alias,
+                            },
+                        )
+                    })
+                    .unwrap_or_else(|q| self.refuse_query(q)),
                 Err(code) => self.send(
                     conn,
                     ServerMsg::error(code, Some(id), format!("alias {alias:?}")),
                 ),
             },
             ClientMsg::Lookup { id, target } => {
-                let peer = target
-                    .parse::<PeerId>()
-                    .ok()
-                    .or_else(|| self.aliases.get(&target.to_ascii_lowercase()).copied());
+                let by_key = target.parse::<PeerId>().ok();
+                let peer =
+                    by_key.or_else(|| self.aliases.get(&target.to_ascii_lowercase()).copied());
                 let online = peer.is_some_and(|p| self.peers.contains_key(&p));
-                self.send(conn, ServerMsg::LookupResult { id, peer, online });
+                if online || !self.config.cluster {
+                    self.send(conn, ServerMsg::LookupResult { id, peer, online });
+                    return;
+                }
+                // Not here: perhaps on another instance.
+                let target = match by_key {
+                    Some(p) => Target::Peer(p),
+                    None => Target::Alias(target.to_ascii_lowercase()),
+                };
+                self.ask(now, |query| {
+                    (
+                        Query::Lookup { conn, id },
+                        ClusterOutput::Resolve { query, target },
+                    )
+                })
+                .unwrap_or_else(|q| self.refuse_query(q));
             }
             ClientMsg::Offer {
                 id,
@@ -749,8 +1333,26 @@ impl Server {
         to: PeerId,
         description: Description,
     ) {
+        // Not here: perhaps on another instance, which the cluster finds as it delivers.
+        let remote =
+            (self.config.cluster && to != me && !self.peers.contains_key(&to)).then_some(to);
+        self.open_offer(now, conn, me, id, to, remote, description);
+    }
+
+    /// Opens the session of an offer whose answerer is here, or (`remote`) on another instance.
+    #[allow(clippy::too_many_arguments)]
+    fn open_offer(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        me: PeerId,
+        id: RequestId,
+        to: PeerId,
+        remote: Option<PeerId>,
+        description: Description,
+    ) {
         let max = self.config.limits.max_pending_offers;
-        if to == me || !self.peers.contains_key(&to) {
+        if to == me || (remote.is_none() && !self.peers.contains_key(&to)) {
             self.send(
                 conn,
                 ServerMsg::error(ErrorCode::UnknownPeer, Some(id), "not online"),
@@ -781,14 +1383,41 @@ impl Server {
                 answerer: to,
                 answered: false,
                 expires,
+                remote,
+                unconfirmed: remote.map(|_| (conn, id)),
             },
         );
         *self.pending_from.entry(me).or_default() += 1;
         *self.pending_to.entry(to).or_default() += 1;
         self.timers.insert((expires, Timer::Session(session)));
+        if let Some(peer) = remote {
+            let frame = ServerMsg::Offer {
+                session,
+                from: me,
+                description,
+            }
+            .encode();
+            let asked = self.ask(now, |query| {
+                (
+                    Query::Offer {
+                        conn,
+                        me,
+                        id,
+                        session,
+                    },
+                    ClusterOutput::Offer { query, peer, frame },
+                )
+            });
+            if let Err(q) = asked {
+                self.discard_session(session);
+                self.refuse_query(q);
+            }
+            return;
+        }
         self.send(conn, ServerMsg::OfferSent { id, session });
-        self.send_peer(
+        self.send_to(
             to,
+            remote,
             ServerMsg::Offer {
                 session,
                 from: me,
@@ -806,13 +1435,13 @@ impl Server {
         description: Description,
     ) {
         let lifetime = self.config.limits.session_lifetime;
-        let offerer = match self.sessions.get_mut(&session) {
+        let (offerer, remote) = match self.sessions.get_mut(&session) {
             Some(s) if s.answerer == me && !s.answered => {
                 s.answered = true;
                 // One live deadline per session: the offer's goes.
                 self.timers.remove(&(s.expires, Timer::Session(session)));
                 s.expires = now + lifetime;
-                s.offerer
+                (s.offerer, s.remote)
             }
             _ => {
                 self.send(
@@ -825,20 +1454,23 @@ impl Server {
         self.unpend(offerer, me);
         self.timers
             .insert((now + lifetime, Timer::Session(session)));
-        self.send_peer(
+        self.send_to(
             offerer,
+            remote,
             ServerMsg::Answer {
                 session,
                 from: me,
                 description,
             },
         );
-        self.punch(session, offerer, me);
+        self.punch(session, offerer, me, remote);
     }
 
     /// Punch sync: both peers start at T = now + max(rtt_a, rtt_b)/2 + margin on the server's
     /// clock; each is told the delay after *its* receipt, T − (now + rtt_x/2).
-    fn punch(&mut self, session: SessionId, a: PeerId, b: PeerId) {
+    ///
+    /// A remote peer's RTT is not known here: it counts as [`Limits::default_rtt`].
+    fn punch(&mut self, session: SessionId, a: PeerId, b: PeerId, remote: Option<PeerId>) {
         let default = self.config.limits.default_rtt;
         let rtt = |p: &PeerId| {
             self.peers
@@ -851,8 +1483,9 @@ impl Server {
         let at = ra.max(rb) / 2 + self.config.limits.punch_margin;
         let ms = |d: Duration| u32::try_from(d.as_millis()).unwrap_or(u32::MAX);
         for (me, mine, theirs) in [(a, ra, rb), (b, rb, ra)] {
-            self.send_peer(
+            self.send_to(
                 me,
+                remote,
                 ServerMsg::Punch {
                     session,
                     delay_ms: ms(at.saturating_sub(mine / 2)),
@@ -879,18 +1512,14 @@ impl Server {
         use base64::Engine as _;
         let max = self.config.limits.max_relay_datagram;
         let lifetime = self.config.limits.session_lifetime;
-        let other = match self.sessions.get_mut(&session) {
+        let (other, remote) = match self.sessions.get_mut(&session) {
             Some(s) if s.answered && (s.offerer == me || s.answerer == me) => {
                 // One live deadline per session: each relay frame moves it, it does not add
                 // another.
                 self.timers.remove(&(s.expires, Timer::Session(session)));
                 s.expires = now + lifetime;
                 self.timers.insert((s.expires, Timer::Session(session)));
-                if s.offerer == me {
-                    s.answerer
-                } else {
-                    s.offerer
-                }
+                (s.other(me).unwrap_or(me), s.remote)
             }
             _ => {
                 self.send(
@@ -914,7 +1543,7 @@ impl Server {
             );
             return;
         }
-        self.send_peer(other, ServerMsg::Relay { session, data });
+        self.send_to(other, remote, ServerMsg::Relay { session, data });
     }
 
     fn relay(&mut self, now: Instant, conn: ConnId, me: PeerId, id: RequestId) {
@@ -957,7 +1586,8 @@ impl Server {
         self.send(conn, ServerMsg::Ping { id });
     }
 
-    fn bind_alias(&mut self, peer: PeerId, alias: &str) -> Result<String, ErrorCode> {
+    /// Binds `alias` to `peer` here, or (in a cluster) says it must be claimed first.
+    fn bind_alias(&mut self, peer: PeerId, alias: &str) -> Result<Bound, ErrorCode> {
         let valid = (1..=64).contains(&alias.len())
             && alias
                 .bytes()
@@ -967,7 +1597,7 @@ impl Server {
         }
         let alias = alias.to_ascii_lowercase();
         match self.aliases.get(&alias) {
-            Some(owner) if *owner == peer => return Ok(alias),
+            Some(owner) if *owner == peer => return Ok(Bound::Held(alias)),
             Some(_) => return Err(ErrorCode::AliasTaken),
             None => {}
         }
@@ -978,9 +1608,12 @@ impl Server {
         if self.aliases.len() >= self.config.limits.max_aliases {
             return Err(ErrorCode::ServerFull);
         }
+        if self.config.cluster {
+            return Ok(Bound::Claim(alias));
+        }
         self.aliases.insert(alias.clone(), peer);
         self.alias_count.insert(peer, count + 1);
-        Ok(alias)
+        Ok(Bound::Held(alias))
     }
 
     fn unpend(&mut self, offerer: PeerId, answerer: PeerId) {
@@ -1007,9 +1640,9 @@ impl Server {
         code: u32,
         reason: String,
     ) {
-        let other = match self.sessions.get(&session) {
-            Some(s) if s.offerer == me => s.answerer,
-            Some(s) if s.answerer == me => s.offerer,
+        let (other, remote) = match self.sessions.get(&session) {
+            Some(s) if s.offerer == me => (s.answerer, s.remote),
+            Some(s) if s.answerer == me => (s.offerer, s.remote),
             _ => {
                 self.send(
                     conn,
@@ -1035,8 +1668,9 @@ impl Server {
             }
             self.timers.remove(&(s.expires, Timer::Session(session)));
         }
-        self.send_peer(
+        self.send_to(
             other,
+            remote,
             ServerMsg::SessionClosed {
                 session,
                 reason,
@@ -1054,8 +1688,9 @@ impl Server {
             self.unpend(s.offerer, s.answerer);
         }
         for p in [s.offerer, s.answerer] {
-            self.send_peer(
+            self.send_to(
                 p,
+                s.remote,
                 ServerMsg::SessionClosed {
                     session: id,
                     reason: reason.into(),
@@ -1095,6 +1730,12 @@ impl Server {
         if let Phase::Authenticated { peer } = c.phase {
             if self.peers.get(&peer) == Some(&conn) {
                 self.peers.remove(&peer);
+                if self.config.cluster {
+                    self.cluster_out.push_back(ClusterOutput::Presence {
+                        peer,
+                        online: false,
+                    });
+                }
                 let ids: Vec<SessionId> = self
                     .sessions
                     .iter()
@@ -1121,12 +1762,9 @@ impl Server {
     fn forward_in_session(&mut self, conn: ConnId, me: PeerId, session: SessionId, m: ServerMsg) {
         match self.sessions.get(&session) {
             Some(s) if s.offerer == me || s.answerer == me => {
-                let other = if s.offerer == me {
-                    s.answerer
-                } else {
-                    s.offerer
-                };
-                self.send_peer(other, m);
+                // The other peer may be on another instance of a cluster.
+                let (other, remote) = (s.other(me).unwrap_or(me), s.remote);
+                self.send_to(other, remote, m);
             }
             _ => self.send(
                 conn,
@@ -1140,6 +1778,38 @@ impl Server {
             self.send(conn, m);
         }
     }
+
+    /// Sends to a participant of a session: over the cluster when it is the session's remote
+    /// one, on its connection otherwise.
+    fn send_to(&mut self, peer: PeerId, remote: Option<PeerId>, m: ServerMsg) {
+        if remote == Some(peer) {
+            self.cluster_out.push_back(ClusterOutput::Forward {
+                peer,
+                frame: m.encode(),
+            });
+        } else {
+            self.send_peer(peer, m);
+        }
+    }
+}
+
+/// What [`Server::bind_alias`] found.
+enum Bound {
+    /// The peer holds the alias.
+    Held(String),
+    /// Free here; the cluster must grant it.
+    Claim(String),
+}
+
+/// How a query ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    /// Resolved: the peer (if any) and whether it is online elsewhere.
+    Resolved(Option<PeerId>, bool),
+    /// Claimed or refused.
+    Claimed(bool),
+    /// No answer in time (or the cluster is out of reach).
+    TimedOut,
 }
 
 fn request_id(m: &ClientMsg) -> Option<RequestId> {

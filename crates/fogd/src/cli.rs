@@ -53,6 +53,11 @@ paths are read from the directory fogd runs in.
   turn-credential-ttl = 86400
   turn-allow-peer = [\"198.51.100.0/24\"]
   turn-deny-peer = [\"203.0.113.0/24\"]
+  [cluster]
+  cluster = \"redis://10.0.0.5:6379\"
+  cluster-instance = \"fogd-1\"
+  cluster-advertise = [\"turn:192.0.2.1:3478\"]
+  cluster-queue = 16384
 
 Logs go to stderr. RUST_LOG sets the filter (default: info), e.g. RUST_LOG=debug.
 SIGINT or SIGTERM stops fogd cleanly and logs its final counters; a second one exits at once.",
@@ -73,6 +78,9 @@ pub struct Cli {
 
     #[command(flatten)]
     pub(crate) turn: TurnArgs,
+
+    #[command(flatten)]
+    pub(crate) cluster: ClusterArgs,
 
     #[command(flatten)]
     pub(crate) sockets: SocketArgs,
@@ -211,6 +219,30 @@ pub(crate) fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
         Some(_) => Err(format!("{s:?}: need 1 <= LOW <= HIGH")),
         None => Err(format!("{s:?} is not LOW-HIGH, e.g. 49152-65535")),
     }
+}
+
+/// The cluster section: signaling shares presence, aliases and a bus with other instances
+/// through Redis. Options, like the signaling ones, so that the `[cluster]` table can fill them.
+#[derive(Debug, Default, Clone, Args)]
+#[command(next_help_heading = "Cluster")]
+pub(crate) struct ClusterArgs {
+    /// Join a cluster of fogd instances sharing presence, aliases and frames through this Redis
+    /// (standalone, 6.2 or newer); every instance needs the same --key and --realm
+    #[arg(long, value_name = "redis://HOST:PORT")]
+    pub(crate) cluster: Option<String>,
+
+    /// This instance's id, unique in the cluster [default: the --signal address]
+    #[arg(long, value_name = "ID")]
+    pub(crate) cluster_instance: Option<String>,
+
+    /// turn: URLs of this instance, published with its load; signaling hands out the
+    /// least-loaded instance's [default: its --turn-url]
+    #[arg(long, value_name = "URL")]
+    pub(crate) cluster_advertise: Vec<String>,
+
+    /// Questions to Redis waiting at once; one more is refused at once [default: 16384]
+    #[arg(long, value_name = "N")]
+    pub(crate) cluster_queue: Option<usize>,
 }
 
 /// The signaling section. Every setting is an `Option` so that a flag can override the config

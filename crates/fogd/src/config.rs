@@ -1,6 +1,6 @@
 //! The optional TOML config file (`--config fogd.toml`). It holds a `[signal]` table whose keys
-//! are the signaling flags' names without the leading dashes, and a `[turn]` table whose keys are
-//! the TURN flags' names the same way; a flag on the command line wins over the file. Unknown tables and keys are errors, so that a misspelt limit is not silently
+//! are the signaling flags' names without the leading dashes, and a `[turn]` and a `[cluster]`
+//! table whose keys are the TURN and cluster flags' names the same way; a flag on the command line wins over the file. Unknown tables and keys are errors, so that a misspelt limit is not silently
 //! left at its default.
 
 use std::fmt;
@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use fog_turn::server::IpPrefix;
 use serde::Deserialize;
 
-use crate::cli::{SignalArgs, TurnArgs};
+use crate::cli::{ClusterArgs, SignalArgs, TurnArgs};
 
 /// The whole file.
 #[derive(Debug, Default, Deserialize)]
@@ -22,6 +22,37 @@ pub(crate) struct FileConfig {
     /// The `[turn]` table.
     #[serde(default)]
     pub(crate) turn: TurnFile,
+    /// The `[cluster]` table.
+    #[serde(default)]
+    pub(crate) cluster: ClusterFile,
+}
+
+/// The `[cluster]` table: the same settings as [`ClusterArgs`], spelt as its flags.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(crate) struct ClusterFile {
+    cluster: Option<String>,
+    cluster_instance: Option<String>,
+    /// Used only when no `--cluster-advertise` is given.
+    #[serde(default)]
+    cluster_advertise: Vec<String>,
+    cluster_queue: Option<usize>,
+}
+
+impl ClusterFile {
+    /// The flags `args` with every setting they leave out taken from this file.
+    pub(crate) fn under(self, args: &ClusterArgs) -> ClusterArgs {
+        ClusterArgs {
+            cluster: args.cluster.clone().or(self.cluster),
+            cluster_instance: args.cluster_instance.clone().or(self.cluster_instance),
+            cluster_advertise: if args.cluster_advertise.is_empty() {
+                self.cluster_advertise
+            } else {
+                args.cluster_advertise.clone()
+            },
+            cluster_queue: args.cluster_queue.or(self.cluster_queue),
+        }
+    }
 }
 
 /// The `[turn]` table: the same settings as [`TurnArgs`], spelt as its flags.

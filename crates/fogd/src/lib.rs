@@ -11,6 +11,10 @@
 //!   and closes it when the allocation ends (see the `turn` module). With `--turn-secret` (or
 //!   `--turn-secret-file`) signaling hands out credentials and `turn:` URLs for it.
 //!
+//! With `--cluster redis://HOST:PORT` signaling joins other fogd instances sharing that Redis
+//! (presence, aliases and frames between instances; see the `cluster` module and
+//! `docs/deploy.md`).
+//!
 //! Any of them may run alone or together. A bare IP for `--turn` means port 3478; when STUN is
 //! on that address too, TURN needs another port (3480 in the examples), since each service has
 //! sockets of its own.
@@ -30,8 +34,9 @@
 //!
 //! # Config file
 //!
-//! `--config fogd.toml` reads the signaling and TURN settings from a TOML file with a `[signal]`
-//! and a `[turn]` table whose keys are the flags' names without the dashes. A flag given on the command
+//! `--config fogd.toml` reads the signaling, TURN and cluster settings from a TOML file with a
+//! `[signal]`, a `[turn]` and a `[cluster]` table whose keys are the flags' names without the
+//! dashes. A flag given on the command
 //! line overrides the file; an unknown table or key is an error naming it and its line.
 //!
 //! ```toml
@@ -62,6 +67,12 @@
 //! turn-credential-ttl = 86400      # seconds, for the credentials signaling hands out
 //! turn-allow-peer = ["10.0.0.0/8"] # peers to relay to although reserved or denied
 //! turn-deny-peer = ["198.51.100.0/24"]  # peers refused besides the reserved classes
+//!
+//! [cluster]
+//! cluster = "redis://10.0.0.5:6379"  # join the instances sharing this Redis
+//! cluster-instance = "fogd-1"        # unique in the cluster; default: the signal address
+//! cluster-advertise = ["turn:192.0.2.1:3480"]  # default: the turn-url list
+//! cluster-queue = 16384              # questions to Redis waiting at once
 //! ```
 //!
 //! TURN refuses (403) peers on unspecified, loopback, link-local, multicast, broadcast, private
@@ -100,6 +111,7 @@
 //! ```
 
 mod cli;
+mod cluster;
 mod config;
 mod signal;
 mod signals;
@@ -169,15 +181,16 @@ impl Services {
     /// Binds every service `cli` configures (all of them before serving any, so that a bad
     /// address fails the whole start), then serves each on a thread of its own.
     pub fn start(cli: &Cli) -> Result<Services, BoxError> {
-        let (signal_args, turn_args) = match &cli.config {
+        let (signal_args, turn_args, cluster_args) = match &cli.config {
             Some(path) => {
                 let file = FileConfig::load(path)?;
                 (
                     file.signal.under(path, &cli.signal)?,
                     file.turn.under(path, &cli.turn)?,
+                    file.cluster.under(&cli.cluster),
                 )
             }
-            None => (cli.signal.clone(), cli.turn.clone()),
+            None => (cli.signal.clone(), cli.turn.clone(), cli.cluster.clone()),
         };
         let stun_config = stun::config(&cli.stun)?;
         let mut signal_settings = signal::settings(&signal_args)?;
@@ -192,6 +205,36 @@ impl Services {
                         .into());
                 }
                 None => {}
+            }
+        }
+        if let Some(url) = &cluster_args.cluster {
+            let Some(signal) = &mut signal_settings else {
+                return Err("--cluster joins signaling to a cluster; give --signal too".into());
+            };
+            let advertise = if cluster_args.cluster_advertise.is_empty() {
+                signal
+                    .relay
+                    .as_ref()
+                    .map(|r| r.urls.clone())
+                    .unwrap_or_default()
+            } else {
+                cluster_args.cluster_advertise.clone()
+            };
+            signal.cluster = Some(cluster::Settings {
+                url: url.clone(),
+                instance: cluster_args
+                    .cluster_instance
+                    .clone()
+                    .unwrap_or_else(|| signal.listen.to_string()),
+                advertise,
+                queue: cluster_args.cluster_queue.unwrap_or(cluster::DEFAULT_QUEUE),
+            });
+            if let Some(c) = &signal.cluster {
+                if !cluster::valid_instance(&c.instance) {
+                    return Err(cluster::StartError::Instance(c.instance.clone()).into());
+                }
+                redis::Client::open(c.url.as_str())
+                    .map_err(|e| cluster::StartError::Url(c.url.clone(), e.to_string()))?;
             }
         }
         if let (Some(turn), Some(stun)) = (&turn_config, &stun_config) {
@@ -224,10 +267,13 @@ impl Services {
         let stun = stun_config
             .map(|c| StunService::bind(c, sockets))
             .transpose()?;
-        let signal = signal_settings.map(SignalService::bind).transpose()?;
+        let mut signal = signal_settings.map(SignalService::bind).transpose()?;
         let turn = turn_config
             .map(|c| TurnService::bind(c, sockets))
             .transpose()?;
+        if let (Some(signal), Some(turn)) = (&mut signal, &turn) {
+            signal.set_load(turn.load());
+        }
 
         let (done, finished) = mpsc::channel::<Result<(), String>>();
         let mut services = Services {

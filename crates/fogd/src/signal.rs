@@ -32,12 +32,12 @@ use std::net::{Shutdown, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use fog_signal::KeyPair;
 use fog_signal::msg::{ErrorCode, ServerMsg};
-use fog_signal::server::{ConnId, Limits, Output, Server, ServerConfig};
+use fog_signal::server::{ClusterOutput, ConnId, Limits, Output, Server, ServerConfig};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use rustls::ServerConnection;
@@ -49,6 +49,7 @@ use tungstenite::protocol::{Message, WebSocketConfig};
 use tungstenite::{Error as WsError, WebSocket};
 
 use crate::cli::SignalArgs;
+use crate::cluster::{self, Cluster};
 
 /// The path the WebSocket is served at.
 pub(crate) const PATH: &str = "/ws";
@@ -99,6 +100,8 @@ pub(crate) struct Settings {
     pub(crate) seed: [u8; 32],
     /// TURN credentials to hand out (`--turn-secret`), if any.
     pub(crate) relay: Option<fog_signal::server::RelayConfig>,
+    /// The cluster to join (`--cluster`), if any.
+    pub(crate) cluster: Option<cluster::Settings>,
 }
 
 /// Why the signaling service could not start.
@@ -221,6 +224,7 @@ pub(crate) fn settings(args: &SignalArgs) -> Result<Option<Settings>, StartError
         max_unsent,
         seed: random_seed()?,
         relay: None,
+        cluster: None,
     }))
 }
 
@@ -307,6 +311,9 @@ pub(crate) struct SignalService {
     ws_config: WebSocketConfig,
     handshake_timeout: Duration,
     max_sockets: usize,
+    cluster: Option<cluster::Settings>,
+    /// This instance's load for the cluster (live TURN allocations when TURN runs here).
+    load: Arc<AtomicUsize>,
 }
 
 impl SignalService {
@@ -337,6 +344,7 @@ impl SignalService {
         config.limits = limits.clone();
         let relay_urls = settings.relay.as_ref().map(|r| r.urls.join(" "));
         config.relay = settings.relay;
+        config.cluster = settings.cluster.is_some();
         tracing::info!(
             addr = %local,
             path = PATH,
@@ -364,7 +372,14 @@ impl SignalService {
             ws_config,
             handshake_timeout: settings.handshake_timeout,
             max_sockets: limits.max_connections.saturating_add(SOCKET_SLACK),
+            cluster: settings.cluster,
+            load: Arc::new(AtomicUsize::new(0)),
         })
+    }
+
+    /// Publishes `load` as this instance's load in the cluster (TURN's live allocations).
+    pub(crate) fn set_load(&mut self, load: Arc<AtomicUsize>) {
+        self.load = load;
     }
 
     /// A handle that stops [`run`](Self::run) from another thread.
@@ -378,6 +393,15 @@ impl SignalService {
     /// Serves until the handle stops it, then closes every connection with 1001.
     pub(crate) fn run(self) -> io::Result<Report> {
         let started = now();
+        // The cluster's threads start here, on the serving thread's side of `Services::start`,
+        // so that a service that fails to bind leaves none behind.
+        let cluster = match self.cluster {
+            Some(settings) => Some(
+                Cluster::start(settings, self.waker.clone(), self.load.clone())
+                    .map_err(|e| io::Error::other(e.to_string()))?,
+            ),
+            None => None,
+        };
         let mut event_loop = Loop {
             poll: self.poll,
             listener: self.listener,
@@ -394,6 +418,7 @@ impl SignalService {
             accept_retry: None,
             stats: Stats::default(),
             now: started,
+            cluster,
         };
         let (peers, connections) = event_loop.run()?;
         Ok(Report {
@@ -444,6 +469,8 @@ pub(crate) struct Stats {
     pub(crate) protocol_errors: u64,
     /// Connections dropped because their unsent output passed `max-unsent`.
     pub(crate) overflowed: u64,
+    /// Frames other instances forwarded that fit no session here (or no peer here).
+    pub(crate) forwarded_dropped: u64,
 }
 
 /// What the service did, for the final log line.
@@ -476,6 +503,7 @@ impl Report {
             too_large = s.too_large,
             protocol_errors = s.protocol_errors,
             overflowed = s.overflowed,
+            forwarded_dropped = s.forwarded_dropped,
             peers_at_stop = self.peers,
             connections_at_stop = self.connections,
             "signal stopped"
@@ -621,6 +649,7 @@ struct Loop {
     accept_retry: Option<Instant>,
     stats: Stats,
     now: Instant,
+    cluster: Option<Cluster>,
 }
 
 /// What one read from an open connection produced.
@@ -662,6 +691,7 @@ impl Loop {
                     Token(id) => self.progress(id as u64),
                 }
             }
+            self.cluster_events();
             if self.accept_retry.is_some_and(|at| at <= self.now) {
                 self.accept_retry = None;
                 self.accept_all();
@@ -1072,7 +1102,80 @@ impl Loop {
     }
 
     /// Carries out the machine's outputs.
+    /// Hands the cluster's answers and forwarded frames to the machine.
+    fn cluster_events(&mut self) {
+        let Some(cluster) = &self.cluster else {
+            return;
+        };
+        let now = self.now;
+        while let Some(event) = cluster.poll_event() {
+            match event {
+                cluster::Event::Resolved {
+                    query,
+                    peer,
+                    online,
+                } => self.server.handle_resolved(now, query, peer, online),
+                cluster::Event::Claimed { query, granted } => {
+                    self.server.handle_claimed(now, query, granted)
+                }
+                cluster::Event::Unreachable(peer) => self.server.handle_unreachable(now, peer),
+                cluster::Event::Forwarded { peer, frame } => {
+                    if !self.server.handle_forwarded(now, peer, &frame) {
+                        self.stats.forwarded_dropped += 1;
+                    }
+                }
+                cluster::Event::Evict(peer) => {
+                    tracing::info!(%peer, "cluster: peer reconnected to another instance");
+                    self.server.handle_evicted(now, peer);
+                }
+                cluster::Event::Relay(urls) => {
+                    tracing::info!(turn = %urls.join(" "), "cluster: handing out the least-loaded TURN");
+                    self.server.set_relay_urls(urls);
+                }
+            }
+        }
+        self.drain_outputs();
+    }
+
+    /// Hands the machine's questions and forwards to the cluster; what its full queue refuses
+    /// is answered at once ("offline", "unreachable", "unavailable"). Returns whether the
+    /// machine was given anything (so it may have more output).
+    fn drain_cluster(&mut self) -> bool {
+        let Some(cluster) = &self.cluster else {
+            return false;
+        };
+        let mut fed = false;
+        while let Some(out) = self.server.poll_cluster() {
+            let Err(refused) = cluster.submit(out) else {
+                continue;
+            };
+            fed = true;
+            match refused {
+                ClusterOutput::Resolve { query, .. } | ClusterOutput::Offer { query, .. } => {
+                    self.server.handle_resolved(self.now, query, None, false)
+                }
+                ClusterOutput::Forward { peer, .. } => {
+                    self.server.handle_unreachable(self.now, peer)
+                }
+                ClusterOutput::ClaimAlias { query, .. } => {
+                    self.server.handle_claimed(self.now, query, None)
+                }
+                ClusterOutput::Presence { .. } => {}
+            }
+        }
+        fed
+    }
+
     fn drain_outputs(&mut self) {
+        loop {
+            self.drain_machine();
+            if !self.drain_cluster() {
+                return;
+            }
+        }
+    }
+
+    fn drain_machine(&mut self) {
         while let Some(out) = self.server.poll_output() {
             match out {
                 Output::Send { conn, frame } => self.send_frame(conn.0, frame),
@@ -1196,6 +1299,11 @@ impl Loop {
             self.drop_conn(id);
         }
         while self.server.poll_output().is_some() {}
+        if let Some(cluster) = self.cluster.take() {
+            // Withdraws the lease, so that other instances see these peers offline at once.
+            cluster.log();
+            cluster.stop();
+        }
     }
 }
 

@@ -11,6 +11,8 @@ use std::fmt;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use fog_mio::{Config, Driver, Handle, Stats};
@@ -250,6 +252,8 @@ fn random_seed() -> Result<[u8; 32], StartError> {
 /// The TURN server bound to its listen socket, ready to run.
 pub(crate) struct TurnService {
     driver: Driver<Server>,
+    /// Live allocations, published as the instance's load in a cluster.
+    load: Arc<AtomicUsize>,
 }
 
 /// What the service did, for the final log line.
@@ -297,7 +301,15 @@ impl TurnService {
             "TURN listening"
         );
         crate::warn_small_buffers("TURN", sockets, recv_buffer, send_buffer);
-        Ok(Self { driver })
+        Ok(Self {
+            driver,
+            load: Arc::new(AtomicUsize::new(0)),
+        })
+    }
+
+    /// The live allocation count, kept current while the service runs.
+    pub(crate) fn load(&self) -> Arc<AtomicUsize> {
+        self.load.clone()
     }
 
     /// A handle that stops [`run`](Self::run) from another thread.
@@ -310,6 +322,7 @@ impl TurnService {
         #[allow(clippy::disallowed_methods)]
         let started = Instant::now();
         let (mut allocated, mut released) = (0u64, 0u64);
+        let load = self.load.clone();
         self.driver.run(|_, event| match event {
             Event::Allocated {
                 client,
@@ -317,6 +330,7 @@ impl TurnService {
                 user,
             } => {
                 allocated += 1;
+                load.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(%client, %relayed, %user, "TURN allocation");
             }
             Event::Released {
@@ -325,6 +339,8 @@ impl TurnService {
                 reason,
             } => {
                 released += 1;
+                let _ =
+                    load.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
                 tracing::info!(%client, %relayed, ?reason, "TURN allocation ended");
             }
         })?;

@@ -284,8 +284,36 @@ impl SignalPeer {
         n: u8,
         alias: Option<&str>,
     ) -> Self {
+        Self::join_with(addr, tls, realm, [n; 32], [n; 32], alias)
+    }
+
+    /// [`join`](Self::join) with the key made from `seed` (for more than 256 peers).
+    pub(crate) fn join_seed(
+        addr: SocketAddr,
+        tls: Option<&TlsClient>,
+        realm: &str,
+        seed: [u8; 32],
+        alias: Option<&str>,
+    ) -> Self {
+        // A fresh nonce seed per join: a server refuses a client nonce it saw within the
+        // auth timeout, and a peer may join again soon with the same key.
+        static JOINS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+        let mut nonce_seed = seed;
+        let joins = JOINS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        nonce_seed[28..].copy_from_slice(&joins.to_be_bytes());
+        Self::join_with(addr, tls, realm, seed, nonce_seed, alias)
+    }
+
+    fn join_with(
+        addr: SocketAddr,
+        tls: Option<&TlsClient>,
+        realm: &str,
+        seed: [u8; 32],
+        nonce_seed: [u8; 32],
+        alias: Option<&str>,
+    ) -> Self {
         let ws = open(addr, "/ws", tls).unwrap_or_else(|e| panic!("opening {addr}/ws: {e}"));
-        let mut config = ClientConfig::new(KeyPair::from_seed(&[n; 32]), realm, [n; 32]);
+        let mut config = ClientConfig::new(KeyPair::from_seed(&seed), realm, nonce_seed);
         config.alias = alias.map(str::to_owned);
         let mut peer = Self {
             ws,

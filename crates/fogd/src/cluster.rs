@@ -1,0 +1,1170 @@
+//! The cluster: several fogd instances sharing presence, aliases and a message bus through
+//! Redis (`--cluster redis://HOST:PORT`).
+//!
+//! The signaling loop never blocks on Redis. It hands the machine's [`ClusterOutput`]s to
+//! [`Cluster::submit`] (a bounded queue: a full one refuses at once, counted) and takes back
+//! [`Event`]s, woken through its `mio::Waker`. Two threads of this module talk to Redis with
+//! the `redis` crate's blocking client:
+//!
+//! - the **command** thread runs the machine's questions (as Lua scripts, one round trip each,
+//!   atomic on the server), keeps this instance's lease and load fresh every second, and
+//!   publishes or withdraws the presence of the instance's peers;
+//! - the **subscriber** thread listens on the instance's own channel for frames other
+//!   instances forward to its peers.
+//!
+//! # Keys (all under `fog:`)
+//!
+//! | key | value | |
+//! |---|---|---|
+//! | `lease:<instance>` | a random token, [`LEASE`] TTL | refreshed every [`HEARTBEAT`]; writes are fenced by it |
+//! | `info:<instance>` | `<allocations> <peers> <turn url>...` | same TTL; the least-loaded instance's TURN is handed out |
+//! | `instances` | set of instance ids | pruned of those whose info expired |
+//! | `peer:<peer id>` | `<instance> <epoch>` | set on authentication, deleted (compare-and-delete) on leave |
+//! | `epoch` | counter | a registration's epoch |
+//! | `alias:<alias>` | peer id | set if absent: the first claim wins, cluster-wide |
+//! | channel `ch:<instance>` | `f <peer> <frame>` or `e <peer>` | a forwarded frame, or "evict your older connection of this peer" |
+//!
+//! A peer counts as online only while its key names an instance whose lease is alive and that
+//! is subscribed to its channel, so a killed instance's peers are offline at once (its
+//! subscription ends with its connection) and a stalled one's when its lease runs out, without
+//! anyone deleting keys. A registration checks the lease token first: an instance that stalled
+//! past its lease cannot write until it takes a new lease, and then it re-registers its peers
+//! only where no other instance registered them since (compare-and-set), evicting its own
+//! older connections of those that moved. One window is left: a peer that authenticated here
+//! but was not yet written when the instance stalled is written as new news after the stall
+//! (it may then evict a newer connection elsewhere, which reconnects). Delivery is at most
+//! once.
+//!
+//! Without Redis the instance keeps serving its own peers: every question is answered
+//! "offline" or "unavailable" at once, and its lease runs out, so others stop seeing its peers.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use fog_signal::PeerId;
+use fog_signal::server::{ClusterOutput, QueryId, Target};
+use mio::Waker;
+
+/// An instance's lease: how long its peers stay visible after it stops refreshing.
+pub(crate) const LEASE: Duration = Duration::from_millis(3_000);
+/// How often the lease and the load are refreshed.
+pub(crate) const HEARTBEAT: Duration = Duration::from_millis(1_000);
+/// Commands waiting for the command thread; one more is refused.
+pub(crate) const DEFAULT_QUEUE: usize = 16_384;
+/// Connect and read timeout for Redis: a hung server must not hold the threads for long.
+const IO_TIMEOUT: Duration = Duration::from_millis(1_000);
+/// Delay between attempts to reach Redis again.
+const RECONNECT: Duration = Duration::from_millis(250);
+/// Commands run per turn of the command thread before it looks at the lease again.
+const BATCH: usize = 512;
+/// Events waiting for the loop before the subscriber drops forwarded frames (counted).
+const EVENT_QUEUE: usize = 65_536;
+/// TURN URLs taken from one instance's info, and the longest one.
+const MAX_URLS: usize = 8;
+const MAX_URL_LEN: usize = 256;
+/// Withdrawals kept while Redis is away.
+const WITHDRAW_MAX: usize = 65_536;
+
+/// The cluster settings from `--cluster` and the `[cluster]` table.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    /// `redis://HOST:PORT[/DB]`.
+    pub(crate) url: String,
+    /// This instance's id, unique in the cluster.
+    pub(crate) instance: String,
+    /// `turn:` URLs this instance serves, published with its load.
+    pub(crate) advertise: Vec<String>,
+    /// Bound of the command queue.
+    pub(crate) queue: usize,
+}
+
+/// Why the cluster could not start.
+#[derive(Debug)]
+pub(crate) enum StartError {
+    /// The URL does not parse as a Redis URL.
+    Url(String, String),
+    /// The instance id is unusable.
+    Instance(String),
+    /// A thread could not be started.
+    Thread(std::io::Error),
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Url(url, e) => write!(f, "cluster: --cluster {url:?}: {e}"),
+            Self::Instance(id) => write!(
+                f,
+                "cluster: instance id {id:?} must be 1 to 64 characters of letters, digits, \
+                 '.', ':', '_' or '-'"
+            ),
+            Self::Thread(e) => write!(f, "cluster: starting a thread: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// Whether `id` is a usable instance id (it goes into key and channel names).
+pub(crate) fn valid_instance(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".:_-".contains(&b))
+}
+
+/// What the cluster tells the signaling loop.
+#[derive(Debug)]
+pub(crate) enum Event {
+    Resolved {
+        query: QueryId,
+        peer: Option<PeerId>,
+        online: bool,
+    },
+    Claimed {
+        query: QueryId,
+        granted: Option<bool>,
+    },
+    Unreachable(PeerId),
+    Forwarded {
+        peer: PeerId,
+        frame: String,
+    },
+    Evict(PeerId),
+    Relay(Vec<String>),
+}
+
+enum Cmd {
+    Resolve {
+        query: QueryId,
+        target: Target,
+    },
+    Forward {
+        peer: PeerId,
+        frame: String,
+    },
+    /// A forward whose outcome answers a query.
+    Offer {
+        query: QueryId,
+        peer: PeerId,
+        frame: String,
+    },
+    Claim {
+        query: QueryId,
+        peer: PeerId,
+        alias: String,
+    },
+    /// The presence set changed: sync it.
+    Presence,
+}
+
+/// The presence the loop wants published: coalesced, so that it needs no queue of its own.
+#[derive(Default)]
+struct Desired {
+    /// Each local peer with the generation of its latest authentication.
+    peers: BTreeMap<PeerId, u64>,
+    changed: BTreeSet<PeerId>,
+    generation: u64,
+}
+
+/// Counters, shared with the threads.
+#[derive(Default)]
+pub(crate) struct Stats {
+    /// Commands refused because the queue was full.
+    pub(crate) refused_full: AtomicU64,
+    /// Forwarded frames dropped because the loop's event queue was full.
+    pub(crate) dropped_events: AtomicU64,
+    /// Messages on the channel that did not parse.
+    pub(crate) bad_messages: AtomicU64,
+    /// Frames forwarded out and in.
+    pub(crate) forwarded_out: AtomicU64,
+    pub(crate) forwarded_in: AtomicU64,
+    /// Commands answered "unavailable" because Redis was out of reach.
+    pub(crate) unavailable: AtomicU64,
+    /// Times the lease had to be taken anew (start, Redis restart, a stall past the lease).
+    pub(crate) leases: AtomicU64,
+    /// Own peers found registered elsewhere when re-registering, and evicted here.
+    pub(crate) evicted: AtomicU64,
+}
+
+/// The loop's side of the cluster.
+pub(crate) struct Cluster {
+    cmds: SyncSender<Cmd>,
+    events: Receiver<Event>,
+    desired: Arc<Mutex<Desired>>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) instance: String,
+}
+
+impl Cluster {
+    /// Starts the threads; they reach Redis in the background (a Redis that is down at start
+    /// is retried like one that goes down later).
+    pub(crate) fn start(
+        settings: Settings,
+        waker: Arc<Waker>,
+        load: Arc<AtomicUsize>,
+    ) -> Result<Cluster, StartError> {
+        if !valid_instance(&settings.instance) {
+            return Err(StartError::Instance(settings.instance));
+        }
+        let client = redis::Client::open(settings.url.as_str())
+            .map_err(|e| StartError::Url(settings.url.clone(), e.to_string()))?;
+        let (cmds, cmd_rx) = mpsc::sync_channel(settings.queue.max(1));
+        let (event_tx, events) = mpsc::sync_channel(EVENT_QUEUE);
+        let desired = Arc::new(Mutex::new(Desired::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let stats = Arc::new(Stats::default());
+        let mut token = [0u8; 16];
+        #[allow(clippy::disallowed_methods)]
+        getrandom::fill(&mut token).map_err(|e| StartError::Thread(std::io::Error::other(e)))?;
+        let keys = Keys::new(&settings.instance);
+        let mut command = CommandThread {
+            client: client.clone(),
+            con: None,
+            retry_at: None,
+            keys: keys.clone(),
+            token: hex(&token),
+            held: false,
+            advertise: settings.advertise.clone(),
+            relay: None,
+            registered: BTreeMap::new(),
+            aliases: BTreeMap::new(),
+            withdraw: BTreeMap::new(),
+            cmds: cmd_rx,
+            events: event_tx.clone(),
+            waker: waker.clone(),
+            desired: desired.clone(),
+            stop: stop.clone(),
+            stats: stats.clone(),
+            load,
+            scripts: Scripts::new(),
+        };
+        let mut subscriber = Subscriber {
+            client,
+            channel: keys.channel(&settings.instance),
+            events: event_tx,
+            waker,
+            stop: stop.clone(),
+            stats: stats.clone(),
+        };
+        let threads = vec![
+            thread::Builder::new()
+                .name("cluster".into())
+                .spawn(move || command.run())
+                .map_err(StartError::Thread)?,
+            thread::Builder::new()
+                .name("cluster-sub".into())
+                .spawn(move || subscriber.run())
+                .map_err(StartError::Thread)?,
+        ];
+        tracing::info!(
+            instance = %settings.instance,
+            redis = %settings.url,
+            advertise = %settings.advertise.join(" "),
+            "cluster: joining"
+        );
+        Ok(Cluster {
+            cmds,
+            events,
+            desired,
+            stop,
+            threads,
+            stats,
+            instance: settings.instance,
+        })
+    }
+
+    /// Hands one machine output to the cluster, or gives it back when the queue is full (the
+    /// caller answers it at once as "unavailable").
+    pub(crate) fn submit(&self, out: ClusterOutput) -> Result<(), ClusterOutput> {
+        let cmd = match out {
+            ClusterOutput::Presence { peer, online } => {
+                if let Ok(mut d) = self.desired.lock() {
+                    if online {
+                        d.generation += 1;
+                        let g = d.generation;
+                        d.peers.insert(peer, g);
+                    } else {
+                        d.peers.remove(&peer);
+                    }
+                    d.changed.insert(peer);
+                }
+                // A nudge: when the queue is full the thread syncs at its next turn anyway.
+                let _ = self.cmds.try_send(Cmd::Presence);
+                return Ok(());
+            }
+            ClusterOutput::Resolve { query, target } => Cmd::Resolve { query, target },
+            ClusterOutput::Forward { peer, frame } => Cmd::Forward { peer, frame },
+            ClusterOutput::Offer { query, peer, frame } => Cmd::Offer { query, peer, frame },
+            ClusterOutput::ClaimAlias { query, peer, alias } => Cmd::Claim { query, peer, alias },
+        };
+        match self.cmds.try_send(cmd) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(cmd) | TrySendError::Disconnected(cmd)) => {
+                self.stats.refused_full.fetch_add(1, Ordering::Relaxed);
+                match cmd {
+                    Cmd::Resolve { query, target } => Err(ClusterOutput::Resolve { query, target }),
+                    Cmd::Forward { peer, frame } => Err(ClusterOutput::Forward { peer, frame }),
+                    Cmd::Offer { query, peer, frame } => {
+                        Err(ClusterOutput::Offer { query, peer, frame })
+                    }
+                    Cmd::Claim { query, peer, alias } => {
+                        Err(ClusterOutput::ClaimAlias { query, peer, alias })
+                    }
+                    Cmd::Presence => Ok(()),
+                }
+            }
+        }
+    }
+
+    /// The next event for the loop, if any.
+    pub(crate) fn poll_event(&self) -> Option<Event> {
+        self.events.try_recv().ok()
+    }
+
+    /// Stops the threads and waits for them (each notices within [`IO_TIMEOUT`]).
+    pub(crate) fn stop(mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wakes the command thread if it waits for commands.
+        let _ = self.cmds.try_send(Cmd::Presence);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+
+    /// The counters, for the final log line.
+    pub(crate) fn log(&self) {
+        let s = &self.stats;
+        tracing::info!(
+            instance = %self.instance,
+            forwarded_out = s.forwarded_out.load(Ordering::Relaxed),
+            forwarded_in = s.forwarded_in.load(Ordering::Relaxed),
+            refused_full = s.refused_full.load(Ordering::Relaxed),
+            dropped_events = s.dropped_events.load(Ordering::Relaxed),
+            bad_messages = s.bad_messages.load(Ordering::Relaxed),
+            unavailable = s.unavailable.load(Ordering::Relaxed),
+            leases = s.leases.load(Ordering::Relaxed),
+            evicted = s.evicted.load(Ordering::Relaxed),
+            "cluster stopped"
+        );
+    }
+}
+
+/// Key and channel names.
+#[derive(Clone)]
+struct Keys {
+    lease: String,
+    info: String,
+}
+
+const PREFIX: &str = "fog:";
+const PEER_PREFIX: &str = "fog:peer:";
+const LEASE_PREFIX: &str = "fog:lease:";
+const CHANNEL_PREFIX: &str = "fog:ch:";
+const INFO_PREFIX: &str = "fog:info:";
+const INSTANCES: &str = "fog:instances";
+const EPOCH: &str = "fog:epoch";
+
+impl Keys {
+    fn new(instance: &str) -> Keys {
+        Keys {
+            lease: format!("{LEASE_PREFIX}{instance}"),
+            info: format!("{INFO_PREFIX}{instance}"),
+        }
+    }
+
+    fn channel(&self, instance: &str) -> String {
+        format!("{CHANNEL_PREFIX}{instance}")
+    }
+}
+
+fn peer_key(peer: &PeerId) -> String {
+    format!("{PEER_PREFIX}{peer}")
+}
+
+fn alias_key(alias: &str) -> String {
+    format!("{PREFIX}alias:{alias}")
+}
+
+/// The Lua scripts: each runs atomically on the Redis server (EVALSHA, loaded on first use).
+/// Standalone Redis only: they name keys computed inside the script.
+struct Scripts {
+    lease: redis::Script,
+    register: redis::Script,
+    unregister: redis::Script,
+    claim: redis::Script,
+    resolve: redis::Script,
+    forward: redis::Script,
+}
+
+impl Scripts {
+    fn new() -> Scripts {
+        Scripts {
+            // KEYS[1] lease; ARGV token, ttl ms. 1 kept, 2 taken anew, 0 held by another.
+            lease: redis::Script::new(
+                r"local v = redis.call('GET', KEYS[1])
+if v == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
+if not v then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 2 end
+return 0",
+            ),
+            // KEYS[1] peer key, KEYS[2] lease, KEYS[3] epoch counter; ARGV token, instance,
+            // mode ('fresh' overwrites, 'refresh' only where absent or ours), peer, channel
+            // prefix. Returns {epoch or 0 (elsewhere) or -1 (no lease), previous value}; a
+            // fresh registration tells the previous instance to evict its older connection.
+            register: redis::Script::new(
+                r"if redis.call('GET', KEYS[2]) ~= ARGV[1] then return {-1, ''} end
+local cur = redis.call('GET', KEYS[1])
+local ci = cur and string.match(cur, '^(%S+)')
+if ARGV[3] == 'refresh' and ci and ci ~= ARGV[2] then return {0, cur} end
+local epoch = redis.call('INCR', KEYS[3])
+redis.call('SET', KEYS[1], ARGV[2] .. ' ' .. epoch)
+if ci and ci ~= ARGV[2] then redis.call('PUBLISH', ARGV[5] .. ci, 'e ' .. ARGV[4]) end
+return {epoch, cur or ''}",
+            ),
+            // KEYS[1] peer key; ARGV value. Deletes only the registration it made.
+            unregister: redis::Script::new(
+                r"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0",
+            ),
+            // KEYS[1] alias key; ARGV peer. 1 when the alias is (now) the peer's.
+            claim: redis::Script::new(
+                r"if redis.call('SET', KEYS[1], ARGV[1], 'NX') then return 1 end
+if redis.call('GET', KEYS[1]) == ARGV[1] then return 1 end
+return 0",
+            ),
+            // KEYS[1] alias key or ''; ARGV peer or '', peer prefix, lease prefix, channel
+            // prefix. {peer, 1 if online}: its instance holds a lease and listens.
+            resolve: redis::Script::new(
+                r"local peer = ARGV[1]
+if peer == '' then
+  peer = redis.call('GET', KEYS[1])
+  if not peer then return {'', 0} end
+end
+local v = redis.call('GET', ARGV[2] .. peer)
+if not v then return {peer, 0} end
+local inst = string.match(v, '^(%S+)')
+if not inst or redis.call('EXISTS', ARGV[3] .. inst) == 0 then return {peer, 0} end
+local subs = redis.call('PUBSUB', 'NUMSUB', ARGV[4] .. inst)
+if subs[2] == 0 then return {peer, 0} end
+return {peer, 1}",
+            ),
+            // KEYS[1] peer key; ARGV message, lease prefix, channel prefix. Receivers (0: none).
+            forward: redis::Script::new(
+                r"local v = redis.call('GET', KEYS[1])
+if not v then return 0 end
+local inst = string.match(v, '^(%S+)')
+if not inst or redis.call('EXISTS', ARGV[2] .. inst) == 0 then return 0 end
+return redis.call('PUBLISH', ARGV[3] .. inst, ARGV[1])",
+            ),
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The wall clock of the command thread (a driver: it times its heartbeats).
+#[allow(clippy::disallowed_methods)]
+fn now() -> Instant {
+    Instant::now()
+}
+
+struct CommandThread {
+    client: redis::Client,
+    con: Option<redis::Connection>,
+    retry_at: Option<Instant>,
+    keys: Keys,
+    token: String,
+    /// The lease is ours (as of the last heartbeat or registration).
+    held: bool,
+    advertise: Vec<String>,
+    /// The TURN URLs last handed to the loop.
+    relay: Option<Vec<String>>,
+    /// Local peers registered in Redis: generation and the value written.
+    registered: BTreeMap<PeerId, (u64, String)>,
+    /// Aliases this instance claimed, to claim again after Redis lost them.
+    aliases: BTreeMap<String, PeerId>,
+    /// Registrations of peers that left while Redis was out of reach, to withdraw when it is
+    /// back (compare-and-delete: harmless if the peer registered elsewhere since).
+    withdraw: BTreeMap<PeerId, String>,
+    cmds: Receiver<Cmd>,
+    events: SyncSender<Event>,
+    waker: Arc<Waker>,
+    desired: Arc<Mutex<Desired>>,
+    stop: Arc<AtomicBool>,
+    stats: Arc<Stats>,
+    load: Arc<AtomicUsize>,
+    scripts: Scripts,
+}
+
+/// A Redis call failed: the connection is dropped and reopened later.
+struct Down;
+
+impl CommandThread {
+    fn run(&mut self) {
+        let mut next_beat = now();
+        let mut batch = Vec::with_capacity(BATCH);
+        while !self.stop.load(Ordering::SeqCst) {
+            let wait = next_beat.saturating_duration_since(now());
+            match self.cmds.recv_timeout(wait) {
+                Ok(cmd) => batch.push(cmd),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            while batch.len() < BATCH {
+                match self.cmds.try_recv() {
+                    Ok(cmd) => batch.push(cmd),
+                    Err(_) => break,
+                }
+            }
+            if self.stop.load(Ordering::SeqCst) {
+                break;
+            }
+            self.connect();
+            if now() >= next_beat || !self.held {
+                next_beat = now() + HEARTBEAT;
+                if self.heartbeat().is_err() {
+                    self.lost();
+                }
+            }
+            if self.sync_presence().is_err() {
+                self.lost();
+            }
+            for cmd in batch.drain(..) {
+                self.execute(cmd);
+            }
+            let _ = self.waker.wake();
+        }
+        // Leaving: withdraw the lease so that others see this instance's peers offline now.
+        if let Some(con) = &mut self.con {
+            let _ = redis::cmd("DEL").arg(&self.keys.lease).exec(con);
+            let _ = redis::cmd("DEL").arg(&self.keys.info).exec(con);
+        }
+    }
+
+    fn connect(&mut self) {
+        if self.con.is_some() || self.retry_at.is_some_and(|at| now() < at) {
+            return;
+        }
+        tracing::debug!("cluster: connecting to Redis");
+        match self.client.get_connection_with_timeout(IO_TIMEOUT) {
+            Ok(con) => {
+                let _ = con.set_read_timeout(Some(IO_TIMEOUT));
+                let _ = con.set_write_timeout(Some(IO_TIMEOUT));
+                tracing::info!("cluster: connected to Redis");
+                self.con = Some(con);
+                self.retry_at = None;
+                self.held = false;
+            }
+            Err(e) => {
+                if self.retry_at.is_none() {
+                    tracing::warn!(error = %e, "cluster: Redis out of reach; serving own peers only");
+                } else {
+                    tracing::debug!(error = %e, "cluster: Redis still out of reach");
+                }
+                self.retry_at = Some(now() + RECONNECT);
+            }
+        }
+    }
+
+    /// Drops the connection after a failed call; the next attempt is [`RECONNECT`] after the
+    /// loss (not after each command refused meanwhile, or a steady stream of them would put
+    /// it off for ever).
+    fn lost(&mut self) {
+        if self.con.take().is_some() {
+            tracing::warn!("cluster: lost Redis; serving own peers only until it is back");
+            self.retry_at = Some(now() + RECONNECT);
+        }
+        self.held = false;
+    }
+
+    fn con(&mut self) -> Result<&mut redis::Connection, Down> {
+        self.con.as_mut().ok_or(Down)
+    }
+
+    /// Refreshes (or takes) the lease, publishes the load, and picks the least-loaded TURN.
+    fn heartbeat(&mut self) -> Result<(), Down> {
+        let ttl = LEASE.as_millis() as u64;
+        let lease_key = self.keys.lease.clone();
+        let token = self.token.clone();
+        let got: i64 = {
+            let script = &self.scripts.lease;
+            let con = self.con.as_mut().ok_or(Down)?;
+            script
+                .key(&lease_key)
+                .arg(&token)
+                .arg(ttl)
+                .invoke(con)
+                .map_err(|_| Down)?
+        };
+        match got {
+            1 => self.held = true,
+            2 => {
+                self.held = true;
+                self.stats.leases.fetch_add(1, Ordering::Relaxed);
+                tracing::info!("cluster: lease taken; registering own peers and aliases");
+                self.reregister()?;
+            }
+            _ => {
+                if self.held {
+                    tracing::error!(
+                        key = %lease_key,
+                        "cluster: another process holds this instance's lease; is the instance id unique?"
+                    );
+                }
+                self.held = false;
+                return Ok(());
+            }
+        }
+        let allocations = self.load.load(Ordering::Relaxed);
+        let peers = self.desired.lock().map(|d| d.peers.len()).unwrap_or(0);
+        let mut info = format!("{allocations} {peers}");
+        for url in &self.advertise {
+            info.push(' ');
+            info.push_str(url);
+        }
+        let instance = self.instance();
+        let info_key = self.keys.info.clone();
+        let con = self.con()?;
+        redis::pipe()
+            .cmd("SET")
+            .arg(&info_key)
+            .arg(&info)
+            .arg("PX")
+            .arg(ttl)
+            .ignore()
+            .cmd("SADD")
+            .arg(INSTANCES)
+            .arg(&instance)
+            .ignore()
+            .exec(con)
+            .map_err(|_| Down)?;
+        let members: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(INSTANCES)
+            .query(con)
+            .map_err(|_| Down)?;
+        if members.is_empty() {
+            return Ok(());
+        }
+        let infos: Vec<Option<String>> = redis::cmd("MGET")
+            .arg(
+                members
+                    .iter()
+                    .map(|m| format!("{INFO_PREFIX}{m}"))
+                    .collect::<Vec<_>>(),
+            )
+            .query(con)
+            .map_err(|_| Down)?;
+        let mut best: Option<((usize, usize), &str, Vec<String>)> = None;
+        for (member, info) in members.iter().zip(infos) {
+            let Some(info) = info else {
+                // Gone: its info expired with its lease.
+                let _ = redis::cmd("SREM").arg(INSTANCES).arg(member).exec(con);
+                continue;
+            };
+            // Written by fogd, but read as untrusted: a malformed entry is skipped.
+            let mut words = info.split_ascii_whitespace();
+            let mut number = || words.next().and_then(|w| w.parse::<usize>().ok());
+            let (Some(allocations), Some(peers)) = (number(), number()) else {
+                continue;
+            };
+            let load = (allocations, peers);
+            // Handed to clients as they are: a few, of a sane length, or none.
+            let urls: Vec<String> = words
+                .filter(|u| u.len() <= MAX_URL_LEN)
+                .take(MAX_URLS)
+                .map(str::to_owned)
+                .collect();
+            if urls.is_empty() {
+                continue;
+            }
+            // Fewest TURN allocations, then fewest signaling peers; ties go to the lower id, the
+            // same choice on every instance.
+            if best
+                .as_ref()
+                .is_none_or(|(l, m, _)| (load, member.as_str()) < (*l, *m))
+            {
+                best = Some((load, member, urls));
+            }
+        }
+        if let Some((_, _, urls)) = best {
+            if self.relay.as_ref() != Some(&urls) {
+                self.relay = Some(urls.clone());
+                let _ = self.events.send(Event::Relay(urls));
+            }
+        }
+        Ok(())
+    }
+
+    fn instance(&self) -> String {
+        self.keys
+            .lease
+            .strip_prefix(LEASE_PREFIX)
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    /// After taking the lease anew (first start, Redis restart, a stall past the lease):
+    /// registers every own peer where nobody registered it since, and claims own aliases.
+    fn reregister(&mut self) -> Result<(), Down> {
+        let peers: Vec<(PeerId, u64)> =
+            self.registered.iter().map(|(p, (g, _))| (*p, *g)).collect();
+        for (peer, generation) in peers {
+            // A peer never written (it came while Redis or the lease was away) is the newest
+            // news about itself; one written before yields to a registration made since.
+            let never_written = self
+                .registered
+                .get(&peer)
+                .is_some_and(|(_, v)| v.is_empty());
+            let mode = if never_written { "fresh" } else { "refresh" };
+            match self.register(peer, mode)? {
+                Registration::Done(value) => {
+                    self.registered.insert(peer, (generation, value));
+                }
+                Registration::Elsewhere => {
+                    self.registered.remove(&peer);
+                    self.stats.evicted.fetch_add(1, Ordering::Relaxed);
+                    let _ = self.events.send(Event::Evict(peer));
+                }
+                Registration::NoLease => {
+                    self.held = false;
+                    return Ok(());
+                }
+            }
+        }
+        let aliases: Vec<(String, PeerId)> =
+            self.aliases.iter().map(|(a, p)| (a.clone(), *p)).collect();
+        for (alias, peer) in aliases {
+            if !self.claim(&alias, peer)? {
+                tracing::warn!(%alias, %peer, "cluster: an own alias was claimed by another peer while Redis had lost it");
+                self.aliases.remove(&alias);
+            }
+        }
+        Ok(())
+    }
+
+    fn register(&mut self, peer: PeerId, mode: &str) -> Result<Registration, Down> {
+        let instance = self.instance();
+        let lease = self.keys.lease.clone();
+        let token = self.token.clone();
+        let script = &self.scripts.register;
+        let con = self.con.as_mut().ok_or(Down)?;
+        let (epoch, previous): (i64, String) = script
+            .key(peer_key(&peer))
+            .key(&lease)
+            .key(EPOCH)
+            .arg(&token)
+            .arg(&instance)
+            .arg(mode)
+            .arg(peer.to_string())
+            .arg(CHANNEL_PREFIX)
+            .invoke(con)
+            .map_err(|_| Down)?;
+        Ok(match epoch {
+            -1 => Registration::NoLease,
+            0 => {
+                let _ = previous;
+                Registration::Elsewhere
+            }
+            e => Registration::Done(format!("{instance} {e}")),
+        })
+    }
+
+    fn claim(&mut self, alias: &str, peer: PeerId) -> Result<bool, Down> {
+        let script = &self.scripts.claim;
+        let con = self.con.as_mut().ok_or(Down)?;
+        let got: i64 = script
+            .key(alias_key(alias))
+            .arg(peer.to_string())
+            .invoke(con)
+            .map_err(|_| Down)?;
+        Ok(got == 1)
+    }
+
+    /// Publishes and withdraws presence until it matches what the loop wants.
+    fn sync_presence(&mut self) -> Result<(), Down> {
+        let changes: Vec<(PeerId, Option<u64>)> = {
+            let Ok(mut d) = self.desired.lock() else {
+                return Ok(());
+            };
+            let changed = std::mem::take(&mut d.changed);
+            changed
+                .into_iter()
+                .map(|p| (p, d.peers.get(&p).copied()))
+                .collect()
+        };
+        let mut result = Ok(());
+        if self.con.is_some() {
+            while let Some((peer, value)) = self.withdraw.pop_first() {
+                if self.unregister(peer, &value).is_err() {
+                    self.withdraw.insert(peer, value);
+                    result = Err(Down);
+                    break;
+                }
+            }
+        }
+        for (peer, want) in changes {
+            if result.is_err() || self.con.is_none() || !self.held {
+                // Not now: kept for when Redis and the lease are back (a new lease
+                // re-registers everything in `registered`, so record the wish there).
+                match want {
+                    Some(g) => {
+                        self.registered.insert(peer, (g, String::new()));
+                    }
+                    None => {
+                        if let Some((_, value)) = self.registered.remove(&peer) {
+                            // Bounded like the peers: past that, the lease bounds their life.
+                            if !value.is_empty() && self.withdraw.len() < WITHDRAW_MAX {
+                                self.withdraw.insert(peer, value);
+                            }
+                        }
+                    }
+                }
+                continue;
+            }
+            match want {
+                Some(g) => {
+                    if self
+                        .registered
+                        .get(&peer)
+                        .is_some_and(|(h, v)| *h == g && !v.is_empty())
+                    {
+                        continue;
+                    }
+                    match self.register(peer, "fresh") {
+                        Ok(Registration::Done(value)) => {
+                            self.registered.insert(peer, (g, value));
+                        }
+                        Ok(Registration::Elsewhere) => {}
+                        Ok(Registration::NoLease) => {
+                            self.held = false;
+                            self.registered.insert(peer, (g, String::new()));
+                        }
+                        Err(Down) => {
+                            self.registered.insert(peer, (g, String::new()));
+                            result = Err(Down);
+                        }
+                    }
+                }
+                None => {
+                    let Some((_, value)) = self.registered.remove(&peer) else {
+                        continue;
+                    };
+                    if value.is_empty() {
+                        continue;
+                    }
+                    if self.unregister(peer, &value).is_err() {
+                        self.withdraw.insert(peer, value);
+                        result = Err(Down);
+                    }
+                }
+            }
+        }
+        result
+    }
+
+    fn unregister(&mut self, peer: PeerId, value: &str) -> Result<(), Down> {
+        let script = &self.scripts.unregister;
+        let con = self.con.as_mut().ok_or(Down)?;
+        let _: i64 = script
+            .key(peer_key(&peer))
+            .arg(value)
+            .invoke(con)
+            .map_err(|_| Down)?;
+        Ok(())
+    }
+
+    fn execute(&mut self, cmd: Cmd) {
+        let usable = self.con.is_some();
+        match cmd {
+            Cmd::Presence => {}
+            Cmd::Resolve { query, target } => {
+                let answer = if usable {
+                    self.resolve(&target)
+                } else {
+                    Err(Down)
+                };
+                let (peer, online) = match answer {
+                    Ok(found) => found,
+                    Err(Down) => {
+                        self.down_answer();
+                        (None, false)
+                    }
+                };
+                let _ = self.events.send(Event::Resolved {
+                    query,
+                    peer,
+                    online,
+                });
+            }
+            Cmd::Forward { peer, frame } => {
+                let delivered = usable
+                    && self.forward(peer, &frame).unwrap_or_else(|Down| {
+                        self.down_answer();
+                        false
+                    });
+                if delivered {
+                    self.stats.forwarded_out.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    let _ = self.events.send(Event::Unreachable(peer));
+                }
+            }
+            Cmd::Offer { query, peer, frame } => {
+                let delivered = usable
+                    && self.forward(peer, &frame).unwrap_or_else(|Down| {
+                        self.down_answer();
+                        false
+                    });
+                if delivered {
+                    self.stats.forwarded_out.fetch_add(1, Ordering::Relaxed);
+                }
+                let _ = self.events.send(Event::Resolved {
+                    query,
+                    peer: Some(peer),
+                    online: delivered,
+                });
+            }
+            Cmd::Claim { query, peer, alias } => {
+                let granted = if usable {
+                    match self.claim(&alias, peer) {
+                        Ok(g) => Some(g),
+                        Err(Down) => {
+                            self.down_answer();
+                            None
+                        }
+                    }
+                } else {
+                    self.stats.unavailable.fetch_add(1, Ordering::Relaxed);
+                    None
+                };
+                if granted == Some(true) {
+                    self.aliases.insert(alias, peer);
+                }
+                let _ = self.events.send(Event::Claimed { query, granted });
+            }
+        }
+    }
+
+    /// A call failed: counted, and the connection is dropped for a reconnect.
+    fn down_answer(&mut self) {
+        self.stats.unavailable.fetch_add(1, Ordering::Relaxed);
+        self.lost();
+    }
+
+    fn resolve(&mut self, target: &Target) -> Result<(Option<PeerId>, bool), Down> {
+        let (alias, peer) = match target {
+            Target::Peer(p) => (String::new(), p.to_string()),
+            Target::Alias(a) => (alias_key(a), String::new()),
+        };
+        let script = &self.scripts.resolve;
+        let con = self.con.as_mut().ok_or(Down)?;
+        let (found, online): (String, i64) = script
+            .key(alias)
+            .arg(peer)
+            .arg(PEER_PREFIX)
+            .arg(LEASE_PREFIX)
+            .arg(CHANNEL_PREFIX)
+            .invoke(con)
+            .map_err(|_| Down)?;
+        // A value that is not a peer id came from someone else's writes: not a peer.
+        let found = found.parse::<PeerId>().ok();
+        Ok((found, online == 1 && found.is_some()))
+    }
+
+    fn forward(&mut self, peer: PeerId, frame: &str) -> Result<bool, Down> {
+        let script = &self.scripts.forward;
+        let con = self.con.as_mut().ok_or(Down)?;
+        let receivers: i64 = script
+            .key(peer_key(&peer))
+            .arg(format!("f {peer} {frame}"))
+            .arg(LEASE_PREFIX)
+            .arg(CHANNEL_PREFIX)
+            .invoke(con)
+            .map_err(|_| Down)?;
+        Ok(receivers > 0)
+    }
+}
+
+enum Registration {
+    Done(String),
+    Elsewhere,
+    NoLease,
+}
+
+/// Listens on the instance's channel.
+struct Subscriber {
+    client: redis::Client,
+    channel: String,
+    events: SyncSender<Event>,
+    waker: Arc<Waker>,
+    stop: Arc<AtomicBool>,
+    stats: Arc<Stats>,
+}
+
+impl Subscriber {
+    fn run(&mut self) {
+        let mut warned = false;
+        while !self.stop.load(Ordering::SeqCst) {
+            let mut con = match self.client.get_connection_with_timeout(IO_TIMEOUT) {
+                Ok(con) => con,
+                Err(e) => {
+                    if !warned {
+                        tracing::warn!(error = %e, "cluster: subscriber cannot reach Redis");
+                        warned = true;
+                    }
+                    thread::sleep(RECONNECT);
+                    continue;
+                }
+            };
+            warned = false;
+            let mut pubsub = con.as_pubsub();
+            if pubsub.subscribe(&self.channel).is_err() {
+                thread::sleep(RECONNECT);
+                continue;
+            }
+            // Short reads, so that a stop is noticed soon.
+            let _ = pubsub.set_read_timeout(Some(Duration::from_millis(200)));
+            tracing::info!(channel = %self.channel, "cluster: subscribed");
+            loop {
+                if self.stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                match pubsub.get_message() {
+                    Ok(msg) => {
+                        let payload: Vec<u8> = msg.get_payload_bytes().to_vec();
+                        self.deliver(&payload);
+                    }
+                    Err(e) if e.is_timeout() => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cluster: subscription lost; resubscribing");
+                        break;
+                    }
+                }
+            }
+            thread::sleep(RECONNECT);
+        }
+    }
+
+    /// One message from the channel: network input, parsed without trust.
+    fn deliver(&self, payload: &[u8]) {
+        let event = std::str::from_utf8(payload).ok().and_then(parse_message);
+        let Some(event) = event else {
+            self.stats.bad_messages.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        if matches!(event, Event::Forwarded { .. }) {
+            self.stats.forwarded_in.fetch_add(1, Ordering::Relaxed);
+        }
+        match self.events.try_send(event) {
+            Ok(()) => {
+                let _ = self.waker.wake();
+            }
+            Err(_) => {
+                self.stats.dropped_events.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// `f <peer> <frame>` or `e <peer>`.
+fn parse_message(text: &str) -> Option<Event> {
+    let (kind, rest) = text.split_once(' ')?;
+    match kind {
+        "f" => {
+            let (peer, frame) = rest.split_once(' ')?;
+            Some(Event::Forwarded {
+                peer: peer.parse().ok()?,
+                frame: frame.to_owned(),
+            })
+        }
+        "e" => Some(Event::Evict(rest.parse().ok()?)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_messages_parse_without_trust() {
+        let peer = fog_signal::KeyPair::from_seed(&[7; 32]).peer_id();
+        match parse_message(&format!("f {peer} {{\"type\":\"x\"}}")) {
+            Some(Event::Forwarded { peer: p, frame }) => {
+                assert_eq!(p, peer);
+                assert_eq!(frame, "{\"type\":\"x\"}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(parse_message(&format!("e {peer}")), Some(Event::Evict(p)) if p == peer));
+        for bad in [
+            "",
+            "f",
+            "f nobody {}",
+            "e",
+            "x y z",
+            "e not-a-peer",
+            "f  {}",
+        ] {
+            assert!(parse_message(bad).is_none(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn bad_cluster_settings_are_refused_before_anything_binds() {
+        use clap::Parser as _;
+        let cases: [(&[&str], &str); 3] = [
+            (
+                &[
+                    "--stun",
+                    "127.0.0.1:3478",
+                    "--cluster",
+                    "redis://127.0.0.1:1",
+                ],
+                "give --signal too",
+            ),
+            (
+                &["--signal", "127.0.0.1:0", "--cluster", "http://x"],
+                "--cluster",
+            ),
+            (
+                &[
+                    "--signal",
+                    "127.0.0.1:0",
+                    "--cluster",
+                    "redis://127.0.0.1:1",
+                    "--cluster-instance",
+                    "a b",
+                ],
+                "instance id",
+            ),
+        ];
+        for (args, want) in cases {
+            let cli =
+                crate::Cli::try_parse_from(std::iter::once("fogd").chain(args.iter().copied()))
+                    .unwrap();
+            let error = match crate::Services::start(&cli) {
+                Ok(_) => panic!("{args:?} started"),
+                Err(e) => e.to_string(),
+            };
+            assert!(error.contains(want), "{args:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn instance_ids_fit_key_names() {
+        assert!(valid_instance("fogd-1"));
+        assert!(valid_instance("127.0.0.2:7600"));
+        assert!(!valid_instance(""));
+        assert!(!valid_instance("a b"));
+        assert!(!valid_instance(&"x".repeat(65)));
+    }
+}
