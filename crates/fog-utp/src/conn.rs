@@ -441,7 +441,9 @@ impl Connection {
             if !p.sacked && !p.need_resend {
                 self.cur_window -= p.payload.len();
             }
-            if let Some(sent) = p.sent_at {
+            // A packet a selective ack took already gave its sample then: now, behind a hole
+            // that took a retransmission timeout to fill, it would look seconds late.
+            if let Some(sent) = p.sent_at.filter(|_| !p.sacked) {
                 let sample = now.saturating_duration_since(sent);
                 min_rtt = min_rtt.min(sample);
                 if p.transmissions == 1 {
@@ -488,11 +490,14 @@ impl Connection {
     ) -> usize {
         let mut acked = 0;
         let first = ack_nr.wrapping_add(2);
+        // RTT samples (Karn: sent once, and not taken for lost meanwhile), applied after.
+        let mut samples = Vec::new();
         for p in self.outbuf.iter_mut() {
             let i = usize::from(p.seq.wrapping_sub(first));
             if !p.sacked && p.sent_at.is_some() && sack.get(i) {
                 p.sacked = true;
-                if p.need_resend {
+                let counted_lost = p.need_resend;
+                if counted_lost {
                     // Counted lost, but it arrived after all: no need to send it again.
                     p.need_resend = false;
                 } else {
@@ -500,9 +505,16 @@ impl Connection {
                 }
                 acked += p.payload.len();
                 if let Some(sent) = p.sent_at {
-                    *min_rtt = (*min_rtt).min(now.saturating_duration_since(sent));
+                    let sample = now.saturating_duration_since(sent);
+                    *min_rtt = (*min_rtt).min(sample);
+                    if p.transmissions == 1 && !counted_lost {
+                        samples.push(sample);
+                    }
                 }
             }
+        }
+        for sample in samples {
+            self.update_rtt(sample);
         }
         let mut sacked_after = self.outbuf.iter().filter(|p| p.sacked).count() as u32;
         let mut holes = Vec::new();

@@ -896,6 +896,41 @@ fn selective_ack_after_timeout_cancels_the_resend() {
     assert!(s.in_flight <= new * 1380, "{s:?}");
 }
 
+/// Found in the node's uTP test at 5 % loss: a packet taken by a selective ack gave its RTT
+/// sample again when the cumulative ack finally covered it, behind a hole that had waited for
+/// a retransmission timeout; the timeout grew to 8 s on a 40 ms path and the transfer crawled.
+#[test]
+fn a_packet_sacked_before_a_slow_hole_gives_no_late_rtt_sample() {
+    let mut raw = Raw::new(Config::with_seed([9; 32]));
+    let (_, conn) = raw_accept(&mut raw);
+    raw.ep.write(conn, &vec![1u8; 40 * 1380]).unwrap();
+    let in_flight = raw_in_flight(&mut raw, 4);
+    let first = in_flight[0];
+    // 40 ms later the peer has everything but the first.
+    raw.now += Duration::from_millis(40);
+    let mut sack = fog_utp::wire::SelectiveAck::new(4);
+    for i in 0..in_flight.len() - 1 {
+        sack.set(i);
+    }
+    let mut a = repr(PacketType::State, 101, 5001, first.wrapping_sub(1));
+    a.selective_ack = Some(sack);
+    raw.send(a, &[]);
+    raw.out();
+    let before = raw.ep.stats(conn).unwrap().rto;
+    // The hole is filled 3 s later (a retransmission timeout and a resend).
+    raw.now += Duration::from_secs(3);
+    raw.ep.handle_timeout(raw.now);
+    raw.out();
+    let last = *in_flight.last().unwrap();
+    raw.send(repr(PacketType::State, 101, 5001, last), &[]);
+    let s = raw.ep.stats(conn).unwrap();
+    assert!(
+        s.rtt.is_some_and(|r| r < Duration::from_millis(100)),
+        "{s:?}"
+    );
+    assert_eq!(s.rto, before, "{s:?}");
+}
+
 fn seq_less(a: u16, b: u16) -> bool {
     (b.wrapping_sub(a) as i16) > 0
 }
