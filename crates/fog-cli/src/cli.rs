@@ -58,6 +58,10 @@ pub(crate) enum Command {
     /// Receive the files peers send with `fogconnect send` into a directory, checking each
     /// one's SHA-256
     Recv(RecvArgs),
+    /// Connect to a peer (by peer ID or alias) and explain the connection: both NAT
+    /// behaviours, the strategy and why, what each candidate pair did, the path that won, and
+    /// what would make a relayed connection direct
+    Doctor(DoctorArgs),
 }
 
 /// `fogconnect demo`.
@@ -292,6 +296,21 @@ pub(crate) struct ConnectArgs {
     /// long it takes. --timeout defaults to 90 s with it
     #[arg(long)]
     pub(crate) until_direct: bool,
+}
+
+/// `fogconnect doctor`.
+#[derive(Debug, Args)]
+pub(crate) struct DoctorArgs {
+    #[command(flatten)]
+    pub(crate) node: NodeArgs,
+
+    /// The peer: its peer ID, or an alias it registered
+    #[arg(value_name = "PEER")]
+    pub(crate) peer: String,
+
+    /// The application's service number
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub(crate) service: u16,
 }
 
 impl ConnectArgs {

@@ -52,6 +52,7 @@
 
 mod cli;
 mod demo;
+mod doctor;
 mod id;
 mod nat;
 mod nat_cache;
@@ -101,6 +102,7 @@ fn main() -> ExitCode {
             Command::Offer(args) => report(peer::offer(&args)),
             Command::Serve(args) => report(node::serve(&args)),
             Command::Connect(args) => report(node::connect(&args)),
+            Command::Doctor(args) => report(doctor::doctor(&args)),
             Command::Send(args) => report(transfer::send(&args)),
             Command::Recv(args) => report(transfer::recv(&args)),
         },

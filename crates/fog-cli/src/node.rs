@@ -272,7 +272,7 @@ impl Running {
     }
 }
 
-fn via_name(via: Via) -> &'static str {
+pub(crate) fn via_name(via: Via) -> &'static str {
     via.name()
 }
 

@@ -343,3 +343,57 @@ fn send_and_recv_move_a_file_and_check_its_hash() {
     assert!(leftovers.is_empty(), "{leftovers:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `fogconnect doctor` on loopback: no NAT on either side, a direct path, and nothing to
+/// advise.
+#[test]
+fn doctor_explains_a_direct_connection() {
+    let (_fogd, stun, url) = fogd();
+    let stun = stun.to_string();
+    let _serve = serve(
+        "serve",
+        &[
+            "--signal",
+            &url,
+            "--stun",
+            &stun,
+            "--interfaces",
+            "none",
+            "--alias",
+            "dora",
+            "--timeout",
+            "30",
+        ],
+    );
+    let doctor = fogconnect(&[
+        "doctor",
+        "--signal",
+        &url,
+        "--stun",
+        &stun,
+        "--interfaces",
+        "none",
+        "dora",
+        "--json",
+        "--timeout",
+        "20",
+    ]);
+    assert_eq!(doctor.code(), Some(0), "{}", doctor.text());
+    let d: serde_json::Value = doctor
+        .text()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .find(|v: &serde_json::Value| v["event"] == "diagnosis")
+        .unwrap_or_else(|| panic!("no diagnosis in {}", doctor.text()));
+    assert_eq!(d["ours"], "open (no NAT)", "{d:#}");
+    assert_eq!(d["theirs"], "open (no NAT)", "{d:#}");
+    assert_eq!(d["outcome"], "plain", "{d:#}");
+    assert_eq!(d["path"]["via"], "direct", "{d:#}");
+    assert!(d["advice"].is_null(), "{d:#}");
+    assert!(
+        d["why"]
+            .as_str()
+            .is_some_and(|w| w.contains("punching found it")),
+        "{d:#}"
+    );
+}

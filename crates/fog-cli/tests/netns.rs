@@ -1055,3 +1055,50 @@ fn a_restart_on_the_same_network_starts_from_what_it_found() {
     assert_eq!(exit_code(&mut serve, Duration::from_secs(10), &[]), Some(0));
     let _ = fs::remove_file(&cache);
 }
+
+/// `fogconnect doctor`: two random-symmetric NATs (`masquerade fully-random` on both sites,
+/// IPv4 only) get the relay, and the doctor says why (neither side can learn or guess the
+/// other's port) and what would make it direct (a port mapping).
+#[test]
+fn doctor_explains_a_relayed_connection() {
+    let Some(lab) = lab(
+        "doctor_explains_a_relayed_connection",
+        &["fully-random", "fully-random"],
+    ) else {
+        return;
+    };
+    let fogd = start_fogd(&lab, true);
+    let serve = serve(&lab, &fogd, 0, true, 1);
+    let mut command = Command::new(fogconnect_exe());
+    command.arg("doctor").args(node_args(true));
+    command.args(["bob", "--interfaces", "none", "--timeout", "30"]);
+    let mut doctor = ChildGuard::spawn("doctor", &mut lab.in_ns(lab.client(1), &command))
+        .expect("spawning fogconnect doctor");
+    let code = exit_code(&mut doctor, Duration::from_secs(40), &[&serve, &fogd]);
+    assert_eq!(code, Some(0), "doctor failed (its output is above)");
+    let events = json_lines(&doctor);
+    let d = one(&events, "diagnosis");
+    assert_eq!(d["ours"], SYMMETRIC, "{d:#}");
+    assert_eq!(d["theirs"], SYMMETRIC, "{d:#}");
+    assert_eq!(d["outcome"], "relay (both random)", "{d:#}");
+    assert_eq!(d["path"]["via"], "turn", "{d:#}");
+    assert!(
+        d["why"]
+            .as_str()
+            .is_some_and(|w| w.contains("both NATs pick a random port")),
+        "{d:#}"
+    );
+    assert!(
+        d["advice"]
+            .as_str()
+            .is_some_and(|a| a.contains("port mapping")),
+        "{d:#}"
+    );
+    let pairs = d["pairs"].as_array().expect("pairs");
+    assert!(
+        pairs
+            .iter()
+            .any(|p| p["state"] == "succeeded" && p["relayed"] == true),
+        "{d:#}"
+    );
+}

@@ -48,8 +48,8 @@ use std::time::{Duration, Instant};
 
 use fog_mio::Driver;
 use fogconnect::{
-    CommandError, ConnectError, ConnectionId, ConnectionStats, Event, HostFilter, LookupError,
-    Node, NodeConfig, PeerId, SendError, Transport,
+    CommandError, ConnectError, ConnectionId, ConnectionStats, Diagnosis, Event, HostFilter,
+    LookupError, Node, NodeConfig, PeerId, SendError, Transport,
 };
 
 use machine::{FromSignal, Machine};
@@ -167,6 +167,7 @@ enum Command {
     ),
     Send(ConnectionId, Vec<u8>, SyncSender<Result<(), SendError>>),
     Stats(ConnectionId, SyncSender<Option<ConnectionStats>>),
+    Diagnose(ConnectionId, SyncSender<Option<Diagnosis>>),
     Lookup(String, SyncSender<Result<(), LookupError>>),
     SetInterfaces(Vec<IpAddr>),
     Regather,
@@ -255,6 +256,11 @@ impl Handle {
     /// [`Node::stats`] now; `None` for an unknown connection.
     pub fn stats(&self, id: ConnectionId) -> Result<Option<ConnectionStats>, RuntimeError> {
         self.ask(|tx| Command::Stats(id, tx))
+    }
+
+    /// [`Node::diagnose`].
+    pub fn diagnose(&self, id: ConnectionId) -> Result<Option<Diagnosis>, RuntimeError> {
+        self.ask(|tx| Command::Diagnose(id, tx))
     }
 
     /// [`Node::lookup`].
@@ -528,6 +534,9 @@ fn execute(node: &mut Node, command: Command) {
         }
         Command::Stats(id, tx) => {
             let _ = tx.send(node.stats(now, id));
+        }
+        Command::Diagnose(id, tx) => {
+            let _ = tx.send(node.diagnose(now, id));
         }
         Command::Lookup(name, tx) => {
             let _ = tx.send(node.lookup(&name));

@@ -65,8 +65,8 @@ pub use fog_ice::candidate::{Candidate, HostFilter, Kind as CandidateKind};
 pub use fog_signal::{KeyPair, PeerId};
 pub use node::{
     AcceptPolicy, CHECK_ALLOWANCE, CLOSED_IDLE, CLOSED_TIMEOUT, CloseReason, CommandError,
-    ConnectError, ConnectionId, ConnectionStats, Counters, Event, FailReason, Footprint, KnownNat,
-    LookupError, MAX_DATAGRAM, MAX_LOOKUPS, MAX_QUEUED, MAX_RELAY_FRAMES, Node, NodeConfig,
-    REFUSED_BUSY, REFUSED_FULL, REFUSED_TRANSPORT, Seed, SendError, ServerChoice, SignalInput,
-    SignalOutput, Transport, Via,
+    ConnectError, ConnectionId, ConnectionStats, Counters, Diagnosis, Event, FailReason, Footprint,
+    KnownNat, LookupError, MAX_DATAGRAM, MAX_LOOKUPS, MAX_QUEUED, MAX_RELAY_FRAMES, Node,
+    NodeConfig, REFUSED_BUSY, REFUSED_FULL, REFUSED_TRANSPORT, Seed, SendError, ServerChoice,
+    SignalInput, SignalOutput, Transport, Via,
 };

@@ -214,6 +214,25 @@ pub enum Event {
     GaveUp,
 }
 
+/// What one candidate pair did, for a diagnosis ([`Agent::pairs`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PairReport {
+    /// Our socket.
+    pub local: SocketAddr,
+    /// The peer's address.
+    pub remote: SocketAddr,
+    /// `waiting`, `checking`, `succeeded` or `failed`.
+    pub state: &'static str,
+    /// Through a relay (ours or the peer's).
+    pub relayed: bool,
+    /// A check from the peer arrived on it.
+    pub heard: bool,
+    /// Nominated (by the peer, or by us and answered).
+    pub nominated: bool,
+    /// Its smoothed round trip, once measured.
+    pub rtt: Option<Duration>,
+}
+
 /// Counters of what the agent dropped.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -650,6 +669,35 @@ impl Agent {
                 self.outstanding.contains_key(&raw.transaction_id())
             }
         }
+    }
+
+    /// The plan the agent carries out.
+    pub fn plan(&self) -> &Plan {
+        &self.config.plan
+    }
+
+    /// Every candidate pair and what became of it, highest priority first (a birthday
+    /// round's hundreds included).
+    pub fn pairs(&self) -> Vec<PairReport> {
+        let mut pairs: Vec<&Pair> = self.pairs.iter().collect();
+        pairs.sort_by_key(|p| std::cmp::Reverse(p.priority));
+        pairs
+            .into_iter()
+            .map(|p| PairReport {
+                local: p.local,
+                remote: p.remote,
+                state: match p.state {
+                    State::Waiting => "waiting",
+                    State::InProgress => "checking",
+                    State::Succeeded => "succeeded",
+                    State::Failed => "failed",
+                },
+                relayed: p.relayed,
+                heard: p.heard,
+                nominated: p.nominated,
+                rtt: p.srtt,
+            })
+            .collect()
     }
 
     /// What the agent dropped and sent.

@@ -530,3 +530,26 @@ pub struct Counters {
     /// update) changed before the connection had a path.
     pub replans: u64,
 }
+
+/// Why a connection took the path it took ([`Node::diagnose`](super::Node::diagnose)).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Diagnosis {
+    /// Our NAT behaviour as the plan used it.
+    pub ours: Option<fog_core::nat::Behaviour>,
+    /// The peer's, from its signed description (or its later update).
+    pub theirs: Option<fog_core::nat::Behaviour>,
+    /// What the pairing says a correct stack achieves for the two behaviours, and how
+    /// (`None` before both descriptions are in).
+    pub outcome: Option<fog_core::pairing::Outcome>,
+    /// The plan's route, in words (`None` when relay-only).
+    pub route: Option<String>,
+    /// Direct paths were turned off on our side ([`NodeConfig::direct`](super::NodeConfig)).
+    pub relay_only: bool,
+    /// The current path, as [`ConnectionStats::path`] says.
+    pub path: Option<(Via, SocketAddr, SocketAddr)>,
+    /// Every candidate pair and what became of it.
+    pub pairs: Vec<fog_ice::agent::PairReport>,
+    /// Checks the agent sent, birthday probes included.
+    pub checks_sent: u64,
+}

@@ -54,8 +54,8 @@ use rand_chacha::ChaCha20Rng;
 pub use config::{AcceptPolicy, CHECK_ALLOWANCE, KnownNat, NodeConfig, Seed, ServerChoice};
 use conn::{Conn, Phase, SignalRelay};
 pub use event::{
-    CloseReason, CommandError, ConnectError, ConnectionId, ConnectionStats, Counters, Event,
-    FailReason, Footprint, LookupError, SendError, Via,
+    CloseReason, CommandError, ConnectError, ConnectionId, ConnectionStats, Counters, Diagnosis,
+    Event, FailReason, Footprint, LookupError, SendError, Via,
 };
 pub use fog_signal::msg::Transport;
 use probe::{Probe, Refresh};
@@ -475,6 +475,32 @@ impl Node {
         }
         conn.sent.add(now, data.len());
         Ok(())
+    }
+
+    /// Why connection `id` took the path it took: both NAT behaviours, what the pairing
+    /// expects of them and the route it chose, every candidate pair's fate, the path now.
+    /// `None` for a connection this node does not know.
+    pub fn diagnose(&self, now: Instant, id: ConnectionId) -> Option<Diagnosis> {
+        let conn = self.conns.get(&id)?;
+        let agent = conn.agent();
+        let theirs = conn
+            .remote
+            .as_ref()
+            .and_then(|d| d.nat)
+            .map(Behaviour::from);
+        let plan = agent.map(Agent::plan);
+        Some(Diagnosis {
+            ours: self.behaviour(),
+            theirs,
+            outcome: plan.map(|p| p.outcome),
+            route: plan
+                .and_then(|p| p.route.as_ref())
+                .map(|r| format!("{r:?}")),
+            relay_only: !self.config.direct,
+            path: self.stats(now, id).and_then(|s| s.path),
+            pairs: agent.map(Agent::pairs).unwrap_or_default(),
+            checks_sent: agent.map_or(0, |a| a.stats().checks_sent),
+        })
     }
 
     /// A connection's figures at `now`, or `None` for an unknown handle.
