@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use fog_runtime::RuntimeError;
 use fog_signal::PeerId;
@@ -54,6 +54,46 @@ fn progress(size: u64, json: bool, what: &str) -> ProgressBar {
     bar
 }
 
+/// With `--json`, a `progress` line at most every [`PROGRESS_EVERY`] and one at the end:
+/// bytes so far, the total, and the average rate since the first byte.
+struct JsonProgress {
+    file: String,
+    total: u64,
+    started: Option<Instant>,
+    last: Option<Instant>,
+}
+
+/// How often a `--json` transfer prints its progress.
+const PROGRESS_EVERY: Duration = Duration::from_millis(500);
+
+impl JsonProgress {
+    fn new(file: &str, total: u64) -> Self {
+        JsonProgress {
+            file: file.to_owned(),
+            total,
+            started: None,
+            last: None,
+        }
+    }
+
+    // The binary reads the clock.
+    #[allow(clippy::disallowed_methods)]
+    fn update(&mut self, bytes: u64) {
+        let now = Instant::now();
+        let started = *self.started.get_or_insert(now);
+        let due = self.last.is_none_or(|t| now - t >= PROGRESS_EVERY);
+        if !due && bytes < self.total {
+            return;
+        }
+        self.last = Some(now);
+        let secs = (now - started).as_secs_f64();
+        let rate = if secs > 0.0 { bytes as f64 / secs } else { 0.0 };
+        let line = json!({"event": "progress", "file": self.file, "bytes": bytes,
+            "total": self.total, "rate_bps": rate.round()});
+        println!("{}", crate::node::stamped(&line.to_string()));
+    }
+}
+
 /// `fogconnect send FILE PEER`.
 // The binary reads the clock.
 #[allow(clippy::disallowed_methods)]
@@ -83,6 +123,7 @@ pub(crate) fn send(args: &SendArgs) -> Result<(), String> {
     let mut header_sent = false;
     let mut end_sent = false;
     let mut bar: Option<ProgressBar> = None;
+    let mut json_progress: Option<JsonProgress> = None;
     let started = Instant::now();
     loop {
         if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -160,6 +201,9 @@ pub(crate) fn send(args: &SendArgs) -> Result<(), String> {
             continue;
         };
         let bar = bar.get_or_insert_with(|| progress(size, node.json, &name));
+        if node.json && json_progress.is_none() {
+            json_progress = Some(JsonProgress::new(&name, size));
+        }
         // As much as the stream takes now.
         loop {
             let message = match pending.take() {
@@ -175,6 +219,9 @@ pub(crate) fn send(args: &SendArgs) -> Result<(), String> {
                     hasher.update(&buf);
                     sent += buf.len() as u64;
                     bar.set_position(sent);
+                    if let Some(p) = &mut json_progress {
+                        p.update(sent);
+                    }
                     buf
                 }
                 None if !end_sent => {
@@ -204,6 +251,8 @@ struct Incoming {
     file: File,
     hasher: Sha256,
     bar: ProgressBar,
+    /// With `--json`.
+    progress: Option<JsonProgress>,
 }
 
 /// `fogconnect recv [DIR]`.
@@ -297,6 +346,7 @@ fn take(
         let part = dir.join(format!(".{name}.part"));
         let file = File::create(&part).map_err(|e| format!("{}: {e}", part.display()))?;
         let bar = progress(size, json, &name);
+        let json_progress = json.then(|| JsonProgress::new(&name, size));
         *slot = Some(Incoming {
             name,
             size,
@@ -305,6 +355,7 @@ fn take(
             file,
             hasher: Sha256::new(),
             bar,
+            progress: json_progress,
         });
         return Ok(None);
     };
@@ -320,6 +371,9 @@ fn take(
         incoming.hasher.update(data);
         incoming.got += data.len() as u64;
         incoming.bar.set_position(incoming.got);
+        if let Some(p) = &mut incoming.progress {
+            p.update(incoming.got);
+        }
         return Ok(None);
     }
     let end = std::str::from_utf8(data).unwrap_or("");

@@ -292,8 +292,8 @@ fn send_and_recv_move_a_file_and_check_its_hash() {
         ],
     );
     let file_arg = file.display().to_string();
-    for _ in 0..2 {
-        let send = fogconnect(&[
+    for json in [false, true] {
+        let mut args = vec![
             "send",
             "--signal",
             &url,
@@ -305,7 +305,11 @@ fn send_and_recv_move_a_file_and_check_its_hash() {
             "inbox",
             "--timeout",
             "40",
-        ]);
+        ];
+        if json {
+            args.push("--json");
+        }
+        let send = fogconnect(&args);
         assert_eq!(
             send.code(),
             Some(0),
@@ -313,9 +317,36 @@ fn send_and_recv_move_a_file_and_check_its_hash() {
             send.text(),
             recv.output_text()
         );
+        if !json {
+            assert!(
+                send.stdout.contains("sent data.bin: 3000000 bytes")
+                    && send.stdout.contains("verified"),
+                "{}",
+                send.stdout
+            );
+            continue;
+        }
+        // With --json: progress lines, never backwards, the last at the whole file, then
+        // the verified end.
+        let lines: Vec<serde_json::Value> = send
+            .stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        let progress: Vec<u64> = lines
+            .iter()
+            .filter(|v| v["event"] == "progress")
+            .filter_map(|v| v["bytes"].as_u64())
+            .collect();
         assert!(
-            send.stdout.contains("sent data.bin: 3000000 bytes")
-                && send.stdout.contains("verified"),
+            progress.windows(2).all(|w| w[0] <= w[1]) && progress.last() == Some(&3_000_000),
+            "{}",
+            send.stdout
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|v| v["event"] == "sent" && v["file"] == "data.bin"),
             "{}",
             send.stdout
         );
