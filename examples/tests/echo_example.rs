@@ -1,0 +1,93 @@
+//! The `echo` example on loopback: fogd in this process, `echo serve` and `echo connect` as
+//! their own processes (built by `cargo test`, which builds every example), the datagram
+//! there and back.
+
+#![allow(clippy::disallowed_methods)] // tests read the clock
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::Parser as _;
+
+/// The example's binary beside this test's: target/<profile>/examples/echo.
+fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test's path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>/deps");
+    let path = profile_dir.join("examples").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: `cargo test -p fog-examples` builds it (a `--test` filter does not)",
+        path.display()
+    );
+    path
+}
+
+fn free_udp(ip: IpAddr) -> SocketAddr {
+    UdpSocket::bind(SocketAddr::new(ip, 0))
+        .and_then(|s| s.local_addr())
+        .expect("a free UDP port")
+}
+
+#[test]
+fn echo_serve_and_connect_on_loopback() {
+    let a1 = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let stun = free_udp(a1);
+    let signal = TcpListener::bind(SocketAddr::new(a1, 0))
+        .and_then(|l| l.local_addr())
+        .expect("a free TCP port");
+    let cli = fogd::Cli::try_parse_from([
+        "fogd".to_owned(),
+        "--stun".to_owned(),
+        stun.to_string(),
+        "--stun-alt".to_owned(),
+        free_udp(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2))).to_string(),
+        "--signal".to_owned(),
+        signal.to_string(),
+        "--stun-no-rate-limit".to_owned(),
+    ])
+    .expect("fogd's arguments");
+    let fogd = fogd::Services::start(&cli).expect("fogd starts");
+    let echo = example("echo");
+    let env = [
+        ("FOG_SIGNAL", format!("ws://{signal}/ws")),
+        ("FOG_STUN", stun.to_string()),
+    ];
+    let alias = format!("echo{}", std::process::id());
+    let mut serve = Command::new(&echo)
+        .args(["serve", &alias])
+        .envs(env.clone())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("echo serve starts");
+    // The connecting side looks the alias up; until serve has registered it, that fails:
+    // try again for a while.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let output = loop {
+        let out = Command::new(&echo)
+            .args(["connect", &alias, "there and back"])
+            .envs(env.clone())
+            .output()
+            .expect("echo connect runs");
+        if out.status.success() || Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let _ = serve.kill();
+    let _ = serve.wait();
+    let _ = fogd.stop();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("echo: there and back"), "{stdout}");
+    assert!(stdout.contains("connected to"), "{stdout}");
+}
