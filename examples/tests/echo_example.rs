@@ -1,6 +1,6 @@
-//! The `echo` example on loopback: fogd in this process, `echo serve` and `echo connect` as
-//! their own processes (built by `cargo test`, which builds every example), the datagram
-//! there and back.
+//! The real-socket examples on loopback, fogd in this process, each example a process of its
+//! own (built by `cargo test`, which builds every example): `echo serve` and `echo connect`
+//! send a datagram there and back; `getaddr` prints the node's addresses.
 
 #![allow(clippy::disallowed_methods)] // tests read the clock
 
@@ -33,8 +33,9 @@ fn free_udp(ip: IpAddr) -> SocketAddr {
         .expect("a free UDP port")
 }
 
-#[test]
-fn echo_serve_and_connect_on_loopback() {
+/// fogd's services on free loopback ports: the services, the STUN address, the signaling
+/// address.
+fn fogd() -> (fogd::Services, SocketAddr, SocketAddr) {
     let a1 = IpAddr::V4(Ipv4Addr::LOCALHOST);
     let stun = free_udp(a1);
     let signal = TcpListener::bind(SocketAddr::new(a1, 0))
@@ -52,6 +53,43 @@ fn echo_serve_and_connect_on_loopback() {
     ])
     .expect("fogd's arguments");
     let fogd = fogd::Services::start(&cli).expect("fogd starts");
+    (fogd, stun, signal)
+}
+
+#[test]
+fn getaddr_prints_the_peer_id_the_nat_and_the_candidates() {
+    let (fogd, stun, signal) = fogd();
+    let output = Command::new(example("getaddr"))
+        .envs([
+            ("FOG_SIGNAL", format!("ws://{signal}/ws")),
+            ("FOG_STUN", stun.to_string()),
+        ])
+        .output()
+        .expect("getaddr runs");
+    let _ = fogd.stop();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    let id = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("peer id: "))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert_eq!(id.len(), 54, "{stdout}");
+    // Loopback: no NAT, so the server-reflexive address is the host's own.
+    assert!(stdout.contains("nat: open (no NAT)"), "{stdout}");
+    let host = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("candidate host "))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(host.starts_with("127.0.0.1:"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("candidate srflx {host}")),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn echo_serve_and_connect_on_loopback() {
+    let (fogd, stun, signal) = fogd();
     let echo = example("echo");
     let env = [
         ("FOG_SIGNAL", format!("ws://{signal}/ws")),
