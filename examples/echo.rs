@@ -12,7 +12,8 @@
 //! `FOG_SIGNAL` (default `ws://127.0.0.1:7600/ws`) and `FOG_STUN` (default `127.0.0.1:3478`)
 //! name the servers.
 
-// An example program reads the clock for its own deadline.
+// An example program is a driver: it reads the clock (its deadline) and the OS random source
+// (the node's key).
 #![allow(clippy::disallowed_methods)]
 
 use std::error::Error;
