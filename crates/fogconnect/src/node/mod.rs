@@ -1156,6 +1156,12 @@ impl Node {
                         self.events.push_back(Event::Data { id: conn.id, data });
                     }
                     transport::Happened::CloseDone => ended.push((conn.id, None)),
+                    // Closes that cross: the peer's close reached us while ours was under
+                    // way, so ours is done too (KCP then ends `Peer`, never `Local`, and both
+                    // sides would hold the connection for ever waiting for the other).
+                    transport::Happened::PeerClosed if conn.closing.is_some() => {
+                        ended.push((conn.id, None));
+                    }
                     transport::Happened::PeerClosed => {}
                     transport::Happened::Dead => {
                         ended.push((conn.id, Some(CloseReason::TransportFailed)));
