@@ -835,6 +835,15 @@ impl Kcp {
         }
     }
 
+    /// Brings the machine to `now` after a spell in which its caller did not drive it (a
+    /// connection's handshake): a flush planned for earlier is due now, not in the past.
+    pub(crate) fn catch_up(&mut self, now: Instant) {
+        self.set_now(now);
+        if self.timers.get(Timer::Flush).is_some_and(|due| due < now) {
+            self.timers.set(Timer::Flush, now);
+        }
+    }
+
     /// When [`handle_timeout`](Self::handle_timeout) wants to be called, if ever.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.timers.next()
