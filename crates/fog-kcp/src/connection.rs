@@ -164,6 +164,15 @@ impl Connection {
         }
     }
 
+    /// [`send`](Self::send) at `now`: the flush it arms is due at `now`, not at the last
+    /// instant the machine was driven.
+    pub fn send_at(&mut self, now: Instant, data: &[u8]) -> Result<(), SendError> {
+        if self.data_flows() {
+            self.kcp.catch_up(now);
+        }
+        self.send(data)
+    }
+
     /// Reads received data ([`Kcp::recv`]), also after the connection closed.
     pub fn recv(&mut self, buf: &mut [u8]) -> Result<Option<usize>, RecvError> {
         self.kcp.recv(buf)

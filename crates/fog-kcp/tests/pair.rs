@@ -530,6 +530,21 @@ fn no_deadline_in_the_past_after_a_slow_handshake() {
     assert!(a.is_established());
     let deadline = a.poll_timeout().expect("the queued data is due");
     assert!(deadline >= t2, "{:?} in the past", t2 - deadline);
+    // Drained and idle, then a send after a spell in which nothing drove the machine: its
+    // flush is due at the send, not when the machine last saw the clock.
+    let mut t = t2;
+    while let Some(at) = a
+        .poll_timeout()
+        .filter(|at| *at < t2 + Duration::from_secs(1))
+    {
+        t = at;
+        a.handle_timeout(t);
+        while a.poll_transmit(t, &mut buf).is_some() {}
+    }
+    let t3 = t + Duration::from_secs(2);
+    a.send_at(t3, b"after a quiet spell").unwrap();
+    let deadline = a.poll_timeout().expect("the data is due");
+    assert!(deadline >= t3, "{:?} in the past", t3 - deadline);
 }
 
 #[test]

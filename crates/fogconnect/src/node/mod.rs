@@ -429,7 +429,7 @@ impl Node {
             return Err(SendError::NotConnected);
         }
         if let Some(stream) = &mut conn.stream {
-            if let Err(e) = stream.send(data) {
+            if let Err(e) = stream.send(now, data) {
                 // `Writable` follows when the stream has room again.
                 conn.stream_blocked |= e == SendError::Blocked;
                 return Err(e);
