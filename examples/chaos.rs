@@ -27,6 +27,27 @@ fn main() {
     let seeds = value("--seeds", 100);
     let start = value("--start", 0);
     let json = args.iter().any(|a| a == "--json");
+    // `--shrink KIND`: for the first seed with a violation of KIND, print its smallest plan.
+    if let Some(kind) = args
+        .iter()
+        .position(|a| a == "--shrink")
+        .and_then(|i| args.get(i + 1))
+    {
+        for seed in start..start + seeds {
+            let plan = generate(seed);
+            if run(&plan).violations.iter().any(|v| v.kind == kind) {
+                let small = fog_examples::chaos::shrink(&plan, kind, 200);
+                let out = run(&small);
+                print!("{}", describe(&small));
+                for v in out.violations {
+                    println!("{v}");
+                }
+                return;
+            }
+        }
+        println!("no seed with {kind}");
+        return;
+    }
     // Panics are counted, not printed as they happen.
     std::panic::set_hook(Box::new(|_| {}));
     let began = Instant::now();

@@ -164,6 +164,11 @@ impl SimNode {
         self.held.len()
     }
 
+    /// The sockets of [`held_sockets`](Self::held_sockets), for reports.
+    pub fn held(&self) -> &BTreeSet<SocketAddr> {
+        &self.held
+    }
+
     /// Sorts what the node asks of its signaling connection into frames and requests.
     fn pull(&mut self) {
         while let Some(out) = self.node.poll_signal() {
