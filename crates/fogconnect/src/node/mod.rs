@@ -1795,6 +1795,14 @@ impl SansIo for Node {
     }
 
     fn poll_socket_request(&mut self) -> Option<SocketRequest> {
+        // A driver takes socket requests before transmits: an unbind waits (and the requests
+        // after it, to keep their order) while a datagram from that socket is still queued,
+        // such as the sealed close of the connection that held it (found by the chaos run).
+        if let Some(SocketRequest::Unbind(socket)) = self.socket_requests.front() {
+            if self.outgoing.iter().any(|(local, _, _)| local == socket) {
+                return None;
+            }
+        }
         self.socket_requests.pop_front()
     }
 
