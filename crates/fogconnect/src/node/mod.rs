@@ -1739,10 +1739,23 @@ impl SansIo for Node {
         while let Some((local, remote, bytes)) = self.outgoing.pop_front() {
             match (self.relayed, &mut self.turn) {
                 (Some(relayed), Some(turn)) if local == relayed => {
+                    let before = turn.permission_count();
                     let _ = turn.create_permission(now, remote.ip());
                     // UDP promises nothing, but what the relay cannot take is counted.
                     if turn.send_to(now, remote, &bytes).is_err() {
                         self.counters.relay_send_errors += 1;
+                    }
+                    // The last datagram of a connection already released (its sealed close)
+                    // goes, but keeps no permission alive that no connection uses (found by
+                    // the chaos run). Only a permission this datagram created is looked at.
+                    if turn.permission_count() > before
+                        && !self
+                            .conns
+                            .values()
+                            .filter_map(Conn::agent)
+                            .any(|a| a.relay_peers().any(|p| p.ip() == remote.ip()))
+                    {
+                        turn.release_permission(remote.ip());
                     }
                 }
                 _ => {
