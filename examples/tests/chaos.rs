@@ -18,7 +18,8 @@ fn env(name: &str, default: u64) -> u64 {
 const SOCKET_HELD: &str = "resources-kept: a socket the driver still holds after every \
     connection closed (the close sent after its socket's unbind is fixed; this one is not \
     diagnosed)";
-const TIMER_PAST: &str = "timer: a deadline before now (the KCP ones are fixed; not diagnosed)";
+const TIMER_PAST: &str = "timer: a QUIC stream's deadline (fog-quic `Endpoint::poll_timeout`, \
+    cached per connection) before now; the KCP ones are fixed";
 const IDLE_CLOSE: &str = "closed-without-cause: an idle uTP or QUIC connection closed by its \
     transport with no fault (uTP: the initiator's ack of the SYN-ACK lost)";
 
