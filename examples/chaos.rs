@@ -3,6 +3,8 @@
 //!
 //! ```text
 //! cargo run --release -p fog-examples --example chaos -- --seeds 1000 [--start 0] [--json]
+//! cargo run --release -p fog-examples --example chaos -- --seeds 1 --start SEED --shrink KIND
+//! FOG_CHAOS_TRACE=1 cargo run --release -p fog-examples --example chaos -- --seeds 1 --start SEED
 //! ```
 //!
 //! Prints the seeds run, the steps, the violations (each with its seed and step), the panics
