@@ -1,3 +1,4 @@
 //! Runnable FogConnect programs; see the `examples` of this package.
 
+pub mod chaos;
 pub mod scenario;

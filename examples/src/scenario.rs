@@ -33,9 +33,9 @@ use fogconnect::{
     SignalOutput,
 };
 
-const REALM: &str = "signal.example";
-const TURN_SECRET: &[u8] = b"matrix relay secret";
-const BASE_PORT: u16 = 5000;
+pub(crate) const REALM: &str = "signal.example";
+pub(crate) const TURN_SECRET: &[u8] = b"matrix relay secret";
+pub(crate) const BASE_PORT: u16 = 5000;
 
 /// The WAN profile's numbers (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -162,6 +162,11 @@ impl SimNode {
     /// (see the field's docs): what a test of released resources counts.
     pub fn held_sockets(&self) -> usize {
         self.held.len()
+    }
+
+    /// The sockets of [`held_sockets`](Self::held_sockets), for reports.
+    pub fn held(&self) -> &BTreeSet<SocketAddr> {
+        &self.held
     }
 
     /// Sorts what the node asks of its signaling connection into frames and requests.
@@ -449,7 +454,7 @@ pub fn run(a: Preset, b: Preset, seed: u64, profile: &Profile) -> Run {
 /// An RFC 5780 STUN server on 198.51.`net`.1 and .2, and a TURN server on .3 that shares its
 /// secret with the signaling server handing out credentials (coturn's use-auth-secret
 /// scheme), each behind a link of `latency`; returns their addresses.
-fn add_servers(
+pub(crate) fn add_servers(
     sim: &mut Sim,
     net: u8,
     latency: Duration,

@@ -164,6 +164,15 @@ impl Connection {
         }
     }
 
+    /// [`send`](Self::send) at `now`: the flush it arms is due at `now`, not at the last
+    /// instant the machine was driven.
+    pub fn send_at(&mut self, now: Instant, data: &[u8]) -> Result<(), SendError> {
+        if self.data_flows() {
+            self.kcp.catch_up(now);
+        }
+        self.send(data)
+    }
+
     /// Reads received data ([`Kcp::recv`]), also after the connection closed.
     pub fn recv(&mut self, buf: &mut [u8]) -> Result<Option<usize>, RecvError> {
         self.kcp.recv(buf)
@@ -211,7 +220,7 @@ impl Connection {
                 // The responder only sends data once it saw our hello: its answer was lost.
                 // Check the datagram first so that garbage cannot open the connection.
                 self.kcp.handle_packet(now, inner)?;
-                self.establish();
+                self.establish(now);
             }
             Phase::Handshaking(_) => return Err(PacketError::NotConnected),
             Phase::Established | Phase::Closing(_) => self.kcp.handle_packet(now, inner)?,
@@ -248,7 +257,7 @@ impl Connection {
                 }
                 match self.phase {
                     Phase::Closed(_) => return Err(PacketError::NotConnected),
-                    Phase::Handshaking(_) => self.establish(),
+                    Phase::Handshaking(_) => self.establish(now),
                     Phase::Established | Phase::Closing(_) => {}
                 }
                 self.control_out |= OUT_HELLO_ANSWER;
@@ -256,7 +265,7 @@ impl Connection {
             (Command::FogHello, _) => {
                 if let Phase::Handshaking(_) = self.phase {
                     if self.role == Role::Initiator {
-                        self.establish();
+                        self.establish(now);
                     }
                 }
             }
@@ -275,11 +284,12 @@ impl Connection {
             }
             _ => return Err(PacketError::NotPlainKcp),
         }
-        let _ = now;
         Ok(())
     }
 
-    fn establish(&mut self) {
+    fn establish(&mut self, now: Instant) {
+        // The data machine was not driven during the handshake: what it planned is due now.
+        self.kcp.catch_up(now);
         self.timers.clear(Timer::Hello);
         self.control_out &= !OUT_HELLO;
         self.events.push_back(Event::Connected);

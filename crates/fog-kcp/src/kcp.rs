@@ -835,6 +835,17 @@ impl Kcp {
         }
     }
 
+    /// Brings the machine to `now` after a spell in which its caller did not drive it (a
+    /// connection's handshake, or an idle spell before a [`send`](Self::send), which has no
+    /// `now` and arms the flush at the last instant the machine saw): a flush planned for
+    /// earlier is due now, not in the past.
+    pub fn catch_up(&mut self, now: Instant) {
+        self.set_now(now);
+        if self.timers.get(Timer::Flush).is_some_and(|due| due < now) {
+            self.timers.set(Timer::Flush, now);
+        }
+    }
+
     /// When [`handle_timeout`](Self::handle_timeout) wants to be called, if ever.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.timers.next()

@@ -366,6 +366,10 @@ impl Connection {
             self.ack_nr = repr.seq_nr.wrapping_sub(1);
             self.state = State::Connected;
             self.events.push_back(ConnEvent::Connected);
+            // Ack the answer at once: the acceptor counts as connected only on a packet of
+            // ours after the SYN, and an initiator with nothing to write would otherwise send
+            // none before the acceptor's handshake timeout (the keepalive is armed by a send).
+            self.ack_pending = true;
         }
         // Packets too far from what we expect are old duplicates (ack them again) or garbage.
         let dist = repr.seq_nr.wrapping_sub(self.ack_nr).wrapping_sub(1);

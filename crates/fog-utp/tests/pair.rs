@@ -758,6 +758,29 @@ fn keepalive_is_sent_within_29_seconds_of_silence() {
     assert_eq!(ka, secs / 29, "keepalives {ka} in {secs} s");
 }
 
+/// A connection on which neither side ever writes stays up on both sides (found by the chaos
+/// run, `examples/tests/chaos.rs`: the initiator sent nothing after the SYN, so the acceptor
+/// never left SYN-RECV and ended `TimedOut` at its handshake timeout, 30 s in).
+#[test]
+fn an_idle_connection_stays_up_on_both_sides() {
+    let t0 = Instant::now();
+    let mut pair = Pair::new(7, 0.0, 0.0, Duration::ZERO, t0, t0);
+    let conn = pair.ep[0].connect(pair.now, addr(2)).unwrap();
+    let end = t0 + Duration::from_secs(100);
+    while pair.now < end && pair.step() {}
+    assert!(pair.events[0].contains(&Event::Connected(conn)));
+    for i in 0..2 {
+        assert!(
+            !pair.events[i]
+                .iter()
+                .any(|e| matches!(e, Event::Closed { .. })),
+            "side {i}: {:?}",
+            pair.events[i]
+        );
+        assert_eq!(pair.ep[i].connection_count(), 1, "side {i}");
+    }
+}
+
 /// A perfect pair whose connection has carried a byte.
 fn connected_pair(seed: u64) -> (Pair, ConnectionHandle) {
     let t0 = Instant::now();

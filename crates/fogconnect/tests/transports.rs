@@ -284,6 +284,51 @@ fn close_after_sending(transport: Transport) {
     );
 }
 
+#[test]
+fn kcp_closes_from_both_sides_at_once_end_both() {
+    close_at_once(Transport::Kcp);
+}
+
+#[test]
+fn quic_closes_from_both_sides_at_once_end_both() {
+    close_at_once(Transport::Quic);
+}
+
+#[test]
+fn utp_closes_from_both_sides_at_once_end_both() {
+    close_at_once(Transport::Utp);
+}
+
+/// Both sides `close` at the same instant (found by the chaos run, `examples/tests/chaos.rs`:
+/// over KCP the two closes crossed, each side's KCP ended `Peer`, and both nodes held the
+/// connection for ever): each side reports its own close and holds nothing after.
+fn close_at_once(transport: Transport) {
+    let mut s = Scenario::new(Preset::FullCone, Preset::FullCone, 23, &Profile::default());
+    let a_id = connect_over(&mut s, transport.clone());
+    connected(&mut s, 0, Duration::from_secs(15));
+    let b_id = connected(&mut s, 1, Duration::from_secs(15));
+    send_all(&mut s, 0, a_id, 3);
+    s.run_for(Duration::from_secs(2));
+    s.with_node(0, |n, now| n.close(now, a_id, 1, "a"))
+        .expect("close");
+    s.with_node(1, |n, now| n.close(now, b_id, 2, "b"))
+        .expect("close");
+    s.run_for(Duration::from_secs(30));
+    for (i, id) in [(0, a_id), (1, b_id)] {
+        assert!(
+            s.events[i]
+                .iter()
+                .any(|(_, e)| matches!(e, Event::Closed { id: c, .. } if *c == id)),
+            "node {i} ({transport:?}) reports the close"
+        );
+        assert_eq!(
+            s.with_node(i, |n, _| n.footprint().connections),
+            0,
+            "node {i}"
+        );
+    }
+}
+
 /// uTP closes whole: when the answerer closes while both sides are still sending, the
 /// caller's uTP answers the FIN with its own after its data (BEP 29 ST_FIN), so each side
 /// gets all the other sent, and the caller sees the close with the answerer's code.

@@ -429,7 +429,7 @@ impl Node {
             return Err(SendError::NotConnected);
         }
         if let Some(stream) = &mut conn.stream {
-            if let Err(e) = stream.send(data) {
+            if let Err(e) = stream.send(now, data) {
                 // `Writable` follows when the stream has room again.
                 conn.stream_blocked |= e == SendError::Blocked;
                 return Err(e);
@@ -1182,6 +1182,12 @@ impl Node {
                         self.events.push_back(Event::Data { id: conn.id, data });
                     }
                     transport::Happened::CloseDone => ended.push((conn.id, None)),
+                    // Closes that cross: the peer's close reached us while ours was under
+                    // way, so ours is done too (KCP then ends `Peer`, never `Local`, and both
+                    // sides would hold the connection for ever waiting for the other).
+                    transport::Happened::PeerClosed if conn.closing.is_some() => {
+                        ended.push((conn.id, None));
+                    }
                     transport::Happened::PeerClosed => {}
                     transport::Happened::Dead => {
                         ended.push((conn.id, Some(CloseReason::TransportFailed)));
@@ -1759,10 +1765,23 @@ impl SansIo for Node {
         while let Some((local, remote, bytes)) = self.outgoing.pop_front() {
             match (self.relayed, &mut self.turn) {
                 (Some(relayed), Some(turn)) if local == relayed => {
+                    let before = turn.permission_count();
                     let _ = turn.create_permission(now, remote.ip());
                     // UDP promises nothing, but what the relay cannot take is counted.
                     if turn.send_to(now, remote, &bytes).is_err() {
                         self.counters.relay_send_errors += 1;
+                    }
+                    // The last datagram of a connection already released (its sealed close)
+                    // goes, but keeps no permission alive that no connection uses (found by
+                    // the chaos run). Only a permission this datagram created is looked at.
+                    if turn.permission_count() > before
+                        && !self
+                            .conns
+                            .values()
+                            .filter_map(Conn::agent)
+                            .any(|a| a.relay_peers().any(|p| p.ip() == remote.ip()))
+                    {
+                        turn.release_permission(remote.ip());
                     }
                 }
                 _ => {
@@ -1815,6 +1834,14 @@ impl SansIo for Node {
     }
 
     fn poll_socket_request(&mut self) -> Option<SocketRequest> {
+        // A driver takes socket requests before transmits: an unbind waits (and the requests
+        // after it, to keep their order) while a datagram from that socket is still queued,
+        // such as the sealed close of the connection that held it (found by the chaos run).
+        if let Some(SocketRequest::Unbind(socket)) = self.socket_requests.front() {
+            if self.outgoing.iter().any(|(local, _, _)| local == socket) {
+                return None;
+            }
+        }
         self.socket_requests.pop_front()
     }
 

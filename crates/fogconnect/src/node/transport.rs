@@ -141,9 +141,9 @@ impl Stream {
     }
 
     /// Queues one message.
-    pub(super) fn send(&mut self, data: &[u8]) -> Result<(), SendError> {
+    pub(super) fn send(&mut self, now: Instant, data: &[u8]) -> Result<(), SendError> {
         match self {
-            Stream::Kcp(kcp) => kcp.send(data).map_err(|e| match e {
+            Stream::Kcp(kcp) => kcp.send_at(now, data).map_err(|e| match e {
                 KcpSendError::MessageTooLarge { .. } => SendError::TooLong,
                 KcpSendError::Blocked { .. } => SendError::Blocked,
                 KcpSendError::DeadLink | KcpSendError::Closed => SendError::NotConnected,

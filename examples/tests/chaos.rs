@@ -1,0 +1,209 @@
+//! Random worlds and timelines checked against the reference model (`fog_examples::chaos`):
+//! `FOG_CHAOS_SEEDS` seeds from `FOG_CHAOS_START` (40 from 0 by default: about 10 s in a debug
+//! build, under 1 s in release; the long runs are the `chaos` example's). A failure names the seed and a shrunk step list; replay it
+//! with `FOG_CHAOS_TRACE=1 cargo run --release -p fog-examples --example chaos -- --seeds 1
+//! --start SEED`.
+
+use fog_examples::chaos::{Op, Plan, Step, describe, generate, run, shrink};
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Bugs the chaos run found that are not fixed yet (see the issue 16 report and
+/// `benches/RESULTS.md`):
+const SOCKET_HELD: &str = "resources-kept: a socket the driver still holds after every \
+    connection closed (the close sent after its socket's unbind is fixed; this one is not \
+    diagnosed)";
+const TIMER_PAST: &str = "timer: a QUIC stream's deadline (fog-quic `Endpoint::poll_timeout`, \
+    cached per connection) before now; the KCP ones are fixed";
+const IDLE_CLOSE: &str = "closed-without-cause: an idle uTP or QUIC connection closed by its \
+    transport with no fault (uTP: the initiator's ack of the SYN-ACK lost)";
+
+/// Seeds of the default range whose first violation is a known bug, each with the bug.
+const KNOWN: &[(u64, &str)] = &[
+    (0, TIMER_PAST),
+    (2, TIMER_PAST),
+    (9, TIMER_PAST),
+    (11, TIMER_PAST),
+    (12, TIMER_PAST),
+    (15, TIMER_PAST),
+    (16, TIMER_PAST),
+    (19, TIMER_PAST),
+    (20, TIMER_PAST),
+    (21, TIMER_PAST),
+    (22, TIMER_PAST),
+    (25, TIMER_PAST),
+    (33, SOCKET_HELD),
+    (36, TIMER_PAST),
+    (39, IDLE_CLOSE),
+];
+
+fn check(plan: &Plan) -> Result<(), String> {
+    let out = std::panic::catch_unwind(|| run(plan));
+    let (kind, first) = match out {
+        Ok(o) => match o.violations.first() {
+            None => return Ok(()),
+            Some(v) => (v.kind.to_owned(), v.to_string()),
+        },
+        Err(_) => ("panic".to_owned(), "panicked".to_owned()),
+    };
+    let small = shrink(plan, &kind, 60);
+    Err(format!(
+        "seed {}: {first}\nshrunk ({} of {} steps):\n{}",
+        plan.seed,
+        small.steps.len(),
+        plan.steps.len(),
+        describe(&small)
+    ))
+}
+
+#[test]
+fn random_scenarios_keep_the_model() {
+    let seeds = env("FOG_CHAOS_SEEDS", 40);
+    let start = env("FOG_CHAOS_START", 0);
+    let mut failures = Vec::new();
+    for seed in start..start + seeds {
+        if let Some((_, why)) = KNOWN.iter().find(|(s, _)| *s == seed) {
+            eprintln!("seed {seed} skipped: known bug: {why}");
+            continue;
+        }
+        if let Err(e) = check(&generate(seed)) {
+            failures.push(e);
+            if failures.len() >= 3 {
+                break;
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn a_seed_is_a_scenario() {
+    let (a, b) = (generate(42), generate(42));
+    assert_eq!(a.steps, b.steps);
+    assert_eq!(describe(&a), describe(&b));
+    assert_ne!(describe(&a), describe(&generate(43)));
+}
+
+/// Two open hosts, one KCP connection, five messages: what the model must let pass.
+fn quiet_plan() -> Plan {
+    let mut plan = generate(1);
+    plan.nodes.truncate(2);
+    for n in &mut plan.nodes {
+        n.preset = fog_sim::presets::Preset::OpenInternet;
+    }
+    let ms = std::time::Duration::from_millis;
+    plan.steps = vec![
+        Step {
+            after: ms(100),
+            op: Some(Op::Connect {
+                label: 0,
+                from: 0,
+                to: 1,
+                transport: fogconnect::Transport::Kcp,
+            }),
+        },
+        Step {
+            after: ms(2000),
+            op: Some(Op::Send {
+                label: 0,
+                side: 0,
+                count: 5,
+                size: 100,
+            }),
+        },
+    ];
+    plan
+}
+
+#[test]
+fn a_quiet_world_keeps_the_model() {
+    let out = run(&quiet_plan());
+    assert!(out.violations.is_empty(), "{:?}", out.violations);
+    assert_eq!(out.messages, (5, 5));
+    assert_eq!((out.connects, out.connected), (1, 1));
+}
+
+/// The model can fail: payloads naming another connection are caught as they arrive.
+#[test]
+fn the_model_sees_a_message_on_the_wrong_connection() {
+    let mut plan = quiet_plan();
+    plan.sabotage = true;
+    let out = run(&plan);
+    let crossed = out
+        .violations
+        .iter()
+        .filter(|v| v.kind == "data-crossed")
+        .count();
+    assert_eq!(crossed, 5, "{:?}", out.violations);
+}
+
+/// Seed 4, shrunk to one step: node 3 (symmetric, random ports) connects to node 0 (CGNAT)
+/// over QUIC, its direct path from a fresh socket. At the final close the node queued its
+/// sealed close from that socket and asked the driver to unbind it in the same turn; drivers
+/// take socket requests first, so the close left from a socket already given back and the
+/// socket stayed held.
+#[test]
+fn seed_4_a_close_leaves_before_its_socket_is_unbound() {
+    let mut plan = generate(4);
+    plan.steps = vec![Step {
+        after: std::time::Duration::from_millis(2645),
+        op: Some(Op::Connect {
+            label: 1,
+            from: 3,
+            to: 0,
+            transport: fogconnect::Transport::Quic,
+        }),
+    }];
+    let out = run(&plan);
+    let kept: Vec<_> = out
+        .violations
+        .iter()
+        .filter(|v| v.kind == "resources-kept")
+        .collect();
+    assert!(kept.is_empty(), "{kept:?}");
+}
+
+/// Seed 4, shrunk: with the route between nodes 0 and 3 down, node 3 connects to node 0 over
+/// QUIC through TURN. At the final close node 0's sealed close went out through its relay
+/// after the connection was released, and sending it created again the permission the
+/// release had just dropped, kept alive for good.
+#[test]
+fn seed_4_a_close_through_the_relay_keeps_no_permission() {
+    let ms = std::time::Duration::from_millis;
+    let mut plan = generate(4);
+    plan.steps = vec![
+        Step {
+            after: ms(2205),
+            op: Some(Op::Route {
+                a: 0,
+                b: 3,
+                down: true,
+            }),
+        },
+        Step {
+            after: ms(2645),
+            op: Some(Op::Connect {
+                label: 1,
+                from: 3,
+                to: 0,
+                transport: fogconnect::Transport::Quic,
+            }),
+        },
+        Step {
+            after: ms(2988),
+            op: Some(Op::ResetNat { node: 1 }),
+        },
+    ];
+    let out = run(&plan);
+    let kept: Vec<_> = out
+        .violations
+        .iter()
+        .filter(|v| v.kind == "resources-kept")
+        .collect();
+    assert!(kept.is_empty(), "{kept:?}");
+}
