@@ -1031,8 +1031,16 @@ fn a_restart_on_the_same_network_starts_from_what_it_found() {
     let first_ready = one(&json_lines(&first), "ready").clone();
     drop(first);
 
-    // The restart, as a `connect` to a node behind site 0.
+    // The restart, as a `connect` to a node behind site 0. `serve` returns once fogd has
+    // authenticated a node, which the first run already was: wait for the second.
     let mut serve = serve(&lab, &fogd, 0, false, 1);
+    wait_for("serve to authenticate", Duration::from_secs(10), || {
+        fogd.stderr_text()
+            .matches("signaling: authenticated")
+            .count()
+            >= 2
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}\n{}", serve.output_text(), fogd.output_text()));
     let mut connect = connect(
         &lab,
         1,
