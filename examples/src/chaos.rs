@@ -334,7 +334,7 @@ pub fn must_be_direct(a: Preset, b: Preset) -> bool {
 const SPIN_LIMIT: u32 = 1_000;
 
 /// A [`SimNode`] whose timer is watched: a deadline before the instant it was read at, or more
-/// than [`SPIN_LIMIT`] timeouts at one instant, is recorded (and a spin is broken, so that the
+/// than `SPIN_LIMIT` timeouts at one instant, is recorded (and a spin is broken, so that the
 /// run ends).
 #[derive(Debug)]
 pub struct Checked {
