@@ -502,6 +502,28 @@ impl Client {
         Ok(())
     }
 
+    /// Refreshes the allocation now rather than at its time: for an owner that saw its NAT
+    /// mapping change. The server knows an allocation by its 5-tuple (RFC 8656 §2.2), so after
+    /// a rebinding the Refresh arrives from an unknown one and fails (437 Allocation Mismatch,
+    /// or no answer), which closes the client with [`Event::Error`]; otherwise it is an early
+    /// refresh and [`Event::Refreshed`] follows. Only when allocated and no Refresh is under way.
+    pub fn refresh_now(&mut self, now: Instant) -> Result<(), CommandError> {
+        if self.state != State::Allocated {
+            return Err(CommandError::NotAllocated);
+        }
+        if self
+            .pending
+            .values()
+            .any(|p| matches!(p.kind, Kind::Refresh { .. }))
+        {
+            return Ok(());
+        }
+        self.refresh_at = None;
+        let lifetime = self.config.lifetime.unwrap_or(self.granted).max(1);
+        self.start(now, Kind::Refresh { lifetime }, 0);
+        Ok(())
+    }
+
     /// Deletes the allocation with a Refresh of lifetime 0 (RFC 8656 §8.1); [`Event::Deallocated`]
     /// follows. Before the allocation exists, this just closes the client.
     pub fn deallocate(&mut self, now: Instant) {

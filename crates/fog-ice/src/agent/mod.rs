@@ -557,9 +557,14 @@ impl Agent {
     /// into the TURN client, and hands it what the relay delivers as arriving here). Relay
     /// pairs do not depend on punching: they are checked until the relay deadline (30 s after
     /// the start) and kept as the backup path.
+    ///
+    /// A new relayed address (the owner's allocation was lost and made again) replaces the
+    /// old one, as [`relay_lost`](Self::relay_lost) then this.
     pub fn set_relayed(&mut self, now: Instant, relayed: SocketAddr) {
-        if self.relayed.is_some() {
-            return;
+        match self.relayed {
+            Some(old) if old == relayed => return,
+            Some(old) => self.relay_lost(now, old),
+            None => {}
         }
         self.relayed = Some(relayed);
         let targets: Vec<Candidate> = self
@@ -573,6 +578,16 @@ impl Agent {
             self.add_pair(now, relayed, c.addr, c.priority);
         }
         self.wake_pacing(now);
+    }
+
+    /// Our TURN allocation at `relayed` is gone: its pairs fail as those of a removed local
+    /// address do, and the selected path moves off it at once.
+    pub fn relay_lost(&mut self, now: Instant, relayed: SocketAddr) {
+        if self.relayed != Some(relayed) {
+            return;
+        }
+        self.relayed = None;
+        self.remove_local(now, relayed);
     }
 
     /// The peer addresses that reach us through our relay need a TURN permission: the IPs of
