@@ -134,6 +134,9 @@ pub(crate) struct Connection {
     write_blocked: bool,
     keepalive: Duration,
     syn_retransmits: u32,
+    /// An initiator's SYN sequence number: an ST_STATE acking only it is the acceptor's
+    /// SYN-ACK (first or repeated), answered so the acceptor learns we are there.
+    syn_seq: u16,
     pub(crate) timers: TimerTable,
     pub(crate) stats: ConnectionStats,
     pub(crate) events: VecDeque<ConnEvent>,
@@ -202,6 +205,7 @@ impl Connection {
             write_blocked: false,
             keepalive: config.keepalive_interval,
             syn_retransmits: config.syn_retransmits,
+            syn_seq: seq_nr.wrapping_sub(1),
             timers: TimerTable::default(),
             stats: ConnectionStats::default(),
             events: VecDeque::new(),
@@ -260,6 +264,11 @@ impl Connection {
         // given back unless the initiator follows up (libutp only caps the count).
         conn.timers
             .set(Timer::Handshake, now + config.handshake_timeout);
+        // Our SYN-ACK is an ST_STATE, which nothing acknowledges, and the initiator's answer
+        // to it may be lost too: it goes again on the retransmission clock until a packet of
+        // the initiator's after its SYN arrives (see `handle_timeout`).
+        conn.timers
+            .set(Timer::Retransmit, now + conn.retransmit_timeout);
         conn
     }
 
@@ -360,7 +369,8 @@ impl Connection {
             self.stats.dropped_bad_ack += 1;
             return;
         }
-        if self.state == State::SynSent {
+        let was_syn_sent = self.state == State::SynSent;
+        if was_syn_sent {
             // The SYN-ACK trap: its seq_nr is the peer's first data seq, not yet consumed, so
             // what we have "received in order" is the one before it (libutp does the same).
             self.ack_nr = repr.seq_nr.wrapping_sub(1);
@@ -401,6 +411,15 @@ impl Connection {
         self.process_ack(now, repr);
         match repr.packet_type {
             PacketType::Data => self.on_data(repr.seq_nr, dist, payload),
+            // A repeated SYN-ACK (it acks only our SYN): the acceptor has not heard our answer.
+            PacketType::State
+                if self.role == Role::Initiator
+                    && self.state == State::Connected
+                    && repr.ack_nr == self.syn_seq
+                    && !was_syn_sent =>
+            {
+                self.ack_pending = true;
+            }
             PacketType::Fin => {
                 if self.fin_seq.is_none() {
                     self.fin_seq = Some(repr.seq_nr);
@@ -667,7 +686,19 @@ impl Connection {
             // libutp `zerowindow_time`: assume room for one packet to learn the window again.
             self.peer_wnd = self.max_payload;
         }
-        if self.timers.expired(Timer::Retransmit, now) {
+        if self.state == State::SynRecv
+            && self.outbuf.is_empty()
+            && self.timers.expired(Timer::Retransmit, now)
+        {
+            // No answer to our SYN-ACK yet: send it again (an initiator with nothing to write
+            // answers it with one ST_STATE, which loss can take; before this, the acceptor
+            // then timed out a connection the initiator believed open: found by the chaos run).
+            self.ack_pending = true;
+            self.stats.synacks_resent += 1;
+            self.retransmit_timeout *= 2;
+            self.timers
+                .set(Timer::Retransmit, now + self.retransmit_timeout);
+        } else if self.timers.expired(Timer::Retransmit, now) {
             self.on_retransmit_timeout(now);
         }
         if self.timers.expired(Timer::Keepalive, now)
@@ -678,6 +709,18 @@ impl Connection {
             // bindings (often 30 s for UDP) survive.
             self.ack_pending = true;
             self.stats.keepalives_sent += 1;
+        }
+    }
+
+    /// See [`Endpoint::path_changed`](crate::Endpoint::path_changed).
+    pub(crate) fn path_changed(&mut self, now: Instant) {
+        if self.is_closed() {
+            return;
+        }
+        self.retransmit_count = 0;
+        self.retransmit_timeout = self.rto;
+        if self.outbuf.iter().any(|p| p.sent_at.is_some() && !p.sacked) {
+            self.timers.set(Timer::Retransmit, now);
         }
     }
 

@@ -275,6 +275,8 @@ pub struct ConnectionStats {
     pub keepalives_sent: u64,
     /// SYNs answered again.
     pub duplicate_syns: u64,
+    /// SYN-ACKs sent again because the initiator had not answered (acceptor only).
+    pub synacks_resent: u64,
     /// Packets dropped because their ack_nr was outside what we sent (BEP 29 reflection fix).
     pub dropped_bad_ack: u64,
     /// Data dropped because the receive buffer was full.
@@ -416,6 +418,18 @@ impl Endpoint {
     pub fn close(&mut self, conn: ConnectionHandle) {
         if let Some(c) = self.conns.get_mut(&conn) {
             c.close();
+        }
+    }
+
+    /// The owner moved the connection to another path (the peer's address is unchanged for
+    /// uTP; the owner's tunnel changed under it). The backed-off retransmission timer belongs
+    /// to the old path: what is in flight goes again now, and the give-up count starts over,
+    /// so a connection that waited out a dead path is not given up just as a new one
+    /// arrives. Like QUIC, which resets its loss state on a validated new path (RFC 9002
+    /// §6.2.1 does not carry a backed-off PTO across paths; RFC 9000 §9.4).
+    pub fn path_changed(&mut self, now: Instant, conn: ConnectionHandle) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.path_changed(now);
         }
     }
 

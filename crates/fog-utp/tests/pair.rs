@@ -476,6 +476,72 @@ fn acceptor_syn_ack_seq_is_reused_by_first_data_and_resent_syn_is_one_connection
     assert_eq!(out[0].0.seq_nr, synack.seq_nr);
 }
 
+/// The initiator's one answer to our SYN-ACK can be lost, and an initiator with nothing to
+/// write sends nothing else: the acceptor repeats its SYN-ACK (1 s, then 2 s...) until a
+/// packet of the initiator's arrives, rather than timing the connection out.
+#[test]
+fn acceptor_repeats_its_syn_ack_until_the_initiator_answers() {
+    let mut raw = Raw::new(Config::with_seed([3; 32]));
+    let (synack, conn) = raw_accept(&mut raw);
+    assert_eq!(synack.packet_type, PacketType::State);
+    raw.now += Duration::from_millis(999);
+    raw.ep.handle_timeout(raw.now);
+    assert!(raw.out().is_empty(), "not before a second");
+    for wait in [1, 2, 4] {
+        raw.now += Duration::from_secs(wait);
+        raw.ep.handle_timeout(raw.now);
+        let out = raw.out();
+        assert_eq!(out.len(), 1, "after {wait} s more");
+        let again = out[0].0;
+        assert_eq!(again.packet_type, PacketType::State);
+        assert_eq!((again.seq_nr, again.ack_nr), (synack.seq_nr, synack.ack_nr));
+    }
+    assert_eq!(raw.ep.stats(conn).unwrap().synacks_resent, 3);
+    // The initiator's answer (an ST_STATE acking seq - 1) connects it; no more repeats.
+    raw.send(
+        repr(PacketType::State, 101, 5001, synack.seq_nr.wrapping_sub(1)),
+        &[],
+    );
+    for _ in 0..60 {
+        raw.now += Duration::from_secs(1);
+        raw.ep.handle_timeout(raw.now);
+        raw.out();
+    }
+    assert_eq!(raw.ep.stats(conn).unwrap().synacks_resent, 3);
+    assert!(
+        !raw.events()
+            .iter()
+            .any(|e| matches!(e, Event::Closed { .. }))
+    );
+    assert_eq!(raw.ep.connection_count(), 1);
+}
+
+/// An initiator answers a repeated SYN-ACK (an ST_STATE acking only its SYN) with an ack,
+/// but not the acks of its data.
+#[test]
+fn initiator_answers_a_repeated_syn_ack() {
+    let mut raw = Raw::new(Config::with_seed([4; 32]));
+    let conn = raw.ep.connect(raw.now, addr(9)).unwrap();
+    let syn = raw.out()[0].0;
+    let synack = repr(PacketType::State, syn.connection_id, 777, syn.seq_nr);
+    raw.send(synack, &[]);
+    assert_eq!(raw.events(), vec![Event::Connected(conn)]);
+    assert_eq!(raw.out().len(), 1, "the answer to the SYN-ACK");
+    raw.send(synack, &[]);
+    let out = raw.out();
+    assert_eq!(out.len(), 1, "the answer again");
+    assert_eq!(out[0].0.packet_type, PacketType::State);
+    assert_eq!(out[0].0.ack_nr, 776);
+    // Once data of ours is acked, an ST_STATE is an ack like any: no answer.
+    raw.ep.write(conn, b"abc").unwrap();
+    let data = raw.out()[0].0;
+    raw.send(
+        repr(PacketType::State, syn.connection_id, 777, data.seq_nr),
+        &[],
+    );
+    assert!(raw.out().is_empty());
+}
+
 #[test]
 fn acks_outside_the_window_are_dropped_and_counted() {
     let mut raw = Raw::new(Config::with_seed([3; 32]));
