@@ -66,3 +66,56 @@ fn a_dead_direct_path_falls_back_to_the_relay_and_comes_back() {
         );
     }
 }
+
+/// A NAT that forgets every binding takes the TURN allocation with it (the server knows an
+/// allocation by its 5-tuple, RFC 8656 §2.2). The node notices at its next keepalive (a new
+/// mapping), refreshes the allocation at once, finds it gone, and allocates again, so a
+/// connection that only a relay can carry still connects. Before, the dead allocation stayed
+/// the node's relayed candidate, and every such connect failed after 30 s with no path (the
+/// chaos run, seed 63).
+#[test]
+fn a_relay_lost_to_a_nat_reset_is_made_again() {
+    let mut s = Scenario::new(
+        Preset::SymmetricRandom,
+        Preset::SymmetricRandom,
+        5,
+        &Profile::default(),
+    );
+    assert!(s.wait_ready());
+    s.run_for(Duration::from_secs(1));
+    let relayed_before = relayed(&s, 0);
+    for i in 0..2 {
+        for nat in s.sites[i].middleboxes.clone() {
+            s.sim.reset_nat(nat);
+        }
+    }
+    // A keepalive interval (15 s) and a refresh's round trip later.
+    s.run_for(Duration::from_secs(20));
+    for i in 0..2 {
+        let lost = s.with_node(i, |n, _| n.counters().relays_lost);
+        assert_eq!(lost, 1, "node {i} lost its allocation once");
+    }
+    assert_ne!(relayed(&s, 0), relayed_before, "a new allocation");
+
+    let (start, _) = s.connect();
+    s.run_for(Duration::from_secs(10));
+    for i in 0..2 {
+        let paths = s.paths(i);
+        let first = paths
+            .first()
+            .unwrap_or_else(|| panic!("node {i} connected: {paths:?}"));
+        assert!(first.3, "node {i} is on the relay: {paths:?}");
+        assert!(
+            first.0 - start < Duration::from_secs(5),
+            "node {i}: {paths:?}"
+        );
+    }
+}
+
+/// Node `i`'s latest relayed address.
+fn relayed(s: &Scenario, i: usize) -> Option<std::net::SocketAddr> {
+    s.events[i].iter().rev().find_map(|(_, e)| match e {
+        fogconnect::Event::RelayReady { relayed } => Some(*relayed),
+        _ => None,
+    })
+}

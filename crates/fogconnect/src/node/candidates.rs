@@ -127,6 +127,7 @@ impl Node {
                 report.mapped = Some(new);
                 let added = vec![Candidate::new(Kind::ServerReflexive, new)];
                 self.changed(added, old.into_iter().collect());
+                self.check_relay(now);
             }
         }
         true

@@ -529,6 +529,9 @@ pub struct Counters {
     /// Agents built again because a behaviour (ours when discovery finished, or the peer's
     /// update) changed before the connection had a path.
     pub replans: u64,
+    /// TURN allocations lost (a failed refresh, often after our NAT rebound us) and asked for
+    /// again.
+    pub relays_lost: u64,
 }
 
 /// Why a connection took the path it took ([`Node::diagnose`](super::Node::diagnose)).

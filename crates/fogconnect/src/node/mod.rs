@@ -106,11 +106,15 @@ const SIGNAL_RELAY_KEEPALIVE: Duration = Duration::from_secs(30);
 const UNSPECIFIED: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
 
-/// Retransmission interval of the port refresh, and its tries.
 /// How long a prediction of our own next port waits, after discovery's first report, for the
 /// TURN allocation to open its flow (credentials come one signaling round trip after
 /// authentication); after that it goes without, and the allocation may cost it one port.
 const RELAY_WAIT: Duration = Duration::from_millis(500);
+/// After an allocation is lost, the first wait before asking for a new one, doubled after each
+/// loss up to the last, and back to the first once one is made.
+const RELAY_RETRY_FIRST: Duration = Duration::from_secs(1);
+const RELAY_RETRY_MAX: Duration = Duration::from_secs(60);
+/// Retransmission interval of the port refresh, and its tries.
 const REFRESH_RTO: Duration = Duration::from_millis(250);
 const REFRESH_TRIES: u32 = 5;
 /// Retransmission interval of the keepalive Binding, and its tries per round.
@@ -158,6 +162,9 @@ pub struct Node {
     /// [`RELAY_WAIT`]).
     relay_wait_until: Option<Instant>,
     relayed: Option<SocketAddr>,
+    /// The allocation was lost: when to ask for credentials again, and the back-off after.
+    relay_retry_at: Option<Instant>,
+    relay_backoff: Duration,
     /// Datagrams of ours to send on a UDP path: (from, to, bytes with the framing byte).
     outgoing: VecDeque<(SocketAddr, SocketAddr, Vec<u8>)>,
     /// When the node was made: its first timeout, which starts discovery.
@@ -235,6 +242,8 @@ impl Node {
             turn_sent: false,
             relay_wait_until: None,
             relayed: None,
+            relay_retry_at: None,
+            relay_backoff: RELAY_RETRY_FIRST,
             outgoing: VecDeque::new(),
             created: now,
             started: false,
@@ -421,6 +430,7 @@ impl Node {
     /// Sends one datagram to the peer of a connection on its current path (unreliable,
     /// unordered, at most [`MAX_DATAGRAM`] bytes): what the transports build on.
     pub fn send(&mut self, now: Instant, id: ConnectionId, data: &[u8]) -> Result<(), SendError> {
+        self.now = self.now.max(now);
         let conn = self
             .conns
             .get_mut(&id)
@@ -683,6 +693,19 @@ impl Node {
         for conn in self.conns.values_mut() {
             if matches!(conn.phase, Phase::Retrying { at } if at <= now) {
                 conn.phase = Phase::Queued;
+            }
+        }
+        // A refresh under way for connections that all ended (closed, failed, refused) serves
+        // nobody: its socket goes now, not never (the chaos run found it held).
+        if self.refresh.is_some()
+            && !self
+                .conns
+                .values()
+                .any(|c| matches!(c.phase, Phase::Queued | Phase::Accepted))
+        {
+            if let Some(refresh) = self.refresh.take() {
+                self.socket_requests
+                    .push_back(SocketRequest::Unbind(refresh.probe.local));
             }
         }
         if self.report.is_none() || !self.client.is_authenticated() {
@@ -1033,6 +1056,9 @@ impl Node {
         conn.path = Some(via);
         if conn.connected_at.is_some() {
             conn.path_changes += 1;
+            if let Some(stream) = &mut conn.stream {
+                stream.path_changed(self.now);
+            }
             self.events.push_back(Event::PathChanged {
                 id,
                 local,
@@ -1325,6 +1351,7 @@ impl Node {
                 .map(|r| r.probe.next_at),
             self.watch.as_ref().map(|w| w.next_at),
             self.relay_wait_until,
+            self.relay_retry_at,
             self.signal.reopen_at(),
             self.signal
                 .paced_until(self.client.frames_waiting(), self.signal_rate()),
@@ -1717,10 +1744,12 @@ impl SansIo for Node {
         }
         self.expire(now);
         self.relay_wait_until = self.relay_wait_until.filter(|&t| now < t);
+        self.relay_retry(now);
         self.progress(now);
     }
 
     fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        self.now = self.now.max(now);
         if let Some(ranker) = &mut self.ranker {
             if let Some(t) = ranker.poll_transmit(now, buf) {
                 return Some(t);
@@ -1870,6 +1899,9 @@ impl SansIo for Node {
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
-        self.deadlines().min()
+        // A deadline computed from state older than the last input (the signaling pacer's
+        // refill after a `send`, say) is due now, never in the past: the driving contract has
+        // no past deadlines (the chaos model checks it).
+        self.deadlines().min().map(|t| t.max(self.now))
     }
 }

@@ -42,6 +42,10 @@ use super::MAX_DATAGRAM;
 use super::event::SendError;
 use super::transport::Happened;
 
+/// RFC 9000 §20.1: the transport error that stands for an application's close in packets
+/// that cannot carry its code.
+const APPLICATION_ERROR: u64 = 0x0c;
+
 /// The largest message one `send` takes over QUIC.
 pub(super) const MAX_MESSAGE: usize = 1 << 20;
 /// Bytes queued for our stream before `send` says `Blocked`.
@@ -275,6 +279,15 @@ impl Quic {
                     self.happened.push(match reason {
                         QuicClose::Local => Happened::CloseDone,
                         QuicClose::ByPeer { code: 0, .. } => Happened::PeerClosed,
+                        // A close during the handshake goes in Initial or Handshake packets,
+                        // where the application's code becomes the transport error
+                        // APPLICATION_ERROR (RFC 9000 §10.2.3): the peer's node closed as
+                        // early as that (found by the chaos run: reported as a dead transport).
+                        QuicClose::Protocol {
+                            code: APPLICATION_ERROR,
+                            by_peer: true,
+                            ..
+                        } => Happened::PeerClosed,
                         _ => Happened::Dead,
                     });
                 }

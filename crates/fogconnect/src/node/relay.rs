@@ -6,10 +6,13 @@ use std::time::Instant;
 use fog_core::{Receive, SansIo};
 use fog_ice::candidate::{Candidate, Kind};
 use fog_signal::msg::SessionId;
-use fog_turn::client::Event as TurnEvent;
+use fog_turn::client::{Event as TurnEvent, State as TurnState};
 
 use super::seal::Kind as Sealed;
-use super::{ConnectionId, Event, Node, SIGNAL_RELAY_KEEPALIVE, UNSPECIFIED, Via};
+use super::{
+    ConnectionId, Event, Node, RELAY_RETRY_FIRST, RELAY_RETRY_MAX, SIGNAL_RELAY_KEEPALIVE,
+    UNSPECIFIED, Via,
+};
 
 /// The fewest seconds between two echoes on the relay over signaling: each costs a frame of
 /// our own signaling rate, which a peer must not spend for us.
@@ -50,9 +53,11 @@ impl Node {
         while let Some(event) = turn.poll_event() {
             events.push(event);
         }
+        let mut lost = false;
         for event in events {
             match event {
                 TurnEvent::Allocated { relayed, .. } => {
+                    self.relay_backoff = RELAY_RETRY_FIRST;
                     self.relayed = Some(relayed);
                     self.events.push_back(Event::RelayReady { relayed });
                     let candidate = Candidate::new(Kind::Relayed, relayed);
@@ -87,8 +92,62 @@ impl Node {
                     };
                     self.give_agent(now, packet);
                 }
+                // A failed Allocate or Refresh closes the client: the allocation is gone (a
+                // NAT that rebound us, a server that restarted or refused us).
+                TurnEvent::Error(_) => {
+                    lost |= self
+                        .turn
+                        .as_ref()
+                        .is_some_and(|t| t.state() == TurnState::Closed);
+                }
                 _ => {}
             }
+        }
+        if lost {
+            self.relay_lost(now);
+        }
+    }
+
+    /// The TURN allocation is gone: its relayed candidate is withdrawn (its pairs fail, a
+    /// connection on it moves to another path or waits for the new relay), and fresh
+    /// credentials are asked for after a back-off, for a new allocation that trickles like
+    /// the first.
+    pub(super) fn relay_lost(&mut self, now: Instant) {
+        self.turn = None;
+        self.turn_sent = false;
+        self.relay_requested = false;
+        self.counters.relays_lost += 1;
+        if let Some(old) = self.relayed.take() {
+            for conn in self.conns.values_mut() {
+                if let Some(agent) = conn.agent_mut() {
+                    agent.relay_lost(now, old);
+                }
+            }
+            self.drain_agents();
+            self.events.push_back(Event::CandidatesChanged {
+                added: Vec::new(),
+                removed: vec![old],
+            });
+        }
+        self.relay_retry_at = Some(now + self.relay_backoff);
+        self.relay_backoff = (self.relay_backoff * 2).min(RELAY_RETRY_MAX);
+    }
+
+    /// Asks for new relay credentials once the back-off after a lost allocation is over.
+    pub(super) fn relay_retry(&mut self, now: Instant) {
+        if self.relay_retry_at.is_some_and(|t| t <= now) && self.client.is_authenticated() {
+            self.relay_retry_at = None;
+            if self.config.turn.is_some() && !self.relay_requested {
+                self.relay_requested = self.client.request_relay().is_ok();
+            }
+        }
+    }
+
+    /// Our mapping changed: a TURN allocation made from the old one is probably gone (the
+    /// server knows it by its 5-tuple), so it is refreshed now; the refresh fails if it is.
+    pub(super) fn check_relay(&mut self, now: Instant) {
+        if let Some(turn) = &mut self.turn {
+            let _ = turn.refresh_now(now);
         }
     }
 
