@@ -225,6 +225,14 @@ pub enum Event {
     },
     /// The allocation was deleted at our request.
     Deallocated,
+    /// The server was full and named another (300 Try Alternate): the Allocate goes there,
+    /// and so does everything after it.
+    Redirected {
+        /// The server that sent us on.
+        from: SocketAddr,
+        /// The one we use now.
+        to: SocketAddr,
+    },
     /// Something failed. Failures of Allocate or Refresh close the client
     /// ([`State::Closed`]); failures of a permission or channel drop that one only.
     Error(Error),
@@ -331,7 +339,12 @@ pub struct Client {
     last_sent: Option<Instant>,
     events: VecDeque<Event>,
     stats: Stats,
+    /// The servers that sent us on with a 300, never gone back to (RFC 8489 §10: no loops).
+    redirected_from: Vec<SocketAddr>,
 }
+
+/// The most 300 (Try Alternate) answers one client follows.
+pub const MAX_REDIRECTS: usize = 2;
 
 impl Client {
     /// A client that does nothing until [`allocate`](Self::allocate).
@@ -358,7 +371,13 @@ impl Client {
             last_sent: None,
             events: VecDeque::new(),
             stats: Stats::default(),
+            redirected_from: Vec::new(),
         }
+    }
+
+    /// The TURN server this client talks to: the configured one, or the one a 300 named.
+    pub fn server(&self) -> SocketAddr {
+        self.config.server
     }
 
     /// Where the allocation is.
@@ -771,6 +790,28 @@ impl Client {
                 self.close();
                 self.events.push_back(Event::Deallocated);
                 return;
+            }
+            // RFC 8489 §10 and RFC 8656 §7.4: a full server names another. Only for a signed
+            // request, whose answer `handle_response` verified with our key (an unsigned 300
+            // could be anyone's, sending us at a victim), at most MAX_REDIRECTS times, never
+            // back to a server that sent us on, and within the address family.
+            code::TRY_ALTERNATE if signed && matches!(kind, Kind::Allocate) => {
+                let to = msg.alternate_server.filter(|to| {
+                    *to != self.config.server
+                        && !self.redirected_from.contains(to)
+                        && self.redirected_from.len() < MAX_REDIRECTS
+                        && to.is_ipv4() == self.config.server.is_ipv4()
+                });
+                if let Some(to) = to {
+                    let from = std::mem::replace(&mut self.config.server, to);
+                    self.redirected_from.push(from);
+                    // The new server has its own realm and nonces: challenged afresh.
+                    self.realm = None;
+                    self.nonce = None;
+                    self.key = None;
+                    self.events.push_back(Event::Redirected { from, to });
+                    return self.start(now, kind, 0);
+                }
             }
             _ => {}
         }

@@ -210,6 +210,7 @@ impl Cluster {
         settings: Settings,
         waker: Arc<Waker>,
         load: Arc<AtomicUsize>,
+        alternate: crate::turn::Alternate,
     ) -> Result<Cluster, StartError> {
         if !valid_instance(&settings.instance) {
             return Err(StartError::Instance(settings.instance));
@@ -244,6 +245,7 @@ impl Cluster {
             stop: stop.clone(),
             stats: stats.clone(),
             load,
+            alternate,
             scripts: Scripts::new(),
         };
         let mut subscriber = Subscriber {
@@ -502,6 +504,8 @@ struct CommandThread {
     stop: Arc<AtomicBool>,
     stats: Arc<Stats>,
     load: Arc<AtomicUsize>,
+    /// The least-loaded other instance's TURN address, for our server's 300s.
+    alternate: crate::turn::Alternate,
     scripts: Scripts,
 }
 
@@ -664,6 +668,7 @@ impl CommandThread {
             .query(con)
             .map_err(|_| Down)?;
         let mut best: Option<((usize, usize), &str, Vec<String>)> = None;
+        let mut others: Vec<((usize, usize), String, Vec<String>)> = Vec::new();
         for (member, info) in members.iter().zip(infos) {
             let Some(info) = info else {
                 // Gone: its info expired with its lease.
@@ -688,12 +693,23 @@ impl CommandThread {
             }
             // Fewest TURN allocations, then fewest signaling peers; ties go to the lower id, the
             // same choice on every instance.
+            others.push((load, member.clone(), urls.clone()));
             if best
                 .as_ref()
                 .is_none_or(|(l, m, _)| (load, member.as_str()) < (*l, *m))
             {
                 best = Some((load, member, urls));
             }
+        }
+        // A full TURN server here sends Allocates to the least-loaded other instance.
+        let own = self.instance();
+        let alternate = others
+            .iter()
+            .filter(|(_, member, _)| *member != own)
+            .min_by(|a, b| (a.0, a.1.as_str()).cmp(&(b.0, b.1.as_str())))
+            .and_then(|(_, _, urls)| urls.iter().find_map(|u| turn_udp_address(u)));
+        if let Ok(mut slot) = self.alternate.lock() {
+            *slot = alternate;
         }
         if let Some((_, _, urls)) = best {
             if self.relay.as_ref() != Some(&urls) {
@@ -1166,5 +1182,45 @@ mod tests {
         assert!(!valid_instance(""));
         assert!(!valid_instance("a b"));
         assert!(!valid_instance(&"x".repeat(65)));
+    }
+}
+
+/// The UDP address of a `turn:` URL that names an IP literal (RFC 7065: `turn:host[:port]`,
+/// UDP unless `?transport=tcp`): what a 300's ALTERNATE-SERVER can carry. Host names and TCP
+/// give `None`.
+fn turn_udp_address(url: &str) -> Option<std::net::SocketAddr> {
+    use std::net::SocketAddr;
+    let rest = url.strip_prefix("turn:")?;
+    let (hostport, query) = rest.split_once('?').unwrap_or((rest, ""));
+    if !query.is_empty() && query != "transport=udp" {
+        return None;
+    }
+    hostport.parse::<SocketAddr>().ok().or_else(|| {
+        hostport
+            .parse::<std::net::IpAddr>()
+            .ok()
+            .map(|ip| SocketAddr::new(ip, 3478))
+    })
+}
+
+#[cfg(test)]
+mod turn_url_tests {
+    use super::turn_udp_address;
+
+    #[test]
+    fn only_udp_ip_literals_become_an_alternate() {
+        let a = |s: &str| turn_udp_address(s).map(|a| a.to_string());
+        assert_eq!(
+            a("turn:192.0.2.1:3480?transport=udp").as_deref(),
+            Some("192.0.2.1:3480")
+        );
+        assert_eq!(a("turn:192.0.2.1").as_deref(), Some("192.0.2.1:3478"));
+        assert_eq!(
+            a("turn:[2001:db8::1]:3479").as_deref(),
+            Some("[2001:db8::1]:3479")
+        );
+        assert_eq!(a("turn:relay.example:3478"), None);
+        assert_eq!(a("turn:192.0.2.1:3478?transport=tcp"), None);
+        assert_eq!(a("turns:192.0.2.1:5349"), None);
     }
 }

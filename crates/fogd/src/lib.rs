@@ -273,6 +273,7 @@ impl Services {
             .transpose()?;
         if let (Some(signal), Some(turn)) = (&mut signal, &turn) {
             signal.set_load(turn.load());
+            signal.set_alternate(turn.alternate());
         }
 
         let (done, finished) = mpsc::channel::<Result<(), String>>();

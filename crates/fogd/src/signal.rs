@@ -314,6 +314,8 @@ pub(crate) struct SignalService {
     cluster: Option<cluster::Settings>,
     /// This instance's load for the cluster (live TURN allocations when TURN runs here).
     load: Arc<AtomicUsize>,
+    /// Where the cluster writes the TURN server's alternate.
+    alternate: crate::turn::Alternate,
 }
 
 impl SignalService {
@@ -374,12 +376,18 @@ impl SignalService {
             max_sockets: limits.max_connections.saturating_add(SOCKET_SLACK),
             cluster: settings.cluster,
             load: Arc::new(AtomicUsize::new(0)),
+            alternate: Arc::default(),
         })
     }
 
     /// Publishes `load` as this instance's load in the cluster (TURN's live allocations).
     pub(crate) fn set_load(&mut self, load: Arc<AtomicUsize>) {
         self.load = load;
+    }
+
+    /// The TURN service's alternate slot, for the cluster to fill.
+    pub(crate) fn set_alternate(&mut self, alternate: crate::turn::Alternate) {
+        self.alternate = alternate;
     }
 
     /// A handle that stops [`run`](Self::run) from another thread.
@@ -397,8 +405,13 @@ impl SignalService {
         // so that a service that fails to bind leaves none behind.
         let cluster = match self.cluster {
             Some(settings) => Some(
-                Cluster::start(settings, self.waker.clone(), self.load.clone())
-                    .map_err(|e| io::Error::other(e.to_string()))?,
+                Cluster::start(
+                    settings,
+                    self.waker.clone(),
+                    self.load.clone(),
+                    self.alternate.clone(),
+                )
+                .map_err(|e| io::Error::other(e.to_string()))?,
             ),
             None => None,
         };

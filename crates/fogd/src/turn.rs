@@ -11,11 +11,11 @@ use std::fmt;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use fog_mio::{Config, Driver, Handle, Stats};
+use fog_mio::{Config, Driver, Handle, Stats, Status};
 use fog_signal::server::RelayConfig;
 use fog_turn::auth::AuthSecret;
 use fog_turn::server::{
@@ -30,6 +30,8 @@ use crate::cli::{SocketArgs, TurnArgs};
 /// enough to keep the system-call cost per datagram low. fog-mio's default too; named here
 /// because the relay's fairness depends on it.
 const READ_BUDGET: usize = 64;
+/// How often the TURN loop looks for a new alternate server.
+const ALTERNATE_CHECK: Duration = Duration::from_secs(1);
 
 /// How long signaling's credentials stay valid by default: a day, the TURN REST API draft's
 /// example (draft-uberti-behave-turn-rest-00 §2.2).
@@ -254,7 +256,12 @@ pub(crate) struct TurnService {
     driver: Driver<Server>,
     /// Live allocations, published as the instance's load in a cluster.
     load: Arc<AtomicUsize>,
+    alternate: Alternate,
 }
+
+/// Where this instance's TURN server sends Allocates once it is full (300 Try Alternate): set
+/// by the cluster to the least-loaded other instance, `None` without one.
+pub(crate) type Alternate = Arc<Mutex<Option<SocketAddr>>>;
 
 /// What the service did, for the final log line.
 #[derive(Debug, Clone, Copy)]
@@ -304,12 +311,18 @@ impl TurnService {
         Ok(Self {
             driver,
             load: Arc::new(AtomicUsize::new(0)),
+            alternate: Arc::default(),
         })
     }
 
     /// The live allocation count, kept current while the service runs.
     pub(crate) fn load(&self) -> Arc<AtomicUsize> {
         self.load.clone()
+    }
+
+    /// The slot the cluster writes the alternate server into.
+    pub(crate) fn alternate(&self) -> Alternate {
+        self.alternate.clone()
     }
 
     /// A handle that stops [`run`](Self::run) from another thread.
@@ -323,7 +336,7 @@ impl TurnService {
         let started = Instant::now();
         let (mut allocated, mut released) = (0u64, 0u64);
         let load = self.load.clone();
-        self.driver.run(|_, event| match event {
+        let mut on_event = |_: &mut Server, event| match event {
             Event::Allocated {
                 client,
                 relayed,
@@ -343,7 +356,21 @@ impl TurnService {
                     load.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
                 tracing::info!(%client, %relayed, ?reason, "TURN allocation ended");
             }
-        })?;
+        };
+        // The loop looks at the alternate slot at least once a second (the cluster refreshes it
+        // that often).
+        let mut alternate = None;
+        loop {
+            let now_alternate = self.alternate.lock().map(|a| *a).unwrap_or(None);
+            if now_alternate != alternate {
+                alternate = now_alternate;
+                tracing::info!(?alternate, "TURN: a full server now sends Allocates to");
+                self.driver.machine_mut().set_alternate(alternate);
+            }
+            if self.driver.turn(Some(ALTERNATE_CHECK), &mut on_event)? == Status::Shutdown {
+                break;
+            }
+        }
         Ok(Report {
             uptime: started.elapsed(),
             allocated,

@@ -143,6 +143,13 @@ struct Instance {
 }
 
 fn start_instance(n: u8, key: &Path, redis: &Redis) -> Instance {
+    // TURN credentials for a relay "on" this instance (signaling only hands them out).
+    let url = format!("turn:127.0.0.{n}:3478");
+    start_instance_with(n, key, redis, &["--turn-url", &url])
+}
+
+/// An instance with `turn` as its TURN flags (beside the shared secret).
+fn start_instance_with(n: u8, key: &Path, redis: &Redis, turn: &[&str]) -> Instance {
     let id = format!("fogd-{n}");
     let addr = SocketAddr::new(ip(n), free_port(ip(n)));
     let mut command = Command::new(env!("CARGO_BIN_EXE_fogd"));
@@ -153,9 +160,8 @@ fn start_instance(n: u8, key: &Path, redis: &Redis) -> Instance {
         .arg(key)
         .args(["--realm", REALM, "--cluster", &redis.url()])
         .args(["--cluster-instance", &id])
-        // TURN credentials for a relay "on" this instance (signaling only hands them out).
         .args(["--turn-secret", "cluster secret"])
-        .args(["--turn-url", &format!("turn:127.0.0.{n}:3478")])
+        .args(turn)
         .env("RUST_LOG", "info,fogd::cluster=debug")
         // Every test peer answers many offers from one test thread.
         .args(["--frames-per-second", "1000", "--max-pending-offers", "64"]);
@@ -497,4 +503,116 @@ fn two(peers: &mut [SignalPeer], i: usize, j: usize) -> (&mut SignalPeer, &mut S
         let (l, r) = peers.split_at_mut(i);
         (&mut r[0], &mut l[j])
     }
+}
+
+/// A TURN client on a socket of its own, driven until `done` holds or 5 s pass; its events.
+fn drive_turn(
+    client: &mut fog_turn::client::Client,
+    socket: &std::net::UdpSocket,
+    done: impl Fn(&[fog_turn::client::Event]) -> bool,
+) -> Vec<fog_turn::client::Event> {
+    use fog_core::{Receive, SansIo};
+    let mut events = Vec::new();
+    let mut buf = vec![0u8; 2048];
+    let deadline = Instant::now() + WAIT;
+    socket
+        .set_read_timeout(Some(Duration::from_millis(20)))
+        .unwrap();
+    while !done(&events) && Instant::now() < deadline {
+        let now = Instant::now();
+        while let Some(t) = client.poll_transmit(now, &mut buf) {
+            socket.send_to(&buf[..t.len], t.destination).unwrap();
+        }
+        if let Ok((n, from)) = socket.recv_from(&mut buf) {
+            let local = socket.local_addr().unwrap();
+            let payload = buf[..n].to_vec();
+            let p = Receive {
+                source: from,
+                local,
+                payload: &payload,
+            };
+            if client.accepts(&p) {
+                client.handle_packet(Instant::now(), p);
+            }
+        }
+        if client.poll_timeout().is_some_and(|t| t <= Instant::now()) {
+            client.handle_timeout(Instant::now());
+        }
+        events.extend(std::iter::from_fn(|| client.poll_event()));
+    }
+    events
+}
+
+/// issue 14 item 3: a full TURN server sheds an Allocate to the least-loaded other instance
+/// (300 Try Alternate, RFC 8489 §10), which the client follows with the same credentials (the
+/// instances share the secret).
+#[test]
+fn a_full_turn_server_sends_allocations_to_another_instance() {
+    use fog_turn::client::{Client, ClientConfig, Event as TurnEvent};
+    let test = "a_full_turn_server_sends_allocations_to_another_instance";
+    let Some(redis_exe) = find_tool("redis-server") else {
+        skip_or_fail(test, "redis-server is not installed", "FOG_REQUIRE_INTEROP");
+        return;
+    };
+    let redis = Redis::start(&redis_exe);
+    let key = fog_test_support::scratch_file("cluster-turn.key");
+    let _ = std::fs::remove_file(&key);
+    fog_signal::keyfile::save(&key, &KeyPair::from_seed(&[0xc2; 32])).unwrap();
+    let turn = |n: u8| SocketAddr::new(ip(n), free_port(ip(n)));
+    let (turn_a, turn_b) = (turn(5), turn(6));
+    let (a_listen, b_listen) = (turn_a.to_string(), turn_b.to_string());
+    // A takes one allocation; B many.
+    let a = start_instance_with(
+        5,
+        &key,
+        &redis,
+        &["--turn", &a_listen, "--turn-max-allocations", "1"],
+    );
+    let b = start_instance_with(6, &key, &redis, &["--turn", &b_listen]);
+    // A learns B as its alternate at a heartbeat (once a second).
+    let deadline = Instant::now() + WAIT;
+    while !a.child.stderr_text().contains(&format!("Some({turn_b})")) {
+        assert!(
+            Instant::now() < deadline,
+            "A never named B its alternate\n{}",
+            a.child.output_text()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    let secret = fog_turn::auth::AuthSecret::new(b"cluster secret".to_vec());
+    let expiry = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    let allocate = |user: &str, seed: u64| {
+        let socket = std::net::UdpSocket::bind((ip(1), 0)).unwrap();
+        let (username, password) = secret.credentials(expiry, user);
+        let mut client = Client::new(ClientConfig::new(turn_a, username, password, seed));
+        client.allocate(Instant::now()).unwrap();
+        let events = drive_turn(&mut client, &socket, |e| {
+            e.iter()
+                .any(|e| matches!(e, TurnEvent::Allocated { .. } | TurnEvent::Error(_)))
+        });
+        (client, events, socket)
+    };
+    let (first, events, _s1) = allocate("first", 1);
+    assert!(
+        matches!(events.as_slice(), [TurnEvent::Allocated { relayed, .. }] if relayed.ip() == turn_a.ip()),
+        "{events:?}"
+    );
+    assert_eq!(first.server(), turn_a);
+    // A is full now: the next Allocate is sent on to B, and made there.
+    let (second, events, _s2) = allocate("second", 2);
+    assert!(
+        matches!(
+            events.as_slice(),
+            [TurnEvent::Redirected { from, to }, TurnEvent::Allocated { relayed, .. }]
+                if *from == turn_a && *to == turn_b && relayed.ip() == turn_b.ip()
+        ),
+        "{events:?}\n{}",
+        a.child.output_text()
+    );
+    assert_eq!(second.server(), turn_b);
+    drop(b);
 }

@@ -440,6 +440,33 @@ mod reprs {
         assert_eq!(o.client.state(), State::Closed);
     }
 
+    /// A 300 to the first, unsigned Allocate may be anyone's (RFC 8489 §14.8): not followed;
+    /// to a signed one, unsigned, it is dropped as forged.
+    #[test]
+    fn an_unsigned_try_alternate_is_not_followed() {
+        let mut o = One::new();
+        let (first, _) = o.sent();
+        let mut redirect = TurnMessage::error_response(&first, code::TRY_ALTERNATE);
+        redirect.alternate_server = Some(addr("192.0.2.66:3478"));
+        o.answer(&redirect, None);
+        assert_eq!(o.client.server(), server_addr());
+        assert!(matches!(
+            o.events().as_slice(),
+            [Event::Error(Error::Rejected { code: 300, .. })]
+        ));
+
+        let mut o = One::new();
+        let (first, _) = o.sent();
+        o.answer(&challenge(&first, 401, "n1"), None);
+        let (second, _) = o.sent();
+        let mut redirect = TurnMessage::error_response(&second, code::TRY_ALTERNATE);
+        redirect.alternate_server = Some(addr("192.0.2.66:3478"));
+        o.answer(&redirect, None);
+        assert_eq!(o.client.server(), server_addr());
+        assert_eq!(o.client.state(), State::Allocating);
+        assert_eq!(o.client.stats().dropped_unmatched, 1);
+    }
+
     #[test]
     fn a_401_with_credentials_is_final() {
         let mut o = One::new();
@@ -544,4 +571,112 @@ mod reprs {
         assert_eq!(s.dropped_unknown_channel, 1);
         assert!(o.events().is_empty());
     }
+}
+
+/// Two servers of one deployment (same secret): `a` full, naming `b` (and `b`, when `b_full`,
+/// naming `a` back). Drives the client to whichever server it sends to.
+fn redirect_run(b_full: bool) -> (Client, Vec<Event>, Server, Server) {
+    let t0 = epoch();
+    let (a_addr, b_addr) = (server_addr(), addr("198.51.100.2:3478"));
+    let full = |listen, alternate| {
+        let mut config = ServerConfig::new(listen, REALM, secret(), [3; 32], (t0, UNIX0));
+        config.limits.max_allocations = 0;
+        let mut s = Server::new(config);
+        s.set_alternate(Some(alternate));
+        s
+    };
+    let mut a = full(a_addr, b_addr);
+    let mut b = if b_full {
+        full(b_addr, a_addr)
+    } else {
+        Server::new(ServerConfig::new(
+            b_addr,
+            REALM,
+            secret(),
+            [4; 32],
+            (t0, UNIX0),
+        ))
+    };
+    let mut client = Client::new(config(UNIX0 + 86_400));
+    client.allocate(t0).unwrap();
+    let mut events = Vec::new();
+    let mut buf = vec![0u8; 65_535];
+    for _ in 0..20 {
+        while let Some(t) = client.poll_transmit(t0, &mut buf) {
+            let server = if t.destination == a_addr {
+                &mut a
+            } else {
+                &mut b
+            };
+            assert!(t.destination == a_addr || t.destination == b_addr);
+            let bytes = buf[..t.len].to_vec();
+            server.handle_packet(
+                t0,
+                Receive {
+                    source: client_addr(),
+                    local: t.destination,
+                    payload: &bytes,
+                },
+            );
+        }
+        for (server, from) in [(&mut a, a_addr), (&mut b, b_addr)] {
+            while let Some(t) = server.poll_transmit(t0, &mut buf) {
+                let bytes = buf[..t.len].to_vec();
+                let p = Receive {
+                    source: from,
+                    local: client_addr(),
+                    payload: &bytes,
+                };
+                if client.accepts(&p) {
+                    client.handle_packet(t0, p);
+                }
+            }
+            while server.poll_event().is_some() {}
+        }
+        events.extend(std::iter::from_fn(|| client.poll_event()));
+    }
+    (client, events, a, b)
+}
+
+/// RFC 8489 §10: a full server answers the (signed) Allocate with 300 and the address of
+/// another; the client challenges itself there afresh and allocates.
+#[test]
+fn a_full_server_sends_the_allocate_to_its_alternate() {
+    let (client, events, a, b) = redirect_run(false);
+    let to = addr("198.51.100.2:3478");
+    assert!(
+        matches!(
+            events.as_slice(),
+            [Event::Redirected { from, to: t }, Event::Allocated { .. }]
+                if *from == server_addr() && *t == to
+        ),
+        "{events:?}"
+    );
+    assert_eq!(client.server(), to);
+    assert_eq!(client.state(), State::Allocated);
+    assert_eq!((a.allocation_count(), b.allocation_count()), (0, 1));
+    assert_eq!(a.stats().redirected, 1);
+}
+
+/// Two full servers naming each other: the client follows once, never back, and reports the
+/// second 300 as the Allocate's failure.
+#[test]
+fn redirects_do_not_loop() {
+    let (client, events, _, b) = redirect_run(true);
+    assert!(
+        matches!(
+            events.as_slice(),
+            [
+                Event::Redirected { .. },
+                Event::Error(Error::Rejected {
+                    request: Request::Allocate,
+                    code: 300,
+                    ..
+                })
+            ]
+        ),
+        "{events:?}"
+    );
+    assert_eq!(client.state(), State::Closed);
+    assert_eq!(b.stats().redirected, 1);
 }

@@ -209,6 +209,8 @@ pub enum Release {
 pub struct Stats {
     /// (in) Requests answered, with success or error.
     pub requests: u64,
+    /// Of those, Allocates sent to the alternate server (300) because this one was full.
+    pub redirected: u64,
     /// Of those, 401 and 438 answers to requests without valid credentials or nonce.
     pub unauthenticated: u64,
     /// (in) Requests without valid credentials left unanswered: their source was over
@@ -333,6 +335,8 @@ pub struct Server {
     unbindable: VecDeque<SocketAddr>,
     events: VecDeque<Event>,
     stats: Stats,
+    /// Where a full server sends new allocations ([`set_alternate`](Self::set_alternate)).
+    alternate: Option<SocketAddr>,
     /// The earliest expiry of any allocation, permission or channel. Recomputed after requests
     /// and timeouts only: relayed data changes no deadline, so the data path never scans the
     /// table.
@@ -388,6 +392,7 @@ impl Server {
             unbindable: VecDeque::new(),
             events: VecDeque::new(),
             stats: Stats::default(),
+            alternate: None,
             deadline: None,
         }
     }
@@ -408,6 +413,15 @@ impl Server {
     /// The counters.
     pub fn stats(&self) -> &Stats {
         &self.stats
+    }
+
+    /// Another server of the same deployment (same secret) that has room: an Allocate that
+    /// finds this one full ([`Limits::max_allocations`]) is answered 300 Try Alternate with it
+    /// (RFC 8489 §10, RFC 8656 §7.2) instead of 508, so load is shed rather than refused. A
+    /// cluster sets it to its least-loaded instance and clears it when there is none; this
+    /// server's own address is never used.
+    pub fn set_alternate(&mut self, alternate: Option<SocketAddr>) {
+        self.alternate = alternate.filter(|a| *a != self.config.listen);
     }
 
     /// Live allocations.
@@ -716,6 +730,13 @@ impl Server {
             return self.error(ft.client, msg, code::ALLOCATION_QUOTA_REACHED, &auth.key);
         }
         if self.allocations.len() >= limits.max_allocations {
+            // The request is authenticated here, so a 300 may go, signed (RFC 8489 §14.8).
+            if let Some(alternate) = self.alternate {
+                self.stats.redirected += 1;
+                let mut m = TurnMessage::error_response(msg, code::TRY_ALTERNATE);
+                m.alternate_server = Some(alternate);
+                return self.reply(ft.client, m, Some(&auth.key));
+            }
             return self.error(ft.client, msg, code::INSUFFICIENT_CAPACITY, &auth.key);
         }
         // §7.2 item 8: EVEN-PORT asks for an even port; with R set it also asks to reserve the

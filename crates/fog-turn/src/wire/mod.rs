@@ -95,12 +95,17 @@ pub mod attribute_type {
     pub const RESERVATION_TOKEN: u16 = 0x0022;
     /// SOFTWARE (RFC 8489 §14.14).
     pub const SOFTWARE: u16 = 0x8022;
+    /// ALTERNATE-SERVER (RFC 8489 §14.15): a plain (not XOR) address, in a 300.
+    pub const ALTERNATE_SERVER: u16 = 0x8023;
     /// FINGERPRINT (RFC 8489 §14.7).
     pub const FINGERPRINT: u16 = 0x8028;
 }
 
 /// ERROR-CODE values a TURN server sends (RFC 8489 §14.8, RFC 8656 §19).
 pub mod code {
+    /// 300 Try Alternate: the server to use instead is in ALTERNATE-SERVER (RFC 8489 §10);
+    /// only in answer to an authenticated request, and signed.
+    pub const TRY_ALTERNATE: u16 = 300;
     /// 400 Bad Request.
     pub const BAD_REQUEST: u16 = 400;
     /// 401 Unauthorized: no or wrong credentials (RFC 8489 §9.2.4).
@@ -209,6 +214,8 @@ pub struct TurnMessage {
     pub unknown_attributes: Vec<u16>,
     /// SOFTWARE (RFC 8489 §14.14).
     pub software: Option<String>,
+    /// ALTERNATE-SERVER (RFC 8489 §14.15), with a 300.
+    pub alternate_server: Option<SocketAddr>,
     /// XOR-MAPPED-ADDRESS (RFC 8489 §14.2): in an Allocate success, the client's reflexive
     /// address (RFC 8656 §7.2).
     pub xor_mapped_address: Option<SocketAddr>,
@@ -261,6 +268,7 @@ impl TurnMessage {
             error: None,
             unknown_attributes: Vec::new(),
             software: None,
+            alternate_server: None,
             xor_mapped_address: None,
             xor_relayed_address: None,
             xor_peer_addresses: Vec::new(),
@@ -311,6 +319,7 @@ impl TurnMessage {
         m.error = a.error_code;
         m.unknown_attributes = a.unknown_attributes;
         m.software = a.software;
+        m.alternate_server = a.alternate_server;
         m.xor_mapped_address = a.xor_mapped_address;
         m.integrity = stun.integrity;
         m.fingerprint = stun.fingerprint;
@@ -399,6 +408,7 @@ impl TurnMessage {
                 attr_len(2 * self.unknown_attributes.len())
             }
             + self.xor_mapped_address.map_or(0, address_len)
+            + self.alternate_server.map_or(0, address_len)
             + self.xor_relayed_address.map_or(0, address_len)
             + self
                 .xor_peer_addresses
@@ -497,6 +507,9 @@ impl TurnMessage {
                 .collect();
             w.attr(t::UNKNOWN_ATTRIBUTES, &[&bytes]);
         }
+        if let Some(a) = self.alternate_server {
+            w.plain_address(t::ALTERNATE_SERVER, a);
+        }
         if let Some(s) = &self.software {
             if s.len() > MAX_TEXT_LEN {
                 return Err(EncodeError::InvalidAttribute(t::SOFTWARE));
@@ -550,6 +563,15 @@ impl Writer<'_> {
 
     /// An XOR address attribute (RFC 8489 §14.2): family, port ^ the cookie's top 16 bits,
     /// address ^ cookie (IPv4) or ^ cookie ‖ transaction ID (IPv6).
+    /// An address attribute as MAPPED-ADDRESS has it (RFC 8489 §14.1): family, port, address.
+    fn plain_address(&mut self, kind: u16, addr: SocketAddr) {
+        let port = addr.port().to_be_bytes();
+        match addr.ip() {
+            IpAddr::V4(ip) => self.attr(kind, &[&[0, 0x01, port[0], port[1]], &ip.octets()]),
+            IpAddr::V6(ip) => self.attr(kind, &[&[0, 0x02, port[0], port[1]], &ip.octets()]),
+        }
+    }
+
     fn address(&mut self, kind: u16, addr: SocketAddr, tid: &TransactionId) {
         let port = (addr.port() ^ (MAGIC_COOKIE >> 16) as u16).to_be_bytes();
         let mask = xor_mask(tid);

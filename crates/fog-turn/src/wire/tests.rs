@@ -1,5 +1,6 @@
 use super::*;
 use proptest::prelude::*;
+use std::net::SocketAddr;
 
 /// Bytes from hex with whitespace and `#` comments.
 fn hex(text: &str) -> Vec<u8> {
@@ -124,6 +125,30 @@ fn error_response_round_trip() {
     assert_eq!(back.nonce.as_deref(), Some("n2"));
     assert_eq!(back.method, method::REFRESH);
     assert_eq!(back.class, Class::ErrorResponse);
+}
+
+/// A 300 carries ALTERNATE-SERVER as a plain address (RFC 8489 §14.15), v4 and v6, and the
+/// bytes are the family, the port and the address as they are (no XOR).
+#[test]
+fn try_alternate_round_trip() {
+    let request = TurnMessage::new(Class::Request, method::ALLOCATE, TransactionId::new(TID));
+    for alternate in ["192.0.2.7:3478", "[2001:db8::7]:3479"] {
+        let alternate: SocketAddr = alternate.parse().unwrap();
+        let mut e = TurnMessage::error_response(&request, code::TRY_ALTERNATE);
+        e.alternate_server = Some(alternate);
+        let bytes = e.to_bytes(None).unwrap();
+        assert_eq!(bytes.len(), e.encoded_len(false));
+        let back = TurnMessage::decode(&bytes).unwrap();
+        assert_eq!(back.error_code(), Some(300));
+        assert_eq!(back.alternate_server, Some(alternate));
+        let port = alternate.port().to_be_bytes();
+        assert!(
+            bytes
+                .windows(4)
+                .any(|w| w == [0x80, 0x23, 0, if alternate.is_ipv4() { 8 } else { 20 }])
+        );
+        assert!(bytes.windows(2).any(|w| w == port));
+    }
 }
 
 /// TURN attributes are understood (EVEN-PORT with R set, the first one counting);
