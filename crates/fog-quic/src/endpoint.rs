@@ -514,6 +514,24 @@ impl Endpoint {
         Ok(())
     }
 
+    /// The owner moved the connection's datagrams to another path while their address stays
+    /// the same (the Node wraps them in a session that rides on whatever path it has): as
+    /// [`set_remote`](Self::set_remote) does for a new address, the congestion controller and
+    /// RTT estimate restart and a PING goes out at once. Its acknowledgement ends the
+    /// probe-timeout back-off the dead path ran up (RFC 9002 §6.2.1), so what was lost goes
+    /// again now, not after a back-off that could outlast the idle timeout.
+    pub fn path_changed(&mut self, now: Instant, conn: ConnHandle) -> Result<(), ConnError> {
+        self.advance(now);
+        let c = self.live(conn)?;
+        c.quinn.path_changed(now);
+        // Not while handshaking: see `set_remote`.
+        if !c.quinn.is_handshaking() {
+            c.quinn.ping();
+        }
+        self.pump(conn, now);
+        Ok(())
+    }
+
     /// Where the connection's datagrams go.
     pub fn remote(&self, conn: ConnHandle) -> Option<SocketAddr> {
         self.conns.get(&conn).map(|c| c.remote)

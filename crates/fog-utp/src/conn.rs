@@ -134,6 +134,8 @@ pub(crate) struct Connection {
     write_blocked: bool,
     keepalive: Duration,
     syn_retransmits: u32,
+    /// How long an acceptor waits for the initiator's first packet after its SYN.
+    handshake_timeout: Duration,
     /// An initiator's SYN sequence number: an ST_STATE acking only it is the acceptor's
     /// SYN-ACK (first or repeated), answered so the acceptor learns we are there.
     syn_seq: u16,
@@ -206,6 +208,7 @@ impl Connection {
             keepalive: config.keepalive_interval,
             syn_retransmits: config.syn_retransmits,
             syn_seq: seq_nr.wrapping_sub(1),
+            handshake_timeout: config.handshake_timeout,
             timers: TimerTable::default(),
             stats: ConnectionStats::default(),
             events: VecDeque::new(),
@@ -721,6 +724,16 @@ impl Connection {
         self.retransmit_timeout = self.rto;
         if self.outbuf.iter().any(|p| p.sent_at.is_some() && !p.sacked) {
             self.timers.set(Timer::Retransmit, now);
+        }
+        if self.state == State::SynRecv {
+            // An acceptor still waiting for the initiator's answer: the SYN-ACK goes again on
+            // the new path at once, and the handshake has its whole time there (the owner
+            // moved the connection, so it knows the peer is real).
+            self.ack_pending = true;
+            self.timers
+                .set(Timer::Handshake, now + self.handshake_timeout);
+            self.timers
+                .set(Timer::Retransmit, now + self.retransmit_timeout);
         }
     }
 

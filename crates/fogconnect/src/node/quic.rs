@@ -194,6 +194,14 @@ impl Quic {
         true
     }
 
+    /// The connection moved to another path: see `fog_quic::Endpoint::path_changed`.
+    pub(super) fn path_changed(&mut self, now: Instant) {
+        self.now = self.now.max(now);
+        if let (Some(conn), false) = (self.conn, self.over) {
+            let _ = self.ep.path_changed(now, conn);
+        }
+    }
+
     pub(super) fn handle_timeout(&mut self, now: Instant) {
         self.now = self.now.max(now);
         self.ep.handle_timeout(now);

@@ -205,10 +205,14 @@ impl Stream {
     /// The connection moved to another path: transports that back off on a dead path start
     /// afresh on the new one (uTP's timer would otherwise give up just after the move).
     pub(super) fn path_changed(&mut self, now: Instant) {
-        if let Stream::Utp(u) = self {
-            if let Some(conn) = u.conn {
-                u.endpoint.path_changed(now, conn);
+        match self {
+            Stream::Utp(u) => {
+                if let Some(conn) = u.conn {
+                    u.endpoint.path_changed(now, conn);
+                }
             }
+            Stream::Quic(q) => q.path_changed(now),
+            Stream::Kcp(_) => {}
         }
     }
 
