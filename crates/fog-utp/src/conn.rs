@@ -136,8 +136,9 @@ pub(crate) struct Connection {
     syn_retransmits: u32,
     /// How long an acceptor waits for the initiator's first packet after its SYN.
     handshake_timeout: Duration,
-    /// An initiator's SYN sequence number: an ST_STATE acking only it is the acceptor's
-    /// SYN-ACK (first or repeated), answered so the acceptor learns we are there.
+    /// One before the first data sequence number. For an initiator, its SYN's: an ST_STATE
+    /// acking only it is the acceptor's SYN-ACK (first or repeated), answered so the acceptor
+    /// learns we are there. For an acceptor, the SYN-ACK's seq_nr less one.
     syn_seq: u16,
     pub(crate) timers: TimerTable,
     pub(crate) stats: ConnectionStats,
@@ -370,6 +371,14 @@ impl Connection {
             || seq_less(repr.ack_nr, last_sent.wrapping_sub(allowed))
         {
             self.stats.dropped_bad_ack += 1;
+            return;
+        }
+        if self.state == State::SynSent && repr.packet_type != PacketType::State {
+            // Only the SYN-ACK says where the acceptor's data starts (its seq_nr): a data
+            // packet first (the SYN-ACK and data before it lost) would make us take what came
+            // before as received. Dropped; our SYN goes again, its answer names the start, and
+            // the acceptor resends the data (chaos seed 976).
+            self.stats.dropped += 1;
             return;
         }
         let was_syn_sent = self.state == State::SynSent;
@@ -894,7 +903,16 @@ impl Connection {
             return Some(len);
         }
         if self.ack_pending && self.state != State::SynSent {
-            let mut repr = self.header(PacketType::State, self.seq_nr, now_us);
+            // An acceptor not yet confirmed answers every SYN with the SYN-ACK's own seq_nr
+            // (its first data seq), even after writing: an initiator that lost the first
+            // SYN-ACK takes `seq_nr - 1` as received, so a later seq_nr would make it skip the
+            // data sent meanwhile (the chaos run: "seq 1 as message 0" after a lost SYN-ACK).
+            let seq = if self.state == State::SynRecv {
+                self.syn_seq.wrapping_add(1)
+            } else {
+                self.seq_nr
+            };
+            let mut repr = self.header(PacketType::State, seq, now_us);
             if !self.ooo.is_empty() {
                 let mut sack = SelectiveAck::new(SACK_BYTES);
                 for i in 0..sack.capacity() {

@@ -542,6 +542,62 @@ fn initiator_answers_a_repeated_syn_ack() {
     assert!(raw.out().is_empty());
 }
 
+/// The SYN-ACK lost, and the acceptor wrote meanwhile: its answer to the resent SYN still
+/// names its first data seq (the SYN-ACK's), or the initiator would skip that data.
+#[test]
+fn a_resent_syn_is_answered_with_the_first_data_seq_after_writing() {
+    let mut raw = Raw::new(Config::with_seed([5; 32]));
+    let (synack, conn) = raw_accept(&mut raw);
+    raw.ep.write(conn, b"early").unwrap();
+    let data = raw.out();
+    assert_eq!(data.len(), 1);
+    assert_eq!(data[0].0.packet_type, PacketType::Data);
+    assert_eq!(data[0].0.seq_nr, synack.seq_nr);
+    raw.send(repr(PacketType::Syn, 100, 5000, 0), &[]);
+    let again: Vec<Repr> = raw
+        .out()
+        .into_iter()
+        .map(|(r, _)| r)
+        .filter(|r| r.packet_type == PacketType::State)
+        .collect();
+    assert_eq!(again.len(), 1);
+    assert_eq!(
+        again[0].seq_nr, synack.seq_nr,
+        "the SYN-ACK's seq, not the next one"
+    );
+}
+
+/// An initiator that hears data before any SYN-ACK cannot tell where the data starts: the
+/// data is dropped, and the connection opens only with a SYN-ACK.
+#[test]
+fn data_before_the_syn_ack_is_dropped() {
+    let mut raw = Raw::new(Config::with_seed([6; 32]));
+    let conn = raw.ep.connect(raw.now, addr(9)).unwrap();
+    let syn = raw.out()[0].0;
+    // The acceptor's second data packet (777 was its first), the SYN-ACK and 777 lost.
+    raw.send(
+        repr(PacketType::Data, syn.connection_id, 778, syn.seq_nr),
+        b"two",
+    );
+    assert!(raw.events().is_empty(), "not connected by data");
+    raw.send(
+        repr(PacketType::State, syn.connection_id, 777, syn.seq_nr),
+        &[],
+    );
+    assert_eq!(raw.events(), vec![Event::Connected(conn)]);
+    raw.send(
+        repr(PacketType::Data, syn.connection_id, 777, syn.seq_nr),
+        b"one",
+    );
+    raw.send(
+        repr(PacketType::Data, syn.connection_id, 778, syn.seq_nr),
+        b"two",
+    );
+    let mut buf = [0u8; 16];
+    assert_eq!(raw.ep.read(conn, &mut buf), Ok(6));
+    assert_eq!(&buf[..6], b"onetwo");
+}
+
 #[test]
 fn acks_outside_the_window_are_dropped_and_counted() {
     let mut raw = Raw::new(Config::with_seed([3; 32]));
