@@ -187,6 +187,7 @@ impl Node {
             service,
             seal: None,
             quic: None,
+            rtc: None,
         }
     }
 }
