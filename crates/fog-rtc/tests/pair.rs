@@ -303,6 +303,13 @@ fn sdp_offer_answer_between_two_peers() {
         &offer,
     )
     .unwrap();
+    // Chromium refuses an answer without a definite role (issue 13's measurements).
+    assert!(answer.contains("a=ice-ufrag:") && answer.contains("a=ice-pwd:"));
+    assert!(answer.contains("a=fingerprint:sha-256 "), "{answer}");
+    assert!(
+        answer.contains("a=setup:active") || answer.contains("a=setup:passive"),
+        "{answer}"
+    );
     a.accept_answer(now, &answer).unwrap();
     let mut pair = Pair {
         now,
