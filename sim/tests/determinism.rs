@@ -359,6 +359,7 @@ fn description(n: u8) -> Description {
         service: 1,
         seal: None,
         quic: None,
+        rtc: None,
     }
 }
 

@@ -66,6 +66,7 @@ fn description(addr: SocketAddr) -> Description {
         service: 1,
         seal: None,
         quic: None,
+        rtc: None,
     }
 }
 

@@ -173,6 +173,7 @@ impl Peer {
             // `listen` and `offer` exercise signaling only; no session follows.
             seal: None,
             quic: None,
+            rtc: None,
         })
     }
 }

@@ -406,6 +406,10 @@ pub struct Description {
     /// offers or accepts [`Transport::Quic`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quic: Option<CertFingerprint>,
+    /// The SHA-256 fingerprint of the DTLS certificate the sender presents on WebRTC
+    /// connections, when it offers or accepts [`Transport::Rtc`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtc: Option<CertFingerprint>,
 }
 
 /// A description's key exchange and signature.
@@ -996,6 +1000,7 @@ mod tests {
             service: 7,
             seal: None,
             quic: None,
+            rtc: None,
         }
     }
 

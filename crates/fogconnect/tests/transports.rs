@@ -540,3 +540,56 @@ fn across_a_dead_path(transport: Transport) {
     }
     assert_all_in_order(&transport, &received(&s, 1, b_id), count);
 }
+
+// WebRTC data channels (fog-rtc on str0m) inside the session's sealed datagrams. DTLS draws
+// from the OS random source, so these runs are not bit-for-bit repeatable; what they check is.
+
+#[test]
+fn rtc_delivers_everything_in_order_without_loss() {
+    both_ways(
+        Transport::Rtc,
+        Preset::FullCone,
+        Preset::PortRestrictedCone,
+        0.0,
+        3,
+    );
+}
+
+#[test]
+fn rtc_delivers_everything_in_order_at_1_percent_loss() {
+    both_ways(
+        Transport::Rtc,
+        Preset::FullCone,
+        Preset::PortRestrictedCone,
+        0.01,
+        4,
+    );
+}
+
+#[test]
+fn rtc_delivers_everything_in_order_at_5_percent_loss() {
+    both_ways(
+        Transport::Rtc,
+        Preset::FullCone,
+        Preset::PortRestrictedCone,
+        0.05,
+        5,
+    );
+}
+
+/// The RTC peer sees two made-up candidates throughout: the node carries its datagrams, so
+/// the path change needs no ICE restart.
+#[test]
+fn rtc_carries_on_across_a_relay_to_direct_change() {
+    across_a_path_change(Transport::Rtc);
+}
+
+#[test]
+fn a_rtc_close_lets_everything_sent_arrive_first() {
+    close_after_sending(Transport::Rtc);
+}
+
+#[test]
+fn rtc_closes_from_both_sides_at_once_end_both() {
+    close_at_once(Transport::Rtc);
+}

@@ -138,7 +138,9 @@ impl Malicious {
                 let Some(offer_key) = self.offer_key else {
                     return frame;
                 };
-                if tamper == Tamper::WrongCertificate {
+                if tamper == Tamper::WrongCertificate && description.rtc.is_some() {
+                    description.rtc = Some(fog_signal::msg::CertFingerprint([0xee; 32]));
+                } else if tamper == Tamper::WrongCertificate {
                     description.quic = Some(fog_signal::msg::CertFingerprint([0xee; 32]));
                 } else {
                     aim_at_victim(description);
@@ -498,6 +500,17 @@ fn a_hostile_peer_cannot_aim_our_probes_at_a_third_party() {
 /// offerer's check of the certificate against the signed fingerprint fails the transport.
 #[test]
 fn a_quic_certificate_other_than_the_signed_one_fails_the_connection() {
+    certificate_other_than_the_signed_one(fogconnect::Transport::Quic);
+}
+
+/// The same for WebRTC: the offerer's DTLS handshake refuses a certificate whose fingerprint
+/// is not the one the answer signed, so no data channel opens.
+#[test]
+fn a_dtls_certificate_other_than_the_signed_one_fails_the_connection() {
+    certificate_other_than_the_signed_one(fogconnect::Transport::Rtc);
+}
+
+fn certificate_other_than_the_signed_one(transport: fogconnect::Transport) {
     let mut s = Scenario::new(
         Preset::FullCone,
         Preset::FullCone,
@@ -505,19 +518,15 @@ fn a_quic_certificate_other_than_the_signed_one_fails_the_connection() {
         &Profile::default(),
     );
     for i in 0..2 {
+        let transport = transport.clone();
         s.with_node(i, |n, _| {
-            n.set_transports(vec![
-                fogconnect::Transport::Datagram,
-                fogconnect::Transport::Quic,
-            ])
+            n.set_transports(vec![fogconnect::Transport::Datagram, transport])
         });
     }
     malicious(&mut s, Tamper::WrongCertificate);
     let to = s.hosts[1].1;
     let id = s
-        .with_node(0, |n, now| {
-            n.connect_with(now, to, 1, fogconnect::Transport::Quic)
-        })
+        .with_node(0, |n, now| n.connect_with(now, to, 1, transport))
         .expect("A may connect");
     s.run_for(Duration::from_secs(10));
     let sent = s.with_node(0, |n, now| n.send(now, id, b"hello"));

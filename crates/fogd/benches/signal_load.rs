@@ -576,6 +576,7 @@ fn description(seq: u64) -> Description {
         service: 1,
         seal: None,
         quic: None,
+        rtc: None,
     }
 }
 

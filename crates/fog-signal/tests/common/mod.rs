@@ -210,6 +210,7 @@ pub fn description(n: u8) -> Description {
         service: 9,
         seal: None,
         quic: None,
+        rtc: None,
     }
 }
 

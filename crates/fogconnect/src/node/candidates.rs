@@ -188,6 +188,7 @@ impl Node {
             service,
             seal: None,
             quic: None,
+            rtc: None,
         }
     }
 }

@@ -195,6 +195,7 @@ impl NodeConfig {
                 Transport::Kcp,
                 Transport::Quic,
                 Transport::Utp,
+                Transport::Rtc,
             ],
             seed: seed.into(),
             port_samples: 4,

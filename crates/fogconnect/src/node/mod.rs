@@ -29,6 +29,7 @@ mod ledger;
 mod probe;
 mod quic;
 mod relay;
+mod rtc;
 pub mod seal;
 mod signal;
 mod transport;
@@ -193,6 +194,8 @@ pub struct Node {
     blocked: bool,
     /// Our QUIC certificate's fingerprint, made on the first QUIC connection.
     quic_fingerprint: Option<fog_signal::msg::CertFingerprint>,
+    /// Our DTLS certificate for WebRTC connections, made on the first RTC connection.
+    rtc_identity: Option<fog_rtc::Identity>,
 }
 
 impl Node {
@@ -253,6 +256,7 @@ impl Node {
             watch: None,
             counters: Counters::default(),
             quic_fingerprint: None,
+            rtc_identity: None,
             ledger: ledger::ProbeLedger::default(),
             by_tag: BTreeMap::new(),
             now,
@@ -609,6 +613,22 @@ impl Node {
         self.quic_fingerprint
     }
 
+    /// The DTLS fingerprint to sign into a description for `transport`: ours on RTC, else
+    /// none. The certificate's key comes from the OS random source, inside fog-rtc's provider.
+    fn rtc_fingerprint(
+        &mut self,
+        transport: &Transport,
+    ) -> Option<fog_signal::msg::CertFingerprint> {
+        if *transport != Transport::Rtc {
+            return None;
+        }
+        if self.rtc_identity.is_none() {
+            self.rtc_identity = fog_rtc::Identity::generate();
+        }
+        let identity = self.rtc_identity.as_ref()?;
+        Some(fog_signal::msg::CertFingerprint(identity.fingerprint()))
+    }
+
     /// A fresh ephemeral key exchange.
     fn exchange(&mut self) -> seal::Exchange {
         seal::Exchange::new(random_bytes(&mut self.rng))
@@ -778,6 +798,7 @@ impl Node {
         let transport = conn.transport.clone();
         let mut description = self.description(&ufrag, service, &transport);
         description.quic = self.quic_fingerprint(&transport);
+        description.rtc = self.rtc_fingerprint(&transport);
         let role = seal::Role::Offer {
             from: self.peer_id(),
             to: peer,
@@ -820,6 +841,7 @@ impl Node {
         let transport = conn.transport.clone();
         let mut description = self.description(&ufrag, service, &transport);
         description.quic = self.quic_fingerprint(&transport);
+        description.rtc = self.rtc_fingerprint(&transport);
         let role = seal::Role::Answer {
             from: self.peer_id(),
             to: peer,
@@ -1083,6 +1105,17 @@ impl Node {
                         idle_timeout: self.config.idle_timeout + Duration::from_secs(15),
                     };
                     quic::Quic::new(opening, self.now).map(|q| transport::Stream::Quic(Box::new(q)))
+                } else if conn.transport == Transport::Rtc {
+                    self.rtc_identity.as_ref().and_then(|identity| {
+                        let opening = rtc::Opening {
+                            identity,
+                            fingerprint: conn.remote.as_ref().and_then(|d| d.rtc),
+                            session,
+                            caller: !conn.passive,
+                        };
+                        rtc::Rtc::new(opening, self.now)
+                            .map(|r| transport::Stream::Rtc(Box::new(r)))
+                    })
                 } else {
                     transport::Stream::new(&conn.transport, session, !conn.passive, seed, self.now)
                 };

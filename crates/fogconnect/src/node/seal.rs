@@ -193,6 +193,10 @@ pub fn transcript(role: &Role<'_>, description: &Description, key: &ExchangeKey)
         t.put(b"quic-certificate");
         t.put(&fingerprint.0);
     }
+    if let Some(fingerprint) = &description.rtc {
+        t.put(b"rtc-certificate");
+        t.put(&fingerprint.0);
+    }
     t.put(&key.0);
     t.0
 }

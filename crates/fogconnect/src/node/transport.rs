@@ -15,6 +15,9 @@
 //! node's connection closes whole, so the peer's FIN is answered with ours (after what we
 //! sent) at once.
 //!
+//! [`Transport::Rtc`] runs a fog-rtc peer (WebRTC data channels) the same way, inside the seal
+//! (`rtc.rs`).
+//!
 //! A close on either is graceful: the node waits until the peer acknowledged everything sent
 //! and answered the transport's close (or it gave up), then closes the connection as for
 //! datagrams, with the caller's code and reason.
@@ -37,12 +40,13 @@ use fog_utp::{
 use super::MAX_DATAGRAM;
 use super::event::SendError;
 use super::quic::Quic;
+use super::rtc::Rtc;
 
 /// The transports this node can run: every other is refused when asked for.
 pub(super) fn supported(t: &Transport) -> bool {
     matches!(
         t,
-        Transport::Datagram | Transport::Kcp | Transport::Quic | Transport::Utp
+        Transport::Datagram | Transport::Kcp | Transport::Quic | Transport::Utp | Transport::Rtc
     )
 }
 
@@ -67,6 +71,7 @@ pub(super) enum Stream {
     Kcp(Box<Kcp>),
     Quic(Box<Quic>),
     Utp(Box<UtpStream>),
+    Rtc(Box<Rtc>),
 }
 
 /// What a stream asks of its connection.
@@ -149,6 +154,7 @@ impl Stream {
                 KcpSendError::DeadLink | KcpSendError::Closed => SendError::NotConnected,
             }),
             Stream::Quic(quic) => quic.send(data),
+            Stream::Rtc(rtc) => rtc.send(now, data),
             Stream::Utp(u) => {
                 // The answerer's connection exists from the caller's SYN on; until then the
                 // sender waits for `Writable`.
@@ -172,12 +178,13 @@ impl Stream {
     }
 
     /// Whether a sender told `Blocked` may try again (half the queue is free).
-    pub(super) fn has_room(&self) -> bool {
+    pub(super) fn has_room(&mut self) -> bool {
         match self {
             Stream::Kcp(kcp) => {
                 kcp.kcp().waiting_to_send() < kcp.kcp().config().send_queue_limit / 2
             }
             Stream::Quic(quic) => quic.has_room(),
+            Stream::Rtc(rtc) => rtc.has_room(),
             Stream::Utp(u) => u.conn.is_some_and(|c| {
                 u.endpoint
                     .stats(c)
@@ -192,6 +199,7 @@ impl Stream {
         match self {
             Stream::Kcp(kcp) => kcp.handle_packet(now, datagram).is_ok(),
             Stream::Quic(quic) => quic.handle_packet(now, datagram),
+            Stream::Rtc(rtc) => rtc.handle_packet(now, datagram),
             Stream::Utp(u) => match FogFraming::Utp.unframe(datagram) {
                 Some(inner) => {
                     u.endpoint.handle_packet(now, UTP_PEER, inner);
@@ -212,7 +220,9 @@ impl Stream {
                 }
             }
             Stream::Quic(q) => q.path_changed(now),
-            Stream::Kcp(_) => {}
+            // KCP's timers do not back off past its own bound; str0m's SCTP has no handle for
+            // this (its retransmission timer runs its course).
+            Stream::Kcp(_) | Stream::Rtc(_) => {}
         }
     }
 
@@ -220,6 +230,7 @@ impl Stream {
         match self {
             Stream::Kcp(kcp) => kcp.handle_timeout(now),
             Stream::Quic(quic) => quic.handle_timeout(now),
+            Stream::Rtc(rtc) => rtc.handle_timeout(now),
             Stream::Utp(u) => u.endpoint.handle_timeout(now),
         }
     }
@@ -228,6 +239,7 @@ impl Stream {
         match self {
             Stream::Kcp(kcp) => kcp.poll_timeout(),
             Stream::Quic(quic) => quic.poll_timeout(),
+            Stream::Rtc(rtc) => rtc.poll_timeout(),
             Stream::Utp(u) => u.endpoint.poll_timeout(),
         }
     }
@@ -237,6 +249,7 @@ impl Stream {
         match self {
             Stream::Kcp(kcp) => kcp.poll_transmit(now, buf),
             Stream::Quic(quic) => quic.poll_transmit(now, buf),
+            Stream::Rtc(rtc) => rtc.poll_transmit(now, buf),
             Stream::Utp(u) => {
                 let t = u.endpoint.poll_transmit(now, &mut buf[1..])?;
                 buf[0] = FogFraming::Utp.byte();
@@ -250,6 +263,7 @@ impl Stream {
         match self {
             Stream::Kcp(kcp) => kcp.close(now),
             Stream::Quic(quic) => quic.close(now),
+            Stream::Rtc(rtc) => rtc.close(now),
             Stream::Utp(u) => match u.conn {
                 Some(conn) => u.endpoint.close(conn),
                 // Nothing was ever opened (an answerer that heard no SYN): nothing to flush.
@@ -280,6 +294,7 @@ impl Stream {
                 }
             }
             Stream::Quic(quic) => out = quic.poll(),
+            Stream::Rtc(rtc) => out = rtc.poll(),
             Stream::Utp(u) => {
                 if std::mem::take(&mut u.closed_early) {
                     out.push(Happened::CloseDone);

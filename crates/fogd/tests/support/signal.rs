@@ -263,6 +263,7 @@ pub(crate) fn description(n: u8) -> Description {
         service: 7,
         seal: None,
         quic: None,
+        rtc: None,
     }
 }
 

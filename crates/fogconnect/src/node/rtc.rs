@@ -1,0 +1,256 @@
+//! WebRTC data channels as a connection's transport ([`Transport::Rtc`](fog_signal::msg::Transport)).
+//!
+//! Each connection runs a fog-rtc peer (str0m's ICE, DTLS, SCTP and DCEP) whose datagrams ride
+//! inside the session's sealed datagrams ([`seal::Kind::Transport`](super::seal::Kind)) on
+//! whatever path the connection has: direct, TURN, or the signaling relay, and a relay→direct
+//! change moves them without the peer noticing. The peer only ever sees two made-up host
+//! candidates, one per side, so its ICE agent's checks and consent run over the seal too
+//! (cheap, and they keep str0m's own liveness honest); no framing byte is needed, since only
+//! this connection's transport datagrams reach it and they start with a STUN or DTLS byte.
+//! `docs/rtc.md` says why this rather than raw datagrams on the punched path (which browsers
+//! will need).
+//!
+//! **Identity.** The node makes one DTLS certificate and signs its SHA-256 fingerprint into
+//! every offer or answer that names RTC ([`Description::rtc`](fog_signal::msg::Description));
+//! each side's peer is told the fingerprint the other signed, and str0m refuses a DTLS
+//! handshake whose certificate does not hash to it. A signaling server that swaps
+//! descriptions cannot re-sign them, and one that forwards them untouched cannot present the
+//! signed certificate: either way no channel opens.
+//!
+//! **ICE credentials** come from the session id (both sides know it); they need no secrecy,
+//! since only sealed datagrams of this session reach the peer.
+//!
+//! **Messages.** The caller (offerer) opens one reliable, ordered channel, `fog`; every
+//! [`send`](super::Node::send) is one message on it (at most [`MAX_MESSAGE`], the SCTP
+//! message size a peer assumes without SDP), delivered whole as one
+//! [`Event::Data`](super::Event).
+//!
+//! **Close.** Graceful: the channel is reset once everything queued was acknowledged
+//! (RFC 8831 §6.7), which the peer sees after the last message; then the Node closes the
+//! connection with the caller's code and reason.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Instant;
+
+use fog_core::{Receive, SansIo};
+use fog_rtc::{
+    ChannelId, ChannelOptions, Config, DirectSetup, Event as RtcEvent, IceCredentials, Identity,
+    Peer, Role, SendError as RtcSendError,
+};
+use fog_signal::msg::{CertFingerprint, SessionId};
+use sha2::{Digest, Sha256};
+
+use super::event::SendError;
+use super::transport::Happened;
+
+/// The largest message one `send` takes over RTC: str0m's default for a peer that advertised
+/// no `max-message-size` (RFC 8841 §6), which is what a direct setup has.
+pub(super) const MAX_MESSAGE: usize = 64 * 1024;
+/// The label of the connection's one channel.
+const LABEL: &str = "fog";
+/// The caller's and the answerer's made-up candidates (TEST-NET-1, never routed).
+const CALLER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)), 9);
+const ANSWERER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2)), 9);
+
+/// What an RTC connection needs from the Node to start.
+pub(super) struct Opening<'a> {
+    /// Our DTLS certificate (its fingerprint is in our signed description).
+    pub identity: &'a Identity,
+    /// The fingerprint the peer signed into its description.
+    pub fingerprint: Option<CertFingerprint>,
+    /// The session both sides share.
+    pub session: SessionId,
+    /// Whether we are the offerer (DTLS client, opens the channel).
+    pub caller: bool,
+}
+
+/// One connection's WebRTC peer and its channel.
+pub(super) struct Rtc {
+    peer: Peer,
+    caller: bool,
+    channel: Option<ChannelId>,
+    open: bool,
+    closing: bool,
+    over: bool,
+    happened: Vec<Happened>,
+    addr: SocketAddr,
+    remote: SocketAddr,
+}
+
+impl std::fmt::Debug for Rtc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rtc")
+            .field("open", &self.open)
+            .field("closing", &self.closing)
+            .field("over", &self.over)
+            .finish_non_exhaustive()
+    }
+}
+
+/// ICE credentials of one side of `session`.
+fn credentials(session: SessionId, caller: bool) -> IceCredentials {
+    let mut h = Sha256::new();
+    h.update(b"fogconnect-rtc-ice-v1");
+    h.update(session.0);
+    h.update([u8::from(caller)]);
+    IceCredentials::from_seed(h.finalize().into())
+}
+
+impl Rtc {
+    /// The connection's peer; `None` without the peer's signed fingerprint or if the peer
+    /// cannot be built (reported by the Node as the transport failing).
+    pub(super) fn new(opening: Opening<'_>, now: Instant) -> Option<Rtc> {
+        let fingerprint = opening.fingerprint?;
+        let (addr, remote) = if opening.caller {
+            (CALLER, ANSWERER)
+        } else {
+            (ANSWERER, CALLER)
+        };
+        let setup = DirectSetup {
+            identity: opening.identity.clone(),
+            role: if opening.caller {
+                Role::Active
+            } else {
+                Role::Passive
+            },
+            local_ice: credentials(opening.session, opening.caller),
+            remote_ice: credentials(opening.session, !opening.caller),
+            remote_fingerprint: fingerprint.0,
+            local: addr,
+            remote,
+        };
+        let channels = if opening.caller {
+            vec![ChannelOptions::reliable(LABEL)]
+        } else {
+            Vec::new()
+        };
+        let config = Config {
+            max_message: MAX_MESSAGE as u32,
+            ..Config::default()
+        };
+        let (peer, ids) = Peer::direct(now, setup, config, &channels).ok()?;
+        Some(Rtc {
+            peer,
+            caller: opening.caller,
+            channel: ids.first().copied(),
+            open: false,
+            closing: false,
+            over: false,
+            happened: Vec::new(),
+            addr,
+            remote,
+        })
+    }
+
+    /// Queues one message.
+    pub(super) fn send(&mut self, now: Instant, data: &[u8]) -> Result<(), SendError> {
+        if self.over || self.closing {
+            return Err(SendError::NotConnected);
+        }
+        if data.len() > MAX_MESSAGE {
+            return Err(SendError::TooLong);
+        }
+        let Some(channel) = self.channel.filter(|_| self.open) else {
+            // Until the channel opens the sender waits for `Writable`.
+            return Err(SendError::Blocked);
+        };
+        self.peer
+            .send(now, channel, data, true)
+            .map_err(|e| match e {
+                RtcSendError::Blocked => SendError::Blocked,
+                RtcSendError::TooLong => SendError::TooLong,
+                RtcSendError::NotOpen => SendError::NotConnected,
+            })
+    }
+
+    /// Whether a sender told `Blocked` may try again.
+    pub(super) fn has_room(&mut self) -> bool {
+        match self.channel {
+            Some(channel) if self.open => self.peer.has_room(channel),
+            _ => false,
+        }
+    }
+
+    /// One of its datagrams arrived (unsealed); `false` if the peer could not take it.
+    pub(super) fn handle_packet(&mut self, now: Instant, datagram: &[u8]) -> bool {
+        let before = self.peer.stats();
+        self.peer.handle_packet(
+            now,
+            Receive {
+                source: self.remote,
+                local: self.addr,
+                payload: datagram,
+            },
+        );
+        self.peer.stats() == before
+    }
+
+    pub(super) fn handle_timeout(&mut self, now: Instant) {
+        self.peer.handle_timeout(now);
+    }
+
+    pub(super) fn poll_timeout(&self) -> Option<Instant> {
+        self.peer.poll_timeout()
+    }
+
+    pub(super) fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
+        self.peer.poll_transmit(now, buf).map(|t| t.len)
+    }
+
+    /// Starts the graceful close.
+    pub(super) fn close(&mut self, now: Instant) {
+        if self.over || self.closing {
+            return;
+        }
+        self.closing = true;
+        match self.channel {
+            Some(channel) if self.open => self.peer.close_channel(now, channel),
+            // Nothing was ever open: nothing to deliver.
+            _ => self.end(Happened::CloseDone),
+        }
+    }
+
+    fn end(&mut self, how: Happened) {
+        if !self.over {
+            self.over = true;
+            self.happened.push(how);
+        }
+    }
+
+    pub(super) fn poll(&mut self) -> Vec<Happened> {
+        while let Some(event) = self.peer.poll_event() {
+            match event {
+                RtcEvent::ChannelOpen { channel, .. } => {
+                    // The caller's channel, or (answerer) the first the caller opened; the
+                    // caller opens only one, so another is ignored.
+                    if self.channel.is_none() && !self.caller {
+                        self.channel = Some(channel);
+                    }
+                    if Some(channel) == self.channel {
+                        self.open = true;
+                    }
+                }
+                RtcEvent::Message { channel, data, .. }
+                    if Some(channel) == self.channel && !self.over =>
+                {
+                    self.happened.push(Happened::Data(data));
+                }
+                RtcEvent::ChannelClosed { channel } if Some(channel) == self.channel => {
+                    if self.peer.is_over() {
+                        // The whole peer failed (its `Failed` is queued behind this).
+                        self.end(Happened::Dead);
+                    } else if self.closing {
+                        self.end(Happened::CloseDone);
+                    } else {
+                        // The peer closed after all its messages (a stream reset follows the
+                        // data, RFC 6525 §5.2.2); its sealed close follows.
+                        self.end(Happened::PeerClosed);
+                    }
+                }
+                RtcEvent::Failed(_) => self.end(Happened::Dead),
+                _ => {}
+            }
+        }
+        std::mem::take(&mut self.happened)
+    }
+}
