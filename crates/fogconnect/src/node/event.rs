@@ -529,6 +529,11 @@ pub struct Counters {
     /// Agents built again because a behaviour (ours when discovery finished, or the peer's
     /// update) changed before the connection had a path.
     pub replans: u64,
+    /// Port mappings whose probe came through, so that they were offered.
+    pub port_mappings_verified: u64,
+    /// Port mappings not offered: the probe through them never came, or the router's
+    /// external IP is not the one the STUN server sees (another NAT upstream).
+    pub port_mappings_unverified: u64,
 }
 
 /// Why a connection took the path it took ([`Node::diagnose`](super::Node::diagnose)).

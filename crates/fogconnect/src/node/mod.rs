@@ -26,6 +26,7 @@ mod config;
 mod conn;
 mod event;
 mod ledger;
+mod portmap;
 mod probe;
 mod quic;
 mod relay;
@@ -41,7 +42,7 @@ use fog_core::nat::{Behaviour, Mapping, PortPattern};
 use fog_core::pairing::Who;
 use fog_core::{Receive, SansIo, SocketRequest, Transmit};
 use fog_ice::agent::{self, Agent, AgentConfig};
-use fog_ice::strategy::Plan;
+use fog_ice::strategy::{Plan, with_mapping};
 use fog_signal::PeerId;
 use fog_signal::client::{Client, ClientConfig};
 use fog_signal::msg::{RequestId, SessionId};
@@ -57,6 +58,7 @@ pub use event::{
     CloseReason, CommandError, ConnectError, ConnectionId, ConnectionStats, Counters, Diagnosis,
     Event, FailReason, Footprint, LookupError, SendError, Via,
 };
+pub use fog_portmap::{TcpCommand, TcpId, TcpInput};
 pub use fog_signal::msg::Transport;
 use probe::{Probe, Refresh};
 pub use signal::{SignalInput, SignalOutput};
@@ -186,6 +188,8 @@ pub struct Node {
     blocked: bool,
     /// Our QUIC certificate's fingerprint, made on the first QUIC connection.
     quic_fingerprint: Option<fog_signal::msg::CertFingerprint>,
+    /// The base socket's port mapping ([`NodeConfig::port_mapping`]), from the start on.
+    portmap: Option<portmap::PortMap>,
 }
 
 impl Node {
@@ -248,6 +252,7 @@ impl Node {
             by_tag: BTreeMap::new(),
             now,
             blocked: false,
+            portmap: None,
             config,
         };
         let interfaces = std::mem::take(&mut node.config.interfaces);
@@ -815,6 +820,7 @@ impl Node {
     /// The agent of a connection whose two descriptions are known.
     fn build_agent(&mut self, now: Instant, id: ConnectionId) {
         let mine = self.behaviour().unwrap_or(Behaviour::UdpBlocked);
+        let mapped = self.config.direct && self.mapped_candidate().is_some();
         let seed = self.next_random();
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
@@ -823,6 +829,9 @@ impl Node {
             return;
         };
         let theirs = remote.nat.map_or(Behaviour::UdpBlocked, Into::into);
+        // A side that offers a verified port mapping is reachable there by anyone.
+        let mine = with_mapping(mine, mapped);
+        let theirs = with_mapping(theirs, portmap::has_mapped(&remote.candidates));
         let offerer = !conn.passive;
         let (a, b, me) = if offerer {
             (mine, theirs, Who::A)
@@ -1330,11 +1339,15 @@ impl Node {
                 .paced_until(self.client.frames_waiting(), self.signal_rate()),
         ];
         let (connect, idle) = (self.config.connect_timeout, self.config.idle_timeout);
-        fixed.into_iter().flatten().chain(
-            self.conns
-                .values()
-                .flat_map(move |c| c.timers().chain(std::iter::once(c.deadline(connect, idle)))),
-        )
+        fixed
+            .into_iter()
+            .flatten()
+            .chain(self.port_mapping_deadlines())
+            .chain(
+                self.conns.values().flat_map(move |c| {
+                    c.timers().chain(std::iter::once(c.deadline(connect, idle)))
+                }),
+            )
     }
 
     /// Ends the connections whose connect or idle timeout passed.
@@ -1393,6 +1406,8 @@ impl Node {
             return;
         };
         let before = self.report.replace(report);
+        // A mapping waiting for our server-reflexive IP can be verified now.
+        self.drain_port_mapping(now);
         let report = self.report.as_ref().expect("just set");
         match before {
             None => {
@@ -1617,6 +1632,11 @@ impl SansIo for Node {
 
     fn handle_packet(&mut self, now: Instant, packet: Receive<'_>) {
         self.now = self.now.max(now);
+        // The port mapper's answers from the gateway first: SSDP's are text that the first
+        // byte would take for QUIC.
+        if self.handle_port_mapping_packet(now, &packet) {
+            return;
+        }
         // The TURN client first: it shares the base port with discovery, and takes only its
         // server's answers to its own requests and the data the relay delivers.
         if let Some(turn) = &mut self.turn {
@@ -1656,7 +1676,9 @@ impl SansIo for Node {
         if !self.started {
             self.started = true;
             self.signal.start();
+            self.start_port_mapping(now);
         }
+        self.port_mapping_timeout(now);
         self.signal.handle_timeout(now);
         self.client.handle_timeout(now);
         if let Some(turn) = &mut self.turn {
@@ -1732,6 +1754,9 @@ impl SansIo for Node {
             if transmit.is_some() {
                 return transmit;
             }
+        }
+        if let Some(t) = self.port_mapping_transmit(now, buf) {
+            return Some(t);
         }
         let stun = self.config.stun;
         if let Some(refresh) = self.refresh.as_mut().filter(|r| r.mapped.is_none()) {
