@@ -159,7 +159,11 @@ impl Node {
         let Some(map) = &mut self.portmap else {
             return false;
         };
-        if map.mapper.accepts(packet) {
+        // The mapper also takes SSDP answers from others (a second device on the LAN), which
+        // it counts and drops; a peer whose port happens to be 1900 stays ours.
+        let gateway = self.config.port_mapping.map(IpAddr::V4);
+        let ours = Some(packet.source.ip()) == gateway || packet.payload.starts_with(b"HTTP/");
+        if ours && map.mapper.accepts(packet) {
             map.mapper.handle_packet(now, *packet);
             self.drain_port_mapping(now);
             return true;
@@ -349,4 +353,99 @@ impl Node {
 /// Whether the peer's description names a mapped candidate (it is then planned as open).
 pub(super) fn has_mapped(candidates: &[fog_signal::msg::Candidate]) -> bool {
     candidates.iter().any(|c| c.kind == CandidateKind::Mapped)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+    use std::time::Instant;
+
+    use fog_core::{Receive, SansIo};
+    use fog_portmap::TcpCommand;
+    use fog_signal::KeyPair;
+
+    use crate::node::{Node, NodeConfig};
+
+    const GATEWAY: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 1);
+
+    fn started(mapping: bool) -> (Node, Instant, SocketAddr) {
+        let base: SocketAddr = "192.168.1.20:4000".parse().unwrap();
+        let stun = "203.0.113.1:3478".parse().unwrap();
+        let mut config = NodeConfig::new(KeyPair::from_seed(&[1; 32]), "test", stun, base, 5);
+        config.port_mapping = mapping.then_some(GATEWAY);
+        let now = Instant::now();
+        let mut node = Node::new(config, now);
+        node.handle_timeout(now);
+        (node, now, base)
+    }
+
+    /// Every datagram the node has to send now: (from, to, bytes).
+    fn sent(node: &mut Node, now: Instant) -> Vec<(Option<SocketAddr>, SocketAddr, Vec<u8>)> {
+        let mut buf = vec![0u8; 2048];
+        let mut out = Vec::new();
+        while let Some(t) = node.poll_transmit(now, &mut buf) {
+            out.push((t.source, t.destination, buf[..t.len].to_vec()));
+        }
+        out
+    }
+
+    #[test]
+    fn the_base_socket_is_mapped_only_when_configured() {
+        let pcp = SocketAddr::from((GATEWAY, 5351));
+        let (mut node, now, base) = started(true);
+        let out = sent(&mut node, now);
+        // RFC 6887 §11.1: version 2, MAP (opcode 1) request, from the base socket.
+        assert!(
+            out.iter()
+                .any(|(from, to, b)| *to == pcp && *from == Some(base) && b[..2] == [2, 1]),
+            "{out:?}"
+        );
+        let (mut node, now, _) = started(false);
+        let out = sent(&mut node, now);
+        assert!(
+            out.iter()
+                .all(|(_, to, _)| to.ip() != std::net::IpAddr::V4(GATEWAY) && to.port() != 1900),
+            "{out:?}"
+        );
+    }
+
+    #[test]
+    fn the_gateways_ssdp_answer_goes_to_the_mapper_before_the_first_byte_demux() {
+        let (mut node, now, base) = started(true);
+        let _ = sent(&mut node, now);
+        // 'H' would be QUIC to `fog_core::classify`.
+        let answer = b"HTTP/1.1 200 OK\r\nCACHE-CONTROL: max-age=120\r\n\
+            LOCATION: http://192.168.1.1:5000/rootDesc.xml\r\n\
+            ST: urn:schemas-upnp-org:device:InternetGatewayDevice:1\r\n\
+            USN: uuid:1::urn:schemas-upnp-org:device:InternetGatewayDevice:1\r\n\r\n";
+        // The same bytes from a peer's port 1900 are not the mapper's.
+        let peer = "198.51.100.9:1900".parse().unwrap();
+        let not_http = [0x07u8; 40];
+        node.handle_packet(
+            now,
+            Receive {
+                source: peer,
+                local: base,
+                payload: &not_http,
+            },
+        );
+        assert_eq!(node.poll_tcp(), None);
+        node.handle_packet(
+            now,
+            Receive {
+                source: SocketAddr::from((GATEWAY, 1900)),
+                local: base,
+                payload: answer,
+            },
+        );
+        // UPnP's description is fetched over TCP, which the driver opens.
+        match node.poll_tcp() {
+            Some(TcpCommand::Connect { remote, .. }) => {
+                assert_eq!(remote, SocketAddrV4::new(GATEWAY, 5000));
+            }
+            other => panic!("expected a TCP connect, got {other:?}"),
+        }
+        // Nothing is offered before a mapping is made and verified.
+        assert_eq!(node.mapped_candidate(), None);
+    }
 }
