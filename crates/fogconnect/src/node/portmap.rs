@@ -357,6 +357,9 @@ pub(super) fn has_mapped(candidates: &[fog_signal::msg::Candidate]) -> bool {
 
 #[cfg(test)]
 mod tests {
+    // Tests may read the clock; the node only ever sees the instants they pass.
+    #![allow(clippy::disallowed_methods)]
+
     use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
     use std::time::Instant;
 
