@@ -510,6 +510,20 @@ fn run_pair(lab: &Lab, fogd: &ChildGuard, turn: bool, mapping: bool) -> (Vec<Val
     // Time for serve's mapping to be made and verified, so that its answer carries it (a
     // later one trickles, which the connection also takes, a round later).
     thread::sleep(Duration::from_millis(500));
+    if mapping {
+        // The router holds the mapping serve offers (gone again after it exits, below).
+        let offered = mapped_added(&json_lines(&serve));
+        let port = offered
+            .first()
+            .and_then(|m| m.rsplit(':').next())
+            .unwrap_or_else(|| panic!("serve offered no mapping yet\n{}", serve.output_text()))
+            .to_owned();
+        let rules = lab.redirects(0);
+        assert!(
+            rules.contains(&format!("dport {port} ")),
+            "no DNAT of port {port} on the router: {rules}"
+        );
+    }
     let mut command = lab.in_ns(lab.client(1), &fogconnect_exe());
     command.arg("connect").args(node_args(turn, mapping)).args([
         alias,

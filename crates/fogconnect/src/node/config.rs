@@ -111,7 +111,8 @@ pub struct NodeConfig {
     /// [`CHECK_ALLOWANCE`]: 2,560.
     pub probe_budget: u32,
     /// The default gateway to ask for a port mapping of the base socket (PCP, then NAT-PMP,
-    /// then UPnP IGD; fog-portmap), when the base has an IPv4 address of its own. A mapping
+    /// then UPnP IGD; fog-portmap), when the base has an IPv4 address of its own (not
+    /// loopback). A mapping
     /// is offered as a candidate of its own kind (`mapped`) once a probe from the STUN
     /// server's other address came through it, and makes the node directly reachable for
     /// any peer (the pairing strategy counts it as open); it is renewed while the node runs,

@@ -93,7 +93,8 @@ impl Node {
         let SocketAddr::V4(internal) = self.config.base else {
             return;
         };
-        if internal.ip().is_unspecified() || internal.port() == 0 {
+        // A loopback base has no router to ask (and nothing it sends could reach one).
+        if internal.ip().is_unspecified() || internal.ip().is_loopback() || internal.port() == 0 {
             return;
         }
         let seed = self.next_random();
