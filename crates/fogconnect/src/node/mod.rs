@@ -1333,21 +1333,18 @@ impl Node {
                 .filter(|r| r.mapped.is_none())
                 .map(|r| r.probe.next_at),
             self.watch.as_ref().map(|w| w.next_at),
+            self.port_mapping_deadline(),
             self.relay_wait_until,
             self.signal.reopen_at(),
             self.signal
                 .paced_until(self.client.frames_waiting(), self.signal_rate()),
         ];
         let (connect, idle) = (self.config.connect_timeout, self.config.idle_timeout);
-        fixed
-            .into_iter()
-            .flatten()
-            .chain(self.port_mapping_deadlines())
-            .chain(
-                self.conns.values().flat_map(move |c| {
-                    c.timers().chain(std::iter::once(c.deadline(connect, idle)))
-                }),
-            )
+        fixed.into_iter().flatten().chain(
+            self.conns
+                .values()
+                .flat_map(move |c| c.timers().chain(std::iter::once(c.deadline(connect, idle)))),
+        )
     }
 
     /// Ends the connections whose connect or idle timeout passed.

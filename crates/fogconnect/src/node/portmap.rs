@@ -248,15 +248,14 @@ impl Node {
         None
     }
 
-    pub(super) fn port_mapping_deadlines(&self) -> impl Iterator<Item = Instant> + '_ {
-        let map = self.portmap.as_ref();
-        let probe = map.and_then(|m| match m.state {
+    /// The mapper's next deadline or the probe's next (re)transmission, whichever is first.
+    pub(super) fn port_mapping_deadline(&self) -> Option<Instant> {
+        let map = self.portmap.as_ref()?;
+        let probe = match map.state {
             State::Probing { next_at, .. } => Some(next_at),
             _ => None,
-        });
-        map.and_then(|m| m.mapper.poll_timeout())
-            .into_iter()
-            .chain(probe)
+        };
+        map.mapper.poll_timeout().into_iter().chain(probe).min()
     }
 
     /// Hands the mapper's events on, and starts a probe when there is a mapping to verify and
