@@ -361,7 +361,7 @@ mod tests {
     #![allow(clippy::disallowed_methods)]
 
     use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-    use std::time::Instant;
+    use std::time::{Duration, Instant};
 
     use fog_core::{Receive, SansIo};
     use fog_portmap::TcpCommand;
@@ -450,5 +450,167 @@ mod tests {
         }
         // Nothing is offered before a mapping is made and verified.
         assert_eq!(node.mapped_candidate(), None);
+    }
+
+    /// A scripted world: the gateway answers PCP (granting `lifetime` while `router_up`), the
+    /// STUN server answers every Binding from its primary address, and a probe (RESPONSE-PORT)
+    /// from its other address when `forwards`.
+    struct World {
+        router_up: bool,
+        forwards: bool,
+        probes: u32,
+    }
+
+    const PUBLIC: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 50);
+    const EXTERNAL_PORT: u16 = 41_000;
+
+    /// Runs `node` in `world` from `now` until `until`; its events.
+    fn run(
+        node: &mut Node,
+        world: &mut World,
+        mut now: Instant,
+        until: Instant,
+    ) -> (Instant, Vec<crate::node::Event>) {
+        use fog_portmap::pcp;
+        use fog_stun::wire::{BindingResponse, Message};
+        let stun: SocketAddr = "203.0.113.1:3478".parse().unwrap();
+        let stun_other: SocketAddr = "203.0.113.2:3479".parse().unwrap();
+        let base: SocketAddr = "192.168.1.20:4000".parse().unwrap();
+        let mut events = Vec::new();
+        loop {
+            let mut replies: Vec<(SocketAddr, SocketAddr, Vec<u8>)> = Vec::new();
+            for (from, to, bytes) in sent(node, now) {
+                let from = from.unwrap_or(base);
+                if to == SocketAddr::from((GATEWAY, 5351)) && world.router_up {
+                    if let Ok(request) = pcp::parse_map_request(&bytes) {
+                        let response = pcp::Response {
+                            opcode: 1,
+                            result: pcp::ResultCode(0),
+                            lifetime: request.lifetime.min(120),
+                            epoch: 1,
+                            map: Some(pcp::MapData {
+                                nonce: request.nonce,
+                                protocol: request.protocol,
+                                internal_port: request.internal_port,
+                                external_port: EXTERNAL_PORT,
+                                external_ip: pcp::mapped(PUBLIC),
+                            }),
+                        };
+                        let mut buf = [0u8; 64];
+                        let len = response.emit(&mut buf);
+                        replies.push((to, from, buf[..len].to_vec()));
+                    }
+                } else if to == stun {
+                    let Ok(request) = Message::decode(&bytes) else {
+                        continue;
+                    };
+                    let public = SocketAddr::from((PUBLIC, 50_000 + from.port() % 1000));
+                    let response = BindingResponse {
+                        transaction_id: request.transaction_id,
+                        xor_mapped: Some(public),
+                        ..BindingResponse::default()
+                    };
+                    let mut buf = [0u8; 256];
+                    let len = response.encode(&mut buf).unwrap();
+                    match request.attributes.response_port {
+                        Some(port) => {
+                            assert_eq!(port, EXTERNAL_PORT, "the probe goes to the mapping");
+                            world.probes += 1;
+                            if world.forwards {
+                                replies.push((stun_other, base, buf[..len].to_vec()));
+                            }
+                        }
+                        None => replies.push((stun, from, buf[..len].to_vec())),
+                    }
+                }
+            }
+            for (source, local, payload) in &replies {
+                node.handle_packet(
+                    now,
+                    Receive {
+                        source: *source,
+                        local: *local,
+                        payload,
+                    },
+                );
+            }
+            while node.poll_tcp().is_some() {}
+            while let Some(event) = node.poll_event() {
+                events.push(event);
+            }
+            if !replies.is_empty() {
+                continue;
+            }
+            match node.poll_timeout() {
+                Some(t) if t <= until => {
+                    now = now.max(t);
+                    node.handle_timeout(now);
+                }
+                _ => return (until, events),
+            }
+        }
+    }
+
+    fn mapped_changes(events: &[crate::node::Event]) -> (Vec<SocketAddr>, Vec<SocketAddr>) {
+        let mut added = Vec::new();
+        let mut removed = Vec::new();
+        for e in events {
+            if let crate::node::Event::CandidatesChanged {
+                added: a,
+                removed: r,
+            } = e
+            {
+                added.extend(
+                    a.iter()
+                        .filter(|c| c.kind == fog_ice::candidate::Kind::Mapped)
+                        .map(|c| c.addr),
+                );
+                removed.extend(r.iter().copied());
+            }
+        }
+        (added, removed)
+    }
+
+    #[test]
+    fn a_mapping_is_offered_once_the_probe_comes_through_and_withdrawn_when_lost() {
+        let external = SocketAddr::from((PUBLIC, EXTERNAL_PORT));
+        let (mut node, now, _) = started(true);
+        let mut world = World {
+            router_up: true,
+            forwards: true,
+            probes: 0,
+        };
+        let (now, events) = run(&mut node, &mut world, now, now + Duration::from_secs(5));
+        assert!(world.probes >= 1);
+        assert_eq!(mapped_changes(&events), (vec![external], vec![]));
+        assert_eq!(node.mapped_candidate(), Some(external));
+        assert_eq!(node.counters().port_mappings_verified, 1);
+
+        // Renewals (at half of the 120 s granted) keep it, each verified again.
+        let (now, events) = run(&mut node, &mut world, now, now + Duration::from_secs(100));
+        assert_eq!(mapped_changes(&events), (vec![], vec![]));
+        assert!(world.probes >= 2, "renewals are probed again");
+        assert_eq!(node.mapped_candidate(), Some(external));
+
+        // The router goes silent: the mapping lapses and the candidate is withdrawn.
+        world.router_up = false;
+        let (_, events) = run(&mut node, &mut world, now, now + Duration::from_secs(300));
+        assert_eq!(mapped_changes(&events), (vec![], vec![external]));
+        assert_eq!(node.mapped_candidate(), None);
+    }
+
+    #[test]
+    fn a_mapping_the_probe_does_not_come_through_is_never_offered() {
+        let (mut node, now, _) = started(true);
+        let mut world = World {
+            router_up: true,
+            forwards: false,
+            probes: 0,
+        };
+        let (_, events) = run(&mut node, &mut world, now, now + Duration::from_secs(10));
+        assert!(world.probes >= 2, "the probe is retransmitted");
+        assert_eq!(mapped_changes(&events), (vec![], vec![]));
+        assert_eq!(node.mapped_candidate(), None);
+        assert_eq!(node.counters().port_mappings_unverified, 1);
     }
 }
