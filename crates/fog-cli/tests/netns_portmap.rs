@@ -235,7 +235,10 @@ impl Lab {
 
     /// miniupnpd on site `k`'s router, by hand (never Debian's service or its `nft_init.sh`),
     /// ready once its HTTP port listens.
-    fn start_miniupnpd(&mut self, k: usize, miniupnpd: &Path) -> Result<(), String> {
+    /// With `natpmp` off, miniupnpd serves UPnP IGD alone (its `enable_natpmp` also enables
+    /// PCP).
+    fn start_miniupnpd(&mut self, k: usize, miniupnpd: &Path, natpmp: bool) -> Result<(), String> {
+        let natpmp = if natpmp { "yes" } else { "no" };
         let prefix = &self.prefix;
         let conf = scratch_file(&format!("{prefix}-{k}-miniupnpd.conf"));
         let pid = scratch_file(&format!("{prefix}-{k}-miniupnpd.pid"));
@@ -243,7 +246,7 @@ impl Lab {
             &conf,
             format!(
                 "ext_ifname={prefix}w{k}r\nlistening_ip={prefix}l{k}r\nhttp_port=5000\n\
-                 enable_upnp=yes\nenable_natpmp=yes\nsecure_mode=yes\nsystem_uptime=yes\n\
+                 enable_upnp=yes\nenable_natpmp={natpmp}\nsecure_mode=yes\nsystem_uptime=yes\n\
                  min_lifetime=10\nmax_lifetime=3600\n\
                  uuid=3b4c1f2e-0d7a-4a5e-9a61-5f6f0c0ffe{k:02}\n\
                  allow 1024-65535 192.168.{}.0/24 1024-65535\ndeny 0-65535 0.0.0.0/0 0-65535\n",
@@ -348,7 +351,7 @@ fn is_root() -> bool {
 }
 
 /// The lab with miniupnpd on both routers, or `None` after saying why it cannot be built.
-fn lab(test: &str) -> Option<Lab> {
+fn lab(test: &str, natpmp: bool) -> Option<Lab> {
     let tools = || -> Result<(PathBuf, PathBuf), String> {
         if !cfg!(target_os = "linux") {
             return Err("network namespaces are Linux's".into());
@@ -387,7 +390,7 @@ fn lab(test: &str) -> Option<Lab> {
         }
     };
     for k in 0..2 {
-        if let Err(why) = lab.start_miniupnpd(k, &miniupnpd) {
+        if let Err(why) = lab.start_miniupnpd(k, &miniupnpd, natpmp) {
             panic!("{test}: {why}");
         }
     }
@@ -507,10 +510,14 @@ fn run_pair(lab: &Lab, fogd: &ChildGuard, turn: bool, mapping: bool) -> (Vec<Val
         authenticated() > before
     })
     .unwrap_or_else(|e| panic!("{e}\n{}\n{}", serve.output_text(), fogd.output_text()));
-    // Time for serve's mapping to be made and verified, so that its answer carries it (a
-    // later one trickles, which the connection also takes, a round later).
-    thread::sleep(Duration::from_millis(500));
     if mapping {
+        // Serve's mapping made and verified, so that its answer carries it (a later one
+        // trickles, which the connection also takes, a round later). UPnP alone comes after
+        // PCP's and NAT-PMP's probes time out (1 s).
+        wait_for("serve's mapped candidate", Duration::from_secs(8), || {
+            !mapped_added(&json_lines(&serve)).is_empty()
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", serve.output_text()));
         // The router holds the mapping serve offers (gone again after it exits, below).
         let offered = mapped_added(&json_lines(&serve));
         let port = offered
@@ -553,7 +560,7 @@ fn run_pair(lab: &Lab, fogd: &ChildGuard, turn: bool, mapping: bool) -> (Vec<Val
 #[test]
 fn port_mapping_connects_two_random_symmetric_nats_directly() {
     let test = "port_mapping_connects_two_random_symmetric_nats_directly";
-    let Some(lab) = lab(test) else {
+    let Some(lab) = lab(test, true) else {
         return;
     };
     let fogd = start_fogd(&lab);
@@ -610,4 +617,34 @@ fn port_mapping_connects_two_random_symmetric_nats_directly() {
             "router {k} still redirects after exit"
         );
     }
+}
+
+/// The same pair with routers that speak UPnP IGD only (no PCP, no NAT-PMP): serve maps
+/// through SSDP, the description and SOAP over the TCP connections fog-runtime opens for it
+/// (after PCP's and NAT-PMP's probes time out, 1 s), and the pair connects directly on it.
+/// `connect` is done before its own UPnP mapping would be (it needs none: one side's mapping
+/// is enough). Serve deletes its mapping (DeletePortMapping) within its shutdown.
+#[test]
+fn upnp_alone_maps_over_the_runtimes_tcp_and_connects_directly() {
+    let test = "upnp_alone_maps_over_the_runtimes_tcp_and_connects_directly";
+    let Some(lab) = lab(test, false) else {
+        return;
+    };
+    let fogd = start_fogd(&lab);
+    let (connected, served) = run_pair(&lab, &fogd, false, true);
+    assert!(
+        mapped_added(&served)
+            .iter()
+            .any(|m| m.starts_with(&format!("mapped {}:", router_wan(0)))),
+        "serve offered no mapped candidate: {served:#?}"
+    );
+    let first = named(&connected, "connected");
+    assert_eq!(first.len(), 1, "{connected:#?}");
+    assert_eq!(first[0]["via"], "direct", "{:#}", first[0]);
+    assert!(on(&first[0]["remote"], &router_wan(0)), "{:#}", first[0]);
+    assert_eq!(
+        lab.redirects(0),
+        "",
+        "serve's router still redirects after exit"
+    );
 }

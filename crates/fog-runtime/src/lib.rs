@@ -500,8 +500,8 @@ fn run(
             if matches!(command, Command::Shutdown) && stopping.is_none() {
                 stopping = Some(Instant::now());
                 driver.machine_mut().shut(Instant::now());
-                // Deleted within the shutdown's flush (PCP and NAT-PMP answer in a round
-                // trip; UPnP's deletion may not finish in time).
+                // Deleted within the shutdown's flush, which waits for it (PCP and NAT-PMP
+                // answer in a round trip, UPnP's DeletePortMapping is one local HTTP exchange).
                 driver
                     .machine_mut()
                     .node_mut()
@@ -529,7 +529,9 @@ fn run(
         }
         tcp.drain(driver.machine_mut().node_mut());
         if let Some(since) = stopping {
-            if driver.machine().signal_closed() || since.elapsed() >= SHUTDOWN_FLUSH {
+            let done =
+                driver.machine().signal_closed() && !driver.machine().node().port_mapping_active();
+            if done || since.elapsed() >= SHUTDOWN_FLUSH {
                 driver.machine_mut().join_pump(SHUTDOWN_FLUSH);
                 return Ok(());
             }

@@ -132,6 +132,13 @@ impl Node {
         self.drain_port_mapping(now);
     }
 
+    /// Whether a port mapper runs (or is still deleting its mapping after
+    /// [`close_port_mapping`](Self::close_port_mapping)): a driver that shuts down keeps
+    /// driving the node a little while this holds.
+    pub fn port_mapping_active(&self) -> bool {
+        self.portmap.is_some()
+    }
+
     /// The next TCP connection command of the port mapper (UPnP's HTTP): a driver that opens
     /// TCP connections drains these after every input, like the transmits, and reports their
     /// progress with [`handle_tcp`](Self::handle_tcp). A driver that does not leaves UPnP
