@@ -128,12 +128,13 @@ fn addr6(host: u8, port: u16) -> SocketAddr {
     )
 }
 
-const KINDS: [Kind; 5] = [
+const KINDS: [Kind; 6] = [
     Kind::Host,
     Kind::ServerReflexive,
     Kind::PeerReflexive,
     Kind::Predicted,
     Kind::Relayed,
+    Kind::Mapped,
 ];
 
 fuzz_target!(|data: (Setup, Vec<Input>)| {

@@ -2,6 +2,8 @@
 //! its ports from anyone, and arbitrary signaling frames (raw text, or well-formed server frames
 //! with fuzzed fields), opens and closes of the signaling channel, `connect` calls, interface
 //! addresses that come and go, re-gathering, and time. Half the runs measure two servers first.
+//! Half run a port mapper (fed datagrams from its gateway, UPnP's TCP progress, offers naming
+//! a mapped candidate, and its deletion).
 //!
 //! Invariants: nothing panics; after `handle_timeout(now)` the node never asks to be woken
 //! before `now`.
@@ -15,7 +17,7 @@ use arbitrary::Arbitrary;
 use fog_core::{Receive, SansIo};
 use fog_signal::KeyPair;
 use fog_signal::server::{ConnId, Output, Server, ServerConfig};
-use fogconnect::{ConnectionId, Node, NodeConfig, SignalInput, SignalOutput};
+use fogconnect::{ConnectionId, Node, NodeConfig, SignalInput, SignalOutput, TcpId, TcpInput};
 
 /// The connection with index `i` among those the node holds.
 fn nth(node: &Node, i: u8) -> Option<ConnectionId> {
@@ -45,7 +47,21 @@ enum Op {
         nat: u8,
         /// Signed by the peer it names, as a genuine offer is (else it is dropped at once).
         signed: bool,
+        /// With a `mapped` candidate (the peer is then planned as open).
+        mapped: bool,
     },
+    /// A datagram from the port-mapping gateway to the base socket (PCP, NAT-PMP, SSDP).
+    Gateway {
+        from_port: u16,
+        bytes: Vec<u8>,
+    },
+    /// Progress of one of the port mapper's TCP connections.
+    Tcp {
+        id: u8,
+        input: u8,
+        bytes: Vec<u8>,
+    },
+    ClosePortMapping,
     Open,
     Closed,
     Connect(u8),
@@ -134,6 +150,8 @@ fn sign_offer(frame: &str, key: &KeyPair, to: fog_signal::PeerId, salt: u16) -> 
     .encode()
 }
 
+const GATEWAY: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 254);
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -147,6 +165,9 @@ fuzz_target!(|input: (u64, u8, Vec<Op>)| {
     config.interfaces = interfaces(setup);
     if setup & 0x40 != 0 {
         config.accept = fogconnect::AcceptPolicy::All;
+    }
+    if setup & 0x20 != 0 {
+        config.port_mapping = Some(GATEWAY);
     }
     if setup & 0x80 != 0 {
         config.alternatives = vec![fogconnect::ServerChoice {
@@ -213,9 +234,18 @@ fuzz_target!(|input: (u64, u8, Vec<Op>)| {
                 port,
                 nat: n,
                 signed,
+                mapped,
             } => {
+                let mapped = if mapped {
+                    format!(
+                        r#"{{"kind":"mapped","addr":"203.0.113.9:{}","priority":1778384895}},"#,
+                        port ^ 1
+                    )
+                } else {
+                    String::new()
+                };
                 let mut frame = format!(
-                    r#"{{"type":"offer","session":"{}","from":"{peer}","description":{{"candidates":[{{"kind":"srflx","addr":"203.0.113.9:{port}","priority":1694498815}},{{"kind":"relay","addr":"198.51.100.3:{port}","priority":16777215}}],"nat":{},"transports":["quic"],"credentials":{{"ufrag":"abcd","pwd":""}},"service":1}}}}"#,
+                    r#"{{"type":"offer","session":"{}","from":"{peer}","description":{{"candidates":[{mapped}{{"kind":"srflx","addr":"203.0.113.9:{port}","priority":1694498815}},{{"kind":"relay","addr":"198.51.100.3:{port}","priority":16777215}}],"nat":{},"transports":["quic"],"credentials":{{"ufrag":"abcd","pwd":""}},"service":1}}}}"#,
                     hex(&session),
                     nat(n)
                 );
@@ -224,6 +254,25 @@ fuzz_target!(|input: (u64, u8, Vec<Op>)| {
                 }
                 node.handle_signal(now, SignalInput::Frame(&frame));
             }
+            Op::Gateway { from_port, bytes } => {
+                let source = SocketAddr::new(IpAddr::V4(GATEWAY), from_port % 4 + 5350);
+                let source = if from_port & 0x100 != 0 {
+                    SocketAddr::new(source.ip(), 1900)
+                } else {
+                    source
+                };
+                datagram(&mut node, now, source, base, &bytes);
+            }
+            Op::Tcp { id, input, bytes } => {
+                let input = match input % 4 {
+                    0 => TcpInput::Connected,
+                    1 => TcpInput::Data(&bytes),
+                    2 => TcpInput::Closed,
+                    _ => TcpInput::Failed,
+                };
+                node.handle_tcp(now, TcpId(u32::from(id % 8)), input);
+            }
+            Op::ClosePortMapping => node.close_port_mapping(now),
             Op::Open => node.handle_signal(now, SignalInput::Opened),
             Op::Closed => node.handle_signal(now, SignalInput::Closed),
             Op::Connect(n) => {
@@ -264,6 +313,7 @@ fuzz_target!(|input: (u64, u8, Vec<Op>)| {
             }
         }
         while node.poll_socket_request().is_some() {}
+        while node.poll_tcp().is_some() {}
         node.handle_timeout(now);
         while node.poll_transmit(now, &mut buf).is_some() {}
         while node.poll_signal().is_some() {}

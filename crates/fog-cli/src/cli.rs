@@ -192,6 +192,13 @@ pub(crate) struct NodeArgs {
     /// which runs on and corrects it if the network changed [default: none]
     #[arg(long, value_name = "FILE")]
     pub(crate) nat_cache: Option<std::path::PathBuf>,
+
+    /// Do not ask the router for a port mapping. By default the node asks the default
+    /// gateway (PCP, then NAT-PMP, then UPnP IGD) to forward a port to its socket, offers the
+    /// mapped address once a probe from the STUN server's other address came through it
+    /// (which makes even two random-port NATs connect directly), and deletes it on exit
+    #[arg(long)]
+    pub(crate) no_port_mapping: bool,
 }
 
 /// `--interfaces`.

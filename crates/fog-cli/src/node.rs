@@ -87,6 +87,7 @@ pub(crate) fn start(
     }
     let mut runtime_config = RuntimeConfig::new(config, args.signaling.signal.clone());
     runtime_config.tls_roots = crate::peer::tls_roots(&args.signaling)?;
+    runtime_config.port_mapping = !args.no_port_mapping;
     match &args.interfaces {
         Interfaces::Auto => runtime_config.gather_every = Some(GATHER_EVERY),
         Interfaces::List(ips) => runtime_config.node.interfaces = ips.clone(),

@@ -16,16 +16,22 @@ pub enum Kind {
     Predicted,
     /// A TURN relayed address (§5.1.1.2).
     Relayed,
+    /// A port the side's router forwards to it (PCP, NAT-PMP or UPnP IGD), which a probe from
+    /// outside has reached: anyone may send to it, so the side is directly reachable there
+    /// whatever its NAT does to new flows.
+    Mapped,
 }
 
 impl Kind {
     /// RFC 8445 §5.1.2.2's recommended type preferences (host 126, peer-reflexive 110,
     /// server-reflexive 100, relayed 0); a prediction ranks just below server-reflexive, since
-    /// it is a server-reflexive address not yet seen.
+    /// it is a server-reflexive address not yet seen, and a verified port mapping just above
+    /// it, since a probe from outside has come through it.
     pub fn type_preference(self) -> u32 {
         match self {
             Kind::Host => 126,
             Kind::PeerReflexive => 110,
+            Kind::Mapped => 105,
             Kind::ServerReflexive => 100,
             Kind::Predicted => 90,
             Kind::Relayed => 0,
@@ -33,7 +39,7 @@ impl Kind {
     }
 
     /// The short name ICE uses in SDP (RFC 8839 §5.1: `host`, `srflx`, `prflx`, `relay`), and
-    /// `predicted` for ours.
+    /// `predicted` and `mapped` for ours.
     pub fn name(self) -> &'static str {
         match self {
             Kind::Host => "host",
@@ -41,6 +47,7 @@ impl Kind {
             Kind::PeerReflexive => "prflx",
             Kind::Predicted => "predicted",
             Kind::Relayed => "relay",
+            Kind::Mapped => "mapped",
         }
     }
 }

@@ -253,6 +253,26 @@ impl Plan {
     }
 }
 
+/// The behaviour to plan with for a side that does (`mapped`) or does not offer a verified
+/// port mapping ([`Kind::Mapped`](crate::candidate::Kind::Mapped)).
+///
+/// A router that forwards an external port to the side's base socket admits anyone there, and
+/// the answers to what comes in leave from that same external port (they are the reverse
+/// direction of the forwarded flow): toward a peer that sends first, the side is an open host
+/// at its mapped address, whatever its NAT does to flows it starts. So the pair is planned as
+/// if the side were [`Behaviour::Open`]: [`pairing`] anchors the path on it, the peer sends
+/// to the mapped address from whatever endpoint its NAT gives it, and the mapped side learns
+/// that endpoint as peer-reflexive. A random-port symmetric NAT with a mapping against another
+/// one therefore goes direct, where without it only the relay can carry the pair. A side
+/// without UDP stays blocked.
+pub fn with_mapping(behaviour: Behaviour, mapped: bool) -> Behaviour {
+    if mapped && behaviour != Behaviour::UdpBlocked {
+        Behaviour::Open
+    } else {
+        behaviour
+    }
+}
+
 /// Whether the side's srflx is its endpoint toward everyone.
 fn is_eim(behaviour: Behaviour) -> bool {
     behaviour.mapping() == Some(Mapping::EndpointIndependent)
@@ -372,6 +392,26 @@ mod tests {
         }
         let (a, _) = plans(Behaviour::UdpBlocked, Behaviour::Open);
         assert!(!a.is_direct());
+    }
+
+    #[test]
+    fn a_verified_mapping_makes_random_with_random_direct() {
+        let random = Behaviour::nat(APDM, APDF, PortPattern::Random);
+        assert_eq!(with_mapping(random, false), random);
+        assert_eq!(
+            with_mapping(Behaviour::UdpBlocked, true),
+            Behaviour::UdpBlocked
+        );
+        for (a_mapped, b_mapped) in [(true, false), (false, true), (true, true)] {
+            let (a, b) = plans(
+                with_mapping(random, a_mapped),
+                with_mapping(random, b_mapped),
+            );
+            assert!(a.is_direct() && b.is_direct(), "{a_mapped} {b_mapped}");
+            for p in [&a, &b] {
+                assert!(p.birthday.is_none() && !p.single_flow && p.predict_own.is_none());
+            }
+        }
     }
 
     /// Every direct route gives each side something to send, and a birthday to both or neither.

@@ -37,6 +37,7 @@
 #![allow(clippy::disallowed_methods)]
 
 mod machine;
+mod tcp;
 mod ws;
 
 use std::fmt;
@@ -77,6 +78,11 @@ pub struct RuntimeConfig {
     /// The certificate authorities a `wss://` server may chain to (default: Mozilla's root
     /// program; [`TlsRoots::trusting`] for a private CA or a self-signed certificate).
     pub tls_roots: TlsRoots,
+    /// Ask the default gateway for a port mapping of the base socket (PCP, NAT-PMP, UPnP
+    /// IGD, whose HTTP this runtime carries on TCP): when `node.port_mapping` names no
+    /// gateway, the OS's IPv4 default route gives it (fog-mio's `default_gateway`; Linux).
+    /// The mapping is deleted at shutdown. Default on.
+    pub port_mapping: bool,
 }
 
 impl RuntimeConfig {
@@ -88,6 +94,7 @@ impl RuntimeConfig {
             gather_every: None,
             signal_timeout: Duration::from_secs(10),
             tls_roots: TlsRoots::default(),
+            port_mapping: true,
         }
     }
 }
@@ -370,6 +377,11 @@ impl Runtime {
         if config.gather_every.is_some() {
             config.node.interfaces = gather().unwrap_or_default();
         }
+        if !config.port_mapping {
+            config.node.port_mapping = None;
+        } else if config.node.port_mapping.is_none() {
+            config.node.port_mapping = fog_mio::interfaces::default_gateway();
+        }
         let mut seed = [0u8; 32];
         getrandom::fill(&mut seed)
             .map_err(|e| StartError::Io(io::Error::other(format!("the OS random source: {e}"))))?;
@@ -401,9 +413,10 @@ impl Runtime {
             local: base,
         };
         let gather_every = config.gather_every;
+        let tcp = tcp::Tcp::new(driver.handle());
         let thread = thread::Builder::new()
             .name("fog-runtime".into())
-            .spawn(move || run(driver, command_rx, signal_rx, sink, gather_every))
+            .spawn(move || run(driver, command_rx, signal_rx, tcp, sink, gather_every))
             .map_err(StartError::Io)?;
         Ok(Runtime {
             handle,
@@ -460,6 +473,7 @@ fn run(
     mut driver: Driver<Machine>,
     commands: Receiver<Command>,
     signal: Receiver<FromSignal>,
+    (mut tcp, tcp_news): (tcp::Tcp, Receiver<(fogconnect::TcpId, tcp::News)>),
     mut sink: Sink,
     gather_every: Option<Duration>,
 ) -> io::Result<()> {
@@ -472,6 +486,10 @@ fn run(
             .chain(stopping.map(|_| Duration::from_millis(10)))
             .min();
         driver.turn(wait, |_, event| sink.deliver(event))?;
+        while let Ok((id, news)) = tcp_news.try_recv() {
+            tcp.deliver(driver.machine_mut().node_mut(), id, news);
+            driver.drain(|_, event| sink.deliver(event));
+        }
         while let Ok(input) = signal.try_recv() {
             driver
                 .machine_mut()
@@ -482,6 +500,12 @@ fn run(
             if matches!(command, Command::Shutdown) && stopping.is_none() {
                 stopping = Some(Instant::now());
                 driver.machine_mut().shut(Instant::now());
+                // Deleted within the shutdown's flush, which waits for it (PCP and NAT-PMP
+                // answer in a round trip, UPnP's DeletePortMapping is one local HTTP exchange).
+                driver
+                    .machine_mut()
+                    .node_mut()
+                    .close_port_mapping(Instant::now());
                 driver.drain(|_, event| sink.deliver(event));
                 // The closes are on their way to the pump: it sends them, then closes.
                 driver.machine_mut().hang_up();
@@ -503,8 +527,11 @@ fn run(
                 }
             }
         }
+        tcp.drain(driver.machine_mut().node_mut());
         if let Some(since) = stopping {
-            if driver.machine().signal_closed() || since.elapsed() >= SHUTDOWN_FLUSH {
+            let done =
+                driver.machine().signal_closed() && !driver.machine().node().port_mapping_active();
+            if done || since.elapsed() >= SHUTDOWN_FLUSH {
                 driver.machine_mut().join_pump(SHUTDOWN_FLUSH);
                 return Ok(());
             }

@@ -59,6 +59,10 @@ impl Machine {
         }
     }
 
+    pub(crate) fn node(&self) -> &Node {
+        &self.node
+    }
+
     pub(crate) fn node_mut(&mut self) -> &mut Node {
         &mut self.node
     }

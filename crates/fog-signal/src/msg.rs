@@ -468,6 +468,11 @@ pub enum CandidateKind {
     Predicted,
     /// A TURN relay address.
     Relay,
+    /// A port the sender's router forwards to it (PCP, NAT-PMP or UPnP IGD), sent only once a
+    /// probe from outside came through it: the receiver may count the sender as directly
+    /// reachable there (`fog_ice::strategy::with_mapping`). Peers and servers from before
+    /// this kind refuse a frame that names it.
+    Mapped,
 }
 
 /// A transport the sender can run. Unknown names from newer peers are kept as [`Transport::Other`]

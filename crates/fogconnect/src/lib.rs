@@ -68,5 +68,5 @@ pub use node::{
     ConnectError, ConnectionId, ConnectionStats, Counters, Diagnosis, Event, FailReason, Footprint,
     KnownNat, LookupError, MAX_DATAGRAM, MAX_LOOKUPS, MAX_QUEUED, MAX_RELAY_FRAMES, Node,
     NodeConfig, REFUSED_BUSY, REFUSED_FULL, REFUSED_TRANSPORT, Seed, SendError, ServerChoice,
-    SignalInput, SignalOutput, Transport, Via,
+    SignalInput, SignalOutput, TcpCommand, TcpId, TcpInput, Transport, Via,
 };

@@ -458,8 +458,11 @@ impl Agent {
             Kind::Predicted => {
                 predicted_so_far <= usize::from(plan.to_predicted) && plan.is_direct()
             }
-            // The peer's relay works whatever the NATs do.
+            // The peer's relay works whatever the NATs do, and so does its router's
+            // forwarding of a mapped port (the plan counts the peer as open then).
             Kind::Relayed => true,
+            // A new flow, so not when our own next port is a prediction.
+            Kind::Mapped => !plan.relay_only && !plan.single_flow,
         };
         let base = self.config.base;
         let mut locals: Vec<SocketAddr> = Vec::new();

@@ -382,6 +382,17 @@ impl Server {
             response.fingerprint = request.fingerprint;
         }
         response.padding = a.padding.map(|n| padding_within_limit(&response, n));
+        if a.response_port.is_some() {
+            // RFC 5780 §9.1 warns that RESPONSE-PORT lets a request aim its answer at another
+            // port of its source IP, forged or not. Such an answer carries XOR-MAPPED-ADDRESS
+            // alone (and FINGERPRINT if asked): 32 or 40 bytes, against a request of at least
+            // 28 or 36 (header, RESPONSE-PORT, FINGERPRINT), so one datagram at most 4 bytes
+            // larger than the one that asked for it, to the asker's own IP, under its rate
+            // limit. A node's port-mapping probe needs only the transaction ID.
+            response.mapped = None;
+            response.response_origin = None;
+            response.other_address = None;
+        }
         Pending {
             source: from,
             destination: to,

@@ -247,6 +247,26 @@ fn response_port_redirects_to_the_same_ip() {
     );
     // The mapped address is still where the request came from.
     assert_eq!(sent.response.xor_mapped, Some(client()));
+    // Nothing else: the redirected answer is hardly larger than the request (no amplifier
+    // for an attacker who forges the source IP), with or without FINGERPRINT and
+    // CHANGE-REQUEST (a port-mapping probe).
+    assert_eq!(sent.response.mapped, None);
+    assert_eq!(sent.response.other_address, None);
+    assert_eq!(sent.response.response_origin, None);
+    for (fingerprint, change) in [(false, false), (true, false), (false, true), (true, true)] {
+        let request = BindingRequest {
+            response_port: Some(40_000),
+            fingerprint,
+            change_ip: change,
+            change_port: change,
+            ..BindingRequest::new(tid(4))
+        };
+        let mut buf = [0u8; 512];
+        let asked = request.encode(&mut buf).unwrap();
+        let sent = answer(&mut server, primary, &request);
+        let answered = sent.response.encode(&mut buf).unwrap();
+        assert!(answered <= asked + 4, "{answered} > {asked} + 4");
+    }
 
     // With PADDING, or to port 0: 400, to the source.
     for request in [

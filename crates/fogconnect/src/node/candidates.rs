@@ -152,6 +152,9 @@ impl Node {
             if let Some(mapped) = self.report.as_ref().and_then(|r| r.mapped) {
                 candidates.push(Candidate::new(Kind::ServerReflexive, mapped));
             }
+            if let Some(mapped) = self.mapped_candidate() {
+                candidates.push(Candidate::new(Kind::Mapped, mapped));
+            }
             if !candidates.iter().any(|c| c.addr == base) {
                 candidates.push(Candidate::new(Kind::Host, base));
             }
@@ -201,6 +204,7 @@ pub(super) fn to_wire(c: &Candidate) -> msg::Candidate {
             Kind::PeerReflexive => CandidateKind::Prflx,
             Kind::Predicted => CandidateKind::Predicted,
             Kind::Relayed => CandidateKind::Relay,
+            Kind::Mapped => CandidateKind::Mapped,
         },
         addr: c.addr,
         priority: c.priority,
@@ -216,6 +220,7 @@ pub(super) fn from_wire(c: &msg::Candidate) -> Candidate {
             CandidateKind::Prflx => Kind::PeerReflexive,
             CandidateKind::Predicted => Kind::Predicted,
             CandidateKind::Relay => Kind::Relayed,
+            CandidateKind::Mapped => Kind::Mapped,
         },
         addr: c.addr,
         priority: c.priority,

@@ -110,6 +110,17 @@ pub struct NodeConfig {
     /// flow, so a low-TTL copy that opens our NAT goes just before it), plus
     /// [`CHECK_ALLOWANCE`]: 2,560.
     pub probe_budget: u32,
+    /// The default gateway to ask for a port mapping of the base socket (PCP, then NAT-PMP,
+    /// then UPnP IGD; fog-portmap), when the base has an IPv4 address of its own (not
+    /// loopback). A mapping
+    /// is offered as a candidate of its own kind (`mapped`) once a probe from the STUN
+    /// server's other address came through it, and makes the node directly reachable for
+    /// any peer (the pairing strategy counts it as open); it is renewed while the node runs,
+    /// withdrawn when a renewal fails, and deleted by
+    /// [`Node::close_port_mapping`](super::Node::close_port_mapping). UPnP needs the driver
+    /// to carry TCP ([`Node::poll_tcp`](super::Node::poll_tcp)). Default none; fog-runtime
+    /// fills it from the OS's default route.
+    pub port_mapping: Option<std::net::Ipv4Addr>,
 }
 
 /// What [`NodeConfig::probe_budget`] allows beyond the birthday round's probes: the ordinary
@@ -213,6 +224,7 @@ impl NodeConfig {
             max_connections: 4_096,
             max_pending_incoming: 256,
             probe_budget: 2 * StrategyConfig::default().budget.probes + CHECK_ALLOWANCE,
+            port_mapping: None,
         }
     }
 }

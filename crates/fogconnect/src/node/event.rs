@@ -532,6 +532,11 @@ pub struct Counters {
     /// TURN allocations lost (a failed refresh, often after our NAT rebound us) and asked for
     /// again.
     pub relays_lost: u64,
+    /// Port mappings whose probe came through, so that they were offered.
+    pub port_mappings_verified: u64,
+    /// Port mappings not offered: the probe through them never came, or the router's
+    /// external IP is not the one the STUN server sees (another NAT upstream).
+    pub port_mappings_unverified: u64,
 }
 
 /// Why a connection took the path it took ([`Node::diagnose`](super::Node::diagnose)).

@@ -26,6 +26,7 @@ mod config;
 mod conn;
 mod event;
 mod ledger;
+mod portmap;
 mod probe;
 mod quic;
 mod relay;
@@ -42,7 +43,7 @@ use fog_core::nat::{Behaviour, Mapping, PortPattern};
 use fog_core::pairing::Who;
 use fog_core::{Receive, SansIo, SocketRequest, Transmit};
 use fog_ice::agent::{self, Agent, AgentConfig};
-use fog_ice::strategy::Plan;
+use fog_ice::strategy::{Plan, with_mapping};
 use fog_signal::PeerId;
 use fog_signal::client::{Client, ClientConfig};
 use fog_signal::msg::{RequestId, SessionId};
@@ -58,6 +59,7 @@ pub use event::{
     CloseReason, CommandError, ConnectError, ConnectionId, ConnectionStats, Counters, Diagnosis,
     Event, FailReason, Footprint, LookupError, SendError, Via,
 };
+pub use fog_portmap::{TcpCommand, TcpId, TcpInput};
 pub use fog_signal::msg::Transport;
 use probe::{Probe, Refresh};
 pub use signal::{SignalInput, SignalOutput};
@@ -196,6 +198,8 @@ pub struct Node {
     quic_fingerprint: Option<fog_signal::msg::CertFingerprint>,
     /// Our DTLS certificate for WebRTC connections, made on the first RTC connection.
     rtc_identity: Option<fog_rtc::Identity>,
+    /// The base socket's port mapping ([`NodeConfig::port_mapping`]), from the start on.
+    portmap: Option<portmap::PortMap>,
 }
 
 impl Node {
@@ -261,6 +265,7 @@ impl Node {
             by_tag: BTreeMap::new(),
             now,
             blocked: false,
+            portmap: None,
             config,
         };
         let interfaces = std::mem::take(&mut node.config.interfaces);
@@ -860,6 +865,7 @@ impl Node {
     /// The agent of a connection whose two descriptions are known.
     fn build_agent(&mut self, now: Instant, id: ConnectionId) {
         let mine = self.behaviour().unwrap_or(Behaviour::UdpBlocked);
+        let mapped = self.config.direct && self.mapped_candidate().is_some();
         let seed = self.next_random();
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
@@ -868,6 +874,9 @@ impl Node {
             return;
         };
         let theirs = remote.nat.map_or(Behaviour::UdpBlocked, Into::into);
+        // A side that offers a verified port mapping is reachable there by anyone.
+        let mine = with_mapping(mine, mapped);
+        let theirs = with_mapping(theirs, portmap::has_mapped(&remote.candidates));
         let offerer = !conn.passive;
         let (a, b, me) = if offerer {
             (mine, theirs, Who::A)
@@ -1383,6 +1392,7 @@ impl Node {
                 .filter(|r| r.mapped.is_none())
                 .map(|r| r.probe.next_at),
             self.watch.as_ref().map(|w| w.next_at),
+            self.port_mapping_deadline(),
             self.relay_wait_until,
             self.relay_retry_at,
             self.signal.reopen_at(),
@@ -1453,6 +1463,8 @@ impl Node {
             return;
         };
         let before = self.report.replace(report);
+        // A mapping waiting for our server-reflexive IP can be verified now.
+        self.drain_port_mapping(now);
         let report = self.report.as_ref().expect("just set");
         match before {
             None => {
@@ -1677,6 +1689,11 @@ impl SansIo for Node {
 
     fn handle_packet(&mut self, now: Instant, packet: Receive<'_>) {
         self.now = self.now.max(now);
+        // The port mapper's answers from the gateway first: SSDP's are text that the first
+        // byte would take for QUIC.
+        if self.handle_port_mapping_packet(now, &packet) {
+            return;
+        }
         // The TURN client first: it shares the base port with discovery, and takes only its
         // server's answers to its own requests and the data the relay delivers.
         if let Some(turn) = &mut self.turn {
@@ -1716,7 +1733,9 @@ impl SansIo for Node {
         if !self.started {
             self.started = true;
             self.signal.start();
+            self.start_port_mapping(now);
         }
+        self.port_mapping_timeout(now);
         self.signal.handle_timeout(now);
         self.client.handle_timeout(now);
         if let Some(turn) = &mut self.turn {
@@ -1794,6 +1813,9 @@ impl SansIo for Node {
             if transmit.is_some() {
                 return transmit;
             }
+        }
+        if let Some(t) = self.port_mapping_transmit(now, buf) {
+            return Some(t);
         }
         let stun = self.config.stun;
         if let Some(refresh) = self.refresh.as_mut().filter(|r| r.mapped.is_none()) {

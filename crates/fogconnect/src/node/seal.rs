@@ -269,6 +269,7 @@ fn kind_name(kind: fog_signal::msg::CandidateKind) -> &'static str {
         K::Prflx => "prflx",
         K::Predicted => "predicted",
         K::Relay => "relay",
+        K::Mapped => "mapped",
     }
 }
 

@@ -406,6 +406,12 @@ impl Node {
                 if let Some(agent) = conn.agent_mut() {
                     agent.add_remote(now, super::candidates::from_wire(&candidate));
                 }
+                // A verified port mapping of the peer's makes it reachable: plan again.
+                if candidate.kind == fog_signal::msg::CandidateKind::Mapped {
+                    if let Some(&id) = self.by_session.get(&session) {
+                        self.replan(now, id);
+                    }
+                }
                 self.relay_permissions(now);
             }
             SignalEvent::Relay { session, data } => self.handle_relay_frame(now, session, &data),
