@@ -200,8 +200,10 @@ impl Config {
 
     fn endpoint(&self) -> Arc<EndpointConfig> {
         let mut config = EndpointConfig::new();
-        // sctp-proto counts the packet as payload + common header + DATA chunk header.
-        let payload = self.max_packet.saturating_sub(COMMON_HEADER + 16).max(64);
+        // sctp-proto counts the packet as payload + common header + DATA chunk header, but
+        // then pads the chunk to 4 bytes (RFC 9260 §3.2): a payload that is a multiple of 4
+        // keeps the whole packet within `max_packet`.
+        let payload = (self.max_packet.saturating_sub(COMMON_HEADER + 16) & !3).max(64);
         config.max_payload_size(u32::try_from(payload).unwrap_or(u32::MAX));
         Arc::new(config)
     }
@@ -348,8 +350,8 @@ enum Phase {
     Opening,
     /// Established.
     Open,
-    /// `close` was called: waiting for everything sent to be acknowledged, then for the
-    /// shutdown to complete, until `deadline`.
+    /// `close` was called: waiting for the handshake if it is still going, for everything
+    /// sent to be acknowledged, then for the shutdown to complete, until `deadline`.
     Closing { deadline: Instant, shutdown: bool },
     /// Ended; `Event::Closed` is queued or gone.
     Closed,
@@ -363,6 +365,8 @@ pub struct Association {
     inner: Option<(AssociationHandle, Box<sctp_proto::Association>)>,
     peer: SocketAddr,
     phase: Phase,
+    /// The handshake completed (also when a close came before it did).
+    handshaken: bool,
     /// Streams we opened, with how they deliver; applied once the association is established.
     streams: BTreeMap<StreamId, StreamConfig>,
     /// Messages sent before the handshake completed, in order.
@@ -429,6 +433,7 @@ impl Association {
             inner: None,
             peer,
             phase: Phase::Opening,
+            handshaken: false,
             streams: BTreeMap::new(),
             early: VecDeque::new(),
             early_bytes: 0,
@@ -449,7 +454,7 @@ impl Association {
 
     /// Whether the handshake completed and the association has not ended.
     pub fn is_established(&self) -> bool {
-        matches!(self.phase, Phase::Open | Phase::Closing { .. }) && self.inner.is_some()
+        self.handshaken && self.phase != Phase::Closed
     }
 
     /// Whether it ended.
@@ -467,7 +472,7 @@ impl Association {
             return Err(StreamError::Closed);
         }
         self.streams.insert(id, config);
-        if self.phase == Phase::Open {
+        if self.handshaken {
             self.apply_stream(id, config);
         }
         Ok(())
@@ -540,7 +545,7 @@ impl Association {
             self.blocked = true;
             return Err(SendError::Blocked);
         }
-        if self.phase == Phase::Opening {
+        if !self.handshaken {
             self.early.push_back((stream, data.to_vec()));
             self.early_bytes += data.len();
         } else {
@@ -585,14 +590,12 @@ impl Association {
     /// Nothing more may be sent.
     pub fn close(&mut self, now: Instant) {
         match self.phase {
-            Phase::Opening => {
-                // Nothing was delivered yet, and nothing can be without the peer: end here
-                // (what waited for the handshake is dropped with it).
-                self.early.clear();
-                self.early_bytes = 0;
+            // An acceptor that heard no INIT and has nothing to send: nothing to wait for.
+            Phase::Opening if self.inner.is_none() && self.early.is_empty() => {
                 self.end(CloseReason::Local);
             }
-            Phase::Open => {
+            // What was sent before the handshake completed goes first, then the shutdown.
+            Phase::Opening | Phase::Open => {
                 self.phase = Phase::Closing {
                     deadline: now + self.config.close_timeout,
                     shutdown: false,
@@ -701,8 +704,9 @@ impl Association {
         waiting.then(|| self.last_heard + self.config.dead_after)
     }
 
-    /// The next SCTP packet into `buf`; `None` when there is nothing to send. A packet that
-    /// does not fit `buf` is dropped (and counted): give at least [`Config::max_packet`].
+    /// The next SCTP packet into `buf`, at most [`Config::max_packet`] bytes; `None` when
+    /// there is nothing to send. A packet that does not fit `buf` is dropped (and counted):
+    /// give at least [`Config::max_packet`].
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
         loop {
             if self.out.is_empty() {
@@ -713,12 +717,18 @@ impl Association {
                 let t = assoc.poll_transmit(now)?;
                 if let Payload::RawEncode(packets) = t.payload {
                     self.peer = t.remote;
-                    self.out.extend(packets);
+                    for packet in packets {
+                        let parts = wire::split(packet.to_vec(), self.config.max_packet);
+                        self.out.extend(parts.into_iter().map(Bytes::from));
+                    }
                 }
                 continue;
             }
             let packet = self.out.pop_front()?;
-            let Some(slot) = buf.get_mut(..packet.len()) else {
+            let Some(slot) = buf
+                .get_mut(..packet.len())
+                .filter(|_| packet.len() <= self.config.max_packet)
+            else {
                 self.stats.dropped += 1;
                 continue;
             };
@@ -758,8 +768,11 @@ impl Association {
                 break;
             };
             match event {
-                SctpEvent::Connected if self.phase == Phase::Opening => {
-                    self.phase = Phase::Open;
+                SctpEvent::Connected if !self.handshaken => {
+                    self.handshaken = true;
+                    if self.phase == Phase::Opening {
+                        self.phase = Phase::Open;
+                    }
                     self.events.push_back(Event::Connected);
                     let streams: Vec<_> = self.streams.iter().map(|(id, c)| (*id, *c)).collect();
                     for (id, config) in streams {
@@ -807,7 +820,7 @@ impl Association {
         }
         self.count_unacked();
         if let Phase::Closing { deadline, shutdown } = self.phase {
-            if !shutdown && self.unacked == 0 {
+            if !shutdown && self.handshaken && self.unacked == 0 {
                 if let Some((_, assoc)) = &mut self.inner {
                     // Everything sent is acknowledged (RFC 9260 §9.2 wants no outstanding
                     // DATA before SHUTDOWN); a refusal means sctp-proto is no longer

@@ -113,6 +113,45 @@ pub(crate) fn strip_addresses(packet: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// `packet` cut into packets of at most `max` bytes, each with the same common header, its
+/// share of the chunks in order and its own checksum; `packet` itself when it fits.
+///
+/// sctp-proto decides whether a DATA chunk still fits a packet by the chunk's user data
+/// alone, without its 16-byte header or its padding, so a bundle can pass the size it was
+/// given by up to the header plus 3 bytes per chunk. Chunks other than INIT, INIT ACK and
+/// SHUTDOWN COMPLETE may be bundled or not at will (RFC 9260 §6.10), so splitting the bundle
+/// changes nothing for the receiver. A single chunk larger than `max` cannot be split: it goes
+/// out whole, and the caller decides (the association drops it and counts it).
+pub(crate) fn split(packet: Vec<u8>, max: usize) -> Vec<Vec<u8>> {
+    if packet.len() <= max || packet.len() < field::FIRST_CHUNK {
+        return vec![packet];
+    }
+    let header = &packet[..field::FIRST_CHUNK];
+    let mut out: Vec<Vec<u8>> = Vec::new();
+    let mut current = header.to_vec();
+    let mut at = field::FIRST_CHUNK;
+    while at + field::CHUNK_HEADER <= packet.len() {
+        let len = usize::from(u16::from_be_bytes([packet[at + 2], packet[at + 3]]));
+        if len < field::CHUNK_HEADER || at + len > packet.len() {
+            // Not a packet sctp-proto would make; send it as it is.
+            return vec![packet];
+        }
+        let padded = (at + len.next_multiple_of(4)).min(packet.len());
+        if current.len() > field::FIRST_CHUNK && current.len() + (padded - at) > max {
+            out.push(std::mem::replace(&mut current, header.to_vec()));
+        }
+        current.extend_from_slice(&packet[at..padded]);
+        at = padded;
+    }
+    if current.len() > field::FIRST_CHUNK {
+        out.push(current);
+    }
+    for p in &mut out {
+        seal_checksum(p);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,6 +212,42 @@ mod tests {
         );
         // Nothing left to strip the second time.
         assert_eq!(strip_addresses(&out), None);
+    }
+
+    /// A packet of `chunks` DATA-like chunks of the given value lengths (type 0, padded).
+    fn bundle(chunks: &[usize]) -> Vec<u8> {
+        let mut p = vec![0x13, 0x88, 0x13, 0x88, 1, 2, 3, 4, 0, 0, 0, 0];
+        for (i, &n) in chunks.iter().enumerate() {
+            let len = u16::try_from(16 + n).unwrap();
+            p.extend_from_slice(&[0, 3]);
+            p.extend_from_slice(&len.to_be_bytes());
+            p.extend((0..12 + n).map(|k| (k + i) as u8));
+            p.resize(p.len().next_multiple_of(4), 0);
+        }
+        seal_checksum(&mut p);
+        p
+    }
+
+    #[test]
+    fn an_oversized_bundle_is_split_into_packets_that_fit() {
+        let packet = bundle(&[600, 1, 700, 3, 1000]);
+        let parts = split(packet.clone(), 1365);
+        assert!(parts.len() > 1);
+        let mut chunks = Vec::new();
+        for p in &parts {
+            assert!(p.len() <= 1365, "{}", p.len());
+            assert!(checksum_ok(p));
+            assert_eq!(p[..8], packet[..8]);
+            chunks.extend_from_slice(&p[12..]);
+        }
+        // The same chunks, in the same order.
+        assert_eq!(chunks, packet[12..]);
+        // What fits stays whole.
+        let small = bundle(&[100, 200]);
+        assert_eq!(split(small.clone(), 1365), [small]);
+        // One chunk over the limit goes out alone, as it is.
+        let big = bundle(&[1400]);
+        assert_eq!(split(big.clone(), 1365), [big]);
     }
 
     #[test]
