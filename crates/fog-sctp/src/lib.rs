@@ -25,7 +25,7 @@
 //! let peer = "127.0.0.1:9899".parse().unwrap();
 //! let mut assoc = Association::connect(Instant::now(), Config::default(), peer);
 //! assoc.open_stream(0, StreamConfig::default()).expect("a stream number in range");
-//! assoc.send(0, b"hello").expect("room in the send buffer");
+//! assoc.send(Instant::now(), 0, b"hello").expect("room in the send buffer");
 //! let mut buf = [0u8; 2048];
 //! loop {
 //!     let now = Instant::now();
@@ -377,6 +377,12 @@ pub struct Association {
     events: VecDeque<Event>,
     /// When the peer was last heard (a packet its association took).
     last_heard: Instant,
+    /// The latest `now` any call brought.
+    latest: Instant,
+    /// Since when we wait for the peer (a handshake, data unacknowledged, a shutdown), if we
+    /// do: the silence that counts towards `dead_after` starts at the later of this and
+    /// `last_heard`, so an association idle for long is not dead the moment it sends.
+    waiting_since: Option<Instant>,
     /// A send was refused `Blocked`: say `Writable` when there is room.
     blocked: bool,
     /// Bytes sent and not yet acknowledged (sctp-proto's buffered amounts plus `early`), as of
@@ -408,7 +414,10 @@ impl Association {
         let mut client = ClientConfig::new();
         client.transport = this.config.transport();
         match this.endpoint.connect(client, peer) {
-            Ok((handle, assoc)) => this.inner = Some((handle, Box::new(assoc))),
+            Ok((handle, assoc)) => {
+                this.inner = Some((handle, Box::new(assoc)));
+                this.note_waiting();
+            }
             // Only a zero port or remote port gets here (a config error): nothing can open.
             Err(_) => this.end(CloseReason::HandshakeFailed),
         }
@@ -440,6 +449,8 @@ impl Association {
             out: VecDeque::new(),
             events: VecDeque::new(),
             last_heard: now,
+            latest: now,
+            waiting_since: None,
             blocked: false,
             unacked: 0,
             peer_closing: false,
@@ -526,7 +537,9 @@ impl Association {
 
     /// Queues one message on stream `stream`, whole or not at all. Before the handshake
     /// completes it waits here, in order.
-    pub fn send(&mut self, stream: StreamId, data: &[u8]) -> Result<(), SendError> {
+    /// `now` starts the wait for the acknowledgement (see [`Config::dead_after`]).
+    pub fn send(&mut self, now: Instant, stream: StreamId, data: &[u8]) -> Result<(), SendError> {
+        self.latest = self.latest.max(now);
         if matches!(self.phase, Phase::Closing { .. } | Phase::Closed) {
             return Err(SendError::Closed);
         }
@@ -553,6 +566,7 @@ impl Association {
         }
         self.unacked += data.len();
         self.stats.messages_sent += 1;
+        self.note_waiting();
         Ok(())
     }
 
@@ -589,6 +603,7 @@ impl Association {
     /// shutdown handshake (RFC 9260 §9.2) ends the association ([`CloseReason::Local`]).
     /// Nothing more may be sent.
     pub fn close(&mut self, now: Instant) {
+        self.latest = self.latest.max(now);
         match self.phase {
             // An acceptor that heard no INIT and has nothing to send: nothing to wait for.
             Phase::Opening if self.inner.is_none() && self.early.is_empty() => {
@@ -614,6 +629,7 @@ impl Association {
         source: SocketAddr,
         packet: &[u8],
     ) -> Result<(), Dropped> {
+        self.latest = self.latest.max(now);
         if self.phase == Phase::Closed {
             self.stats.dropped += 1;
             return Err(Dropped);
@@ -651,6 +667,7 @@ impl Association {
 
     /// Fires what is due.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.latest = self.latest.max(now);
         if self.phase == Phase::Closed {
             return;
         }
@@ -684,30 +701,44 @@ impl Association {
             Phase::Closing { deadline, .. } => Some(deadline),
             _ => None,
         };
+        // The caller's first INIT timer runs on the wall clock (see the crate docs): where
+        // `now` is virtual it can lie before the latest `now`, and is due at once, not then.
         [sctp, closing, self.dead_deadline()]
             .into_iter()
             .flatten()
             .min()
+            .map(|t| t.max(self.latest))
     }
 
     /// When the peer's silence ends the association: only while we wait for it (a
     /// handshake, data unacknowledged, a shutdown). An idle association never dies here;
     /// whoever drives it decides how long idle may last.
     fn dead_deadline(&self) -> Option<Instant> {
-        // Before an INIT came, the acceptor has nobody to wait for.
-        self.inner.as_ref()?;
-        let waiting = match self.phase {
-            Phase::Opening | Phase::Closing { .. } => true,
-            Phase::Open => self.unacked > 0,
-            Phase::Closed => false,
+        let since = self.waiting_since?;
+        Some(self.last_heard.max(since) + self.config.dead_after)
+    }
+
+    /// Notes whether we wait for the peer now (after anything that may change it). Before an
+    /// INIT came, the acceptor has nobody to wait for.
+    fn note_waiting(&mut self) {
+        let waiting = self.inner.is_some()
+            && match self.phase {
+                Phase::Opening | Phase::Closing { .. } => true,
+                Phase::Open => self.unacked > 0,
+                Phase::Closed => false,
+            };
+        self.waiting_since = match (waiting, self.waiting_since) {
+            (true, None) => Some(self.latest),
+            (true, since) => since,
+            (false, _) => None,
         };
-        waiting.then(|| self.last_heard + self.config.dead_after)
     }
 
     /// The next SCTP packet into `buf`, at most [`Config::max_packet`] bytes; `None` when
     /// there is nothing to send. A packet that does not fit `buf` is dropped (and counted):
     /// give at least [`Config::max_packet`].
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        self.latest = self.latest.max(now);
         loop {
             if self.out.is_empty() {
                 let (_, assoc) = self.inner.as_mut()?;
@@ -838,6 +869,7 @@ impl Association {
             self.blocked = false;
             self.events.push_back(Event::Writable);
         }
+        self.note_waiting();
     }
 
     /// The association ended for `reason`: queued once, whatever follows is ignored.

@@ -143,7 +143,7 @@ fn usrsctp_echoes_ordered_and_unordered_messages() {
             // From one byte to several packets' worth (fragmented and reassembled by both).
             let len = 1 + (i as usize * 331 + usize::from(stream) * 97) % 5000;
             let m = payload(i * 3 + u32::from(stream), len);
-            assoc.send(stream, &m).unwrap();
+            assoc.send(Instant::now(), stream, &m).unwrap();
             sent.entry(stream).or_default().push(m);
         }
     }

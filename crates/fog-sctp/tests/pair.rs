@@ -132,6 +132,8 @@ impl Pair {
                 return true;
             }
             if !self.step() {
+                // Nothing on the wire and no deadline: idle until the end.
+                self.now = end;
                 return done(self);
             }
         }
@@ -160,7 +162,11 @@ impl Pair {
         let mut next = 0;
         let end = self.now + limit;
         while next < messages.len() {
-            while next < messages.len() && self.sides[0].assoc.send(stream, &messages[next]).is_ok()
+            while next < messages.len()
+                && self.sides[0]
+                    .assoc
+                    .send(self.now, stream, &messages[next])
+                    .is_ok()
             {
                 next += 1;
             }
@@ -216,16 +222,22 @@ fn both_ways_on_one_stream() {
         .assoc
         .open_stream(3, StreamConfig::default())
         .unwrap();
-    p.sides[0].assoc.send(3, &message(3, 0, 100)).unwrap();
+    p.sides[0]
+        .assoc
+        .send(p.now, 3, &message(3, 0, 100))
+        .unwrap();
     p.connected();
     assert!(p.run_until(Duration::from_secs(5), |p| !p.sides[1].received.is_empty()));
     // The acceptor answers on the stream the peer opened, without opening it itself.
-    p.sides[1].assoc.send(3, &message(3, 7, 100)).unwrap();
+    p.sides[1]
+        .assoc
+        .send(p.now, 3, &message(3, 7, 100))
+        .unwrap();
     assert!(p.run_until(Duration::from_secs(5), |p| !p.sides[0].received.is_empty()));
     assert_eq!(received_indexes(&p.sides[0], 3), [7]);
     // A stream nobody opened is refused.
     assert_eq!(
-        p.sides[1].assoc.send(9, b"x"),
+        p.sides[1].assoc.send(p.now, 9, b"x"),
         Err(fog_sctp::SendError::UnknownStream)
     );
 }
@@ -335,11 +347,11 @@ fn close_delivers_everything_first() {
     p.connected();
     let messages: Vec<_> = (0..1000).map(|i| message(0, i, 1000)).collect();
     for m in &messages {
-        p.sides[0].assoc.send(0, m).unwrap();
+        p.sides[0].assoc.send(p.now, 0, m).unwrap();
     }
     p.sides[0].assoc.close(p.now);
     assert_eq!(
-        p.sides[0].assoc.send(0, b"late"),
+        p.sides[0].assoc.send(p.now, 0, b"late"),
         Err(fog_sctp::SendError::Closed)
     );
     assert!(
@@ -363,7 +375,10 @@ fn a_close_before_the_handshake_still_delivers() {
         .open_stream(0, StreamConfig::default())
         .unwrap();
     for i in 0..10 {
-        p.sides[0].assoc.send(0, &message(0, i, 3000)).unwrap();
+        p.sides[0]
+            .assoc
+            .send(p.now, 0, &message(0, i, 3000))
+            .unwrap();
     }
     p.sides[0].assoc.close(p.now);
     assert!(
@@ -391,8 +406,14 @@ fn closes_that_cross_both_complete() {
         .unwrap();
     p.connected();
     for i in 0..50 {
-        p.sides[0].assoc.send(0, &message(0, i, 1000)).unwrap();
-        p.sides[1].assoc.send(0, &message(0, i, 1000)).unwrap();
+        p.sides[0]
+            .assoc
+            .send(p.now, 0, &message(0, i, 1000))
+            .unwrap();
+        p.sides[1]
+            .assoc
+            .send(p.now, 0, &message(0, i, 1000))
+            .unwrap();
     }
     let now = p.now;
     p.sides[0].assoc.close(now);
@@ -425,12 +446,18 @@ fn a_silent_peer_with_data_outstanding_is_dead() {
         .open_stream(0, StreamConfig::default())
         .unwrap();
     p.connected();
-    // Idle: nothing outstanding, nothing dies.
+    // Idle for longer than `dead_after`: nothing outstanding, nothing dies, and the silence
+    // does not count against what is sent next.
+    let idle_from = p.now;
     p.run_until(Duration::from_secs(30), |_| false);
+    assert!(p.now - idle_from >= Duration::from_secs(30));
     assert_eq!(p.closed(0), None);
     p.cut = true;
     let start = p.now;
-    p.sides[0].assoc.send(0, &message(0, 0, 100)).unwrap();
+    p.sides[0]
+        .assoc
+        .send(p.now, 0, &message(0, 0, 100))
+        .unwrap();
     assert!(p.run_until(Duration::from_secs(60), |p| p.closed(0).is_some()));
     assert_eq!(p.closed(0), Some(CloseReason::Dead));
     let took = p.now - start;
@@ -438,6 +465,24 @@ fn a_silent_peer_with_data_outstanding_is_dead() {
         took >= Duration::from_secs(10) && took < Duration::from_secs(15),
         "{took:?}"
     );
+}
+
+#[test]
+fn a_close_after_a_long_idle_completes() {
+    let config = Config {
+        dead_after: Duration::from_secs(10),
+        ..Config::default()
+    };
+    let mut p = Pair::new(config, 0.0, 15);
+    p.connected();
+    p.run_until(Duration::from_secs(60), |_| false);
+    p.sides[0].assoc.close(p.now);
+    assert!(
+        p.run_until(Duration::from_secs(30), |p| p.closed(0).is_some()
+            && p.closed(1).is_some())
+    );
+    assert_eq!(p.closed(0), Some(CloseReason::Local));
+    assert_eq!(p.closed(1), Some(CloseReason::Peer));
 }
 
 #[test]
@@ -496,7 +541,7 @@ fn garbage_and_a_second_init_are_dropped_and_counted() {
         .assoc
         .open_stream(0, StreamConfig::default())
         .unwrap();
-    p.sides[0].assoc.send(0, &message(0, 1, 10)).unwrap();
+    p.sides[0].assoc.send(p.now, 0, &message(0, 1, 10)).unwrap();
     assert!(p.run_until(Duration::from_secs(5), |p| p.sides[1].received.len() == 1));
 }
 
@@ -514,10 +559,16 @@ fn bounds_are_refused_typed() {
         Err(fog_sctp::StreamError::OutOfRange)
     );
     a.open_stream(0, StreamConfig::default()).unwrap();
-    assert_eq!(a.send(0, &[0; 4_001]), Err(fog_sctp::SendError::TooLong));
-    a.send(0, &[0; 4_000]).unwrap();
-    a.send(0, &[0; 4_000]).unwrap();
-    assert_eq!(a.send(0, &[0; 4_000]), Err(fog_sctp::SendError::Blocked));
+    assert_eq!(
+        a.send(p.now, 0, &[0; 4_001]),
+        Err(fog_sctp::SendError::TooLong)
+    );
+    a.send(p.now, 0, &[0; 4_000]).unwrap();
+    a.send(p.now, 0, &[0; 4_000]).unwrap();
+    assert_eq!(
+        a.send(p.now, 0, &[0; 4_000]),
+        Err(fog_sctp::SendError::Blocked)
+    );
     p.connected();
     assert!(p.run_until(Duration::from_secs(5), |p| {
         p.sides[0].events.contains(&Event::Writable)

@@ -205,7 +205,7 @@ impl Stream {
                 }
             }
             // Before the handshake completes the association keeps sends, in order.
-            Stream::Sctp(a) => a.send(SCTP_STREAM, data).map_err(|e| match e {
+            Stream::Sctp(a) => a.send(now, SCTP_STREAM, data).map_err(|e| match e {
                 SctpSendError::TooLong => SendError::TooLong,
                 SctpSendError::Blocked => SendError::Blocked,
                 SctpSendError::UnknownStream | SctpSendError::Closed => SendError::NotConnected,
