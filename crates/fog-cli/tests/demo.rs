@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use support::{CLIENT_TIMEOUT, fogconnect, fogconnect_exe, run_command, scratch_file};
 
 /// The transports a node runs by default, in the order the demo reports them.
-const TRANSPORTS: [&str; 4] = ["datagram", "kcp", "quic", "utp"];
+const TRANSPORTS: [&str; 5] = ["datagram", "kcp", "quic", "utp", "sctp"];
 
 /// One demo at a time: unoptimised, the default run takes about 14 s of its 25 on a busy
 /// 2-core machine, and two at once would compete for the same cores.
@@ -96,7 +96,7 @@ fn no_subcommand_runs_the_demo() {
         }
     }
     assert!(
-        text.contains("4 of 4 transports connected and delivered intact"),
+        text.contains("5 of 5 transports connected and delivered intact"),
         "{text}"
     );
 }
