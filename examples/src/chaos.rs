@@ -199,11 +199,12 @@ pub struct Plan {
     pub sabotage: bool,
 }
 
-const TRANSPORTS: [Transport; 4] = [
+const TRANSPORTS: [Transport; 5] = [
     Transport::Datagram,
     Transport::Kcp,
     Transport::Quic,
     Transport::Utp,
+    Transport::Sctp,
 ];
 
 /// The plan of `seed`: 2–6 nodes and 8–40 steps.

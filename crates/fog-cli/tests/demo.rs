@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use support::{CLIENT_TIMEOUT, fogconnect, fogconnect_exe, run_command, scratch_file};
 
 /// The transports a node runs by default, in the order the demo reports them.
-const TRANSPORTS: [&str; 5] = ["datagram", "kcp", "quic", "utp", "rtc"];
+const TRANSPORTS: [&str; 6] = ["datagram", "kcp", "quic", "utp", "rtc", "sctp"];
 
 /// One demo at a time: unoptimised, the default run takes about 14 s of its 25 on a busy
 /// 2-core machine, and two at once would compete for the same cores.

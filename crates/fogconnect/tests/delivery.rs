@@ -28,7 +28,12 @@ use sha2::{Digest, Sha256};
 
 /// The reliable transports the node runs. uTP and QUIC are one line each here once the node
 /// runs them.
-const TRANSPORTS: &[Transport] = &[Transport::Kcp, Transport::Quic, Transport::Utp];
+const TRANSPORTS: &[Transport] = &[
+    Transport::Kcp,
+    Transport::Quic,
+    Transport::Utp,
+    Transport::Sctp,
+];
 
 /// One pair of presets for each kind of path in the NAT matrix's oracle (see
 /// `benches/matrix.md`): A's preset, B's, and what the path is.

@@ -75,7 +75,7 @@ fn received(s: &Scenario, i: usize, id: ConnectionId) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// KCP keeps each message whole; uTP is a byte stream, whose chunks need not match the sends.
+/// KCP and SCTP keep each message whole; uTP is a byte stream, whose chunks need not match the sends.
 fn assert_all_in_order(transport: &Transport, got: &[Vec<u8>], count: u32) {
     if *transport == Transport::Utp {
         let want: Vec<u8> = (0..count).flat_map(message).collect();
@@ -172,6 +172,54 @@ fn kcp_delivers_everything_in_order_at_5_percent_loss() {
         0.05,
         5,
     );
+}
+
+#[test]
+fn sctp_delivers_everything_in_order_without_loss() {
+    both_ways(
+        Transport::Sctp,
+        Preset::FullCone,
+        Preset::PortRestrictedCone,
+        0.0,
+        3,
+    );
+}
+
+#[test]
+fn sctp_delivers_everything_in_order_at_1_percent_loss() {
+    both_ways(
+        Transport::Sctp,
+        Preset::PortRestrictedCone,
+        Preset::SymmetricSequential,
+        0.01,
+        4,
+    );
+}
+
+#[test]
+fn sctp_delivers_everything_in_order_at_5_percent_loss() {
+    both_ways(
+        Transport::Sctp,
+        Preset::RestrictedCone,
+        Preset::PortRestrictedCone,
+        0.05,
+        5,
+    );
+}
+
+#[test]
+fn sctp_carries_on_across_a_relay_to_direct_change() {
+    across_a_path_change(Transport::Sctp);
+}
+
+#[test]
+fn a_sctp_close_lets_everything_sent_arrive_first() {
+    close_after_sending(Transport::Sctp);
+}
+
+#[test]
+fn sctp_closes_from_both_sides_at_once_end_both() {
+    close_at_once(Transport::Sctp);
 }
 
 #[test]
@@ -370,13 +418,10 @@ fn transports_not_run_are_refused() {
     let mut s = Scenario::new(Preset::FullCone, Preset::FullCone, 2, &Profile::default());
     assert!(s.wait_ready());
     let to = s.hosts[1].1;
-    let sctp = s.sim.with_machine(s.hosts[0].0, |m: &mut SimNode, now| {
-        m.node.connect_with(now, to, 1, Transport::Sctp)
+    let rtc = s.sim.with_machine(s.hosts[0].0, |m: &mut SimNode, now| {
+        m.node.connect_with(now, to, 1, Transport::Rtc)
     });
-    assert_eq!(
-        sctp,
-        Err(ConnectError::UnsupportedTransport(Transport::Sctp))
-    );
+    assert_eq!(rtc, Err(ConnectError::UnsupportedTransport(Transport::Rtc)));
     // B runs datagrams only.
     s.with_node(1, |n, _| n.set_transports(vec![Transport::Datagram]));
     let id = s

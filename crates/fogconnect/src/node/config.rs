@@ -29,7 +29,7 @@ pub struct NodeConfig {
     pub strategy: StrategyConfig,
     /// The transports this node runs: a caller asking for another is refused with
     /// [`REFUSED_TRANSPORT`](super::REFUSED_TRANSPORT), and `connect_with` one refuses at
-    /// once (default: datagrams, KCP, QUIC and uTP, the ones there are; others are not
+    /// once (default: datagrams, KCP, QUIC, uTP and SCTP, the ones there are; others are not
     /// accepted even if listed).
     pub transports: Vec<Transport>,
     /// Seeds the node's cryptographically secure generator (ChaCha20), from which every secret
@@ -207,6 +207,7 @@ impl NodeConfig {
                 Transport::Quic,
                 Transport::Utp,
                 Transport::Rtc,
+                Transport::Sctp,
             ],
             seed: seed.into(),
             port_samples: 4,

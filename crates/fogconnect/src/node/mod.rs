@@ -308,7 +308,8 @@ impl Node {
     /// unreliable datagrams; [`Transport::Kcp`] makes each [`send`](Self::send) a reliable,
     /// ordered message (up to about 170 KB) and closes gracefully (see the `transport` module);
     /// [`Transport::Quic`] does the same over a QUIC connection authenticated by both
-    /// identities (messages up to 1 MiB; see the `quic` module).
+    /// identities (messages up to 1 MiB; see the `quic` module); [`Transport::Sctp`] over an
+    /// SCTP association (messages up to 64 KiB, each arriving whole).
     /// The transport goes in the signed offer; a peer that does not run it refuses with
     /// [`REFUSED_TRANSPORT`].
     pub fn connect_with(

@@ -18,7 +18,15 @@
 //! [`Transport::Rtc`] runs a fog-rtc peer (WebRTC data channels) the same way, inside the seal
 //! (`rtc.rs`).
 //!
-//! A close on either is graceful: the node waits until the peer acknowledged everything sent
+//! [`Transport::Sctp`] runs a fog-sctp association (framing byte 6 before each SCTP packet
+//! inside the seal, the peer at a nominal address as for uTP): each `send` is one message on
+//! stream 0, reliable and ordered, and each message arrives whole as one
+//! [`Event::Data`](super::Event::Data). The caller sends the INIT; the answerer accepts it.
+//! Its graceful close waits until everything sent is acknowledged, then runs SCTP's shutdown
+//! (RFC 9260 §9.2); an association that hears nothing for fog-sctp's `dead_after` with data
+//! unacknowledged is a dead path.
+//!
+//! A close on any of them is graceful: the node waits until the peer acknowledged everything sent
 //! and answered the transport's close (or it gave up), then closes the connection as for
 //! datagrams, with the caller's code and reason.
 
@@ -37,6 +45,11 @@ use fog_utp::{
     Event as UtpEvent, WriteError,
 };
 
+use fog_sctp::{
+    Association as Sctp, CloseReason as SctpClose, Config as SctpConfig, Event as SctpEvent,
+    SendError as SctpSendError, StreamConfig as SctpStreamConfig,
+};
+
 use super::MAX_DATAGRAM;
 use super::event::SendError;
 use super::quic::Quic;
@@ -46,13 +59,25 @@ use super::rtc::Rtc;
 pub(super) fn supported(t: &Transport) -> bool {
     matches!(
         t,
-        Transport::Datagram | Transport::Kcp | Transport::Quic | Transport::Utp | Transport::Rtc
+        Transport::Datagram
+            | Transport::Kcp
+            | Transport::Quic
+            | Transport::Utp
+            | Transport::Rtc
+            | Transport::Sctp
     )
 }
 
 /// The address a connection's uTP endpoint knows its one peer by (the seal has already said
 /// who sent a datagram; uTP only needs a key).
 const UTP_PEER: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::UNSPECIFIED), 5);
+
+/// The address a connection's SCTP association knows its peer by (as for uTP: the seal has
+/// said who sent a datagram).
+const SCTP_PEER: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::UNSPECIFIED), 6);
+
+/// The SCTP stream a node's messages travel on, both ways.
+const SCTP_STREAM: u16 = 0;
 
 /// A uTP endpoint of one connection.
 #[derive(Debug)]
@@ -72,6 +97,7 @@ pub(super) enum Stream {
     Quic(Box<Quic>),
     Utp(Box<UtpStream>),
     Rtc(Box<Rtc>),
+    Sctp(Box<Sctp>),
 }
 
 /// What a stream asks of its connection.
@@ -136,6 +162,21 @@ impl Stream {
                     closed_early: false,
                 })))
             }
+            Transport::Sctp => {
+                let config = SctpConfig {
+                    // The framing byte goes first inside the sealed datagram.
+                    max_packet: MAX_DATAGRAM - 1,
+                    ..SctpConfig::default()
+                };
+                let mut assoc = if caller {
+                    Sctp::connect(now, config, SCTP_PEER)
+                } else {
+                    Sctp::accept(now, config, SCTP_PEER)
+                };
+                // Stream 0 is below any `max_streams`, and nothing is closing yet.
+                let _ = assoc.open_stream(SCTP_STREAM, SctpStreamConfig::default());
+                Some(Stream::Sctp(Box::new(assoc)))
+            }
             _ => None,
         }
     }
@@ -174,6 +215,12 @@ impl Stream {
                     Err(_) => Err(SendError::NotConnected),
                 }
             }
+            // Before the handshake completes the association keeps sends, in order.
+            Stream::Sctp(a) => a.send(now, SCTP_STREAM, data).map_err(|e| match e {
+                SctpSendError::TooLong => SendError::TooLong,
+                SctpSendError::Blocked => SendError::Blocked,
+                SctpSendError::UnknownStream | SctpSendError::Closed => SendError::NotConnected,
+            }),
         }
     }
 
@@ -190,6 +237,7 @@ impl Stream {
                     .stats(c)
                     .is_some_and(|s| s.send_buffered < u.send_buffer / 2)
             }),
+            Stream::Sctp(a) => a.has_room(),
         }
     }
 
@@ -207,6 +255,10 @@ impl Stream {
                 }
                 None => false,
             },
+            Stream::Sctp(a) => match FogFraming::Sctp.unframe(datagram) {
+                Some(inner) => a.handle_packet(now, SCTP_PEER, inner).is_ok(),
+                None => false,
+            },
         }
     }
 
@@ -220,9 +272,9 @@ impl Stream {
                 }
             }
             Stream::Quic(q) => q.path_changed(now),
-            // KCP's timers do not back off past its own bound; str0m's SCTP has no handle for
-            // this (its retransmission timer runs its course).
-            Stream::Kcp(_) | Stream::Rtc(_) => {}
+            // KCP's timers do not back off past its own bound; sctp-proto (here and inside
+            // str0m) has no handle for this: its retransmission timer runs its course.
+            Stream::Kcp(_) | Stream::Rtc(_) | Stream::Sctp(_) => {}
         }
     }
 
@@ -232,6 +284,7 @@ impl Stream {
             Stream::Quic(quic) => quic.handle_timeout(now),
             Stream::Rtc(rtc) => rtc.handle_timeout(now),
             Stream::Utp(u) => u.endpoint.handle_timeout(now),
+            Stream::Sctp(a) => a.handle_timeout(now),
         }
     }
 
@@ -241,6 +294,7 @@ impl Stream {
             Stream::Quic(quic) => quic.poll_timeout(),
             Stream::Rtc(rtc) => rtc.poll_timeout(),
             Stream::Utp(u) => u.endpoint.poll_timeout(),
+            Stream::Sctp(a) => a.poll_timeout(),
         }
     }
 
@@ -253,6 +307,11 @@ impl Stream {
             Stream::Utp(u) => {
                 let t = u.endpoint.poll_transmit(now, &mut buf[1..])?;
                 buf[0] = FogFraming::Utp.byte();
+                Some(1 + t.len)
+            }
+            Stream::Sctp(a) => {
+                let t = a.poll_transmit(now, &mut buf[1..])?;
+                buf[0] = FogFraming::Sctp.byte();
                 Some(1 + t.len)
             }
         }
@@ -269,6 +328,7 @@ impl Stream {
                 // Nothing was ever opened (an answerer that heard no SYN): nothing to flush.
                 None => u.closed_early = true,
             },
+            Stream::Sctp(a) => a.close(now),
         }
     }
 
@@ -320,6 +380,30 @@ impl Stream {
                             });
                         }
                         UtpEvent::Connected(_) | UtpEvent::Writable(_) => {}
+                    }
+                }
+            }
+            Stream::Sctp(a) => {
+                while let Some(event) = a.poll_event() {
+                    match event {
+                        SctpEvent::Readable(stream) => {
+                            while let Some(message) = a.read(stream) {
+                                // Only stream 0 carries the node's messages; a peer that
+                                // sends on others is heard, and ignored.
+                                if stream == SCTP_STREAM {
+                                    out.push(Happened::Data(message));
+                                }
+                            }
+                        }
+                        SctpEvent::Closed(reason) => out.push(match reason {
+                            SctpClose::Local | SctpClose::LocalUnanswered => Happened::CloseDone,
+                            SctpClose::Peer => Happened::PeerClosed,
+                            SctpClose::Aborted | SctpClose::Dead | SctpClose::HandshakeFailed => {
+                                Happened::Dead
+                            }
+                        }),
+                        SctpEvent::Connected | SctpEvent::StreamOpened(_) | SctpEvent::Writable => {
+                        }
                     }
                 }
             }
