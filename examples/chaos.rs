@@ -5,6 +5,7 @@
 //! cargo run --release -p fog-examples --example chaos -- --seeds 1000 [--start 0] [--json]
 //! cargo run --release -p fog-examples --example chaos -- --seeds 1 --start SEED --shrink KIND
 //! FOG_CHAOS_TRACE=1 cargo run --release -p fog-examples --example chaos -- --seeds 1 --start SEED
+//! FOG_CHAOS_SIMTRACE=FILE ... writes every packet's hop of the run (fog-sim's trace) to FILE
 //! ```
 //!
 //! Prints the seeds run, the steps, the violations (each with its seed and step), the panics

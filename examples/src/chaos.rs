@@ -437,6 +437,9 @@ fn public_ip(site_index: usize) -> IpAddr {
 /// Builds `plan`'s world: the servers, each node's site and node; nothing has run yet.
 pub fn build(plan: &Plan) -> World {
     let mut sim = Sim::new(plan.seed);
+    if std::env::var_os("FOG_CHAOS_SIMTRACE").is_some() {
+        sim.enable_trace();
+    }
     let unix_epoch = (sim.now(), 1_800_000_000);
     let mut server_seed = [0u8; 32];
     server_seed[..8].copy_from_slice(&plan.seed.to_le_bytes());
@@ -1094,6 +1097,10 @@ pub fn run(plan: &Plan) -> Outcome {
         }
     }
     m.out.virtual_time = m.world.sim.elapsed();
+    // Every packet's hop, for a failing seed's diagnosis: FOG_CHAOS_SIMTRACE=FILE.
+    if let Some(path) = std::env::var_os("FOG_CHAOS_SIMTRACE") {
+        let _ = std::fs::write(path, m.world.sim.trace());
+    }
     m.out
 }
 
