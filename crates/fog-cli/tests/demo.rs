@@ -96,7 +96,10 @@ fn no_subcommand_runs_the_demo() {
         }
     }
     assert!(
-        text.contains("5 of 5 transports connected and delivered intact"),
+        text.contains(&format!(
+            "{n} of {n} transports connected and delivered intact",
+            n = TRANSPORTS.len()
+        )),
         "{text}"
     );
 }
