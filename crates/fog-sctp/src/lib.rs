@@ -599,6 +599,17 @@ impl Association {
         Some(data)
     }
 
+    /// The owner moved the association's packets to another path (their address unchanged):
+    /// a wait for the peer that began on the old path starts again now, so the new path has
+    /// the whole [`Config::dead_after`] to answer. (The retransmission timer needs no kick:
+    /// [`Config::rto_max`] keeps it within a few seconds.)
+    pub fn path_changed(&mut self, now: Instant) {
+        self.latest = self.latest.max(now);
+        if self.waiting_since.is_some() {
+            self.waiting_since = Some(self.latest);
+        }
+    }
+
     /// Starts the graceful close: what was sent is delivered and acknowledged, then the
     /// shutdown handshake (RFC 9260 §9.2) ends the association ([`CloseReason::Local`]).
     /// Nothing more may be sent.

@@ -549,6 +549,11 @@ fn quic_survives_a_dead_direct_path_with_data_in_flight() {
     across_a_dead_path(Transport::Quic);
 }
 
+#[test]
+fn sctp_survives_a_dead_direct_path_with_data_in_flight() {
+    across_a_dead_path(Transport::Sctp);
+}
+
 /// Two port-restricted cones connect directly; the route between them dies just as a batch
 /// is sent. Consent moves the connection to the relay after about 30 s, by which time the
 /// transport's retransmission timer has backed off for as long; the move restarts it, so the

@@ -30,7 +30,7 @@
 //! and answered the transport's close (or it gave up), then closes the connection as for
 //! datagrams, with the caller's code and reason.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use fog_kcp::{
     CloseReason as KcpClose, Config as KcpConfig, ConnEvent as KcpEvent, Connection as Kcp,
@@ -166,6 +166,10 @@ impl Stream {
                 let config = SctpConfig {
                     // The framing byte goes first inside the sealed datagram.
                     max_packet: MAX_DATAGRAM - 1,
+                    // Past consent's 30 s: a dead direct path moves to the relay before the
+                    // association would give up on it (the node's own idle timeout, 45 s by
+                    // default, reports a silent peer).
+                    dead_after: Duration::from_secs(40),
                     ..SctpConfig::default()
                 };
                 let mut assoc = if caller {
@@ -272,9 +276,10 @@ impl Stream {
                 }
             }
             Stream::Quic(q) => q.path_changed(now),
-            // KCP's timers do not back off past its own bound; sctp-proto (here and inside
-            // str0m) has no handle for this: its retransmission timer runs its course.
-            Stream::Kcp(_) | Stream::Rtc(_) | Stream::Sctp(_) => {}
+            Stream::Sctp(a) => a.path_changed(now),
+            // KCP's timers do not back off past its own bound; str0m's SCTP has no handle for
+            // this: its retransmission timer runs its course.
+            Stream::Kcp(_) | Stream::Rtc(_) => {}
         }
     }
 
