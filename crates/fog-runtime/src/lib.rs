@@ -49,8 +49,8 @@ use std::time::{Duration, Instant};
 
 use fog_mio::Driver;
 use fogconnect::{
-    CommandError, ConnectError, ConnectionId, ConnectionStats, Diagnosis, Event, HostFilter,
-    LookupError, Node, NodeConfig, PeerId, SendError, Transport,
+    CommandError, ConnectError, ConnectionId, ConnectionStats, Counters, Diagnosis, Event,
+    Footprint, HostFilter, LookupError, Node, NodeConfig, PeerId, SendError, Transport,
 };
 
 use machine::{FromSignal, Machine};
@@ -175,6 +175,7 @@ enum Command {
     Send(ConnectionId, Vec<u8>, SyncSender<Result<(), SendError>>),
     Stats(ConnectionId, SyncSender<Option<ConnectionStats>>),
     Diagnose(ConnectionId, SyncSender<Option<Diagnosis>>),
+    Footprint(SyncSender<(Footprint, Counters)>),
     Lookup(String, SyncSender<Result<(), LookupError>>),
     SetInterfaces(Vec<IpAddr>),
     Regather,
@@ -268,6 +269,12 @@ impl Handle {
     /// [`Node::diagnose`].
     pub fn diagnose(&self, id: ConnectionId) -> Result<Option<Diagnosis>, RuntimeError> {
         self.ask(|tx| Command::Diagnose(id, tx))
+    }
+
+    /// [`Node::footprint`] and [`Node::counters`] now: what the node holds (connections,
+    /// deadlines, sockets, queues) and what it dropped, for a program that watches itself.
+    pub fn footprint(&self) -> Result<(Footprint, Counters), RuntimeError> {
+        self.ask(Command::Footprint)
     }
 
     /// [`Node::lookup`].
@@ -564,6 +571,9 @@ fn execute(node: &mut Node, command: Command) {
         }
         Command::Diagnose(id, tx) => {
             let _ = tx.send(node.diagnose(now, id));
+        }
+        Command::Footprint(tx) => {
+            let _ = tx.send((node.footprint(), node.counters()));
         }
         Command::Lookup(name, tx) => {
             let _ = tx.send(node.lookup(&name));
