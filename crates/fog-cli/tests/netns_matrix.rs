@@ -25,7 +25,7 @@
 //! | `masquerade` | `masquerade` | EIM + APDF, ports preserved | `port-restricted-inbound-state` |
 //! | `restricted` | `masquerade` + DNAT of inbound from remembered (IP, port) | EIM + ADF, preserved | `restricted-cone` |
 //! | `full-cone` | `masquerade` + DNAT of all inbound UDP | EIM + EIF, preserved | `full-cone` |
-//! | `adm` | `snat` to a port hashed from the destination IP and source port | ADM + APDF, random | none: [`ADM_RANDOM`] |
+//! | `adm` | `snat` to a port hashed from the destination IP and source port | ADM + APDF, random | `address-dependent` |
 //! | `sequential` | `snat` to `numgen inc` (the next port for every new flow) | APDM + APDF, sequential +1 | `symmetric-sequential` |
 //! | `random` | `masquerade fully-random` | APDM + APDF, random | `symmetric-random` |
 //! | `udp-blocked` | the router forwards no UDP | UDP blocked | `udp-blocked` |
@@ -52,11 +52,10 @@
 //! - **adm** (address-dependent mapping): `snat to WAN:jhash ip daddr . udp sport` picks the
 //!   public port from the destination IP and the internal port, so one socket keeps one public
 //!   port toward every port of an IP and gets another toward another IP. conntrack still
-//!   filters by address and port. A new socket's port looks random. fog-sim has no preset with
-//!   address-dependent mapping (its presets are what its benches run; adding one would change
-//!   `benches/matrix.md` and the chaos plans, which pick from `Preset::ALL`), so this kind is
-//!   compared with the oracle for [`ADM_RANDOM`] directly, the behaviour fog-sim's README
-//!   tabulates as `ADM+APDF rnd`.
+//!   filters by address and port. A new socket's port looks random. Its preset,
+//!   `address-dependent`, was added for this test and is outside `Preset::ALL` (adding it there
+//!   would change `benches/matrix.md` and every chaos plan, which draw from `ALL`); it is the
+//!   behaviour fog-sim's README tabulates as `ADM+APDF rnd`.
 //! - **sequential**: `snat to WAN:numgen inc mod N offset P` is evaluated once per new conntrack
 //!   entry (NAT chains see only a flow's first packet), so every new flow, whatever its
 //!   destination, gets the next port: APDM with delta +1, as long as nothing else behind the
@@ -70,7 +69,10 @@
 //! The oracle is symmetric in its two sides (its docs say so, and `pairing`'s tests check it),
 //! so every unordered pair runs once: the kind earlier in [`Kind::ALL`] serves, the other
 //! connects. 28 pairs, each in a lab of its own (namespaces named by process and counter), a
-//! few at once (`FOG_MATRIX_JOBS`, default 4).
+//! few at once (`FOG_MATRIX_JOBS`, default 4); `FOG_MATRIX_VERBOSE=1` prints every run's
+//! output (both nodes' and fogd's), `FOG_MATRIX_ONLY=KIND` runs only the pairs with that kind. `FOG_MATRIX_ORDERED=1` runs all 49 ordered
+//! pairs instead, which shows whether the roles matter to the node (they did not on
+//! 2026-12-07).
 //!
 //! A pair's outcome is the connecting node's: **direct** when its path ends direct and the
 //! echo came back on it; **relayed** when it connected through fogd's TURN relay or the
@@ -104,18 +106,11 @@ use support::lab::{
 };
 use support::{ChildGuard, fogconnect_exe};
 
-/// The `adm` kind's behaviour: address-dependent mapping, address-and-port-dependent
-/// filtering (conntrack), ports that follow no pattern (a hash).
-const ADM_RANDOM: Behaviour = Behaviour::nat(
-    Mapping::AddressDependent,
-    Filtering::AddressAndPortDependent,
-    PortPattern::Random,
-);
-
 /// A Linux NAT kind of the matrix (see the module docs for the rules and why they match).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Kind {
     Masquerade,
+    PortRestricted,
     Restricted,
     FullCone,
     Adm,
@@ -125,8 +120,9 @@ enum Kind {
 }
 
 impl Kind {
-    const ALL: [Kind; 7] = [
+    const ALL: [Kind; 8] = [
         Kind::Masquerade,
+        Kind::PortRestricted,
         Kind::Restricted,
         Kind::FullCone,
         Kind::Adm,
@@ -138,6 +134,7 @@ impl Kind {
     fn name(self) -> &'static str {
         match self {
             Kind::Masquerade => "masquerade",
+            Kind::PortRestricted => "port-restricted",
             Kind::Restricted => "restricted",
             Kind::FullCone => "full-cone",
             Kind::Adm => "adm",
@@ -147,27 +144,23 @@ impl Kind {
         }
     }
 
-    /// The fog-sim preset this kind is, where there is one.
-    fn preset(self) -> Option<Preset> {
+    /// The fog-sim preset this kind is.
+    fn preset(self) -> Preset {
         match self {
-            Kind::Masquerade => Some(Preset::PortRestrictedConeInboundState),
-            Kind::Restricted => Some(Preset::RestrictedCone),
-            Kind::FullCone => Some(Preset::FullCone),
-            Kind::Adm => None,
-            Kind::Sequential => Some(Preset::SymmetricSequential),
-            Kind::Random => Some(Preset::SymmetricRandom),
-            Kind::UdpBlocked => Some(Preset::UdpBlocked),
+            Kind::Masquerade => Preset::PortRestrictedConeInboundState,
+            Kind::PortRestricted => Preset::PortRestrictedCone,
+            Kind::Restricted => Preset::RestrictedCone,
+            Kind::FullCone => Preset::FullCone,
+            Kind::Adm => Preset::AddressDependent,
+            Kind::Sequential => Preset::SymmetricSequential,
+            Kind::Random => Preset::SymmetricRandom,
+            Kind::UdpBlocked => Preset::UdpBlocked,
         }
     }
 
-    /// What the oracle is asked about: the preset's behaviour, or [`ADM_RANDOM`].
+    /// What the oracle is asked about: the preset's behaviour.
     fn behaviour(self) -> Behaviour {
-        self.preset().map_or(ADM_RANDOM, Preset::behaviour)
-    }
-
-    /// What the table calls the oracle's side.
-    fn oracle_name(self) -> &'static str {
-        self.preset().map_or("ADM+APDF rnd", Preset::name)
+        self.preset().behaviour()
     }
 
     /// The router's nftables ruleset.
@@ -175,6 +168,7 @@ impl Kind {
         match self {
             Kind::Masquerade => Nat::Masquerade(""),
             Kind::Random => Nat::Masquerade("fully-random"),
+            Kind::PortRestricted => Nat::Rules(port_restricted),
             Kind::Restricted => Nat::Rules(restricted),
             Kind::FullCone => Nat::Rules(full_cone),
             Kind::Adm => Nat::Rules(adm),
@@ -194,6 +188,10 @@ fn ruleset(router: &Router<'_>, udp: &str, extra: &str) -> String {
          input {{\n  type filter hook input priority filter; policy accept;\n  iifname \
          \"{wan}\" meta l4proto udp ct state new drop\n }}\n}}\n"
     )
+}
+
+fn port_restricted(router: &Router<'_>) -> String {
+    ruleset(router, "", "")
 }
 
 fn restricted(router: &Router<'_>) -> String {
@@ -332,7 +330,7 @@ fn every_kind_behaves_as_its_preset() {
         eprintln!(
             "{:<12} {:<32} reported {}",
             kind.name(),
-            kind.oracle_name(),
+            kind.preset().name(),
             json["summary"]
         );
         if got != Some(kind.behaviour()) || !complete {
@@ -375,7 +373,27 @@ type Runs = Vec<Result<Run, String>>;
 
 /// Pairs whose disagreement with the oracle is understood and not yet fixed: (serving kind,
 /// connecting kind, why). They print loudly and do not fail the test.
-const KNOWN: &[(Kind, Kind, &str)] = &[];
+///
+/// `masquerade` × `sequential` (2026-12-07: relayed in 5 runs of 22, direct otherwise;
+/// `port-restricted` × `sequential`, the same cone without inbound state, was direct in 13 of
+/// 13). The oracle says `predict`: the cone probes a window around the sequential side's
+/// predicted port, and the sequential side checks the cone's srflx from its next port. What
+/// `FOG_MATRIX_CONNTRACK=1` showed on a failing run: the cone router holds an unreplied entry
+/// `seq:40010 → cone:36034` to itself (the sequential side's full-TTL check arrived before the
+/// cone had sent anything to port 40010), and the cone's own flows to 40010, 40011 and 40012
+/// then left from port 40938, not 36034: the inbound-state remapping of NAT-NOTES. The
+/// sequential side is the offerer and checks in full as the answer arrives; the answering
+/// cone opens its NAT quietly (low TTL), but its checks toward the prediction window had not
+/// all gone out yet, a millisecond after it answered. The simulator's 30–40 ms signaling
+/// hides the race (`benches/matrix.md`: 100 % direct). A fix belongs to the punching order
+/// (every opening check of the quiet answerer before its answer leaves, or the predicted
+/// side quiet until heard), not to this test.
+const KNOWN: &[(Kind, Kind, &str)] = &[(
+    Kind::Masquerade,
+    Kind::Sequential,
+    "the sequential side's check can reach the cone's router before the cone's opening check \
+     toward that port; the router's inbound state then moves the cone's port (see KNOWN)",
+)];
 
 /// How long a connecting node may try: enough for a birthday round (the `netns` test's).
 const CONNECT_TIMEOUT: u64 = 20;
@@ -437,6 +455,25 @@ fn run_pair(serving: Kind, connecting: Kind) -> Result<Run, String> {
         (_, "turn" | "signaling", true) => Got::Relayed,
         _ => Got::Failed,
     };
+    // FOG_MATRIX_CONNTRACK=1: each router's UDP conntrack entries as the run ends, for
+    // diagnosing a pair (needs `conntrack`, Debian package conntrack).
+    let mut conntrack = String::new();
+    if std::env::var("FOG_MATRIX_CONNTRACK").as_deref() == Ok("1") {
+        for site in 0..2 {
+            let mut list = Command::new("conntrack");
+            list.args(["-L", "-p", "udp"]);
+            let out = support::run_command(
+                "conntrack",
+                &mut lab.in_ns(lab.router(site), &list),
+                Duration::from_secs(5),
+            );
+            let _ = write!(
+                conntrack,
+                "--- router {site} conntrack ---\n{}\n",
+                out.stdout
+            );
+        }
+    }
     let t = |e: &Value| e["t_ms"].as_f64();
     Ok(Run {
         got,
@@ -451,7 +488,7 @@ fn run_pair(serving: Kind, connecting: Kind) -> Result<Run, String> {
             .unwrap_or("–")
             .to_owned(),
         output: format!(
-            "--- connect (exit {code:?}) ---\n{}\n--- serve ---\n{}\n--- fogd ---\n{}",
+            "--- connect (exit {code:?}) ---\n{}\n--- serve ---\n{}\n--- fogd ---\n{}\n{conntrack}",
             connect.output_text(),
             serve.output_text(),
             fogd.output_text()
@@ -498,10 +535,23 @@ fn every_pair_of_linux_nats_connects_as_the_oracle_says() {
         return;
     }
     let budget = ProbeBudget::default();
+    // Unordered pairs (the oracle is symmetric); FOG_MATRIX_ORDERED=1 runs both orders, to
+    // see whether the node's roles (serving or connecting, controlled or controlling) matter.
+    let ordered = std::env::var("FOG_MATRIX_ORDERED").as_deref() == Ok("1");
+    // FOG_MATRIX_ONLY=KIND: only the pairs with that kind on a side, for a quick look.
+    let only = std::env::var("FOG_MATRIX_ONLY").ok().map(|name| {
+        *Kind::ALL
+            .iter()
+            .find(|k| k.name() == name)
+            .unwrap_or_else(|| panic!("FOG_MATRIX_ONLY={name} names no kind"))
+    });
     let mut pairs = Vec::new();
     for (i, &a) in Kind::ALL.iter().enumerate() {
-        for &b in &Kind::ALL[i..] {
-            pairs.push((a, b));
+        let from = if ordered { 0 } else { i };
+        for &b in &Kind::ALL[from..] {
+            if only.is_none_or(|k| k == a || k == b) {
+                pairs.push((a, b));
+            }
         }
     }
     let jobs = std::env::var("FOG_MATRIX_JOBS")
@@ -535,6 +585,19 @@ fn every_pair_of_linux_nats_connects_as_the_oracle_says() {
     });
     let results = results.into_inner().unwrap();
     let elapsed = started.elapsed();
+    if std::env::var("FOG_MATRIX_VERBOSE").as_deref() == Ok("1") {
+        for (&(a, b), runs) in &results {
+            for (n, run) in runs.iter().enumerate() {
+                let output = run.as_ref().map_or_else(Clone::clone, |r| r.output.clone());
+                eprintln!(
+                    "=== {} × {}, attempt {} ===\n{output}",
+                    a.name(),
+                    b.name(),
+                    n + 1
+                );
+            }
+        }
+    }
 
     let mut table = String::from(
         "| serve (A) | connect (B) | oracle for A × B | got | first path ms | direct ms | \
@@ -601,8 +664,8 @@ fn every_pair_of_linux_nats_connects_as_the_oracle_says() {
             "| {} | {} | {} × {}: {expected} | {got} | {first} | {direct} | {took} | {verdict} |",
             a.name(),
             b.name(),
-            a.oracle_name(),
-            b.oracle_name(),
+            a.preset().name(),
+            b.preset().name(),
         );
     }
     eprintln!(

@@ -306,6 +306,10 @@ impl Lab {
         &self.namespaces[0]
     }
 
+    pub(crate) fn router(&self, site: usize) -> &str {
+        &self.namespaces[1 + 2 * site]
+    }
+
     pub(crate) fn client(&self, site: usize) -> &str {
         &self.namespaces[2 + 2 * site]
     }
