@@ -1,4 +1,4 @@
-//! The real-NAT matrix: Linux NATs of seven kinds, built with nftables in the namespace lab
+//! The real-NAT matrix: Linux NATs of eight kinds, built with nftables in the namespace lab
 //! (`support::lab`), every unordered pair of them with a `fogconnect serve` behind one and a
 //! `fogconnect connect --until-direct` behind the other, and each pair's outcome (direct,
 //! relayed, failed) compared with what the pairing oracle (`fog_core::pairing::oracle`) says
@@ -23,6 +23,7 @@
 //! | kind | UDP rules | RFC 4787 | fog-sim preset |
 //! |---|---|---|---|
 //! | `masquerade` | `masquerade` | EIM + APDF, ports preserved | `port-restricted-inbound-state` |
+//! | `port-restricted` | `masquerade`, unsolicited input dropped | EIM + APDF, preserved | `port-restricted-cone` |
 //! | `restricted` | `masquerade` + DNAT of inbound from remembered (IP, port) | EIM + ADF, preserved | `restricted-cone` |
 //! | `full-cone` | `masquerade` + DNAT of all inbound UDP | EIM + EIF, preserved | `full-cone` |
 //! | `adm` | `snat` to a port hashed from the destination IP and source port | ADM + APDF, random | `address-dependent` |
@@ -38,7 +39,8 @@
 //!   `port-restricted-inbound-state`, which discovery cannot tell from a port-restricted cone.
 //!   The other kinds' routers drop new inbound UDP addressed to themselves (`ct state new
 //!   drop` on input): a packet dropped before conntrack confirms it leaves no entry, so those
-//!   match presets without the quirk.
+//!   match presets without the quirk. `port-restricted` is `masquerade` with only that drop
+//!   added: the two side by side show what the quirk costs (see [`KNOWN`]).
 //! - **restricted** (address-restricted cone, EIM + ADF): conntrack alone admits only the exact
 //!   remote IP and port a flow went to. A filter chain in `postrouting` placed after source NAT
 //!   (priority `srcnat + 10`, where the packet already carries its public port) adds (remote
@@ -56,10 +58,11 @@
 //!   `address-dependent`, was added for this test and is outside `Preset::ALL` (adding it there
 //!   would change `benches/matrix.md` and every chaos plan, which draw from `ALL`); it is the
 //!   behaviour fog-sim's README tabulates as `ADM+APDF rnd`.
-//! - **sequential**: `snat to WAN:numgen inc mod N offset P` is evaluated once per new conntrack
-//!   entry (NAT chains see only a flow's first packet), so every new flow, whatever its
-//!   destination, gets the next port: APDM with delta +1, as long as nothing else behind the
-//!   router opens flows in between.
+//! - **sequential**: `snat to WAN:numgen inc mod N map { 0 : P, 1 : P+1, ... }` is evaluated
+//!   once per new conntrack entry (NAT chains see only a flow's first packet), so every new
+//!   flow, whatever its destination, gets the next port: APDM with delta +1, as long as nothing
+//!   else behind the router opens flows in between. (The map is there for byte order: see
+//!   [`port_map`].)
 //! - **random**: `masquerade fully-random` draws a random port for every new flow.
 //! - **udp-blocked**: the router's forward chain drops UDP; the nodes reach fogd's signaling
 //!   over TCP, and the only relay that carries a connection is the signaling channel.
@@ -68,10 +71,14 @@
 //!
 //! The oracle is symmetric in its two sides (its docs say so, and `pairing`'s tests check it),
 //! so every unordered pair runs once: the kind earlier in [`Kind::ALL`] serves, the other
-//! connects. 28 pairs, each in a lab of its own (namespaces named by process and counter), a
-//! few at once (`FOG_MATRIX_JOBS`, default 4); `FOG_MATRIX_VERBOSE=1` prints every run's
-//! output (both nodes' and fogd's), `FOG_MATRIX_ONLY=KIND` runs only the pairs with that kind. `FOG_MATRIX_ORDERED=1` runs all 49 ordered
-//! pairs instead, which shows whether the roles matter to the node (they did not on
+//! connects. 36 pairs, each in a lab of its own (namespaces named by process and counter), a
+//! few at once (`FOG_MATRIX_JOBS`, default 4).
+//!
+//! For diagnosing: `FOG_MATRIX_VERBOSE=1` prints every run's output (both nodes' and fogd's),
+//! `FOG_MATRIX_CONNTRACK=1` adds each router's conntrack table as the run ended,
+//! `FOG_MATRIX_ONLY=KIND` runs only the pairs with that kind, `FOG_MATRIX_ORDERED=1` runs all
+//! 64 ordered pairs instead, which shows whether the roles matter to the node (they did not
+//! in one run of the 49 ordered pairs of the seven kinds other than `port-restricted`,
 //! 2026-12-07).
 //!
 //! A pair's outcome is the connecting node's: **direct** when its path ends direct and the
