@@ -388,18 +388,21 @@ type Runs = Vec<Result<Run, String>>;
 /// `FOG_MATRIX_CONNTRACK=1` showed on a failing run: the cone router holds an unreplied entry
 /// `seq:40010 → cone:36034` to itself (the sequential side's full-TTL check arrived before the
 /// cone had sent anything to port 40010), and the cone's own flows to 40010, 40011 and 40012
-/// then left from port 40938, not 36034: the inbound-state remapping of NAT-NOTES. The
-/// sequential side is the offerer and checks in full as the answer arrives; the answering
-/// cone opens its NAT quietly (low TTL), but its checks toward the prediction window had not
-/// all gone out yet, a millisecond after it answered. The simulator's 30–40 ms signaling
-/// hides the race (`benches/matrix.md`: 100 % direct). A fix belongs to the punching order
-/// (every opening check of the quiet answerer before its answer leaves, or the predicted
-/// side quiet until heard), not to this test.
+/// then left from port 40938, not 36034: the inbound-state remapping of NAT-NOTES. The cause
+/// is in the node: the answering cone queues its answer (fogconnect's `send_answer`) before
+/// its agent exists, and the agent's first burst of low-TTL opening checks runs one driver
+/// turn later, so the answer leaves first; the sequential offerer checks in full as soon as
+/// the answer reaches it, a millisecond later here. The simulator's 30–40 ms signaling hides
+/// the race (`benches/matrix.md`: 100 % direct). Branch `natmatrix-answer-first` builds the
+/// agent and begins it before the answer is queued (14 of 14 runs direct, and a lifecycle
+/// test that fails without it), but it changes the chaos test's seed 0, which then ends with
+/// a violation not yet understood; so it is not merged here.
 const KNOWN: &[(Kind, Kind, &str)] = &[(
     Kind::Masquerade,
     Kind::Sequential,
-    "the sequential side's check can reach the cone's router before the cone's opening check \
-     toward that port; the router's inbound state then moves the cone's port (see KNOWN)",
+    "the answering cone's answer leaves before its opening checks, so the sequential side's \
+     check can reach the cone's router first; its inbound state moves the cone's port (see \
+     KNOWN; fix on branch natmatrix-answer-first)",
 )];
 
 /// How long a connecting node may try: enough for a birthday round (the `netns` test's).
