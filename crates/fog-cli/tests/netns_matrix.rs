@@ -40,7 +40,7 @@
 //!   The other kinds' routers drop new inbound UDP addressed to themselves (`ct state new
 //!   drop` on input): a packet dropped before conntrack confirms it leaves no entry, so those
 //!   match presets without the quirk. `port-restricted` is `masquerade` with only that drop
-//!   added: the two side by side show what the quirk costs (see [`KNOWN`]).
+//!   added: the two side by side show what the quirk costs (see [`KNOWN`] for what it cost).
 //! - **restricted** (address-restricted cone, EIM + ADF): conntrack alone admits only the exact
 //!   remote IP and port a flow went to. A filter chain in `postrouting` placed after source NAT
 //!   (priority `srcnat + 10`, where the packet already carries its public port) adds (remote
@@ -379,31 +379,19 @@ struct Run {
 type Runs = Vec<Result<Run, String>>;
 
 /// Pairs whose disagreement with the oracle is understood and not yet fixed: (serving kind,
-/// connecting kind, why). They print loudly and do not fail the test.
+/// connecting kind, why). They print loudly and do not fail the test. None today.
 ///
-/// `masquerade` × `sequential` (2026-12-07: relayed in 5 runs of 22, direct otherwise;
-/// `port-restricted` × `sequential`, the same cone without inbound state, was direct in 13 of
-/// 13). The oracle says `predict`: the cone probes a window around the sequential side's
-/// predicted port, and the sequential side checks the cone's srflx from its next port. What
-/// `FOG_MATRIX_CONNTRACK=1` showed on a failing run: the cone router holds an unreplied entry
-/// `seq:40010 → cone:36034` to itself (the sequential side's full-TTL check arrived before the
-/// cone had sent anything to port 40010), and the cone's own flows to 40010, 40011 and 40012
-/// then left from port 40938, not 36034: the inbound-state remapping of NAT-NOTES. The cause
-/// is in the node: the answering cone queues its answer (fogconnect's `send_answer`) before
-/// its agent exists, and the agent's first burst of low-TTL opening checks runs one driver
-/// turn later, so the answer leaves first; the sequential offerer checks in full as soon as
-/// the answer reaches it, a millisecond later here. The simulator's 30–40 ms signaling hides
-/// the race (`benches/matrix.md`: 100 % direct). Branch `natmatrix-answer-first` builds the
-/// agent and begins it before the answer is queued (14 of 14 runs direct, and a lifecycle
-/// test that fails without it), but it changes the chaos test's seed 0, which then ends with
-/// a violation not yet understood; so it is not merged here.
-const KNOWN: &[(Kind, Kind, &str)] = &[(
-    Kind::Masquerade,
-    Kind::Sequential,
-    "the answering cone's answer leaves before its opening checks, so the sequential side's \
-     check can reach the cone's router first; its inbound state moves the cone's port (see \
-     KNOWN; fix on branch natmatrix-answer-first)",
-)];
+/// `masquerade` × `sequential` was here until 2026-12-07: relayed in 5 runs of 22 where the
+/// oracle says `predict` (`port-restricted` × `sequential`, the same cone without inbound
+/// state, was direct in 13 of 13). `FOG_MATRIX_CONNTRACK=1` showed the cone router holding an
+/// unreplied entry `seq:40010 → cone:36034` to itself (the sequential side's full-TTL check
+/// arrived before the cone had sent anything to port 40010), and the cone's own flows to
+/// 40010–40012 leaving from port 40938, not 36034: the inbound-state remapping of NAT-NOTES.
+/// The answering cone queued its answer before its agent began, so its low-TTL opening checks
+/// left one driver turn after the answer, and the offerer's check, a millisecond behind the
+/// answer here (30–40 ms in the simulator, which never lost the race), could beat them.
+/// fogconnect's `send_answer` now begins the agent first (14 of 14 runs direct since).
+const KNOWN: &[(Kind, Kind, &str)] = &[];
 
 /// How long a connecting node may try: enough for a birthday round (the `netns` test's).
 const CONNECT_TIMEOUT: u64 = 20;
