@@ -22,8 +22,8 @@
 //!
 //! | kind | UDP rules | RFC 4787 | fog-sim preset |
 //! |---|---|---|---|
-//! | `masquerade` | `masquerade` | EIM + APDF, ports preserved | `port-restricted-inbound-state` |
-//! | `port-restricted` | `masquerade`, unsolicited input dropped | EIM + APDF, preserved | `port-restricted-cone` |
+//! | `masquerade` | `masquerade`, the router accepting input | EIM + APDF, ports preserved | `port-restricted-inbound-state` |
+//! | `port-restricted` | `masquerade` (the lab's `Nat::Masquerade`) | EIM + APDF, preserved | `port-restricted-cone` |
 //! | `restricted` | `masquerade` + DNAT of inbound from remembered (IP, port) | EIM + ADF, preserved | `restricted-cone` |
 //! | `full-cone` | `masquerade` + DNAT of all inbound UDP | EIM + EIF, preserved | `full-cone` |
 //! | `adm` | `snat` to a port hashed from the destination IP and source port | ADM + APDF, random | `address-dependent` |
@@ -32,15 +32,16 @@
 //! | `udp-blocked` | the router forwards no UDP | UDP blocked | `udp-blocked` |
 //!
 //! - **masquerade**: Linux conntrack keeps one mapping per internal endpoint while its port is
-//!   free (EIM, the port preserved) and lets in only replies to a flow (APDF). Its router, like
-//!   the `netns` tests' and many Linux routers, accepts what is sent to itself, so a peer's
-//!   early datagram to a port nothing maps yet leaves conntrack state that can move the host's
-//!   next flow to that peer (NAT-NOTES): the preset for that is
-//!   `port-restricted-inbound-state`, which discovery cannot tell from a port-restricted cone.
-//!   The other kinds' routers drop new inbound UDP addressed to themselves (`ct state new
-//!   drop` on input): a packet dropped before conntrack confirms it leaves no entry, so those
-//!   match presets without the quirk. `port-restricted` is `masquerade` with only that drop
-//!   added: the two side by side show what the quirk costs (see [`KNOWN`] for what it cost).
+//!   free (EIM, the port preserved) and lets in only replies to a flow (APDF). This kind's
+//!   router, like many Linux routers, accepts what is sent to itself, so a peer's early
+//!   datagram to a port nothing maps yet leaves conntrack state that can move the host's next
+//!   flow to that peer (NAT-NOTES): the preset for that is `port-restricted-inbound-state`,
+//!   which discovery cannot tell from a port-restricted cone. Every other kind's router drops
+//!   new inbound UDP addressed to itself (`ct state new drop` on input, as the lab's
+//!   `Nat::Masquerade` and the `netns` tests' routers do): a packet dropped before conntrack
+//!   confirms it leaves no entry, so those match presets without the quirk.
+//!   `port-restricted` is `masquerade` with only that drop: the two side by side show what
+//!   the quirk costs (see [`KNOWN`] for what it cost).
 //! - **restricted** (address-restricted cone, EIM + ADF): conntrack alone admits only the exact
 //!   remote IP and port a flow went to. A filter chain in `postrouting` placed after source NAT
 //!   (priority `srcnat + 10`, where the packet already carries its public port) adds (remote
@@ -173,9 +174,9 @@ impl Kind {
     /// The router's nftables ruleset.
     fn nat(self) -> Nat {
         match self {
-            Kind::Masquerade => Nat::Masquerade(""),
+            Kind::Masquerade => Nat::Rules(masquerade_accepting_input),
             Kind::Random => Nat::Masquerade("fully-random"),
-            Kind::PortRestricted => Nat::Rules(port_restricted),
+            Kind::PortRestricted => Nat::Masquerade(""),
             Kind::Restricted => Nat::Rules(restricted),
             Kind::FullCone => Nat::Rules(full_cone),
             Kind::Adm => Nat::Rules(adm),
@@ -197,8 +198,14 @@ fn ruleset(router: &Router<'_>, udp: &str, extra: &str) -> String {
     )
 }
 
-fn port_restricted(router: &Router<'_>) -> String {
-    ruleset(router, "", "")
+/// Plain `masquerade` and nothing else: the router accepts what is sent to itself (the
+/// lab's [`Nat::Masquerade`] drops it).
+fn masquerade_accepting_input(router: &Router<'_>) -> String {
+    let wan = router.wan;
+    format!(
+        "table ip fognat {{\n chain postrouting {{\n  type nat hook postrouting priority \
+         srcnat; policy accept;\n  oifname \"{wan}\" masquerade\n }}\n}}\n"
+    )
 }
 
 fn restricted(router: &Router<'_>) -> String {

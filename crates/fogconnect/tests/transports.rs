@@ -418,6 +418,10 @@ fn transports_not_run_are_refused() {
     let mut s = Scenario::new(Preset::FullCone, Preset::FullCone, 2, &Profile::default());
     assert!(s.wait_ready());
     let to = s.hosts[1].1;
+    // A runs datagrams and KCP only (every transport is on by default).
+    s.with_node(0, |n, _| {
+        n.set_transports(vec![Transport::Datagram, Transport::Kcp])
+    });
     let rtc = s.sim.with_machine(s.hosts[0].0, |m: &mut SimNode, now| {
         m.node.connect_with(now, to, 1, Transport::Rtc)
     });

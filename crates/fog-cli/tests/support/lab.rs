@@ -94,7 +94,8 @@ impl Site {
 #[derive(Clone, Copy)]
 pub(crate) enum Nat {
     /// `masquerade` out of the WAN side, followed by these flags (`""`, `"random"`,
-    /// `"fully-random"`), and nothing else.
+    /// `"fully-random"`), and new UDP flows to the router itself from the WAN dropped, as
+    /// home routers' input firewalls do (see `netns.rs` for why).
     Masquerade(&'static str),
     /// A whole nftables ruleset for the router, made from what names its site.
     Rules(fn(&Router<'_>) -> String),
@@ -223,6 +224,8 @@ impl Lab {
                 Nat::Masquerade(flags) => format!(
                     "table ip fognat {{\n chain postrouting {{\n  type nat hook postrouting \
                      priority srcnat; policy accept;\n  oifname \"{wan_r}\" masquerade {flags}\n \
+                     }}\n chain input {{\n  type filter hook input priority filter; policy \
+                     accept;\n  iifname \"{wan_r}\" meta l4proto udp ct state new drop\n \
                      }}\n}}\n"
                 ),
                 Nat::Rules(rules) => rules(&Router {
