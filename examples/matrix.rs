@@ -56,7 +56,8 @@ struct Options {
     seeds: u64,
     json: bool,
     /// Only the pairs with this preset on either side (`--only NAME`), for quick looks; the
-    /// field-mix summary then covers those pairs only.
+    /// field-mix summary then covers those pairs only. A preset outside `Preset::ALL`
+    /// (`Preset::EXTRA`) runs this way only, against every preset of `ALL` and itself.
     only: Option<Preset>,
 }
 
@@ -82,9 +83,10 @@ fn options() -> Options {
             "--json" => options.json = true,
             "--only" => {
                 let name = args.next().unwrap_or_default();
-                options.only = Preset::ALL.into_iter().find(|p| p.name() == name);
+                let known = || Preset::ALL.into_iter().chain(Preset::EXTRA);
+                options.only = known().find(|p| p.name() == name);
                 if options.only.is_none() {
-                    let names: Vec<&str> = Preset::ALL.iter().map(|p| p.name()).collect();
+                    let names: Vec<&str> = known().map(|p| p.name()).collect();
                     eprintln!("matrix: --only takes a preset: {}", names.join(", "));
                     std::process::exit(2);
                 }
@@ -113,6 +115,8 @@ fn weight(preset: Preset) -> f64 {
         | Preset::OpenInternet
         | Preset::Firewall
         | Preset::UdpBlocked => 0.05,
+        // Not in Preset::ALL, so never in the table or the mix.
+        Preset::AddressDependent => 0.0,
     }
 }
 
@@ -133,7 +137,9 @@ fn main() -> ExitCode {
     let options = options();
     let profile = Profile::default();
     let budget = ProbeBudget::default();
-    let presets = Preset::ALL;
+    // Every preset of `Preset::ALL`, and one of `Preset::EXTRA` when `--only` names it.
+    let mut presets = Preset::ALL.to_vec();
+    presets.extend(options.only.filter(|p| Preset::EXTRA.contains(p)));
     if !options.json {
         println!(
             "NAT matrix: {} seeds per pair; access 10 ms + 1 % loss each way per node (peers 20 ms \
@@ -155,8 +161,8 @@ fn main() -> ExitCode {
     let (mut birthday_runs, mut birthday_fast) = (0u64, 0u64);
     // From the start to both nodes' `Ready`, for every pair that has UDP on both sides.
     let mut ready_times = Vec::new();
-    for a in presets {
-        for b in presets {
+    for &a in &presets {
+        for &b in &presets {
             if options.only.is_some_and(|p| p != a && p != b) {
                 continue;
             }

@@ -143,6 +143,9 @@ pub struct Observed {
     pub sent_at: Vec<Instant>,
     /// The signaling frames.
     pub frames: Vec<String>,
+    /// For each of [`frames`](Self::frames), how many of the datagrams had left before it
+    /// (the drain order within one instant, which timestamps do not show).
+    pub frames_after: Vec<usize>,
 }
 
 impl SimNode {
@@ -176,6 +179,7 @@ impl SimNode {
                 SignalOutput::Frame(frame) => {
                     if let Some(log) = &mut self.log {
                         log.frames.push(frame.clone());
+                        log.frames_after.push(log.datagrams.len());
                     }
                     self.frames.push_back(frame);
                 }

@@ -71,3 +71,37 @@ fn every_pair_meets_the_oracle() {
         "faster than physics: {median:?} < {bound:?}"
     );
 }
+
+/// The presets outside `Preset::ALL` (`Preset::EXTRA`: the address-dependent mapping fog-cli's
+/// real-NAT matrix builds with nftables) against every preset and themselves, both ways: the
+/// simulated node meets the oracle there too, so the lab and the simulator can be compared.
+#[test]
+fn the_extra_presets_meet_the_oracle() {
+    let profile = Profile::default();
+    let budget = ProbeBudget::default();
+    let mut birthday = (0, 0);
+    let all: Vec<Preset> = Preset::ALL.into_iter().chain(Preset::EXTRA).collect();
+    for extra in Preset::EXTRA {
+        for &other in &all {
+            for (a, b) in [(extra, other), (other, extra)] {
+                let expected = oracle(a.behaviour(), b.behaviour(), &budget);
+                for seed in 0..SEEDS {
+                    let r = run(a, b, seed, &profile);
+                    let pair = format!("{} / {} seed {seed}: {expected}", a.name(), b.name());
+                    assert!(r.connected, "{pair}: no path at all");
+                    match expected {
+                        Outcome::Direct(Method::Birthday { .. }) => {
+                            birthday.0 += u32::from(r.direct);
+                            birthday.1 += 1;
+                        }
+                        Outcome::Direct(_) => assert!(r.direct, "{pair}: no direct path"),
+                        Outcome::Relay(_) => {
+                            assert!(!r.direct, "{pair}: direct, against the oracle");
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(birthday.0 * 10 >= birthday.1 * 9, "birthday {birthday:?}");
+}

@@ -35,6 +35,11 @@ pub enum Preset {
     CgnatBehindHome,
     /// UDP does not pass.
     UdpBlocked,
+    /// ADM + APDF with random ports: one external port per internal endpoint and destination
+    /// IP, whatever the destination port, drawn at random. Linux makes it with an `snat` to a
+    /// port hashed from the destination IP and the source port (fog-cli's netns matrix, kind
+    /// `adm`). Not in [`ALL`](Self::ALL): see [`EXTRA`](Self::EXTRA).
+    AddressDependent,
 }
 
 /// A host attached behind a preset.
@@ -63,6 +68,11 @@ impl Preset {
         Preset::UdpBlocked,
     ];
 
+    /// Presets outside [`ALL`](Self::ALL), for scenarios that name them. `ALL` is what
+    /// fog-examples' matrix (`benches/matrix.md`), the chaos plans and the delivery tests draw
+    /// from; a preset added there changes those tables and every chaos seed's plan.
+    pub const EXTRA: [Preset; 1] = [Preset::AddressDependent];
+
     /// A short stable name.
     pub fn name(self) -> &'static str {
         match self {
@@ -76,6 +86,7 @@ impl Preset {
             Preset::SymmetricRandom => "symmetric-random",
             Preset::CgnatBehindHome => "cgnat-behind-home",
             Preset::UdpBlocked => "udp-blocked",
+            Preset::AddressDependent => "address-dependent",
         }
     }
 
@@ -106,6 +117,10 @@ impl Preset {
             Preset::SymmetricRandom => vec![NatConfig {
                 ports: PortAssignment::Random,
                 ..symmetric()
+            }],
+            Preset::AddressDependent => vec![NatConfig {
+                ports: PortAssignment::Random,
+                ..NatConfig::new(Mapping::AddressDependent, Apdf)
             }],
             Preset::CgnatBehindHome => vec![
                 cone(Apdf),

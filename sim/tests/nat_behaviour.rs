@@ -1094,7 +1094,7 @@ fn observed(preset: Preset, seed: u64, link: LinkConfig) -> Behaviour {
 /// RFC 4787 §4–6 as RFC 5780 §4.3–4.5 observes them: every preset is reported as configured.
 #[test]
 fn observer_reports_every_preset() {
-    for preset in Preset::ALL {
+    for preset in Preset::ALL.into_iter().chain(Preset::EXTRA) {
         for seed in [1, 2, 3] {
             let seen = observed(preset, seed, LinkConfig::default());
             assert_eq!(seen, preset.behaviour(), "{preset}, seed {seed}");
@@ -1109,7 +1109,7 @@ fn observer_reports_every_preset_through_loss() {
         loss: 0.1,
         ..LinkConfig::default()
     };
-    for preset in Preset::ALL {
+    for preset in Preset::ALL.into_iter().chain(Preset::EXTRA) {
         for seed in [1, 2, 3] {
             let seen = observed(preset, seed, lossy.clone());
             assert_eq!(seen, preset.behaviour(), "{preset}, seed {seed}, 10 % loss");

@@ -96,7 +96,7 @@ fn lossy() -> LinkConfig {
 /// RFC 4787 §4–6 via RFC 5780 §4.3–4.5: every preset is reported as configured, completely.
 #[test]
 fn every_preset_is_reported_as_configured() {
-    for preset in Preset::ALL {
+    for preset in Preset::ALL.into_iter().chain(Preset::EXTRA) {
         for seed in [1, 2, 3] {
             let report = discover_preset(preset, seed, LinkConfig::default(), true);
             let expected = preset.behaviour();

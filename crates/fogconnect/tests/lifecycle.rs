@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use fog_examples::scenario::{Profile, Scenario, SimNode};
+use fog_examples::scenario::{Observed, Profile, Scenario, SimNode};
 use fog_sim::presets::Preset;
 use fogconnect::{
     AcceptPolicy, CLOSED_TIMEOUT, CloseReason, CommandError, ConnectionId, Event, FailReason,
@@ -725,5 +725,55 @@ fn datagrams_on_the_signaling_relay_block_instead_of_queueing_without_bound() {
         got,
         (0..taken).collect::<Vec<_>>(),
         "every datagram taken arrived"
+    );
+}
+
+/// The answering node opens its NAT before its answer leaves: its first checks toward the
+/// offerer's public address are sent ahead of the answer frame. The offerer checks in full as
+/// the answer reaches it; a check that reaches a router keeping state for unsolicited input
+/// before the answerer's own opening check toward that port has left moves the answerer's
+/// port (NAT-NOTES). fog-cli's real-NAT matrix lost `masquerade` × `sequential` that way in
+/// about one run of four while the agent began one driver turn after the answer.
+#[test]
+fn the_answerer_opens_its_nat_before_its_answer_leaves() {
+    let mut s = Scenario::new(
+        Preset::SymmetricSequential,
+        Preset::PortRestrictedConeInboundState,
+        5,
+        &Profile::default(),
+    );
+    assert!(s.wait_ready());
+    let answerer = s.hosts[1].0;
+    s.sim.with_machine(answerer, |m: &mut SimNode, _| {
+        m.log = Some(Observed::default())
+    });
+    s.connect();
+    s.run_for(Duration::from_secs(2));
+    let Observed {
+        datagrams,
+        frames,
+        frames_after,
+        ..
+    } = s
+        .sim
+        .with_machine(answerer, |m: &mut SimNode, _| m.log.take())
+        .expect("logged");
+    let answer = frames
+        .iter()
+        .position(|f| f.contains(r#""type":"answer""#))
+        .unwrap_or_else(|| panic!("no answer in {frames:#?}"));
+    // The offerer's public address: site 1's NAT (203.0.113.1).
+    let before: Vec<_> = datagrams[..frames_after[answer]]
+        .iter()
+        .filter(|(to, _)| to.ip().to_string() == "203.0.113.1")
+        .collect();
+    assert!(
+        !before.is_empty(),
+        "no check toward the offerer before the answer ({} datagrams before it, to {:?})",
+        frames_after[answer],
+        datagrams[..frames_after[answer]]
+            .iter()
+            .map(|(to, _)| *to)
+            .collect::<Vec<_>>()
     );
 }

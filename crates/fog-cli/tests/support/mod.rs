@@ -93,3 +93,5 @@ impl FogdServer for Server {
         )
     }
 }
+
+pub(crate) mod lab;
