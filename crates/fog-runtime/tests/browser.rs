@@ -81,6 +81,7 @@ fn headless_chromium_echoes_1_mib_through_a_node() {
         );
         return;
     }
+    let t0 = Instant::now();
     let (fogd, stun, signal) = fogd();
     let key = KeyPair::from_seed(&[31; 32]);
     let mut node = NodeConfig::new(key, "127.0.0.1", stun, "127.0.0.1:0".parse().unwrap(), 7);
@@ -100,6 +101,10 @@ fn headless_chromium_echoes_1_mib_through_a_node() {
         }
     }
 
+    eprintln!(
+        "browser: fogd and the node ready after {:.0} ms",
+        t0.elapsed().as_secs_f64() * 1000.0
+    );
     let url = format!("http://{signal}/?peer={}&selftest={SIZE}", handle.peer_id());
     let started = Instant::now();
     let mut browser = chromium(&url);
@@ -162,6 +167,10 @@ fn headless_chromium_echoes_1_mib_through_a_node() {
     };
     let elapsed = started.elapsed();
     let _ = browser.terminate(Duration::from_secs(5));
+    eprintln!(
+        "browser: terminated after {:.0} ms",
+        t0.elapsed().as_secs_f64() * 1000.0
+    );
     assert!(
         verdict.starts_with("fogconnect-selftest: ok"),
         "the page says: {verdict}\n{}",

@@ -1,0 +1,210 @@
+//! `fogconnect.js` (fogd's browser client) and the Rust side agree byte for byte: the PeerId
+//! text form both ways, the signaling auth transcript (fog-signal `msg::auth_transcript`), and
+//! the offer and answer transcripts a node signs and verifies (`node::seal::transcript`),
+//! including every candidate kind's spelling, a NAT behaviour's Debug form and the
+//! fingerprints. And a WebCrypto Ed25519 signature over the JS offer transcript passes the
+//! node's strict (RFC 8032) verification. Run under Node.js (the same WebCrypto API as the
+//! browser's); a mismatch in any field fails here, without a browser.
+//!
+//! Skips with a message without `node`, fails without it when `FOG_REQUIRE_INTEROP=1`.
+
+use std::path::Path;
+use std::process::Command;
+
+use fog_signal::msg::{
+    CertFingerprint, Credentials, Description, ExchangeKey, Filtering, Mapping, NatBehaviour,
+    Nonce, PortPattern, Seal, SessionId, Sig, Transport, auth_transcript,
+};
+use fog_signal::{KeyPair, PeerId};
+use fogconnect::node::seal::{Role, transcript};
+
+const SCRIPT: &str = r#"
+const m = await import(process.env.FOG_JS);
+const input = JSON.parse(process.env.FOG_INPUT);
+const unhex = (s) => m.unhex(s);
+const out = {};
+out.browser_id = m.peerIdText(unhex(input.browser_key));
+out.node_key = m.hex(m.parsePeerId(input.node_id_sloppy));
+out.auth = m.hex(m.authTranscript(input.realm, unhex(input.server_key), unhex(input.client_nonce),
+  unhex(input.server_nonce), unhex(input.browser_key), input.alias));
+out.offer = m.hex(m.descriptionTranscript(
+  { from: unhex(input.browser_key), to: unhex(input.node_key) }, input.offer));
+out.answer = m.hex(m.descriptionTranscript(
+  { from: unhex(input.node_key), to: unhex(input.browser_key), session: unhex(input.session),
+    offerKey: unhex(input.offer.seal.key) }, input.answer));
+const id = await m.Identity.generate();
+out.signer = m.hex(id.publicKey);
+out.signer_id = id.peerId;
+const signed = { ...input.offer };
+out.signed_offer = m.hex(m.descriptionTranscript({ from: id.publicKey, to: unhex(input.node_key) }, signed));
+out.signature = m.hex(await id.sign(m.descriptionTranscript({ from: id.publicKey, to: unhex(input.node_key) }, signed)));
+const sdp = m.toRemoteSdp(input.answer, "0");
+out.sdp_ok = sdp.includes("a=setup:passive\r\n") && sdp.includes("a=ice-pwd:" + input.answer.credentials.pwd)
+  && sdp.includes("typ host") && sdp.includes("2001:db8::1 4002 typ host");
+console.log(JSON.stringify(out));
+"#;
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len() / 2)
+        .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap())
+        .collect()
+}
+
+fn candidate(json: &str) -> fog_signal::msg::Candidate {
+    serde_json::from_str(json).unwrap()
+}
+
+#[test]
+fn the_javascript_client_writes_every_transcript_as_the_node_does() {
+    let Some(node_exe) = fog_test_support::find_tool("node") else {
+        fog_test_support::skip_or_fail(
+            "the_javascript_client_writes_every_transcript_as_the_node_does",
+            "node (Node.js) is not installed",
+            "FOG_REQUIRE_INTEROP",
+        );
+        return;
+    };
+    let js = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fogd/web/fogconnect.js");
+    let browser = KeyPair::from_seed(&[1; 32]).peer_id();
+    let node = KeyPair::from_seed(&[2; 32]).peer_id();
+    let server = KeyPair::from_seed(&[3; 32]).peer_id();
+    let (client_nonce, server_nonce) = (Nonce([4; 32]), Nonce([5; 32]));
+    let session = SessionId([6; 16]);
+    let offer = Description {
+        candidates: vec![],
+        nat: None,
+        transports: vec![Transport::Browser],
+        credentials: Credentials {
+            ufrag: "aB3+".into(),
+            pwd: "0123456789abcdefghijklmn".into(),
+        },
+        service: 7,
+        seal: Some(Seal {
+            key: ExchangeKey([7; 32]),
+            signature: Sig([0; 64]),
+        }),
+        quic: None,
+        rtc: Some(CertFingerprint([8; 32])),
+    };
+    let answer = Description {
+        candidates: vec![
+            candidate(r#"{"kind":"host","addr":"127.0.0.1:4000","priority":2130706431}"#),
+            candidate(
+                r#"{"kind":"srflx","addr":"203.0.113.7:61000","priority":1694498815,"related":"192.168.1.20:4000"}"#,
+            ),
+            candidate(r#"{"kind":"mapped","addr":"198.51.100.9:4001","priority":1}"#),
+            candidate(r#"{"kind":"host","addr":"[2001:db8::1]:4002","priority":4000000000}"#),
+        ],
+        nat: Some(NatBehaviour::Nat {
+            mapping: Mapping::EndpointIndependent,
+            filtering: Filtering::AddressAndPortDependent,
+            ports: PortPattern::Sequential { delta: -2 },
+            hairpinning: false,
+        }),
+        transports: vec![Transport::Browser],
+        credentials: Credentials {
+            ufrag: "nodeufrag".into(),
+            pwd: "node-password-of-24-chars".into(),
+        },
+        service: 7,
+        seal: Some(Seal {
+            key: ExchangeKey([9; 32]),
+            signature: Sig([0; 64]),
+        }),
+        quic: Some(CertFingerprint([10; 32])),
+        rtc: Some(CertFingerprint([11; 32])),
+    };
+    // How a person might type the node's id: lowercase, dashes, O for 0, l for 1.
+    let sloppy: String = node
+        .to_string()
+        .to_lowercase()
+        .chars()
+        .enumerate()
+        .flat_map(|(i, c)| {
+            let c = match c {
+                '0' => 'o',
+                '1' => 'l',
+                c => c,
+            };
+            if i % 6 == 5 { vec![c, '-'] } else { vec![c] }
+        })
+        .collect();
+    let input = serde_json::json!({
+        "browser_key": hex(browser.as_bytes()),
+        "node_key": hex(node.as_bytes()),
+        "node_id_sloppy": sloppy,
+        "server_key": hex(server.as_bytes()),
+        "client_nonce": hex(&client_nonce.0),
+        "server_nonce": hex(&server_nonce.0),
+        "realm": "signal.example.org",
+        "alias": "printer-7",
+        "session": hex(&session.0),
+        "offer": offer,
+        "answer": answer,
+    });
+    let output = Command::new(node_exe)
+        .args(["--input-type=module", "-e", SCRIPT])
+        .env("FOG_JS", &js)
+        .env("FOG_INPUT", input.to_string())
+        .output()
+        .expect("running node");
+    assert!(
+        output.status.success(),
+        "node failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let out: serde_json::Value = serde_json::from_slice(&output.stdout).expect("the script's JSON");
+    let field = |name: &str| out[name].as_str().unwrap_or_default().to_owned();
+
+    assert_eq!(field("browser_id"), browser.to_string());
+    assert_eq!(field("node_key"), hex(node.as_bytes()));
+    let auth = auth_transcript(
+        "signal.example.org",
+        &server,
+        &client_nonce,
+        &server_nonce,
+        &browser,
+        Some("printer-7"),
+    );
+    assert_eq!(field("auth"), hex(&auth));
+    let offer_role = Role::Offer {
+        from: browser,
+        to: node,
+    };
+    assert_eq!(
+        field("offer"),
+        hex(&transcript(&offer_role, &offer, &ExchangeKey([7; 32])))
+    );
+    let offer_key = ExchangeKey([7; 32]);
+    let answer_role = Role::Answer {
+        from: node,
+        to: browser,
+        session,
+        offer_key: &offer_key,
+    };
+    assert_eq!(
+        field("answer"),
+        hex(&transcript(&answer_role, &answer, &ExchangeKey([9; 32])))
+    );
+
+    // WebCrypto's signature passes the node's strict verification of the offer it would get.
+    let signer_bytes: [u8; 32] = unhex(&field("signer")).try_into().unwrap();
+    let signer = PeerId::from_bytes(signer_bytes);
+    assert_eq!(field("signer_id"), signer.to_string());
+    let role = Role::Offer {
+        from: signer,
+        to: node,
+    };
+    let expected = transcript(&role, &offer, &ExchangeKey([7; 32]));
+    assert_eq!(field("signed_offer"), hex(&expected));
+    let signature: [u8; 64] = unhex(&field("signature")).try_into().unwrap();
+    assert!(signer.verify(&expected, &signature));
+    let mut tampered = expected.clone();
+    *tampered.last_mut().unwrap() ^= 1;
+    assert!(!signer.verify(&tampered, &signature));
+    assert_eq!(out["sdp_ok"], serde_json::Value::Bool(true));
+}
