@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use fog_runtime::{Runtime, RuntimeConfig, RuntimeError};
 use fog_test_support::ChildGuard;
-use fogconnect::{AcceptPolicy, Event, KeyPair, NodeConfig, SendError, Transport};
+use fogconnect::{AcceptPolicy, Event, FailReason, KeyPair, NodeConfig, SendError, Transport};
 
 const WAIT: Duration = Duration::from_secs(20);
 /// From the browser's start to its verdict (a second or two when all is well; Chromium's
@@ -71,16 +71,9 @@ fn chromium(url: &str) -> ChildGuard {
     ChildGuard::spawn("chromium", &mut command).expect("starting chromium")
 }
 
-#[test]
-fn headless_chromium_echoes_1_mib_through_a_node() {
-    if fog_test_support::find_tool("chromium").is_none() {
-        fog_test_support::skip_or_fail(
-            "headless_chromium_echoes_1_mib_through_a_node",
-            "chromium is not installed (apt-get install chromium)",
-            "FOG_REQUIRE_INTEROP",
-        );
-        return;
-    }
+/// A node on fog-runtime answering everyone, behind a fogd of its own, once it is ready
+/// (fogd, the node, and fogd's signaling address).
+fn lab() -> (ChildGuard, Runtime, SocketAddr) {
     let t0 = Instant::now();
     let (fogd, stun, signal) = fogd();
     let key = KeyPair::from_seed(&[31; 32]);
@@ -91,7 +84,6 @@ fn headless_chromium_echoes_1_mib_through_a_node() {
         format!("ws://{signal}/ws").parse().unwrap(),
     ))
     .expect("the node starts");
-    let handle = runtime.handle();
     let ready_by = Instant::now() + WAIT;
     loop {
         match runtime.events().recv_timeout(ready_by - Instant::now()) {
@@ -100,11 +92,35 @@ fn headless_chromium_echoes_1_mib_through_a_node() {
             Err(e) => panic!("the node never got ready ({e})"),
         }
     }
-
     eprintln!(
         "browser: fogd and the node ready after {:.0} ms",
         t0.elapsed().as_secs_f64() * 1000.0
     );
+    (fogd, runtime, signal)
+}
+
+/// Whether chromium is here; if not, says the test is skipped (or fails it under
+/// `FOG_REQUIRE_INTEROP=1`).
+fn have_chromium(test: &str) -> bool {
+    if fog_test_support::find_tool("chromium").is_some() {
+        return true;
+    }
+    fog_test_support::skip_or_fail(
+        test,
+        "chromium is not installed (apt-get install chromium)",
+        "FOG_REQUIRE_INTEROP",
+    );
+    false
+}
+
+#[test]
+fn headless_chromium_echoes_1_mib_through_a_node() {
+    if !have_chromium("headless_chromium_echoes_1_mib_through_a_node") {
+        return;
+    }
+    let t0 = Instant::now();
+    let (fogd, runtime, signal) = lab();
+    let handle = runtime.handle();
     let url = format!("http://{signal}/?peer={}&selftest={SIZE}", handle.peer_id());
     let started = Instant::now();
     let mut browser = chromium(&url);
@@ -182,4 +198,43 @@ fn headless_chromium_echoes_1_mib_through_a_node() {
         connected_at.unwrap_or_default().as_secs_f64() * 1000.0,
         elapsed.as_secs_f64() * 1000.0
     );
+}
+
+/// The page signs a DTLS fingerprint other than its browser's certificate's (`&lie=1`): the
+/// node's WebRTC peer refuses the handshake, the connection fails with `BrowserFailed`, and
+/// nothing is ever connected or delivered.
+#[test]
+fn a_browser_that_signs_another_certificate_is_refused() {
+    if !have_chromium("a_browser_that_signs_another_certificate_is_refused") {
+        return;
+    }
+    let (fogd, runtime, signal) = lab();
+    let url = format!(
+        "http://{signal}/?peer={}&selftest={SIZE}&lie=1",
+        runtime.handle().peer_id()
+    );
+    let mut browser = chromium(&url);
+    let deadline = Instant::now() + LIMIT;
+    let mut incoming = None;
+    let reason = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match runtime.events().recv_timeout(left) {
+            Ok(Event::Incoming { id, transport, .. }) => {
+                assert_eq!(transport, Transport::Browser);
+                incoming = Some(id);
+            }
+            Ok(Event::Failed { id, reason }) if Some(id) == incoming => break reason,
+            Ok(e @ (Event::Connected { .. } | Event::Data { .. } | Event::Closed { .. })) => {
+                panic!("a browser with another certificate got {e:?}")
+            }
+            Ok(_) => {}
+            Err(e) => panic!(
+                "no failure in {LIMIT:?} ({e}); incoming: {incoming:?}\n{}\n{}",
+                browser.output_text(),
+                fogd.output_text()
+            ),
+        }
+    };
+    let _ = browser.terminate(Duration::from_secs(5));
+    assert_eq!(reason, FailReason::BrowserFailed);
 }

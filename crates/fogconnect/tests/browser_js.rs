@@ -41,6 +41,22 @@ out.signature = m.hex(await id.sign(m.descriptionTranscript({ from: id.publicKey
 const sdp = m.toRemoteSdp(input.answer, "0");
 out.sdp_ok = sdp.includes("a=setup:passive\r\n") && sdp.includes("a=ice-pwd:" + input.answer.credentials.pwd)
   && sdp.includes("typ host") && sdp.includes("2001:db8::1 4002 typ host");
+// The answer the node signed (Rust), checked as `dial` checks it, then altered ways.
+const ctx = { peerKey: unhex(input.node_key), me: unhex(input.browser_key), session: input.session,
+  offerKey: unhex(input.offer.seal.key) };
+const frame = { type: "answer", session: input.session, from: input.node_id, description: input.signed_answer };
+const alter = (f) => { const c = JSON.parse(JSON.stringify(frame)); f(c); return c; };
+out.verify = [
+  await m.verifyAnswer(frame, ctx),
+  await m.verifyAnswer(alter((c) => { c.description.candidates[0].addr = "192.0.2.66:4000"; }), ctx),
+  await m.verifyAnswer(alter((c) => { c.description.rtc = "aa".repeat(32); }), ctx),
+  await m.verifyAnswer(alter((c) => { c.description.credentials.ufrag = "other"; }), ctx),
+  await m.verifyAnswer(frame, { ...ctx, session: "07".repeat(16) }),
+  await m.verifyAnswer(frame, { ...ctx, offerKey: new Uint8Array(32) }),
+  await m.verifyAnswer(alter((c) => { c.from = input.browser_id; }), ctx),
+  await m.verifyAnswer(frame, { ...ctx, peerKey: unhex(input.browser_key) }),
+  await m.verifyAnswer(alter((c) => { c.description.transports = ["rtc"]; }), ctx),
+];
 console.log(JSON.stringify(out));
 "#;
 
@@ -133,7 +149,26 @@ fn the_javascript_client_writes_every_transcript_as_the_node_does() {
             if i % 6 == 5 { vec![c, '-'] } else { vec![c] }
         })
         .collect();
+    // The answer as the node signs it (`Node::answer_browser`).
+    let mut signed_answer = answer.clone();
+    let answer_transcript = transcript(
+        &Role::Answer {
+            from: node,
+            to: browser,
+            session,
+            offer_key: &ExchangeKey([7; 32]),
+        },
+        &answer,
+        &ExchangeKey([9; 32]),
+    );
+    signed_answer.seal = Some(Seal {
+        key: ExchangeKey([9; 32]),
+        signature: Sig(KeyPair::from_seed(&[2; 32]).sign(&answer_transcript)),
+    });
     let input = serde_json::json!({
+        "signed_answer": signed_answer,
+        "node_id": node.to_string(),
+        "browser_id": browser.to_string(),
         "browser_key": hex(browser.as_bytes()),
         "node_key": hex(node.as_bytes()),
         "node_id_sloppy": sloppy,
@@ -207,4 +242,11 @@ fn the_javascript_client_writes_every_transcript_as_the_node_does() {
     *tampered.last_mut().unwrap() ^= 1;
     assert!(!signer.verify(&tampered, &signature));
     assert_eq!(out["sdp_ok"], serde_json::Value::Bool(true));
+    // Only the genuine answer passes: not one with a candidate, the fingerprint or the ufrag
+    // changed, nor for another session or offer, nor from or signed by anyone else, nor for
+    // another transport.
+    assert_eq!(
+        out["verify"],
+        serde_json::json!([true, false, false, false, false, false, false, false, false])
+    );
 }

@@ -264,6 +264,24 @@ export function descriptionTranscript(role, d) {
   return t.put(unhex(d.seal.key, 32)).bytes();
 }
 
+// Whether `answer` (the server's `answer` frame) is the node `peerKey`'s answer to our offer
+// (`me`, `offerKey`) in `session`, for a browser: its signature over the answer transcript
+// verifies, it names transport "browser", and it carries a fingerprint and an ICE password.
+export async function verifyAnswer(answer, { peerKey, me, session, offerKey }) {
+  const a = answer && answer.description;
+  if (!a || !a.seal || !a.credentials || !Array.isArray(a.candidates) || !Array.isArray(a.transports)) {
+    return false;
+  }
+  const sessionBytes = unhex(session, 16);
+  const signature = unhex(a.seal.signature, 64);
+  if (!sessionBytes || !signature || !unhex(a.seal.key, 32) || !unhex(a.rtc, 32)) return false;
+  if (answer.from !== peerIdText(peerKey) || a.transports[0] !== "browser" || !a.credentials.pwd) {
+    return false;
+  }
+  const transcript = descriptionTranscript({ from: peerKey, to: me, session: sessionBytes, offerKey }, a);
+  return transcript !== null && (await verify(peerKey, transcript, signature));
+}
+
 // ---- SDP: our description <-> what RTCPeerConnection speaks -------------------------------
 
 // ICE credentials, DTLS fingerprint and mid from the browser's own offer.
@@ -435,7 +453,9 @@ export class Signal {
 
   // Dials `target` (peer id or alias) for `service`: resolves to { pc, channel, peer,
   // session, openMs } once the data channel is open. `iceServers` go to RTCPeerConnection.
-  async dial(target, { service = 1, label = "fog", iceServers = [], timeoutMs = 20000 } = {}) {
+  // `signFingerprint` replaces the browser's own DTLS fingerprint in the signed offer: for
+  // tests only, to show that the node then refuses the DTLS handshake.
+  async dial(target, { service = 1, label = "fog", iceServers = [], timeoutMs = 20000, signFingerprint } = {}) {
     const started = performance.now();
     const peerKey = await this.resolve(target);
     const peer = peerIdText(peerKey);
@@ -456,7 +476,7 @@ export class Signal {
       transports: ["browser"],
       credentials: { ufrag: local.ufrag, pwd: local.pwd },
       service,
-      rtc: local.fingerprint,
+      rtc: signFingerprint || local.fingerprint,
       seal: { key: hex(offerKey), signature: "" },
     };
     const me = this.identity.publicKey;
@@ -490,21 +510,13 @@ export class Signal {
     }
     // The answer must be the dialled node's, to this offer, in this session: verified here
     // before anything of it reaches the browser's WebRTC stack.
-    const a = answer.description;
-    const sessionBytes = unhex(session, 16);
-    const signature = a && a.seal && unhex(a.seal.signature, 64);
-    const transcript =
-      a && a.seal && a.credentials && Array.isArray(a.candidates) && Array.isArray(a.transports) &&
-      unhex(a.seal.key, 32) && sessionBytes &&
-      descriptionTranscript({ from: peerKey, to: me, session: sessionBytes, offerKey }, a);
-    const genuine =
-      answer.from === peer && signature && transcript && (await verify(peerKey, transcript, signature));
-    if (!genuine || a.transports[0] !== "browser" || !unhex(a.rtc, 32) || !a.credentials.pwd) {
+    if (!(await verifyAnswer(answer, { peerKey, me, session, offerKey }))) {
       pc.close();
       this.send({ type: "close", session, code: 1, reason: "answer not verified" });
       this.sessions.delete(session);
       throw new FogError("the answer is not signed by the peer dialled: refused");
     }
+    const a = answer.description;
     await pc.setRemoteDescription({ type: "answer", sdp: toRemoteSdp(a, local.mid) });
     await new Promise((resolve, reject) => {
       const timer = setTimeout(() => reject(new FogError("the data channel did not open in time")), timeoutMs);

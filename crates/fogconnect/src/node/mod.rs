@@ -907,7 +907,7 @@ impl Node {
         };
         let Some(rtc) = rtc else {
             self.tell_peer(id, REFUSED_TRANSPORT, "no WebRTC peer for this browser");
-            self.end(now, id, End::Failed(FailReason::NoPath));
+            self.end(now, id, End::Failed(FailReason::BrowserFailed));
             return;
         };
         let mut description = self.description(&local_ice.ufrag, service, &Transport::Browser);
@@ -1337,6 +1337,7 @@ impl Node {
         let mut ended = Vec::new();
         let mut opened = Vec::new();
         let mut peer_closed = Vec::new();
+        let mut browser_failed = Vec::new();
         let conns = match only {
             Some(id) => self.conns.range_mut(id..=id),
             None => self.conns.range_mut(..),
@@ -1351,6 +1352,7 @@ impl Node {
                 continue;
             };
             let raw = matches!(stream, transport::Stream::Rtc(r) if r.is_raw());
+            let connected = conn.connected_at.is_some();
             for happened in stream.poll() {
                 match happened {
                     transport::Happened::Opened => opened.push(conn.id),
@@ -1368,6 +1370,9 @@ impl Node {
                     // A browser closes its channel and nothing follows (no sealed close).
                     transport::Happened::PeerClosed if raw => peer_closed.push(conn.id),
                     transport::Happened::PeerClosed => {}
+                    transport::Happened::Dead if raw && !connected => {
+                        browser_failed.push(conn.id);
+                    }
                     transport::Happened::Dead => {
                         ended.push((conn.id, Some(CloseReason::TransportFailed)));
                     }
@@ -1417,6 +1422,10 @@ impl Node {
         }
         for id in opened {
             self.browser_opened(id);
+        }
+        for id in browser_failed {
+            self.tell_peer(id, REFUSED_TRANSPORT, "WebRTC connection failed");
+            self.end(now, id, End::Failed(FailReason::BrowserFailed));
         }
         for id in peer_closed {
             self.end(
