@@ -39,6 +39,10 @@ pub(crate) fn respond(head: &[u8]) -> Option<Vec<u8>> {
         return None;
     }
     let path = target.split('?').next().unwrap_or(target);
+    if path == crate::signal::PATH {
+        // The signaling endpoint without an upgrade stays a 400 that says so.
+        return None;
+    }
     Some(match FILES.iter().find(|(name, _, _)| *name == path) {
         Some((_, content_type, body)) => response("200 OK", content_type, body),
         None => response(
@@ -113,6 +117,8 @@ mod tests {
             b"GET / SPDY/3\r\n",
             b"\xff\xfe\r\n",
             b"",
+            b"GET /ws HTTP/1.1\r\n",
+            b"GET /ws?x=1 HTTP/1.1\r\n",
         ] {
             assert!(respond(head).is_none(), "{head:?}");
         }
