@@ -203,6 +203,9 @@ pub struct BrowserSetup {
     pub remote_fingerprint: [u8; 32],
     /// Our host candidates: the addresses of the sockets the browser's checks arrive on.
     pub locals: Vec<SocketAddr>,
+    /// The browser's candidates, if it sent any: we check them too, which opens our NAT
+    /// toward the browser when it filters what did not go out first.
+    pub remotes: Vec<SocketAddr>,
 }
 
 /// How a channel delivers (RFC 8831 §6.1, RFC 8832 §5.1's channel types).
@@ -468,12 +471,20 @@ impl Peer {
     /// SDP is translated elsewhere): DTLS server (`a=setup:passive` in the answer the browser
     /// sees), SCTP server, ICE controlled. No remote candidate is given: the browser is learnt
     /// as a peer-reflexive candidate from its first check (RFC 8445 §7.3.1.3), which is how a
-    /// browser behind mDNS host names or a NAT is reached anyway. The browser opens the
+    /// browser behind mDNS host names or a NAT is reached anyway; the candidates it did send
+    /// (`remotes`) are checked as well. The browser opens the
     /// channels; they arrive as [`Event::ChannelOpen`].
     pub fn browser(now: Instant, setup: BrowserSetup, config: Config) -> Result<Peer, Error> {
         let rtc = Self::build(now, &setup.identity, &config, Some(setup.local_ice.clone()));
         let mut peer = Peer::with(rtc, config, now);
         peer.add_candidates(&setup.locals)?;
+        for addr in &setup.remotes {
+            // One the agent cannot take (a family we have no socket for) is left out.
+            if let Ok(c) = Candidate::host(*addr, "udp") {
+                peer.rtc.add_remote_candidate(c);
+                peer.drain();
+            }
+        }
         {
             let mut api = peer.rtc.direct_api();
             api.set_remote_ice_credentials(IceCreds {

@@ -57,6 +57,7 @@ out.verify = [
   await m.verifyAnswer(frame, { ...ctx, peerKey: unhex(input.browser_key) }),
   await m.verifyAnswer(alter((c) => { c.description.transports = ["rtc"]; }), ctx),
 ];
+out.candidates = m.candidatesOf(input.sdp);
 console.log(JSON.stringify(out));
 "#;
 
@@ -167,6 +168,14 @@ fn the_javascript_client_writes_every_transcript_as_the_node_does() {
     });
     let input = serde_json::json!({
         "signed_answer": signed_answer,
+        "sdp": "a=candidate:1 1 udp 2122260223 192.168.1.5 54321 typ host generation 0\r\n\
+                a=candidate:2 1 udp 2122260223 0b3e1a4c-1f2d.local 50000 typ host\r\n\
+                a=candidate:3 1 UDP 1686052607 203.0.113.9 6000 typ srflx raddr 192.168.1.5 rport 54321\r\n\
+                a=candidate:4 1 udp 2122262783 2001:0DB8:0:0:0:0:0:5 7 typ host\r\n\
+                a=candidate:5 1 udp 1 2001:db8:0:1:0:0:0:0 8 typ relay raddr 0.0.0.0 rport 0\r\n\
+                a=candidate:6 2 udp 1 1.2.3.4 7 typ host\r\n\
+                a=candidate:7 1 tcp 1 1.2.3.4 9 typ host tcptype active\r\n\
+                a=candidate:8 1 udp 1 fe80::1%eth0 9 typ host\r\n",
         "node_id": node.to_string(),
         "browser_id": browser.to_string(),
         "browser_key": hex(browser.as_bytes()),
@@ -242,6 +251,26 @@ fn the_javascript_client_writes_every_transcript_as_the_node_does() {
     *tampered.last_mut().unwrap() ^= 1;
     assert!(!signer.verify(&tampered, &signature));
     assert_eq!(out["sdp_ok"], serde_json::Value::Bool(true));
+    // The browser's candidates, written as the node re-writes what it parses (else the
+    // node's transcript would differ and it would drop the offer).
+    let candidates: Vec<fog_signal::msg::Candidate> =
+        serde_json::from_value(out["candidates"].clone()).expect("candidates the node parses");
+    let written: Vec<String> = candidates.iter().map(|c| c.addr.to_string()).collect();
+    assert_eq!(
+        written,
+        [
+            "192.168.1.5:54321",
+            "203.0.113.9:6000",
+            "[2001:db8::5]:7",
+            "[2001:db8:0:1::]:8"
+        ]
+    );
+    for (c, js) in candidates.iter().zip(out["candidates"].as_array().unwrap()) {
+        assert_eq!(js["addr"].as_str().unwrap(), c.addr.to_string());
+        if let Some(related) = c.related {
+            assert_eq!(js["related"].as_str().unwrap(), related.to_string());
+        }
+    }
     // Only the genuine answer passes: not one with a candidate, the fingerprint or the ufrag
     // changed, nor for another session or offer, nor from or signed by anyone else, nor for
     // another transport.

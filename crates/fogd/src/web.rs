@@ -6,6 +6,9 @@
 //! file system and no path is interpreted (no directory, no `..`, no percent-decoding): the
 //! request target, less its query, must equal one of the names. Anything that is not a
 //! `GET` stays a 400, as before.
+//!
+//! The module depends on nothing else in fogd, so that `fuzz/fuzz_targets/fogd_web.rs` can
+//! include it whole (it parses bytes from the network).
 
 /// The JavaScript client (ES module, no build step).
 const FOGCONNECT_JS: &str = include_str!("../web/fogconnect.js");
@@ -24,6 +27,10 @@ const FILES: &[(&str, &str, &str)] = &[
     ),
 ];
 
+/// Signaling's path (`signal::PATH`), repeated so that this module stands alone: the fuzz
+/// target `fogd_web` includes this file as it is.
+const WS_PATH: &str = "/ws";
+
 /// The longest request head looked at: the request line is in the first bytes.
 pub(crate) const HEAD_MAX: usize = 4096;
 
@@ -39,7 +46,7 @@ pub(crate) fn respond(head: &[u8]) -> Option<Vec<u8>> {
         return None;
     }
     let path = target.split('?').next().unwrap_or(target);
-    if path == crate::signal::PATH {
+    if path == WS_PATH {
         // The signaling endpoint without an upgrade stays a 400 that says so.
         return None;
     }
@@ -67,6 +74,11 @@ fn response(status: &str, content_type: &str, body: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ws_path_is_signaling_s() {
+        assert_eq!(WS_PATH, crate::signal::PATH);
+    }
 
     fn status(head: &[u8]) -> Option<String> {
         let r = respond(head)?;

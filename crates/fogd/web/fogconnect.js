@@ -293,7 +293,44 @@ export function fromLocalSdp(sdp) {
     pwd: get(/^a=ice-pwd:(\S+)\r?$/m),
     fingerprint: fingerprint && fingerprint.replace(/:/g, "").toLowerCase(),
     mid: get(/^a=mid:(\S+)\r?$/m) || "0",
+    candidates: candidatesOf(sdp),
   };
+}
+
+// The browser's UDP candidates of component 1 as our description's (RFC 8839 §5.1 grammar):
+// IP literals only (an mDNS `.local` name is no address for the node), at most 8.
+export function candidatesOf(sdp) {
+  const kinds = { host: "host", srflx: "srflx", prflx: "prflx", relay: "relay" };
+  const out = [];
+  for (const m of sdp.matchAll(/^a=candidate:\S+ 1 udp (\d+) (\S+) (\d+) typ (\w+)(.*?)\r?$/gim)) {
+    const [, priority, ip, port, typ, rest] = m;
+    const addr = socketAddr(ip, port);
+    if (!(typ in kinds) || !addr || Number(priority) > 0xffffffff) continue;
+    const c = { kind: kinds[typ], addr, priority: Number(priority) };
+    const rel = /raddr (\S+) rport (\d+)/.exec(rest);
+    const related = rel && typ !== "host" && socketAddr(rel[1], rel[2]);
+    if (related) c.related = related;
+    out.push(c);
+    if (out.length === 8) break;
+  }
+  return out;
+}
+
+// "ip:port" / "[ipv6]:port" exactly as Rust's SocketAddr writes it (the node re-writes the
+// address it parsed into the transcript it verifies): IPv6 compressed and lowercase (RFC 5952,
+// which the URL parser's serialisation follows); no zone, no embedded IPv4, no leading zeros.
+function socketAddr(ip, port) {
+  if (!/^\d{1,5}$/.test(port) || Number(port) > 65535) return null;
+  if (!ip.includes(":")) {
+    const ok = /^(0|[1-9]\d{0,2})(\.(0|[1-9]\d{0,2})){3}$/.test(ip) && ip.split(".").every((o) => Number(o) < 256);
+    return ok ? `${ip}:${Number(port)}` : null;
+  }
+  if (ip.includes(".") || ip.includes("%")) return null;
+  try {
+    return `${new URL(`http://[${ip}]/`).hostname}:${Number(port)}`;
+  } catch {
+    return null;
+  }
 }
 
 // "ip:port" or "[ipv6]:port" as SDP's address and port.
@@ -455,7 +492,10 @@ export class Signal {
   // session, openMs } once the data channel is open. `iceServers` go to RTCPeerConnection.
   // `signFingerprint` replaces the browser's own DTLS fingerprint in the signed offer: for
   // tests only, to show that the node then refuses the DTLS handshake.
-  async dial(target, { service = 1, label = "fog", iceServers = [], timeoutMs = 20000, signFingerprint } = {}) {
+  async dial(
+    target,
+    { service = 1, label = "fog", iceServers = [], timeoutMs = 20000, gatherMs = 1500, signFingerprint } = {},
+  ) {
     const started = performance.now();
     const peerKey = await this.resolve(target);
     const peer = peerIdText(peerKey);
@@ -463,6 +503,20 @@ export class Signal {
     const channel = pc.createDataChannel(label, { ordered: true });
     channel.binaryType = "arraybuffer";
     await pc.setLocalDescription(await pc.createOffer());
+    // Wait (a little) for the browser's candidates: the node checks them, which opens its NAT
+    // toward us when it lets in only what went out first. Without them it still learns us
+    // from our checks (peer-reflexive).
+    if (pc.iceGatheringState !== "complete") {
+      await new Promise((resolve) => {
+        const timer = setTimeout(resolve, gatherMs);
+        pc.addEventListener("icegatheringstatechange", () => {
+          if (pc.iceGatheringState === "complete") {
+            clearTimeout(timer);
+            resolve();
+          }
+        });
+      });
+    }
     const local = fromLocalSdp(pc.localDescription.sdp);
     if (!local.ufrag || !local.pwd || !local.fingerprint) {
       pc.close();
@@ -472,7 +526,7 @@ export class Signal {
     // the encryption), but the node's signed answer names it, so the answer is to this offer.
     const offerKey = random(32);
     const d = {
-      candidates: [],
+      candidates: local.candidates,
       transports: ["browser"],
       credentials: { ufrag: local.ufrag, pwd: local.pwd },
       service,

@@ -894,15 +894,24 @@ impl Node {
             },
             remote.rtc,
         );
+        // The browser's signed candidates (already capped on arrival); what we send them
+        // before they answer is metered by the probe ledger like any check.
+        let remotes: Vec<SocketAddr> = remote.candidates.iter().map(|c| c.addr).collect();
         let local_ice = fog_rtc::IceCredentials::from_seed(random_bytes(&mut self.rng));
         let fingerprint = self.rtc_fingerprint(&Transport::Browser);
         let locals: Vec<SocketAddr> = std::iter::once(self.config.base)
             .chain(self.hosts.iter().copied())
             .collect();
         let rtc = match (&self.rtc_identity, remote_fingerprint) {
-            (Some(identity), Some(theirs)) => {
-                rtc::Rtc::browser(identity, local_ice.clone(), remote_ice, theirs, locals, now)
-            }
+            (Some(identity), Some(theirs)) => rtc::Rtc::browser(
+                identity,
+                local_ice.clone(),
+                remote_ice,
+                theirs,
+                locals,
+                remotes,
+                now,
+            ),
             _ => None,
         };
         let Some(rtc) = rtc else {
@@ -963,6 +972,8 @@ impl Node {
         conn.last_heard = now;
         conn.received.datagrams += 1;
         let id = conn.id;
+        // It knew our ufrag for this browser (STUN) or ICE validated it (DTLS): it answers.
+        self.ledger.answered(now, packet.source.ip());
         self.pump_streams(now, Some(id));
         true
     }
@@ -1386,6 +1397,11 @@ impl Node {
                 if let transport::Stream::Rtc(rtc) = stream {
                     let mut raw_buf = [0u8; 2048];
                     while let Some(t) = rtc.poll_transmit_raw(now, &mut raw_buf) {
+                        let ip = t.destination.ip();
+                        if !self.ledger.allow(now, ip, self.config.probe_budget) {
+                            self.counters.probes_withheld += 1;
+                            continue;
+                        }
                         let local = t.source.unwrap_or(self.config.base);
                         self.outgoing
                             .push_back((local, t.destination, raw_buf[..t.len].to_vec()));
@@ -1478,7 +1494,7 @@ impl Node {
         let Some(transport::Stream::Rtc(rtc)) = &conn.stream else {
             return;
         };
-        let remote = rtc.remote();
+        let (local, remote) = rtc.path();
         conn.path = Some(Via::Direct);
         conn.connected_at = Some(self.now);
         conn.last_heard = self.now;
@@ -1487,7 +1503,7 @@ impl Node {
             peer: conn.peer,
             service: conn.service,
             passive: conn.passive,
-            local: self.config.base,
+            local,
             remote,
             rtt: Duration::ZERO,
             via: Via::Direct,

@@ -148,13 +148,15 @@ impl Rtc {
     }
 
     /// The answering peer of a browser that offered `remote_ice` and signed
-    /// `fingerprint`, on our sockets `locals`; `None` if the peer cannot be built.
+    /// `fingerprint`, on our sockets `locals`, checking the browser's candidates `remotes`;
+    /// `None` if the peer cannot be built.
     pub(super) fn browser(
         identity: &Identity,
         local_ice: IceCredentials,
         remote_ice: IceCredentials,
         fingerprint: CertFingerprint,
         locals: Vec<SocketAddr>,
+        remotes: Vec<SocketAddr>,
         now: Instant,
     ) -> Option<Rtc> {
         let addr = *locals.first()?;
@@ -164,6 +166,7 @@ impl Rtc {
             remote_ice,
             remote_fingerprint: fingerprint.0,
             locals,
+            remotes,
         };
         let config = Config {
             max_message: MAX_MESSAGE as u32,
@@ -189,9 +192,9 @@ impl Rtc {
         self.raw
     }
 
-    /// The browser's address, as last heard.
-    pub(super) fn remote(&self) -> SocketAddr {
-        self.remote
+    /// Our socket and the browser's address, as last heard.
+    pub(super) fn path(&self) -> (SocketAddr, SocketAddr) {
+        (self.addr, self.remote)
     }
 
     /// Whether `packet`, from the node's socket, is this browser peer's: a STUN message whose
@@ -203,7 +206,7 @@ impl Rtc {
 
     /// A raw datagram from the node's socket that [`accepts`](Self::accepts) took.
     pub(super) fn handle_raw(&mut self, now: Instant, packet: Receive<'_>) {
-        self.remote = packet.source;
+        (self.addr, self.remote) = (packet.local, packet.source);
         self.peer.handle_packet(now, packet);
     }
 
