@@ -398,6 +398,7 @@ export class Signal {
     this.nextId = 1;
     this.waiters = []; // [predicate, resolve, reject]
     this.sessions = new Map(); // session hex -> handler
+    this.log = () => {}; // set it to see what a dial does
     this.closed = new Promise((resolve) => {
       this.ws.onclose = (e) => {
         const err = new FogError(`signaling closed (${e.code} ${e.reason})`);
@@ -533,6 +534,7 @@ export class Signal {
       rtc: signFingerprint || local.fingerprint,
       seal: { key: hex(offerKey), signature: "" },
     };
+    this.log(`offer: candidates ${JSON.stringify(d.candidates)}`);
     const me = this.identity.publicKey;
     d.seal.signature = hex(await this.identity.sign(descriptionTranscript({ from: me, to: peerKey }, d)));
     const id = this.nextId++;
@@ -571,6 +573,7 @@ export class Signal {
       throw new FogError("the answer is not signed by the peer dialled: refused");
     }
     const a = answer.description;
+    this.log(`answer verified: candidates ${JSON.stringify(a.candidates)}`);
     await pc.setRemoteDescription({ type: "answer", sdp: toRemoteSdp(a, local.mid) });
     await new Promise((resolve, reject) => {
       const timer = setTimeout(() => reject(new FogError("the data channel did not open in time")), timeoutMs);
