@@ -1121,12 +1121,28 @@ fn doctor_explains_a_relayed_connection() {
 /// chromium unless `FOG_REQUIRE_INTEROP=1`.
 #[test]
 fn a_browser_reaches_a_node_behind_masquerade() {
-    let test = "a_browser_reaches_a_node_behind_masquerade";
+    browser_through("a_browser_reaches_a_node_behind_masquerade", "");
+}
+
+/// The same behind `masquerade fully-random` (symmetric: the node's flow to the browser gets a
+/// port of its own, not the server-reflexive one it answered with): the browser learns that
+/// port from the node's check (peer-reflexive) and answers there.
+#[test]
+fn a_browser_reaches_a_node_behind_a_symmetric_nat() {
+    browser_through(
+        "a_browser_reaches_a_node_behind_a_symmetric_nat",
+        "fully-random",
+    );
+}
+
+/// Headless Chromium in the internet namespace echoes 64 KiB through `fogconnect serve`
+/// behind a router doing `masquerade` with `flags` (see the tests above).
+fn browser_through(test: &str, flags: &str) {
     let Some(chromium) = find_tool("chromium") else {
         support::skip_or_fail(test, "chromium is not installed", "FOG_REQUIRE_INTEROP");
         return;
     };
-    let Some(lab) = lab(test, &[""]) else {
+    let Some(lab) = lab(test, &[flags]) else {
         return;
     };
     // Chromium gathers host candidates on the interface of its default route only (without a
@@ -1207,7 +1223,7 @@ fn a_browser_reaches_a_node_behind_masquerade() {
     assert_eq!(accepted["via"], "direct", "{accepted:#}");
     assert!(on(&accepted["local"], &Site(0).client()), "{accepted:#}");
     eprintln!(
-        "browser through masquerade: verdict {:.1} s after Chromium's start: {line}",
+        "browser through masquerade {flags}: verdict {:.1} s after Chromium's start: {line}",
         started.elapsed().as_secs_f64()
     );
 }
