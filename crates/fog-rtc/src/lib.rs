@@ -469,11 +469,10 @@ impl Peer {
 
     /// The answering side of a browser's `RTCPeerConnection`, set up without SDP (the browser's
     /// SDP is translated elsewhere): DTLS server (`a=setup:passive` in the answer the browser
-    /// sees), SCTP server, ICE controlled. No remote candidate is given: the browser is learnt
-    /// as a peer-reflexive candidate from its first check (RFC 8445 §7.3.1.3), which is how a
-    /// browser behind mDNS host names or a NAT is reached anyway; the candidates it did send
-    /// (`remotes`) are checked as well. The browser opens the
-    /// channels; they arrive as [`Event::ChannelOpen`].
+    /// sees), SCTP server, ICE controlled. The browser's own candidates (`remotes`, possibly
+    /// none) are checked, and wherever its checks really come from it is learnt as a
+    /// peer-reflexive candidate (RFC 8445 §7.3.1.3): how a browser behind mDNS host names or a
+    /// NAT is reached. The browser opens the channels; they arrive as [`Event::ChannelOpen`].
     pub fn browser(now: Instant, setup: BrowserSetup, config: Config) -> Result<Peer, Error> {
         let rtc = Self::build(now, &setup.identity, &config, Some(setup.local_ice.clone()));
         let mut peer = Peer::with(rtc, config, now);

@@ -952,6 +952,14 @@ impl Node {
     /// A datagram on our sockets for a browser's peer (STUN naming its ufrag, DTLS from the
     /// browser's address): whether one took it.
     fn give_browser(&mut self, now: Instant, packet: &Receive<'_>) -> bool {
+        // Only STUN and DTLS can be a browser's (RFC 7983 §7): sealed datagrams, QUIC and the
+        // rest never walk the connections.
+        if !matches!(
+            fog_core::classify(packet.payload, false),
+            fog_core::Protocol::Stun | fog_core::Protocol::Dtls
+        ) {
+            return false;
+        }
         let found = self
             .conns
             .values_mut()
