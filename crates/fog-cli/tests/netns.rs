@@ -1121,7 +1121,12 @@ fn doctor_explains_a_relayed_connection() {
 /// chromium unless `FOG_REQUIRE_INTEROP=1`.
 #[test]
 fn a_browser_reaches_a_node_behind_masquerade() {
-    browser_through("a_browser_reaches_a_node_behind_masquerade", "");
+    browser_through(
+        "a_browser_reaches_a_node_behind_masquerade",
+        &[""],
+        None,
+        "",
+    );
 }
 
 /// The same behind `masquerade fully-random` (symmetric: the node's flow to the browser gets a
@@ -1131,20 +1136,38 @@ fn a_browser_reaches_a_node_behind_masquerade() {
 fn a_browser_reaches_a_node_behind_a_symmetric_nat() {
     browser_through(
         "a_browser_reaches_a_node_behind_a_symmetric_nat",
-        "fully-random",
+        &["fully-random"],
+        None,
+        "",
     );
 }
 
-/// Headless Chromium in the internet namespace echoes 64 KiB through `fogconnect serve`
-/// behind a router doing `masquerade` with `flags` (see the tests above).
-fn browser_through(test: &str, flags: &str) {
+/// A browser behind one symmetric NAT (site 1) and the node behind another (site 0): no
+/// direct path exists, so the page asks fogd for TURN credentials (`&relay=1`) and reaches the
+/// node through fogd's relay; the node's check to the browser's relayed address opens its NAT
+/// toward the relay.
+#[test]
+fn a_browser_behind_a_symmetric_nat_reaches_a_node_behind_another_through_turn() {
+    browser_through(
+        "a_browser_behind_a_symmetric_nat_reaches_a_node_behind_another_through_turn",
+        &["fully-random", "fully-random"],
+        Some(1),
+        "&relay=1",
+    );
+}
+
+/// Headless Chromium echoes 64 KiB through `fogconnect serve` behind site 0's router: one
+/// site per entry of `masquerades` (its flags); the browser in the internet namespace, or
+/// behind site `browser_site`; `extra` added to the page's query.
+fn browser_through(test: &str, masquerades: &[&str], browser_site: Option<usize>, extra: &str) {
     let Some(chromium) = find_tool("chromium") else {
         support::skip_or_fail(test, "chromium is not installed", "FOG_REQUIRE_INTEROP");
         return;
     };
-    let Some(lab) = lab(test, &[flags]) else {
+    let Some(lab) = lab(test, masquerades) else {
         return;
     };
+    let flags = masquerades.join(" / ");
     // Chromium gathers host candidates on the interface of its default route only (without a
     // camera permission it enumerates no others), and the internet namespace has none. Give
     // it one that leads nowhere (a veth pair whose far end has no address; this kernel may
@@ -1153,7 +1176,7 @@ fn browser_through(test: &str, flags: &str) {
     // 203.0.113.1 too, and the node's NAT sees one browser address both ways. A default route
     // toward the site's router instead would make its private LAN reachable from outside.
     let browser = Site(0).gateway();
-    for args in [
+    let route: [&[&str]; 4] = [
         &[
             "link", "add", "browser0", "type", "veth", "peer", "name", "browser1",
         ][..],
@@ -1162,8 +1185,10 @@ fn browser_through(test: &str, flags: &str) {
         &[
             "route", "add", "default", "dev", "browser0", "src", &browser,
         ],
-    ] {
-        lab.run_in(lab.internet(), Command::new(&lab.ip).args(args))
+    ];
+    // Behind a site, the browser's default route is its router already.
+    for args in route.iter().filter(|_| browser_site.is_none()) {
+        lab.run_in(lab.internet(), Command::new(&lab.ip).args(*args))
             .expect("the browser's default route in the internet namespace");
     }
     let fogd = start_fogd(&lab, true);
@@ -1188,11 +1213,12 @@ fn browser_through(test: &str, flags: &str) {
         &format!("--unsafely-treat-insecure-origin-as-secure={origin}"),
         "--enable-logging=stderr",
         "--v=0",
-        &format!("{origin}/?peer=bob&selftest=65536&stun={SERVER_A1}:3478"),
+        &format!("{origin}/?peer=bob&selftest=65536&stun={SERVER_A1}:3478{extra}"),
     ]);
     let started = Instant::now();
-    let mut browser = ChildGuard::spawn("chromium", &mut lab.in_ns(lab.internet(), &browser))
-        .expect("spawning chromium");
+    let ns = browser_site.map_or(lab.internet(), |k| lab.client(k));
+    let mut browser =
+        ChildGuard::spawn("chromium", &mut lab.in_ns(ns, &browser)).expect("spawning chromium");
     let verdict = wait_for("the page's verdict", Duration::from_secs(45), || {
         browser.stderr_text().contains("fogconnect-selftest: ")
     });
@@ -1222,6 +1248,10 @@ fn browser_through(test: &str, flags: &str) {
     let accepted = one(&served, "connected");
     assert_eq!(accepted["via"], "direct", "{accepted:#}");
     assert!(on(&accepted["local"], &Site(0).client()), "{accepted:#}");
+    if extra.contains("relay") {
+        // The browser is heard from fogd's relayed address.
+        assert!(on(&accepted["remote"], SERVER_A1), "{accepted:#}");
+    }
     eprintln!(
         "browser through masquerade {flags}: verdict {:.1} s after Chromium's start: {line}",
         started.elapsed().as_secs_f64()

@@ -489,17 +489,37 @@ export class Signal {
     return found;
   }
 
+  // Short-lived TURN credentials from fogd (`relay_request`), as RTCPeerConnection's
+  // iceServers: for a browser whose NAT (or the node's) leaves no direct path.
+  async relayServers() {
+    const id = this.nextId++;
+    const creds = this.wait((m) => (m.type === "relay_credentials" && m.id === id ? m : undefined), id);
+    this.send({ type: "relay_request", id });
+    const c = await creds;
+    return [{ urls: c.urls, username: c.username, credential: c.password }];
+  }
+
   // Dials `target` (peer id or alias) for `service`: resolves to { pc, channel, peer,
-  // session, openMs } once the data channel is open. `iceServers` go to RTCPeerConnection.
+  // session, openMs } once the data channel is open. `iceServers` go to RTCPeerConnection;
+  // `relay` adds fogd's TURN server (with credentials it hands out) to them.
   // `signFingerprint` replaces the browser's own DTLS fingerprint in the signed offer: for
   // tests only, to show that the node then refuses the DTLS handshake.
   async dial(
     target,
-    { service = 1, label = "fog", iceServers = [], timeoutMs = 20000, gatherMs = 1500, signFingerprint } = {},
+    {
+      service = 1,
+      label = "fog",
+      iceServers = [],
+      relay = false,
+      timeoutMs = 20000,
+      gatherMs = 1500,
+      signFingerprint,
+    } = {},
   ) {
     const started = performance.now();
     const peerKey = await this.resolve(target);
     const peer = peerIdText(peerKey);
+    if (relay) iceServers = iceServers.concat(await this.relayServers());
     const pc = new RTCPeerConnection({ iceServers });
     const channel = pc.createDataChannel(label, { ordered: true });
     channel.binaryType = "arraybuffer";
