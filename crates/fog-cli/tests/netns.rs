@@ -547,3 +547,150 @@ fn doctor_explains_a_relayed_connection() {
         "{d:#}"
     );
 }
+
+/// A browser on the internet side dials a node behind a port-restricted cone (plain
+/// `masquerade`) by alias (issue 13 part 5). The node's NAT lets in only answers to flows from
+/// inside, so the browser's checks to the node's server-reflexive address get through only
+/// once the node checked the browser's own candidates, which the page signs into its offer:
+/// headless Chromium in the internet namespace loads fogd's page (`http://198.51.100.1`, made a
+/// secure context by flag), opens a data channel to `fogconnect serve`, which echoes 64 KiB,
+/// and the page's verdict (on Chromium's console) must say every byte came back. Skips without
+/// chromium unless `FOG_REQUIRE_INTEROP=1`.
+#[test]
+fn a_browser_reaches_a_node_behind_masquerade() {
+    browser_through(
+        "a_browser_reaches_a_node_behind_masquerade",
+        &[""],
+        None,
+        "",
+    );
+}
+
+/// The same behind `masquerade fully-random` (symmetric: the node's flow to the browser gets a
+/// port of its own, not the server-reflexive one it answered with): the browser learns that
+/// port from the node's check (peer-reflexive) and answers there.
+#[test]
+fn a_browser_reaches_a_node_behind_a_symmetric_nat() {
+    browser_through(
+        "a_browser_reaches_a_node_behind_a_symmetric_nat",
+        &["fully-random"],
+        None,
+        "",
+    );
+}
+
+/// A browser behind one symmetric NAT (site 1) and the node behind another (site 0): no
+/// direct path exists, so the page asks fogd for TURN credentials (`&relay=1`) and reaches the
+/// node through fogd's relay; the node's check to the browser's relayed address opens its NAT
+/// toward the relay.
+#[test]
+fn a_browser_behind_a_symmetric_nat_reaches_a_node_behind_another_through_turn() {
+    browser_through(
+        "a_browser_behind_a_symmetric_nat_reaches_a_node_behind_another_through_turn",
+        &["fully-random", "fully-random"],
+        Some(1),
+        "&relay=1",
+    );
+}
+
+/// Headless Chromium echoes 64 KiB through `fogconnect serve` behind site 0's router: one
+/// site per entry of `masquerades` (its flags); the browser in the internet namespace, or
+/// behind site `browser_site`; `extra` added to the page's query.
+fn browser_through(test: &str, masquerades: &[&str], browser_site: Option<usize>, extra: &str) {
+    let Some(chromium) = find_tool("chromium") else {
+        support::skip_or_fail(test, "chromium is not installed", "FOG_REQUIRE_INTEROP");
+        return;
+    };
+    let Some(lab) = lab(test, masquerades) else {
+        return;
+    };
+    let flags = masquerades.join(" / ");
+    // Chromium gathers host candidates on the interface of its default route only (without a
+    // camera permission it enumerates no others), and the internet namespace has none. Give
+    // it one that leads nowhere (a veth pair whose far end has no address; this kernel may
+    // lack the dummy type), with the WAN link's own address (203.0.113.1) as its source: the
+    // browser's socket is bound to no address, so what it sends toward the site leaves from
+    // 203.0.113.1 too, and the node's NAT sees one browser address both ways. A default route
+    // toward the site's router instead would make its private LAN reachable from outside.
+    let browser = Site(0).gateway();
+    let route: [&[&str]; 4] = [
+        &[
+            "link", "add", "browser0", "type", "veth", "peer", "name", "browser1",
+        ][..],
+        &["link", "set", "browser0", "up"],
+        &["link", "set", "browser1", "up"],
+        &[
+            "route", "add", "default", "dev", "browser0", "src", &browser,
+        ],
+    ];
+    // Behind a site, the browser's default route is its router already.
+    for args in route.iter().filter(|_| browser_site.is_none()) {
+        lab.run_in(lab.internet(), Command::new(&lab.ip).args(*args))
+            .expect("the browser's default route in the internet namespace");
+    }
+    let fogd = start_fogd(&lab, true);
+    let serve = serve(&lab, &fogd, 0, false, 1000);
+    wait_for("the node to be ready", Duration::from_secs(15), || {
+        !named(&json_lines(&serve), "ready").is_empty()
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", serve.output_text()));
+
+    let origin = format!("http://{SERVER_A1}:7600");
+    let profile = support::scratch_file("netns-chromium-profile");
+    let _ = fs::create_dir_all(&profile);
+    let mut browser = Command::new(chromium);
+    browser.args([
+        "--headless=new",
+        "--no-sandbox",
+        &format!("--user-data-dir={}", profile.display()),
+        "--no-first-run",
+        "--disable-gpu",
+        "--disable-features=WebRtcHideLocalIpsWithMdns",
+        // WebCrypto needs a secure context; the lab's origin is plain http.
+        &format!("--unsafely-treat-insecure-origin-as-secure={origin}"),
+        "--enable-logging=stderr",
+        "--v=0",
+        &format!("{origin}/?peer=bob&selftest=65536&stun={SERVER_A1}:3478{extra}"),
+    ]);
+    let started = Instant::now();
+    let ns = browser_site.map_or(lab.internet(), |k| lab.client(k));
+    let mut browser =
+        ChildGuard::spawn("chromium", &mut lab.in_ns(ns, &browser)).expect("spawning chromium");
+    let verdict = wait_for("the page's verdict", Duration::from_secs(45), || {
+        browser.stderr_text().contains("fogconnect-selftest: ")
+    });
+    let log = browser.stderr_text();
+    let _ = browser.terminate(Duration::from_secs(5));
+    verdict.unwrap_or_else(|e| {
+        panic!(
+            "{e}\n{}\n{}\n{}",
+            browser.output_text(),
+            serve.output_text(),
+            fogd.output_text()
+        )
+    });
+    let line = log
+        .lines()
+        .find(|l| l.contains("fogconnect-selftest: "))
+        .unwrap_or_default();
+    let console: Vec<&str> = log.lines().filter(|l| l.contains(":CONSOLE")).collect();
+    assert!(
+        line.contains("fogconnect-selftest: ok 65536 bytes echoed intact"),
+        "{line}\n{}\n{}",
+        console.join("\n"),
+        serve.output_text()
+    );
+    // The node took the browser's call on the path through its NAT.
+    let served = json_lines(&serve);
+    let accepted = one(&served, "connected");
+    assert_eq!(accepted["via"], "direct", "{accepted:#}");
+    assert!(on(&accepted["local"], &Site(0).client()), "{accepted:#}");
+    if extra.contains("relay") {
+        // The browser is heard from fogd's relayed address.
+        assert!(on(&accepted["remote"], SERVER_A1), "{accepted:#}");
+    }
+    eprintln!(
+        "browser through masquerade {flags}: verdict {:.1} s after Chromium's start: {line}",
+        started.elapsed().as_secs_f64()
+    );
+}

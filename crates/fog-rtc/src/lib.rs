@@ -189,6 +189,25 @@ pub struct DirectSetup {
     pub remote: SocketAddr,
 }
 
+/// What [`Peer::browser`] needs: a [`DirectSetup`] for the answering side of a browser's
+/// `RTCPeerConnection`, whose address is not known in advance.
+#[derive(Debug, Clone)]
+pub struct BrowserSetup {
+    /// Our certificate.
+    pub identity: Identity,
+    /// Our ICE credentials (sent to the browser in the answer).
+    pub local_ice: IceCredentials,
+    /// The browser's ICE credentials (from its offer's `a=ice-ufrag` / `a=ice-pwd`).
+    pub remote_ice: IceCredentials,
+    /// The SHA-256 fingerprint the browser's certificate must have.
+    pub remote_fingerprint: [u8; 32],
+    /// Our host candidates: the addresses of the sockets the browser's checks arrive on.
+    pub locals: Vec<SocketAddr>,
+    /// The browser's candidates, if it sent any: we check them too, which opens our NAT
+    /// toward the browser when it filters what did not go out first.
+    pub remotes: Vec<SocketAddr>,
+}
+
 /// How a channel delivers (RFC 8831 §6.1, RFC 8832 §5.1's channel types).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reliability {
@@ -446,6 +465,46 @@ impl Peer {
             ids.push(peer.open_channel(now, options)?);
         }
         Ok((peer, ids))
+    }
+
+    /// The answering side of a browser's `RTCPeerConnection`, set up without SDP (the browser's
+    /// SDP is translated elsewhere): DTLS server (`a=setup:passive` in the answer the browser
+    /// sees), SCTP server, ICE controlled. The browser's own candidates (`remotes`, possibly
+    /// none) are checked, and wherever its checks really come from it is learnt as a
+    /// peer-reflexive candidate (RFC 8445 §7.3.1.3): how a browser behind mDNS host names or a
+    /// NAT is reached. The browser opens the channels; they arrive as [`Event::ChannelOpen`].
+    pub fn browser(now: Instant, setup: BrowserSetup, config: Config) -> Result<Peer, Error> {
+        let rtc = Self::build(now, &setup.identity, &config, Some(setup.local_ice.clone()));
+        let mut peer = Peer::with(rtc, config, now);
+        peer.add_candidates(&setup.locals)?;
+        for addr in &setup.remotes {
+            // One the agent cannot take (a family we have no socket for) is left out.
+            if let Ok(c) = Candidate::host(*addr, "udp") {
+                peer.rtc.add_remote_candidate(c);
+                peer.drain();
+            }
+        }
+        {
+            let mut api = peer.rtc.direct_api();
+            api.set_remote_ice_credentials(IceCreds {
+                ufrag: setup.remote_ice.ufrag,
+                pass: setup.remote_ice.pwd,
+            });
+            api.set_remote_fingerprint(Fingerprint {
+                hash_func: HASH.into(),
+                bytes: setup.remote_fingerprint.to_vec(),
+            });
+            api.set_ice_controlling(false);
+        }
+        peer.drain();
+        peer.rtc
+            .direct_api()
+            .start_dtls(false)
+            .map_err(|e| Error::Rtc(e.to_string()))?;
+        peer.drain();
+        peer.rtc.direct_api().start_sctp(false);
+        peer.drain();
+        Ok(peer)
     }
 
     /// An SDP offerer with one data channel (an offer needs its `m=application` line) and the

@@ -492,6 +492,10 @@ pub enum Transport {
     Sctp,
     /// `rtc` (WebRTC data channels)
     Rtc,
+    /// `browser`: WebRTC data channels with a web browser, ICE and DTLS raw on the answering
+    /// node's socket (the browser cannot seal datagrams); the offer's `rtc` is the browser's
+    /// DTLS fingerprint and its `credentials` are its ICE ufrag and password (`docs/browser.md`).
+    Browser,
     /// Any other name.
     Other(String),
 }
@@ -505,6 +509,7 @@ impl From<String> for Transport {
             "quic" => Transport::Quic,
             "sctp" => Transport::Sctp,
             "rtc" => Transport::Rtc,
+            "browser" => Transport::Browser,
             _ => Transport::Other(s),
         }
     }
@@ -519,6 +524,7 @@ impl From<Transport> for String {
             Transport::Quic => "quic".into(),
             Transport::Sctp => "sctp".into(),
             Transport::Rtc => "rtc".into(),
+            Transport::Browser => "browser".into(),
             Transport::Other(s) => s,
         }
     }

@@ -117,6 +117,7 @@ mod signal;
 mod signals;
 mod stun;
 mod turn;
+mod web;
 
 use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver};

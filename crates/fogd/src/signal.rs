@@ -35,6 +35,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::web;
+
 use fog_signal::KeyPair;
 use fog_signal::msg::{ErrorCode, ServerMsg};
 use fog_signal::server::{ClusterOutput, ConnId, Limits, Output, Server, ServerConfig};
@@ -462,6 +464,8 @@ pub(crate) struct Stats {
     pub(crate) not_found: u64,
     /// Requests answered 400 (not a WebSocket upgrade, or malformed HTTP).
     pub(crate) bad_requests: u64,
+    /// Plain `GET`s answered with a browser client file or 404 (`web`).
+    pub(crate) served: u64,
     /// Handshakes cut at the handshake timeout.
     pub(crate) handshake_timeouts: u64,
     /// TLS handshakes or records that failed.
@@ -506,6 +510,7 @@ impl Report {
             upgraded = s.upgraded,
             not_found = s.not_found,
             bad_requests = s.bad_requests,
+            served = s.served,
             handshake_timeouts = s.handshake_timeouts,
             tls_errors = s.tls_errors,
             frames_in = s.frames_in,
@@ -567,12 +572,20 @@ impl Write for Transport {
 /// The transport shared between tungstenite (which owns its stream) and the loop (which must
 /// still reach the socket after a failed handshake, to answer 400, and to register, shut down
 /// and linger). One thread only.
+/// The second field keeps the first bytes of the request (up to [`web::HEAD_MAX`]), so that a
+/// plain `GET` that is no upgrade can be answered with one of the browser client's files.
 #[derive(Clone)]
-struct Shared(Rc<RefCell<Transport>>);
+struct Shared(Rc<RefCell<Transport>>, Rc<RefCell<Vec<u8>>>);
 
 impl Read for Shared {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.borrow_mut().read(buf)
+        let n = self.0.borrow_mut().read(buf)?;
+        let mut head = self.1.borrow_mut();
+        if head.len() < web::HEAD_MAX {
+            let room = web::HEAD_MAX - head.len();
+            head.extend_from_slice(&buf[..n.min(room)]);
+        }
+        Ok(n)
     }
 }
 
@@ -775,7 +788,10 @@ impl Loop {
                 }
             },
         };
-        let io = Shared(Rc::new(RefCell::new(transport)));
+        let io = Shared(
+            Rc::new(RefCell::new(transport)),
+            Rc::new(RefCell::new(Vec::new())),
+        );
         tracing::debug!(conn = id, addr = %peer, "signaling: TCP connection");
         let deadline = self.now + self.handshake_timeout;
         self.deadlines.insert((deadline, id));
@@ -854,6 +870,14 @@ impl Loop {
             }
             Err(HandshakeError::Failure(e)) => {
                 // Malformed HTTP, or a request that is not an upgrade: tungstenite answers none.
+                // A plain GET is answered with the browser client's file (or 404).
+                let served = web::respond(&conn.io.1.borrow());
+                if let Some(response) = served {
+                    self.stats.served += 1;
+                    tracing::debug!(conn = id, addr = %conn.addr, "signaling: served a file");
+                    self.enter_closing(id, response);
+                    return;
+                }
                 self.stats.bad_requests += 1;
                 tracing::debug!(conn = id, addr = %conn.addr, error = %e, "signaling: bad request");
                 self.enter_closing(id, BAD_REQUEST.to_vec());

@@ -175,6 +175,44 @@ fn requests_that_are_not_an_upgrade_get_400_and_are_closed() {
 }
 
 #[test]
+fn plain_gets_get_the_browser_client_files_or_404() {
+    let fogd = SignalFogd::start(&[]);
+    let js = raw_exchange(&fogd, b"GET /fogconnect.js HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(js.starts_with("HTTP/1.1 200 OK\r\n"), "{js}");
+    assert!(
+        js.contains("Content-Type: text/javascript; charset=utf-8\r\n"),
+        "{js}"
+    );
+    assert!(js.contains("export class Signal"), "{js}");
+    let page = raw_exchange(
+        &fogd,
+        b"GET /?peer=X&selftest=1 HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
+    assert!(page.starts_with("HTTP/1.1 200 OK\r\n"), "{page}");
+    assert!(
+        page.contains("Content-Type: text/html; charset=utf-8\r\n"),
+        "{page}"
+    );
+    assert!(page.contains("import { Identity, Signal } from \"/fogconnect.js\""));
+    for path in [
+        "/etc/passwd",
+        "/../fogconnect.js",
+        "/fogconnect.js/x",
+        "/web/index.html",
+    ] {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+        let answer = raw_exchange(&fogd, request.as_bytes());
+        assert!(
+            answer.starts_with("HTTP/1.1 404 Not Found\r\n"),
+            "{path}: {answer}"
+        );
+    }
+    let stats = fogd.stop();
+    assert_eq!(stats.get("served"), 6);
+    assert_eq!(stats.get("bad_requests"), 0);
+}
+
+#[test]
 fn a_frame_over_the_limit_is_closed_with_1009() {
     let fogd = SignalFogd::start(&["--max-frame-len", "2048"]);
     let mut ws = open(fogd.addr, "/ws", None).unwrap();

@@ -31,6 +31,8 @@ pub(super) enum Phase {
     Accepted,
     /// Both descriptions known: punching, then connected.
     Running(Box<Agent>),
+    /// A browser's, answered: its fog-rtc peer (the connection's stream) does ICE itself.
+    Browser,
 }
 
 /// Bytes per second over whole seconds: the count of the current second, and the rate of the

@@ -84,6 +84,10 @@ pub enum FailReason {
     TimedOut,
     /// Punching found no direct path and no relay was usable before the timeout.
     NoPath,
+    /// A browser's WebRTC peer failed before its channel opened: no ICE check came, or its
+    /// DTLS certificate was not the one it signed into its offer
+    /// ([`Transport::Browser`](super::Transport::Browser)).
+    BrowserFailed,
     /// The signaling server ended the session before it had a path: the peer left, or the
     /// offer went unanswered for the server's offer timeout.
     SessionEnded {
@@ -121,6 +125,9 @@ impl fmt::Display for FailReason {
             }
             FailReason::TimedOut => f.write_str("no path before the connect timeout"),
             FailReason::NoPath => f.write_str("no direct path and no relay"),
+            FailReason::BrowserFailed => f.write_str(
+                "the browser's WebRTC connection failed (no check, or a certificate other than the signed one)",
+            ),
             FailReason::SessionEnded { reason } => {
                 write!(f, "the signaling server ended the session ({reason})")
             }

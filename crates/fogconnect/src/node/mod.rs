@@ -625,7 +625,7 @@ impl Node {
         &mut self,
         transport: &Transport,
     ) -> Option<fog_signal::msg::CertFingerprint> {
-        if *transport != Transport::Rtc {
+        if !matches!(transport, Transport::Rtc | Transport::Browser) {
             return None;
         }
         if self.rtc_identity.is_none() {
@@ -836,6 +836,10 @@ impl Node {
             return;
         };
         let key = conn.exchange.public();
+        if conn.transport == Transport::Browser {
+            self.answer_browser(now, id, session, offer_key, key);
+            return;
+        }
         let keys = seal::Keys::derive(
             &conn.exchange,
             &offer_key,
@@ -871,6 +875,125 @@ impl Node {
         if self.client.answer(session, description).is_err() {
             self.end(now, id, End::Failed(FailReason::SignalingLost));
         }
+    }
+
+    /// Answers a browser ([`Transport::Browser`], `docs/browser.md`): our signed description
+    /// carries the ICE credentials and host and server-reflexive candidates of a fog-rtc peer
+    /// that speaks raw ICE and DTLS on our sockets, and our DTLS fingerprint; the peer accepts
+    /// only the certificate whose fingerprint the browser signed into its offer. No agent and
+    /// no session keys: the browser checks our candidates, and DTLS is the encryption.
+    fn answer_browser(
+        &mut self,
+        now: Instant,
+        id: ConnectionId,
+        session: SessionId,
+        offer_key: fog_signal::msg::ExchangeKey,
+        key: fog_signal::msg::ExchangeKey,
+    ) {
+        let Some(conn) = self.conns.get(&id) else {
+            return;
+        };
+        let (peer, service) = (conn.peer, conn.service);
+        let Some(remote) = conn.remote.as_ref() else {
+            return;
+        };
+        let (remote_ice, remote_fingerprint) = (
+            fog_rtc::IceCredentials {
+                ufrag: remote.credentials.ufrag.clone(),
+                pwd: remote.credentials.pwd.clone(),
+            },
+            remote.rtc,
+        );
+        // The browser's signed candidates (already capped on arrival); what we send them
+        // before they answer is metered by the probe ledger like any check.
+        let remotes: Vec<SocketAddr> = remote.candidates.iter().map(|c| c.addr).collect();
+        let local_ice = fog_rtc::IceCredentials::from_seed(random_bytes(&mut self.rng));
+        let fingerprint = self.rtc_fingerprint(&Transport::Browser);
+        let locals: Vec<SocketAddr> = std::iter::once(self.config.base)
+            .chain(self.hosts.iter().copied())
+            .collect();
+        let rtc = match (&self.rtc_identity, remote_fingerprint) {
+            (Some(identity), Some(theirs)) => rtc::Rtc::browser(
+                identity,
+                local_ice.clone(),
+                remote_ice,
+                theirs,
+                locals,
+                remotes,
+                now,
+            ),
+            _ => None,
+        };
+        let Some(rtc) = rtc else {
+            self.tell_peer(id, REFUSED_TRANSPORT, "no WebRTC peer for this browser");
+            self.end(now, id, End::Failed(FailReason::BrowserFailed));
+            return;
+        };
+        let mut description = self.description(&local_ice.ufrag, service, &Transport::Browser);
+        // A browser reaches our sockets, not a TURN allocation's or a predicted port (the
+        // relay is for nodes, whose datagrams are sealed), and has no use for our NAT's
+        // behaviour. The password goes too: the browser's checks need it (it needs no
+        // secrecy, as the DTLS fingerprints, which are signed, are what authenticates).
+        description.candidates.retain(|c| {
+            use fog_signal::msg::CandidateKind as K;
+            matches!(c.kind, K::Host | K::Srflx | K::Mapped)
+        });
+        description.nat = None;
+        description.credentials.pwd = local_ice.pwd;
+        description.rtc = fingerprint;
+        let role = seal::Role::Answer {
+            from: self.peer_id(),
+            to: peer,
+            session,
+            offer_key: &offer_key,
+        };
+        let description = self.sign(&role, description, key);
+        if self.client.answer(session, description).is_err() {
+            self.end(now, id, End::Failed(FailReason::SignalingLost));
+            return;
+        }
+        if let Some(conn) = self.conns.get_mut(&id) {
+            conn.ufrag = local_ice.ufrag;
+            conn.stream = Some(transport::Stream::Rtc(Box::new(rtc)));
+            conn.phase = Phase::Browser;
+        }
+    }
+
+    /// A datagram on our sockets for a browser's peer (STUN naming its ufrag, DTLS from the
+    /// browser's address): whether one took it.
+    fn give_browser(&mut self, now: Instant, packet: &Receive<'_>) -> bool {
+        // Only STUN and DTLS can be a browser's (RFC 7983 §7): sealed datagrams, QUIC and the
+        // rest never walk the connections.
+        if !matches!(
+            fog_core::classify(packet.payload, false),
+            fog_core::Protocol::Stun | fog_core::Protocol::Dtls
+        ) {
+            return false;
+        }
+        let found = self
+            .conns
+            .values_mut()
+            .find(|c| matches!(&c.stream, Some(transport::Stream::Rtc(r)) if r.accepts(packet)));
+        let Some(conn) = found else {
+            return false;
+        };
+        if let Some(transport::Stream::Rtc(rtc)) = &mut conn.stream {
+            rtc.handle_raw(
+                now,
+                Receive {
+                    source: packet.source,
+                    local: packet.local,
+                    payload: packet.payload,
+                },
+            );
+        }
+        conn.last_heard = now;
+        conn.received.datagrams += 1;
+        let id = conn.id;
+        // It knew our ufrag for this browser (STUN) or ICE validated it (DTLS): it answers.
+        self.ledger.answered(now, packet.source.ip());
+        self.pump_streams(now, Some(id));
+        true
     }
 
     /// The agent of a connection whose two descriptions are known.
@@ -1241,6 +1364,9 @@ impl Node {
     fn pump_streams(&mut self, now: Instant, only: Option<ConnectionId>) {
         let mut buf = [0u8; MAX_DATAGRAM + 1];
         let mut ended = Vec::new();
+        let mut opened = Vec::new();
+        let mut peer_closed = Vec::new();
+        let mut browser_failed = Vec::new();
         let conns = match only {
             Some(id) => self.conns.range_mut(id..=id),
             None => self.conns.range_mut(..),
@@ -1254,8 +1380,11 @@ impl Node {
             let Some(stream) = &mut conn.stream else {
                 continue;
             };
+            let raw = matches!(stream, transport::Stream::Rtc(r) if r.is_raw());
+            let connected = conn.connected_at.is_some();
             for happened in stream.poll() {
                 match happened {
+                    transport::Happened::Opened => opened.push(conn.id),
                     transport::Happened::Data(data) => {
                         conn.received.add(now, data.len());
                         self.events.push_back(Event::Data { id: conn.id, data });
@@ -1267,11 +1396,36 @@ impl Node {
                     transport::Happened::PeerClosed if conn.closing.is_some() => {
                         ended.push((conn.id, None));
                     }
+                    // A browser closes its channel and nothing follows (no sealed close).
+                    transport::Happened::PeerClosed if raw => peer_closed.push(conn.id),
                     transport::Happened::PeerClosed => {}
+                    transport::Happened::Dead if raw && !connected => {
+                        browser_failed.push(conn.id);
+                    }
                     transport::Happened::Dead => {
                         ended.push((conn.id, Some(CloseReason::TransportFailed)));
                     }
                 }
+            }
+            if raw {
+                if conn.stream_blocked && stream.has_room() {
+                    conn.stream_blocked = false;
+                    self.events.push_back(Event::Writable);
+                }
+                if let transport::Stream::Rtc(rtc) = stream {
+                    let mut raw_buf = [0u8; 2048];
+                    while let Some(t) = rtc.poll_transmit_raw(now, &mut raw_buf) {
+                        let ip = t.destination.ip();
+                        if !self.ledger.allow(now, ip, self.config.probe_budget) {
+                            self.counters.probes_withheld += 1;
+                            continue;
+                        }
+                        let local = t.source.unwrap_or(self.config.base);
+                        self.outgoing
+                            .push_back((local, t.destination, raw_buf[..t.len].to_vec()));
+                    }
+                }
+                continue;
             }
             let Some(keys) = &mut conn.keys else {
                 continue;
@@ -1299,6 +1453,26 @@ impl Node {
                 // With no path at all the datagram is lost, as on a path that drops it:
                 // the stream retransmits.
             }
+        }
+        for id in opened {
+            self.browser_opened(id);
+        }
+        for id in browser_failed {
+            self.tell_peer(id, REFUSED_TRANSPORT, "WebRTC connection failed");
+            self.end(now, id, End::Failed(FailReason::BrowserFailed));
+        }
+        for id in peer_closed {
+            self.end(
+                now,
+                id,
+                End::Closed {
+                    reason: CloseReason::Application {
+                        code: 0,
+                        reason: "the browser closed the channel".into(),
+                    },
+                    by_peer: true,
+                },
+            );
         }
         for (id, failure) in ended {
             match failure {
@@ -1328,6 +1502,30 @@ impl Node {
                 }
             }
         }
+    }
+
+    /// A browser's channel opened: the connection is up, straight to the browser's address.
+    fn browser_opened(&mut self, id: ConnectionId) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let Some(transport::Stream::Rtc(rtc)) = &conn.stream else {
+            return;
+        };
+        let (local, remote) = rtc.path();
+        conn.path = Some(Via::Direct);
+        conn.connected_at = Some(self.now);
+        conn.last_heard = self.now;
+        self.events.push_back(Event::Connected {
+            id,
+            peer: conn.peer,
+            service: conn.service,
+            passive: conn.passive,
+            local,
+            remote,
+            rtt: Duration::ZERO,
+            via: Via::Direct,
+        });
     }
 
     /// The peer ended the connection with `code` and `reason`.
@@ -1731,6 +1929,9 @@ impl SansIo for Node {
             }
         }
         if self.handle_refresh_answer(now, &packet) || self.handle_watch_answer(now, &packet) {
+            return;
+        }
+        if self.give_browser(now, &packet) {
             return;
         }
         if self.deliver(now, packet.payload) {

@@ -32,10 +32,10 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Instant;
 
-use fog_core::{Receive, SansIo};
+use fog_core::{Receive, SansIo, Transmit};
 use fog_rtc::{
-    ChannelId, ChannelOptions, Config, DirectSetup, Event as RtcEvent, IceCredentials, Identity,
-    Peer, Role, SendError as RtcSendError,
+    BrowserSetup, ChannelId, ChannelOptions, Config, DirectSetup, Event as RtcEvent,
+    IceCredentials, Identity, Peer, Role, SendError as RtcSendError,
 };
 use fog_signal::msg::{CertFingerprint, SessionId};
 use sha2::{Digest, Sha256};
@@ -75,6 +75,10 @@ pub(super) struct Rtc {
     happened: Vec<Happened>,
     addr: SocketAddr,
     remote: SocketAddr,
+    /// A browser's peer: raw ICE and DTLS on the node's socket, not inside the seal
+    /// (`docs/browser.md`); `addr` and `remote` are then real addresses, `remote` the last
+    /// one the browser was heard from.
+    raw: bool,
 }
 
 impl std::fmt::Debug for Rtc {
@@ -139,7 +143,76 @@ impl Rtc {
             happened: Vec::new(),
             addr,
             remote,
+            raw: false,
         })
+    }
+
+    /// The answering peer of a browser that offered `remote_ice` and signed
+    /// `fingerprint`, on our sockets `locals`, checking the browser's candidates `remotes`;
+    /// `None` if the peer cannot be built.
+    pub(super) fn browser(
+        identity: &Identity,
+        local_ice: IceCredentials,
+        remote_ice: IceCredentials,
+        fingerprint: CertFingerprint,
+        locals: Vec<SocketAddr>,
+        remotes: Vec<SocketAddr>,
+        now: Instant,
+    ) -> Option<Rtc> {
+        let addr = *locals.first()?;
+        let setup = BrowserSetup {
+            identity: identity.clone(),
+            local_ice,
+            remote_ice,
+            remote_fingerprint: fingerprint.0,
+            locals,
+            remotes,
+        };
+        let config = Config {
+            max_message: MAX_MESSAGE as u32,
+            ..Config::default()
+        };
+        let peer = Peer::browser(now, setup, config).ok()?;
+        Some(Rtc {
+            peer,
+            caller: false,
+            channel: None,
+            open: false,
+            closing: false,
+            over: false,
+            happened: Vec::new(),
+            addr,
+            remote: addr,
+            raw: true,
+        })
+    }
+
+    /// Whether this is a browser's peer, whose datagrams go raw on the node's socket.
+    pub(super) fn is_raw(&self) -> bool {
+        self.raw
+    }
+
+    /// Our socket and the browser's address, as last heard.
+    pub(super) fn path(&self) -> (SocketAddr, SocketAddr) {
+        (self.addr, self.remote)
+    }
+
+    /// Whether `packet`, from the node's socket, is this browser peer's: a STUN message whose
+    /// USERNAME starts with our ufrag (or an answer to our check), or DTLS from an address its
+    /// checks made a candidate (str0m's own demux).
+    pub(super) fn accepts(&self, packet: &Receive<'_>) -> bool {
+        self.raw && !self.over && self.peer.accepts(packet)
+    }
+
+    /// A raw datagram from the node's socket that [`accepts`](Self::accepts) took.
+    pub(super) fn handle_raw(&mut self, now: Instant, packet: Receive<'_>) {
+        (self.addr, self.remote) = (packet.local, packet.source);
+        self.peer.handle_packet(now, packet);
+    }
+
+    /// The next raw datagram for the node's socket.
+    pub(super) fn poll_transmit_raw(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        self.peer.poll_transmit(now, buf)
     }
 
     /// Queues one message.
@@ -226,8 +299,11 @@ impl Rtc {
                     if self.channel.is_none() && !self.caller {
                         self.channel = Some(channel);
                     }
-                    if Some(channel) == self.channel {
+                    if Some(channel) == self.channel && !self.open {
                         self.open = true;
+                        if self.raw {
+                            self.happened.push(Happened::Opened);
+                        }
                     }
                 }
                 RtcEvent::Message { channel, data, .. }

@@ -539,8 +539,15 @@ impl Node {
             .first()
             .cloned()
             .unwrap_or(Transport::Datagram);
-        if !super::transport::supported(&transport) || !self.config.transports.contains(&transport)
-        {
+        // A node that runs RTC answers browsers too (their offers must carry the DTLS
+        // fingerprint the browser signed).
+        let runs = match &transport {
+            Transport::Browser => {
+                self.config.transports.contains(&Transport::Rtc) && description.rtc.is_some()
+            }
+            t => super::transport::supported(t) && self.config.transports.contains(t),
+        };
+        if !runs {
             let why = format!("transport {} not run here", String::from(transport));
             let _ = self.client.close(session, super::REFUSED_TRANSPORT, &why);
             return;

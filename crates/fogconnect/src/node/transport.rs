@@ -103,6 +103,9 @@ pub(super) enum Stream {
 /// What a stream asks of its connection.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Happened {
+    /// A browser's channel opened: the connection is up (only a browser's peer says it; the
+    /// others start on a path that is already there).
+    Opened,
     /// A message arrived, in order.
     Data(Vec<u8>),
     /// Our graceful close completed (or gave up): the connection may close now.
