@@ -596,8 +596,13 @@ fn a_browser_behind_a_symmetric_nat_reaches_a_node_behind_another_through_turn()
 /// Headless Chromium echoes 64 KiB through `fogconnect serve` behind site 0's router: one
 /// site per entry of `masquerades` (its flags); the browser in the internet namespace, or
 /// behind site `browser_site`; `extra` added to the page's query.
-fn browser_through(test: &str, masquerades: &[&str], browser_site: Option<usize>, extra: &str) {
-    let Some(chromium) = find_tool("chromium") else {
+fn browser_through(
+    test: &str,
+    masquerades: &[&'static str],
+    browser_site: Option<usize>,
+    extra: &str,
+) {
+    let Some(chromium) = support::find_tool("chromium") else {
         support::skip_or_fail(test, "chromium is not installed", "FOG_REQUIRE_INTEROP");
         return;
     };
@@ -625,7 +630,9 @@ fn browser_through(test: &str, masquerades: &[&str], browser_site: Option<usize>
     ];
     // Behind a site, the browser's default route is its router already.
     for args in route.iter().filter(|_| browser_site.is_none()) {
-        lab.run_in(lab.internet(), Command::new(&lab.ip).args(*args))
+        let mut ip_args = vec!["-n", lab.internet()];
+        ip_args.extend_from_slice(args);
+        lab.ip_cmd(&ip_args)
             .expect("the browser's default route in the internet namespace");
     }
     let fogd = start_fogd(&lab, true);
