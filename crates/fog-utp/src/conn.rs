@@ -408,6 +408,14 @@ impl Connection {
         if self.state == State::SynRecv {
             self.state = State::Connected;
             self.timers.clear(Timer::Handshake);
+            // The SYN-ACK's repeats doubled the timeout; data starts from the estimate (below,
+            // `on_retransmit_timeout` would otherwise go on doubling it while idle: the first
+            // write after a minute of quiet then waited a minute for its first resend).
+            self.retransmit_count = 0;
+            self.retransmit_timeout = self.rto;
+            if !self.outbuf.iter().any(|p| p.sent_at.is_some() && !p.sacked) {
+                self.timers.clear(Timer::Retransmit);
+            }
         }
         self.peer_wnd = repr.wnd_size as usize;
         if repr.timestamp != 0 {
@@ -762,6 +770,14 @@ impl Connection {
         let in_flight = self.outbuf.iter().any(|p| p.sent_at.is_some() && !p.sacked);
         self.cc.on_timeout(in_flight, self.max_payload);
         self.duplicate_acks = 0;
+        if !in_flight {
+            // Idle: nothing to resend. libutp doubles here too and re-arms, so an idle
+            // connection's timeout grows without bound and its next write's first loss waits
+            // that long (chaos seed 0: a minute). Back to the estimate; the next send arms it.
+            self.retransmit_timeout = self.rto;
+            self.timers.clear(Timer::Retransmit);
+            return;
+        }
         self.retransmit_timeout *= 2;
         for p in self.outbuf.iter_mut() {
             if p.sent_at.is_some() && !p.need_resend && !p.sacked {

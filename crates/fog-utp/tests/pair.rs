@@ -1249,3 +1249,82 @@ fn both_ways_under_loss_with_clocks_one_delay_apart() {
         );
     }
 }
+
+/// Chaos seed 0 (after the answerer-first change): a few seconds after the handshake, the
+/// acceptor writes for the first time while the route is down for 10 s; once it is back,
+/// everything must arrive with the next resend, its timeout grown from the RTT estimate by the
+/// outage's losses alone. (The timeout had doubled on every expiry while idle: 8 s at the
+/// first write here, a minute in the chaos run, so the resend after the outage came that much
+/// later.)
+#[test]
+fn the_acceptors_first_data_survives_an_outage() {
+    let t0 = Instant::now();
+    let mut pair = Pair::lossless(
+        7,
+        t0,
+        Config::with_seed([7; 32]),
+        Config::with_seed([8; 32]),
+    );
+    let a = pair.ep[0].connect(pair.now, addr(2)).unwrap();
+    let mut b = None;
+    let mut buf = vec![0u8; 64 * 1024];
+    // The handshake, and a few seconds idle (the initiator writes nothing).
+    while pair.now < t0 + Duration::from_secs(5) {
+        for e in std::mem::take(&mut pair.events[1]) {
+            if let Event::Incoming { conn, .. } = e {
+                b = Some(conn);
+            }
+        }
+        assert!(pair.step());
+    }
+    let b = b.expect("the acceptor's connection");
+    // The route goes down; the acceptor writes four packets' worth.
+    pair.net.loss = 1.0;
+    let sent = data(9, 4 * 513);
+    let mut off = 0;
+    let mut got = Vec::new();
+    let back = pair.now + Duration::from_secs(10);
+    let give_up = pair.now + Duration::from_secs(40);
+    while pair.now < give_up && got.len() < sent.len() {
+        if pair.now >= back {
+            pair.net.loss = 0.0;
+        }
+        // The route comes back at `back` exactly, not at the first event after it.
+        let timers = pair.ep.iter().filter_map(|e| e.poll_timeout());
+        let next = timers
+            .chain(pair.net.queue.peek().map(|Reverse((t, ..))| *t))
+            .min();
+        if pair.now < back && next.is_some_and(|n| n > back) {
+            pair.now = back;
+            continue;
+        }
+        while off < sent.len() {
+            match pair.ep[1].write(b, &sent[off..]) {
+                Ok(n) => off += n,
+                Err(WriteError::WouldBlock) => break,
+                Err(e) => panic!("write: {e}"),
+            }
+        }
+        loop {
+            match pair.ep[0].read(a, &mut buf) {
+                Ok(0) | Err(ReadError::WouldBlock) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+        for i in 0..2 {
+            for e in std::mem::take(&mut pair.events[i]) {
+                assert!(!matches!(e, Event::Closed { .. }), "{i} closed: {e:?}");
+            }
+        }
+        assert!(pair.step());
+    }
+    assert_eq!(got, sent, "{:?}", pair.ep[1].stats(b));
+    // Resends 1, 3, 7 and 15 s after the write (the timeout from the estimate, doubling):
+    // the fourth is the first after the outage.
+    assert!(
+        pair.now < back + Duration::from_secs(6),
+        "delivered {:?} after the route came back",
+        pair.now - back
+    );
+}
