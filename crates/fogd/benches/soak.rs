@@ -415,9 +415,11 @@ fn run_client(
             Err(e) => return format!("connect: {e}"),
         };
         // Datagrams are datagrams: the unreliable transport's are sent again every half
-        // second until echoed (and counted); the reliable ones are sent once.
+        // second until echoed (and counted); the reliable ones are sent once. KCP and QUIC
+        // keep each send whole; uTP is a byte stream.
         let payload = |k: usize| format!("soak {cycle} {k}").into_bytes();
         let (mut connected, mut echoed, mut resent) = (false, vec![false; ECHOES], 0usize);
+        let mut stream = Vec::new();
         let mut next_resend = Instant::now();
         loop {
             let now = Instant::now();
@@ -447,7 +449,19 @@ fn run_client(
                     next_resend = Instant::now() + Duration::from_millis(500);
                 }
                 Ok(Event::Data { id: c, data, .. }) if c == id => {
-                    if let Some(k) = (0..ECHOES).find(|k| payload(*k) == data) {
+                    if transport == Transport::Utp {
+                        // A byte stream: the echoes come back as one run of bytes, cut
+                        // anywhere; each payload counts once the run holds it in order.
+                        stream.extend_from_slice(&data);
+                        let mut at = 0;
+                        for (k, e) in echoed.iter_mut().enumerate() {
+                            let p = payload(k);
+                            if stream.get(at..at + p.len()) == Some(&p[..]) {
+                                *e = true;
+                                at += p.len();
+                            }
+                        }
+                    } else if let Some(k) = (0..ECHOES).find(|k| payload(*k) == data) {
                         echoed[k] = true;
                     }
                     if echoed.iter().all(|e| *e) {
