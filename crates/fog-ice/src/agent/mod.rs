@@ -364,6 +364,9 @@ pub struct Agent {
     next_keepalives: Option<Instant>,
     /// The controlling agent's nomination of a nearer path, until it is answered.
     switch_to: Option<usize>,
+    /// The pair the peer's latest authenticated datagram came on, when that is not the
+    /// selected path's: checked, and selected once it answers (see [`Agent::heard_from`]).
+    moved_to: Option<usize>,
     /// Counts our nominations as the controlling agent (the NOMINATION attribute).
     nominations: u32,
     queue: VecDeque<Queued>,
@@ -407,6 +410,7 @@ impl Agent {
             next_backup_consent: None,
             next_keepalives: None,
             switch_to: None,
+            moved_to: None,
             nominations: 0,
             queue: VecDeque::new(),
             events: VecDeque::new(),
@@ -613,6 +617,58 @@ impl Agent {
         }
         self.pair_index(local, remote)
             .is_some_and(|i| self.pairs[i].state == State::Succeeded || self.pairs[i].heard)
+    }
+
+    /// The owner opened an authenticated datagram of this session (sealed with the session's
+    /// keys, or a QUIC packet behind its tag) that arrived directly on `(local, remote)`.
+    ///
+    /// When a direct path is selected on `local` and `remote` is not its peer address, the
+    /// peer's address changed under the connection: its NAT rebound the flow to a new port,
+    /// forgot it and mapped it anew, or the peer moved to another network. As QUIC does (RFC
+    /// 9000 §9.3: a packet from a new address starts path validation) and WireGuard does (the
+    /// latest authenticated source is the endpoint), the agent follows: the address becomes
+    /// a peer-reflexive candidate (RFC 8445 §7.3.1.3), the pair gets a check at once, and
+    /// when it answers while it is still where the peer's latest datagram came from, it is
+    /// selected whatever our role (nothing to agree on: from the peer's side it is the same
+    /// path). The check is what keeps a forged or replayed source from moving the
+    /// connection: only the peer can answer it. One such pair is checked at a time.
+    pub fn heard_from(&mut self, now: Instant, local: SocketAddr, remote: SocketAddr) {
+        let Some(j) = self.selected else { return };
+        let selected = &self.pairs[j];
+        if selected.remote == remote && selected.local == local {
+            // Back on the selected path: a check of another address in flight is stale.
+            self.moved_to = None;
+            return;
+        }
+        if selected.relayed
+            || selected.local != local
+            || selected.remote.is_ipv4() != remote.is_ipv4()
+            || self.is_relay_candidate(remote)
+        {
+            return;
+        }
+        if let Some(k) = self.moved_to {
+            if self.pairs[k].remote == remote {
+                return;
+            }
+            if self.pairs[k].state == State::InProgress {
+                return;
+            }
+        }
+        if !self.remotes.iter().any(|c| c.addr == remote) {
+            self.remotes
+                .push(Candidate::new(Kind::PeerReflexive, remote));
+        }
+        let priority = Candidate::new(Kind::PeerReflexive, remote).priority;
+        let i = self.add_pair(now, local, remote, priority);
+        self.moved_to = Some(i);
+        let pair = &mut self.pairs[i];
+        if pair.state != State::InProgress {
+            pair.state = State::Waiting;
+            pair.interval = self.config.retry;
+            pair.until = Some(now + self.config.plan.punch_for);
+            self.check(now, i, false);
+        }
     }
 
     /// Where to send the application's data now: the selected path, or before one is selected,
