@@ -267,9 +267,14 @@ impl NatTable {
                 let port = self.create(now, internal, key, rng)?;
                 if key != MapKey::Endpoint(remote) && self.blocked_new_flow(now, port, remote) {
                     // The mapping's own port is unusable towards this peer: it never carried a
-                    // datagram, so give it back and take a flow-specific one.
+                    // datagram, so give it back and take a flow-specific one, chosen while the
+                    // port is still held (the inbound state holds it toward this peer; given
+                    // back first, a preserving NAT would hand out the same port again).
                     self.remove(port);
-                    self.create(now, internal, MapKey::Endpoint(remote), rng)?
+                    self.reserved.insert(port, now + Duration::from_secs(1));
+                    let flow = self.create(now, internal, MapKey::Endpoint(remote), rng);
+                    self.reserved.remove(&port);
+                    flow?
                 } else {
                     port
                 }

@@ -22,6 +22,17 @@ enum Change {
     Expire,
     /// A moves behind another router of the same kind, with another public address.
     Move,
+    /// Both NATs forget every flow at once (`conntrack -F` on both routers).
+    ExpireBoth,
+}
+
+/// Who sends through the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    /// Both nodes.
+    BothWays,
+    /// Only A (B's transport only acknowledges).
+    AToB,
 }
 
 /// Message `k`: its index, then bytes of a pattern, up to about one datagram long.
@@ -47,8 +58,11 @@ fn connected(s: &mut Scenario, i: usize, limit: Duration) -> ConnectionId {
     panic!("node {i} never connected: {:#?}", s.events[i]);
 }
 
+/// Data received, with when.
+type Received = Vec<(Instant, Vec<u8>)>;
+
 /// Data node `i` received on `id`, with when.
-fn received(s: &Scenario, i: usize, id: ConnectionId) -> Vec<(Instant, Vec<u8>)> {
+fn received(s: &Scenario, i: usize, id: ConnectionId) -> Received {
     s.events[i]
         .iter()
         .filter_map(|(at, e)| match e {
@@ -97,12 +111,19 @@ fn another_router(s: &mut Scenario, preset: Preset) -> NodeId {
 /// A connects to B over `transport`, both send for `before`, `change` happens to A, both send
 /// on, then everything drains.
 fn roam(transport: Transport, a: Preset, b: Preset, change: Change, seed: u64) {
+    roam_with(transport, a, b, change, Flow::BothWays, seed);
+}
+
+fn roam_with(transport: Transport, a: Preset, b: Preset, change: Change, flow: Flow, seed: u64) {
     let profile = Profile {
         loss: 0.0,
         ..Profile::default()
     };
     let mut s = Scenario::new(a, b, seed, &profile);
     let router = (change == Change::Move).then(|| another_router(&mut s, a));
+    if std::env::var("ROAM_TRACE").is_ok() {
+        s.sim.enable_trace();
+    }
     assert!(s.wait_ready(), "both nodes ready");
     let to = s.hosts[1].1;
     let a_id = s
@@ -127,7 +148,8 @@ fn roam(transport: Transport, a: Preset, b: Preset, change: Change, seed: u64) {
     let step = Duration::from_millis(20);
     let mut pump = |s: &mut Scenario, d: Duration| {
         for _ in 0..(d.as_millis() / step.as_millis()) {
-            for i in 0..2 {
+            let senders = if flow == Flow::BothWays { 2 } else { 1 };
+            for i in 0..senders {
                 let m = message(next[i]);
                 match s.with_node(i, |n, now| n.send(now, ids[i], &m)) {
                     Ok(()) => next[i] += 1,
@@ -147,10 +169,17 @@ fn roam(transport: Transport, a: Preset, b: Preset, change: Change, seed: u64) {
         Change::Move => s
             .sim
             .move_host(s.sites[0].host, router.expect("made above")),
+        Change::ExpireBoth => {
+            s.sim.reset_nat(nat);
+            s.sim.reset_nat(s.sites[1].middleboxes[0]);
+        }
     }
     pump(&mut s, Duration::from_secs(6));
     let stopped = s.sim.now();
-    s.run_for(Duration::from_secs(30));
+    s.run_for(Duration::from_secs(45));
+    if let Ok(path) = std::env::var("ROAM_TRACE") {
+        std::fs::write(path, s.sim.trace()).expect("trace");
+    }
 
     for i in 0..2 {
         let ended = s.events[i]
@@ -176,13 +205,20 @@ fn roam(transport: Transport, a: Preset, b: Preset, change: Change, seed: u64) {
         Change::Rebind => remote.ip() == old.ip() && remote.port() != old.port(),
         Change::Expire => remote == old,
         Change::Move => remote.ip() != old.ip(),
+        // Each NAT kept state for the other's datagrams, so each host's flow to the other
+        // moves to a new port that neither knows: the relay carries it meanwhile.
+        Change::ExpireBoth => relayed,
     };
     assert!(
-        moved && !relayed,
+        moved && (!relayed || change == Change::ExpireBoth),
         "{change:?} over {transport:?}: B's path 2 s later: {remote} (was {old}): {:?}",
         s.paths(1)
     );
-    for (who, got) in [("B", &to_b), ("A", &to_a)] {
+    let directions: &[(&str, &Received)] = match flow {
+        Flow::BothWays => &[("B", &to_b), ("A", &to_a)],
+        Flow::AToB => &[("B", &to_b)],
+    };
+    for &(who, got) in directions {
         let gap = longest_gap(got, at, stopped);
         // QUIC's probe timeout backs off while the path is broken (RFC 9002 §6.2.1) and only an
         // acknowledgement resets it: a path change resets quinn-proto's congestion state and
@@ -305,5 +341,45 @@ fn quic_survives_a_move_to_another_router() {
         Preset::PortRestrictedCone,
         Change::Move,
         29,
+    );
+}
+
+/// `conntrack -F` on two Linux routers during a one-way transfer (fog-cli's netns_roaming test
+/// in the simulator): a NAT that gets the peer's datagrams before its host sends anything keeps
+/// state for them and maps the host's next flow to the peer onto a new port (NAT-NOTES); B,
+/// which only acknowledges, must notice that the transfer stopped.
+#[test]
+fn kcp_survives_both_routers_forgetting_a_one_way_transfer() {
+    roam_with(
+        Transport::Kcp,
+        Preset::PortRestrictedConeInboundState,
+        Preset::PortRestrictedConeInboundState,
+        Change::ExpireBoth,
+        Flow::AToB,
+        30,
+    );
+}
+
+#[test]
+fn utp_survives_both_routers_forgetting_a_one_way_transfer() {
+    roam_with(
+        Transport::Utp,
+        Preset::PortRestrictedConeInboundState,
+        Preset::PortRestrictedConeInboundState,
+        Change::ExpireBoth,
+        Flow::AToB,
+        31,
+    );
+}
+
+#[test]
+fn quic_survives_both_routers_forgetting_a_one_way_transfer() {
+    roam_with(
+        Transport::Quic,
+        Preset::PortRestrictedConeInboundState,
+        Preset::PortRestrictedConeInboundState,
+        Change::ExpireBoth,
+        Flow::AToB,
+        32,
     );
 }

@@ -312,7 +312,7 @@ impl Agent {
             self.moved_to = None;
             if let Some(j) = self.selected.filter(|&j| j != i) {
                 let (from, to) = (&self.pairs[j], &self.pairs[i]);
-                if !from.relayed && from.local == to.local {
+                if from.relayed || from.local == to.local {
                     let nomination = from.nomination;
                     let pair = &mut self.pairs[i];
                     pair.nominated = true;

@@ -21,6 +21,10 @@ use fog_signal::msg::Transport;
 /// 15): this much, one STUN round trip, the trickle over signaling and one check.
 pub(super) const SILENCE: Duration = Duration::from_millis(700);
 
+/// Traffic from the peer that arrives at most this far apart is a stream (a transfer, its
+/// acknowledgements) whose stopping [`SILENCE`] later is a silence.
+const STREAMING_GAP: Duration = Duration::from_millis(100);
+
 /// Where a connection is in its life. Each phase holds what is valid in it.
 #[derive(Debug)]
 pub(super) enum Phase {
@@ -152,6 +156,9 @@ pub(super) struct Conn {
     /// Since when our stream has been putting datagrams on a direct path with nothing heard
     /// from the peer in return.
     pub(super) awaiting: Option<Instant>,
+    /// The last two things heard from the peer came less than [`STREAMING_GAP`] apart: a
+    /// stream of traffic, whose stopping is a silence too.
+    pub(super) streaming: bool,
     /// The direct path went quiet while our stream was sending (see `Node::silence`), and
     /// the node has looked for a new mapping of its own: until the peer is heard again.
     pub(super) silent: bool,
@@ -210,6 +217,7 @@ impl Conn {
             path_changes: 0,
             last_heard: now,
             awaiting: None,
+            streaming: false,
             silent: false,
             gave_up: false,
             offers: 0,
@@ -254,6 +262,7 @@ impl Conn {
     /// a silence the stream's retransmission timer, backed off while nothing came through,
     /// starts again, as after a path change: the path works again.
     pub(super) fn heard(&mut self, now: Instant) {
+        self.streaming = now.saturating_duration_since(self.last_heard) < STREAMING_GAP;
         self.last_heard = now;
         self.awaiting = None;
         if std::mem::take(&mut self.silent) {
@@ -270,7 +279,14 @@ impl Conn {
         if self.silent || self.stream.is_none() || self.path != Some(super::Via::Direct) {
             return None;
         }
-        let since = self.awaiting?;
+        // Our traffic unanswered, or the peer's traffic stopped short (a receiver sends
+        // nothing while nothing arrives, and its own mapping may be what changed).
+        let since = match (self.awaiting, self.streaming) {
+            (Some(sent), true) => sent.min(self.last_heard),
+            (Some(sent), false) => sent,
+            (None, true) => self.last_heard,
+            (None, false) => return None,
+        };
         let rtt = self
             .agent()
             .and_then(Agent::selected_rtt)

@@ -1438,17 +1438,30 @@ impl Node {
     /// can only learn the address from us: the keepalive's Binding to the STUN server goes at
     /// once rather than at its next interval, and a new mapping it finds is trickled to every
     /// peer (`handle_watch_answer`), whose agent checks it (RFC 8445 §7.2.5.3's triggered
-    /// checks; our own side opens the flow with our traffic). Once per silence.
+    /// checks; our own side opens the flow with our traffic), the agent suspects the path
+    /// (`Agent::suspect`: the relay carries the connection if the path does not answer at
+    /// once), and the TURN allocation is refreshed. Once per silence.
     fn silence(&mut self, now: Instant) {
         let mut any = false;
         for conn in self.conns.values_mut() {
             if conn.silence_at().is_some_and(|t| t <= now) {
                 conn.silent = true;
                 any = true;
+                if let Some(agent) = conn.agent_mut() {
+                    agent.suspect(now);
+                }
             }
         }
         if any {
             self.regather(now);
+            // The allocation's flow through our NAT may be gone too: the relay then carries
+            // nothing to us (our NAT filters the server until we send to it). A Refresh opens
+            // it again, or tells that the allocation went with our old mapping (a 437, and a
+            // new allocation follows). RFC 8656 §7.
+            if let Some(turn) = &mut self.turn {
+                let _ = turn.refresh_now(now);
+            }
+            self.drain_turn(now);
         }
     }
 
