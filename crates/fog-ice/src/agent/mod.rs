@@ -77,6 +77,11 @@ const HOLD_INTERVAL: Duration = Duration::from_secs(10);
 /// a long path), and how long the last has to be answered before the connection moves off it
 /// (see [`Agent::suspect`]).
 const SUSPECT_WAIT: Duration = Duration::from_millis(250);
+/// How often a suspected path that had nowhere to move to is checked again, with the relay
+/// pairs (see [`Agent::suspect`]).
+const SUSPECT_AGAIN: Duration = Duration::from_secs(1);
+/// Relay pairs checked with each round of a suspicion.
+const MAX_SUSPECT_RELAYS: usize = 8;
 /// Rounds of two checks each on a suspected path.
 const SUSPECT_ROUNDS: u8 = 3;
 /// After a suspected path moved the connection to the relay, the next round of punching

@@ -327,15 +327,17 @@ impl Agent {
             for _ in 0..2 {
                 self.send_check(now, local, remote, false, false);
             }
-            // The places to move to are checked alongside: the working relay pairs (a relay
-            // allocation may have gone with the same NAT state: only one that answers now
-            // is taken).
+            // The places to move to are checked alongside: the relay pairs (a relay
+            // allocation may have gone with the same NAT state, and a new one's pairs are
+            // not retransmitted while a direct path is selected: only one that answers now
+            // is taken), the newest first.
             let relays: Vec<(SocketAddr, SocketAddr)> = self
                 .pairs
                 .iter()
-                .filter(|p| p.relayed && p.state == State::Succeeded)
+                .rev()
+                .filter(|p| p.relayed && self.is_local(p.local))
                 .map(|p| (p.local, p.remote))
-                .take(MAX_ALTERNATES + 1)
+                .take(MAX_SUSPECT_RELAYS)
                 .collect();
             for (local, remote) in relays {
                 self.send_check(now, local, remote, false, false);
@@ -369,6 +371,16 @@ impl Agent {
             self.switch_to = None;
             self.select(now, b);
             self.punch_over = true;
+        } else {
+            // Nowhere to go yet (the relay allocations may have gone with the NAT state and
+            // be made again): the suspicion goes on, a round a second, until the path
+            // answers, a relay pair does, or consent gives up on the path.
+            self.suspect = Some(Suspicion {
+                next_at: now + SUSPECT_AGAIN,
+                rounds: 1,
+                ..suspicion
+            });
+            return;
         }
         if self.selected.is_some_and(|j| self.pairs[j].relayed) {
             // On the relay: the next round waits until state our NAT and the peer's kept for
