@@ -372,13 +372,16 @@ fn contents(len: usize) -> Vec<u8> {
 /// flush moved the node's port), and the transfer completes there; the next round of
 /// punching waits until the routers' stale state has expired (35 s, beyond this test).
 ///
-/// Ignored for now: it passed 3 of 5 runs on the final code (each in 3–7 s). In the failing
-/// runs the flush moved both hosts' TURN flows (not their STUN flows) to new ports, the
-/// nodes made new allocations 2–3 s later, and neither side's suspicion found a relay pair
-/// that answered before consent gave up at 30 s; not understood yet. Run it with
+/// Ignored for now: it passes about 3 runs in 5 (each in 2–7 s). In the failing runs the
+/// flush also cut one node's signaling TCP connection (it reconnects about 3 s later) while
+/// the other node trickled its new server-reflexive and relayed candidates: the server could
+/// not deliver them, so the reconnected node never pairs with them, its relay pairs all go
+/// to the peer's dead addresses, and consent gives up at 30 s (seen with a debug print of the
+/// suspicion's verdicts). Re-trickling while a path is suspected was tried and was not
+/// enough on its own. Run it with
 /// `cargo test -p fog-cli --test netns_roaming -- --ignored --nocapture` (root).
 #[test]
-#[ignore = "flaky: 3 of 5 runs pass; see the comment above"]
+#[ignore = "flaky: about 3 runs in 5 pass; see the comment above"]
 fn a_transfer_survives_both_routers_forgetting_every_flow() {
     let test = "a_transfer_survives_both_routers_forgetting_every_flow";
     let Some(lab) = lab(test, 2) else {
