@@ -173,6 +173,9 @@ pub(crate) struct NatTable {
     by_internal: FxHashMap<(SocketAddr, MapKey), u16>,
     /// (external port, remote) → expiry: state left by unsolicited inbound datagrams.
     inbound_state: BTreeMap<(u16, SocketAddr), Instant>,
+    /// External ports that are not free until the given instant although no binding of ours
+    /// holds them (see [`NatTable::rebind`]).
+    reserved: BTreeMap<u16, Instant>,
     last_port: Option<u16>,
 }
 
@@ -192,6 +195,7 @@ impl NatTable {
             by_endpoint: BTreeMap::new(),
             by_internal: FxHashMap::default(),
             inbound_state: BTreeMap::new(),
+            reserved: BTreeMap::new(),
             last_port: None,
         }
     }
@@ -206,6 +210,17 @@ impl NatTable {
         self.by_endpoint.clear();
         self.by_internal.clear();
         self.inbound_state.clear();
+    }
+
+    /// Forgets every binding as [`forget`](Self::forget) does, and keeps each external port
+    /// they held out of use until `until`, as when a router's conntrack table is flushed and
+    /// other flows take those ports first: each flow's next datagram out gets a new external
+    /// port even with port preservation.
+    pub(crate) fn rebind(&mut self, until: Instant) {
+        for &port in self.by_port.keys() {
+            self.reserved.insert(port, until);
+        }
+        self.forget();
     }
 
     pub(crate) fn external_ip(&self) -> IpAddr {
@@ -252,9 +267,14 @@ impl NatTable {
                 let port = self.create(now, internal, key, rng)?;
                 if key != MapKey::Endpoint(remote) && self.blocked_new_flow(now, port, remote) {
                     // The mapping's own port is unusable towards this peer: it never carried a
-                    // datagram, so give it back and take a flow-specific one.
+                    // datagram, so give it back and take a flow-specific one, chosen while the
+                    // port is still held (the inbound state holds it toward this peer; given
+                    // back first, a preserving NAT would hand out the same port again).
                     self.remove(port);
-                    self.create(now, internal, MapKey::Endpoint(remote), rng)?
+                    self.reserved.insert(port, now + Duration::from_secs(1));
+                    let flow = self.create(now, internal, MapKey::Endpoint(remote), rng);
+                    self.reserved.remove(&port);
+                    flow?
                 } else {
                     port
                 }
@@ -364,6 +384,7 @@ impl NatTable {
 
     fn port_free(&self, now: Instant, port: u16) -> bool {
         self.by_port.get(&port).is_none_or(|b| b.expires <= now)
+            && self.reserved.get(&port).is_none_or(|&until| until <= now)
     }
 
     fn parity_ok(&self, port: u16, internal_port: u16) -> bool {
@@ -453,6 +474,7 @@ impl NatTable {
         }
         self.by_endpoint.retain(|_, b| b.expires > now);
         self.inbound_state.retain(|_, &mut expires| expires > now);
+        self.reserved.retain(|_, &mut until| until > now);
     }
 
     fn firewall_outbound(

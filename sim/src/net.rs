@@ -605,6 +605,19 @@ impl Sim {
         }
     }
 
+    /// Undoes [`route`](Self::route): the ancestors of `owner` forget the way to `addr`.
+    fn unroute(&mut self, owner: NodeId, addr: IpAddr) {
+        let mut child = owner;
+        while let Some(parent) = self.node(child).parent {
+            let node = &mut self.nodes[parent.0 as usize];
+            if node.routes.get(&addr) != Some(&child) {
+                break;
+            }
+            node.routes.remove(&addr);
+            child = parent;
+        }
+    }
+
     fn node(&self, id: NodeId) -> &Node {
         &self.nodes[id.0 as usize]
     }
@@ -818,6 +831,48 @@ impl Sim {
                 m.passthrough.forget();
             }
             _ => panic!("{nat} is not a NAT"),
+        }
+    }
+
+    /// The NAT (or firewall) `nat` rebinds every flow: it forgets every binding, and the
+    /// external ports they held stay taken (by other flows) for ten minutes, so each flow's next
+    /// datagram out gets a new external port, even through a port-preserving NAT; datagrams to
+    /// the old ports are dropped. This is what flushing a Linux router's conntrack table does
+    /// when other hosts' flows take the freed ports first.
+    ///
+    /// # Panics
+    /// If `nat` is not a NAT.
+    pub fn rebind_nat(&mut self, nat: NodeId) {
+        let until = self.now() + Duration::from_secs(600);
+        match &mut self.nodes[nat.0 as usize].kind {
+            Kind::Nat(m) => {
+                m.table.rebind(until);
+                m.passthrough.forget();
+            }
+            _ => panic!("{nat} is not a NAT"),
+        }
+    }
+
+    /// Moves `host` with its addresses under `parent` (another NAT, or the internet), as a
+    /// laptop that joins another network keeping its address (two home routers that hand out
+    /// the same private range): datagrams already on their way still arrive; from now on its
+    /// datagrams leave through `parent`, and only `parent`'s side routes to it.
+    ///
+    /// # Panics
+    /// If `host` is not a host, `parent` is a host, or one of the host's addresses is already
+    /// routed under `parent`.
+    pub fn move_host(&mut self, host: NodeId, parent: NodeId) {
+        assert!(
+            !matches!(self.node(parent).kind, Kind::Host(_)),
+            "{parent} is a host; only the internet, NATs and blockers have children"
+        );
+        let addrs = self.host_addrs(host).to_vec();
+        for &addr in &addrs {
+            self.unroute(host, addr);
+        }
+        self.nodes[host.0 as usize].parent = Some(parent);
+        for &addr in &addrs {
+            self.route(host, addr);
         }
     }
 

@@ -769,6 +769,33 @@ fn inbound_state_moves_the_next_flow_to_that_peer_onto_a_new_port() {
     }
 }
 
+/// The same with no mapping at all when the peer's datagram comes in (the NAT forgot every
+/// flow, as `conntrack -F` does): the host's first flow to the peer still gets a new port, and
+/// only that flow (a preserving NAT handed the held port out again before).
+#[test]
+fn inbound_state_moves_a_first_flow_to_that_peer_onto_a_new_port() {
+    let mut net = Net::new(inbound_state(true));
+    let (a, server, peer) = (net.a, net.r1, net.r2);
+    let (server_addr, peer_addr) = (v4(R1_IP, P1), v4(R2_IP, 7000));
+    assert!(!net.reaches_a(peer, peer_addr, ext(A_PORT)), "no binding");
+    assert_eq!(net.nat_dropped(NatDrop::NoBinding), 1);
+    let to_peer = net.seen(a, a_sock(A_PORT), peer_addr, peer);
+    assert_ne!(
+        to_peer,
+        ext(A_PORT),
+        "the held port is not handed out toward the peer"
+    );
+    assert_eq!(
+        net.seen(a, a_sock(A_PORT), server_addr, server),
+        ext(A_PORT),
+        "other flows keep the preserved port"
+    );
+    assert!(
+        net.reaches_a(peer, peer_addr, to_peer),
+        "the peer can answer"
+    );
+}
+
 /// The cone-to-cone punch of NAT-NOTES: both hosts learn their server-reflexive address, the peer
 /// (behind a plain EIM + APDF NAT) sends first and keeps sending. Returns what each side received
 /// from the other over ten rounds.

@@ -307,6 +307,20 @@ impl Agent {
                 self.next_backup_consent = Some(now + self.config.consent_interval);
             }
         }
+        if self.moved_to == Some(i) {
+            // The peer's address moved (see `heard_from`) and the new one answers.
+            self.moved_to = None;
+            if let Some(j) = self.selected.filter(|&j| j != i) {
+                let (from, to) = (&self.pairs[j], &self.pairs[i]);
+                if from.relayed || from.local == to.local {
+                    let nomination = from.nomination;
+                    let pair = &mut self.pairs[i];
+                    pair.nominated = true;
+                    pair.nomination = pair.nomination.max(nomination);
+                    return self.select(now, i);
+                }
+            }
+        }
         if self.pairs[i].nominated {
             self.consider(now, i);
         } else {

@@ -73,6 +73,22 @@ const LOW_PORT: u16 = 1024;
 /// are held open with low-TTL checks (see `Agent::hold`): under the 30 s Linux keeps a UDP
 /// flow that got no answer, and under [`REPUNCH_INTERVAL`].
 const HOLD_INTERVAL: Duration = Duration::from_secs(10);
+/// How far apart the rounds of checks of a suspected path are (at least; four round trips on
+/// a long path), and how long the last has to be answered before the connection moves off it
+/// (see [`Agent::suspect`]).
+const SUSPECT_WAIT: Duration = Duration::from_millis(250);
+/// How often a suspected path that had nowhere to move to is checked again, with the relay
+/// pairs (see [`Agent::suspect`]).
+const SUSPECT_AGAIN: Duration = Duration::from_secs(1);
+/// Relay pairs checked with each round of a suspicion.
+const MAX_SUSPECT_RELAYS: usize = 8;
+/// Rounds of two checks each on a suspected path.
+const SUSPECT_ROUNDS: u8 = 3;
+/// After a suspected path moved the connection to the relay, the next round of punching
+/// waits this long: above the 30 s Linux keeps state for a UDP flow that got no reply
+/// (`nf_conntrack_udp_timeout`), including what it recorded for datagrams that came in
+/// unasked, which would otherwise move each side's port toward the other again.
+const STALE_STATE_WAIT: Duration = Duration::from_secs(35);
 /// Most pairs held open at once.
 const MAX_HELD: usize = 16;
 /// Working paths besides the selected one (and the backup relay) that are kept alive and
@@ -303,6 +319,17 @@ struct Outstanding {
     use_candidate: bool,
 }
 
+/// A suspicion of the selected direct path (see [`Agent::suspect`]).
+#[derive(Debug, Clone, Copy)]
+struct Suspicion {
+    /// When it began: an answer after this clears it.
+    since: Instant,
+    /// When the next checks go, or the verdict falls after the last.
+    next_at: Instant,
+    /// Rounds of checks still to send.
+    rounds: u8,
+}
+
 #[derive(Debug)]
 struct Queued {
     bytes: Vec<u8>,
@@ -364,6 +391,11 @@ pub struct Agent {
     next_keepalives: Option<Instant>,
     /// The controlling agent's nomination of a nearer path, until it is answered.
     switch_to: Option<usize>,
+    /// The pair the peer's latest authenticated datagram came on, when that is not the
+    /// selected path's: checked, and selected once it answers (see [`Agent::heard_from`]).
+    moved_to: Option<usize>,
+    /// The owner suspected the selected direct path: see [`Agent::suspect`].
+    suspect: Option<Suspicion>,
     /// Counts our nominations as the controlling agent (the NOMINATION attribute).
     nominations: u32,
     queue: VecDeque<Queued>,
@@ -407,6 +439,8 @@ impl Agent {
             next_backup_consent: None,
             next_keepalives: None,
             switch_to: None,
+            moved_to: None,
+            suspect: None,
             nominations: 0,
             queue: VecDeque::new(),
             events: VecDeque::new(),
@@ -613,6 +647,65 @@ impl Agent {
         }
         self.pair_index(local, remote)
             .is_some_and(|i| self.pairs[i].state == State::Succeeded || self.pairs[i].heard)
+    }
+
+    /// The owner opened an authenticated datagram of this session (sealed with the session's
+    /// keys, or a QUIC packet behind its tag) that arrived directly on `(local, remote)`.
+    ///
+    /// When a direct path is selected on `local` and `remote` is not its peer address, the
+    /// peer's address changed under the connection: its NAT rebound the flow to a new port,
+    /// forgot it and mapped it anew, or the peer moved to another network. When the relay
+    /// carries the connection, a datagram that came directly to one of our sockets is a
+    /// direct path the peer found, and gets the same treatment (direct beats relayed). As QUIC does (RFC
+    /// 9000 §9.3: a packet from a new address starts path validation) and WireGuard does (the
+    /// latest authenticated source is the endpoint), the agent follows: the address becomes
+    /// a peer-reflexive candidate (RFC 8445 §7.3.1.3), the pair gets a check at once, and
+    /// when it answers while it is still where the peer's latest datagram came from, it is
+    /// selected whatever our role (nothing to agree on: from the peer's side it is the same
+    /// path). The check is what keeps a forged or replayed source from moving the
+    /// connection: only the peer can answer it. One such pair is checked at a time.
+    pub fn heard_from(&mut self, now: Instant, local: SocketAddr, remote: SocketAddr) {
+        let Some(j) = self.selected else { return };
+        let selected = &self.pairs[j];
+        if selected.remote == remote && selected.local == local {
+            // Back on the selected path: a check of another address in flight is stale, and
+            // a suspicion of the path is answered.
+            self.moved_to = None;
+            self.suspect = None;
+            return;
+        }
+        // On the relay, a datagram that came directly to one of our own sockets is a direct
+        // path the peer found: the same check, and direct beats relayed.
+        let ours = if selected.relayed {
+            Some(local) != self.relayed && self.is_local(local)
+        } else {
+            selected.local == local
+        };
+        if !ours || local.is_ipv4() != remote.is_ipv4() || self.is_relay_candidate(remote) {
+            return;
+        }
+        if let Some(k) = self.moved_to {
+            if self.pairs[k].remote == remote {
+                return;
+            }
+            if self.pairs[k].state == State::InProgress {
+                return;
+            }
+        }
+        if !self.remotes.iter().any(|c| c.addr == remote) {
+            self.remotes
+                .push(Candidate::new(Kind::PeerReflexive, remote));
+        }
+        let priority = Candidate::new(Kind::PeerReflexive, remote).priority;
+        let i = self.add_pair(now, local, remote, priority);
+        self.moved_to = Some(i);
+        let pair = &mut self.pairs[i];
+        if pair.state != State::InProgress {
+            pair.state = State::Waiting;
+            pair.interval = self.config.retry;
+            pair.until = Some(now + self.config.plan.punch_for);
+            self.check(now, i, false);
+        }
     }
 
     /// Where to send the application's data now: the selected path, or before one is selected,

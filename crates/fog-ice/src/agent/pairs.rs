@@ -18,6 +18,12 @@ impl Agent {
                 .remotes
                 .iter()
                 .any(|c| c.addr == remote && c.kind == Kind::Relayed);
+        // A relay pair found after the relay deadline (a new allocation of ours or of the
+        // peer's, after the old one was lost) reopens the relay's checks for as long again.
+        if relayed && self.relay_over && self.deadline.is_some() {
+            self.relay_over = false;
+            self.relay_deadline = Some(now + RELAY_PATIENCE);
+        }
         // A direct pair found after the round (or after it succeeded) gets a round of its own.
         let late =
             !relayed && self.deadline.is_some() && (self.punch_over || self.direct_selected());

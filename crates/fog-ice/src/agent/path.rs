@@ -282,6 +282,118 @@ impl Agent {
         self.repunch_at = None;
     }
 
+    /// Suspicion of the selected direct path: consent checks go at once, two at a time, in
+    /// [`SUSPECT_ROUNDS`] rounds [`SUSPECT_WAIT`] (or four round trips) apart (RFC 7675 §5.1
+    /// sets 30 s as the bound for declaring a path dead, not a wait before trying another);
+    /// if none is answered and nothing else came from the peer on the path (see
+    /// [`heard_from`](Self::heard_from)), the connection moves as it does from a path gone
+    /// silent: to another working direct path, else to the backup relay (see
+    /// [`lose_selected`](Self::lose_selected)). Without anywhere to move, it stays. Six
+    /// checks in all: on a link that loses a third of the round trips, all six are lost
+    /// about once in a thousand suspicions.
+    ///
+    /// For an owner that saw the path stop carrying traffic: a NAT that forgot our flows may
+    /// have mapped them anew, or kept state for the peer's datagrams that now moves our port
+    /// toward it (NAT-NOTES), and the peer's may have done the same; the old path does not
+    /// come back, and the relay carries the connection while new rounds find the new one.
+    pub fn suspect(&mut self, now: Instant) {
+        let Some(i) = self.selected else { return };
+        if self.pairs[i].relayed || self.suspect.is_some() {
+            return;
+        }
+        self.suspect = Some(Suspicion {
+            since: now,
+            next_at: now,
+            rounds: SUSPECT_ROUNDS,
+        });
+        self.suspicion_over(now);
+    }
+
+    /// The next round of checks of a suspected path, or after the last, the verdict (see
+    /// [`suspect`](Self::suspect)).
+    pub(super) fn suspicion_over(&mut self, now: Instant) {
+        let Some(suspicion) = self.suspect.take() else {
+            return;
+        };
+        let Some(i) = self.selected else { return };
+        let answered = self.pairs[i]
+            .last_answer
+            .is_some_and(|t| t >= suspicion.since);
+        if self.pairs[i].relayed || answered {
+            return;
+        }
+        if suspicion.rounds > 0 {
+            let (local, remote) = (self.pairs[i].local, self.pairs[i].remote);
+            for _ in 0..2 {
+                self.send_check(now, local, remote, false, false);
+            }
+            // The places to move to are checked alongside: the relay pairs (a relay
+            // allocation may have gone with the same NAT state, and a new one's pairs are
+            // not retransmitted while a direct path is selected: only one that answers now
+            // is taken), the newest first.
+            let relays: Vec<(SocketAddr, SocketAddr)> = self
+                .pairs
+                .iter()
+                .rev()
+                .filter(|p| p.relayed && self.is_local(p.local))
+                .map(|p| (p.local, p.remote))
+                .take(MAX_SUSPECT_RELAYS)
+                .collect();
+            for (local, remote) in relays {
+                self.send_check(now, local, remote, false, false);
+            }
+            let rtt = self.pairs[i].srtt.unwrap_or_default();
+            self.suspect = Some(Suspicion {
+                next_at: now + SUSPECT_WAIT.max(rtt * 4),
+                rounds: suspicion.rounds - 1,
+                ..suspicion
+            });
+            return;
+        }
+        let alternate = self.pairs.iter().enumerate().any(|(a, p)| {
+            a != i && p.state == State::Succeeded && !p.relayed && self.fresh(p, now)
+        });
+        let since = suspicion.since;
+        let relay = self
+            .pairs
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.relayed && p.state == State::Succeeded)
+            .filter(|(_, p)| p.last_answer.is_some_and(|t| t >= since))
+            .max_by_key(|(_, p)| (p.nominated, p.priority))
+            .map(|(b, _)| b);
+        if alternate {
+            self.lose_selected(now, false);
+        } else if let Some(b) = relay {
+            // As `lose_selected` does for its backup, to the relay pair that answered.
+            self.selected = None;
+            self.next_consent = None;
+            self.switch_to = None;
+            self.select(now, b);
+            self.punch_over = true;
+        } else {
+            // Nowhere to go yet (the relay allocations may have gone with the NAT state and
+            // be made again): the suspicion goes on, a round a second, until the path
+            // answers, a relay pair does, or consent gives up on the path.
+            self.suspect = Some(Suspicion {
+                next_at: now + SUSPECT_AGAIN,
+                rounds: 1,
+                ..suspicion
+            });
+            return;
+        }
+        if self.selected.is_some_and(|j| self.pairs[j].relayed) {
+            // On the relay: the next round waits until state our NAT and the peer's kept for
+            // datagrams that came in unasked (the broken path's last ones) has expired
+            // (NAT-NOTES); every check to the old addresses before then would refresh it and
+            // fail again. No holds meanwhile: they would keep our side's stale flow alive.
+            // Addresses either side learns sooner (a trickled mapping, the peer's traffic
+            // arriving directly, see `heard_from`) are checked at once all the same.
+            self.repunch_at = Some(now + STALE_STATE_WAIT);
+            self.next_hold = None;
+        }
+    }
+
     /// The best working relay pair other than the selected one: where to fall back to.
     pub(super) fn backup(&self) -> Option<usize> {
         self.pairs

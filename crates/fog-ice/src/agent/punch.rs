@@ -74,8 +74,15 @@ impl Agent {
     /// (a route that failed may come back; a NAT may have rebooted). No birthday spray: a
     /// round of that costs too much to repeat blindly.
     pub(super) fn repunch(&mut self, now: Instant) {
-        for pair in &mut self.pairs {
-            if !pair.relayed && matches!(pair.state, State::Failed | State::InProgress) {
+        // A direct pair that worked once and has not answered for two consent intervals
+        // (the path the connection left when it went silent) is tried again too.
+        let stale: Vec<bool> = self
+            .pairs
+            .iter()
+            .map(|p| p.state == State::Succeeded && !self.fresh(p, now))
+            .collect();
+        for (pair, stale) in self.pairs.iter_mut().zip(stale) {
+            if !pair.relayed && (stale || matches!(pair.state, State::Failed | State::InProgress)) {
                 pair.state = State::Waiting;
                 pair.interval = self.config.retry;
                 pair.next_at = None;

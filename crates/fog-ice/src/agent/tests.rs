@@ -778,3 +778,51 @@ fn a_failed_birthday_round_releases_its_sockets() {
         agent.handle_timeout(t);
     }
 }
+
+/// A sealed datagram whose source is not the peer's (a forged or replayed one, from an
+/// address nobody answers at) starts a check there but never moves the connection: only
+/// the peer can answer the check (RFC 9000 §9.3's path validation). The peer's real address
+/// coming back clears it.
+#[test]
+fn a_source_that_cannot_answer_the_check_does_not_move_the_path() {
+    let mut wire = Wire::new(agent(A, B, true, 1), agent(B, A, false, 2));
+    wire.start();
+    wire.run(Duration::from_secs(1), &mut |_| true);
+    let path = (B.parse().unwrap(), A.parse().unwrap());
+    assert_eq!(wire.b.selected(), Some(path));
+    let selections = wire.selections(false).len();
+    let forged: SocketAddr = "192.0.2.66:6666".parse().unwrap();
+    let now = wire.now;
+    wire.b.heard_from(now, path.0, forged);
+    wire.run(Duration::from_secs(10), &mut |_| true);
+    assert!(
+        wire.sent
+            .iter()
+            .any(|&(_, from_a, to, _)| !from_a && to == forged),
+        "a check went to the new source"
+    );
+    assert_eq!(wire.b.selected(), Some(path), "the path stays");
+    assert_eq!(wire.selections(false).len(), selections);
+}
+
+/// A path that stops answering when its owner suspects it moves to a working alternative
+/// within a second (three rounds of checks), not after the 30 s consent timeout; a path that
+/// answers stays.
+#[test]
+fn a_suspected_path_that_does_not_answer_is_left_at_once() {
+    let (mut wire, _) = dual_wire(Duration::from_millis(2), Duration::from_secs(20));
+    assert_eq!(wire.a.selected(), Some((addr(A6), addr(B6))));
+    let before = wire.selections(true).len();
+    let now = wire.now;
+    wire.a.suspect(now);
+    wire.run(Duration::from_secs(2), &mut |_| true);
+    assert_eq!(wire.selections(true).len(), before, "it answers: it stays");
+    // Now the IPv6 path dies silently.
+    wire.pass = Box::new(|s, d| !(ipv6(s, d)));
+    let now = wire.now;
+    wire.a.suspect(now);
+    wire.run(Duration::from_secs(1), &mut |_| true);
+    let moved = wire.selections(true);
+    assert_eq!(moved.len(), before + 1, "{moved:?}");
+    assert!(!moved[before].0.is_ipv6(), "{moved:?}");
+}

@@ -33,13 +33,15 @@ pub(super) enum Timer {
     Pace,
     /// The next birthday probe.
     Spray,
+    /// The verdict on a selected direct path the owner suspected (see `Agent::suspect`).
+    Suspect,
     /// Consent freshness, keepalives and the backup relay's check.
     Consent,
 }
 
 impl Timer {
     /// Every timer, in firing order.
-    pub(super) const ALL: [Timer; 11] = [
+    pub(super) const ALL: [Timer; 12] = [
         Timer::Begin,
         Timer::PunchDeadline,
         Timer::Repunch,
@@ -50,6 +52,7 @@ impl Timer {
         Timer::Retransmit,
         Timer::Pace,
         Timer::Spray,
+        Timer::Suspect,
         Timer::Consent,
     ];
 }
@@ -94,6 +97,7 @@ impl Agent {
                 .as_ref()
                 .filter(|s| punching && s.remaining > 0)
                 .map(|s| s.next_at),
+            Timer::Suspect => self.suspect.map(|s| s.next_at),
             Timer::Consent => {
                 let selected = self.selected.zip(self.next_consent).map(|(i, at)| {
                     let lapse = self.pairs[i]
@@ -203,6 +207,7 @@ impl Agent {
                     }
                 }
             }
+            Timer::Suspect => self.suspicion_over(now),
             Timer::Consent => self.consent(now),
         }
     }

@@ -13,6 +13,18 @@ use super::seal::{Exchange, Keys};
 use super::transport::Stream;
 use fog_signal::msg::Transport;
 
+/// How long a direct path may stay silent while our stream sends on it (at least; four
+/// round trips on a long path) before the node asks its STUN server whether its own mapping
+/// moved. Reliable transports answer within a round trip (acknowledgements), so a second of
+/// silence under traffic means the path broke: a NAT that rebound our flow or forgot it, or a
+/// move to another network. Short, so that the path is back within 2 s of the change (issue
+/// 15): this much, one STUN round trip, the trickle over signaling and one check.
+pub(super) const SILENCE: Duration = Duration::from_millis(700);
+
+/// Traffic from the peer that arrives at most this far apart is a stream (a transfer, its
+/// acknowledgements) whose stopping [`SILENCE`] later is a silence.
+const STREAMING_GAP: Duration = Duration::from_millis(100);
+
 /// Where a connection is in its life. Each phase holds what is valid in it.
 #[derive(Debug)]
 pub(super) enum Phase {
@@ -143,6 +155,15 @@ pub(super) struct Conn {
     pub(super) path_changes: u32,
     /// When the peer was last heard from (any authenticated datagram, or a relay frame).
     pub(super) last_heard: Instant,
+    /// Since when our stream has been putting datagrams on a direct path with nothing heard
+    /// from the peer in return.
+    pub(super) awaiting: Option<Instant>,
+    /// The last two things heard from the peer came less than [`STREAMING_GAP`] apart: a
+    /// stream of traffic, whose stopping is a silence too.
+    pub(super) streaming: bool,
+    /// The direct path went quiet while our stream was sending (see `Node::silence`), and
+    /// the node has looked for a new mapping of its own: until the peer is heard again.
+    pub(super) silent: bool,
     /// Punching gave up (for the failure's reason).
     pub(super) gave_up: bool,
     /// Offers sent (the first and the retries).
@@ -197,6 +218,9 @@ impl Conn {
             path: None,
             path_changes: 0,
             last_heard: now,
+            awaiting: None,
+            streaming: false,
+            silent: false,
             gave_up: false,
             offers: 0,
             transport: Transport::Datagram,
@@ -236,6 +260,42 @@ impl Conn {
         }
     }
 
+    /// The peer was heard from (an authenticated datagram or check, or a relay frame). After
+    /// a silence the stream's retransmission timer, backed off while nothing came through,
+    /// starts again, as after a path change: the path works again.
+    pub(super) fn heard(&mut self, now: Instant) {
+        self.streaming = now.saturating_duration_since(self.last_heard) < STREAMING_GAP;
+        self.last_heard = now;
+        self.awaiting = None;
+        if std::mem::take(&mut self.silent) {
+            if let Some(stream) = &mut self.stream {
+                stream.path_changed(now);
+            }
+        }
+    }
+
+    /// When a direct path on which our stream sends has been silent long enough to look for
+    /// a change of our own mapping (see `Node::silence`), unless that was done already for
+    /// this silence.
+    pub(super) fn silence_at(&self) -> Option<Instant> {
+        if self.silent || self.stream.is_none() || self.path != Some(super::Via::Direct) {
+            return None;
+        }
+        // Our traffic unanswered, or the peer's traffic stopped short (a receiver sends
+        // nothing while nothing arrives, and its own mapping may be what changed).
+        let since = match (self.awaiting, self.streaming) {
+            (Some(sent), true) => sent.min(self.last_heard),
+            (Some(sent), false) => sent,
+            (None, true) => self.last_heard,
+            (None, false) => return None,
+        };
+        let rtt = self
+            .agent()
+            .and_then(Agent::selected_rtt)
+            .map_or(Duration::ZERO, |(srtt, _)| srtt);
+        Some(since + SILENCE.max(rtt * 4))
+    }
+
     /// Every deadline of the connection besides [`deadline`](Self::deadline).
     pub(super) fn timers(&self) -> impl Iterator<Item = Instant> + '_ {
         let agent = self.agent().and_then(|a| a.poll_timeout());
@@ -248,6 +308,7 @@ impl Conn {
             agent,
             retry,
             stream,
+            self.silence_at(),
             self.quiet_until,
             self.signal_relay.map(|r| r.next_probe),
         ]

@@ -1278,10 +1278,17 @@ impl Node {
 
     /// A sealed datagram (on a UDP path, through TURN, or over signaling): opened with the
     /// keys of the connection its tag names, and handled. Whether it was one (and so taken);
-    /// what does not open is dropped and counted.
-    fn deliver(&mut self, now: Instant, payload: &[u8]) -> bool {
+    /// what does not open is dropped and counted. `direct` is the (our socket, the sender's
+    /// address) it arrived on over UDP, `None` through a relay: a datagram that opens tells
+    /// the agent where the peer is now (see [`Agent::heard_from`]).
+    fn deliver(
+        &mut self,
+        now: Instant,
+        payload: &[u8],
+        direct: Option<(SocketAddr, SocketAddr)>,
+    ) -> bool {
         if let Some((tag, packet)) = seal::quic_of(payload) {
-            self.deliver_quic(now, tag, packet);
+            self.deliver_quic(now, tag, packet, direct);
             return true;
         }
         let Some(tag) = seal::tag_of(payload) else {
@@ -1307,7 +1314,10 @@ impl Node {
             }
         };
         let id = conn.id;
-        conn.last_heard = now;
+        conn.heard(now);
+        if let (Some((local, source)), Some(agent)) = (direct, conn.agent_mut()) {
+            agent.heard_from(now, local, source);
+        }
         match kind {
             seal::Kind::Data => {
                 conn.received.add(now, message.len());
@@ -1336,7 +1346,13 @@ impl Node {
 
     /// A QUIC packet behind a session tag: handed to that connection's QUIC endpoint, which
     /// authenticates it (or drops it). Stray and malformed ones are counted.
-    fn deliver_quic(&mut self, now: Instant, tag: [u8; 8], packet: &[u8]) {
+    fn deliver_quic(
+        &mut self,
+        now: Instant,
+        tag: [u8; 8],
+        packet: &[u8],
+        direct: Option<(SocketAddr, SocketAddr)>,
+    ) {
         let Some(conn) = self.by_tag.get(&tag).and_then(|id| self.conns.get_mut(id)) else {
             self.counters.stray += 1;
             return;
@@ -1352,7 +1368,12 @@ impl Node {
             return;
         }
         // The tag is known only to the peers and the path; QUIC drops what it cannot open.
-        conn.last_heard = now;
+        conn.heard(now);
+        // Whether quinn-proto opened it is not told; a source that moves is followed only
+        // after the peer answers a check there, which nobody else can.
+        if let (Some((local, source)), Some(agent)) = (direct, conn.agent_mut()) {
+            agent.heard_from(now, local, source);
+        }
         let id = conn.id;
         self.pump_streams(now, Some(id));
     }
@@ -1443,6 +1464,9 @@ impl Node {
                 };
                 if let Some((local, remote)) = path {
                     self.outgoing.push_back((local, remote, sealed));
+                    if conn.path == Some(Via::Direct) {
+                        conn.awaiting.get_or_insert(now);
+                    }
                 } else if let Some(session) = relay {
                     if self.client.frames_waiting() >= MAX_RELAY_FRAMES {
                         self.counters.relay_frames_dropped += 1;
@@ -1614,6 +1638,39 @@ impl Node {
                 .values()
                 .flat_map(move |c| c.timers().chain(std::iter::once(c.deadline(connect, idle)))),
         )
+    }
+
+    /// A direct path that went silent under our stream's traffic (see `conn::SILENCE`): our
+    /// NAT may have rebound or forgotten our flow, or we moved to another network. The peer
+    /// cannot follow a new address of ours that its NAT filters until it sends there, and it
+    /// can only learn the address from us: the keepalive's Binding to the STUN server goes at
+    /// once rather than at its next interval, and a new mapping it finds is trickled to every
+    /// peer (`handle_watch_answer`), whose agent checks it (RFC 8445 §7.2.5.3's triggered
+    /// checks; our own side opens the flow with our traffic), the agent suspects the path
+    /// (`Agent::suspect`: the relay carries the connection if the path does not answer at
+    /// once), and the TURN allocation is refreshed. Once per silence.
+    fn silence(&mut self, now: Instant) {
+        let mut any = false;
+        for conn in self.conns.values_mut() {
+            if conn.silence_at().is_some_and(|t| t <= now) {
+                conn.silent = true;
+                any = true;
+                if let Some(agent) = conn.agent_mut() {
+                    agent.suspect(now);
+                }
+            }
+        }
+        if any {
+            self.regather(now);
+            // The allocation's flow through our NAT may be gone too: the relay then carries
+            // nothing to us (our NAT filters the server until we send to it). A Refresh opens
+            // it again, or tells that the allocation went with our old mapping (a 437, and a
+            // new allocation follows). RFC 8656 §7.
+            if let Some(turn) = &mut self.turn {
+                let _ = turn.refresh_now(now);
+            }
+            self.drain_turn(now);
+        }
     }
 
     /// Ends the connections whose connect or idle timeout passed.
@@ -1934,7 +1991,7 @@ impl SansIo for Node {
         if self.give_browser(now, &packet) {
             return;
         }
-        if self.deliver(now, packet.payload) {
+        if self.deliver(now, packet.payload, Some((packet.local, packet.source))) {
             return;
         }
         self.give_agent(now, packet);
@@ -1997,6 +2054,7 @@ impl SansIo for Node {
             }
         }
         self.drain_agents();
+        self.silence(now);
         let due: Vec<ConnectionId> = self
             .conns
             .values()

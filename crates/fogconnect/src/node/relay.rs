@@ -35,7 +35,7 @@ impl Node {
             if (after.malformed, after.unauthenticated, after.stray)
                 == (before.malformed, before.unauthenticated, before.stray)
             {
-                conn.last_heard = now;
+                conn.heard(now);
             }
             self.relay_permissions(now);
             self.drain_agents();
@@ -82,7 +82,7 @@ impl Node {
                     let Some(relayed) = self.relayed else {
                         continue;
                     };
-                    if self.deliver(now, &data) {
+                    if self.deliver(now, &data, None) {
                         continue;
                     }
                     let packet = Receive {
@@ -188,7 +188,7 @@ impl Node {
 
     /// A datagram from the peer of `session` through the signaling server: sealed like any.
     pub(super) fn handle_relay_frame(&mut self, now: Instant, session: SessionId, data: &[u8]) {
-        if !self.by_session.contains_key(&session) || !self.deliver(now, data) {
+        if !self.by_session.contains_key(&session) || !self.deliver(now, data, None) {
             self.counters.stray += 1;
         }
     }
