@@ -12,8 +12,8 @@
 //!                           masquerade out of the WAN side          fogd on lo: 198.51.100.1, .2
 //! ```
 //!
-//! The same lab as `netns.rs` (documentation addresses, inside namespaces the test makes and
-//! deletes). It needs Linux, root, `ip`, `nft` and `conntrack` (Debian's conntrack package);
+//! The lab of `tests/support/lab.rs` (documentation addresses, inside namespaces the test
+//! makes and deletes), its routers accepting input. It needs Linux, root, `ip`, `nft` and `conntrack` (Debian's conntrack package);
 //! without them it says SKIPPED and passes, unless `FOG_REQUIRE_NETNS=1`, as in `.ci/run`.
 
 // Tests read the wall clock for their own deadlines; only protocol crates must not.
@@ -22,318 +22,31 @@
 mod support;
 
 use std::fs;
-use std::io::Write as _;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::thread;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-use support::{ChildGuard, find_tool, fogconnect_exe, fogd_exe};
+use support::lab::{
+    Lab, Nat, Router, SERVER_A1, SIGNAL, TURN, checked, json_lines, lab_of, named, start_fogd,
+    wait_for,
+};
+use support::{ChildGuard, find_tool, fogconnect_exe};
 
-// TODO: use support::lab once merged (everything down to `wait_for` is netns.rs's lab, cut
-// down to IPv4 and plain masquerade).
-
-/// fogd's two addresses, on the internet namespace's loopback.
-const SERVER_A1: &str = "198.51.100.1";
-const SERVER_A2: &str = "198.51.100.2";
-const SIGNAL: &str = "ws://198.51.100.1:7600/ws";
-const TURN: &str = "198.51.100.1:3480";
-const TURN_SECRET: &str = "netns lab secret";
-/// Routers between two sites that the internet namespace stands for (see netns.rs: fog-ice's
-/// first check at TTL 3 must die before the peer's router).
-const PATH_HOPS: u8 = 8;
-
-#[derive(Debug, Clone, Copy)]
-struct Site(u8);
-
-impl Site {
-    fn client(self) -> String {
-        format!("192.0.2.{}", 16 * self.0 + 2)
-    }
-    fn router_lan(self) -> String {
-        format!("192.0.2.{}", 16 * self.0 + 1)
-    }
-    fn router_wan(self) -> String {
-        format!("203.0.113.{}", 4 * self.0 + 2)
-    }
-    fn gateway(self) -> String {
-        format!("203.0.113.{}", 4 * self.0 + 1)
-    }
+/// Plain `masquerade` on a router whose own input takes anything (no drop of new flows from
+/// the WAN, unlike the shared lab's default): the router the flush below must trip up.
+fn masquerade_accepting_input(router: &Router<'_>) -> String {
+    let wan = router.wan;
+    format!(
+        "table ip fognat {{\n chain postrouting {{\n  type nat hook postrouting priority \
+         srcnat; policy accept;\n  oifname \"{wan}\" masquerade\n }}\n}}\n"
+    )
 }
 
-/// The internet namespace, and a router and a client namespace per site; deleted on drop.
-struct Lab {
-    ip: PathBuf,
-    nft: PathBuf,
-    conntrack: PathBuf,
-    namespaces: Vec<String>,
-}
-
-impl Lab {
-    fn new(ip: PathBuf, nft: PathBuf, conntrack: PathBuf, sites: u8) -> Result<Self, String> {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let prefix = format!(
-            "fr{}{}",
-            std::process::id() % 100_000,
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
-        let mut lab = Self {
-            ip,
-            nft,
-            conntrack,
-            namespaces: Vec::new(),
-        };
-        let internet = lab.add_namespace(format!("{prefix}i"))?;
-        for address in [SERVER_A1, SERVER_A2] {
-            let address = format!("{address}/32");
-            lab.ip_cmd(&["-n", &internet, "addr", "add", &address, "dev", "lo"])?;
-        }
-        lab.ip_cmd(&["-n", &internet, "link", "set", "lo", "up"])?;
-        lab.forward(&internet)?;
-        lab.nft_in(
-            &internet,
-            &format!(
-                "table ip fogpath {{\n chain forward {{\n  type filter hook forward priority \
-                 filter; policy accept;\n  ip ttl <= {PATH_HOPS} drop\n }}\n}}\n"
-            ),
-        )?;
-        for k in 0..sites {
-            let site = Site(k);
-            let router = lab.add_namespace(format!("{prefix}r{k}"))?;
-            let client = lab.add_namespace(format!("{prefix}c{k}"))?;
-            let (wan_r, wan_i) = (format!("{prefix}w{k}r"), format!("{prefix}w{k}i"));
-            let (lan_c, lan_r) = (format!("{prefix}l{k}c"), format!("{prefix}l{k}r"));
-            for (a, b) in [(&wan_r, &wan_i), (&lan_c, &lan_r)] {
-                lab.ip_cmd(&["link", "add", a, "type", "veth", "peer", "name", b])?;
-            }
-            for (link, ns) in [
-                (&wan_r, &router),
-                (&wan_i, &internet),
-                (&lan_c, &client),
-                (&lan_r, &router),
-            ] {
-                lab.ip_cmd(&["link", "set", link, "netns", ns])?;
-            }
-            for (ns, address, link) in [
-                (&internet, format!("{}/30", site.gateway()), &wan_i),
-                (&router, format!("{}/30", site.router_wan()), &wan_r),
-                (&router, format!("{}/28", site.router_lan()), &lan_r),
-                (&client, format!("{}/28", site.client()), &lan_c),
-            ] {
-                lab.ip_cmd(&["-n", ns, "addr", "add", &address, "dev", link])?;
-            }
-            for (ns, link) in [
-                (&client, "lo"),
-                (&client, lan_c.as_str()),
-                (&router, "lo"),
-                (&router, lan_r.as_str()),
-                (&router, wan_r.as_str()),
-                (&internet, wan_i.as_str()),
-            ] {
-                lab.ip_cmd(&["-n", ns, "link", "set", link, "up"])?;
-            }
-            let (lan_gw, wan_gw) = (site.router_lan(), site.gateway());
-            lab.ip_cmd(&["-n", &client, "route", "add", "default", "via", &lan_gw])?;
-            lab.ip_cmd(&["-n", &router, "route", "add", "default", "via", &wan_gw])?;
-            lab.forward(&router)?;
-            lab.nft_in(
-                &router,
-                &format!(
-                    "table ip fognat {{\n chain postrouting {{\n  type nat hook postrouting \
-                     priority srcnat; policy accept;\n  oifname \"{wan_r}\" masquerade\n \
-                     }}\n}}\n"
-                ),
-            )?;
-        }
-        Ok(lab)
-    }
-
-    fn add_namespace(&mut self, name: String) -> Result<String, String> {
-        self.ip_cmd(&["netns", "add", &name])?;
-        self.namespaces.push(name.clone());
-        Ok(name)
-    }
-
-    fn internet(&self) -> &str {
-        &self.namespaces[0]
-    }
-
-    fn router(&self, site: usize) -> &str {
-        &self.namespaces[1 + 2 * site]
-    }
-
-    fn client(&self, site: usize) -> &str {
-        &self.namespaces[2 + 2 * site]
-    }
-
-    /// `conntrack -F` on site `site`'s router: every flow through its NAT is forgotten.
-    fn flush(&self, site: usize) -> Result<(), String> {
-        let mut conntrack = Command::new(&self.conntrack);
-        conntrack.arg("-F");
-        checked(&mut self.in_ns(self.router(site), &conntrack), None)
-    }
-
-    fn forward(&self, ns: &str) -> Result<(), String> {
-        let mut sh = Command::new("sh");
-        sh.args(["-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"]);
-        checked(&mut self.in_ns(ns, &sh), None)
-    }
-
-    fn nft_in(&self, ns: &str, ruleset: &str) -> Result<(), String> {
-        let mut nft = Command::new(&self.nft);
-        nft.args(["-f", "-"]);
-        checked(&mut self.in_ns(ns, &nft), Some(ruleset))
-    }
-
-    fn ip_cmd(&self, args: &[&str]) -> Result<(), String> {
-        checked(Command::new(&self.ip).args(args), None)
-    }
-
-    fn in_ns(&self, ns: &str, command: &Command) -> Command {
-        let mut wrapped = Command::new(&self.ip);
-        wrapped
-            .args(["netns", "exec", ns])
-            .arg(command.get_program())
-            .args(command.get_args());
-        wrapped
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for ns in self.namespaces.iter().rev() {
-            let _ = Command::new(&self.ip)
-                .args(["netns", "del", ns])
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
-}
-
-/// Runs `command` (with `input` on stdin); an error names it and carries its stderr.
-fn checked(command: &mut Command, input: Option<&str>) -> Result<(), String> {
-    let describe = format!("{command:?}");
-    let mut child = command
-        .stdin(if input.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("{describe}: {e}"))?;
-    if let Some(input) = input {
-        let mut stdin = child.stdin.take().expect("piped");
-        stdin
-            .write_all(input.as_bytes())
-            .map_err(|e| format!("{describe}: writing stdin: {e}"))?;
-    }
-    let output = child
-        .wait_with_output()
-        .map_err(|e| format!("{describe}: {e}"))?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{describe}: {}: {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        ))
-    }
-}
-
-fn is_root() -> bool {
-    fs::read_to_string("/proc/self/status").is_ok_and(|status| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("Uid:"))
-            .and_then(|ids| ids.split_whitespace().nth(1))
-            == Some("0")
-    })
-}
-
-/// A lab of `sites` masquerading sites, or `None` (after saying why) where this host cannot
-/// build one and `FOG_REQUIRE_NETNS` is not `1`.
-fn lab(test: &str, sites: u8) -> Option<Lab> {
-    let attempt = || -> Result<Lab, String> {
-        if !cfg!(target_os = "linux") {
-            return Err("network namespaces are Linux's".to_owned());
-        }
-        if !is_root() {
-            return Err("needs root (network namespaces, nftables)".to_owned());
-        }
-        let ip = find_tool("ip").ok_or("`ip` is not installed (Debian package iproute2)")?;
-        let nft = find_tool("nft").ok_or("`nft` is not installed (Debian package nftables)")?;
-        let conntrack = find_tool("conntrack")
-            .ok_or("`conntrack` is not installed (Debian package conntrack)")?;
-        Lab::new(ip, nft, conntrack, sites).map_err(|e| format!("cannot build the lab: {e}"))
-    };
-    match attempt() {
-        Ok(lab) => Some(lab),
-        Err(why) => {
-            support::skip_or_fail(test, &why, "FOG_REQUIRE_NETNS");
-            None
-        }
-    }
-}
-
-/// fogd in the internet namespace: STUN on both addresses, signaling and TURN.
-fn start_fogd(lab: &Lab) -> ChildGuard {
-    let mut fogd = Command::new(fogd_exe());
-    fogd.args([
-        "--stun",
-        &format!("{SERVER_A1}:3478"),
-        "--stun-alt",
-        &format!("{SERVER_A2}:3479"),
-        "--signal",
-        SERVER_A1,
-        "--turn",
-        TURN,
-        "--turn-secret",
-        TURN_SECRET,
-    ]);
-    let mut child =
-        ChildGuard::spawn("fogd", &mut lab.in_ns(lab.internet(), &fogd)).expect("spawning fogd");
-    wait_for("fogd to listen", Duration::from_secs(10), || {
-        if let Some(status) = child.try_wait() {
-            panic!("fogd exited with {status}\n{}", child.output_text());
-        }
-        let log = child.stderr_text();
-        ["STUN listening", "signal listening", "TURN listening"]
-            .iter()
-            .all(|l| log.contains(l))
-    })
-    .unwrap_or_else(|e| panic!("{e}\n{}", child.output_text()));
-    child
-}
-
-/// Polls `done` every 20 ms until it holds; an error naming `what` after `timeout`.
-fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) -> Result<(), String> {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        if Instant::now() >= deadline {
-            return Err(format!("timed out after {timeout:?} waiting for {what}"));
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    Ok(())
-}
-
-// ---- the test ----
-
-/// The JSON events a node printed so far, one per line.
-fn json_lines(node: &ChildGuard) -> Vec<Value> {
-    node.stdout_text()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
-}
-
-fn named<'a>(events: &'a [Value], name: &str) -> Vec<&'a Value> {
-    events.iter().filter(|e| e["event"] == name).collect()
+/// `conntrack -F` on site `site`'s router: every flow through its NAT is forgotten.
+fn flush(lab: &Lab, conntrack: &PathBuf, site: usize) -> Result<(), String> {
+    let mut command = Command::new(conntrack);
+    command.arg("-F");
+    checked(&mut lab.in_ns(lab.router(site), &command), None)
 }
 
 /// A scratch directory, removed on drop.
@@ -384,10 +97,19 @@ fn contents(len: usize) -> Vec<u8> {
 #[ignore = "flaky: about 3 runs in 5 pass; see the comment above"]
 fn a_transfer_survives_both_routers_forgetting_every_flow() {
     let test = "a_transfer_survives_both_routers_forgetting_every_flow";
-    let Some(lab) = lab(test, 2) else {
+    let Some(conntrack) = find_tool("conntrack") else {
+        support::skip_or_fail(
+            test,
+            "`conntrack` is not installed (Debian package conntrack)",
+            "FOG_REQUIRE_NETNS",
+        );
         return;
     };
-    let fogd = start_fogd(&lab);
+    let nat = Nat::Rules(masquerade_accepting_input);
+    let Some(lab) = lab_of(test, &[nat, nat], false) else {
+        return;
+    };
+    let fogd = start_fogd(&lab, true);
     let scratch = Scratch::new("fog-netns-roaming");
     let file = scratch.0.join("payload.bin");
     let data = contents(4 << 20);
@@ -439,7 +161,7 @@ fn a_transfer_survives_both_routers_forgetting_every_flow() {
     .unwrap_or_else(|e| panic!("{e}\n{}", all(&[&send, &recv, &fogd])));
     let flushed = Instant::now();
     for site in 0..2 {
-        lab.flush(site).expect("conntrack -F");
+        flush(&lab, &conntrack, site).expect("conntrack -F");
     }
     let send_status = send.wait_timeout(Duration::from_secs(60));
     let recv_status = recv.wait_timeout(Duration::from_secs(10));
