@@ -283,12 +283,12 @@ impl Agent {
     }
 
     /// Suspicion of the selected direct path: consent checks go at once, two at a time, in
-    /// [`SUSPECT_ROUNDS`] rounds [`SUSPECT_WAIT`] (or four round trips) apart (RFC 7675 §5.1
+    /// `SUSPECT_ROUNDS` rounds `SUSPECT_WAIT` (or four round trips) apart (RFC 7675 §5.1
     /// sets 30 s as the bound for declaring a path dead, not a wait before trying another);
     /// if none is answered and nothing else came from the peer on the path (see
     /// [`heard_from`](Self::heard_from)), the connection moves as it does from a path gone
     /// silent: to another working direct path, else to the backup relay (see
-    /// [`lose_selected`](Self::lose_selected)). Without anywhere to move, it stays. Six
+    /// `lose_selected`). Without anywhere to move, it stays. Six
     /// checks in all: on a link that loses a third of the round trips, all six are lost
     /// about once in a thousand suspicions.
     ///
