@@ -440,26 +440,7 @@ impl Peer {
         peer.drain();
         peer.rtc.add_remote_candidate(remote);
         peer.drain();
-        {
-            let mut api = peer.rtc.direct_api();
-            api.set_remote_ice_credentials(IceCreds {
-                ufrag: setup.remote_ice.ufrag,
-                pass: setup.remote_ice.pwd,
-            });
-            api.set_remote_fingerprint(Fingerprint {
-                hash_func: HASH.into(),
-                bytes: setup.remote_fingerprint.to_vec(),
-            });
-            api.set_ice_controlling(active);
-        }
-        peer.drain();
-        peer.rtc
-            .direct_api()
-            .start_dtls(active)
-            .map_err(|e| Error::Rtc(e.to_string()))?;
-        peer.drain();
-        peer.rtc.direct_api().start_sctp(active);
-        peer.drain();
+        peer.start_direct(setup.remote_ice, &setup.remote_fingerprint, active)?;
         let mut ids = Vec::new();
         for options in channels {
             ids.push(peer.open_channel(now, options)?);
@@ -484,27 +465,39 @@ impl Peer {
                 peer.drain();
             }
         }
+        peer.start_direct(setup.remote_ice, &setup.remote_fingerprint, false)?;
+        Ok(peer)
+    }
+
+    /// Without SDP: the peer's ICE credentials and DTLS fingerprint, our ICE role, then DTLS
+    /// and SCTP started (client and controlling when `active`).
+    fn start_direct(
+        &mut self,
+        remote_ice: IceCredentials,
+        remote_fingerprint: &[u8; 32],
+        active: bool,
+    ) -> Result<(), Error> {
         {
-            let mut api = peer.rtc.direct_api();
+            let mut api = self.rtc.direct_api();
             api.set_remote_ice_credentials(IceCreds {
-                ufrag: setup.remote_ice.ufrag,
-                pass: setup.remote_ice.pwd,
+                ufrag: remote_ice.ufrag,
+                pass: remote_ice.pwd,
             });
             api.set_remote_fingerprint(Fingerprint {
                 hash_func: HASH.into(),
-                bytes: setup.remote_fingerprint.to_vec(),
+                bytes: remote_fingerprint.to_vec(),
             });
-            api.set_ice_controlling(false);
+            api.set_ice_controlling(active);
         }
-        peer.drain();
-        peer.rtc
+        self.drain();
+        self.rtc
             .direct_api()
-            .start_dtls(false)
+            .start_dtls(active)
             .map_err(|e| Error::Rtc(e.to_string()))?;
-        peer.drain();
-        peer.rtc.direct_api().start_sctp(false);
-        peer.drain();
-        Ok(peer)
+        self.drain();
+        self.rtc.direct_api().start_sctp(active);
+        self.drain();
+        Ok(())
     }
 
     /// An SDP offerer with one data channel (an offer needs its `m=application` line) and the
