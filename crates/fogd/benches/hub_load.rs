@@ -54,7 +54,9 @@ use fog_runtime::{Runtime, RuntimeConfig};
 use fogconnect::{AcceptPolicy, ConnectionId, Event, FailReason, KeyPair, NodeConfig, PeerId};
 
 use support::signal::free_tcp_port;
-use support::{Fogd, fd_limit, load_average, percentile, raise_fd_limit_or_reexec, rss_kib};
+use support::{
+    Fogd, fd_limit, load_average, percentile, raise_fd_limit_or_reexec, rss_kib, wait_until,
+};
 
 /// The hub's service number.
 const SERVICE: u16 = 1;
@@ -417,21 +419,6 @@ fn run_hub(signal: &str, stun: SocketAddr) {
             up = false;
         }
     }
-}
-
-/// Waits (at most 20 s) for `child` to print a line containing `what`, on stderr or stdout.
-fn wait_until(child: &mut support::ChildGuard, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if child.output_text().contains(what) {
-            return;
-        }
-        if let Some(status) = child.try_wait() {
-            panic!("{what}: exited with {status}\n{}", child.output_text());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("no {what:?} within 20 s\n{}", child.output_text());
 }
 
 fn failure(reason: &FailReason) -> String {

@@ -56,7 +56,7 @@ use fog_runtime::{Runtime, RuntimeConfig};
 use fogconnect::{AcceptPolicy, Event, Footprint, KeyPair, NodeConfig, PeerId, Transport};
 
 use support::signal::free_tcp_port;
-use support::{ChildGuard, Fogd, load_average, raise_fd_limit_or_reexec, status_kib};
+use support::{ChildGuard, Fogd, load_average, raise_fd_limit_or_reexec, status_kib, wait_until};
 
 /// The server's service number.
 const SERVICE: u16 = 9;
@@ -173,7 +173,7 @@ fn soak(options: &Options) {
             .env("RUST_LOG", "warn"),
     )
     .expect("starting the server");
-    wait_for_line(&mut server, "server ready", Duration::from_secs(20));
+    wait_until(&mut server, "server ready");
     let server_id = KeyPair::from_seed(&SERVER_SEED).peer_id();
     let (fogd_pid, server_pid) = (fogd.child.id(), server.id());
     if !options.json {
@@ -750,19 +750,4 @@ fn report(
             println!("  - {p}");
         }
     }
-}
-
-/// Waits for `child` to print a line containing `what`, or panics with its output.
-fn wait_for_line(child: &mut ChildGuard, what: &str, limit: Duration) {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if child.stdout_text().contains(what) {
-            return;
-        }
-        if let Some(status) = child.try_wait() {
-            panic!("{what}: exited with {status}\n{}", child.output_text());
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    panic!("no {what:?} within {limit:?}\n{}", child.output_text());
 }

@@ -234,3 +234,18 @@ pub(crate) fn percentile(samples: &mut [Duration], q: f64) -> Option<Duration> {
     let rank = ((samples.len() as f64 - 1.0) * q).round() as usize;
     Some(samples[rank.min(samples.len() - 1)])
 }
+
+/// Waits (at most 20 s) for `child` to print a line containing `what`, on stderr or stdout.
+pub(crate) fn wait_until(child: &mut ChildGuard, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if child.output_text().contains(what) {
+            return;
+        }
+        if let Some(status) = child.try_wait() {
+            panic!("{what}: exited with {status}\n{}", child.output_text());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("no {what:?} within 20 s\n{}", child.output_text());
+}
