@@ -294,7 +294,9 @@ impl Handle {
     }
 
     /// Asks the runtime to stop: it closes every connection (telling the peers), flushes, and
-    /// ends its thread; [`Runtime::shutdown`] also waits for that.
+    /// ends its thread; [`Runtime::shutdown`] also waits for that. A stream's close is graceful
+    /// (what was sent is delivered first) for up to a second; then it is cut short, and the
+    /// peer hears code 0, "shutdown before the close completed".
     pub fn shutdown(&self) -> Result<(), RuntimeError> {
         self.tell(Command::Shutdown)
     }
@@ -474,6 +476,9 @@ fn gather() -> io::Result<Vec<IpAddr>> {
 const SOCKET_BUFFER: usize = 2 << 20;
 /// How long a shutdown waits for the closes to reach the wire and the WebSocket to close.
 const SHUTDOWN_FLUSH: Duration = Duration::from_millis(200);
+/// How long a shutdown waits for streams to close gracefully (the peer acknowledging what was
+/// sent) before it ends them at once, telling the peers.
+const SHUTDOWN_CLOSES: Duration = Duration::from_secs(1);
 
 /// The runtime's loop.
 fn run(
@@ -536,9 +541,17 @@ fn run(
         }
         tcp.drain(driver.machine_mut().node_mut());
         if let Some(since) = stopping {
-            let done =
-                driver.machine().signal_closed() && !driver.machine().node().port_mapping_active();
-            if done || since.elapsed() >= SHUTDOWN_FLUSH {
+            let closing = driver.machine().node().connections().next().is_some();
+            if closing && since.elapsed() >= SHUTDOWN_CLOSES {
+                driver.machine_mut().abort_all(Instant::now());
+                driver.drain(|_, event| sink.deliver(event));
+                // The next turn puts the closes on the wire.
+                continue;
+            }
+            let done = !closing
+                && driver.machine().signal_closed()
+                && !driver.machine().node().port_mapping_active();
+            if done || since.elapsed() >= SHUTDOWN_CLOSES + SHUTDOWN_FLUSH {
                 driver.machine_mut().join_pump(SHUTDOWN_FLUSH);
                 return Ok(());
             }

@@ -103,11 +103,23 @@ impl Machine {
         }
     }
 
-    /// Closes every connection, telling the peers (the shutdown's first step).
+    /// Closes every connection, telling the peers (the shutdown's first step); a stream's
+    /// close is graceful, so what was sent is delivered first.
     pub(crate) fn shut(&mut self, now: Instant) {
         let ids: Vec<_> = self.node.connections().collect();
         for id in ids {
             let _ = self.node.close(now, id, 0, "shutdown");
+        }
+    }
+
+    /// Ends the connections whose graceful close has not finished, telling the peers (the
+    /// shutdown's last word when they took too long).
+    pub(crate) fn abort_all(&mut self, now: Instant) {
+        let ids: Vec<_> = self.node.connections().collect();
+        for id in ids {
+            let _ = self
+                .node
+                .abort(now, id, 0, "shutdown before the close completed");
         }
     }
 

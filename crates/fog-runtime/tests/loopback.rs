@@ -318,3 +318,49 @@ fn two_runtimes_move_messages_over_kcp() {
         }
     );
 }
+
+/// A runtime shut down with a stream connection open closes it gracefully: what it sent
+/// arrives, then the peer hears the close (before, the runtime stopped within 200 ms while
+/// the stream was still closing, and the peer heard nothing until its idle timeout).
+#[test]
+fn a_shutdown_delivers_what_was_sent_and_tells_the_peer() {
+    let (_fogd, stun, url) = fogd();
+    let a = Runtime::start(config(13, stun, &url)).expect("A starts");
+    let b = Runtime::start(config(14, stun, &url)).expect("B starts");
+    let (ha, hb) = (a.handle(), b.handle());
+    let (mut seen_a, mut seen_b) = (Vec::new(), Vec::new());
+    ready(a.events(), &mut seen_a);
+    ready(b.events(), &mut seen_b);
+    let id_a = ha
+        .connect_with(hb.peer_id(), 3, fogconnect::Transport::Quic)
+        .unwrap();
+    let id_b = incoming(b.events(), &mut seen_b).0;
+    hb.accept(id_b).unwrap();
+    connected(a.events(), &mut seen_a, id_a);
+    let message: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    ha.send(id_a, &message).unwrap();
+    a.shutdown().expect("A stops");
+    let got = wait_for(b.events(), &mut seen_b, |e| match e {
+        Event::Data { id, data } if *id == id_b => Some(data.clone()),
+        _ => None,
+    });
+    assert!(
+        got == message,
+        "the message sent before the shutdown, whole"
+    );
+    let closed = wait_for(b.events(), &mut seen_b, |e| match e {
+        Event::Closed {
+            id,
+            reason,
+            by_peer: true,
+        } if *id == id_b => Some(reason.clone()),
+        _ => None,
+    });
+    assert_eq!(
+        closed,
+        CloseReason::Application {
+            code: 0,
+            reason: "shutdown".into()
+        }
+    );
+}

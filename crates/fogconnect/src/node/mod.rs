@@ -422,6 +422,36 @@ impl Node {
         Ok(())
     }
 
+    /// Ends connection `id` at once, telling the peer, without waiting for a stream's graceful
+    /// close (see [`close`](Self::close)): what the peer has not acknowledged yet is lost, and
+    /// it hears `code` and `reason` as from `close`. For a driver that is stopping and cannot
+    /// wait any longer; a connection already closing gracefully is cut short too.
+    pub fn abort(
+        &mut self,
+        now: Instant,
+        id: ConnectionId,
+        code: u32,
+        reason: &str,
+    ) -> Result<(), CommandError> {
+        self.now = self.now.max(now);
+        if !self.conns.contains_key(&id) {
+            return Err(CommandError::UnknownConnection);
+        }
+        self.tell_peer(id, code, reason);
+        self.end(
+            now,
+            id,
+            End::Closed {
+                reason: CloseReason::Application {
+                    code,
+                    reason: reason.to_owned(),
+                },
+                by_peer: false,
+            },
+        );
+        Ok(())
+    }
+
     /// Asks the signaling server who `name` (an alias or a peer ID) is; the answer comes as
     /// [`Event::LookupResult`] naming it (or [`Event::LookupFailed`] if signaling drops
     /// first).
