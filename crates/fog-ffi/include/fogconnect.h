@@ -12,8 +12,9 @@
  * functions return a positive handle or a negative FC_ERR_*. A null pointer, a short buffer, a
  * stale handle or a released context returns a code; it never crashes.
  *
- * Protocols: the node carries sealed datagrams only today; FC_PROTOCOL_DATAGRAM works and the
- * others return FC_ERR_UNSUPPORTED_PROTOCOL until the runtime carries them.
+ * Protocols: FC_PROTOCOL_DATAGRAM carries sealed, unreliable datagrams; KCP, QUIC, SCTP and
+ * RTC reliable, ordered messages, each fc_send delivered whole; uTP a reliable, ordered byte
+ * stream whose FC_EVENT_DATA chunks need not match the sends.
  */
 
 #ifndef FOGCONNECT_H
@@ -61,8 +62,9 @@
 #define FC_ERR_ALREADY_STARTED -6
 
 /*
- The node does not carry this protocol (yet): `FC_PROTOCOL_DATAGRAM`, `FC_PROTOCOL_KCP` and
- `FC_PROTOCOL_QUIC` work today.
+ This node does not run the protocol asked for (a node runs every `FC_PROTOCOL_*` unless it
+ was built or configured without one). A peer that does not run it refuses the connection,
+ which ends with `FC_EVENT_ERROR`.
  */
 #define FC_ERR_UNSUPPORTED_PROTOCOL -7
 
@@ -164,6 +166,12 @@
 #define FC_EVENT_PATH_CHANGED 7
 
 /*
+ `fc_send` said `FC_ERR_BLOCKED` on this connection and its send queue has room again: send
+ what was refused. May come once when there was no need (send again and see).
+ */
+#define FC_EVENT_WRITABLE 8
+
+/*
  The passive callback accepts the connection.
  */
 #define FC_ACCEPT 1
@@ -180,7 +188,7 @@
 #define FC_DECIDE_LATER 2
 
 /*
- QUIC (not carried yet: `FC_ERR_UNSUPPORTED_PROTOCOL`).
+ QUIC: each `fc_send` is a reliable, ordered message (up to 1 MiB), delivered whole.
  */
 #define FC_PROTOCOL_QUIC 1
 
@@ -190,22 +198,24 @@
 #define FC_PROTOCOL_KCP 2
 
 /*
- uTP (not carried yet).
+ uTP (BEP 29, LEDBAT): a reliable, ordered byte stream; `FC_EVENT_DATA` chunks need not
+ match the sends.
  */
 #define FC_PROTOCOL_UTP 3
 
 /*
- SCTP (not carried yet).
+ SCTP: each `fc_send` is a reliable, ordered message (up to 64 KiB), delivered whole.
  */
 #define FC_PROTOCOL_SCTP 4
 
 /*
- WebRTC data channels (not carried yet).
+ WebRTC data channels: each `fc_send` is a reliable, ordered message (up to 64 KiB),
+ delivered whole. A web browser's connection arrives as this protocol.
  */
 #define FC_PROTOCOL_RTC 5
 
 /*
- Sealed datagrams: what the node carries today.
+ Sealed datagrams, unreliable and unordered, at most `FC_MAX_DATAGRAM` bytes each.
  */
 #define FC_PROTOCOL_DATAGRAM 6
 
@@ -507,9 +517,10 @@ fc_conn fc_connect(struct fc_context *ctx,
 int fc_event_setcb(fc_conn conn, fc_event_cb cb, void *arg);
 
 /*
- Sends one datagram of `len` bytes (at most `FC_MAX_DATAGRAM`) on a connected connection;
- on a KCP connection, one message (longer ones too: the node says `FC_ERR_TOO_LONG` past its
- limit, and `FC_ERR_BLOCKED` while its queue is full).
+ Sends `len` bytes on a connected connection: one datagram (at most `FC_MAX_DATAGRAM`) on
+ `FC_PROTOCOL_DATAGRAM`; one message on KCP, QUIC, SCTP and RTC (`FC_ERR_TOO_LONG` past the
+ protocol's limit); the next bytes of the stream on uTP. `FC_ERR_BLOCKED` while the
+ connection's send queue is full: nothing was taken, send the same bytes again later.
 
  # Safety
 

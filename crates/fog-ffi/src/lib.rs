@@ -31,10 +31,12 @@
 //! # Protocols
 //!
 //! `FC_PROTOCOL_DATAGRAM` carries sealed datagrams, unreliable and unordered, at most
-//! [`FC_MAX_DATAGRAM`] bytes each; `FC_PROTOCOL_KCP` and `FC_PROTOCOL_QUIC` carry reliable,
-//! ordered messages, each `fc_send` delivered whole (KCP up to about 170 KB, QUIC up to
-//! 1 MiB). uTP, SCTP and RTC return `FC_ERR_UNSUPPORTED_PROTOCOL` until the runtime offers
-//! them.
+//! [`FC_MAX_DATAGRAM`] bytes each. `FC_PROTOCOL_KCP`, `FC_PROTOCOL_QUIC`, `FC_PROTOCOL_SCTP`
+//! and `FC_PROTOCOL_RTC` carry reliable, ordered messages, each `fc_send` delivered whole as
+//! one `FC_EVENT_DATA` (KCP up to about 170 KB, QUIC up to 1 MiB, SCTP and RTC up to
+//! 64 KiB). `FC_PROTOCOL_UTP` carries a reliable, ordered byte stream: what is sent arrives in
+//! order, but in chunks that need not match the sends, so a program frames its own messages.
+//! A connection from a web browser (`fogconnect.js`) arrives as `FC_PROTOCOL_RTC`.
 
 // The C names are the API.
 #![allow(non_camel_case_types)]
@@ -80,8 +82,9 @@ pub const FC_ERR_INVALID_CONNECTION: c_int = -4;
 pub const FC_ERR_NOT_STARTED: c_int = -5;
 /// The context already has one (`fc_signal_init` twice, `fc_set_id` after it).
 pub const FC_ERR_ALREADY_STARTED: c_int = -6;
-/// The node does not carry this protocol (yet): `FC_PROTOCOL_DATAGRAM`, `FC_PROTOCOL_KCP` and
-/// `FC_PROTOCOL_QUIC` work today.
+/// This node does not run the protocol asked for (a node runs every `FC_PROTOCOL_*` unless it
+/// was built or configured without one). A peer that does not run it refuses the connection,
+/// which ends with `FC_EVENT_ERROR`.
 pub const FC_ERR_UNSUPPORTED_PROTOCOL: c_int = -7;
 /// The output buffer is too short for the answer and its NUL; nothing was written.
 pub const FC_ERR_BUFFER_TOO_SMALL: c_int = -8;
@@ -124,6 +127,9 @@ pub const FC_EVENT_TIMEOUT: c_int = 5;
 pub const FC_EVENT_DISCONNECT: c_int = 6;
 /// The connection moved to another path; `data` names it (`direct`, `turn`, `signaling`).
 pub const FC_EVENT_PATH_CHANGED: c_int = 7;
+/// `fc_send` said `FC_ERR_BLOCKED` on this connection and its send queue has room again: send
+/// what was refused. May come once when there was no need (send again and see).
+pub const FC_EVENT_WRITABLE: c_int = 8;
 
 /// The passive callback accepts the connection.
 pub const FC_ACCEPT: c_int = 1;
@@ -133,17 +139,19 @@ pub const FC_REFUSE: c_int = 0;
 /// timeout, else the connection ends with `FC_EVENT_TIMEOUT`).
 pub const FC_DECIDE_LATER: c_int = 2;
 
-/// QUIC (not carried yet: `FC_ERR_UNSUPPORTED_PROTOCOL`).
+/// QUIC: each `fc_send` is a reliable, ordered message (up to 1 MiB), delivered whole.
 pub const FC_PROTOCOL_QUIC: c_int = 1;
 /// KCP: each `fc_send` is a reliable, ordered message (up to about 170 KB), delivered whole.
 pub const FC_PROTOCOL_KCP: c_int = 2;
-/// uTP (not carried yet).
+/// uTP (BEP 29, LEDBAT): a reliable, ordered byte stream; `FC_EVENT_DATA` chunks need not
+/// match the sends.
 pub const FC_PROTOCOL_UTP: c_int = 3;
-/// SCTP (not carried yet).
+/// SCTP: each `fc_send` is a reliable, ordered message (up to 64 KiB), delivered whole.
 pub const FC_PROTOCOL_SCTP: c_int = 4;
-/// WebRTC data channels (not carried yet).
+/// WebRTC data channels: each `fc_send` is a reliable, ordered message (up to 64 KiB),
+/// delivered whole. A web browser's connection arrives as this protocol.
 pub const FC_PROTOCOL_RTC: c_int = 5;
-/// Sealed datagrams: what the node carries today.
+/// Sealed datagrams, unreliable and unordered, at most `FC_MAX_DATAGRAM` bytes each.
 pub const FC_PROTOCOL_DATAGRAM: c_int = 6;
 
 /// The most received datagrams that wait for a context's callbacks; while that many wait (the
@@ -308,7 +316,7 @@ impl From<RuntimeError> for Error {
         match e {
             RuntimeError::Connect(ConnectError::SelfConnect) => Error::SelfConnect,
             RuntimeError::Connect(ConnectError::TooManyConnections { .. }) => Error::TooMany,
-            // A transport the node does not run (once the runtime carries transports).
+            // A transport this node does not run.
             RuntimeError::Connect(_) => Error::UnsupportedProtocol,
             RuntimeError::Command(CommandError::NotIncoming) => Error::NotIncoming,
             RuntimeError::Command(_) => Error::InvalidConnection,
@@ -351,6 +359,9 @@ pub(crate) fn transport_of(protocol: u8) -> fogconnect::Transport {
     match c_int::from(protocol) {
         FC_PROTOCOL_KCP => fogconnect::Transport::Kcp,
         FC_PROTOCOL_QUIC => fogconnect::Transport::Quic,
+        FC_PROTOCOL_UTP => fogconnect::Transport::Utp,
+        FC_PROTOCOL_SCTP => fogconnect::Transport::Sctp,
+        FC_PROTOCOL_RTC => fogconnect::Transport::Rtc,
         _ => fogconnect::Transport::Datagram,
     }
 }
@@ -361,6 +372,10 @@ pub(crate) fn protocol_for(transport: &fogconnect::Transport) -> Option<u8> {
         fogconnect::Transport::Datagram => Some(FC_PROTOCOL_DATAGRAM as u8),
         fogconnect::Transport::Kcp => Some(FC_PROTOCOL_KCP as u8),
         fogconnect::Transport::Quic => Some(FC_PROTOCOL_QUIC as u8),
+        fogconnect::Transport::Utp => Some(FC_PROTOCOL_UTP as u8),
+        fogconnect::Transport::Sctp => Some(FC_PROTOCOL_SCTP as u8),
+        // A browser's data channel is an RTC connection to the program.
+        fogconnect::Transport::Rtc | fogconnect::Transport::Browser => Some(FC_PROTOCOL_RTC as u8),
         _ => None,
     }
 }
@@ -368,10 +383,11 @@ pub(crate) fn protocol_for(transport: &fogconnect::Transport) -> Option<u8> {
 /// The protocol number as the node sees it.
 fn protocol_of(protocol: c_int) -> Result<u8, Error> {
     match protocol {
-        FC_PROTOCOL_DATAGRAM => Ok(FC_PROTOCOL_DATAGRAM as u8),
-        FC_PROTOCOL_KCP => Ok(FC_PROTOCOL_KCP as u8),
-        FC_PROTOCOL_QUIC => Ok(FC_PROTOCOL_QUIC as u8),
-        FC_PROTOCOL_UTP..=FC_PROTOCOL_RTC => Err(Error::UnsupportedProtocol),
+        // Every protocol number is one the node can run; `FC_ERR_UNSUPPORTED_PROTOCOL` comes
+        // from a node configured without it.
+        FC_PROTOCOL_QUIC..=FC_PROTOCOL_DATAGRAM => {
+            u8::try_from(protocol).map_err(|_| Error::InvalidArgument)
+        }
         _ => Err(Error::InvalidArgument),
     }
 }
@@ -686,9 +702,10 @@ fn with_conn<T>(conn: fc_conn, f: impl FnOnce(&mut Conn) -> T) -> Result<T, Erro
     Ok(f(c))
 }
 
-/// Sends one datagram of `len` bytes (at most `FC_MAX_DATAGRAM`) on a connected connection;
-/// on a KCP connection, one message (longer ones too: the node says `FC_ERR_TOO_LONG` past its
-/// limit, and `FC_ERR_BLOCKED` while its queue is full).
+/// Sends `len` bytes on a connected connection: one datagram (at most `FC_MAX_DATAGRAM`) on
+/// `FC_PROTOCOL_DATAGRAM`; one message on KCP, QUIC, SCTP and RTC (`FC_ERR_TOO_LONG` past the
+/// protocol's limit); the next bytes of the stream on uTP. `FC_ERR_BLOCKED` while the
+/// connection's send queue is full: nothing was taken, send the same bytes again later.
 ///
 /// # Safety
 ///
@@ -703,7 +720,15 @@ pub unsafe extern "C" fn fc_send(conn: fc_conn, data: *const u8, len: usize) -> 
             return Err(Error::TooLong);
         }
         let (handle, id) = table().live(conn)?;
-        Ok(handle.send(id, data)?)
+        // Marked before the send, so that a `Writable` the runtime reports while this thread
+        // has not yet seen the `Blocked` still wakes the connection (at worst once too many).
+        with_conn(conn, |c| c.wants_room = true)?;
+        let sent = handle.send(id, data);
+        if !matches!(sent, Err(RuntimeError::Send(SendError::Blocked))) {
+            // Gone meanwhile or not: nothing to wake.
+            let _ = with_conn(conn, |c| c.wants_room = false);
+        }
+        Ok(sent?)
     })
 }
 
@@ -1016,12 +1041,10 @@ pub extern "C" fn fc_strerror(code: c_int) -> *const c_char {
         FC_ERR_INVALID_CONNECTION => c"no such connection (ended, or never made)",
         FC_ERR_NOT_STARTED => c"the context has no signaling connection yet",
         FC_ERR_ALREADY_STARTED => c"the context is already started",
-        FC_ERR_UNSUPPORTED_PROTOCOL => {
-            c"the node does not carry this protocol yet (FC_PROTOCOL_DATAGRAM, KCP and QUIC do)"
-        }
+        FC_ERR_UNSUPPORTED_PROTOCOL => c"this node does not run the protocol",
         FC_ERR_BUFFER_TOO_SMALL => c"the output buffer is too small",
         FC_ERR_NOT_CONNECTED => c"the connection has no path yet",
-        FC_ERR_TOO_LONG => c"the datagram is longer than FC_MAX_DATAGRAM",
+        FC_ERR_TOO_LONG => c"the datagram or message is longer than the protocol allows",
         FC_ERR_BLOCKED => c"the send queue is full; try again",
         FC_ERR_SIGNALING => c"the signaling server could not be reached",
         FC_ERR_IO => c"a local resource failed (socket, thread, random source)",

@@ -23,8 +23,8 @@ use fogconnect::{CandidateKind, CloseReason, ConnectionId, Event, FailReason, Ke
 
 use crate::{
     Error, FC_ACCEPT, FC_DECIDE_LATER, FC_EVENT_CONNECTED, FC_EVENT_DATA, FC_EVENT_DISCONNECT,
-    FC_EVENT_EOF, FC_EVENT_ERROR, FC_EVENT_PATH_CHANGED, FC_EVENT_TIMEOUT, FC_PROTOCOL_DATAGRAM,
-    fc_close_cb, fc_conn, fc_event_cb, fc_passive_cb, fc_recv_cb,
+    FC_EVENT_EOF, FC_EVENT_ERROR, FC_EVENT_PATH_CHANGED, FC_EVENT_TIMEOUT, FC_EVENT_WRITABLE,
+    FC_PROTOCOL_DATAGRAM, fc_close_cb, fc_conn, fc_event_cb, fc_passive_cb, fc_recv_cb,
 };
 
 /// The table.
@@ -95,6 +95,8 @@ pub(crate) struct Conn {
     pub(crate) on_event: Option<(fc_event_cb, usize)>,
     pub(crate) on_recv: fc_recv_cb,
     pub(crate) on_close: fc_close_cb,
+    /// `fc_send` was (or is being) told `FC_ERR_BLOCKED`: the next `Writable` wakes it.
+    pub(crate) wants_room: bool,
 }
 
 /// What a connection handle stands for in the runtime.
@@ -119,6 +121,7 @@ impl Conn {
             on_event: None,
             on_recv: None,
             on_close: None,
+            wants_room: false,
         }
     }
 }
@@ -398,6 +401,19 @@ impl Table {
                 context.deliver(id, FC_EVENT_PATH_CHANGED, via.name().as_bytes(), &mut calls);
             }
             Event::Data { id, data } => context.deliver(id, FC_EVENT_DATA, &data, &mut calls),
+            Event::Writable => {
+                let waiting: Vec<ConnectionId> = context
+                    .conns
+                    .values_mut()
+                    .filter_map(|c| match (std::mem::take(&mut c.wants_room), &c.link) {
+                        (true, Link::Live(id)) => Some(*id),
+                        _ => None,
+                    })
+                    .collect();
+                for id in waiting {
+                    context.deliver(id, FC_EVENT_WRITABLE, &[], &mut calls);
+                }
+            }
             Event::Failed { id, reason } => {
                 let event = match reason {
                     FailReason::TimedOut => FC_EVENT_TIMEOUT,
@@ -554,7 +570,7 @@ impl Context {
                 cb: conn.on_recv,
                 data: with_nul(data),
             }),
-            FC_EVENT_CONNECTED | FC_EVENT_DATA | FC_EVENT_PATH_CHANGED => {
+            FC_EVENT_CONNECTED | FC_EVENT_DATA | FC_EVENT_PATH_CHANGED | FC_EVENT_WRITABLE => {
                 calls.extend(event_call(key, conn, event, data));
             }
             _ => terminal(key, conn, event, data, calls),

@@ -1,7 +1,7 @@
 //! The C examples (`examples-c/`), built with the system C compiler against the static library
 //! and the committed header, run against a fogd on loopback: the echo pair (the original's
-//! `pr_*` names), the pub/sub hub with three subscribers, and getaddr. Every child is bounded in
-//! time and killed with its guard.
+//! `pr_*` names), the pub/sub hub with three subscribers, getaddr, and file transfer over each
+//! reliable protocol. Every child is bounded in time and killed with its guard.
 
 // Tests read the wall clock for their own deadlines.
 #![allow(clippy::disallowed_methods)]
@@ -42,7 +42,13 @@ fn examples(test: &str) -> Option<&'static Path> {
         );
         let dir = fog_test_support::scratch_file("c-examples");
         std::fs::create_dir_all(&dir).expect("the examples' directory");
-        for name in ["echo_server", "echo_client", "hub", "getaddr"] {
+        for name in [
+            "echo_server",
+            "echo_client",
+            "hub",
+            "getaddr",
+            "file_transfer",
+        ] {
             let mut command = Command::new(&cc);
             command
                 .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-I"])
@@ -221,5 +227,155 @@ fn getaddr_prints_the_nat_type_and_candidates() {
     assert!(
         out.contains(&format!("candidate srflx {host}")),
         "the server-reflexive address is the host's on loopback:\n{out}"
+    );
+}
+
+/// `file_transfer` sends a file of `len` pseudo-random bytes over `protocol` from one process to
+/// another (by the receiver's ID); both exit 0, the copy is byte for byte the original, and the
+/// sender's last line says the receiver confirmed size and hash. Returns the sender's output.
+fn transfer(test: &str, protocol: &str, len: usize) -> Option<String> {
+    let dir = examples(test)?;
+    let (_fogd, stun, signal) = fogd();
+    let (url, stun) = (format!("ws://{signal}/ws"), stun.to_string());
+    let work = fog_test_support::scratch_file(&format!("c-file-{protocol}"));
+    let (from, to) = (work.join("from"), work.join("to"));
+    std::fs::create_dir_all(&from).expect("a scratch directory");
+    std::fs::create_dir_all(&to).expect("a scratch directory");
+    // xorshift: incompressible, and any lost, repeated or reordered chunk changes the hash.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ len as u64;
+    let data: Vec<u8> = (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let file = from.join("payload.bin");
+    std::fs::write(&file, &data).expect("the file to send");
+    let id = format!("files-{protocol}");
+    let to_arg = to.to_string_lossy().into_owned();
+    let file_arg = file.to_string_lossy().into_owned();
+    let mut receiver = spawn(
+        dir,
+        "file_transfer",
+        &format!("recv-{protocol}"),
+        &[&url, &stun, "recv", &id, &to_arg, protocol],
+    );
+    wait_for_output(&mut receiver, "ready");
+    let mut sender = spawn(
+        dir,
+        "file_transfer",
+        &format!("send-{protocol}"),
+        &[&url, &stun, "send", &id, &file_arg, protocol],
+    );
+    expect_success(&mut sender);
+    expect_success(&mut receiver);
+    let copy = std::fs::read(to.join("payload.bin")).expect("the received file");
+    assert!(
+        copy == data,
+        "the copy differs ({} of {len} bytes)",
+        copy.len()
+    );
+    let out = sender.stdout_text();
+    assert!(
+        out.contains(&format!("sent payload.bin: {len} bytes")) && out.contains("verified"),
+        "{}",
+        sender.output_text()
+    );
+    assert!(
+        receiver
+            .stdout_text()
+            .contains(&format!("payload.bin: {len} bytes")),
+        "{}",
+        receiver.output_text()
+    );
+    Some(out)
+}
+
+#[test]
+fn file_transfer_over_quic() {
+    transfer("file_transfer_over_quic", "quic", 3 << 20);
+}
+
+#[test]
+fn file_transfer_over_kcp_waits_for_writable() {
+    // KCP's send queue holds 4,096 segments (about 5 MiB); the sender hands it 8 MiB far
+    // faster than loopback drains it, so it must have waited for FC_EVENT_WRITABLE (it gives
+    // up after 10 s without one).
+    let Some(out) = transfer("file_transfer_over_kcp_waits_for_writable", "kcp", 8 << 20) else {
+        return;
+    };
+    let waits: u64 = out
+        .split("waited for FC_EVENT_WRITABLE ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no wait count in {out}"));
+    assert!(waits > 0, "{out}");
+}
+
+#[test]
+fn file_transfer_over_utp() {
+    transfer("file_transfer_over_utp", "utp", 3 << 20);
+}
+
+#[test]
+fn file_transfer_over_sctp() {
+    transfer("file_transfer_over_sctp", "sctp", 1 << 20);
+}
+
+#[test]
+fn file_transfer_over_rtc() {
+    transfer("file_transfer_over_rtc", "rtc", 1 << 20);
+}
+
+#[test]
+fn file_transfer_refuses_to_overwrite() {
+    let test = "file_transfer_refuses_to_overwrite";
+    let Some(dir) = examples(test) else {
+        return;
+    };
+    let (_fogd, stun, signal) = fogd();
+    let (url, stun) = (format!("ws://{signal}/ws"), stun.to_string());
+    let work = fog_test_support::scratch_file("c-file-exists");
+    let (from, to) = (work.join("from"), work.join("to"));
+    std::fs::create_dir_all(&from).expect("a scratch directory");
+    std::fs::create_dir_all(&to).expect("a scratch directory");
+    std::fs::write(from.join("notes.txt"), b"new text").expect("the file to send");
+    std::fs::write(to.join("notes.txt"), b"kept").expect("the file already there");
+    let to_arg = to.to_string_lossy().into_owned();
+    let file_arg = from.join("notes.txt").to_string_lossy().into_owned();
+    let mut receiver = spawn(
+        dir,
+        "file_transfer",
+        "recv-exists",
+        &[&url, &stun, "recv", "files-exists", &to_arg],
+    );
+    wait_for_output(&mut receiver, "ready");
+    let mut sender = spawn(
+        dir,
+        "file_transfer",
+        "send-exists",
+        &[&url, &stun, "send", "files-exists", &file_arg],
+    );
+    let status = sender.wait_timeout(WAIT);
+    assert!(
+        status.is_some_and(|s| s.code() == Some(1)),
+        "{status:?}\n{}",
+        sender.output_text()
+    );
+    assert!(
+        sender
+            .output_text()
+            .contains("answered BAD cannot create notes.txt: File exists"),
+        "{}",
+        sender.output_text()
+    );
+    let status = receiver.wait_timeout(WAIT);
+    assert!(status.is_some_and(|s| s.code() == Some(1)), "{status:?}");
+    assert_eq!(
+        std::fs::read(to.join("notes.txt")).expect("the old file"),
+        b"kept"
     );
 }

@@ -84,11 +84,19 @@ fn bad_strings_and_arguments_are_refused() {
             ),
             FC_ERR_INVALID_ARGUMENT
         );
-        // The protocol is checked first: the unsupported ones say so even before a start.
-        for protocol in [FC_PROTOCOL_UTP, FC_PROTOCOL_SCTP, FC_PROTOCOL_RTC] {
+        // Every protocol is one a node runs: before a start each says the context is not
+        // started, and only numbers outside them are invalid.
+        for protocol in [
+            FC_PROTOCOL_QUIC,
+            FC_PROTOCOL_KCP,
+            FC_PROTOCOL_UTP,
+            FC_PROTOCOL_SCTP,
+            FC_PROTOCOL_RTC,
+            FC_PROTOCOL_DATAGRAM,
+        ] {
             assert_eq!(
                 dial(ctx, c"bob", protocol, 1),
-                i64::from(FC_ERR_UNSUPPORTED_PROTOCOL)
+                i64::from(FC_ERR_NOT_STARTED)
             );
         }
         assert_eq!(dial(ctx, c"bob", 0, 1), i64::from(FC_ERR_INVALID_ARGUMENT));
