@@ -24,6 +24,10 @@ enum Change {
     Move,
     /// Both NATs forget every flow at once (`conntrack -F` on both routers).
     ExpireBoth,
+    /// B's NAT moves B's flows to new ports (its TURN allocation too, which B makes again on
+    /// a new relayed address) while A's signaling connection is cut: B's new candidates,
+    /// trickled while A is away, must still reach A once it is back.
+    RebindBWhileACutOff,
 }
 
 /// Who sends through the API.
@@ -173,6 +177,10 @@ fn roam_with(transport: Transport, a: Preset, b: Preset, change: Change, flow: F
             s.sim.reset_nat(nat);
             s.sim.reset_nat(s.sites[1].middleboxes[0]);
         }
+        Change::RebindBWhileACutOff => {
+            s.sim.rebind_nat(s.sites[1].middleboxes[0]);
+            s.sim.signal_sever(s.hosts[0].0);
+        }
     }
     pump(&mut s, Duration::from_secs(6));
     let stopped = s.sim.now();
@@ -208,9 +216,11 @@ fn roam_with(transport: Transport, a: Preset, b: Preset, change: Change, flow: F
         // Each NAT kept state for the other's datagrams, so each host's flow to the other
         // moves to a new port that neither knows: the relay carries it meanwhile.
         Change::ExpireBoth => relayed,
+        // A did not move: B's path goes back to it, through the relay meanwhile.
+        Change::RebindBWhileACutOff => remote == old || relayed,
     };
     assert!(
-        moved && (!relayed || change == Change::ExpireBoth),
+        moved && (!relayed || matches!(change, Change::ExpireBoth | Change::RebindBWhileACutOff)),
         "{change:?} over {transport:?}: B's path 2 s later: {remote} (was {old}): {:?}",
         s.paths(1)
     );
@@ -381,5 +391,20 @@ fn quic_survives_both_routers_forgetting_a_one_way_transfer() {
         Change::ExpireBoth,
         Flow::AToB,
         32,
+    );
+}
+
+/// The flaky netns_roaming runs in the simulator: the flush that moved one node's ports (its
+/// relayed address too) also cut the other node's signaling connection. The cut node comes
+/// back to the server a second or so later, and must still learn the peer's new candidates
+/// to find a path again.
+#[test]
+fn kcp_survives_a_rebinding_while_the_peer_is_cut_off_from_signaling() {
+    roam(
+        Transport::Kcp,
+        Preset::PortRestrictedCone,
+        Preset::PortRestrictedCone,
+        Change::RebindBWhileACutOff,
+        33,
     );
 }

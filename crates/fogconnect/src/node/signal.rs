@@ -215,7 +215,13 @@ impl Node {
         let seed = super::random_bytes(&mut self.rng);
         self.client = super::signal_client(&self.config, seed);
         self.relay_requested = false;
-        self.by_session.clear();
+        // A connection with a path of its own keeps its session: the server holds an answered
+        // session for a while (fog-signal's `rejoin_grace`) for the peer that left, so the
+        // candidates of a network change can still be trickled once we are back.
+        let keep = |conn: &Conn| conn.connected() && conn.path.is_some_and(|p| p != Via::Signaling);
+        let conns = &self.conns;
+        self.by_session
+            .retain(|_, id| conns.get(id).is_some_and(keep));
         self.by_request.clear();
         self.cancelled.clear();
         for (_, name) in std::mem::take(&mut self.lookups) {
@@ -226,6 +232,9 @@ impl Node {
             let Some(conn) = self.conns.get_mut(&id) else {
                 continue;
             };
+            if keep(conn) {
+                continue;
+            }
             conn.session = None;
             let end = match (&conn.phase, conn.path) {
                 // Not offered yet: it goes once we are back, within its timeout.
@@ -261,6 +270,12 @@ impl Node {
                 self.events.push_back(Event::SignalingUp);
                 if self.config.turn.is_some() && !self.relay_requested {
                     self.relay_requested = self.client.request_relay().is_ok();
+                }
+                // Back after an absence: what either side trickled meanwhile went nowhere, so
+                // every live session gets our candidates again and asks for the peer's.
+                let live: Vec<_> = self.by_session.values().copied().collect();
+                for id in live {
+                    self.resend_candidates(now, id, true);
                 }
             }
             SignalEvent::Failed { .. } => {
@@ -398,11 +413,19 @@ impl Node {
                 let Some(remote) = &mut conn.remote else {
                     return;
                 };
-                if remote.candidates.len() >= MAX_REMOTE_CANDIDATES {
-                    self.counters.candidates_dropped += 1;
-                    return;
+                // One sent again (the peer came back to signaling) is not counted twice, but
+                // still gives its failed pairs another round.
+                let known = remote
+                    .candidates
+                    .iter()
+                    .any(|c| c.addr == candidate.addr && c.kind == candidate.kind);
+                if !known {
+                    if remote.candidates.len() >= MAX_REMOTE_CANDIDATES {
+                        self.counters.candidates_dropped += 1;
+                        return;
+                    }
+                    remote.candidates.push(candidate);
                 }
-                remote.candidates.push(candidate);
                 if let Some(agent) = conn.agent_mut() {
                     agent.add_remote(now, super::candidates::from_wire(&candidate));
                 }
@@ -413,6 +436,15 @@ impl Node {
                     }
                 }
                 self.relay_permissions(now);
+            }
+            SignalEvent::Candidate {
+                session,
+                candidate: None,
+                ..
+            } => {
+                if let Some(&id) = self.by_session.get(&session) {
+                    self.resend_asked(now, id);
+                }
             }
             SignalEvent::Relay { session, data } => self.handle_relay_frame(now, session, &data),
             SignalEvent::PunchAt { session, at } => {
