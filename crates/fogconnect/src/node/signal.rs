@@ -41,6 +41,14 @@ pub enum SignalOutput {
 const REOPEN_FIRST: Duration = Duration::from_secs(1);
 const REOPEN_MAX: Duration = Duration::from_secs(30);
 
+/// The wait before reopening a connection that was up when it ended, at most once per
+/// [`QUICK_REOPEN_EVERY`]: the network change that cut it (a NAT that forgot its flows, a
+/// move) usually moved our candidates too, and a peer can only learn them through the server,
+/// so the back-off's full second would be most of the 2 s a path has to recover in. A server
+/// that keeps ending our connections gets the ordinary back-off.
+const REOPEN_QUICK: Duration = Duration::from_millis(100);
+const QUICK_REOPEN_EVERY: Duration = Duration::from_secs(10);
+
 /// The frame rate a server that does not say its own is assumed to hold us to (fog-signal's
 /// defaults).
 const ASSUMED_RATE: Rate = Rate {
@@ -56,6 +64,8 @@ pub(super) struct Link {
     /// [`REOPEN_FIRST`] once the server accepts us.
     backoff: Duration,
     out: VecDeque<SignalOutput>,
+    /// When a lost connection was last reopened after [`REOPEN_QUICK`] only.
+    quick_at: Option<Instant>,
     /// Our frames are paced under the server's rate limit, which drops the frames over it
     /// (an answer lost that way leaves its caller waiting) and closes a connection that keeps
     /// on: a token bucket of our own at nine tenths of the server's rate and half its burst,
@@ -92,6 +102,7 @@ impl Default for Link {
             state: State::Idle,
             backoff: REOPEN_FIRST,
             out: VecDeque::new(),
+            quick_at: None,
             tokens: 0.0,
             refilled: None,
         }
@@ -209,8 +220,18 @@ impl Node {
             return;
         }
         let was_up = self.client.is_authenticated();
-        self.signal.state = State::Down(now + self.signal.backoff);
-        self.signal.backoff = (self.signal.backoff * 2).min(REOPEN_MAX);
+        let quick = was_up
+            && self
+                .signal
+                .quick_at
+                .is_none_or(|at| now.saturating_duration_since(at) >= QUICK_REOPEN_EVERY);
+        if quick {
+            self.signal.quick_at = Some(now);
+            self.signal.state = State::Down(now + REOPEN_QUICK);
+        } else {
+            self.signal.state = State::Down(now + self.signal.backoff);
+            self.signal.backoff = (self.signal.backoff * 2).min(REOPEN_MAX);
+        }
         self.signal.out.clear();
         let seed = super::random_bytes(&mut self.rng);
         self.client = super::signal_client(&self.config, seed);
