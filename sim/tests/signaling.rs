@@ -494,7 +494,7 @@ fn a_cut_is_reported_to_both_ends_and_the_node_reconnects() {
         events(&mut sim, alice),
         vec![(cut, NodeEvent::Closed(Closed::Severed))]
     );
-    // The server learns one latency later, and closes the session with bob.
+    // The server learns one latency later.
     assert!(sim.signal_server::<Server>().is_online(&alice_id));
     sim.run_until(sim.epoch() + cut + ms(la) - Duration::from_nanos(1));
     assert!(sim.signal_server::<Server>().is_online(&alice_id));
@@ -506,11 +506,16 @@ fn a_cut_is_reported_to_both_ends_and_the_node_reconnects() {
         1,
         "alice's cut connection is forgotten"
     );
+    // The answered session waits for alice to come back (the server's rejoin grace, 10 s),
+    // then closes.
     sim.run_for(ms(200));
+    assert!(events(&mut sim, bob).is_empty(), "closed before the grace");
+    let grace = Duration::from_secs(10);
+    sim.run_until(sim.epoch() + cut + ms(la + lb) + grace);
     assert_eq!(
         events(&mut sim, bob),
         vec![(
-            cut + ms(la + lb),
+            cut + ms(la + lb) + grace,
             NodeEvent::Signal(Event::SessionClosed {
                 session,
                 reason: "peer left".into(),

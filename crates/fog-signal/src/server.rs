@@ -196,6 +196,11 @@ pub struct Limits {
     pub offer_timeout: Duration,
     /// Time an answered session stays open for trickled candidates (default 120 s).
     pub session_lifetime: Duration,
+    /// Time an answered session waits for a peer whose connection ended to authenticate
+    /// again before it closes with "peer left" (default 10 s). A node whose network changed
+    /// under a live connection usually loses its signaling connection too, and comes back
+    /// within seconds to trickle its new candidates in the same session.
+    pub rejoin_grace: Duration,
     /// Largest datagram carried by the relay over signaling, decoded (default 1,400 bytes: what
     /// fits a UDP datagram on the usual paths).
     pub max_relay_datagram: usize,
@@ -228,6 +233,7 @@ impl Default for Limits {
             auth_timeout: Duration::from_secs(10),
             offer_timeout: Duration::from_secs(30),
             session_lifetime: Duration::from_secs(120),
+            rejoin_grace: Duration::from_secs(10),
             max_relay_datagram: 1_400,
             max_aliases_per_peer: 4,
             max_aliases: 100_000,
@@ -322,6 +328,9 @@ struct Session {
     /// frame of the session from the other side, which proves delivery): the offerer's
     /// connection and request.
     unconfirmed: Option<(ConnId, RequestId)>,
+    /// Since when a participant's connection is gone, while the session waits for it to
+    /// authenticate again ([`Limits::rejoin_grace`]).
+    away_since: Option<Instant>,
 }
 
 impl Session {
@@ -346,6 +355,8 @@ enum Timer {
     Ping(ConnId),
     /// The session's offer or lifetime runs out.
     Session(SessionId),
+    /// A participant that left the session has had its grace to come back.
+    Rejoin(SessionId),
     /// Forget client nonces older than the auth timeout.
     Nonces,
     /// The cluster must have answered this query by now.
@@ -596,6 +607,17 @@ impl Server {
                         self.close_session(id, reason);
                     }
                 }
+                Timer::Rejoin(id) => {
+                    let grace = self.config.limits.rejoin_grace;
+                    let gone = self
+                        .sessions
+                        .get(&id)
+                        .and_then(|s| s.away_since)
+                        .is_some_and(|since| since + grace <= now);
+                    if gone {
+                        self.close_session(id, "peer left");
+                    }
+                }
                 Timer::Nonces => self.prune_nonces(now),
                 Timer::Query(query) => {
                     if self.queries.get(&query).is_some_and(|(at, _)| *at <= now) {
@@ -690,6 +712,7 @@ impl Server {
                         expires,
                         remote: Some(from),
                         unconfirmed: None,
+                        away_since: None,
                     },
                 );
                 *self.pending_to.entry(to).or_default() += 1;
@@ -1165,6 +1188,12 @@ impl Server {
             c.rtt = Some(now.saturating_duration_since(sent_at));
         }
         self.peers.insert(peer, conn);
+        // Back within the grace: its sessions go on.
+        for s in self.sessions.values_mut() {
+            if s.offerer == peer || s.answerer == peer {
+                s.away_since = None;
+            }
+        }
         if self.config.cluster {
             self.cluster_out
                 .push_back(ClusterOutput::Presence { peer, online: true });
@@ -1385,6 +1414,7 @@ impl Server {
                 expires,
                 remote,
                 unconfirmed: remote.map(|_| (conn, id)),
+                away_since: None,
             },
         );
         *self.pending_from.entry(me).or_default() += 1;
@@ -1723,7 +1753,7 @@ impl Server {
         });
     }
 
-    fn forget(&mut self, _now: Instant, conn: ConnId) {
+    fn forget(&mut self, now: Instant, conn: ConnId) {
         let Some(c) = self.conns.remove(&conn) else {
             return;
         };
@@ -1742,8 +1772,19 @@ impl Server {
                     .filter(|(_, s)| s.offerer == peer || s.answerer == peer)
                     .map(|(id, _)| *id)
                     .collect();
+                let grace = self.config.limits.rejoin_grace;
                 for id in ids {
-                    self.close_session(id, "peer left");
+                    // An answered session waits a little for the peer to come back (its
+                    // connection may have been cut by the same network change its candidates
+                    // are about); what is sent to it meanwhile is dropped, and the peers send
+                    // their candidates again when it is back. An offer closes at once.
+                    match self.sessions.get_mut(&id) {
+                        Some(s) if s.answered && !grace.is_zero() => {
+                            s.away_since = Some(now);
+                            self.timers.insert((now + grace, Timer::Rejoin(id)));
+                        }
+                        _ => self.close_session(id, "peer left"),
+                    }
                 }
             }
         }

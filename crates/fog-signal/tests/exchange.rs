@@ -192,12 +192,40 @@ fn register_lookup_offer_answer_trickle_punch() {
     );
     assert!(net.take_events(a).is_empty() && net.take_events(b).is_empty());
 
-    // b leaves: a is told the session closed.
+    // b leaves: the answered session waits for it (its network may have changed under it).
     net.server.handle_disconnect(net.now, net.nodes[b].conn);
+    net.run();
+    assert!(net.take_events(a).is_empty());
+    // What a sends meanwhile is dropped, not an error.
+    net.nodes[a].client.trickle(session, Some(c)).unwrap();
+    net.run();
+    assert!(net.take_events(a).is_empty());
+    // b comes back on a new connection within the grace: the session goes on both ways.
+    net.advance(Duration::from_secs(5));
+    let b2 = net.join_with_seed(2, [22; 32], None, 20);
+    net.take_events(b2);
+    net.nodes[b2].client.trickle(session, Some(c)).unwrap();
+    net.nodes[a].client.trickle(session, None).unwrap();
     net.run();
     assert!(matches!(
         net.take_events(a).as_slice(),
-        [Event::SessionClosed { session: s, .. }] if *s == session
+        [Event::Candidate { session: s, candidate: Some(_), .. }] if *s == session
+    ));
+    assert!(matches!(
+        net.take_events(b2).as_slice(),
+        [Event::Candidate { session: s, candidate: None, .. }] if *s == session
+    ));
+    // The first departure's grace ends with b back: nothing closes.
+    net.advance(Duration::from_secs(6));
+    assert!(net.take_events(a).is_empty());
+    // b leaves for good: a is told the session closed once the grace (10 s) is over.
+    net.server.handle_disconnect(net.now, net.nodes[b2].conn);
+    net.advance(Duration::from_millis(9_900));
+    assert!(net.take_events(a).is_empty());
+    net.advance(Duration::from_millis(100));
+    assert!(matches!(
+        net.take_events(a).as_slice(),
+        [Event::SessionClosed { session: s, reason, code: None }] if *s == session && reason == "peer left"
     ));
 }
 

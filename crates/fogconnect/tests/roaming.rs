@@ -2,7 +2,8 @@
 //! moves our mapping to a new port, a NAT that forgets an idle flow, and a host that moves to
 //! another router, each with data flowing both ways over a reliable transport. Every byte sent
 //! through the API arrives intact and in order on the same handle, the connection never ends,
-//! traffic resumes within 2 s of the change, and the path is direct again.
+//! traffic resumes within 2 s of the change (QUIC 2.5 s, SCTP and RTC 3.5 s: see `roam_with`),
+//! and the path is direct again.
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -24,6 +25,10 @@ enum Change {
     Move,
     /// Both NATs forget every flow at once (`conntrack -F` on both routers).
     ExpireBoth,
+    /// B's NAT moves B's flows to new ports (its TURN allocation too, which B makes again on
+    /// a new relayed address) while A's signaling connection is cut: B's new candidates,
+    /// trickled while A is away, must still reach A once it is back.
+    RebindBWhileACutOff,
 }
 
 /// Who sends through the API.
@@ -173,6 +178,10 @@ fn roam_with(transport: Transport, a: Preset, b: Preset, change: Change, flow: F
             s.sim.reset_nat(nat);
             s.sim.reset_nat(s.sites[1].middleboxes[0]);
         }
+        Change::RebindBWhileACutOff => {
+            s.sim.rebind_nat(s.sites[1].middleboxes[0]);
+            s.sim.signal_sever(s.hosts[0].0);
+        }
     }
     pump(&mut s, Duration::from_secs(6));
     let stopped = s.sim.now();
@@ -208,9 +217,11 @@ fn roam_with(transport: Transport, a: Preset, b: Preset, change: Change, flow: F
         // Each NAT kept state for the other's datagrams, so each host's flow to the other
         // moves to a new port that neither knows: the relay carries it meanwhile.
         Change::ExpireBoth => relayed,
+        // A did not move: B's path goes back to it, through the relay meanwhile.
+        Change::RebindBWhileACutOff => remote == old || relayed,
     };
     assert!(
-        moved && (!relayed || change == Change::ExpireBoth),
+        moved && (!relayed || matches!(change, Change::ExpireBoth | Change::RebindBWhileACutOff)),
         "{change:?} over {transport:?}: B's path 2 s later: {remote} (was {old}): {:?}",
         s.paths(1)
     );
@@ -220,14 +231,18 @@ fn roam_with(transport: Transport, a: Preset, b: Preset, change: Change, flow: F
     };
     for &(who, got) in directions {
         let gap = longest_gap(got, at, stopped);
-        // QUIC's probe timeout backs off while the path is broken (RFC 9002 §6.2.1) and only an
-        // acknowledgement resets it: a path change resets quinn-proto's congestion state and
-        // queues a PING, but the PING waits behind the lost packets still counted in flight,
-        // so QUIC resumes at its next probe, seconds later. Not fixed yet: see the report.
-        let limit = if transport == Transport::Quic {
-            Duration::from_secs(25)
-        } else {
-            Duration::from_secs(2)
+        // QUIC's probe timeout backs off while the path is broken (RFC 9002 §6.2.1) and only
+        // an acknowledgement resets it; the node sends QUIC's last datagrams again when the
+        // path changes (`node/quic.rs`), whose acknowledgement does, but QUIC's own
+        // retransmissions then start from the minimum window: 1.5-2.1 s here (it was over the
+        // whole 6 s of traffic before).
+        // SCTP (sctp-proto, and str0m's under RTC) has no handle to restart its
+        // retransmission timer, backed off while the path was broken; its maximum RTO bounds
+        // it: 3.0 s here for both. Not fixed yet.
+        let limit = match transport {
+            Transport::Quic => Duration::from_millis(2_500),
+            Transport::Sctp | Transport::Rtc => Duration::from_millis(3_500),
+            _ => Duration::from_secs(2),
         };
         assert!(
             gap <= limit,
@@ -381,5 +396,64 @@ fn quic_survives_both_routers_forgetting_a_one_way_transfer() {
         Change::ExpireBoth,
         Flow::AToB,
         32,
+    );
+}
+
+/// The flaky netns_roaming runs in the simulator: the flush that moved one node's ports (its
+/// relayed address too) also cut the other node's signaling connection. The cut node comes
+/// back to the server a second or so later, and must still learn the peer's new candidates
+/// to find a path again.
+#[test]
+fn kcp_survives_a_rebinding_while_the_peer_is_cut_off_from_signaling() {
+    roam(
+        Transport::Kcp,
+        Preset::PortRestrictedCone,
+        Preset::PortRestrictedCone,
+        Change::RebindBWhileACutOff,
+        33,
+    );
+}
+
+#[test]
+fn sctp_survives_a_rebinding() {
+    roam(
+        Transport::Sctp,
+        Preset::PortRestrictedCone,
+        Preset::PortRestrictedCone,
+        Change::Rebind,
+        34,
+    );
+}
+
+#[test]
+fn sctp_survives_a_move_to_another_router() {
+    roam(
+        Transport::Sctp,
+        Preset::PortRestrictedCone,
+        Preset::PortRestrictedCone,
+        Change::Move,
+        35,
+    );
+}
+
+#[test]
+fn rtc_survives_a_rebinding() {
+    roam(
+        Transport::Rtc,
+        Preset::PortRestrictedCone,
+        Preset::PortRestrictedCone,
+        Change::Rebind,
+        36,
+    );
+}
+
+#[test]
+fn rtc_survives_a_move_to_another_router() {
+    roam(
+        Transport::Rtc,
+        Preset::PortRestrictedCone,
+        Preset::PortRestrictedCone,
+        Change::Move,
+        37,
     );
 }

@@ -59,7 +59,19 @@ impl Net {
 
     /// Adds a node with key seed `n`, connects it and runs the handshake to quiet.
     pub fn join(&mut self, n: u8, alias: Option<&str>, delay_ms: u64) -> usize {
-        let mut cfg = ClientConfig::new(KeyPair::from_seed(&[n; 32]), REALM, [n; 32]);
+        self.join_with_seed(n, [n; 32], alias, delay_ms)
+    }
+
+    /// As [`Net::join`], the client's randomness from `seed` (a peer that comes back on a new
+    /// connection must not repeat its nonces).
+    pub fn join_with_seed(
+        &mut self,
+        n: u8,
+        seed: [u8; 32],
+        alias: Option<&str>,
+        delay_ms: u64,
+    ) -> usize {
+        let mut cfg = ClientConfig::new(KeyPair::from_seed(&[n; 32]), REALM, seed);
         cfg.alias = alias.map(Into::into);
         cfg.server = Some(self.server.peer_id());
         let conn = ConnId(1000 + self.nodes.len() as u64);

@@ -2,14 +2,14 @@
 //! notices a new mapping, and trickling what changed.
 
 use std::net::{IpAddr, SocketAddr};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use fog_core::nat::{Behaviour, PortPattern};
 use fog_core::{Receive, SocketRequest};
 use fog_ice::candidate::{self as ice_candidate, Candidate, Kind};
 use fog_signal::msg::{self, CandidateKind, Description, Transport};
 
-use super::{Event, Node};
+use super::{ConnectionId, Event, Node};
 
 impl Node {
     /// Our further interface addresses are now `addresses` (the base's own is ignored): new
@@ -133,16 +133,34 @@ impl Node {
         true
     }
 
-    /// Our description: host, server-reflexive, predicted and relayed candidates of the base
-    /// socket (only the relayed one when direct paths are off).
     /// Our description for a connection of `service` over `transport` (an offer names the one
-    /// it asks for, an answer the one it runs).
+    /// it asks for, an answer the one it runs), with our [`Node::current_candidates`].
     pub(super) fn description(
         &mut self,
         ufrag: &str,
         service: u16,
         transport: &Transport,
     ) -> Description {
+        let candidates = self.current_candidates();
+        Description {
+            candidates: candidates.iter().map(to_wire).collect(),
+            nat: self.behaviour().map(Into::into),
+            transports: vec![transport.clone()],
+            // The check passwords come from the key exchange (see `seal`); none is sent.
+            credentials: msg::Credentials {
+                ufrag: ufrag.to_owned(),
+                pwd: String::new(),
+            },
+            service,
+            seal: None,
+            quic: None,
+            rtc: None,
+        }
+    }
+
+    /// Our candidates as of now: host, server-reflexive, mapped, predicted and relayed
+    /// candidates of the base socket (only the relayed one when direct paths are off).
+    pub(super) fn current_candidates(&self) -> Vec<Candidate> {
         let base = self.config.base;
         let mut candidates = Vec::new();
         if self.config.direct {
@@ -179,19 +197,43 @@ impl Node {
         if let Some(relayed) = self.relayed {
             candidates.push(Candidate::new(Kind::Relayed, relayed));
         }
-        Description {
-            candidates: candidates.iter().map(to_wire).collect(),
-            nat: self.behaviour().map(Into::into),
-            transports: vec![transport.clone()],
-            // The check passwords come from the key exchange (see `seal`); none is sent.
-            credentials: msg::Credentials {
-                ufrag: ufrag.to_owned(),
-                pwd: String::new(),
-            },
-            service,
-            seal: None,
-            quic: None,
-            rtc: None,
+        candidates
+    }
+
+    /// Sends the peer of `id` all our current candidates again, in its session: what we
+    /// trickled while our signaling connection was down, or while the peer's was, went
+    /// nowhere. With `ask`, an end-of-candidates marker follows, which asks the peer to do
+    /// the same (see [`Node::resend_asked`]).
+    pub(super) fn resend_candidates(&mut self, now: Instant, id: ConnectionId, ask: bool) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let Some(session) = conn.session else {
+            return;
+        };
+        conn.resent_at = Some(now);
+        let peer = conn.peer;
+        for c in self.current_candidates() {
+            self.trickle(session, peer, &c);
+        }
+        if ask {
+            // A session the server forgot refuses it: the connection goes on with what it has.
+            let _ = self.client.trickle(session, None);
+        }
+    }
+
+    /// The peer of `id` sent its end-of-candidates marker on a live connection: its signaling
+    /// connection came back after an absence in which our trickles went nowhere, so all ours
+    /// go again (at most once a second: the peer decides how often it asks).
+    pub(super) fn resend_asked(&mut self, now: Instant, id: ConnectionId) {
+        let Some(conn) = self.conns.get(&id) else {
+            return;
+        };
+        let recent = conn
+            .resent_at
+            .is_some_and(|at| now.saturating_duration_since(at) < Duration::from_secs(1));
+        if conn.connected() && !recent {
+            self.resend_candidates(now, id, false);
         }
     }
 }

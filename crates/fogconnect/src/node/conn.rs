@@ -146,6 +146,9 @@ pub(super) struct Conn {
     /// Candidates that changed while our offer was on its way (no session ID to trickle on
     /// yet): trickled once the server names the session.
     pub(super) untrickled: Vec<Candidate>,
+    /// When we last sent the peer all our candidates again because it asked (its signaling
+    /// connection came back): at most once a second, however often it asks.
+    pub(super) resent_at: Option<Instant>,
     /// When it was made: the connect timeout counts from here.
     pub(super) created: Instant,
     /// When it first had a path.
@@ -213,6 +216,7 @@ impl Conn {
             replan: false,
             signal_relay: None,
             untrickled: Vec::new(),
+            resent_at: None,
             created: now,
             connected_at: None,
             path: None,

@@ -55,6 +55,12 @@ const NOWHERE: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::new(1
 /// Length prefix of a message.
 const LEN: usize = 4;
 
+/// QUIC datagrams we keep copies of, the latest sent, to send again when the path changes
+/// (about 45 KiB at most per connection). Eight brought the roaming tests' longest gap from
+/// over 6 s to 3.5 s, thirty-two to about 2 s: what the peer gets again is data it can use at
+/// once, while QUIC's own retransmissions start from the minimum window.
+const RECENT: usize = 32;
+
 /// What a QUIC connection needs from the Node to start.
 pub(super) struct Opening<'a> {
     /// Our identity.
@@ -94,6 +100,10 @@ pub(super) struct Quic {
     happened: Vec<Happened>,
     /// The connection ended (reported through `happened`).
     over: bool,
+    /// Copies of the last [`RECENT`] datagrams sent, oldest first.
+    recent: VecDeque<Vec<u8>>,
+    /// Of those, the ones to send again before anything new (see [`Quic::path_changed`]).
+    again: VecDeque<Vec<u8>>,
     /// The last instant the Node drove us at (closes need one).
     now: Instant,
     scratch: Vec<u8>,
@@ -153,6 +163,8 @@ impl Quic {
             finished: false,
             happened: Vec::new(),
             over: false,
+            recent: VecDeque::new(),
+            again: VecDeque::new(),
             now,
             // Small: it is per connection (reads loop until the stream is drained).
             scratch: vec![0; 4 * 1024],
@@ -195,10 +207,20 @@ impl Quic {
     }
 
     /// The connection moved to another path: see `fog_quic::Endpoint::path_changed`.
+    ///
+    /// quinn-proto's PING for the new path waits behind congestion control while the packets
+    /// lost on the old one still count as in flight, and its probe timeout, backed off while
+    /// the path was broken (RFC 9002 §6.2.1), only restarts with an acknowledgement: alone,
+    /// QUIC resumes at its next probe, seconds later. So the last datagrams it sent, which the
+    /// peer most likely never got, go again at once, byte for byte: the peer's acknowledgement
+    /// of them resets the backoff and declares the older ones lost (RFC 9002 §6.1), and QUIC
+    /// resends within a round trip. A copy the peer did get is a duplicate, which it discards
+    /// (RFC 9000 §12.3); one whose keys were updated since is dropped as undecryptable.
     pub(super) fn path_changed(&mut self, now: Instant) {
         self.now = self.now.max(now);
         if let (Some(conn), false) = (self.conn, self.over) {
             let _ = self.ep.path_changed(now, conn);
+            self.again = self.recent.clone();
         }
     }
 
@@ -214,7 +236,22 @@ impl Quic {
 
     pub(super) fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
         self.now = self.now.max(now);
-        self.ep.poll_transmit(now, buf).map(|t| t.len)
+        if let Some(datagram) = self.again.pop_front() {
+            let len = datagram.len().min(buf.len());
+            buf[..len].copy_from_slice(&datagram[..len]);
+            return Some(len);
+        }
+        let len = self.ep.poll_transmit(now, buf)?.len;
+        // The oldest copy's buffer is reused once there are RECENT.
+        let mut copy = if self.recent.len() >= RECENT {
+            self.recent.pop_front().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        copy.clear();
+        copy.extend_from_slice(&buf[..len]);
+        self.recent.push_back(copy);
+        Some(len)
     }
 
     /// Starts the graceful close.

@@ -41,6 +41,14 @@ pub enum SignalOutput {
 const REOPEN_FIRST: Duration = Duration::from_secs(1);
 const REOPEN_MAX: Duration = Duration::from_secs(30);
 
+/// The wait before reopening a connection that was up when it ended, at most once per
+/// [`QUICK_REOPEN_EVERY`]: the network change that cut it (a NAT that forgot its flows, a
+/// move) usually moved our candidates too, and a peer can only learn them through the server,
+/// so the back-off's full second would be most of the 2 s a path has to recover in. A server
+/// that keeps ending our connections gets the ordinary back-off.
+const REOPEN_QUICK: Duration = Duration::from_millis(100);
+const QUICK_REOPEN_EVERY: Duration = Duration::from_secs(10);
+
 /// The frame rate a server that does not say its own is assumed to hold us to (fog-signal's
 /// defaults).
 const ASSUMED_RATE: Rate = Rate {
@@ -56,6 +64,8 @@ pub(super) struct Link {
     /// [`REOPEN_FIRST`] once the server accepts us.
     backoff: Duration,
     out: VecDeque<SignalOutput>,
+    /// When a lost connection was last reopened after [`REOPEN_QUICK`] only.
+    quick_at: Option<Instant>,
     /// Our frames are paced under the server's rate limit, which drops the frames over it
     /// (an answer lost that way leaves its caller waiting) and closes a connection that keeps
     /// on: a token bucket of our own at nine tenths of the server's rate and half its burst,
@@ -92,6 +102,7 @@ impl Default for Link {
             state: State::Idle,
             backoff: REOPEN_FIRST,
             out: VecDeque::new(),
+            quick_at: None,
             tokens: 0.0,
             refilled: None,
         }
@@ -209,13 +220,29 @@ impl Node {
             return;
         }
         let was_up = self.client.is_authenticated();
-        self.signal.state = State::Down(now + self.signal.backoff);
-        self.signal.backoff = (self.signal.backoff * 2).min(REOPEN_MAX);
+        let quick = was_up
+            && self
+                .signal
+                .quick_at
+                .is_none_or(|at| now.saturating_duration_since(at) >= QUICK_REOPEN_EVERY);
+        if quick {
+            self.signal.quick_at = Some(now);
+            self.signal.state = State::Down(now + REOPEN_QUICK);
+        } else {
+            self.signal.state = State::Down(now + self.signal.backoff);
+            self.signal.backoff = (self.signal.backoff * 2).min(REOPEN_MAX);
+        }
         self.signal.out.clear();
         let seed = super::random_bytes(&mut self.rng);
         self.client = super::signal_client(&self.config, seed);
         self.relay_requested = false;
-        self.by_session.clear();
+        // A connection with a path of its own keeps its session: the server holds an answered
+        // session for a while (fog-signal's `rejoin_grace`) for the peer that left, so the
+        // candidates of a network change can still be trickled once we are back.
+        let keep = |conn: &Conn| conn.connected() && conn.path.is_some_and(|p| p != Via::Signaling);
+        let conns = &self.conns;
+        self.by_session
+            .retain(|_, id| conns.get(id).is_some_and(keep));
         self.by_request.clear();
         self.cancelled.clear();
         for (_, name) in std::mem::take(&mut self.lookups) {
@@ -226,6 +253,9 @@ impl Node {
             let Some(conn) = self.conns.get_mut(&id) else {
                 continue;
             };
+            if keep(conn) {
+                continue;
+            }
             conn.session = None;
             let end = match (&conn.phase, conn.path) {
                 // Not offered yet: it goes once we are back, within its timeout.
@@ -261,6 +291,12 @@ impl Node {
                 self.events.push_back(Event::SignalingUp);
                 if self.config.turn.is_some() && !self.relay_requested {
                     self.relay_requested = self.client.request_relay().is_ok();
+                }
+                // Back after an absence: what either side trickled meanwhile went nowhere, so
+                // every live session gets our candidates again and asks for the peer's.
+                let live: Vec<_> = self.by_session.values().copied().collect();
+                for id in live {
+                    self.resend_candidates(now, id, true);
                 }
             }
             SignalEvent::Failed { .. } => {
@@ -398,11 +434,19 @@ impl Node {
                 let Some(remote) = &mut conn.remote else {
                     return;
                 };
-                if remote.candidates.len() >= MAX_REMOTE_CANDIDATES {
-                    self.counters.candidates_dropped += 1;
-                    return;
+                // One sent again (the peer came back to signaling) is not counted twice, but
+                // still gives its failed pairs another round.
+                let known = remote
+                    .candidates
+                    .iter()
+                    .any(|c| c.addr == candidate.addr && c.kind == candidate.kind);
+                if !known {
+                    if remote.candidates.len() >= MAX_REMOTE_CANDIDATES {
+                        self.counters.candidates_dropped += 1;
+                        return;
+                    }
+                    remote.candidates.push(candidate);
                 }
-                remote.candidates.push(candidate);
                 if let Some(agent) = conn.agent_mut() {
                     agent.add_remote(now, super::candidates::from_wire(&candidate));
                 }
@@ -413,6 +457,15 @@ impl Node {
                     }
                 }
                 self.relay_permissions(now);
+            }
+            SignalEvent::Candidate {
+                session,
+                candidate: None,
+                ..
+            } => {
+                if let Some(&id) = self.by_session.get(&session) {
+                    self.resend_asked(now, id);
+                }
             }
             SignalEvent::Relay { session, data } => self.handle_relay_frame(now, session, &data),
             SignalEvent::PunchAt { session, at } => {
