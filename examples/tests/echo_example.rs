@@ -1,6 +1,7 @@
 //! The real-socket examples on loopback, fogd in this process, each example a process of its
 //! own (built by `cargo test`, which builds every example): `echo serve` and `echo connect`
-//! send a datagram there and back; `getaddr` prints the node's addresses.
+//! send a datagram there and back; `getaddr` prints the node's addresses; `file_transfer`
+//! moves a file; `hub` hands a publication to three subscribers.
 
 #![allow(clippy::disallowed_methods)] // tests read the clock
 
@@ -209,4 +210,95 @@ fn file_transfer_moves_a_file_intact_over_each_reliable_transport() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert!(!ok && output.contains("cannot create"), "{output}");
     assert_eq!(kept, content);
+}
+
+/// A child whose stdout lines arrive on a channel as it prints them.
+struct Lines {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Lines {
+    fn spawn(command: &mut Command) -> Lines {
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the example starts");
+        let out = child.stdout.take().expect("piped stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead as _;
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Lines {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits (up to 30 s) for a line containing `needle`.
+    fn wait_for(&mut self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.seen.iter().any(|l| l.contains(needle)) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(_) => panic!("no {needle:?} in {:#?}", self.seen),
+            }
+        }
+    }
+
+    /// Waits (up to 30 s) for the child to exit 0.
+    fn succeeds(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("the child's status") {
+                self.seen.extend(self.lines.try_iter());
+                assert!(status.success(), "{status}: {:#?}", self.seen);
+                return;
+            }
+            assert!(Instant::now() < deadline, "still running: {:#?}", self.seen);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Lines {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn hub_hands_a_publication_to_every_subscriber() {
+    let (fogd, stun, signal) = fogd();
+    let hub = example("hub");
+    let env = [
+        ("FOG_SIGNAL", format!("ws://{signal}/ws")),
+        ("FOG_STUN", stun.to_string()),
+    ];
+    let alias = format!("hub{}", std::process::id());
+    let start = |args: &[&str]| Lines::spawn(Command::new(&hub).args(args).envs(env.clone()));
+    let mut server = start(&["serve", &alias, "1"]);
+    server.wait_for("ready");
+    let mut subscribers: Vec<Lines> = (0..3).map(|_| start(&["sub", &alias])).collect();
+    for sub in &mut subscribers {
+        sub.wait_for("subscribed");
+    }
+    let mut publisher = start(&["pub", &alias, "hello, subscribers"]);
+    publisher.succeeds();
+    publisher.wait_for("delivered to 3 subscribers");
+    for sub in &mut subscribers {
+        sub.succeeds();
+        sub.wait_for("received: hello, subscribers");
+    }
+    server.succeeds();
+    server.wait_for("published \"hello, subscribers\" to 3 subscribers");
+    let _ = fogd.stop();
 }
