@@ -59,6 +59,8 @@ const LEN: usize = 4;
 pub(super) struct Opening<'a> {
     /// Our identity.
     pub key: &'a KeyPair,
+    /// Its certificate, made once per node (`None`: the endpoint makes its own).
+    pub cert: Option<fog_quic::Certificate>,
     /// The peer the connection is with.
     pub peer: PeerId,
     /// The connection's service (the ALPN).
@@ -96,7 +98,6 @@ pub(super) struct Quic {
     over: bool,
     /// The last instant the Node drove us at (closes need one).
     now: Instant,
-    scratch: Vec<u8>,
 }
 
 impl std::fmt::Debug for Quic {
@@ -130,7 +131,11 @@ impl Quic {
         if !opening.caller {
             config = config.with_service(opening.service);
         }
-        let mut ep = Endpoint::new(config, opening.key, opening.seed, now).ok()?;
+        let mut ep = match opening.cert {
+            Some(cert) => Endpoint::with_certificate(config, cert, opening.seed, now),
+            None => Endpoint::new(config, opening.key, opening.seed, now),
+        }
+        .ok()?;
         let conn = if opening.caller {
             Some(
                 ep.connect(now, NOWHERE, opening.peer, opening.service)
@@ -154,8 +159,6 @@ impl Quic {
             happened: Vec::new(),
             over: false,
             now,
-            // Small: it is per connection (reads loop until the stream is drained).
-            scratch: vec![0; 4 * 1024],
         })
     }
 
@@ -307,9 +310,12 @@ impl Quic {
 
     /// Reads the peer's stream into whole messages.
     fn read(&mut self, conn: ConnHandle, stream: StreamId) {
+        // On the stack, not kept per connection (an idle connection held 4 KiB for it;
+        // reads loop until the stream is drained).
+        let mut scratch = [0u8; 4 * 1024];
         loop {
-            match self.ep.read(conn, stream, &mut self.scratch) {
-                Ok(Read::Data(n)) => self.partial.extend_from_slice(&self.scratch[..n]),
+            match self.ep.read(conn, stream, &mut scratch) {
+                Ok(Read::Data(n)) => self.partial.extend_from_slice(&scratch[..n]),
                 Ok(Read::Finished) => break,
                 Err(StreamError::Blocked) => break,
                 Err(_) => {
