@@ -335,14 +335,26 @@ impl Endpoint {
         seed: [u8; 32],
         now: Instant,
     ) -> Result<Self, ConfigError> {
+        let cert =
+            Certificate::self_signed(identity).map_err(|e| ConfigError::Tls(e.to_string()))?;
+        Self::with_certificate(config, cert, seed, now)
+    }
+
+    /// As [`new`](Self::new), presenting `cert` ([`Certificate::self_signed`] of the identity),
+    /// made once by an owner that runs many endpoints for one identity (the Node: one per QUIC
+    /// connection) rather than signed again for each.
+    pub fn with_certificate(
+        config: Config,
+        cert: Certificate,
+        seed: [u8; 32],
+        now: Instant,
+    ) -> Result<Self, ConfigError> {
         if config.initial_mtu < 1200 {
             return Err(ConfigError::MtuTooSmall(config.initial_mtu));
         }
         if config.max_connections == 0 {
             return Err(ConfigError::NoConnections);
         }
-        let cert =
-            Certificate::self_signed(identity).map_err(|e| ConfigError::Tls(e.to_string()))?;
         let mut rng = ChaCha20Rng::from_seed(seed);
         let mut draw = || {
             let mut b = [0u8; 32];
@@ -383,7 +395,10 @@ impl Endpoint {
         let inner = qp::Endpoint::new(Arc::new(endpoint_config), server, false, Some(quinn_seed));
         Ok(Endpoint {
             inner,
-            scratch: Vec::with_capacity(config.max_datagram_len()),
+            // Empty until quinn-proto writes a response into it (version negotiation, a
+            // refusal, a stateless reset), which then moves out whole: an endpoint per
+            // connection would otherwise hold a datagram's worth for nothing.
+            scratch: Vec::new(),
             config,
             cert,
             transport,
@@ -849,10 +864,9 @@ impl Endpoint {
     }
 
     fn respond(&mut self, t: qp::Transmit) {
-        let len = t.size.min(self.scratch.len());
-        self.responses
-            .push_back((t.destination, self.scratch[..len].to_vec()));
-        self.scratch.clear();
+        let mut datagram = std::mem::take(&mut self.scratch);
+        datagram.truncate(t.size);
+        self.responses.push_back((t.destination, datagram));
     }
 
     /// The connection a datagram's destination connection id names, if it is one of ours.
@@ -943,6 +957,9 @@ impl Endpoint {
             }
             self.pump(conn, now);
         }
+        // Nothing more to send: the buffer goes until the next burst (one allocation per
+        // burst), so an idle endpoint holds none (the Node runs one per QUIC connection).
+        self.scratch = Vec::new();
         None
     }
 

@@ -255,7 +255,13 @@ impl TimeProvider for NoClock {
 /// agree on X25519 or the NIST curves, and the alternative providers are the aws-lc ones.
 #[allow(deprecated)]
 pub(crate) fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    // One per process: every endpoint's TLS configurations and every verifier share it (a
+    // provider is a few hundred bytes of tables, and the Node makes an endpoint per QUIC
+    // connection).
+    static PROVIDER: std::sync::OnceLock<Arc<CryptoProvider>> = std::sync::OnceLock::new();
+    PROVIDER
+        .get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
+        .clone()
 }
 
 fn algorithms() -> WebPkiSupportedAlgorithms {

@@ -128,7 +128,10 @@ impl std::error::Error for OpenError {}
 /// Which certificate authorities a `wss://` connection trusts.
 #[derive(Clone)]
 pub struct TlsRoots {
-    config: Arc<rustls::ClientConfig>,
+    /// `None`: Mozilla's roots, whose configuration is built on the first `wss://` open (a
+    /// `ws://` node never runs rustls; building it at start paged in about 0.5 MiB of
+    /// rustls, ring and webpki code, which an idle node then held: the memory bench).
+    config: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl fmt::Debug for TlsRoots {
@@ -140,9 +143,7 @@ impl fmt::Debug for TlsRoots {
 impl Default for TlsRoots {
     /// Mozilla's root program (webpki-roots): what a public server's certificate chains to.
     fn default() -> Self {
-        let roots =
-            rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        TlsRoots::from_store(roots)
+        TlsRoots { config: None }
     }
 }
 
@@ -177,15 +178,34 @@ impl TlsRoots {
     }
 
     fn from_store(roots: rustls::RootCertStore) -> Self {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        // The ring provider supports the safe default versions; this cannot fail.
-        let builder = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap_or_else(|_| unreachable!("ring supports TLS 1.2 and 1.3"));
         TlsRoots {
-            config: Arc::new(builder.with_root_certificates(roots).with_no_client_auth()),
+            config: Some(client_config(roots)),
         }
     }
+
+    /// The client configuration: these roots, or Mozilla's, built once per process.
+    fn config(&self) -> Arc<rustls::ClientConfig> {
+        static MOZILLA: std::sync::OnceLock<Arc<rustls::ClientConfig>> = std::sync::OnceLock::new();
+        match &self.config {
+            Some(config) => config.clone(),
+            None => MOZILLA
+                .get_or_init(|| {
+                    client_config(rustls::RootCertStore::from_iter(
+                        webpki_roots::TLS_SERVER_ROOTS.iter().cloned(),
+                    ))
+                })
+                .clone(),
+        }
+    }
+}
+
+fn client_config(roots: rustls::RootCertStore) -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    // The ring provider supports the safe default versions; this cannot fail.
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap_or_else(|_| unreachable!("ring supports TLS 1.2 and 1.3"));
+    Arc::new(builder.with_root_certificates(roots).with_no_client_auth())
 }
 
 /// The signaling connection's byte stream: plain TCP, or TLS over it.
@@ -269,7 +289,7 @@ pub fn open_websocket(
     let stream = if url.tls {
         let name = ServerName::try_from(url.realm().to_owned())
             .map_err(|e| OpenError::Tls(format!("{}: {e}", url.host)))?;
-        let client = rustls::ClientConnection::new(roots.config.clone(), name)
+        let client = rustls::ClientConnection::new(roots.config(), name)
             .map_err(|e| OpenError::Tls(e.to_string()))?;
         SignalStream::Tls(Box::new(rustls::StreamOwned::new(client, stream)))
     } else {

@@ -65,6 +65,59 @@ struct Options {
     peers: usize,
     skip_fogd: bool,
     skip_idle: bool,
+    /// The builds whose idle nodes are measured (`--builds`).
+    builds: Vec<Build>,
+}
+
+/// A build of the idle nodes: a Cargo profile and the features of fog-cli and fog-ffi.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Build {
+    /// The bench's own profile (release, with debug info) and every transport.
+    Default,
+    /// `--profile small` (Cargo.toml: size over speed, LTO, one codegen unit, abort on
+    /// panic, stripped), every transport.
+    Small,
+}
+
+impl Build {
+    fn parse(name: &str) -> Self {
+        match name {
+            "default" => Build::Default,
+            "small" => Build::Small,
+            other => panic!("unknown build {other}; known: default, small"),
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Build::Default => "default",
+            Build::Small => "small",
+        }
+    }
+
+    /// The Cargo profile, or `None` for the bench's own.
+    fn profile(&self) -> Option<&'static str> {
+        match self {
+            Build::Default => None,
+            Build::Small => Some("small"),
+        }
+    }
+
+    /// A path inside this build's profile directory, next to `exe` (the bench's binary), for
+    /// `fog_test_support::cargo_built` to read the profile from.
+    fn near(&self, exe: &Path) -> PathBuf {
+        let Some(profile) = self.profile() else {
+            return exe.to_path_buf();
+        };
+        let mut dir = exe.parent().expect("the bench has a directory");
+        if dir.file_name().and_then(|n| n.to_str()) == Some("deps") {
+            dir = dir.parent().expect("deps has a parent");
+        }
+        dir.parent()
+            .expect("the profile directory has a parent")
+            .join(profile)
+            .join("memory")
+    }
 }
 
 fn parse_transport(name: &str) -> Transport {
@@ -105,6 +158,7 @@ fn parse() -> (Options, Option<Role>) {
         peers: 10_000,
         skip_fogd: false,
         skip_idle: false,
+        builds: vec![Build::Default, Build::Small],
     };
     let (mut role, mut signal, mut stun, mut transport) = (None, None, None, Transport::Datagram);
     let mut args = std::env::args().skip(1);
@@ -129,6 +183,7 @@ fn parse() -> (Options, Option<Role>) {
             }
             "--skip-fogd" => options.skip_fogd = true,
             "--skip-idle" => options.skip_idle = true,
+            "--builds" => options.builds = value(&arg).split(',').map(Build::parse).collect(),
             "--role" => role = Some(value(&arg)),
             "--signal" => signal = Some(value(&arg)),
             "--stun" => stun = Some(value(&arg).parse().expect("--stun IP:PORT")),
@@ -136,7 +191,7 @@ fn parse() -> (Options, Option<Role>) {
             "--bench" => {}
             other => panic!(
                 "unknown argument {other}; known: --json --idle SECS --connections N \
-                 --transports a,b --peers N --skip-fogd --skip-idle"
+                 --transports a,b --peers N --skip-fogd --skip-idle --builds default,small"
             ),
         }
     }
@@ -196,16 +251,23 @@ fn main() {
     let mut rows: Vec<Row> = Vec::new();
     let mut json: Vec<String> = Vec::new();
 
+    let mut breakdowns: Vec<(String, Breakdown)> = Vec::new();
     if !options.skip_idle {
-        let (parts, row) = idle_nodes(&exe, manifest, &options);
-        json.push(format!("\"idle\":{{{}}}", parts.join(",")));
-        rows.extend(row);
+        let mut builds = Vec::new();
+        for build in &options.builds {
+            let (parts, row, split) = idle_nodes(&exe, manifest, &options, build);
+            builds.push(format!("\"{}\":{{{}}}", build.name(), parts.join(",")));
+            rows.extend(row);
+            breakdowns.extend(split);
+        }
+        json.push(format!("\"idle\":{{{}}}", builds.join(",")));
     }
     let mut per_transport = Vec::new();
     for transport in &options.transports {
-        let (part, row) = connections(&exe, &options, transport.clone());
+        let (part, row, split) = connections(&exe, &options, transport.clone());
         per_transport.push(part);
         rows.extend(row);
+        breakdowns.push(split);
     }
     if !options.transports.is_empty() {
         json.push(format!("\"connections\":{{{}}}", per_transport.join(",")));
@@ -215,6 +277,14 @@ fn main() {
         json.push(format!("\"fogd\":{part}"));
         rows.extend(row);
     }
+    json.push(format!(
+        "\"breakdown\":{{{}}}",
+        breakdowns
+            .iter()
+            .map(|(who, b)| format!("\"{who}\":{}", b.json()))
+            .collect::<Vec<_>>()
+            .join(",")
+    ));
     json.push(format!("\"load_average\":\"{}\"", load_average()));
     if options.json {
         println!("{{{}}}", json.join(","));
@@ -229,6 +299,22 @@ fn main() {
                 "| {} | {} | {} | {} | {} | {} | {} | {} |",
                 r.process, r.state, m.rss, m.hwm, m.anon, m.file, m.threads, r.note
             );
+        }
+        if let Some((_, first)) = breakdowns.first() {
+            println!();
+            println!("Where the idle RSS is (/proc/PID/smaps; KiB, anonymous in brackets):");
+            println!();
+            let heads: Vec<&str> = first.parts.iter().map(|(p, _, _)| *p).collect();
+            println!("| process | {} | PSS | USS (private) |", heads.join(" | "));
+            println!("|---|{}", "---|".repeat(heads.len() + 2));
+            for (who, b) in &breakdowns {
+                let cells: Vec<String> = b
+                    .parts
+                    .iter()
+                    .map(|(_, rss, anon)| format!("{rss} ({anon})"))
+                    .collect();
+                println!("| {who} | {} | {} | {} |", cells.join(" | "), b.pss, b.uss);
+            }
         }
         println!("load average {}", load_average());
     }
@@ -253,8 +339,13 @@ fn start_fogd(extra: &[&str]) -> (Fogd, String) {
     (fogd, format!("ws://{signal}/ws"))
 }
 
-/// Part 1: the C echo server and `fogconnect serve`, idle after registering.
-fn idle_nodes(exe: &Path, manifest: &Path, options: &Options) -> (Vec<String>, Vec<Row>) {
+/// Part 1: the C echo server and `fogconnect serve` of `build`, idle after registering.
+fn idle_nodes(
+    exe: &Path,
+    manifest: &Path,
+    options: &Options,
+    build: &Build,
+) -> (Vec<String>, Vec<Row>, Vec<(String, Breakdown)>) {
     let (fogd, url) = start_fogd(&[]);
     let signal: SocketAddr = url
         .trim_start_matches("ws://")
@@ -264,9 +355,12 @@ fn idle_nodes(exe: &Path, manifest: &Path, options: &Options) -> (Vec<String>, V
     let stun = fogd.primary.to_string();
     let mut parts = Vec::new();
     let mut rows = Vec::new();
+    let mut splits = Vec::new();
+    let near = build.near(exe);
+    let tag = build.name();
 
     let workspace = manifest.join("../..");
-    match echo_server(exe, &workspace) {
+    match echo_server(&near, &workspace) {
         Some(echo) => {
             let (host, port) = (signal.ip().to_string(), signal.port().to_string());
             let mut child = ChildGuard::spawn(
@@ -278,8 +372,9 @@ fn idle_nodes(exe: &Path, manifest: &Path, options: &Options) -> (Vec<String>, V
             std::thread::sleep(options.idle);
             let m = Memory::of(child.id());
             parts.push(format!("\"echo_server_c\":{}", m.json()));
+            splits.push((format!("C echo_server ({tag})"), Breakdown::of(child.id())));
             rows.push(Row {
-                process: "C echo_server (libfogconnect_ffi.a)".into(),
+                process: format!("C echo_server (libfogconnect_ffi.a, {tag} build)"),
                 state: format!("idle {} s, registered", options.idle.as_secs()),
                 memory: m,
                 note: goal(m.rss, 2 * 1024),
@@ -289,7 +384,7 @@ fn idle_nodes(exe: &Path, manifest: &Path, options: &Options) -> (Vec<String>, V
     }
 
     let cli = fog_test_support::cargo_built(
-        exe,
+        &near,
         &workspace,
         &["-p", "fog-cli"],
         &format!("fogconnect{}", std::env::consts::EXE_SUFFIX),
@@ -311,15 +406,19 @@ fn idle_nodes(exe: &Path, manifest: &Path, options: &Options) -> (Vec<String>, V
     std::thread::sleep(options.idle);
     let m = Memory::of(serve.id());
     parts.push(format!("\"fogconnect_serve\":{}", m.json()));
+    splits.push((
+        format!("fogconnect serve ({tag})"),
+        Breakdown::of(serve.id()),
+    ));
     rows.push(Row {
-        process: "fogconnect serve".into(),
+        process: format!("fogconnect serve ({tag} build)"),
         state: format!("idle {} s, registered", options.idle.as_secs()),
         memory: m,
         note: goal(m.rss, 2 * 1024),
     });
     drop(serve);
     drop(fogd);
-    (parts, rows)
+    (parts, rows, splits)
 }
 
 /// "meets"/"misses" a goal in KiB.
@@ -364,7 +463,11 @@ fn echo_server(exe: &Path, workspace: &Path) -> Option<PathBuf> {
 }
 
 /// Part 2: an acceptor holding `options.connections` idle connections on `transport`.
-fn connections(exe: &Path, options: &Options, transport: Transport) -> (String, Vec<Row>) {
+fn connections(
+    exe: &Path,
+    options: &Options,
+    transport: Transport,
+) -> (String, Vec<Row>, (String, Breakdown)) {
     let name = transport_name(&transport);
     let limit = (options.connections * 2).to_string();
     let (fogd, url) = start_fogd(&[
@@ -404,6 +507,10 @@ fn connections(exe: &Path, options: &Options, transport: Transport) -> (String, 
     wait_for(&mut acceptor, "acceptor ready", START);
     std::thread::sleep(options.idle);
     let idle = Memory::of(acceptor.id());
+    let split = (
+        format!("acceptor ({name}), idle"),
+        Breakdown::of(acceptor.id()),
+    );
 
     let began = Instant::now();
     let mut caller = ChildGuard::spawn("caller", &mut role("caller")).expect("starting the caller");
@@ -469,7 +576,7 @@ fn connections(exe: &Path, options: &Options, transport: Transport) -> (String, 
     drop(caller);
     drop(acceptor);
     drop(fogd);
-    (part, rows)
+    (part, rows, split)
 }
 
 /// `settled connected=N failed=M` → (N, M).
@@ -635,4 +742,119 @@ fn run_caller(role: &Role) {
     }
     println!("settled connected={connected} failed={failed}");
     for _event in runtime.events() {}
+}
+
+/// Where a process's resident pages are, from /proc/PID/smaps: each mapping's `Rss` and
+/// `Anonymous` summed by what it maps. File pages of the program count once they are mapped in
+/// the page tables; the kernel maps up to `fault_around_bytes` (64 KiB by default) of cached
+/// file pages around each fault, so a touched function brings its neighbours along.
+#[derive(Debug, Clone, Default)]
+struct Breakdown {
+    /// (part, RSS KiB, anonymous KiB), in a fixed order.
+    parts: Vec<(&'static str, u64, u64)>,
+    /// Proportional set size: shared pages divided among the processes mapping them.
+    pss: u64,
+    /// Unique set size (private clean + private dirty): what the process alone holds.
+    uss: u64,
+}
+
+impl Breakdown {
+    fn of(pid: u32) -> Self {
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let text = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+        let order = [
+            "program code (r-x)",
+            "program read-only data (r--)",
+            "program data, relocated (rw-)",
+            "libc and other libraries",
+            "heap ([heap] and malloc arenas)",
+            "thread stacks",
+            "other anonymous mappings",
+        ];
+        let mut sums: BTreeMap<&'static str, (u64, u64)> = BTreeMap::new();
+        let (mut pss, mut uss) = (0, 0);
+        let mut part = order[6];
+        // The previous mapping's end and whether it was an anonymous no-access one (a guard).
+        let mut guard_until = 0u64;
+        for line in text.lines() {
+            let mut words = line.split_whitespace();
+            let first = words.next().unwrap_or("");
+            if let Some((start, end)) = first.split_once('-')
+                && let (Ok(start), Ok(end)) =
+                    (u64::from_str_radix(start, 16), u64::from_str_radix(end, 16))
+            {
+                let perms = words.next().unwrap_or("");
+                let path = words.nth(3).unwrap_or("");
+                let after_guard = guard_until == start;
+                guard_until = if path.is_empty() && perms.starts_with("---") {
+                    end
+                } else {
+                    0
+                };
+                part = if !exe.is_empty() && path == exe {
+                    match perms {
+                        p if p.contains('x') => order[0],
+                        p if p.contains('w') => order[2],
+                        _ => order[1],
+                    }
+                } else if path.starts_with('/') {
+                    order[3]
+                } else if path == "[heap]" {
+                    order[4]
+                } else if path == "[stack]" {
+                    order[5]
+                } else if path.is_empty() && perms.starts_with("rw") {
+                    // glibc's arenas for other threads start on a 64 MiB boundary
+                    // (HEAP_MAX_SIZE); a thread stack lies right above its guard page.
+                    if start % (64 << 20) == 0 {
+                        order[4]
+                    } else if after_guard {
+                        order[5]
+                    } else {
+                        order[6]
+                    }
+                } else {
+                    order[6]
+                };
+                continue;
+            }
+            let kib = |rest: &mut std::str::SplitWhitespace<'_>| {
+                rest.next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+            };
+            match first {
+                "Rss:" => sums.entry(part).or_default().0 += kib(&mut words),
+                "Anonymous:" => sums.entry(part).or_default().1 += kib(&mut words),
+                "Pss:" => pss += kib(&mut words),
+                "Private_Clean:" | "Private_Dirty:" => uss += kib(&mut words),
+                _ => {}
+            }
+        }
+        Breakdown {
+            parts: order
+                .iter()
+                .map(|&p| {
+                    let (rss, anon) = sums.get(p).copied().unwrap_or_default();
+                    (p, rss, anon)
+                })
+                .collect(),
+            pss,
+            uss,
+        }
+    }
+
+    fn json(&self) -> String {
+        let parts: Vec<String> = self
+            .parts
+            .iter()
+            .map(|(p, rss, anon)| format!("\"{p}\":{{\"rss_kib\":{rss},\"anon_kib\":{anon}}}"))
+            .collect();
+        format!(
+            "{{{},\"pss_kib\":{},\"uss_kib\":{}}}",
+            parts.join(","),
+            self.pss,
+            self.uss
+        )
+    }
 }

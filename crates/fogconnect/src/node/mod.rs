@@ -194,8 +194,9 @@ pub struct Node {
     now: Instant,
     /// A `send` found the queue full: `Writable` is owed once it has room.
     blocked: bool,
-    /// Our QUIC certificate's fingerprint, made on the first QUIC connection.
-    quic_fingerprint: Option<fog_signal::msg::CertFingerprint>,
+    /// Our QUIC certificate, made on the first QUIC connection and shared by all of them
+    /// (its fingerprint goes into descriptions).
+    quic_cert: Option<fog_quic::Certificate>,
     /// Our DTLS certificate for WebRTC connections, made on the first RTC connection.
     rtc_identity: Option<fog_rtc::Identity>,
     /// The base socket's port mapping ([`NodeConfig::port_mapping`]), from the start on.
@@ -259,7 +260,7 @@ impl Node {
             socket_requests: VecDeque::new(),
             watch: None,
             counters: Counters::default(),
-            quic_fingerprint: None,
+            quic_cert: None,
             rtc_identity: None,
             ledger: ledger::ProbeLedger::default(),
             by_tag: BTreeMap::new(),
@@ -642,11 +643,11 @@ impl Node {
         if *transport != Transport::Quic {
             return None;
         }
-        if self.quic_fingerprint.is_none() {
-            let cert = fog_quic::Certificate::self_signed(&self.config.key).ok()?;
-            self.quic_fingerprint = Some(fog_signal::msg::CertFingerprint(cert.fingerprint().0));
+        if self.quic_cert.is_none() {
+            self.quic_cert = fog_quic::Certificate::self_signed(&self.config.key).ok();
         }
-        self.quic_fingerprint
+        let cert = self.quic_cert.as_ref()?;
+        Some(fog_signal::msg::CertFingerprint(cert.fingerprint().0))
     }
 
     /// The DTLS fingerprint to sign into a description for `transport`: ours on RTC, else
@@ -1269,6 +1270,7 @@ impl Node {
                 conn.stream = if conn.transport == Transport::Quic {
                     let opening = quic::Opening {
                         key: &self.config.key,
+                        cert: self.quic_cert.clone(),
                         peer: conn.peer,
                         service: conn.service,
                         fingerprint: conn.remote.as_ref().and_then(|d| d.quic),

@@ -65,6 +65,8 @@ const RECENT: usize = 32;
 pub(super) struct Opening<'a> {
     /// Our identity.
     pub key: &'a KeyPair,
+    /// Its certificate, made once per node (`None`: the endpoint makes its own).
+    pub cert: Option<fog_quic::Certificate>,
     /// The peer the connection is with.
     pub peer: PeerId,
     /// The connection's service (the ALPN).
@@ -106,7 +108,6 @@ pub(super) struct Quic {
     again: VecDeque<Vec<u8>>,
     /// The last instant the Node drove us at (closes need one).
     now: Instant,
-    scratch: Vec<u8>,
 }
 
 impl std::fmt::Debug for Quic {
@@ -140,7 +141,11 @@ impl Quic {
         if !opening.caller {
             config = config.with_service(opening.service);
         }
-        let mut ep = Endpoint::new(config, opening.key, opening.seed, now).ok()?;
+        let mut ep = match opening.cert {
+            Some(cert) => Endpoint::with_certificate(config, cert, opening.seed, now),
+            None => Endpoint::new(config, opening.key, opening.seed, now),
+        }
+        .ok()?;
         let conn = if opening.caller {
             Some(
                 ep.connect(now, NOWHERE, opening.peer, opening.service)
@@ -166,8 +171,6 @@ impl Quic {
             recent: VecDeque::new(),
             again: VecDeque::new(),
             now,
-            // Small: it is per connection (reads loop until the stream is drained).
-            scratch: vec![0; 4 * 1024],
         })
     }
 
@@ -344,9 +347,12 @@ impl Quic {
 
     /// Reads the peer's stream into whole messages.
     fn read(&mut self, conn: ConnHandle, stream: StreamId) {
+        // On the stack, not kept per connection (an idle connection held 4 KiB for it;
+        // reads loop until the stream is drained).
+        let mut scratch = [0u8; 4 * 1024];
         loop {
-            match self.ep.read(conn, stream, &mut self.scratch) {
-                Ok(Read::Data(n)) => self.partial.extend_from_slice(&self.scratch[..n]),
+            match self.ep.read(conn, stream, &mut scratch) {
+                Ok(Read::Data(n)) => self.partial.extend_from_slice(&scratch[..n]),
                 Ok(Read::Finished) => break,
                 Err(StreamError::Blocked) => break,
                 Err(_) => {
