@@ -442,6 +442,64 @@ fn close_across_data(transport: Transport) {
     );
 }
 
+#[test]
+fn kcp_a_close_while_the_peer_sends_ends_both_sides_closed() {
+    close_while_the_peer_sends(Transport::Kcp);
+}
+
+#[test]
+fn quic_a_close_while_the_peer_sends_ends_both_sides_closed() {
+    close_while_the_peer_sends(Transport::Quic);
+}
+
+#[test]
+fn utp_a_close_while_the_peer_sends_ends_both_sides_closed() {
+    close_while_the_peer_sends(Transport::Utp);
+}
+
+#[test]
+fn sctp_a_close_while_the_peer_sends_ends_both_sides_closed() {
+    close_while_the_peer_sends(Transport::Sctp);
+}
+
+/// B closes while A's messages are on their way to it: B reports its own close and A the
+/// peer's, each an application close with B's code (found by the chaos run, seed 934: over
+/// QUIC, B's stream took A's data after B's connection had closed, the read failed, and B
+/// reported a dead transport; A heard nothing and idled out).
+fn close_while_the_peer_sends(transport: Transport) {
+    let mut s = Scenario::new(Preset::FullCone, Preset::FullCone, 31, &Profile::default());
+    let a_id = connect_over(&mut s, transport.clone());
+    connected(&mut s, 0, Duration::from_secs(15));
+    let b_id = connected(&mut s, 1, Duration::from_secs(15));
+    s.run_for(Duration::from_millis(500));
+    send_all(&mut s, 0, a_id, 20);
+    s.run_for(Duration::from_millis(10));
+    s.with_node(1, |n, now| n.close(now, b_id, 9, "b"))
+        .expect("close");
+    s.run_for(Duration::from_secs(60));
+    for (i, id, peer) in [(0, a_id, true), (1, b_id, false)] {
+        let end = s.events[i].iter().find_map(|(_, e)| match e {
+            Event::Closed {
+                id: c,
+                reason,
+                by_peer,
+            } if *c == id => Some((reason.clone(), *by_peer)),
+            _ => None,
+        });
+        assert_eq!(
+            end,
+            Some((
+                CloseReason::Application {
+                    code: 9,
+                    reason: "b".into()
+                },
+                peer
+            )),
+            "node {i} ({transport:?})"
+        );
+    }
+}
+
 /// uTP closes whole: when the answerer closes while both sides are still sending, the
 /// caller's uTP answers the FIN with its own after its data (BEP 29 ST_FIN), so each side
 /// gets all the other sent, and the caller sees the close with the answerer's code.
