@@ -687,7 +687,16 @@ impl Model {
 
     fn event(&mut self, i: usize, at: Instant, e: Event) {
         if self.trace {
-            eprintln!("{:?} node {i}: {e:?}", self.world.sim.time_of(at));
+            let at = self.world.sim.time_of(at);
+            match &e {
+                // A payload's header, not its bytes (a uTP chunk may hold several or part).
+                Event::Data { id, data } => eprintln!(
+                    "{at:?} node {i}: Data {{ id: {id}, {} bytes, {:?} }}",
+                    data.len(),
+                    parse(data)
+                ),
+                _ => eprintln!("{at:?} node {i}: {e:?}"),
+            }
         }
         match e {
             Event::Incoming {
@@ -790,10 +799,13 @@ impl Model {
                 if reliable && app && by_peer && c.closed_by_us[1 - side] {
                     let (sent, got) = (c.sent[1 - side].len(), c.got[side].len());
                     if got < sent {
+                        let bytes: usize = c.sent[1 - side].iter().map(|&(_, n)| n).sum();
+                        let partial = c.partial[side].len();
                         self.violate(
                             "close-lost-data",
                             format!(
-                                "#{l} side {side}: {got} of {sent} messages before the peer's close"
+                                "#{l} side {side}: {got} of {sent} messages ({bytes} bytes, \
+                                 {partial} of a message cut short) before the peer's close"
                             ),
                         );
                     }

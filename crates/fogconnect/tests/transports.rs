@@ -377,6 +377,129 @@ fn close_at_once(transport: Transport) {
     }
 }
 
+#[test]
+fn kcp_closes_that_cross_deliver_what_was_in_flight() {
+    close_across_data(Transport::Kcp);
+}
+
+#[test]
+fn quic_closes_that_cross_deliver_what_was_in_flight() {
+    close_across_data(Transport::Quic);
+}
+
+#[test]
+fn utp_closes_that_cross_deliver_what_was_in_flight() {
+    close_across_data(Transport::Utp);
+}
+
+/// A sends, then closes; B closes a moment later, before A's data has all arrived: the two
+/// closes cross with data still in flight (found by the chaos run, seeds 982 and 2899: over
+/// uTP, the peer's FIN reached A while A's own data waited for acknowledgement, A took the
+/// closes as crossed and ended, and its sealed close ended B before the data arrived). A
+/// close B reports as the peer's comes after everything A sent; over uTP, which closes whole
+/// (each side's FIN follows its data and the connection ends when both are acknowledged),
+/// so does B's own.
+fn close_across_data(transport: Transport) {
+    let profile = Profile {
+        loss: 0.05,
+        ..Profile::default()
+    };
+    let mut s = Scenario::new(Preset::FullCone, Preset::FullCone, 29, &profile);
+    let a_id = connect_over(&mut s, transport.clone());
+    connected(&mut s, 0, Duration::from_secs(15));
+    let b_id = connected(&mut s, 1, Duration::from_secs(15));
+    let count = 40;
+    send_all(&mut s, 0, a_id, count);
+    s.with_node(0, |n, now| n.close(now, a_id, 1, "a"))
+        .expect("close");
+    s.run_for(Duration::from_millis(150));
+    s.with_node(1, |n, now| n.close(now, b_id, 2, "b"))
+        .expect("close");
+    s.run_for(Duration::from_secs(60));
+    let (ended_at_b, by_peer) = s.events[1]
+        .iter()
+        .enumerate()
+        .find_map(|(k, (_, e))| match e {
+            Event::Closed { id, by_peer, .. } if *id == b_id => Some((k, *by_peer)),
+            _ => None,
+        })
+        .expect("B's connection ends with a close");
+    if by_peer || transport == Transport::Utp {
+        let before_end: Vec<Vec<u8>> = s.events[1][..ended_at_b]
+            .iter()
+            .filter_map(|(_, e)| match e {
+                Event::Data { id, data } if *id == b_id => Some(data.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_all_in_order(&transport, &before_end, count);
+    }
+    assert!(
+        s.events[0]
+            .iter()
+            .any(|(_, e)| matches!(e, Event::Closed { id, .. } if *id == a_id)),
+        "A's connection ends with a close"
+    );
+}
+
+#[test]
+fn kcp_a_close_while_the_peer_sends_ends_both_sides_closed() {
+    close_while_the_peer_sends(Transport::Kcp);
+}
+
+#[test]
+fn quic_a_close_while_the_peer_sends_ends_both_sides_closed() {
+    close_while_the_peer_sends(Transport::Quic);
+}
+
+#[test]
+fn utp_a_close_while_the_peer_sends_ends_both_sides_closed() {
+    close_while_the_peer_sends(Transport::Utp);
+}
+
+#[test]
+fn sctp_a_close_while_the_peer_sends_ends_both_sides_closed() {
+    close_while_the_peer_sends(Transport::Sctp);
+}
+
+/// B closes while A's messages are on their way to it: B reports its own close and A the
+/// peer's, each an application close with B's code (found by the chaos run, seed 934: over
+/// QUIC, B's stream took A's data after B's connection had closed, the read failed, and B
+/// reported a dead transport; A heard nothing and idled out).
+fn close_while_the_peer_sends(transport: Transport) {
+    let mut s = Scenario::new(Preset::FullCone, Preset::FullCone, 31, &Profile::default());
+    let a_id = connect_over(&mut s, transport.clone());
+    connected(&mut s, 0, Duration::from_secs(15));
+    let b_id = connected(&mut s, 1, Duration::from_secs(15));
+    s.run_for(Duration::from_millis(500));
+    send_all(&mut s, 0, a_id, 20);
+    s.run_for(Duration::from_millis(10));
+    s.with_node(1, |n, now| n.close(now, b_id, 9, "b"))
+        .expect("close");
+    s.run_for(Duration::from_secs(60));
+    for (i, id, peer) in [(0, a_id, true), (1, b_id, false)] {
+        let end = s.events[i].iter().find_map(|(_, e)| match e {
+            Event::Closed {
+                id: c,
+                reason,
+                by_peer,
+            } if *c == id => Some((reason.clone(), *by_peer)),
+            _ => None,
+        });
+        assert_eq!(
+            end,
+            Some((
+                CloseReason::Application {
+                    code: 9,
+                    reason: "b".into()
+                },
+                peer
+            )),
+            "node {i} ({transport:?})"
+        );
+    }
+}
+
 /// uTP closes whole: when the answerer closes while both sides are still sending, the
 /// caller's uTP answers the FIN with its own after its data (BEP 29 ST_FIN), so each side
 /// gets all the other sent, and the caller sees the close with the answerer's code.

@@ -286,9 +286,10 @@ impl Agent {
     /// `SUSPECT_ROUNDS` rounds `SUSPECT_WAIT` (or four round trips) apart (RFC 7675 §5.1
     /// sets 30 s as the bound for declaring a path dead, not a wait before trying another);
     /// if none is answered and nothing else came from the peer on the path (see
-    /// [`heard_from`](Self::heard_from)), the connection moves as it does from a path gone
-    /// silent: to another working direct path, else to the backup relay (see
-    /// `lose_selected`). Without anywhere to move, it stays. Six
+    /// [`heard_from`](Self::heard_from)), the connection moves to another working direct
+    /// path, else to a relay pair, whichever answered the checks sent alongside (an answer
+    /// from before the suspicion proves nothing: the same fault may have taken every direct
+    /// path). Without anywhere to move, it stays. Six
     /// checks in all: on a link that loses a third of the round trips, all six are lost
     /// about once in a thousand suspicions.
     ///
@@ -339,7 +340,20 @@ impl Agent {
                 .map(|p| (p.local, p.remote))
                 .take(MAX_SUSPECT_RELAYS)
                 .collect();
-            for (local, remote) in relays {
+            // So are the other working direct paths: the verdict moves only to one that
+            // answered since the suspicion began (one that answered only before may have died
+            // with this one: a route between the sites gone, both NATs' state lost).
+            let alternates: Vec<(SocketAddr, SocketAddr)> = self
+                .pairs
+                .iter()
+                .enumerate()
+                .filter(|&(a, p)| {
+                    a != i && p.state == State::Succeeded && !p.relayed && self.fresh(p, now)
+                })
+                .map(|(_, p)| (p.local, p.remote))
+                .take(MAX_ALTERNATES)
+                .collect();
+            for (local, remote) in relays.into_iter().chain(alternates) {
                 self.send_check(now, local, remote, false, false);
             }
             let rtt = self.pairs[i].srtt.unwrap_or_default();
@@ -350,10 +364,25 @@ impl Agent {
             });
             return;
         }
-        let alternate = self.pairs.iter().enumerate().any(|(a, p)| {
-            a != i && p.state == State::Succeeded && !p.relayed && self.fresh(p, now)
-        });
         let since = suspicion.since;
+        // Another direct path, only if it answered since the suspicion began: moving to one
+        // whose last answer is older (merely "fresh") went back and forth between two dead
+        // direct paths, each suspected in turn, for as long as they stayed fresh, while the
+        // relay was there (found by the chaos run, seeds 65 and 662: a route between two
+        // sites down for 30 s and more, the streams stalled and gave up).
+        let alternate = self
+            .pairs
+            .iter()
+            .enumerate()
+            .filter(|&(a, p)| a != i && p.state == State::Succeeded && !p.relayed)
+            .filter(|(_, p)| p.last_answer.is_some_and(|t| t >= since))
+            .min_by_key(|(_, p)| {
+                (
+                    p.srtt.unwrap_or(Duration::MAX),
+                    std::cmp::Reverse(p.priority),
+                )
+            })
+            .map(|(a, _)| a);
         let relay = self
             .pairs
             .iter()
@@ -362,8 +391,12 @@ impl Agent {
             .filter(|(_, p)| p.last_answer.is_some_and(|t| t >= since))
             .max_by_key(|(_, p)| (p.nominated, p.priority))
             .map(|(b, _)| b);
-        if alternate {
-            self.lose_selected(now, false);
+        if let Some(a) = alternate {
+            // As `lose_selected` does for a silent path: it stays a working path.
+            self.selected = None;
+            self.next_consent = None;
+            self.switch_to = None;
+            self.select(now, a);
         } else if let Some(b) = relay {
             // As `lose_selected` does for its backup, to the relay pair that answered.
             self.selected = None;

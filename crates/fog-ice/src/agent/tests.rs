@@ -415,6 +415,39 @@ fn after_every_direct_path_died_punching_resumes_when_they_come_back() {
     assert!(wire.b.selected().is_some() && !wire.b.selected_is_relayed());
 }
 
+/// Every direct path dies at once (a route between the two sites goes down) while each
+/// owner suspects its path (its traffic goes unanswered, as the node's stream does): the
+/// connection moves to the relay within a few rounds. It used to move from the suspected
+/// direct path to the other one, which had answered within two consent intervals but not
+/// since the fault, then back once that one was suspected in turn, for as long as both
+/// stayed "fresh" (found by the chaos run, seeds 65 and 662: 10 to 35 s on dead paths, the
+/// streams stalled, gave up or lost what a close had not delivered).
+#[test]
+fn a_suspicion_moves_to_the_relay_when_every_direct_path_died() {
+    let relay: SocketAddr = "198.51.100.50:3478".parse().unwrap();
+    let mut wire = relay_wire(17);
+    wire.start();
+    wire.run(Duration::from_secs(12), &mut |_| true);
+    assert!(!wire.a.selected_is_relayed() && !wire.b.selected_is_relayed());
+    let before = [wire.selections(true).len(), wire.selections(false).len()];
+    wire.pass = Box::new(move |s, d| s == relay || d == relay);
+    // The owners suspect the path again whenever it is still silent, every 700 ms.
+    for _ in 0..6 {
+        let now = wire.now;
+        wire.a.suspect(now);
+        wire.b.suspect(now);
+        wire.run(Duration::from_millis(700), &mut |_| true);
+    }
+    assert!(wire.a.selected_is_relayed(), "{:?}", wire.selections(true));
+    assert!(wire.b.selected_is_relayed(), "{:?}", wire.selections(false));
+    // Straight there, not by way of the other dead direct path.
+    let moves = [
+        wire.selections(true).len() - before[0],
+        wire.selections(false).len() - before[1],
+    ];
+    assert_eq!(moves, [1, 1], "{:?}", wire.selections(true));
+}
+
 #[test]
 fn ipv6_checks_do_not_use_up_the_single_ipv4_flow() {
     // Both sequential-symmetric: each side sends exactly one IPv4 flow, to the peer's

@@ -88,6 +88,8 @@ pub(super) struct UtpStream {
     send_buffer: usize,
     /// `close` came before any connection: report the close done at the next poll.
     closed_early: bool,
+    /// `close` was called: our FIN follows our data, and the end is uTP's `Done`.
+    closing: bool,
 }
 
 /// A connection's transport machine.
@@ -163,6 +165,7 @@ impl Stream {
                     conn,
                     send_buffer,
                     closed_early: false,
+                    closing: false,
                 })))
             }
             Transport::Sctp => {
@@ -332,7 +335,10 @@ impl Stream {
             Stream::Quic(quic) => quic.close(now),
             Stream::Rtc(rtc) => rtc.close(now),
             Stream::Utp(u) => match u.conn {
-                Some(conn) => u.endpoint.close(conn),
+                Some(conn) => {
+                    u.closing = true;
+                    u.endpoint.close(conn);
+                }
                 // Nothing was ever opened (an answerer that heard no SYN): nothing to flush.
                 None => u.closed_early = true,
             },
@@ -378,7 +384,15 @@ impl Stream {
                             // closing side's uTP connection ends `Done` and it can tell us the
                             // code and reason.
                             u.endpoint.close(conn);
-                            out.push(Happened::PeerClosed);
+                            // A FIN closes only the peer's half: when our own close is under
+                            // way too, what we sent may still wait for its acknowledgement,
+                            // and the end is our `Done` (both FINs acknowledged), not this.
+                            // Reported as a close that crossed ours, the node ended at once
+                            // and its close cut the peer off before our data arrived (the
+                            // chaos run, seeds 982 and 2899).
+                            if !u.closing {
+                                out.push(Happened::PeerClosed);
+                            }
                         }
                         UtpEvent::Closed { conn, reason } => {
                             read_stream(&mut u.endpoint, conn, &mut out);
