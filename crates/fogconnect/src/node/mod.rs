@@ -387,7 +387,10 @@ impl Node {
     /// peer learns `code` and `reason` over the path and over signaling while the server
     /// knows the session, and reports [`Event::Closed`] with `by_peer: true` (or
     /// [`Event::Failed`] if it never had a path). This node reports [`Event::Closed`] with
-    /// `by_peer: false` at once, and everything the connection held is released.
+    /// `by_peer: false` and releases everything the connection held: at once for a datagram
+    /// connection; for a stream (KCP, QUIC, uTP, SCTP, RTC) once the transport's graceful close
+    /// has delivered what was sent, or given up.
+    /// [`abort`](Self::abort) does not wait.
     pub fn close(
         &mut self,
         now: Instant,
