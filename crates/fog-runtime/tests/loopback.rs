@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use fog_runtime::{Runtime, RuntimeConfig};
 use fog_test_support::ChildGuard;
 use fogconnect::{
-    AcceptPolicy, CloseReason, ConnectionId, Event, FailReason, KeyPair, NodeConfig, Via,
+    AcceptPolicy, CloseReason, ConnectionId, Event, FailReason, KeyPair, NodeConfig, Transport, Via,
 };
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -260,30 +260,43 @@ fn two_runtimes_meet_over_wss_and_an_untrusted_server_is_refused() {
     assert!(Runtime::start(public).is_err());
 }
 
-/// Over KCP on real sockets: messages from a few bytes to 100 KB (many fragments) arrive
-/// whole and in order, the incoming event names the transport, and a close after the last
-/// send lets everything arrive first.
-#[test]
-fn two_runtimes_move_messages_over_kcp() {
-    let (_fogd, stun, url) = fogd();
-    let a = Runtime::start(config(11, stun, &url)).expect("A starts");
-    let b = Runtime::start(config(12, stun, &url)).expect("B starts");
+/// Two runtimes with keys from `seeds`, A connected to B over `transport` (B's incoming
+/// event names it): both runtimes, A's and B's connection, and what else B saw meanwhile.
+fn stream_pair(
+    seeds: (u8, u8),
+    stun: SocketAddr,
+    url: &str,
+    transport: Transport,
+) -> (Runtime, Runtime, ConnectionId, ConnectionId, Vec<Event>) {
+    let a = Runtime::start(config(seeds.0, stun, url)).expect("A starts");
+    let b = Runtime::start(config(seeds.1, stun, url)).expect("B starts");
     let (ha, hb) = (a.handle(), b.handle());
     let (mut seen_a, mut seen_b) = (Vec::new(), Vec::new());
     ready(a.events(), &mut seen_a);
     ready(b.events(), &mut seen_b);
-    let id_a = ha
-        .connect_with(hb.peer_id(), 3, fogconnect::Transport::Kcp)
-        .unwrap();
+    let id_a = ha.connect_with(hb.peer_id(), 3, transport.clone()).unwrap();
     let id_b = wait_for(b.events(), &mut seen_b, |e| match e {
-        Event::Incoming { id, transport, .. } => {
-            assert_eq!(*transport, fogconnect::Transport::Kcp);
+        Event::Incoming {
+            id, transport: t, ..
+        } => {
+            assert_eq!(*t, transport);
             Some(*id)
         }
         _ => None,
     });
     hb.accept(id_b).unwrap();
     connected(a.events(), &mut seen_a, id_a);
+    (a, b, id_a, id_b, seen_b)
+}
+
+/// Over KCP on real sockets: messages from a few bytes to 100 KB (many fragments) arrive
+/// whole and in order, the incoming event names the transport, and a close after the last
+/// send lets everything arrive first.
+#[test]
+fn two_runtimes_move_messages_over_kcp() {
+    let (_fogd, stun, url) = fogd();
+    let (a, b, id_a, id_b, mut seen_b) = stream_pair((11, 12), stun, &url, Transport::Kcp);
+    let ha = a.handle();
     let sizes = [1usize, 500, 1_400, 5_000, 100_000, 64, 30_000];
     let messages: Vec<Vec<u8>> = sizes
         .iter()
@@ -325,18 +338,8 @@ fn two_runtimes_move_messages_over_kcp() {
 #[test]
 fn a_shutdown_delivers_what_was_sent_and_tells_the_peer() {
     let (_fogd, stun, url) = fogd();
-    let a = Runtime::start(config(13, stun, &url)).expect("A starts");
-    let b = Runtime::start(config(14, stun, &url)).expect("B starts");
-    let (ha, hb) = (a.handle(), b.handle());
-    let (mut seen_a, mut seen_b) = (Vec::new(), Vec::new());
-    ready(a.events(), &mut seen_a);
-    ready(b.events(), &mut seen_b);
-    let id_a = ha
-        .connect_with(hb.peer_id(), 3, fogconnect::Transport::Quic)
-        .unwrap();
-    let id_b = incoming(b.events(), &mut seen_b).0;
-    hb.accept(id_b).unwrap();
-    connected(a.events(), &mut seen_a, id_a);
+    let (a, b, id_a, id_b, mut seen_b) = stream_pair((13, 14), stun, &url, Transport::Quic);
+    let ha = a.handle();
     let message: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
     ha.send(id_a, &message).unwrap();
     a.shutdown().expect("A stops");

@@ -411,19 +411,8 @@ impl Node {
             }
             return Ok(());
         }
-        self.tell_peer(id, code, reason);
-        self.end(
-            now,
-            id,
-            End::Closed {
-                reason: CloseReason::Application {
-                    code,
-                    reason: reason.to_owned(),
-                },
-                by_peer: false,
-            },
-        );
-        Ok(())
+        // A datagram connection has nothing in flight to wait for.
+        self.abort(now, id, code, reason)
     }
 
     /// Ends connection `id` at once, telling the peer, without waiting for a stream's graceful
