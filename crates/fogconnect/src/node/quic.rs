@@ -245,6 +245,13 @@ impl Quic {
             return Some(len);
         }
         let len = self.ep.poll_transmit(now, buf)?.len;
+        // Only 1-RTT packets are worth sending again: a long header (the first bit set, RFC
+        // 9000 §17.2) is a handshake packet, whose keys are gone once the handshake is
+        // confirmed (§4.9.2), so the peer could not read its copy. Keeping none also spares
+        // an idle connection the kilobytes of its handshake.
+        if buf.first().is_none_or(|b| b & 0x80 != 0) {
+            return Some(len);
+        }
         // The oldest copy's buffer is reused once there are RECENT.
         let mut copy = if self.recent.len() >= RECENT {
             self.recent.pop_front().unwrap_or_default()
