@@ -715,14 +715,17 @@ pub unsafe extern "C" fn fc_send(conn: fc_conn, data: *const u8, len: usize) -> 
     status(|| {
         // SAFETY: `len` readable bytes at `data` (this function's contract).
         let data = unsafe { c::bytes_in(data, len) }?;
-        let datagram = with_conn(conn, |c| c.protocol == FC_PROTOCOL_DATAGRAM as u8)?;
-        if datagram && data.len() > FC_MAX_DATAGRAM {
+        // Marked before the send, so that a `Writable` the runtime reports while this thread
+        // has not yet seen the `Blocked` still wakes the connection (at worst once too many).
+        let too_long = with_conn(conn, |c| {
+            let too_long = c.protocol == FC_PROTOCOL_DATAGRAM as u8 && data.len() > FC_MAX_DATAGRAM;
+            c.wants_room = !too_long;
+            too_long
+        })?;
+        if too_long {
             return Err(Error::TooLong);
         }
         let (handle, id) = table().live(conn)?;
-        // Marked before the send, so that a `Writable` the runtime reports while this thread
-        // has not yet seen the `Blocked` still wakes the connection (at worst once too many).
-        with_conn(conn, |c| c.wants_room = true)?;
         let sent = handle.send(id, data);
         if !matches!(sent, Err(RuntimeError::Send(SendError::Blocked))) {
             // Gone meanwhile or not: nothing to wake.

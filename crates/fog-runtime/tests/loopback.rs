@@ -260,6 +260,30 @@ fn two_runtimes_meet_over_wss_and_an_untrusted_server_is_refused() {
     assert!(Runtime::start(public).is_err());
 }
 
+/// The next data of connection `want`.
+fn data_on(events: &Receiver<Event>, seen: &mut Vec<Event>, want: ConnectionId) -> Vec<u8> {
+    wait_for(events, seen, |e| match e {
+        Event::Data { id, data } if *id == want => Some(data.clone()),
+        _ => None,
+    })
+}
+
+/// Why the peer closed connection `want`.
+fn closed_by_peer(
+    events: &Receiver<Event>,
+    seen: &mut Vec<Event>,
+    want: ConnectionId,
+) -> CloseReason {
+    wait_for(events, seen, |e| match e {
+        Event::Closed {
+            id,
+            reason,
+            by_peer: true,
+        } if *id == want => Some(reason.clone()),
+        _ => None,
+    })
+}
+
 /// Two runtimes with keys from `seeds`, A connected to B over `transport` (B's incoming
 /// event names it): both runtimes, A's and B's connection, and what else B saw meanwhile.
 fn stream_pair(
@@ -309,20 +333,10 @@ fn two_runtimes_move_messages_over_kcp() {
     ha.close(id_a, 8, "sent it all").unwrap();
     let mut got = Vec::new();
     while got.len() < messages.len() {
-        got.push(wait_for(b.events(), &mut seen_b, |e| match e {
-            Event::Data { id, data } if *id == id_b => Some(data.clone()),
-            _ => None,
-        }));
+        got.push(data_on(b.events(), &mut seen_b, id_b));
     }
     assert!(got == messages, "every message whole and in order");
-    let closed = wait_for(b.events(), &mut seen_b, |e| match e {
-        Event::Closed {
-            id,
-            reason,
-            by_peer: true,
-        } if *id == id_b => Some(reason.clone()),
-        _ => None,
-    });
+    let closed = closed_by_peer(b.events(), &mut seen_b, id_b);
     assert_eq!(
         closed,
         CloseReason::Application {
@@ -343,22 +357,12 @@ fn a_shutdown_delivers_what_was_sent_and_tells_the_peer() {
     let message: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
     ha.send(id_a, &message).unwrap();
     a.shutdown().expect("A stops");
-    let got = wait_for(b.events(), &mut seen_b, |e| match e {
-        Event::Data { id, data } if *id == id_b => Some(data.clone()),
-        _ => None,
-    });
+    let got = data_on(b.events(), &mut seen_b, id_b);
     assert!(
         got == message,
         "the message sent before the shutdown, whole"
     );
-    let closed = wait_for(b.events(), &mut seen_b, |e| match e {
-        Event::Closed {
-            id,
-            reason,
-            by_peer: true,
-        } if *id == id_b => Some(reason.clone()),
-        _ => None,
-    });
+    let closed = closed_by_peer(b.events(), &mut seen_b, id_b);
     assert_eq!(
         closed,
         CloseReason::Application {
