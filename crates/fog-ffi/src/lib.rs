@@ -9,6 +9,7 @@
 //! fc_signal_init(ctx, "ws://127.0.0.1:7600/ws", "127.0.0.1:3478", NULL, NULL);
 //! fc_conn c = fc_connect(ctx, "bob", FC_PROTOCOL_DATAGRAM, 1, on_event, NULL);
 //! // ... on FC_EVENT_CONNECTED: fc_send(c, "hi", 2); on FC_EVENT_DATA: the peer's datagram
+//! // fc_send said FC_ERR_BLOCKED? on FC_EVENT_WRITABLE, send the same bytes again
 //! fc_release(ctx);
 //! ```
 //!
