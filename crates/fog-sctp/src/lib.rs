@@ -389,8 +389,16 @@ pub struct Association {
     /// the last input or command.
     unacked: usize,
     /// The peer started its shutdown while we were open (RFC 9260 §9.2): the association's
-    /// end is then the peer's graceful close, not an abort.
+    /// end is then the peer's graceful close, not an abort, and nothing more may be sent.
     peer_closing: bool,
+    /// The peer's SHUTDOWN, held back (a packet of it alone) until what we sent is
+    /// acknowledged: see [`wire::split_shutdown`].
+    held_shutdown: Option<Bytes>,
+    /// The verification tag of the packets the association takes (RFC 9260 §8.5): a SHUTDOWN
+    /// is held back only when it carries it.
+    tag: Option<[u8; 4]>,
+    /// The peer's verification tag: the one on the packets we send once established.
+    peer_tag: Option<[u8; 4]>,
     stats: Stats,
 }
 
@@ -454,6 +462,9 @@ impl Association {
             blocked: false,
             unacked: 0,
             peer_closing: false,
+            held_shutdown: None,
+            tag: None,
+            peer_tag: None,
             stats: Stats::default(),
         }
     }
@@ -531,8 +542,13 @@ impl Association {
 
     /// Whether a send refused `Blocked` may try again: half the send buffer is free.
     pub fn has_room(&self) -> bool {
-        !matches!(self.phase, Phase::Closing { .. } | Phase::Closed)
-            && self.buffered() < self.config.send_buffer / 2
+        self.accepts_sends() && self.buffered() < self.config.send_buffer / 2
+    }
+
+    /// Neither side has begun to close: a send may be queued (RFC 9260 §9.2: once the peer's
+    /// SHUTDOWN came, nothing new is taken from the user).
+    fn accepts_sends(&self) -> bool {
+        !matches!(self.phase, Phase::Closing { .. } | Phase::Closed) && !self.peer_closing
     }
 
     /// Queues one message on stream `stream`, whole or not at all. Before the handshake
@@ -540,7 +556,7 @@ impl Association {
     /// `now` starts the wait for the acknowledgement (see [`Config::dead_after`]).
     pub fn send(&mut self, now: Instant, stream: StreamId, data: &[u8]) -> Result<(), SendError> {
         self.latest = self.latest.max(now);
-        if matches!(self.phase, Phase::Closing { .. } | Phase::Closed) {
+        if !self.accepts_sends() {
             return Err(SendError::Closed);
         }
         if data.len() > self.config.max_message || data.len() > self.config.send_buffer {
@@ -645,10 +661,53 @@ impl Association {
             self.stats.dropped += 1;
             return Err(Dropped);
         }
-        let packet = match wire::strip_addresses(packet) {
+        let mut packet = Some(match wire::strip_addresses(packet) {
             Some(stripped) => Bytes::from(stripped),
             None => Bytes::copy_from_slice(packet),
+        });
+        let mut held = false;
+        let ours = self
+            .tag
+            .is_some_and(|t| packet.as_ref().and_then(|p| p.get(4..8)) == Some(&t[..]));
+        if self.unacked > 0 && ours {
+            if let Some((rest, shutdown)) = packet.as_ref().and_then(|p| wire::split_shutdown(p)) {
+                if self.phase == Phase::Open {
+                    self.peer_closing = true;
+                }
+                self.held_shutdown = Some(Bytes::from(shutdown));
+                held = true;
+                packet = rest.map(Bytes::from);
+            }
+        }
+        let repeat_ack = match (&packet, self.peer_tag, &self.inner) {
+            (Some(p), Some(peer_tag), Some((_, assoc))) if ours && assoc.is_closing() => {
+                wire::cookie_ack_for(p, peer_tag)
+            }
+            _ => None,
         };
+        let taken = match packet {
+            Some(packet) => self.feed(now, source, packet),
+            None => false,
+        };
+        if let Some(ack) = repeat_ack.filter(|_| taken) {
+            self.out.push_back(Bytes::from(ack));
+        }
+        if !taken && !held {
+            self.stats.dropped += 1;
+            return Err(Dropped);
+        }
+        self.stats.packets_in += 1;
+        self.last_heard = now;
+        self.progress();
+        Ok(())
+    }
+
+    /// Hands one packet to sctp-proto; whether our association (or the one it makes) took it.
+    fn feed(&mut self, now: Instant, source: SocketAddr, packet: Bytes) -> bool {
+        let tag = packet
+            .get(4..8)
+            .and_then(|t| <[u8; 4]>::try_from(t).ok())
+            .filter(|t| *t != [0; 4]);
         let routed = self.endpoint.handle(now, source, None, None, packet);
         let taken = match (routed, &mut self.inner) {
             (Some((handle, DatagramEvent::AssociationEvent(event))), Some((ours, assoc)))
@@ -666,14 +725,10 @@ impl Association {
             }
             _ => false,
         };
-        if !taken {
-            self.stats.dropped += 1;
-            return Err(Dropped);
+        if taken && tag.is_some() {
+            self.tag = tag;
         }
-        self.stats.packets_in += 1;
-        self.last_heard = now;
-        self.progress();
-        Ok(())
+        taken
     }
 
     /// Fires what is due.
@@ -775,6 +830,12 @@ impl Association {
                 continue;
             };
             slot.copy_from_slice(&packet);
+            if self.handshaken {
+                self.peer_tag = packet
+                    .get(4..8)
+                    .and_then(|t| <[u8; 4]>::try_from(t).ok())
+                    .or(self.peer_tag);
+            }
             self.stats.packets_out += 1;
             if packet.get(COMMON_HEADER) == Some(&SHUTDOWN_COMPLETE)
                 && matches!(self.phase, Phase::Closing { .. })
@@ -861,6 +922,15 @@ impl Association {
             return;
         }
         self.count_unacked();
+        if self.unacked == 0 {
+            if let Some(shutdown) = self.held_shutdown.take() {
+                // Everything we sent is acknowledged: the peer's SHUTDOWN may go on now.
+                let (now, peer) = (self.latest, self.peer);
+                self.feed(now, peer, shutdown);
+                self.progress();
+                return;
+            }
+        }
         if let Phase::Closing { deadline, shutdown } = self.phase {
             if !shutdown && self.handshaken && self.unacked == 0 {
                 if let Some((_, assoc)) = &mut self.inner {

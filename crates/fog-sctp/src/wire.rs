@@ -1,5 +1,9 @@
-//! The one rewrite of incoming packets: address parameters out of INIT and INIT ACK.
+//! The rewrites of incoming packets: address parameters out of INIT and INIT ACK, and a
+//! SHUTDOWN held back while our data is outstanding ([`split_shutdown`]); and one packet
+//! sctp-proto does not make: the COOKIE ACK a shutting-down association owes a repeated
+//! COOKIE ECHO ([`cookie_ack_for`]).
 //!
+//! Address parameters:
 //! sctp-proto stops parsing an INIT or INIT ACK at any parameter it does not implement whose
 //! type says "stop processing" (the two high bits 00, RFC 9260 §3.2.1), and it implements none
 //! of the address parameters: IPv4 Address (5), IPv6 Address (6), Cookie Preservative (9) and
@@ -34,6 +38,9 @@ mod field {
 
 const INIT: u8 = 1;
 const INIT_ACK: u8 = 2;
+const SHUTDOWN: u8 = 7;
+const COOKIE_ECHO: u8 = 10;
+const COOKIE_ACK: u8 = 11;
 
 /// Parameters dropped from INIT and INIT ACK (RFC 9260 §3.3.2.1, §3.3.3.1).
 fn is_dropped(param_type: u16) -> bool {
@@ -111,6 +118,73 @@ pub(crate) fn strip_addresses(packet: &[u8]) -> Option<Vec<u8>> {
     out.extend_from_slice(&kept);
     seal_checksum(&mut out);
     Some(out)
+}
+
+/// A packet with a SHUTDOWN chunk (RFC 9260 §3.3.8) cut in two: the packet without it (`None`
+/// when nothing else was in it) and a packet of the SHUTDOWN alone, each with the same common
+/// header and its own checksum. `None` when there is no SHUTDOWN, the checksum is wrong or the
+/// chunks are malformed (then sctp-proto judges the packet as it is).
+///
+/// Why: sctp-proto answers a SHUTDOWN with its SHUTDOWN ACK as soon as nothing is *in flight*,
+/// and sends nothing new after it, so messages still queued are lost; RFC 9260 §9.2 has the
+/// SHUTDOWN's receiver deliver all its outstanding data first. The association holds the
+/// SHUTDOWN back until what it sent is acknowledged and only then lets sctp-proto see it. The
+/// chunk's Cumulative TSN Ack is not lost by the wait: sctp-proto does not read it, and the
+/// SHUTDOWN's sender acknowledges our DATA with SACKs.
+pub(crate) fn split_shutdown(packet: &[u8]) -> Option<(Option<Vec<u8>>, Vec<u8>)> {
+    let header = packet.get(..field::FIRST_CHUNK)?;
+    let mut rest = header.to_vec();
+    let mut shutdown = None;
+    let mut at = field::FIRST_CHUNK;
+    while at < packet.len() {
+        let chunk = packet.get(at..at + field::CHUNK_HEADER)?;
+        let len = usize::from(u16::from_be_bytes([chunk[2], chunk[3]]));
+        if len < field::CHUNK_HEADER || at + len > packet.len() {
+            return None;
+        }
+        let padded = (at + len.next_multiple_of(4)).min(packet.len());
+        if chunk[0] == SHUTDOWN {
+            shutdown = Some(at..padded);
+        } else {
+            rest.extend_from_slice(&packet[at..padded]);
+        }
+        at = padded;
+    }
+    let shutdown = shutdown?;
+    if !checksum_ok(packet) {
+        return None;
+    }
+    let mut alone = header.to_vec();
+    alone.extend_from_slice(&packet[shutdown]);
+    seal_checksum(&mut alone);
+    let rest = (rest.len() > field::FIRST_CHUNK).then(|| {
+        seal_checksum(&mut rest);
+        rest
+    });
+    Some((rest, alone))
+}
+
+/// The COOKIE ACK that answers `packet` if it is a COOKIE ECHO with a good checksum: ports
+/// swapped, `peer_tag` as its verification tag (RFC 9260 §3.3.12, §8.5).
+///
+/// Why: when our COOKIE ACK is lost the peer repeats its COOKIE ECHO, and RFC 9260 §5.2.4
+/// (action D, the tags match) has us answer it again whatever we did meanwhile. sctp-proto
+/// answers only while established: once it shuts down (ours began before the lost ACK was
+/// noticed) it stays silent, the peer's handshake never completes, and neither its data nor
+/// the shutdown can go on (found by the chaos run, seed 1231).
+pub(crate) fn cookie_ack_for(packet: &[u8], peer_tag: [u8; 4]) -> Option<Vec<u8>> {
+    let header = packet.get(..field::FIRST_CHUNK)?;
+    if *packet.get(field::FIRST_CHUNK)? != COOKIE_ECHO || !checksum_ok(packet) {
+        return None;
+    }
+    let mut ack = Vec::with_capacity(field::FIRST_CHUNK + field::CHUNK_HEADER);
+    ack.extend_from_slice(&header[2..4]);
+    ack.extend_from_slice(&header[0..2]);
+    ack.extend_from_slice(&peer_tag);
+    ack.extend_from_slice(&[0; 4]);
+    ack.extend_from_slice(&[COOKIE_ACK, 0, 0, 4]);
+    seal_checksum(&mut ack);
+    Some(ack)
 }
 
 /// `packet` cut into packets of at most `max` bytes, each with the same common header, its
@@ -248,6 +322,69 @@ mod tests {
         // One chunk over the limit goes out alone, as it is.
         let big = bundle(&[1400]);
         assert_eq!(split(big.clone(), 1365), [big]);
+    }
+
+    #[test]
+    fn a_shutdown_is_cut_out_of_its_bundle() {
+        // SACK-like (type 3), SHUTDOWN (type 7, cumulative TSN ack 0x01020304), DATA-like.
+        let mut p = vec![0x13, 0x88, 0x13, 0x88, 9, 9, 9, 9, 0, 0, 0, 0];
+        let sack = [3, 0, 0, 8, 0xaa, 0xbb, 0xcc, 0xdd];
+        let shutdown = [7, 0, 0, 8, 1, 2, 3, 4];
+        let data = [0, 3, 0, 5, 0xee, 0, 0, 0];
+        for c in [&sack[..], &shutdown, &data] {
+            p.extend_from_slice(c);
+        }
+        seal_checksum(&mut p);
+        let (rest, alone) = split_shutdown(&p).expect("a shutdown");
+        let rest = rest.expect("other chunks");
+        assert!(checksum_ok(&rest) && checksum_ok(&alone));
+        assert_eq!(rest[..8], p[..8]);
+        assert_eq!(alone[..8], p[..8]);
+        assert_eq!(alone[12..], shutdown);
+        assert_eq!(rest[12..20], sack);
+        assert_eq!(rest[20..], data);
+        // A SHUTDOWN alone leaves nothing else.
+        let mut only = p[..12].to_vec();
+        only.extend_from_slice(&shutdown);
+        seal_checksum(&mut only);
+        assert_eq!(split_shutdown(&only), Some((None, only.clone())));
+        // No SHUTDOWN, a bad checksum, a malformed chunk or a truncation: left alone.
+        let mut no = p[..12].to_vec();
+        no.extend_from_slice(&sack);
+        seal_checksum(&mut no);
+        assert_eq!(split_shutdown(&no), None);
+        let mut corrupt = p.clone();
+        corrupt[20] ^= 1;
+        assert_eq!(split_shutdown(&corrupt), None);
+        let mut bad_len = only.clone();
+        bad_len[15] = 2;
+        seal_checksum(&mut bad_len);
+        assert_eq!(split_shutdown(&bad_len), None);
+        for len in 0..p.len() {
+            assert_eq!(split_shutdown(&p[..len]), None, "{len}");
+        }
+    }
+
+    #[test]
+    fn a_cookie_echo_is_answered_with_a_cookie_ack() {
+        let mut echo = vec![0x13, 0x88, 0x27, 0x10, 1, 2, 3, 4, 0, 0, 0, 0];
+        echo.extend_from_slice(&[COOKIE_ECHO, 0, 0, 8, 9, 9, 9, 9]);
+        seal_checksum(&mut echo);
+        let ack = cookie_ack_for(&echo, [5, 6, 7, 8]).expect("an ack");
+        assert!(checksum_ok(&ack));
+        assert_eq!(ack[..8], [0x27, 0x10, 0x13, 0x88, 5, 6, 7, 8]);
+        assert_eq!(ack[12..], [COOKIE_ACK, 0, 0, 4]);
+        // Not a COOKIE ECHO, or corrupt, or short: nothing.
+        let mut other = echo.clone();
+        other[12] = 3;
+        seal_checksum(&mut other);
+        assert_eq!(cookie_ack_for(&other, [5, 6, 7, 8]), None);
+        let mut corrupt = echo.clone();
+        corrupt[16] ^= 1;
+        assert_eq!(cookie_ack_for(&corrupt, [5, 6, 7, 8]), None);
+        for len in 0..echo.len() {
+            assert_eq!(cookie_ack_for(&echo[..len], [5, 6, 7, 8]), None, "{len}");
+        }
     }
 
     #[test]

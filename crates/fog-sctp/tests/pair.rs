@@ -434,6 +434,43 @@ fn closes_that_cross_both_complete() {
     );
 }
 
+/// The peer shuts down while our messages still wait in the send queue (more than one
+/// congestion window): RFC 9260 §9.2 has the SHUTDOWN's receiver deliver its outstanding data
+/// before it answers with SHUTDOWN ACK, so every message we sent arrives and we report the
+/// peer's close (found by the chaos run, seed 1231: the queue was dropped and both sides
+/// reported a clean close).
+#[test]
+fn a_peer_shutdown_waits_for_what_we_still_have_queued() {
+    for loss in [0.0, 5.0] {
+        let mut p = Pair::new(Config::default(), loss, 11);
+        for side in &mut p.sides {
+            side.assoc.open_stream(0, StreamConfig::default()).unwrap();
+        }
+        p.connected();
+        let count = 100;
+        for i in 0..count {
+            p.sides[1]
+                .assoc
+                .send(p.now, 0, &message(0, i, 1000))
+                .unwrap();
+        }
+        let now = p.now;
+        p.sides[0].assoc.close(now);
+        assert!(
+            p.run_until(Duration::from_secs(60), |p| p.closed(0).is_some()
+                && p.closed(1).is_some()),
+            "loss {loss}: both ends"
+        );
+        assert_eq!(
+            received_indexes(&p.sides[0], 0),
+            (0..count).collect::<Vec<_>>(),
+            "loss {loss}"
+        );
+        assert_eq!(p.closed(0), Some(CloseReason::Local), "loss {loss}");
+        assert_eq!(p.closed(1), Some(CloseReason::Peer), "loss {loss}");
+    }
+}
+
 #[test]
 fn a_silent_peer_with_data_outstanding_is_dead() {
     let config = Config {

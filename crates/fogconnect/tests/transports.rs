@@ -392,10 +392,17 @@ fn utp_closes_that_cross_deliver_what_was_in_flight() {
     close_across_data(Transport::Utp);
 }
 
+#[test]
+fn sctp_closes_that_cross_deliver_what_was_in_flight() {
+    close_across_data(Transport::Sctp);
+}
+
 /// A sends, then closes; B closes a moment later, before A's data has all arrived: the two
 /// closes cross with data still in flight (found by the chaos run, seeds 982 and 2899: over
 /// uTP, the peer's FIN reached A while A's own data waited for acknowledgement, A took the
-/// closes as crossed and ended, and its sealed close ended B before the data arrived). A
+/// closes as crossed and ended, and its sealed close ended B before the data arrived; seed
+/// 1231: over SCTP, B's COOKIE ACK was lost, B's shutdown left A's repeated COOKIE ECHO
+/// unanswered, and A's SHUTDOWN ACK dropped what A still had queued). A
 /// close B reports as the peer's comes after everything A sent; over uTP, which closes whole
 /// (each side's FIN follows its data and the connection ends when both are acknowledged),
 /// so does B's own.
