@@ -57,6 +57,7 @@ paths are read from the directory fogd runs in.
   cluster = \"redis://10.0.0.5:6379\"
   cluster-instance = \"fogd-1\"
   cluster-advertise = [\"turn:192.0.2.1:3478\"]
+  cluster-region = \"eu-west\"
   cluster-queue = 16384
 
 Logs go to stderr. RUST_LOG sets the filter (default: info), e.g. RUST_LOG=debug.
@@ -239,6 +240,11 @@ pub(crate) struct ClusterArgs {
     /// least-loaded instance's [default: its --turn-url]
     #[arg(long, value_name = "URL")]
     pub(crate) cluster_advertise: Vec<String>,
+
+    /// Where this instance runs (letters, digits, `.:_-`): signaling hands out the least-loaded
+    /// relay of its own region, and one elsewhere only when the region publishes none
+    #[arg(long, value_name = "NAME")]
+    pub(crate) cluster_region: Option<String>,
 
     /// Questions to Redis waiting at once; one more is refused at once [default: 16384]
     #[arg(long, value_name = "N")]

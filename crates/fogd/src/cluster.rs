@@ -17,7 +17,7 @@
 //! | key | value | |
 //! |---|---|---|
 //! | `lease:<instance>` | a random token, [`LEASE`] TTL | refreshed every [`HEARTBEAT`]; writes are fenced by it |
-//! | `info:<instance>` | `<allocations> <peers> <turn url>...` | same TTL; the least-loaded instance's TURN is handed out |
+//! | `info:<instance>` | `<allocations> <peers> [region=<region>] <turn url>...` | same TTL; the least-loaded instance's TURN in the instance's own region is handed out (see [`choose`]) |
 //! | `instances` | set of instance ids | pruned of those whose info expired |
 //! | `peer:<peer id>` | `<instance> <epoch>` | set on authentication, deleted (compare-and-delete) on leave |
 //! | `epoch` | counter | a registration's epoch |
@@ -79,6 +79,9 @@ pub(crate) struct Settings {
     pub(crate) instance: String,
     /// `turn:` URLs this instance serves, published with its load.
     pub(crate) advertise: Vec<String>,
+    /// Where this instance runs (`--cluster-region`): TURN is handed out from instances of the
+    /// same region first.
+    pub(crate) region: Option<String>,
     /// Bound of the command queue.
     pub(crate) queue: usize,
 }
@@ -112,6 +115,15 @@ impl std::error::Error for StartError {}
 
 /// Whether `id` is a usable instance id (it goes into key and channel names).
 pub(crate) fn valid_instance(id: &str) -> bool {
+    valid_word(id)
+}
+
+/// Whether `region` can name a region (the same alphabet as an instance id).
+pub(crate) fn valid_region(region: &str) -> bool {
+    valid_word(region)
+}
+
+fn valid_word(id: &str) -> bool {
     (1..=64).contains(&id.len())
         && id
             .bytes()
@@ -234,6 +246,7 @@ impl Cluster {
             token: hex(&token),
             held: false,
             advertise: settings.advertise.clone(),
+            region: settings.region.clone(),
             relay: None,
             registered: BTreeMap::new(),
             aliases: BTreeMap::new(),
@@ -395,6 +408,73 @@ fn alias_key(alias: &str) -> String {
     format!("{PREFIX}alias:{alias}")
 }
 
+/// One instance's published info (`info:<instance>`).
+#[derive(Debug, PartialEq, Eq)]
+struct Info<'a> {
+    /// TURN allocations, then signaling peers.
+    load: (usize, usize),
+    region: Option<&'a str>,
+    urls: Vec<String>,
+}
+
+/// One instance's published info, read as untrusted: `None` when malformed or without a TURN
+/// URL.
+fn parse_info(info: &str) -> Option<Info<'_>> {
+    let mut words = info.split_ascii_whitespace().peekable();
+    let allocations = words.next()?.parse::<usize>().ok()?;
+    let peers = words.next()?.parse::<usize>().ok()?;
+    let region = words
+        .next_if(|w| w.starts_with("region="))
+        .and_then(|w| w.strip_prefix("region="))
+        .filter(|r| valid_region(r));
+    // Handed to clients as they are: a few, of a sane length, or none.
+    let urls: Vec<String> = words
+        .filter(|u| u.len() <= MAX_URL_LEN && !u.starts_with("region="))
+        .take(MAX_URLS)
+        .map(str::to_owned)
+        .collect();
+    (!urls.is_empty()).then_some(Info {
+        load: (allocations, peers),
+        region,
+        urls,
+    })
+}
+
+/// From every instance's published info: the TURN URLs to hand out, and the other instance a
+/// full TURN server here sends Allocates to (its URLs).
+///
+/// "Near the peer" is read as "in this instance's region" (`--cluster-region`): a peer is
+/// signaled by an instance near it (DNS or a load balancer sends it there), so a relay in the
+/// same region keeps the relayed path short. Among the instances of the region, the least
+/// loaded wins (fewest TURN allocations, then fewest signaling peers; ties go to the lower id,
+/// the same choice on every instance of the region); only when none of the region publishes a
+/// relay does an instance elsewhere serve, chosen the same way. Without a region every instance
+/// counts as near.
+fn choose(
+    own: &str,
+    region: Option<&str>,
+    published: &[(&str, String)],
+) -> (Option<Vec<String>>, Option<Vec<String>>) {
+    let parsed: Vec<_> = published
+        .iter()
+        .filter_map(|(member, info)| {
+            let info = parse_info(info)?;
+            let near = region.is_none() || info.region == region;
+            Some((info.load, *member, near, info.urls))
+        })
+        .collect();
+    // Near first, then load, then id.
+    type Entry<'a> = ((usize, usize), &'a str, bool, Vec<String>);
+    let rank = |a: &&Entry, b: &&Entry| (!a.2, a.0, a.1).cmp(&(!b.2, b.0, b.1));
+    let best = parsed.iter().min_by(rank).map(|c| c.3.clone());
+    let alternate = parsed
+        .iter()
+        .filter(|c| c.1 != own)
+        .min_by(rank)
+        .map(|c| c.3.clone());
+    (best, alternate)
+}
+
 /// The Lua scripts: each runs atomically on the Redis server (EVALSHA, loaded on first use).
 /// Standalone Redis only: they name keys computed inside the script.
 struct Scripts {
@@ -488,6 +568,7 @@ struct CommandThread {
     /// The lease is ours (as of the last heartbeat or registration).
     held: bool,
     advertise: Vec<String>,
+    region: Option<String>,
     /// The TURN URLs last handed to the loop.
     relay: Option<Vec<String>>,
     /// Local peers registered in Redis: generation and the value written.
@@ -631,6 +712,10 @@ impl CommandThread {
         let allocations = self.load.load(Ordering::Relaxed);
         let peers = self.desired.lock().map(|d| d.peers.len()).unwrap_or(0);
         let mut info = format!("{allocations} {peers}");
+        if let Some(region) = &self.region {
+            info.push_str(" region=");
+            info.push_str(region);
+        }
         for url in &self.advertise {
             info.push(' ');
             info.push_str(url);
@@ -667,51 +752,22 @@ impl CommandThread {
             )
             .query(con)
             .map_err(|_| Down)?;
-        let mut best: Option<((usize, usize), &str, Vec<String>)> = None;
-        let mut others: Vec<((usize, usize), String, Vec<String>)> = Vec::new();
+        let mut published = Vec::with_capacity(members.len());
         for (member, info) in members.iter().zip(infos) {
-            let Some(info) = info else {
-                // Gone: its info expired with its lease.
-                let _ = redis::cmd("SREM").arg(INSTANCES).arg(member).exec(con);
-                continue;
-            };
-            // Written by fogd, but read as untrusted: a malformed entry is skipped.
-            let mut words = info.split_ascii_whitespace();
-            let mut number = || words.next().and_then(|w| w.parse::<usize>().ok());
-            let (Some(allocations), Some(peers)) = (number(), number()) else {
-                continue;
-            };
-            let load = (allocations, peers);
-            // Handed to clients as they are: a few, of a sane length, or none.
-            let urls: Vec<String> = words
-                .filter(|u| u.len() <= MAX_URL_LEN)
-                .take(MAX_URLS)
-                .map(str::to_owned)
-                .collect();
-            if urls.is_empty() {
-                continue;
-            }
-            // Fewest TURN allocations, then fewest signaling peers; ties go to the lower id, the
-            // same choice on every instance.
-            others.push((load, member.clone(), urls.clone()));
-            if best
-                .as_ref()
-                .is_none_or(|(l, m, _)| (load, member.as_str()) < (*l, *m))
-            {
-                best = Some((load, member, urls));
+            match info {
+                Some(info) => published.push((member.as_str(), info)),
+                None => {
+                    // Gone: its info expired with its lease.
+                    let _ = redis::cmd("SREM").arg(INSTANCES).arg(member).exec(con);
+                }
             }
         }
-        // A full TURN server here sends Allocates to the least-loaded other instance.
-        let own = self.instance();
-        let alternate = others
-            .iter()
-            .filter(|(_, member, _)| *member != own)
-            .min_by(|a, b| (a.0, a.1.as_str()).cmp(&(b.0, b.1.as_str())))
-            .and_then(|(_, _, urls)| urls.iter().find_map(|u| turn_udp_address(u)));
+        let (best, alternate) = choose(&instance, self.region.as_deref(), &published);
+        let alternate = alternate.and_then(|urls| urls.iter().find_map(|u| turn_udp_address(u)));
         if let Ok(mut slot) = self.alternate.lock() {
             *slot = alternate;
         }
-        if let Some((_, _, urls)) = best {
+        if let Some(urls) = best {
             if self.relay.as_ref() != Some(&urls) {
                 self.relay = Some(urls.clone());
                 let _ = self.events.send(Event::Relay(urls));
@@ -1222,5 +1278,71 @@ mod turn_url_tests {
         assert_eq!(a("turn:relay.example:3478"), None);
         assert_eq!(a("turn:192.0.2.1:3478?transport=tcp"), None);
         assert_eq!(a("turns:192.0.2.1:5349"), None);
+    }
+}
+
+#[cfg(test)]
+mod choose_tests {
+    use super::{Info, choose, parse_info};
+
+    fn info(entries: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
+        entries.iter().map(|(m, i)| (*m, i.to_string())).collect()
+    }
+
+    #[test]
+    fn the_least_loaded_relay_of_our_region_is_handed_out() {
+        let published = info(&[
+            ("a1", "5 10 region=eu turn:192.0.2.1:3478"),
+            ("a2", "3 10 region=eu turn:192.0.2.2:3478"),
+            ("b1", "0 0 region=us turn:192.0.2.3:3478"),
+            ("c1", "0 0 turn:192.0.2.4:3478"),
+        ]);
+        // The region's least loaded, although elsewhere is idler; the alternate of a full
+        // server stays in the region too.
+        let (best, alternate) = choose("a2", Some("eu"), &published);
+        assert_eq!(best.unwrap(), ["turn:192.0.2.2:3478"]);
+        assert_eq!(alternate.unwrap(), ["turn:192.0.2.1:3478"]);
+        // The only instance of its region: its own relay, and a full one's Allocates go to
+        // the least loaded of the rest (ties to the lower id).
+        let (best, alternate) = choose("b1", Some("us"), &published);
+        assert_eq!(best.unwrap(), ["turn:192.0.2.3:3478"]);
+        assert_eq!(alternate.unwrap(), ["turn:192.0.2.4:3478"]);
+        // A region nobody serves, or no region at all: the least loaded anywhere.
+        let (best, _) = choose("x", Some("asia"), &published);
+        assert_eq!(best.unwrap(), ["turn:192.0.2.3:3478"]);
+        let (best, alternate) = choose("b1", None, &published);
+        assert_eq!(best.unwrap(), ["turn:192.0.2.3:3478"]);
+        assert_eq!(alternate.unwrap(), ["turn:192.0.2.4:3478"]);
+        // Nobody publishes a relay.
+        assert_eq!(choose("a1", Some("eu"), &[]), (None, None));
+    }
+
+    #[test]
+    fn published_info_is_read_without_trust() {
+        let info = |load, region, urls: &[&str]| {
+            Some(Info {
+                load,
+                region,
+                urls: urls.iter().map(|u| u.to_string()).collect(),
+            })
+        };
+        assert_eq!(
+            parse_info("1 2 region=eu-west.1 turn:a turn:b"),
+            info((1, 2), Some("eu-west.1"), &["turn:a", "turn:b"])
+        );
+        // Without a region (what instances without --cluster-region write).
+        assert_eq!(parse_info("0 0 turn:a"), info((0, 0), None, &["turn:a"]));
+        // A region word that is not a region names none, and is never handed out as a URL.
+        assert_eq!(
+            parse_info("0 0 region=a/b turn:a"),
+            info((0, 0), None, &["turn:a"])
+        );
+        for bad in ["", "1", "x 2 turn:a", "1 2", "1 2 region=eu", "-1 2 turn:a"] {
+            assert_eq!(parse_info(bad), None, "{bad:?}");
+        }
+        let long = format!("0 0 turn:{}", "a".repeat(300));
+        assert_eq!(parse_info(&long), None);
+        let many: String = (0..20).map(|k| format!(" turn:h{k}")).collect();
+        assert_eq!(parse_info(&format!("0 0{many}")).unwrap().urls.len(), 8);
     }
 }

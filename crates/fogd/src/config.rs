@@ -37,6 +37,7 @@ pub(crate) struct ClusterFile {
     #[serde(default)]
     cluster_advertise: Vec<String>,
     cluster_queue: Option<usize>,
+    cluster_region: Option<String>,
 }
 
 impl ClusterFile {
@@ -51,6 +52,7 @@ impl ClusterFile {
                 args.cluster_advertise.clone()
             },
             cluster_queue: args.cluster_queue.or(self.cluster_queue),
+            cluster_region: args.cluster_region.clone().or(self.cluster_region),
         }
     }
 }

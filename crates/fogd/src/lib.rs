@@ -72,6 +72,7 @@
 //! cluster = "redis://10.0.0.5:6379"  # join the instances sharing this Redis
 //! cluster-instance = "fogd-1"        # unique in the cluster; default: the signal address
 //! cluster-advertise = ["turn:192.0.2.1:3480"]  # default: the turn-url list
+//! cluster-region = "eu-west"                   # relays of this region are handed out first
 //! cluster-queue = 16384              # questions to Redis waiting at once
 //! ```
 //!
@@ -228,11 +229,18 @@ impl Services {
                     .clone()
                     .unwrap_or_else(|| signal.listen.to_string()),
                 advertise,
+                region: cluster_args.cluster_region.clone(),
                 queue: cluster_args.cluster_queue.unwrap_or(cluster::DEFAULT_QUEUE),
             });
             if let Some(c) = &signal.cluster {
                 if !cluster::valid_instance(&c.instance) {
                     return Err(cluster::StartError::Instance(c.instance.clone()).into());
+                }
+                if let Some(region) = c.region.as_ref().filter(|r| !cluster::valid_region(r)) {
+                    return Err(format!(
+                        "--cluster-region {region:?}: 1 to 64 letters, digits or .:_-"
+                    )
+                    .into());
                 }
                 redis::Client::open(c.url.as_str())
                     .map_err(|e| cluster::StartError::Url(c.url.clone(), e.to_string()))?;

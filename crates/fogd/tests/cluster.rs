@@ -616,3 +616,67 @@ fn a_full_turn_server_sends_allocations_to_another_instance() {
     assert_eq!(second.server(), turn_b);
     drop(b);
 }
+
+/// issue 14 item 3, "near the peer": three instances, two in region `eu` and one in `us`,
+/// one peer on each (equal loads). A peer is handed the least-loaded relay of its own
+/// instance's region (ties to the lower id): `eu` peers get fogd-7's, the `us` peer fogd-9's,
+/// although fogd-7 would win everywhere if regions were ignored.
+#[test]
+fn relays_are_handed_out_from_the_peers_region() {
+    let test = "relays_are_handed_out_from_the_peers_region";
+    let Some(redis_exe) = find_tool("redis-server") else {
+        skip_or_fail(test, "redis-server is not installed", "FOG_REQUIRE_INTEROP");
+        return;
+    };
+    let redis = Redis::start(&redis_exe);
+    let key = fog_test_support::scratch_file("cluster-region.key");
+    let _ = std::fs::remove_file(&key);
+    fog_signal::keyfile::save(&key, &KeyPair::from_seed(&[0xc3; 32])).unwrap();
+    let instances: Vec<Instance> = [(7, "eu"), (8, "eu"), (9, "us")]
+        .into_iter()
+        .map(|(n, region)| {
+            let url = format!("turn:127.0.0.{n}:3478");
+            start_instance_with(
+                n,
+                &key,
+                &redis,
+                &["--turn-url", &url, "--cluster-region", region],
+            )
+        })
+        .collect();
+    let mut peers: Vec<SignalPeer> = instances
+        .iter()
+        .enumerate()
+        .map(|(k, inst)| join(inst, 900 + k, None))
+        .collect();
+    let want = [
+        "turn:127.0.0.7:3478",
+        "turn:127.0.0.7:3478",
+        "turn:127.0.0.9:3478",
+    ];
+    // (Loads are published every second: the joins may still be settling.)
+    for (k, peer) in peers.iter_mut().enumerate() {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let r = peer.client.request_relay().unwrap();
+            let urls = match peer.wait_for(
+                WAIT,
+                |e| matches!(e, Event::RelayCredentials { request, .. } if *request == r),
+            ) {
+                Event::RelayCredentials { urls, .. } => urls,
+                _ => unreachable!(),
+            };
+            if urls == [want[k]] {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the peer on {} was handed {urls:?}, not {}\n{}",
+                instances[k].id,
+                want[k],
+                instances[k].child.output_text()
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
