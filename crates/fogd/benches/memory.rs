@@ -7,7 +7,12 @@
 //! cargo bench -p fogd --bench memory -- --json
 //! cargo bench -p fogd --bench memory -- --connections 1000 --transports quic,kcp --idle 5
 //! cargo bench -p fogd --bench memory -- --skip-fogd
+//! cargo bench -p fogd --bench memory -- --skip-fogd --transports none --builds default
+//! FOG_RELR=0 cargo bench -p fogd --bench memory -- --skip-fogd --transports none --builds default
 //! ```
+//!
+//! The last two measure only the idle nodes; `FOG_RELR=0` builds `fogconnect` without packed
+//! relative relocations (see `crates/fog-cli/build.rs`), for the comparison.
 //!
 //! Three parts, each process on its own, all on loopback through a fogd this bench starts:
 //!
@@ -179,7 +184,11 @@ fn parse() -> (Options, Option<Role>) {
             "--connections" => options.connections = number(&arg, value(&arg)),
             "--peers" => options.peers = number(&arg, value(&arg)),
             "--transports" => {
-                options.transports = value(&arg).split(',').map(parse_transport).collect();
+                let list = value(&arg);
+                options.transports = match list.as_str() {
+                    "none" => Vec::new(),
+                    _ => list.split(',').map(parse_transport).collect(),
+                };
             }
             "--skip-fogd" => options.skip_fogd = true,
             "--skip-idle" => options.skip_idle = true,
@@ -191,7 +200,7 @@ fn parse() -> (Options, Option<Role>) {
             "--bench" => {}
             other => panic!(
                 "unknown argument {other}; known: --json --idle SECS --connections N \
-                 --transports a,b --peers N --skip-fogd --skip-idle --builds default,small"
+                 --transports a,b|none --peers N --skip-fogd --skip-idle --builds default,small"
             ),
         }
     }
