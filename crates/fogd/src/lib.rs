@@ -8,7 +8,9 @@
 //!   tungstenite and rustls (see the `signal` module);
 //! - **TURN** (`--turn`): fog-turn's relay server (RFC 8656 over UDP, `use-auth-secret`
 //!   credentials only) on a fog-mio driver that binds each relayed address as it is allocated
-//!   and closes it when the allocation ends (see the `turn` module). With `--turn-secret` (or
+//!   and closes it when the allocation ends (see the `turn` module); clients whose UDP is
+//!   blocked reach it over TCP on the same port (`--turn-tcp`, a thread of its own: the
+//!   `turn_tcp` module). With `--turn-secret` (or
 //!   `--turn-secret-file`) signaling hands out credentials and `turn:` URLs for it.
 //!
 //! With `--cluster redis://HOST:PORT` signaling joins other fogd instances sharing that Redis
@@ -67,6 +69,9 @@
 //! turn-credential-ttl = 86400      # seconds, for the credentials signaling hands out
 //! turn-allow-peer = ["10.0.0.0/8"] # peers to relay to although reserved or denied
 //! turn-deny-peer = ["198.51.100.0/24"]  # peers refused besides the reserved classes
+//! turn-tcp = "192.0.2.1:3480"      # TURN over TCP; default: the turn address; "off" for none
+//! turn-tcp-max-per-ip = 16         # TCP connections at once from one IP
+//! turn-tcp-idle = 60               # seconds a connection without an allocation may be silent
 //!
 //! [cluster]
 //! cluster = "redis://10.0.0.5:6379"  # join the instances sharing this Redis
@@ -117,6 +122,7 @@ mod signal;
 mod signals;
 mod stun;
 mod turn;
+mod turn_tcp;
 mod web;
 
 use std::sync::Arc;
@@ -196,8 +202,10 @@ impl Services {
         let stun_config = stun::config(&cli.stun)?;
         let mut signal_settings = signal::settings(&signal_args)?;
         let mut turn_config = None;
+        let mut turn_tcp = None;
         if let Some(turn) = turn::settings(&turn_args)? {
             turn_config = turn.server;
+            turn_tcp = turn.tcp;
             match &mut signal_settings {
                 Some(signal) => signal.relay = Some(turn.relay),
                 None if turn_config.is_none() => {
@@ -270,7 +278,7 @@ impl Services {
             .transpose()?;
         let mut signal = signal_settings.map(SignalService::bind).transpose()?;
         let turn = turn_config
-            .map(|c| TurnService::bind(c, sockets))
+            .map(|c| TurnService::bind(c, turn_tcp, sockets))
             .transpose()?;
         if let (Some(signal), Some(turn)) = (&mut signal, &turn) {
             signal.set_load(turn.load());
