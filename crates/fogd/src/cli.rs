@@ -193,7 +193,12 @@ pub(crate) struct TurnArgs {
     #[arg(long, value_name = "IP[:PORT]|off", value_parser = parse_turn_tcp)]
     pub(crate) turn_tcp: Option<TurnTcp>,
 
-    /// TURN/TCP connections at once from one IP [default: 16]
+    /// TURN over TLS (`turns:`, RFC 8656 §3.1) on this address, with the certificate of
+    /// --tls-cert and --tls-key; a bare IP means port 5349 [default: off]
+    #[arg(long, value_name = "IP[:PORT]", value_parser = parse_turn_tls)]
+    pub(crate) turn_tls: Option<SocketAddr>,
+
+    /// TURN/TCP and TURN/TLS connections at once from one IP [default: 16]
     #[arg(long, value_name = "N")]
     pub(crate) turn_tcp_max_per_ip: Option<usize>,
 
@@ -224,6 +229,18 @@ pub(crate) fn parse_turn_tcp(s: &str) -> Result<TurnTcp, String> {
         return Ok(TurnTcp::Off);
     }
     parse_turn_addr(s).map(TurnTcp::At)
+}
+
+/// TURN over TLS's port (RFC 8656 §3) when `--turn-tls` names only an IP.
+pub(crate) const TURNS_PORT: u16 = 5349;
+
+pub(crate) fn parse_turn_tls(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    s.parse::<IpAddr>()
+        .map(|ip| SocketAddr::new(ip, TURNS_PORT))
+        .map_err(|_| format!("{s:?} is neither IP:PORT nor an IP"))
 }
 
 /// TURN's port (RFC 8656 §3) when `--turn` names only an IP.

@@ -76,6 +76,8 @@ pub(crate) struct TurnFile {
     turn_tcp: Option<String>,
     turn_tcp_max_per_ip: Option<usize>,
     turn_tcp_idle: Option<u64>,
+    /// Text, parsed like the flag.
+    turn_tls: Option<String>,
     /// Used only when no `--turn-url` is given.
     #[serde(default)]
     turn_url: Vec<String>,
@@ -183,6 +185,13 @@ impl TurnFile {
             }
             (None, None) => None,
         };
+        let turn_tls = match (args.turn_tls, self.turn_tls) {
+            (Some(addr), _) => Some(addr),
+            (None, Some(text)) => {
+                Some(crate::cli::parse_turn_tls(&text).map_err(|m| bad("turn-tls", m))?)
+            }
+            (None, None) => None,
+        };
         let secret_on_command_line = args.turn_secret.is_some() || args.turn_secret_file.is_some();
         let (turn_secret, turn_secret_file) = if secret_on_command_line {
             (args.turn_secret.clone(), args.turn_secret_file.clone())
@@ -229,6 +238,7 @@ impl TurnFile {
             turn_tcp,
             turn_tcp_max_per_ip: args.turn_tcp_max_per_ip.or(self.turn_tcp_max_per_ip),
             turn_tcp_idle: args.turn_tcp_idle.or(self.turn_tcp_idle),
+            turn_tls,
             turn_url: if args.turn_url.is_empty() {
                 self.turn_url
             } else {

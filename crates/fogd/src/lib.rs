@@ -72,6 +72,7 @@
 //! turn-tcp = "192.0.2.1:3480"      # TURN over TCP; default: the turn address; "off" for none
 //! turn-tcp-max-per-ip = 16         # TCP connections at once from one IP
 //! turn-tcp-idle = 60               # seconds a connection without an allocation may be silent
+//! turn-tls = "192.0.2.1:5349"      # TURN over TLS with tls-cert/tls-key; default: off
 //!
 //! [cluster]
 //! cluster = "redis://10.0.0.5:6379"  # join the instances sharing this Redis
@@ -272,13 +273,23 @@ impl Services {
             turn.peers.own.extend(stun.local_addrs());
         }
 
+        // TURN over TLS uses signaling's certificate (`--tls-cert`, `--tls-key`).
+        let turn_tls = match (
+            &turn_args.turn_tls,
+            &signal_args.tls_cert,
+            &signal_args.tls_key,
+        ) {
+            (None, ..) => None,
+            (Some(_), Some(cert), Some(key)) => Some(signal::tls_config(cert, key)?),
+            (Some(_), ..) => return Err("--turn-tls needs --tls-cert and --tls-key".into()),
+        };
         let sockets = &cli.sockets;
         let stun = stun_config
             .map(|c| StunService::bind(c, sockets))
             .transpose()?;
         let mut signal = signal_settings.map(SignalService::bind).transpose()?;
         let turn = turn_config
-            .map(|c| TurnService::bind(c, turn_tcp, sockets))
+            .map(|c| TurnService::bind(c, turn_tcp, turn_tls, sockets))
             .transpose()?;
         if let (Some(signal), Some(turn)) = (&mut signal, &turn) {
             signal.set_load(turn.load());

@@ -138,6 +138,11 @@ pub(crate) fn settings(args: &TurnArgs) -> Result<Option<Settings>, StartError> 
             let mut urls = vec![format!("turn:{listen}?transport=udp")];
             // RFC 7065 §3.1: the TCP transport of the same server, for browsers without UDP.
             urls.extend(tcp_listen.map(|tcp| format!("turn:{tcp}?transport=tcp")));
+            // RFC 7065 §3.1: `turns:` is TURN over TLS.
+            urls.extend(
+                args.turn_tls
+                    .map(|tls| format!("turns:{tls}?transport=tcp")),
+            );
             urls
         }
         (None, true) => {
@@ -229,14 +234,18 @@ pub(crate) fn settings(args: &TurnArgs) -> Result<Option<Settings>, StartError> 
         deny: args.turn_deny_peer.clone(),
         own: Vec::new(),
     };
-    let tcp = match tcp_listen {
-        Some(tcp) if tcp.ip().is_unspecified() || tcp.port() == 0 => {
+    for (flag, addr) in [("--turn-tcp", tcp_listen), ("--turn-tls", args.turn_tls)] {
+        if let Some(addr) = addr.filter(|a| a.ip().is_unspecified() || a.port() == 0) {
             return bad(format!(
-                "--turn-tcp {tcp}: give the specific IP and port clients reach"
+                "{flag} {addr}: give the specific IP and port clients reach"
             ));
         }
-        Some(tcp) => Some(TcpConfig {
-            listen: tcp,
+    }
+    let tcp = match (tcp_listen, args.turn_tls) {
+        (None, None) => None,
+        (listen, tls_listen) => Some(TcpConfig {
+            listen,
+            tls_listen,
             max_connections: config.limits.max_allocations,
             max_per_ip: at_least_one("--turn-tcp-max-per-ip", args.turn_tcp_max_per_ip)?
                 .unwrap_or(turn_tcp::DEFAULT_PER_IP),
@@ -246,7 +255,6 @@ pub(crate) fn settings(args: &TurnArgs) -> Result<Option<Settings>, StartError> 
                 None => turn_tcp::DEFAULT_IDLE,
             },
         }),
-        None => None,
     };
     Ok(Some(Settings {
         server: Some(config),
@@ -320,6 +328,7 @@ impl TurnService {
     pub(crate) fn bind(
         config: ServerConfig,
         tcp: Option<TcpConfig>,
+        tls: Option<Arc<rustls::ServerConfig>>,
         sockets: &SocketArgs,
     ) -> Result<Self, StartError> {
         let listen = config.listen;
@@ -354,9 +363,11 @@ impl TurnService {
         let tcp = tcp
             .map(|c| {
                 let (max_per_ip, idle) = (c.max_per_ip, c.idle);
-                let service = TcpService::bind(c).map_err(StartError::Bind)?;
+                let service = TcpService::bind(c, tls).map_err(StartError::Bind)?;
+                let (tcp, tls) = service.local_addrs();
                 tracing::info!(
-                    addr = %service.local_addr().map_err(StartError::Bind)?,
+                    tcp = ?tcp,
+                    tls = ?tls,
                     max_per_ip,
                     idle_s = idle.as_secs(),
                     "TURN/TCP listening"
@@ -462,10 +473,7 @@ impl TurnService {
                 self.driver.machine_mut().set_alternate(alternate);
             }
             if let Some((inbox, outbox, ..)) = &tcp {
-                let messages: Vec<ToRelay> = inbox
-                    .lock()
-                    .map(|mut q| q.drain(..).collect())
-                    .unwrap_or_default();
+                let messages = inbox.lock().map(|mut q| q.take()).unwrap_or_default();
                 for message in messages {
                     #[allow(clippy::disallowed_methods)]
                     let now = Instant::now();
@@ -604,7 +612,8 @@ mod tests {
         assert_eq!(
             s.tcp,
             Some(TcpConfig {
-                listen: config.listen,
+                listen: Some(config.listen),
+                tls_listen: None,
                 max_connections: config.limits.max_allocations,
                 max_per_ip: turn_tcp::DEFAULT_PER_IP,
                 idle: turn_tcp::DEFAULT_IDLE,
@@ -737,13 +746,35 @@ mod tests {
         .unwrap()
         .unwrap();
         let tcp = s.tcp.unwrap();
-        assert_eq!(tcp.listen, "127.0.0.1:443".parse().unwrap());
+        assert_eq!(tcp.listen, Some("127.0.0.1:443".parse().unwrap()));
         assert_eq!((tcp.max_per_ip, tcp.idle), (3, Duration::from_secs(5)));
         assert_eq!(
             s.relay.urls,
             [
                 "turn:127.0.0.1:3478?transport=udp",
                 "turn:127.0.0.1:443?transport=tcp"
+            ]
+        );
+        let s = settings_of(&[
+            "--turn",
+            "127.0.0.1",
+            "--turn-secret",
+            "s",
+            "--turn-tcp",
+            "off",
+            "--turn-tls",
+            "127.0.0.1",
+        ])
+        .unwrap()
+        .unwrap();
+        let tcp = s.tcp.unwrap();
+        assert_eq!(tcp.listen, None);
+        assert_eq!(tcp.tls_listen, Some("127.0.0.1:5349".parse().unwrap()));
+        assert_eq!(
+            s.relay.urls,
+            [
+                "turn:127.0.0.1:3478?transport=udp",
+                "turns:127.0.0.1:5349?transport=tcp"
             ]
         );
         let s = settings_of(&[
@@ -760,6 +791,7 @@ mod tests {
         assert_eq!(s.relay.urls, ["turn:127.0.0.1:3478?transport=udp"]);
         for (bad, flag) in [
             (["--turn-tcp", "0.0.0.0:3478"], "--turn-tcp"),
+            (["--turn-tls", "127.0.0.1:0"], "--turn-tls"),
             (["--turn-tcp-max-per-ip", "0"], "--turn-tcp-max-per-ip"),
             (["--turn-tcp-idle", "0"], "--turn-tcp-idle"),
         ] {

@@ -1,5 +1,7 @@
-//! TURN over TCP (RFC 8656 §3.1): the connections of clients whose UDP is blocked (browsers given
-//! `turn:HOST:PORT?transport=tcp`), on a mio loop of their own next to the TURN driver.
+//! TURN over TCP and over TLS (RFC 8656 §3.1): the connections of clients whose UDP is blocked
+//! (browsers given `turn:HOST:PORT?transport=tcp` or `turns:HOST:PORT?transport=tcp`), on a mio
+//! loop of their own next to the TURN driver. TLS is rustls with the certificate signaling's
+//! `wss` uses (`--tls-cert`, `--tls-key`); the TURN messages inside are the same.
 //!
 //! The relay machine ([`fog_turn::server::Server`]) lives on the TURN thread, inside its fog-mio
 //! driver; this thread owns the listener and the connections. Each connection's bytes go through
@@ -13,7 +15,7 @@
 //! Everything a client can grow is bounded: connections in total and per source IP, the framer
 //! (one message, [`MAX_STREAM_MESSAGE`] at most), the bytes waiting to be written to a client
 //! that does not read ([`MAX_UNSENT`]; whole messages beyond are dropped, as a UDP datagram would
-//! be), the queue towards the relay ([`MAX_INBOX`]). A connection that sends bytes that are not
+//! be), the queue towards the relay ([`MAX_INBOX_BYTES`]). A connection that sends bytes that are not
 //! a message is closed and counted; so is one without an allocation that stays silent for the
 //! idle timeout (one with an allocation lives as long as the allocation).
 
@@ -30,8 +32,10 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 /// Bytes waiting to be written to one client beyond which whole messages are dropped.
 pub(crate) const MAX_UNSENT: usize = 1 << 20;
-/// Messages waiting for the TURN thread beyond which new ones are dropped (closes always pass).
-pub(crate) const MAX_INBOX: usize = 8192;
+/// Bytes of messages waiting for the TURN thread beyond which new ones are dropped (closes
+/// always pass): a few milliseconds of the relay's work, so a flood from many connections costs
+/// bounded memory, not an ever longer queue.
+pub(crate) const MAX_INBOX_BYTES: usize = 4 << 20;
 /// Connections from one IP by default: a browser opens one per TURN server and peer connection.
 pub(crate) const DEFAULT_PER_IP: usize = 16;
 /// How long a connection without an allocation may stay silent by default.
@@ -39,18 +43,21 @@ pub(crate) const DEFAULT_IDLE: Duration = Duration::from_secs(60);
 
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
-const FIRST_CONN: usize = 2;
+const TLS_LISTENER: Token = Token(2);
+const FIRST_CONN: usize = 3;
 /// What one read takes from a socket.
 const READ_CHUNK: usize = 16 * 1024;
 /// How often idle connections are looked for.
 const SWEEP: Duration = Duration::from_secs(1);
 
-/// The TCP listener's settings.
+/// The TCP and TLS listeners' settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct TcpConfig {
-    /// Where to listen (by default the UDP listen address: the same port number is TURN's
-    /// convention, RFC 8656 §3).
-    pub(crate) listen: SocketAddr,
+    /// Where to listen for TCP (by default the UDP listen address: the same port number is
+    /// TURN's convention, RFC 8656 §3), if at all.
+    pub(crate) listen: Option<SocketAddr>,
+    /// Where to listen for TLS over TCP (`turns:`, RFC 8656 §3.1; 5349 by convention), if at all.
+    pub(crate) tls_listen: Option<SocketAddr>,
     /// Connections at once, all clients together.
     pub(crate) max_connections: usize,
     /// Connections at once from one IP.
@@ -79,7 +86,22 @@ pub(crate) enum FromRelay {
 }
 
 /// Messages towards the relay; the TCP thread wakes the TURN driver after it adds some.
-pub(crate) type Inbox = Arc<Mutex<VecDeque<ToRelay>>>;
+pub(crate) type Inbox = Arc<Mutex<InboxQueue>>;
+
+/// The messages and their bytes.
+#[derive(Debug, Default)]
+pub(crate) struct InboxQueue {
+    items: VecDeque<ToRelay>,
+    bytes: usize,
+}
+
+impl InboxQueue {
+    /// Takes everything queued.
+    pub(crate) fn take(&mut self) -> VecDeque<ToRelay> {
+        self.bytes = 0;
+        std::mem::take(&mut self.items)
+    }
+}
 
 /// Messages towards the connections, and the waker of the TCP thread.
 #[derive(Clone)]
@@ -121,6 +143,7 @@ pub(crate) struct TcpStats {
     pub(crate) closed_by_client: u64,
     pub(crate) closed_malformed: u64,
     pub(crate) closed_idle: u64,
+    pub(crate) closed_tls: u64,
     pub(crate) closed_error: u64,
     pub(crate) dropped_unsent: u64,
     pub(crate) dropped_inbox: u64,
@@ -128,6 +151,8 @@ pub(crate) struct TcpStats {
 
 struct Conn {
     stream: TcpStream,
+    /// The TLS session on `stream`, for a connection to the TLS listener.
+    tls: Option<Box<rustls::ServerConnection>>,
     client: SocketAddr,
     framer: Framer,
     unsent: VecDeque<u8>,
@@ -139,7 +164,8 @@ struct Conn {
 /// The TCP side of the TURN service, bound and ready to run on its own thread.
 pub(crate) struct TcpService {
     poll: Poll,
-    listener: TcpListener,
+    listener: Option<TcpListener>,
+    tls_listener: Option<(TcpListener, Arc<rustls::ServerConfig>)>,
     config: TcpConfig,
     inbox: Inbox,
     outbox: Outbox,
@@ -147,17 +173,34 @@ pub(crate) struct TcpService {
 }
 
 impl TcpService {
-    /// Binds the listener.
-    pub(crate) fn bind(config: TcpConfig) -> io::Result<Self> {
+    /// Binds the listeners; `tls` is the certificate for the TLS one.
+    pub(crate) fn bind(
+        config: TcpConfig,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> io::Result<Self> {
         let poll = Poll::new()?;
-        let mut listener = TcpListener::bind(config.listen)
-            .map_err(|e| io::Error::new(e.kind(), format!("binding TCP {}: {e}", config.listen)))?;
-        poll.registry()
-            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let bind = |addr: SocketAddr, token| {
+            let mut listener = TcpListener::bind(addr)
+                .map_err(|e| io::Error::new(e.kind(), format!("binding TCP {addr}: {e}")))?;
+            poll.registry()
+                .register(&mut listener, token, Interest::READABLE)?;
+            io::Result::Ok(listener)
+        };
+        let listener = config.listen.map(|a| bind(a, LISTENER)).transpose()?;
+        let tls_listener = match (config.tls_listen, tls) {
+            (Some(addr), Some(tls)) => Some((bind(addr, TLS_LISTENER)?, tls)),
+            (Some(_), None) => {
+                return Err(io::Error::other(
+                    "TURN over TLS needs --tls-cert and --tls-key",
+                ));
+            }
+            (None, _) => None,
+        };
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         Ok(Self {
             poll,
             listener,
+            tls_listener,
             config,
             inbox: Arc::default(),
             outbox: Outbox {
@@ -168,9 +211,14 @@ impl TcpService {
         })
     }
 
-    /// The bound address.
-    pub(crate) fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.listener.local_addr()
+    /// The bound addresses: TCP's and TLS's.
+    pub(crate) fn local_addrs(&self) -> (Option<SocketAddr>, Option<SocketAddr>) {
+        (
+            self.listener.as_ref().and_then(|l| l.local_addr().ok()),
+            self.tls_listener
+                .as_ref()
+                .and_then(|(l, _)| l.local_addr().ok()),
+        )
     }
 
     pub(crate) fn inbox(&self) -> Inbox {
@@ -212,7 +260,8 @@ impl TcpService {
             let mut closing = Vec::new();
             for event in events.iter() {
                 match event.token() {
-                    LISTENER => self.accept(
+                    LISTENER | TLS_LISTENER => self.accept(
+                        event.token() == TLS_LISTENER,
                         now,
                         &mut conns,
                         &mut per_ip,
@@ -294,6 +343,10 @@ impl TcpService {
                         tracing::debug!(client = %conn.client, error = %e, "TURN/TCP: malformed stream, closed");
                     }
                     Close::Idle => stats.closed_idle += 1,
+                    Close::Tls(e) => {
+                        stats.closed_tls += 1;
+                        tracing::debug!(client = %conn.client, error = %e, "TURN/TLS: TLS failed, closed");
+                    }
                     Close::Error(e) => {
                         stats.closed_error += 1;
                         tracing::debug!(client = %conn.client, error = %e, "TURN/TCP: connection failed");
@@ -312,18 +365,22 @@ impl TcpService {
             if !to_relay.is_empty() {
                 if let Ok(mut q) = self.inbox.lock() {
                     for item in to_relay {
-                        if matches!(item, ToRelay::Message(..)) && q.len() >= MAX_INBOX {
-                            stats.dropped_inbox += 1;
-                            continue;
+                        if let ToRelay::Message(_, bytes) = &item {
+                            if q.bytes + bytes.len() > MAX_INBOX_BYTES {
+                                stats.dropped_inbox += 1;
+                                continue;
+                            }
+                            q.bytes += bytes.len();
                         }
-                        q.push_back(item);
+                        q.items.push_back(item);
                     }
                 }
                 wake_relay();
             }
             // Keep write interest only where bytes wait.
             for (&token, conn) in &mut conns {
-                let want = !conn.unsent.is_empty();
+                let want =
+                    !conn.unsent.is_empty() || conn.tls.as_ref().is_some_and(|t| t.wants_write());
                 if want != conn.want_write {
                     let interest = if want {
                         Interest::READABLE | Interest::WRITABLE
@@ -344,8 +401,11 @@ impl TcpService {
         Ok(stats)
     }
 
+    // The tables are the run loop's locals, borrowed apart from `self`'s listener.
+    #[allow(clippy::too_many_arguments)]
     fn accept(
         &mut self,
+        tls: bool,
         now: Instant,
         conns: &mut BTreeMap<usize, Conn>,
         per_ip: &mut BTreeMap<IpAddr, usize>,
@@ -353,8 +413,16 @@ impl TcpService {
         next_token: &mut usize,
         stats: &mut TcpStats,
     ) {
+        let listener = if tls {
+            self.tls_listener.as_ref().map(|(l, _)| l)
+        } else {
+            self.listener.as_ref()
+        };
+        let Some(listener) = listener else {
+            return;
+        };
         loop {
-            let (mut stream, client) = match self.listener.accept() {
+            let (mut stream, client) = match listener.accept() {
                 Ok(accepted) => accepted,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -373,6 +441,16 @@ impl TcpService {
                 drop(stream);
                 continue;
             }
+            let session = match (&self.tls_listener, tls) {
+                (Some((_, config)), true) => match rustls::ServerConnection::new(config.clone()) {
+                    Ok(session) => Some(Box::new(session)),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "TURN/TLS: no session");
+                        continue;
+                    }
+                },
+                _ => None,
+            };
             let token = *next_token;
             *next_token += 1;
             if self
@@ -391,6 +469,7 @@ impl TcpService {
                 token,
                 Conn {
                     stream,
+                    tls: session,
                     client,
                     framer: Framer::new(MAX_STREAM_MESSAGE),
                     unsent: VecDeque::new(),
@@ -406,6 +485,7 @@ impl TcpService {
 enum Close {
     Client,
     Malformed(FrameError),
+    Tls(rustls::Error),
     Idle,
     Error(io::Error),
 }
@@ -418,25 +498,16 @@ fn read(
     to_relay: &mut Vec<ToRelay>,
     stats: &mut TcpStats,
 ) -> Option<Close> {
+    if conn.tls.is_some() {
+        return read_tls(conn, now, buf, to_relay, stats);
+    }
     loop {
         match conn.stream.read(buf) {
             Ok(0) => return Some(Close::Client),
             Ok(n) => {
                 conn.last_heard = now;
-                conn.framer.push(&buf[..n]);
-                loop {
-                    match conn.framer.next_frame() {
-                        Ok(Some(frame)) => {
-                            let bytes = match frame {
-                                fog_turn::wire::stream::Frame::Stun(b)
-                                | fog_turn::wire::stream::Frame::ChannelData(b) => b.to_vec(),
-                            };
-                            stats.messages_in += 1;
-                            to_relay.push(ToRelay::Message(conn.client, bytes));
-                        }
-                        Ok(None) => break,
-                        Err(e) => return Some(Close::Malformed(e)),
-                    }
+                if let Some(close) = feed(conn, &buf[..n], to_relay, stats) {
+                    return Some(close);
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
@@ -446,21 +517,115 @@ fn read(
     }
 }
 
-/// Writes what waits for `conn` until the socket would block.
-fn flush(conn: &mut Conn) -> io::Result<()> {
-    while !conn.unsent.is_empty() {
-        let (front, _) = conn.unsent.as_slices();
-        match conn.stream.write(front) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => {
-                conn.unsent.drain(..n);
+/// [`read`] through the connection's TLS session: records in, plaintext framed, and whatever
+/// the handshake has to say written back.
+fn read_tls(
+    conn: &mut Conn,
+    now: Instant,
+    buf: &mut [u8],
+    to_relay: &mut Vec<ToRelay>,
+    stats: &mut TcpStats,
+) -> Option<Close> {
+    loop {
+        let tls = conn.tls.as_mut()?;
+        match tls.read_tls(&mut conn.stream) {
+            Ok(0) => return Some(Close::Client),
+            Ok(_) => {
+                conn.last_heard = now;
+                if let Err(e) = tls.process_new_packets() {
+                    // The alert rustls queued, if the socket takes it.
+                    let _ = tls.write_tls(&mut conn.stream);
+                    return Some(Close::Tls(e));
+                }
+                loop {
+                    let tls = conn.tls.as_mut()?;
+                    match tls.reader().read(buf) {
+                        // close_notify: the client is done.
+                        Ok(0) => return Some(Close::Client),
+                        Ok(n) => {
+                            if let Some(close) = feed(conn, &buf[..n], to_relay, stats) {
+                                return Some(close);
+                            }
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) => return Some(Close::Error(e)),
+                    }
+                }
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+            Err(e) => return Some(Close::Error(e)),
         }
     }
-    Ok(())
+    // Handshake messages (and anything else rustls has queued) go out now.
+    flush(conn).err().map(Close::Error)
+}
+
+/// Frames `bytes` from the client into `to_relay`; the reason to close, if the stream is bad.
+fn feed(
+    conn: &mut Conn,
+    bytes: &[u8],
+    to_relay: &mut Vec<ToRelay>,
+    stats: &mut TcpStats,
+) -> Option<Close> {
+    conn.framer.push(bytes);
+    loop {
+        match conn.framer.next_frame() {
+            Ok(Some(
+                fog_turn::wire::stream::Frame::Stun(b)
+                | fog_turn::wire::stream::Frame::ChannelData(b),
+            )) => {
+                stats.messages_in += 1;
+                to_relay.push(ToRelay::Message(conn.client, b.to_vec()));
+            }
+            Ok(None) => return None,
+            Err(e) => return Some(Close::Malformed(e)),
+        }
+    }
+}
+
+/// Writes what waits for `conn` until the socket would block (through its TLS session, if it
+/// has one: plaintext in as far as rustls takes it, records out).
+fn flush(conn: &mut Conn) -> io::Result<()> {
+    let Some(tls) = conn.tls.as_mut() else {
+        while !conn.unsent.is_empty() {
+            let (front, _) = conn.unsent.as_slices();
+            match conn.stream.write(front) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    conn.unsent.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        return Ok(());
+    };
+    loop {
+        let mut progress = false;
+        while !conn.unsent.is_empty() {
+            let (front, _) = conn.unsent.as_slices();
+            let n = tls.writer().write(front)?;
+            if n == 0 {
+                break;
+            }
+            conn.unsent.drain(..n);
+            progress = true;
+        }
+        while tls.wants_write() {
+            match tls.write_tls(&mut conn.stream) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(_) => progress = true,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if !progress || conn.unsent.is_empty() {
+            return Ok(());
+        }
+    }
 }
 
 impl TcpStats {
@@ -473,6 +638,7 @@ impl TcpStats {
             closed_by_client = self.closed_by_client,
             closed_malformed = self.closed_malformed,
             closed_idle = self.closed_idle,
+            closed_tls = self.closed_tls,
             closed_error = self.closed_error,
             dropped_unsent = self.dropped_unsent,
             dropped_inbox = self.dropped_inbox,

@@ -905,6 +905,77 @@ fn coturn_uclient_relays_through_fogd_over_tcp() {
     }
 }
 
+/// uclient over TLS (`-t -S`) against fogd's `--turn-tls`, with the certificate signaling's
+/// `wss` would use: the same relaying, inside rustls. (uclient first tries a TLS version
+/// rustls does not speak and retries; that refused handshake is counted in `closed_tls`.)
+#[test]
+fn coturn_uclient_relays_through_fogd_over_tls() {
+    let Some([uclient]) = interop_tools(
+        "coturn_uclient_relays_through_fogd_over_tls",
+        ["turnutils_uclient"],
+    ) else {
+        return;
+    };
+    let (cert, key, _) = fog_test_support::self_signed_cert();
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let (clients, messages) = (2u64, 40u64);
+    let mut last = String::new();
+    for _ in 0..3 {
+        let tls = SocketAddr::new(A1, free_port_pair().1);
+        let tls_text = tls.to_string();
+        let mut fogd_args = vec![
+            "--turn-tls",
+            &tls_text,
+            "--tls-cert",
+            cert,
+            "--tls-key",
+            key,
+        ];
+        fogd_args.extend(ALLOW_LOOPBACK);
+        let fogd = TurnFogd::start(&fogd_args);
+        if !fogd.child.stderr_text().contains("TURN/TCP listening") {
+            last = fogd.child.output_text();
+            continue;
+        }
+        let mut args: Vec<String> = ["-t", "-S", "-y", "-c", "-W", SECRET, "-u", "alice"]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+        args.extend([
+            "-m".to_owned(),
+            clients.to_string(),
+            "-n".to_owned(),
+            messages.to_string(),
+            "-l".to_owned(),
+            "101".to_owned(),
+            "-p".to_owned(),
+            tls.port().to_string(),
+            "127.0.0.1".to_owned(),
+        ]);
+        let output = support::run_tool(&uclient, &args, Duration::from_secs(60));
+        let mut child = fogd.child;
+        let stats = stop_for(&mut child, "TURN stopped");
+        let context = format!(
+            "uclient {args:?}\n{}\nfogd: {stats:?}\n{}",
+            output.text(),
+            child.stderr_text()
+        );
+        assert!(
+            output.status.is_some_and(|s| s.success()),
+            "uclient failed: {context}"
+        );
+        let totals = UclientTotals::parse(&output.stdout)
+            .unwrap_or_else(|| panic!("no totals in uclient's output: {context}"));
+        assert_lossless(&totals, &stats, clients * messages, &context);
+        let tcp = FinalStats::parse_line(&context, "TURN/TCP stopped")
+            .unwrap_or_else(|| panic!("no TURN/TCP line: {context}"));
+        assert!(tcp.get("accepted") >= clients, "{context}");
+        assert_eq!(tcp.get("closed_malformed"), 0, "{context}");
+        return;
+    }
+    panic!("fogd did not start TURN over TLS\n{last}");
+}
+
 /// A TURN client of the test's own over one TCP connection: whole STUN messages written, and
 /// read back by the length in their header.
 struct TcpTurn {
