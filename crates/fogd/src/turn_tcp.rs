@@ -283,7 +283,7 @@ impl TcpService {
                         }
                         if event.is_writable() {
                             if let Err(e) = flush(conn) {
-                                closing.push((token, Close::Error(e)));
+                                closing.push((token, Close::from(e)));
                             }
                         }
                     }
@@ -312,7 +312,7 @@ impl TcpService {
                         stats.messages_out += 1;
                         conn.unsent.extend(bytes);
                         if let Err(e) = flush(conn) {
-                            closing.push((token, Close::Error(e)));
+                            closing.push((token, Close::from(e)));
                         }
                     }
                     FromRelay::Allocated(client, on) => {
@@ -490,6 +490,19 @@ enum Close {
     Error(io::Error),
 }
 
+impl From<io::Error> for Close {
+    /// A reset (a client that closed with bytes unread, or aborted) is the client's way of
+    /// closing, not a failure.
+    fn from(e: io::Error) -> Self {
+        match e.kind() {
+            io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe => Self::Client,
+            _ => Self::Error(e),
+        }
+    }
+}
+
 /// Reads what `conn` has, framing it into `to_relay`; the reason to close it, if any.
 fn read(
     conn: &mut Conn,
@@ -512,7 +525,7 @@ fn read(
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Some(Close::Error(e)),
+            Err(e) => return Some(Close::from(e)),
         }
     }
 }
@@ -548,17 +561,17 @@ fn read_tls(
                             }
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                        Err(e) => return Some(Close::Error(e)),
+                        Err(e) => return Some(Close::from(e)),
                     }
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Some(Close::Error(e)),
+            Err(e) => return Some(Close::from(e)),
         }
     }
     // Handshake messages (and anything else rustls has queued) go out now.
-    flush(conn).err().map(Close::Error)
+    flush(conn).err().map(Close::from)
 }
 
 /// Frames `bytes` from the client into `to_relay`; the reason to close, if the stream is bad.

@@ -892,7 +892,6 @@ fn coturn_uclient_relays_through_fogd_over_tcp() {
         let tcp = FinalStats::parse_line(&context, "TURN/TCP stopped")
             .unwrap_or_else(|| panic!("no TURN/TCP line: {context}"));
         assert!(tcp.get("accepted") >= clients, "{context}");
-        assert_eq!(tcp.get("accepted"), stats.get("allocated"), "{context}");
         for zero in [
             "closed_malformed",
             "closed_error",
