@@ -30,8 +30,10 @@ use fog_turn::wire::stream::{FrameError, Framer, MAX_STREAM_MESSAGE};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 
-/// Bytes waiting to be written to one client beyond which whole messages are dropped.
-pub(crate) const MAX_UNSENT: usize = 1 << 20;
+/// Bytes waiting to be written to one client beyond which whole messages are dropped: a
+/// quarter of a second of an allocation's default bandwidth on top of the kernel's send buffer,
+/// so that a thousand clients that stop reading pin at most 256 MiB.
+pub(crate) const MAX_UNSENT: usize = 256 << 10;
 /// Bytes of messages waiting for the TURN thread beyond which new ones are dropped (closes
 /// always pass): a few milliseconds of the relay's work, so a flood from many connections costs
 /// bounded memory, not an ever longer queue.
