@@ -1,10 +1,12 @@
 //! The `fog_turn` server machine fed arbitrary operations: raw datagrams on the listen address or
 //! a relayed one, and requests built from parts and signed with the right key for the nonce the
 //! server last handed that client (so allocation, permissions, channels and relaying are reached),
-//! from a handful of clients, peers and strangers, at increasing times.
+//! from a handful of clients, peers and strangers, at increasing times; each either as a datagram
+//! or as a message from the client's TCP connection (RFC 8656 §3.1), whose connections also close.
 //!
-//! Invariants: nothing panics; every datagram lands in exactly one input counter; answers on the
-//! listen address go to the sender; an answer to an unauthenticated request stays under 160
+//! Invariants: nothing panics; every datagram or stream message lands in exactly one input
+//! counter; answers on the listen address go to the sender, on the transport it used; ChannelData
+//! on a stream is padded to 4 bytes (§12.5); an answer to an unauthenticated request stays under 160
 //! bytes; datagrams to peers leave from a relayed address; no deadline is in the past.
 
 #![no_main]
@@ -27,10 +29,12 @@ enum Op {
     Raw {
         route: u8,
         who: u8,
+        tcp: bool,
         bytes: Vec<u8>,
     },
     Request {
         who: u8,
+        tcp: bool,
         kind: u8,
         signed: bool,
         expired_user: bool,
@@ -47,6 +51,7 @@ enum Op {
         bytes: Vec<u8>,
     },
     Advance(u32),
+    CloseStream(u8),
 }
 
 #[derive(Debug, Arbitrary)]
@@ -101,7 +106,13 @@ fuzz_target!(|input: Input| {
     // Relayed addresses the server asked bound and has not asked unbound yet.
     let mut bound: Vec<SocketAddr> = Vec::new();
     for op in input.ops.into_iter().take(64) {
-        let (source, local, payload, unauthenticated) = match op {
+        let (source, local, payload, unauthenticated, tcp) = match op {
+            Op::CloseStream(who) => {
+                server.close_stream(host(who));
+                drain_socket_requests(&mut server, &mut bound);
+                while server.poll_event().is_some() {}
+                continue;
+            }
             Op::Advance(ms) => {
                 now += Duration::from_millis(u64::from(ms % 4_000_000));
                 server.handle_timeout(now);
@@ -111,7 +122,12 @@ fuzz_target!(|input: Input| {
                 }
                 continue;
             }
-            Op::Raw { route, who, bytes } => {
+            Op::Raw {
+                route,
+                who,
+                tcp,
+                bytes,
+            } => {
                 let local = if route % 2 == 0 {
                     listen
                 } else {
@@ -120,16 +136,17 @@ fuzz_target!(|input: Input| {
                         .copied()
                         .unwrap_or(listen)
                 };
-                (host(who), local, bytes, true)
+                (host(who), local, bytes, true, tcp && local == listen)
             }
             Op::FromPeer { peer, to, bytes } => {
                 let Some(&local) = relayed.get(usize::from(to) % relayed.len().max(1)) else {
                     continue;
                 };
-                (host(peer), local, bytes, false)
+                (host(peer), local, bytes, false, false)
             }
             Op::Request {
                 who,
+                tcp,
                 kind,
                 signed,
                 expired_user,
@@ -172,7 +189,7 @@ fuzz_target!(|input: Input| {
                 let Ok(bytes) = msg.to_bytes(key.as_ref()) else {
                     continue;
                 };
-                (from, listen, bytes, key.is_none())
+                (from, listen, bytes, key.is_none(), tcp)
             }
         };
         let before = total(server.stats());
@@ -181,8 +198,12 @@ fuzz_target!(|input: Input| {
             local,
             payload: &payload,
         };
-        let _ = server.accepts(&packet);
-        server.handle_packet(now, packet);
+        if tcp {
+            server.handle_stream_message(now, source, &payload);
+        } else {
+            let _ = server.accepts(&packet);
+            server.handle_packet(now, packet);
+        }
         assert_eq!(
             total(server.stats()),
             before + 1,
@@ -195,6 +216,7 @@ fuzz_target!(|input: Input| {
                 // An answer, or peer data on its way to a client.
                 if let Ok(answer) = TurnMessage::decode(out) {
                     if answer.class == Class::ErrorResponse {
+                        assert!(!tcp, "a datagram answer to a stream message");
                         assert_eq!(t.destination, source);
                         if unauthenticated {
                             assert!(t.len < 160, "{} bytes to a stranger", t.len);
@@ -213,6 +235,30 @@ fuzz_target!(|input: Input| {
                 let from = t.source.expect("relayed traffic names its source");
                 assert!(relayed.contains(&from), "from a relayed address");
                 assert!(bound.contains(&from), "from a relayed address asked bound");
+            }
+        }
+        while let Some(t) = server.poll_stream_transmit() {
+            let out = &t.bytes;
+            if let Some(0x40..=0x7F) = out.first() {
+                assert_eq!(out.len() % 4, 0, "unpadded ChannelData on a stream");
+            } else if let Ok(answer) = TurnMessage::decode(out) {
+                if answer.class == Class::ErrorResponse {
+                    assert!(
+                        tcp && t.client == source,
+                        "an answer to the sender, on its stream"
+                    );
+                    if unauthenticated {
+                        assert!(out.len() < 160, "{} bytes to a stranger", out.len());
+                    }
+                }
+                if let Some(nonce) = answer.nonce {
+                    nonces.push((t.client, nonce));
+                }
+                if let Some(r) = answer.xor_relayed_address {
+                    if !relayed.contains(&r) {
+                        relayed.push(r);
+                    }
+                }
             }
         }
         while server.poll_event().is_some() {}

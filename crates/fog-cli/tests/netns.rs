@@ -598,6 +598,21 @@ fn a_browser_behind_a_symmetric_nat_reaches_a_node_behind_another_through_turn()
     );
 }
 
+/// The browser's network drops all UDP (nftables in its namespace): the page's STUN and any
+/// UDP TURN allocation fail, and only fogd's TURN over TCP (the `?transport=tcp` URL
+/// signaling hands out beside the UDP one) reaches out; the relayed leg to the node behind its
+/// own masquerade stays UDP. The data channel opens and echoes 64 KiB through it.
+#[test]
+fn a_browser_without_udp_reaches_a_node_through_turn_over_tcp() {
+    browser_through_with(
+        "a_browser_without_udp_reaches_a_node_through_turn_over_tcp",
+        &["", ""],
+        Some(1),
+        "&relay=1",
+        true,
+    );
+}
+
 /// Headless Chromium echoes 64 KiB through `fogconnect serve` behind site 0's router: one
 /// site per entry of `masquerades` (its flags); the browser in the internet namespace, or
 /// behind site `browser_site`; `extra` added to the page's query.
@@ -606,6 +621,18 @@ fn browser_through(
     masquerades: &[&'static str],
     browser_site: Option<usize>,
     extra: &str,
+) {
+    browser_through_with(test, masquerades, browser_site, extra, false);
+}
+
+/// [`browser_through`], with all of the browser namespace's UDP dropped when `no_udp` (but
+/// loopback's): only TURN over TCP can carry its data channel then.
+fn browser_through_with(
+    test: &str,
+    masquerades: &[&'static str],
+    browser_site: Option<usize>,
+    extra: &str,
+    no_udp: bool,
 ) {
     let Some(chromium) = support::find_tool("chromium") else {
         support::skip_or_fail(test, "chromium is not installed", "FOG_REQUIRE_INTEROP");
@@ -666,6 +693,14 @@ fn browser_through(
     ]);
     let started = Instant::now();
     let ns = browser_site.map_or(lab.internet(), |k| lab.client(k));
+    if no_udp {
+        lab.nft_in(
+            ns,
+            "table inet fognoudp {\n chain output {\n  type filter hook output priority \
+             filter; policy accept;\n  oif \"lo\" accept\n  meta l4proto udp drop\n }\n}\n",
+        )
+        .expect("dropping the browser's UDP");
+    }
     let mut browser =
         ChildGuard::spawn("chromium", &mut lab.in_ns(ns, &browser)).expect("spawning chromium");
     let verdict = wait_for("the page's verdict", Duration::from_secs(45), || {
@@ -700,6 +735,15 @@ fn browser_through(
     if extra.contains("relay") {
         // The browser is heard from fogd's relayed address.
         assert!(on(&accepted["remote"], SERVER_A1), "{accepted:#}");
+    }
+    if no_udp {
+        // Its allocation came over TCP (RFC 8656 §3.1), the only way out it had.
+        let log = fogd.stderr_text();
+        assert!(
+            log.lines()
+                .any(|l| l.contains("TURN allocation") && l.contains("transport=\"tcp\"")),
+            "no allocation over TCP\n{log}"
+        );
     }
     eprintln!(
         "browser through masquerade {flags}: verdict {:.1} s after Chromium's start: {line}",

@@ -1,4 +1,4 @@
-//! TURN for FogConnect (RFC 8656 over UDP), sans-IO: no sockets, no clock, no OS randomness.
+//! TURN for FogConnect (RFC 8656; clients over UDP or TCP, relaying over UDP), sans-IO: no sockets, no clock, no OS randomness.
 //!
 //! Driving the [`Server`](server::Server) is the loop every FogConnect machine follows
 //! ([`fog_core::SansIo`]): hand it a datagram, drain its transmits, then its events, then read its
@@ -52,7 +52,10 @@
 //! - [`server`]: allocations keyed by 5-tuple, permissions, channels, relaying from relayed
 //!   addresses, nonces, quotas.
 //!
-//! Not here yet: TURN over TCP or TLS (RFC 8656 §3.1), dual allocations and
+//! TURN over TCP (RFC 8656 §3.1) is the server's: the driver cuts each connection's bytes into
+//! messages with [`wire::stream::Framer`] and hands them to
+//! [`Server::handle_stream_message`](server::Server::handle_stream_message); TLS is the driver's
+//! business. Not here yet: the client over TCP, TCP allocations (RFC 6062), dual allocations and
 //! ADDITIONAL-ADDRESS-FAMILY (§7.2), EVEN-PORT with the R bit (508: nothing is reserved) and
 //! RESERVATION-TOKEN (420), DONT-FRAGMENT (420), and the ICMP attribute (§11.5).
 

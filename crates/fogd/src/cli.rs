@@ -53,6 +53,9 @@ paths are read from the directory fogd runs in.
   turn-credential-ttl = 86400
   turn-allow-peer = [\"198.51.100.0/24\"]
   turn-deny-peer = [\"203.0.113.0/24\"]
+  turn-tcp = \"192.0.2.1:3478\"
+  turn-tcp-max-per-ip = 16
+  turn-tcp-idle = 60
   [cluster]
   cluster = \"redis://10.0.0.5:6379\"
   cluster-instance = \"fogd-1\"
@@ -186,11 +189,59 @@ pub(crate) struct TurnArgs {
     #[arg(long, value_name = "CIDR")]
     pub(crate) turn_deny_peer: Vec<IpPrefix>,
 
+    /// TURN over TCP (RFC 8656 §3.1, for clients whose UDP is blocked) on this address, or
+    /// `off`; the relayed side stays UDP. A bare IP means port 3478 [default: the --turn address]
+    #[arg(long, value_name = "IP[:PORT]|off", value_parser = parse_turn_tcp)]
+    pub(crate) turn_tcp: Option<TurnTcp>,
+
+    /// TURN over TLS (`turns:`, RFC 8656 §3.1) on this address, with the certificate of
+    /// --tls-cert and --tls-key; a bare IP means port 5349 [default: off]
+    #[arg(long, value_name = "IP[:PORT]", value_parser = parse_turn_tls)]
+    pub(crate) turn_tls: Option<SocketAddr>,
+
+    /// TURN/TCP and TURN/TLS connections at once from one IP [default: 16]
+    #[arg(long, value_name = "N")]
+    pub(crate) turn_tcp_max_per_ip: Option<usize>,
+
+    /// Seconds a TURN/TCP connection without an allocation may stay silent before it is closed
+    /// [default: 60]
+    #[arg(long, value_name = "SECONDS")]
+    pub(crate) turn_tcp_idle: Option<u64>,
+
     /// A turn: URL signaling hands out with the credentials (repeatable); with it, --turn-secret
     /// serves signaling alone, for a TURN server run elsewhere (coturn with the same
-    /// static-auth-secret) [default: turn:<--turn address>?transport=udp]
+    /// static-auth-secret) [default: turn:<--turn address>?transport=udp, and
+    /// turn:<--turn-tcp address>?transport=tcp unless it is off]
     #[arg(long, value_name = "URL")]
     pub(crate) turn_url: Vec<String>,
+}
+
+/// `--turn-tcp`: an address, or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TurnTcp {
+    /// No TCP listener.
+    Off,
+    /// Listen there.
+    At(SocketAddr),
+}
+
+pub(crate) fn parse_turn_tcp(s: &str) -> Result<TurnTcp, String> {
+    if s == "off" {
+        return Ok(TurnTcp::Off);
+    }
+    parse_turn_addr(s).map(TurnTcp::At)
+}
+
+/// TURN over TLS's port (RFC 8656 §3) when `--turn-tls` names only an IP.
+pub(crate) const TURNS_PORT: u16 = 5349;
+
+pub(crate) fn parse_turn_tls(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    s.parse::<IpAddr>()
+        .map(|ip| SocketAddr::new(ip, TURNS_PORT))
+        .map_err(|_| format!("{s:?} is neither IP:PORT nor an IP"))
 }
 
 /// TURN's port (RFC 8656 §3) when `--turn` names only an IP.

@@ -74,6 +74,12 @@ pub(crate) struct TurnFile {
     turn_bandwidth: Option<u64>,
     turn_max_lifetime: Option<u64>,
     turn_credential_ttl: Option<u64>,
+    /// Text, parsed like the flag: an address or `"off"`.
+    turn_tcp: Option<String>,
+    turn_tcp_max_per_ip: Option<usize>,
+    turn_tcp_idle: Option<u64>,
+    /// Text, parsed like the flag.
+    turn_tls: Option<String>,
     /// Used only when no `--turn-url` is given.
     #[serde(default)]
     turn_url: Vec<String>,
@@ -174,6 +180,20 @@ impl TurnFile {
             }
             (None, None) => None,
         };
+        let turn_tcp = match (args.turn_tcp, self.turn_tcp) {
+            (Some(tcp), _) => Some(tcp),
+            (None, Some(text)) => {
+                Some(crate::cli::parse_turn_tcp(&text).map_err(|m| bad("turn-tcp", m))?)
+            }
+            (None, None) => None,
+        };
+        let turn_tls = match (args.turn_tls, self.turn_tls) {
+            (Some(addr), _) => Some(addr),
+            (None, Some(text)) => {
+                Some(crate::cli::parse_turn_tls(&text).map_err(|m| bad("turn-tls", m))?)
+            }
+            (None, None) => None,
+        };
         let secret_on_command_line = args.turn_secret.is_some() || args.turn_secret_file.is_some();
         let (turn_secret, turn_secret_file) = if secret_on_command_line {
             (args.turn_secret.clone(), args.turn_secret_file.clone())
@@ -217,6 +237,10 @@ impl TurnFile {
             turn_bandwidth: args.turn_bandwidth.or(self.turn_bandwidth),
             turn_max_lifetime: args.turn_max_lifetime.or(self.turn_max_lifetime),
             turn_credential_ttl: args.turn_credential_ttl.or(self.turn_credential_ttl),
+            turn_tcp,
+            turn_tcp_max_per_ip: args.turn_tcp_max_per_ip.or(self.turn_tcp_max_per_ip),
+            turn_tcp_idle: args.turn_tcp_idle.or(self.turn_tcp_idle),
+            turn_tls,
             turn_url: if args.turn_url.is_empty() {
                 self.turn_url
             } else {
@@ -280,6 +304,38 @@ mod tests {
         assert_eq!(args.max_peers, Some(5), "the flag wins");
         assert_eq!(args.max_connections, Some(20), "the file fills in");
         assert_eq!(args.max_frame_len, None, "the default stays to be applied");
+    }
+
+    #[test]
+    fn the_turn_table_sets_turn_over_tcp() {
+        let cli = Cli::try_parse_from(["fogd", "--config", "x"]).unwrap();
+        let path = Path::new("fogd.toml");
+        let file = "[turn]\nturn-tcp = \"off\"\nturn-tcp-max-per-ip = 3\nturn-tcp-idle = 9\n";
+        let args = FileConfig::parse(path, file)
+            .unwrap()
+            .turn
+            .under(path, &cli.turn)
+            .unwrap();
+        assert_eq!(args.turn_tcp, Some(crate::cli::TurnTcp::Off));
+        assert_eq!(
+            (args.turn_tcp_max_per_ip, args.turn_tcp_idle),
+            (Some(3), Some(9))
+        );
+        let file = "[turn]\nturn-tcp = \"127.0.0.1\"\n";
+        let args = FileConfig::parse(path, file)
+            .unwrap()
+            .turn
+            .under(path, &cli.turn)
+            .unwrap();
+        let at = "127.0.0.1:3478".parse().unwrap();
+        assert_eq!(args.turn_tcp, Some(crate::cli::TurnTcp::At(at)));
+        let file = "[turn]\nturn-tcp = \"nowhere\"\n";
+        let e = FileConfig::parse(path, file)
+            .unwrap()
+            .turn
+            .under(path, &cli.turn)
+            .unwrap_err();
+        assert!(e.to_string().contains("turn-tcp"), "{e}");
     }
 
     #[test]

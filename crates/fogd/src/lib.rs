@@ -8,7 +8,9 @@
 //!   tungstenite and rustls (see the `signal` module);
 //! - **TURN** (`--turn`): fog-turn's relay server (RFC 8656 over UDP, `use-auth-secret`
 //!   credentials only) on a fog-mio driver that binds each relayed address as it is allocated
-//!   and closes it when the allocation ends (see the `turn` module). With `--turn-secret` (or
+//!   and closes it when the allocation ends (see the `turn` module); clients whose UDP is
+//!   blocked reach it over TCP on the same port (`--turn-tcp`, a thread of its own: the
+//!   `turn_tcp` module). With `--turn-secret` (or
 //!   `--turn-secret-file`) signaling hands out credentials and `turn:` URLs for it.
 //!
 //! With `--cluster redis://HOST:PORT` signaling joins other fogd instances sharing that Redis
@@ -67,6 +69,10 @@
 //! turn-credential-ttl = 86400      # seconds, for the credentials signaling hands out
 //! turn-allow-peer = ["10.0.0.0/8"] # peers to relay to although reserved or denied
 //! turn-deny-peer = ["198.51.100.0/24"]  # peers refused besides the reserved classes
+//! turn-tcp = "192.0.2.1:3480"      # TURN over TCP; default: the turn address; "off" for none
+//! turn-tcp-max-per-ip = 16         # TCP connections at once from one IP
+//! turn-tcp-idle = 60               # seconds a connection without an allocation may be silent
+//! turn-tls = "192.0.2.1:5349"      # TURN over TLS with tls-cert/tls-key; default: off
 //!
 //! [cluster]
 //! cluster = "redis://10.0.0.5:6379"  # join the instances sharing this Redis
@@ -118,6 +124,7 @@ mod signal;
 mod signals;
 mod stun;
 mod turn;
+mod turn_tcp;
 mod web;
 
 use std::sync::Arc;
@@ -197,8 +204,10 @@ impl Services {
         let stun_config = stun::config(&cli.stun)?;
         let mut signal_settings = signal::settings(&signal_args)?;
         let mut turn_config = None;
+        let mut turn_tcp = None;
         if let Some(turn) = turn::settings(&turn_args)? {
             turn_config = turn.server;
+            turn_tcp = turn.tcp;
             match &mut signal_settings {
                 Some(signal) => signal.relay = Some(turn.relay),
                 None if turn_config.is_none() => {
@@ -272,13 +281,23 @@ impl Services {
             turn.peers.own.extend(stun.local_addrs());
         }
 
+        // TURN over TLS uses signaling's certificate (`--tls-cert`, `--tls-key`).
+        let turn_tls = match (
+            &turn_args.turn_tls,
+            &signal_args.tls_cert,
+            &signal_args.tls_key,
+        ) {
+            (None, ..) => None,
+            (Some(_), Some(cert), Some(key)) => Some(signal::tls_config(cert, key)?),
+            (Some(_), ..) => return Err("--turn-tls needs --tls-cert and --tls-key".into()),
+        };
         let sockets = &cli.sockets;
         let stun = stun_config
             .map(|c| StunService::bind(c, sockets))
             .transpose()?;
         let mut signal = signal_settings.map(SignalService::bind).transpose()?;
         let turn = turn_config
-            .map(|c| TurnService::bind(c, sockets))
+            .map(|c| TurnService::bind(c, turn_tcp, turn_tls, sockets))
             .transpose()?;
         if let (Some(signal), Some(turn)) = (&mut signal, &turn) {
             signal.set_load(turn.load());

@@ -23,7 +23,8 @@ use fog_turn::server::{
     Stats as TurnStats,
 };
 
-use crate::cli::{SocketArgs, TurnArgs};
+use crate::cli::{SocketArgs, TurnArgs, TurnTcp};
+use crate::turn_tcp::{self, FromRelay, TcpConfig, TcpService, TcpStats, ToRelay};
 
 /// Datagrams the relay reads from one socket before it turns to the next ready one, so that one
 /// busy allocation (or the listen socket) does not starve the others while the batch is long
@@ -88,6 +89,8 @@ pub(crate) struct Settings {
     /// The relay to run here; `None` when the secret only serves signaling for a TURN server
     /// elsewhere (`--turn-url` without `--turn`).
     pub(crate) server: Option<ServerConfig>,
+    /// Its TCP listener, unless `--turn-tcp off`.
+    pub(crate) tcp: Option<TcpConfig>,
     /// The credentials signaling hands out.
     pub(crate) relay: RelayConfig,
 }
@@ -122,9 +125,26 @@ pub(crate) fn settings(args: &TurnArgs) -> Result<Option<Settings>, StartError> 
         Some(s) => Duration::from_secs(s),
         None => DEFAULT_CREDENTIAL_TTL,
     };
+    // TURN over TCP listens on the UDP address unless told otherwise (one port number for both
+    // is TURN's convention, RFC 8656 §3).
+    let tcp_listen = match (args.turn, args.turn_tcp) {
+        (_, Some(TurnTcp::Off)) | (None, _) => None,
+        (_, Some(TurnTcp::At(addr))) => Some(addr),
+        (Some(listen), None) => Some(listen),
+    };
     let urls = match (args.turn, args.turn_url.is_empty()) {
         (_, false) => args.turn_url.clone(),
-        (Some(listen), true) => vec![format!("turn:{listen}?transport=udp")],
+        (Some(listen), true) => {
+            let mut urls = vec![format!("turn:{listen}?transport=udp")];
+            // RFC 7065 §3.1: the TCP transport of the same server, for browsers without UDP.
+            urls.extend(tcp_listen.map(|tcp| format!("turn:{tcp}?transport=tcp")));
+            // RFC 7065 §3.1: `turns:` is TURN over TLS.
+            urls.extend(
+                args.turn_tls
+                    .map(|tls| format!("turns:{tls}?transport=tcp")),
+            );
+            urls
+        }
         (None, true) => {
             return bad(
                 "a secret without --turn needs --turn-url: the TURN server that \
@@ -143,6 +163,7 @@ pub(crate) fn settings(args: &TurnArgs) -> Result<Option<Settings>, StartError> 
     let Some(listen) = args.turn else {
         return Ok(Some(Settings {
             server: None,
+            tcp: None,
             relay,
         }));
     };
@@ -213,8 +234,31 @@ pub(crate) fn settings(args: &TurnArgs) -> Result<Option<Settings>, StartError> 
         deny: args.turn_deny_peer.clone(),
         own: Vec::new(),
     };
+    for (flag, addr) in [("--turn-tcp", tcp_listen), ("--turn-tls", args.turn_tls)] {
+        if let Some(addr) = addr.filter(|a| a.ip().is_unspecified() || a.port() == 0) {
+            return bad(format!(
+                "{flag} {addr}: give the specific IP and port clients reach"
+            ));
+        }
+    }
+    let tcp = match (tcp_listen, args.turn_tls) {
+        (None, None) => None,
+        (listen, tls_listen) => Some(TcpConfig {
+            listen,
+            tls_listen,
+            max_connections: config.limits.max_allocations,
+            max_per_ip: at_least_one("--turn-tcp-max-per-ip", args.turn_tcp_max_per_ip)?
+                .unwrap_or(turn_tcp::DEFAULT_PER_IP),
+            idle: match args.turn_tcp_idle {
+                Some(0) => return bad("--turn-tcp-idle must be at least 1".into()),
+                Some(s) => Duration::from_secs(s),
+                None => turn_tcp::DEFAULT_IDLE,
+            },
+        }),
+    };
     Ok(Some(Settings {
         server: Some(config),
+        tcp,
         relay,
     }))
 }
@@ -254,6 +298,8 @@ fn random_seed() -> Result<[u8; 32], StartError> {
 /// The TURN server bound to its listen socket, ready to run.
 pub(crate) struct TurnService {
     driver: Driver<Server>,
+    /// The TCP listener and its connections, run on a thread of their own by `run`.
+    tcp: Option<TcpService>,
     /// Live allocations, published as the instance's load in a cluster.
     load: Arc<AtomicUsize>,
     alternate: Alternate,
@@ -272,13 +318,19 @@ pub(crate) struct Report {
     pub(crate) live: usize,
     pub(crate) server: TurnStats,
     pub(crate) io: Stats,
+    pub(crate) tcp: Option<TcpStats>,
 }
 
 impl TurnService {
     /// Binds the listen address. The driver may keep one extra socket per allocation: the
     /// server never has more relayed addresses than its allocation quota. `sockets` sets the
     /// kernel buffers of the listen socket and of every relayed one.
-    pub(crate) fn bind(config: ServerConfig, sockets: &SocketArgs) -> Result<Self, StartError> {
+    pub(crate) fn bind(
+        config: ServerConfig,
+        tcp: Option<TcpConfig>,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        sockets: &SocketArgs,
+    ) -> Result<Self, StartError> {
         let listen = config.listen;
         let io_config = sockets.apply(
             Config::new()
@@ -308,8 +360,24 @@ impl TurnService {
             "TURN listening"
         );
         crate::warn_small_buffers("TURN", sockets, recv_buffer, send_buffer);
+        let tcp = tcp
+            .map(|c| {
+                let (max_per_ip, idle) = (c.max_per_ip, c.idle);
+                let service = TcpService::bind(c, tls).map_err(StartError::Bind)?;
+                let (tcp, tls) = service.local_addrs();
+                tracing::info!(
+                    tcp = ?tcp,
+                    tls = ?tls,
+                    max_per_ip,
+                    idle_s = idle.as_secs(),
+                    "TURN/TCP listening"
+                );
+                Ok(service)
+            })
+            .transpose()?;
         Ok(Self {
             driver,
+            tcp,
             load: Arc::new(AtomicUsize::new(0)),
             alternate: Arc::default(),
         })
@@ -336,7 +404,30 @@ impl TurnService {
         let started = Instant::now();
         let (mut allocated, mut released) = (0u64, 0u64);
         let load = self.load.clone();
-        let mut on_event = |_: &mut Server, event| match event {
+        // The TCP side runs beside this loop; messages cross in `inbox` (this driver woken) and
+        // `outbox` (the TCP thread woken).
+        let tcp = match self.tcp.take() {
+            Some(service) => {
+                let (inbox, outbox, stopper) =
+                    (service.inbox(), service.outbox(), service.stopper());
+                let wake = self.driver.handle();
+                let thread =
+                    std::thread::Builder::new()
+                        .name("turn-tcp".into())
+                        .spawn(move || {
+                            service.run(move || {
+                                let _ = wake.wake();
+                            })
+                        })?;
+                Some((inbox, outbox, stopper, thread))
+            }
+            None => None,
+        };
+        // Which TCP clients hold an allocation, so that the TCP side knows whom the idle rule
+        // spares.
+        let mut tcp_allocated = std::collections::BTreeSet::new();
+        let notices = std::cell::RefCell::new(Vec::new());
+        let mut on_event = |server: &mut Server, event| match event {
             Event::Allocated {
                 client,
                 relayed,
@@ -344,7 +435,15 @@ impl TurnService {
             } => {
                 allocated += 1;
                 load.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(%client, %relayed, %user, "TURN allocation");
+                let over_tcp = server.stream_relayed_address(client) == Some(relayed);
+                if over_tcp {
+                    tcp_allocated.insert(client);
+                    notices
+                        .borrow_mut()
+                        .push(FromRelay::Allocated(client, true));
+                }
+                let transport = if over_tcp { "tcp" } else { "udp" };
+                tracing::info!(%client, %relayed, %user, transport, "TURN allocation");
             }
             Event::Released {
                 client,
@@ -354,6 +453,12 @@ impl TurnService {
                 released += 1;
                 let _ =
                     load.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+                if tcp_allocated.remove(&client) && server.stream_relayed_address(client).is_none()
+                {
+                    notices
+                        .borrow_mut()
+                        .push(FromRelay::Allocated(client, false));
+                }
                 tracing::info!(%client, %relayed, ?reason, "TURN allocation ended");
             }
         };
@@ -367,11 +472,45 @@ impl TurnService {
                 tracing::info!(?alternate, "TURN: a full server now sends Allocates to");
                 self.driver.machine_mut().set_alternate(alternate);
             }
-            if self.driver.turn(Some(ALTERNATE_CHECK), &mut on_event)? == Status::Shutdown {
+            if let Some((inbox, outbox, ..)) = &tcp {
+                let messages = inbox.lock().map(|mut q| q.take()).unwrap_or_default();
+                for message in messages {
+                    #[allow(clippy::disallowed_methods)]
+                    let now = Instant::now();
+                    match message {
+                        ToRelay::Message(client, bytes) => self
+                            .driver
+                            .machine_mut()
+                            .handle_stream_message(now, client, &bytes),
+                        ToRelay::Closed(client) => self.driver.machine_mut().close_stream(client),
+                    }
+                    // Socket requests (the relayed address bound) before the answer leaves.
+                    self.driver.drain(&mut on_event);
+                }
+                forward(&mut self.driver, outbox, &mut notices.borrow_mut());
+            }
+            let status = self.driver.turn(Some(ALTERNATE_CHECK), &mut on_event)?;
+            if let Some((_, outbox, ..)) = &tcp {
+                forward(&mut self.driver, outbox, &mut notices.borrow_mut());
+            }
+            if status == Status::Shutdown {
                 break;
             }
         }
+        let tcp = match tcp {
+            Some((_, _, (stop, outbox), thread)) => {
+                stop.store(true, Ordering::Relaxed);
+                outbox.send(std::iter::empty());
+                outbox.wake();
+                match thread.join() {
+                    Ok(result) => Some(result?),
+                    Err(_) => return Err(io::Error::other("the TURN/TCP thread panicked")),
+                }
+            }
+            None => None,
+        };
         Ok(Report {
+            tcp,
             uptime: started.elapsed(),
             allocated,
             released,
@@ -380,6 +519,14 @@ impl TurnService {
             io: self.driver.stats(),
         })
     }
+}
+
+/// Hands the TCP side what the server has for TCP clients, and the allocation notices.
+fn forward(driver: &mut Driver<Server>, outbox: &turn_tcp::Outbox, notices: &mut Vec<FromRelay>) {
+    let server = driver.machine_mut();
+    let sends = std::iter::from_fn(|| server.poll_stream_transmit())
+        .map(|t| FromRelay::Send(t.client, t.bytes));
+    outbox.send(notices.drain(..).chain(sends));
 }
 
 /// Whether `a` and `b` would need the same socket.
@@ -424,6 +571,9 @@ impl Report {
             recv_errors = self.io.recv_errors,
             "TURN stopped"
         );
+        if let Some(tcp) = &self.tcp {
+            tcp.log();
+        }
     }
 }
 
@@ -452,7 +602,23 @@ mod tests {
         assert_eq!(config.relay_ports, DEFAULT_RELAY_PORTS);
         assert_eq!(config.realm, "127.0.0.1");
         assert_eq!(config.limits, Limits::default());
-        assert_eq!(s.relay.urls, ["turn:127.0.0.1:3478?transport=udp"]);
+        assert_eq!(
+            s.relay.urls,
+            [
+                "turn:127.0.0.1:3478?transport=udp",
+                "turn:127.0.0.1:3478?transport=tcp"
+            ]
+        );
+        assert_eq!(
+            s.tcp,
+            Some(TcpConfig {
+                listen: Some(config.listen),
+                tls_listen: None,
+                max_connections: config.limits.max_allocations,
+                max_per_ip: turn_tcp::DEFAULT_PER_IP,
+                idle: turn_tcp::DEFAULT_IDLE,
+            })
+        );
         assert_eq!(s.relay.secret, b"s");
         assert_eq!(s.relay.ttl, DEFAULT_CREDENTIAL_TTL);
     }
@@ -560,6 +726,82 @@ mod tests {
             let parsed =
                 Cli::try_parse_from(["fogd", "--turn", "127.0.0.1", "--turn-allow-peer", bad]);
             assert!(parsed.is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn turn_tcp_moves_or_goes_and_the_urls_follow() {
+        let s = settings_of(&[
+            "--turn",
+            "127.0.0.1",
+            "--turn-secret",
+            "s",
+            "--turn-tcp",
+            "127.0.0.1:443",
+            "--turn-tcp-max-per-ip",
+            "3",
+            "--turn-tcp-idle",
+            "5",
+        ])
+        .unwrap()
+        .unwrap();
+        let tcp = s.tcp.unwrap();
+        assert_eq!(tcp.listen, Some("127.0.0.1:443".parse().unwrap()));
+        assert_eq!((tcp.max_per_ip, tcp.idle), (3, Duration::from_secs(5)));
+        assert_eq!(
+            s.relay.urls,
+            [
+                "turn:127.0.0.1:3478?transport=udp",
+                "turn:127.0.0.1:443?transport=tcp"
+            ]
+        );
+        let s = settings_of(&[
+            "--turn",
+            "127.0.0.1",
+            "--turn-secret",
+            "s",
+            "--turn-tcp",
+            "off",
+            "--turn-tls",
+            "127.0.0.1",
+        ])
+        .unwrap()
+        .unwrap();
+        let tcp = s.tcp.unwrap();
+        assert_eq!(tcp.listen, None);
+        assert_eq!(tcp.tls_listen, Some("127.0.0.1:5349".parse().unwrap()));
+        assert_eq!(
+            s.relay.urls,
+            [
+                "turn:127.0.0.1:3478?transport=udp",
+                "turns:127.0.0.1:5349?transport=tcp"
+            ]
+        );
+        let s = settings_of(&[
+            "--turn",
+            "127.0.0.1",
+            "--turn-secret",
+            "s",
+            "--turn-tcp",
+            "off",
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(s.tcp, None);
+        assert_eq!(s.relay.urls, ["turn:127.0.0.1:3478?transport=udp"]);
+        for (bad, flag) in [
+            (["--turn-tcp", "0.0.0.0:3478"], "--turn-tcp"),
+            (["--turn-tls", "127.0.0.1:0"], "--turn-tls"),
+            (["--turn-tcp-max-per-ip", "0"], "--turn-tcp-max-per-ip"),
+            (["--turn-tcp-idle", "0"], "--turn-tcp-idle"),
+        ] {
+            let mut args = vec!["--turn", "127.0.0.1", "--turn-secret", "s"];
+            args.extend(bad);
+            let message = match settings_of(&args) {
+                Err(e) => e.to_string(),
+                Ok(_) => panic!("{bad:?} was accepted"),
+            };
+            assert!(message.contains(flag), "{message}");
         }
     }
 

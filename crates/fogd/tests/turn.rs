@@ -8,7 +8,11 @@
 //!   relayed address, which finds no socket unless fogd binds it before it sends from it (the 50 %
 //!   loss of the earlier manual run): no loss allowed;
 //! - the same fog-turn client against fogd, with credentials and the `turn:` URL that fogd's
-//!   signaling hands out from the same secret.
+//!   signaling hands out from the same secret;
+//! - `turnutils_uclient -t` against fogd's TURN over TCP (RFC 8656 §3.1), in channel mode with
+//!   odd-length messages (so that ChannelData is padded both ways, §12.5) and with Send
+//!   indications; and a client of the test's own over TCP for what uclient does not do: garbage,
+//!   the per-IP quota, the idle timeout, and a closed connection freeing its allocation.
 //!
 //! uclient runs both in its default channel mode, where it draws channel numbers from RFC 5766's
 //! 0x4000–0x7FFF (fogd accepts them, though fog-turn's own client binds only RFC 8656 §12's
@@ -494,11 +498,14 @@ fn uclient_through_fogd(
     ]);
     let output = support::run_tool(uclient, &args, Duration::from_secs(60));
     let text = output.text();
-    let stats = fogd.stop();
+    let mut child = fogd.child;
+    let stats = stop_for(&mut child, "TURN stopped");
     let context = format!(
         "uclient {args:?}
 {text}
-fogd: {stats:?}"
+fogd: {stats:?}
+{}",
+        child.stderr_text()
     );
     assert!(
         output.status.is_some_and(|s| s.success()),
@@ -712,7 +719,14 @@ fn fog_turn_client_relays_through_fogd_with_signalings_credentials() {
     else {
         unreachable!("matched above");
     };
-    assert_eq!(urls, [format!("turn:{turn_addr}?transport=udp")]);
+    // TURN over TCP listens on the same address by default, and signaling names it too.
+    assert_eq!(
+        urls,
+        [
+            format!("turn:{turn_addr}?transport=udp"),
+            format!("turn:{turn_addr}?transport=tcp")
+        ]
+    );
     assert_eq!(ttl, Duration::from_secs(86_400));
     assert!(
         username.ends_with(&format!(":{}", peer.client.peer_id())),
@@ -855,4 +869,263 @@ fn the_turn_table_of_a_config_file_sets_the_secret_file_and_the_quotas() {
         return;
     }
     panic!("fogd did not start TURN from the config file\n{last}");
+}
+
+/// uclient over TCP (`-t`) against fogd's TURN over TCP, on the same port as UDP: client →
+/// fogd over TCP → relayed UDP address → the other client's relayed address → fogd → the other
+/// client's TCP connection. 101-byte messages, so every ChannelData is padded by 3 (RFC 8656
+/// §12.5) each way; then the same with Send and Data indications (`-s`).
+#[test]
+fn coturn_uclient_relays_through_fogd_over_tcp() {
+    let Some([uclient]) = interop_tools(
+        "coturn_uclient_relays_through_fogd_over_tcp",
+        ["turnutils_uclient"],
+    ) else {
+        return;
+    };
+    let (clients, messages) = (2u64, 40u64);
+    for mode in [&["-t"][..], &["-t", "-s"][..]] {
+        let (totals, stats, context) =
+            uclient_through_fogd(&uclient, &ALLOW_LOOPBACK, mode, (clients, messages, 101));
+        assert!(stats.get("allocated") >= clients, "{context}");
+        assert_lossless(&totals, &stats, clients * messages, &context);
+        let tcp = FinalStats::parse_line(&context, "TURN/TCP stopped")
+            .unwrap_or_else(|| panic!("no TURN/TCP line: {context}"));
+        assert!(tcp.get("accepted") >= clients, "{context}");
+        for zero in [
+            "closed_malformed",
+            "closed_error",
+            "refused_quota",
+            "dropped_unsent",
+            "dropped_inbox",
+        ] {
+            assert_eq!(tcp.get(zero), 0, "{zero}: {context}");
+        }
+    }
+}
+
+/// uclient over TLS (`-t -S`) against fogd's `--turn-tls`, with the certificate signaling's
+/// `wss` would use: the same relaying, inside rustls. (uclient first tries a TLS version
+/// rustls does not speak and retries; that refused handshake is counted in `closed_tls`.)
+#[test]
+fn coturn_uclient_relays_through_fogd_over_tls() {
+    let Some([uclient]) = interop_tools(
+        "coturn_uclient_relays_through_fogd_over_tls",
+        ["turnutils_uclient"],
+    ) else {
+        return;
+    };
+    let (cert, key, _) = fog_test_support::self_signed_cert();
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let (clients, messages) = (2u64, 40u64);
+    let mut last = String::new();
+    for _ in 0..3 {
+        let tls = SocketAddr::new(A1, free_port_pair().1);
+        let tls_text = tls.to_string();
+        let mut fogd_args = vec![
+            "--turn-tls",
+            &tls_text,
+            "--tls-cert",
+            cert,
+            "--tls-key",
+            key,
+        ];
+        fogd_args.extend(ALLOW_LOOPBACK);
+        let fogd = TurnFogd::start(&fogd_args);
+        if !fogd.child.stderr_text().contains("TURN/TCP listening") {
+            last = fogd.child.output_text();
+            continue;
+        }
+        let mut args: Vec<String> = ["-t", "-S", "-y", "-c", "-W", SECRET, "-u", "alice"]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+        args.extend([
+            "-m".to_owned(),
+            clients.to_string(),
+            "-n".to_owned(),
+            messages.to_string(),
+            "-l".to_owned(),
+            "101".to_owned(),
+            "-p".to_owned(),
+            tls.port().to_string(),
+            "127.0.0.1".to_owned(),
+        ]);
+        let output = support::run_tool(&uclient, &args, Duration::from_secs(60));
+        let mut child = fogd.child;
+        let stats = stop_for(&mut child, "TURN stopped");
+        let context = format!(
+            "uclient {args:?}\n{}\nfogd: {stats:?}\n{}",
+            output.text(),
+            child.stderr_text()
+        );
+        assert!(
+            output.status.is_some_and(|s| s.success()),
+            "uclient failed: {context}"
+        );
+        let totals = UclientTotals::parse(&output.stdout)
+            .unwrap_or_else(|| panic!("no totals in uclient's output: {context}"));
+        assert_lossless(&totals, &stats, clients * messages, &context);
+        let tcp = FinalStats::parse_line(&context, "TURN/TCP stopped")
+            .unwrap_or_else(|| panic!("no TURN/TCP line: {context}"));
+        assert!(tcp.get("accepted") >= clients, "{context}");
+        assert_eq!(tcp.get("closed_malformed"), 0, "{context}");
+        return;
+    }
+    panic!("fogd did not start TURN over TLS\n{last}");
+}
+
+/// A TURN client of the test's own over one TCP connection: whole STUN messages written, and
+/// read back by the length in their header.
+struct TcpTurn {
+    stream: std::net::TcpStream,
+    next_tid: u8,
+}
+
+impl TcpTurn {
+    fn connect(server: SocketAddr) -> Self {
+        let stream = std::net::TcpStream::connect(server).expect("connecting over TCP");
+        stream.set_read_timeout(Some(STEP_TIMEOUT)).unwrap();
+        Self {
+            stream,
+            next_tid: 0,
+        }
+    }
+
+    fn ask(
+        &mut self,
+        mut msg: fog_turn::wire::TurnMessage,
+        key: Option<&fog_turn::wire::IntegrityKey>,
+    ) -> fog_turn::wire::TurnMessage {
+        use std::io::{Read, Write};
+        self.next_tid += 1;
+        msg.transaction_id = fog_turn::wire::TransactionId::new([self.next_tid; 12]);
+        self.stream.write_all(&msg.to_bytes(key).unwrap()).unwrap();
+        let mut header = [0u8; 20];
+        self.stream.read_exact(&mut header).expect("an answer");
+        let len = usize::from(u16::from_be_bytes([header[2], header[3]]));
+        let mut bytes = header.to_vec();
+        bytes.resize(20 + len, 0);
+        self.stream.read_exact(&mut bytes[20..]).unwrap();
+        let answer = fog_turn::wire::TurnMessage::decode(&bytes).unwrap();
+        assert_eq!(answer.transaction_id, msg.transaction_id);
+        answer
+    }
+
+    /// Allocates with `use-auth-secret` credentials for `user`; the relayed address.
+    fn allocate(&mut self, user: &str) -> SocketAddr {
+        use fog_turn::wire::{Class, IntegrityKey, TRANSPORT_UDP, TurnMessage, method};
+        let tid = fog_turn::wire::TransactionId::new([0; 12]);
+        let mut msg = TurnMessage::new(Class::Request, method::ALLOCATE, tid);
+        msg.requested_transport = Some(TRANSPORT_UDP);
+        let challenge = self.ask(msg.clone(), None);
+        assert_eq!(challenge.error_code(), Some(401), "{challenge:?}");
+        let (username, password) = credentials(user);
+        let realm = challenge.realm.clone().unwrap();
+        let key = IntegrityKey::long_term(&username, &realm, &password);
+        msg.username = Some(username);
+        msg.realm = Some(realm);
+        msg.nonce = challenge.nonce;
+        let answer = self.ask(msg, Some(&key));
+        assert_eq!(answer.class, Class::SuccessResponse, "{answer:?}");
+        answer.xor_relayed_address.unwrap()
+    }
+
+    /// Whether the server closes the connection within `within` (EOF or reset).
+    fn closed_within(&mut self, within: Duration) -> bool {
+        use std::io::Read;
+        self.stream.set_read_timeout(Some(within)).unwrap();
+        let mut buf = [0u8; 64];
+        match self.stream.read(&mut buf) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+        }
+    }
+}
+
+/// Not an interop test: fogd's TCP side against a client of the test's own. Garbage closes the
+/// connection (counted); the per-IP quota refuses a third connection; a silent connection
+/// without an allocation is closed after the idle timeout while one with an allocation stays;
+/// closing that one ends its allocation.
+#[test]
+fn fogd_turn_over_tcp_closes_garbage_keeps_quotas_and_frees_allocations_on_close() {
+    use std::io::Write;
+    let fogd = TurnFogd::start(&["--turn-tcp-max-per-ip", "2", "--turn-tcp-idle", "1"]);
+    let mut child = fogd.child;
+    // A TLS ClientHello's first bytes are neither STUN nor ChannelData.
+    let mut garbage = TcpTurn::connect(fogd.addr);
+    garbage.stream.write_all(&[0x16, 0x03, 0x01, 0x00]).unwrap();
+    assert!(
+        garbage.closed_within(Duration::from_secs(5)),
+        "garbage kept"
+    );
+    drop(garbage);
+
+    let mut allocated = TcpTurn::connect(fogd.addr);
+    let relayed = allocated.allocate("tcp-user");
+    let mut silent = TcpTurn::connect(fogd.addr);
+    // The third from 127.0.0.1 is over the quota of 2. (The kernel completes the handshake
+    // before fogd accepts, so the refusal is a close.)
+    let mut third = TcpTurn::connect(fogd.addr);
+    assert!(
+        third.closed_within(Duration::from_secs(5)),
+        "quota not kept"
+    );
+    // The silent one goes after about a second; the allocated one outlives it.
+    assert!(silent.closed_within(Duration::from_secs(5)), "idle kept");
+    thread::sleep(Duration::from_millis(1500));
+    let answer = {
+        use fog_turn::wire::{Class, TurnMessage, method};
+        let tid = fog_turn::wire::TransactionId::new([0; 12]);
+        allocated.ask(TurnMessage::new(Class::Request, method::BINDING, tid), None)
+    };
+    assert_eq!(
+        answer.xor_mapped_address,
+        Some(allocated.stream.local_addr().unwrap()),
+        "the allocated connection stays open"
+    );
+    drop(allocated);
+    let ended = Instant::now() + STEP_TIMEOUT;
+    while !child.stderr_text().contains("reason=ConnectionClosed") && Instant::now() < ended {
+        thread::sleep(Duration::from_millis(10));
+    }
+
+    let stats = stop_for(&mut child, "TURN stopped");
+    let text = child.output_text();
+    let tcp = FinalStats::parse_line(&child.stderr_text(), "TURN/TCP stopped")
+        .unwrap_or_else(|| panic!("no TURN/TCP line\n{text}"));
+    let context = format!("{stats:?} {tcp:?} relayed {relayed}\n{text}");
+    assert!(text.contains("reason=ConnectionClosed"), "{context}");
+    assert_eq!(
+        (
+            stats.get("allocated"),
+            stats.get("released"),
+            stats.get("live")
+        ),
+        (1, 1, 0),
+        "{context}"
+    );
+    assert_eq!(
+        (stats.get("bound"), stats.get("unbound")),
+        (1, 1),
+        "{context}"
+    );
+    assert_eq!(tcp.get("closed_malformed"), 1, "{context}");
+    assert_eq!(tcp.get("refused_quota"), 1, "{context}");
+    assert_eq!(tcp.get("closed_idle"), 1, "{context}");
+    assert_eq!(tcp.get("accepted"), 3, "{context}");
+}
+
+/// `--turn-tcp off`: no TCP listener, and signaling's URLs name UDP alone.
+#[test]
+fn turn_tcp_off_listens_on_udp_alone() {
+    let fogd = TurnFogd::start(&["--turn-tcp", "off"]);
+    let refused = std::net::TcpStream::connect_timeout(&fogd.addr, Duration::from_secs(2));
+    assert!(refused.is_err(), "a TCP listener without being asked");
+    let text = fogd.child.stderr_text();
+    assert!(!text.contains("TURN/TCP listening"), "{text}");
 }

@@ -1,4 +1,4 @@
-//! The TURN server machine (RFC 8656 over UDP): allocations, permissions, channels, relaying.
+//! The TURN server machine (RFC 8656, clients over UDP or TCP): allocations, permissions, channels, relaying.
 //!
 //! The server listens on one address ([`ServerConfig::listen`]). Each allocation is keyed by its
 //! 5-tuple (client address, listen address, UDP; RFC 8656 §2) and owns one relayed transport
@@ -11,6 +11,17 @@
 //! answer leaves: [`SansIo::handle_bind_error`]); its transmits towards peers carry it as
 //! [`Transmit::source`], and
 //! [`Server::accepts`] takes datagrams that arrive on it.
+//!
+//! # Clients over TCP (RFC 8656 §3.1)
+//!
+//! A client may reach the server over a TCP (or TLS) connection instead; the relayed leg stays
+//! UDP. The driver owns the connection, cuts its bytes into messages
+//! ([`crate::wire::stream::Framer`]) and hands each to [`Server::handle_stream_message`]; the
+//! 5-tuple's transport is TCP, so the same client address over UDP is another allocation. Such
+//! an allocation is authenticated and counted against the same quotas as any other; what goes
+//! to the client (answers, ChannelData padded to 4 bytes as §12.5 requires over TCP, Data
+//! indications) comes out of [`Server::poll_stream_transmit`], and [`Server::close_stream`]
+//! (the connection closed) ends the allocation.
 //!
 //! # Authentication and what an unauthenticated datagram can cost
 //!
@@ -194,6 +205,15 @@ pub enum Event {
     },
 }
 
+/// Bytes for a client's TCP connection ([`Server::poll_stream_transmit`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamTransmit {
+    /// The client's address: which connection.
+    pub client: SocketAddr,
+    /// One whole message.
+    pub bytes: Vec<u8>,
+}
+
 /// Why an allocation ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Release {
@@ -201,6 +221,9 @@ pub enum Release {
     Expired,
     /// The client asked with a Refresh of lifetime 0 (RFC 8656 §8.2).
     Deallocated,
+    /// The client's TCP connection closed ([`Server::close_stream`]): an allocation over TCP
+    /// lives no longer than its connection (RFC 8656 §3.1).
+    ConnectionClosed,
 }
 
 /// Counters. Every datagram handed to [`Server::handle_packet`] lands in exactly one of the
@@ -241,11 +264,24 @@ pub struct Stats {
     pub dropped_forbidden_peer: u64,
 }
 
-/// A TURN allocation's 5-tuple; the transport is always UDP here.
+/// How a client reaches the server: the transport of its 5-tuple (RFC 8656 §3.1). The relayed
+/// leg is UDP either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ClientTransport {
+    /// Datagrams on the listen socket ([`SansIo::handle_packet`], [`SansIo::poll_transmit`]).
+    Udp,
+    /// A TCP (or TLS) connection the driver frames ([`Server::handle_stream_message`],
+    /// [`Server::poll_stream_transmit`]).
+    Tcp,
+}
+
+/// A TURN allocation's 5-tuple (RFC 8656 §2): the same client address over UDP and over TCP
+/// names two allocations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 struct FiveTuple {
     client: SocketAddr,
     server: SocketAddr,
+    transport: ClientTransport,
 }
 
 #[derive(Debug, Clone)]
@@ -308,7 +344,8 @@ struct Auth {
     key: IntegrityKey,
 }
 
-/// A datagram waiting for `poll_transmit`.
+/// A message to send: a datagram waiting for `poll_transmit`, or bytes for a client's stream
+/// waiting for `poll_stream_transmit`.
 #[derive(Debug)]
 struct Out {
     to: SocketAddr,
@@ -329,6 +366,8 @@ pub struct Server {
     by_relay: BTreeMap<SocketAddr, FiveTuple>,
     per_user: BTreeMap<String, usize>,
     out: VecDeque<Out>,
+    /// What goes to clients over TCP, for `poll_stream_transmit`.
+    stream_out: VecDeque<Out>,
     /// Binds and unbinds of relayed addresses for the driver, drained before `out`.
     sockets: VecDeque<SocketRequest>,
     /// Relayed addresses whose bind failed lately, oldest first, skipped by `pick_port`.
@@ -388,6 +427,7 @@ impl Server {
             by_relay: BTreeMap::new(),
             per_user: BTreeMap::new(),
             out: VecDeque::new(),
+            stream_out: VecDeque::new(),
             sockets: VecDeque::new(),
             unbindable: VecDeque::new(),
             events: VecDeque::new(),
@@ -424,6 +464,51 @@ impl Server {
         self.alternate = alternate.filter(|a| *a != self.config.listen);
     }
 
+    /// The relayed address of the allocation made over the TCP connection from `client`, if any.
+    pub fn stream_relayed_address(&self, client: SocketAddr) -> Option<SocketAddr> {
+        self.allocations
+            .get(&self.stream_tuple(client))
+            .map(|a| a.relayed)
+    }
+
+    fn stream_tuple(&self, client: SocketAddr) -> FiveTuple {
+        FiveTuple {
+            client,
+            server: self.config.listen,
+            transport: ClientTransport::Tcp,
+        }
+    }
+
+    /// One message a client sent on its TCP (or TLS) connection, as
+    /// [`Framer`](crate::wire::stream::Framer) cut it: a STUN message or a ChannelData message
+    /// (RFC 8656 §3.1). It is handled as a datagram on the listen address would be, under the
+    /// 5-tuple (`client`, listen address, TCP); the answers and the data relayed to the client
+    /// come out of [`poll_stream_transmit`](Self::poll_stream_transmit). Drain as after
+    /// [`SansIo::handle_packet`] (socket requests, transmits, events), then the stream
+    /// transmits: an Allocate's relayed address is bound (or moved) before its answer leaves.
+    pub fn handle_stream_message(&mut self, now: Instant, client: SocketAddr, message: &[u8]) {
+        let ft = self.stream_tuple(client);
+        self.on_client_message(now, ft, message);
+    }
+
+    /// The client's TCP connection from `client` closed: its allocation, if any, ends
+    /// ([`Release::ConnectionClosed`]), and what was still queued for it is dropped.
+    pub fn close_stream(&mut self, client: SocketAddr) {
+        let ft = self.stream_tuple(client);
+        self.release(ft, Release::ConnectionClosed);
+        self.stream_out.retain(|o| o.to != client);
+        self.update_deadline();
+    }
+
+    /// The next message for a client's TCP connection: whole STUN or ChannelData messages
+    /// (padded, RFC 8656 §12.5), to be written to the connection from `client` in order.
+    pub fn poll_stream_transmit(&mut self) -> Option<StreamTransmit> {
+        self.stream_out.pop_front().map(|o| StreamTransmit {
+            client: o.to,
+            bytes: o.bytes,
+        })
+    }
+
     /// Live allocations.
     pub fn allocation_count(&self) -> usize {
         self.allocations.len()
@@ -435,6 +520,7 @@ impl Server {
             .get(&FiveTuple {
                 client,
                 server: self.config.listen,
+                transport: ClientTransport::Udp,
             })
             .map(|a| a.relayed)
     }
@@ -503,24 +589,50 @@ impl Server {
         });
     }
 
+    /// Bytes for a client, on the transport of its 5-tuple.
+    fn send_client(&mut self, ft: FiveTuple, bytes: Vec<u8>) {
+        let out = Out {
+            to: ft.client,
+            from: ft.server,
+            bytes,
+            allocated: None,
+        };
+        match ft.transport {
+            ClientTransport::Udp => self.out.push_back(out),
+            ClientTransport::Tcp => self.stream_out.push_back(out),
+        }
+    }
+
+    /// The queue of messages to clients over `transport`.
+    fn queue_mut(&mut self, transport: ClientTransport) -> &mut VecDeque<Out> {
+        match transport {
+            ClientTransport::Udp => &mut self.out,
+            ClientTransport::Tcp => &mut self.stream_out,
+        }
+    }
+
+    /// The last message queued for the client of `ft`.
+    fn last_out(&mut self, ft: FiveTuple) -> Option<&mut Out> {
+        self.queue_mut(ft.transport).back_mut()
+    }
+
     /// Answers a client on the listen address, signed with `key` when given.
-    fn reply(&mut self, to: SocketAddr, mut msg: TurnMessage, key: Option<&IntegrityKey>) {
+    fn reply(&mut self, ft: FiveTuple, mut msg: TurnMessage, key: Option<&IntegrityKey>) {
         self.stats.requests += 1;
         if key.is_some() {
             msg.software.clone_from(&self.config.software);
         }
         // Encoding fails only for values this machine chose; nothing is sent then.
         if let Ok(bytes) = msg.to_bytes(key) {
-            let from = self.config.listen;
-            self.send(to, from, bytes);
+            self.send_client(ft, bytes);
         }
     }
 
     /// Answers a request that carried no valid credentials, if its source is within its rate;
     /// else counts it and stays silent.
-    fn reply_unsigned(&mut self, now: Instant, to: SocketAddr, msg: TurnMessage) {
+    fn reply_unsigned(&mut self, now: Instant, to: FiveTuple, msg: TurnMessage) {
         if let Some(limiter) = &mut self.limiter {
-            if limiter.check(now, to.ip()) != Verdict::Allowed {
+            if limiter.check(now, to.client.ip()) != Verdict::Allowed {
                 self.stats.dropped_rate_limited += 1;
                 return;
             }
@@ -535,20 +647,20 @@ impl Server {
     }
 
     /// A 403 for a peer address the policy forbids (RFC 8656 §9, §12.2), counted.
-    fn refuse_peer(&mut self, to: SocketAddr, request: &TurnMessage, key: &IntegrityKey) {
+    fn refuse_peer(&mut self, to: FiveTuple, request: &TurnMessage, key: &IntegrityKey) {
         self.stats.refused_peer += 1;
         self.error(to, request, code::FORBIDDEN, key);
     }
 
-    fn error(&mut self, to: SocketAddr, request: &TurnMessage, code: u16, key: &IntegrityKey) {
+    fn error(&mut self, to: FiveTuple, request: &TurnMessage, code: u16, key: &IntegrityKey) {
         self.reply(to, TurnMessage::error_response(request, code), Some(key));
     }
 
     /// A 401 or 438 carrying REALM and a fresh NONCE, unsigned (RFC 8489 §9.2.4).
-    fn challenge(&mut self, now: Instant, to: SocketAddr, request: &TurnMessage, code: u16) {
+    fn challenge(&mut self, now: Instant, to: FiveTuple, request: &TurnMessage, code: u16) {
         let mut m = TurnMessage::error_response(request, code);
         m.realm = Some(self.config.realm.clone());
-        m.nonce = Some(self.new_nonce(now, to));
+        m.nonce = Some(self.new_nonce(now, to.client));
         self.reply_unsigned(now, to, m);
     }
 
@@ -558,18 +670,24 @@ impl Server {
         let ft = FiveTuple {
             client: p.source,
             server: p.local,
+            transport: ClientTransport::Udp,
         };
-        match p.payload.first() {
+        self.on_client_message(now, ft, p.payload);
+    }
+
+    /// A datagram on the listen socket, or a message framed from a client's stream.
+    fn on_client_message(&mut self, now: Instant, ft: FiveTuple, payload: &[u8]) {
+        match payload.first() {
             Some(0..=3) => {}
             // Channels 0x4000–0x7FFF ([`ChannelData::MAX_CHANNEL_ACCEPTED`]): the listen
             // socket carries TURN alone, so the first bytes RFC 9443 gives QUIC are free here.
-            Some(0x40..=0x7F) => return self.channel_data(now, ft, p.payload),
+            Some(0x40..=0x7F) => return self.channel_data(now, ft, payload),
             _ => {
                 self.stats.dropped_malformed += 1;
                 return;
             }
         }
-        let Ok(msg) = TurnMessage::decode(p.payload) else {
+        let Ok(msg) = TurnMessage::decode(payload) else {
             self.stats.dropped_malformed += 1;
             return;
         };
@@ -579,11 +697,11 @@ impl Server {
                 // than the request's header plus one address.
                 let mut m =
                     TurnMessage::new(Class::SuccessResponse, method::BINDING, msg.transaction_id);
-                m.xor_mapped_address = Some(p.source);
-                self.reply_unsigned(now, p.source, m);
+                m.xor_mapped_address = Some(ft.client);
+                self.reply_unsigned(now, ft, m);
             }
             (Class::Request, _) => {
-                self.request(now, ft, &msg, p.payload);
+                self.request(now, ft, &msg, payload);
                 self.update_deadline();
             }
             (Class::Indication, method::SEND) => self.send_indication(now, ft, &msg),
@@ -598,7 +716,7 @@ impl Server {
     fn authenticate(
         &mut self,
         now: Instant,
-        from: SocketAddr,
+        from: FiveTuple,
         msg: &TurnMessage,
         bytes: &[u8],
     ) -> Option<Auth> {
@@ -615,7 +733,7 @@ impl Server {
             );
             return None;
         };
-        if !self.nonce_valid(now, from, nonce) {
+        if !self.nonce_valid(now, from.client, nonce) {
             self.challenge(now, from, msg, code::STALE_NONCE);
             return None;
         }
@@ -655,16 +773,16 @@ impl Server {
         ];
         if !known.contains(&msg.method) {
             let m = TurnMessage::error_response(msg, code::BAD_REQUEST);
-            return self.reply_unsigned(now, ft.client, m);
+            return self.reply_unsigned(now, ft, m);
         }
-        let Some(auth) = self.authenticate(now, ft.client, msg, bytes) else {
+        let Some(auth) = self.authenticate(now, ft, msg, bytes) else {
             return;
         };
         // Checked after authentication, so that a stranger never gets the list back.
         if !msg.unknown_required.is_empty() {
             let mut m = TurnMessage::error_response(msg, code::UNKNOWN_ATTRIBUTE);
             m.unknown_attributes = msg.unknown_required.clone();
-            self.reply(ft.client, m, Some(&auth.key));
+            self.reply(ft, m, Some(&auth.key));
             return;
         }
         if msg.method == method::ALLOCATE {
@@ -673,12 +791,12 @@ impl Server {
         // Every other request acts on an existing allocation made with the same username
         // (RFC 8656 §8.2, §10.2, §12.2: 437, then 441).
         let Some(alloc) = self.allocations.get_mut(&ft).filter(|a| a.expires > now) else {
-            return self.error(ft.client, msg, code::ALLOCATION_MISMATCH, &auth.key);
+            return self.error(ft, msg, code::ALLOCATION_MISMATCH, &auth.key);
         };
         // A permission or channel whose timer has not fired yet must not block a rebind.
         alloc.expire_children(now);
         if alloc.username != auth.username {
-            return self.error(ft.client, msg, code::WRONG_CREDENTIALS, &auth.key);
+            return self.error(ft, msg, code::WRONG_CREDENTIALS, &auth.key);
         }
         match msg.method {
             method::REFRESH => self.refresh(now, ft, msg, &auth.key),
@@ -703,31 +821,26 @@ impl Server {
             if alloc.allocate_tid == msg.transaction_id {
                 // A retransmission: the same answer again.
                 let (m, key) = (allocate_success(ft, alloc), alloc.key.clone());
-                return self.reply(ft.client, m, Some(&key));
+                return self.reply(ft, m, Some(&key));
             }
-            return self.error(ft.client, msg, code::ALLOCATION_MISMATCH, &auth.key);
+            return self.error(ft, msg, code::ALLOCATION_MISMATCH, &auth.key);
         }
         match msg.requested_transport {
-            None => return self.error(ft.client, msg, code::BAD_REQUEST, &auth.key),
+            None => return self.error(ft, msg, code::BAD_REQUEST, &auth.key),
             Some(TRANSPORT_UDP) => {}
-            Some(_) => return self.error(ft.client, msg, code::UNSUPPORTED_TRANSPORT, &auth.key),
+            Some(_) => return self.error(ft, msg, code::UNSUPPORTED_TRANSPORT, &auth.key),
         }
         // §7.2 item 7: without REQUESTED-ADDRESS-FAMILY the client gets IPv4 or a 440.
         let wanted = msg.requested_address_family.unwrap_or(AddressFamily::V4);
         if wanted != AddressFamily::of(self.config.relay_ip) {
-            return self.error(
-                ft.client,
-                msg,
-                code::ADDRESS_FAMILY_NOT_SUPPORTED,
-                &auth.key,
-            );
+            return self.error(ft, msg, code::ADDRESS_FAMILY_NOT_SUPPORTED, &auth.key);
         }
         // Quotas (RFC 8656 §7.2 item 10: 486, counted per username as it advises; 508 when the
         // server is full).
         let limits = &self.config.limits;
         let mine = self.per_user.get(&auth.user).copied().unwrap_or(0);
         if mine >= limits.max_allocations_per_user {
-            return self.error(ft.client, msg, code::ALLOCATION_QUOTA_REACHED, &auth.key);
+            return self.error(ft, msg, code::ALLOCATION_QUOTA_REACHED, &auth.key);
         }
         if self.allocations.len() >= limits.max_allocations {
             // The request is authenticated here, so a 300 may go, signed (RFC 8489 §14.8).
@@ -735,17 +848,17 @@ impl Server {
                 self.stats.redirected += 1;
                 let mut m = TurnMessage::error_response(msg, code::TRY_ALTERNATE);
                 m.alternate_server = Some(alternate);
-                return self.reply(ft.client, m, Some(&auth.key));
+                return self.reply(ft, m, Some(&auth.key));
             }
-            return self.error(ft.client, msg, code::INSUFFICIENT_CAPACITY, &auth.key);
+            return self.error(ft, msg, code::INSUFFICIENT_CAPACITY, &auth.key);
         }
         // §7.2 item 8: EVEN-PORT asks for an even port; with R set it also asks to reserve the
         // next one, which this server does not do (no RESERVATION-TOKEN), so it cannot satisfy it.
         if msg.even_port == Some(true) {
-            return self.error(ft.client, msg, code::INSUFFICIENT_CAPACITY, &auth.key);
+            return self.error(ft, msg, code::INSUFFICIENT_CAPACITY, &auth.key);
         }
         let Some(port) = self.pick_port(msg.even_port.is_some()) else {
-            return self.error(ft.client, msg, code::INSUFFICIENT_CAPACITY, &auth.key);
+            return self.error(ft, msg, code::INSUFFICIENT_CAPACITY, &auth.key);
         };
         // A stale allocation on this 5-tuple whose timer has not fired yet goes first.
         self.release(ft, Release::Expired);
@@ -777,10 +890,10 @@ impl Server {
             relayed,
             user: auth.user,
         });
-        let queued = self.out.len();
-        self.reply(ft.client, answer, Some(&auth.key));
-        if self.out.len() > queued {
-            if let Some(out) = self.out.back_mut() {
+        let queued = self.out.len() + self.stream_out.len();
+        self.reply(ft, answer, Some(&auth.key));
+        if self.out.len() + self.stream_out.len() > queued {
+            if let Some(out) = self.last_out(ft) {
                 out.allocated = Some(relayed);
             }
         }
@@ -802,7 +915,11 @@ impl Server {
         let Some(&ft) = self.by_relay.get(&relayed) else {
             return;
         };
-        let Some(index) = self.out.iter().position(|o| o.allocated == Some(relayed)) else {
+        let queue = match ft.transport {
+            ClientTransport::Udp => &self.out,
+            ClientTransport::Tcp => &self.stream_out,
+        };
+        let Some(index) = queue.iter().position(|o| o.allocated == Some(relayed)) else {
             return;
         };
         let Some(alloc) = self.allocations.get_mut(&ft) else {
@@ -834,7 +951,7 @@ impl Server {
                         }
                     }
                 }
-                self.out[index].allocated = Some(new);
+                self.queue_mut(ft.transport)[index].allocated = Some(new);
                 answer
             }
             None => {
@@ -849,7 +966,7 @@ impl Server {
                 }
                 self.events
                     .retain(|e| !matches!(e, Event::Allocated { relayed: r, .. } if *r == relayed));
-                self.out[index].allocated = None;
+                self.queue_mut(ft.transport)[index].allocated = None;
                 let request = TurnMessage::new(Class::Request, method::ALLOCATE, tid);
                 TurnMessage::error_response(&request, code::INSUFFICIENT_CAPACITY)
             }
@@ -858,7 +975,7 @@ impl Server {
         answer.software.clone_from(&self.config.software);
         // Encoding fails only for values this machine chose; the old answer stays then.
         if let Ok(bytes) = answer.to_bytes(Some(&key)) {
-            self.out[index].bytes = bytes;
+            self.queue_mut(ft.transport)[index].bytes = bytes;
         }
         self.update_deadline();
     }
@@ -920,7 +1037,7 @@ impl Server {
             }
             m.lifetime = Some(granted);
         }
-        self.reply(ft.client, m, Some(key));
+        self.reply(ft, m, Some(key));
     }
 
     /// Installs or refreshes a permission for `ip` (RFC 8656 §9); `false` when over quota.
@@ -945,7 +1062,7 @@ impl Server {
         key: &IntegrityKey,
     ) {
         if msg.xor_peer_addresses.is_empty() {
-            return self.error(ft.client, msg, code::BAD_REQUEST, key);
+            return self.error(ft, msg, code::BAD_REQUEST, key);
         }
         let family = AddressFamily::of(self.config.relay_ip);
         if msg
@@ -953,7 +1070,7 @@ impl Server {
             .iter()
             .any(|p| AddressFamily::of(p.ip()) != family)
         {
-            return self.error(ft.client, msg, code::PEER_ADDRESS_FAMILY_MISMATCH, key);
+            return self.error(ft, msg, code::PEER_ADDRESS_FAMILY_MISMATCH, key);
         }
         // §9: the server may refuse a peer address it does not want to relay to (403); all or
         // nothing, like the quota. A permission names an IP only (§9), so the own-address check
@@ -963,7 +1080,7 @@ impl Server {
             .iter()
             .any(|p| self.config.peers.check_ip(p.ip()).is_some())
         {
-            return self.refuse_peer(ft.client, msg, key);
+            return self.refuse_peer(ft, msg, key);
         }
         // All or nothing: the quota is checked for every address before any is installed, so a
         // 508 leaves no permission behind.
@@ -978,7 +1095,7 @@ impl Server {
             new.sort();
             new.dedup();
             if alloc.permissions.len() + new.len() > max {
-                return self.error(ft.client, msg, code::INSUFFICIENT_CAPACITY, key);
+                return self.error(ft, msg, code::INSUFFICIENT_CAPACITY, key);
             }
         }
         for peer in msg.xor_peer_addresses.clone() {
@@ -989,33 +1106,33 @@ impl Server {
             method::CREATE_PERMISSION,
             msg.transaction_id,
         );
-        self.reply(ft.client, m, Some(key));
+        self.reply(ft, m, Some(key));
     }
 
     /// RFC 8656 §12.2.
     fn channel_bind(&mut self, now: Instant, ft: FiveTuple, msg: &TurnMessage, key: &IntegrityKey) {
         let (Some(number), [peer]) = (msg.channel_number, msg.xor_peer_addresses.as_slice()) else {
-            return self.error(ft.client, msg, code::BAD_REQUEST, key);
+            return self.error(ft, msg, code::BAD_REQUEST, key);
         };
         let peer = *peer;
         if !ChannelData::is_valid_channel(number) {
-            return self.error(ft.client, msg, code::BAD_REQUEST, key);
+            return self.error(ft, msg, code::BAD_REQUEST, key);
         }
         // Port 0 cannot be sent to; every datagram on the channel would be a send error
         // (RFC 8656 §12.2 lets the server reject the request with 400).
         if peer.port() == 0 {
-            return self.error(ft.client, msg, code::BAD_REQUEST, key);
+            return self.error(ft, msg, code::BAD_REQUEST, key);
         }
         if AddressFamily::of(peer.ip()) != AddressFamily::of(self.config.relay_ip) {
-            return self.error(ft.client, msg, code::PEER_ADDRESS_FAMILY_MISMATCH, key);
+            return self.error(ft, msg, code::PEER_ADDRESS_FAMILY_MISMATCH, key);
         }
         if self.config.peers.check(peer, self.config.listen).is_some() {
-            return self.refuse_peer(ft.client, msg, key);
+            return self.refuse_peer(ft, msg, key);
         }
         let max_channels = self.config.limits.max_channels;
         let max_perms = self.config.limits.max_permissions;
         let Some(alloc) = self.allocations.get_mut(&ft) else {
-            return self.error(ft.client, msg, code::ALLOCATION_MISMATCH, key);
+            return self.error(ft, msg, code::ALLOCATION_MISMATCH, key);
         };
         // §12.2: the number must not be bound to another peer, nor the peer to another number.
         if alloc.channels.get(&number).is_some_and(|c| c.peer != peer)
@@ -1024,14 +1141,14 @@ impl Server {
                 .get(&peer)
                 .is_some_and(|&n| n != number)
         {
-            return self.error(ft.client, msg, code::BAD_REQUEST, key);
+            return self.error(ft, msg, code::BAD_REQUEST, key);
         }
         let new_channel = !alloc.channels.contains_key(&number);
         let new_perm = !alloc.permissions.contains_key(&peer.ip());
         if (new_channel && alloc.channels.len() >= max_channels)
             || (new_perm && alloc.permissions.len() >= max_perms)
         {
-            return self.error(ft.client, msg, code::INSUFFICIENT_CAPACITY, key);
+            return self.error(ft, msg, code::INSUFFICIENT_CAPACITY, key);
         }
         alloc.channels.insert(
             number,
@@ -1050,7 +1167,7 @@ impl Server {
             method::CHANNEL_BIND,
             msg.transaction_id,
         );
-        self.reply(ft.client, m, Some(key));
+        self.reply(ft, m, Some(key));
     }
 
     /// RFC 8656 §11.2: a Send indication from the client.
@@ -1132,14 +1249,18 @@ impl Server {
             .get(&p.source)
             .copied()
             .filter(|n| alloc.channels.get(n).is_some_and(|c| c.expires > now));
+        // RFC 8656 §12.5: over TCP, ChannelData is padded to a multiple of 4 (the stream has
+        // no other way to keep the next message aligned); over UDP padding is optional and left
+        // out.
+        let pad = ft.transport == ClientTransport::Tcp;
         let bytes = match channel {
             Some(channel) => {
                 let cd = ChannelData {
                     channel,
                     data: p.payload,
                 };
-                let mut buf = vec![0u8; ChannelData::encoded_len(p.payload.len(), false)];
-                cd.encode(false, &mut buf).map(|n| {
+                let mut buf = vec![0u8; ChannelData::encoded_len(p.payload.len(), pad)];
+                cd.encode(pad, &mut buf).map(|n| {
                     buf.truncate(n);
                     buf
                 })
@@ -1160,7 +1281,7 @@ impl Server {
             return;
         };
         self.stats.relayed_to_client += 1;
-        self.send(ft.client, ft.server, bytes);
+        self.send_client(ft, bytes);
     }
 }
 

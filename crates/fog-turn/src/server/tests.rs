@@ -1064,3 +1064,167 @@ fn an_empty_user_part_is_refused() {
     }
     assert_eq!(h.server.allocation_count(), 0);
 }
+
+// ---- TURN over TCP (RFC 8656 §3.1) -------------------------------------------------------------
+
+impl H {
+    /// Feeds one framed message from the TCP client at `from`; returns what went to streams
+    /// and asserts nothing went out as a datagram.
+    fn stream_input(&mut self, from: SocketAddr, bytes: &[u8]) -> Vec<StreamTransmit> {
+        self.server.handle_stream_message(self.now, from, bytes);
+        self.requests
+            .extend(std::iter::from_fn(|| self.server.poll_socket_request()));
+        let mut buf = vec![0u8; 65_535];
+        assert_eq!(self.server.poll_transmit(self.now, &mut buf), None);
+        std::iter::from_fn(|| self.server.poll_stream_transmit()).collect()
+    }
+
+    fn stream_ask(
+        &mut self,
+        from: SocketAddr,
+        msg: &TurnMessage,
+        key: Option<&IntegrityKey>,
+    ) -> TurnMessage {
+        let out = self.stream_input(from, &msg.to_bytes(key).unwrap());
+        assert_eq!(out.len(), 1, "one answer");
+        assert_eq!(out[0].client, from);
+        let answer = TurnMessage::decode(&out[0].bytes).unwrap();
+        assert_eq!(answer.transaction_id, msg.transaction_id);
+        answer
+    }
+
+    /// Logs in and allocates over TCP from `from`.
+    fn stream_allocated(&mut self, from: SocketAddr) -> (Creds, SocketAddr) {
+        let mut msg = self.request(method::ALLOCATE, None);
+        msg.requested_transport = Some(TRANSPORT_UDP);
+        let challenge = self.stream_ask(from, &msg, None);
+        assert_eq!(challenge.error_code(), Some(code::UNAUTHORIZED));
+        let expiry = UNIX0 + (self.now - self.t0).as_secs() + 3600;
+        let (username, password) = secret().credentials(expiry, "tcp");
+        let creds = Creds {
+            key: IntegrityKey::long_term(&username, REALM, &password),
+            username,
+            nonce: challenge.nonce.unwrap(),
+        };
+        let mut msg = self.request(method::ALLOCATE, Some(&creds));
+        msg.requested_transport = Some(TRANSPORT_UDP);
+        let answer = self.stream_ask(from, &msg, Some(&creds.key));
+        assert_eq!(answer.class, Class::SuccessResponse, "{answer:?}");
+        assert_eq!(answer.xor_mapped_address, Some(from));
+        (creds, answer.xor_relayed_address.unwrap())
+    }
+}
+
+#[test]
+fn an_allocation_over_tcp_relays_with_padded_channel_data_and_ends_with_its_connection() {
+    let mut h = H::new(Limits::default());
+    let (creds, relayed) = h.stream_allocated(client());
+    assert_eq!(h.requests, vec![SocketRequest::Bind(relayed)]);
+    // The UDP 5-tuple of the same address is another one: no allocation there.
+    assert_eq!(h.server.relayed_address(client()), None);
+    assert_eq!(h.server.stream_relayed_address(client()), Some(relayed));
+
+    let mut bind = h.request(method::CHANNEL_BIND, Some(&creds));
+    bind.channel_number = Some(0x4001);
+    bind.xor_peer_addresses = vec![peer()];
+    assert_eq!(
+        h.stream_ask(client(), &bind, Some(&creds.key)).class,
+        Class::SuccessResponse
+    );
+    // Peer → client: ChannelData on the stream, padded to a multiple of 4 (RFC 8656 §12.5).
+    let out = h.input(peer(), relayed, b"hello");
+    assert!(out.is_empty(), "nothing as a datagram");
+    let streamed: Vec<_> = std::iter::from_fn(|| h.server.poll_stream_transmit()).collect();
+    assert_eq!(streamed.len(), 1);
+    assert_eq!(streamed[0].client, client());
+    assert_eq!(
+        streamed[0].bytes,
+        [
+            0x40, 0x01, 0x00, 0x05, b'h', b'e', b'l', b'l', b'o', 0, 0, 0
+        ]
+    );
+    // Client → peer: the framer hands ChannelData over without its padding; a datagram leaves
+    // from the relayed address.
+    h.server.handle_stream_message(
+        h.now,
+        client(),
+        &[0x40, 0x01, 0x00, 0x04, b'b', b'a', b'c', b'k'],
+    );
+    let mut buf = vec![0u8; 65_535];
+    let t = h.server.poll_transmit(h.now, &mut buf).expect("relayed");
+    assert_eq!((t.destination, t.source), (peer(), Some(relayed)));
+    assert_eq!(&buf[..t.len], b"back");
+
+    // The connection closes: the allocation ends, its socket is asked closed.
+    h.events();
+    h.server.close_stream(client());
+    assert_eq!(
+        h.server.poll_socket_request(),
+        Some(SocketRequest::Unbind(relayed))
+    );
+    assert_eq!(
+        h.events(),
+        vec![Event::Released {
+            client: client(),
+            relayed,
+            reason: Release::ConnectionClosed,
+        }]
+    );
+    assert_eq!(h.server.allocation_count(), 0);
+    assert!(h.input(peer(), relayed, b"late").is_empty());
+    assert_eq!(h.server.poll_stream_transmit(), None);
+}
+
+#[test]
+fn tcp_and_udp_allocations_of_one_address_are_apart_and_share_the_user_quota() {
+    let limits = Limits {
+        max_allocations_per_user: 1,
+        ..Limits::default()
+    };
+    let mut h = H::new(limits);
+    let (_, relayed) = h.stream_allocated(client());
+    // The same user over UDP: over quota (486), whichever transport holds the allocation.
+    let mut msg = h.request(method::ALLOCATE, None);
+    msg.requested_transport = Some(TRANSPORT_UDP);
+    let challenge = h.ask(&msg, None);
+    let expiry = UNIX0 + 3600;
+    let (username, password) = secret().credentials(expiry, "tcp");
+    let creds = Creds {
+        key: IntegrityKey::long_term(&username, REALM, &password),
+        username,
+        nonce: challenge.nonce.unwrap(),
+    };
+    let answer = h.allocate_from(client(), &creds);
+    assert_eq!(answer.error_code(), Some(code::ALLOCATION_QUOTA_REACHED));
+    // Closing a connection that never allocated, or a UDP client's address, changes nothing.
+    h.server.close_stream(addr("203.0.113.5:1"));
+    assert_eq!(h.server.stream_relayed_address(client()), Some(relayed));
+}
+
+#[test]
+fn a_bind_failure_moves_a_tcp_allocation_before_its_answer_leaves() {
+    let mut h = H::new(Limits::default());
+    let mut msg = h.request(method::ALLOCATE, None);
+    msg.requested_transport = Some(TRANSPORT_UDP);
+    let challenge = h.stream_ask(client(), &msg, None);
+    let (username, password) = secret().credentials(UNIX0 + 3600, "tcp");
+    let key = IntegrityKey::long_term(&username, REALM, &password);
+    let mut msg = h.request(method::ALLOCATE, None);
+    msg.username = Some(username);
+    msg.realm = Some(REALM.to_owned());
+    msg.nonce = challenge.nonce;
+    msg.requested_transport = Some(TRANSPORT_UDP);
+    h.server
+        .handle_stream_message(h.now, client(), &msg.to_bytes(Some(&key)).unwrap());
+    let Some(SocketRequest::Bind(first)) = h.server.poll_socket_request() else {
+        panic!("no bind asked");
+    };
+    h.server.handle_bind_error(h.now, first);
+    let Some(SocketRequest::Bind(second)) = h.server.poll_socket_request() else {
+        panic!("no second bind asked");
+    };
+    let out = h.server.poll_stream_transmit().expect("the answer");
+    let answer = TurnMessage::decode(&out.bytes).unwrap();
+    assert_eq!(answer.xor_relayed_address, Some(second));
+    crate::wire::verify_integrity(&out.bytes, &key).unwrap();
+}

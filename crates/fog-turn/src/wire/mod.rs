@@ -8,6 +8,7 @@
 //!   and signs with fog-stun's [`append_trailer`], so MESSAGE-INTEGRITY and FINGERPRINT are
 //!   computed by one piece of code for STUN and TURN alike.
 //! - [`ChannelData`] is the 4-byte-header framing of §12.4.
+//! - [`stream`] cuts a TCP or TLS byte stream into both (RFC 8656 §3.1, §12.5).
 //!
 //! # Why not stun_codec's `rfc5766` module
 //!
@@ -19,6 +20,7 @@
 //! fixed-layout words and addresses, so they are parsed from the raw TLVs here.
 
 mod channel;
+pub mod stream;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
