@@ -1140,7 +1140,7 @@ impl Node {
     /// Forgets a connection and releases what it held: its sockets, the relay permissions no
     /// other connection uses, its indexes. Whether there was one.
     fn release(&mut self, _now: Instant, id: ConnectionId) -> bool {
-        let Some(conn) = self.conns.remove(&id) else {
+        let Some(mut conn) = self.conns.remove(&id) else {
             return false;
         };
         if let Some(session) = conn.session {
@@ -1152,8 +1152,12 @@ impl Node {
         if let Phase::Offered { request } = conn.phase {
             self.by_request.remove(&request);
         }
-        if let Some(agent) = conn.agent() {
-            for &socket in agent.birthday_sockets() {
+        if let Some(agent) = conn.agent_mut() {
+            // The sockets in use, and those a round gave up that were not taken yet (found by
+            // the chaos run, seed 392: a connection that ended in the same turn as its round
+            // kept a birthday socket bound for ever).
+            let released = agent.take_released();
+            for &socket in agent.birthday_sockets().iter().chain(&released) {
                 self.socket_requests
                     .push_back(SocketRequest::Unbind(socket));
             }
@@ -1848,7 +1852,11 @@ impl Node {
         if punching {
             return;
         }
-        let sockets = conn.agent().map(|a| a.birthday_sockets().to_vec());
+        let sockets = conn.agent_mut().map(|a| {
+            let mut sockets = a.take_released();
+            sockets.extend_from_slice(a.birthday_sockets());
+            sockets
+        });
         for socket in sockets.into_iter().flatten() {
             self.socket_requests
                 .push_back(SocketRequest::Unbind(socket));
