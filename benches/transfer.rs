@@ -25,6 +25,9 @@
 //! each) and hashing them the same way: what a uTP stack alone costs here, without our seal,
 //! signaling or sans-IO driving.
 //!
+//! The anchor for WebRTC data channels is the `str0m` crate (the stack under our
+//! `Transport::Rtc`) driven as its own examples drive it (`anchors/str0m.rs`).
+//!
 //! It prints one JSON object with `--json`: `transport`, `bytes`, `secs`, `mib_per_s`, `cpu_s`,
 //! `hash_ok`, `anchor_mib_per_s`, `anchor_cpu_s`, `anchor_hash_ok`. Loopback only; it stops by
 //! itself (a 10-minute limit per side).
@@ -34,6 +37,8 @@
 
 #[path = "anchors/quinn.rs"]
 mod quinn_anchor;
+#[path = "anchors/str0m.rs"]
+mod str0m_anchor;
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
@@ -122,6 +127,7 @@ fn main() {
         Transport::Kcp => Some(("kcp crate", kcp_crate(&o))),
         Transport::Utp => Some(("librqbit-utp", librqbit_utp(&o))),
         Transport::Quic => Some(("quinn crate", quinn_anchor::quinn_crate(&o))),
+        Transport::Rtc => Some(("str0m crate", str0m_anchor::str0m_rtc(&o))),
         _ => None,
     };
     let mib = o.size as f64 / f64::from(1 << 20);
