@@ -734,6 +734,8 @@ pub enum ErrorCode {
     TooManyPending,
     /// 3004: the server has no relay configured.
     RelayUnavailable,
+    /// 3005: a peer of the offer already takes part in the most sessions the server allows.
+    TooManySessions,
     /// 4001: no authenticated peer with that id or alias is online.
     UnknownPeer,
     /// 4002: no such session, or not one of its two peers.
@@ -742,7 +744,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for tables and tests.
-    pub const ALL: [ErrorCode; 20] = [
+    pub const ALL: [ErrorCode; 21] = [
         ErrorCode::BadJson,
         ErrorCode::UnknownMessage,
         ErrorCode::BadMessage,
@@ -761,6 +763,7 @@ impl ErrorCode {
         ErrorCode::ServerFull,
         ErrorCode::TooManyPending,
         ErrorCode::RelayUnavailable,
+        ErrorCode::TooManySessions,
         ErrorCode::UnknownPeer,
         ErrorCode::UnknownSession,
     ];
@@ -786,6 +789,7 @@ impl ErrorCode {
             ErrorCode::ServerFull => 3002,
             ErrorCode::TooManyPending => 3003,
             ErrorCode::RelayUnavailable => 3004,
+            ErrorCode::TooManySessions => 3005,
             ErrorCode::UnknownPeer => 4001,
             ErrorCode::UnknownSession => 4002,
         }
@@ -812,6 +816,7 @@ impl ErrorCode {
             ErrorCode::ServerFull => "server_full",
             ErrorCode::TooManyPending => "too_many_pending",
             ErrorCode::RelayUnavailable => "relay_unavailable",
+            ErrorCode::TooManySessions => "too_many_sessions",
             ErrorCode::UnknownPeer => "unknown_peer",
             ErrorCode::UnknownSession => "unknown_session",
         }
