@@ -126,7 +126,11 @@ impl Agent {
             rtt: pair.srtt.unwrap_or_default(),
             relayed: pair.relayed,
         });
-        self.pairs[i].last_answer = Some(now);
+        // Selecting a pair is no answer on it: its consent runs from its last real answer
+        // (a selected pair has one; should one not, its consent runs from here). Counting
+        // the choice as an answer gave a silent pair another consent timeout each time it
+        // was taken, and two dead relay pairs took turns for a minute and more.
+        self.pairs[i].last_answer.get_or_insert(now);
         self.next_consent = Some(now + self.consent_gap());
         self.next_keepalives = Some(now + self.consent_gap());
     }
