@@ -334,15 +334,15 @@ pub enum ServerMsg {
         /// The server's estimate of the round trip to the other peer.
         peer_rtt_ms: u32,
     },
-    /// The session ended: the other peer closed it (`code` is then its code), left, or the
-    /// session expired.
+    /// The session ended: the other peer closed it (`code` is then its code) or left, or the
+    /// offer went unanswered.
     SessionClosed {
         /// The session.
         session: SessionId,
         /// Why.
         reason: String,
         /// The other peer's code when it closed the session with `close`; absent when the
-        /// server ended it (a peer left, the session expired).
+        /// server ended it (a peer left, the offer went unanswered).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         code: Option<u32>,
     },
