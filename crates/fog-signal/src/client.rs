@@ -140,7 +140,7 @@ pub enum Event {
         /// Why.
         reason: String,
         /// The other peer's code when it closed the session itself ([`Client::close`]);
-        /// `None` when the server ended it (the peer left, the session expired).
+        /// `None` when the server ended it (the peer left, the offer went unanswered).
         code: Option<u32>,
     },
     /// Relay credentials arrived.

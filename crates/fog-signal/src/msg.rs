@@ -334,15 +334,15 @@ pub enum ServerMsg {
         /// The server's estimate of the round trip to the other peer.
         peer_rtt_ms: u32,
     },
-    /// The session ended: the other peer closed it (`code` is then its code), left, or the
-    /// session expired.
+    /// The session ended: the other peer closed it (`code` is then its code) or left, or the
+    /// offer went unanswered.
     SessionClosed {
         /// The session.
         session: SessionId,
         /// Why.
         reason: String,
         /// The other peer's code when it closed the session with `close`; absent when the
-        /// server ended it (a peer left, the session expired).
+        /// server ended it (a peer left, the offer went unanswered).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         code: Option<u32>,
     },
@@ -734,6 +734,8 @@ pub enum ErrorCode {
     TooManyPending,
     /// 3004: the server has no relay configured.
     RelayUnavailable,
+    /// 3005: a peer of the offer already takes part in the most sessions the server allows.
+    TooManySessions,
     /// 4001: no authenticated peer with that id or alias is online.
     UnknownPeer,
     /// 4002: no such session, or not one of its two peers.
@@ -742,7 +744,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for tables and tests.
-    pub const ALL: [ErrorCode; 20] = [
+    pub const ALL: [ErrorCode; 21] = [
         ErrorCode::BadJson,
         ErrorCode::UnknownMessage,
         ErrorCode::BadMessage,
@@ -761,6 +763,7 @@ impl ErrorCode {
         ErrorCode::ServerFull,
         ErrorCode::TooManyPending,
         ErrorCode::RelayUnavailable,
+        ErrorCode::TooManySessions,
         ErrorCode::UnknownPeer,
         ErrorCode::UnknownSession,
     ];
@@ -786,6 +789,7 @@ impl ErrorCode {
             ErrorCode::ServerFull => 3002,
             ErrorCode::TooManyPending => 3003,
             ErrorCode::RelayUnavailable => 3004,
+            ErrorCode::TooManySessions => 3005,
             ErrorCode::UnknownPeer => 4001,
             ErrorCode::UnknownSession => 4002,
         }
@@ -812,6 +816,7 @@ impl ErrorCode {
             ErrorCode::ServerFull => "server_full",
             ErrorCode::TooManyPending => "too_many_pending",
             ErrorCode::RelayUnavailable => "relay_unavailable",
+            ErrorCode::TooManySessions => "too_many_sessions",
             ErrorCode::UnknownPeer => "unknown_peer",
             ErrorCode::UnknownSession => "unknown_session",
         }

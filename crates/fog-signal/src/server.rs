@@ -194,8 +194,14 @@ pub struct Limits {
     pub auth_timeout: Duration,
     /// Time an offer waits for its answer (default 30 s).
     pub offer_timeout: Duration,
-    /// Time an answered session stays open for trickled candidates (default 120 s).
-    pub session_lifetime: Duration,
+    /// Sessions one peer takes part in, offered or answered (default 4,096: a node's own
+    /// connection limit, `NodeConfig::max_connections`). An answered session lives as long
+    /// as both its peers stay (see [`Server`]), so this, and [`Limits::max_sessions`], are
+    /// what bound the sessions a peer can hold open: a new offer over either is refused with
+    /// `too_many_sessions` (this one) or `server_full`.
+    pub max_sessions_per_peer: usize,
+    /// Sessions in all (default 262,144: about 60 MiB of them).
+    pub max_sessions: usize,
     /// Time an answered session waits for a peer whose connection ended to authenticate
     /// again before it closes with "peer left" (default 10 s). A node whose network changed
     /// under a live connection usually loses its signaling connection too, and comes back
@@ -232,7 +238,8 @@ impl Default for Limits {
             max_pending_offers: 8,
             auth_timeout: Duration::from_secs(10),
             offer_timeout: Duration::from_secs(30),
-            session_lifetime: Duration::from_secs(120),
+            max_sessions_per_peer: 4_096,
+            max_sessions: 262_144,
             rejoin_grace: Duration::from_secs(10),
             max_relay_datagram: 1_400,
             max_aliases_per_peer: 4,
@@ -321,6 +328,7 @@ struct Session {
     offerer: PeerId,
     answerer: PeerId,
     answered: bool,
+    /// The offer's deadline ([`Limits::offer_timeout`]); its timer goes with the answer.
     expires: Instant,
     /// The participant on another instance of the cluster, if one is.
     remote: Option<PeerId>,
@@ -353,7 +361,7 @@ enum Timer {
     Auth(ConnId),
     /// Send the next RTT ping.
     Ping(ConnId),
-    /// The session's offer or lifetime runs out.
+    /// The session's offer runs out unanswered.
     Session(SessionId),
     /// A participant that left the session has had its grace to come back.
     Rejoin(SessionId),
@@ -364,6 +372,26 @@ enum Timer {
 }
 
 /// The signaling server machine. See the [module docs](self).
+///
+/// # How long a session lives
+///
+/// An offer waits [`Limits::offer_timeout`] for its answer. An answered session then lives
+/// as long as both its peers do: it ends when either peer closes it, or when a peer's
+/// connection ends and it does not authenticate again within [`Limits::rejoin_grace`]
+/// ("peer left"). It used to expire 120 s after the answer (or the last `relay` frame),
+/// which cut off what a long-lived connection still needs the server for: the candidates
+/// it trickles after a move, and the close that must reach a peer whose path is gone
+/// (issues 15 and 16). The other way out, a keepalive frame from each node for each live
+/// session, costs every client (the browser's too) a frame per session per interval out of
+/// its 20 a second, and asks nothing the server does not know already: whether both peers
+/// are still here.
+///
+/// Memory stays bounded without a lifetime: every session has a peer on this instance, a
+/// peer takes part in at most [`Limits::max_sessions_per_peer`] sessions, the server holds
+/// at most [`Limits::max_sessions`], and a new offer over either is refused (typed). A
+/// node closes the sessions of the connections it ends. In a cluster, the half of a session
+/// whose other peer is remote ends when the other instance says so (its peer closed or
+/// left), when a forward finds no instance, or with the local peer.
 #[derive(Debug)]
 pub struct Server {
     config: ServerConfig,
@@ -374,6 +402,8 @@ pub struct Server {
     aliases: BTreeMap<String, PeerId>,
     alias_count: BTreeMap<PeerId, usize>,
     sessions: BTreeMap<SessionId, Session>,
+    /// The sessions each peer takes part in (both of a session's peers, local or remote).
+    of_peer: BTreeMap<PeerId, BTreeSet<SessionId>>,
     pending_to: BTreeMap<PeerId, usize>,
     pending_from: BTreeMap<PeerId, usize>,
     /// Client nonces seen within the auth timeout, oldest first, and as a set.
@@ -400,6 +430,7 @@ impl Server {
             aliases: BTreeMap::new(),
             alias_count: BTreeMap::new(),
             sessions: BTreeMap::new(),
+            of_peer: BTreeMap::new(),
             pending_to: BTreeMap::new(),
             pending_from: BTreeMap::new(),
             nonce_log: VecDeque::new(),
@@ -426,6 +457,11 @@ impl Server {
     /// Authenticated peers online.
     pub fn peers(&self) -> usize {
         self.peers.len()
+    }
+
+    /// Sessions held, offered or answered (bounded by [`Limits::max_sessions`]).
+    pub fn sessions(&self) -> usize {
+        self.sessions.len()
     }
 
     /// Deadlines armed (pings, sessions, handshakes, nonce pruning): bounded by what the
@@ -598,13 +634,12 @@ impl Server {
                 }
                 Timer::Ping(conn) => self.ping(now, conn),
                 Timer::Session(id) => {
-                    if self.sessions.get(&id).is_some_and(|s| s.expires <= now) {
-                        let reason = if self.sessions[&id].answered {
-                            "expired"
-                        } else {
-                            "unanswered"
-                        };
-                        self.close_session(id, reason);
+                    if self
+                        .sessions
+                        .get(&id)
+                        .is_some_and(|s| !s.answered && s.expires <= now)
+                    {
+                        self.close_session(id, "unanswered");
                     }
                 }
                 Timer::Rejoin(id) => {
@@ -702,8 +737,12 @@ impl Server {
                     self.refuse_remote_offer(session, from, "too many unanswered offers");
                     return false;
                 }
+                if let Some((_, reason)) = self.no_room(from, to) {
+                    self.refuse_remote_offer(session, from, reason);
+                    return false;
+                }
                 let expires = now + self.config.limits.offer_timeout;
-                self.sessions.insert(
+                self.insert_session(
                     session,
                     Session {
                         offerer: from,
@@ -716,7 +755,6 @@ impl Server {
                     },
                 );
                 *self.pending_to.entry(to).or_default() += 1;
-                self.timers.insert((expires, Timer::Session(session)));
                 self.send_peer(to, m);
                 return true;
             }
@@ -738,7 +776,6 @@ impl Server {
         if s.remote != Some(other) {
             return false;
         }
-        let lifetime = self.config.limits.session_lifetime;
         let mut confirm = None;
         match &m {
             ServerMsg::Answer { from, .. } => {
@@ -746,29 +783,13 @@ impl Server {
                     return false;
                 }
                 s.answered = true;
+                // Answered, the session lives as long as its peers (see `Server`).
                 self.timers.remove(&(s.expires, Timer::Session(session)));
-                s.expires = now + lifetime;
-                self.timers.insert((s.expires, Timer::Session(session)));
                 self.unpend(to, other);
             }
-            ServerMsg::Relay { .. } => {
-                if !s.answered {
-                    return false;
-                }
-                self.timers.remove(&(s.expires, Timer::Session(session)));
-                s.expires = now + lifetime;
-                self.timers.insert((s.expires, Timer::Session(session)));
-            }
+            ServerMsg::Relay { .. } if !s.answered => return false,
             ServerMsg::SessionClosed { .. } => {
-                let answered = s.answered;
-                let expires = s.expires;
-                confirm = s.unconfirmed.take();
-                self.sessions.remove(&session);
-                self.timers.remove(&(expires, Timer::Session(session)));
-                if !answered {
-                    self.unpend(other, to);
-                    self.unpend(to, other);
-                }
+                confirm = self.remove_session(session).and_then(|s| s.unconfirmed);
             }
             _ => {}
         }
@@ -796,13 +817,9 @@ impl Server {
             .map(|(id, _)| *id)
             .collect();
         for id in ids {
-            let Some(s) = self.sessions.remove(&id) else {
+            let Some(s) = self.remove_session(id) else {
                 continue;
             };
-            self.timers.remove(&(s.expires, Timer::Session(id)));
-            if !s.answered {
-                self.unpend(s.offerer, s.answerer);
-            }
             if let Some((conn, request)) = s.unconfirmed {
                 self.send(
                     conn,
@@ -1010,12 +1027,58 @@ impl Server {
 
     /// Forgets a session without telling anyone (its offer never left, or went nowhere).
     fn discard_session(&mut self, id: SessionId) {
-        if let Some(s) = self.sessions.remove(&id) {
-            self.timers.remove(&(s.expires, Timer::Session(id)));
-            if !s.answered {
-                self.unpend(s.offerer, s.answerer);
+        self.remove_session(id);
+    }
+
+    /// Records a new (offered) session: its peers' indexes and the offer's deadline.
+    fn insert_session(&mut self, id: SessionId, s: Session) {
+        for p in [s.offerer, s.answerer] {
+            self.of_peer.entry(p).or_default().insert(id);
+        }
+        self.timers.insert((s.expires, Timer::Session(id)));
+        self.sessions.insert(id, s);
+    }
+
+    /// Forgets a session and everything that names it: its deadline, its peers' indexes,
+    /// and (unanswered) the pending offer it counted as.
+    fn remove_session(&mut self, id: SessionId) -> Option<Session> {
+        let s = self.sessions.remove(&id)?;
+        self.timers.remove(&(s.expires, Timer::Session(id)));
+        if !s.answered {
+            self.unpend(s.offerer, s.answerer);
+        }
+        for p in [s.offerer, s.answerer] {
+            if let Some(ids) = self.of_peer.get_mut(&p) {
+                ids.remove(&id);
+                if ids.is_empty() {
+                    self.of_peer.remove(&p);
+                }
             }
         }
+        Some(s)
+    }
+
+    /// Why a new session between `a` and `b` does not fit, if it does not: the server's
+    /// sessions in all, or either peer's ([`Limits::max_sessions`],
+    /// [`Limits::max_sessions_per_peer`]).
+    fn no_room(&self, a: PeerId, b: PeerId) -> Option<(ErrorCode, &'static str)> {
+        let limits = &self.config.limits;
+        if self.sessions.len() >= limits.max_sessions {
+            return Some((ErrorCode::ServerFull, "too many sessions on the server"));
+        }
+        let held = |p: &PeerId| self.of_peer.get(p).map_or(0, BTreeSet::len);
+        if held(&a) >= limits.max_sessions_per_peer || held(&b) >= limits.max_sessions_per_peer {
+            return Some((ErrorCode::TooManySessions, "too many sessions"));
+        }
+        None
+    }
+
+    /// The sessions `peer` takes part in.
+    fn sessions_of(&self, peer: PeerId) -> Vec<SessionId> {
+        self.of_peer
+            .get(&peer)
+            .map(|ids| ids.iter().copied().collect())
+            .unwrap_or_default()
     }
 
     /// Remembers an alias the cluster granted.
@@ -1189,8 +1252,8 @@ impl Server {
         }
         self.peers.insert(peer, conn);
         // Back within the grace: its sessions go on.
-        for s in self.sessions.values_mut() {
-            if s.offerer == peer || s.answerer == peer {
+        for id in self.sessions_of(peer) {
+            if let Some(s) = self.sessions.get_mut(&id) {
                 s.away_since = None;
             }
         }
@@ -1300,7 +1363,7 @@ impl Server {
             ClientMsg::Answer {
                 session,
                 description,
-            } => self.answer(now, conn, me, session, description),
+            } => self.answer(conn, me, session, description),
             ClientMsg::Candidate {
                 session,
                 candidate,
@@ -1331,7 +1394,7 @@ impl Server {
                 reason,
             } => self.peer_close(conn, me, session, code, reason),
             ClientMsg::RelayRequest { id } => self.relay(now, conn, me, id),
-            ClientMsg::Relay { session, data } => self.relay_data(now, conn, me, session, data),
+            ClientMsg::Relay { session, data } => self.relay_data(conn, me, session, data),
             ClientMsg::Pong { id } => {
                 if let Some(c) = self.conns.get_mut(&conn) {
                     if let Some((sent_id, sent_at)) = c.ping {
@@ -1401,11 +1464,15 @@ impl Server {
             );
             return;
         }
+        if let Some((code, reason)) = self.no_room(me, to) {
+            self.send(conn, ServerMsg::error(code, Some(id), reason));
+            return;
+        }
         let mut raw = [0u8; 16];
         self.rng.fill_bytes(&mut raw);
         let session = SessionId(raw);
         let expires = now + self.config.limits.offer_timeout;
-        self.sessions.insert(
+        self.insert_session(
             session,
             Session {
                 offerer: me,
@@ -1419,7 +1486,6 @@ impl Server {
         );
         *self.pending_from.entry(me).or_default() += 1;
         *self.pending_to.entry(to).or_default() += 1;
-        self.timers.insert((expires, Timer::Session(session)));
         if let Some(peer) = remote {
             let frame = ServerMsg::Offer {
                 session,
@@ -1456,21 +1522,13 @@ impl Server {
         );
     }
 
-    fn answer(
-        &mut self,
-        now: Instant,
-        conn: ConnId,
-        me: PeerId,
-        session: SessionId,
-        description: Description,
-    ) {
-        let lifetime = self.config.limits.session_lifetime;
+    fn answer(&mut self, conn: ConnId, me: PeerId, session: SessionId, description: Description) {
         let (offerer, remote) = match self.sessions.get_mut(&session) {
             Some(s) if s.answerer == me && !s.answered => {
                 s.answered = true;
-                // One live deadline per session: the offer's goes.
+                // The offer's deadline goes; the session now lives as long as its peers
+                // (see `Server`).
                 self.timers.remove(&(s.expires, Timer::Session(session)));
-                s.expires = now + lifetime;
                 (s.offerer, s.remote)
             }
             _ => {
@@ -1482,8 +1540,6 @@ impl Server {
             }
         };
         self.unpend(offerer, me);
-        self.timers
-            .insert((now + lifetime, Timer::Session(session)));
         self.send_to(
             offerer,
             remote,
@@ -1527,28 +1583,15 @@ impl Server {
         }
     }
 
-    /// Relay over signaling: forwards a datagram between the two peers of an answered session,
-    /// and keeps the session alive while it is used. Only peers of the session may use it, each
+    /// Relay over signaling: forwards a datagram between the two peers of an answered session.
+    /// Only peers of the session may use it, each
     /// datagram is at most [`Limits::max_relay_datagram`] bytes, and it counts against the
     /// connection's frame rate like any frame.
-    fn relay_data(
-        &mut self,
-        now: Instant,
-        conn: ConnId,
-        me: PeerId,
-        session: SessionId,
-        data: String,
-    ) {
+    fn relay_data(&mut self, conn: ConnId, me: PeerId, session: SessionId, data: String) {
         use base64::Engine as _;
         let max = self.config.limits.max_relay_datagram;
-        let lifetime = self.config.limits.session_lifetime;
-        let (other, remote) = match self.sessions.get_mut(&session) {
+        let (other, remote) = match self.sessions.get(&session) {
             Some(s) if s.answered && (s.offerer == me || s.answerer == me) => {
-                // One live deadline per session: each relay frame moves it, it does not add
-                // another.
-                self.timers.remove(&(s.expires, Timer::Session(session)));
-                s.expires = now + lifetime;
-                self.timers.insert((s.expires, Timer::Session(session)));
                 (s.other(me).unwrap_or(me), s.remote)
             }
             _ => {
@@ -1692,12 +1735,7 @@ impl Server {
             );
             return;
         }
-        if let Some(s) = self.sessions.remove(&session) {
-            if !s.answered {
-                self.unpend(s.offerer, s.answerer);
-            }
-            self.timers.remove(&(s.expires, Timer::Session(session)));
-        }
+        self.remove_session(session);
         self.send_to(
             other,
             remote,
@@ -1710,13 +1748,9 @@ impl Server {
     }
 
     fn close_session(&mut self, id: SessionId, reason: &str) {
-        let Some(s) = self.sessions.remove(&id) else {
+        let Some(s) = self.remove_session(id) else {
             return;
         };
-        self.timers.remove(&(s.expires, Timer::Session(id)));
-        if !s.answered {
-            self.unpend(s.offerer, s.answerer);
-        }
         for p in [s.offerer, s.answerer] {
             self.send_to(
                 p,
@@ -1766,12 +1800,7 @@ impl Server {
                         online: false,
                     });
                 }
-                let ids: Vec<SessionId> = self
-                    .sessions
-                    .iter()
-                    .filter(|(_, s)| s.offerer == peer || s.answerer == peer)
-                    .map(|(id, _)| *id)
-                    .collect();
+                let ids = self.sessions_of(peer);
                 let grace = self.config.limits.rejoin_grace;
                 for id in ids {
                     // An answered session waits a little for the peer to come back (its

@@ -459,3 +459,98 @@ fn answers_owed_pass_a_spent_rate() {
         "{hub_events:?}"
     );
 }
+
+/// Answered sessions no longer expire (they live as long as their peers), so the caps are
+/// what bound them. Two colluding peers that open and answer session after session for ten
+/// minutes of virtual time (within the frame rate) hold at most `max_sessions_per_peer`;
+/// the server holds at most `max_sessions` in all; both refusals are typed; a close makes
+/// room again, and a peer that leaves for good has its sessions reclaimed.
+#[test]
+fn sessions_per_peer_and_in_all_are_bounded() {
+    use fog_signal::client::Event;
+    let mut config = server_config();
+    config.limits.max_sessions_per_peer = 16;
+    config.limits.max_sessions = 24;
+    let mut net = Net::new(config);
+    let mallory = net.join(10, None, 5);
+    let mule = net.join(11, None, 5);
+    let x = net.join(12, None, 5);
+    let y = net.join(13, None, 5);
+    for n in [mallory, mule, x, y] {
+        net.take_events(n);
+    }
+    let mule_id = net.nodes[mule].client.peer_id();
+    let (mut open, mut refused) = (Vec::new(), 0);
+    for _ in 0..2_400 {
+        net.nodes[mallory]
+            .client
+            .connect(mule_id, common::description(1))
+            .unwrap();
+        net.run();
+        for e in net.take_events(mule) {
+            if let Event::Offer { session, .. } = e {
+                net.nodes[mule]
+                    .client
+                    .answer(session, common::description(2))
+                    .unwrap();
+            }
+        }
+        net.run();
+        for e in net.take_events(mallory) {
+            match e {
+                Event::Answer { session, .. } => open.push(session),
+                Event::Error {
+                    code: ErrorCode::TooManySessions,
+                    ..
+                } => refused += 1,
+                Event::OfferSent { .. } | Event::PunchAt { .. } => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(net.server.sessions() <= 16);
+        net.advance(Duration::from_millis(250));
+    }
+    assert_eq!(open.len(), 16);
+    assert_eq!(refused, 2_400 - 16);
+    // The mule is full for everyone else too.
+    net.nodes[x]
+        .client
+        .connect(mule_id, common::description(1))
+        .unwrap();
+    net.run();
+    assert!(matches!(
+        net.take_events(x).as_slice(),
+        [Event::Error {
+            code: ErrorCode::TooManySessions,
+            ..
+        }]
+    ));
+    // Others are not, up to the server's total.
+    for _ in 0..8 {
+        net.exchange(x, y);
+    }
+    assert_eq!(net.server.sessions(), 24);
+    let y_id = net.nodes[y].client.peer_id();
+    net.nodes[x]
+        .client
+        .connect(y_id, common::description(1))
+        .unwrap();
+    net.run();
+    assert!(matches!(
+        net.take_events(x).as_slice(),
+        [Event::Error {
+            code: ErrorCode::ServerFull,
+            ..
+        }]
+    ));
+    // A close makes room.
+    net.nodes[mallory].client.close(open[0], 0, "done").unwrap();
+    net.run();
+    assert_eq!(net.server.sessions(), 23);
+    net.exchange(x, y);
+    // Mallory leaves for good: its 15 sessions go once the grace is over.
+    net.server
+        .handle_disconnect(net.now, net.nodes[mallory].conn);
+    net.advance(Duration::from_secs(11));
+    assert_eq!(net.server.sessions(), 9);
+}

@@ -205,6 +205,68 @@ fn close_on_the_signaling_relay() {
     close_on(Preset::UdpBlocked, Preset::FullCone, Via::Signaling);
 }
 
+/// Issue 16: a close whose datagrams are all lost on the path, while the peer's signaling
+/// connection is down (the server ends the session with the close, and drops what it has for
+/// the absent peer), goes again until the peer has it: B reports the close within a second
+/// or two of the path coming back, not at its idle timeout. Both sides release everything.
+#[test]
+fn a_lost_close_goes_again_until_the_peer_has_it() {
+    // Open hosts: the blackhole between their addresses is the path's.
+    let mut s = ready(
+        Preset::OpenInternet,
+        Preset::OpenInternet,
+        &Profile::default(),
+    );
+    let (a, b) = connect_pair(&mut s);
+    assert_eq!(connected(&since(&s, 1, 0), b), Some(Via::Direct));
+    let mark = s.events[1].len();
+    let (ha, hb) = (s.sites[0].host_addr, s.sites[1].host_addr);
+    let fresh = s.with_node(0, |n, _| n.footprint());
+    s.sim.signal_sever(s.hosts[1].0);
+    s.sim.set_blackhole(ha, hb, true);
+    s.with_node(0, |n, now| n.close(now, a, 7, "done")).unwrap();
+    s.run_for(Duration::from_millis(600));
+    assert!(
+        !since(&s, 1, mark)
+            .iter()
+            .any(|e| matches!(e, Event::Closed { .. })),
+        "every copy so far was lost: {:?}",
+        s.events[1][mark..].to_vec()
+    );
+    s.sim.set_blackhole(ha, hb, false);
+    let healed = s.sim.now();
+    s.run_for(Duration::from_secs(5));
+    let closed = s.events[1][mark..]
+        .iter()
+        .find(|(_, e)| matches!(e, Event::Closed { .. }))
+        .cloned()
+        .expect("B heard the close");
+    assert_eq!(
+        closed.1,
+        Event::Closed {
+            id: b,
+            reason: CloseReason::Application {
+                code: 7,
+                reason: "done".into()
+            },
+            by_peer: true
+        }
+    );
+    assert!(
+        closed.0 - healed <= Duration::from_secs(2),
+        "{:?} after the path came back",
+        closed.0 - healed
+    );
+    // The records of the close go too: the nodes are as they were without the connection.
+    s.run_for(Duration::from_secs(30));
+    for i in 0..2 {
+        let f = s.with_node(i, |n, _| n.footprint());
+        assert_eq!((f.connections, f.queued), (0, 0), "node {i}: {f:?}");
+    }
+    let after = s.with_node(0, |n, _| n.footprint());
+    assert_eq!(after.sockets, fresh.sockets);
+}
+
 #[test]
 fn an_undecided_offer_times_out_on_both_sides() {
     let profile = Profile {

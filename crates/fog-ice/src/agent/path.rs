@@ -74,7 +74,14 @@ impl Agent {
     /// confirms its choice with a counted nomination when it selects, so both sides end on
     /// the same path whatever order the checks arrive in).
     pub(super) fn consider(&mut self, now: Instant, i: usize) {
+        // Called on fresh evidence that the pair works both ways: it answered our check just
+        // now, or the peer's nominating check came in on a pair that answered before. Its
+        // consent runs from here (the controlled side may not have checked it for a while:
+        // starting from its older answer, a path the peer moved to for good was dropped at
+        // once, and the two sides ended on different paths).
+        let fresh = |agent: &mut Agent| agent.pairs[i].last_answer = Some(now);
         let Some(j) = self.selected else {
+            fresh(self);
             return self.select(now, i);
         };
         if i == j {
@@ -89,6 +96,7 @@ impl Agent {
             candidate.nomination > selected.nomination
         };
         if take {
+            fresh(self);
             self.select(now, i);
         }
     }
@@ -126,7 +134,12 @@ impl Agent {
             rtt: pair.srtt.unwrap_or_default(),
             relayed: pair.relayed,
         });
-        self.pairs[i].last_answer = Some(now);
+        // Falling back to a pair is no answer on it: its consent runs from its last real
+        // answer (see `consider` for a choice the peer just confirmed; should a pair have
+        // none, its consent runs from here). Counting every choice as an answer gave a silent
+        // pair another consent timeout each time it was taken, and two dead relay pairs took
+        // turns for a minute and more.
+        self.pairs[i].last_answer.get_or_insert(now);
         self.next_consent = Some(now + self.consent_gap());
         self.next_keepalives = Some(now + self.consent_gap());
     }

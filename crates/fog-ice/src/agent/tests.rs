@@ -859,3 +859,56 @@ fn a_suspected_path_that_does_not_answer_is_left_at_once() {
     assert_eq!(moved.len(), before + 1, "{moved:?}");
     assert!(!moved[before].0.is_ipv6(), "{moved:?}");
 }
+
+/// Only relays carry the connection (no direct datagram passes), and each side has one: two
+/// relay pairs work, one selected and the other its backup. When both die together, the
+/// connection is lost one consent timeout (RFC 7675 §5.1: 30 s) after the last answer, as
+/// with one path. Selecting a pair used to count as an answer on it, so a silent pair taken
+/// (the backup, after the selected one lost consent) got another 30 s, and two relay pairs
+/// took turns for a minute and more while the stream above gave up (found by the chaos run,
+/// seeds 2530 and 2568 at the time: uTP).
+#[test]
+fn dead_relay_pairs_are_lost_within_the_consent_timeout() {
+    const RA: &str = "198.51.100.60:3478";
+    const RB: &str = "198.51.100.61:3478";
+    let mut failures = Vec::new();
+    for seed in 0..8u64 {
+        let mut a = agent(A, B, true, 40 + 2 * seed);
+        let mut b = agent(B, A, false, 41 + 2 * seed);
+        let now = Instant::now();
+        a.set_relayed(now, addr(RA));
+        b.set_relayed(now, addr(RB));
+        a.add_remote(now, Candidate::new(Kind::Relayed, addr(RB)));
+        b.add_remote(now, Candidate::new(Kind::Relayed, addr(RA)));
+        let mut wire = Wire::new(a, b);
+        let relays = [addr(RA), addr(RB)];
+        wire.pass = Box::new(move |s, d| relays.contains(&s) || relays.contains(&d));
+        wire.start();
+        wire.run(Duration::from_secs(40), &mut |_| true);
+        assert!(wire.a.selected_is_relayed() && wire.b.selected_is_relayed());
+        // The relays go; what each side heard last is under 5 s old (consent checks, and
+        // those of the backup).
+        let cut = wire.now;
+        wire.pass = Box::new(|_, _| false);
+        wire.run(Duration::from_secs(120), &mut |_| true);
+        for on_b in [false, true] {
+            let lost = wire
+                .events
+                .iter()
+                .find(|(t, b, e)| *t >= cut && *b == on_b && matches!(e, Event::PathLost { .. }))
+                .map(|(t, _, _)| *t - cut);
+            let moves = wire
+                .events
+                .iter()
+                .filter(|(t, b, e)| *t > cut && *b == on_b && matches!(e, Event::Selected { .. }))
+                .count();
+            if lost.is_none_or(|l| l > Duration::from_secs(31)) {
+                failures.push((seed, on_b, lost, moves));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "(seed, on B, lost after, moves): {failures:?}"
+    );
+}

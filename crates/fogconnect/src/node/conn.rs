@@ -178,6 +178,9 @@ pub(super) struct Conn {
     /// `close` was called on a stream that closes gracefully: the code and reason to close
     /// with once it has.
     pub(super) closing: Option<(u32, String)>,
+    /// The connection's close was sent or heard: what its release leaves behind to
+    /// retransmit or acknowledge it (see the `linger` module).
+    pub(super) close_role: Option<super::linger::Role>,
     /// A `send` found the stream full: `Writable` is owed once it has room.
     pub(super) stream_blocked: bool,
     pub(super) sent: Meter,
@@ -230,6 +233,7 @@ impl Conn {
             transport: Transport::Datagram,
             stream: None,
             closing: None,
+            close_role: None,
             stream_blocked: false,
             sent: Meter::new(now),
             received: Meter::new(now),

@@ -91,7 +91,7 @@ pub enum FailReason {
     /// The signaling server ended the session before it had a path: the peer left, or the
     /// offer went unanswered for the server's offer timeout.
     SessionEnded {
-        /// The server's reason (`peer left`, `unanswered`, `expired`).
+        /// The server's reason (`peer left`, `unanswered`).
         reason: String,
     },
     /// The connection to the signaling server dropped while the offer or answer was under way.

@@ -26,6 +26,7 @@ mod config;
 mod conn;
 mod event;
 mod ledger;
+mod linger;
 mod portmap;
 mod probe;
 mod quic;
@@ -98,12 +99,16 @@ pub const MAX_OFFERS: u32 = 12;
 pub const CLOSED_TIMEOUT: u32 = 0xFFFF_0002;
 /// The code a node closes with when its idle timeout ended the connection.
 pub const CLOSED_IDLE: u32 = 0xFFFF_0003;
+/// The code a node closes a connection's signaling session with when the connection ended
+/// for a reason of its own that the peer was not told of otherwise (its transport gave up,
+/// say): the server holds a session for as long as both peers are online.
+pub const CLOSED_ENDED: u32 = 0xFFFF_0006;
 
-/// A close goes on the path this many times (the signaling server carries it too, while it
-/// still knows the session).
+/// A close goes on the path this many times at first (the signaling server carries it too,
+/// and it goes again until acknowledged: the `linger` module).
 const CLOSE_COPIES: usize = 2;
-/// Keepalive probes on the relay over signaling: well inside the server's 120 s session
-/// lifetime, which each relay frame restarts.
+/// Keepalive probes on the relay over signaling: they verify it still carries (the server
+/// keeps the session as long as both peers are online).
 const SIGNAL_RELAY_KEEPALIVE: Duration = Duration::from_secs(30);
 /// The addresses of a path through the signaling server.
 const UNSPECIFIED: SocketAddr =
@@ -190,6 +195,8 @@ pub struct Node {
     ledger: ledger::ProbeLedger,
     /// Our connections by the session tag their sealed datagrams carry to us.
     by_tag: BTreeMap<[u8; 8], ConnectionId>,
+    /// Closes that outlive their connections, by the same tag (see the `linger` module).
+    lingering: BTreeMap<[u8; 8], linger::Linger>,
     /// The latest instant the node was given.
     now: Instant,
     /// A `send` found the queue full: `Writable` is owed once it has room.
@@ -264,6 +271,7 @@ impl Node {
             rtc_identity: None,
             ledger: ledger::ProbeLedger::default(),
             by_tag: BTreeMap::new(),
+            lingering: BTreeMap::new(),
             now,
             blocked: false,
             portmap: None,
@@ -594,7 +602,10 @@ impl Node {
         Footprint {
             connections: self.conns.len(),
             deadlines: self.deadlines().count(),
-            sockets: self.hosts.len() + usize::from(self.refresh.is_some()) + birthday,
+            sockets: self.hosts.len()
+                + usize::from(self.refresh.is_some())
+                + birthday
+                + self.linger_sockets(),
             relay_permissions: self.turn.as_ref().map_or(0, TurnClient::permission_count),
             requests: self.lookups.len() + self.by_request.len() + self.cancelled.len(),
             queued: self.outgoing.len(),
@@ -1099,26 +1110,40 @@ impl Node {
             return;
         };
         let path = conn.agent().and_then(Agent::data_path);
+        let mut message = Vec::with_capacity(4 + reason.len());
+        message.extend_from_slice(&code.to_be_bytes());
+        message.extend_from_slice(truncate(reason, fog_signal::msg::MAX_CLOSE_REASON).as_bytes());
         if let (Some((local, remote)), Some(keys)) = (path, &mut conn.keys) {
-            let mut message = Vec::with_capacity(4 + reason.len());
-            message.extend_from_slice(&code.to_be_bytes());
-            message
-                .extend_from_slice(truncate(reason, fog_signal::msg::MAX_CLOSE_REASON).as_bytes());
             for _ in 0..CLOSE_COPIES {
                 let sealed = keys.seal(seal::Kind::Close, &message);
                 self.outgoing.push_back((local, remote, sealed));
             }
         }
-        match (conn.session, &conn.phase) {
+        match (conn.session.take(), &conn.phase) {
             (Some(session), _) => {
+                self.by_session.remove(&session);
                 // A server that forgot the session answers unknown_session; nothing to do.
-                let _ = self.client.close(session, code, reason);
+                // Without an authenticated connection the close goes with a retransmission.
+                let unsent = self.client.close(session, code, reason).is_err();
+                conn.close_role = Some(linger::Role::Closer {
+                    message,
+                    tries: 0,
+                    rto: linger::CLOSE_RTO,
+                    signal: unsent.then(|| (session, code, truncate(reason, 256).to_owned())),
+                });
             }
             (None, Phase::Offered { request }) => {
                 self.cancelled
                     .insert(*request, (code, truncate(reason, 256).to_owned()));
             }
-            _ => {}
+            _ => {
+                conn.close_role = Some(linger::Role::Closer {
+                    message,
+                    tries: 0,
+                    rto: linger::CLOSE_RTO,
+                    signal: None,
+                });
+            }
         }
     }
 
@@ -1139,15 +1164,46 @@ impl Node {
 
     /// Forgets a connection and releases what it held: its sockets, the relay permissions no
     /// other connection uses, its indexes. Whether there was one.
-    fn release(&mut self, _now: Instant, id: ConnectionId) -> bool {
+    fn release(&mut self, now: Instant, id: ConnectionId) -> bool {
         let Some(mut conn) = self.conns.remove(&id) else {
             return false;
         };
         if let Some(session) = conn.session {
             self.by_session.remove(&session);
+            // The server keeps a session for as long as both peers are online: one that
+            // nobody closed yet is closed here (the peer hears of it if it still cares).
+            if conn.connected() {
+                let _ = self.client.close(session, CLOSED_ENDED, "connection ended");
+            }
         }
         if let Some(keys) = &conn.keys {
             self.by_tag.remove(&keys.recv_tag);
+        }
+        // What the close leaves behind: retransmissions, or answers to them.
+        let path = conn.agent().and_then(Agent::data_path);
+        let mut kept = None;
+        if let (Some(role), Some((local, remote)), Some(keys)) =
+            (conn.close_role.take(), path, conn.keys.take())
+        {
+            let next_at = match role {
+                linger::Role::Closer { .. } => now + linger::CLOSE_RTO,
+                linger::Role::Acker => now + linger::ACK_LINGER,
+            };
+            let birthday = conn
+                .agent()
+                .is_some_and(|a| a.birthday_sockets().contains(&local));
+            kept = birthday.then_some(local);
+            let tag = keys.recv_tag;
+            self.linger(
+                tag,
+                linger::Linger {
+                    keys,
+                    path: (local, remote),
+                    role,
+                    next_at,
+                    socket: kept,
+                },
+            );
         }
         if let Phase::Offered { request } = conn.phase {
             self.by_request.remove(&request);
@@ -1155,11 +1211,13 @@ impl Node {
         if let Some(agent) = conn.agent_mut() {
             // The sockets in use, and those a round gave up that were not taken yet (found by
             // the chaos run, seed 392: a connection that ended in the same turn as its round
-            // kept a birthday socket bound for ever).
+            // kept a birthday socket bound for ever); the one its close lingers on goes later.
             let released = agent.take_released();
             for &socket in agent.birthday_sockets().iter().chain(&released) {
-                self.socket_requests
-                    .push_back(SocketRequest::Unbind(socket));
+                if Some(socket) != kept {
+                    self.socket_requests
+                        .push_back(SocketRequest::Unbind(socket));
+                }
             }
             if let Some(turn) = &mut self.turn {
                 for peer in agent.relay_peers() {
@@ -1323,7 +1381,9 @@ impl Node {
             return false;
         };
         let Some(conn) = self.by_tag.get(&tag).and_then(|id| self.conns.get_mut(id)) else {
-            self.counters.stray += 1;
+            if !self.linger_deliver(tag, payload, direct) {
+                self.counters.stray += 1;
+            }
             return true;
         };
         let Some(keys) = &mut conn.keys else {
@@ -1355,6 +1415,9 @@ impl Node {
                 Some((code, reason)) => self.closed_by_peer(now, id, code, reason),
                 None => self.counters.forged += 1,
             },
+            // A close of ours is acknowledged while the connection is still here only in a
+            // race (both closing at once): the record that waits for it is not there yet.
+            seal::Kind::CloseAck => {}
             seal::Kind::Probe => self.echo(now, id),
             seal::Kind::Echo => self.echoed(now, id),
             seal::Kind::Transport => {
@@ -1590,7 +1653,21 @@ impl Node {
             self.retry_offer(now, id, FailReason::Refused { code, reason });
             return;
         }
+        let path = conn.agent().and_then(Agent::data_path);
         let end = if conn.connected() {
+            if let Some(conn) = self.conns.get_mut(&id) {
+                // The peer's close ends the session on the server (sent with the sealed one):
+                // nothing to close there on release.
+                if let Some(session) = conn.session.take() {
+                    self.by_session.remove(&session);
+                }
+                // The closer sends its close again until it hears this (see `linger`).
+                if let (Some(keys), Some((local, remote))) = (&mut conn.keys, path) {
+                    let ack = keys.seal(seal::Kind::CloseAck, &[]);
+                    self.outgoing.push_back((local, remote, ack));
+                    conn.close_role = Some(linger::Role::Acker);
+                }
+            }
             End::Closed {
                 reason: CloseReason::Application { code, reason },
                 by_peer: true,
@@ -1661,11 +1738,15 @@ impl Node {
                 .paced_until(self.client.frames_waiting(), self.signal_rate()),
         ];
         let (connect, idle) = (self.config.connect_timeout, self.config.idle_timeout);
-        fixed.into_iter().flatten().chain(
-            self.conns
-                .values()
-                .flat_map(move |c| c.timers().chain(std::iter::once(c.deadline(connect, idle)))),
-        )
+        fixed
+            .into_iter()
+            .flatten()
+            .chain(
+                self.conns.values().flat_map(move |c| {
+                    c.timers().chain(std::iter::once(c.deadline(connect, idle)))
+                }),
+            )
+            .chain(self.linger_deadlines())
     }
 
     /// A direct path that went silent under our stream's traffic (see `conn::SILENCE`): our
@@ -2062,6 +2143,7 @@ impl SansIo for Node {
             }
         }
         self.signal_relay_timeouts(now);
+        self.linger_timeouts(now);
         for conn in self.conns.values_mut() {
             if let Some(stream) = &mut conn.stream {
                 stream.handle_timeout(now);

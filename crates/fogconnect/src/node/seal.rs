@@ -59,6 +59,9 @@ pub enum Kind {
     /// A datagram of the connection's transport, its framing byte first (fog-core's
     /// `FogFraming`: 4 for KCP).
     Transport = 4,
+    /// The acknowledgement of a close: it stops the closer's retransmissions (the node's
+    /// `linger` module).
+    CloseAck = 5,
 }
 
 impl Kind {
@@ -69,6 +72,7 @@ impl Kind {
             2 => Kind::Probe,
             3 => Kind::Echo,
             4 => Kind::Transport,
+            5 => Kind::CloseAck,
             _ => return None,
         })
     }

@@ -499,7 +499,10 @@ impl Node {
                 };
                 let reason = match code {
                     ErrorCode::UnknownPeer => FailReason::PeerOffline,
-                    ErrorCode::TooManyPending | ErrorCode::RateLimited | ErrorCode::ServerFull => {
+                    ErrorCode::TooManyPending
+                    | ErrorCode::TooManySessions
+                    | ErrorCode::RateLimited
+                    | ErrorCode::ServerFull => {
                         // A limit of the server's: the offer goes again a little later.
                         let reason = FailReason::ServerLimit {
                             code: code.code(),
