@@ -45,6 +45,13 @@ fn nonzero_us(us: u32) -> u32 {
     us.max(1)
 }
 
+/// Whether the ack of a packet last sent at `sent`, `transmissions` times, is surely for that
+/// send: a retransmission acked sooner than the minimum RTT after it went is likely acked for
+/// its original (RFC 8985 §6.2 step 2), and says nothing about what was sent before it.
+fn unambiguous(min_rtt: Option<Duration>, now: Instant, sent: Instant, transmissions: u32) -> bool {
+    transmissions == 1 || min_rtt.is_some_and(|m| now.saturating_duration_since(sent) >= m)
+}
+
 /// Which side opened the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Role {
@@ -128,6 +135,16 @@ pub(crate) struct Connection {
     retransmit_timeout: Duration,
     retransmit_count: u32,
     duplicate_acks: u32,
+    /// In loss recovery since a fast retransmit: the last sequence number sent when it began
+    /// (RFC 6582 §3.2 `recover`). Recovery ends when the cumulative ack reaches it.
+    recovery: Option<u16>,
+    /// The shortest unambiguous RTT sample (RFC 8985 §6.2 `RACK.min_RTT`).
+    min_rtt: Option<Duration>,
+    /// Packets in `outbuf` with `need_resend` (so a poll need not walk the buffer to learn
+    /// there are none).
+    to_resend: usize,
+    /// Payload bytes in `outbuf`.
+    outbuf_bytes: usize,
     cc: Ledbat,
     reply_micro: u32,
     last_window_limited: Option<Instant>,
@@ -202,6 +219,10 @@ impl Connection {
             retransmit_timeout: INITIAL_RTO,
             retransmit_count: 0,
             duplicate_acks: 0,
+            recovery: None,
+            min_rtt: None,
+            to_resend: 0,
+            outbuf_bytes: 0,
             cc: Ledbat::new(now, max_payload, config.send_buffer.max(max_payload)),
             reply_micro: 0,
             last_window_limited: None,
@@ -236,8 +257,7 @@ impl Connection {
             isn.wrapping_add(1),
             0,
         );
-        conn.outbuf
-            .push_back(Outgoing::unsent(isn, PacketType::Syn, Vec::new()));
+        conn.push_outgoing(Outgoing::unsent(isn, PacketType::Syn, Vec::new()));
         conn
     }
 
@@ -280,6 +300,16 @@ impl Connection {
     fn drop_outgoing(&mut self) {
         self.outbuf.clear();
         self.cur_window = 0;
+        self.to_resend = 0;
+        self.outbuf_bytes = 0;
+        self.recovery = None;
+    }
+
+    fn push_outgoing(&mut self, p: Outgoing) {
+        debug_assert!(p.need_resend);
+        self.to_resend += 1;
+        self.outbuf_bytes += p.payload.len();
+        self.outbuf.push_back(p);
     }
 
     /// `cur_window` is the payload of what is in flight: sent, not counted lost, not sacked.
@@ -292,6 +322,15 @@ impl Connection {
                 .map(|p| p.payload.len())
                 .sum::<usize>(),
             "cur_window out of step with the packets in flight"
+        );
+        debug_assert_eq!(
+            self.to_resend,
+            self.outbuf.iter().filter(|p| p.need_resend).count()
+        );
+        debug_assert!(self.outbuf.iter().all(|p| !(p.need_resend && p.sacked)));
+        debug_assert_eq!(
+            self.outbuf_bytes,
+            self.outbuf.iter().map(|p| p.payload.len()).sum::<usize>()
         );
         debug_assert!(self.outbuf.len() < usize::from(REORDER_LIMIT));
         debug_assert!(self.recv_buf.len() + self.ooo_bytes <= self.recv_capacity);
@@ -307,7 +346,7 @@ impl Connection {
     }
 
     fn buffered_to_send(&self) -> usize {
-        self.send_buf.len() + self.outbuf.iter().map(|p| p.payload.len()).sum::<usize>()
+        self.send_buf.len() + self.outbuf_bytes
     }
 
     pub(crate) fn is_closed(&self) -> bool {
@@ -477,11 +516,17 @@ impl Connection {
         }
         let mut acked_bytes = 0;
         let mut min_rtt = Duration::MAX;
+        // The latest send time of a packet this ack newly delivered (RFC 8985 §6.2
+        // `RACK.xmit_ts`).
+        let mut delivered = None;
         for _ in 0..acks {
             let Some(p) = self.outbuf.pop_front() else {
                 break;
             };
-            if !p.sacked && !p.need_resend {
+            self.outbuf_bytes -= p.payload.len();
+            if p.need_resend {
+                self.to_resend -= 1;
+            } else if !p.sacked {
                 self.cur_window -= p.payload.len();
             }
             // A packet a selective ack took already gave its sample then: now, behind a hole
@@ -491,6 +536,9 @@ impl Connection {
                 min_rtt = min_rtt.min(sample);
                 if p.transmissions == 1 {
                     self.update_rtt(sample);
+                }
+                if unambiguous(self.min_rtt, now, sent, p.transmissions) {
+                    delivered = delivered.max(Some(sent));
                 }
             }
             if !p.sacked {
@@ -511,7 +559,15 @@ impl Connection {
             }
         }
         if let Some(sack) = &repr.selective_ack {
-            acked_bytes += self.selective_ack(now, repr.ack_nr, sack, &mut min_rtt);
+            acked_bytes += self.selective_ack(now, repr.ack_nr, sack, &mut min_rtt, &mut delivered);
+        }
+        if let Some(recover) = self.recovery {
+            if !seq_less(repr.ack_nr, recover) {
+                // RFC 6582 §3.2 step 6: a full acknowledgement ends the recovery.
+                self.recovery = None;
+            } else if let Some(delivered) = delivered {
+                self.rack_detect_loss(delivered);
+            }
         }
         if acked_bytes > 0 {
             let limited = self
@@ -530,11 +586,13 @@ impl Connection {
         ack_nr: u16,
         sack: &SelectiveAck,
         min_rtt: &mut Duration,
+        delivered: &mut Option<Instant>,
     ) -> usize {
         let mut acked = 0;
         let first = ack_nr.wrapping_add(2);
         // RTT samples (Karn: sent once, and not taken for lost meanwhile), applied after.
         let mut samples = Vec::new();
+        let known_min_rtt = self.min_rtt;
         for p in self.outbuf.iter_mut() {
             let i = usize::from(p.seq.wrapping_sub(first));
             if !p.sacked && p.sent_at.is_some() && sack.get(i) {
@@ -543,6 +601,7 @@ impl Connection {
                 if counted_lost {
                     // Counted lost, but it arrived after all: no need to send it again.
                     p.need_resend = false;
+                    self.to_resend -= 1;
                 } else {
                     self.cur_window -= p.payload.len();
                 }
@@ -552,6 +611,9 @@ impl Connection {
                     *min_rtt = (*min_rtt).min(sample);
                     if p.transmissions == 1 && !counted_lost {
                         samples.push(sample);
+                    }
+                    if unambiguous(known_min_rtt, now, sent, p.transmissions) {
+                        *delivered = (*delivered).max(Some(sent));
                     }
                 }
             }
@@ -583,8 +645,33 @@ impl Connection {
         }
         p.fast_resent = true;
         p.need_resend = true;
+        self.to_resend += 1;
         self.cur_window -= p.payload.len();
-        self.cc.on_loss(now);
+        if self.recovery.is_none() {
+            // RFC 6582 §3.2 step 2: one window reduction per loss episode, which lasts until
+            // everything sent so far is acknowledged.
+            self.recovery = Some(self.seq_nr.wrapping_sub(1));
+            self.cc.on_loss(now);
+        }
+    }
+
+    /// In recovery, every packet still in flight that was sent before one now delivered is
+    /// lost (RACK, RFC 8985 §6.2 steps 4-5, with the reordering window of 0 it uses during
+    /// recovery when no reordering was seen). BEP 29's rule (three packets acked past a hole)
+    /// sees only the 32 packets a selective ack covers, and duplicate acks name no packet:
+    /// after a burst of losses longer than that, each hole past the first used to wait for
+    /// the retransmission timeout (1 s at least). Here the ack of the first hole's
+    /// retransmission shows the rest lost at once, and a lost retransmission is seen as soon
+    /// as one sent after it is acked.
+    fn rack_detect_loss(&mut self, delivered: Instant) {
+        for p in self.outbuf.iter_mut() {
+            if !p.need_resend && !p.sacked && p.sent_at.is_some_and(|s| s < delivered) {
+                p.need_resend = true;
+                self.to_resend += 1;
+                self.cur_window -= p.payload.len();
+                self.stats.rack_lost += 1;
+            }
+        }
     }
 
     /// RFC 6298-style smoothing as libutp's `ack_packet` does it.
@@ -602,6 +689,7 @@ impl Connection {
         }
         let rtt = self.rtt.unwrap_or(sample);
         self.rto = (rtt + self.rtt_var * 4).max(MIN_RTO);
+        self.min_rtt = Some(self.min_rtt.map_or(sample, |m| m.min(sample)));
     }
 
     fn on_data(&mut self, seq: u16, dist: u16, payload: &[u8]) {
@@ -770,6 +858,9 @@ impl Connection {
         let in_flight = self.outbuf.iter().any(|p| p.sent_at.is_some() && !p.sacked);
         self.cc.on_timeout(in_flight, self.max_payload);
         self.duplicate_acks = 0;
+        // Everything in flight counts as lost below; what follows is slow start, not a
+        // recovery (RFC 6582 §4 leaves the timeout to RFC 5681).
+        self.recovery = None;
         if !in_flight {
             // Idle: nothing to resend. libutp doubles here too and re-arms, so an idle
             // connection's timeout grows without bound and its next write's first loss waits
@@ -782,6 +873,7 @@ impl Connection {
         for p in self.outbuf.iter_mut() {
             if p.sent_at.is_some() && !p.need_resend && !p.sacked {
                 p.need_resend = true;
+                self.to_resend += 1;
                 self.cur_window -= p.payload.len();
             }
         }
@@ -954,10 +1046,22 @@ impl Connection {
     }
 
     fn poll_resend(&mut self, now: Instant, now_us: u32, buf: &mut [u8]) -> Option<usize> {
-        let idx = self
-            .outbuf
-            .iter()
-            .position(|p| p.need_resend && !p.sacked)?;
+        if self.to_resend == 0 {
+            return None;
+        }
+        let idx = self.outbuf.iter().position(|p| p.need_resend)?;
+        self.send_packet(now, now_us, idx, buf)
+    }
+
+    /// Sends `outbuf[idx]`, which needs (re)sending, if the window allows.
+    fn send_packet(
+        &mut self,
+        now: Instant,
+        now_us: u32,
+        idx: usize,
+        buf: &mut [u8],
+    ) -> Option<usize> {
+        debug_assert!(self.outbuf[idx].need_resend);
         let len = self.outbuf[idx].payload.len();
         // The oldest unacked packet always goes (it is what the timeout or the duplicate acks
         // are about); others wait for room in the window.
@@ -979,6 +1083,7 @@ impl Connection {
         p.transmissions += 1;
         p.sent_at = Some(now);
         p.need_resend = false;
+        self.to_resend -= 1;
         self.cur_window += len;
         if self.timers.get(Timer::Retransmit).is_none() {
             self.timers
@@ -988,7 +1093,7 @@ impl Connection {
     }
 
     fn poll_new(&mut self, now: Instant, now_us: u32, buf: &mut [u8]) -> Option<usize> {
-        if matches!(self.state, State::SynSent) || self.outbuf.iter().any(|p| p.need_resend) {
+        if matches!(self.state, State::SynSent) || self.to_resend > 0 {
             return None;
         }
         // Sequence space: never more than the reorder limit in flight.
@@ -1034,7 +1139,12 @@ impl Connection {
         if kind == PacketType::Data {
             self.stats.bytes_sent += payload.len() as u64;
         }
-        self.outbuf.push_back(Outgoing::unsent(seq, kind, payload));
-        self.poll_resend(now, now_us, buf)
+        self.push_outgoing(Outgoing::unsent(seq, kind, payload));
+        if self.to_resend == 1 {
+            // Only the packet just queued waits: it is the last, no need to look for it.
+            self.send_packet(now, now_us, self.outbuf.len() - 1, buf)
+        } else {
+            self.poll_resend(now, now_us, buf)
+        }
     }
 }

@@ -68,6 +68,11 @@
 //! - the FIN carries no payload, occupies a sequence number and is acked like data;
 //! - a measured delay difference of exactly 0 µs goes out as 1 µs, since 0 on the wire means
 //!   "no sample" (BEP 29), and without any sample LEDBAT counts the delay as 0 (libutp);
+//! - loss is detected as libutp does (three duplicate acks, or three packets selectively
+//!   acked past a hole) and starts a recovery (RFC 6582 §3.2: one window reduction until all
+//!   that was in flight is acked); within it, a packet still unacked that was sent before
+//!   one now acked is lost too (RFC 8985 RACK), so a burst of losses longer than a selective
+//!   ack reaches, or a lost retransmission, is resent at the next ack, not at the timeout;
 //! - the SYN is retried [`Config::syn_retransmits`] times (default 4, given up at 31 s),
 //!   more than libutp's 2, so that the caller's own connect deadline is the bound.
 //!
@@ -275,6 +280,9 @@ pub struct ConnectionStats {
     pub keepalives_sent: u64,
     /// SYNs answered again.
     pub duplicate_syns: u64,
+    /// Packets counted lost during a recovery because one sent after them was acknowledged
+    /// (RFC 8985 RACK), beyond the fast retransmit that began it.
+    pub rack_lost: u64,
     /// SYN-ACKs sent again because the initiator had not answered (acceptor only).
     pub synacks_resent: u64,
     /// Packets dropped because their ack_nr was outside what we sent (BEP 29 reflection fix).
