@@ -551,7 +551,8 @@ impl Connection {
         if acks > 0 {
             self.retransmit_count = 0;
             self.retransmit_timeout = self.rto;
-            if self.outbuf.iter().any(|p| p.sent_at.is_some()) {
+            // Packets are first sent in sequence order, so the sent ones are a prefix.
+            if self.outbuf.front().is_some_and(|p| p.sent_at.is_some()) {
                 self.timers
                     .set(Timer::Retransmit, now + self.retransmit_timeout);
             } else {
@@ -914,9 +915,11 @@ impl Connection {
             };
         }
         let n = buf.len().min(self.recv_buf.len());
-        for (dst, src) in buf.iter_mut().zip(self.recv_buf.drain(..n)) {
-            *dst = src;
-        }
+        let (front, back) = self.recv_buf.as_slices();
+        let k = front.len().min(n);
+        buf[..k].copy_from_slice(&front[..k]);
+        buf[k..n].copy_from_slice(&back[..n - k]);
+        self.recv_buf.drain(..n);
         // Tell a sender we had stalled that the window opened again.
         if self.last_advertised < self.max_payload && self.recv_window() >= self.max_payload {
             self.ack_pending = true;
@@ -1116,7 +1119,13 @@ impl Connection {
                 self.last_window_limited = Some(now);
                 return None;
             }
-            let payload: Vec<u8> = self.send_buf.drain(..len).collect();
+            // Slice copies: collecting the drain went byte by byte.
+            let mut payload = Vec::with_capacity(len);
+            let (front, back) = self.send_buf.as_slices();
+            let k = front.len().min(len);
+            payload.extend_from_slice(&front[..k]);
+            payload.extend_from_slice(&back[..len - k]);
+            self.send_buf.drain(..len);
             return self.push_and_send(now, now_us, PacketType::Data, payload, buf);
         }
         if self.close_requested && !self.fin_sent {

@@ -553,7 +553,7 @@ impl Endpoint {
                     c.debug_check();
                 }
                 self.collect_events(handle);
-                self.sweep(now);
+                self.sweep_one(handle, now);
             }
         }
     }
@@ -594,6 +594,15 @@ impl Endpoint {
         }
     }
 
+    /// [`sweep`](Self::sweep) for one connection: what a datagram or a transmit touched.
+    fn sweep_one(&mut self, handle: ConnectionHandle, now: Instant) {
+        if self.conns.get(&handle).is_some_and(|c| c.is_removable(now))
+            && let Some(c) = self.conns.remove(&handle)
+        {
+            self.index.remove(&(c.peer, c.recv_id));
+        }
+    }
+
     fn sweep(&mut self, now: Instant) {
         let gone: Vec<ConnectionHandle> = self
             .conns
@@ -618,26 +627,28 @@ impl Endpoint {
             }
         }
         let now_us = self.now_us(now);
-        let start = self.cursor;
-        let order: Vec<ConnectionHandle> = match start {
-            Some(s) => self
-                .conns
-                .range(s..)
-                .chain(self.conns.range(..s))
-                .map(|(h, _)| *h)
-                .collect(),
-            None => self.conns.keys().copied().collect(),
-        };
+        // Round robin from the cursor, without collecting the handles (this runs once per
+        // datagram sent): the connections from the cursor on, then those before it.
+        let start = self.cursor.unwrap_or(ConnectionHandle(0));
         let mut found = None;
-        for handle in order {
-            let Some(c) = self.conns.get_mut(&handle) else {
-                continue;
-            };
-            let sent = c.poll_transmit(now, now_us, buf);
-            c.debug_check();
-            if let Some(len) = sent {
+        for (&handle, c) in self.conns.range_mut(start..) {
+            if let Some(len) = c.poll_transmit(now, now_us, buf) {
                 found = Some((handle, Transmit::new(c.peer, len)));
+            }
+            c.debug_check();
+            if found.is_some() {
                 break;
+            }
+        }
+        if found.is_none() {
+            for (&handle, c) in self.conns.range_mut(..start) {
+                if let Some(len) = c.poll_transmit(now, now_us, buf) {
+                    found = Some((handle, Transmit::new(c.peer, len)));
+                }
+                c.debug_check();
+                if found.is_some() {
+                    break;
+                }
             }
         }
         let Some((handle, transmit)) = found else {
@@ -646,7 +657,7 @@ impl Endpoint {
         };
         self.cursor = self.conns.range(handle..).nth(1).map(|(h, _)| *h);
         self.collect_events(handle);
-        self.sweep(now);
+        self.sweep_one(handle, now);
         Some(transmit)
     }
 
