@@ -31,6 +31,19 @@ const MAX_RETRANSMITS: u32 = 4;
 const ZERO_WINDOW_PROBE: Duration = Duration::from_secs(15);
 /// How long a finished connection keeps answering retransmitted FINs (our last ack may be lost).
 const LINGER: Duration = Duration::from_secs(3);
+/// In-order full-sized data packets acked together: every second one, as TCP's receivers do
+/// (RFC 5681 §4.2, "an ACK SHOULD be generated for at least every second full-sized
+/// segment"). libutp acks once per batch of datagrams read from its socket; a sans-IO machine
+/// does not see the batch, and one ack per data packet made acks half of all datagrams, each
+/// sealed, sent and opened. A packet out of order, one that fills or leaves a hole, a short
+/// one (the end of a burst) and any other packet type are acked at once, so duplicate acks
+/// and selective acks reach the sender as fast as before.
+const ACK_EVERY: u32 = 2;
+/// How long an ack for one full-sized packet may wait for a second (RFC 5681 §4.2 allows
+/// 500 ms; QUIC's default `max_ack_delay` is 25 ms, RFC 9000 §18.2). It matters only when the
+/// sender has one packet in flight: its window is below two packets, or a burst ended on a
+/// full packet.
+const ACK_DELAY: Duration = Duration::from_millis(10);
 /// Our selective ACK mask: 32 bits, as libutp sends.
 const SACK_BYTES: usize = 4;
 
@@ -127,6 +140,10 @@ pub(crate) struct Connection {
     fin_acked: bool,
     reset_pending: bool,
     ack_pending: bool,
+    /// In-order full-sized data packets received since our last packet (which acked them).
+    delayed_acks: u32,
+    /// The largest payload received: the peer's packet size, so a smaller one ends a burst.
+    largest_payload: usize,
     peer_wnd: usize,
     last_advertised: usize,
     rtt: Option<Duration>,
@@ -210,6 +227,8 @@ impl Connection {
             fin_acked: false,
             reset_pending: false,
             ack_pending: false,
+            delayed_acks: 0,
+            largest_payload: 0,
             // Until the peer tells us, assume it can take one packet.
             peer_wnd: max_payload,
             last_advertised: config.recv_buffer,
@@ -469,7 +488,7 @@ impl Connection {
         }
         self.process_ack(now, repr);
         match repr.packet_type {
-            PacketType::Data => self.on_data(repr.seq_nr, dist, payload),
+            PacketType::Data => self.on_data(now, repr.seq_nr, dist, payload),
             // A repeated SYN-ACK (it acks only our SYN): the acceptor has not heard our answer.
             PacketType::State
                 if self.role == Role::Initiator
@@ -693,8 +712,25 @@ impl Connection {
         self.min_rtt = Some(self.min_rtt.map_or(sample, |m| m.min(sample)));
     }
 
-    fn on_data(&mut self, seq: u16, dist: u16, payload: &[u8]) {
-        self.ack_pending = true;
+    fn on_data(&mut self, now: Instant, seq: u16, dist: u16, payload: &[u8]) {
+        // Whether this packet may share an ack with the next (decided before it is taken).
+        let may_delay = dist == 0
+            && self.ooo.is_empty()
+            && self.state == State::Connected
+            && self.largest_payload > 0
+            && payload.len() >= self.largest_payload
+            && payload.len() <= self.recv_window();
+        self.largest_payload = self.largest_payload.max(payload.len());
+        if may_delay && !self.ack_pending {
+            self.delayed_acks += 1;
+            if self.delayed_acks >= ACK_EVERY {
+                self.ack_pending = true;
+            } else if self.timers.get(Timer::DelayedAck).is_none() {
+                self.timers.set(Timer::DelayedAck, now + ACK_DELAY);
+            }
+        } else {
+            self.ack_pending = true;
+        }
         if self.fin_seq.is_some_and(|fin| !seq_less(seq, fin)) {
             // Nothing exists past the FIN (libutp ignores it too).
             self.stats.dropped += 1;
@@ -790,6 +826,9 @@ impl Connection {
             self.drop_outgoing();
             self.close_with(CloseReason::TimedOut);
             return;
+        }
+        if self.timers.expired(Timer::DelayedAck, now) {
+            self.ack_pending = true;
         }
         if self.timers.expired(Timer::ZeroWindow, now) {
             // libutp `zerowindow_time`: assume room for one packet to learn the window again.
@@ -979,6 +1018,9 @@ impl Connection {
         repr.emit(&mut Packet::new_unchecked(&mut buf[..len]));
         buf[repr.buffer_len()..len].copy_from_slice(payload);
         self.ack_pending = false;
+        // Every packet we send acks what we have.
+        self.delayed_acks = 0;
+        self.timers.clear(Timer::DelayedAck);
         self.last_advertised = repr.wnd_size as usize;
         self.stats.packets_sent += 1;
         if self.state != State::SynSent && !self.is_closed() {

@@ -1144,6 +1144,49 @@ fn a_burst_of_losses_is_resent_without_waiting_for_the_timeout() {
     assert!(s.rack_lost >= 39, "{s:?}");
 }
 
+/// In-order full-sized data is acked every second packet (RFC 5681 §4.2), the odd one within
+/// the ack delay; a short packet, one out of order and one that fills a hole are acked at
+/// once.
+#[test]
+fn full_sized_data_is_acked_every_second_packet() {
+    let mut raw = Raw::new(Config::with_seed([12; 32]));
+    let (synack, conn) = raw_accept(&mut raw);
+    let ack = synack.seq_nr.wrapping_sub(1);
+    let full = [7u8; 1380];
+    let acks = |raw: &mut Raw| -> Vec<u16> {
+        raw.out()
+            .iter()
+            .filter(|(r, _)| r.packet_type == PacketType::State)
+            .map(|(r, _)| r.ack_nr)
+            .collect()
+    };
+    // The first data packet: nothing to tell its size by yet, acked at once.
+    raw.send(repr(PacketType::Data, 101, 5001, ack), &full);
+    assert_eq!(acks(&mut raw), vec![5001]);
+    raw.send(repr(PacketType::Data, 101, 5002, ack), &full);
+    assert_eq!(acks(&mut raw), Vec::<u16>::new(), "waits for a second");
+    raw.send(repr(PacketType::Data, 101, 5003, ack), &full);
+    assert_eq!(acks(&mut raw), vec![5003], "one ack for two");
+    // An odd one waits no longer than the ack delay.
+    raw.send(repr(PacketType::Data, 101, 5004, ack), &full);
+    assert!(acks(&mut raw).is_empty());
+    let due = raw.ep.poll_timeout().expect("the delayed ack's deadline");
+    assert!(due <= raw.now + Duration::from_millis(10), "{due:?}");
+    raw.now = due;
+    raw.ep.handle_timeout(raw.now);
+    assert_eq!(acks(&mut raw), vec![5004]);
+    // A short packet ends a burst: acked at once.
+    raw.send(repr(PacketType::Data, 101, 5005, ack), b"end");
+    assert_eq!(acks(&mut raw), vec![5005]);
+    // Out of order (5006 lost), then the hole filled: each acked at once.
+    raw.send(repr(PacketType::Data, 101, 5007, ack), &full);
+    assert_eq!(acks(&mut raw), vec![5005]);
+    raw.send(repr(PacketType::Data, 101, 5006, ack), &full);
+    assert_eq!(acks(&mut raw), vec![5007]);
+    let mut buf = vec![0u8; 16 * 1380];
+    assert_eq!(raw.ep.read(conn, &mut buf), Ok(6 * 1380 + 3));
+}
+
 fn seq_less(a: u16, b: u16) -> bool {
     (b.wrapping_sub(a) as i16) > 0
 }
