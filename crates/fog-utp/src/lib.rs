@@ -73,6 +73,10 @@
 //!   that was in flight is acked); within it, a packet still unacked that was sent before
 //!   one now acked is lost too (RFC 8985 RACK), so a burst of losses longer than a selective
 //!   ack reaches, or a lost retransmission, is resent at the next ack, not at the timeout;
+//! - in-order full-sized data is acked every second packet (RFC 5681 §4.2), the odd one
+//!   within 10 ms; a packet out of order, one that fills a hole, a short one and every other
+//!   packet type are acked at once (libutp acks once per batch its socket reads, which a
+//!   sans-IO machine does not see);
 //! - the SYN is retried [`Config::syn_retransmits`] times (default 4, given up at 31 s),
 //!   more than libutp's 2, so that the caller's own connect deadline is the bound.
 //!
