@@ -279,7 +279,8 @@ impl<M: SansIo> Driver<M> {
     ///    or `max_wait`, whichever comes first (`None` waits without a limit of its own; a socket
     ///    left with unread datagrams makes the wait zero);
     /// 3. reads each ready socket, feeding every accepted datagram to
-    ///    [`handle_packet`](SansIo::handle_packet) and draining after each;
+    ///    [`handle_packet`](SansIo::handle_packet) and sending its transmits after each,
+    ///    and taking its events after each socket's batch (at most the read budget);
     /// 4. calls [`handle_timeout`](SansIo::handle_timeout) once if the deadline has come, and
     ///    drains.
     ///
@@ -352,10 +353,21 @@ impl<M: SansIo> Driver<M> {
     }
 
     /// Reads up to the read budget from socket `index`; returns whether it may hold more.
+    /// After each datagram the machine's socket requests and transmits go out (acks leave
+    /// at once); its events are taken once, after the batch, so a machine that joins what
+    /// arrives meanwhile (a byte stream's data) hands over one event, not one per datagram,
+    /// each of which could wake another thread.
+    fn read_socket(&mut self, index: usize, on_event: &mut impl FnMut(&mut M, M::Event)) -> bool {
+        let more = self.read_batch(index);
+        self.drain_at(Instant::now(), on_event);
+        more
+    }
+
+    /// [`read_socket`](Self::read_socket) without the events.
     ///
     /// A socket unbound by an earlier datagram's drain in the same turn is skipped; one bound in
     /// its slot meanwhile is simply read (nothing is lost: it is nonblocking).
-    fn read_socket(&mut self, index: usize, on_event: &mut impl FnMut(&mut M, M::Event)) -> bool {
+    fn read_batch(&mut self, index: usize) -> bool {
         for _ in 0..self.io.config.read_budget {
             let Some(Some(slot)) = self.io.sockets.get_mut(index) else {
                 return false;
@@ -374,13 +386,7 @@ impl<M: SansIo> Driver<M> {
                     };
                     if self.machine.accepts(&packet) {
                         self.machine.handle_packet(now, packet);
-                        drain(
-                            &mut self.machine,
-                            &mut self.io,
-                            &mut self.send_buf,
-                            now,
-                            on_event,
-                        );
+                        send_all(&mut self.machine, &mut self.io, &mut self.send_buf, now);
                     } else {
                         self.io.stats.rejected += 1;
                         tracing::trace!(%source, %local, len, "datagram not accepted by the machine");
@@ -432,14 +438,7 @@ fn drain<M: SansIo>(
     on_event: &mut impl FnMut(&mut M, M::Event),
 ) {
     loop {
-        while let Some(request) = machine.poll_socket_request() {
-            if let Err(addr) = io.carry_out(request) {
-                machine.handle_bind_error(now, addr);
-            }
-        }
-        while let Some(transmit) = machine.poll_transmit(now, buf) {
-            io.send(&transmit, buf);
-        }
+        send_all(machine, io, buf, now);
         let mut delivered = false;
         while let Some(event) = machine.poll_event() {
             delivered = true;
@@ -451,6 +450,18 @@ fn drain<M: SansIo>(
         // The callback may have issued commands with a later `now` of its own; never hand the
         // machine an earlier one after that.
         now = Instant::now();
+    }
+}
+
+/// The first half of the drain order: every socket request, then every transmit.
+fn send_all<M: SansIo>(machine: &mut M, io: &mut Io, buf: &mut [u8], now: Instant) {
+    while let Some(request) = machine.poll_socket_request() {
+        if let Err(addr) = io.carry_out(request) {
+            machine.handle_bind_error(now, addr);
+        }
+    }
+    while let Some(transmit) = machine.poll_transmit(now, buf) {
+        io.send(&transmit, buf);
     }
 }
 
@@ -851,6 +862,70 @@ mod tests {
                 .unwrap();
         }
         assert_eq!(from_count(&driver, busy), 200);
+    }
+
+    /// Answers each datagram with a transmit and an event, and logs the calls in order.
+    #[derive(Default)]
+    struct Echo {
+        log: Vec<&'static str>,
+        answer: Option<SocketAddr>,
+        events: usize,
+    }
+
+    impl SansIo for Echo {
+        type Event = ();
+
+        fn handle_packet(&mut self, _now: Instant, packet: Receive<'_>) {
+            self.log.push("packet");
+            self.answer = Some(packet.source);
+            self.events += 1;
+        }
+        fn handle_timeout(&mut self, _now: Instant) {}
+        fn poll_transmit(&mut self, _now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+            let to = self.answer.take()?;
+            self.log.push("transmit");
+            buf[0] = 1;
+            Some(Transmit::new(to, 1))
+        }
+        fn poll_event(&mut self) -> Option<()> {
+            self.events = self.events.checked_sub(1)?;
+            self.log.push("event");
+            Some(())
+        }
+        fn poll_timeout(&self) -> Option<Instant> {
+            None
+        }
+    }
+
+    /// Within one socket's batch each datagram's transmits leave before the next datagram is
+    /// read, and the events are taken once, after the batch.
+    #[test]
+    fn transmits_follow_each_datagram_and_events_the_batch() {
+        let local: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let mut driver = Driver::new(Echo::default(), &[local]).unwrap();
+        let to = driver.local_addrs()[0];
+        let peer = std::net::UdpSocket::bind(local).unwrap();
+        for _ in 0..3 {
+            peer.send_to(b"x", to).unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut events = 0;
+        while events < 3 && Instant::now() < deadline {
+            driver
+                .turn(Some(Duration::from_millis(100)), |_, ()| events += 1)
+                .unwrap();
+        }
+        let log = driver.machine().log.join(" ");
+        // Loopback queues all three before the first read, so they make one batch.
+        assert_eq!(
+            log,
+            "packet transmit packet transmit packet transmit event event event"
+        );
+        let mut buf = [0u8; 8];
+        peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        for _ in 0..3 {
+            assert_eq!(peer.recv_from(&mut buf).unwrap().0, 1);
+        }
     }
 
     fn from_count(driver: &Driver<Recorder>, addr: SocketAddr) -> usize {

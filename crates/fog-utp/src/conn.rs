@@ -31,6 +31,19 @@ const MAX_RETRANSMITS: u32 = 4;
 const ZERO_WINDOW_PROBE: Duration = Duration::from_secs(15);
 /// How long a finished connection keeps answering retransmitted FINs (our last ack may be lost).
 const LINGER: Duration = Duration::from_secs(3);
+/// In-order full-sized data packets acked together: every second one, as TCP's receivers do
+/// (RFC 5681 §4.2, "an ACK SHOULD be generated for at least every second full-sized
+/// segment"). libutp acks once per batch of datagrams read from its socket; a sans-IO machine
+/// does not see the batch, and one ack per data packet made acks half of all datagrams, each
+/// sealed, sent and opened. A packet out of order, one that fills or leaves a hole, a short
+/// one (the end of a burst) and any other packet type are acked at once, so duplicate acks
+/// and selective acks reach the sender as fast as before.
+const ACK_EVERY: u32 = 2;
+/// How long an ack for one full-sized packet may wait for a second (RFC 5681 §4.2 allows
+/// 500 ms; QUIC's default `max_ack_delay` is 25 ms, RFC 9000 §18.2). It matters only when the
+/// sender has one packet in flight: its window is below two packets, or a burst ended on a
+/// full packet.
+const ACK_DELAY: Duration = Duration::from_millis(10);
 /// Our selective ACK mask: 32 bits, as libutp sends.
 const SACK_BYTES: usize = 4;
 
@@ -43,6 +56,13 @@ pub(crate) fn seq_less(a: u16, b: u16) -> bool {
 /// "not measured".
 fn nonzero_us(us: u32) -> u32 {
     us.max(1)
+}
+
+/// Whether the ack of a packet last sent at `sent`, `transmissions` times, is surely for that
+/// send: a retransmission acked sooner than the minimum RTT after it went is likely acked for
+/// its original (RFC 8985 §6.2 step 2), and says nothing about what was sent before it.
+fn unambiguous(min_rtt: Option<Duration>, now: Instant, sent: Instant, transmissions: u32) -> bool {
+    transmissions == 1 || min_rtt.is_some_and(|m| now.saturating_duration_since(sent) >= m)
 }
 
 /// Which side opened the connection.
@@ -120,6 +140,10 @@ pub(crate) struct Connection {
     fin_acked: bool,
     reset_pending: bool,
     ack_pending: bool,
+    /// In-order full-sized data packets received since our last packet (which acked them).
+    delayed_acks: u32,
+    /// The largest payload received: the peer's packet size, so a smaller one ends a burst.
+    largest_payload: usize,
     peer_wnd: usize,
     last_advertised: usize,
     rtt: Option<Duration>,
@@ -128,6 +152,16 @@ pub(crate) struct Connection {
     retransmit_timeout: Duration,
     retransmit_count: u32,
     duplicate_acks: u32,
+    /// In loss recovery since a fast retransmit: the last sequence number sent when it began
+    /// (RFC 6582 §3.2 `recover`). Recovery ends when the cumulative ack reaches it.
+    recovery: Option<u16>,
+    /// The shortest unambiguous RTT sample (RFC 8985 §6.2 `RACK.min_RTT`).
+    min_rtt: Option<Duration>,
+    /// Packets in `outbuf` with `need_resend` (so a poll need not walk the buffer to learn
+    /// there are none).
+    to_resend: usize,
+    /// Payload bytes in `outbuf`.
+    outbuf_bytes: usize,
     cc: Ledbat,
     reply_micro: u32,
     last_window_limited: Option<Instant>,
@@ -193,6 +227,8 @@ impl Connection {
             fin_acked: false,
             reset_pending: false,
             ack_pending: false,
+            delayed_acks: 0,
+            largest_payload: 0,
             // Until the peer tells us, assume it can take one packet.
             peer_wnd: max_payload,
             last_advertised: config.recv_buffer,
@@ -202,6 +238,10 @@ impl Connection {
             retransmit_timeout: INITIAL_RTO,
             retransmit_count: 0,
             duplicate_acks: 0,
+            recovery: None,
+            min_rtt: None,
+            to_resend: 0,
+            outbuf_bytes: 0,
             cc: Ledbat::new(now, max_payload, config.send_buffer.max(max_payload)),
             reply_micro: 0,
             last_window_limited: None,
@@ -236,8 +276,7 @@ impl Connection {
             isn.wrapping_add(1),
             0,
         );
-        conn.outbuf
-            .push_back(Outgoing::unsent(isn, PacketType::Syn, Vec::new()));
+        conn.push_outgoing(Outgoing::unsent(isn, PacketType::Syn, Vec::new()));
         conn
     }
 
@@ -280,6 +319,16 @@ impl Connection {
     fn drop_outgoing(&mut self) {
         self.outbuf.clear();
         self.cur_window = 0;
+        self.to_resend = 0;
+        self.outbuf_bytes = 0;
+        self.recovery = None;
+    }
+
+    fn push_outgoing(&mut self, p: Outgoing) {
+        debug_assert!(p.need_resend);
+        self.to_resend += 1;
+        self.outbuf_bytes += p.payload.len();
+        self.outbuf.push_back(p);
     }
 
     /// `cur_window` is the payload of what is in flight: sent, not counted lost, not sacked.
@@ -292,6 +341,15 @@ impl Connection {
                 .map(|p| p.payload.len())
                 .sum::<usize>(),
             "cur_window out of step with the packets in flight"
+        );
+        debug_assert_eq!(
+            self.to_resend,
+            self.outbuf.iter().filter(|p| p.need_resend).count()
+        );
+        debug_assert!(self.outbuf.iter().all(|p| !(p.need_resend && p.sacked)));
+        debug_assert_eq!(
+            self.outbuf_bytes,
+            self.outbuf.iter().map(|p| p.payload.len()).sum::<usize>()
         );
         debug_assert!(self.outbuf.len() < usize::from(REORDER_LIMIT));
         debug_assert!(self.recv_buf.len() + self.ooo_bytes <= self.recv_capacity);
@@ -307,7 +365,7 @@ impl Connection {
     }
 
     fn buffered_to_send(&self) -> usize {
-        self.send_buf.len() + self.outbuf.iter().map(|p| p.payload.len()).sum::<usize>()
+        self.send_buf.len() + self.outbuf_bytes
     }
 
     pub(crate) fn is_closed(&self) -> bool {
@@ -430,7 +488,7 @@ impl Connection {
         }
         self.process_ack(now, repr);
         match repr.packet_type {
-            PacketType::Data => self.on_data(repr.seq_nr, dist, payload),
+            PacketType::Data => self.on_data(now, repr.seq_nr, dist, payload),
             // A repeated SYN-ACK (it acks only our SYN): the acceptor has not heard our answer.
             PacketType::State
                 if self.role == Role::Initiator
@@ -477,11 +535,17 @@ impl Connection {
         }
         let mut acked_bytes = 0;
         let mut min_rtt = Duration::MAX;
+        // The latest send time of a packet this ack newly delivered (RFC 8985 §6.2
+        // `RACK.xmit_ts`).
+        let mut delivered = None;
         for _ in 0..acks {
             let Some(p) = self.outbuf.pop_front() else {
                 break;
             };
-            if !p.sacked && !p.need_resend {
+            self.outbuf_bytes -= p.payload.len();
+            if p.need_resend {
+                self.to_resend -= 1;
+            } else if !p.sacked {
                 self.cur_window -= p.payload.len();
             }
             // A packet a selective ack took already gave its sample then: now, behind a hole
@@ -491,6 +555,9 @@ impl Connection {
                 min_rtt = min_rtt.min(sample);
                 if p.transmissions == 1 {
                     self.update_rtt(sample);
+                }
+                if unambiguous(self.min_rtt, now, sent, p.transmissions) {
+                    delivered = delivered.max(Some(sent));
                 }
             }
             if !p.sacked {
@@ -503,7 +570,8 @@ impl Connection {
         if acks > 0 {
             self.retransmit_count = 0;
             self.retransmit_timeout = self.rto;
-            if self.outbuf.iter().any(|p| p.sent_at.is_some()) {
+            // Packets are first sent in sequence order, so the sent ones are a prefix.
+            if self.outbuf.front().is_some_and(|p| p.sent_at.is_some()) {
                 self.timers
                     .set(Timer::Retransmit, now + self.retransmit_timeout);
             } else {
@@ -511,7 +579,15 @@ impl Connection {
             }
         }
         if let Some(sack) = &repr.selective_ack {
-            acked_bytes += self.selective_ack(now, repr.ack_nr, sack, &mut min_rtt);
+            acked_bytes += self.selective_ack(now, repr.ack_nr, sack, &mut min_rtt, &mut delivered);
+        }
+        if let Some(recover) = self.recovery {
+            if !seq_less(repr.ack_nr, recover) {
+                // RFC 6582 §3.2 step 6: a full acknowledgement ends the recovery.
+                self.recovery = None;
+            } else if let Some(delivered) = delivered {
+                self.rack_detect_loss(delivered);
+            }
         }
         if acked_bytes > 0 {
             let limited = self
@@ -530,11 +606,13 @@ impl Connection {
         ack_nr: u16,
         sack: &SelectiveAck,
         min_rtt: &mut Duration,
+        delivered: &mut Option<Instant>,
     ) -> usize {
         let mut acked = 0;
         let first = ack_nr.wrapping_add(2);
         // RTT samples (Karn: sent once, and not taken for lost meanwhile), applied after.
         let mut samples = Vec::new();
+        let known_min_rtt = self.min_rtt;
         for p in self.outbuf.iter_mut() {
             let i = usize::from(p.seq.wrapping_sub(first));
             if !p.sacked && p.sent_at.is_some() && sack.get(i) {
@@ -543,6 +621,7 @@ impl Connection {
                 if counted_lost {
                     // Counted lost, but it arrived after all: no need to send it again.
                     p.need_resend = false;
+                    self.to_resend -= 1;
                 } else {
                     self.cur_window -= p.payload.len();
                 }
@@ -552,6 +631,9 @@ impl Connection {
                     *min_rtt = (*min_rtt).min(sample);
                     if p.transmissions == 1 && !counted_lost {
                         samples.push(sample);
+                    }
+                    if unambiguous(known_min_rtt, now, sent, p.transmissions) {
+                        *delivered = (*delivered).max(Some(sent));
                     }
                 }
             }
@@ -583,8 +665,33 @@ impl Connection {
         }
         p.fast_resent = true;
         p.need_resend = true;
+        self.to_resend += 1;
         self.cur_window -= p.payload.len();
-        self.cc.on_loss(now);
+        if self.recovery.is_none() {
+            // RFC 6582 §3.2 step 2: one window reduction per loss episode, which lasts until
+            // everything sent so far is acknowledged.
+            self.recovery = Some(self.seq_nr.wrapping_sub(1));
+            self.cc.on_loss(now);
+        }
+    }
+
+    /// In recovery, every packet still in flight that was sent before one now delivered is
+    /// lost (RACK, RFC 8985 §6.2 steps 4-5, with the reordering window of 0 it uses during
+    /// recovery when no reordering was seen). BEP 29's rule (three packets acked past a hole)
+    /// sees only the 32 packets a selective ack covers, and duplicate acks name no packet:
+    /// after a burst of losses longer than that, each hole past the first used to wait for
+    /// the retransmission timeout (1 s at least). Here the ack of the first hole's
+    /// retransmission shows the rest lost at once, and a lost retransmission is seen as soon
+    /// as one sent after it is acked.
+    fn rack_detect_loss(&mut self, delivered: Instant) {
+        for p in self.outbuf.iter_mut() {
+            if !p.need_resend && !p.sacked && p.sent_at.is_some_and(|s| s < delivered) {
+                p.need_resend = true;
+                self.to_resend += 1;
+                self.cur_window -= p.payload.len();
+                self.stats.rack_lost += 1;
+            }
+        }
     }
 
     /// RFC 6298-style smoothing as libutp's `ack_packet` does it.
@@ -602,10 +709,28 @@ impl Connection {
         }
         let rtt = self.rtt.unwrap_or(sample);
         self.rto = (rtt + self.rtt_var * 4).max(MIN_RTO);
+        self.min_rtt = Some(self.min_rtt.map_or(sample, |m| m.min(sample)));
     }
 
-    fn on_data(&mut self, seq: u16, dist: u16, payload: &[u8]) {
-        self.ack_pending = true;
+    fn on_data(&mut self, now: Instant, seq: u16, dist: u16, payload: &[u8]) {
+        // Whether this packet may share an ack with the next (decided before it is taken).
+        let may_delay = dist == 0
+            && self.ooo.is_empty()
+            && self.state == State::Connected
+            && self.largest_payload > 0
+            && payload.len() >= self.largest_payload
+            && payload.len() <= self.recv_window();
+        self.largest_payload = self.largest_payload.max(payload.len());
+        if may_delay && !self.ack_pending {
+            self.delayed_acks += 1;
+            if self.delayed_acks >= ACK_EVERY {
+                self.ack_pending = true;
+            } else if self.timers.get(Timer::DelayedAck).is_none() {
+                self.timers.set(Timer::DelayedAck, now + ACK_DELAY);
+            }
+        } else {
+            self.ack_pending = true;
+        }
         if self.fin_seq.is_some_and(|fin| !seq_less(seq, fin)) {
             // Nothing exists past the FIN (libutp ignores it too).
             self.stats.dropped += 1;
@@ -702,6 +827,9 @@ impl Connection {
             self.close_with(CloseReason::TimedOut);
             return;
         }
+        if self.timers.expired(Timer::DelayedAck, now) {
+            self.ack_pending = true;
+        }
         if self.timers.expired(Timer::ZeroWindow, now) {
             // libutp `zerowindow_time`: assume room for one packet to learn the window again.
             self.peer_wnd = self.max_payload;
@@ -770,6 +898,9 @@ impl Connection {
         let in_flight = self.outbuf.iter().any(|p| p.sent_at.is_some() && !p.sacked);
         self.cc.on_timeout(in_flight, self.max_payload);
         self.duplicate_acks = 0;
+        // Everything in flight counts as lost below; what follows is slow start, not a
+        // recovery (RFC 6582 §4 leaves the timeout to RFC 5681).
+        self.recovery = None;
         if !in_flight {
             // Idle: nothing to resend. libutp doubles here too and re-arms, so an idle
             // connection's timeout grows without bound and its next write's first loss waits
@@ -782,6 +913,7 @@ impl Connection {
         for p in self.outbuf.iter_mut() {
             if p.sent_at.is_some() && !p.need_resend && !p.sacked {
                 p.need_resend = true;
+                self.to_resend += 1;
                 self.cur_window -= p.payload.len();
             }
         }
@@ -822,9 +954,11 @@ impl Connection {
             };
         }
         let n = buf.len().min(self.recv_buf.len());
-        for (dst, src) in buf.iter_mut().zip(self.recv_buf.drain(..n)) {
-            *dst = src;
-        }
+        let (front, back) = self.recv_buf.as_slices();
+        let k = front.len().min(n);
+        buf[..k].copy_from_slice(&front[..k]);
+        buf[k..n].copy_from_slice(&back[..n - k]);
+        self.recv_buf.drain(..n);
         // Tell a sender we had stalled that the window opened again.
         if self.last_advertised < self.max_payload && self.recv_window() >= self.max_payload {
             self.ack_pending = true;
@@ -884,6 +1018,9 @@ impl Connection {
         repr.emit(&mut Packet::new_unchecked(&mut buf[..len]));
         buf[repr.buffer_len()..len].copy_from_slice(payload);
         self.ack_pending = false;
+        // Every packet we send acks what we have.
+        self.delayed_acks = 0;
+        self.timers.clear(Timer::DelayedAck);
         self.last_advertised = repr.wnd_size as usize;
         self.stats.packets_sent += 1;
         if self.state != State::SynSent && !self.is_closed() {
@@ -954,10 +1091,22 @@ impl Connection {
     }
 
     fn poll_resend(&mut self, now: Instant, now_us: u32, buf: &mut [u8]) -> Option<usize> {
-        let idx = self
-            .outbuf
-            .iter()
-            .position(|p| p.need_resend && !p.sacked)?;
+        if self.to_resend == 0 {
+            return None;
+        }
+        let idx = self.outbuf.iter().position(|p| p.need_resend)?;
+        self.send_packet(now, now_us, idx, buf)
+    }
+
+    /// Sends `outbuf[idx]`, which needs (re)sending, if the window allows.
+    fn send_packet(
+        &mut self,
+        now: Instant,
+        now_us: u32,
+        idx: usize,
+        buf: &mut [u8],
+    ) -> Option<usize> {
+        debug_assert!(self.outbuf[idx].need_resend);
         let len = self.outbuf[idx].payload.len();
         // The oldest unacked packet always goes (it is what the timeout or the duplicate acks
         // are about); others wait for room in the window.
@@ -979,6 +1128,7 @@ impl Connection {
         p.transmissions += 1;
         p.sent_at = Some(now);
         p.need_resend = false;
+        self.to_resend -= 1;
         self.cur_window += len;
         if self.timers.get(Timer::Retransmit).is_none() {
             self.timers
@@ -988,7 +1138,7 @@ impl Connection {
     }
 
     fn poll_new(&mut self, now: Instant, now_us: u32, buf: &mut [u8]) -> Option<usize> {
-        if matches!(self.state, State::SynSent) || self.outbuf.iter().any(|p| p.need_resend) {
+        if matches!(self.state, State::SynSent) || self.to_resend > 0 {
             return None;
         }
         // Sequence space: never more than the reorder limit in flight.
@@ -1011,7 +1161,13 @@ impl Connection {
                 self.last_window_limited = Some(now);
                 return None;
             }
-            let payload: Vec<u8> = self.send_buf.drain(..len).collect();
+            // Slice copies: collecting the drain went byte by byte.
+            let mut payload = Vec::with_capacity(len);
+            let (front, back) = self.send_buf.as_slices();
+            let k = front.len().min(len);
+            payload.extend_from_slice(&front[..k]);
+            payload.extend_from_slice(&back[..len - k]);
+            self.send_buf.drain(..len);
             return self.push_and_send(now, now_us, PacketType::Data, payload, buf);
         }
         if self.close_requested && !self.fin_sent {
@@ -1034,7 +1190,12 @@ impl Connection {
         if kind == PacketType::Data {
             self.stats.bytes_sent += payload.len() as u64;
         }
-        self.outbuf.push_back(Outgoing::unsent(seq, kind, payload));
-        self.poll_resend(now, now_us, buf)
+        self.push_outgoing(Outgoing::unsent(seq, kind, payload));
+        if self.to_resend == 1 {
+            // Only the packet just queued waits: it is the last, no need to look for it.
+            self.send_packet(now, now_us, self.outbuf.len() - 1, buf)
+        } else {
+            self.poll_resend(now, now_us, buf)
+        }
     }
 }

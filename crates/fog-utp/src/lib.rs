@@ -68,6 +68,15 @@
 //! - the FIN carries no payload, occupies a sequence number and is acked like data;
 //! - a measured delay difference of exactly 0 µs goes out as 1 µs, since 0 on the wire means
 //!   "no sample" (BEP 29), and without any sample LEDBAT counts the delay as 0 (libutp);
+//! - loss is detected as libutp does (three duplicate acks, or three packets selectively
+//!   acked past a hole) and starts a recovery (RFC 6582 §3.2: one window reduction until all
+//!   that was in flight is acked); within it, a packet still unacked that was sent before
+//!   one now acked is lost too (RFC 8985 RACK), so a burst of losses longer than a selective
+//!   ack reaches, or a lost retransmission, is resent at the next ack, not at the timeout;
+//! - in-order full-sized data is acked every second packet (RFC 5681 §4.2), the odd one
+//!   within 10 ms; a packet out of order, one that fills a hole, a short one and every other
+//!   packet type are acked at once (libutp acks once per batch its socket reads, which a
+//!   sans-IO machine does not see);
 //! - the SYN is retried [`Config::syn_retransmits`] times (default 4, given up at 31 s),
 //!   more than libutp's 2, so that the caller's own connect deadline is the bound.
 //!
@@ -275,6 +284,9 @@ pub struct ConnectionStats {
     pub keepalives_sent: u64,
     /// SYNs answered again.
     pub duplicate_syns: u64,
+    /// Packets counted lost during a recovery because one sent after them was acknowledged
+    /// (RFC 8985 RACK), beyond the fast retransmit that began it.
+    pub rack_lost: u64,
     /// SYN-ACKs sent again because the initiator had not answered (acceptor only).
     pub synacks_resent: u64,
     /// Packets dropped because their ack_nr was outside what we sent (BEP 29 reflection fix).
@@ -545,7 +557,7 @@ impl Endpoint {
                     c.debug_check();
                 }
                 self.collect_events(handle);
-                self.sweep(now);
+                self.sweep_one(handle, now);
             }
         }
     }
@@ -586,6 +598,15 @@ impl Endpoint {
         }
     }
 
+    /// [`sweep`](Self::sweep) for one connection: what a datagram or a transmit touched.
+    fn sweep_one(&mut self, handle: ConnectionHandle, now: Instant) {
+        if self.conns.get(&handle).is_some_and(|c| c.is_removable(now))
+            && let Some(c) = self.conns.remove(&handle)
+        {
+            self.index.remove(&(c.peer, c.recv_id));
+        }
+    }
+
     fn sweep(&mut self, now: Instant) {
         let gone: Vec<ConnectionHandle> = self
             .conns
@@ -610,26 +631,28 @@ impl Endpoint {
             }
         }
         let now_us = self.now_us(now);
-        let start = self.cursor;
-        let order: Vec<ConnectionHandle> = match start {
-            Some(s) => self
-                .conns
-                .range(s..)
-                .chain(self.conns.range(..s))
-                .map(|(h, _)| *h)
-                .collect(),
-            None => self.conns.keys().copied().collect(),
-        };
+        // Round robin from the cursor, without collecting the handles (this runs once per
+        // datagram sent): the connections from the cursor on, then those before it.
+        let start = self.cursor.unwrap_or(ConnectionHandle(0));
         let mut found = None;
-        for handle in order {
-            let Some(c) = self.conns.get_mut(&handle) else {
-                continue;
-            };
-            let sent = c.poll_transmit(now, now_us, buf);
-            c.debug_check();
-            if let Some(len) = sent {
+        for (&handle, c) in self.conns.range_mut(start..) {
+            if let Some(len) = c.poll_transmit(now, now_us, buf) {
                 found = Some((handle, Transmit::new(c.peer, len)));
+            }
+            c.debug_check();
+            if found.is_some() {
                 break;
+            }
+        }
+        if found.is_none() {
+            for (&handle, c) in self.conns.range_mut(..start) {
+                if let Some(len) = c.poll_transmit(now, now_us, buf) {
+                    found = Some((handle, Transmit::new(c.peer, len)));
+                }
+                c.debug_check();
+                if found.is_some() {
+                    break;
+                }
             }
         }
         let Some((handle, transmit)) = found else {
@@ -638,7 +661,7 @@ impl Endpoint {
         };
         self.cursor = self.conns.range(handle..).nth(1).map(|(h, _)| *h);
         self.collect_events(handle);
-        self.sweep(now);
+        self.sweep_one(handle, now);
         Some(transmit)
     }
 

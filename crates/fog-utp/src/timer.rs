@@ -15,9 +15,11 @@ pub(crate) enum Timer {
     Linger = 3,
     /// An accepted connection heard nothing after the SYN: it was likely spoofed.
     Handshake = 4,
+    /// An in-order data packet waits for a second to share its ack (RFC 5681 §4.2).
+    DelayedAck = 5,
 }
 
-const COUNT: usize = 5;
+const COUNT: usize = 6;
 
 #[derive(Debug, Default, Clone)]
 pub(crate) struct TimerTable([Option<Instant>; COUNT]);

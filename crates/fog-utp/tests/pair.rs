@@ -1076,6 +1076,117 @@ fn a_packet_sacked_before_a_slow_hole_gives_no_late_rtt_sample() {
     assert_eq!(s.rto, before, "{s:?}");
 }
 
+/// A burst of losses longer than a selective ack reaches (BEP 29's mask covers 32 packets past
+/// the ack): the first hole goes again on the third duplicate ack, and the ack of that
+/// retransmission shows every packet sent before it lost (RFC 8985 RACK during the recovery
+/// RFC 6582 starts), so the rest go at once. Before, each hole after the first waited for the
+/// retransmission timeout (1 s or more), which is what idled the loopback bench.
+#[test]
+fn a_burst_of_losses_is_resent_without_waiting_for_the_timeout() {
+    let mut cfg = Config::with_seed([11; 32]);
+    cfg.send_buffer = 4 << 20;
+    let mut raw = Raw::new(cfg);
+    let (_, conn) = raw_accept(&mut raw);
+    // Enough for the window to grow to 60 packets, one packet per round trip.
+    raw.ep.write(conn, &vec![1u8; 2500 * 1380]).unwrap();
+    let in_flight = raw_in_flight(&mut raw, 60);
+    let n = in_flight.len();
+    // The first 40 are lost; the peer has the rest and says so the only way it can: its
+    // selective ack (32 packets past the hole) shows none of them, so each is a duplicate.
+    let lost = &in_flight[..40];
+    let first = lost[0];
+    raw.now += Duration::from_millis(20);
+    let mut resent: Vec<u16> = Vec::new();
+    for _ in 0..n - 40 {
+        let mut a = repr(PacketType::State, 101, 5001, first.wrapping_sub(1));
+        a.timestamp_difference = 5000;
+        a.selective_ack = Some(fog_utp::wire::SelectiveAck::new(4));
+        raw.send(a, &[]);
+        resent.extend(raw.out().iter().map(|(r, _)| r.seq_nr));
+    }
+    assert_eq!(
+        resent,
+        vec![first],
+        "the third duplicate ack resends the hole"
+    );
+    // The retransmission arrives and is acked alone: the hole after it is the next loss,
+    // and so is every packet sent before the retransmission and not acked since. They go at
+    // once, as far as the window (halved by the loss) allows, the rest as acks come back.
+    let mut received: std::collections::BTreeSet<u16> = in_flight[40..].iter().copied().collect();
+    received.insert(first);
+    let mut ack = first;
+    let mut rounds = 0;
+    while seq_less(ack, in_flight[n - 1]) {
+        rounds += 1;
+        assert!(
+            rounds <= 4,
+            "still missing after {rounds} round trips: ack {ack}"
+        );
+        raw.now += Duration::from_millis(20);
+        let mut a = repr(PacketType::State, 101, 5001, ack);
+        a.timestamp_difference = 5000;
+        a.selective_ack = Some(fog_utp::wire::SelectiveAck::new(4));
+        raw.send(a, &[]);
+        let out: Vec<u16> = raw.out().iter().map(|(r, _)| r.seq_nr).collect();
+        if rounds == 1 {
+            assert!(
+                lost[1..11].iter().all(|s| out.contains(s)),
+                "the next lost packets go at once: {out:?}"
+            );
+        }
+        received.extend(out);
+        while received.contains(&ack.wrapping_add(1)) {
+            ack = ack.wrapping_add(1);
+        }
+    }
+    let s = raw.ep.stats(conn).unwrap();
+    assert_eq!(s.timeouts, 0, "{s:?}");
+    assert!(s.rack_lost >= 39, "{s:?}");
+}
+
+/// In-order full-sized data is acked every second packet (RFC 5681 §4.2), the odd one within
+/// the ack delay; a short packet, one out of order and one that fills a hole are acked at
+/// once.
+#[test]
+fn full_sized_data_is_acked_every_second_packet() {
+    let mut raw = Raw::new(Config::with_seed([12; 32]));
+    let (synack, conn) = raw_accept(&mut raw);
+    let ack = synack.seq_nr.wrapping_sub(1);
+    let full = [7u8; 1380];
+    let acks = |raw: &mut Raw| -> Vec<u16> {
+        raw.out()
+            .iter()
+            .filter(|(r, _)| r.packet_type == PacketType::State)
+            .map(|(r, _)| r.ack_nr)
+            .collect()
+    };
+    // The first data packet: nothing to tell its size by yet, acked at once.
+    raw.send(repr(PacketType::Data, 101, 5001, ack), &full);
+    assert_eq!(acks(&mut raw), vec![5001]);
+    raw.send(repr(PacketType::Data, 101, 5002, ack), &full);
+    assert_eq!(acks(&mut raw), Vec::<u16>::new(), "waits for a second");
+    raw.send(repr(PacketType::Data, 101, 5003, ack), &full);
+    assert_eq!(acks(&mut raw), vec![5003], "one ack for two");
+    // An odd one waits no longer than the ack delay.
+    raw.send(repr(PacketType::Data, 101, 5004, ack), &full);
+    assert!(acks(&mut raw).is_empty());
+    let due = raw.ep.poll_timeout().expect("the delayed ack's deadline");
+    assert!(due <= raw.now + Duration::from_millis(10), "{due:?}");
+    raw.now = due;
+    raw.ep.handle_timeout(raw.now);
+    assert_eq!(acks(&mut raw), vec![5004]);
+    // A short packet ends a burst: acked at once.
+    raw.send(repr(PacketType::Data, 101, 5005, ack), b"end");
+    assert_eq!(acks(&mut raw), vec![5005]);
+    // Out of order (5006 lost), then the hole filled: each acked at once.
+    raw.send(repr(PacketType::Data, 101, 5007, ack), &full);
+    assert_eq!(acks(&mut raw), vec![5005]);
+    raw.send(repr(PacketType::Data, 101, 5006, ack), &full);
+    assert_eq!(acks(&mut raw), vec![5007]);
+    let mut buf = vec![0u8; 16 * 1380];
+    assert_eq!(raw.ep.read(conn, &mut buf), Ok(6 * 1380 + 3));
+}
+
 fn seq_less(a: u16, b: u16) -> bool {
     (b.wrapping_sub(a) as i16) > 0
 }

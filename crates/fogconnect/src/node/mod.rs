@@ -107,6 +107,9 @@ pub const CLOSED_ENDED: u32 = 0xFFFF_0006;
 /// A close goes on the path this many times at first (the signaling server carries it too,
 /// and it goes again until acknowledged: the `linger` module).
 const CLOSE_COPIES: usize = 2;
+/// The largest [`Event::Data`] a byte-stream transport's arrivals are joined into while the
+/// application has not taken the last one.
+const MAX_STREAM_CHUNK: usize = 64 * 1024;
 /// Keepalive probes on the relay over signaling: they verify it still carries (the server
 /// keeps the session as long as both peers are online).
 const SIGNAL_RELAY_KEEPALIVE: Duration = Duration::from_secs(30);
@@ -1493,13 +1496,26 @@ impl Node {
                 continue;
             };
             let raw = matches!(stream, transport::Stream::Rtc(r) if r.is_raw());
+            let byte_stream = matches!(stream, transport::Stream::Utp(_));
             let connected = conn.connected_at.is_some();
             for happened in stream.poll() {
                 match happened {
                     transport::Happened::Opened => opened.push(conn.id),
                     transport::Happened::Data(data) => {
                         conn.received.add(now, data.len());
-                        self.events.push_back(Event::Data { id: conn.id, data });
+                        // uTP is a byte stream whose chunks need not match the sends: bytes
+                        // that arrive while the last chunk waits in the queue join it, so a
+                        // driver that takes the events after a batch of datagrams hands the
+                        // application one event for the batch, not one per datagram.
+                        if byte_stream
+                            && let Some(Event::Data { id, data: last }) = self.events.back_mut()
+                            && *id == conn.id
+                            && last.len() + data.len() <= MAX_STREAM_CHUNK
+                        {
+                            last.extend_from_slice(&data);
+                        } else {
+                            self.events.push_back(Event::Data { id: conn.id, data });
+                        }
                     }
                     transport::Happened::CloseDone => ended.push((conn.id, None)),
                     // Closes that cross: the peer's close reached us while ours was under
