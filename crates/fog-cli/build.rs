@@ -4,8 +4,9 @@
 //! A position-independent executable carries one 24-byte RELA entry for every pointer the
 //! loader must adjust to where the program landed (half a megabyte for `fogconnect`), and the
 //! loader reads the whole table at start, so it stays resident. RELR packs runs of them into
-//! bitmaps: the table shrinks about a hundredfold and an idle node's RSS by about 1.3 MB
-//! (benches/RESULTS.md, "Memory"), while the executable stays position-independent
+//! bitmaps: the table shrinks about a hundredfold, and with it the read-only data an idle node
+//! keeps resident, by 0.5 MB (benches/RESULTS.md, "Packed relative relocations"), while the
+//! executable stays position-independent
 //! (randomised by ASLR). The binary then needs glibc 2.36 or newer to run (older loaders
 //! refuse it by name: `GLIBC_ABI_DT_RELR`); the linker rustc uses (LLD) and GNU ld from
 //! binutils 2.38 understand the flag. `FOG_RELR=0 cargo build ...` leaves it out, for an
