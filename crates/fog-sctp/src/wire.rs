@@ -132,8 +132,9 @@ pub(crate) fn strip_addresses(packet: &[u8]) -> Option<Vec<u8>> {
 /// chunk's Cumulative TSN Ack is not lost by the wait: sctp-proto does not read it, and the
 /// SHUTDOWN's sender acknowledges our DATA with SACKs.
 pub(crate) fn split_shutdown(packet: &[u8]) -> Option<(Option<Vec<u8>>, Vec<u8>)> {
+    // Called for every packet while our data is outstanding: find the SHUTDOWN first, without
+    // copying anything, and cut only a packet that has one.
     let header = packet.get(..field::FIRST_CHUNK)?;
-    let mut rest = header.to_vec();
     let mut shutdown = None;
     let mut at = field::FIRST_CHUNK;
     while at < packet.len() {
@@ -145,8 +146,6 @@ pub(crate) fn split_shutdown(packet: &[u8]) -> Option<(Option<Vec<u8>>, Vec<u8>)
         let padded = (at + len.next_multiple_of(4)).min(packet.len());
         if chunk[0] == SHUTDOWN {
             shutdown = Some(at..padded);
-        } else {
-            rest.extend_from_slice(&packet[at..padded]);
         }
         at = padded;
     }
@@ -157,6 +156,17 @@ pub(crate) fn split_shutdown(packet: &[u8]) -> Option<(Option<Vec<u8>>, Vec<u8>)
     let mut alone = header.to_vec();
     alone.extend_from_slice(&packet[shutdown]);
     seal_checksum(&mut alone);
+    // Every other chunk, in order (a second SHUTDOWN in the packet goes too).
+    let mut rest = header.to_vec();
+    let mut at = field::FIRST_CHUNK;
+    while at < packet.len() {
+        let len = usize::from(u16::from_be_bytes([packet[at + 2], packet[at + 3]]));
+        let padded = (at + len.next_multiple_of(4)).min(packet.len());
+        if packet[at] != SHUTDOWN {
+            rest.extend_from_slice(&packet[at..padded]);
+        }
+        at = padded;
+    }
     let rest = (rest.len() > field::FIRST_CHUNK).then(|| {
         seal_checksum(&mut rest);
         rest
