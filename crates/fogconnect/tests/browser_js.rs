@@ -279,3 +279,95 @@ fn the_javascript_client_writes_every_transcript_as_the_node_does() {
         serde_json::json!([true, false, false, false, false, false, false, false, false])
     );
 }
+
+/// `dial` against a scripted server (a stand-in `WebSocket`) and browser (`RTCPeerConnection`)
+/// that refuses the offer with the frame `FOG_REFUSAL` (fog-signal's own error frame; its `id`
+/// is set to the offer's): the dial rejects with the server's code and name, and the peer
+/// connection made for the offer is closed.
+const REFUSAL_SCRIPT: &str = r#"
+const m = await import(process.env.FOG_JS);
+const refusal = JSON.parse(process.env.FOG_REFUSAL);
+const server = await m.Identity.generate();
+const node = await m.Identity.generate();
+const sdp = "v=0\r\na=mid:0\r\na=ice-ufrag:abcd\r\na=ice-pwd:0123456789abcdefghijklmn\r\n" +
+  "a=fingerprint:sha-256 " + Array(32).fill("AB").join(":") + "\r\n";
+const pcs = [];
+globalThis.RTCPeerConnection = class {
+  constructor() { this.closed = false; this.iceGatheringState = "complete"; pcs.push(this); }
+  createDataChannel() { return {}; }
+  async createOffer() { return { type: "offer", sdp }; }
+  async setLocalDescription(d) { this.localDescription = d; }
+  addEventListener() {}
+  close() { this.closed = true; }
+};
+globalThis.WebSocket = class {
+  static OPEN = 1;
+  constructor() { this.readyState = 1; setTimeout(() => this.onopen(), 0); }
+  reply(frame) { setTimeout(() => this.onmessage({ data: JSON.stringify(frame) }), 0); }
+  send(text) {
+    const f = JSON.parse(text);
+    if (f.type === "hello") this.reply({ type: "challenge", server: server.peerId, nonce: "11".repeat(32) });
+    else if (f.type === "auth") this.reply({ type: "welcome", peer: f.peer });
+    else if (f.type === "lookup") this.reply({ type: "lookup_result", id: f.id, peer: node.peerId, online: true });
+    else if (f.type === "offer") this.reply({ ...refusal, id: f.id });
+  }
+  close() {}
+};
+const me = await m.Identity.generate();
+const s = await m.Signal.open("ws://signal.test/ws", me);
+const out = { pcs: 0 };
+try {
+  await s.dial(node.peerId, { gatherMs: 10, timeoutMs: 2000 });
+  out.result = "dialled";
+} catch (e) {
+  out.result = "rejected";
+  out.fog = e instanceof m.FogError;
+  out.code = e.code ?? null;
+  out.kind = e.kind ?? null;
+  out.message = e.message;
+}
+out.pcs = pcs.length;
+out.closed = pcs.every((p) => p.closed);
+console.log(JSON.stringify(out));
+process.exit(0);
+"#;
+
+#[test]
+fn a_refused_offer_rejects_with_the_servers_code_and_closes_its_peer_connection() {
+    let name = "a_refused_offer_rejects_with_the_servers_code_and_closes_its_peer_connection";
+    let Some(node_exe) = fog_test_support::find_tool("node") else {
+        fog_test_support::skip_or_fail(
+            name,
+            "node (Node.js) is not installed",
+            "FOG_REQUIRE_INTEROP",
+        );
+        return;
+    };
+    let js = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fogd/web/fogconnect.js");
+    let refusal = fog_signal::msg::ServerMsg::error(
+        fog_signal::msg::ErrorCode::TooManySessions,
+        Some(0),
+        "the peer takes part in 4096 sessions already",
+    );
+    let output = Command::new(node_exe)
+        .args(["--input-type=module", "-e", REFUSAL_SCRIPT])
+        .env("FOG_JS", &js)
+        .env("FOG_REFUSAL", serde_json::to_string(&refusal).unwrap())
+        .output()
+        .expect("running node");
+    assert!(
+        output.status.success(),
+        "node failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let out: serde_json::Value = serde_json::from_slice(&output.stdout).expect("the script's JSON");
+    assert_eq!(out["result"], "rejected", "{out}");
+    assert_eq!(out["fog"], true, "{out}");
+    assert_eq!(out["code"], 3005, "{out}");
+    assert_eq!(out["kind"], "too_many_sessions", "{out}");
+    assert_eq!(out["pcs"], 1, "{out}");
+    assert_eq!(
+        out["closed"], true,
+        "the offer's peer connection stays open: {out}"
+    );
+}

@@ -380,7 +380,16 @@ export function toRemoteSdp(d, mid) {
 
 // ---- signaling -------------------------------------------------------------------------------
 
-export class FogError extends Error {}
+// `code` and `kind` are set when the signaling server refused a request: its stable numeric
+// code and its name (fog-signal's error codes, e.g. 3005 "too_many_sessions" when a peer of
+// the offer already takes part in the most sessions the server allows; 4001 "unknown_peer").
+export class FogError extends Error {
+  constructor(message, { code, kind } = {}) {
+    super(message);
+    if (code !== undefined) this.code = code;
+    if (kind !== undefined) this.kind = kind;
+  }
+}
 
 export class Signal {
   // Opens fog-signal on `url` (ws:// or wss://, path /ws) as `identity`. `realm` is the host
@@ -422,7 +431,7 @@ export class Signal {
         (m) => {
           if (m.type === "error" && id !== undefined && m.id === id) {
             clearTimeout(timer);
-            reject(new FogError(`${m.name}: ${m.message}`));
+            reject(new FogError(`${m.name}: ${m.message}`, { code: m.code, kind: m.name }));
             return true;
           }
           const v = pick(m);
@@ -560,7 +569,15 @@ export class Signal {
     const id = this.nextId++;
     const sent = this.wait((m) => (m.type === "offer_sent" && m.id === id ? m.session : undefined), id);
     this.send({ type: "offer", id, to: peer, description: d });
-    const session = await sent;
+    let session;
+    try {
+      session = await sent;
+    } catch (e) {
+      // Refused by the server (too many sessions, the peer went offline) or no answer: the
+      // peer connection made for this offer goes too.
+      pc.close();
+      throw e;
+    }
     let onClosed = () => {};
     const answered = new Promise((resolve, reject) => {
       const timer = setTimeout(() => reject(new FogError("no answer in time")), timeoutMs);
