@@ -459,7 +459,8 @@ impl Server {
     /// finds this one full ([`Limits::max_allocations`]) is answered 300 Try Alternate with it
     /// (RFC 8489 §10, RFC 8656 §7.2) instead of 508, so load is shed rather than refused. A
     /// cluster sets it to its least-loaded instance and clears it when there is none; this
-    /// server's own address is never used.
+    /// server's own address is never used. It is a UDP address: only clients over UDP are
+    /// sent there; one over TCP or TLS gets the 508.
     pub fn set_alternate(&mut self, alternate: Option<SocketAddr>) {
         self.alternate = alternate.filter(|a| *a != self.config.listen);
     }
@@ -844,7 +845,13 @@ impl Server {
         }
         if self.allocations.len() >= limits.max_allocations {
             // The request is authenticated here, so a 300 may go, signed (RFC 8489 §14.8).
-            if let Some(alternate) = self.alternate {
+            // The alternate is a UDP address, and a redirected client keeps the transport of
+            // its request (RFC 8489 §10): a client over TCP or TLS would knock on a UDP port,
+            // so it gets the 508 instead.
+            let alternate = self
+                .alternate
+                .filter(|_| ft.transport == ClientTransport::Udp);
+            if let Some(alternate) = alternate {
                 self.stats.redirected += 1;
                 let mut m = TurnMessage::error_response(msg, code::TRY_ALTERNATE);
                 m.alternate_server = Some(alternate);

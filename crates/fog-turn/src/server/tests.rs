@@ -1228,3 +1228,45 @@ fn a_bind_failure_moves_a_tcp_allocation_before_its_answer_leaves() {
     assert_eq!(answer.xor_relayed_address, Some(second));
     crate::wire::verify_integrity(&out.bytes, &key).unwrap();
 }
+
+/// A full server names its alternate (a UDP address) only to clients over UDP: one over TCP
+/// keeps its transport when redirected (RFC 8489 §10) and would knock on a UDP port, so it
+/// gets 508 Insufficient Capacity.
+#[test]
+fn a_full_server_sends_only_udp_clients_to_its_udp_alternate() {
+    let mut h = H::new(Limits {
+        max_allocations: 1,
+        ..Limits::default()
+    });
+    let alternate = addr("198.51.100.2:3478");
+    h.server.set_alternate(Some(alternate));
+    h.allocated();
+    // Another client over UDP: sent on.
+    let other = addr("192.0.2.77:4000");
+    let creds = h.login_from(other, "bob");
+    let answer = h.allocate_from(other, &creds);
+    assert_eq!(answer.error_code(), Some(code::TRY_ALTERNATE), "{answer:?}");
+    assert_eq!(answer.alternate_server, Some(alternate));
+    // A client over TCP: refused, not sent to a UDP address.
+    let tcp = addr("192.0.2.78:4000");
+    let mut msg = h.request(method::ALLOCATE, None);
+    msg.requested_transport = Some(TRANSPORT_UDP);
+    let challenge = h.stream_ask(tcp, &msg, None);
+    let (username, password) = secret().credentials(UNIX0 + 3600, "carol");
+    let key = IntegrityKey::long_term(&username, REALM, &password);
+    let creds = Creds {
+        key: key.clone(),
+        username,
+        nonce: challenge.nonce.unwrap(),
+    };
+    let mut msg = h.request(method::ALLOCATE, Some(&creds));
+    msg.requested_transport = Some(TRANSPORT_UDP);
+    let answer = h.stream_ask(tcp, &msg, Some(&key));
+    assert_eq!(
+        answer.error_code(),
+        Some(code::INSUFFICIENT_CAPACITY),
+        "{answer:?}"
+    );
+    assert_eq!(answer.alternate_server, None);
+    assert_eq!(h.server.stats().redirected, 1);
+}
