@@ -123,7 +123,8 @@ fn relayed(s: &Scenario, i: usize) -> Option<std::net::SocketAddr> {
 /// An allocation that worked and is lost is made again at once; one lost again soon after
 /// waits for the back-off (1 s, then doubling), so that a server or NAT that loses our
 /// allocations over and over is not asked at its round-trip rate; at once again once
-/// `RELAY_AT_ONCE_EVERY` (30 s) passed. Each loss here: node A's NAT moves every flow to a new
+/// `RELAY_AT_ONCE_EVERY` (30 s) passed. The back-off starts again from 1 s only after an
+/// allocation lived `RELAY_RETRY_MAX` (60 s): the one after 2 s, 40 s later. Each loss here: node A's NAT moves every flow to a new
 /// port and A checks its mapping at once (`regather`), finds it moved, refreshes its
 /// allocation from the new port and gets 437 Allocation Mismatch (RFC 8656 §7.3).
 #[test]
@@ -180,6 +181,11 @@ fn a_lost_relay_is_made_again_at_once_then_after_a_back_off() {
         third < Duration::from_millis(500),
         "a loss 35 s after the last at once: {third:?}"
     );
+    let fourth = lose(&mut s);
+    assert!(
+        fourth >= Duration::from_secs(2) && fourth < Duration::from_millis(2_500),
+        "a fourth loss 5 s after the third waits the doubled back-off: {fourth:?}"
+    );
     let lost = s.with_node(0, |n, _| n.counters().relays_lost);
-    assert_eq!(lost, 3, "A lost three allocations");
+    assert_eq!(lost, 4, "A lost four allocations");
 }

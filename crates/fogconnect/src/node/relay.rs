@@ -57,7 +57,7 @@ impl Node {
         for event in events {
             match event {
                 TurnEvent::Allocated { relayed, .. } => {
-                    self.relay_backoff = RELAY_RETRY_FIRST;
+                    self.relay_made_at = Some(now);
                     self.relayed = Some(relayed);
                     self.events.push_back(Event::RelayReady { relayed });
                     let candidate = Candidate::new(Kind::Relayed, relayed);
@@ -119,6 +119,13 @@ impl Node {
         self.relay_requested = false;
         self.counters.relays_lost += 1;
         let worked = self.relayed.is_some();
+        if self
+            .relay_made_at
+            .take()
+            .is_some_and(|made| worked && now >= made + RELAY_RETRY_MAX)
+        {
+            self.relay_backoff = RELAY_RETRY_FIRST;
+        }
         if let Some(old) = self.relayed.take() {
             for conn in self.conns.values_mut() {
                 if let Some(agent) = conn.agent_mut() {
