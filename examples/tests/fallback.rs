@@ -119,3 +119,73 @@ fn relayed(s: &Scenario, i: usize) -> Option<std::net::SocketAddr> {
         _ => None,
     })
 }
+
+/// An allocation that worked and is lost is made again at once; one lost again soon after
+/// waits for the back-off (1 s, then doubling), so that a server or NAT that loses our
+/// allocations over and over is not asked at its round-trip rate; at once again once
+/// `RELAY_AT_ONCE_EVERY` (30 s) passed. The back-off starts again from 1 s only after an
+/// allocation lived `RELAY_RETRY_MAX` (60 s): the one after 2 s, 40 s later. Each loss here: node A's NAT moves every flow to a new
+/// port and A checks its mapping at once (`regather`), finds it moved, refreshes its
+/// allocation from the new port and gets 437 Allocation Mismatch (RFC 8656 §7.3).
+#[test]
+fn a_lost_relay_is_made_again_at_once_then_after_a_back_off() {
+    let mut s = Scenario::new(
+        Preset::PortRestrictedCone,
+        Preset::PortRestrictedCone,
+        12,
+        // No loss: a lost Allocate would add its retransmission (0.5 s) to what is measured.
+        &Profile {
+            loss: 0.0,
+            ..Profile::default()
+        },
+    );
+    assert!(s.wait_ready());
+    s.run_for(Duration::from_secs(1));
+    let nat = s.sites[0].middleboxes[0];
+    let lose = |s: &mut Scenario| {
+        let old = relayed(s, 0).expect("A has an allocation");
+        s.sim.rebind_nat(nat);
+        s.with_node(0, |n, now| n.regather(now));
+        s.run_for(Duration::from_secs(5));
+        // When A withdrew the old relayed candidate, and when the new one was ready.
+        let lost = s.events[0]
+            .iter()
+            .find_map(|(at, e)| match e {
+                fogconnect::Event::CandidatesChanged { removed, .. } if removed.contains(&old) => {
+                    Some(*at)
+                }
+                _ => None,
+            })
+            .expect("A withdrew its lost relayed candidate");
+        let ready = s.events[0]
+            .iter()
+            .find_map(|(at, e)| match e {
+                fogconnect::Event::RelayReady { .. } if *at > lost => Some(*at),
+                _ => None,
+            })
+            .expect("A allocated again");
+        ready - lost
+    };
+    // One signaling round trip for credentials (60 ms) and two Allocates with the 401
+    // challenge (70 ms each): about 0.2 s.
+    let first = lose(&mut s);
+    assert!(first < Duration::from_millis(500), "first loss: {first:?}");
+    let second = lose(&mut s);
+    assert!(
+        second >= Duration::from_secs(1) && second < Duration::from_millis(1_500),
+        "a second loss 5 s later waits the back-off: {second:?}"
+    );
+    s.run_for(Duration::from_secs(30));
+    let third = lose(&mut s);
+    assert!(
+        third < Duration::from_millis(500),
+        "a loss 35 s after the last at once: {third:?}"
+    );
+    let fourth = lose(&mut s);
+    assert!(
+        fourth >= Duration::from_secs(2) && fourth < Duration::from_millis(2_500),
+        "a fourth loss 5 s after the third waits the doubled back-off: {fourth:?}"
+    );
+    let lost = s.with_node(0, |n, _| n.counters().relays_lost);
+    assert_eq!(lost, 4, "A lost four allocations");
+}

@@ -117,6 +117,8 @@ pub(crate) struct Router<'a> {
 pub(crate) struct Lab {
     ip: PathBuf,
     nft: PathBuf,
+    /// What names this lab's namespaces and interfaces.
+    prefix: String,
     /// The internet, then each site's router and client; only those that exist.
     namespaces: Vec<String>,
 }
@@ -142,6 +144,7 @@ impl Lab {
         let mut lab = Self {
             ip,
             nft,
+            prefix: prefix.clone(),
             namespaces: Vec::new(),
         };
         let internet = lab.add_namespace(format!("{prefix}i"))?;
@@ -315,6 +318,69 @@ impl Lab {
 
     pub(crate) fn client(&self, site: usize) -> &str {
         &self.namespaces[2 + 2 * site]
+    }
+
+    /// Cables site `site`'s client to site `to`'s router as well, on a second LAN that router
+    /// serves with the same addresses as `site`'s own (two home routers that hand out the
+    /// same private range), the link still down: [`move_client`](Self::move_client) then
+    /// moves the client over. `to`'s client should stay idle: its router now has two LANs.
+    pub(crate) fn cable_to(&self, site: usize, to: usize) -> Result<(), String> {
+        let (here, there) = (self.move_link(site, 'c'), self.move_link(site, 'r'));
+        self.ip_cmd(&["link", "add", &here, "type", "veth", "peer", "name", &there])?;
+        self.ip_cmd(&["link", "set", &here, "netns", self.client(site)])?;
+        self.ip_cmd(&["link", "set", &there, "netns", self.router(to)])?;
+        let own = Site(u8::try_from(site).expect("at most 16 sites"));
+        let router = self.router(to);
+        self.ip_cmd(&[
+            "-n",
+            router,
+            "addr",
+            "add",
+            &format!("{}/28", own.router_lan()),
+            "dev",
+            &there,
+        ])?;
+        self.ip_cmd(&["-n", router, "link", "set", &there, "up"])
+    }
+
+    /// Site `site`'s client leaves its router for the one [`cable_to`](Self::cable_to)
+    /// cabled it to, keeping its address: its own LAN link goes down (its routes with it),
+    /// the new one comes up with the same address and a default route through the new
+    /// router. Sockets bound to the wildcard address keep working, from a new public address.
+    pub(crate) fn move_client(&self, site: usize) -> Result<(), String> {
+        let own = Site(u8::try_from(site).expect("at most 16 sites"));
+        let client = self.client(site);
+        let (old, new) = (
+            format!("{}l{site}c", self.prefix),
+            self.move_link(site, 'c'),
+        );
+        self.ip_cmd(&["-n", client, "link", "set", &old, "down"])?;
+        self.ip_cmd(&[
+            "-n",
+            client,
+            "addr",
+            "add",
+            &format!("{}/28", own.client()),
+            "dev",
+            &new,
+        ])?;
+        self.ip_cmd(&["-n", client, "link", "set", &new, "up"])?;
+        self.ip_cmd(&[
+            "-n",
+            client,
+            "route",
+            "replace",
+            "default",
+            "via",
+            &own.router_lan(),
+            "dev",
+            &new,
+        ])
+    }
+
+    /// The veth end (`c`: client side, `r`: router side) of site `site`'s second LAN.
+    fn move_link(&self, site: usize, end: char) -> String {
+        format!("{}m{site}{end}", self.prefix)
     }
 
     /// Drops UDP between sites `a` and `b`'s public addresses in the internet, both ways: the

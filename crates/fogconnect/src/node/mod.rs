@@ -122,9 +122,17 @@ const UNSPECIFIED: SocketAddr =
 /// authentication); after that it goes without, and the allocation may cost it one port.
 const RELAY_WAIT: Duration = Duration::from_millis(500);
 /// After an allocation is lost, the first wait before asking for a new one, doubled after each
-/// loss up to the last, and back to the first once one is made.
+/// loss up to the last, and back to the first once an allocation has lived the last (one
+/// that a server or NAT loses sooner, again and again, leaves the wait where it is). The
+/// first loss of an allocation that worked waits none of it (see [`RELAY_AT_ONCE_EVERY`]).
 const RELAY_RETRY_FIRST: Duration = Duration::from_secs(1);
 const RELAY_RETRY_MAX: Duration = Duration::from_secs(60);
+/// An allocation that worked and is lost (RFC 8656 §7.3: a Refresh from a 5-tuple the server
+/// does not know, after our NAT moved us, gets 437 Allocation Mismatch; or the Refresh is
+/// not answered at all) is made again at once, since a connection may have lost every path
+/// but the relay at the same moment; at most once per this long, so that a server that
+/// grants and loses allocations over and over is asked at the back-off's pace instead.
+const RELAY_AT_ONCE_EVERY: Duration = Duration::from_secs(30);
 /// Retransmission interval of the port refresh, and its tries.
 const REFRESH_RTO: Duration = Duration::from_millis(250);
 const REFRESH_TRIES: u32 = 5;
@@ -176,6 +184,10 @@ pub struct Node {
     /// The allocation was lost: when to ask for credentials again, and the back-off after.
     relay_retry_at: Option<Instant>,
     relay_backoff: Duration,
+    /// When a lost allocation was last asked for again at once ([`RELAY_AT_ONCE_EVERY`]).
+    relay_at_once: Option<Instant>,
+    /// When the allocation in use was made.
+    relay_made_at: Option<Instant>,
     /// Datagrams of ours to send on a UDP path: (from, to, bytes with the framing byte).
     outgoing: VecDeque<(SocketAddr, SocketAddr, Vec<u8>)>,
     /// When the node was made: its first timeout, which starts discovery.
@@ -262,6 +274,8 @@ impl Node {
             relayed: None,
             relay_retry_at: None,
             relay_backoff: RELAY_RETRY_FIRST,
+            relay_at_once: None,
+            relay_made_at: None,
             outgoing: VecDeque::new(),
             created: now,
             started: false,

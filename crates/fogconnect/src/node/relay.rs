@@ -10,8 +10,8 @@ use fog_turn::client::{Event as TurnEvent, State as TurnState};
 
 use super::seal::Kind as Sealed;
 use super::{
-    ConnectionId, Event, Node, RELAY_RETRY_FIRST, RELAY_RETRY_MAX, SIGNAL_RELAY_KEEPALIVE,
-    UNSPECIFIED, Via,
+    ConnectionId, Event, Node, RELAY_AT_ONCE_EVERY, RELAY_RETRY_FIRST, RELAY_RETRY_MAX,
+    SIGNAL_RELAY_KEEPALIVE, UNSPECIFIED, Via,
 };
 
 /// The fewest seconds between two echoes on the relay over signaling: each costs a frame of
@@ -57,7 +57,7 @@ impl Node {
         for event in events {
             match event {
                 TurnEvent::Allocated { relayed, .. } => {
-                    self.relay_backoff = RELAY_RETRY_FIRST;
+                    self.relay_made_at = Some(now);
                     self.relayed = Some(relayed);
                     self.events.push_back(Event::RelayReady { relayed });
                     let candidate = Candidate::new(Kind::Relayed, relayed);
@@ -108,15 +108,24 @@ impl Node {
         }
     }
 
-    /// The TURN allocation is gone: its relayed candidate is withdrawn (its pairs fail, a
-    /// connection on it moves to another path or waits for the new relay), and fresh
-    /// credentials are asked for after a back-off, for a new allocation that trickles like
-    /// the first.
+    /// The TURN allocation is gone, or the attempt to make one failed: its relayed candidate
+    /// is withdrawn (its pairs fail, a connection on it moves to another path or waits for the
+    /// new relay), and fresh credentials are asked for, for a new allocation that trickles
+    /// like the first: at once when an allocation that worked was lost (at most once per
+    /// [`RELAY_AT_ONCE_EVERY`]), after the back-off otherwise.
     pub(super) fn relay_lost(&mut self, now: Instant) {
         self.turn = None;
         self.turn_sent = false;
         self.relay_requested = false;
         self.counters.relays_lost += 1;
+        let worked = self.relayed.is_some();
+        if self
+            .relay_made_at
+            .take()
+            .is_some_and(|made| worked && now >= made + RELAY_RETRY_MAX)
+        {
+            self.relay_backoff = RELAY_RETRY_FIRST;
+        }
         if let Some(old) = self.relayed.take() {
             for conn in self.conns.values_mut() {
                 if let Some(agent) = conn.agent_mut() {
@@ -129,8 +138,18 @@ impl Node {
                 removed: vec![old],
             });
         }
-        self.relay_retry_at = Some(now + self.relay_backoff);
-        self.relay_backoff = (self.relay_backoff * 2).min(RELAY_RETRY_MAX);
+        let at_once = worked
+            && self
+                .relay_at_once
+                .is_none_or(|t| now >= t + RELAY_AT_ONCE_EVERY);
+        if at_once {
+            self.relay_at_once = Some(now);
+            self.relay_retry_at = Some(now);
+            self.relay_retry(now);
+        } else {
+            self.relay_retry_at = Some(now + self.relay_backoff);
+            self.relay_backoff = (self.relay_backoff * 2).min(RELAY_RETRY_MAX);
+        }
     }
 
     /// Asks for new relay credentials once the back-off after a lost allocation is over.
