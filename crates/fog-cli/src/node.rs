@@ -277,6 +277,11 @@ pub(crate) fn via_name(via: Via) -> &'static str {
     via.name()
 }
 
+/// How long `serve --count` stays after its last echo, reporting what the node does (see
+/// `serve`): many round trips of any path a test or a user has, and short for a process
+/// that is done.
+const SERVE_LINGER: Duration = Duration::from_millis(500);
+
 /// `fogconnect serve`: answer connections and echo every datagram back.
 // The binary reads the clock.
 #[allow(clippy::disallowed_methods)]
@@ -303,8 +308,17 @@ pub(crate) fn serve(args: &ServeArgs) -> Result<(), String> {
             // (at most 3 s), so that the last echo leaves and the path is reported.
             let since = *done_at.get_or_insert_with(Instant::now);
             if connected || since.elapsed() > Duration::from_secs(3) {
-                for _ in 0..5 {
-                    node.step()?;
+                // The last datagram may also have come on a path the peer has just moved to
+                // and ours has not yet: the controlled side takes a nominated pair when its
+                // own check on it is answered (RFC 8445 §7.3.1.5), and the peer's answer
+                // can arrive right behind the datagram it sent the moment it moved (a
+                // loaded machine reorders the two). Linger a little, and report what comes
+                // meanwhile (a path change included: it used to be dropped here).
+                let linger = Instant::now() + SERVE_LINGER;
+                while Instant::now() < linger {
+                    for event in node.step()? {
+                        node.report(&event);
+                    }
                 }
                 return Ok(());
             }

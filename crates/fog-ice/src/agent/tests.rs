@@ -59,6 +59,9 @@ struct Wire {
     sent: Vec<(Instant, bool, SocketAddr, Option<u8>)>,
     /// Whether a datagram from the first address to the second gets through.
     pass: Box<dyn Fn(SocketAddr, SocketAddr) -> bool>,
+    /// Whether a datagram sent with a TTL hint (a low-TTL probe or hold) dies on the way, as
+    /// it does on a real path; off unless set (most tests predate it).
+    low_ttl_dies: bool,
 }
 
 impl Wire {
@@ -71,6 +74,7 @@ impl Wire {
             delay: Box::new(|_, _| Duration::from_millis(5)),
             sent: Vec::new(),
             pass: Box::new(|_, _| true),
+            low_ttl_dies: false,
         }
     }
 
@@ -113,7 +117,8 @@ impl Wire {
                 agent.handle_timeout(self.now);
                 while let Some(t) = agent.poll_transmit(self.now, &mut buf) {
                     self.sent.push((self.now, to_b, t.destination, t.hints.ttl));
-                    if deliver(self.now) && (self.pass)(t.source.unwrap(), t.destination) {
+                    let dies = self.low_ttl_dies && t.hints.ttl.is_some();
+                    if deliver(self.now) && !dies && (self.pass)(t.source.unwrap(), t.destination) {
                         let source = t.source.unwrap();
                         in_flight.push((
                             self.now + (self.delay)(source, t.destination),
@@ -911,4 +916,62 @@ fn dead_relay_pairs_are_lost_within_the_consent_timeout() {
         failures.is_empty(),
         "(seed, on B, lost after, moves): {failures:?}"
     );
+}
+
+/// The netns test's case (fog-cli `a_relayed_connection_moves_to_the_direct_path_when_the_route_opens`):
+/// the direct paths are blocked until both sides' first round gave up, then open. The
+/// controlling side moves at its next round (REPUNCH_INTERVAL after it gave up), whichever
+/// side's round starts first, and the controlled side follows within one path delay of it
+/// (its triggered check on the nominated pair, answered; the rounds that gave up do not stop
+/// triggered checks): both sides are on the direct path by the time the controlling side's
+/// first datagram on it arrives. Low-TTL holds die on the way, as on a real path.
+#[test]
+fn after_punching_gave_up_the_controlled_side_follows_the_move_to_direct_at_once() {
+    let relay: SocketAddr = "198.51.100.50:3478".parse().unwrap();
+    let path_delay = Duration::from_millis(20);
+    for offset in [0u64, 1, 7, 19, 20, 45, 500] {
+        for b_first in [false, true] {
+            let mut wire = relay_wire(17);
+            wire.low_ttl_dies = true;
+            let now = wire.now;
+            let (da, db) = if b_first { (offset, 0) } else { (0, offset) };
+            wire.a.start(now + Duration::from_millis(da));
+            wire.b.start(now + Duration::from_millis(db));
+            let cut = std::rc::Rc::new(std::cell::Cell::new(true));
+            let c = cut.clone();
+            wire.pass = Box::new(move |s, d| !c.get() || s == relay || d == relay);
+            wire.run(Duration::from_secs(6), &mut |_| true);
+            let gave_up = |b: bool| {
+                wire.events
+                    .iter()
+                    .any(|(_, side, e)| *side == b && *e == Event::GaveUp)
+            };
+            assert!(gave_up(false) && gave_up(true), "offset {offset}");
+            assert!(wire.a.selected_is_relayed() && wire.b.selected_is_relayed());
+            cut.set(false);
+            wire.run(Duration::from_secs(30), &mut |_| true);
+            let direct = |b: bool| {
+                wire.events.iter().find_map(|(t, side, e)| match e {
+                    Event::Selected { relayed: false, .. } if *side == b => Some(*t),
+                    _ => None,
+                })
+            };
+            let (Some(a), Some(b)) = (direct(false), direct(true)) else {
+                panic!("offset {offset}, b first {b_first}: {:?}", wire.events);
+            };
+            // The next round is REPUNCH_INTERVAL after the first gave up (5 s of punching).
+            assert!(
+                a - now <= Duration::from_secs(5) + REPUNCH_INTERVAL + Duration::from_secs(1),
+                "offset {offset}, b first {b_first}: A moved at {:?}",
+                a - now
+            );
+            assert!(
+                b <= a + path_delay,
+                "offset {offset}, b first {b_first}: A moved at {:?}, B at {:?}",
+                a - now,
+                b - now
+            );
+            assert_eq!(wire.a.selected(), wire.b.selected().map(|(l, r)| (r, l)));
+        }
+    }
 }
