@@ -107,7 +107,7 @@ pub enum Status {
 /// Runs one [`SansIo`] machine on real UDP sockets with a mio event loop.
 ///
 /// The driver owns the machine, the sockets, the clock and the buffers reused for every
-/// datagram: [`RECV_BATCH`] receive buffers of 65,535 bytes for one `recvmmsg`, and a transmit
+/// datagram: eight receive buffers of 65,535 bytes for one `recvmmsg`, and a transmit
 /// buffer where a run of datagrams to one destination is gathered for one segmented send (each
 /// `poll_transmit` still gets 65,535 bytes). Each input is followed by the drain order of
 /// [`SansIo`]: transmits, then events (handed to the `on_event` callback), then the next
