@@ -15,6 +15,17 @@ use crate::{Handle, Stats};
 /// buffer size the [`SansIo::poll_transmit`] contract promises.
 const BUF_LEN: usize = 65_535;
 
+/// Datagrams one `recvmmsg` call may return, each into a buffer of [`BUF_LEN`] bytes (one of
+/// them may hold a GRO train of up to 64 KiB). quinn-udp takes at most 32 per call.
+const RECV_BATCH: usize = 8;
+
+/// The payload bytes one segmented send may carry: the kernel refuses a UDP send longer than
+/// 65,535 bytes with its headers (RFC 768's 16-bit length; IPv6's 40-byte header).
+const MAX_RUN_BYTES: usize = 65_535 - 8 - 40;
+
+/// The most datagrams in one segmented send (Linux's `UDP_MAX_SEGMENTS`).
+const MAX_RUN_SEGMENTS: usize = 64;
+
 /// The waker's token; socket tokens are indexes into the socket table, which the on-demand cap
 /// keeps far below this.
 const WAKER: Token = Token(usize::MAX);
@@ -95,9 +106,12 @@ pub enum Status {
 
 /// Runs one [`SansIo`] machine on real UDP sockets with a mio event loop.
 ///
-/// The driver owns the machine, the sockets, the clock and two 65,535-byte buffers reused for
-/// every datagram. Each input is followed by the drain order of [`SansIo`]: transmits, then events
-/// (handed to the `on_event` callback), then the next deadline arms the poll timeout.
+/// The driver owns the machine, the sockets, the clock and the buffers reused for every
+/// datagram: eight receive buffers of 65,535 bytes for one `recvmmsg`, and a transmit
+/// buffer where a run of datagrams to one destination is gathered for one segmented send (each
+/// `poll_transmit` still gets 65,535 bytes). Each input is followed by the drain order of
+/// [`SansIo`]: transmits, then events (handed to the `on_event` callback), then the next
+/// deadline arms the poll timeout.
 pub struct Driver<M: SansIo> {
     machine: M,
     io: Io,
@@ -123,6 +137,8 @@ struct Io {
     default_v6: Option<usize>,
     /// Sockets with `pending` set, in the order they became readable.
     pending: Vec<usize>,
+    /// Datagrams polled but not sent yet, at the start of the transmit buffer.
+    run: Option<Run>,
     config: Config,
     stats: Stats,
     handle: Handle,
@@ -153,6 +169,7 @@ impl<M: SansIo> Driver<M> {
             default_v4: None,
             default_v6: None,
             pending: Vec::new(),
+            run: None,
             config,
             stats: Stats::default(),
             handle,
@@ -165,8 +182,8 @@ impl<M: SansIo> Driver<M> {
         Ok(Self {
             machine,
             io,
-            recv_buf: vec![0; BUF_LEN].into_boxed_slice(),
-            send_buf: vec![0; BUF_LEN].into_boxed_slice(),
+            recv_buf: vec![0; RECV_BATCH * BUF_LEN].into_boxed_slice(),
+            send_buf: vec![0; MAX_RUN_BYTES + BUF_LEN].into_boxed_slice(),
         })
     }
 
@@ -363,33 +380,73 @@ impl<M: SansIo> Driver<M> {
         more
     }
 
-    /// [`read_socket`](Self::read_socket) without the events.
+    /// [`read_socket`](Self::read_socket) without the events. The transmits of the whole batch
+    /// are gathered (a run to one destination leaves in one segmented send) and sent before it
+    /// returns.
+    fn read_batch(&mut self, index: usize) -> bool {
+        let more = self.read_batch_unsent(index);
+        self.io.flush(&self.send_buf);
+        more
+    }
+
+    /// Reads with `recvmmsg`, up to [`RECV_BATCH`] buffers per call, each possibly a GRO train
+    /// of datagrams of one size from one source, cut apart here; every datagram goes to the
+    /// machine on its own, as before.
     ///
     /// A socket unbound by an earlier datagram's drain in the same turn is skipped; one bound in
     /// its slot meanwhile is simply read (nothing is lost: it is nonblocking).
-    fn read_batch(&mut self, index: usize) -> bool {
-        for _ in 0..self.io.config.read_budget {
+    fn read_batch_unsent(&mut self, index: usize) -> bool {
+        let mut budget = self.io.config.read_budget;
+        while budget > 0 {
             let Some(Some(slot)) = self.io.sockets.get_mut(index) else {
                 return false;
             };
             let local = slot.local;
-            let result = slot.socket.recv_from(&mut self.recv_buf);
+            let mut meta = [quinn_udp::RecvMeta::default(); RECV_BATCH];
+            let result = {
+                let mut chunks = self.recv_buf.chunks_mut(BUF_LEN);
+                let mut bufs: [io::IoSliceMut<'_>; RECV_BATCH] =
+                    std::array::from_fn(|_| io::IoSliceMut::new(chunks.next().unwrap_or(&mut [])));
+                let wanted = budget.min(RECV_BATCH);
+                slot.state.recv(
+                    (&slot.socket).into(),
+                    &mut bufs[..wanted],
+                    &mut meta[..wanted],
+                )
+            };
             match result {
-                Ok((len, source)) => {
-                    let now = Instant::now();
-                    self.io.stats.received += 1;
-                    self.io.stats.received_bytes += len as u64;
-                    let packet = Receive {
-                        source,
-                        local,
-                        payload: &self.recv_buf[..len],
-                    };
-                    if self.machine.accepts(&packet) {
-                        self.machine.handle_packet(now, packet);
-                        send_all(&mut self.machine, &mut self.io, &mut self.send_buf, now);
-                    } else {
-                        self.io.stats.rejected += 1;
-                        tracing::trace!(%source, %local, len, "datagram not accepted by the machine");
+                Ok(count) => {
+                    self.io.stats.recv_calls += 1;
+                    for (i, meta) in meta.iter().enumerate().take(count) {
+                        let start = i * BUF_LEN;
+                        let Some(train) = self.recv_buf.get(start..start + meta.len.min(BUF_LEN))
+                        else {
+                            continue;
+                        };
+                        // GRO: datagrams of `stride` bytes, the last one possibly shorter.
+                        let stride = if meta.stride == 0 {
+                            train.len().max(1)
+                        } else {
+                            meta.stride
+                        };
+                        for payload in train.chunks(stride) {
+                            budget = budget.saturating_sub(1);
+                            let now = Instant::now();
+                            self.io.stats.received += 1;
+                            self.io.stats.received_bytes += payload.len() as u64;
+                            let packet = Receive {
+                                source: meta.addr,
+                                local,
+                                payload,
+                            };
+                            if self.machine.accepts(&packet) {
+                                self.machine.handle_packet(now, packet);
+                                send_all(&mut self.machine, &mut self.io, &mut self.send_buf, now);
+                            } else {
+                                self.io.stats.rejected += 1;
+                                tracing::trace!(source = %meta.addr, %local, len = payload.len(), "datagram not accepted by the machine");
+                            }
+                        }
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -401,15 +458,14 @@ impl<M: SansIo> Driver<M> {
                 Err(e) if is_icmp_error(&e) => {
                     // An ICMP error about an earlier datagram (Windows reports these on
                     // unconnected sockets; Linux only with IP_RECVERR). Consuming it is enough.
+                    budget -= 1;
                     self.io.stats.icmp_errors += 1;
                     tracing::debug!(%local, error = %e, "ICMP error on receive");
                 }
                 Err(e) => {
                     self.io.stats.recv_errors += 1;
                     tracing::warn!(%local, error = %e, "receive failed; reading again at the next readiness");
-                    if let Some(Some(slot)) = self.io.sockets.get_mut(index) {
-                        slot.pending = false;
-                    }
+                    slot.pending = false;
                     return false;
                 }
             }
@@ -439,6 +495,7 @@ fn drain<M: SansIo>(
 ) {
     loop {
         send_all(machine, io, buf, now);
+        io.flush(buf);
         let mut delivered = false;
         while let Some(event) = machine.poll_event() {
             delivered = true;
@@ -454,14 +511,118 @@ fn drain<M: SansIo>(
 }
 
 /// The first half of the drain order: every socket request, then every transmit.
+///
+/// Transmits join the run gathered at the start of `buf` (each is polled into the 65,535 bytes
+/// after it); a run leaves when the next transmit cannot join it, before a socket request (an
+/// unbind must not overtake a datagram queued from that socket) and at [`Io::flush`], which the
+/// caller calls once the input's batch is done.
 fn send_all<M: SansIo>(machine: &mut M, io: &mut Io, buf: &mut [u8], now: Instant) {
     while let Some(request) = machine.poll_socket_request() {
+        io.flush(buf);
         if let Err(addr) = io.carry_out(request) {
             machine.handle_bind_error(now, addr);
         }
     }
-    while let Some(transmit) = machine.poll_transmit(now, buf) {
-        io.send(&transmit, buf);
+    loop {
+        let start = io.run.map_or(0, |run| run.bytes);
+        let Some(space) = buf.get_mut(start..start + BUF_LEN) else {
+            debug_assert!(false, "a run leaves before it reaches the buffer's end");
+            io.flush(buf);
+            continue;
+        };
+        let Some(transmit) = machine.poll_transmit(now, space) else {
+            return;
+        };
+        io.queue(&transmit, buf);
+    }
+}
+
+/// Datagrams to one destination from one socket with one TTL, gathered at the start of the
+/// transmit buffer for one segmented send (UDP GSO): all of `segment` bytes but the last,
+/// which may be shorter and then ends the run.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    socket: usize,
+    destination: SocketAddr,
+    ttl: Option<u8>,
+    segment: usize,
+    bytes: usize,
+    count: usize,
+    /// A shorter datagram ended it, or the socket takes no more per send.
+    closed: bool,
+}
+
+impl Run {
+    fn takes(&self, socket: usize, transmit: &Transmit) -> bool {
+        !self.closed
+            && self.socket == socket
+            && self.destination == transmit.destination
+            && self.ttl == transmit.hints.ttl
+            && transmit.len <= self.segment
+            && self.bytes + transmit.len <= MAX_RUN_BYTES
+    }
+}
+
+impl Run {
+    fn new(socket: usize, transmit: &Transmit) -> Self {
+        Self {
+            socket,
+            destination: transmit.destination,
+            ttl: transmit.hints.ttl,
+            segment: transmit.len,
+            bytes: transmit.len,
+            count: 1,
+            closed: false,
+        }
+    }
+}
+
+/// One `sendmsg` of `contents`: one datagram, or datagrams of `segment` bytes cut by the kernel
+/// (the last may be shorter) when `segmented`. Counts the outcome; a segmented send's error is
+/// returned so that the caller can send its datagrams one by one.
+fn send_datagrams(
+    slot: &crate::socket::UdpSlot,
+    stats: &mut Stats,
+    destination: SocketAddr,
+    contents: &[u8],
+    segment: usize,
+    segmented: bool,
+) -> io::Result<()> {
+    let count = if segmented {
+        contents.len().div_ceil(segment) as u64
+    } else {
+        1
+    };
+    let transmit = quinn_udp::Transmit {
+        destination,
+        ecn: None,
+        contents,
+        segment_size: segmented.then_some(segment),
+        src_ip: None,
+    };
+    // `try_send` retries EINTR itself.
+    match slot.state.try_send((&slot.socket).into(), &transmit) {
+        Ok(()) => {
+            stats.sent += count;
+            stats.sent_bytes += contents.len() as u64;
+            stats.send_calls += 1;
+            Ok(())
+        }
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            stats.send_would_block += count;
+            tracing::debug!(local = %slot.local, %destination, count, "send buffer full; transmit dropped");
+            Ok(())
+        }
+        Err(e) if segmented => {
+            stats.send_errors += count;
+            tracing::debug!(local = %slot.local, %destination, count, error = %e, "segmented send failed");
+            Err(e)
+        }
+        Err(e) => {
+            stats.send_errors += 1;
+            tracing::debug!(local = %slot.local, %destination, error = %e, "send failed; transmit dropped");
+            Ok(())
+        }
     }
 }
 
@@ -538,6 +699,10 @@ impl Io {
         let Some(&index) = self.by_addr.get(&addr) else {
             return false;
         };
+        debug_assert!(
+            self.run.is_none_or(|run| run.socket != index),
+            "a run is sent before any socket request is carried out"
+        );
         if index < self.configured {
             tracing::warn!(%addr, "refusing to unbind a socket the driver was built with");
             return false;
@@ -599,48 +764,102 @@ impl Io {
         }
     }
 
-    /// Sends `buf[..transmit.len]`, counting whatever happens to it.
-    fn send(&mut self, transmit: &Transmit, buf: &[u8]) {
-        let Some(payload) = buf.get(..transmit.len) else {
+    /// Adds a transmit just polled (its payload in `buf` at the end of the run, or at 0) to
+    /// the run, or sends the run and starts a new one with it; sends the run at once when it
+    /// cannot grow.
+    fn queue(&mut self, transmit: &Transmit, buf: &mut [u8]) {
+        let start = self.run.map_or(0, |run| run.bytes);
+        if transmit.len > BUF_LEN {
             self.stats.send_errors += 1;
             tracing::warn!(
                 len = transmit.len,
                 "transmit longer than the buffer it was written into; dropped"
             );
             return;
-        };
-        let Some(index) = self.socket_for(transmit) else {
-            return;
-        };
-        let Some(Some(slot)) = self.sockets.get_mut(index) else {
-            debug_assert!(false, "socket_for returned an empty slot");
-            return;
-        };
-        if let Err(e) = slot.prepare_ttl(transmit.hints.ttl) {
-            self.stats.ttl_errors += 1;
-            tracing::warn!(ttl = ?transmit.hints.ttl, local = %slot.local, error = %e, "TTL hint refused; transmit dropped");
-            return;
         }
-        loop {
-            match slot.socket.send_to(payload, transmit.destination) {
-                Ok(sent) => {
-                    self.stats.sent += 1;
-                    self.stats.sent_bytes += sent as u64;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.stats.send_would_block += 1;
-                    tracing::debug!(local = %slot.local, destination = %transmit.destination, "send buffer full; transmit dropped");
-                }
-                Err(e) => {
-                    self.stats.send_errors += 1;
-                    tracing::debug!(local = %slot.local, destination = %transmit.destination, error = %e, "send failed; transmit dropped");
-                }
+        if transmit.len == 0 {
+            // A segmented send cannot carry it; alone it is an empty datagram.
+            self.flush(buf);
+            if let Some(socket) = self.socket_for(transmit) {
+                self.run = Some(Run::new(socket, transmit));
+                self.flush(buf);
             }
             return;
         }
+        let Some(socket) = self.socket_for(transmit) else {
+            return;
+        };
+        match &mut self.run {
+            Some(run) if run.takes(socket, transmit) => {
+                run.bytes += transmit.len;
+                run.count += 1;
+                run.closed = transmit.len < run.segment;
+            }
+            Some(_) => {
+                self.flush(buf);
+                buf.copy_within(start..start + transmit.len, 0);
+                self.run = Some(Run::new(socket, transmit));
+            }
+            None => self.run = Some(Run::new(socket, transmit)),
+        }
+        let max_segments = match self.sockets.get(socket) {
+            Some(Some(slot)) => slot.max_segments().min(MAX_RUN_SEGMENTS),
+            _ => 1,
+        };
+        if let Some(run) = &mut self.run {
+            run.closed |= run.count >= max_segments;
+            if run.closed || run.bytes + run.segment > MAX_RUN_BYTES {
+                self.flush(buf);
+            }
+        }
     }
 
+    /// Sends the run gathered at the start of `buf`, if any: one `sendmsg`, segmented when it
+    /// holds several datagrams. A kernel that refuses segmentation offload (EIO where the
+    /// device cannot checksum it, EINVAL for a size it will not cut) makes quinn-udp remember
+    /// it for the socket; the run is then sent again one datagram at a time, and so is every
+    /// later one.
+    fn flush(&mut self, buf: &[u8]) {
+        let Some(run) = self.run.take() else {
+            return;
+        };
+        let Some(Some(slot)) = self.sockets.get_mut(run.socket) else {
+            debug_assert!(false, "a run's socket left before the run was sent");
+            self.stats.dropped_no_socket += run.count as u64;
+            return;
+        };
+        if let Err(e) = slot.prepare_ttl(run.ttl) {
+            self.stats.ttl_errors += run.count as u64;
+            tracing::warn!(ttl = ?run.ttl, local = %slot.local, error = %e, "TTL hint refused; transmit dropped");
+            return;
+        }
+        let contents = &buf[..run.bytes];
+        let segmented = run.count > 1;
+        match send_datagrams(
+            slot,
+            &mut self.stats,
+            run.destination,
+            contents,
+            run.segment,
+            segmented,
+        ) {
+            Err(_) if segmented && slot.max_segments() <= 1 => {
+                self.stats.segmentation_refused += 1;
+                tracing::info!(local = %slot.local, "the kernel refused UDP segmentation offload; sending one datagram at a time");
+                for datagram in contents.chunks(run.segment) {
+                    let _ = send_datagrams(
+                        slot,
+                        &mut self.stats,
+                        run.destination,
+                        datagram,
+                        run.segment,
+                        false,
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
     /// The socket a transmit leaves from, binding its source on demand; `None` (counted and
     /// logged) when there is none.
     fn socket_for(&mut self, transmit: &Transmit) -> Option<usize> {
@@ -926,6 +1145,186 @@ mod tests {
         for _ in 0..3 {
             assert_eq!(peer.recv_from(&mut buf).unwrap().0, 1);
         }
+    }
+
+    /// Records every datagram's payload.
+    #[derive(Default)]
+    struct Collect {
+        payloads: Vec<Vec<u8>>,
+    }
+
+    impl SansIo for Collect {
+        type Event = ();
+
+        fn handle_packet(&mut self, _now: Instant, packet: Receive<'_>) {
+            self.payloads.push(packet.payload.to_vec());
+        }
+        fn handle_timeout(&mut self, _now: Instant) {}
+        fn poll_transmit(&mut self, _now: Instant, _buf: &mut [u8]) -> Option<Transmit> {
+            None
+        }
+        fn poll_event(&mut self) -> Option<()> {
+            None
+        }
+        fn poll_timeout(&self) -> Option<Instant> {
+            None
+        }
+    }
+
+    /// `count` numbered datagrams of `len` bytes (the last `last` bytes long) to `to`.
+    fn numbered(to: SocketAddr, count: usize, len: usize, last: usize) -> Vec<(Transmit, Vec<u8>)> {
+        (0..count)
+            .map(|i| {
+                let len = if i + 1 == count { last } else { len };
+                let mut payload = vec![i as u8; len];
+                payload[0] = (i >> 8) as u8;
+                (Transmit::new(to, len), payload)
+            })
+            .collect()
+    }
+
+    fn receive_all(sink: &std::net::UdpSocket, count: usize) -> Vec<Vec<u8>> {
+        sink.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 2048];
+        (0..count)
+            .map(|_| {
+                let (len, _) = sink.recv_from(&mut buf).unwrap();
+                buf[..len].to_vec()
+            })
+            .collect()
+    }
+
+    /// A drain's run of datagrams to one peer leaves in one segmented send (UDP GSO, Linux
+    /// 4.18 and later), cut back into the same datagrams, complete and in order; the shorter last
+    /// one rides along. A datagram to another peer starts a run of its own.
+    #[test]
+    fn a_run_to_one_peer_leaves_in_one_send_and_arrives_whole_and_in_order() {
+        let sink = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let other = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = sink.local_addr().unwrap();
+        let mut driver = Driver::new(Sender::default(), &["127.0.0.1:0".parse().unwrap()]).unwrap();
+        assert!(
+            driver.io.sockets[0].as_ref().unwrap().max_segments() > 1,
+            "this kernel has no UDP segmentation offload"
+        );
+        let sent = numbered(to, 40, 1_000, 300);
+        driver.machine_mut().queue.extend(sent.clone());
+        driver
+            .machine_mut()
+            .queue
+            .push((Transmit::new(other.local_addr().unwrap(), 5), vec![9; 5]));
+        driver.drain(|_, ()| {});
+        let stats = driver.stats();
+        assert_eq!(stats.sent, 41);
+        assert_eq!(
+            stats.send_calls, 2,
+            "one send for the run, one for the other peer"
+        );
+        let got = receive_all(&sink, 40);
+        let want: Vec<Vec<u8>> = sent.into_iter().map(|(_, p)| p).collect();
+        assert!(got == want, "datagrams lost, cut wrongly or reordered");
+        assert_eq!(receive_all(&other, 1), vec![vec![9; 5]]);
+    }
+
+    /// Runs end at the kernel's 64 segments and at 64 KiB; a longer burst becomes several sends.
+    #[test]
+    fn a_long_burst_is_cut_into_runs_the_kernel_takes() {
+        let sink = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        sink.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        socket2::SockRef::from(&sink)
+            .set_recv_buffer_size(1 << 20)
+            .unwrap();
+        let to = sink.local_addr().unwrap();
+        let mut driver = Driver::new(Sender::default(), &["127.0.0.1:0".parse().unwrap()]).unwrap();
+        // 150 of 100 bytes: 64 + 64 + 22 segments; 100 of 1,400 bytes: 46 + 46 + 8 (64 KiB).
+        let mut sent = numbered(to, 150, 100, 100);
+        sent.extend(numbered(to, 100, 1_400, 1_400));
+        driver.machine_mut().queue.extend(sent.clone());
+        driver.drain(|_, ()| {});
+        assert_eq!(driver.stats().sent, 250);
+        assert_eq!(driver.stats().send_calls, 6);
+        let got = receive_all(&sink, 250);
+        let want: Vec<Vec<u8>> = sent.into_iter().map(|(_, p)| p).collect();
+        assert!(got == want, "datagrams lost, cut wrongly or reordered");
+    }
+
+    /// A segmented send the kernel refuses (here EINVAL: more segments than its
+    /// `UDP_MAX_SEGMENTS`, 64 before Linux 6.9 and 128 since, which the driver never asks for) is sent again one datagram at a time, complete and in
+    /// order, and the socket sends one datagram per call from then on.
+    #[test]
+    fn a_refused_segmented_send_falls_back_to_one_datagram_per_send() {
+        let sink = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket2::SockRef::from(&sink)
+            .set_recv_buffer_size(1 << 20)
+            .unwrap();
+        let to = sink.local_addr().unwrap();
+        let mut driver = Driver::new(Sender::default(), &["127.0.0.1:0".parse().unwrap()]).unwrap();
+        let count = 500;
+        let sent = numbered(to, count, 8, 8);
+        let mut buf = vec![0u8; MAX_RUN_BYTES + BUF_LEN];
+        for (i, (_, payload)) in sent.iter().enumerate() {
+            buf[i * 8..(i + 1) * 8].copy_from_slice(payload);
+        }
+        driver.io.run = Some(Run {
+            socket: 0,
+            destination: to,
+            ttl: None,
+            segment: 8,
+            bytes: count * 8,
+            count,
+            closed: true,
+        });
+        driver.io.flush(&buf);
+        let stats = driver.stats();
+        assert_eq!(stats.segmentation_refused, 1);
+        assert_eq!(stats.sent, count as u64);
+        assert_eq!(stats.send_calls, count as u64);
+        assert_eq!(driver.io.sockets[0].as_ref().unwrap().max_segments(), 1);
+        let got = receive_all(&sink, count);
+        let want: Vec<Vec<u8>> = sent.into_iter().map(|(_, p)| p).collect();
+        assert!(got == want, "datagrams lost or reordered in the fallback");
+
+        // Remembered: the next run goes one datagram per call without trying again.
+        driver.machine_mut().queue.extend(numbered(to, 5, 100, 100));
+        driver.drain(|_, ()| {});
+        assert_eq!(driver.stats().send_calls, count as u64 + 5);
+        assert_eq!(driver.stats().segmentation_refused, 1);
+        assert_eq!(receive_all(&sink, 5).len(), 5);
+    }
+
+    /// Between two drivers a segmented run may arrive joined (GRO) and several datagrams come
+    /// per `recvmmsg`: the receiving machine still sees each datagram on its own, whole and in
+    /// order, in fewer calls than datagrams.
+    #[test]
+    fn datagrams_read_in_batches_reach_the_machine_one_by_one() {
+        let local: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let config = Config::new().socket_buffers(Some(1 << 20), None);
+        let mut receiver = Driver::with_config(Collect::default(), &[local], config).unwrap();
+        let to = receiver.local_addrs()[0];
+        let mut sender = Driver::new(Sender::default(), &[local]).unwrap();
+        let mut sent = numbered(to, 60, 1_200, 700);
+        sent.extend(numbered(to, 20, 50, 50));
+        sender.machine_mut().queue.extend(sent.clone());
+        sender.drain(|_, ()| {});
+        assert_eq!(sender.stats().sent, 80);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while receiver.machine().payloads.len() < 80 && Instant::now() < deadline {
+            receiver
+                .turn(Some(Duration::from_millis(100)), |_, ()| {})
+                .unwrap();
+        }
+        let want: Vec<Vec<u8>> = sent.into_iter().map(|(_, p)| p).collect();
+        assert!(
+            receiver.machine().payloads == want,
+            "datagrams lost, joined or reordered"
+        );
+        let stats = receiver.stats();
+        assert_eq!(stats.received, 80);
+        assert!(
+            stats.recv_calls < 20,
+            "{} receive calls for 80 datagrams",
+            stats.recv_calls
+        );
     }
 
     fn from_count(driver: &Driver<Recorder>, addr: SocketAddr) -> usize {

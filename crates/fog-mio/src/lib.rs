@@ -80,11 +80,22 @@
 //!   ([`Stats::bind_errors`]), logged and reported to the machine at once with
 //!   [`SansIo::handle_bind_error`](fog_core::SansIo::handle_bind_error), before any transmit. Only sockets bound after construction are ever closed
 //!   before the driver is dropped; the count of those open is what the cap limits.
-//! - **Buffers.** One 65,535-byte receive buffer and one 65,535-byte transmit buffer, reused for
-//!   every datagram: no allocation per datagram.
+//! - **Buffers.** Eight 65,535-byte receive buffers (one `recvmmsg`) and a transmit buffer of
+//!   about 128 KiB, reused for every datagram: no allocation per datagram.
 //!   The kernel's socket buffers keep the OS default unless [`Config::socket_buffers`] asks for
 //!   more (a server under load overflows Linux's 208 KiB default between two reads);
 //!   [`Driver::buffer_sizes`] reports what the OS granted.
+//! - **Batches** (through quinn-udp, which wraps the system calls safely: the workspace forbids
+//!   `unsafe`). Reads take up to 8 datagrams per `recvmmsg`, and where the kernel joins a flow's
+//!   datagrams (UDP GRO) they are cut apart again: the machine always sees one datagram per
+//!   `handle_packet`. Transmits to one destination from one socket with one TTL, all of one
+//!   size but the last, are gathered (up to 64 datagrams or 64 KiB) and leave in one
+//!   `sendmsg` that the kernel cuts into datagrams (UDP segmentation offload, Linux 4.18+); a
+//!   run leaves when the next transmit cannot join it, before any socket request, and at the
+//!   end of the drain or of a socket's read batch, so transmits still leave in the order polled.
+//!   A kernel that refuses a segmented send (EIO, EINVAL) gets its datagrams again one by one,
+//!   and that socket sends one per call from then on ([`Stats::segmentation_refused`]).
+//!   Sockets carry the don't-fragment bit (quinn-udp's `IP_PMTUDISC_PROBE`).
 //! - **Input.** Each datagram becomes a [`Receive`](fog_core::Receive) with the socket's bound
 //!   address as `local`; if [`accepts`](fog_core::SansIo::accepts) says yes it goes to
 //!   `handle_packet` with a fresh `now`, else it is counted in [`Stats::rejected`]. `EINTR` is

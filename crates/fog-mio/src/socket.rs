@@ -25,6 +25,10 @@ pub(crate) struct UdpSlot {
     /// Set while the socket may still hold datagrams the driver has not read: mio is
     /// edge-triggered, and a turn reads at most `read_budget` datagrams per socket.
     pub(crate) pending: bool,
+    /// quinn-udp's view of the socket: whether the kernel takes UDP segmentation offload
+    /// (`UDP_SEGMENT`; it forgets it after the first EIO or EINVAL of a segmented send), and
+    /// the `sendmsg`/`recvmmsg` calls with their control messages (GRO's segment size).
+    pub(crate) state: quinn_udp::UdpSocketState,
 }
 
 impl UdpSlot {
@@ -63,13 +67,25 @@ impl UdpSlot {
             SocketAddr::V4(_) => socket.ttl_v4()?,
             SocketAddr::V6(_) => socket.unicast_hops_v6()?,
         };
+        // Also turns on GRO where the kernel has it (datagrams of one flow may arrive joined,
+        // with their segment size), packet info, and IP_PMTUDISC_PROBE: the don't-fragment
+        // bit, with the interface's MTU as the limit. FogConnect's datagrams stay under 1,400
+        // bytes (`fogconnect::MAX_DATAGRAM`) so that no path has to fragment them.
+        let state = quinn_udp::UdpSocketState::new((&socket).into())?;
         Ok(Self {
             socket: mio::net::UdpSocket::from_std(socket.into()),
             local,
             default_ttl,
             current_ttl: default_ttl,
             pending: false,
+            state,
         })
+    }
+
+    /// How many datagrams one segmented send may carry: 1 where the kernel has no UDP
+    /// segmentation offload or refused it once.
+    pub(crate) fn max_segments(&self) -> usize {
+        self.state.max_gso_segments()
     }
 
     /// The receive and send buffer sizes the OS reports now.

@@ -23,6 +23,16 @@ pub struct Stats {
     pub sent: u64,
     /// Payload bytes of the datagrams handed to the OS.
     pub sent_bytes: u64,
+    /// Successful send system calls: one per datagram, or one per run of datagrams to one
+    /// destination that the kernel cut apart (UDP segmentation offload); `sent / send_calls`
+    /// is the batching achieved.
+    pub send_calls: u64,
+    /// Segmented sends the kernel refused (EIO or EINVAL: no offload on that path); their
+    /// datagrams went again one by one, and so do the socket's later ones.
+    pub segmentation_refused: u64,
+    /// Successful receive system calls (`recvmmsg`, each of up to 8 buffers, a buffer possibly
+    /// a GRO train of several datagrams); `received / recv_calls` is the batching achieved.
+    pub recv_calls: u64,
     /// Transmits the OS refused to send (unreachable, message too long, ...); dropped.
     pub send_errors: u64,
     /// Transmits dropped because the socket's send buffer was full. UDP may drop; machines

@@ -190,6 +190,11 @@ pub struct Node {
     relay_made_at: Option<Instant>,
     /// Datagrams of ours to send on a UDP path: (from, to, bytes with the framing byte).
     outgoing: VecDeque<(SocketAddr, SocketAddr, Vec<u8>)>,
+    /// Buffers of sent datagrams, for the next ones a transport writes and the seal seals in
+    /// place (at most [`MAX_SPARE`]): a bulk transfer allocates none per datagram.
+    spare: Vec<Vec<u8>>,
+    /// Where a sealed datagram is opened, reused.
+    opened: Vec<u8>,
     /// When the node was made: its first timeout, which starts discovery.
     created: Instant,
     started: bool,
@@ -277,6 +282,8 @@ impl Node {
             relay_at_once: None,
             relay_made_at: None,
             outgoing: VecDeque::new(),
+            spare: Vec::new(),
+            opened: Vec::new(),
             created: now,
             started: false,
             hosts: Vec::new(),
@@ -533,13 +540,20 @@ impl Node {
             self.blocked = true;
             return Err(SendError::Blocked);
         }
-        let sealed = keys.seal(seal::Kind::Data, data);
+        let mut sealed = self
+            .spare
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(SPARE_CAPACITY));
+        sealed.clear();
+        sealed.resize(seal::PAYLOAD_AT, 0);
+        sealed.extend_from_slice(data);
+        keys.seal_in_place(seal::Kind::Data, &mut sealed);
         if let Some((local, remote)) = path {
             self.outgoing.push_back((local, remote, sealed));
         } else if let Some(session) = relay {
-            self.client
-                .relay(session, &sealed)
-                .map_err(|_| SendError::NotConnected)?;
+            let relayed = self.client.relay(session, &sealed);
+            recycle(&mut self.spare, sealed);
+            relayed.map_err(|_| SendError::NotConnected)?;
         }
         conn.sent.add(now, data.len());
         Ok(())
@@ -1407,17 +1421,21 @@ impl Node {
             self.counters.stray += 1;
             return true;
         };
-        let (kind, message) = match keys.open(payload) {
-            Ok(opened) => opened,
-            Err(seal::Refused::Forged) => {
-                self.counters.forged += 1;
-                return true;
-            }
-            Err(seal::Refused::Replayed) => {
-                self.counters.replayed += 1;
+        // Opened into the node's buffer, reused: a transport's packet is read from there.
+        let mut opened = std::mem::take(&mut self.opened);
+        let kind = keys.open_into(payload, &mut opened);
+        let kind = match kind {
+            Ok(kind) => kind,
+            Err(refused) => {
+                match refused {
+                    seal::Refused::Forged => self.counters.forged += 1,
+                    seal::Refused::Replayed => self.counters.replayed += 1,
+                }
+                self.opened = opened;
                 return true;
             }
         };
+        let message = opened.get(1..).unwrap_or_default();
         let id = conn.id;
         conn.heard(now);
         if let (Some((local, source)), Some(agent)) = (direct, conn.agent_mut()) {
@@ -1426,9 +1444,12 @@ impl Node {
         match kind {
             seal::Kind::Data => {
                 conn.received.add(now, message.len());
-                self.events.push_back(Event::Data { id, data: message });
+                self.events.push_back(Event::Data {
+                    id,
+                    data: message.to_vec(),
+                });
             }
-            seal::Kind::Close => match parse_close(&message) {
+            seal::Kind::Close => match parse_close(message) {
                 Some((code, reason)) => self.closed_by_peer(now, id, code, reason),
                 None => self.counters.forged += 1,
             },
@@ -1438,17 +1459,19 @@ impl Node {
             seal::Kind::Probe => self.echo(now, id),
             seal::Kind::Echo => self.echoed(now, id),
             seal::Kind::Transport => {
-                let Some(stream) = &mut conn.stream else {
-                    // Early: the peer's path came up a moment before ours. Its stream
-                    // retransmits.
+                // Early when there is no stream: the peer's path came up a moment before
+                // ours. Its stream retransmits.
+                if let Some(stream) = &mut conn.stream {
+                    if !stream.handle_packet(now, message) {
+                        self.counters.transport_malformed += 1;
+                    }
+                    self.opened = opened;
+                    self.pump_streams(now, Some(id));
                     return true;
-                };
-                if !stream.handle_packet(now, &message) {
-                    self.counters.transport_malformed += 1;
                 }
-                self.pump_streams(now, Some(id));
             }
         }
+        self.opened = opened;
         true
     }
 
@@ -1491,7 +1514,6 @@ impl Node {
     /// each connection's path), their messages (as [`Event::Data`]) and their ends. One
     /// connection's traffic never walks all the others.
     fn pump_streams(&mut self, now: Instant, only: Option<ConnectionId>) {
-        let mut buf = [0u8; MAX_DATAGRAM + 1];
         let mut ended = Vec::new();
         let mut opened = Vec::new();
         let mut peer_closed = Vec::new();
@@ -1577,12 +1599,30 @@ impl Node {
                 self.events.push_back(Event::Writable);
             }
             let quic = stream.is_quic();
-            while let Some(n) = stream.poll_transmit(now, &mut buf) {
-                let sealed = if quic {
-                    keys.tag_quic(&buf[..n])
-                } else {
-                    keys.seal(seal::Kind::Transport, &buf[..n])
+            // The transport writes its packet where the seal wants it, in a buffer of a
+            // datagram already sent; the seal works in place.
+            let at = if quic {
+                seal::QUIC_PACKET_AT
+            } else {
+                seal::PAYLOAD_AT
+            };
+            loop {
+                let mut sealed = self
+                    .spare
+                    .pop()
+                    .unwrap_or_else(|| Vec::with_capacity(SPARE_CAPACITY));
+                // Only what the last datagram did not fill is zeroed.
+                sealed.resize(at + MAX_DATAGRAM + 1, 0);
+                let Some(n) = stream.poll_transmit(now, &mut sealed[at..]) else {
+                    self.spare.push(sealed);
+                    break;
                 };
+                sealed.truncate(at + n);
+                if quic {
+                    keys.tag_quic_in_place(&mut sealed);
+                } else {
+                    keys.seal_in_place(seal::Kind::Transport, &mut sealed);
+                }
                 if let Some((local, remote)) = path {
                     self.outgoing.push_back((local, remote, sealed));
                     if conn.path == Some(Via::Direct) {
@@ -1594,9 +1634,12 @@ impl Node {
                     } else {
                         let _ = self.client.relay(session, &sealed);
                     }
+                    recycle(&mut self.spare, sealed);
+                } else {
+                    // With no path at all the datagram is lost, as on a path that drops it:
+                    // the stream retransmits.
+                    recycle(&mut self.spare, sealed);
                 }
-                // With no path at all the datagram is lost, as on a path that drops it:
-                // the stream retransmits.
             }
         }
         for id in opened {
@@ -2086,6 +2129,21 @@ fn truncate(text: &str, max: usize) -> &str {
 }
 
 /// A sealed close's (code, reason), or `None` if it is not a well-formed one.
+/// The most buffers of sent datagrams the node keeps for the next ones: a KCP flush's or a
+/// QUIC window's burst (128 × 1.4 KB, about 180 KiB, kept only after such a burst).
+const MAX_SPARE: usize = 128;
+
+/// What a buffer in [`Node::spare`] holds: the largest datagram a transport writes, sealed.
+const SPARE_CAPACITY: usize = seal::OVERHEAD + MAX_DATAGRAM + 1;
+
+/// Keeps the buffer of a datagram just sent for the next one, if it is one of ours (large
+/// enough) and the pool has room.
+fn recycle(spare: &mut Vec<Vec<u8>>, buffer: Vec<u8>) {
+    if spare.len() < MAX_SPARE && buffer.capacity() >= SPARE_CAPACITY {
+        spare.push(buffer);
+    }
+}
+
 fn parse_close(message: &[u8]) -> Option<(u32, String)> {
     let code = u32::from_be_bytes(message.get(..4)?.try_into().ok()?);
     let reason = &message[4..];
@@ -2269,6 +2327,7 @@ impl SansIo for Node {
                     if turn.send_to(now, remote, &bytes).is_err() {
                         self.counters.relay_send_errors += 1;
                     }
+                    recycle(&mut self.spare, bytes);
                     // The last datagram of a connection already released (its sealed close)
                     // goes, but keeps no permission alive that no connection uses (found by
                     // the chaos run). Only a permission this datagram created is looked at.
@@ -2285,6 +2344,7 @@ impl SansIo for Node {
                 _ => {
                     let len = bytes.len().min(buf.len());
                     buf[..len].copy_from_slice(&bytes[..len]);
+                    recycle(&mut self.spare, bytes);
                     return Some(Transmit::new(remote, len).from_source(local));
                 }
             }

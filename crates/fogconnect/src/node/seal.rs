@@ -39,6 +39,10 @@ const HEADER_LEN: usize = 1 + 8 + 8;
 const AEAD_TAG_LEN: usize = 16;
 /// What sealing adds to a payload: the header, the kind byte and the AEAD tag.
 pub const OVERHEAD: usize = HEADER_LEN + 1 + AEAD_TAG_LEN;
+/// Where the payload starts in a sealed datagram: after the header and the kind byte.
+pub const PAYLOAD_AT: usize = HEADER_LEN + 1;
+/// Where the packet starts in a tagged QUIC datagram: after the framing byte and the tag.
+pub const QUIC_PACKET_AT: usize = 1 + 8;
 /// The replay bitmap's 64-bit blocks, a ring (RFC 6479 §2's layout).
 const BLOCKS: usize = 32;
 /// Datagrams behind the highest one seen that are still accepted (once each): one block less
@@ -398,35 +402,60 @@ impl Keys {
     /// A QUIC packet of this connection for the path: the framing byte and the peer's session
     /// tag before it, and nothing else (QUIC protects its packets itself).
     pub fn tag_quic(&self, packet: &[u8]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(9 + packet.len());
-        out.push(QUIC_FRAMING);
-        out.extend_from_slice(&self.send_tag);
+        let mut out = vec![0; QUIC_PACKET_AT];
         out.extend_from_slice(packet);
+        self.tag_quic_in_place(&mut out);
         out
+    }
+
+    /// [`tag_quic`](Self::tag_quic) of the packet already at [`QUIC_PACKET_AT`] in `datagram`:
+    /// writes the framing byte and the tag before it.
+    pub fn tag_quic_in_place(&self, datagram: &mut [u8]) {
+        assert!(datagram.len() >= QUIC_PACKET_AT, "no room for the tag");
+        datagram[0] = QUIC_FRAMING;
+        datagram[1..QUIC_PACKET_AT].copy_from_slice(&self.send_tag);
     }
 
     /// A sealed datagram of `kind` carrying `payload`.
     pub fn seal(&mut self, kind: Kind, payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(OVERHEAD + payload.len());
+        out.resize(PAYLOAD_AT, 0);
+        out.extend_from_slice(payload);
+        self.seal_in_place(kind, &mut out);
+        out
+    }
+
+    /// [`seal`](Self::seal) of the payload already at [`PAYLOAD_AT`] in `datagram` (a
+    /// transport writes its packet there, in a buffer the node reuses): writes the header and
+    /// the kind before it, encrypts it in place and appends the tag. No copy of the payload.
+    pub fn seal_in_place(&mut self, kind: Kind, datagram: &mut Vec<u8>) {
+        assert!(datagram.len() >= PAYLOAD_AT, "no room for the header");
         let seq = self.next_seq;
         self.next_seq += 1;
-        // One buffer, sealed in place: header, kind, payload, then the tag.
-        let mut out = Vec::with_capacity(OVERHEAD + payload.len());
-        out.push(FRAMING);
-        out.extend_from_slice(&self.send_tag);
-        out.extend_from_slice(&seq.to_be_bytes());
-        out.push(kind as u8);
-        out.extend_from_slice(payload);
-        let (header, plain) = out.split_at_mut(HEADER_LEN);
+        datagram[0] = FRAMING;
+        datagram[1..9].copy_from_slice(&self.send_tag);
+        datagram[9..HEADER_LEN].copy_from_slice(&seq.to_be_bytes());
+        datagram[HEADER_LEN] = kind as u8;
+        let (header, plain) = datagram.split_at_mut(HEADER_LEN);
         let tag = self
             .send
             .seal_in_place_separate_tag(nonce(seq), Aad::from(&*header), plain)
             .unwrap_or_else(|_| unreachable!("ChaCha20-Poly1305 seals any length we send"));
-        out.extend_from_slice(tag.as_ref());
-        out
+        datagram.extend_from_slice(tag.as_ref());
     }
 
     /// The kind and payload of a sealed datagram for us (its tag already matched).
     pub fn open(&mut self, datagram: &[u8]) -> Result<(Kind, Vec<u8>), Refused> {
+        let mut plain = Vec::new();
+        let kind = self.open_into(datagram, &mut plain)?;
+        plain.remove(0);
+        Ok((kind, plain))
+    }
+
+    /// [`open`](Self::open) into `plain`, a buffer the caller reuses: on success it holds the
+    /// kind byte and then the payload (`&plain[1..]`), so a datagram costs no allocation and no
+    /// move of its payload.
+    pub fn open_into(&mut self, datagram: &[u8], plain: &mut Vec<u8>) -> Result<Kind, Refused> {
         if datagram.len() < OVERHEAD {
             return Err(Refused::Forged);
         }
@@ -436,11 +465,11 @@ impl Keys {
             return Err(Refused::Replayed);
         }
         let (ciphertext, tag) = sealed.split_at(sealed.len() - AEAD_TAG_LEN);
-        // One buffer, opened in place; the kind byte is dropped from its front afterwards.
-        let mut plain = ciphertext.to_vec();
+        plain.clear();
+        plain.extend_from_slice(ciphertext);
         let tag = Tag::try_from(tag).map_err(|_| Refused::Forged)?;
         self.recv
-            .open_in_place_separate_tag(nonce(seq), Aad::from(header), tag, &mut plain, 0..)
+            .open_in_place_separate_tag(nonce(seq), Aad::from(header), tag, plain, 0..)
             .map_err(|_| Refused::Forged)?;
         let kind = plain
             .first()
@@ -448,8 +477,7 @@ impl Keys {
             .ok_or(Refused::Forged)?;
         // Only an authentic datagram moves the window.
         self.mark(seq);
-        plain.remove(0);
-        Ok((kind, plain))
+        Ok(kind)
     }
 
     fn fresh(&self, seq: u64) -> bool {
@@ -526,6 +554,32 @@ mod tests {
         let back = b.seal(Kind::Close, b"");
         assert_eq!(b.open(&back), Err(Refused::Forged));
         assert_eq!(a.open(&back), Ok((Kind::Close, vec![])));
+    }
+
+    /// Sealing in a reused buffer (what the node does with the buffers of datagrams already
+    /// sent) gives the bytes `seal` gives, whatever the buffer held before; opening into a
+    /// reused buffer gives the kind byte and the payload, and refuses what `open` refuses.
+    #[test]
+    fn sealing_and_opening_in_reused_buffers_change_no_byte() {
+        let (mut a, mut b) = pair();
+        let (mut a2, _) = pair();
+        let mut reused = vec![0xAA; 200];
+        for payload in [&b"first"[..], &[7u8; 150][..], b""] {
+            let want = a2.seal(Kind::Transport, payload);
+            reused.truncate(PAYLOAD_AT);
+            reused.extend_from_slice(payload);
+            a.seal_in_place(Kind::Transport, &mut reused);
+            assert_eq!(reused, want);
+            let mut plain = vec![0x55; 300];
+            assert_eq!(b.open_into(&reused, &mut plain), Ok(Kind::Transport));
+            assert_eq!(&plain[1..], payload);
+            assert_eq!(b.open_into(&reused, &mut plain), Err(Refused::Replayed));
+        }
+        let mut quic = vec![0xAA; QUIC_PACKET_AT];
+        quic.extend_from_slice(b"packet");
+        a.tag_quic_in_place(&mut quic);
+        assert_eq!(quic, a.tag_quic(b"packet"));
+        assert_eq!(quic_of(&quic), Some((b.recv_tag, &b"packet"[..])));
     }
 
     /// The seal is RFC 8439's AEAD as any implementation has it: RustCrypto's
