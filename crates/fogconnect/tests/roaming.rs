@@ -652,13 +652,15 @@ fn rtc_survives_a_move_to_another_router() {
 /// mapping the keepalive finds replaces the one announced before it, and the last one
 /// announced is where B's path to A ends, 90 s later.
 ///
-/// Ignored: it fails. After one rebinding the path goes to the relay and comes back direct
-/// (this test passes with one); after the second, both sides stay on TURN for the 90 s: the
-/// punching round that starts after A announces its third mapping (21.3 s) ends in
-/// `DirectFailed` on both sides (46.9 s), and no round follows within the 90 s. Both NATs
-/// are port-restricted cones with ports preserved, so a direct path exists.
+/// The second rebinding comes while the relay carries the connection, so A learns its third
+/// mapping only from its keepalive (21.4 s) and B checks it as soon as the trickle lands.
+/// Those checks used to reach A's NAT before A had sent anything from that mapping to B:
+/// unsolicited, they left state that moved A's flow to B onto another port, and B's checks of
+/// every later round (20 s apart, under the 30 s that state lasts) refreshed it: both sides
+/// stayed on TURN for the 90 s, each round ending in `DirectFailed`. Now A opens the new
+/// mapping toward B with low-TTL checks the moment it learns it (`Agent::mapping_changed`),
+/// and the path is direct again 0.1 s later (21.5 s).
 #[test]
-#[ignore = "fails: no direct path after a second rebinding (see the comment)"]
 fn two_rebindings_in_a_row_withdraw_each_mapping_in_turn() {
     same_checkout();
     let profile = Profile {
