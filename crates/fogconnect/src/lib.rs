@@ -70,3 +70,12 @@ pub use node::{
     NodeConfig, REFUSED_BUSY, REFUSED_FULL, REFUSED_TRANSPORT, Seed, SendError, ServerChoice,
     SignalInput, SignalOutput, TcpCommand, TcpId, TcpInput, Transport, Via,
 };
+
+/// The directory this crate was compiled from, for tests to compare with their own
+/// `env!("CARGO_MANIFEST_DIR")`. Two checkouts of the workspace that share one target directory
+/// (`CARGO_TARGET_DIR`) overwrite each other's artifacts: cargo names a workspace member's
+/// artifacts by its path relative to the workspace root and judges them fresh by mtime, so a
+/// test rebuilt in one checkout can link a library the other checkout built from older code
+/// (a roaming test "failed" so on 2026-12-07, running the relay code of before its fix).
+#[doc(hidden)]
+pub const BUILT_FROM: &str = env!("CARGO_MANIFEST_DIR");

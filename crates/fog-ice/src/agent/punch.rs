@@ -141,6 +141,37 @@ impl Agent {
         }
     }
 
+    /// Our NAT gave the base a new mapping (the owner's keepalive found it and trickles it
+    /// now): a low-TTL check from the base to each peer address it checked before, at once,
+    /// whatever the round. The peer checks the new address as soon as the trickle lands,
+    /// maybe between our rounds; a check that finds the new mapping not yet used toward its
+    /// sender comes in unsolicited, leaves state in a NAT like Linux's that moves our next
+    /// flow to that peer onto another port, and each further check of the peer's refreshes
+    /// it, so no round succeeds again (NAT-NOTES). Sent now, ahead of the trickle, ours opens
+    /// the mapping toward the peer first and dies before the peer's NAT.
+    pub fn mapping_changed(&mut self) {
+        let Some(ttl) = self.config.low_ttl else {
+            return;
+        };
+        let base = self.config.base;
+        let mut remotes: Vec<SocketAddr> = Vec::new();
+        for p in &self.pairs {
+            if p.local == base
+                && !p.relayed
+                && self.flows.contains(&p.remote)
+                && !remotes.contains(&p.remote)
+            {
+                remotes.push(p.remote);
+            }
+        }
+        for remote in remotes.into_iter().take(MAX_HELD) {
+            if let Some((_, bytes)) = self.check_bytes(base, remote, false) {
+                self.stats.checks_sent += 1;
+                self.enqueue(bytes, base, remote, Some(ttl));
+            }
+        }
+    }
+
     pub(super) fn spray_port(&mut self) -> Option<u16> {
         let spray = self.spray.as_ref()?;
         if spray.tried.len() >= usize::from(u16::MAX - LOW_PORT) {

@@ -550,6 +550,33 @@ fn between_rounds_our_nat_is_held_open_with_low_ttl_checks_only() {
     assert!(between(24, 27).any(|s| s.1.is_none()), "{from_a:?}");
 }
 
+/// Our NAT gave us a new mapping between rounds: at once, before the peer's checks of it
+/// can arrive, a low-TTL check to the peer opens it (and nothing the peer's NAT would see).
+#[test]
+fn a_new_mapping_is_opened_toward_the_peer_at_once_with_low_ttl_only() {
+    let mut wire = Wire::new(agent(A, B, true, 5), agent(B, A, false, 6));
+    wire.start();
+    let start = wire.now;
+    // Nothing passes: the round ends after 5 s, the first hold is due at 15 s.
+    wire.run(Duration::from_secs(8), &mut |_| false);
+    let to_b = |wire: &Wire, from: Duration| -> Vec<(Duration, Option<u8>)> {
+        wire.sent
+            .iter()
+            .filter(|s| s.1 && s.2 == addr(B) && s.0 - start >= from)
+            .map(|s| (s.0 - start, s.3))
+            .collect()
+    };
+    assert!(
+        to_b(&wire, Duration::from_secs(6)).is_empty(),
+        "{:?}",
+        to_b(&wire, Duration::ZERO)
+    );
+    wire.a.mapping_changed();
+    wire.run(Duration::from_millis(100), &mut |_| false);
+    let opened = to_b(&wire, Duration::from_secs(8));
+    assert_eq!(opened, [(Duration::from_secs(8), Some(3))]);
+}
+
 #[test]
 fn consent_loss_is_noticed_within_the_timeout() {
     let mut wire = Wire::new(agent(A, B, true, 3), agent(B, A, false, 4));

@@ -125,6 +125,13 @@ impl Node {
         if let (Some(new), Some(report)) = (mapped, &mut self.report) {
             if old != Some(new) && self.config.direct {
                 report.mapped = Some(new);
+                // Our NAT opens the new mapping toward each peer before the trickle brings
+                // the peer's checks to it (`Agent::mapping_changed`).
+                for conn in self.conns.values_mut() {
+                    if let Some(agent) = conn.agent_mut() {
+                        agent.mapping_changed();
+                    }
+                }
                 let added = vec![Candidate::new(Kind::ServerReflexive, new)];
                 self.changed(added, old.into_iter().collect());
                 self.check_relay(now);
