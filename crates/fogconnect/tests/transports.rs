@@ -291,6 +291,37 @@ fn a_quic_close_lets_everything_sent_arrive_first() {
     close_after_sending(Transport::Quic);
 }
 
+/// A QUIC peer that closes right after a few messages, on a lossy link: the rest of its
+/// stream and its end arrive together after a loss, and our side reads the stream more than
+/// once in that batch. Every seed ends with the peer's close, never `TransportFailed`: a read
+/// after the stream's end used to fail the connection (found by the chaos run, seed 1689).
+#[test]
+fn a_quic_stream_read_to_its_end_then_named_again_is_the_peers_close() {
+    let profile = Profile {
+        loss: 0.1,
+        ..Profile::default()
+    };
+    let mut failed = Vec::new();
+    for seed in 0..12 {
+        let mut s = Scenario::new(Preset::FullCone, Preset::FullCone, seed, &profile);
+        let a_id = connect_over(&mut s, Transport::Quic);
+        connected(&mut s, 0, Duration::from_secs(15));
+        let b_id = connected(&mut s, 1, Duration::from_secs(15));
+        send_all(&mut s, 0, a_id, 15);
+        s.with_node(0, |n, now| n.close(now, a_id, 42, "done"))
+            .expect("close");
+        s.run_for(Duration::from_secs(20));
+        let end = s.events[1].iter().find_map(|(_, e)| match e {
+            Event::Closed { id, reason, .. } if *id == b_id => Some(reason.clone()),
+            _ => None,
+        });
+        if !matches!(end, Some(CloseReason::Application { code: 42, .. })) {
+            failed.push((seed, end));
+        }
+    }
+    assert!(failed.is_empty(), "seeds and B's ends: {failed:?}");
+}
+
 /// `close` right after the last send: everything sent arrives first, then the peer sees the
 /// close with its code and reason.
 fn close_after_sending(transport: Transport) {

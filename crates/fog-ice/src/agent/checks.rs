@@ -206,6 +206,15 @@ impl Agent {
                 }
             }
         }
+        // On the relay, the peer's check that came directly to one of our sockets is a direct
+        // path the peer is using, as its sealed datagrams there would be: followed the same
+        // way (see `heard_from`: a check of ours, and the pair is taken when it answers,
+        // whatever our role). Otherwise a controlled agent stays on the relay for good when
+        // the pair is new (the peer's NAT mapped it anew and the peer, still on its own
+        // selected pair, nominates nothing).
+        if self.selected_is_relayed() && !self.pairs[i].relayed {
+            self.heard_from(now, packet.local, packet.source);
+        }
     }
 
     /// Answers a check from the socket it arrived on (§7.3.1.2).

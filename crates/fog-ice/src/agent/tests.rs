@@ -62,6 +62,11 @@ struct Wire {
     /// Whether a datagram sent with a TTL hint (a low-TTL probe or hold) dies on the way, as
     /// it does on a real path; off unless set (most tests predate it).
     low_ttl_dies: bool,
+    /// A NAT that rebooted and mapped a socket's flow to one peer address anew, as (the
+    /// socket, the peer address, its new outside address): what the socket sends there comes
+    /// from the new address, what the peer address sends to the new one reaches the socket,
+    /// and what it sends to the old one is lost. Other flows are as they were.
+    remap: Option<(SocketAddr, SocketAddr, SocketAddr)>,
 }
 
 impl Wire {
@@ -75,6 +80,7 @@ impl Wire {
             sent: Vec::new(),
             pass: Box::new(|_, _| true),
             low_ttl_dies: false,
+            remap: None,
         }
     }
 
@@ -118,8 +124,15 @@ impl Wire {
                 while let Some(t) = agent.poll_transmit(self.now, &mut buf) {
                     self.sent.push((self.now, to_b, t.destination, t.hints.ttl));
                     let dies = self.low_ttl_dies && t.hints.ttl.is_some();
-                    if deliver(self.now) && !dies && (self.pass)(t.source.unwrap(), t.destination) {
-                        let source = t.source.unwrap();
+                    let source = match (t.source.unwrap(), self.remap) {
+                        (s, Some((inside, peer, outside)))
+                            if s == inside && t.destination == peer =>
+                        {
+                            outside
+                        }
+                        (s, _) => s,
+                    };
+                    if deliver(self.now) && !dies && (self.pass)(source, t.destination) {
                         in_flight.push((
                             self.now + (self.delay)(source, t.destination),
                             to_b,
@@ -156,6 +169,13 @@ impl Wire {
             in_flight.retain(|p| p.0 > self.now);
             for (_, to_b, source, destination, bytes) in due {
                 let agent = if to_b { &mut self.b } else { &mut self.a };
+                let destination = match self.remap {
+                    Some((inside, peer, _)) if source == peer && destination == inside => continue,
+                    Some((inside, peer, outside)) if source == peer && destination == outside => {
+                        inside
+                    }
+                    _ => destination,
+                };
                 if !agent.is_local(destination) {
                     continue;
                 }
@@ -451,6 +471,54 @@ fn a_suspicion_moves_to_the_relay_when_every_direct_path_died() {
         wire.selections(false).len() - before[1],
     ];
     assert_eq!(moves, [1, 1], "{:?}", wire.selections(true));
+}
+
+/// The controlling side's NAT reboots and maps its socket anew; the controlled side
+/// suspects its path first (its stream went unanswered) and moves to the relay, while the
+/// controlling side's path still works for it (its checks now come from the new port, and
+/// the controlled side answers them). The controlled side must come back to the direct pair
+/// the peer's checks arrive on: it answers them, and a check of its own proves the pair both
+/// ways. It used to stay on the relay for good: that pair is peer-reflexive and was never
+/// nominated (the controlling side sees nothing change and nominates nothing), and a
+/// controlled agent takes only nominated pairs (found by the chaos run, seeds 922, 1248,
+/// 1346, 1490 and 1608: one side direct, the other on TURN after a NAT reboot).
+#[test]
+fn a_controlled_side_on_the_relay_follows_the_peer_back_to_its_direct_pair() {
+    let relay = addr("198.51.100.50:3478");
+    let mut a = agent(A, B, true, 1);
+    let mut b = agent(B, A, false, 2);
+    let now = Instant::now();
+    b.set_relayed(now, relay);
+    a.add_remote(now, Candidate::new(Kind::Relayed, relay));
+    let mut wire = Wire::new(a, b);
+    wire.delay = Box::new(move |s, d| {
+        if s == relay || d == relay {
+            Duration::from_millis(30)
+        } else {
+            Duration::from_millis(20)
+        }
+    });
+    wire.start();
+    wire.run(Duration::from_secs(12), &mut |_| true);
+    assert_eq!(wire.b.selected(), Some((addr(B), addr(A))));
+    // A's NAT reboots and maps A's flow to B anew: A's socket is 192.0.2.1:1001 to B from
+    // now on (its flow to the relay is the relay's business: as it was).
+    let moved = addr("192.0.2.1:1001");
+    wire.remap = Some((addr(A), addr(B), moved));
+    for _ in 0..4 {
+        let now = wire.now;
+        wire.b.suspect(now);
+        wire.run(Duration::from_millis(700), &mut |_| true);
+    }
+    wire.run(Duration::from_secs(30), &mut |_| true);
+    let b = wire.selections(true);
+    assert!(b.contains(&(relay, addr(A))), "B went to the relay: {b:?}");
+    assert_eq!(wire.b.selected(), Some((addr(B), moved)), "{b:?}");
+    assert_eq!(
+        wire.selections(false),
+        [(addr(A), addr(B))],
+        "A saw nothing"
+    );
 }
 
 #[test]

@@ -89,6 +89,9 @@ pub(super) struct Quic {
     ours: Option<StreamId>,
     /// The peer's unidirectional stream, once it opened it.
     theirs: Option<StreamId>,
+    /// The peer's stream was read to its end: fog-quic forgets a finished stream, and a
+    /// read of it after its end is an error, not a failure of the peer.
+    theirs_done: bool,
     fingerprint: Option<Fingerprint>,
     peer: PeerId,
     service: u16,
@@ -159,6 +162,7 @@ impl Quic {
             conn,
             ours: None,
             theirs: None,
+            theirs_done: false,
             fingerprint: opening.fingerprint.map(|f| Fingerprint(f.0)),
             peer: opening.peer,
             service: opening.service,
@@ -319,7 +323,12 @@ impl Quic {
                     if self.theirs.is_none() && Some(stream) != self.ours {
                         self.theirs = Some(stream);
                     }
-                    if self.theirs == Some(stream) {
+                    // Several events may name the stream in one batch (it opened, and more
+                    // arrived): the first read may take it to its end, and the others find
+                    // nothing to read. Reading then failed the connection the moment the
+                    // peer's stream ended (found by the chaos run, seed 1689: the peer
+                    // closed right after sending; ours ended `TransportFailed`).
+                    if self.theirs == Some(stream) && !self.theirs_done {
                         self.read(conn, stream);
                     }
                 }
@@ -360,7 +369,10 @@ impl Quic {
         loop {
             match self.ep.read(conn, stream, &mut scratch) {
                 Ok(Read::Data(n)) => self.partial.extend_from_slice(&scratch[..n]),
-                Ok(Read::Finished) => break,
+                Ok(Read::Finished) => {
+                    self.theirs_done = true;
+                    break;
+                }
                 Err(StreamError::Blocked) => break,
                 // Our own close ended the connection while the peer's data was still
                 // arriving: there is nothing to read any more, and the peer did nothing
