@@ -61,6 +61,24 @@ out.candidates = m.candidatesOf(input.sdp);
 console.log(JSON.stringify(out));
 "#;
 
+/// Runs `script` as an ES module under Node.js, with `FOG_JS` naming `fogconnect.js` and
+/// `env` besides; the JSON it prints.
+fn run_module(node: &Path, script: &str, env: &[(&str, String)]) -> serde_json::Value {
+    let js = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fogd/web/fogconnect.js");
+    let output = Command::new(node)
+        .args(["--input-type=module", "-e", script])
+        .env("FOG_JS", &js)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .expect("running node");
+    assert!(
+        output.status.success(),
+        "node failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("the script's JSON")
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -85,7 +103,6 @@ fn the_javascript_client_writes_every_transcript_as_the_node_does() {
         );
         return;
     };
-    let js = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fogd/web/fogconnect.js");
     let browser = KeyPair::from_seed(&[1; 32]).peer_id();
     let node = KeyPair::from_seed(&[2; 32]).peer_id();
     let server = KeyPair::from_seed(&[3; 32]).peer_id();
@@ -190,18 +207,7 @@ fn the_javascript_client_writes_every_transcript_as_the_node_does() {
         "offer": offer,
         "answer": answer,
     });
-    let output = Command::new(node_exe)
-        .args(["--input-type=module", "-e", SCRIPT])
-        .env("FOG_JS", &js)
-        .env("FOG_INPUT", input.to_string())
-        .output()
-        .expect("running node");
-    assert!(
-        output.status.success(),
-        "node failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let out: serde_json::Value = serde_json::from_slice(&output.stdout).expect("the script's JSON");
+    let out = run_module(&node_exe, SCRIPT, &[("FOG_INPUT", input.to_string())]);
     let field = |name: &str| out[name].as_str().unwrap_or_default().to_owned();
 
     assert_eq!(field("browser_id"), browser.to_string());
@@ -343,24 +349,16 @@ fn a_refused_offer_rejects_with_the_servers_code_and_closes_its_peer_connection(
         );
         return;
     };
-    let js = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fogd/web/fogconnect.js");
     let refusal = fog_signal::msg::ServerMsg::error(
         fog_signal::msg::ErrorCode::TooManySessions,
         Some(0),
         "the peer takes part in 4096 sessions already",
     );
-    let output = Command::new(node_exe)
-        .args(["--input-type=module", "-e", REFUSAL_SCRIPT])
-        .env("FOG_JS", &js)
-        .env("FOG_REFUSAL", serde_json::to_string(&refusal).unwrap())
-        .output()
-        .expect("running node");
-    assert!(
-        output.status.success(),
-        "node failed: {}",
-        String::from_utf8_lossy(&output.stderr)
+    let out = run_module(
+        &node_exe,
+        REFUSAL_SCRIPT,
+        &[("FOG_REFUSAL", serde_json::to_string(&refusal).unwrap())],
     );
-    let out: serde_json::Value = serde_json::from_slice(&output.stdout).expect("the script's JSON");
     assert_eq!(out["result"], "rejected", "{out}");
     assert_eq!(out["fog"], true, "{out}");
     assert_eq!(out["code"], 3005, "{out}");
