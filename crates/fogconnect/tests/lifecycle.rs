@@ -839,3 +839,79 @@ fn the_answerer_opens_its_nat_before_its_answer_leaves() {
             .collect::<Vec<_>>()
     );
 }
+
+/// The caller closes the moment it is connected, which can be before the called side's own
+/// check of the nominated path has come back (RFC 8445 §7.3.1.5: the controlled side selects
+/// only then; the caller's node, its connection gone, answers that check no more). The
+/// called side hears the caller's code and reason either way, promptly: as the close of a
+/// connection it saw made, or as the cancellation of one that never had a path on its side.
+/// Nothing is left on either node.
+#[test]
+fn a_close_the_moment_the_caller_connects_reaches_the_called_side_with_its_code() {
+    let bye = CloseReason::Application {
+        code: 9,
+        reason: "bye".into(),
+    };
+    let (mut closed, mut cancelled) = (0, 0);
+    for seed in 0..60 {
+        let mut s = Scenario::new(
+            Preset::FullCone,
+            Preset::FullCone,
+            seed,
+            &Profile::default(),
+        );
+        assert!(s.wait_ready(), "seed {seed}: both nodes ready");
+        let mark = s.events[1].len();
+        let (_, a) = s.connect();
+        let mut made = false;
+        for _ in 0..30_000 {
+            s.sim.run_for(Duration::from_micros(100));
+            let now = s.sim.take_events::<Event>(s.hosts[0].0);
+            made = now
+                .iter()
+                .any(|(_, e)| matches!(e, Event::Connected { id, .. } if *id == a));
+            s.events[0].extend(now);
+            if made {
+                s.with_node(0, |n, now| n.close(now, a, 9, "bye")).unwrap();
+                break;
+            }
+        }
+        assert!(made, "seed {seed}: A connected");
+        s.run_for(Duration::from_millis(500));
+        let eb = since(&s, 1, mark);
+        let b = incoming(&s, mark).expect("B saw the offer");
+        let ends: Vec<&Event> = eb
+            .iter()
+            .filter(|e| matches!(e, Event::Closed { .. } | Event::Failed { .. }))
+            .collect();
+        let was_made = connected(&eb, b).is_some();
+        let as_close = Event::Closed {
+            id: b,
+            reason: bye.clone(),
+            by_peer: true,
+        };
+        let as_cancel = Event::Failed {
+            id: b,
+            reason: FailReason::Cancelled {
+                code: 9,
+                reason: "bye".into(),
+            },
+        };
+        if was_made {
+            assert_eq!(ends, [&as_close], "seed {seed}: {eb:?}");
+            closed += 1;
+        } else {
+            assert_eq!(ends, [&as_cancel], "seed {seed}: {eb:?}");
+            cancelled += 1;
+        }
+        for i in 0..2 {
+            let f = s.with_node(i, |n, _| n.footprint());
+            assert_eq!(f.connections, 0, "seed {seed}, node {i}: {f:?}");
+        }
+    }
+    // Both outcomes occur over these seeds (the race is real); most are closes.
+    assert!(
+        closed > cancelled,
+        "{closed} closes, {cancelled} cancellations"
+    );
+}

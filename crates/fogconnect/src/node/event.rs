@@ -72,7 +72,9 @@ pub enum FailReason {
         reason: String,
     },
     /// The offering peer gave up before the connection had a path (its `close`), with its code
-    /// and reason.
+    /// and reason. A caller that closes the moment it is connected may be heard so too: it
+    /// selects the path on our answer to its check, a round trip before our own check of the
+    /// path comes back (RFC 8445 §7.3.1.5), and its close can overtake that.
     Cancelled {
         /// The peer's code.
         code: u32,
