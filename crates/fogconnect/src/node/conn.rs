@@ -25,6 +25,10 @@ pub(super) const SILENCE: Duration = Duration::from_millis(700);
 /// acknowledgements) whose stopping [`SILENCE`] later is a silence.
 const STREAMING_GAP: Duration = Duration::from_millis(100);
 
+/// The peer's datagrams held until our side is connected (see `Connection::early`); more
+/// are dropped and counted, as on a congested path.
+pub(super) const EARLY_DATA_MAX: usize = 64;
+
 /// Where a connection is in its life. Each phase holds what is valid in it.
 #[derive(Debug)]
 pub(super) enum Phase {
@@ -169,6 +173,10 @@ pub(super) struct Conn {
     pub(super) silent: bool,
     /// Punching gave up (for the failure's reason).
     pub(super) gave_up: bool,
+    /// The peer's datagrams that came before our side of the path was selected (the peer
+    /// selects a round trip earlier, RFC 8445 §7.3.1.5, and may send at once): handed on
+    /// right after `Connected`, at most [`EARLY_DATA_MAX`] of them.
+    pub(super) early: Vec<Vec<u8>>,
     /// Offers sent (the first and the retries).
     pub(super) offers: u32,
     /// What runs on the path: asked for by the caller, named in both descriptions.
@@ -229,6 +237,7 @@ impl Conn {
             streaming: false,
             silent: false,
             gave_up: false,
+            early: Vec::new(),
             offers: 0,
             transport: Transport::Datagram,
             stream: None,

@@ -259,7 +259,9 @@ pub enum Event {
         /// How the path goes.
         via: Via,
     },
-    /// A datagram from the peer of a connection (sent with [`Node::send`](super::Node::send)).
+    /// A datagram from the peer of a connection (sent with [`Node::send`](super::Node::send)),
+    /// never before the connection's `Connected`: the peer may select the path and send a
+    /// round trip before our side selects it, and what comes meanwhile is held.
     Data {
         /// The connection.
         id: ConnectionId,
@@ -546,6 +548,9 @@ pub struct Counters {
     /// Port mappings not offered: the probe through them never came, or the router's
     /// external IP is not the one the STUN server sees (another NAT upstream).
     pub port_mappings_unverified: u64,
+    /// The peer's datagrams dropped because more than 64 came before our side of the path was
+    /// selected (they are held until then, so that `Data` never comes before `Connected`).
+    pub early_data_dropped: u64,
 }
 
 /// Why a connection took the path it took ([`Node::diagnose`](super::Node::diagnose)).

@@ -1390,6 +1390,9 @@ impl Node {
                 rtt,
                 via,
             });
+            for data in std::mem::take(&mut conn.early) {
+                self.events.push_back(Event::Data { id, data });
+            }
         }
     }
 
@@ -1444,10 +1447,17 @@ impl Node {
         match kind {
             seal::Kind::Data => {
                 conn.received.add(now, message.len());
-                self.events.push_back(Event::Data {
-                    id,
-                    data: message.to_vec(),
-                });
+                if conn.connected() {
+                    self.events.push_back(Event::Data {
+                        id,
+                        data: message.to_vec(),
+                    });
+                } else if conn.early.len() < conn::EARLY_DATA_MAX {
+                    // The peer selected first and sent at once: held for `Connected`.
+                    conn.early.push(message.to_vec());
+                } else {
+                    self.counters.early_data_dropped += 1;
+                }
             }
             seal::Kind::Close => match parse_close(message) {
                 Some((code, reason)) => self.closed_by_peer(now, id, code, reason),
