@@ -36,7 +36,7 @@
 mod support;
 
 use std::net::{SocketAddr, UdpSocket};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
@@ -72,6 +72,9 @@ fn payload(tag: &str, i: usize) -> Vec<u8> {
 struct TurnClient {
     driver: Driver<Client>,
     events: Vec<Event>,
+    /// The server's log, shown when a step times out (a server that never answered says why
+    /// there, if anywhere).
+    server_log: Option<PathBuf>,
 }
 
 impl TurnClient {
@@ -82,7 +85,31 @@ impl TurnClient {
         Self {
             driver,
             events: Vec::new(),
+            server_log: None,
         }
+    }
+
+    /// Shows the end of `log` (the server's stderr) when a step times out.
+    fn logging(mut self, log: &Path) -> Self {
+        self.server_log = Some(log.to_path_buf());
+        self
+    }
+
+    /// The last 4,000 characters of the server's log, if the client has one.
+    fn log_tail(&self) -> String {
+        let Some(path) = &self.server_log else {
+            return String::new();
+        };
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let start = text.len().saturating_sub(4000);
+        let start = (start..text.len())
+            .find(|&i| text.is_char_boundary(i))
+            .unwrap_or(text.len());
+        format!(
+            "\n--- the server's log ({}) ---\n{}",
+            path.display(),
+            &text[start..]
+        )
     }
 
     /// Runs a command on the machine with a fresh `now`, then sends what it queued.
@@ -107,8 +134,9 @@ impl TurnClient {
             }
             assert!(
                 Instant::now() < deadline,
-                "no {what} within {STEP_TIMEOUT:?}; events {:?}",
-                self.events
+                "no {what} within {STEP_TIMEOUT:?}; events {:?}{}",
+                self.events,
+                self.log_tail()
             );
             let events = &mut self.events;
             self.driver
@@ -135,8 +163,9 @@ impl TurnClient {
             }
             assert!(
                 Instant::now() < deadline,
-                "no {what} within {STEP_TIMEOUT:?}; events {:?}",
-                self.events
+                "no {what} within {STEP_TIMEOUT:?}; events {:?}{}",
+                self.events,
+                self.log_tail()
             );
             let events = &mut self.events;
             self.driver
@@ -174,8 +203,8 @@ struct Exchange {
 /// Allocates at `server`, then relays [`ROUNDS`] datagrams each way with Send/Data indications
 /// and again over a channel, between the client and a UDP peer socket; deallocates. Asserts every
 /// byte arrived, in order, the way it should have.
-fn exercise_relay(server: SocketAddr, username: &str, password: &str) -> Exchange {
-    let mut client = TurnClient::new(server, username, password);
+fn exercise_relay(server: SocketAddr, log: &Path, username: &str, password: &str) -> Exchange {
+    let mut client = TurnClient::new(server, username, password).logging(log);
     client.command(|c, now| c.allocate(now)).expect("allocate");
     let relayed = client.wait("Allocated", |e| match e {
         Event::Allocated { relayed, .. } => Some(*relayed),
@@ -332,7 +361,7 @@ fn fog_turn_client_relays_both_ways_through_coturn() {
     };
     let coturn = Coturn::start(&turnserver);
     let (username, password) = credentials("alice");
-    let exchange = exercise_relay(coturn.addr, &username, &password);
+    let exchange = exercise_relay(coturn.addr, &coturn.child.stderr, &username, &password);
     eprintln!("through coturn: {exchange:?}");
     let (low, high) = coturn.ports;
     assert!(
@@ -615,7 +644,7 @@ fn fogd_refuses_loopback_peers_and_its_own_ports() {
     let (username, password) = credentials("erin");
 
     let fogd = TurnFogd::start(&[]);
-    let mut client = TurnClient::new(fogd.addr, &username, &password);
+    let mut client = TurnClient::new(fogd.addr, &username, &password).logging(&fogd.child.stderr);
     client.command(|c, now| c.allocate(now)).expect("allocate");
     client.wait("Allocated", |e| {
         matches!(e, Event::Allocated { .. }).then_some(())
@@ -641,7 +670,7 @@ fn fogd_refuses_loopback_peers_and_its_own_ports() {
     let stun_arg = stun.to_string();
     args.extend(["--stun", &stun_arg]);
     let fogd = TurnFogd::start(&args);
-    let mut client = TurnClient::new(fogd.addr, &username, &password);
+    let mut client = TurnClient::new(fogd.addr, &username, &password).logging(&fogd.child.stderr);
     client.command(|c, now| c.allocate(now)).expect("allocate");
     client.wait("Allocated", |e| {
         matches!(e, Event::Allocated { .. }).then_some(())
@@ -733,7 +762,7 @@ fn fog_turn_client_relays_through_fogd_with_signalings_credentials() {
         "{username}"
     );
 
-    let exchange = exercise_relay(turn_addr, &username, &password);
+    let exchange = exercise_relay(turn_addr, &child.stderr, &username, &password);
     assert!(
         (low..=high).contains(&exchange.relayed.port()),
         "{exchange:?}"
@@ -808,7 +837,7 @@ fn fogd_moves_an_allocation_off_relay_ports_another_process_holds() {
 
     let fogd = TurnFogd::start_with_ports(Some((base, base + 3)), &ALLOW_LOOPBACK);
     let (username, password) = credentials("carol");
-    let exchange = exercise_relay(fogd.addr, &username, &password);
+    let exchange = exercise_relay(fogd.addr, &fogd.child.stderr, &username, &password);
     assert_eq!(exchange.relayed, SocketAddr::new(A1, free), "{exchange:?}");
     let stats = fogd.stop();
     assert_eq!(stats.get("allocated"), 1, "{stats:?}");
@@ -850,12 +879,12 @@ fn the_turn_table_of_a_config_file_sets_the_secret_file_and_the_quotas() {
 
         // The secret read from the file works; the quota of one allocation holds.
         let (username, password) = credentials("dave");
-        let mut first = TurnClient::new(addr, &username, &password);
+        let mut first = TurnClient::new(addr, &username, &password).logging(&child.stderr);
         first.command(|c, now| c.allocate(now)).unwrap();
         first.wait("Allocated", |e| {
             matches!(e, Event::Allocated { .. }).then_some(())
         });
-        let mut second = TurnClient::new(addr, &username, &password);
+        let mut second = TurnClient::new(addr, &username, &password).logging(&child.stderr);
         second.command(|c, now| c.allocate(now)).unwrap();
         let code = second.wait_error("the second allocation's error");
         assert_eq!(
