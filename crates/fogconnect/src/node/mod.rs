@@ -2108,6 +2108,7 @@ fn discovery_config(config: &NodeConfig, seed: u64) -> DiscoveryConfig {
     d.port_samples = config.port_samples;
     d.hairpinning = config.hairpinning;
     d.pacing = config.discovery_pacing;
+    d.assume_blocked_after = config.assume_udp_blocked_after;
     d.remembered = config
         .known_nats
         .iter()
