@@ -1347,6 +1347,8 @@ impl Node {
                 rtt,
                 via,
             });
+            // The network may have changed under our signaling connection too.
+            self.probe_signaling(self.now);
         } else {
             // The idle clock starts with the path (the peer was just heard: it answered).
             conn.connected_at = Some(self.now);
@@ -1806,7 +1808,7 @@ impl Node {
             self.port_mapping_deadline(),
             self.relay_wait_until,
             self.relay_retry_at,
-            self.signal.reopen_at(),
+            self.signal.deadline(),
             self.signal
                 .paced_until(self.client.frames_waiting(), self.signal_rate()),
         ];
@@ -1843,6 +1845,7 @@ impl Node {
             }
         }
         if any {
+            self.probe_signaling(now);
             self.regather(now);
             // The allocation's flow through our NAT may be gone too: the relay then carries
             // nothing to us (our NAT filters the server until we send to it). A Refresh opens
