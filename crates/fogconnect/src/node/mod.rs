@@ -1808,7 +1808,7 @@ impl Node {
             self.port_mapping_deadline(),
             self.relay_wait_until,
             self.relay_retry_at,
-            self.signal.deadline(),
+            self.signal_deadline(),
             self.signal
                 .paced_until(self.client.frames_waiting(), self.signal_rate()),
         ];
@@ -2210,7 +2210,7 @@ impl SansIo for Node {
             self.start_port_mapping(now);
         }
         self.port_mapping_timeout(now);
-        self.signal.handle_timeout(now);
+        self.signal_timeout(now);
         self.client.handle_timeout(now);
         if let Some(turn) = &mut self.turn {
             turn.handle_timeout(now);

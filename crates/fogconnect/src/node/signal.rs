@@ -64,6 +64,12 @@ const PROBE_RTTS: u32 = 4;
 /// traffic of a quiet connection.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
 
+/// While a connection streams, the server silent this long has the node probe the signaling
+/// connection: a NAT that forgot our TCP flow without a path of ours noticing (its UDP flows
+/// came back on the same ports) is found within this plus the probe's timeout. About one
+/// ping a second while data flows, none while it does not.
+const SIGNAL_QUIET: Duration = Duration::from_millis(800);
+
 /// The frame rate a server that does not say its own is assumed to hold us to (fog-signal's
 /// defaults).
 const ASSUMED_RATE: Rate = Rate {
@@ -97,6 +103,11 @@ pub(super) struct Link {
     probe_deadline: Option<Instant>,
     /// When the last probe went.
     probed_at: Option<Instant>,
+    /// When the server was last heard (or the connection opened).
+    heard_at: Option<Instant>,
+    /// The connections' application datagrams, sent and received, as of the later of
+    /// `heard_at` and `probed_at`: more now means traffic since (`Node::data_count`).
+    data_mark: u64,
     /// The connection is being closed because a probe went unanswered: the wait for it was
     /// the quick reopen's wait already, so the next one goes at once.
     probe_failed: bool,
@@ -136,6 +147,8 @@ impl Default for Link {
             rtt: None,
             probe_deadline: None,
             probed_at: None,
+            heard_at: None,
+            data_mark: 0,
             probe_failed: false,
         }
     }
@@ -220,11 +233,15 @@ impl Node {
                 self.signal.refilled = Some(now);
                 self.signal.out.retain(|o| *o != SignalOutput::Open);
                 self.signal.opened_at = Some(now);
+                self.signal.heard_at = Some(now);
+                self.signal.data_mark = self.data_count();
                 self.signal.probe_deadline = None;
                 self.client.handle_connected(now);
             }
             SignalInput::Frame(frame) => {
                 if self.signal.state == State::Open {
+                    self.signal.heard_at = Some(now);
+                    self.signal.data_mark = self.data_count();
                     if let Some(opened) = self.signal.opened_at.take() {
                         self.signal.rtt = Some(now.saturating_duration_since(opened));
                     }
@@ -256,6 +273,50 @@ impl Node {
         self.client.poll_frame().map(SignalOutput::Frame)
     }
 
+    /// The signaling link's deadlines: a reopen, a probe's timeout, or the next probe while a
+    /// connection streams ([`SIGNAL_QUIET`]).
+    pub(super) fn signal_deadline(&self) -> Option<Instant> {
+        let link = self.signal.deadline();
+        match (link, self.quiet_probe_at()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The signaling link's timers at `now`.
+    pub(super) fn signal_timeout(&mut self, now: Instant) {
+        self.signal.handle_timeout(now);
+        if self.quiet_probe_at().is_some_and(|t| t <= now) {
+            self.probe_signaling(now);
+        }
+    }
+
+    /// When the server's silence under traffic asks for a probe: only while application
+    /// data moved since the server was last heard or probed, so a node without traffic
+    /// (keepalives and consent checks are not traffic) arms nothing.
+    fn quiet_probe_at(&self) -> Option<Instant> {
+        let link = &self.signal;
+        if link.state != State::Open
+            || link.probe_deadline.is_some()
+            || !self.client.is_authenticated()
+            || self.data_count() == link.data_mark
+        {
+            return None;
+        }
+        let at = link.heard_at.max(link.probed_at)? + SIGNAL_QUIET;
+        // `probe_signaling` probes at most once per PROBE_EVERY.
+        Some(link.probed_at.map_or(at, |p| at.max(p + PROBE_EVERY)))
+    }
+
+    /// Application datagrams sent and received on every connection so far (a count that
+    /// only tells whether there was traffic since it was last read).
+    fn data_count(&self) -> u64 {
+        self.conns
+            .values()
+            .map(|c| c.sent.datagrams.wrapping_add(c.received.datagrams))
+            .fold(0, u64::wrapping_add)
+    }
+
     /// Something we saw says the network under us may have changed (a direct path went
     /// silent, a path moved): ask the server for a pong, unless a probe is out or went less
     /// than [`PROBE_EVERY`] ago. A connection that a NAT forgot is then noticed within the
@@ -281,6 +342,7 @@ impl Node {
         let rtt = self.signal.rtt.unwrap_or(Duration::ZERO);
         let timeout = PROBE_TIMEOUT.max(rtt * PROBE_RTTS) + Duration::from_secs_f64(queued);
         self.signal.probed_at = Some(now);
+        self.signal.data_mark = self.data_count();
         self.signal.probe_deadline = Some(now + timeout);
     }
 
