@@ -239,3 +239,55 @@ fn a_restart_on_the_same_network_is_ready_at_test_i_with_what_it_found_before() 
     let (ready, _) = ready_after(&other, start).expect("ready");
     assert_eq!(ready, cold, "waited for discovery as a first start does");
 }
+
+#[test]
+fn a_node_whose_udp_is_blocked_is_ready_in_well_under_a_second() {
+    // Only signaling (TCP) reaches the servers: test I's silence takes all its retransmissions
+    // (4.75 s), but a node need not wait for it: once its first requests went unanswered for
+    // longer than any answer takes, it assumes UDP blocked (the most restrictive reading) and
+    // connects through the signaling relay; an answer coming later is announced as an update.
+    for (a, b) in [
+        (Preset::UdpBlocked, Preset::PortRestrictedCone),
+        (Preset::PortRestrictedCone, Preset::UdpBlocked),
+        (Preset::UdpBlocked, Preset::UdpBlocked),
+    ] {
+        let mut s = Scenario::new(a, b, 7, &Profile::default());
+        let start = s.sim.now();
+        s.connect();
+        s.run_for(Duration::from_secs(3));
+        for i in 0..2 {
+            let (ready_at, behaviour) = s.events[i]
+                .iter()
+                .find_map(|(at, e)| match e {
+                    Event::Ready { behaviour, .. } => Some((*at, *behaviour)),
+                    _ => None,
+                })
+                .unwrap_or_else(|| panic!("{a} × {b}: node {i} never ready"));
+            eprintln!(
+                "{a} × {b}: node {i} ready after {:?} ({behaviour})",
+                ready_at - start
+            );
+            let blocked = [a, b][i] == Preset::UdpBlocked;
+            assert_eq!(
+                behaviour == Behaviour::UdpBlocked,
+                blocked,
+                "{a} × {b}: node {i}"
+            );
+            assert!(
+                ready_at - start < Duration::from_millis(800),
+                "{a} × {b}: node {i} ready after {:?}",
+                ready_at - start
+            );
+            let paths = s.paths(i);
+            let (at, ..) = *paths
+                .first()
+                .unwrap_or_else(|| panic!("{a} × {b}: node {i} has no path"));
+            eprintln!("{a} × {b}: node {i}'s first path after {:?}", at - start);
+            assert!(
+                at - start < Duration::from_millis(1_500),
+                "{a} × {b}: node {i}'s first path after {:?}",
+                at - start
+            );
+        }
+    }
+}

@@ -858,3 +858,43 @@ fn same_seed_same_signaling_trace() {
         assert!(text.contains(word), "no {word:?} in the trace");
     }
 }
+
+#[test]
+fn a_break_is_told_to_the_server_only_and_loses_what_the_node_sends() {
+    let mut sim = Sim::new(4);
+    sim.set_signal_server(server());
+    let la = 30;
+    let alice = client_host(&mut sim, "alice", 1, SignalLink::with_latency(ms(la)));
+    authenticate(&mut sim, &[alice]);
+    let alice_id = peer_id(&sim, alice);
+    events(&mut sim, alice);
+    let State::Open(conn) = sim.signal_state(alice) else {
+        panic!("alice is not connected");
+    };
+    let cut = sim.elapsed();
+    sim.signal_break(alice);
+    // The node's end stays open and hears nothing; the server learns one latency later.
+    assert_eq!(sim.signal_state(alice), State::Open(conn));
+    sim.run_until(sim.epoch() + cut + ms(la));
+    assert!(!sim.signal_server::<Server>().is_online(&alice_id));
+    // What alice sends now is lost, and no answer comes.
+    sim.with_machine(alice, |n: &mut ClientNode, now| {
+        n.client_mut().ping(now).unwrap()
+    });
+    sim.run_for(ms(500));
+    assert_eq!(sim.signal_stats().frames_lost, 1);
+    assert!(events(&mut sim, alice).is_empty());
+    assert_eq!(sim.signal_state(alice), State::Open(conn));
+    // Until alice closes it herself; then a new connection works.
+    sim.signal_close(alice);
+    assert_eq!(sim.signal_state(alice), State::Idle);
+    assert_eq!(sim.signal_connections(), 0);
+    sim.signal_connect(alice);
+    sim.run_for(ms(1_000));
+    assert!(
+        events(&mut sim, alice)
+            .iter()
+            .any(|(_, e)| is_authenticated(e))
+    );
+    assert!(sim.signal_server::<Server>().is_online(&alice_id));
+}

@@ -243,6 +243,48 @@ impl Sim {
         self.notify_closed(host, Closed::Severed);
     }
 
+    /// Breaks `host`'s open signaling connection without telling the node, as a NAT that
+    /// forgot the connection's flow does to a WebSocket over TCP (the server's next segment is
+    /// answered with a reset, the node's are lost or reset only once it sends): frames in
+    /// flight either way are lost, the server is told one latency later, and the node's end
+    /// stays open, every frame it sends lost, until the node closes it itself. A connection
+    /// still opening is severed ([`signal_sever`](Self::signal_sever)). Does nothing if there
+    /// is no connection.
+    pub fn signal_break(&mut self, host: NodeId) {
+        let Some(conn) = self.signaling.endpoints.get(&host).and_then(|e| e.current) else {
+            return;
+        };
+        if self.signal_state(host) != State::Open(conn) {
+            self.signal_sever(host);
+            return;
+        }
+        let latency = nanos(self.signaling.endpoints[&host].link.latency);
+        let c = self
+            .signaling
+            .conns
+            .get_mut(&conn)
+            .expect("a current connection is known");
+        if c.severed {
+            return;
+        }
+        c.severed = true;
+        let lost =
+            c.up.items
+                .drain(..)
+                .chain(c.down.items.drain(..))
+                .filter(|(_, i)| matches!(i, Item::Frame(_)))
+                .count();
+        let server_open = c.server_open;
+        self.signaling.stats.frames_lost += lost as u64;
+        self.signal_trace(host, conn, format_args!("break lost={lost}"));
+        if server_open {
+            self.schedule(
+                self.now + latency,
+                Action::Signal(SignalAction::ServerLost { conn }),
+            );
+        }
+    }
+
     /// Makes the signaling server unreachable from `host` (or reachable again). Blocking severs
     /// an open connection; while blocked, a connect fails after the link's connect timeout.
     pub fn set_signal_blocked(&mut self, host: NodeId, blocked: bool) {
@@ -313,6 +355,11 @@ impl Sim {
     ) -> Vec<Request> {
         while let Some(frame) = node.poll_signal_frame() {
             match self.signal_state(host) {
+                // Broken under the node ([`Sim::signal_break`]): lost on the way.
+                State::Open(conn) if self.signaling.conns[&conn].severed => {
+                    self.signaling.stats.frames_lost += 1;
+                    self.signal_trace(host, conn, format_args!("lost len={}", frame.len()));
+                }
                 State::Open(conn) => self.signal_send(conn, true, Item::Frame(frame), 0),
                 state => {
                     self.signaling.stats.frames_discarded += 1;
@@ -391,7 +438,8 @@ impl Sim {
         };
         let c = self.signaling.conns.get_mut(&conn).expect("known");
         c.node = NodeSide::Gone;
-        let wired = c.wired;
+        // A broken connection ([`Sim::signal_break`]) carries nothing more.
+        let wired = c.wired && !c.severed;
         self.signal_trace(host, conn, format_args!("close"));
         // Behind the upgrade request if that is still travelling; a blocked connect has nothing
         // on the wire (the server never heard of it) and just stops.

@@ -45,7 +45,11 @@
 //! [`Untested::Pending`], and the behaviour assumes the most restrictive result for them (as
 //! [`Report`] does for any test without a result). [`Event::Done`] follows with the rest.
 //! With a [`Remembered`] behaviour whose public IP test I confirms, the provisional report
-//! comes right after test I and carries the remembered behaviour.
+//! comes right after test I and carries the remembered behaviour. With
+//! [`DiscoveryConfig::assume_blocked_after`], test I unanswered that long gives a provisional
+//! report of [`Behaviour::UdpBlocked`] (test I [`Untested::Pending`]): a node whose UDP is
+//! blocked then need not wait 4.75 s to go on over TCP, and an answer after it is reported
+//! as usual, so the assumption costs a caller on a lossy path only an update.
 //! Without a NAT only filtering (firewall or open) and the lifetime are tested; without
 //! OTHER-ADDRESS only the port pattern, hairpinning and the lifetime.
 //!
@@ -208,6 +212,11 @@ pub struct DiscoveryConfig {
     /// [`Event::Done`] says what they found. A different IP, or a NAT where none was (or the
     /// other way round), discards it.
     pub remembered: Option<Remembered>,
+    /// Assume UDP blocked once test I has gone unanswered this long: an
+    /// [`Event::Provisional`] with [`Behaviour::UdpBlocked`] goes out then (see
+    /// [fast start](self#fast-start-the-provisional-report)). `None` (the default) waits for
+    /// test I's silence, 4.75 s with the default retransmission.
+    pub assume_blocked_after: Option<Duration>,
 }
 
 /// A behaviour found on a network before, for [`DiscoveryConfig::remembered`].
@@ -240,6 +249,7 @@ impl DiscoveryConfig {
             lifetime: None,
             seed,
             remembered: None,
+            assume_blocked_after: None,
         }
     }
 
@@ -326,7 +336,8 @@ pub enum Event {
     /// [`Untested::Pending`] and the behaviour assumes the worst for them (see [`Report`]), so
     /// a plan made from it does not fail by planning. Comes at most once, before
     /// [`Event::Done`], and only while something is still running (not when everything
-    /// settled at once).
+    /// settled at once); with [`DiscoveryConfig::assume_blocked_after`], one assuming
+    /// [`Behaviour::UdpBlocked`] may come before it, while test I is unanswered.
     Provisional(Report),
     /// Discovery is over; the machine sends nothing more.
     Done(Report),
@@ -441,8 +452,12 @@ pub struct Discovery {
     steps_done: u32,
     /// [`Event::Provisional`] went out.
     provisional_sent: bool,
-    /// When it goes, once the answers on their way had their time.
+    /// When it goes, once the answers on their way had their time (or when test I's silence
+    /// is taken for UDP blocked).
     provisional_at: Option<Instant>,
+    /// A provisional report assuming UDP blocked went out (test I unanswered for
+    /// [`DiscoveryConfig::assume_blocked_after`]).
+    assumed_blocked: bool,
     /// The remembered behaviour, once test I confirmed the network: the provisional report's.
     recalled: Option<Behaviour>,
     events: VecDeque<Event>,
@@ -496,6 +511,7 @@ impl Discovery {
             steps_done: 0,
             provisional_sent: false,
             provisional_at: None,
+            assumed_blocked: false,
             recalled: None,
             events: VecDeque::new(),
             stats: DiscoveryStats::default(),
@@ -595,6 +611,33 @@ impl Discovery {
                 }
                 at => self.provisional_at = at,
             }
+        }
+        self.assume_blocked(now);
+    }
+
+    /// Test I unanswered for [`DiscoveryConfig::assume_blocked_after`]: a provisional report
+    /// that assumes UDP blocked, the most restrictive reading, so that a caller can go on over
+    /// other means (a relay over TCP) instead of waiting out every retransmission. An answer
+    /// after it still gets its own provisional report (or [`Event::Done`]).
+    fn assume_blocked(&mut self, now: Instant) {
+        let (Some(after), Some(started)) = (self.config.assume_blocked_after, self.started_at)
+        else {
+            return;
+        };
+        if self.assumed_blocked
+            || self.provisional_sent
+            || self.phase != Phase::Connectivity
+            || self.settled(Ask::Connectivity).is_some()
+        {
+            return;
+        }
+        let at = started + after;
+        if at <= now {
+            self.assumed_blocked = true;
+            let report = self.report(now);
+            self.events.push_back(Event::Provisional(report));
+        } else {
+            self.provisional_at = Some(self.provisional_at.map_or(at, |p| p.min(at)));
         }
     }
 
@@ -1148,11 +1191,14 @@ impl Discovery {
             Some(Settled::Mapped { mapped, .. }) => Some(mapped),
             _ => None,
         };
+        // Test I still running, assumed blocked (`assume_blocked`).
+        let assumed = self.assumed_blocked && test_i.is_none() && self.phase != Phase::Done;
         // Why nothing after test I ran, if so.
         let blocked = match test_i {
             Some(Settled::Mapped { .. }) => None,
             Some(Settled::Refused(code)) => Some(Untested::ServerRefused(code)),
             Some(Settled::Silent) => Some(Untested::UdpBlocked),
+            None if assumed => Some(Untested::Pending),
             // Hairpinned cannot settle test I; treat as no answer.
             Some(Settled::Hairpinned) | None => Some(Untested::NoAnswer),
         };
@@ -1207,7 +1253,7 @@ impl Discovery {
         let behaviour = if let Some(recalled) = self.recalled.filter(|_| self.phase != Phase::Done)
         {
             recalled
-        } else if blocked == Some(Untested::UdpBlocked) {
+        } else if blocked == Some(Untested::UdpBlocked) || assumed {
             Behaviour::UdpBlocked
         } else if nat == Test::Tested(false) {
             match filtering

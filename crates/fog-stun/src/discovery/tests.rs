@@ -707,3 +707,48 @@ proptest! {
         );
     }
 }
+
+#[test]
+fn test_i_unanswered_for_long_enough_is_assumed_blocked_and_corrected_by_an_answer() {
+    let assume = DiscoveryConfig {
+        assume_blocked_after: Some(Duration::from_millis(500)),
+        ..config()
+    };
+    // Silence all along: the assumption at 500 ms, the verdict at test I's end, same behaviour.
+    let mut h = Harness::new(assume.clone());
+    h.run_to(Duration::from_millis(499));
+    assert_eq!(h.provisional().1, 0);
+    h.run_to(Duration::from_millis(500));
+    let (report, count) = h.provisional();
+    assert_eq!(count, 1);
+    let report = report.expect("one").clone();
+    assert_eq!(report.behaviour, Behaviour::UdpBlocked);
+    assert_eq!(report.nat, Test::NotTested(Untested::Pending));
+    assert_eq!(report.duration, Duration::from_millis(500));
+    h.run_to(Duration::from_secs(30));
+    assert_eq!(h.report().behaviour, Behaviour::UdpBlocked);
+    assert_eq!(h.report().nat, Test::NotTested(Untested::UdpBlocked));
+    assert_eq!(h.provisional().1, 1);
+
+    // An answer after the assumption: the rest runs as without it, and what it finds is
+    // reported (here only at the end: no behaviour question is answered, so nothing is
+    // plannable before).
+    let mut h = Harness::new(assume.clone());
+    h.run_to(Duration::from_millis(600));
+    assert_eq!(h.provisional().1, 1);
+    h.pass_test_i();
+    h.run_to(Duration::from_secs(30));
+    assert_eq!(h.provisional().1, 1);
+    assert_eq!(h.report().nat, Test::Tested(true));
+    assert_ne!(h.report().behaviour, Behaviour::UdpBlocked);
+
+    // An answer before it: no assumption at all.
+    let mut h = Harness::new(assume);
+    h.pass_test_i();
+    h.run_to(Duration::from_secs(30));
+    assert!(
+        h.events
+            .iter()
+            .all(|e| !matches!(e, Event::Provisional(r) if r.behaviour == Behaviour::UdpBlocked))
+    );
+}

@@ -54,6 +54,14 @@ pub struct NodeConfig {
     /// anyway (fogd: 20 a second, bursts of 40), and at 100 ms the pacing alone held the first
     /// usable path back by about 200 ms on loopback.
     pub discovery_pacing: Duration,
+    /// How long discovery's first question (test I) may go unanswered before the node takes
+    /// its UDP for blocked and is ready on that assumption, the most restrictive one: its
+    /// connections go through the signaling server until an answer comes, which is announced
+    /// as [`Event::NatUpdated`](super::Event::NatUpdated). Default 500 ms: test I then went
+    /// unanswered four times (two transactions, RTO 250 ms) where a server of fogd's answers
+    /// within one round trip, and waiting for its silence (4.75 s) held a UDP-blocked node's
+    /// first path back by that much. `None` waits for the silence.
+    pub assume_udp_blocked_after: Option<Duration>,
     /// The TURN server to allocate on, with credentials the signaling server hands out
     /// (`None`: no relay).
     pub turn: Option<SocketAddr>,
@@ -213,6 +221,7 @@ impl NodeConfig {
             port_samples: 4,
             hairpinning: false,
             discovery_pacing: Duration::from_millis(10),
+            assume_udp_blocked_after: Some(Duration::from_millis(500)),
             known_nats: Vec::new(),
             turn: None,
             direct: true,

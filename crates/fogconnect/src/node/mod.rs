@@ -1347,6 +1347,8 @@ impl Node {
                 rtt,
                 via,
             });
+            // The network may have changed under our signaling connection too.
+            self.probe_signaling(self.now);
         } else {
             // The idle clock starts with the path (the peer was just heard: it answered).
             conn.connected_at = Some(self.now);
@@ -1816,7 +1818,7 @@ impl Node {
             self.port_mapping_deadline(),
             self.relay_wait_until,
             self.relay_retry_at,
-            self.signal.reopen_at(),
+            self.signal_deadline(),
             self.signal
                 .paced_until(self.client.frames_waiting(), self.signal_rate()),
         ];
@@ -1853,6 +1855,7 @@ impl Node {
             }
         }
         if any {
+            self.probe_signaling(now);
             self.regather(now);
             // The allocation's flow through our NAT may be gone too: the relay then carries
             // nothing to us (our NAT filters the server until we send to it). A Refresh opens
@@ -2118,6 +2121,7 @@ fn discovery_config(config: &NodeConfig, seed: u64) -> DiscoveryConfig {
     d.port_samples = config.port_samples;
     d.hairpinning = config.hairpinning;
     d.pacing = config.discovery_pacing;
+    d.assume_blocked_after = config.assume_udp_blocked_after;
     d.remembered = config
         .known_nats
         .iter()
@@ -2216,7 +2220,7 @@ impl SansIo for Node {
             self.start_port_mapping(now);
         }
         self.port_mapping_timeout(now);
-        self.signal.handle_timeout(now);
+        self.signal_timeout(now);
         self.client.handle_timeout(now);
         if let Some(turn) = &mut self.turn {
             turn.handle_timeout(now);

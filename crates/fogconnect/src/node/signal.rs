@@ -49,6 +49,27 @@ const REOPEN_MAX: Duration = Duration::from_secs(30);
 const REOPEN_QUICK: Duration = Duration::from_millis(100);
 const QUICK_REOPEN_EVERY: Duration = Duration::from_secs(10);
 
+/// A liveness probe of the signaling connection ([`Node::probe_signaling`]) unanswered for
+/// this long, or [`PROBE_RTTS`] of the connection's round trips if longer, ends the
+/// connection. A NAT that forgot our TCP flow (a conntrack flush, a reboot, a move) leaves
+/// the WebSocket open on our side, and nothing tells us until we send: the frames the
+/// server sent us meanwhile, a peer's new candidates among them, are lost, and our own go
+/// nowhere, for seconds (the netns roaming test: 3.5-4.9 s after the flush, when the
+/// transfer's close finally went out) or, behind a router that drops rather than resets,
+/// for TCP's whole retransmission timeout.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(400);
+const PROBE_RTTS: u32 = 4;
+/// At most one probe per this long: path changes come in bursts, and an idle node never
+/// probes (it sees no path changes), so the server's own ping interval stays the only
+/// traffic of a quiet connection.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// While a connection streams, the server silent this long has the node probe the signaling
+/// connection: a NAT that forgot our TCP flow without a path of ours noticing (its UDP flows
+/// came back on the same ports) is found within this plus the probe's timeout. About one
+/// ping a second while data flows, none while it does not.
+const SIGNAL_QUIET: Duration = Duration::from_millis(800);
+
 /// The frame rate a server that does not say its own is assumed to hold us to (fog-signal's
 /// defaults).
 const ASSUMED_RATE: Rate = Rate {
@@ -73,6 +94,23 @@ pub(super) struct Link {
     /// tokens, as of `refilled`.
     tokens: f64,
     refilled: Option<Instant>,
+    /// When the connection opened, until its first frame (a round trip: our hello, the
+    /// server's challenge) gives `rtt`.
+    opened_at: Option<Instant>,
+    /// The connection's round trip, as last measured (the handshake, a probe's pong).
+    rtt: Option<Duration>,
+    /// A liveness probe is out: its pong must come by then.
+    probe_deadline: Option<Instant>,
+    /// When the last probe went.
+    probed_at: Option<Instant>,
+    /// When the server was last heard (or the connection opened).
+    heard_at: Option<Instant>,
+    /// The connections' application datagrams, sent and received, as of the later of
+    /// `heard_at` and `probed_at`: more now means traffic since (`Node::data_count`).
+    data_mark: u64,
+    /// The connection is being closed because a probe went unanswered: the wait for it was
+    /// the quick reopen's wait already, so the next one goes at once.
+    probe_failed: bool,
 }
 
 /// How far below a whole token still counts as one (floating-point rounding).
@@ -105,6 +143,13 @@ impl Default for Link {
             quick_at: None,
             tokens: 0.0,
             refilled: None,
+            opened_at: None,
+            rtt: None,
+            probe_deadline: None,
+            probed_at: None,
+            heard_at: None,
+            data_mark: 0,
+            probe_failed: false,
         }
     }
 }
@@ -125,11 +170,22 @@ impl Link {
                 self.out.push_back(SignalOutput::Open);
             }
         }
+        if self.state == State::Open && self.probe_deadline.is_some_and(|t| t <= now) {
+            // The probe went unanswered: the connection is dead to us. The driver closes it
+            // and reports `Closed`, and we open a new one (at once if it had authenticated).
+            self.probe_deadline = None;
+            self.probe_failed = true;
+            if !self.out.contains(&SignalOutput::Close) {
+                self.out.push_back(SignalOutput::Close);
+            }
+        }
     }
 
-    pub(super) fn reopen_at(&self) -> Option<Instant> {
+    /// The link's next deadline: a reopen, or a probe's.
+    pub(super) fn deadline(&self) -> Option<Instant> {
         match self.state {
             State::Down(at) => Some(at),
+            State::Open => self.probe_deadline,
             _ => None,
         }
     }
@@ -176,10 +232,19 @@ impl Node {
                 self.signal.tokens = pace(ASSUMED_RATE).1;
                 self.signal.refilled = Some(now);
                 self.signal.out.retain(|o| *o != SignalOutput::Open);
+                self.signal.opened_at = Some(now);
+                self.signal.heard_at = Some(now);
+                self.signal.data_mark = self.data_count();
+                self.signal.probe_deadline = None;
                 self.client.handle_connected(now);
             }
             SignalInput::Frame(frame) => {
                 if self.signal.state == State::Open {
+                    self.signal.heard_at = Some(now);
+                    self.signal.data_mark = self.data_count();
+                    if let Some(opened) = self.signal.opened_at.take() {
+                        self.signal.rtt = Some(now.saturating_duration_since(opened));
+                    }
                     self.client.handle_frame(now, frame);
                 }
             }
@@ -208,6 +273,79 @@ impl Node {
         self.client.poll_frame().map(SignalOutput::Frame)
     }
 
+    /// The signaling link's deadlines: a reopen, a probe's timeout, or the next probe while a
+    /// connection streams ([`SIGNAL_QUIET`]).
+    pub(super) fn signal_deadline(&self) -> Option<Instant> {
+        let link = self.signal.deadline();
+        match (link, self.quiet_probe_at()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The signaling link's timers at `now`.
+    pub(super) fn signal_timeout(&mut self, now: Instant) {
+        self.signal.handle_timeout(now);
+        if self.quiet_probe_at().is_some_and(|t| t <= now) {
+            self.probe_signaling(now);
+        }
+    }
+
+    /// When the server's silence under traffic asks for a probe: only while application
+    /// data moved since the server was last heard or probed, so a node without traffic
+    /// (keepalives and consent checks are not traffic) arms nothing.
+    fn quiet_probe_at(&self) -> Option<Instant> {
+        let link = &self.signal;
+        if link.state != State::Open
+            || link.probe_deadline.is_some()
+            || !self.client.is_authenticated()
+            || self.data_count() == link.data_mark
+        {
+            return None;
+        }
+        let at = link.heard_at.max(link.probed_at)? + SIGNAL_QUIET;
+        // `probe_signaling` probes at most once per PROBE_EVERY.
+        Some(link.probed_at.map_or(at, |p| at.max(p + PROBE_EVERY)))
+    }
+
+    /// Application datagrams sent and received on every connection so far (a count that
+    /// only tells whether there was traffic since it was last read).
+    fn data_count(&self) -> u64 {
+        self.conns
+            .values()
+            .map(|c| c.sent.datagrams.wrapping_add(c.received.datagrams))
+            .fold(0, u64::wrapping_add)
+    }
+
+    /// Something we saw says the network under us may have changed (a direct path went
+    /// silent, a path moved): ask the server for a pong, unless a probe is out or went less
+    /// than [`PROBE_EVERY`] ago. A connection that a NAT forgot is then noticed within the
+    /// probe's timeout ([`PROBE_TIMEOUT`]) and replaced, instead of when we next have
+    /// something to say (the seconds of the roaming test), and the peer's candidates it
+    /// missed are asked for again once we are back (`Authenticated`).
+    pub(super) fn probe_signaling(&mut self, now: Instant) {
+        let link = &self.signal;
+        if link.state != State::Open
+            || link.probe_deadline.is_some()
+            || link
+                .probed_at
+                .is_some_and(|t| now.saturating_duration_since(t) < PROBE_EVERY)
+        {
+            return;
+        }
+        // Frames queued ahead of the ping wait for the pacer first.
+        let (per_second, _) = pace(self.signal_rate());
+        let queued = self.client.frames_waiting() as f64 / per_second;
+        let Ok(_) = self.client.ping(now) else {
+            return;
+        };
+        let rtt = self.signal.rtt.unwrap_or(Duration::ZERO);
+        let timeout = PROBE_TIMEOUT.max(rtt * PROBE_RTTS) + Duration::from_secs_f64(queued);
+        self.signal.probed_at = Some(now);
+        self.signal.data_mark = self.data_count();
+        self.signal.probe_deadline = Some(now + timeout);
+    }
+
     /// The frame rate the server holds us to.
     pub(super) fn signal_rate(&self) -> Rate {
         self.client.server_rate().unwrap_or(ASSUMED_RATE)
@@ -225,14 +363,22 @@ impl Node {
                 .signal
                 .quick_at
                 .is_none_or(|at| now.saturating_duration_since(at) >= QUICK_REOPEN_EVERY);
+        let probe_failed = std::mem::take(&mut self.signal.probe_failed);
         if quick {
             self.signal.quick_at = Some(now);
-            self.signal.state = State::Down(now + REOPEN_QUICK);
+            let wait = if probe_failed {
+                Duration::ZERO
+            } else {
+                REOPEN_QUICK
+            };
+            self.signal.state = State::Down(now + wait);
         } else {
             self.signal.state = State::Down(now + self.signal.backoff);
             self.signal.backoff = (self.signal.backoff * 2).min(REOPEN_MAX);
         }
         self.signal.out.clear();
+        self.signal.probe_deadline = None;
+        self.signal.opened_at = None;
         let seed = super::random_bytes(&mut self.rng);
         self.client = super::signal_client(&self.config, seed);
         self.relay_requested = false;
@@ -298,6 +444,10 @@ impl Node {
                 for id in live {
                     self.resend_candidates(now, id, true);
                 }
+            }
+            SignalEvent::Rtt(rtt) => {
+                self.signal.rtt = Some(rtt);
+                self.signal.probe_deadline = None;
             }
             SignalEvent::Failed { .. } => {
                 self.signal.out.push_back(super::SignalOutput::Close);
