@@ -310,9 +310,14 @@ impl Node {
 
     /// Application datagrams sent and received on every connection so far (a count that
     /// only tells whether there was traffic since it was last read).
+    ///
+    /// Connections carried by the signaling relay do not count: their data goes through the
+    /// signaling connection itself, queued ahead of a ping, so a long one-way send there
+    /// would delay the pong past its timeout, and the reconnect that follows ends them.
     fn data_count(&self) -> u64 {
         self.conns
             .values()
+            .filter(|c| c.path != Some(Via::Signaling))
             .map(|c| c.sent.datagrams.wrapping_add(c.received.datagrams))
             .fold(0, u64::wrapping_add)
     }
