@@ -780,4 +780,48 @@ mod tests {
         assert!(got == sent, "the messages arrived changed or out of order");
         assert_eq!(a.queued, 0);
     }
+
+    /// CPU time this thread has run, from the kernel's scheduler statistics (Linux).
+    fn thread_cpu() -> Duration {
+        let stat = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap_or_default();
+        let ns = stat.split_whitespace().next().and_then(|n| n.parse().ok());
+        Duration::from_nanos(ns.unwrap_or(0))
+    }
+
+    /// What the QUIC transport alone costs per byte, both ends on this thread: no sockets,
+    /// no seal, no other threads, so it is steadier than the transfer bench on a busy
+    /// machine. `cargo test --release -p fogconnect --lib quic_pair_cpu -- --ignored
+    /// --nocapture` (FOG_QUIC_MIB sets the size, 256 by default).
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn quic_pair_cpu() {
+        let mib: usize = std::env::var("FOG_QUIC_MIB")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(256);
+        let total = mib << 20;
+        let message = vec![0x5a; 60_000];
+        let mut now = Instant::now();
+        let (mut a, mut b) = pair(now);
+        let (mut sent, mut got) = (0, 0);
+        let cpu = thread_cpu();
+        while got < total {
+            while sent < total && a.send(&message[..message.len().min(total - sent)]).is_ok() {
+                sent += message.len().min(total - sent);
+            }
+            now = exchange(&mut a, &mut b, now);
+            for happened in b.poll() {
+                if let Happened::Data(m) = happened {
+                    got += m.len();
+                }
+            }
+            a.poll();
+        }
+        let cpu = thread_cpu() - cpu;
+        println!(
+            "quic pair: {mib} MiB in {:.3} CPU s, {:.2} ns per byte",
+            cpu.as_secs_f64(),
+            cpu.as_nanos() as f64 / total as f64
+        );
+    }
 }
