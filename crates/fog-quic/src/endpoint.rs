@@ -968,9 +968,12 @@ impl Endpoint {
             // burst), so an idle endpoint holds none (the Node runs one per QUIC connection).
             return None;
         };
-        buf[..t.len].copy_from_slice(&scratch[..t.len]);
+        // A response of quinn-proto's endpoint longer than `buf` is cut, as it always was
+        // (its connections' datagrams fit: `poll_transmit_vec` drops any that would not).
+        let len = t.len.min(buf.len()).min(scratch.len());
+        buf[..len].copy_from_slice(&scratch[..len]);
         self.scratch = scratch;
-        Some(t)
+        Some(Transmit { len, ..t })
     }
 
     /// As [`poll_transmit`](Self::poll_transmit), but quinn-proto builds the datagram in `buf`
