@@ -588,6 +588,29 @@ impl Endpoint {
         Ok(n)
     }
 
+    /// Writes as much of `data` as the windows allow without copying it (quinn-proto keeps
+    /// the buffers until the peer acknowledges them), returning how many bytes. Each chunk
+    /// written whole is left empty, one written in part holds what was not written. Nothing
+    /// at all fits: [`StreamError::Blocked`], and [`Event::Writable`] follows.
+    pub fn write_chunks(
+        &mut self,
+        conn: ConnHandle,
+        stream: StreamId,
+        data: &mut [Bytes],
+    ) -> Result<usize, StreamError> {
+        let c = self.live_half(conn, stream, Half::Send)?;
+        let written = c
+            .quinn
+            .send_stream(stream.quinn())
+            .write_chunks(data)
+            .map_err(|e| match e {
+                qp::WriteError::Blocked => StreamError::Blocked,
+                qp::WriteError::Stopped(code) => StreamError::Stopped(code.into_inner()),
+                qp::WriteError::ClosedStream => StreamError::UnknownStream,
+            })?;
+        Ok(written.bytes)
+    }
+
     /// Says that nothing more will be written: the peer reads [`Read::Finished`] after the data.
     pub fn finish(&mut self, conn: ConnHandle, stream: StreamId) -> Result<(), StreamError> {
         let c = self.live_half(conn, stream, Half::Send)?;
@@ -649,6 +672,27 @@ impl Endpoint {
         stream: StreamId,
         buf: &mut [u8],
     ) -> Result<Read, StreamError> {
+        let mut filled = 0;
+        self.read_chunks(conn, stream, buf.len(), |chunk| {
+            // `read_chunks` hands out at most what is left of `buf`.
+            let end = filled + chunk.len();
+            if let Some(to) = buf.get_mut(filled..end) {
+                to.copy_from_slice(&chunk);
+                filled = end;
+            }
+        })
+    }
+
+    /// Reads in order up to `max` bytes, handing `take` quinn-proto's own buffers one after
+    /// the other (the datagrams they arrived in, decrypted in place: no copy). Returns as
+    /// [`read`](Self::read) does, [`Read::Data`] counting the bytes handed out.
+    pub fn read_chunks(
+        &mut self,
+        conn: ConnHandle,
+        stream: StreamId,
+        max: usize,
+        mut take: impl FnMut(Bytes),
+    ) -> Result<Read, StreamError> {
         let c = self.live_half(conn, stream, Half::Recv)?;
         if c.ended.remove(&stream) {
             return Ok(Read::Finished);
@@ -661,11 +705,11 @@ impl Endpoint {
         let mut filled = 0;
         let mut finished = false;
         let mut reset = None;
-        while filled < buf.len() {
-            match chunks.next(buf.len() - filled) {
+        while filled < max {
+            match chunks.next(max - filled) {
                 Ok(Some(chunk)) => {
-                    buf[filled..filled + chunk.bytes.len()].copy_from_slice(&chunk.bytes);
                     filled += chunk.bytes.len();
+                    take(chunk.bytes);
                 }
                 Ok(None) => {
                     finished = true;
@@ -918,35 +962,61 @@ impl Endpoint {
             "poll_transmit needs a buffer of at least {} bytes",
             self.config.max_datagram_len()
         );
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let Some(t) = self.poll_transmit_vec(now, &mut scratch) else {
+            // Nothing more to send: the buffer goes until the next burst (one allocation per
+            // burst), so an idle endpoint holds none (the Node runs one per QUIC connection).
+            return None;
+        };
+        // A response of quinn-proto's endpoint longer than `buf` is cut, as it always was
+        // (its connections' datagrams fit: `poll_transmit_vec` drops any that would not).
+        let len = t.len.min(buf.len()).min(scratch.len());
+        buf[..len].copy_from_slice(&scratch[..len]);
+        self.scratch = scratch;
+        Some(Transmit { len, ..t })
+    }
+
+    /// As [`poll_transmit`](Self::poll_transmit), but quinn-proto builds the datagram in `buf`
+    /// itself (cleared first; it grows as needed), which saves copying it: a caller that
+    /// keeps the datagram anyway (to send it again) gives its own buffer here.
+    pub fn poll_transmit_vec(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<Transmit> {
         self.advance(now);
+        buf.clear();
         if let Some((destination, data)) = self.responses.pop_front() {
-            let len = data.len().min(buf.len());
-            buf[..len].copy_from_slice(&data[..len]);
-            return Some(Transmit::new(destination, len));
+            buf.extend_from_slice(&data);
+            return Some(Transmit::new(destination, data.len()));
         }
-        let order: Vec<ConnHandle> = self
-            .conns
-            .range(ConnHandle(self.next_transmit)..)
-            .chain(self.conns.range(..ConnHandle(self.next_transmit)))
-            .map(|(&h, _)| h)
-            .collect();
-        for conn in order {
+        // Where to start this round (round-robin from `next_transmit`), without collecting the
+        // handles: one connection, the Node's case, asks for no allocation per datagram. A
+        // connection that `pump` drops meanwhile is skipped; each is asked at most once.
+        let mut at = ConnHandle(self.next_transmit);
+        for _ in 0..self.conns.len() {
+            let next = self
+                .conns
+                .range(at..)
+                .next()
+                .or_else(|| self.conns.iter().next())
+                .map(|(&h, _)| h);
+            let Some(conn) = next else {
+                break;
+            };
+            at = ConnHandle(conn.0.wrapping_add(1));
             let Some(c) = self.conns.get_mut(&conn) else {
                 continue;
             };
-            self.scratch.clear();
-            let sent = c.quinn.poll_transmit(now, 1, &mut self.scratch);
+            buf.clear();
+            let sent = c.quinn.poll_transmit(now, 1, buf);
             c.timeout = due(&mut c.quinn, now);
             if let Some(t) = sent {
-                debug_assert!(t.size <= self.scratch.len());
-                let len = t.size.min(self.scratch.len());
-                if len > buf.len() {
+                debug_assert!(t.size <= buf.len());
+                let len = t.size.min(buf.len());
+                if len > self.config.max_datagram_len() {
                     // Only if quinn-proto exceeded the configured payload size; dropping it is
                     // what a lossy path would do.
                     debug_assert!(false, "quinn-proto datagram of {len} bytes exceeds the MTU");
                     continue;
                 }
-                buf[..len].copy_from_slice(&self.scratch[..len]);
+                buf.truncate(len);
                 let destination = if t.destination == c.quinn_remote {
                     c.remote
                 } else {
@@ -957,9 +1027,7 @@ impl Endpoint {
             }
             self.pump(conn, now);
         }
-        // Nothing more to send: the buffer goes until the next burst (one allocation per
-        // burst), so an idle endpoint holds none (the Node runs one per QUIC connection).
-        self.scratch = Vec::new();
+        buf.clear();
         None
     }
 

@@ -32,7 +32,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use fog_quic::{
-    AcceptPolicy, CloseReason as QuicClose, Config as QuicConfig, ConnHandle, Endpoint,
+    AcceptPolicy, Bytes, CloseReason as QuicClose, Config as QuicConfig, ConnHandle, Endpoint,
     Event as QuicEvent, Fingerprint, Read, StreamError, StreamId, StreamKind,
 };
 use fog_signal::msg::CertFingerprint;
@@ -54,6 +54,11 @@ const QUEUE_LIMIT: usize = 1 << 20;
 const NOWHERE: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)), 9);
 /// Length prefix of a message.
 const LEN: usize = 4;
+/// Messages up to this long, sent while our stream is blocked, join one buffer rather than
+/// taking one each: quinn-proto walks its list of buffers for every packet it builds.
+const SMALL: usize = 4 * 1024;
+/// A buffer of joined small messages is handed on once this long.
+const JOINED: usize = 64 * 1024;
 
 /// QUIC datagrams we keep copies of, the latest sent, to send again when the path changes
 /// (about 45 KiB at most per connection). Eight brought the roaming tests' longest gap from
@@ -95,10 +100,18 @@ pub(super) struct Quic {
     fingerprint: Option<Fingerprint>,
     peer: PeerId,
     service: u16,
-    /// Framed messages not yet taken by our stream.
-    queue: VecDeque<u8>,
-    /// Bytes of the peer's stream not yet whole messages.
-    partial: Vec<u8>,
+    /// Framed messages not yet taken by our stream, each in the buffer quinn-proto will keep
+    /// until the peer acknowledges it (no copy on the way in).
+    queue: VecDeque<Bytes>,
+    /// Small messages framed after those in `queue`, joined (see [`SMALL`]).
+    joined: Vec<u8>,
+    /// Bytes in `queue` and `joined`.
+    queued: usize,
+    /// The peer's stream cut back into messages.
+    deframer: Deframer,
+    /// A spare datagram buffer (quinn-proto builds each datagram in one we keep, see
+    /// [`Quic::poll_transmit`]).
+    spare: Vec<u8>,
     /// `close` was called: our stream finishes once the queue is written.
     closing: bool,
     finished: bool,
@@ -117,7 +130,7 @@ impl std::fmt::Debug for Quic {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Quic")
             .field("conn", &self.conn)
-            .field("queued", &self.queue.len())
+            .field("queued", &self.queued)
             .field("closing", &self.closing)
             .finish_non_exhaustive()
     }
@@ -167,7 +180,10 @@ impl Quic {
             peer: opening.peer,
             service: opening.service,
             queue: VecDeque::new(),
-            partial: Vec::new(),
+            joined: Vec::new(),
+            queued: 0,
+            deframer: Deframer::default(),
+            spare: Vec::new(),
             closing: false,
             finished: false,
             happened: Vec::new(),
@@ -186,20 +202,41 @@ impl Quic {
         if data.len() > MAX_MESSAGE {
             return Err(SendError::TooLong);
         }
-        if self.queue.len() >= QUEUE_LIMIT {
+        if self.queued >= QUEUE_LIMIT {
             return Err(SendError::Blocked);
         }
         // Checked above: at most MAX_MESSAGE, which fits.
-        let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
-        self.queue.extend(len.to_be_bytes());
-        self.queue.extend(data);
+        let head = u32::try_from(data.len()).unwrap_or(u32::MAX).to_be_bytes();
+        self.queued += LEN + data.len();
+        // The one copy a message takes on its way into QUIC: quinn-proto keeps this buffer.
+        if data.len() <= SMALL {
+            self.joined.extend_from_slice(&head);
+            self.joined.extend_from_slice(data);
+            if self.joined.len() >= JOINED {
+                self.hand_on_joined();
+            }
+        } else {
+            self.hand_on_joined();
+            let mut framed = Vec::with_capacity(LEN + data.len());
+            framed.extend_from_slice(&head);
+            framed.extend_from_slice(data);
+            self.queue.push_back(Bytes::from(framed));
+        }
         self.flush();
         Ok(())
     }
 
     /// Whether a sender told `Blocked` may try again.
     pub(super) fn has_room(&self) -> bool {
-        self.queue.len() < QUEUE_LIMIT / 2
+        self.queued < QUEUE_LIMIT / 2
+    }
+
+    /// The joined small messages go behind the queue as one buffer.
+    fn hand_on_joined(&mut self) {
+        if !self.joined.is_empty() {
+            let joined = std::mem::take(&mut self.joined);
+            self.queue.push_back(Bytes::from(joined));
+        }
     }
 
     /// A QUIC packet arrived; `false` if it cannot be one.
@@ -248,23 +285,28 @@ impl Quic {
             buf[..len].copy_from_slice(&datagram[..len]);
             return Some(len);
         }
-        let len = self.ep.poll_transmit(now, buf)?.len;
+        // quinn-proto builds the datagram in a buffer we keep, and it is copied once, into
+        // `buf` (not into a scratch buffer of the endpoint's, then here, then into `recent`).
+        let mut datagram = std::mem::take(&mut self.spare);
+        let Some(t) = self.ep.poll_transmit_vec(now, &mut datagram) else {
+            self.spare = datagram;
+            return None;
+        };
+        let len = t.len.min(buf.len()).min(datagram.len());
+        buf[..len].copy_from_slice(&datagram[..len]);
         // Only 1-RTT packets are worth sending again: a long header (the first bit set, RFC
         // 9000 §17.2) is a handshake packet, whose keys are gone once the handshake is
         // confirmed (§4.9.2), so the peer could not read its copy. Keeping none also spares
         // an idle connection the kilobytes of its handshake.
-        if buf.first().is_none_or(|b| b & 0x80 != 0) {
+        if datagram.first().is_none_or(|b| b & 0x80 != 0) {
+            self.spare = datagram;
             return Some(len);
         }
-        // The oldest copy's buffer is reused once there are RECENT.
-        let mut copy = if self.recent.len() >= RECENT {
-            self.recent.pop_front().unwrap_or_default()
-        } else {
-            Vec::new()
-        };
-        copy.clear();
-        copy.extend_from_slice(&buf[..len]);
-        self.recent.push_back(copy);
+        self.recent.push_back(datagram);
+        // The oldest copy's buffer is the next datagram's once there are RECENT.
+        if self.recent.len() > RECENT {
+            self.spare = self.recent.pop_front().unwrap_or_default();
+        }
         Some(len)
     }
 
@@ -275,7 +317,7 @@ impl Quic {
             return;
         }
         self.closing = true;
-        if self.ours.is_none() && self.queue.is_empty() {
+        if self.ours.is_none() && self.queued == 0 {
             // Nothing to deliver: close at once.
             self.end_local();
             return;
@@ -361,19 +403,33 @@ impl Quic {
         self.flush();
     }
 
-    /// Reads the peer's stream into whole messages.
+    /// Reads the peer's stream into whole messages, straight from quinn-proto's buffers.
     fn read(&mut self, conn: ConnHandle, stream: StreamId) {
-        // On the stack, not kept per connection (an idle connection held 4 KiB for it;
-        // reads loop until the stream is drained).
-        let mut scratch = [0u8; 4 * 1024];
+        let mut too_long = false;
         loop {
-            match self.ep.read(conn, stream, &mut scratch) {
-                Ok(Read::Data(n)) => self.partial.extend_from_slice(&scratch[..n]),
+            // Everything quinn-proto holds: its stream window (flow control) bounds it, and
+            // the deframer keeps only a message not yet whole.
+            let read = self.ep.read_chunks(conn, stream, usize::MAX, |chunk| {
+                if too_long {
+                    return;
+                }
+                let happened = &mut self.happened;
+                let pushed = self
+                    .deframer
+                    .push(&chunk, |message| happened.push(Happened::Data(message)));
+                too_long = pushed.is_err();
+            });
+            if too_long {
+                self.fail(conn);
+                return;
+            }
+            match read {
+                Ok(Read::Data(_)) => {}
                 Ok(Read::Finished) => {
                     self.theirs_done = true;
-                    break;
+                    return;
                 }
-                Err(StreamError::Blocked) => break,
+                Err(StreamError::Blocked) => return,
                 // Our own close ended the connection while the peer's data was still
                 // arriving: there is nothing to read any more, and the peer did nothing
                 // wrong (taken for a failure, the end was reported as a dead transport and
@@ -385,20 +441,6 @@ impl Quic {
                 }
             }
         }
-        let mut at = 0;
-        while let Some(head) = self.partial.get(at..at + LEN) {
-            let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
-            if len > MAX_MESSAGE {
-                self.fail(conn);
-                return;
-            }
-            let Some(body) = self.partial.get(at + LEN..at + LEN + len) else {
-                break;
-            };
-            self.happened.push(Happened::Data(body.to_vec()));
-            at += LEN + len;
-        }
-        self.partial.drain(..at);
     }
 
     /// Writes what our stream takes; finishes it once a closing queue is empty.
@@ -406,11 +448,24 @@ impl Quic {
         let (Some(conn), Some(stream)) = (self.conn, self.ours) else {
             return;
         };
-        while !self.queue.is_empty() {
-            let (front, _) = self.queue.as_slices();
-            match self.ep.write(conn, stream, front) {
+        loop {
+            if self.queue.is_empty() {
+                // Joined messages wait while the stream is blocked; now it may take them.
+                self.hand_on_joined();
+                if self.queue.is_empty() {
+                    break;
+                }
+            }
+            let (front, _) = self.queue.as_mut_slices();
+            match self.ep.write_chunks(conn, stream, front) {
                 Ok(n) => {
-                    self.queue.drain(..n);
+                    self.queued -= n;
+                    while self.queue.front().is_some_and(Bytes::is_empty) {
+                        self.queue.pop_front();
+                    }
+                    if n == 0 {
+                        return;
+                    }
                 }
                 Err(StreamError::Blocked) => return,
                 Err(_) => {
@@ -451,5 +506,322 @@ impl Quic {
         let _ = self.ep.close(self.now, conn, 1, b"protocol violation");
         self.over = true;
         self.happened.push(Happened::Dead);
+    }
+}
+
+/// The peer's stream cut back into messages (a 4-byte big-endian length, then the bytes),
+/// chunk by chunk as quinn-proto hands them out. Each message is copied once, out of the
+/// chunks into its own `Vec`; between chunks only a length prefix's first bytes or one message
+/// not yet whole are kept (at most [`MAX_MESSAGE`] bytes).
+#[derive(Debug, Default)]
+struct Deframer {
+    /// A length prefix so far, `have` bytes of it, while no message is being filled.
+    head: [u8; LEN],
+    have: usize,
+    /// The message being filled, and its length.
+    body: Option<(Vec<u8>, usize)>,
+}
+
+/// The peer announced a message over [`MAX_MESSAGE`]: a protocol error.
+#[derive(Debug, PartialEq, Eq)]
+struct TooLong;
+
+impl Deframer {
+    /// Takes the next `chunk` of the stream, handing each message it completes to `out`.
+    fn push(&mut self, mut chunk: &[u8], mut out: impl FnMut(Vec<u8>)) -> Result<(), TooLong> {
+        while !chunk.is_empty() {
+            if let Some((body, len)) = &mut self.body {
+                let n = (*len - body.len()).min(chunk.len());
+                body.extend_from_slice(&chunk[..n]);
+                chunk = &chunk[n..];
+                if body.len() == *len
+                    && let Some((message, _)) = self.body.take()
+                {
+                    out(message);
+                }
+                continue;
+            }
+            let n = (LEN - self.have).min(chunk.len());
+            self.head[self.have..self.have + n].copy_from_slice(&chunk[..n]);
+            self.have += n;
+            chunk = &chunk[n..];
+            if self.have < LEN {
+                break;
+            }
+            self.have = 0;
+            let len = u32::from_be_bytes(self.head) as usize;
+            if len > MAX_MESSAGE {
+                return Err(TooLong);
+            }
+            if let Some(message) = chunk.get(..len) {
+                // Whole in this chunk.
+                out(message.to_vec());
+                chunk = &chunk[len..];
+            } else {
+                // Allocated at its length once (bounded by MAX_MESSAGE), never grown.
+                let mut body = Vec::with_capacity(len);
+                body.extend_from_slice(chunk);
+                chunk = &[];
+                self.body = Some((body, len));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    // The pair test's epoch is the one clock reading it makes.
+    #![allow(clippy::disallowed_methods)]
+
+    use super::*;
+
+    /// Each message framed as the sender frames it, one after the other.
+    fn framed(messages: &[Vec<u8>]) -> Vec<u8> {
+        let mut stream = Vec::new();
+        for m in messages {
+            stream.extend_from_slice(&u32::try_from(m.len()).unwrap().to_be_bytes());
+            stream.extend_from_slice(m);
+        }
+        stream
+    }
+
+    /// What a deframer hands out for `stream` cut at `cuts` (ascending offsets).
+    fn deliver(stream: &[u8], cuts: &[usize]) -> Result<Vec<Vec<u8>>, TooLong> {
+        let mut deframer = Deframer::default();
+        let mut out = Vec::new();
+        let mut from = 0;
+        for &to in cuts.iter().chain([&stream.len()]) {
+            deframer.push(&stream[from..to], |m| out.push(m))?;
+            from = to;
+        }
+        Ok(out)
+    }
+
+    /// Messages whose bytes say which message and which byte they are.
+    fn messages(lens: &[usize]) -> Vec<Vec<u8>> {
+        lens.iter()
+            .enumerate()
+            .map(|(i, &len)| (0..len).map(|j| (i * 31 + j) as u8).collect())
+            .collect()
+    }
+
+    #[test]
+    fn messages_split_at_every_boundary_arrive_whole_and_in_order() {
+        // Empty, shorter and longer than a prefix, and a run of them: every cut (and every
+        // pair of cuts) falls in a header, a body, or between messages.
+        let sent = messages(&[0, 1, 3, 4, 5, 0, 17, 2]);
+        let stream = framed(&sent);
+        for a in 0..=stream.len() {
+            assert_eq!(deliver(&stream, &[a]).unwrap(), sent, "cut at {a}");
+            for b in a..=stream.len() {
+                assert_eq!(deliver(&stream, &[a, b]).unwrap(), sent, "cuts at {a}, {b}");
+            }
+        }
+        // Byte by byte, and all of it in one chunk.
+        let every: Vec<usize> = (1..stream.len()).collect();
+        assert_eq!(deliver(&stream, &every).unwrap(), sent);
+        assert_eq!(deliver(&stream, &[]).unwrap(), sent);
+    }
+
+    #[test]
+    fn large_messages_cut_like_quic_packets_arrive_whole() {
+        // Messages over many chunks, messages within one, chunks that end in a header.
+        let sent = messages(&[60_000, 1, 1_300, 70_000, 0, 5, MAX_MESSAGE]);
+        let stream = framed(&sent);
+        for chunk in [1_200, 1_366, 4, 7, 65_536] {
+            let cuts: Vec<usize> = (1..)
+                .map(|i| i * chunk)
+                .take_while(|&c| c < stream.len())
+                .collect();
+            assert_eq!(deliver(&stream, &cuts).unwrap(), sent, "chunks of {chunk}");
+        }
+    }
+
+    #[test]
+    fn a_length_over_the_limit_is_refused_wherever_its_prefix_is_cut() {
+        let mut stream = framed(&messages(&[3]));
+        stream.extend_from_slice(&u32::try_from(MAX_MESSAGE + 1).unwrap().to_be_bytes());
+        stream.extend_from_slice(&[0; 16]);
+        for a in 0..=stream.len() {
+            assert_eq!(deliver(&stream, &[a]), Err(TooLong), "cut at {a}");
+        }
+        // The message before it was delivered first.
+        let mut deframer = Deframer::default();
+        let mut out = Vec::new();
+        assert_eq!(deframer.push(&stream, |m| out.push(m)), Err(TooLong));
+        assert_eq!(out, messages(&[3]));
+    }
+
+    #[test]
+    fn only_a_message_not_yet_whole_is_kept_between_chunks() {
+        let sent = messages(&[10, 20]);
+        let stream = framed(&sent);
+        let mut deframer = Deframer::default();
+        let mut out = Vec::new();
+        // The first message and 2 bytes of the second's prefix.
+        deframer.push(&stream[..16], |m| out.push(m)).unwrap();
+        assert_eq!(out, sent[..1]);
+        assert!(deframer.body.is_none());
+        assert_eq!(deframer.have, 2);
+        // The rest of the prefix and 12 bytes of the body: the body is allocated at its
+        // length.
+        deframer.push(&stream[16..30], |m| out.push(m)).unwrap();
+        let (body, len) = deframer.body.as_ref().unwrap();
+        assert_eq!((body.len(), *len, body.capacity()), (12, 20, 20));
+        deframer.push(&stream[30..], |m| out.push(m)).unwrap();
+        assert_eq!(out, sent);
+        assert!(deframer.body.is_none());
+        assert_eq!(deframer.have, 0);
+    }
+
+    /// Two connected `Quic`s, the caller first, their datagrams carried by [`exchange`].
+    fn pair(now: Instant) -> (Quic, Quic) {
+        let keys = [KeyPair::from_seed(&[1; 32]), KeyPair::from_seed(&[2; 32])];
+        let certs = keys
+            .each_ref()
+            .map(|k| fog_quic::Certificate::self_signed(k).unwrap());
+        let side = |me: usize, caller: bool| {
+            let other = 1 - me;
+            let opening = Opening {
+                key: &keys[me],
+                cert: Some(certs[me].clone()),
+                peer: keys[other].peer_id(),
+                service: 7,
+                fingerprint: Some(CertFingerprint(certs[other].fingerprint().0)),
+                caller,
+                seed: [me as u8 + 10; 32],
+                idle_timeout: Duration::from_secs(30),
+            };
+            Quic::new(opening, now).unwrap()
+        };
+        (side(0, true), side(1, false))
+    }
+
+    /// Carries every datagram either side has for the other until both are quiet, then
+    /// moves the clock to the next deadline. Returns the new time.
+    fn exchange(a: &mut Quic, b: &mut Quic, mut now: Instant) -> Instant {
+        let mut buf = vec![0; MAX_DATAGRAM + 64];
+        loop {
+            let mut moved = false;
+            while let Some(n) = a.poll_transmit(now, &mut buf) {
+                assert!(b.handle_packet(now, &buf[..n]));
+                moved = true;
+            }
+            while let Some(n) = b.poll_transmit(now, &mut buf) {
+                assert!(a.handle_packet(now, &buf[..n]));
+                moved = true;
+            }
+            if !moved {
+                break;
+            }
+        }
+        if let Some(t) = [a.poll_timeout(), b.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
+        {
+            now = now.max(t);
+            a.handle_timeout(now);
+            b.handle_timeout(now);
+        }
+        now
+    }
+
+    #[test]
+    fn messages_of_every_size_cross_in_order_through_a_blocked_stream() {
+        let mut now = Instant::now();
+        let (mut a, mut b) = pair(now);
+        // Small ones (joined while the stream is blocked) between large ones (a buffer
+        // each), queued before the handshake is even done, then whenever there is room.
+        let sizes = [
+            0,
+            1,
+            5,
+            4_096,
+            4_097,
+            60_000,
+            3,
+            200_000,
+            17,
+            MAX_MESSAGE,
+            2,
+            1_000,
+        ];
+        let sent: Vec<Vec<u8>> = (0..240)
+            .map(|i| {
+                let len = sizes[i % sizes.len()];
+                (0..len).map(|j| (i * 7 + j) as u8).collect()
+            })
+            .collect();
+        let mut next = 0;
+        let mut got = Vec::new();
+        for _ in 0..100_000 {
+            while next < sent.len() {
+                match a.send(&sent[next]) {
+                    Ok(()) => next += 1,
+                    Err(SendError::Blocked) => break,
+                    Err(e) => panic!("send: {e:?}"),
+                }
+            }
+            now = exchange(&mut a, &mut b, now);
+            for happened in b.poll() {
+                match happened {
+                    Happened::Data(m) => got.push(m),
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            assert!(a.poll().is_empty());
+            if got.len() == sent.len() {
+                break;
+            }
+        }
+        assert_eq!(got.len(), sent.len());
+        assert!(got == sent, "the messages arrived changed or out of order");
+        assert_eq!(a.queued, 0);
+    }
+
+    /// CPU time this thread has run, from the kernel's scheduler statistics (Linux).
+    fn thread_cpu() -> Duration {
+        let stat = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap_or_default();
+        let ns = stat.split_whitespace().next().and_then(|n| n.parse().ok());
+        Duration::from_nanos(ns.unwrap_or(0))
+    }
+
+    /// What the QUIC transport alone costs per byte, both ends on this thread: no sockets,
+    /// no seal, no other threads, so it is steadier than the transfer bench on a busy
+    /// machine. `cargo test --release -p fogconnect --lib quic_pair_cpu -- --ignored
+    /// --nocapture` (FOG_QUIC_MIB sets the size, 256 by default).
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn quic_pair_cpu() {
+        let mib: usize = std::env::var("FOG_QUIC_MIB")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(256);
+        let total = mib << 20;
+        let message = vec![0x5a; 60_000];
+        let mut now = Instant::now();
+        let (mut a, mut b) = pair(now);
+        let (mut sent, mut got) = (0, 0);
+        let cpu = thread_cpu();
+        while got < total {
+            while sent < total && a.send(&message[..message.len().min(total - sent)]).is_ok() {
+                sent += message.len().min(total - sent);
+            }
+            now = exchange(&mut a, &mut b, now);
+            for happened in b.poll() {
+                if let Happened::Data(m) = happened {
+                    got += m.len();
+                }
+            }
+            a.poll();
+        }
+        let cpu = thread_cpu() - cpu;
+        println!(
+            "quic pair: {mib} MiB in {:.3} CPU s, {:.2} ns per byte",
+            cpu.as_secs_f64(),
+            cpu.as_nanos() as f64 / total as f64
+        );
     }
 }
