@@ -13,7 +13,7 @@
 //! | 5 | uTP in our framing ([`FogFraming::Utp`]) | free range, ours |
 //! | 6 | SCTP in our framing ([`FogFraming::Sctp`]) | free range, ours |
 //! | 7 | an application datagram, unreliable, in our framing ([`FogFraming::Data`]) | free range, ours |
-//! | 8 | a connection's QUIC packet behind the receiver's session tag ([`FogFraming::QuicTagged`]) | free range, ours |
+//! | 8 | a connection's QUIC packet (or an RTC connection's DTLS application data) behind the receiver's session tag ([`FogFraming::QuicTagged`]) | free range, ours |
 //! | 9–15 | reserved for our framing ([`Protocol::Unknown`]) | free range, kept for later |
 //! | 16–19 | ZRTP ([`Protocol::Zrtp`]), not spoken here | RFC 7983 §7 |
 //! | 20–63 | DTLS ([`Protocol::Dtls`]) | RFC 7983 §7 (content types 20–63) |

@@ -4,7 +4,8 @@
 
 use std::time::Duration;
 
-use fog_examples::scenario::{Profile, Scenario, SimNode};
+use fog_core::{Receive, SansIo as _};
+use fog_examples::scenario::{Observed, Profile, Scenario, SimNode};
 use fog_sim::presets::Preset;
 use fogconnect::{
     CloseReason, ConnectError, ConnectionId, Event, FailReason, SendError, Transport, Via,
@@ -807,4 +808,110 @@ fn a_rtc_close_lets_everything_sent_arrive_first() {
 #[test]
 fn rtc_closes_from_both_sides_at_once_end_both() {
     close_at_once(Transport::Rtc);
+}
+
+/// An RTC connection's bulk, DTLS application data, rides behind the receiver's session tag
+/// only (DTLS protects it under a handshake the signed fingerprints authenticate); the rest
+/// (ICE, the handshake with its certificates) stays sealed. Behind the tag the receiver takes
+/// nothing else: a plaintext handshake record there is refused, and an altered or replayed
+/// record is DTLS's to drop, which costs the transfer nothing.
+#[test]
+fn rtc_application_data_rides_behind_the_tag_and_forgeries_do_no_harm() {
+    let mut s = Scenario::new(
+        Preset::FullCone,
+        Preset::PortRestrictedCone,
+        6,
+        &Profile::default(),
+    );
+    let host = s.hosts[0].0;
+    s.sim
+        .with_machine(host, |m: &mut SimNode, _| m.log = Some(Observed::default()));
+    let a_id = connect_over(&mut s, Transport::Rtc);
+    connected(&mut s, 0, Duration::from_secs(15));
+    let b_id = connected(&mut s, 1, Duration::from_secs(15));
+    let count = 100;
+    send_all(&mut s, 0, a_id, count / 2);
+    s.run_for(Duration::from_secs(2));
+    let log = s
+        .sim
+        .with_machine(host, |m: &mut SimNode, _| m.log.take())
+        .expect("A's datagrams");
+    let bytes = |framing: u8| -> usize {
+        log.datagrams
+            .iter()
+            .filter(|(_, d)| d.first() == Some(&framing))
+            .map(|(_, d)| d.len())
+            .sum()
+    };
+    let (tagged, sealed) = (bytes(8), bytes(7));
+    assert!(
+        tagged > 10 * sealed,
+        "the bulk goes behind the tag: {tagged} bytes tagged, {sealed} sealed"
+    );
+    let behind_tag: Vec<&Vec<u8>> = log
+        .datagrams
+        .iter()
+        .map(|(_, d)| d)
+        .filter(|d| d.first() == Some(&8))
+        .collect();
+    for d in &behind_tag {
+        // RFC 6347 §4.1: application data (23), DTLS 1.2, epoch 1.
+        assert_eq!(
+            d[9..14],
+            [23, 254, 253, 0, 1],
+            "only protected application data"
+        );
+    }
+    assert!(
+        log.datagrams
+            .iter()
+            .all(|(_, d)| !(20..=63).contains(&d[0])),
+        "no DTLS goes bare on the path"
+    );
+
+    // Behind B's tag, from where A's datagrams come: a handshake record in the clear, an
+    // altered application-data record, a replayed one.
+    let (_, local, remote, _) = *s.paths(1).last().expect("B's path");
+    let first = behind_tag[0];
+    let mut handshake = first[..9].to_vec();
+    handshake.extend_from_slice(&[22, 254, 253, 0, 0, 0, 0, 0, 0, 0, 9, 0, 4, 1, 0, 0, 0]);
+    let mut altered = behind_tag[behind_tag.len() / 2].clone();
+    *altered.last_mut().expect("a record") ^= 1;
+    let before = s.with_node(1, |n, _| n.counters());
+    for d in [&handshake, &altered, first] {
+        s.with_node(1, |n, now| {
+            n.handle_packet(
+                now,
+                Receive {
+                    source: remote,
+                    local,
+                    payload: d,
+                },
+            );
+        });
+    }
+    let after = s.with_node(1, |n, _| n.counters());
+    assert_eq!(
+        after.stray,
+        before.stray + 1,
+        "the plaintext record is refused"
+    );
+
+    let mut k = count / 2;
+    while k < count {
+        let m = message(k);
+        match s.with_node(0, |n, now| n.send(now, a_id, &m)) {
+            Ok(()) => k += 1,
+            Err(SendError::Blocked) => s.run_for(Duration::from_millis(20)),
+            Err(e) => panic!("message {k}: {e}"),
+        }
+    }
+    s.run_for(Duration::from_secs(5));
+    assert_all_in_order(&Transport::Rtc, &received(&s, 1, b_id), count);
+    for i in 0..2 {
+        let ended = s.events[i]
+            .iter()
+            .any(|(_, e)| matches!(e, Event::Closed { .. } | Event::Failed { .. }));
+        assert!(!ended, "node {i}'s connection ended: {:#?}", s.events[i]);
+    }
 }

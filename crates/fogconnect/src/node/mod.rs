@@ -1487,8 +1487,9 @@ impl Node {
         true
     }
 
-    /// A QUIC packet behind a session tag: handed to that connection's QUIC endpoint, which
-    /// authenticates it (or drops it). Stray and malformed ones are counted.
+    /// A packet behind a session tag (QUIC's, or an RTC connection's DTLS application data):
+    /// handed to that connection's stream, which authenticates it (or drops it). Stray and
+    /// malformed ones are counted.
     fn deliver_quic(
         &mut self,
         now: Instant,
@@ -1500,9 +1501,9 @@ impl Node {
             self.counters.stray += 1;
             return;
         };
-        let Some(stream) = conn.stream.as_mut().filter(|s| s.is_quic()) else {
-            // Early (the peer's path came up a moment before ours: QUIC sends again), or not
-            // a QUIC connection at all.
+        let Some(stream) = conn.stream.as_mut().filter(|s| s.protects_itself(packet)) else {
+            // Early (the peer's path came up a moment before ours: QUIC sends again), not a
+            // QUIC connection, or an RTC connection's datagram that must come sealed.
             self.counters.stray += 1;
             return;
         };
@@ -1631,6 +1632,12 @@ impl Node {
                 };
                 sealed.truncate(at + n);
                 if quic {
+                    keys.tag_quic_in_place(&mut sealed);
+                } else if stream.protects_itself(&sealed[at..]) {
+                    // An RTC connection's DTLS application data: behind the tag only, as
+                    // QUIC's packets are (`rtc.rs` says why that is safe).
+                    sealed.copy_within(at.., seal::QUIC_PACKET_AT);
+                    sealed.truncate(seal::QUIC_PACKET_AT + n);
                     keys.tag_quic_in_place(&mut sealed);
                 } else {
                     keys.seal_in_place(seal::Kind::Transport, &mut sealed);

@@ -20,6 +20,22 @@
 //! **ICE credentials** come from the session id (both sides know it); they need no secrecy,
 //! since only sealed datagrams of this session reach the peer.
 //!
+//! **DTLS application data is not sealed twice.** Once the peer is connected, a datagram that
+//! is nothing but DTLS 1.2 application-data records of a protected epoch
+//! ([`protects_itself`](Rtc::protects_itself)) rides behind framing byte 8 and the receiver's
+//! session tag, as QUIC's packets do ([`seal::quic_of`](super::seal::quic_of)); everything
+//! else (ICE's checks and consent, the handshake, alerts, anything before `Connected`) stays
+//! sealed. Sealing the bulk again bought nothing the records do not have already: they are
+//! AEAD-protected (RFC 6347 §4.1.2: authenticity, secrecy) under keys of a handshake whose
+//! certificates are checked against the fingerprints both sides signed into their
+//! descriptions (above), so neither a path observer nor the signaling server can forge,
+//! alter or read them; dimpl drops a replayed record (RFC 6347 §4.1.2.6's window) and, once
+//! the handshake is over, silently discards one that does not open (§4.1.2.7), so a forged
+//! tagged datagram costs the connection nothing; and a receiver takes a tagged datagram only
+//! under the same test, so an attacker who learns the tag cannot inject a plaintext
+//! handshake record or anything for ICE. What the path sees is what the seal showed (a tag,
+//! sequence numbers, lengths); the certificates in the handshake stay sealed.
+//!
 //! **Messages.** The caller (offerer) opens one reliable, ordered channel, `fog`; every
 //! [`send`](super::Node::send) is one message on it (at most [`MAX_MESSAGE`], the SCTP
 //! message size a peer assumes without SDP), delivered whole as one
@@ -98,6 +114,36 @@ fn credentials(session: SessionId, caller: bool) -> IceCredentials {
     h.update(session.0);
     h.update([u8::from(caller)]);
     IceCredentials::from_seed(h.finalize().into())
+}
+
+/// Whether `datagram` is one or more whole DTLS 1.2 records (RFC 6347 §4.1: type, version,
+/// epoch, sequence number, length, fragment), each application data (RFC 5246 §6.2.1, 23)
+/// under a protected epoch (not 0, which is plaintext), and nothing else.
+fn dtls_application_data(datagram: &[u8]) -> bool {
+    /// RFC 6347 §4.1's record header.
+    const HEADER: usize = 13;
+    /// RFC 5246 §A.1 `ContentType.application_data`.
+    const APPLICATION_DATA: u8 = 23;
+    /// RFC 6347 §4.1: DTLS 1.2 is {254, 253}.
+    const DTLS_1_2: [u8; 2] = [254, 253];
+    let mut rest = datagram;
+    if rest.is_empty() {
+        return false;
+    }
+    while !rest.is_empty() {
+        let Some(header) = rest.get(..HEADER) else {
+            return false;
+        };
+        if header[0] != APPLICATION_DATA || header[1..3] != DTLS_1_2 || header[3..5] == [0, 0] {
+            return false;
+        }
+        let len = usize::from(u16::from_be_bytes([header[11], header[12]]));
+        let Some(next) = rest.get(HEADER + len..) else {
+            return false;
+        };
+        rest = next;
+    }
+    true
 }
 
 impl Rtc {
@@ -215,6 +261,14 @@ impl Rtc {
         self.peer.poll_transmit(now, buf)
     }
 
+    /// Whether `datagram` (ours to send, or one behind our session tag) may travel without
+    /// the session's seal: the peer is connected (its DTLS discards a record that does not
+    /// open rather than failing) and the datagram holds only DTLS application data of a
+    /// protected epoch. See the module docs for why that is enough.
+    pub(super) fn protects_itself(&self, datagram: &[u8]) -> bool {
+        !self.raw && !self.over && self.peer.is_connected() && dtls_application_data(datagram)
+    }
+
     /// Queues one message.
     pub(super) fn send(&mut self, now: Instant, data: &[u8]) -> Result<(), SendError> {
         if self.over || self.closing {
@@ -328,5 +382,68 @@ impl Rtc {
             }
         }
         std::mem::take(&mut self.happened)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dtls_application_data;
+
+    /// A DTLS 1.2 record header of `kind` in `epoch` with `len` bytes of fragment after it.
+    fn record(kind: u8, epoch: u16, len: usize) -> Vec<u8> {
+        let mut r = vec![kind, 254, 253];
+        r.extend_from_slice(&epoch.to_be_bytes());
+        r.extend_from_slice(&[0, 0, 0, 0, 0, 7]);
+        r.extend_from_slice(&u16::try_from(len).unwrap().to_be_bytes());
+        r.resize(13 + len, 0xAB);
+        r
+    }
+
+    #[test]
+    fn only_whole_protected_application_data_goes_unsealed() {
+        assert!(dtls_application_data(&record(23, 1, 40)));
+        let two = [record(23, 1, 40), record(23, 1, 0)].concat();
+        assert!(dtls_application_data(&two));
+        // Nothing, a plaintext epoch, a handshake or an alert, another version.
+        assert!(!dtls_application_data(&[]));
+        assert!(!dtls_application_data(&record(23, 0, 40)));
+        assert!(!dtls_application_data(&record(22, 1, 40)));
+        assert!(!dtls_application_data(&record(21, 1, 40)));
+        let mut v10 = record(23, 1, 40);
+        v10[2] = 255;
+        assert!(!dtls_application_data(&v10));
+        // A handshake record behind application data (a plaintext certificate, say).
+        assert!(!dtls_application_data(
+            &[record(23, 1, 40), record(22, 0, 40)].concat()
+        ));
+        // A record cut short, a header cut short, bytes after the last record.
+        let whole = record(23, 1, 40);
+        assert!(!dtls_application_data(&whole[..whole.len() - 1]));
+        assert!(!dtls_application_data(&whole[..12]));
+        assert!(!dtls_application_data(&[whole.clone(), vec![23]].concat()));
+        // STUN (a consent check) never qualifies.
+        assert!(!dtls_application_data(&[
+            0, 1, 0, 0, 0x21, 0x12, 0xA4, 0x42
+        ]));
+    }
+
+    /// It reads network bytes: any bytes at all give an answer, never a panic (lengths that
+    /// point past the end above all).
+    #[test]
+    fn any_bytes_give_an_answer() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for n in 0..20_000usize {
+            let mut d = record(23, 1, n % 64);
+            for b in d.iter_mut().skip(n % 14) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                if x % 3 == 0 {
+                    *b = x as u8;
+                }
+            }
+            d.truncate(n % (d.len() + 1));
+            let _ = dtls_application_data(&d);
+        }
     }
 }

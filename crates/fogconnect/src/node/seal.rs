@@ -93,8 +93,9 @@ pub enum Refused {
     Replayed,
 }
 
-/// The framing byte of a connection's QUIC packet behind the receiver's session tag, not
-/// sealed again (see the `quic` module).
+/// The framing byte of a connection's QUIC packet, or an RTC connection's DTLS application
+/// data, behind the receiver's session tag, not sealed again (see the `quic` and `rtc`
+/// modules).
 pub const QUIC_FRAMING: u8 = fog_core::FogFraming::QuicTagged.byte();
 
 /// The session tag and the QUIC packet of a tagged QUIC datagram, if it is one.

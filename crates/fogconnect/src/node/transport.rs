@@ -196,6 +196,16 @@ impl Stream {
         matches!(self, Stream::Quic(_))
     }
 
+    /// Whether `packet` (of this stream, to send or received) travels behind the session tag
+    /// alone, not sealed: QUIC's always, an RTC connection's DTLS application data (`rtc.rs`).
+    pub(super) fn protects_itself(&self, packet: &[u8]) -> bool {
+        match self {
+            Stream::Quic(_) => true,
+            Stream::Rtc(rtc) => rtc.protects_itself(packet),
+            _ => false,
+        }
+    }
+
     /// Queues one message.
     pub(super) fn send(&mut self, now: Instant, data: &[u8]) -> Result<(), SendError> {
         match self {
