@@ -78,7 +78,11 @@
 //!   packet type are acked at once (libutp acks once per batch its socket reads, which a
 //!   sans-IO machine does not see);
 //! - the SYN is retried [`Config::syn_retransmits`] times (default 4, given up at 31 s),
-//!   more than libutp's 2, so that the caller's own connect deadline is the bound.
+//!   more than libutp's 2, so that the caller's own connect deadline is the bound;
+//! - once connected, data in flight goes again on [`Config::data_retransmits`] timeouts in a
+//!   row (default 4, libutp's) before the connection ends `TimedOut`, each wait twice the last
+//!   up to [`Config::max_rto`]; `None` never gives up, for an owner that watches the path
+//!   itself (FogConnect's node).
 //!
 //! Not implemented: MTU discovery (packets are at most [`Config::max_packet_size`]), the
 //! clock-drift compensation of libutp's `their_hist` (the base-delay history absorbs slow
