@@ -81,6 +81,19 @@ fn seeds_of_the_fifth_run_keep_the_model() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// Seed 6893 of the sixth run's 10,000 (closed-without-cause, uTP): after the route between
+/// the two sites went down, the connection went on through TURN across a link of about 16 %
+/// loss; every ack of one packet's four retransmissions was lost while checks on the same path
+/// got through, and uTP gave up (`TransportFailed`). A reliable transport of the node no longer
+/// gives up on its own while the node's path is alive (fog-utp `Config::data_retransmits`,
+/// test `an_owner_watched_connection_outlives_lost_acks`; KCP's dead link likewise); the
+/// node's idle timeout and consent end a connection whose peer is gone. Fails without it
+/// (node 0 #9 side 0 ended `TransportFailed` with fog-utp's default limit, libutp's 4).
+#[test]
+fn seed_6893_utp_does_not_give_up_on_a_live_lossy_path() {
+    check(&generate(6893)).unwrap();
+}
+
 #[test]
 fn a_seed_is_a_scenario() {
     let (a, b) = (generate(42), generate(42));

@@ -23,10 +23,6 @@ const INITIAL_RTO: Duration = Duration::from_secs(1);
 /// BEP 29 / libutp `update_rtt`: the timeout never goes below 1 s (libutp: `max(rtt + 4 rtt_var,
 /// 1000)` ms).
 const MIN_RTO: Duration = Duration::from_secs(1);
-/// libutp `check_timeouts`: the connection dies after 4 consecutive timeouts. While
-/// connecting (our SYN, or data an acceptor sent before the initiator's first packet) the
-/// limit is [`Config::syn_retransmits`] instead (libutp: 2).
-const MAX_RETRANSMITS: u32 = 4;
 /// libutp: a zero receive window is re-probed with one packet after 15 s.
 const ZERO_WINDOW_PROBE: Duration = Duration::from_secs(15);
 /// How long a finished connection keeps answering retransmitted FINs (our last ack may be lost).
@@ -168,6 +164,11 @@ pub(crate) struct Connection {
     write_blocked: bool,
     keepalive: Duration,
     syn_retransmits: u32,
+    /// Consecutive timeouts of data in flight, once connected, before giving up; `None`:
+    /// never ([`Config::data_retransmits`]).
+    data_retransmits: Option<u32>,
+    /// The retransmission timeout stops doubling here ([`Config::max_rto`]).
+    max_rto: Duration,
     /// How long an acceptor waits for the initiator's first packet after its SYN.
     handshake_timeout: Duration,
     /// One before the first data sequence number. For an initiator, its SYN's: an ST_STATE
@@ -248,6 +249,8 @@ impl Connection {
             write_blocked: false,
             keepalive: config.keepalive_interval,
             syn_retransmits: config.syn_retransmits,
+            data_retransmits: config.data_retransmits,
+            max_rto: config.max_rto.max(MIN_RTO),
             syn_seq: seq_nr.wrapping_sub(1),
             handshake_timeout: config.handshake_timeout,
             timers: TimerTable::default(),
@@ -843,7 +846,7 @@ impl Connection {
             // then timed out a connection the initiator believed open: found by the chaos run).
             self.ack_pending = true;
             self.stats.synacks_resent += 1;
-            self.retransmit_timeout *= 2;
+            self.back_off();
             self.timers
                 .set(Timer::Retransmit, now + self.retransmit_timeout);
         } else if self.timers.expired(Timer::Retransmit, now) {
@@ -886,11 +889,11 @@ impl Connection {
     /// restart the window and resend the oldest.
     fn on_retransmit_timeout(&mut self, now: Instant) {
         let limit = if matches!(self.state, State::SynSent | State::SynRecv) {
-            self.syn_retransmits
+            Some(self.syn_retransmits)
         } else {
-            MAX_RETRANSMITS
+            self.data_retransmits
         };
-        if self.retransmit_count >= limit {
+        if limit.is_some_and(|limit| self.retransmit_count >= limit) {
             self.drop_outgoing();
             self.close_with(CloseReason::TimedOut);
             return;
@@ -909,7 +912,7 @@ impl Connection {
             self.timers.clear(Timer::Retransmit);
             return;
         }
-        self.retransmit_timeout *= 2;
+        self.back_off();
         for p in self.outbuf.iter_mut() {
             if p.sent_at.is_some() && !p.need_resend && !p.sacked {
                 p.need_resend = true;
@@ -918,11 +921,17 @@ impl Connection {
             }
         }
         if in_flight {
-            self.retransmit_count += 1;
+            self.retransmit_count = self.retransmit_count.saturating_add(1);
             self.stats.timeouts += 1;
         }
         self.timers
             .set(Timer::Retransmit, now + self.retransmit_timeout);
+    }
+
+    /// Doubles the retransmission timeout (BEP 29; RFC 6298 §5.5), up to [`Config::max_rto`]
+    /// (RFC 6298 §2.5: a maximum may be placed on it).
+    fn back_off(&mut self) {
+        self.retransmit_timeout = (self.retransmit_timeout * 2).min(self.max_rto);
     }
 
     /// Application data into the send buffer; no more than it has room for.

@@ -78,7 +78,11 @@
 //!   packet type are acked at once (libutp acks once per batch its socket reads, which a
 //!   sans-IO machine does not see);
 //! - the SYN is retried [`Config::syn_retransmits`] times (default 4, given up at 31 s),
-//!   more than libutp's 2, so that the caller's own connect deadline is the bound.
+//!   more than libutp's 2, so that the caller's own connect deadline is the bound;
+//! - once connected, data in flight goes again on [`Config::data_retransmits`] timeouts in a
+//!   row (default 4, libutp's) before the connection ends `TimedOut`, each wait twice the last
+//!   up to [`Config::max_rto`]; `None` never gives up, for an owner that watches the path
+//!   itself (FogConnect's node).
 //!
 //! Not implemented: MTU discovery (packets are at most [`Config::max_packet_size`]), the
 //! clock-drift compensation of libutp's `their_hist` (the base-delay history absorbs slow
@@ -129,6 +133,19 @@ pub struct Config {
     /// does not end a connection the caller's own deadline (a connect timeout) would still
     /// wait for.
     pub syn_retransmits: u32,
+    /// Consecutive retransmission timeouts of data in flight on a connected connection before
+    /// it ends `TimedOut`: `Some(4)` by default, libutp's limit (`check_timeouts`), for a
+    /// uTP that is alone in judging whether the peer is still there. `None`: never; what is
+    /// in flight goes again every [`Config::max_rto`] at most for as long as the connection
+    /// lives, and its owner ends it when the peer is gone. That is for an owner that watches
+    /// the path itself (FogConnect's node: its consent checks, RFC 7675, and its idle
+    /// timeout): on a lossy path a run of lost acks is not a dead peer (the chaos run lost
+    /// every ack of one packet's four retransmissions on a relayed path of 16 % loss while
+    /// checks on the same path were answered).
+    pub data_retransmits: Option<u32>,
+    /// The longest retransmission timeout: doubling stops here (RFC 6298 §2.5 allows a
+    /// maximum, of at least 60 s for TCP; the default). Never below 1 s, BEP 29's minimum.
+    pub max_rto: Duration,
     /// How long an accepted connection waits for the initiator's first packet after the SYN
     /// before it is dropped.
     pub handshake_timeout: Duration,
@@ -151,6 +168,8 @@ impl Config {
             max_packet_size: 1400,
             keepalive_interval: Duration::from_secs(29),
             syn_retransmits: 4,
+            data_retransmits: Some(4),
+            max_rto: Duration::from_secs(60),
             handshake_timeout: Duration::from_secs(30),
             max_pending_resets: 64,
             initial_seq_nr: None,
@@ -171,8 +190,8 @@ pub enum CloseReason {
     ResetByPeer,
     /// We called [`Endpoint::reset`].
     ResetLocally,
-    /// Nothing acked after repeated retransmissions (4, or [`Config::syn_retransmits`] while
-    /// connecting).
+    /// Nothing acked after repeated retransmissions ([`Config::data_retransmits`], or
+    /// [`Config::syn_retransmits`] while connecting).
     TimedOut,
 }
 

@@ -29,6 +29,8 @@ struct Net {
     jitter: Duration,
     delay: Duration,
     queue: BinaryHeap<Reverse<InFlight>>,
+    /// Every datagram to this endpoint is lost (a link that eats one direction).
+    deaf: Option<usize>,
     seq: u64,
     delivered: u64,
 }
@@ -86,6 +88,7 @@ impl Pair {
                 jitter,
                 delay: Duration::from_millis(10),
                 queue: BinaryHeap::new(),
+                deaf: None,
                 seq: 0,
                 delivered: 0,
             },
@@ -111,7 +114,7 @@ impl Pair {
                     1
                 };
                 for _ in 0..copies {
-                    if self.net.rng.random_bool(self.net.loss) {
+                    if self.net.rng.random_bool(self.net.loss) || self.net.deaf == Some(to) {
                         continue;
                     }
                     let jitter = self.net.jitter.mul_f64(self.net.rng.random::<f64>());
@@ -933,6 +936,60 @@ fn dead_peer_times_out() {
     );
     let resets = pair.ep[0].connection_count();
     assert_eq!(resets, 0);
+}
+
+/// Every ack lost for two minutes while the data gets through (a relayed path of 16 % loss
+/// in the chaos run lost the acks of four retransmissions in a row, seeds 1641 and 6893):
+/// with `data_retransmits: None` the sender never gives up on its own, resends at most every
+/// `max_rto`, and the connection carries on once acks come back. With the default
+/// (libutp's 4) the same link ends it `TimedOut` (`dead_peer_times_out`).
+#[test]
+fn an_owner_watched_connection_outlives_lost_acks() {
+    let t0 = Instant::now();
+    let mut config = Config::with_seed([8; 32]);
+    config.data_retransmits = None;
+    config.max_rto = Duration::from_secs(4);
+    let mut pair = Pair::lossless(8, t0, config, Config::with_seed([9; 32]));
+    let conn = pair.ep[0].connect(pair.now, addr(2)).unwrap();
+    pair.ep[0].write(conn, b"x").unwrap();
+    for _ in 0..20 {
+        pair.step();
+    }
+    assert!(pair.events[0].contains(&Event::Connected(conn)));
+    pair.net.deaf = Some(0);
+    pair.ep[0].write(conn, b"y").unwrap();
+    let eaten = pair.now;
+    let end = eaten + Duration::from_secs(120);
+    while pair.now < end && pair.step() {}
+    assert!(
+        !pair.events[0]
+            .iter()
+            .any(|e| matches!(e, Event::Closed { .. })),
+        "{:?}",
+        pair.events[0]
+    );
+    let stats = pair.ep[0].stats(conn).expect("still open");
+    // 1, 2 and 4 s, then every 4 s: 31 timeouts in 120 s, not a doubling to minutes.
+    assert!(stats.timeouts >= 25, "{stats:?}");
+    pair.net.deaf = None;
+    pair.ep[0].write(conn, b"z").unwrap();
+    let end = pair.now + Duration::from_secs(10);
+    while pair.now < end && pair.step() {}
+    let mut got = Vec::new();
+    let mut buf = [0u8; 64];
+    let accepted = pair.events[1]
+        .iter()
+        .find_map(|e| match e {
+            Event::Incoming { conn, .. } => Some(*conn),
+            _ => None,
+        })
+        .expect("accepted");
+    while let Ok(n @ 1..) = pair.ep[1].read(accepted, &mut buf) {
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(got, b"xyz");
+    let stats = pair.ep[0].stats(conn).expect("still open");
+    assert_eq!(stats.in_flight, 0, "{stats:?}");
 }
 
 #[test]

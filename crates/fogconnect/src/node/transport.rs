@@ -137,9 +137,14 @@ impl Stream {
                 // message at 127) beyond the sender's window: fragments of a half-received
                 // message sit in the receive queue and shrink the window advertised, which
                 // cost large messages about 30 % in the simulator (benches/sim_transfer.rs).
-                let config = KcpConfig::fast()
+                let mut config = KcpConfig::fast()
                     .with_mtu(MAX_DATAGRAM - 1)
                     .with_windows(128, 128 + 127);
+                // A reliable transport here never gives up on its own while the node's path to
+                // the peer is alive: its idle timeout and consent checks (RFC 7675) end a
+                // connection whose peer is gone, with that reason (a relayed path of 16 % loss
+                // lost every ack of four uTP retransmissions in the chaos run, seed 1641).
+                config.dead_link = u32::MAX;
                 let role = if caller {
                     Role::Initiator
                 } else {
@@ -153,6 +158,11 @@ impl Stream {
                 config.accept = !caller;
                 // The framing byte goes first inside the sealed datagram.
                 config.max_packet_size = MAX_DATAGRAM - 1;
+                // Never given up by uTP itself (see KCP's `dead_link` above), and resent at
+                // least every 4 s (SCTP's `rto_max` here), so a path that comes back is used
+                // within seconds.
+                config.data_retransmits = None;
+                config.max_rto = Duration::from_secs(4);
                 let send_buffer = config.send_buffer;
                 let mut endpoint = Utp::new(config, now);
                 let conn = if caller {
