@@ -212,7 +212,9 @@ impl Agent {
         // whatever our role). Otherwise a controlled agent stays on the relay for good when
         // the pair is new (the peer's NAT mapped it anew and the peer, still on its own
         // selected pair, nominates nothing).
-        if self.selected_is_relayed() && !self.pairs[i].relayed {
+        // The same after the path was lost with nowhere to move to (see `Agent::lost`).
+        let following = self.selected_is_relayed() || (self.selected.is_none() && self.lost);
+        if following && !self.pairs[i].relayed {
             self.heard_from(now, packet.local, packet.source);
         }
     }
@@ -319,6 +321,11 @@ impl Agent {
         if self.moved_to == Some(i) {
             // The peer's address moved (see `heard_from`) and the new one answers.
             self.moved_to = None;
+            if self.selected.is_none() && self.lost {
+                // After a lost path: the peer's path, proven both ways, whatever our role.
+                self.pairs[i].nominated = true;
+                return self.select(now, i);
+            }
             if let Some(j) = self.selected.filter(|&j| j != i) {
                 let (from, to) = (&self.pairs[j], &self.pairs[i]);
                 if from.relayed || from.local == to.local {

@@ -396,6 +396,11 @@ pub struct Agent {
     moved_to: Option<usize>,
     /// The owner suspected the selected direct path: see [`Agent::suspect`].
     suspect: Option<Suspicion>,
+    /// The selected path was lost with nowhere to move to ([`Event::PathLost`]) and nothing
+    /// is selected since. The peer may still be on a path of its own (its checks on it are
+    /// answered; only ours were lost): what it sends directly is followed as on the relay
+    /// (see [`Agent::heard_from`]).
+    lost: bool,
     /// Counts our nominations as the controlling agent (the NOMINATION attribute).
     nominations: u32,
     queue: VecDeque<Queued>,
@@ -441,6 +446,7 @@ impl Agent {
             switch_to: None,
             moved_to: None,
             suspect: None,
+            lost: false,
             nominations: 0,
             queue: VecDeque::new(),
             events: VecDeque::new(),
@@ -663,32 +669,57 @@ impl Agent {
     /// when it answers while it is still where the peer's latest datagram came from, it is
     /// selected whatever our role (nothing to agree on: from the peer's side it is the same
     /// path). The check is what keeps a forged or replayed source from moving the
-    /// connection: only the peer can answer it. One such pair is checked at a time.
+    /// connection: only the peer can answer it. One such pair is checked at a time, and
+    /// checked again if its check failed and the peer's datagrams still come from it. After
+    /// the selected path was lost with nowhere to move to ([`Event::PathLost`]), datagrams
+    /// from the peer that came directly are followed the same way: the peer may still be on
+    /// a path whose answers to our checks were all lost.
     pub fn heard_from(&mut self, now: Instant, local: SocketAddr, remote: SocketAddr) {
-        let Some(j) = self.selected else { return };
-        let selected = &self.pairs[j];
-        if selected.remote == remote && selected.local == local {
-            // Back on the selected path: a check of another address in flight is stale, and
-            // a suspicion of the path is answered.
-            self.moved_to = None;
-            self.suspect = None;
-            return;
-        }
-        // On the relay, a datagram that came directly to one of our own sockets is a direct
-        // path the peer found: the same check, and direct beats relayed.
-        let ours = if selected.relayed {
-            Some(local) != self.relayed && self.is_local(local)
-        } else {
-            selected.local == local
+        let ours = match self.selected {
+            Some(j) => {
+                let selected = &self.pairs[j];
+                if selected.remote == remote && selected.local == local {
+                    // Back on the selected path: a check of another address in flight is
+                    // stale, and a suspicion of the path is answered.
+                    self.moved_to = None;
+                    self.suspect = None;
+                    return;
+                }
+                // On the relay, a datagram that came directly to one of our own sockets is a
+                // direct path the peer found: the same check, and direct beats relayed.
+                if selected.relayed {
+                    Some(local) != self.relayed && self.is_local(local)
+                } else {
+                    selected.local == local
+                }
+            }
+            // The path was lost with nowhere to move to (`lost`): the peer's datagrams still
+            // coming directly show a path it uses, followed as on the relay. Otherwise the
+            // controlled side stays without a path for good while the controlling side, whose
+            // checks we answer, sees nothing wrong and nominates nothing (found by the chaos
+            // run, seed 1811: one side direct, the other's direct and relay pairs both lost
+            // their consent on links losing 11 % and 20 %).
+            None if self.lost => Some(local) != self.relayed && self.is_local(local),
+            // Before the first path, nomination decides.
+            None => return,
         };
         if !ours || local.is_ipv4() != remote.is_ipv4() || self.is_relay_candidate(remote) {
             return;
         }
+        // One such pair is checked at a time. One whose check failed (on a lossy link every
+        // retransmission can be lost) is checked again when the peer's datagrams keep coming
+        // from it: it used to be left for good, and the side stayed on the relay while the
+        // peer was direct.
         if let Some(k) = self.moved_to {
-            if self.pairs[k].remote == remote {
-                return;
-            }
             if self.pairs[k].state == State::InProgress {
+                // A check from the peer may have triggered ours on it, which is retransmitted
+                // only within a round: give it one.
+                if self.pairs[k].remote == remote
+                    && self.pairs[k].local == local
+                    && self.pairs[k].until.is_none()
+                {
+                    self.pairs[k].until = Some(now + self.config.plan.punch_for);
+                }
                 return;
             }
         }
@@ -705,6 +736,9 @@ impl Agent {
             pair.interval = self.config.retry;
             pair.until = Some(now + self.config.plan.punch_for);
             self.check(now, i, false);
+        } else if pair.until.is_none() {
+            // A triggered check (the peer's check on it came first): retransmitted like ours.
+            pair.until = Some(now + self.config.plan.punch_for);
         }
     }
 

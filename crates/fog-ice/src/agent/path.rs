@@ -103,6 +103,17 @@ impl Agent {
 
     pub(super) fn select(&mut self, now: Instant, i: usize) {
         self.selected = Some(i);
+        let was_lost = std::mem::replace(&mut self.lost, false);
+        if was_lost && self.pairs[i].relayed && self.repunch_at.is_none() {
+            // Back on the relay after the path was lost, which stopped the rounds of
+            // punching (see `lose_selected`): they resume, as after a round that gave up.
+            // Otherwise the connection stayed on the relay for good, on both sides, once each
+            // had lost its relay path for a consent timeout (found by the chaos run, seed
+            // 4197: links losing 15 %, a route between the sites down for five minutes).
+            self.punch_over = true;
+            self.repunch_at = Some(now + REPUNCH_INTERVAL);
+            self.next_hold = Some(now + HOLD_INTERVAL);
+        }
         self.switch_to = None;
         self.pairs[i].unanswered = 0;
         // The backup (whichever pair it is now) gets its consent checks from here on.
@@ -289,6 +300,7 @@ impl Agent {
             return;
         }
         self.events.push_back(Event::PathLost { local, remote });
+        self.lost = true;
         // With no relay to fall back to, punching does not start over by itself: the owner
         // decides (a new session with fresh candidates).
         self.punch_over = true;
