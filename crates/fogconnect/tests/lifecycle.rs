@@ -840,6 +840,40 @@ fn the_answerer_opens_its_nat_before_its_answer_leaves() {
     );
 }
 
+/// Two full-cone nodes with `seed`: A connects to B and calls `act` on its node in the same
+/// 100 µs step of virtual time as its `Connected`; then 500 ms run. The world, and where B's
+/// events of this connection start.
+fn act_when_the_caller_connects(
+    seed: u64,
+    act: impl FnOnce(&mut fogconnect::Node, std::time::Instant, ConnectionId),
+) -> (Scenario, usize) {
+    let mut s = Scenario::new(
+        Preset::FullCone,
+        Preset::FullCone,
+        seed,
+        &Profile::default(),
+    );
+    assert!(s.wait_ready(), "seed {seed}: both nodes ready");
+    let mark = s.events[1].len();
+    let (_, a) = s.connect();
+    let mut act = Some(act);
+    for _ in 0..30_000 {
+        s.sim.run_for(Duration::from_micros(100));
+        let now = s.sim.take_events::<Event>(s.hosts[0].0);
+        let made = now
+            .iter()
+            .any(|(_, e)| matches!(e, Event::Connected { id, .. } if *id == a));
+        s.events[0].extend(now);
+        if let Some(act) = act.take_if(|_| made) {
+            s.with_node(0, |n, now| act(n, now, a));
+            break;
+        }
+    }
+    assert!(act.is_none(), "seed {seed}: A connected");
+    s.run_for(Duration::from_millis(500));
+    (s, mark)
+}
+
 /// The caller closes the moment it is connected, which can be before the called side's own
 /// check of the nominated path has come back (RFC 8445 §7.3.1.5: the controlled side selects
 /// only then; the caller's node, its connection gone, answers that check no more). The
@@ -854,30 +888,9 @@ fn a_close_the_moment_the_caller_connects_reaches_the_called_side_with_its_code(
     };
     let (mut closed, mut cancelled) = (0, 0);
     for seed in 0..60 {
-        let mut s = Scenario::new(
-            Preset::FullCone,
-            Preset::FullCone,
-            seed,
-            &Profile::default(),
-        );
-        assert!(s.wait_ready(), "seed {seed}: both nodes ready");
-        let mark = s.events[1].len();
-        let (_, a) = s.connect();
-        let mut made = false;
-        for _ in 0..30_000 {
-            s.sim.run_for(Duration::from_micros(100));
-            let now = s.sim.take_events::<Event>(s.hosts[0].0);
-            made = now
-                .iter()
-                .any(|(_, e)| matches!(e, Event::Connected { id, .. } if *id == a));
-            s.events[0].extend(now);
-            if made {
-                s.with_node(0, |n, now| n.close(now, a, 9, "bye")).unwrap();
-                break;
-            }
-        }
-        assert!(made, "seed {seed}: A connected");
-        s.run_for(Duration::from_millis(500));
+        let (mut s, mark) = act_when_the_caller_connects(seed, |n, now, a| {
+            n.close(now, a, 9, "bye").unwrap();
+        });
         let eb = since(&s, 1, mark);
         let b = incoming(&s, mark).expect("B saw the offer");
         let ends: Vec<&Event> = eb
@@ -924,30 +937,9 @@ fn a_datagram_sent_the_moment_the_caller_connects_comes_after_the_called_sides_c
     // The default links lose 1 %: that is what delays some called sides' checks (seed 57).
     let mut lost = 0;
     for seed in 0..60 {
-        let mut s = Scenario::new(
-            Preset::FullCone,
-            Preset::FullCone,
-            seed,
-            &Profile::default(),
-        );
-        assert!(s.wait_ready(), "seed {seed}: both nodes ready");
-        let mark = s.events[1].len();
-        let (_, a) = s.connect();
-        let mut made = false;
-        for _ in 0..30_000 {
-            s.sim.run_for(Duration::from_micros(100));
-            let now = s.sim.take_events::<Event>(s.hosts[0].0);
-            made = now
-                .iter()
-                .any(|(_, e)| matches!(e, Event::Connected { id, .. } if *id == a));
-            s.events[0].extend(now);
-            if made {
-                s.with_node(0, |n, now| n.send(now, a, b"hi")).unwrap();
-                break;
-            }
-        }
-        assert!(made, "seed {seed}: A connected");
-        s.run_for(Duration::from_millis(500));
+        let (s, mark) = act_when_the_caller_connects(seed, |n, now, a| {
+            n.send(now, a, b"hi").unwrap();
+        });
         let eb = since(&s, 1, mark);
         let b = incoming(&s, mark).expect("B saw the offer");
         let at = |want: &dyn Fn(&Event) -> bool| eb.iter().position(want);
