@@ -216,29 +216,10 @@ impl Sim {
         else {
             return;
         };
-        let latency = nanos(self.signaling.endpoints[&host].link.latency);
-        let c = self
-            .signaling
-            .conns
-            .get_mut(&conn)
-            .expect("a current connection is known");
-        c.node = NodeSide::Gone;
-        c.severed = true;
-        let lost =
-            c.up.items
-                .drain(..)
-                .chain(c.down.items.drain(..))
-                .filter(|(_, i)| matches!(i, Item::Frame(_)))
-                .count();
-        let server_open = c.server_open;
-        self.signaling.stats.frames_lost += lost as u64;
-        self.signal_trace(host, conn, format_args!("sever lost={lost}"));
-        if server_open {
-            self.schedule(
-                self.now + latency,
-                Action::Signal(SignalAction::ServerLost { conn }),
-            );
+        if let Some(c) = self.signaling.conns.get_mut(&conn) {
+            c.node = NodeSide::Gone;
         }
+        self.cut_signal(host, conn, "sever");
         self.collect(conn);
         self.notify_closed(host, Closed::Severed);
     }
@@ -258,15 +239,21 @@ impl Sim {
             self.signal_sever(host);
             return;
         }
+        if self.signaling.conns.get(&conn).is_some_and(|c| !c.severed) {
+            self.cut_signal(host, conn, "break");
+        }
+    }
+
+    /// What severing and breaking share: connection `conn` of `host` is marked severed, the
+    /// frames in flight either way are lost (counted and traced as `what`), and the server,
+    /// if it had the connection open, is told one latency later.
+    fn cut_signal(&mut self, host: NodeId, conn: ConnId, what: &str) {
         let latency = nanos(self.signaling.endpoints[&host].link.latency);
         let c = self
             .signaling
             .conns
             .get_mut(&conn)
             .expect("a current connection is known");
-        if c.severed {
-            return;
-        }
         c.severed = true;
         let lost =
             c.up.items
@@ -276,7 +263,7 @@ impl Sim {
                 .count();
         let server_open = c.server_open;
         self.signaling.stats.frames_lost += lost as u64;
-        self.signal_trace(host, conn, format_args!("break lost={lost}"));
+        self.signal_trace(host, conn, format_args!("{what} lost={lost}"));
         if server_open {
             self.schedule(
                 self.now + latency,
