@@ -46,6 +46,18 @@ fn agent(me: &str, peer: &str, controlling: bool, seed: u64) -> Agent {
     agent
 }
 
+/// A (controlling) and B (controlled) on a wire, B with a relayed candidate at the relay
+/// address returned, which A knows.
+fn with_b_relayed() -> (Wire, SocketAddr) {
+    let relay = addr("198.51.100.50:3478");
+    let mut a = agent(A, B, true, 1);
+    let mut b = agent(B, A, false, 2);
+    let now = Instant::now();
+    b.set_relayed(now, relay);
+    a.add_remote(now, Candidate::new(Kind::Relayed, relay));
+    (Wire::new(a, b), relay)
+}
+
 /// Two agents on one wire; `deliver` decides which datagrams arrive, `delay` how late (one
 /// way, by the datagram's source and destination; 5 ms unless set). A datagram to an
 /// address that is not one of the other agent's sockets is lost.
@@ -492,13 +504,7 @@ fn a_suspicion_moves_to_the_relay_when_every_direct_path_died() {
 /// 1346, 1490 and 1608: one side direct, the other on TURN after a NAT reboot).
 #[test]
 fn a_controlled_side_on_the_relay_follows_the_peer_back_to_its_direct_pair() {
-    let relay = addr("198.51.100.50:3478");
-    let mut a = agent(A, B, true, 1);
-    let mut b = agent(B, A, false, 2);
-    let now = Instant::now();
-    b.set_relayed(now, relay);
-    a.add_remote(now, Candidate::new(Kind::Relayed, relay));
-    let mut wire = Wire::new(a, b);
+    let (mut wire, relay) = with_b_relayed();
     wire.delay = Box::new(move |s, d| {
         if s == relay || d == relay {
             Duration::from_millis(30)
@@ -1092,13 +1098,7 @@ fn is_check(bytes: &[u8]) -> bool {
 /// shape, links of 11 % to 20 % loss).
 #[test]
 fn a_new_source_whose_check_failed_is_checked_again() {
-    let relay = addr("198.51.100.50:3478");
-    let mut a = agent(A, B, true, 1);
-    let mut b = agent(B, A, false, 2);
-    let now = Instant::now();
-    b.set_relayed(now, relay);
-    a.add_remote(now, Candidate::new(Kind::Relayed, relay));
-    let mut wire = Wire::new(a, b);
+    let (mut wire, relay) = with_b_relayed();
     wire.start();
     wire.run(Duration::from_secs(12), &mut |_| true);
     assert_eq!(wire.b.selected(), Some((addr(B), addr(A))));
@@ -1179,13 +1179,7 @@ fn after_the_path_was_lost_the_controlled_side_follows_the_peers_checks() {
 /// and both sides stayed on the relay for good (found by the chaos run, seed 4197).
 #[test]
 fn after_the_relay_path_was_lost_and_came_back_punching_resumes() {
-    let relay = addr("198.51.100.50:3478");
-    let mut a = agent(A, B, true, 1);
-    let mut b = agent(B, A, false, 2);
-    let now = Instant::now();
-    b.set_relayed(now, relay);
-    a.add_remote(now, Candidate::new(Kind::Relayed, relay));
-    let mut wire = Wire::new(a, b);
+    let (mut wire, relay) = with_b_relayed();
     wire.low_ttl_dies = true;
     let cut = std::rc::Rc::new(std::cell::Cell::new(true));
     let c = cut.clone();
