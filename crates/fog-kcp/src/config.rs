@@ -102,6 +102,11 @@ pub struct Config {
     /// Acknowledgements waiting for the next flush at most; more are dropped (and counted), which
     /// the peer's retransmission repairs. ikcp.c grows this list without a bound.
     pub ack_list_limit: usize,
+    /// A segment's backed-off retransmission timeout stops growing here (ms). ikcp.c has no such
+    /// bound: each timeout multiplies the segment's own RTO (by 2 without nodelay, by 1.5 with it),
+    /// so after a long outage a segment may wait minutes before it goes again although the path
+    /// is back. `u32::MAX` (the default) behaves as ikcp.c; the wire is the same either way.
+    pub max_segment_rto: u32,
 }
 
 impl Default for Config {
@@ -116,6 +121,7 @@ impl Default for Config {
             fast_limit: 5,
             send_queue_limit: 4096,
             ack_list_limit: 1024,
+            max_segment_rto: u32::MAX,
         }
     }
 }

@@ -917,6 +917,7 @@ impl Kcp {
         let nodelay = self.config.nodelay.nodelay;
         let rtomin = if nodelay == 0 { self.rx_rto >> 3 } else { 0 };
         let fast_limit = self.config.fast_limit;
+        let max_segment_rto = self.config.max_segment_rto;
         let mut fast_resent = false;
         let mut lost = false;
         let mut died = false;
@@ -936,6 +937,7 @@ impl Kcp {
                     let step = if nodelay < 2 { seg.rto } else { self.rx_rto };
                     seg.rto = seg.rto.saturating_add(step / 2);
                 }
+                seg.rto = seg.rto.min(max_segment_rto.max(self.rx_rto));
                 seg.resend_ts = current.wrapping_add(seg.rto);
                 self.stats.segments_resent += 1;
                 lost = true;

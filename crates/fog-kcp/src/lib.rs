@@ -59,7 +59,8 @@
 //!   the first flush after it becomes busy is due at once (ikcp.c would wait for its next
 //!   `ikcp_update` tick), the following ones every interval.
 //! - **RTO** (`ikcp_update_ack`): srtt/rttval smoothing, rto = srtt + max(interval, 4·rttval)
-//!   bounded by 30 or 100 ms (nodelay or not) and 60 s; backs off per nodelay mode.
+//!   bounded by 30 or 100 ms (nodelay or not) and 60 s; backs off per nodelay mode, each
+//!   segment's backed-off RTO bounded by `Config::max_segment_rto` (unbounded in ikcp.c).
 //! - **Windows**: the peer's free window rides on every segment; at zero we probe (WASK) with
 //!   ikcp's back-off from 5 s up to 120 s, and a reader that frees a full queue tells (WINS).
 //!   The congestion window (slow start, ssthresh, halving on loss) unless `nc`.

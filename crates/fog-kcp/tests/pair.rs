@@ -617,3 +617,36 @@ fn responder_refuses_data_before_hello() {
         "no framing byte"
     );
 }
+
+/// Resends of one segment while nothing is acknowledged for `outage`, then the time from the end
+/// of the outage to the next resend.
+fn wait_after_outage(config: Config, outage: Duration) -> Duration {
+    let now = Instant::now();
+    let mut a = Kcp::new(1, config, now);
+    a.send(b"through the outage").unwrap();
+    let mut buf = vec![0; 2048];
+    let end = now + outage;
+    let mut t = now;
+    loop {
+        let at = a.poll_timeout().expect("a segment is in flight");
+        t = t.max(at);
+        a.handle_timeout(t);
+        let sent = std::iter::from_fn(|| a.poll_transmit(t, &mut buf)).count();
+        if t >= end && sent > 0 {
+            return t - end;
+        }
+    }
+}
+
+#[test]
+fn a_capped_segment_goes_again_soon_after_a_long_outage() {
+    let mut config = Config::fast();
+    config.dead_link = u32::MAX;
+    let outage = Duration::from_secs(120);
+    // ikcp.c's back-off (1.5x per timeout with nodelay 1) has grown far past the outage's end.
+    let uncapped = wait_after_outage(config.clone(), outage);
+    assert!(uncapped > Duration::from_secs(10), "{uncapped:?}");
+    config.max_segment_rto = 4_000;
+    let capped = wait_after_outage(config, outage);
+    assert!(capped <= Duration::from_millis(4_000), "{capped:?}");
+}

@@ -145,6 +145,9 @@ impl Stream {
                 // connection whose peer is gone, with that reason (a relayed path of 16 % loss
                 // lost every ack of four uTP retransmissions in the chaos run, seed 1641).
                 config.dead_link = u32::MAX;
+                // ...and a segment goes again at least every 4 s, as uTP's and SCTP's data do
+                // here, so a path that comes back after an outage is used within seconds.
+                config.max_segment_rto = 4_000;
                 let role = if caller {
                     Role::Initiator
                 } else {
