@@ -43,6 +43,19 @@ pub trait SansIo {
     /// Feed one datagram that arrived at `now`.
     fn handle_packet(&mut self, now: Instant, packet: Receive<'_>);
 
+    /// Feed one datagram of several the driver read at once (one `recvmmsg`), `more` saying
+    /// whether others of the same read follow. The driver drains after each, as after
+    /// [`handle_packet`](Self::handle_packet). While `more` is true a machine may hold back
+    /// output that the following datagrams would make redundant, such as an acknowledgement
+    /// (quinn's own endpoint answers all that one read brought with one: RFC 9000 §13.2.2's
+    /// ACK after every second packet is a SHOULD, and the batch is far within §13.2.1's
+    /// `max_ack_delay`), and releases it at the call with `more` false or at any other input.
+    /// The default is `handle_packet`.
+    fn handle_packet_of_batch(&mut self, now: Instant, packet: Receive<'_>, more: bool) {
+        let _ = more;
+        self.handle_packet(now, packet);
+    }
+
     /// Tell the machine that `now` has come; it fires every timer that is due.
     fn handle_timeout(&mut self, now: Instant);
 

@@ -296,7 +296,8 @@ impl<M: SansIo> Driver<M> {
     ///    or `max_wait`, whichever comes first (`None` waits without a limit of its own; a socket
     ///    left with unread datagrams makes the wait zero);
     /// 3. reads each ready socket, feeding every accepted datagram to
-    ///    [`handle_packet`](SansIo::handle_packet) and sending its transmits after each,
+    ///    [`handle_packet_of_batch`](SansIo::handle_packet_of_batch) (which says whether more
+    ///    of the same `recvmmsg` follow) and sending its transmits after each,
     ///    and taking its events after each socket's batch (at most the read budget);
     /// 4. calls [`handle_timeout`](SansIo::handle_timeout) once if the deadline has come, and
     ///    drains.
@@ -417,6 +418,17 @@ impl<M: SansIo> Driver<M> {
             match result {
                 Ok(count) => {
                     self.io.stats.recv_calls += 1;
+                    // How many datagrams this read brought: the machine hears which is the
+                    // last (`handle_packet_of_batch`), so it may answer them all at once.
+                    let mut left: usize = meta
+                        .iter()
+                        .take(count)
+                        .map(|m| match (m.len.min(BUF_LEN), m.stride) {
+                            (0, _) => 0,
+                            (_, 0) => 1,
+                            (len, stride) => len.div_ceil(stride),
+                        })
+                        .sum();
                     for (i, meta) in meta.iter().enumerate().take(count) {
                         let start = i * BUF_LEN;
                         let Some(train) = self.recv_buf.get(start..start + meta.len.min(BUF_LEN))
@@ -431,6 +443,7 @@ impl<M: SansIo> Driver<M> {
                         };
                         for payload in train.chunks(stride) {
                             budget = budget.saturating_sub(1);
+                            left = left.saturating_sub(1);
                             let now = Instant::now();
                             self.io.stats.received += 1;
                             self.io.stats.received_bytes += payload.len() as u64;
@@ -440,7 +453,7 @@ impl<M: SansIo> Driver<M> {
                                 payload,
                             };
                             if self.machine.accepts(&packet) {
-                                self.machine.handle_packet(now, packet);
+                                self.machine.handle_packet_of_batch(now, packet, left > 0);
                                 send_all(&mut self.machine, &mut self.io, &mut self.send_buf, now);
                             } else {
                                 self.io.stats.rejected += 1;
@@ -1145,6 +1158,55 @@ mod tests {
         for _ in 0..3 {
             assert_eq!(peer.recv_from(&mut buf).unwrap().0, 1);
         }
+    }
+
+    /// Records, for each datagram, whether the driver said more of its read follow.
+    #[derive(Default)]
+    struct Batches {
+        more: Vec<bool>,
+    }
+
+    impl SansIo for Batches {
+        type Event = ();
+
+        fn handle_packet(&mut self, _now: Instant, _packet: Receive<'_>) {
+            panic!("fog-mio feeds datagrams as parts of a batch");
+        }
+        fn handle_packet_of_batch(&mut self, _now: Instant, _packet: Receive<'_>, more: bool) {
+            self.more.push(more);
+        }
+        fn handle_timeout(&mut self, _now: Instant) {}
+        fn poll_transmit(&mut self, _now: Instant, _buf: &mut [u8]) -> Option<Transmit> {
+            None
+        }
+        fn poll_event(&mut self) -> Option<()> {
+            None
+        }
+        fn poll_timeout(&self) -> Option<Instant> {
+            None
+        }
+    }
+
+    /// The machine hears which datagram is the last of a read (a QUIC receiver acknowledges
+    /// the batch once), whether the kernel joined them (GRO, same-size datagrams) or not.
+    #[test]
+    fn the_last_datagram_of_a_read_is_marked() {
+        let local: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let mut driver = Driver::new(Batches::default(), &[local]).unwrap();
+        let to = driver.local_addrs()[0];
+        let peer = std::net::UdpSocket::bind(local).unwrap();
+        // Three of one size (one GRO train where the kernel joins them), then a shorter one.
+        for len in [100, 100, 100, 40] {
+            peer.send_to(&vec![7; len], to).unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while driver.machine().more.len() < 4 && Instant::now() < deadline {
+            driver
+                .turn(Some(Duration::from_millis(100)), |_, ()| {})
+                .unwrap();
+        }
+        // Loopback queues all four before the first read, so they make one batch.
+        assert_eq!(driver.machine().more, [true, true, true, false]);
     }
 
     /// Records every datagram's payload.

@@ -53,6 +53,8 @@ use fogconnect::{
     Footprint, HostFilter, LookupError, Node, NodeConfig, PeerId, SendError, Transport,
 };
 
+/// fog-mio's socket counters ([`Handle::io_stats`]).
+pub use fog_mio::Stats as IoStats;
 use machine::{FromSignal, Machine};
 pub use ws::{
     DEFAULT_SIGNAL_PORT, MAX_FRAME, OpenError, SignalStream, SignalUrl, TlsRoots, open_websocket,
@@ -176,6 +178,7 @@ enum Command {
     Stats(ConnectionId, SyncSender<Option<ConnectionStats>>),
     Diagnose(ConnectionId, SyncSender<Option<Diagnosis>>),
     Footprint(SyncSender<(Footprint, Counters)>),
+    IoStats(SyncSender<IoStats>),
     Lookup(String, SyncSender<Result<(), LookupError>>),
     SetInterfaces(Vec<IpAddr>),
     Regather,
@@ -255,9 +258,16 @@ impl Handle {
             .map_err(RuntimeError::Command)
     }
 
-    /// [`Node::send`]: the datagram is on the wire when this returns `Ok`.
+    /// [`Node::send`]: the datagram is on the wire when this returns `Ok`. The bytes are
+    /// copied once, to reach the node's thread.
     pub fn send(&self, id: ConnectionId, data: &[u8]) -> Result<(), RuntimeError> {
-        self.ask(|tx| Command::Send(id, data.to_vec(), tx))?
+        self.send_vec(id, data.to_vec())
+    }
+
+    /// [`send`](Self::send) of a buffer the caller hands over, which the node keeps
+    /// ([`Node::send_vec`]): no copy of it on the way (dropped if the send fails).
+    pub fn send_vec(&self, id: ConnectionId, data: Vec<u8>) -> Result<(), RuntimeError> {
+        self.ask(|tx| Command::Send(id, data, tx))?
             .map_err(RuntimeError::Send)
     }
 
@@ -275,6 +285,12 @@ impl Handle {
     /// deadlines, sockets, queues) and what it dropped, for a program that watches itself.
     pub fn footprint(&self) -> Result<(Footprint, Counters), RuntimeError> {
         self.ask(Command::Footprint)
+    }
+
+    /// The driver's socket counters now: datagrams and bytes each way, `sendmsg` and
+    /// `recvmmsg` calls (what a program measuring its own traffic, or a test, reads).
+    pub fn io_stats(&self) -> Result<IoStats, RuntimeError> {
+        self.ask(Command::IoStats)
     }
 
     /// [`Node::lookup`].
@@ -521,6 +537,8 @@ fn run(
                 driver.drain(|_, event| sink.deliver(event));
                 // The closes are on their way to the pump: it sends them, then closes.
                 driver.machine_mut().hang_up();
+            } else if let Command::IoStats(tx) = command {
+                let _ = tx.send(driver.stats());
             } else {
                 execute(driver.machine_mut().node_mut(), command);
                 driver.drain(|_, event| sink.deliver(event));
@@ -577,7 +595,7 @@ fn execute(node: &mut Node, command: Command) {
             let _ = tx.send(node.close(now, id, code, &reason));
         }
         Command::Send(id, data, tx) => {
-            let _ = tx.send(node.send(now, id, &data));
+            let _ = tx.send(node.send_vec(now, id, data));
         }
         Command::Stats(id, tx) => {
             let _ = tx.send(node.stats(now, id));
@@ -593,6 +611,7 @@ fn execute(node: &mut Node, command: Command) {
         }
         Command::SetInterfaces(ips) => node.set_interfaces(now, &ips),
         Command::Regather => node.regather(now),
-        Command::Shutdown => {}
+        // Answered by the loop, which holds the driver.
+        Command::Shutdown | Command::IoStats(_) => {}
     }
 }

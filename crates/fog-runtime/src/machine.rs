@@ -395,6 +395,10 @@ impl SansIo for Machine {
         self.node.handle_packet(now, packet);
     }
 
+    fn handle_packet_of_batch(&mut self, now: Instant, packet: Receive<'_>, more: bool) {
+        self.node.handle_packet_of_batch(now, packet, more);
+    }
+
     fn handle_timeout(&mut self, now: Instant) {
         self.node.handle_timeout(now);
     }

@@ -195,6 +195,13 @@ pub struct Node {
     spare: Vec<Vec<u8>>,
     /// Where a sealed datagram is opened, reused.
     opened: Vec<u8>,
+    /// The driver said more datagrams of the same read follow this one
+    /// ([`SansIo::handle_packet_of_batch`]).
+    batch_more: bool,
+    /// QUIC connections that took datagrams of a batch not yet pumped: their acknowledgement
+    /// and what it lets them send go once, after the batch's last datagram, as quinn's own
+    /// endpoint does (one entry per connection at most).
+    quic_unpumped: Vec<ConnectionId>,
     /// When the node was made: its first timeout, which starts discovery.
     created: Instant,
     started: bool,
@@ -284,6 +291,8 @@ impl Node {
             outgoing: VecDeque::new(),
             spare: Vec::new(),
             opened: Vec::new(),
+            batch_more: false,
+            quic_unpumped: Vec::new(),
             created: now,
             started: false,
             hosts: Vec::new(),
@@ -489,6 +498,38 @@ impl Node {
             .lookup(name)
             .map_err(|_| LookupError::NotReady)?;
         self.lookups.insert(request, name.to_owned());
+        Ok(())
+    }
+
+    /// [`send`](Self::send) of a buffer the caller hands over: over QUIC a message longer than
+    /// a few KiB goes to the transport as it is, without the copy `send` makes of it; for the
+    /// rest it is `send`. The buffer is the node's whatever the answer.
+    pub fn send_vec(
+        &mut self,
+        now: Instant,
+        id: ConnectionId,
+        data: Vec<u8>,
+    ) -> Result<(), SendError> {
+        self.now = self.now.max(now);
+        let Some(conn) = self
+            .conns
+            .get_mut(&id)
+            .filter(|c| c.closing.is_none() && c.stream.is_some())
+        else {
+            return self.send(now, id, &data);
+        };
+        let len = data.len();
+        let sent = conn
+            .stream
+            .as_mut()
+            .map_or(Err(SendError::NotConnected), |s| s.send_vec(now, data));
+        if let Err(e) = sent {
+            // `Writable` follows when the stream has room again.
+            conn.stream_blocked |= e == SendError::Blocked;
+            return Err(e);
+        }
+        conn.sent.add(now, len);
+        self.pump_streams(now, Some(id));
         Ok(())
     }
 
@@ -1519,7 +1560,20 @@ impl Node {
             agent.heard_from(now, local, source);
         }
         let id = conn.id;
-        self.pump_streams(now, Some(id));
+        if self.batch_more {
+            if !self.quic_unpumped.contains(&id) {
+                self.quic_unpumped.push(id);
+            }
+        } else {
+            self.pump_streams(now, Some(id));
+        }
+    }
+
+    /// The QUIC connections a batch of datagrams left unpumped (see `quic_unpumped`).
+    fn pump_unpumped(&mut self, now: Instant) {
+        for id in std::mem::take(&mut self.quic_unpumped) {
+            self.pump_streams(now, Some(id));
+        }
     }
 
     /// Moves what the streams of `only` that connection (after a send or a datagram for it),
@@ -1828,6 +1882,8 @@ impl Node {
             self.signal_deadline(),
             self.signal
                 .paced_until(self.client.frames_waiting(), self.signal_rate()),
+            // Due at once: a batch left QUIC connections unpumped.
+            (!self.quic_unpumped.is_empty()).then_some(self.now),
         ];
         let (connect, idle) = (self.config.connect_timeout, self.config.idle_timeout);
         fixed
@@ -2219,8 +2275,20 @@ impl SansIo for Node {
         self.give_agent(now, packet);
     }
 
+    fn handle_packet_of_batch(&mut self, now: Instant, packet: Receive<'_>, more: bool) {
+        self.batch_more = more;
+        self.handle_packet(now, packet);
+        self.batch_more = false;
+        if !more {
+            self.pump_unpumped(now);
+        }
+    }
+
     fn handle_timeout(&mut self, now: Instant) {
         self.now = self.now.max(now);
+        // A batch whose last datagram never came (or was not accepted): every stream is
+        // pumped below.
+        self.quic_unpumped.clear();
         if !self.started {
             self.started = true;
             self.signal.start();

@@ -196,17 +196,7 @@ impl Quic {
 
     /// Queues one message.
     pub(super) fn send(&mut self, data: &[u8]) -> Result<(), SendError> {
-        if self.over || self.closing {
-            return Err(SendError::NotConnected);
-        }
-        if data.len() > MAX_MESSAGE {
-            return Err(SendError::TooLong);
-        }
-        if self.queued >= QUEUE_LIMIT {
-            return Err(SendError::Blocked);
-        }
-        // Checked above: at most MAX_MESSAGE, which fits.
-        let head = u32::try_from(data.len()).unwrap_or(u32::MAX).to_be_bytes();
+        let head = self.admit(data.len())?;
         self.queued += LEN + data.len();
         // The one copy a message takes on its way into QUIC: quinn-proto keeps this buffer.
         if data.len() <= SMALL {
@@ -224,6 +214,37 @@ impl Quic {
         }
         self.flush();
         Ok(())
+    }
+
+    /// Queues one message the caller hands over: one longer than [`SMALL`] goes to quinn-proto
+    /// as it is, behind its length prefix, with no copy (`send` frames it into a buffer of its
+    /// own).
+    pub(super) fn send_vec(&mut self, data: Vec<u8>) -> Result<(), SendError> {
+        if data.len() <= SMALL {
+            return self.send(&data);
+        }
+        let head = self.admit(data.len())?;
+        self.queued += LEN + data.len();
+        self.hand_on_joined();
+        self.queue.push_back(Bytes::copy_from_slice(&head));
+        self.queue.push_back(Bytes::from(data));
+        self.flush();
+        Ok(())
+    }
+
+    /// Whether a message of `len` bytes may be queued now, and its length prefix.
+    fn admit(&self, len: usize) -> Result<[u8; LEN], SendError> {
+        if self.over || self.closing {
+            return Err(SendError::NotConnected);
+        }
+        if len > MAX_MESSAGE {
+            return Err(SendError::TooLong);
+        }
+        if self.queued >= QUEUE_LIMIT {
+            return Err(SendError::Blocked);
+        }
+        // Checked above: at most MAX_MESSAGE, which fits.
+        Ok(u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes())
     }
 
     /// Whether a sender told `Blocked` may try again.

@@ -219,6 +219,14 @@ impl Stream {
         }
     }
 
+    /// Queues one message the caller hands over (QUIC keeps the buffer; the others copy it).
+    pub(super) fn send_vec(&mut self, now: Instant, data: Vec<u8>) -> Result<(), SendError> {
+        match self {
+            Stream::Quic(quic) => quic.send_vec(data),
+            _ => self.send(now, &data),
+        }
+    }
+
     /// Queues one message.
     pub(super) fn send(&mut self, now: Instant, data: &[u8]) -> Result<(), SendError> {
         match self {
