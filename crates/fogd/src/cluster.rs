@@ -10,8 +10,13 @@
 //!   atomic on the server) and publishes or withdraws the presence of the instance's peers;
 //! - the **lease** thread keeps this instance's lease fresh every [`REFRESH`] and its load
 //!   every [`HEARTBEAT`], so that neither waits behind the other's calls;
-//! - the **subscriber** thread listens on the instance's own channel for frames other
+//! - the **subscriber** thread subscribes to the instance's own channel, for frames other
 //!   instances forward to its peers.
+//!
+//! Frames themselves (offers, answers, candidates) take the **fast path** when Redis is a TCP
+//! URL: the loop sends them and reads the channel on two non-blocking connections of its own,
+//! which the command and subscriber threads open and hand over (see the `fastlink` module);
+//! otherwise, or while a link is being made, the threads carry them.
 //!
 //! # Keys (all under `fog:`)
 //!

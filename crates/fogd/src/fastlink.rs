@@ -6,8 +6,9 @@
 //! each way, the offer or answer was handed from the loop to the command thread (a channel and
 //! a wake-up), from Redis to the other instance's subscriber thread, and from there to its loop
 //! (a queue and the loop's waker): four thread wake-ups per offer beyond Redis itself, each
-//! costing tens to hundreds of microseconds on a busy 2-core machine, and each a place to wait
-//! behind other work (the lease, registrations).
+//! 10–27 µs at the median and up to 66 µs at the 99th percentile on the busy 2-core test
+//! machine (benches/RESULTS.md, "Signaling in a cluster"), and each a place to wait behind
+//! other work (the lease, registrations).
 //!
 //! - The **command link** carries `EVALSHA forward` for [`ClusterOutput::Offer`] and
 //!   [`ClusterOutput::Forward`]: the loop writes the command and reads the reply (Redis answers
