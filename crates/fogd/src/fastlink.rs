@@ -410,3 +410,137 @@ impl Links {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mio::{Events, Poll};
+
+    /// A connected pair on loopback: ours (non-blocking, for the loop) and Redis's end.
+    fn pair() -> (std::net::TcpStream, std::net::TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let ours = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (theirs, _) = listener.accept().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        theirs
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        (ours, theirs)
+    }
+
+    /// Polls and hands readiness to the links until `out` holds `n` outcomes.
+    fn drive(poll: &mut Poll, links: &mut Links, out: &mut Vec<Outcome>, n: usize) {
+        let mut events = Events::with_capacity(8);
+        #[allow(clippy::disallowed_methods)] // a test of a driver reads the clock
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while out.len() < n {
+            #[allow(clippy::disallowed_methods)]
+            let late = Instant::now() > deadline;
+            assert!(!late, "only {out:?}");
+            poll.poll(&mut events, Some(Duration::from_millis(20)))
+                .unwrap();
+            for e in &events {
+                links.ready(e.token(), out, poll.registry());
+            }
+        }
+    }
+
+    #[test]
+    fn replies_answer_commands_in_order_and_a_lost_link_loses_what_is_in_flight() {
+        let mut poll = Poll::new().unwrap();
+        let mut links = Links::default();
+        let mut out = Vec::new();
+        let (ours, mut redis) = pair();
+        assert!(links.adopt(poll.registry(), Handoff::Command(ours), &mut out));
+        assert!(links.command_up() && links.has_command());
+        let a = fog_signal::KeyPair::from_seed(&[1; 32]).peer_id();
+        let b = fog_signal::KeyPair::from_seed(&[2; 32]).peer_id();
+        #[allow(clippy::disallowed_methods)]
+        let now = Instant::now();
+        let ping = resp::command(&[b"PING"]);
+        let reg = poll.registry().try_clone().unwrap();
+        links.send(now, &ping, InFlight::Forward { peer: a }, &mut out, &reg);
+        links.send(now, &ping, InFlight::Forward { peer: b }, &mut out, &reg);
+        let mut got = vec![0u8; 2 * ping.len()];
+        redis.read_exact(&mut got).unwrap();
+        assert_eq!(got, [ping.clone(), ping.clone()].concat());
+        // The second reply arrives cut in two.
+        redis.write_all(b":1\r\n:0").unwrap();
+        drive(&mut poll, &mut links, &mut out, 1);
+        assert!(matches!(out[0], Outcome::Replied(InFlight::Forward { peer }, 1) if peer == a));
+        redis.write_all(b"\r\n").unwrap();
+        drive(&mut poll, &mut links, &mut out, 2);
+        assert!(matches!(out[1], Outcome::Replied(InFlight::Forward { peer }, 0) if peer == b));
+        // Redis goes away with a command in flight: it is lost, and so is the link.
+        links.send(now, &ping, InFlight::Forward { peer: a }, &mut out, &reg);
+        drop(redis);
+        drive(&mut poll, &mut links, &mut out, 3);
+        assert!(matches!(out[2], Outcome::Lost(InFlight::Forward { peer }) if peer == a));
+        assert!(!links.command_up());
+    }
+
+    #[test]
+    fn a_silent_link_is_dropped_after_the_reply_timeout() {
+        let poll = Poll::new().unwrap();
+        let mut links = Links::default();
+        let mut out = Vec::new();
+        let (ours, _redis) = pair();
+        assert!(links.adopt(poll.registry(), Handoff::Command(ours), &mut out));
+        let a = fog_signal::KeyPair::from_seed(&[1; 32]).peer_id();
+        #[allow(clippy::disallowed_methods)]
+        let now = Instant::now();
+        let ping = resp::command(&[b"PING"]);
+        links.send(
+            now,
+            &ping,
+            InFlight::Forward { peer: a },
+            &mut out,
+            poll.registry(),
+        );
+        assert_eq!(links.poll_timeout(), Some(now + REPLY_TIMEOUT));
+        links.handle_timeout(now + REPLY_TIMEOUT / 2, &mut out, poll.registry());
+        assert!(out.is_empty() && links.command_up());
+        links.handle_timeout(now + REPLY_TIMEOUT, &mut out, poll.registry());
+        assert!(matches!(out[..], [Outcome::Lost(InFlight::Forward { .. })]));
+        assert!(!links.command_up() && links.poll_timeout().is_none());
+    }
+
+    #[test]
+    fn published_frames_are_read_from_the_subscription_and_other_pushes_ignored() {
+        let mut poll = Poll::new().unwrap();
+        let mut links = Links::default();
+        let mut out = Vec::new();
+        let (ours, mut redis) = pair();
+        // Bytes read past the confirmation during the handshake come first.
+        let early = b"*3\r\n$7\r\nmessage\r\n$4\r\nfog:\r\n$1\r\nx\r\n".to_vec();
+        assert!(links.adopt(
+            poll.registry(),
+            Handoff::Subscription(ours, early),
+            &mut out
+        ));
+        assert!(matches!(&out[..], [Outcome::Message(m)] if m == b"x"));
+        redis
+            .write_all(
+                b"*2\r\n$4\r\npong\r\n$0\r\n\r\n*3\r\n$7\r\nmessage\r\n$4\r\nfog:\r\n$1\r\ny\r\n",
+            )
+            .unwrap();
+        drive(&mut poll, &mut links, &mut out, 2);
+        assert!(matches!(&out[1], Outcome::Message(m) if m == b"y"));
+        // Garbage ends the subscription (the thread makes a new one).
+        redis.write_all(b"?\r\n").unwrap();
+        #[allow(clippy::disallowed_methods)]
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut events = Events::with_capacity(8);
+        while links.subscription_up() {
+            #[allow(clippy::disallowed_methods)]
+            let late = Instant::now() > deadline;
+            assert!(!late);
+            poll.poll(&mut events, Some(Duration::from_millis(20)))
+                .unwrap();
+            for e in &events {
+                links.ready(e.token(), &mut out, poll.registry());
+            }
+        }
+        assert_eq!(out.len(), 2);
+    }
+}
