@@ -11,6 +11,13 @@
 //!
 //! `cargo bench -p fogd --bench cluster [-- --rate 200 --offers 2000 --peers 10000]`
 //! (needs `redis-server`; the figures are in benches/RESULTS.md).
+//!
+//! Where the time of an offer goes: with `FOGD_CLUSTER_TRACE=<file>` every fogd and the bench
+//! append one line per hop (`<realtime ns> <pid> <hop> <frame hash>`: the bench's offer and
+//! answer, each instance's hand-over to Redis, its subscription's receipt, its loop's
+//! delivery); line them up by time, offer by offer. `FOGD_CLUSTER_NO_FAST_PATH=1` makes the
+//! instances carry frames on their threads instead of their loops (the design before the fast
+//! path), for a comparison in one build.
 
 // A benchmark reads the wall clock.
 #![allow(clippy::disallowed_methods)]
@@ -134,6 +141,7 @@ fn answerer(mut peer: SignalPeer, stop: Arc<AtomicBool>) -> thread::JoinHandle<(
             }
             while let Some(e) = peer.client.poll_event() {
                 if let Event::Offer { session, .. } = e {
+                    trace("bench.offer_in");
                     peer.client.answer(session, description(2)).unwrap();
                 }
             }
@@ -159,6 +167,26 @@ fn until_offline(from: &mut SignalPeer, target: PeerId, since: Instant) -> Durat
         thread::sleep(Duration::from_millis(5));
     }
     since.elapsed()
+}
+
+/// One line of the hop trace (`FOGD_CLUSTER_TRACE`, the format of fogd's `hop_trace`): the
+/// bench's own hops, so that the trace shows the whole path of each offer.
+fn trace(hop: &str) {
+    use std::io::Write as _;
+    let Some(path) = std::env::var_os("FOGD_CLUSTER_TRACE") else {
+        return;
+    };
+    let ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    if let Ok(mut f) = std::fs::File::options()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = f.write_all(format!("{ns} {} {hop} 0\n", std::process::id()).as_bytes());
+    }
 }
 
 fn ms(d: Duration) -> String {
@@ -229,9 +257,11 @@ fn main() {
         thread::sleep(next.saturating_duration_since(Instant::now()));
         next += interval;
         let t0 = Instant::now();
+        trace(["bench.offer.same", "bench.offer.cross"][which]);
         offerer.client.connect(to, description(1)).unwrap();
         let got = offerer.wait_for(WAIT, |e| matches!(e, Event::Answer { .. }));
         lat[which].push(t0.elapsed());
+        trace("bench.answer_in");
         // Every offer answered once: a second answer for a session is a duplicate.
         if let Event::Answer { session, .. } = got {
             if !answered.insert(session) {
@@ -344,7 +374,7 @@ fn main() {
         let offline = until_offline(&mut probe, stalled, t0);
         let _ = Command::new("kill").args(["-CONT", &b_pid]).status();
         println!(
-            "offline after SIGSTOP of its instance (lease 3 s): {}",
+            "offline after SIGSTOP of its instance (lease 1.5 s): {}",
             ms(offline)
         );
     }

@@ -3,20 +3,26 @@
 //!
 //! The signaling loop never blocks on Redis. It hands the machine's [`ClusterOutput`]s to
 //! [`Cluster::submit`] (a bounded queue: a full one refuses at once, counted) and takes back
-//! [`Event`]s, woken through its `mio::Waker`. Two threads of this module talk to Redis with
-//! the `redis` crate's blocking client:
+//! [`Event`]s, woken through its `mio::Waker`. Three threads of this module talk to Redis with
+//! the `redis` crate's blocking client, each on a connection of its own (TCP_NODELAY):
 //!
 //! - the **command** thread runs the machine's questions (as Lua scripts, one round trip each,
-//!   atomic on the server), keeps this instance's lease and load fresh every second, and
-//!   publishes or withdraws the presence of the instance's peers;
-//! - the **subscriber** thread listens on the instance's own channel for frames other
+//!   atomic on the server) and publishes or withdraws the presence of the instance's peers;
+//! - the **lease** thread keeps this instance's lease fresh every [`REFRESH`] and its load
+//!   every [`HEARTBEAT`], so that neither waits behind the other's calls;
+//! - the **subscriber** thread subscribes to the instance's own channel, for frames other
 //!   instances forward to its peers.
+//!
+//! Frames themselves (offers, answers, candidates) take the **fast path** when Redis is a TCP
+//! URL: the loop sends them and reads the channel on two non-blocking connections of its own,
+//! which the command and subscriber threads open and hand over (see the `fastlink` module);
+//! otherwise, or while a link is being made, the threads carry them.
 //!
 //! # Keys (all under `fog:`)
 //!
 //! | key | value | |
 //! |---|---|---|
-//! | `lease:<instance>` | a random token, [`LEASE`] TTL | refreshed every [`HEARTBEAT`]; writes are fenced by it |
+//! | `lease:<instance>` | a random token, [`LEASE`] TTL | refreshed every [`REFRESH`]; writes are fenced by it |
 //! | `info:<instance>` | `<allocations> <peers> [region=<region>] <turn url>...` | same TTL; the least-loaded instance's TURN in the instance's own region is handed out (see [`choose`]) |
 //! | `instances` | set of instance ids | pruned of those whose info expired |
 //! | `peer:<peer id>` | `<instance> <epoch>` | set on authentication, deleted (compare-and-delete) on leave |
@@ -38,7 +44,7 @@
 //! Without Redis the instance keeps serving its own peers: every question is answered
 //! "offline" or "unavailable" at once, and its lease runs out, so others stop seeing its peers.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
@@ -48,12 +54,26 @@ use std::time::{Duration, Instant};
 
 use fog_signal::PeerId;
 use fog_signal::server::{ClusterOutput, QueryId, Target};
-use mio::Waker;
+use mio::{Registry, Token, Waker};
 
-/// An instance's lease: how long its peers stay visible after it stops refreshing.
-pub(crate) const LEASE: Duration = Duration::from_millis(3_000);
-/// How often the lease and the load are refreshed.
+pub(crate) use crate::fastlink::{COMMAND_TOKEN, SUBSCRIPTION_TOKEN};
+use crate::fastlink::{Handoff, Handshake, InFlight, Links, Outcome};
+use crate::hop_trace;
+
+/// An instance's lease: how long its peers stay visible after it stops refreshing. A stalled
+/// instance's peers are offline for the others at most this long after its last refresh, so
+/// the issue's 3 s bound holds with half of it to spare.
+pub(crate) const LEASE: Duration = Duration::from_millis(1_500);
+/// How often the lease is refreshed: six refreshes per lease, so that the lease survives five
+/// missed ones (a Redis call that times out after [`LEASE_IO_TIMEOUT`] costs two). One
+/// `EVALSHA` of a three-line script per instance every 250 ms: 4 calls a second, a few tens
+/// of microseconds of Redis CPU.
+pub(crate) const REFRESH: Duration = Duration::from_millis(250);
+/// How often the load is published and the least-loaded TURN chosen.
 pub(crate) const HEARTBEAT: Duration = Duration::from_millis(1_000);
+/// Read timeout of the lease thread's connection: a hung call must leave time for the next
+/// refresh within the lease.
+const LEASE_IO_TIMEOUT: Duration = Duration::from_millis(500);
 /// Commands waiting for the command thread; one more is refused.
 pub(crate) const DEFAULT_QUEUE: usize = 16_384;
 /// Connect and read timeout for Redis: a hung server must not hold the threads for long.
@@ -67,6 +87,8 @@ const EVENT_QUEUE: usize = 65_536;
 /// TURN URLs taken from one instance's info, and the longest one.
 const MAX_URLS: usize = 8;
 const MAX_URL_LEN: usize = 256;
+/// How often the subscriber thread looks whether the loop lost its subscription.
+const LINK_CHECK: Duration = Duration::from_millis(20);
 /// Withdrawals kept while Redis is away.
 const WITHDRAW_MAX: usize = 65_536;
 
@@ -182,6 +204,24 @@ struct Desired {
     peers: BTreeMap<PeerId, u64>,
     changed: BTreeSet<PeerId>,
     generation: u64,
+    /// Changes made so far: the command thread says up to which it has written them.
+    seq: u64,
+}
+
+/// The links the loop lacks, for the threads that make them.
+#[derive(Default)]
+struct Wants {
+    command: AtomicBool,
+    subscription: AtomicBool,
+}
+
+/// How far the command thread got, for the ordering rule of [`Cluster::submit`].
+#[derive(Default)]
+struct Order {
+    /// `Desired::seq` of the last presence change written (or given up on).
+    synced_seq: AtomicU64,
+    /// Frames sent (or given up on) by the command thread.
+    done_forwards: AtomicU64,
 }
 
 /// Counters, shared with the threads.
@@ -208,6 +248,24 @@ pub(crate) struct Stats {
 pub(crate) struct Cluster {
     cmds: SyncSender<Cmd>,
     events: Receiver<Event>,
+    /// Events of the fast path, ahead of those of the threads.
+    local: VecDeque<Event>,
+    handoffs: Receiver<Handoff>,
+    links: Links,
+    /// The forward script's SHA1, for `EVALSHA` on the loop's command link.
+    forward_sha: String,
+    want: Arc<Wants>,
+    /// The links the loop holds, as of its last look (see [`Cluster::check_links`]).
+    command_up: bool,
+    subscription_up: bool,
+    /// The last presence change handed to the command thread, and the last it wrote.
+    presence_seq: u64,
+    /// Frames handed to the command thread, and how many of them it has sent: while it has
+    /// some in hand, or presence to write, frames wait behind them there (so that an answer
+    /// cannot reach a peer's instance before the peer's registration does, and frames to one
+    /// peer keep their order).
+    queued_forwards: u64,
+    order: Arc<Order>,
     desired: Arc<Mutex<Desired>>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
@@ -227,10 +285,21 @@ impl Cluster {
         if !valid_instance(&settings.instance) {
             return Err(StartError::Instance(settings.instance));
         }
-        let client = redis::Client::open(settings.url.as_str())
+        let client = client(&settings.url)
             .map_err(|e| StartError::Url(settings.url.clone(), e.to_string()))?;
         let (cmds, cmd_rx) = mpsc::sync_channel(settings.queue.max(1));
         let (event_tx, events) = mpsc::sync_channel(EVENT_QUEUE);
+        let (handoff_tx, handoffs) = mpsc::sync_channel(2);
+        // `FOGD_CLUSTER_NO_FAST_PATH` (for the cluster bench's comparison only): the threads
+        // carry every frame, as before the fast path.
+        let handshake = Handshake::new(client.get_connection_info())
+            .filter(|_| std::env::var_os("FOGD_CLUSTER_NO_FAST_PATH").is_none());
+        let fast = handshake.is_some();
+        let want = Arc::new(Wants {
+            command: AtomicBool::new(fast),
+            subscription: AtomicBool::new(fast),
+        });
+        let order = Arc::new(Order::default());
         let desired = Arc::new(Mutex::new(Desired::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(Stats::default());
@@ -238,16 +307,14 @@ impl Cluster {
         #[allow(clippy::disallowed_methods)]
         getrandom::fill(&mut token).map_err(|e| StartError::Thread(std::io::Error::other(e)))?;
         let keys = Keys::new(&settings.instance);
+        let lease = Arc::new(LeaseState::default());
         let mut command = CommandThread {
-            client: client.clone(),
-            con: None,
-            retry_at: None,
+            link: Link::new(client.clone(), IO_TIMEOUT),
             keys: keys.clone(),
             token: hex(&token),
-            held: false,
-            advertise: settings.advertise.clone(),
-            region: settings.region.clone(),
-            relay: None,
+            lease: lease.clone(),
+            lease_seen: 0,
+            resync: false,
             registered: BTreeMap::new(),
             aliases: BTreeMap::new(),
             withdraw: BTreeMap::new(),
@@ -257,9 +324,29 @@ impl Cluster {
             desired: desired.clone(),
             stop: stop.clone(),
             stats: stats.clone(),
+            scripts: Scripts::new(),
+            handshake: handshake.clone(),
+            want: want.clone(),
+            handoffs: handoff_tx.clone(),
+            order: order.clone(),
+        };
+        let mut leaser = LeaseThread {
+            link: Link::new(client.clone(), LEASE_IO_TIMEOUT),
+            keys: keys.clone(),
+            token: hex(&token),
+            lease,
+            nudge: cmds.clone(),
+            advertise: settings.advertise.clone(),
+            region: settings.region.clone(),
+            relay: None,
+            events: event_tx.clone(),
+            waker: waker.clone(),
+            desired: desired.clone(),
+            stop: stop.clone(),
+            stats: stats.clone(),
             load,
             alternate,
-            scripts: Scripts::new(),
+            script: Scripts::new().lease,
         };
         let mut subscriber = Subscriber {
             client,
@@ -268,11 +355,18 @@ impl Cluster {
             waker,
             stop: stop.clone(),
             stats: stats.clone(),
+            handshake,
+            want: want.clone(),
+            handoffs: handoff_tx,
         };
         let threads = vec![
             thread::Builder::new()
                 .name("cluster".into())
                 .spawn(move || command.run())
+                .map_err(StartError::Thread)?,
+            thread::Builder::new()
+                .name("cluster-lease".into())
+                .spawn(move || leaser.run())
                 .map_err(StartError::Thread)?,
             thread::Builder::new()
                 .name("cluster-sub".into())
@@ -288,6 +382,16 @@ impl Cluster {
         Ok(Cluster {
             cmds,
             events,
+            local: VecDeque::new(),
+            handoffs,
+            links: Links::default(),
+            forward_sha: Scripts::new().forward.get_hash().to_owned(),
+            want,
+            command_up: false,
+            subscription_up: false,
+            presence_seq: 0,
+            queued_forwards: 0,
+            order,
             desired,
             stop,
             threads,
@@ -298,7 +402,16 @@ impl Cluster {
 
     /// Hands one machine output to the cluster, or gives it back when the queue is full (the
     /// caller answers it at once as "unavailable").
-    pub(crate) fn submit(&self, out: ClusterOutput) -> Result<(), ClusterOutput> {
+    ///
+    /// An offer or a frame takes the loop's own command link when it is up and nothing handed
+    /// to the command thread could be overtaken by it: no presence change the thread has not
+    /// written yet, no frame it has not sent yet. Otherwise it queues behind them.
+    pub(crate) fn submit(
+        &mut self,
+        out: ClusterOutput,
+        now: Instant,
+        registry: &Registry,
+    ) -> Result<(), ClusterOutput> {
         let cmd = match out {
             ClusterOutput::Presence { peer, online } => {
                 if let Ok(mut d) = self.desired.lock() {
@@ -310,18 +423,40 @@ impl Cluster {
                         d.peers.remove(&peer);
                     }
                     d.changed.insert(peer);
+                    d.seq += 1;
+                    self.presence_seq = d.seq;
                 }
                 // A nudge: when the queue is full the thread syncs at its next turn anyway.
                 let _ = self.cmds.try_send(Cmd::Presence);
                 return Ok(());
             }
             ClusterOutput::Resolve { query, target } => Cmd::Resolve { query, target },
-            ClusterOutput::Forward { peer, frame } => Cmd::Forward { peer, frame },
-            ClusterOutput::Offer { query, peer, frame } => Cmd::Offer { query, peer, frame },
+            ClusterOutput::Forward { peer, frame } => {
+                hop_trace::hop("submit", &frame);
+                if self.fast_path_open() {
+                    self.send_fast(now, peer, &frame, InFlight::Forward { peer }, registry);
+                    return Ok(());
+                }
+                Cmd::Forward { peer, frame }
+            }
+            ClusterOutput::Offer { query, peer, frame } => {
+                hop_trace::hop("submit", &frame);
+                if self.fast_path_open() {
+                    self.send_fast(now, peer, &frame, InFlight::Offer { query, peer }, registry);
+                    return Ok(());
+                }
+                Cmd::Offer { query, peer, frame }
+            }
             ClusterOutput::ClaimAlias { query, peer, alias } => Cmd::Claim { query, peer, alias },
         };
+        let is_frame = matches!(cmd, Cmd::Forward { .. } | Cmd::Offer { .. });
         match self.cmds.try_send(cmd) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                if is_frame {
+                    self.queued_forwards += 1;
+                }
+                Ok(())
+            }
             Err(TrySendError::Full(cmd) | TrySendError::Disconnected(cmd)) => {
                 self.stats.refused_full.fetch_add(1, Ordering::Relaxed);
                 match cmd {
@@ -339,9 +474,132 @@ impl Cluster {
         }
     }
 
-    /// The next event for the loop, if any.
-    pub(crate) fn poll_event(&self) -> Option<Event> {
-        self.events.try_recv().ok()
+    /// Whether a frame may take the loop's command link now (see [`submit`](Self::submit)).
+    fn fast_path_open(&self) -> bool {
+        self.links.has_command()
+            && self.order.synced_seq.load(Ordering::Acquire) == self.presence_seq
+            && self.order.done_forwards.load(Ordering::Acquire) == self.queued_forwards
+    }
+
+    fn send_fast(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        frame: &str,
+        what: InFlight,
+        registry: &Registry,
+    ) {
+        let command = crate::resp::command(&[
+            b"EVALSHA",
+            self.forward_sha.as_bytes(),
+            b"1",
+            peer_key(&peer).as_bytes(),
+            format!("f {peer} {frame}").as_bytes(),
+            LEASE_PREFIX.as_bytes(),
+            CHANNEL_PREFIX.as_bytes(),
+        ]);
+        let mut out = Vec::new();
+        self.links.send(now, &command, what, &mut out, registry);
+        self.outcomes(out);
+    }
+
+    /// Turns what the links produced into events for the loop, and asks for the links lost.
+    fn outcomes(&mut self, out: Vec<Outcome>) {
+        for outcome in out {
+            let event = match outcome {
+                Outcome::Replied(InFlight::Offer { query, peer }, receivers) => {
+                    if receivers > 0 {
+                        self.stats.forwarded_out.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Some(Event::Resolved {
+                        query,
+                        peer: Some(peer),
+                        online: receivers > 0,
+                    })
+                }
+                Outcome::Replied(InFlight::Forward { peer }, receivers) => {
+                    if receivers > 0 {
+                        self.stats.forwarded_out.fetch_add(1, Ordering::Relaxed);
+                        None
+                    } else {
+                        Some(Event::Unreachable(peer))
+                    }
+                }
+                Outcome::Lost(InFlight::Offer { query, peer }) => {
+                    self.stats.unavailable.fetch_add(1, Ordering::Relaxed);
+                    Some(Event::Resolved {
+                        query,
+                        peer: Some(peer),
+                        online: false,
+                    })
+                }
+                Outcome::Lost(InFlight::Forward { peer }) => {
+                    self.stats.unavailable.fetch_add(1, Ordering::Relaxed);
+                    Some(Event::Unreachable(peer))
+                }
+                Outcome::Message(payload) => incoming(&payload, &self.stats),
+            };
+            self.local.extend(event);
+        }
+        self.check_links();
+    }
+
+    /// Asks the threads for a new link when one went down (only then: a link asked for and
+    /// not yet adopted must not be asked for twice, or two subscriptions would deliver every
+    /// frame twice for a moment).
+    fn check_links(&mut self) {
+        if self.command_up && !self.links.command_up() {
+            self.command_up = false;
+            self.want.command.store(true, Ordering::SeqCst);
+            // Wakes the command thread to make a new one.
+            let _ = self.cmds.try_send(Cmd::Presence);
+        }
+        if self.subscription_up && !self.links.subscription_up() {
+            self.subscription_up = false;
+            self.want.subscription.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Readiness on one of the loop's Redis links.
+    pub(crate) fn ready(&mut self, token: Token, registry: &Registry) {
+        let mut out = Vec::new();
+        self.links.ready(token, &mut out, registry);
+        self.outcomes(out);
+    }
+
+    /// When the loop's command link must have answered.
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
+        self.links.poll_timeout()
+    }
+
+    /// Drops the loop's command link if it did not answer in time.
+    pub(crate) fn handle_timeout(&mut self, now: Instant, registry: &Registry) {
+        let mut out = Vec::new();
+        self.links.handle_timeout(now, &mut out, registry);
+        self.outcomes(out);
+    }
+
+    /// The next event for the loop, if any; takes the links the threads made.
+    pub(crate) fn poll_event(&mut self, registry: &Registry) -> Option<Event> {
+        while let Ok(handoff) = self.handoffs.try_recv() {
+            let mut out = Vec::new();
+            let command = matches!(handoff, Handoff::Command(_));
+            if self.links.adopt(registry, handoff, &mut out) {
+                if command {
+                    self.command_up = true;
+                } else {
+                    self.subscription_up = true;
+                }
+            } else if command {
+                self.want.command.store(true, Ordering::SeqCst);
+            } else {
+                self.want.subscription.store(true, Ordering::SeqCst);
+            }
+            self.outcomes(out);
+        }
+        self.local
+            .pop_front()
+            .or_else(|| self.events.try_recv().ok())
     }
 
     /// Stops the threads and waits for them (each notices within [`IO_TIMEOUT`]).
@@ -393,6 +651,10 @@ impl Keys {
             lease: format!("{LEASE_PREFIX}{instance}"),
             info: format!("{INFO_PREFIX}{instance}"),
         }
+    }
+
+    fn instance(&self) -> &str {
+        self.lease.strip_prefix(LEASE_PREFIX).unwrap_or_default()
     }
 
     fn channel(&self, instance: &str) -> String {
@@ -475,6 +737,14 @@ fn choose(
     (best, alternate)
 }
 
+/// KEYS[1] peer key; ARGV message, lease prefix, channel prefix. Receivers (0: none). Also sent
+/// by the loop itself on its command link (`fastlink`).
+const FORWARD_LUA: &str = r"local v = redis.call('GET', KEYS[1])
+if not v then return 0 end
+local inst = string.match(v, '^(%S+)')
+if not inst or redis.call('EXISTS', ARGV[2] .. inst) == 0 then return 0 end
+return redis.call('PUBLISH', ARGV[3] .. inst, ARGV[1])";
+
 /// The Lua scripts: each runs atomically on the Redis server (EVALSHA, loaded on first use).
 /// Standalone Redis only: they name keys computed inside the script.
 struct Scripts {
@@ -537,14 +807,7 @@ local subs = redis.call('PUBSUB', 'NUMSUB', ARGV[4] .. inst)
 if subs[2] == 0 then return {peer, 0} end
 return {peer, 1}",
             ),
-            // KEYS[1] peer key; ARGV message, lease prefix, channel prefix. Receivers (0: none).
-            forward: redis::Script::new(
-                r"local v = redis.call('GET', KEYS[1])
-if not v then return 0 end
-local inst = string.match(v, '^(%S+)')
-if not inst or redis.call('EXISTS', ARGV[2] .. inst) == 0 then return 0 end
-return redis.call('PUBLISH', ARGV[3] .. inst, ARGV[1])",
-            ),
+            forward: redis::Script::new(FORWARD_LUA),
         }
     }
 }
@@ -553,32 +816,111 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The wall clock of the command thread (a driver: it times its heartbeats).
+/// The wall clock of the cluster's threads (a driver: they time their refreshes).
 #[allow(clippy::disallowed_methods)]
 fn now() -> Instant {
     Instant::now()
 }
 
-struct CommandThread {
+/// A Redis client whose connections send each command at once: TCP_NODELAY, so that a
+/// command written while the previous reply's ACK is still delayed does not wait for it
+/// (Nagle's algorithm, RFC 896, against the peer's delayed ACK, RFC 1122 4.2.3.2).
+fn client(url: &str) -> redis::RedisResult<redis::Client> {
+    use redis::IntoConnectionInfo as _;
+    let info = url
+        .into_connection_info()?
+        .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+    redis::Client::open(info)
+}
+
+/// The lease as the lease thread last saw it, for the command thread.
+#[derive(Default)]
+struct LeaseState {
+    /// The lease is ours (as of the last refresh).
+    held: AtomicBool,
+    /// Times the lease was taken anew: the command thread registers its peers and aliases
+    /// again whenever this changes.
+    taken: AtomicU64,
+}
+
+/// One thread's connection to Redis, reopened [`RECONNECT`] after a loss.
+struct Link {
     client: redis::Client,
     con: Option<redis::Connection>,
     retry_at: Option<Instant>,
+    timeout: Duration,
+}
+
+impl Link {
+    fn new(client: redis::Client, timeout: Duration) -> Link {
+        Link {
+            client,
+            con: None,
+            retry_at: None,
+            timeout,
+        }
+    }
+
+    /// Connects when not connected and not waiting to retry; true when a new connection was
+    /// made.
+    fn connect(&mut self, who: &str) -> bool {
+        if self.con.is_some() || self.retry_at.is_some_and(|at| now() < at) {
+            return false;
+        }
+        tracing::debug!(who, "cluster: connecting to Redis");
+        match self.client.get_connection_with_timeout(self.timeout) {
+            Ok(con) => {
+                let _ = con.set_read_timeout(Some(self.timeout));
+                let _ = con.set_write_timeout(Some(self.timeout));
+                tracing::info!(who, "cluster: connected to Redis");
+                self.con = Some(con);
+                self.retry_at = None;
+                true
+            }
+            Err(e) => {
+                if self.retry_at.is_none() {
+                    tracing::warn!(who, error = %e, "cluster: Redis out of reach; serving own peers only");
+                } else {
+                    tracing::debug!(who, error = %e, "cluster: Redis still out of reach");
+                }
+                self.retry_at = Some(now() + RECONNECT);
+                false
+            }
+        }
+    }
+
+    /// Drops the connection after a failed call; the next attempt is [`RECONNECT`] after the
+    /// loss (not after each command refused meanwhile, or a steady stream of them would put
+    /// it off for ever).
+    fn lost(&mut self, who: &str) {
+        if self.con.take().is_some() {
+            tracing::warn!(
+                who,
+                "cluster: lost Redis; serving own peers only until it is back"
+            );
+            self.retry_at = Some(now() + RECONNECT);
+        }
+    }
+
+    fn con(&mut self) -> Result<&mut redis::Connection, Down> {
+        self.con.as_mut().ok_or(Down)
+    }
+}
+
+/// Keeps the lease and publishes the load, on a thread and a connection of its own: a lease
+/// refresh never waits behind the machine's commands (a burst of registrations, a slow
+/// script), and no command waits behind the refresh.
+struct LeaseThread {
+    link: Link,
     keys: Keys,
     token: String,
-    /// The lease is ours (as of the last heartbeat or registration).
-    held: bool,
+    lease: Arc<LeaseState>,
+    /// Wakes the command thread when the lease is taken anew.
+    nudge: SyncSender<Cmd>,
     advertise: Vec<String>,
     region: Option<String>,
     /// The TURN URLs last handed to the loop.
     relay: Option<Vec<String>>,
-    /// Local peers registered in Redis: generation and the value written.
-    registered: BTreeMap<PeerId, (u64, String)>,
-    /// Aliases this instance claimed, to claim again after Redis lost them.
-    aliases: BTreeMap<String, PeerId>,
-    /// Registrations of peers that left while Redis was out of reach, to withdraw when it is
-    /// back (compare-and-delete: harmless if the peer registered elsewhere since).
-    withdraw: BTreeMap<PeerId, String>,
-    cmds: Receiver<Cmd>,
     events: SyncSender<Event>,
     waker: Arc<Waker>,
     desired: Arc<Mutex<Desired>>,
@@ -587,128 +929,69 @@ struct CommandThread {
     load: Arc<AtomicUsize>,
     /// The least-loaded other instance's TURN address, for our server's 300s.
     alternate: crate::turn::Alternate,
-    scripts: Scripts,
+    script: redis::Script,
 }
 
-/// A Redis call failed: the connection is dropped and reopened later.
-struct Down;
-
-impl CommandThread {
+impl LeaseThread {
     fn run(&mut self) {
-        let mut next_beat = now();
-        let mut batch = Vec::with_capacity(BATCH);
+        let mut next_info = now();
         while !self.stop.load(Ordering::SeqCst) {
-            let wait = next_beat.saturating_duration_since(now());
-            match self.cmds.recv_timeout(wait) {
-                Ok(cmd) => batch.push(cmd),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
-            }
-            while batch.len() < BATCH {
-                match self.cmds.try_recv() {
-                    Ok(cmd) => batch.push(cmd),
-                    Err(_) => break,
+            let started = now();
+            self.link.connect("lease");
+            if self.refresh().is_err() {
+                self.lease.held.store(false, Ordering::SeqCst);
+                self.link.lost("lease");
+            } else if now() >= next_info && self.lease.held.load(Ordering::SeqCst) {
+                next_info = now() + HEARTBEAT;
+                if self.publish().is_err() {
+                    self.link.lost("lease");
                 }
             }
-            if self.stop.load(Ordering::SeqCst) {
-                break;
-            }
-            self.connect();
-            if now() >= next_beat || !self.held {
-                next_beat = now() + HEARTBEAT;
-                if self.heartbeat().is_err() {
-                    self.lost();
-                }
-            }
-            if self.sync_presence().is_err() {
-                self.lost();
-            }
-            for cmd in batch.drain(..) {
-                self.execute(cmd);
-            }
-            let _ = self.waker.wake();
+            thread::sleep((started + REFRESH).saturating_duration_since(now()));
         }
         // Leaving: withdraw the lease so that others see this instance's peers offline now.
-        if let Some(con) = &mut self.con {
+        if let Some(con) = &mut self.link.con {
             let _ = redis::cmd("DEL").arg(&self.keys.lease).exec(con);
             let _ = redis::cmd("DEL").arg(&self.keys.info).exec(con);
         }
     }
 
-    fn connect(&mut self) {
-        if self.con.is_some() || self.retry_at.is_some_and(|at| now() < at) {
-            return;
-        }
-        tracing::debug!("cluster: connecting to Redis");
-        match self.client.get_connection_with_timeout(IO_TIMEOUT) {
-            Ok(con) => {
-                let _ = con.set_read_timeout(Some(IO_TIMEOUT));
-                let _ = con.set_write_timeout(Some(IO_TIMEOUT));
-                tracing::info!("cluster: connected to Redis");
-                self.con = Some(con);
-                self.retry_at = None;
-                self.held = false;
-            }
-            Err(e) => {
-                if self.retry_at.is_none() {
-                    tracing::warn!(error = %e, "cluster: Redis out of reach; serving own peers only");
-                } else {
-                    tracing::debug!(error = %e, "cluster: Redis still out of reach");
-                }
-                self.retry_at = Some(now() + RECONNECT);
-            }
-        }
-    }
-
-    /// Drops the connection after a failed call; the next attempt is [`RECONNECT`] after the
-    /// loss (not after each command refused meanwhile, or a steady stream of them would put
-    /// it off for ever).
-    fn lost(&mut self) {
-        if self.con.take().is_some() {
-            tracing::warn!("cluster: lost Redis; serving own peers only until it is back");
-            self.retry_at = Some(now() + RECONNECT);
-        }
-        self.held = false;
-    }
-
-    fn con(&mut self) -> Result<&mut redis::Connection, Down> {
-        self.con.as_mut().ok_or(Down)
-    }
-
-    /// Refreshes (or takes) the lease, publishes the load, and picks the least-loaded TURN.
-    fn heartbeat(&mut self) -> Result<(), Down> {
+    /// Refreshes (or takes) the lease.
+    fn refresh(&mut self) -> Result<(), Down> {
         let ttl = LEASE.as_millis() as u64;
-        let lease_key = self.keys.lease.clone();
-        let token = self.token.clone();
-        let got: i64 = {
-            let script = &self.scripts.lease;
-            let con = self.con.as_mut().ok_or(Down)?;
-            script
-                .key(&lease_key)
-                .arg(&token)
-                .arg(ttl)
-                .invoke(con)
-                .map_err(|_| Down)?
-        };
+        let con = self.link.con()?;
+        let got: i64 = self
+            .script
+            .key(&self.keys.lease)
+            .arg(&self.token)
+            .arg(ttl)
+            .invoke(con)
+            .map_err(|_| Down)?;
         match got {
-            1 => self.held = true,
+            1 => self.lease.held.store(true, Ordering::SeqCst),
             2 => {
-                self.held = true;
+                self.lease.held.store(true, Ordering::SeqCst);
+                self.lease.taken.fetch_add(1, Ordering::SeqCst);
                 self.stats.leases.fetch_add(1, Ordering::Relaxed);
                 tracing::info!("cluster: lease taken; registering own peers and aliases");
-                self.reregister()?;
+                // The command thread registers everything again at its next turn.
+                let _ = self.nudge.try_send(Cmd::Presence);
             }
             _ => {
-                if self.held {
+                if self.lease.held.swap(false, Ordering::SeqCst) {
                     tracing::error!(
-                        key = %lease_key,
+                        key = %self.keys.lease,
                         "cluster: another process holds this instance's lease; is the instance id unique?"
                     );
                 }
-                self.held = false;
-                return Ok(());
             }
         }
+        Ok(())
+    }
+
+    /// Publishes the load and picks the least-loaded TURN.
+    fn publish(&mut self) -> Result<(), Down> {
+        let ttl = LEASE.as_millis() as u64;
         let allocations = self.load.load(Ordering::Relaxed);
         let peers = self.desired.lock().map(|d| d.peers.len()).unwrap_or(0);
         let mut info = format!("{allocations} {peers}");
@@ -720,12 +1003,11 @@ impl CommandThread {
             info.push(' ');
             info.push_str(url);
         }
-        let instance = self.instance();
-        let info_key = self.keys.info.clone();
-        let con = self.con()?;
+        let instance = self.keys.instance().to_owned();
+        let con = self.link.con()?;
         redis::pipe()
             .cmd("SET")
-            .arg(&info_key)
+            .arg(&self.keys.info)
             .arg(&info)
             .arg("PX")
             .arg(ttl)
@@ -771,17 +1053,130 @@ impl CommandThread {
             if self.relay.as_ref() != Some(&urls) {
                 self.relay = Some(urls.clone());
                 let _ = self.events.send(Event::Relay(urls));
+                let _ = self.waker.wake();
             }
         }
         Ok(())
     }
+}
+
+struct CommandThread {
+    link: Link,
+    keys: Keys,
+    token: String,
+    lease: Arc<LeaseState>,
+    /// `lease.taken` when this thread last registered everything again.
+    lease_seen: u64,
+    /// Register everything again at the next turn (a new connection: writes may have failed
+    /// while the old one was dying).
+    resync: bool,
+    /// Local peers registered in Redis: generation and the value written.
+    registered: BTreeMap<PeerId, (u64, String)>,
+    /// Aliases this instance claimed, to claim again after Redis lost them.
+    aliases: BTreeMap<String, PeerId>,
+    /// Registrations of peers that left while Redis was out of reach, to withdraw when it is
+    /// back (compare-and-delete: harmless if the peer registered elsewhere since).
+    withdraw: BTreeMap<PeerId, String>,
+    cmds: Receiver<Cmd>,
+    events: SyncSender<Event>,
+    waker: Arc<Waker>,
+    desired: Arc<Mutex<Desired>>,
+    stop: Arc<AtomicBool>,
+    stats: Arc<Stats>,
+    scripts: Scripts,
+    /// Set for the fast path: this thread makes the loop's command link.
+    handshake: Option<Handshake>,
+    want: Arc<Wants>,
+    handoffs: SyncSender<Handoff>,
+    order: Arc<Order>,
+}
+
+/// A Redis call failed: the connection is dropped and reopened later.
+struct Down;
+
+impl CommandThread {
+    fn run(&mut self) {
+        let mut batch = Vec::with_capacity(BATCH);
+        while !self.stop.load(Ordering::SeqCst) {
+            // The lease thread nudges on a new lease; the timeout covers a lost nudge.
+            match self.cmds.recv_timeout(REFRESH) {
+                Ok(cmd) => batch.push(cmd),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            while batch.len() < BATCH {
+                match self.cmds.try_recv() {
+                    Ok(cmd) => batch.push(cmd),
+                    Err(_) => break,
+                }
+            }
+            if self.stop.load(Ordering::SeqCst) {
+                break;
+            }
+            if hop_trace::enabled() {
+                for cmd in &batch {
+                    if let Cmd::Forward { frame, .. } | Cmd::Offer { frame, .. } = cmd {
+                        hop_trace::hop("cmd.recv", frame);
+                    }
+                }
+            }
+            if self.link.connect("commands") {
+                self.resync = true;
+            }
+            let taken = self.lease.taken.load(Ordering::SeqCst);
+            if self.link.con.is_some() && self.held() && (taken != self.lease_seen || self.resync) {
+                self.lease_seen = taken;
+                self.resync = false;
+                if self.reregister().is_err() {
+                    self.lost();
+                }
+            }
+            if self.sync_presence().is_err() {
+                self.lost();
+            }
+            for cmd in batch.drain(..) {
+                let frame = matches!(cmd, Cmd::Forward { .. } | Cmd::Offer { .. });
+                self.execute(cmd);
+                if frame {
+                    self.order.done_forwards.fetch_add(1, Ordering::Release);
+                }
+            }
+            self.make_link();
+            let _ = self.waker.wake();
+        }
+    }
+
+    fn held(&self) -> bool {
+        self.lease.held.load(Ordering::SeqCst)
+    }
+
+    /// Makes the loop a command link when it lacks one and Redis answers this thread.
+    fn make_link(&mut self) {
+        let Some(handshake) = &self.handshake else {
+            return;
+        };
+        if self.link.con.is_none() || !self.want.command.load(Ordering::SeqCst) {
+            return;
+        }
+        let load = crate::resp::command(&[b"SCRIPT", b"LOAD", FORWARD_LUA.as_bytes()]);
+        match handshake.open(IO_TIMEOUT, &[load]) {
+            Ok((stream, _)) => {
+                self.want.command.store(false, Ordering::SeqCst);
+                // Never blocks: a loop that stopped reading handoffs is stopping.
+                if self.handoffs.try_send(Handoff::Command(stream)).is_err() {
+                    self.want.command.store(true, Ordering::SeqCst);
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "cluster: making the loop's command link"),
+        }
+    }
+
+    fn lost(&mut self) {
+        self.link.lost("commands");
+    }
 
     fn instance(&self) -> String {
-        self.keys
-            .lease
-            .strip_prefix(LEASE_PREFIX)
-            .unwrap_or_default()
-            .to_owned()
+        self.keys.instance().to_owned()
     }
 
     /// After taking the lease anew (first start, Redis restart, a stall past the lease):
@@ -806,10 +1201,8 @@ impl CommandThread {
                     self.stats.evicted.fetch_add(1, Ordering::Relaxed);
                     let _ = self.events.send(Event::Evict(peer));
                 }
-                Registration::NoLease => {
-                    self.held = false;
-                    return Ok(());
-                }
+                // Lost since: the lease thread takes it again, and then this runs again.
+                Registration::NoLease => return Ok(()),
             }
         }
         let aliases: Vec<(String, PeerId)> =
@@ -828,7 +1221,7 @@ impl CommandThread {
         let lease = self.keys.lease.clone();
         let token = self.token.clone();
         let script = &self.scripts.register;
-        let con = self.con.as_mut().ok_or(Down)?;
+        let con = self.link.con()?;
         let (epoch, previous): (i64, String) = script
             .key(peer_key(&peer))
             .key(&lease)
@@ -852,7 +1245,7 @@ impl CommandThread {
 
     fn claim(&mut self, alias: &str, peer: PeerId) -> Result<bool, Down> {
         let script = &self.scripts.claim;
-        let con = self.con.as_mut().ok_or(Down)?;
+        let con = self.link.con()?;
         let got: i64 = script
             .key(alias_key(alias))
             .arg(peer.to_string())
@@ -863,18 +1256,26 @@ impl CommandThread {
 
     /// Publishes and withdraws presence until it matches what the loop wants.
     fn sync_presence(&mut self) -> Result<(), Down> {
-        let changes: Vec<(PeerId, Option<u64>)> = {
+        let (changes, seq): (Vec<(PeerId, Option<u64>)>, u64) = {
             let Ok(mut d) = self.desired.lock() else {
                 return Ok(());
             };
             let changed = std::mem::take(&mut d.changed);
-            changed
+            let changes = changed
                 .into_iter()
                 .map(|p| (p, d.peers.get(&p).copied()))
-                .collect()
+                .collect();
+            (changes, d.seq)
         };
+        let result = self.write_presence(changes);
+        // Written, or kept for a new lease: either way frames need not wait for it.
+        self.order.synced_seq.store(seq, Ordering::Release);
+        result
+    }
+
+    fn write_presence(&mut self, changes: Vec<(PeerId, Option<u64>)>) -> Result<(), Down> {
         let mut result = Ok(());
-        if self.con.is_some() {
+        if self.link.con.is_some() {
             while let Some((peer, value)) = self.withdraw.pop_first() {
                 if self.unregister(peer, &value).is_err() {
                     self.withdraw.insert(peer, value);
@@ -884,7 +1285,7 @@ impl CommandThread {
             }
         }
         for (peer, want) in changes {
-            if result.is_err() || self.con.is_none() || !self.held {
+            if result.is_err() || self.link.con.is_none() || !self.held() {
                 // Not now: kept for when Redis and the lease are back (a new lease
                 // re-registers everything in `registered`, so record the wish there).
                 match want {
@@ -917,7 +1318,6 @@ impl CommandThread {
                         }
                         Ok(Registration::Elsewhere) => {}
                         Ok(Registration::NoLease) => {
-                            self.held = false;
                             self.registered.insert(peer, (g, String::new()));
                         }
                         Err(Down) => {
@@ -945,7 +1345,7 @@ impl CommandThread {
 
     fn unregister(&mut self, peer: PeerId, value: &str) -> Result<(), Down> {
         let script = &self.scripts.unregister;
-        let con = self.con.as_mut().ok_or(Down)?;
+        let con = self.link.con()?;
         let _: i64 = script
             .key(peer_key(&peer))
             .arg(value)
@@ -955,7 +1355,7 @@ impl CommandThread {
     }
 
     fn execute(&mut self, cmd: Cmd) {
-        let usable = self.con.is_some();
+        let usable = self.link.con.is_some();
         match cmd {
             Cmd::Presence => {}
             Cmd::Resolve { query, target } => {
@@ -1037,7 +1437,7 @@ impl CommandThread {
             Target::Alias(a) => (alias_key(a), String::new()),
         };
         let script = &self.scripts.resolve;
-        let con = self.con.as_mut().ok_or(Down)?;
+        let con = self.link.con()?;
         let (found, online): (String, i64) = script
             .key(alias)
             .arg(peer)
@@ -1052,8 +1452,9 @@ impl CommandThread {
     }
 
     fn forward(&mut self, peer: PeerId, frame: &str) -> Result<bool, Down> {
+        hop_trace::hop("cmd.eval", frame);
         let script = &self.scripts.forward;
-        let con = self.con.as_mut().ok_or(Down)?;
+        let con = self.link.con()?;
         let receivers: i64 = script
             .key(peer_key(&peer))
             .arg(format!("f {peer} {frame}"))
@@ -1061,6 +1462,7 @@ impl CommandThread {
             .arg(CHANNEL_PREFIX)
             .invoke(con)
             .map_err(|_| Down)?;
+        hop_trace::hop("cmd.done", frame);
         Ok(receivers > 0)
     }
 }
@@ -1079,10 +1481,60 @@ struct Subscriber {
     waker: Arc<Waker>,
     stop: Arc<AtomicBool>,
     stats: Arc<Stats>,
+    /// Set for the fast path: the loop reads the subscription, this thread only makes it.
+    handshake: Option<Handshake>,
+    want: Arc<Wants>,
+    handoffs: SyncSender<Handoff>,
 }
 
 impl Subscriber {
     fn run(&mut self) {
+        if let Some(handshake) = self.handshake.clone() {
+            self.make_links(&handshake);
+        } else {
+            self.listen();
+        }
+    }
+
+    /// Subscribes a connection and hands it to the loop, whenever the loop lacks one.
+    fn make_links(&mut self, handshake: &Handshake) {
+        let subscribe = crate::resp::command(&[b"SUBSCRIBE", self.channel.as_bytes()]);
+        let mut warned = false;
+        while !self.stop.load(Ordering::SeqCst) {
+            if !self.want.subscription.load(Ordering::SeqCst) {
+                thread::sleep(LINK_CHECK);
+                continue;
+            }
+            match handshake.open(IO_TIMEOUT, std::slice::from_ref(&subscribe)) {
+                Ok((stream, input)) => {
+                    warned = false;
+                    self.want.subscription.store(false, Ordering::SeqCst);
+                    // Never blocks: a loop that stopped reading handoffs is stopping.
+                    if self
+                        .handoffs
+                        .try_send(Handoff::Subscription(stream, input))
+                        .is_err()
+                    {
+                        self.want.subscription.store(true, Ordering::SeqCst);
+                        thread::sleep(RECONNECT);
+                        continue;
+                    }
+                    let _ = self.waker.wake();
+                    tracing::info!(channel = %self.channel, "cluster: subscribed");
+                }
+                Err(e) => {
+                    if !warned {
+                        tracing::warn!(error = %e, "cluster: subscriber cannot reach Redis");
+                        warned = true;
+                    }
+                    thread::sleep(RECONNECT);
+                }
+            }
+        }
+    }
+
+    /// Without the fast path: listens on this thread and hands each frame to the loop.
+    fn listen(&mut self) {
         let mut warned = false;
         while !self.stop.load(Ordering::SeqCst) {
             let mut con = match self.client.get_connection_with_timeout(IO_TIMEOUT) {
@@ -1127,14 +1579,9 @@ impl Subscriber {
 
     /// One message from the channel: network input, parsed without trust.
     fn deliver(&self, payload: &[u8]) {
-        let event = std::str::from_utf8(payload).ok().and_then(parse_message);
-        let Some(event) = event else {
-            self.stats.bad_messages.fetch_add(1, Ordering::Relaxed);
+        let Some(event) = incoming(payload, &self.stats) else {
             return;
         };
-        if matches!(event, Event::Forwarded { .. }) {
-            self.stats.forwarded_in.fetch_add(1, Ordering::Relaxed);
-        }
         match self.events.try_send(event) {
             Ok(()) => {
                 let _ = self.waker.wake();
@@ -1144,6 +1591,20 @@ impl Subscriber {
             }
         }
     }
+}
+
+/// One message from the instance's channel, counted: network input, parsed without trust.
+fn incoming(payload: &[u8], stats: &Stats) -> Option<Event> {
+    let event = std::str::from_utf8(payload).ok().and_then(parse_message);
+    let Some(event) = event else {
+        stats.bad_messages.fetch_add(1, Ordering::Relaxed);
+        return None;
+    };
+    if let Event::Forwarded { frame, .. } = &event {
+        hop_trace::hop("sub.recv", frame);
+        stats.forwarded_in.fetch_add(1, Ordering::Relaxed);
+    }
+    Some(event)
 }
 
 /// `f <peer> <frame>` or `e <peer>`.

@@ -120,6 +120,9 @@
 mod cli;
 mod cluster;
 mod config;
+mod fastlink;
+mod hop_trace;
+mod resp;
 mod signal;
 mod signals;
 mod stun;

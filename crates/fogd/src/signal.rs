@@ -714,8 +714,16 @@ impl Loop {
                 match event.token() {
                     LISTENER => self.accept_all(),
                     WAKER => {}
+                    t @ (cluster::COMMAND_TOKEN | cluster::SUBSCRIPTION_TOKEN) => {
+                        if let Some(cluster) = &mut self.cluster {
+                            cluster.ready(t, self.poll.registry());
+                        }
+                    }
                     Token(id) => self.progress(id as u64),
                 }
+            }
+            if let Some(cluster) = &mut self.cluster {
+                cluster.handle_timeout(self.now, self.poll.registry());
             }
             self.cluster_events();
             if self.accept_retry.is_some_and(|at| at <= self.now) {
@@ -734,6 +742,7 @@ impl Loop {
             self.server.poll_timeout(),
             self.deadlines.first().map(|(at, _)| *at),
             self.accept_retry,
+            self.cluster.as_ref().and_then(Cluster::poll_timeout),
         ]
         .into_iter()
         .flatten()
@@ -1141,11 +1150,11 @@ impl Loop {
     /// Carries out the machine's outputs.
     /// Hands the cluster's answers and forwarded frames to the machine.
     fn cluster_events(&mut self) {
-        let Some(cluster) = &self.cluster else {
+        let Some(cluster) = &mut self.cluster else {
             return;
         };
         let now = self.now;
-        while let Some(event) = cluster.poll_event() {
+        while let Some(event) = cluster.poll_event(self.poll.registry()) {
             match event {
                 cluster::Event::Resolved {
                     query,
@@ -1157,6 +1166,7 @@ impl Loop {
                 }
                 cluster::Event::Unreachable(peer) => self.server.handle_unreachable(now, peer),
                 cluster::Event::Forwarded { peer, frame } => {
+                    crate::hop_trace::hop("loop.event", &frame);
                     if !self.server.handle_forwarded(now, peer, &frame) {
                         self.stats.forwarded_dropped += 1;
                     }
@@ -1178,12 +1188,12 @@ impl Loop {
     /// is answered at once ("offline", "unreachable", "unavailable"). Returns whether the
     /// machine was given anything (so it may have more output).
     fn drain_cluster(&mut self) -> bool {
-        let Some(cluster) = &self.cluster else {
+        let Some(cluster) = &mut self.cluster else {
             return false;
         };
         let mut fed = false;
         while let Some(out) = self.server.poll_cluster() {
-            let Err(refused) = cluster.submit(out) else {
+            let Err(refused) = cluster.submit(out, self.now, self.poll.registry()) else {
                 continue;
             };
             fed = true;
