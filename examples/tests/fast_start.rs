@@ -291,3 +291,62 @@ fn a_node_whose_udp_is_blocked_is_ready_in_well_under_a_second() {
         }
     }
 }
+
+/// A lossy start: the STUN server's answers to node A are lost for its first 600 ms, so A
+/// assumes UDP blocked (`assume_udp_blocked_after`, 500 ms) and the connection it makes at
+/// once goes over the signaling relay. Test I's later retransmission is answered: A's
+/// behaviour is corrected (`NatUpdated`) and the connection must learn it too, with A's
+/// server-reflexive candidate, and find the direct path two cones have, instead of staying
+/// on the relay that the wrong reading planned.
+#[test]
+fn a_wrong_udp_blocked_is_replanned_onto_a_direct_path() {
+    let mut s = Scenario::new(
+        Preset::PortRestrictedCone,
+        Preset::PortRestrictedCone,
+        7,
+        &Profile {
+            loss: 0.0,
+            ..Profile::default()
+        },
+    );
+    let site_a: IpAddr = [203, 0, 113, 1].into();
+    let stun: [IpAddr; 2] = [[198, 51, 100, 1].into(), [198, 51, 100, 2].into()];
+    for ip in stun {
+        s.sim.set_blackhole(site_a, ip, true);
+    }
+    let start = s.sim.now();
+    s.connect();
+    s.run_for(Duration::from_millis(600));
+    let blocked = first_at(
+        &s.events[0],
+        |e| matches!(e, Event::Ready { behaviour, .. } if *behaviour == Behaviour::UdpBlocked),
+    );
+    assert!(
+        blocked.is_some(),
+        "A assumed UDP blocked: {:?}",
+        s.events[0]
+    );
+    for ip in stun {
+        s.sim.set_blackhole(site_a, ip, false);
+    }
+    s.run_for(Duration::from_secs(5));
+    let corrected = first_at(&s.events[0], |e| matches!(e, Event::NatUpdated { .. }))
+        .expect("a later answer corrects the reading");
+    for i in 0..2 {
+        let paths = s.paths(i);
+        let direct = paths
+            .iter()
+            .find(|p| !p.3 && p.2.port() != 0)
+            .unwrap_or_else(|| panic!("node {i} never direct: {paths:?}"));
+        eprintln!(
+            "node {i}: corrected {:?} in, direct {:?} in: {paths:?}",
+            corrected - start,
+            direct.0 - start
+        );
+        assert!(
+            direct.0 - corrected < Duration::from_secs(2),
+            "node {i} direct {:?} after the correction",
+            direct.0 - corrected
+        );
+    }
+}

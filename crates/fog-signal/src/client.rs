@@ -603,6 +603,12 @@ impl Client {
         Ok(id)
     }
 
+    /// Pings whose pong has not come yet (the last 16 at most): a frame that leaves the
+    /// count as it was is not a pong.
+    pub fn pings_waiting(&self) -> usize {
+        self.pings.len()
+    }
+
     fn challenge(&mut self, now: Instant, version: u32, server_nonce: Nonce, server: PeerId) {
         let Phase::AwaitChallenge { nonce, deadline } = self.phase else {
             return;

@@ -829,3 +829,112 @@ fn signaling_is_probed_under_traffic_only() {
         "a minute of traffic: {sender} and {receiver} pings"
     );
 }
+
+/// Datagrams `i` received on `id` since event `mark`.
+fn data_since(s: &Scenario, i: usize, id: ConnectionId, mark: usize) -> Vec<Vec<u8>> {
+    s.events[i][mark..]
+        .iter()
+        .filter_map(|(_, e)| match e {
+            Event::Data { id: c, data } if *c == id => Some(data.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A connection carried by the signaling relay (UDP blocked on A's side) outlives a signaling
+/// reconnect: the server holds the answered session for the peer that left (`rejoin_grace`),
+/// so what A sends over the new connection still reaches B on the same handles. Before, the
+/// reconnect closed it (`SignalingLost`), and a probe that only found a busy server (a late
+/// pong) did the same to every such connection.
+#[test]
+fn a_connection_on_the_signaling_relay_survives_a_signaling_reconnect() {
+    let mut s = Scenario::new(Preset::UdpBlocked, Preset::FullCone, 5, &Profile::default());
+    assert!(s.wait_ready(), "both nodes ready");
+    let a = s.connect().1;
+    connected(&mut s, 0, Duration::from_secs(10));
+    let b = connected(&mut s, 1, Duration::from_secs(10));
+    assert!(
+        s.events[0].iter().any(|(_, e)| matches!(
+            e,
+            Event::Connected {
+                via: fogconnect::Via::Signaling,
+                ..
+            }
+        )),
+        "on the signaling relay: {:?}",
+        s.events[0]
+    );
+    let mark = (s.events[0].len(), s.events[1].len());
+    s.sim.signal_sever(s.hosts[0].0);
+    s.run_for(Duration::from_secs(2));
+    let back = s.events[0][mark.0..]
+        .iter()
+        .filter(|(_, e)| matches!(e, Event::SignalingUp))
+        .count();
+    assert_eq!(back, 1, "A reconnected: {:?}", &s.events[0][mark.0..]);
+    for k in 0..5u32 {
+        s.with_node(0, |n, now| n.send(now, a, &k.to_be_bytes()))
+            .expect("A's connection is still there");
+        s.with_node(1, |n, now| n.send(now, b, &(100 + k).to_be_bytes()))
+            .expect("B's connection is still there");
+    }
+    s.run_for(Duration::from_secs(3));
+    let ended = |i: usize| {
+        s.events[i][..]
+            .iter()
+            .any(|(_, e)| matches!(e, Event::Closed { .. } | Event::Failed { .. }))
+    };
+    assert!(
+        !ended(0) && !ended(1),
+        "{:?}\n{:?}",
+        s.events[0],
+        s.events[1]
+    );
+    let want = |from: u32| (from..from + 5).map(|k| k.to_be_bytes().to_vec());
+    assert_eq!(data_since(&s, 1, b, mark.1), want(0).collect::<Vec<_>>());
+    assert_eq!(data_since(&s, 0, a, mark.0), want(100).collect::<Vec<_>>());
+}
+
+/// A busy signaling server: A's signaling link goes from 30 ms to 700 ms one way and back,
+/// every 3 s for a minute (frames stay in order, as over TCP), while a transfer has A probe
+/// the quiet server about once a second. A pong 1.4 s late after a fast spell timed out and
+/// closed a connection that was alive: a reconnect per slow spell (10 in this minute). The
+/// probe's floor now doubles after each miss and comes back down slowly (50 ms per pong in
+/// time): 4 (at 0, 6.5 and 13.3 s, when it reached 3.2 s; then at 55 s, decayed).
+#[test]
+fn a_slow_server_does_not_have_a_node_reconnect_again_and_again() {
+    let profile = Profile {
+        loss: 0.0,
+        ..Profile::default()
+    };
+    let mut s = Scenario::new(
+        Preset::PortRestrictedCone,
+        Preset::PortRestrictedCone,
+        36,
+        &profile,
+    );
+    assert!(s.wait_ready(), "both nodes ready");
+    let a = s.connect().1;
+    connected(&mut s, 0, Duration::from_secs(15));
+    connected(&mut s, 1, Duration::from_secs(15));
+    s.run_for(Duration::from_secs(1));
+    let mark = s.events[0].len();
+    let step = Duration::from_millis(20);
+    for k in 0..3_000 {
+        if k % 150 == 0 {
+            let one_way = if k % 300 == 0 { 700 } else { 30 };
+            s.sim.set_signal_link(
+                s.hosts[0].0,
+                fog_sim::signal::SignalLink::with_latency(Duration::from_millis(one_way)),
+            );
+        }
+        let _ = s.with_node(0, |n, now| n.send(now, a, &message(k)));
+        s.run_for(step);
+    }
+    let downs = s.events[0][mark..]
+        .iter()
+        .filter(|(_, e)| matches!(e, Event::SignalingDown))
+        .count();
+    eprintln!("a minute with a slow server: {downs} reconnects");
+    assert!(downs <= 4, "{downs} reconnects in a minute");
+}

@@ -2009,6 +2009,19 @@ impl Node {
             Some(b) if b.behaviour != report.behaviour => {
                 let behaviour = report.behaviour;
                 self.events.push_back(Event::NatUpdated { behaviour });
+                // "UDP blocked" was provisional (test I unanswered for a while on a lossy
+                // link) and an answer came: our offers and answers went without a
+                // server-reflexive candidate, so it goes to every peer now, ahead of the
+                // update that has them plan again.
+                if let (Behaviour::UdpBlocked, Some(mapped), true) =
+                    (b.behaviour, report.mapped, self.config.direct)
+                {
+                    let srflx = fog_ice::candidate::Candidate::new(
+                        fog_ice::candidate::Kind::ServerReflexive,
+                        mapped,
+                    );
+                    self.changed(vec![srflx], Vec::new());
+                }
                 self.behaviour_changed(now);
             }
             Some(_) => {}
@@ -2067,10 +2080,22 @@ impl Node {
     /// a random-port peer found its direct path 5.6 s later instead of 0.1 s, while the plan
     /// that assumed the worst works for every pair of the NAT matrix.
     fn replan(&mut self, now: Instant, id: ConnectionId) {
+        let udp = self.behaviour().is_some_and(|b| b != Behaviour::UdpBlocked);
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
-        if conn.connected() {
+        // A plan made while one side assumed UDP blocked has no direct route, and a
+        // connection on it is connected only through a relay: once the reading is corrected
+        // it is planned again, or it would stay on the relay for good.
+        let blind = conn.signal_relay.is_some()
+            && conn.agent().is_some_and(|a| !a.plan().is_direct())
+            && udp
+            && conn
+                .remote
+                .as_ref()
+                .and_then(|r| r.nat)
+                .is_some_and(|n| Behaviour::from(n) != Behaviour::UdpBlocked);
+        if conn.connected() && !blind {
             conn.replan = false;
             return;
         }
@@ -2078,6 +2103,8 @@ impl Node {
             // Not punching yet: the agent, when built, takes the behaviours as they are then.
             return;
         };
+        // A blind plan's round punches nothing: no check in flight is worth its wait.
+        let punching = punching && !blind;
         conn.replan = punching;
         if punching {
             return;

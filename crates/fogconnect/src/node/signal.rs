@@ -59,6 +59,10 @@ const QUICK_REOPEN_EVERY: Duration = Duration::from_secs(10);
 /// for TCP's whole retransmission timeout.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(400);
 const PROBE_RTTS: u32 = 4;
+/// The most the probe's floor grows to, and what each pong in time takes off it (see
+/// [`Link::probe_floor`]).
+const PROBE_FLOOR_MAX: Duration = Duration::from_millis(3_200);
+const PROBE_FLOOR_DECAY: Duration = Duration::from_millis(50);
 /// At most one probe per this long: path changes come in bursts, and an idle node never
 /// probes (it sees no path changes), so the server's own ping interval stays the only
 /// traffic of a quiet connection.
@@ -111,6 +115,19 @@ pub(super) struct Link {
     /// The connection is being closed because a probe went unanswered: the wait for it was
     /// the quick reopen's wait already, so the next one goes at once.
     probe_failed: bool,
+    /// The least a probe waits for its pong: [`PROBE_TIMEOUT`] at first. A pong can be late
+    /// because the server is slow (an overloaded fogd) rather than because the connection
+    /// died, and a reconnect then costs the server more work and, before connections on the
+    /// signaling relay were kept across it, cost those connections. So the floor doubles
+    /// (up to [`PROBE_FLOOR_MAX`]) each time a probe fails, and comes back down by
+    /// [`PROBE_FLOOR_DECAY`] with each pong that comes in time (slowly: a server slow in
+    /// spells answers in time between them, and halving there had the next spell cost a
+    /// reconnect again). The first death after a quiet spell is still noticed after 400 ms;
+    /// a server that keeps missing its pongs meets growing patience instead of a reconnect
+    /// a spell from every node at once. (A frame from the server while a probe is out shows
+    /// the connection alive, since a NAT that forgot our flow passes nothing: the probe
+    /// then waits a floor from that frame.)
+    probe_floor: Duration,
 }
 
 /// How far below a whole token still counts as one (floating-point rounding).
@@ -150,6 +167,7 @@ impl Default for Link {
             heard_at: None,
             data_mark: 0,
             probe_failed: false,
+            probe_floor: PROBE_TIMEOUT,
         }
     }
 }
@@ -175,6 +193,7 @@ impl Link {
             // and reports `Closed`, and we open a new one (at once if it had authenticated).
             self.probe_deadline = None;
             self.probe_failed = true;
+            self.probe_floor = (self.probe_floor * 2).min(PROBE_FLOOR_MAX);
             if !self.out.contains(&SignalOutput::Close) {
                 self.out.push_back(SignalOutput::Close);
             }
@@ -245,7 +264,17 @@ impl Node {
                     if let Some(opened) = self.signal.opened_at.take() {
                         self.signal.rtt = Some(now.saturating_duration_since(opened));
                     }
+                    let pings = self.client.pings_waiting();
                     self.client.handle_frame(now, frame);
+                    // Another frame than the pong while a probe is out: the server is slow,
+                    // not gone (a NAT that forgot our flow passes nothing), and the pong
+                    // comes behind what it sent before it.
+                    let link = &mut self.signal;
+                    if let (Some(deadline), true) =
+                        (link.probe_deadline, self.client.pings_waiting() == pings)
+                    {
+                        link.probe_deadline = Some(deadline.max(now + link.probe_floor));
+                    }
                 }
             }
             SignalInput::Closed => self.signaling_lost(now),
@@ -345,7 +374,8 @@ impl Node {
             return;
         };
         let rtt = self.signal.rtt.unwrap_or(Duration::ZERO);
-        let timeout = PROBE_TIMEOUT.max(rtt * PROBE_RTTS) + Duration::from_secs_f64(queued);
+        let timeout =
+            self.signal.probe_floor.max(rtt * PROBE_RTTS) + Duration::from_secs_f64(queued);
         self.signal.probed_at = Some(now);
         self.signal.data_mark = self.data_count();
         self.signal.probe_deadline = Some(now + timeout);
@@ -387,10 +417,14 @@ impl Node {
         let seed = super::random_bytes(&mut self.rng);
         self.client = super::signal_client(&self.config, seed);
         self.relay_requested = false;
-        // A connection with a path of its own keeps its session: the server holds an answered
-        // session for a while (fog-signal's `rejoin_grace`) for the peer that left, so the
-        // candidates of a network change can still be trickled once we are back.
-        let keep = |conn: &Conn| conn.connected() && conn.path.is_some_and(|p| p != Via::Signaling);
+        // A connected connection keeps its session: the server holds an answered session for
+        // a while (fog-signal's `rejoin_grace`) for the peer that left, so the candidates of
+        // a network change can still be trickled once we are back, and a connection carried
+        // by the signaling relay goes on over the new signaling connection (its transport
+        // resends what was lost meanwhile). Closing those at once made every false alarm
+        // (a pong late from a busy server) an outage for them; if the server forgot the
+        // session after all, it says so, or the idle timeout ends the connection.
+        let keep = |conn: &Conn| conn.connected() && conn.path.is_some();
         let conns = &self.conns;
         self.by_session
             .retain(|_, id| conns.get(id).is_some_and(keep));
@@ -452,7 +486,13 @@ impl Node {
             }
             SignalEvent::Rtt(rtt) => {
                 self.signal.rtt = Some(rtt);
-                self.signal.probe_deadline = None;
+                if self.signal.probe_deadline.take().is_some() {
+                    let link = &mut self.signal;
+                    link.probe_floor = link
+                        .probe_floor
+                        .saturating_sub(PROBE_FLOOR_DECAY)
+                        .max(PROBE_TIMEOUT);
+                }
             }
             SignalEvent::Failed { .. } => {
                 self.signal.out.push_back(super::SignalOutput::Close);
