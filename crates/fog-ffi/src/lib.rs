@@ -398,8 +398,8 @@ fn protocol_of(protocol: c_int) -> Result<u8, Error> {
 /// only when the OS random source fails.
 ///
 /// The first call also has the kernel map this library's code one page per fault rather than
-/// 64 KiB around each (Linux 6.7 or newer; an idle node's resident memory halves): nothing
-/// else changes, and the environment variable `FOG_FAULT_AROUND=1` leaves it out.
+/// up to 64 KiB around each (Linux 6.7 or newer; a smaller resident set for an idle node):
+/// nothing else changes, and the environment variable `FOG_FAULT_AROUND=1` leaves it out.
 #[unsafe(no_mangle)]
 pub extern "C" fn fc_init() -> *mut fc_context {
     guard(
