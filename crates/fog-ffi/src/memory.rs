@@ -36,8 +36,10 @@ use std::io;
 /// the kernel's default (returns `Ok(0)`), for comparisons.
 pub fn fault_code_pages_singly() -> io::Result<usize> {
     use std::sync::OnceLock;
-    /// The first call's answer; an error as its OS code, or its kind and text.
-    static DONE: OnceLock<Result<usize, (io::ErrorKind, Option<i32>, String)>> = OnceLock::new();
+    /// A failure kept for later calls: its kind, its OS code, its text.
+    type Failure = (io::ErrorKind, Option<i32>, String);
+    /// The first call's answer.
+    static DONE: OnceLock<Result<usize, Failure>> = OnceLock::new();
     let result = DONE.get_or_init(|| {
         if std::env::var_os("FOG_FAULT_AROUND").is_some_and(|v| v == "1") {
             return Ok(0);
