@@ -9,10 +9,17 @@
 //! cargo bench -p fogd --bench memory -- --skip-fogd
 //! cargo bench -p fogd --bench memory -- --skip-fogd --transports none --builds default
 //! FOG_RELR=0 cargo bench -p fogd --bench memory -- --skip-fogd --transports none --builds default
+//! cargo bench -p fogd --bench memory -- --skip-fogd --transports none \
+//!     --builds default,small,static --fault-around both
 //! ```
 //!
-//! The last two measure only the idle nodes; `FOG_RELR=0` builds `fogconnect` without packed
-//! relative relocations (see `crates/fog-cli/build.rs`), for the comparison.
+//! The last three measure only the idle nodes; `FOG_RELR=0` builds `fogconnect` without packed
+//! relative relocations (see `crates/fog-cli/build.rs`), for the comparison. `--fault-around
+//! both` measures each idle node twice, as it runs (fault-around off on its own code:
+//! `fogconnect_ffi::memory`) and with the kernel's default (`FOG_FAULT_AROUND=1`); `on` only the
+//! latter. `--builds static` links glibc statically: `fogconnect` built with
+//! `RUSTFLAGS="-C target-feature=+crt-static" --target <host>` in `<target-dir>/static`
+//! (build scripts and proc macros stay dynamic), and the C echo server with `cc -static`.
 //!
 //! Three parts, each process on its own, all on loopback through a fogd this bench starts:
 //!
@@ -72,6 +79,9 @@ struct Options {
     skip_idle: bool,
     /// The builds whose idle nodes are measured (`--builds`).
     builds: Vec<Build>,
+    /// Whether idle nodes run with the kernel's fault-around on their code (`--fault-around`):
+    /// `false` is how they run by default (`fogconnect_ffi::memory`), `true` is `FOG_FAULT_AROUND=1`.
+    fault_around: Vec<bool>,
 }
 
 /// A build of the idle nodes: a Cargo profile and the features of fog-cli and fog-ffi.
@@ -82,6 +92,9 @@ enum Build {
     /// `--profile small` (Cargo.toml: size over speed, LTO, one codegen unit, abort on
     /// panic, stripped), every transport.
     Small,
+    /// The bench's own profile with glibc linked statically (`+crt-static`, `cc -static`):
+    /// no ld.so, libc.so, libm or libgcc_s mapped.
+    Static,
 }
 
 impl Build {
@@ -89,7 +102,8 @@ impl Build {
         match name {
             "default" => Build::Default,
             "small" => Build::Small,
-            other => panic!("unknown build {other}; known: default, small"),
+            "static" => Build::Static,
+            other => panic!("unknown build {other}; known: default, small, static"),
         }
     }
 
@@ -97,13 +111,14 @@ impl Build {
         match self {
             Build::Default => "default",
             Build::Small => "small",
+            Build::Static => "static",
         }
     }
 
     /// The Cargo profile, or `None` for the bench's own.
     fn profile(&self) -> Option<&'static str> {
         match self {
-            Build::Default => None,
+            Build::Default | Build::Static => None,
             Build::Small => Some("small"),
         }
     }
@@ -164,6 +179,7 @@ fn parse() -> (Options, Option<Role>) {
         skip_fogd: false,
         skip_idle: false,
         builds: vec![Build::Default, Build::Small],
+        fault_around: vec![false],
     };
     let (mut role, mut signal, mut stun, mut transport) = (None, None, None, Transport::Datagram);
     let mut args = std::env::args().skip(1);
@@ -193,6 +209,14 @@ fn parse() -> (Options, Option<Role>) {
             "--skip-fogd" => options.skip_fogd = true,
             "--skip-idle" => options.skip_idle = true,
             "--builds" => options.builds = value(&arg).split(',').map(Build::parse).collect(),
+            "--fault-around" => {
+                options.fault_around = match value(&arg).as_str() {
+                    "off" => vec![false],
+                    "on" => vec![true],
+                    "both" => vec![true, false],
+                    other => panic!("--fault-around off|on|both, not {other}"),
+                }
+            }
             "--role" => role = Some(value(&arg)),
             "--signal" => signal = Some(value(&arg)),
             "--stun" => stun = Some(value(&arg).parse().expect("--stun IP:PORT")),
@@ -200,7 +224,8 @@ fn parse() -> (Options, Option<Role>) {
             "--bench" => {}
             other => panic!(
                 "unknown argument {other}; known: --json --idle SECS --connections N \
-                 --transports a,b|none --peers N --skip-fogd --skip-idle --builds default,small"
+                 --transports a,b|none --peers N --skip-fogd --skip-idle \
+                 --builds default,small,static --fault-around off|on|both"
             ),
         }
     }
@@ -348,7 +373,8 @@ fn start_fogd(extra: &[&str]) -> (Fogd, String) {
     (fogd, format!("ws://{signal}/ws"))
 }
 
-/// Part 1: the C echo server and `fogconnect serve` of `build`, idle after registering.
+/// Part 1: the C echo server and `fogconnect serve` of `build`, idle after registering, once
+/// for each `--fault-around` choice.
 fn idle_nodes(
     exe: &Path,
     manifest: &Path,
@@ -366,66 +392,86 @@ fn idle_nodes(
     let mut rows = Vec::new();
     let mut splits = Vec::new();
     let near = build.near(exe);
-    let tag = build.name();
 
     let workspace = manifest.join("../..");
-    match echo_server(&near, &workspace) {
-        Some(echo) => {
+    let echo = echo_server(&near, &workspace, *build == Build::Static);
+    if echo.is_none() {
+        eprintln!("memory: no C compiler (cc or $CC): the C echo server is skipped");
+    }
+    let cli = match build {
+        Build::Static => static_cli(exe, &workspace),
+        _ => fog_test_support::cargo_built(
+            &near,
+            &workspace,
+            &["-p", "fog-cli"],
+            &format!("fogconnect{}", std::env::consts::EXE_SUFFIX),
+        ),
+    };
+    for &around in &options.fault_around {
+        // As the programs run by default (fault-around off on their own code), or as before
+        // `fogconnect_ffi::memory` (the kernel's default).
+        let (tag, key) = if around {
+            (
+                format!("{}, fault-around on", build.name()),
+                "_fault_around",
+            )
+        } else {
+            (build.name().to_owned(), "")
+        };
+        let env = if around { "1" } else { "0" };
+        if let Some(echo) = &echo {
             let (host, port) = (signal.ip().to_string(), signal.port().to_string());
             let mut child = ChildGuard::spawn(
                 "echo_server",
-                Command::new(echo).args([&host, &port, &stun, "00:16:3e:00:00:07"]),
+                Command::new(echo)
+                    .args([&host, &port, &stun, "00:16:3e:00:00:07"])
+                    .env("FOG_FAULT_AROUND", env),
             )
             .expect("starting echo_server");
             wait_for(&mut child, "ready", START);
             std::thread::sleep(options.idle);
             let m = Memory::of(child.id());
-            parts.push(format!("\"echo_server_c\":{}", m.json()));
+            parts.push(format!("\"echo_server_c{key}\":{}", m.json()));
             splits.push((format!("C echo_server ({tag})"), Breakdown::of(child.id())));
             rows.push(Row {
-                process: format!("C echo_server (libfogconnect_ffi.a, {tag} build)"),
+                process: format!("C echo_server (libfogconnect_ffi.a, {tag})"),
                 state: format!("idle {} s, registered", options.idle.as_secs()),
                 memory: m,
                 note: goal(m.rss, 2 * 1024),
             });
         }
-        None => eprintln!("memory: no C compiler (cc or $CC): the C echo server is skipped"),
-    }
 
-    let cli = fog_test_support::cargo_built(
-        &near,
-        &workspace,
-        &["-p", "fog-cli"],
-        &format!("fogconnect{}", std::env::consts::EXE_SUFFIX),
-    );
-    let mut serve = ChildGuard::spawn(
-        "fogconnect-serve",
-        Command::new(cli).args([
-            "serve",
-            "--signal",
-            &url,
-            "--stun",
-            &stun,
-            "--interfaces",
-            "none",
-        ]),
-    )
-    .expect("starting fogconnect serve");
-    wait_for(&mut serve, "ready:", START);
-    std::thread::sleep(options.idle);
-    let m = Memory::of(serve.id());
-    parts.push(format!("\"fogconnect_serve\":{}", m.json()));
-    splits.push((
-        format!("fogconnect serve ({tag})"),
-        Breakdown::of(serve.id()),
-    ));
-    rows.push(Row {
-        process: format!("fogconnect serve ({tag} build)"),
-        state: format!("idle {} s, registered", options.idle.as_secs()),
-        memory: m,
-        note: goal(m.rss, 2 * 1024),
-    });
-    drop(serve);
+        let mut serve = ChildGuard::spawn(
+            "fogconnect-serve",
+            Command::new(&cli)
+                .args([
+                    "serve",
+                    "--signal",
+                    &url,
+                    "--stun",
+                    &stun,
+                    "--interfaces",
+                    "none",
+                ])
+                .env("FOG_FAULT_AROUND", env),
+        )
+        .expect("starting fogconnect serve");
+        wait_for(&mut serve, "ready:", START);
+        std::thread::sleep(options.idle);
+        let m = Memory::of(serve.id());
+        parts.push(format!("\"fogconnect_serve{key}\":{}", m.json()));
+        splits.push((
+            format!("fogconnect serve ({tag})"),
+            Breakdown::of(serve.id()),
+        ));
+        rows.push(Row {
+            process: format!("fogconnect serve ({tag})"),
+            state: format!("idle {} s, registered", options.idle.as_secs()),
+            memory: m,
+            note: goal(m.rss, 2 * 1024),
+        });
+        drop(serve);
+    }
     drop(fogd);
     (parts, rows, splits)
 }
@@ -436,9 +482,48 @@ fn goal(kib: u64, limit: u64) -> String {
     format!("{verdict} ≤ {} MB", limit / 1024)
 }
 
-/// The C echo server compiled against the static library (built in this profile), or `None`
-/// without a C compiler.
-fn echo_server(exe: &Path, workspace: &Path) -> Option<PathBuf> {
+/// `fogconnect` with glibc linked statically, in the profile of `exe` (the bench's binary):
+/// `RUSTFLAGS="-C target-feature=+crt-static"` with an explicit `--target` (so build scripts
+/// and proc macros, built for the host without `--target`'s flags, stay dynamic), in a target
+/// directory of its own (`<target-dir>/static`) so that it never invalidates the others.
+fn static_cli(exe: &Path, workspace: &Path) -> PathBuf {
+    let mut profile_dir = exe.parent().expect("the bench has a directory");
+    if profile_dir.file_name().and_then(|n| n.to_str()) == Some("deps") {
+        profile_dir = profile_dir.parent().expect("deps has a parent");
+    }
+    let dir_name = profile_dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("a profile directory");
+    let profile = if dir_name == "debug" { "dev" } else { dir_name };
+    let target_dir = profile_dir
+        .parent()
+        .expect("the target directory")
+        .join("static");
+    assert!(
+        cfg!(all(target_os = "linux", target_env = "gnu")),
+        "the static build is for Linux with glibc"
+    );
+    let triple = format!("{}-unknown-linux-gnu", std::env::consts::ARCH);
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut command = Command::new(cargo);
+    command
+        .args(["build", "--quiet", "-p", "fog-cli", "--profile", profile])
+        .args(["--target", &triple, "--target-dir"])
+        .arg(&target_dir)
+        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .current_dir(workspace);
+    let status = command.status().expect("running cargo build");
+    assert!(status.success(), "the static build failed: {status}");
+    let cli = target_dir.join(&triple).join(dir_name).join("fogconnect");
+    assert!(cli.is_file(), "no {} after building it", cli.display());
+    cli
+}
+
+/// The C echo server compiled against the static library (built in this profile), `-static`
+/// when `static_libc`, or `None` without a C compiler.
+fn echo_server(exe: &Path, workspace: &Path, static_libc: bool) -> Option<PathBuf> {
     let cc = std::env::var_os("CC").map_or_else(|| PathBuf::from("cc"), PathBuf::from);
     let cc = if cc.is_absolute() {
         cc.is_file().then_some(cc)?
@@ -454,6 +539,9 @@ fn echo_server(exe: &Path, workspace: &Path) -> Option<PathBuf> {
     let ffi = workspace.join("crates/fog-ffi");
     let out = fog_test_support::scratch_file("memory-echo_server");
     let mut command = Command::new(cc);
+    if static_libc {
+        command.arg("-static");
+    }
     command
         .args(["-std=c11", "-O2", "-I"])
         .arg(ffi.join("include"))
