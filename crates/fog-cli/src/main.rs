@@ -74,7 +74,9 @@ fn main() -> ExitCode {
     node::mark_start();
     // Code first run from here on keeps one page resident, not a 64 KiB window around it
     // (fogconnect_ffi::memory): most of an idle node's RSS was such neighbours. Without the
-    // kernel's support the command runs as before.
+    // kernel's support the command runs as before. `FOG_FAULT_AROUND=1` leaves it out (for a
+    // seccomp filter that kills on unknown system calls: systemd's `SystemCallFilter=` without
+    // `userfaultfd`).
     let _ = fogconnect_ffi::memory::fault_code_pages_singly();
     let cli = Cli::parse();
     let mut filter = EnvFilter::builder()

@@ -448,9 +448,12 @@ extern "C" {
  Makes a context with a fresh identity (an Ed25519 key from the OS random source). NULL
  only when the OS random source fails.
 
- The first call also has the kernel map this library's code one page per fault rather than
- up to 64 KiB around each (Linux 6.7 or newer; a smaller resident set for an idle node):
- nothing else changes, and the environment variable `FOG_FAULT_AROUND=1` leaves it out.
+ With the environment variable `FOG_FAULT_AROUND=0`, the first call also has the kernel map
+ the code of the program holding this library one page per fault rather than up to 64 KiB
+ around each (Linux 6.7 or newer; about 2 MB less resident for an idle node). It is off
+ unless asked for: it registers a userfaultfd on the host program's own code, which a host
+ that uses userfaultfd itself, or a seccomp filter that kills on unknown system calls
+ (systemd's `SystemCallFilter=` does by default), would not expect from a library.
  */
 struct fc_context *fc_init(void);
 
