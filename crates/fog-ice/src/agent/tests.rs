@@ -1307,3 +1307,71 @@ fn consent_holds_on_a_path_losing_half_the_checks() {
     assert!(lost.is_empty(), "{lost:?}");
     assert_eq!(wire.a.selected(), Some((addr(A), addr(B))));
 }
+
+/// The controlled side's check on the direct pair is answered just before the route between
+/// the sites goes down (the controlling side's own check on it is lost), so the relay
+/// carries the connection while, for the controlled side, a direct pair worked moments ago.
+/// When the route comes back, only the controlled side can open the path: its NAT (filtering
+/// by address and port) lets the controlling side's checks in only after it sent there
+/// again. Its rounds of punching must go on: at its first round's end the fresh pair made it
+/// skip the next rounds (and the holds) for good, and the connection stayed on the relay
+/// while the controlling side's rounds found the NAT shut (found by the chaos run, seed 5573:
+/// symmetric-random against a full cone).
+#[test]
+fn a_direct_pair_that_worked_once_does_not_stop_the_next_rounds() {
+    use std::cell::Cell;
+    use std::rc::Rc;
+    let (mut wire, relay) = with_b_relayed();
+    wire.low_ttl_dies = true;
+    // 0: the route is up, A's checks lost; 1: down; 2: back, and B's NAT shut to A until B
+    // sends there again.
+    let route = Rc::new(Cell::new(0u8));
+    let opened = Rc::new(Cell::new(false));
+    let (r, o) = (route.clone(), opened.clone());
+    wire.pass = Box::new(move |s, d| {
+        if s == relay || d == relay {
+            return true;
+        }
+        match r.get() {
+            0 => true,
+            1 => false,
+            _ => {
+                if s == addr(B) {
+                    o.set(true);
+                }
+                s == addr(B) || o.get()
+            }
+        }
+    });
+    let r = route.clone();
+    wire.lose = Box::new(move |from_a, bytes| from_a && is_check(bytes) && r.get() == 0);
+    wire.start();
+    // B's check reaches A and A's answer gets back (5 ms each way); then the route goes.
+    wire.run(Duration::from_millis(12), &mut |_| true);
+    route.set(1);
+    wire.run(Duration::from_secs(1), &mut |_| true);
+    assert!(wire.a.selected_is_relayed() && wire.b.selected_is_relayed());
+    assert!(
+        wire.b
+            .pairs()
+            .iter()
+            .any(|p| !p.relayed && p.state == "succeeded"),
+        "B's direct pair worked: {:?}",
+        wire.b.pairs()
+    );
+    wire.run(Duration::from_secs(29), &mut |_| true);
+    route.set(2);
+    wire.run(Duration::from_secs(60), &mut |_| true);
+    assert_eq!(
+        wire.b.selected(),
+        Some((addr(B), addr(A))),
+        "{:?}",
+        wire.events
+    );
+    assert_eq!(
+        wire.a.selected(),
+        Some((addr(A), addr(B))),
+        "{:?}",
+        wire.events
+    );
+}
