@@ -20,7 +20,10 @@
 //! [`AgentConfig::switch_percent`]). Up to three working paths besides the selected one (the
 //! highest-priority ones) get a keepalive check each consent interval (§11, as requests so
 //! that they measure), which also keeps them ready for a failover when the selected path goes
-//! silent or its socket goes away. The
+//! silent or its socket goes away. While a direct path has no working relay pair behind it,
+//! the relay pairs are checked on, paced, until one works (`Agent::watch_relays`), so that a
+//! backup is there when the direct path dies. Consent checks are retransmitted twice within
+//! their interval (RFC 7675 §5.1), on the selected path and on the backup. The
 //! controlling agent's deliberate nominations carry a NOMINATION count
 //! (draft-thatcher-ice-renomination-01), which the controlled agent follows.
 
