@@ -1210,3 +1210,168 @@ fn after_the_relay_path_was_lost_and_came_back_punching_resumes() {
     assert_eq!(wire.a.selected(), Some((addr(A), addr(B))));
     assert_eq!(wire.b.selected(), Some((addr(B), addr(A))));
 }
+
+/// A direct path is selected at once, while every check on the relay pairs is lost for the
+/// first 40 s (the peer's TURN server had no permission for us yet, or a lossy link took
+/// every answer); then the relay works, and later the direct path dies. The relay pairs must
+/// have been checked on, paced, until one worked, so that the connection falls back to it
+/// instead of losing its path. They used to stop at the direct path's selection (and fail at
+/// the relay deadline), and both sides reported `PathLost` (found by the chaos run, seed
+/// 5815: a Datagram connection that ended at the idle timeout after a route went down).
+#[test]
+fn relay_pairs_are_checked_until_one_is_the_backup() {
+    use std::cell::Cell;
+    use std::rc::Rc;
+    let (mut wire, relay) = with_b_relayed();
+    let (relay_ok, direct_ok) = (Rc::new(Cell::new(false)), Rc::new(Cell::new(true)));
+    let (r, d) = (relay_ok.clone(), direct_ok.clone());
+    wire.pass = Box::new(move |s, t| {
+        if s == relay || t == relay {
+            r.get()
+        } else {
+            d.get()
+        }
+    });
+    wire.start();
+    wire.run(Duration::from_secs(100), &mut |_| true);
+    assert_eq!(wire.a.selected(), Some((addr(A), addr(B))));
+    assert_eq!(wire.b.selected(), Some((addr(B), addr(A))));
+    // Checked all along, but paced: at most one check a consent interval (4 s at the least,
+    // with jitter) once the interval grew, per relay pair.
+    let to_relay = |from: Duration, to: Duration| {
+        let (from, to) = (
+            wire.now - Duration::from_secs(100) + from,
+            wire.now - Duration::from_secs(100) + to,
+        );
+        wire.sent
+            .iter()
+            .filter(|(t, from_a, dest, _)| *from_a && *dest == relay && *t >= from && *t < to)
+            .count()
+    };
+    let late = to_relay(Duration::from_secs(40), Duration::from_secs(100));
+    assert!(
+        (10..=16).contains(&late),
+        "{late} checks to the relay in 60 s"
+    );
+    relay_ok.set(true);
+    wire.run(Duration::from_secs(10), &mut |_| true);
+    direct_ok.set(false);
+    wire.run(Duration::from_secs(40), &mut |_| true);
+    assert_eq!(
+        wire.a.selected(),
+        Some((addr(A), relay)),
+        "{:?}",
+        wire.events
+    );
+    assert_eq!(
+        wire.b.selected(),
+        Some((relay, addr(A))),
+        "{:?}",
+        wire.events
+    );
+    assert!(
+        !wire
+            .events
+            .iter()
+            .any(|(_, _, e)| matches!(e, Event::PathLost { .. })),
+        "{:?}",
+        wire.events
+    );
+}
+
+/// On a path that loses half of A's checks at random (on either leg of the round trip: a
+/// lossy link, the shape of chaos seed 5344), consent holds for an hour: each consent check
+/// is retransmitted within its interval (RFC 7675 §5.1), so six intervals in a row without an
+/// answer are all but impossible. Sent once each, an interval's check was lost half the time
+/// and the path lapsed every few minutes.
+#[test]
+fn consent_holds_on_a_path_losing_half_the_checks() {
+    let mut wire = Wire::new(agent(A, B, true, 3), agent(B, A, false, 4));
+    wire.start();
+    wire.run(Duration::from_secs(1), &mut |_| true);
+    assert_eq!(wire.a.selected(), Some((addr(A), addr(B))));
+    let rng = std::cell::Cell::new(0x5344_u64);
+    wire.lose = Box::new(move |from_a, bytes| {
+        if !from_a || !is_check(bytes) {
+            return false;
+        }
+        rng.set(splitmix(rng.get()));
+        rng.get() % 2 == 0
+    });
+    wire.run(Duration::from_secs(3600), &mut |_| true);
+    let lost: Vec<_> = wire
+        .events
+        .iter()
+        .filter(|(_, b, e)| !b && matches!(e, Event::PathLost { .. }))
+        .collect();
+    assert!(lost.is_empty(), "{lost:?}");
+    assert_eq!(wire.a.selected(), Some((addr(A), addr(B))));
+}
+
+/// The controlled side's check on the direct pair is answered just before the route between
+/// the sites goes down (the controlling side's own check on it is lost), so the relay
+/// carries the connection while, for the controlled side, a direct pair worked moments ago.
+/// When the route comes back, only the controlled side can open the path: its NAT (filtering
+/// by address and port) lets the controlling side's checks in only after it sent there
+/// again. Its rounds of punching must go on: at its first round's end the fresh pair made it
+/// skip the next rounds (and the holds) for good, and the connection stayed on the relay
+/// while the controlling side's rounds found the NAT shut (found by the chaos run, seed 5573:
+/// symmetric-random against a full cone).
+#[test]
+fn a_direct_pair_that_worked_once_does_not_stop_the_next_rounds() {
+    use std::cell::Cell;
+    use std::rc::Rc;
+    let (mut wire, relay) = with_b_relayed();
+    wire.low_ttl_dies = true;
+    // 0: the route is up, A's checks lost; 1: down; 2: back, and B's NAT shut to A until B
+    // sends there again.
+    let route = Rc::new(Cell::new(0u8));
+    let opened = Rc::new(Cell::new(false));
+    let (r, o) = (route.clone(), opened.clone());
+    wire.pass = Box::new(move |s, d| {
+        if s == relay || d == relay {
+            return true;
+        }
+        match r.get() {
+            0 => true,
+            1 => false,
+            _ => {
+                if s == addr(B) {
+                    o.set(true);
+                }
+                s == addr(B) || o.get()
+            }
+        }
+    });
+    let r = route.clone();
+    wire.lose = Box::new(move |from_a, bytes| from_a && is_check(bytes) && r.get() == 0);
+    wire.start();
+    // B's check reaches A and A's answer gets back (5 ms each way); then the route goes.
+    wire.run(Duration::from_millis(12), &mut |_| true);
+    route.set(1);
+    wire.run(Duration::from_secs(1), &mut |_| true);
+    assert!(wire.a.selected_is_relayed() && wire.b.selected_is_relayed());
+    assert!(
+        wire.b
+            .pairs()
+            .iter()
+            .any(|p| !p.relayed && p.state == "succeeded"),
+        "B's direct pair worked: {:?}",
+        wire.b.pairs()
+    );
+    wire.run(Duration::from_secs(29), &mut |_| true);
+    route.set(2);
+    wire.run(Duration::from_secs(60), &mut |_| true);
+    assert_eq!(
+        wire.b.selected(),
+        Some((addr(B), addr(A))),
+        "{:?}",
+        wire.events
+    );
+    assert_eq!(
+        wire.a.selected(),
+        Some((addr(A), addr(B))),
+        "{:?}",
+        wire.events
+    );
+}

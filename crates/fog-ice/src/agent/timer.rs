@@ -83,12 +83,15 @@ impl Agent {
                 .filter_map(|p| p.next_at)
                 .min(),
             Timer::LateRoundEnd => self.pairs.iter().filter_map(|p| p.until).min(),
+            // A relay pair's retransmission may have waited while a backup worked, and be due
+            // in the past when the backup lapses: due now, not in the past.
             Timer::Retransmit => self
                 .pairs
                 .iter()
                 .filter(|p| self.retransmits(p))
                 .filter_map(|p| p.next_at)
-                .min(),
+                .min()
+                .map(|t| self.now.map_or(t, |n| t.max(n))),
             Timer::Pace => self
                 .next_pace
                 .filter(|_| self.pairs.iter().any(|p| self.eligible(p))),
@@ -116,7 +119,13 @@ impl Agent {
                 let backup = self
                     .backup()
                     .and_then(|_| self.next_backup_consent.or(self.now));
-                selected.into_iter().chain(backup).min()
+                // Consent checks' retransmissions (one that is no longer wanted is dropped when
+                // it falls due).
+                let retries = [self.consent_retry, self.backup_retry]
+                    .into_iter()
+                    .flatten()
+                    .map(|r| r.next_at);
+                selected.into_iter().chain(backup).chain(retries).min()
             }
         }
     }
@@ -130,6 +139,10 @@ impl Agent {
             Timer::Hold => self.hold(now),
             Timer::RelayDeadline => {
                 self.relay_over = true;
+                // While a direct path has no backup, the relay pairs go on (`watch_relays`).
+                if self.wants_relay() {
+                    return;
+                }
                 for pair in &mut self.pairs {
                     if pair.relayed && matches!(pair.state, State::InProgress | State::Waiting) {
                         pair.state = State::Failed;
@@ -234,7 +247,14 @@ impl Agent {
             self.gave_up = true;
             self.events.push_back(Event::GaveUp);
         }
-        if !direct {
+        // The next rounds whenever no direct path is selected, a fresh pair or not: a
+        // controlled side whose check on a direct pair was answered takes it only when the
+        // peer nominates it, and the peer may never have got an answer on it (the route went
+        // down right then). Skipping the rounds for that pair left the side on the relay for
+        // good once the pair went stale, and with it the only side whose NAT could open the
+        // path (found by the chaos run, seed 5573). A direct path selected meanwhile stops
+        // them (`select`).
+        if !self.direct_selected() {
             self.repunch_at = Some(now + REPUNCH_INTERVAL);
             self.next_hold = Some(now + HOLD_INTERVAL);
         }
