@@ -500,10 +500,9 @@ fn static_cli(exe: &Path, workspace: &Path) -> PathBuf {
         .parent()
         .expect("the target directory")
         .join("static");
-    assert!(
-        cfg!(all(target_os = "linux", target_env = "gnu")),
-        "the static build is for Linux with glibc"
-    );
+    if !cfg!(all(target_os = "linux", target_env = "gnu")) {
+        panic!("the static build is for Linux with glibc");
+    }
     let triple = format!("{}-unknown-linux-gnu", std::env::consts::ARCH);
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(cargo);
