@@ -247,14 +247,7 @@ impl Agent {
             self.gave_up = true;
             self.events.push_back(Event::GaveUp);
         }
-        // The next rounds whenever no direct path is selected, a fresh pair or not: a
-        // controlled side whose check on a direct pair was answered takes it only when the
-        // peer nominates it, and the peer may never have got an answer on it (the route went
-        // down right then). Skipping the rounds for that pair left the side on the relay for
-        // good once the pair went stale, and with it the only side whose NAT could open the
-        // path (found by the chaos run, seed 5573). A direct path selected meanwhile stops
-        // them (`select`).
-        if !self.direct_selected() {
+        if !direct {
             self.repunch_at = Some(now + REPUNCH_INTERVAL);
             self.next_hold = Some(now + HOLD_INTERVAL);
         }
