@@ -115,30 +115,6 @@ fn seeds_after_the_sixth_run_keep_the_model() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-/// Seeds that broke the model on main after both seventh-run merges (benches/RESULTS.md,
-/// "Eighth run"), fixed in fog-ice since; the same caveat as above, and the fixes' own tests
-/// are fog-ice `relay_pairs_are_checked_until_one_is_the_backup`,
-/// and `consent_holds_on_a_path_losing_half_the_checks`. 5573 (not-direct) is not pinned: its
-/// fix (the next rounds of punching whenever no direct path is selected) stalled a QUIC
-/// transfer on loopback right after connecting in 2-3 of 16 runs (fog-runtime's
-/// `a_shutdown_delivers_what_was_sent_and_tells_the_peer`) and was taken out.
-/// - 5166, 5815, 9249 (closed-without-cause, Datagram): the relay pairs stopped being checked
-///   once the direct path was selected, none had worked yet, and when the route between the
-///   sites went down both sides lost the path; the idle timeout ended the connection.
-/// - 8304 (not-direct, a link losing 19 %): one side left its direct pair 0.1 s before the
-///   check and came back one round trip later, most likely a consent lapse (checks sent once
-///   each; not traced further).
-///
-/// All four fail on a release build of main from before this branch (single-seed runs).
-#[test]
-fn seeds_of_the_seventh_run_keep_the_model() {
-    let failures: Vec<String> = [5166, 5815, 8304, 9249]
-        .into_iter()
-        .filter_map(|seed| check(&generate(seed)).err())
-        .collect();
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
-}
-
 #[test]
 fn a_seed_is_a_scenario() {
     let (a, b) = (generate(42), generate(42));

@@ -15,20 +15,13 @@ impl Agent {
         // the first pair that works both ways is the path, one round trip sooner than a
         // separate nomination. Path choice by RTT may move it later.
         let use_candidate = use_candidate || self.controlling;
-        // A relay pair checked for a backup (or after the path was lost) backs off further
-        // (see `watch_relays`).
-        let cap = if self.pairs[i].relayed && self.wants_relay() {
-            self.config.consent_interval.max(self.config.max_retry)
-        } else {
-            self.config.max_retry
-        };
         let pair = &mut self.pairs[i];
         if pair.state == State::Waiting || pair.state == State::Failed {
             pair.state = State::InProgress;
         }
         if pair.state == State::InProgress {
             pair.next_at = Some(now + pair.interval);
-            pair.interval = (pair.interval * 2).min(cap);
+            pair.interval = (pair.interval * 2).min(self.config.max_retry);
         }
         self.send_check(now, local, remote, use_candidate, retransmitted);
     }

@@ -20,10 +20,7 @@
 //! [`AgentConfig::switch_percent`]). Up to three working paths besides the selected one (the
 //! highest-priority ones) get a keepalive check each consent interval (§11, as requests so
 //! that they measure), which also keeps them ready for a failover when the selected path goes
-//! silent or its socket goes away. While a direct path has no working relay pair behind it,
-//! the relay pairs are checked on, paced, until one works (`Agent::watch_relays`), so that a
-//! backup is there when the direct path dies. Consent checks are retransmitted twice within
-//! their interval (RFC 7675 §5.1), on the selected path and on the backup. The
+//! silent or its socket goes away. The
 //! controlling agent's deliberate nominations carry a NOMINATION count
 //! (draft-thatcher-ice-renomination-01), which the controlled agent follows.
 
@@ -92,15 +89,6 @@ const SUSPECT_ROUNDS: u8 = 3;
 /// (`nf_conntrack_udp_timeout`), including what it recorded for datagrams that came in
 /// unasked, which would otherwise move each side's port toward the other again.
 const STALE_STATE_WAIT: Duration = Duration::from_secs(35);
-/// Retransmissions of each consent check (RFC 7675 §5.1 lets a consent request be retransmitted
-/// by STUN's rules): three transmissions an interval, so that on a path losing 40 % of its
-/// round trips an interval's checks are all lost about once in 16 (once in 2.5 before), and
-/// six intervals in a row (the 30 s consent timeout) about once in 16 million, not once in
-/// 250.
-const CONSENT_RETRIES: u8 = 2;
-/// The least retransmission timeout of a consent check (RFC 8489 §6.2.1: at least 500 ms
-/// before the path's RTT is known); above it, the path's RFC 6298 RTO.
-const CONSENT_RTO: Duration = Duration::from_millis(500);
 /// Most pairs held open at once.
 const MAX_HELD: usize = 16;
 /// Working paths besides the selected one (and the backup relay) that are kept alive and
@@ -342,21 +330,6 @@ struct Suspicion {
     rounds: u8,
 }
 
-/// The retransmissions of one consent check (see [`CONSENT_RETRIES`]).
-#[derive(Debug, Clone, Copy)]
-struct ConsentRetry {
-    /// The pair checked.
-    pair: usize,
-    /// When its check went: an answer on the pair since then ends the retransmissions.
-    since: Instant,
-    /// When the next retransmission is due.
-    next_at: Instant,
-    /// The wait after it (doubling).
-    interval: Duration,
-    /// Retransmissions still to send.
-    left: u8,
-}
-
 #[derive(Debug)]
 struct Queued {
     bytes: Vec<u8>,
@@ -414,9 +387,6 @@ pub struct Agent {
     next_hold: Option<Instant>,
     /// The last consent answer on the backup relay path, and when its next check is due.
     next_backup_consent: Option<Instant>,
-    /// The retransmissions of the selected path's last consent check, and of the backup's.
-    consent_retry: Option<ConsentRetry>,
-    backup_retry: Option<ConsentRetry>,
     /// When the next round of keepalives on the working paths besides the selected one is due.
     next_keepalives: Option<Instant>,
     /// The controlling agent's nomination of a nearer path, until it is answered.
@@ -472,8 +442,6 @@ impl Agent {
             repunch_at: None,
             next_hold: None,
             next_backup_consent: None,
-            consent_retry: None,
-            backup_retry: None,
             next_keepalives: None,
             switch_to: None,
             moved_to: None,

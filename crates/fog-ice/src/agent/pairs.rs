@@ -133,77 +133,29 @@ impl Agent {
     }
 
     /// Whether an in-progress pair is still retransmitted: a direct one while punching, a relay
-    /// one until the relay deadline while no direct path is selected, and any relay pair of ours
-    /// while a direct path is selected with no relay pair working as its backup
-    /// ([`wants_relay`](Self::wants_relay)). (Also what `poll_timeout` waits for; the
-    /// deadlines themselves are timers.)
+    /// one until the relay deadline, neither once a direct path is selected. (Also what
+    /// `poll_timeout` waits for; the deadlines themselves are timers.)
     pub(super) fn retransmits(&self, p: &Pair) -> bool {
+        let live = if p.relayed {
+            !self.relay_over
+        } else {
+            !self.punch_over
+        };
         p.state == State::InProgress
             && self.deadline.is_some()
-            && (self.live(p) || p.until.is_some())
+            && ((live && !self.direct_selected()) || p.until.is_some())
     }
 
     /// Whether a waiting pair may get its first check at the next pace tick.
     pub(super) fn eligible(&self, p: &Pair) -> bool {
-        p.state == State::Waiting
-            && (self.live(p) || p.until.is_some())
-            && self.deadline.is_some()
-            && self.may_open(p.local, p.remote)
-    }
-
-    /// Whether the checks of pair `p` go on by the round's rules (its own round aside): a
-    /// direct pair while punching, a relay pair until the relay deadline, or while the
-    /// selected direct path has no backup.
-    fn live(&self, p: &Pair) -> bool {
-        if p.relayed {
-            (!self.relay_over && !self.direct_selected()) || self.wants_relay()
+        let live = if p.relayed {
+            !self.relay_over
         } else {
             !self.punch_over && !self.direct_selected()
-        }
-    }
-
-    /// A direct path is selected and no relay pair works besides it, or the path was lost
-    /// with nowhere to move to: the relay pairs are checked until one works, so that a backup
-    /// is there when the direct path dies, or a path comes back (see
-    /// [`watch_relays`](Self::watch_relays)).
-    pub(super) fn wants_relay(&self) -> bool {
-        (self.direct_selected() || (self.selected.is_none() && self.lost))
-            && self.backup().is_none()
-    }
-
-    /// While [`wants_relay`](Self::wants_relay): relay pairs of ours that failed (the relay
-    /// deadline, every retransmission lost, a lapsed backup) are checked again, and none is
-    /// failed by the relay deadline. RFC 8445 leaves a failed pair failed (§7.2.5.2.3) and
-    /// checks it again only when the peer's check triggers it (§7.3.1.4); a backup relay path
-    /// is ours, not the RFC's. Without it the first relay checks were all the relay got: a
-    /// check that reached the peer's TURN server before the peer's permission for us, or
-    /// whose answers were lost on a lossy link, left the connection without a relay to fall
-    /// back to, and when the route between the sites went down both sides lost the path and
-    /// the connection ended at the idle timeout (found by the chaos run, seeds 5166, 5815
-    /// and 9249).
-    ///
-    /// Paced and bounded as the first checks are (§6.1.4.2: one new check per Ta, the pace;
-    /// retransmissions doubling, RFC 8489 §6.2.1), but with the interval capped at the consent
-    /// interval instead of `max_retry` while a direct path carries the connection: a relay pair
-    /// still to be found is checked as often as a working backup is kept (RFC 7675 §5.1),
-    /// at most one check per pair per interval, and only while no backup works.
-    pub(super) fn watch_relays(&mut self, now: Instant) {
-        if !self.wants_relay() {
-            return;
-        }
-        let retry = self.config.retry;
-        let ours: Vec<bool> = self.pairs.iter().map(|p| self.is_local(p.local)).collect();
-        let mut any = false;
-        for (p, ours) in self.pairs.iter_mut().zip(ours) {
-            if ours && p.relayed && p.state == State::Failed {
-                p.state = State::Waiting;
-                p.interval = retry;
-                p.next_at = None;
-                any = true;
-            }
-        }
-        if any {
-            self.wake_pacing(now);
-        }
+        };
+        p.state == State::Waiting
+            && (live || p.until.is_some())
+            && self.deadline.is_some()
+            && self.may_open(p.local, p.remote)
     }
 }

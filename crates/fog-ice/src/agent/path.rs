@@ -127,13 +127,10 @@ impl Agent {
             self.next_hold = None;
             for pair in &mut self.pairs {
                 pair.nominating = 0;
-                // Relay pairs go on while none works as the backup (`watch_relays`): clearing
-                // their retransmissions here was the second thing that stopped them.
-                if pair.state == State::InProgress && pair.until.is_none() && !pair.relayed {
+                if pair.state == State::InProgress && pair.until.is_none() {
                     pair.next_at = None;
                 }
             }
-            self.watch_relays(now);
         }
         // The controlling agent confirms its choice (see `consider`): the peer follows the
         // latest nomination it sees, and during a burst others may have followed the one that
@@ -167,30 +164,17 @@ impl Agent {
             p.last_answer
                 .is_some_and(|t| now.saturating_duration_since(t) >= timeout)
         };
-        // Backups whose consent lapsed are gone (several may lapse together); the relay pairs
-        // are then checked again for another (`watch_relays`).
-        let mut lapsed = false;
+        // Backups whose consent lapsed are gone (several may lapse together).
         while let Some(b) = self.backup().filter(|&b| expired(&self.pairs[b])) {
             self.pairs[b].state = State::Failed;
-            lapsed = true;
-        }
-        if lapsed {
-            self.watch_relays(now);
         }
         if let Some(b) = self.backup() {
             if self.next_backup_consent.is_none_or(|t| now >= t) {
                 let (local, remote) = (self.pairs[b].local, self.pairs[b].remote);
                 self.send_check(now, local, remote, false, false);
                 self.next_backup_consent = Some(now + self.consent_gap());
-                self.backup_retry = Some(self.consent_retry_for(now, b));
             }
         }
-        self.backup_retry = self
-            .backup_retry
-            .and_then(|r| self.retransmit_consent(now, r, Some(r.pair) == self.backup()));
-        self.consent_retry = self
-            .consent_retry
-            .and_then(|r| self.retransmit_consent(now, r, Some(r.pair) == self.selected));
         let (Some(i), Some(at)) = (self.selected, self.next_consent) else {
             return;
         };
@@ -249,59 +233,12 @@ impl Agent {
             let (local, remote) = (self.pairs[i].local, self.pairs[i].remote);
             self.pairs[i].unanswered = self.pairs[i].unanswered.saturating_add(1);
             self.send_check(now, local, remote, false, false);
-            self.consent_retry = Some(self.consent_retry_for(now, i));
             self.next_consent = Some(now + self.consent_gap());
             // Checks that were never answered are forgotten after the consent timeout, so a
             // long-lived session's table does not grow with every lost check.
             self.outstanding
                 .retain(|_, o| now.saturating_duration_since(o.sent_at) < timeout);
         }
-    }
-
-    /// The retransmissions of a consent check sent on pair `i` now: after the path's RTO
-    /// (RFC 6298 §2 from its samples, at least [`CONSENT_RTO`]; at most a quarter of the
-    /// consent interval, so that all of them go before the next check), then twice that.
-    fn consent_retry_for(&self, now: Instant, i: usize) -> ConsentRetry {
-        let pair = &self.pairs[i];
-        let rto = pair
-            .srtt
-            .map_or(CONSENT_RTO, |srtt| srtt + pair.rttvar * 4)
-            .max(CONSENT_RTO)
-            .min(self.config.consent_interval / 4);
-        ConsentRetry {
-            pair: i,
-            since: now,
-            next_at: now + rto,
-            interval: rto * 2,
-            left: CONSENT_RETRIES,
-        }
-    }
-
-    /// A consent check's retransmission, if it is due and its pair (still the one it was
-    /// for: `current`) has not answered since; what is left of the retransmissions.
-    fn retransmit_consent(
-        &mut self,
-        now: Instant,
-        r: ConsentRetry,
-        current: bool,
-    ) -> Option<ConsentRetry> {
-        let pair = &self.pairs[r.pair];
-        if !current || r.left == 0 || pair.last_answer.is_some_and(|t| t >= r.since) {
-            return None;
-        }
-        if now < r.next_at {
-            return Some(r);
-        }
-        let (local, remote) = (pair.local, pair.remote);
-        // A new transaction (answers to any of them count, RFC 7675 §5.1).
-        self.send_check(now, local, remote, false, false);
-        Some(ConsentRetry {
-            next_at: now + r.interval,
-            interval: r.interval * 2,
-            left: r.left - 1,
-            ..r
-        })
-        .filter(|r| r.left > 0)
     }
 
     /// The selected path is gone (`dead`: consent lapsed, or its socket went away) or has gone
@@ -364,8 +301,6 @@ impl Agent {
         }
         self.events.push_back(Event::PathLost { local, remote });
         self.lost = true;
-        // Relay pairs that never worked may yet (`watch_relays`).
-        self.watch_relays(now);
         // With no relay to fall back to, punching does not start over by itself: the owner
         // decides (a new session with fresh candidates).
         self.punch_over = true;

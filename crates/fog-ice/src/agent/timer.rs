@@ -83,15 +83,12 @@ impl Agent {
                 .filter_map(|p| p.next_at)
                 .min(),
             Timer::LateRoundEnd => self.pairs.iter().filter_map(|p| p.until).min(),
-            // A relay pair's retransmission may have waited while a backup worked, and be due
-            // in the past when the backup lapses: due now, not in the past.
             Timer::Retransmit => self
                 .pairs
                 .iter()
                 .filter(|p| self.retransmits(p))
                 .filter_map(|p| p.next_at)
-                .min()
-                .map(|t| self.now.map_or(t, |n| t.max(n))),
+                .min(),
             Timer::Pace => self
                 .next_pace
                 .filter(|_| self.pairs.iter().any(|p| self.eligible(p))),
@@ -119,13 +116,7 @@ impl Agent {
                 let backup = self
                     .backup()
                     .and_then(|_| self.next_backup_consent.or(self.now));
-                // Consent checks' retransmissions (one that is no longer wanted is dropped when
-                // it falls due).
-                let retries = [self.consent_retry, self.backup_retry]
-                    .into_iter()
-                    .flatten()
-                    .map(|r| r.next_at);
-                selected.into_iter().chain(backup).chain(retries).min()
+                selected.into_iter().chain(backup).min()
             }
         }
     }
@@ -139,10 +130,6 @@ impl Agent {
             Timer::Hold => self.hold(now),
             Timer::RelayDeadline => {
                 self.relay_over = true;
-                // While a direct path has no backup, the relay pairs go on (`watch_relays`).
-                if self.wants_relay() {
-                    return;
-                }
                 for pair in &mut self.pairs {
                     if pair.relayed && matches!(pair.state, State::InProgress | State::Waiting) {
                         pair.state = State::Failed;
