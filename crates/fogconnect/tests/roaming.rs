@@ -781,12 +781,9 @@ fn two_rebindings_in_a_row_withdraw_each_mapping_in_turn() {
     );
 }
 
-/// The signaling probes cost a node nothing while it has no traffic: two connected nodes,
-/// idle for a minute, send the server no ping (its own pings, answered, are all there is),
-/// while a minute of a one-way stream has the receiver ping about once a second.
-#[test]
-fn signaling_is_probed_under_traffic_only() {
-    same_checkout();
+/// Two nodes behind port-restricted cones on lossless links, connected (seed 36); A's
+/// connection.
+fn lossless_connected_pair() -> (Scenario, ConnectionId) {
     let profile = Profile {
         loss: 0.0,
         ..Profile::default()
@@ -801,6 +798,16 @@ fn signaling_is_probed_under_traffic_only() {
     let a = s.connect().1;
     connected(&mut s, 0, Duration::from_secs(15));
     connected(&mut s, 1, Duration::from_secs(15));
+    (s, a)
+}
+
+/// The signaling probes cost a node nothing while it has no traffic: two connected nodes,
+/// idle for a minute, send the server no ping (its own pings, answered, are all there is),
+/// while a minute of a one-way stream has the receiver ping about once a second.
+#[test]
+fn signaling_is_probed_under_traffic_only() {
+    same_checkout();
+    let (mut s, a) = lossless_connected_pair();
     s.run_for(Duration::from_secs(2));
     let pings = |s: &mut Scenario, i: usize| {
         s.sim.with_machine(s.hosts[i].0, |m: &mut SimNode, _| {
@@ -903,20 +910,7 @@ fn a_connection_on_the_signaling_relay_survives_a_signaling_reconnect() {
 /// time): 4 (at 0, 6.5 and 13.3 s, when it reached 3.2 s; then at 55 s, decayed).
 #[test]
 fn a_slow_server_does_not_have_a_node_reconnect_again_and_again() {
-    let profile = Profile {
-        loss: 0.0,
-        ..Profile::default()
-    };
-    let mut s = Scenario::new(
-        Preset::PortRestrictedCone,
-        Preset::PortRestrictedCone,
-        36,
-        &profile,
-    );
-    assert!(s.wait_ready(), "both nodes ready");
-    let a = s.connect().1;
-    connected(&mut s, 0, Duration::from_secs(15));
-    connected(&mut s, 1, Duration::from_secs(15));
+    let (mut s, a) = lossless_connected_pair();
     s.run_for(Duration::from_secs(1));
     let mark = s.events[0].len();
     let step = Duration::from_millis(20);
