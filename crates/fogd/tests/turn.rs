@@ -1085,6 +1085,13 @@ fn fogd_turn_over_tcp_closes_garbage_keeps_quotas_and_frees_allocations_on_close
     use std::io::Write;
     let fogd = TurnFogd::start(&["--turn-tcp-max-per-ip", "2", "--turn-tcp-idle", "1"]);
     let mut child = fogd.child;
+    // The TCP listener is bound after the `TURN listening` line (a connect in between was
+    // refused once in CI).
+    assert!(
+        wait_for_log(&mut child, "TURN/TCP listening"),
+        "{}",
+        child.output_text()
+    );
     // A TLS ClientHello's first bytes are neither STUN nor ChannelData.
     let mut garbage = TcpTurn::connect(fogd.addr);
     garbage.stream.write_all(&[0x16, 0x03, 0x01, 0x00]).unwrap();
