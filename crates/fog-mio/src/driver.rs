@@ -1039,12 +1039,18 @@ mod tests {
     #[derive(Default)]
     struct Recorder {
         seen: Vec<SocketAddr>,
+        /// For each datagram, whether the driver said more of its read follow.
+        more: Vec<bool>,
     }
 
     impl SansIo for Recorder {
         type Event = ();
 
         fn handle_packet(&mut self, _now: Instant, packet: Receive<'_>) {
+            self.seen.push(packet.local);
+        }
+        fn handle_packet_of_batch(&mut self, _now: Instant, packet: Receive<'_>, more: bool) {
+            self.more.push(more);
             self.seen.push(packet.local);
         }
         fn handle_timeout(&mut self, _now: Instant) {}
@@ -1160,39 +1166,12 @@ mod tests {
         }
     }
 
-    /// Records, for each datagram, whether the driver said more of its read follow.
-    #[derive(Default)]
-    struct Batches {
-        more: Vec<bool>,
-    }
-
-    impl SansIo for Batches {
-        type Event = ();
-
-        fn handle_packet(&mut self, _now: Instant, _packet: Receive<'_>) {
-            panic!("fog-mio feeds datagrams as parts of a batch");
-        }
-        fn handle_packet_of_batch(&mut self, _now: Instant, _packet: Receive<'_>, more: bool) {
-            self.more.push(more);
-        }
-        fn handle_timeout(&mut self, _now: Instant) {}
-        fn poll_transmit(&mut self, _now: Instant, _buf: &mut [u8]) -> Option<Transmit> {
-            None
-        }
-        fn poll_event(&mut self) -> Option<()> {
-            None
-        }
-        fn poll_timeout(&self) -> Option<Instant> {
-            None
-        }
-    }
-
     /// The machine hears which datagram is the last of a read (a QUIC receiver acknowledges
     /// the batch once), whether the kernel joined them (GRO, same-size datagrams) or not.
     #[test]
     fn the_last_datagram_of_a_read_is_marked() {
         let local: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let mut driver = Driver::new(Batches::default(), &[local]).unwrap();
+        let mut driver = Driver::new(Recorder::default(), &[local]).unwrap();
         let to = driver.local_addrs()[0];
         let peer = std::net::UdpSocket::bind(local).unwrap();
         // Three of one size (one GRO train where the kernel joins them), then a shorter one.
